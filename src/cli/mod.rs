@@ -1,0 +1,277 @@
+//! The command line. The only layer that knows about terminals, colour and exit codes.
+//!
+//! Exit codes are a contract (see DESIGN.md): 0 success / no changes, 1 error, 2 changes
+//! (plan) or drift found (drift). Usage errors exit 1, never 2, so a typo in a CI script is
+//! never mistaken for "changes pending".
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::diag::Severity;
+use crate::report::{RenderReport, ValidateReport};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "plumb",
+    version,
+    about = "GitOps reconciliation for plain Linux hosts",
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Colour: auto (on a terminal, unless NO_COLOR is set), always, never.
+    #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto)]
+    pub color: ColorChoice,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ColorChoice {
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum OutputFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check a config repo: YAML, schemas, references, templates. Exit 0 valid, 1 invalid.
+    Validate {
+        /// The config repo (the directory holding plumb.yaml).
+        repo: PathBuf,
+        #[arg(long, value_enum, default_value_t)]
+        output: OutputFormat,
+    },
+    /// Show the ordered, templated steps each host will be given.
+    Render {
+        repo: PathBuf,
+        /// Environment name (a directory under environments/).
+        #[arg(long)]
+        env: String,
+        /// Only this host.
+        #[arg(long)]
+        host: Option<String>,
+        /// Show file content (never for sensitive steps).
+        #[arg(long)]
+        show_content: bool,
+        #[arg(long, value_enum, default_value_t)]
+        output: OutputFormat,
+    },
+    /// Write the JSON Schemas plumb validates with into a directory (for editors and CI).
+    Schemas {
+        /// Destination directory.
+        dir: PathBuf,
+    },
+}
+
+/// Terminal styling, decided once.
+#[derive(Debug, Clone, Copy)]
+pub struct Style {
+    pub color: bool,
+}
+
+impl Style {
+    fn new(choice: ColorChoice) -> Style {
+        let color = match choice {
+            ColorChoice::Always => true,
+            ColorChoice::Never => false,
+            ColorChoice::Auto => {
+                std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+            }
+        };
+        Style { color }
+    }
+
+    fn paint(&self, code: &str, s: &str) -> String {
+        if self.color {
+            format!("\x1b[{code}m{s}\x1b[0m")
+        } else {
+            s.to_string()
+        }
+    }
+    pub fn red(&self, s: &str) -> String {
+        self.paint("31", s)
+    }
+    pub fn yellow(&self, s: &str) -> String {
+        self.paint("33", s)
+    }
+    pub fn green(&self, s: &str) -> String {
+        self.paint("32", s)
+    }
+    pub fn bold(&self, s: &str) -> String {
+        self.paint("1", s)
+    }
+    pub fn dim(&self, s: &str) -> String {
+        self.paint("2", s)
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                    ExitCode::SUCCESS
+                }
+                _ => ExitCode::from(1),
+            };
+        }
+    };
+    let style = Style::new(cli.color);
+    match run(cli.command, style) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("{}: {e:#}", style.red("error"));
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, v)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+/// Colours the `error:`/`warning:` word and the caret of plain diagnostic text.
+fn colour_diagnostics(text: &str, style: Style) -> String {
+    if !style.color {
+        return text.to_string();
+    }
+    text.lines()
+        .map(|l| {
+            if let Some(i) = l.find(": error: ") {
+                format!(
+                    "{}{}{}",
+                    style.bold(&l[..i]),
+                    style.red(": error:"),
+                    style.bold(&l[i + 8..])
+                )
+            } else if let Some(i) = l.find(": warning: ") {
+                format!(
+                    "{}{}{}",
+                    style.bold(&l[..i]),
+                    style.yellow(": warning:"),
+                    style.bold(&l[i + 10..])
+                )
+            } else if l.trim_end().ends_with('^') && l.contains(" | ") {
+                style.red(l)
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
+}
+
+fn run(command: Command, style: Style) -> anyhow::Result<u8> {
+    match command {
+        Command::Validate { repo, output } => {
+            let (loaded, diags) = crate::validate::validate(&repo);
+            let report = ValidateReport::new(diags);
+            let code = u8::from(!report.valid);
+            match output {
+                OutputFormat::Json => print_json(&report)?,
+                OutputFormat::Text => {
+                    let text = report.to_text(&loaded.sources);
+                    let (body, last) = text
+                        .trim_end()
+                        .rsplit_once('\n')
+                        .unwrap_or(("", text.trim_end()));
+                    if !body.is_empty() {
+                        eprint!("{}", colour_diagnostics(&format!("{body}\n"), style));
+                    }
+                    let last = if report.valid {
+                        style.green(last)
+                    } else {
+                        style.red(last)
+                    };
+                    println!("{last}");
+                }
+            }
+            Ok(code)
+        }
+        Command::Render {
+            repo,
+            env,
+            host,
+            show_content,
+            output,
+        } => {
+            let (loaded, mut diags) = crate::validate::validate(&repo);
+            if diags.has_errors() {
+                return Ok(fail_with(diags, &loaded.sources, output, style));
+            }
+            match crate::render::render_env(&loaded, &env, host.as_deref()) {
+                Ok(hosts) => {
+                    let report = RenderReport::new(&env, &hosts, show_content);
+                    match output {
+                        OutputFormat::Json => print_json(&report)?,
+                        OutputFormat::Text => print!("{}", report.to_text()),
+                    }
+                    // Warnings still go to stderr, after the output.
+                    let warnings: Vec<_> = diags
+                        .iter()
+                        .filter(|d| d.severity == Severity::Warning)
+                        .cloned()
+                        .collect();
+                    for w in warnings {
+                        eprint!(
+                            "{}",
+                            colour_diagnostics(
+                                &crate::diag::render_plain(&w, &loaded.sources),
+                                style
+                            )
+                        );
+                    }
+                    Ok(0)
+                }
+                Err(d) => {
+                    diags.extend(d.into_sorted());
+                    Ok(fail_with(diags, &loaded.sources, output, style))
+                }
+            }
+        }
+        Command::Schemas { dir } => {
+            for (file, schema) in crate::schema::generate() {
+                let path = dir.join(&file);
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+                std::fs::write(&path, serde_json::to_string_pretty(&schema)? + "\n")?;
+                println!("{}", path.display());
+            }
+            Ok(0)
+        }
+    }
+}
+
+/// Prints diagnostics (as a validate report) and returns exit code 1.
+fn fail_with(
+    diags: crate::diag::Diagnostics,
+    sources: &crate::diag::SourceMap,
+    output: OutputFormat,
+    style: Style,
+) -> u8 {
+    let report = ValidateReport::new(diags);
+    match output {
+        OutputFormat::Json => {
+            let _ = print_json(&report);
+        }
+        OutputFormat::Text => eprint!("{}", colour_diagnostics(&report.to_text(sources), style)),
+    }
+    1
+}

@@ -1,0 +1,17 @@
+//! plumb: a GitOps reconciliation daemon for plain Linux hosts.
+//!
+//! The layers, from the repo inwards (see ARCHITECTURE.md for the invariants of each):
+//! - [`model`] and [`schema`]: the declarations, their YAML with positions, their schemas;
+//! - [`validate`] and [`render`]: checks and the desired steps per host, with no host contacted;
+//! - [`modules`]: pure step modules (probe script, parse, diff, apply script);
+//! - [`report`]: the machine-readable results of each command;
+//! - [`cli`]: the command line; the only layer that knows about terminals.
+
+pub mod cli;
+pub mod diag;
+pub mod model;
+pub mod modules;
+pub mod render;
+pub mod report;
+pub mod schema;
+pub mod validate;

@@ -1,0 +1,391 @@
+//! Loading a config repo from disk: read, parse with positions, validate against the
+//! schemas, then build the typed model. Every problem becomes a diagnostic; loading goes on
+//! past errors so that one run of `plumb validate` reports all of them.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+
+use super::yaml::{Node, Pos};
+use super::{EnvFile, Environment, Host, HostsFile, Repo, RepoFile, StepDecl, Unit, UnitHeader};
+use crate::diag::{Diagnostic, Diagnostics};
+use crate::modules::{self, REGISTRY};
+use crate::schema::{self, Kind};
+
+pub const REPO_FILE: &str = "plumb.yaml";
+
+/// Loads the repo at `root`. The repo is returned even when there are errors, holding
+/// whatever could be read, so later checks can still run on the valid parts.
+pub fn load(root: &Path) -> (Repo, Diagnostics) {
+    let mut diags = Diagnostics::default();
+    let mut repo = Repo {
+        root: root.to_path_buf(),
+        ..Repo::default()
+    };
+
+    if !root.is_dir() {
+        diags.push(
+            Diagnostic::error(
+                "io",
+                root.display().to_string(),
+                Pos::START,
+                "no such directory",
+            )
+            .with_hint("pass the path of a plumb config repo (the directory holding plumb.yaml)"),
+        );
+        return (repo, diags);
+    }
+    if !root.join(REPO_FILE).is_file() {
+        diags.push(
+            Diagnostic::error(
+                "io",
+                REPO_FILE,
+                Pos::START,
+                "missing plumb.yaml: this is not a plumb config repo",
+            )
+            .with_hint("create plumb.yaml at the repo root (an empty file is enough)"),
+        );
+        return (repo, diags);
+    }
+
+    if let Some((_, settings)) =
+        read_typed::<RepoFile>(&mut repo, &mut diags, REPO_FILE, Kind::Repo)
+    {
+        repo.settings = settings;
+    }
+
+    load_environments(&mut repo, &mut diags);
+    load_units(&mut repo, &mut diags);
+    (repo, diags)
+}
+
+fn rel(parts: &[&str]) -> String {
+    parts.join("/")
+}
+
+/// Lists the entries of `dir` (sorted), as names.
+fn list_dir(dir: &Path) -> Vec<(String, PathBuf)> {
+    let mut out: Vec<(String, PathBuf)> = match std::fs::read_dir(dir) {
+        Ok(rd) => rd
+            .filter_map(Result::ok)
+            .filter_map(|e| e.file_name().into_string().ok().map(|n| (n, e.path())))
+            .filter(|(n, _)| !n.starts_with('.'))
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    out.sort();
+    out
+}
+
+fn load_environments(repo: &mut Repo, diags: &mut Diagnostics) {
+    let env_dir = repo.root.join("environments");
+    let names: Vec<(String, Pos, &'static str)> = match &repo.settings.environments {
+        Some(list) => {
+            let node = repo
+                .sources
+                .get(REPO_FILE)
+                .and_then(|t| Node::parse(t).ok());
+            list.iter()
+                .enumerate()
+                .map(|(i, n)| {
+                    let pos = node
+                        .as_ref()
+                        .map(|nd| nd.locate(&format!("/environments/{i}")))
+                        .unwrap_or(Pos::START);
+                    (n.clone(), pos, REPO_FILE)
+                })
+                .collect()
+        }
+        None => list_dir(&env_dir)
+            .into_iter()
+            .filter(|(_, p)| p.is_dir())
+            .map(|(n, _)| (n, Pos::START, ""))
+            .collect(),
+    };
+    if names.is_empty() {
+        diags.push(
+            Diagnostic::warning(
+                "no-environments",
+                REPO_FILE,
+                Pos::START,
+                "no environments: nothing to deploy to",
+            )
+            .with_hint("add environments/<env>/hosts.yaml"),
+        );
+    }
+    for (name, pos, declared_in) in names {
+        let hosts_path = rel(&["environments", &name, "hosts.yaml"]);
+        let env_path = rel(&["environments", &name, "env.yaml"]);
+        if !repo.root.join(&hosts_path).is_file() {
+            let (p, at) = if declared_in.is_empty() {
+                (hosts_path.clone(), Pos::START)
+            } else {
+                (declared_in.to_string(), pos)
+            };
+            diags.push(
+                Diagnostic::error(
+                    "io",
+                    p,
+                    at,
+                    format!("environment `{name}` has no {hosts_path}"),
+                )
+                .with_hint("create it with a `hosts:` list"),
+            );
+            continue;
+        }
+        let mut env = Environment {
+            name: name.clone(),
+            hosts_path: hosts_path.clone(),
+            env_path: None,
+            hosts: Vec::new(),
+            settings: EnvFile::default(),
+        };
+        if repo.root.join(&env_path).is_file() {
+            env.env_path = Some(env_path.clone());
+            if let Some((_, settings)) = read_typed::<EnvFile>(repo, diags, &env_path, Kind::Env) {
+                env.settings = settings;
+            }
+        }
+        if let Some((node, file)) = read_typed::<HostsFile>(repo, diags, &hosts_path, Kind::Hosts) {
+            let defaults = repo.settings.defaults.clone();
+            for (i, h) in file.hosts.into_iter().enumerate() {
+                let pos = node.locate(&format!("/hosts/{i}"));
+                env.hosts.push(Host {
+                    name: h.name,
+                    address: h.address,
+                    port: u16::try_from(h.port.or(defaults.port).unwrap_or(22)).unwrap_or(22),
+                    user: h.user.or_else(|| defaults.user.clone()),
+                    become_: h.become_.or(defaults.become_).unwrap_or(false),
+                    labels: h.labels,
+                    vars: h.vars,
+                    path: hosts_path.clone(),
+                    pos,
+                });
+            }
+        }
+        repo.environments.insert(name, env);
+    }
+}
+
+fn load_units(repo: &mut Repo, diags: &mut Diagnostics) {
+    let dir = repo.root.join("units");
+    for (file_name, path) in list_dir(&dir) {
+        let Some(unit_name) = file_name
+            .strip_suffix(".yaml")
+            .or_else(|| file_name.strip_suffix(".yml"))
+        else {
+            continue;
+        };
+        if !path.is_file() {
+            continue;
+        }
+        let rel_path = rel(&["units", &file_name]);
+        let Some(node) = read_node(repo, diags, &rel_path) else {
+            continue;
+        };
+        let schema_errors = schema::validate(Kind::Unit, &node, &rel_path);
+        let had_schema_errors = !schema_errors.is_empty();
+        diags.extend(schema_errors);
+        let steps = split_steps(&node, &rel_path, diags);
+        if had_schema_errors {
+            continue;
+        }
+        // The header is everything but `steps`, already checked by the schema.
+        let mut header_json = node.to_json();
+        if let serde_json::Value::Object(o) = &mut header_json {
+            o.remove("steps");
+        }
+        match serde_json::from_value::<UnitHeader>(header_json) {
+            Ok(header) => repo.units.push(Unit {
+                name: unit_name.to_string(),
+                path: rel_path,
+                header,
+                steps,
+                node,
+            }),
+            Err(e) => diags.push(Diagnostic::error(
+                "schema",
+                rel_path,
+                node.pos,
+                e.to_string(),
+            )),
+        }
+    }
+}
+
+/// Splits each step into its envelope and its one module key.
+fn split_steps(unit: &Node, path: &str, diags: &mut Diagnostics) -> Vec<StepDecl> {
+    let mut out = Vec::new();
+    let Some(steps) = unit.get("steps").and_then(Node::as_seq) else {
+        return out;
+    };
+    let module_names: Vec<String> = REGISTRY.iter().map(|m| m.name.to_string()).collect();
+    for (i, step) in steps.iter().enumerate() {
+        let Some(map) = step.as_map() else { continue };
+        let id = step
+            .get("id")
+            .and_then(Node::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let keys: Vec<&String> = map
+            .keys()
+            .filter(|k| modules::lookup(k).is_some())
+            .collect();
+        let label = if id.is_empty() {
+            format!("step {i}")
+        } else {
+            format!("step `{id}`")
+        };
+        match keys.as_slice() {
+            [] => {
+                // An unknown key is reported by the schema with a suggestion; say what is missing.
+                let unknown: Vec<&String> = map
+                    .keys()
+                    .filter(|k| !["id", "after", "notify", "sensitive"].contains(&k.as_str()))
+                    .collect();
+                if unknown.is_empty() {
+                    diags.push(
+                        Diagnostic::error(
+                            "step-module",
+                            path,
+                            step.pos,
+                            format!("{label} has no module"),
+                        )
+                        .with_hint(format!("add exactly one of: {}", module_names.join(", "))),
+                    );
+                }
+            }
+            [one] => {
+                let list = |key: &str| -> Vec<(String, Pos)> {
+                    step.get(key)
+                        .and_then(Node::as_seq)
+                        .map(|s| {
+                            s.iter()
+                                .filter_map(|n| n.as_str().map(|v| (v.to_string(), n.pos)))
+                                .collect()
+                        })
+                        .unwrap_or_default()
+                };
+                let (_, params) = &map[one.as_str()];
+                out.push(StepDecl {
+                    id,
+                    module: one.to_string(),
+                    params: params.clone(),
+                    pointer: format!("/steps/{i}/{one}"),
+                    after: list("after"),
+                    notify: list("notify"),
+                    sensitive: matches!(
+                        step.get("sensitive").map(|n| &n.value),
+                        Some(super::yaml::Value::Bool(true))
+                    ),
+                    pos: step.pos,
+                });
+            }
+            [_, second, ..] => {
+                let pos = step.key_pos(second).unwrap_or(step.pos);
+                let names: Vec<String> = keys.iter().map(|k| format!("`{k}`")).collect();
+                diags.push(
+                    Diagnostic::error(
+                        "step-module",
+                        path,
+                        pos,
+                        format!("{label} has more than one module: {}", names.join(", ")),
+                    )
+                    .with_hint("a step does one thing: split it into one step per module"),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// Reads and parses a YAML file, recording its text for diagnostics.
+fn read_node(repo: &mut Repo, diags: &mut Diagnostics, rel_path: &str) -> Option<Node> {
+    let full = repo.root.join(rel_path);
+    let bytes = match std::fs::read(&full) {
+        Ok(b) => b,
+        Err(e) => {
+            diags.push(Diagnostic::error(
+                "io",
+                rel_path,
+                Pos::START,
+                format!("cannot read: {e}"),
+            ));
+            return None;
+        }
+    };
+    let text = match String::from_utf8(bytes) {
+        Ok(t) => t,
+        Err(e) => {
+            let upto = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+            let line = upto.iter().filter(|b| **b == b'\n').count() + 1;
+            let col = upto.iter().rev().take_while(|b| **b != b'\n').count() + 1;
+            diags.push(
+                Diagnostic::error(
+                    "encoding",
+                    rel_path,
+                    Pos {
+                        line: line as u32,
+                        col: col as u32,
+                    },
+                    "file is not valid UTF-8",
+                )
+                .with_hint("save the file as UTF-8"),
+            );
+            return None;
+        }
+    };
+    repo.sources.insert(rel_path, text.clone());
+    match Node::parse(&text) {
+        Ok(n) => Some(n),
+        Err(e) => {
+            diags.push(Diagnostic::error("yaml", rel_path, e.pos, e.message));
+            None
+        }
+    }
+}
+
+/// Reads, parses and schema-checks a file, then deserializes it into `T`.
+fn read_typed<T: DeserializeOwned>(
+    repo: &mut Repo,
+    diags: &mut Diagnostics,
+    rel_path: &str,
+    kind: Kind,
+) -> Option<(Node, T)> {
+    let node = read_node(repo, diags, rel_path)?;
+    // An empty file is an empty mapping.
+    let node = if matches!(node.value, super::yaml::Value::Null) {
+        Node {
+            pos: node.pos,
+            value: super::yaml::Value::Map(Default::default()),
+        }
+    } else {
+        node
+    };
+    let errors = schema::validate(kind, &node, rel_path);
+    if !errors.is_empty() {
+        diags.extend(errors);
+        return None;
+    }
+    match serde_json::from_value::<T>(node.to_json()) {
+        Ok(v) => Some((node, v)),
+        Err(e) => {
+            diags.push(Diagnostic::error(
+                "schema",
+                rel_path,
+                node.pos,
+                e.to_string(),
+            ));
+            None
+        }
+    }
+}
+
+/// Host names by environment, for checks that need them.
+pub fn host_index(repo: &Repo) -> BTreeMap<&str, Vec<&Host>> {
+    repo.environments
+        .iter()
+        .map(|(n, e)| (n.as_str(), e.hosts.iter().collect()))
+        .collect()
+}

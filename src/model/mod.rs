@@ -1,0 +1,353 @@
+//! The declaration model: what a config repo says, as typed data with source positions.
+//!
+//! `*File` types are the on-disk YAML shapes; the JSON Schemas under `schemas/` are
+//! generated from them (see `schema`), so the two cannot drift apart. [`Repo`] is the loaded,
+//! checked form the renderer works from.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::diag::SourceMap;
+
+pub mod load;
+pub mod yaml;
+
+use yaml::{Node, Pos};
+
+/// Variables: names to any YAML value.
+pub type Vars = serde_json::Map<String, serde_json::Value>;
+
+/// `plumb.yaml`: settings for the whole repo.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "plumb repo settings (plumb.yaml)")]
+pub struct RepoFile {
+    /// A name for this repo in reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The environments plumb manages. Unset: every directory under `environments/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environments: Option<Vec<String>>,
+    /// Connection defaults for every host; a host's own fields win.
+    #[serde(default)]
+    pub defaults: HostDefaults,
+}
+
+/// Connection defaults.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HostDefaults {
+    /// SSH user. Unset: what `~/.ssh/config` says, else the local user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// SSH port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<u32>,
+    /// Run steps through `sudo -n` (privilege escalation).
+    #[serde(default, rename = "become", skip_serializing_if = "Option::is_none")]
+    pub become_: Option<bool>,
+}
+
+/// `environments/<env>/hosts.yaml`: the inventory.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "plumb inventory (environments/<env>/hosts.yaml)")]
+pub struct HostsFile {
+    pub hosts: Vec<HostDecl>,
+}
+
+/// One host.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HostDecl {
+    /// A unique name for the host within the environment.
+    #[schemars(regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"), length(max = 253))]
+    pub name: String,
+    /// IP address or DNS name to connect to.
+    #[schemars(length(min = 1, max = 253))]
+    pub address: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Run steps through `sudo -n`.
+    #[serde(default, rename = "become", skip_serializing_if = "Option::is_none")]
+    pub become_: Option<bool>,
+    /// Labels that units select hosts by.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Host variables: the highest precedence.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub vars: Vars,
+}
+
+/// `environments/<env>/env.yaml`: how an environment is reconciled.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "plumb environment settings (environments/<env>/env.yaml)")]
+pub struct EnvFile {
+    /// Environment variables: override unit defaults, overridden by host vars.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub vars: Vars,
+    #[serde(default)]
+    pub drift: DriftSettings,
+    /// Rollout waves. Unset: one wave with every host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<Rollout>,
+    /// Checks run after each wave; a failure stops the rollout.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub health_checks: Vec<HealthCheck>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DriftMode {
+    /// Report drift, change nothing.
+    #[default]
+    Report,
+    /// Report drift and re-apply the commit to correct it.
+    Correct,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DriftSettings {
+    #[serde(default)]
+    pub mode: DriftMode,
+    /// How often to check for drift, e.g. "5m".
+    #[serde(default = "default_drift_interval")]
+    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h)$"))]
+    pub interval: String,
+}
+
+impl Default for DriftSettings {
+    fn default() -> Self {
+        DriftSettings {
+            mode: DriftMode::Report,
+            interval: default_drift_interval(),
+        }
+    }
+}
+
+fn default_drift_interval() -> String {
+    "5m".to_string()
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Rollout {
+    /// Waves in order; a host goes in the first wave that selects it.
+    #[schemars(length(min = 1))]
+    pub waves: Vec<Wave>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Wave {
+    pub name: String,
+    /// Label selector. Empty or unset: every host not taken by an earlier wave.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub selector: Selector,
+    /// Hosts applied at once within the wave.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_parallel: Option<u32>,
+}
+
+/// A health check: exactly one of `command` (run on each host of the wave), `http` (GET from
+/// plumb, 2xx expected) or `tcp` (connect from plumb to `host:port`).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// URL; may use `{{ host.address }}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<String>,
+    /// Port on each host of the wave.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub tcp: Option<u32>,
+    #[serde(default = "default_check_timeout")]
+    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h)$"))]
+    pub timeout: String,
+    /// Tries before the check fails (1 s apart).
+    #[serde(default = "one")]
+    #[schemars(range(min = 1, max = 100))]
+    pub retries: u32,
+}
+
+fn default_check_timeout() -> String {
+    "10s".to_string()
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// Label selector: every key must match; a list matches any of its values.
+pub type Selector = BTreeMap<String, LabelMatch>;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum LabelMatch {
+    One(String),
+    Any(Vec<String>),
+}
+
+impl LabelMatch {
+    pub fn matches(&self, value: &str) -> bool {
+        match self {
+            LabelMatch::One(v) => v == value,
+            LabelMatch::Any(vs) => vs.iter().any(|v| v == value),
+        }
+    }
+}
+
+pub fn selector_matches(selector: &Selector, labels: &BTreeMap<String, String>) -> bool {
+    selector
+        .iter()
+        .all(|(k, m)| labels.get(k).is_some_and(|v| m.matches(v)))
+}
+
+/// `units/<unit>.yaml`, less its steps (whose schema is assembled per module in `schema`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UnitHeader {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Label selector for the hosts this unit applies to. Unset: every host.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub applies_to: Selector,
+    /// Unit defaults: the lowest precedence.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub vars: Vars,
+}
+
+/// The fields every step has besides its one module key.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StepEnvelope {
+    /// Unique within the unit; other units refer to it as `<unit>/<id>`.
+    #[schemars(regex(pattern = r"^[a-z0-9][a-z0-9_-]*$"), length(max = 128))]
+    pub id: String,
+    /// Steps that must run before this one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after: Vec<String>,
+    /// Steps whose refresh runs (once, at the end) when this step changed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notify: Vec<String>,
+    /// Never show this step's content or values in plans, diffs, logs or reports.
+    #[serde(default)]
+    pub sensitive: bool,
+}
+
+/// A host of a loaded environment, with defaults applied.
+#[derive(Debug, Clone)]
+pub struct Host {
+    pub name: String,
+    pub address: String,
+    pub port: u16,
+    pub user: Option<String>,
+    pub become_: bool,
+    pub labels: BTreeMap<String, String>,
+    pub vars: Vars,
+    /// Where the host is declared.
+    pub path: String,
+    pub pos: Pos,
+}
+
+/// A loaded environment.
+#[derive(Debug, Clone)]
+pub struct Environment {
+    pub name: String,
+    pub hosts_path: String,
+    pub env_path: Option<String>,
+    pub hosts: Vec<Host>,
+    pub settings: EnvFile,
+}
+
+/// One step as declared in a unit, before templating.
+#[derive(Debug, Clone)]
+pub struct StepDecl {
+    pub id: String,
+    pub module: String,
+    /// The module's parameters as written (strings are templated at render time).
+    pub params: Node,
+    /// JSON pointer of the parameters within the unit file, e.g. `/steps/2/file`.
+    pub pointer: String,
+    pub after: Vec<(String, Pos)>,
+    pub notify: Vec<(String, Pos)>,
+    pub sensitive: bool,
+    pub pos: Pos,
+}
+
+/// A loaded unit.
+#[derive(Debug, Clone)]
+pub struct Unit {
+    pub name: String,
+    pub path: String,
+    pub header: UnitHeader,
+    pub steps: Vec<StepDecl>,
+    /// The unit file's tree, for positions.
+    pub node: Node,
+}
+
+/// A config repo, loaded and schema-checked.
+#[derive(Debug, Clone, Default)]
+pub struct Repo {
+    pub root: PathBuf,
+    pub settings: RepoFile,
+    pub environments: BTreeMap<String, Environment>,
+    pub units: Vec<Unit>,
+    pub sources: SourceMap,
+}
+
+/// Parses "500ms", "30s", "5m", "2h".
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let split = s.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    match unit {
+        "ms" => Some(Duration::from_millis(n)),
+        "s" => Some(Duration::from_secs(n)),
+        "m" => n.checked_mul(60).map(Duration::from_secs),
+        "h" => n.checked_mul(3600).map(Duration::from_secs),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
+        assert_eq!(parse_duration("5"), None);
+        assert_eq!(parse_duration("m"), None);
+        assert_eq!(parse_duration("99999999999999999999h"), None);
+    }
+
+    #[test]
+    fn selectors() {
+        let labels: BTreeMap<String, String> = [("role".to_string(), "web".to_string())].into();
+        let mut s = Selector::new();
+        assert!(selector_matches(&s, &labels));
+        s.insert(
+            "role".into(),
+            LabelMatch::Any(vec!["db".into(), "web".into()]),
+        );
+        assert!(selector_matches(&s, &labels));
+        s.insert("zone".into(), LabelMatch::One("a".into()));
+        assert!(!selector_matches(&s, &labels));
+    }
+}

@@ -1,0 +1,488 @@
+//! Rendering: from the loaded repo to the exact, ordered steps each host must be given.
+//!
+//! Per host: pick the units whose `applies_to` selects it, merge variables (unit defaults <
+//! environment < host), template every string parameter and every `template:` file with
+//! minijinja in strict mode (an undefined variable is an error), build each module's
+//! resource, and order the steps (declaration order, moved only by `after`). Rendering reads
+//! the repo only; it never contacts a host.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use minijinja::{Environment as Jinja, UndefinedBehavior};
+use serde_json::Value as Json;
+
+use crate::diag::{Diagnostic, Diagnostics};
+use crate::model::yaml::{Node, Pos, Value};
+use crate::model::{selector_matches, Host, Repo, StepDecl, Unit, Vars};
+use crate::modules::{self, Resolve, Resource};
+
+mod order;
+pub use order::{find_cycle, order_steps};
+
+/// Variable names plumb provides itself.
+pub const RESERVED_VARS: &[&str] = &["host", "env"];
+/// Largest file `source:` or `template:` may name (bytes).
+pub const MAX_CONTENT_BYTES: u64 = 64 * 1024 * 1024;
+/// Template execution budget (minijinja fuel) per template.
+const TEMPLATE_FUEL: u64 = 5_000_000;
+
+/// One step, rendered for one host: what the engine will make true.
+#[derive(Debug)]
+pub struct DesiredStep {
+    /// `<unit>/<id>`: unique on a host.
+    pub address: String,
+    pub unit: String,
+    pub id: String,
+    pub module: String,
+    pub resource: Box<dyn Resource>,
+    /// Addresses of steps on this host that must come first.
+    pub after: Vec<String>,
+    /// Addresses of steps on this host to refresh when this one changed.
+    pub notify: Vec<String>,
+    pub sensitive: bool,
+    /// Where the step is declared.
+    pub path: String,
+    pub pos: Pos,
+}
+
+/// The desired state of one host.
+#[derive(Debug)]
+pub struct DesiredHost {
+    pub host: Host,
+    pub steps: Vec<DesiredStep>,
+}
+
+/// Units that apply to a host, in name order.
+pub fn units_for<'a>(repo: &'a Repo, host: &Host) -> Vec<&'a Unit> {
+    repo.units
+        .iter()
+        .filter(|u| selector_matches(&u.header.applies_to, &host.labels))
+        .collect()
+}
+
+/// Resolves a step reference written in `unit` to an address.
+pub fn qualify(unit: &str, reference: &str) -> String {
+    if reference.contains('/') {
+        reference.to_string()
+    } else {
+        format!("{unit}/{reference}")
+    }
+}
+
+/// Renders every host of `env` (or only `only_host`). All problems are returned together.
+pub fn render_env(
+    repo: &Repo,
+    env: &str,
+    only_host: Option<&str>,
+) -> Result<Vec<DesiredHost>, Diagnostics> {
+    let mut diags = Diagnostics::default();
+    let Some(environment) = repo.environments.get(env) else {
+        let known: Vec<&str> = repo.environments.keys().map(String::as_str).collect();
+        diags.push(
+            Diagnostic::error(
+                "unknown-environment",
+                "plumb.yaml",
+                Pos::START,
+                format!("no environment `{env}`"),
+            )
+            .with_hint(format!("known environments: {}", known.join(", "))),
+        );
+        return Err(diags);
+    };
+    let hosts: Vec<&Host> = environment
+        .hosts
+        .iter()
+        .filter(|h| only_host.is_none_or(|n| h.name == n))
+        .collect();
+    if let (Some(name), true) = (only_host, hosts.is_empty()) {
+        diags.push(Diagnostic::error(
+            "unknown-host",
+            environment.hosts_path.clone(),
+            Pos::START,
+            format!("no host `{name}` in environment `{env}`"),
+        ));
+        return Err(diags);
+    }
+    let mut out = Vec::new();
+    for host in hosts {
+        match render_host(repo, env, host) {
+            Ok(h) => out.push(h),
+            Err(d) => diags.extend(d.into_sorted()),
+        }
+    }
+    if diags.has_errors() {
+        Err(diags)
+    } else {
+        Ok(out)
+    }
+}
+
+/// The template context for a host: merged variables plus `host` and `env`.
+pub fn host_context(repo: &Repo, env: &str, host: &Host, unit: &Unit) -> Json {
+    let mut vars = Vars::new();
+    let env_vars = repo
+        .environments
+        .get(env)
+        .map(|e| e.settings.vars.clone())
+        .unwrap_or_default();
+    for layer in [&unit.header.vars, &env_vars, &host.vars] {
+        for (k, v) in layer {
+            vars.insert(k.clone(), v.clone());
+        }
+    }
+    vars.insert(
+        "host".into(),
+        serde_json::json!({
+            "name": host.name,
+            "address": host.address,
+            "port": host.port,
+            "user": host.user,
+            "labels": host.labels,
+        }),
+    );
+    vars.insert("env".into(), serde_json::json!({ "name": env }));
+    Json::Object(vars)
+}
+
+fn jinja(repo: &Repo) -> Jinja<'static> {
+    let mut j = Jinja::new();
+    j.set_undefined_behavior(UndefinedBehavior::Strict);
+    j.set_fuel(Some(TEMPLATE_FUEL));
+    if let Ok(syntax) = minijinja::syntax::SyntaxConfig::builder()
+        .keep_trailing_newline(true)
+        .build()
+    {
+        j.set_syntax(syntax);
+    }
+    let dir = repo.root.join("templates");
+    j.set_loader(move |name| {
+        if name.split('/').any(|p| p == ".." || p.is_empty()) {
+            return Ok(None);
+        }
+        match std::fs::read_to_string(dir.join(name)) {
+            Ok(s) => Ok(Some(s)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(minijinja::Error::new(
+                minijinja::ErrorKind::InvalidOperation,
+                format!("cannot read: {e}"),
+            )),
+        }
+    });
+    j
+}
+
+/// Describes a template error: which variable is undefined, when that is the cause.
+fn template_message(err: &minijinja::Error, source: &str, ctx: &Json) -> String {
+    if err.kind() == minijinja::ErrorKind::UndefinedError {
+        let mut env = Jinja::new();
+        env.set_undefined_behavior(UndefinedBehavior::Strict);
+        if let Ok(t) = env.template_from_str(source) {
+            let known: BTreeSet<String> = ctx
+                .as_object()
+                .map(|o| o.keys().cloned().collect())
+                .unwrap_or_default();
+            let mut missing: Vec<String> = t
+                .undeclared_variables(true)
+                .into_iter()
+                .filter(|v| {
+                    let top = v.split('.').next().unwrap_or(v);
+                    !known.contains(top) || lookup_path(ctx, v).is_none()
+                })
+                .collect();
+            missing.sort();
+            if !missing.is_empty() {
+                return format!("undefined variable `{}`", missing.join("`, `"));
+            }
+        }
+        return "undefined variable or attribute".to_string();
+    }
+    let detail = err.detail().map(|d| format!(": {d}")).unwrap_or_default();
+    format!("template error: {}{detail}", err.kind())
+}
+
+fn lookup_path<'a>(ctx: &'a Json, dotted: &str) -> Option<&'a Json> {
+    dotted.split('.').try_fold(ctx, |v, k| v.get(k))
+}
+
+struct Templater<'r> {
+    repo: &'r Repo,
+    jinja: Jinja<'static>,
+}
+
+impl Templater<'_> {
+    /// Templates every string in a parameter tree, keeping positions for errors.
+    fn params(&self, node: &Node, ctx: &Json, path: &str, diags: &mut Vec<Diagnostic>) -> Json {
+        match &node.value {
+            Value::String(s) if s.contains("{{") || s.contains("{%") || s.contains("{#") => {
+                match self.jinja.render_str(s, minijinja::value::Serde(ctx)) {
+                    Ok(out) => Json::String(out),
+                    Err(e) => {
+                        let mut pos = node.pos;
+                        if let Some(l) = e.line() {
+                            pos.line += u32::try_from(l.saturating_sub(1)).unwrap_or(0);
+                        }
+                        diags.push(Diagnostic::error(
+                            "template",
+                            path,
+                            pos,
+                            template_message(&e, s, ctx),
+                        ));
+                        Json::Null
+                    }
+                }
+            }
+            Value::Seq(items) => Json::Array(
+                items
+                    .iter()
+                    .map(|n| self.params(n, ctx, path, diags))
+                    .collect(),
+            ),
+            Value::Map(m) => Json::Object(
+                m.iter()
+                    .map(|(k, (_, v))| (k.clone(), self.params(v, ctx, path, diags)))
+                    .collect(),
+            ),
+            _ => node.to_json(),
+        }
+    }
+}
+
+/// Serves `template:` and `source:` for one step.
+struct StepResolver<'a> {
+    repo: &'a Repo,
+    templater: &'a Templater<'a>,
+    ctx: &'a Json,
+    errors: Vec<Diagnostic>,
+}
+
+impl Resolve for StepResolver<'_> {
+    fn template(&mut self, name: &str) -> Result<String, String> {
+        let rel_path = format!("templates/{name}");
+        let full = self.repo.root.join(&rel_path);
+        if name.split('/').any(|p| p == ".." || p.is_empty()) || !full.is_file() {
+            return Err(format!("no template `{rel_path}`"));
+        }
+        let meta_len = std::fs::metadata(&full).map(|m| m.len()).unwrap_or(0);
+        if meta_len > MAX_CONTENT_BYTES {
+            return Err(format!(
+                "`{rel_path}` is larger than {MAX_CONTENT_BYTES} bytes"
+            ));
+        }
+        let t = self
+            .templater
+            .jinja
+            .get_template(name)
+            .and_then(|t| t.render(minijinja::value::Serde(self.ctx)));
+        match t {
+            Ok(s) => Ok(s),
+            Err(e) => {
+                let source = std::fs::read_to_string(&full).unwrap_or_default();
+                let line = e.line().map(|l| l as u32).unwrap_or(1);
+                let col = e
+                    .range()
+                    .and_then(|r| {
+                        let before = source.get(..r.start)?;
+                        Some(
+                            before
+                                .rsplit('\n')
+                                .next()
+                                .map(|l| l.chars().count())
+                                .unwrap_or(0) as u32
+                                + 1,
+                        )
+                    })
+                    .unwrap_or(1);
+                let file = e
+                    .name()
+                    .map(|n| format!("templates/{n}"))
+                    .unwrap_or(rel_path.clone());
+                let file_source =
+                    std::fs::read_to_string(self.repo.root.join(&file)).unwrap_or(source.clone());
+                self.errors.push(Diagnostic::error(
+                    "template",
+                    file,
+                    Pos { line, col },
+                    template_message(&e, &file_source, self.ctx),
+                ));
+                Err(format!("template `{rel_path}` failed"))
+            }
+        }
+    }
+
+    fn file(&mut self, name: &str) -> Result<Vec<u8>, String> {
+        let rel_path = format!("files/{name}");
+        let full = self.repo.root.join(&rel_path);
+        if name.split('/').any(|p| p == ".." || p.is_empty()) || !full.is_file() {
+            return Err(format!("no file `{rel_path}`"));
+        }
+        let len = std::fs::metadata(&full).map(|m| m.len()).unwrap_or(0);
+        if len > MAX_CONTENT_BYTES {
+            return Err(format!(
+                "`{rel_path}` is larger than {MAX_CONTENT_BYTES} bytes"
+            ));
+        }
+        std::fs::read(&full).map_err(|e| format!("cannot read `{rel_path}`: {e}"))
+    }
+}
+
+/// Renders one host.
+pub fn render_host(repo: &Repo, env: &str, host: &Host) -> Result<DesiredHost, Diagnostics> {
+    let mut diags = Diagnostics::default();
+    let templater = Templater {
+        repo,
+        jinja: jinja(repo),
+    };
+    let mut steps = Vec::new();
+    let units = units_for(repo, host);
+    for unit in &units {
+        let ctx = host_context(repo, env, host, unit);
+        for decl in &unit.steps {
+            match render_step(&templater, unit, decl, &ctx) {
+                Ok(s) => steps.push(s),
+                Err(errs) => diags.extend(errs),
+            }
+        }
+    }
+    // References: `after` to a step not on this host is dropped (nothing to wait for);
+    // `notify` to a step not on this host is an error (the refresh would never run).
+    let present: HashMap<String, usize> = steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.address.clone(), i))
+        .collect();
+    for unit in &units {
+        for decl in &unit.steps {
+            let addr = qualify(&unit.name, &decl.id);
+            for (target, pos) in &decl.notify {
+                let t = qualify(&unit.name, target);
+                if !present.contains_key(&t) && repo_has_step(repo, &t) {
+                    diags.push(
+                        Diagnostic::error(
+                            "notify",
+                            unit.path.clone(),
+                            *pos,
+                            format!(
+                                "`{addr}` notifies `{t}`, which does not apply to host `{}`",
+                                host.name
+                            ),
+                        )
+                        .with_hint(
+                            "make the target's unit select this host too, or drop the notify",
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    for s in &mut steps {
+        s.after.retain(|a| present.contains_key(a));
+        s.notify.retain(|a| present.contains_key(a));
+    }
+    if diags.has_errors() {
+        return Err(diags);
+    }
+    match order_steps(steps) {
+        Ok(steps) => Ok(DesiredHost {
+            host: host.clone(),
+            steps,
+        }),
+        Err(cycle) => {
+            diags.push(Diagnostic::error(
+                "cycle",
+                host.path.clone(),
+                host.pos,
+                format!(
+                    "dependency cycle on host `{}`: {}",
+                    host.name,
+                    cycle.join(" -> ")
+                ),
+            ));
+            Err(diags)
+        }
+    }
+}
+
+fn repo_has_step(repo: &Repo, address: &str) -> bool {
+    let Some((u, id)) = address.split_once('/') else {
+        return false;
+    };
+    repo.units
+        .iter()
+        .any(|unit| unit.name == u && unit.steps.iter().any(|s| s.id == id))
+}
+
+fn render_step(
+    t: &Templater<'_>,
+    unit: &Unit,
+    decl: &StepDecl,
+    ctx: &Json,
+) -> Result<DesiredStep, Vec<Diagnostic>> {
+    let mut errs = Vec::new();
+    let params = t.params(&decl.params, ctx, &unit.path, &mut errs);
+    if !errs.is_empty() {
+        return Err(errs);
+    }
+    let Some(def) = modules::lookup(&decl.module) else {
+        return Err(vec![Diagnostic::error(
+            "step-module",
+            unit.path.clone(),
+            decl.pos,
+            format!("unknown module `{}`", decl.module),
+        )]);
+    };
+    let mut resolver = StepResolver {
+        repo: t.repo,
+        templater: t,
+        ctx,
+        errors: Vec::new(),
+    };
+    match (def.build)(params, &mut resolver) {
+        Ok(resource) => Ok(DesiredStep {
+            address: qualify(&unit.name, &decl.id),
+            unit: unit.name.clone(),
+            id: decl.id.clone(),
+            module: decl.module.clone(),
+            resource,
+            after: decl
+                .after
+                .iter()
+                .map(|(a, _)| qualify(&unit.name, a))
+                .collect(),
+            notify: decl
+                .notify
+                .iter()
+                .map(|(a, _)| qualify(&unit.name, a))
+                .collect(),
+            sensitive: decl.sensitive,
+            path: unit.path.clone(),
+            pos: decl.pos,
+        }),
+        Err(e) => {
+            if !resolver.errors.is_empty() {
+                return Err(resolver.errors);
+            }
+            let pointer = format!("{}{}", decl.pointer, e.pointer);
+            let pos = unit.node.locate(&pointer);
+            Err(vec![Diagnostic::error(
+                "step",
+                unit.path.clone(),
+                pos,
+                format!("step `{}`: {}", decl.id, e.message),
+            )])
+        }
+    }
+}
+
+/// Which variables each unit's context defines, for the `reserved-var` check.
+pub fn reserved_var_uses(vars: &Vars) -> Vec<&str> {
+    RESERVED_VARS
+        .iter()
+        .copied()
+        .filter(|r| vars.contains_key(*r))
+        .collect()
+}
+
+/// Map from address to the step, for lookups.
+pub fn index(steps: &[DesiredStep]) -> BTreeMap<&str, &DesiredStep> {
+    steps.iter().map(|s| (s.address.as_str(), s)).collect()
+}

@@ -1,0 +1,188 @@
+//! Reports: the stable, machine-readable results of each command (`--output json`, with
+//! schemas under `schemas/output/`), and their plain-text forms. Colour and terminal
+//! concerns belong to `cli`; everything here is deterministic text or data.
+
+use schemars::JsonSchema;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::diag::{render_plain, Diagnostic, Diagnostics, SourceMap};
+use crate::render::DesiredHost;
+
+/// `plumb validate --output json`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ValidateReport {
+    pub valid: bool,
+    pub errors: usize,
+    pub warnings: usize,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl ValidateReport {
+    pub fn new(diags: Diagnostics) -> ValidateReport {
+        let errors = diags.error_count();
+        let warnings = diags.warning_count();
+        ValidateReport {
+            valid: errors == 0,
+            errors,
+            warnings,
+            diagnostics: diags.into_sorted(),
+        }
+    }
+
+    pub fn to_text(&self, sources: &SourceMap) -> String {
+        let mut out = String::new();
+        for d in &self.diagnostics {
+            out.push_str(&render_plain(d, sources));
+        }
+        out.push_str(&summary_line(self.errors, self.warnings));
+        out
+    }
+}
+
+pub fn summary_line(errors: usize, warnings: usize) -> String {
+    let plural = |n: usize, w: &str| {
+        if n == 1 {
+            format!("{n} {w}")
+        } else {
+            format!("{n} {w}s")
+        }
+    };
+    if errors == 0 {
+        format!("valid ({})\n", plural(warnings, "warning"))
+    } else {
+        format!(
+            "invalid: {}, {}\n",
+            plural(errors, "error"),
+            plural(warnings, "warning")
+        )
+    }
+}
+
+/// `plumb render --output json`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct RenderReport {
+    pub environment: String,
+    pub hosts: Vec<RenderedHost>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct RenderedHost {
+    pub name: String,
+    pub address: String,
+    pub port: u16,
+    pub user: Option<String>,
+    #[serde(rename = "become")]
+    pub become_: bool,
+    pub steps: Vec<RenderedStep>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct RenderedStep {
+    /// `<unit>/<id>`.
+    pub address: String,
+    pub module: String,
+    pub target: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub after: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notify: Vec<String>,
+    pub sensitive: bool,
+    /// The desired state; `null` for sensitive steps.
+    pub desired: serde_json::Value,
+    /// File content as text (only with `--show-content`, never for sensitive steps).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+}
+
+/// Describes bytes without showing them.
+pub fn content_summary(bytes: &[u8]) -> serde_json::Value {
+    serde_json::json!({ "sha256": hex::encode(Sha256::digest(bytes)), "size": bytes.len() })
+}
+
+impl RenderReport {
+    pub fn new(env: &str, hosts: &[DesiredHost], show_content: bool) -> RenderReport {
+        RenderReport {
+            environment: env.to_string(),
+            hosts: hosts
+                .iter()
+                .map(|h| RenderedHost {
+                    name: h.host.name.clone(),
+                    address: h.host.address.clone(),
+                    port: h.host.port,
+                    user: h.host.user.clone(),
+                    become_: h.host.become_,
+                    steps: h
+                        .steps
+                        .iter()
+                        .map(|s| RenderedStep {
+                            address: s.address.clone(),
+                            module: s.module.clone(),
+                            target: s.resource.target(),
+                            after: s.after.clone(),
+                            notify: s.notify.clone(),
+                            sensitive: s.sensitive,
+                            desired: if s.sensitive {
+                                serde_json::Value::Null
+                            } else {
+                                s.resource.desired()
+                            },
+                            content: match (show_content && !s.sensitive, s.resource.content()) {
+                                (true, Some(c)) => Some(String::from_utf8_lossy(c).into_owned()),
+                                _ => None,
+                            },
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        for h in &self.hosts {
+            out.push_str(&format!(
+                "host {} ({}:{}) — {} steps\n",
+                h.name,
+                h.address,
+                h.port,
+                h.steps.len()
+            ));
+            for (i, s) in h.steps.iter().enumerate() {
+                out.push_str(&format!(
+                    "  {:>3}. {} [{}] {}\n",
+                    i + 1,
+                    s.address,
+                    s.module,
+                    s.target
+                ));
+                if s.sensitive {
+                    out.push_str("       (sensitive: desired state hidden)\n");
+                    continue;
+                }
+                if let serde_json::Value::Object(o) = &s.desired {
+                    for (k, v) in o {
+                        let v = match v {
+                            serde_json::Value::String(s) => s.clone(),
+                            other => other.to_string(),
+                        };
+                        out.push_str(&format!("       {k}: {v}\n"));
+                    }
+                }
+                if !s.after.is_empty() {
+                    out.push_str(&format!("       after: {}\n", s.after.join(", ")));
+                }
+                if !s.notify.is_empty() {
+                    out.push_str(&format!("       notify: {}\n", s.notify.join(", ")));
+                }
+                if let Some(c) = &s.content {
+                    out.push_str("       content: |\n");
+                    for line in c.lines() {
+                        out.push_str(&format!("         {line}\n"));
+                    }
+                }
+            }
+        }
+        out
+    }
+}

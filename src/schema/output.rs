@@ -1,0 +1,21 @@
+//! Schemas of the `--output json` reports.
+
+use schemars::JsonSchema;
+use serde_json::Value;
+
+use crate::report::{RenderReport, ValidateReport};
+
+fn one<T: JsonSchema>(name: &str) -> (String, Value) {
+    let file = format!("output/{name}.schema.json");
+    let schema = super::generator().into_root_schema_for::<T>();
+    let v = super::finish(&file, schema);
+    (file, v)
+}
+
+/// Every report schema, as `(path under schemas/, schema)`.
+pub fn generate() -> Vec<(String, Value)> {
+    vec![
+        one::<ValidateReport>("validate"),
+        one::<RenderReport>("render"),
+    ]
+}

@@ -1,0 +1,352 @@
+//! `plumb validate`: everything that can be checked without a host.
+//!
+//! Loading (syntax, schema) is in `model::load`; this adds the semantic checks and renders
+//! every host of every environment, so template and variable errors are found too.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::path::Path;
+
+use crate::diag::{Diagnostic, Diagnostics};
+use crate::model::yaml::{Node, Pos};
+use crate::model::{load, selector_matches, Repo};
+use crate::modules;
+use crate::render::{self, find_cycle, qualify, RESERVED_VARS};
+use crate::schema::suggest;
+
+/// Loads and checks the repo at `root`.
+pub fn validate(root: &Path) -> (Repo, Diagnostics) {
+    let (repo, mut diags) = load::load(root);
+    check(&repo, &mut diags);
+    (repo, diags)
+}
+
+/// Semantic checks and a full render, on a loaded repo.
+pub fn check(repo: &Repo, diags: &mut Diagnostics) {
+    check_hosts(repo, diags);
+    check_envs(repo, diags);
+    check_steps(repo, diags);
+    check_unit_selection(repo, diags);
+    if diags.has_errors() {
+        // Rendering a repo with broken references only repeats those errors.
+        return;
+    }
+    for env in repo.environments.keys() {
+        if let Err(d) = render::render_env(repo, env, None) {
+            diags.extend(d.into_sorted());
+        }
+    }
+}
+
+fn node_of(repo: &Repo, path: &str) -> Option<Node> {
+    repo.sources.get(path).and_then(|t| Node::parse(t).ok())
+}
+
+/// A DNS name (RFC 1123 labels) or an IP address.
+pub fn valid_address(a: &str) -> bool {
+    if a.parse::<IpAddr>().is_ok() {
+        return true;
+    }
+    let a = a.strip_suffix('.').unwrap_or(a);
+    !a.is_empty()
+        && a.len() <= 253
+        && a.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+        && !a
+            .split('.')
+            .next_back()
+            .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()))
+}
+
+fn check_hosts(repo: &Repo, diags: &mut Diagnostics) {
+    for env in repo.environments.values() {
+        let node = node_of(repo, &env.hosts_path);
+        let at = |p: &str| node.as_ref().map(|n| n.locate(p)).unwrap_or(Pos::START);
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        for (i, h) in env.hosts.iter().enumerate() {
+            if let Some(first) = seen.insert(h.name.as_str(), i) {
+                let first_line = at(&format!("/hosts/{first}/name")).line;
+                diags.push(
+                    Diagnostic::error("duplicate-host", &env.hosts_path, at(&format!("/hosts/{i}/name")), format!("duplicate host `{}`", h.name))
+                        .with_hint(format!("first declared on line {first_line}; host names are unique in an environment")),
+                );
+            }
+            if !valid_address(&h.address) {
+                diags.push(
+                    Diagnostic::error(
+                        "address",
+                        &env.hosts_path,
+                        at(&format!("/hosts/{i}/address")),
+                        format!("invalid address `{}` for host `{}`", h.address, h.name),
+                    )
+                    .with_hint("use an IP address or a DNS name"),
+                );
+            }
+            for r in render::reserved_var_uses(&h.vars) {
+                diags.push(reserved(
+                    &env.hosts_path,
+                    at(&format!("/hosts/{i}/vars/{r}")),
+                    r,
+                ));
+            }
+        }
+    }
+}
+
+fn reserved(path: &str, pos: Pos, name: &str) -> Diagnostic {
+    Diagnostic::error(
+        "reserved-var",
+        path,
+        pos,
+        format!("variable `{name}` is reserved"),
+    )
+    .with_hint(format!(
+        "plumb provides `{name}` itself; reserved names: {}",
+        RESERVED_VARS.join(", ")
+    ))
+}
+
+fn check_envs(repo: &Repo, diags: &mut Diagnostics) {
+    for env in repo.environments.values() {
+        let Some(path) = &env.env_path else { continue };
+        let node = node_of(repo, path);
+        let at = |p: &str| node.as_ref().map(|n| n.locate(p)).unwrap_or(Pos::START);
+        for r in render::reserved_var_uses(&env.settings.vars) {
+            diags.push(reserved(path, at(&format!("/vars/{r}")), r));
+        }
+        for (i, hc) in env.settings.health_checks.iter().enumerate() {
+            let kinds = [hc.command.is_some(), hc.http.is_some(), hc.tcp.is_some()]
+                .iter()
+                .filter(|k| **k)
+                .count();
+            if kinds != 1 {
+                diags.push(Diagnostic::error(
+                    "health-check",
+                    path,
+                    at(&format!("/health_checks/{i}")),
+                    format!(
+                        "health check `{}` needs exactly one of `command`, `http`, `tcp`",
+                        hc.name
+                    ),
+                ));
+            }
+            if crate::model::parse_duration(&hc.timeout).is_none() {
+                diags.push(Diagnostic::error(
+                    "duration",
+                    path,
+                    at(&format!("/health_checks/{i}/timeout")),
+                    "invalid duration",
+                ));
+            }
+        }
+        if let Some(rollout) = &env.settings.rollout {
+            let mut taken = vec![false; env.hosts.len()];
+            for (w, wave) in rollout.waves.iter().enumerate() {
+                let mut got = 0;
+                for (i, h) in env.hosts.iter().enumerate() {
+                    if !taken[i] && selector_matches(&wave.selector, &h.labels) {
+                        taken[i] = true;
+                        got += 1;
+                    }
+                }
+                if got == 0 {
+                    diags.push(Diagnostic::warning(
+                        "empty-wave",
+                        path,
+                        at(&format!("/rollout/waves/{w}")),
+                        format!("wave `{}` selects no host", wave.name),
+                    ));
+                }
+            }
+            if let Some(i) = taken.iter().position(|t| !t) {
+                diags.push(
+                    Diagnostic::error(
+                        "rollout",
+                        path,
+                        at("/rollout/waves"),
+                        format!("host `{}` is in no rollout wave", env.hosts[i].name),
+                    )
+                    .with_hint("add a last wave with no selector to take every remaining host"),
+                );
+            }
+        }
+    }
+}
+
+fn check_steps(repo: &Repo, diags: &mut Diagnostics) {
+    // Every step of the repo, by address.
+    let mut all: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    for (u, unit) in repo.units.iter().enumerate() {
+        for r in render::reserved_var_uses(&unit.header.vars) {
+            diags.push(reserved(
+                &unit.path,
+                unit.node.locate(&format!("/vars/{r}")),
+                r,
+            ));
+        }
+        let mut seen: HashMap<&str, Pos> = HashMap::new();
+        for (s, step) in unit.steps.iter().enumerate() {
+            if let Some(first) = seen.insert(step.id.as_str(), step.pos) {
+                let pos = unit.node.locate(&format!("/steps/{s}/id"));
+                diags.push(
+                    Diagnostic::error(
+                        "duplicate-step",
+                        &unit.path,
+                        pos,
+                        format!("duplicate step id `{}`", step.id),
+                    )
+                    .with_hint(format!(
+                        "first used on line {}; step ids are unique in a unit",
+                        first.line
+                    )),
+                );
+                continue;
+            }
+            all.insert(qualify(&unit.name, &step.id), (u, s));
+        }
+    }
+    let names: Vec<String> = all.keys().cloned().collect();
+    let mut deps: Vec<Vec<usize>> = vec![Vec::new(); names.len()];
+    let index: HashMap<&str, usize> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.as_str(), i))
+        .collect();
+    for unit in &repo.units {
+        for step in &unit.steps {
+            let me = qualify(&unit.name, &step.id);
+            for (kind, refs) in [("after", &step.after), ("notify", &step.notify)] {
+                for (r, pos) in refs {
+                    let target = qualify(&unit.name, r);
+                    let Some(&(tu, ts)) = all.get(&target) else {
+                        let local: Vec<String> = names
+                            .iter()
+                            .map(|n| {
+                                n.strip_prefix(&format!("{}/", unit.name))
+                                    .map(str::to_string)
+                                    .unwrap_or(n.clone())
+                            })
+                            .collect();
+                        let mut d = Diagnostic::error(
+                            "reference",
+                            &unit.path,
+                            *pos,
+                            format!("`{kind}` names unknown step `{r}`"),
+                        );
+                        d = match suggest(r, &local) {
+                            Some(s) => d.with_hint(format!("did you mean `{s}`?")),
+                            None => d.with_hint("refer to a step of this unit by its id, or of another unit as `<unit>/<id>`"),
+                        };
+                        diags.push(d);
+                        continue;
+                    };
+                    if target == me {
+                        diags.push(Diagnostic::error(
+                            "reference",
+                            &unit.path,
+                            *pos,
+                            format!("step `{}` names itself in `{kind}`", step.id),
+                        ));
+                        continue;
+                    }
+                    if kind == "after" {
+                        if let (Some(&a), Some(&b)) =
+                            (index.get(me.as_str()), index.get(target.as_str()))
+                        {
+                            deps[a].push(b);
+                        }
+                    } else {
+                        let t = &repo.units[tu].steps[ts];
+                        if !modules::lookup(&t.module).is_some_and(|m| m.refreshable) {
+                            let ok: Vec<&str> = modules::REGISTRY
+                                .iter()
+                                .filter(|m| m.refreshable)
+                                .map(|m| m.name)
+                                .collect();
+                            diags.push(
+                                Diagnostic::error(
+                                    "notify",
+                                    &unit.path,
+                                    *pos,
+                                    format!(
+                                        "`{target}` is a `{}` step, which has no refresh to notify",
+                                        t.module
+                                    ),
+                                )
+                                .with_hint(format!(
+                                    "notify a step of a module with a refresh: {}",
+                                    ok.join(", ")
+                                )),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if let Some(cycle) = find_cycle(&deps) {
+        let first = &names[cycle[0]];
+        let (u, s) = all[first];
+        let unit = &repo.units[u];
+        let path: Vec<&str> = cycle.iter().map(|&i| names[i].as_str()).collect();
+        diags.push(
+            Diagnostic::error(
+                "cycle",
+                &unit.path,
+                unit.steps[s].pos,
+                format!("dependency cycle: {}", path.join(" -> ")),
+            )
+            .with_hint("each arrow is an `after`; remove one of them"),
+        );
+    }
+}
+
+fn check_unit_selection(repo: &Repo, diags: &mut Diagnostics) {
+    for unit in &repo.units {
+        let selected = repo
+            .environments
+            .values()
+            .flat_map(|e| e.hosts.iter())
+            .any(|h| selector_matches(&unit.header.applies_to, &h.labels));
+        if !selected && !repo.environments.is_empty() {
+            let pos = unit.node.key_pos("applies_to").unwrap_or(unit.node.pos);
+            diags.push(
+                Diagnostic::warning(
+                    "unselected-unit",
+                    &unit.path,
+                    pos,
+                    format!("unit `{}` selects no host in any environment", unit.name),
+                )
+                .with_hint("check the labels in `applies_to` against the hosts' labels"),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses() {
+        for ok in ["10.0.0.1", "::1", "web-1.example.com", "localhost", "db."] {
+            assert!(valid_address(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "-web",
+            "web_1",
+            "a..b",
+            "300.1.1.1",
+            "has space",
+            "1.2.3",
+        ] {
+            assert!(!valid_address(bad), "{bad}");
+        }
+    }
+}
