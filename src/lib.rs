@@ -4,14 +4,17 @@
 //! - [`model`] and [`schema`]: the declarations, their YAML with positions, their schemas;
 //! - [`validate`] and [`render`]: checks and the desired steps per host, with no host contacted;
 //! - [`modules`]: pure step modules (probe script, parse, diff, apply script);
+//! - [`transport`] and [`engine`]: the only code that talks to hosts, one script per phase;
 //! - [`report`]: the machine-readable results of each command;
 //! - [`cli`]: the command line; the only layer that knows about terminals.
 
 pub mod cli;
 pub mod diag;
+pub mod engine;
 pub mod model;
 pub mod modules;
 pub mod render;
 pub mod report;
 pub mod schema;
+pub mod transport;
 pub mod validate;

@@ -66,11 +66,97 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t)]
         output: OutputFormat,
     },
+    /// Show what apply would change on each host. Exit 0 nothing to do, 2 changes, 1 error.
+    Plan {
+        repo: PathBuf,
+        #[arg(long)]
+        env: String,
+        #[arg(long)]
+        host: Option<String>,
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[arg(long, value_enum, default_value_t)]
+        output: OutputFormat,
+    },
+    /// Make every host match the repo. Exit 0 converged, 1 if any host failed.
+    Apply {
+        repo: PathBuf,
+        #[arg(long)]
+        env: String,
+        #[arg(long)]
+        host: Option<String>,
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[arg(long, value_enum, default_value_t)]
+        output: OutputFormat,
+    },
+    /// Check the hosts for drift from the repo. Exit 0 no drift, 2 drift found, 1 error.
+    Drift {
+        repo: PathBuf,
+        #[arg(long)]
+        env: String,
+        #[arg(long)]
+        host: Option<String>,
+        #[command(flatten)]
+        conn: ConnArgs,
+        #[arg(long, value_enum, default_value_t)]
+        output: OutputFormat,
+    },
     /// Write the JSON Schemas plumb validates with into a directory (for editors and CI).
     Schemas {
         /// Destination directory.
         dir: PathBuf,
     },
+}
+
+/// How plumb reaches hosts.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConnArgs {
+    /// Hosts handled at once.
+    #[arg(long, default_value_t = 10)]
+    pub parallel: usize,
+    /// `ssh` (default), or `local` to run every host's steps on this machine.
+    #[arg(long, value_enum, default_value_t = Connection::Ssh)]
+    pub connection: Connection,
+    /// ssh_config file to use instead of ~/.ssh/config.
+    #[arg(long, env = "PLUMB_SSH_CONFIG")]
+    pub ssh_config: Option<PathBuf>,
+    /// Private key to offer.
+    #[arg(long, env = "PLUMB_SSH_IDENTITY")]
+    pub identity: Option<PathBuf>,
+    /// known_hosts file to use instead of ~/.ssh/known_hosts.
+    #[arg(long, env = "PLUMB_KNOWN_HOSTS")]
+    pub known_hosts: Option<PathBuf>,
+    /// Trust unknown host keys on first use (a changed key is always refused).
+    #[arg(long)]
+    pub accept_new_host_keys: bool,
+    /// Seconds to wait for a host to accept the connection.
+    #[arg(long, default_value_t = 10)]
+    pub connect_timeout: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Connection {
+    Ssh,
+    Local,
+}
+
+impl ConnArgs {
+    pub fn connector(&self) -> Box<dyn crate::engine::Connector> {
+        match self.connection {
+            Connection::Local => Box::new(crate::engine::LocalConnector),
+            Connection::Ssh => Box::new(crate::engine::SshConnector {
+                options: crate::transport::SshOptions {
+                    config_file: self.ssh_config.clone(),
+                    identity_file: self.identity.clone(),
+                    known_hosts_file: self.known_hosts.clone(),
+                    accept_new_host_keys: self.accept_new_host_keys,
+                    connect_timeout: std::time::Duration::from_secs(self.connect_timeout.max(1)),
+                    ..crate::transport::SshOptions::default()
+                },
+            }),
+        }
+    }
 }
 
 /// Terminal styling, decided once.
@@ -245,6 +331,68 @@ fn run(command: Command, style: Style) -> anyhow::Result<u8> {
                 }
             }
         }
+        Command::Plan {
+            repo,
+            env,
+            host,
+            conn,
+            output,
+        } => plan_cmd(&repo, &env, host.as_deref(), &conn, output, style, "plan"),
+        Command::Drift {
+            repo,
+            env,
+            host,
+            conn,
+            output,
+        } => plan_cmd(&repo, &env, host.as_deref(), &conn, output, style, "drift"),
+        Command::Apply {
+            repo,
+            env,
+            host,
+            conn,
+            output,
+        } => {
+            let Some((hosts, _)) = desired(&repo, &env, host.as_deref(), output, style)? else {
+                return Ok(1);
+            };
+            let connector = conn.connector();
+            let progress = std::io::stderr().is_terminal() && output == OutputFormat::Text;
+            let total = hosts.len();
+            let done = std::sync::atomic::AtomicUsize::new(0);
+            let runs = runtime()?.block_on(crate::engine::each_host(&hosts, conn.parallel, |h| {
+                let t = connector.connect(&h.host);
+                let done = &done;
+                async move {
+                    let r = crate::engine::apply_host(h, t.as_ref()).await;
+                    if progress {
+                        let n = done.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                        eprintln!(
+                            "{} [{n}/{total}] {} {:?} ({} changed)",
+                            style.dim("plumb"),
+                            r.host.name,
+                            r.status,
+                            r.changed()
+                        );
+                    }
+                    r
+                }
+            }));
+            let sensitive: std::collections::BTreeSet<String> = hosts
+                .iter()
+                .flat_map(|h| h.steps.iter())
+                .filter(|s| s.sensitive)
+                .map(|s| s.address.clone())
+                .collect();
+            let report =
+                crate::report::plan::ApplyReport::new(&env, &runs, &|a| sensitive.contains(a));
+            match output {
+                OutputFormat::Json => print_json(&report)?,
+                OutputFormat::Text => {
+                    print_lines(&crate::report::plan::apply_lines(&report), style)
+                }
+            }
+            Ok(report.exit_code())
+        }
         Command::Schemas { dir } => {
             for (file, schema) in crate::schema::generate() {
                 let path = dir.join(&file);
@@ -256,6 +404,77 @@ fn run(command: Command, style: Style) -> anyhow::Result<u8> {
             }
             Ok(0)
         }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// Validates and renders; prints diagnostics and returns `None` when the repo is invalid,
+/// so a bad commit never reaches a host.
+fn desired(
+    repo: &std::path::Path,
+    env: &str,
+    host: Option<&str>,
+    output: OutputFormat,
+    style: Style,
+) -> anyhow::Result<Option<(Vec<crate::render::DesiredHost>, crate::diag::SourceMap)>> {
+    let (loaded, mut diags) = crate::validate::validate(repo);
+    if diags.has_errors() {
+        fail_with(diags, &loaded.sources, output, style);
+        return Ok(None);
+    }
+    match crate::render::render_env(&loaded, env, host) {
+        Ok(h) => Ok(Some((h, loaded.sources))),
+        Err(d) => {
+            diags.extend(d.into_sorted());
+            fail_with(diags, &loaded.sources, output, style);
+            Ok(None)
+        }
+    }
+}
+
+fn plan_cmd(
+    repo: &std::path::Path,
+    env: &str,
+    host: Option<&str>,
+    conn: &ConnArgs,
+    output: OutputFormat,
+    style: Style,
+    kind: &str,
+) -> anyhow::Result<u8> {
+    let Some((hosts, _)) = desired(repo, env, host, output, style)? else {
+        return Ok(1);
+    };
+    let connector = conn.connector();
+    let plans = runtime()?.block_on(crate::engine::plan_all(
+        &hosts,
+        connector.as_ref(),
+        conn.parallel,
+    ));
+    let report = crate::report::plan::PlanReport::new(env, kind, &plans);
+    match output {
+        OutputFormat::Json => print_json(&report)?,
+        OutputFormat::Text => print_lines(&crate::report::plan::plan_lines(&report), style),
+    }
+    Ok(report.exit_code())
+}
+
+fn print_lines(lines: &[(crate::report::plan::LineKind, String)], style: Style) {
+    use crate::report::plan::LineKind as L;
+    let mut out = std::io::stdout().lock();
+    for (k, l) in lines {
+        let text = match k {
+            L::Header | L::Summary => style.bold(l),
+            L::Create | L::DiffAdd => style.green(l),
+            L::Modify | L::DiffHunk => style.yellow(l),
+            L::Remove | L::DiffDel | L::Error => style.red(l),
+            L::Plain => l.clone(),
+        };
+        let _ = writeln!(out, "{text}");
     }
 }
 

@@ -9,6 +9,8 @@ use sha2::{Digest, Sha256};
 use crate::diag::{render_plain, Diagnostic, Diagnostics, SourceMap};
 use crate::render::DesiredHost;
 
+pub mod plan;
+
 /// `plumb validate --output json`.
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct ValidateReport {

@@ -3,6 +3,7 @@
 use schemars::JsonSchema;
 use serde_json::Value;
 
+use crate::report::plan::{ApplyReport, PlanReport};
 use crate::report::{RenderReport, ValidateReport};
 
 fn one<T: JsonSchema>(name: &str) -> (String, Value) {
@@ -17,5 +18,7 @@ pub fn generate() -> Vec<(String, Value)> {
     vec![
         one::<ValidateReport>("validate"),
         one::<RenderReport>("render"),
+        one::<PlanReport>("plan"),
+        one::<ApplyReport>("apply"),
     ]
 }

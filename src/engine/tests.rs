@@ -1,0 +1,265 @@
+//! Engine tests against a real `sh` through the local transport. The resource here is a
+//! minimal module (a marker file) so the engine's own logic is tested apart from the modules.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use super::*;
+use crate::model::yaml::Pos;
+use crate::modules::{ProbeError, Resource};
+use crate::render::DesiredStep;
+use crate::transport::{LocalTransport, RunFuture};
+
+#[derive(Debug)]
+struct Marker {
+    path: PathBuf,
+    log: PathBuf,
+    fail_apply: bool,
+}
+
+impl Resource for Marker {
+    fn target(&self) -> String {
+        self.path.display().to_string()
+    }
+    fn desired(&self) -> serde_json::Value {
+        serde_json::json!({"path": self.target()})
+    }
+    fn probe(&self) -> String {
+        format!(
+            "if [ -e '{}' ]; then echo present; else echo absent; fi",
+            self.path.display()
+        )
+    }
+    fn diff(&self, o: &ProbeResult) -> Result<Change, ProbeError> {
+        match o.stdout.as_slice() {
+            b"present\n" => Ok(Change::in_sync()),
+            b"absent\n" => Ok(Change::new(ChangeKind::Create)),
+            other => Err(ProbeError::new(format!(
+                "unexpected probe output {:?}",
+                String::from_utf8_lossy(other)
+            ))),
+        }
+    }
+    fn apply(&self, _c: &Change) -> String {
+        if self.fail_apply {
+            "echo 'disk on fire' >&2; exit 7".to_string()
+        } else {
+            format!("touch '{}'", self.path.display())
+        }
+    }
+    fn refresh(&self) -> Option<String> {
+        Some(format!("echo refreshed >> '{}'", self.log.display()))
+    }
+}
+
+fn host() -> Host {
+    Host {
+        name: "local".into(),
+        address: "127.0.0.1".into(),
+        port: 22,
+        user: None,
+        become_: false,
+        labels: Default::default(),
+        vars: Default::default(),
+        path: "environments/test/hosts.yaml".into(),
+        pos: Pos::START,
+    }
+}
+
+fn step(dir: &Path, i: usize, notify: Vec<String>) -> DesiredStep {
+    DesiredStep {
+        address: format!("u/s{i}"),
+        unit: "u".into(),
+        id: format!("s{i}"),
+        module: "marker".into(),
+        resource: Box::new(Marker {
+            path: dir.join(format!("m{i}")),
+            log: dir.join(format!("log{i}")),
+            fail_apply: false,
+        }),
+        after: Vec::new(),
+        notify,
+        sensitive: false,
+        path: "units/u.yaml".into(),
+        pos: Pos::START,
+    }
+}
+
+/// Counts round trips; runs scripts for real.
+#[derive(Debug, Default)]
+struct Counting {
+    inner: LocalTransport,
+    calls: AtomicU32,
+}
+
+impl Transport for Counting {
+    fn run<'a>(&'a self, script: &'a [u8]) -> RunFuture<'a> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.inner.run(script)
+    }
+}
+
+#[tokio::test]
+async fn observing_100_steps_is_one_round_trip() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let desired = DesiredHost {
+        host: host(),
+        steps: (0..100).map(|i| step(dir.path(), i, vec![])).collect(),
+    };
+    let t = Counting::default();
+    let plan = plan_host(&desired, &t).await;
+    assert_eq!(t.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(plan.round_trips.probe, 1);
+    assert_eq!(plan.changes(), 100);
+}
+
+#[tokio::test]
+async fn apply_converges_then_is_a_no_op() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let desired = DesiredHost {
+        host: host(),
+        steps: (0..20).map(|i| step(dir.path(), i, vec![])).collect(),
+    };
+    let t = Counting::default();
+    let run = apply_host(&desired, &t).await;
+    assert_eq!(run.status, HostStatus::Converged, "{:?}", run.error);
+    assert_eq!(run.changed(), 20);
+    assert_eq!(
+        run.round_trips,
+        RoundTrips {
+            probe: 1,
+            apply: 1,
+            verify: 1
+        }
+    );
+    assert_eq!(t.calls.load(Ordering::SeqCst), 3);
+
+    let again = apply_host(&desired, &t).await;
+    assert_eq!(again.changed(), 0);
+    assert_eq!(
+        again.round_trips,
+        RoundTrips {
+            probe: 1,
+            apply: 0,
+            verify: 0
+        }
+    );
+    assert_eq!(t.calls.load(Ordering::SeqCst), 4);
+}
+
+#[tokio::test]
+async fn handlers_run_once_and_only_on_change() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // s0 and s1 both notify s2; s2 is already in sync.
+    std::fs::write(dir.path().join("m2"), b"").expect("write");
+    let steps = vec![
+        step(dir.path(), 0, vec!["u/s2".into()]),
+        step(dir.path(), 1, vec!["u/s2".into()]),
+        step(dir.path(), 2, vec![]),
+    ];
+    let desired = DesiredHost {
+        host: host(),
+        steps,
+    };
+    let t = LocalTransport::new();
+    let run = apply_host(&desired, &t).await;
+    assert_eq!(run.status, HostStatus::Converged);
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("log2")).expect("refreshed"),
+        "refreshed\n"
+    );
+    assert_eq!(run.handlers.len(), 1);
+
+    let again = apply_host(&desired, &t).await;
+    assert!(again.handlers.is_empty());
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("log2")).expect("still once"),
+        "refreshed\n"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_step_stops_the_host_and_is_reported() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut steps: Vec<DesiredStep> = (0..3).map(|i| step(dir.path(), i, vec![])).collect();
+    steps[1].resource = Box::new(Marker {
+        path: dir.path().join("m1"),
+        log: dir.path().join("l"),
+        fail_apply: true,
+    });
+    let desired = DesiredHost {
+        host: host(),
+        steps,
+    };
+    let run = apply_host(&desired, &LocalTransport::new()).await;
+    assert_eq!(run.status, HostStatus::Failed);
+    let st: Vec<StepStatus> = run.steps.iter().map(|s| s.status).collect();
+    assert_eq!(
+        st,
+        vec![StepStatus::Changed, StepStatus::Failed, StepStatus::Skipped]
+    );
+    assert!(run.steps[1]
+        .error
+        .as_deref()
+        .unwrap_or_default()
+        .contains("disk on fire"));
+    assert!(!dir.path().join("m2").exists(), "later steps must not run");
+}
+
+#[tokio::test]
+async fn sensitive_failures_hide_output() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = step(dir.path(), 0, vec![]);
+    s.resource = Box::new(Marker {
+        path: dir.path().join("m0"),
+        log: dir.path().join("l"),
+        fail_apply: true,
+    });
+    s.sensitive = true;
+    let desired = DesiredHost {
+        host: host(),
+        steps: vec![s],
+    };
+    let run = apply_host(&desired, &LocalTransport::new()).await;
+    let err = run.steps[0].error.clone().unwrap_or_default();
+    assert!(!err.contains("disk on fire"), "{err}");
+}
+
+#[tokio::test]
+async fn a_probe_error_touches_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    #[derive(Debug)]
+    struct Garbled;
+    impl Resource for Garbled {
+        fn target(&self) -> String {
+            "garbled".into()
+        }
+        fn desired(&self) -> serde_json::Value {
+            serde_json::Value::Null
+        }
+        fn probe(&self) -> String {
+            "echo what".into()
+        }
+        fn diff(&self, _o: &ProbeResult) -> Result<Change, ProbeError> {
+            Err(ProbeError::new("cannot parse"))
+        }
+        fn apply(&self, _c: &Change) -> String {
+            "exit 1".into()
+        }
+    }
+    let mut steps = vec![step(dir.path(), 0, vec![])];
+    steps.push(DesiredStep {
+        resource: Box::new(Garbled),
+        ..step(dir.path(), 1, vec![])
+    });
+    let desired = DesiredHost {
+        host: host(),
+        steps,
+    };
+    let plan = plan_host(&desired, &LocalTransport::new()).await;
+    assert!(plan.steps[0].needs_change());
+    assert!(plan.steps[1].change.is_err(), "error for that step only");
+    let run = apply_host(&desired, &LocalTransport::new()).await;
+    assert_eq!(run.status, HostStatus::Failed);
+    assert!(!dir.path().join("m0").exists(), "nothing half-applied");
+}

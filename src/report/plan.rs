@@ -1,0 +1,468 @@
+//! Plan, apply and drift reports.
+
+use schemars::JsonSchema;
+use serde::Serialize;
+use similar::TextDiff;
+
+use crate::engine::{HostPlan, HostRun, HostStatus, RoundTrips, StepStatus};
+use crate::modules::{Change, ChangeKind, FieldChange};
+
+/// Largest content plumb shows a unified diff for.
+const MAX_DIFF_BYTES: usize = 256 * 1024;
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct StepChange {
+    pub address: String,
+    pub module: String,
+    pub target: String,
+    /// `in_sync`, `create`, `modify`, `remove`; absent when the probe failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub change: Option<ChangeKind>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<FieldChange>,
+    /// Unified diff of file content (never for sensitive steps).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diff: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+    pub sensitive: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct HostPlanReport {
+    pub name: String,
+    pub address: String,
+    /// `ok`, or `error` when the host could not be observed.
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub changes: usize,
+    pub round_trips: RoundTrips,
+    pub duration_ms: u64,
+    /// Steps that need a change or failed; in-sync steps are counted in `in_sync`.
+    pub steps: Vec<StepChange>,
+    pub in_sync: usize,
+}
+
+/// `plumb plan --output json` and `plumb drift --output json`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct PlanReport {
+    pub environment: String,
+    /// `plan` or `drift`.
+    pub kind: String,
+    pub hosts: Vec<HostPlanReport>,
+    pub total_changes: usize,
+    pub hosts_with_errors: usize,
+}
+
+/// A unified diff of old → new content, when both are text.
+pub fn content_diff(path: &str, c: &Change) -> Option<String> {
+    let content = c.content.as_ref()?;
+    let new = content.new.as_deref().unwrap_or_default();
+    let old = content.old.as_deref().unwrap_or_default();
+    if new.len() > MAX_DIFF_BYTES || old.len() > MAX_DIFF_BYTES {
+        return Some(format!(
+            "(content differs; {} -> {} bytes, too large to show)\n",
+            old.len(),
+            new.len()
+        ));
+    }
+    let (Ok(old_s), Ok(new_s)) = (std::str::from_utf8(old), std::str::from_utf8(new)) else {
+        return Some(format!(
+            "(binary content differs; {} -> {} bytes)\n",
+            old.len(),
+            new.len()
+        ));
+    };
+    if content.old.is_none() && c.kind == ChangeKind::Modify {
+        return Some("(content differs; the current content was not fetched)\n".to_string());
+    }
+    let d = TextDiff::from_lines(old_s, new_s);
+    let old_label = if content.old.is_some() {
+        path.to_string()
+    } else {
+        "/dev/null".to_string()
+    };
+    let new_label = if content.new.is_some() {
+        path.to_string()
+    } else {
+        "/dev/null".to_string()
+    };
+    Some(
+        d.unified_diff()
+            .context_radius(3)
+            .header(&old_label, &new_label)
+            .to_string(),
+    )
+}
+
+fn step_change(s: &crate::engine::StepPlan) -> StepChange {
+    let (change, fields, diff, notes, error) = match &s.change {
+        Ok(c) => (
+            Some(c.kind),
+            if s.sensitive {
+                redact(&c.fields)
+            } else {
+                c.fields.clone()
+            },
+            if s.sensitive {
+                None
+            } else {
+                content_diff(&s.target, c)
+            },
+            c.notes.clone(),
+            None,
+        ),
+        Err(e) => (None, Vec::new(), None, Vec::new(), Some(e.clone())),
+    };
+    StepChange {
+        address: s.address.clone(),
+        module: s.module.clone(),
+        target: s.target.clone(),
+        change,
+        fields,
+        diff,
+        notes,
+        sensitive: s.sensitive,
+        error,
+    }
+}
+
+fn redact(fields: &[FieldChange]) -> Vec<FieldChange> {
+    fields
+        .iter()
+        .map(|f| FieldChange {
+            field: f.field.clone(),
+            from: f.from.as_ref().map(|_| "(sensitive)".to_string()),
+            to: f.to.as_ref().map(|_| "(sensitive)".to_string()),
+        })
+        .collect()
+}
+
+impl PlanReport {
+    pub fn new(environment: &str, kind: &str, plans: &[HostPlan]) -> PlanReport {
+        let hosts: Vec<HostPlanReport> = plans
+            .iter()
+            .map(|p| HostPlanReport {
+                name: p.host.name.clone(),
+                address: p.host.address.clone(),
+                ok: p.ok(),
+                error: p.error.as_ref().map(|e| e.to_string()),
+                changes: p.changes(),
+                round_trips: p.round_trips,
+                duration_ms: u64::try_from(p.duration.as_millis()).unwrap_or(u64::MAX),
+                steps: p
+                    .steps
+                    .iter()
+                    .filter(|s| s.needs_change() || s.change.is_err())
+                    .map(step_change)
+                    .collect(),
+                in_sync: p
+                    .steps
+                    .iter()
+                    .filter(|s| matches!(&s.change, Ok(c) if !c.is_change()))
+                    .count(),
+            })
+            .collect();
+        PlanReport {
+            environment: environment.to_string(),
+            kind: kind.to_string(),
+            total_changes: hosts.iter().map(|h| h.changes).sum(),
+            hosts_with_errors: hosts.iter().filter(|h| !h.ok).count(),
+            hosts,
+        }
+    }
+
+    /// Exit code per the contract: 1 error, 2 changes, 0 nothing to do.
+    pub fn exit_code(&self) -> u8 {
+        if self.hosts_with_errors > 0 {
+            1
+        } else if self.total_changes > 0 {
+            2
+        } else {
+            0
+        }
+    }
+}
+
+fn sign(kind: Option<ChangeKind>) -> &'static str {
+    match kind {
+        Some(ChangeKind::Create) => "+",
+        Some(ChangeKind::Modify) => "~",
+        Some(ChangeKind::Remove) => "-",
+        Some(ChangeKind::InSync) => "=",
+        None => "!",
+    }
+}
+
+fn field_text(f: &FieldChange) -> String {
+    let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "(none)".into());
+    format!("{}: {} -> {}", f.field, show(&f.from), show(&f.to))
+}
+
+/// A plan as text lines, each tagged so the cli can colour it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LineKind {
+    Header,
+    Create,
+    Modify,
+    Remove,
+    Error,
+    DiffAdd,
+    DiffDel,
+    DiffHunk,
+    Plain,
+    Summary,
+}
+
+pub fn plan_lines(r: &PlanReport) -> Vec<(LineKind, String)> {
+    let mut out = Vec::new();
+    for h in &r.hosts {
+        let status = match (&h.error, h.changes) {
+            (Some(e), _) => format!("error: {e}"),
+            (None, 0) => format!("in sync ({} steps)", h.in_sync),
+            (None, n) => format!("{n} to change, {} in sync", h.in_sync),
+        };
+        out.push((
+            LineKind::Header,
+            format!("host {} ({}): {status}", h.name, h.address),
+        ));
+        for s in &h.steps {
+            let kind = match s.change {
+                Some(ChangeKind::Create) => LineKind::Create,
+                Some(ChangeKind::Modify) => LineKind::Modify,
+                Some(ChangeKind::Remove) => LineKind::Remove,
+                _ => LineKind::Error,
+            };
+            let what = match (&s.change, &s.error) {
+                (_, Some(e)) => e.clone(),
+                (Some(k), None) => k.to_string(),
+                (None, None) => String::new(),
+            };
+            out.push((
+                kind,
+                format!(
+                    "  {} {} [{}] {}: {what}",
+                    sign(s.change),
+                    s.address,
+                    s.module,
+                    s.target
+                ),
+            ));
+            for f in &s.fields {
+                out.push((LineKind::Plain, format!("      {}", field_text(f))));
+            }
+            for n in &s.notes {
+                out.push((LineKind::Plain, format!("      note: {n}")));
+            }
+            if let Some(d) = &s.diff {
+                for l in d.lines() {
+                    let k = if l.starts_with("+++") || l.starts_with("---") {
+                        LineKind::Plain
+                    } else if l.starts_with('+') {
+                        LineKind::DiffAdd
+                    } else if l.starts_with('-') {
+                        LineKind::DiffDel
+                    } else if l.starts_with("@@") {
+                        LineKind::DiffHunk
+                    } else {
+                        LineKind::Plain
+                    };
+                    out.push((k, format!("      {l}")));
+                }
+            }
+            if s.sensitive && s.change.is_some() {
+                out.push((
+                    LineKind::Plain,
+                    "      (sensitive: values and content hidden)".into(),
+                ));
+            }
+        }
+    }
+    let what = if r.kind == "drift" {
+        "drifted"
+    } else {
+        "to change"
+    };
+    out.push((
+        LineKind::Summary,
+        format!(
+            "{}: {} {what} on {} host(s), {} host(s) with errors",
+            r.kind,
+            r.total_changes,
+            r.hosts.iter().filter(|h| h.changes > 0).count(),
+            r.hosts_with_errors
+        ),
+    ));
+    out
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct StepResult {
+    pub address: String,
+    pub status: StepStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub change: Option<ChangeKind>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<FieldChange>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub duration_ms: u64,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct HandlerResult {
+    pub address: String,
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct HostApplyReport {
+    pub name: String,
+    pub address: String,
+    pub status: HostStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub changed: usize,
+    pub round_trips: RoundTrips,
+    pub duration_ms: u64,
+    /// Steps that changed, failed or were skipped.
+    pub steps: Vec<StepResult>,
+    pub in_sync: usize,
+    pub handlers: Vec<HandlerResult>,
+}
+
+/// `plumb apply --output json`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ApplyReport {
+    pub environment: String,
+    pub hosts: Vec<HostApplyReport>,
+    pub converged: bool,
+    pub total_changed: usize,
+    pub failed_hosts: usize,
+}
+
+impl ApplyReport {
+    pub fn new(
+        environment: &str,
+        runs: &[HostRun],
+        sensitive: &dyn Fn(&str) -> bool,
+    ) -> ApplyReport {
+        let hosts: Vec<HostApplyReport> = runs
+            .iter()
+            .map(|r| HostApplyReport {
+                name: r.host.name.clone(),
+                address: r.host.address.clone(),
+                status: r.status,
+                error: r.error.clone(),
+                changed: r.changed(),
+                round_trips: r.round_trips,
+                duration_ms: u64::try_from(r.duration.as_millis()).unwrap_or(u64::MAX),
+                steps: r
+                    .steps
+                    .iter()
+                    .filter(|s| s.status != StepStatus::InSync)
+                    .map(|s| StepResult {
+                        address: s.address.clone(),
+                        status: s.status,
+                        change: s.change.as_ref().map(|c| c.kind),
+                        fields: match &s.change {
+                            Some(c) if sensitive(&s.address) => redact(&c.fields),
+                            Some(c) => c.fields.clone(),
+                            None => Vec::new(),
+                        },
+                        error: s.error.clone(),
+                        duration_ms: s.duration_ms,
+                    })
+                    .collect(),
+                in_sync: r
+                    .steps
+                    .iter()
+                    .filter(|s| s.status == StepStatus::InSync)
+                    .count(),
+                handlers: r
+                    .handlers
+                    .iter()
+                    .map(|h| HandlerResult {
+                        address: h.address.clone(),
+                        ok: h.ok,
+                        error: h.error.clone(),
+                    })
+                    .collect(),
+            })
+            .collect();
+        ApplyReport {
+            environment: environment.to_string(),
+            converged: hosts.iter().all(|h| h.status == HostStatus::Converged),
+            total_changed: hosts.iter().map(|h| h.changed).sum(),
+            failed_hosts: hosts
+                .iter()
+                .filter(|h| h.status != HostStatus::Converged)
+                .count(),
+            hosts,
+        }
+    }
+
+    pub fn exit_code(&self) -> u8 {
+        u8::from(!self.converged)
+    }
+}
+
+pub fn apply_lines(r: &ApplyReport) -> Vec<(LineKind, String)> {
+    let mut out = Vec::new();
+    for h in &r.hosts {
+        let status = match h.status {
+            HostStatus::Converged => {
+                format!("converged ({} changed, {} in sync)", h.changed, h.in_sync)
+            }
+            HostStatus::Failed => format!("FAILED: {}", h.error.clone().unwrap_or_default()),
+            HostStatus::Unreachable => {
+                format!("UNREACHABLE: {}", h.error.clone().unwrap_or_default())
+            }
+        };
+        out.push((
+            LineKind::Header,
+            format!("host {} ({}): {status}", h.name, h.address),
+        ));
+        for s in &h.steps {
+            let (kind, word) = match s.status {
+                StepStatus::Changed => (LineKind::Modify, "changed".to_string()),
+                StepStatus::Failed => (
+                    LineKind::Error,
+                    format!("failed: {}", s.error.clone().unwrap_or_default()),
+                ),
+                StepStatus::Skipped => (LineKind::Plain, "skipped".to_string()),
+                StepStatus::InSync => (LineKind::Plain, "in sync".to_string()),
+            };
+            out.push((kind, format!("  {} {} {word}", sign(s.change), s.address)));
+            for f in &s.fields {
+                out.push((LineKind::Plain, format!("      {}", field_text(f))));
+            }
+        }
+        for hd in &h.handlers {
+            let (k, w) = if hd.ok {
+                (LineKind::Modify, "refreshed".to_string())
+            } else {
+                (
+                    LineKind::Error,
+                    format!("refresh failed: {}", hd.error.clone().unwrap_or_default()),
+                )
+            };
+            out.push((k, format!("  * {} {w}", hd.address)));
+        }
+    }
+    out.push((
+        LineKind::Summary,
+        format!(
+            "apply: {} changed on {} host(s); {} host(s) failed",
+            r.total_changed,
+            r.hosts.len(),
+            r.failed_hosts
+        ),
+    ));
+    out
+}
