@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 
-use super::yaml::{Node, Pos};
+use super::yaml::{Node, Pos, MAX_FILE_BYTES};
 use super::{EnvFile, Environment, Host, HostsFile, Repo, RepoFile, StepDecl, Unit, UnitHeader};
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::modules::{self, REGISTRY};
@@ -57,6 +57,7 @@ pub fn load(root: &Path) -> (Repo, Diagnostics) {
 
     load_environments(&mut repo, &mut diags);
     load_units(&mut repo, &mut diags);
+    load_template_sources(&mut repo);
     (repo, diags)
 }
 
@@ -76,6 +77,46 @@ fn list_dir(dir: &Path) -> Vec<(String, PathBuf)> {
     };
     out.sort();
     out
+}
+
+/// Names of the regular files under `dir` (recursively, `/`-separated), for hints.
+pub fn list_files(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![(dir.to_path_buf(), String::new(), 0usize)];
+    while let Some((d, prefix, depth)) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.filter_map(Result::ok) {
+            let Ok(name) = e.file_name().into_string() else {
+                continue;
+            };
+            let path = e.path();
+            let rel = format!("{prefix}{name}");
+            if path.is_dir() && depth < 8 {
+                stack.push((path, format!("{rel}/"), depth + 1));
+            } else if path.is_file() {
+                out.push(rel);
+            }
+            if out.len() > 1000 {
+                break;
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Keeps the text of every template, so template errors can quote their line.
+fn load_template_sources(repo: &mut Repo) {
+    for name in list_files(&repo.root.join("templates")) {
+        let rel_path = format!("templates/{name}");
+        let full = repo.root.join(&rel_path);
+        let small = std::fs::metadata(&full).is_ok_and(|m| m.len() <= MAX_FILE_BYTES as u64);
+        if let (true, Ok(text)) = (small, std::fs::read_to_string(&full)) {
+            repo.sources.insert(rel_path, text);
+        }
+    }
 }
 
 fn load_environments(repo: &mut Repo, diags: &mut Diagnostics) {

@@ -247,16 +247,76 @@ impl Templater<'_> {
     }
 }
 
+/// What a content reference names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RefKind {
+    Template,
+    File,
+}
+
+/// Parameters that name a file of the repo: `(module, parameter, kind)`. The renderer
+/// resolves them before building the module, so a missing file or a template error is
+/// reported at the parameter (or at the template's own line) whatever the module does;
+/// the module's own `Resolve` calls then hit the cache.
+const CONTENT_REFS: &[(&str, &str, RefKind)] = &[
+    ("file", "template", RefKind::Template),
+    ("file", "source", RefKind::File),
+];
+
 /// Serves `template:` and `source:` for one step.
 struct StepResolver<'a> {
     repo: &'a Repo,
     templater: &'a Templater<'a>,
     ctx: &'a Json,
     errors: Vec<Diagnostic>,
+    templates: HashMap<String, Result<String, String>>,
+    files: HashMap<String, Result<Vec<u8>, String>>,
 }
 
 impl Resolve for StepResolver<'_> {
     fn template(&mut self, name: &str) -> Result<String, String> {
+        if let Some(r) = self.templates.get(name) {
+            return r.clone();
+        }
+        let r = self.render_template(name);
+        self.templates.insert(name.to_string(), r.clone());
+        r
+    }
+
+    fn file(&mut self, name: &str) -> Result<Vec<u8>, String> {
+        if let Some(r) = self.files.get(name) {
+            return r.clone();
+        }
+        let r = self.read_file(name);
+        self.files.insert(name.to_string(), r.clone());
+        r
+    }
+}
+
+/// The hint for a reference to a missing file under `dir_name/`.
+fn missing_hint(repo: &Repo, dir_name: &str, name: &str) -> String {
+    let known = crate::model::load::list_files(&repo.root.join(dir_name));
+    if let Some(s) = crate::schema::suggest(name, &known) {
+        return format!("did you mean `{s}`? (paths are relative to {dir_name}/)");
+    }
+    if known.is_empty() {
+        format!("create {dir_name}/{name}; the path is relative to {dir_name}/")
+    } else {
+        let shown: Vec<&str> = known.iter().take(10).map(String::as_str).collect();
+        format!(
+            "the path is relative to {dir_name}/, which has: {}{}",
+            shown.join(", "),
+            if known.len() > shown.len() {
+                ", ..."
+            } else {
+                ""
+            }
+        )
+    }
+}
+
+impl StepResolver<'_> {
+    fn render_template(&mut self, name: &str) -> Result<String, String> {
         let rel_path = format!("templates/{name}");
         let full = self.repo.root.join(&rel_path);
         if name.split('/').any(|p| p == ".." || p.is_empty()) || !full.is_file() {
@@ -309,7 +369,7 @@ impl Resolve for StepResolver<'_> {
         }
     }
 
-    fn file(&mut self, name: &str) -> Result<Vec<u8>, String> {
+    fn read_file(&mut self, name: &str) -> Result<Vec<u8>, String> {
         let rel_path = format!("files/{name}");
         let full = self.repo.root.join(&rel_path);
         if name.split('/').any(|p| p == ".." || p.is_empty()) || !full.is_file() {
@@ -435,7 +495,42 @@ fn render_step(
         templater: t,
         ctx,
         errors: Vec::new(),
+        templates: HashMap::new(),
+        files: HashMap::new(),
     };
+    let mut ref_errors = Vec::new();
+    for (module, key, kind) in CONTENT_REFS {
+        if decl.module != *module {
+            continue;
+        }
+        let Some(name) = params.get(*key).and_then(Json::as_str) else {
+            continue;
+        };
+        let (result, dir_name) = match kind {
+            RefKind::Template => (resolver.template(name).map(|_| ()), "templates"),
+            RefKind::File => (resolver.file(name).map(|_| ()), "files"),
+        };
+        if let Err(message) = result {
+            if !resolver.errors.is_empty() {
+                // The template itself is wrong: its diagnostics point into it.
+                ref_errors.append(&mut resolver.errors);
+                continue;
+            }
+            let pos = unit.node.locate(&format!("{}/{key}", decl.pointer));
+            ref_errors.push(
+                Diagnostic::error(
+                    "missing-file",
+                    unit.path.clone(),
+                    pos,
+                    format!("step `{}`: {message}", decl.id),
+                )
+                .with_hint(missing_hint(t.repo, dir_name, name)),
+            );
+        }
+    }
+    if !ref_errors.is_empty() {
+        return Err(ref_errors);
+    }
     match (def.build)(params, &mut resolver) {
         Ok(resource) => Ok(DesiredStep {
             address: qualify(&unit.name, &decl.id),
