@@ -381,7 +381,11 @@ fn read_node(repo: &mut Repo, diags: &mut Diagnostics, rel_path: &str) -> Option
     match Node::parse(&text) {
         Ok(n) => Some(n),
         Err(e) => {
-            diags.push(Diagnostic::error("yaml", rel_path, e.pos, e.message));
+            let mut d = Diagnostic::error("yaml", rel_path, e.pos, e.message);
+            if let Some(h) = e.hint {
+                d = d.with_hint(h);
+            }
+            diags.push(d);
             None
         }
     }
