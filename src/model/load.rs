@@ -359,9 +359,16 @@ fn read_node(repo: &mut Repo, diags: &mut Diagnostics, rel_path: &str) -> Option
     let text = match String::from_utf8(bytes) {
         Ok(t) => t,
         Err(e) => {
-            let upto = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+            let valid = e.utf8_error().valid_up_to();
+            let upto = &e.as_bytes()[..valid];
             let line = upto.iter().filter(|b| **b == b'\n').count() + 1;
-            let col = upto.iter().rev().take_while(|b| **b != b'\n').count() + 1;
+            // Columns count characters, as everywhere else.
+            let line_start = upto.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+            let col = String::from_utf8_lossy(&upto[line_start..]).chars().count() + 1;
+            let byte = e.as_bytes().get(valid).copied().unwrap_or(0);
+            // Keep a readable copy so the diagnostic can quote the line.
+            repo.sources
+                .insert(rel_path, String::from_utf8_lossy(e.as_bytes()).into_owned());
             diags.push(
                 Diagnostic::error(
                     "encoding",
@@ -370,9 +377,9 @@ fn read_node(repo: &mut Repo, diags: &mut Diagnostics, rel_path: &str) -> Option
                         line: line as u32,
                         col: col as u32,
                     },
-                    "file is not valid UTF-8",
+                    format!("file is not valid UTF-8: byte 0x{byte:02x} here"),
                 )
-                .with_hint("save the file as UTF-8"),
+                .with_hint("save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)"),
             );
             return None;
         }
