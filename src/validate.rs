@@ -84,7 +84,9 @@ fn check_hosts(repo: &Repo, diags: &mut Diagnostics) {
                         at(&format!("/hosts/{i}/address")),
                         format!("invalid address `{}` for host `{}`", h.address, h.name),
                     )
-                    .with_hint("use an IP address or a DNS name"),
+                    .with_hint(
+                        "use an IP address or a DNS name (letters, digits, `-` and `.`; no `_`)",
+                    ),
                 );
             }
             for r in render::reserved_var_uses(&h.vars) {
@@ -224,6 +226,10 @@ fn check_steps(repo: &Repo, diags: &mut Diagnostics) {
                 for (r, pos) in refs {
                     let target = qualify(&unit.name, r);
                     let Some(&(tu, ts)) = all.get(&target) else {
+                        if unit_failed_to_load(repo, &target) {
+                            // That unit's own errors are reported; this would only repeat them.
+                            continue;
+                        }
                         let local: Vec<String> = names
                             .iter()
                             .map(|n| {
@@ -306,7 +312,25 @@ fn check_steps(repo: &Repo, diags: &mut Diagnostics) {
     }
 }
 
+/// Whether `address` names a unit whose file exists but did not load (it has errors).
+fn unit_failed_to_load(repo: &Repo, address: &str) -> bool {
+    let Some((unit, _)) = address.split_once('/') else {
+        return false;
+    };
+    !repo.units.iter().any(|u| u.name == unit)
+        && ["yaml", "yml"]
+            .iter()
+            .any(|ext| repo.root.join("units").join(format!("{unit}.{ext}")).is_file())
+}
+
 fn check_unit_selection(repo: &Repo, diags: &mut Diagnostics) {
+    // With a broken inventory the hosts are not all known: the warning would be noise.
+    let inventory_broken = diags.iter().any(|d| {
+        d.severity == crate::diag::Severity::Error && d.path.starts_with("environments/")
+    });
+    if inventory_broken {
+        return;
+    }
     for unit in &repo.units {
         let selected = repo
             .environments
