@@ -318,16 +318,19 @@ fn unit_failed_to_load(repo: &Repo, address: &str) -> bool {
         return false;
     };
     !repo.units.iter().any(|u| u.name == unit)
-        && ["yaml", "yml"]
-            .iter()
-            .any(|ext| repo.root.join("units").join(format!("{unit}.{ext}")).is_file())
+        && ["yaml", "yml"].iter().any(|ext| {
+            repo.root
+                .join("units")
+                .join(format!("{unit}.{ext}"))
+                .is_file()
+        })
 }
 
 fn check_unit_selection(repo: &Repo, diags: &mut Diagnostics) {
     // With a broken inventory the hosts are not all known: the warning would be noise.
-    let inventory_broken = diags.iter().any(|d| {
-        d.severity == crate::diag::Severity::Error && d.path.starts_with("environments/")
-    });
+    let inventory_broken = diags
+        .iter()
+        .any(|d| d.severity == crate::diag::Severity::Error && d.path.starts_with("environments/"));
     if inventory_broken {
         return;
     }

@@ -200,6 +200,23 @@ fn template_message(err: &minijinja::Error, source: &str, ctx: &Json) -> String 
     format!("template error: {}{detail}", err.kind())
 }
 
+/// What to do about an undefined variable: where variables are defined, for which host.
+fn template_hint(err: &minijinja::Error, ctx: &Json) -> Option<String> {
+    if err.kind() != minijinja::ErrorKind::UndefinedError {
+        return None;
+    }
+    let host = lookup_path(ctx, "host.name")
+        .and_then(Json::as_str)
+        .unwrap_or("?");
+    let env = lookup_path(ctx, "env.name")
+        .and_then(Json::as_str)
+        .unwrap_or("?");
+    Some(format!(
+        "rendering for host `{host}` (environment `{env}`): define it in the unit's `vars`, \
+         in environments/{env}/env.yaml `vars`, or in the host's `vars`"
+    ))
+}
+
 fn lookup_path<'a>(ctx: &'a Json, dotted: &str) -> Option<&'a Json> {
     dotted.split('.').try_fold(ctx, |v, k| v.get(k))
 }
@@ -210,6 +227,38 @@ struct Templater<'r> {
 }
 
 impl Templater<'_> {
+    /// Where a template error in the inline string `text` (the value of `node`) is: at the
+    /// failing expression when the string is written on one line as it reads (plain or
+    /// quoted without escapes), else at the string.
+    fn error_pos(&self, node: &Node, text: &str, e: &minijinja::Error, path: &str) -> Pos {
+        let mut pos = node.pos;
+        if let Some(l) = e.line() {
+            pos.line += u32::try_from(l.saturating_sub(1)).unwrap_or(0);
+        }
+        let (Some(range), Some(line)) = (e.range(), self.repo.sources.line(path, node.pos.line))
+        else {
+            return pos;
+        };
+        let Some(upto) = text.get(..range.end) else {
+            return pos;
+        };
+        if upto.contains('\n') {
+            return pos;
+        }
+        let from: String = line
+            .chars()
+            .skip(node.pos.col.saturating_sub(1) as usize)
+            .collect();
+        let quoted = from.starts_with(['"', '\'']);
+        let body = if quoted { &from[1..] } else { from.as_str() };
+        if !body.starts_with(upto) {
+            return pos;
+        }
+        let before = text.get(..range.start).map_or(0, |b| b.chars().count());
+        pos.col += u32::from(quoted) + u32::try_from(before).unwrap_or(0);
+        pos
+    }
+
     /// Templates every string in a parameter tree, keeping positions for errors.
     fn params(&self, node: &Node, ctx: &Json, path: &str, diags: &mut Vec<Diagnostic>) -> Json {
         match &node.value {
@@ -217,16 +266,13 @@ impl Templater<'_> {
                 match self.jinja.render_str(s, minijinja::value::Serde(ctx)) {
                     Ok(out) => Json::String(out),
                     Err(e) => {
-                        let mut pos = node.pos;
-                        if let Some(l) = e.line() {
-                            pos.line += u32::try_from(l.saturating_sub(1)).unwrap_or(0);
+                        let pos = self.error_pos(node, s, &e, path);
+                        let mut d =
+                            Diagnostic::error("template", path, pos, template_message(&e, s, ctx));
+                        if let Some(h) = template_hint(&e, ctx) {
+                            d = d.with_hint(h);
                         }
-                        diags.push(Diagnostic::error(
-                            "template",
-                            path,
-                            pos,
-                            template_message(&e, s, ctx),
-                        ));
+                        diags.push(d);
                         Json::Null
                     }
                 }
@@ -358,12 +404,16 @@ impl StepResolver<'_> {
                     .unwrap_or(rel_path.clone());
                 let file_source =
                     std::fs::read_to_string(self.repo.root.join(&file)).unwrap_or(source.clone());
-                self.errors.push(Diagnostic::error(
+                let mut d = Diagnostic::error(
                     "template",
                     file,
                     Pos { line, col },
                     template_message(&e, &file_source, self.ctx),
-                ));
+                );
+                if let Some(h) = template_hint(&e, self.ctx) {
+                    d = d.with_hint(h);
+                }
+                self.errors.push(d);
                 Err(format!("template `{rel_path}` failed"))
             }
         }
