@@ -128,9 +128,27 @@ impl Diagnostics {
 #[derive(Debug, Clone, Default)]
 pub struct SourceMap {
     files: BTreeMap<String, String>,
+    /// Prefix for paths in text output (the repo as the user named it), so that
+    /// `path:line:col` opens from where plumb was run. JSON keeps repo-relative paths.
+    display_root: Option<String>,
 }
 
 impl SourceMap {
+    /// Text output names files as `<root>/<path>`; `.` or empty keeps repo-relative paths.
+    pub fn set_display_root(&mut self, root: &str) {
+        let root = root.trim_end_matches('/');
+        self.display_root = match root {
+            "" | "." => None,
+            r => Some(r.to_string()),
+        };
+    }
+    /// How text output names `path`.
+    pub fn display(&self, path: &str) -> String {
+        match &self.display_root {
+            Some(r) => format!("{r}/{path}"),
+            None => path.to_string(),
+        }
+    }
     pub fn insert(&mut self, path: impl Into<String>, text: impl Into<String>) {
         self.files.insert(path.into(), text.into());
     }
@@ -149,7 +167,13 @@ pub fn render_plain(d: &Diagnostic, sources: &SourceMap) -> String {
         Severity::Error => "error",
         Severity::Warning => "warning",
     };
-    let mut out = format!("{}:{}:{}: {sev}: {}\n", d.path, d.line, d.col, d.message);
+    let mut out = format!(
+        "{}:{}:{}: {sev}: {}\n",
+        sources.display(&d.path),
+        d.line,
+        d.col,
+        d.message
+    );
     if let Some(src) = sources.line(&d.path, d.line) {
         let gutter = d.line.to_string();
         let (shown, caret_at) = window(src.trim_end(), d.col.saturating_sub(1) as usize);

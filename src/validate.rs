@@ -334,6 +334,18 @@ fn check_unit_selection(repo: &Repo, diags: &mut Diagnostics) {
     if inventory_broken {
         return;
     }
+    let mut labels: Vec<String> = repo
+        .environments
+        .values()
+        .flat_map(|e| e.hosts.iter())
+        .flat_map(|h| h.labels.iter().map(|(k, v)| format!("{k}: {v}")))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if labels.len() > 12 {
+        labels.truncate(12);
+        labels.push("...".to_string());
+    }
     for unit in &repo.units {
         let selected = repo
             .environments
@@ -349,7 +361,14 @@ fn check_unit_selection(repo: &Repo, diags: &mut Diagnostics) {
                     pos,
                     format!("unit `{}` selects no host in any environment", unit.name),
                 )
-                .with_hint("check the labels in `applies_to` against the hosts' labels"),
+                .with_hint(format!(
+                    "check `applies_to` against the hosts' labels: {}",
+                    if labels.is_empty() {
+                        "no host has labels".to_string()
+                    } else {
+                        labels.join(", ")
+                    }
+                )),
             );
         }
     }

@@ -190,7 +190,8 @@ fn colour_diagnostics(text: &str, style: Style) -> String {
 fn run(command: Command, style: Style) -> anyhow::Result<u8> {
     match command {
         Command::Validate { repo, output } => {
-            let (loaded, diags) = crate::validate::validate(&repo);
+            let (mut loaded, diags) = crate::validate::validate(&repo);
+            loaded.sources.set_display_root(&repo.to_string_lossy());
             let report = ValidateReport::new(diags);
             let code = u8::from(!report.valid);
             match output {
@@ -221,7 +222,8 @@ fn run(command: Command, style: Style) -> anyhow::Result<u8> {
             show_content,
             output,
         } => {
-            let (loaded, mut diags) = crate::validate::validate(&repo);
+            let (mut loaded, mut diags) = crate::validate::validate(&repo);
+            loaded.sources.set_display_root(&repo.to_string_lossy());
             if diags.has_errors() {
                 return Ok(fail_with(diags, &loaded.sources, output, style));
             }
