@@ -128,9 +128,27 @@ impl Diagnostics {
 #[derive(Debug, Clone, Default)]
 pub struct SourceMap {
     files: BTreeMap<String, String>,
+    /// Prefix for paths in text output (the repo as the user named it), so that
+    /// `path:line:col` opens from where plumb was run. JSON keeps repo-relative paths.
+    display_root: Option<String>,
 }
 
 impl SourceMap {
+    /// Text output names files as `<root>/<path>`; `.` or empty keeps repo-relative paths.
+    pub fn set_display_root(&mut self, root: &str) {
+        let root = root.trim_end_matches('/');
+        self.display_root = match root {
+            "" | "." => None,
+            r => Some(r.to_string()),
+        };
+    }
+    /// How text output names `path`.
+    pub fn display(&self, path: &str) -> String {
+        match &self.display_root {
+            Some(r) => format!("{r}/{path}"),
+            None => path.to_string(),
+        }
+    }
     pub fn insert(&mut self, path: impl Into<String>, text: impl Into<String>) {
         self.files.insert(path.into(), text.into());
     }
@@ -149,14 +167,21 @@ pub fn render_plain(d: &Diagnostic, sources: &SourceMap) -> String {
         Severity::Error => "error",
         Severity::Warning => "warning",
     };
-    let mut out = format!("{}:{}:{}: {sev}: {}\n", d.path, d.line, d.col, d.message);
+    let mut out = format!(
+        "{}:{}:{}: {sev}: {}\n",
+        sources.display(&d.path),
+        d.line,
+        d.col,
+        d.message
+    );
     if let Some(src) = sources.line(&d.path, d.line) {
         let gutter = d.line.to_string();
-        let _ = writeln!(out, "{gutter} | {}", src.trim_end());
+        let (shown, caret_at) = window(src.trim_end(), d.col.saturating_sub(1) as usize);
+        let _ = writeln!(out, "{gutter} | {shown}");
         // Columns count characters; keep tabs so the caret lines up under them.
-        let prefix: String = src
+        let prefix: String = shown
             .chars()
-            .take(d.col.saturating_sub(1) as usize)
+            .take(caret_at)
             .map(|c| if c == '\t' { '\t' } else { ' ' })
             .collect();
         let _ = writeln!(out, "{} | {prefix}^", " ".repeat(gutter.len()));
@@ -165,4 +190,59 @@ pub fn render_plain(d: &Diagnostic, sources: &SourceMap) -> String {
         let _ = writeln!(out, "  = help: {h}");
     }
     out
+}
+
+/// Widest source line quoted in a diagnostic, in characters.
+const MAX_QUOTED: usize = 100;
+
+/// The part of `line` to quote around the 0-based character `col`, and the caret's
+/// character offset in it. Long lines are cut to a window marked with `...`.
+fn window(line: &str, col: usize) -> (String, usize) {
+    let chars: Vec<char> = line.chars().collect();
+    if chars.len() <= MAX_QUOTED {
+        return (line.to_string(), col);
+    }
+    let col = col.min(chars.len());
+    let start = col.saturating_sub(MAX_QUOTED / 2);
+    let end = (start + MAX_QUOTED).min(chars.len());
+    let mut shown = String::new();
+    let mut caret = col - start;
+    if start > 0 {
+        shown.push_str("...");
+        caret += 3;
+    }
+    shown.extend(&chars[start..end]);
+    if end < chars.len() {
+        shown.push_str("...");
+    }
+    (shown, caret)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(line: u32, col: u32) -> Diagnostic {
+        Diagnostic::error("t", "f.yaml", Pos { line, col }, "m")
+    }
+
+    #[test]
+    fn caret_under_column() {
+        let mut s = SourceMap::default();
+        s.insert("f.yaml", "key: value\n");
+        let out = render_plain(&at(1, 6), &s);
+        assert_eq!(out, "f.yaml:1:6: error: m\n1 | key: value\n  |      ^\n");
+    }
+
+    #[test]
+    fn long_lines_are_cut_around_the_column() {
+        let mut s = SourceMap::default();
+        let line = format!("{}X{}", "a".repeat(5000), "b".repeat(5000));
+        s.insert("f.yaml", line);
+        let out = render_plain(&at(1, 5001), &s);
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(lines[1].len() < 120, "{}", lines[1]);
+        let x = lines[1].find('X').expect("column shown");
+        assert_eq!(lines[2].find('^'), Some(x));
+    }
 }

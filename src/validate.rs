@@ -84,7 +84,9 @@ fn check_hosts(repo: &Repo, diags: &mut Diagnostics) {
                         at(&format!("/hosts/{i}/address")),
                         format!("invalid address `{}` for host `{}`", h.address, h.name),
                     )
-                    .with_hint("use an IP address or a DNS name"),
+                    .with_hint(
+                        "use an IP address or a DNS name (letters, digits, `-` and `.`; no `_`)",
+                    ),
                 );
             }
             for r in render::reserved_var_uses(&h.vars) {
@@ -224,6 +226,10 @@ fn check_steps(repo: &Repo, diags: &mut Diagnostics) {
                 for (r, pos) in refs {
                     let target = qualify(&unit.name, r);
                     let Some(&(tu, ts)) = all.get(&target) else {
+                        if unit_failed_to_load(repo, &target) {
+                            // That unit's own errors are reported; this would only repeat them.
+                            continue;
+                        }
                         let local: Vec<String> = names
                             .iter()
                             .map(|n| {
@@ -306,7 +312,40 @@ fn check_steps(repo: &Repo, diags: &mut Diagnostics) {
     }
 }
 
+/// Whether `address` names a unit whose file exists but did not load (it has errors).
+fn unit_failed_to_load(repo: &Repo, address: &str) -> bool {
+    let Some((unit, _)) = address.split_once('/') else {
+        return false;
+    };
+    !repo.units.iter().any(|u| u.name == unit)
+        && ["yaml", "yml"].iter().any(|ext| {
+            repo.root
+                .join("units")
+                .join(format!("{unit}.{ext}"))
+                .is_file()
+        })
+}
+
 fn check_unit_selection(repo: &Repo, diags: &mut Diagnostics) {
+    // With a broken inventory the hosts are not all known: the warning would be noise.
+    let inventory_broken = diags
+        .iter()
+        .any(|d| d.severity == crate::diag::Severity::Error && d.path.starts_with("environments/"));
+    if inventory_broken {
+        return;
+    }
+    let mut labels: Vec<String> = repo
+        .environments
+        .values()
+        .flat_map(|e| e.hosts.iter())
+        .flat_map(|h| h.labels.iter().map(|(k, v)| format!("{k}: {v}")))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if labels.len() > 12 {
+        labels.truncate(12);
+        labels.push("...".to_string());
+    }
     for unit in &repo.units {
         let selected = repo
             .environments
@@ -322,7 +361,14 @@ fn check_unit_selection(repo: &Repo, diags: &mut Diagnostics) {
                     pos,
                     format!("unit `{}` selects no host in any environment", unit.name),
                 )
-                .with_hint("check the labels in `applies_to` against the hosts' labels"),
+                .with_hint(format!(
+                    "check `applies_to` against the hosts' labels: {}",
+                    if labels.is_empty() {
+                        "no host has labels".to_string()
+                    } else {
+                        labels.join(", ")
+                    }
+                )),
             );
         }
     }

@@ -217,11 +217,21 @@ pub fn main() -> ExitCode {
     let style = Style::new(cli.color);
     match run(cli.command, style) {
         Ok(code) => ExitCode::from(code),
+        // The reader went away (`plumb render ... | head`): not an error of ours.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("{}: {e:#}", style.red("error"));
             ExitCode::from(1)
         }
     }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    let pipe = Some(std::io::ErrorKind::BrokenPipe);
+    e.downcast_ref::<std::io::Error>().map(std::io::Error::kind) == pipe
+        || e.downcast_ref::<serde_json::Error>()
+            .and_then(serde_json::Error::io_error_kind)
+            == pipe
 }
 
 fn print_json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
@@ -266,7 +276,8 @@ fn colour_diagnostics(text: &str, style: Style) -> String {
 fn run(command: Command, style: Style) -> anyhow::Result<u8> {
     match command {
         Command::Validate { repo, output } => {
-            let (loaded, diags) = crate::validate::validate(&repo);
+            let (mut loaded, diags) = crate::validate::validate(&repo);
+            loaded.sources.set_display_root(&repo.to_string_lossy());
             let report = ValidateReport::new(diags);
             let code = u8::from(!report.valid);
             match output {
@@ -297,7 +308,8 @@ fn run(command: Command, style: Style) -> anyhow::Result<u8> {
             show_content,
             output,
         } => {
-            let (loaded, mut diags) = crate::validate::validate(&repo);
+            let (mut loaded, mut diags) = crate::validate::validate(&repo);
+            loaded.sources.set_display_root(&repo.to_string_lossy());
             if diags.has_errors() {
                 return Ok(fail_with(diags, &loaded.sources, output, style));
             }
@@ -306,7 +318,11 @@ fn run(command: Command, style: Style) -> anyhow::Result<u8> {
                     let report = RenderReport::new(&env, &hosts, show_content);
                     match output {
                         OutputFormat::Json => print_json(&report)?,
-                        OutputFormat::Text => print!("{}", report.to_text()),
+                        OutputFormat::Text => {
+                            let mut out = std::io::stdout().lock();
+                            out.write_all(report.to_text().as_bytes())?;
+                            out.flush()?;
+                        }
                     }
                     // Warnings still go to stderr, after the output.
                     let warnings: Vec<_> = diags

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 
-use super::yaml::{Node, Pos};
+use super::yaml::{Node, Pos, MAX_FILE_BYTES};
 use super::{EnvFile, Environment, Host, HostsFile, Repo, RepoFile, StepDecl, Unit, UnitHeader};
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::modules::{self, REGISTRY};
@@ -57,6 +57,7 @@ pub fn load(root: &Path) -> (Repo, Diagnostics) {
 
     load_environments(&mut repo, &mut diags);
     load_units(&mut repo, &mut diags);
+    load_template_sources(&mut repo);
     (repo, diags)
 }
 
@@ -76,6 +77,46 @@ fn list_dir(dir: &Path) -> Vec<(String, PathBuf)> {
     };
     out.sort();
     out
+}
+
+/// Names of the regular files under `dir` (recursively, `/`-separated), for hints.
+pub fn list_files(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![(dir.to_path_buf(), String::new(), 0usize)];
+    while let Some((d, prefix, depth)) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.filter_map(Result::ok) {
+            let Ok(name) = e.file_name().into_string() else {
+                continue;
+            };
+            let path = e.path();
+            let rel = format!("{prefix}{name}");
+            if path.is_dir() && depth < 8 {
+                stack.push((path, format!("{rel}/"), depth + 1));
+            } else if path.is_file() {
+                out.push(rel);
+            }
+            if out.len() > 1000 {
+                break;
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Keeps the text of every template, so template errors can quote their line.
+fn load_template_sources(repo: &mut Repo) {
+    for name in list_files(&repo.root.join("templates")) {
+        let rel_path = format!("templates/{name}");
+        let full = repo.root.join(&rel_path);
+        let small = std::fs::metadata(&full).is_ok_and(|m| m.len() <= MAX_FILE_BYTES as u64);
+        if let (true, Ok(text)) = (small, std::fs::read_to_string(&full)) {
+            repo.sources.insert(rel_path, text);
+        }
+    }
 }
 
 fn load_environments(repo: &mut Repo, diags: &mut Diagnostics) {
@@ -318,9 +359,16 @@ fn read_node(repo: &mut Repo, diags: &mut Diagnostics, rel_path: &str) -> Option
     let text = match String::from_utf8(bytes) {
         Ok(t) => t,
         Err(e) => {
-            let upto = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+            let valid = e.utf8_error().valid_up_to();
+            let upto = &e.as_bytes()[..valid];
             let line = upto.iter().filter(|b| **b == b'\n').count() + 1;
-            let col = upto.iter().rev().take_while(|b| **b != b'\n').count() + 1;
+            // Columns count characters, as everywhere else.
+            let line_start = upto.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+            let col = String::from_utf8_lossy(&upto[line_start..]).chars().count() + 1;
+            let byte = e.as_bytes().get(valid).copied().unwrap_or(0);
+            // Keep a readable copy so the diagnostic can quote the line.
+            repo.sources
+                .insert(rel_path, String::from_utf8_lossy(e.as_bytes()).into_owned());
             diags.push(
                 Diagnostic::error(
                     "encoding",
@@ -329,9 +377,9 @@ fn read_node(repo: &mut Repo, diags: &mut Diagnostics, rel_path: &str) -> Option
                         line: line as u32,
                         col: col as u32,
                     },
-                    "file is not valid UTF-8",
+                    format!("file is not valid UTF-8: byte 0x{byte:02x} here"),
                 )
-                .with_hint("save the file as UTF-8"),
+                .with_hint("save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)"),
             );
             return None;
         }
@@ -340,7 +388,11 @@ fn read_node(repo: &mut Repo, diags: &mut Diagnostics, rel_path: &str) -> Option
     match Node::parse(&text) {
         Ok(n) => Some(n),
         Err(e) => {
-            diags.push(Diagnostic::error("yaml", rel_path, e.pos, e.message));
+            let mut d = Diagnostic::error("yaml", rel_path, e.pos, e.message);
+            if let Some(h) = e.hint {
+                d = d.with_hint(h);
+            }
+            diags.push(d);
             None
         }
     }

@@ -18,6 +18,10 @@ use serde_saphyr::Spanned;
 pub const MAX_FILE_BYTES: usize = 8 * 1024 * 1024;
 /// Deepest nesting a declaration may use.
 pub const MAX_DEPTH: usize = 64;
+/// Most values (after alias expansion) a declaration may hold.
+pub const MAX_NODES: usize = 200_000;
+/// Most anchors, and most aliases, a declaration may use.
+pub const MAX_ALIASES: usize = 1_000;
 
 /// A 1-based line and column in a source file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, serde::Serialize)]
@@ -73,6 +77,8 @@ pub enum Value {
 pub struct SyntaxError {
     pub pos: Pos,
     pub message: String,
+    /// What to do about it, when plumb knows more than the parser said.
+    pub hint: Option<String>,
 }
 
 impl Node {
@@ -82,10 +88,11 @@ impl Node {
             return Err(SyntaxError {
                 pos: Pos::START,
                 message: format!(
-                    "file is {} bytes, larger than the {} bytes plumb reads; split it",
+                    "file is {} bytes, larger than the {} bytes plumb reads",
                     text.len(),
                     MAX_FILE_BYTES
                 ),
+                hint: Some("split it into smaller files".to_string()),
             });
         }
         if text.trim().is_empty() {
@@ -96,9 +103,9 @@ impl Node {
         }
         let budget = serde_saphyr::budget! {
             max_depth: MAX_DEPTH,
-            max_aliases: 1_000,
-            max_anchors: 1_000,
-            max_nodes: 200_000,
+            max_aliases: MAX_ALIASES,
+            max_anchors: MAX_ALIASES,
+            max_nodes: MAX_NODES,
             max_events: 1_000_000,
             max_total_scalar_bytes: MAX_FILE_BYTES,
             max_documents: 1,
@@ -236,10 +243,55 @@ fn syntax_error(e: &serde_saphyr::Error) -> SyntaxError {
             .unwrap_or(rest);
         message = format!("duplicate key `{key}`: a key may appear once in a mapping");
     }
-    SyntaxError {
-        pos,
-        message: message.trim().to_string(),
+    let (message, hint) = explain(message.trim());
+    SyntaxError { pos, message, hint }
+}
+
+/// Rewrites the parser's budget and limit messages (which name internal counters) into
+/// what happened and what to do; adds a hint to the syntax errors people meet most.
+fn explain(message: &str) -> (String, Option<String>) {
+    let refuse = "plumb refuses alias bombs: write the values out instead of nesting aliases";
+    if let Some(breach) = message.strip_prefix("budget breached: ") {
+        let what = breach.split([' ', '{']).next().unwrap_or(breach);
+        return match what {
+            "Nodes" | "Events" | "ScalarBytes" => (
+                format!(
+                    "document too large once aliases are expanded (more than {MAX_NODES} values)"
+                ),
+                Some(refuse.to_string()),
+            ),
+            "Aliases" | "Anchors" => (
+                format!("too many anchors or aliases (more than {MAX_ALIASES})"),
+                Some(refuse.to_string()),
+            ),
+            "Depth" | "InclusionDepth" => depth_message(),
+            "Documents" => (
+                "more than one YAML document (`---`) in the file".to_string(),
+                Some("plumb reads one document per file".to_string()),
+            ),
+            _ => (format!("YAML limit exceeded ({what})"), None),
+        };
     }
+    if message.contains("recursion limit exceeded") {
+        return depth_message();
+    }
+    let hint = if message.starts_with("mapping values are not allowed") {
+        Some("a plain value may not contain `: `; quote it, e.g. description: \"a: b\"")
+    } else if message.contains("quoted scalar") {
+        Some("a quoted string runs until its closing quote: check the lines above for a missing `\"` or `'`")
+    } else if message.contains("did not find expected") {
+        Some("check the indentation and the brackets of this line and the lines above")
+    } else {
+        None
+    };
+    (message.to_string(), hint.map(str::to_string))
+}
+
+fn depth_message() -> (String, Option<String>) {
+    (
+        format!("nested more than {MAX_DEPTH} levels deep"),
+        Some("flatten the structure; plumb refuses deeper documents".to_string()),
+    )
 }
 
 impl<'de> Deserialize<'de> for Node {

@@ -200,6 +200,23 @@ fn template_message(err: &minijinja::Error, source: &str, ctx: &Json) -> String 
     format!("template error: {}{detail}", err.kind())
 }
 
+/// What to do about an undefined variable: where variables are defined, for which host.
+fn template_hint(err: &minijinja::Error, ctx: &Json) -> Option<String> {
+    if err.kind() != minijinja::ErrorKind::UndefinedError {
+        return None;
+    }
+    let host = lookup_path(ctx, "host.name")
+        .and_then(Json::as_str)
+        .unwrap_or("?");
+    let env = lookup_path(ctx, "env.name")
+        .and_then(Json::as_str)
+        .unwrap_or("?");
+    Some(format!(
+        "rendering for host `{host}` (environment `{env}`): define it in the unit's `vars`, \
+         in environments/{env}/env.yaml `vars`, or in the host's `vars`"
+    ))
+}
+
 fn lookup_path<'a>(ctx: &'a Json, dotted: &str) -> Option<&'a Json> {
     dotted.split('.').try_fold(ctx, |v, k| v.get(k))
 }
@@ -210,6 +227,38 @@ struct Templater<'r> {
 }
 
 impl Templater<'_> {
+    /// Where a template error in the inline string `text` (the value of `node`) is: at the
+    /// failing expression when the string is written on one line as it reads (plain or
+    /// quoted without escapes), else at the string.
+    fn error_pos(&self, node: &Node, text: &str, e: &minijinja::Error, path: &str) -> Pos {
+        let mut pos = node.pos;
+        if let Some(l) = e.line() {
+            pos.line += u32::try_from(l.saturating_sub(1)).unwrap_or(0);
+        }
+        let (Some(range), Some(line)) = (e.range(), self.repo.sources.line(path, node.pos.line))
+        else {
+            return pos;
+        };
+        let Some(upto) = text.get(..range.end) else {
+            return pos;
+        };
+        if upto.contains('\n') {
+            return pos;
+        }
+        let from: String = line
+            .chars()
+            .skip(node.pos.col.saturating_sub(1) as usize)
+            .collect();
+        let quoted = from.starts_with(['"', '\'']);
+        let body = if quoted { &from[1..] } else { from.as_str() };
+        if !body.starts_with(upto) {
+            return pos;
+        }
+        let before = text.get(..range.start).map_or(0, |b| b.chars().count());
+        pos.col += u32::from(quoted) + u32::try_from(before).unwrap_or(0);
+        pos
+    }
+
     /// Templates every string in a parameter tree, keeping positions for errors.
     fn params(&self, node: &Node, ctx: &Json, path: &str, diags: &mut Vec<Diagnostic>) -> Json {
         match &node.value {
@@ -217,16 +266,13 @@ impl Templater<'_> {
                 match self.jinja.render_str(s, minijinja::value::Serde(ctx)) {
                     Ok(out) => Json::String(out),
                     Err(e) => {
-                        let mut pos = node.pos;
-                        if let Some(l) = e.line() {
-                            pos.line += u32::try_from(l.saturating_sub(1)).unwrap_or(0);
+                        let pos = self.error_pos(node, s, &e, path);
+                        let mut d =
+                            Diagnostic::error("template", path, pos, template_message(&e, s, ctx));
+                        if let Some(h) = template_hint(&e, ctx) {
+                            d = d.with_hint(h);
                         }
-                        diags.push(Diagnostic::error(
-                            "template",
-                            path,
-                            pos,
-                            template_message(&e, s, ctx),
-                        ));
+                        diags.push(d);
                         Json::Null
                     }
                 }
@@ -247,16 +293,76 @@ impl Templater<'_> {
     }
 }
 
+/// What a content reference names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RefKind {
+    Template,
+    File,
+}
+
+/// Parameters that name a file of the repo: `(module, parameter, kind)`. The renderer
+/// resolves them before building the module, so a missing file or a template error is
+/// reported at the parameter (or at the template's own line) whatever the module does;
+/// the module's own `Resolve` calls then hit the cache.
+const CONTENT_REFS: &[(&str, &str, RefKind)] = &[
+    ("file", "template", RefKind::Template),
+    ("file", "source", RefKind::File),
+];
+
 /// Serves `template:` and `source:` for one step.
 struct StepResolver<'a> {
     repo: &'a Repo,
     templater: &'a Templater<'a>,
     ctx: &'a Json,
     errors: Vec<Diagnostic>,
+    templates: HashMap<String, Result<String, String>>,
+    files: HashMap<String, Result<Vec<u8>, String>>,
 }
 
 impl Resolve for StepResolver<'_> {
     fn template(&mut self, name: &str) -> Result<String, String> {
+        if let Some(r) = self.templates.get(name) {
+            return r.clone();
+        }
+        let r = self.render_template(name);
+        self.templates.insert(name.to_string(), r.clone());
+        r
+    }
+
+    fn file(&mut self, name: &str) -> Result<Vec<u8>, String> {
+        if let Some(r) = self.files.get(name) {
+            return r.clone();
+        }
+        let r = self.read_file(name);
+        self.files.insert(name.to_string(), r.clone());
+        r
+    }
+}
+
+/// The hint for a reference to a missing file under `dir_name/`.
+fn missing_hint(repo: &Repo, dir_name: &str, name: &str) -> String {
+    let known = crate::model::load::list_files(&repo.root.join(dir_name));
+    if let Some(s) = crate::schema::suggest(name, &known) {
+        return format!("did you mean `{s}`? (paths are relative to {dir_name}/)");
+    }
+    if known.is_empty() {
+        format!("create {dir_name}/{name}; the path is relative to {dir_name}/")
+    } else {
+        let shown: Vec<&str> = known.iter().take(10).map(String::as_str).collect();
+        format!(
+            "the path is relative to {dir_name}/, which has: {}{}",
+            shown.join(", "),
+            if known.len() > shown.len() {
+                ", ..."
+            } else {
+                ""
+            }
+        )
+    }
+}
+
+impl StepResolver<'_> {
+    fn render_template(&mut self, name: &str) -> Result<String, String> {
         let rel_path = format!("templates/{name}");
         let full = self.repo.root.join(&rel_path);
         if name.split('/').any(|p| p == ".." || p.is_empty()) || !full.is_file() {
@@ -298,18 +404,22 @@ impl Resolve for StepResolver<'_> {
                     .unwrap_or(rel_path.clone());
                 let file_source =
                     std::fs::read_to_string(self.repo.root.join(&file)).unwrap_or(source.clone());
-                self.errors.push(Diagnostic::error(
+                let mut d = Diagnostic::error(
                     "template",
                     file,
                     Pos { line, col },
                     template_message(&e, &file_source, self.ctx),
-                ));
+                );
+                if let Some(h) = template_hint(&e, self.ctx) {
+                    d = d.with_hint(h);
+                }
+                self.errors.push(d);
                 Err(format!("template `{rel_path}` failed"))
             }
         }
     }
 
-    fn file(&mut self, name: &str) -> Result<Vec<u8>, String> {
+    fn read_file(&mut self, name: &str) -> Result<Vec<u8>, String> {
         let rel_path = format!("files/{name}");
         let full = self.repo.root.join(&rel_path);
         if name.split('/').any(|p| p == ".." || p.is_empty()) || !full.is_file() {
@@ -435,7 +545,42 @@ fn render_step(
         templater: t,
         ctx,
         errors: Vec::new(),
+        templates: HashMap::new(),
+        files: HashMap::new(),
     };
+    let mut ref_errors = Vec::new();
+    for (module, key, kind) in CONTENT_REFS {
+        if decl.module != *module {
+            continue;
+        }
+        let Some(name) = params.get(*key).and_then(Json::as_str) else {
+            continue;
+        };
+        let (result, dir_name) = match kind {
+            RefKind::Template => (resolver.template(name).map(|_| ()), "templates"),
+            RefKind::File => (resolver.file(name).map(|_| ()), "files"),
+        };
+        if let Err(message) = result {
+            if !resolver.errors.is_empty() {
+                // The template itself is wrong: its diagnostics point into it.
+                ref_errors.append(&mut resolver.errors);
+                continue;
+            }
+            let pos = unit.node.locate(&format!("{}/{key}", decl.pointer));
+            ref_errors.push(
+                Diagnostic::error(
+                    "missing-file",
+                    unit.path.clone(),
+                    pos,
+                    format!("step `{}`: {message}", decl.id),
+                )
+                .with_hint(missing_hint(t.repo, dir_name, name)),
+            );
+        }
+    }
+    if !ref_errors.is_empty() {
+        return Err(ref_errors);
+    }
     match (def.build)(params, &mut resolver) {
         Ok(resource) => Ok(DesiredStep {
             address: qualify(&unit.name, &decl.id),

@@ -92,9 +92,29 @@ pub struct RenderedStep {
     pub sensitive: bool,
     /// The desired state; `null` for sensitive steps.
     pub desired: serde_json::Value,
+    /// What the step writes, as digest and size (never for sensitive steps).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content_digest: Option<ContentDigest>,
     /// File content as text (only with `--show-content`, never for sensitive steps).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+}
+
+/// Bytes described without showing them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+pub struct ContentDigest {
+    /// Lowercase hex SHA-256.
+    pub sha256: String,
+    pub size: usize,
+}
+
+impl ContentDigest {
+    pub fn of(bytes: &[u8]) -> ContentDigest {
+        ContentDigest {
+            sha256: hex::encode(Sha256::digest(bytes)),
+            size: bytes.len(),
+        }
+    }
 }
 
 /// Describes bytes without showing them.
@@ -128,6 +148,10 @@ impl RenderReport {
                                 serde_json::Value::Null
                             } else {
                                 s.resource.desired()
+                            },
+                            content_digest: match (s.sensitive, s.resource.content()) {
+                                (false, Some(c)) => Some(ContentDigest::of(c)),
+                                _ => None,
                             },
                             content: match (show_content && !s.sensitive, s.resource.content()) {
                                 (true, Some(c)) => Some(String::from_utf8_lossy(c).into_owned()),
@@ -177,8 +201,14 @@ impl RenderReport {
                 if !s.notify.is_empty() {
                     out.push_str(&format!("       notify: {}\n", s.notify.join(", ")));
                 }
+                if let Some(d) = &s.content_digest {
+                    out.push_str(&format!(
+                        "       content: sha256:{} ({} bytes)\n",
+                        d.sha256, d.size
+                    ));
+                }
                 if let Some(c) = &s.content {
-                    out.push_str("       content: |\n");
+                    out.push_str("       content text: |\n");
                     for line in c.lines() {
                         out.push_str(&format!("         {line}\n"));
                     }

@@ -220,16 +220,159 @@ pub fn validate(kind: Kind, node: &Node, path: &str) -> Vec<Diagnostic> {
     out
 }
 
-fn field_label(pointer: &str) -> String {
-    match pointer.rsplit('/').next() {
-        Some(last) if !pointer.is_empty() => {
-            if last.parse::<usize>().is_ok() {
-                format!("item {last}")
-            } else {
-                format!("`{}`", last.replace("~1", "/").replace("~0", "~"))
+/// How a message names the place a JSON pointer points at: `` `mode` ``, "step `motd`",
+/// "host `web-1`", "item 2 of `waves`", "the document".
+fn field_label(node: &Node, pointer: &str) -> String {
+    let Some((parent, last)) = pointer.rsplit_once('/') else {
+        return "the document".to_string();
+    };
+    let last = last.replace("~1", "/").replace("~0", "~");
+    let Ok(index) = last.parse::<usize>() else {
+        return format!("`{last}`");
+    };
+    let list = parent.rsplit('/').next().unwrap_or_default();
+    let item = node_at(node, pointer);
+    let named = |key: &str| item.and_then(|n| n.get(key)).and_then(Node::as_str);
+    match (list, named("id"), named("name")) {
+        ("steps", Some(id), _) => format!("step `{id}`"),
+        ("steps", None, _) => format!("step {}", index + 1),
+        ("hosts", _, Some(name)) => format!("host `{name}`"),
+        (_, _, Some(name)) => format!("`{list}` item `{name}`"),
+        _ => format!("item {} of `{list}`", index + 1),
+    }
+}
+
+/// The node a JSON pointer names, if it exists.
+fn node_at<'a>(node: &'a Node, pointer: &str) -> Option<&'a Node> {
+    let mut n = node;
+    for raw in pointer.split('/').skip(1) {
+        let token = raw.replace("~1", "/").replace("~0", "~");
+        n = match &n.value {
+            crate::model::yaml::Value::Map(m) => m.get(&token).map(|(_, v)| v)?,
+            crate::model::yaml::Value::Seq(s) => s.get(token.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    Some(n)
+}
+
+/// The position to report a problem with the value at `pointer`: its key when it is a
+/// mapping member (where people look for it), else the value itself.
+fn member_pos(node: &Node, pointer: &str) -> crate::model::yaml::Pos {
+    match pointer.rsplit_once('/') {
+        Some((parent, key)) if key.parse::<usize>().is_err() => {
+            node.locate_key(parent, &key.replace("~1", "/").replace("~0", "~"))
+        }
+        _ => node.locate(pointer),
+    }
+}
+
+/// The schema value at a keyword location, following `$ref` segments within this schema.
+fn resolve_schema_path<'a>(schema: &'a Value, schema_path: &str) -> Option<&'a Value> {
+    let mut v = schema;
+    for raw in schema_path.split('/').skip(1) {
+        let token = raw.replace("~1", "/").replace("~0", "~");
+        // Jump through a reference before descending.
+        if let Some(r) = v.get("$ref").and_then(Value::as_str) {
+            if token != "$ref" {
+                v = schema.pointer(r.strip_prefix('#')?)?;
             }
         }
-        _ => "the document".to_string(),
+        if token == "$ref" {
+            let r = v.get("$ref").and_then(Value::as_str)?;
+            v = schema.pointer(r.strip_prefix('#')?)?;
+            continue;
+        }
+        v = match v {
+            Value::Object(o) => o.get(&token)?,
+            Value::Array(a) => a.get(token.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    if let Some(r) = v.get("$ref").and_then(Value::as_str) {
+        return schema.pointer(r.strip_prefix('#')?);
+    }
+    Some(v)
+}
+
+/// The schema object that `schema_path` (a keyword location) sits in.
+fn schema_object<'a>(schema: &'a Value, schema_path: &str) -> Option<&'a Value> {
+    let parent = schema_path.rsplit_once('/').map_or("", |(p, _)| p);
+    resolve_schema_path(schema, parent)
+}
+
+/// The values an `anyOf`/`oneOf` keyword allows when its branches are enums or constants
+/// (how optional and documented enums are generated), else empty.
+fn alternatives(schema: &Value, schema_path: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let Some(branches) = resolve_schema_path(schema, schema_path).and_then(Value::as_array) else {
+        return out;
+    };
+    for b in branches {
+        let b = match b.get("$ref").and_then(Value::as_str) {
+            Some(r) => r
+                .strip_prefix('#')
+                .and_then(|p| schema.pointer(p))
+                .unwrap_or(b),
+            None => b,
+        };
+        if let Some(c) = b.get("const") {
+            out.push(short(c));
+        }
+        for e in b
+            .get("enum")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            out.push(short(e));
+        }
+        for inner in ["oneOf", "anyOf"] {
+            for c in b.get(inner).and_then(Value::as_array).into_iter().flatten() {
+                if let Some(c) = c.get("const") {
+                    out.push(short(c));
+                }
+                for e in c
+                    .get("enum")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    out.push(short(e));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn one_of_these(
+    path: &str,
+    node: &Node,
+    pointer: &str,
+    here: &str,
+    known: &[String],
+    found: &str,
+) -> Diagnostic {
+    let mut d = Diagnostic::error(
+        "schema",
+        path,
+        node.locate(pointer),
+        format!(
+            "{here} must be one of {}, found `{found}`",
+            known.join(", ")
+        ),
+    );
+    if let Some(s) = suggest(found, known) {
+        d = d.with_hint(format!("did you mean `{s}`?"));
+    }
+    d
+}
+
+fn short(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
     }
 }
 
@@ -242,7 +385,12 @@ fn describe(
     err: &jsonschema::ValidationError<'_>,
 ) -> Vec<Diagnostic> {
     use jsonschema::error::ValidationErrorKind as K;
-    let here = field_label(pointer);
+    let here = field_label(node, pointer);
+    let found = || {
+        node_at(node, pointer)
+            .map(|n| short(&n.to_json()))
+            .unwrap_or_default()
+    };
     match err.kind() {
         K::AdditionalProperties { unexpected } => {
             let known = known_properties(schema, schema_path);
@@ -270,43 +418,123 @@ fn describe(
                 .as_str()
                 .map(str::to_string)
                 .unwrap_or_else(|| property.to_string());
+            let description = schema_object(schema, schema_path)
+                .and_then(|o| o.pointer(&format!("/properties/{name}/description")))
+                .and_then(Value::as_str);
+            let hint = match description {
+                Some(d) => format!("add `{name}:` ({})", d.trim_end_matches('.')),
+                None => format!("add `{name}:`"),
+            };
             vec![Diagnostic::error(
                 "schema",
                 path,
-                node.locate(pointer),
+                member_pos(node, pointer),
                 format!("missing required field `{name}` in {here}"),
-            )]
+            )
+            .with_hint(hint)]
         }
         K::Type { kind } => {
-            let expected = match kind {
-                jsonschema::error::TypeKind::Single(t) => t.to_string(),
-                jsonschema::error::TypeKind::Multiple(ts) => ts
-                    .iter()
-                    .map(|t| t.to_string())
-                    .collect::<Vec<_>>()
-                    .join(" or "),
+            let mut types: Vec<String> = match kind {
+                jsonschema::error::TypeKind::Single(t) => vec![t.to_string()],
+                jsonschema::error::TypeKind::Multiple(ts) => {
+                    ts.iter().map(|t| t.to_string()).collect()
+                }
             };
-            let found = node_kind_at(node, pointer);
-            vec![Diagnostic::error(
+            // `null` is how an optional field is spelled in the schema; nobody means to write it.
+            if types.len() > 1 {
+                types.retain(|t| t != "null");
+            }
+            let expected = types.join(" or ");
+            let found_kind = node_kind_at(node, pointer);
+            let mut d = Diagnostic::error(
                 "schema",
                 path,
                 node.locate(pointer),
                 format!(
-                    "{here} must be {} {expected}, found {found}",
+                    "{here} must be {} {expected}, found {found_kind}",
                     article(&expected)
                 ),
-            )
-            .with_hint(quote_hint(&expected))]
-            .into_iter()
-            .map(|d| {
-                if d.hint.as_deref() == Some("") {
-                    Diagnostic { hint: None, ..d }
+            );
+            if expected == "string" && matches!(found_kind, "number" | "boolean") {
+                let key = pointer.rsplit('/').next().unwrap_or_default();
+                d = d.with_hint(if key == "mode" {
+                    "quote it: mode: \"0644\" (unquoted, YAML reads 0644 as the number 644)"
+                        .to_string()
                 } else {
-                    d
-                }
-            })
-            .collect()
+                    format!(
+                        "quote it: {key}: \"{}\" (unquoted, YAML reads it as a {found_kind})",
+                        found()
+                    )
+                });
+            }
+            vec![d]
         }
+        K::Maximum { limit } | K::ExclusiveMaximum { limit } => vec![Diagnostic::error(
+            "schema",
+            path,
+            node.locate(pointer),
+            format!("{here} must be at most {limit}, found {}", found()),
+        )],
+        K::Minimum { limit } | K::ExclusiveMinimum { limit } => vec![Diagnostic::error(
+            "schema",
+            path,
+            node.locate(pointer),
+            format!("{here} must be at least {limit}, found {}", found()),
+        )],
+        K::Enum { options } => {
+            let known: Vec<String> = options
+                .as_array()
+                .map(|a| a.iter().map(short).collect())
+                .unwrap_or_default();
+            vec![one_of_these(path, node, pointer, &here, &known, &found())]
+        }
+        K::AnyOf { context } | K::OneOfNotValid { context } => {
+            let known = alternatives(schema, schema_path);
+            // An optional field is `anyOf: [<its schema>, null]`: when the value is not null,
+            // the errors of the other branch are the real ones.
+            let real: Vec<&Vec<jsonschema::ValidationError<'static>>> = context
+                .iter()
+                .filter(|errs| {
+                    !errs.iter().all(|e| {
+                        matches!(e.kind(), K::Type { kind: jsonschema::error::TypeKind::Single(t) }
+                            if t.to_string() == "null")
+                    })
+                })
+                .collect();
+            if known.is_empty() && real.len() == 1 && !real[0].is_empty() {
+                real[0]
+                    .iter()
+                    .flat_map(|e| {
+                        describe(
+                            schema,
+                            node,
+                            path,
+                            e.instance_path().as_str(),
+                            e.schema_path().as_str(),
+                            e,
+                        )
+                    })
+                    .collect()
+            } else if known.is_empty() {
+                vec![Diagnostic::error(
+                    "schema",
+                    path,
+                    node.locate(pointer),
+                    format!("{here}: {err}"),
+                )]
+            } else {
+                vec![one_of_these(path, node, pointer, &here, &known, &found())]
+            }
+        }
+        K::Pattern { pattern } => vec![Diagnostic::error(
+            "schema",
+            path,
+            node.locate(pointer),
+            format!(
+                "{here} is `{}`, which does not match the pattern {pattern}",
+                found()
+            ),
+        )],
         _ => vec![Diagnostic::error(
             "schema",
             path,
@@ -321,14 +549,6 @@ fn article(word: &str) -> &'static str {
         "an"
     } else {
         "a"
-    }
-}
-
-fn quote_hint(expected: &str) -> String {
-    if expected == "string" {
-        "quote the value, e.g. \"0644\" (YAML reads 0644 as a number)".to_string()
-    } else {
-        String::new()
     }
 }
 
@@ -354,12 +574,7 @@ fn known_properties(schema: &Value, schema_path: &str) -> Vec<String> {
     let parent = schema_path
         .strip_suffix("/additionalProperties")
         .unwrap_or(schema_path);
-    let mut target = schema.pointer(parent);
-    // Follow one `$ref` if the keyword sits behind one.
-    if let Some(r) = target.and_then(|t| t.get("$ref")).and_then(Value::as_str) {
-        target = r.strip_prefix('#').and_then(|p| schema.pointer(p));
-    }
-    target
+    resolve_schema_path(schema, parent)
         .and_then(|t| t.get("properties"))
         .and_then(Value::as_object)
         .map(|o| o.keys().cloned().collect())
