@@ -5,6 +5,7 @@
 //! - [`validate`] and [`render`]: checks and the desired steps per host, with no host contacted;
 //! - [`modules`]: pure step modules (probe script, parse, diff, apply script);
 //! - [`report`]: the machine-readable results of each command;
+//! - [`source`]: the signed config repo: mirror, signature policy, checkout, watch;
 //! - [`cli`]: the command line; the only layer that knows about terminals.
 
 pub mod cli;
@@ -14,4 +15,5 @@ pub mod modules;
 pub mod render;
 pub mod report;
 pub mod schema;
+pub mod source;
 pub mod validate;

@@ -17,5 +17,6 @@ pub fn generate() -> Vec<(String, Value)> {
     vec![
         one::<ValidateReport>("validate"),
         one::<RenderReport>("render"),
+        one::<crate::source::VerifyReport>("verify"),
     ]
 }
