@@ -215,3 +215,33 @@ pub fn verify_repo(
     let outcome = policy::verify_range(&r, from, tip, &signers, RangeOptions::default())?;
     Ok(VerifyReport::new(from, tip, outcome))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins() {
+        let local = |p: &str| Origin::Local(PathBuf::from(p));
+        let remote = |u: &str| Origin::Remote(u.to_string());
+        assert_eq!(
+            Origin::parse("/srv/config.git").unwrap(),
+            local("/srv/config.git")
+        );
+        assert_eq!(Origin::parse("./a:b").unwrap(), local("./a:b"));
+        assert_eq!(Origin::parse("file:///srv/c").unwrap(), local("/srv/c"));
+        assert_eq!(
+            Origin::parse("git@github.com:team/config.git").unwrap(),
+            remote("git@github.com:team/config.git")
+        );
+        assert_eq!(
+            Origin::parse("https://example.com/c.git").unwrap(),
+            remote("https://example.com/c.git")
+        );
+        assert_eq!(
+            Origin::parse("-oProxyCommand=x").unwrap_err().code(),
+            "invalid-source"
+        );
+        assert_eq!(Origin::parse("").unwrap_err().code(), "invalid-source");
+    }
+}
