@@ -6,6 +6,7 @@
 //! - [`modules`]: pure step modules (probe script, parse, diff, apply script);
 //! - [`transport`] and [`engine`]: the only code that talks to hosts, one script per phase;
 //! - [`report`]: the machine-readable results of each command;
+//! - [`source`]: the signed config repo: mirror, signature policy, checkout, watch;
 //! - [`cli`]: the command line; the only layer that knows about terminals.
 
 pub mod cli;
@@ -16,5 +17,6 @@ pub mod modules;
 pub mod render;
 pub mod report;
 pub mod schema;
+pub mod source;
 pub mod transport;
 pub mod validate;

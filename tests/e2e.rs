@@ -37,7 +37,9 @@ impl Hosts {
 }
 
 fn sh(cmd: &mut Command) -> (i32, String, String) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -46,7 +48,10 @@ fn sh(cmd: &mut Command) -> (i32, String, String) {
 }
 
 fn docker_ok() -> bool {
-    Command::new("docker").args(["info", "--format", "{{.ServerVersion}}"]).output().is_ok_and(|o| o.status.success())
+    Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 /// Fresh hosts, or `None` (after saying so loudly) when Docker is not available.
@@ -61,19 +66,28 @@ fn fresh_hosts(scenario: &str) -> Option<Hosts> {
     static IMAGE: OnceLock<Result<(), String>> = OnceLock::new();
     let image = IMAGE.get_or_init(|| {
         let (code, _, err) = sh(Command::new(root().join("integration/testhosts")).arg("image"));
-        if code == 0 { Ok(()) } else { Err(err) }
+        if code == 0 {
+            Ok(())
+        } else {
+            Err(err)
+        }
     });
     if let Err(e) = image {
         panic!("building the test host image failed:\n{e}");
     }
     let dir = root().join("target/e2e-hosts");
-    let (code, out, err) =
-        sh(Command::new(root().join("integration/testhosts")).args(["up", &HOSTS.to_string(), "--dir"]).arg(&dir));
+    let (code, out, err) = sh(Command::new(root().join("integration/testhosts"))
+        .args(["up", &HOSTS.to_string(), "--dir"])
+        .arg(&dir));
     assert_eq!(code, 0, "testhosts up failed:\n{out}\n{err}");
     let inventory = std::fs::read_to_string(dir.join("hosts.yaml")).expect("inventory written");
     let addresses: Vec<String> = inventory
         .lines()
-        .filter_map(|l| l.trim().strip_prefix("address:").map(|a| a.trim().to_string()))
+        .filter_map(|l| {
+            l.trim()
+                .strip_prefix("address:")
+                .map(|a| a.trim().to_string())
+        })
         .collect();
     assert_eq!(addresses.len(), HOSTS, "inventory: {inventory}");
     eprintln!("scenario `{scenario}`: hosts up at {addresses:?}");
@@ -97,14 +111,22 @@ fn copy_dir(from: &Path, to: &Path) {
 fn webapp_repo(hosts: &Hosts) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
     copy_dir(&root().join("examples/webapp"), dir.path());
-    let [a1, a2, a3] = [&hosts.addresses[0], &hosts.addresses[1], &hosts.addresses[2]];
+    let [a1, a2, a3] = [
+        &hosts.addresses[0],
+        &hosts.addresses[1],
+        &hosts.addresses[2],
+    ];
     let inventory = format!(
         "hosts:\n\
          \x20 - name: plumb-host-1\n    address: {a1}\n    labels: {{role: web, canary: \"true\"}}\n    vars: {{workers: 8}}\n\
          \x20 - name: plumb-host-2\n    address: {a2}\n    labels: {{role: web}}\n\
          \x20 - name: plumb-host-3\n    address: {a3}\n    labels: {{role: db}}\n    vars: {{hello_version: \"1.0\"}}\n"
     );
-    std::fs::write(dir.path().join("environments/production/hosts.yaml"), inventory).expect("write inventory");
+    std::fs::write(
+        dir.path().join("environments/production/hosts.yaml"),
+        inventory,
+    )
+    .expect("write inventory");
     dir
 }
 
@@ -114,19 +136,33 @@ fn plumb(hosts: &Hosts, args: &[&str], repo: &Path) -> (i32, Value, String) {
     cmd.args(&args[..1])
         .arg(repo)
         .args(&args[1..])
-        .args(["--env", "production", "--output", "json", "--color", "never"])
+        .args([
+            "--env",
+            "production",
+            "--output",
+            "json",
+            "--color",
+            "never",
+        ])
         .arg("--identity")
         .arg(hosts.dir.join("id_ed25519"))
         .arg("--known-hosts")
         .arg(hosts.dir.join("known_hosts"));
     let (code, out, err) = sh(&mut cmd);
-    let json = serde_json::from_str(&out).unwrap_or_else(|e| panic!("plumb {args:?} printed no JSON ({e}):\n{out}\n{err}"));
+    let json = serde_json::from_str(&out)
+        .unwrap_or_else(|e| panic!("plumb {args:?} printed no JSON ({e}):\n{out}\n{err}"));
     (code, json, err)
 }
 
 fn exec(hosts: &Hosts, k: usize, cmd: &str) -> String {
-    let (code, out, err) = sh(Command::new("docker").args(["exec", &hosts.name(k), "sh", "-c", cmd]));
-    assert_eq!(code, 0, "docker exec {} `{cmd}` failed: {err}", hosts.name(k));
+    let (code, out, err) =
+        sh(Command::new("docker").args(["exec", &hosts.name(k), "sh", "-c", cmd]));
+    assert_eq!(
+        code,
+        0,
+        "docker exec {} `{cmd}` failed: {err}",
+        hosts.name(k)
+    );
     out.trim_end().to_string()
 }
 
@@ -136,7 +172,10 @@ fn sha256(bytes: &[u8]) -> String {
 }
 
 fn host_report<'a>(report: &'a Value, name: &str) -> &'a Value {
-    report["hosts"].as_array().and_then(|hs| hs.iter().find(|h| h["name"] == name)).unwrap_or_else(|| panic!("no host {name} in {report:#}"))
+    report["hosts"]
+        .as_array()
+        .and_then(|hs| hs.iter().find(|h| h["name"] == name))
+        .unwrap_or_else(|| panic!("no host {name} in {report:#}"))
 }
 
 /// Rendered content of a file step for a host, via `plumb render --show-content`.
@@ -144,7 +183,15 @@ fn rendered_content(repo: &Path, host: &str, address: &str) -> String {
     let (code, out, err) = sh(Command::new(env!("CARGO_BIN_EXE_plumb"))
         .arg("render")
         .arg(repo)
-        .args(["--env", "production", "--host", host, "--show-content", "--output", "json"]));
+        .args([
+            "--env",
+            "production",
+            "--host",
+            host,
+            "--show-content",
+            "--output",
+            "json",
+        ]));
     assert_eq!(code, 0, "render failed: {err}");
     let v: Value = serde_json::from_str(&out).expect("render JSON");
     v["hosts"][0]["steps"]
@@ -156,13 +203,21 @@ fn rendered_content(repo: &Path, host: &str, address: &str) -> String {
 }
 
 fn demo_starts(hosts: &Hosts, k: usize) -> usize {
-    exec(hosts, k, "journalctl -u plumb-demo --no-pager -o cat | grep -c 'plumb-demo started' || true").parse().unwrap_or(0)
+    exec(
+        hosts,
+        k,
+        "journalctl -u plumb-demo --no-pager -o cat | grep -c 'plumb-demo started' || true",
+    )
+    .parse()
+    .unwrap_or(0)
 }
 
 #[test]
 fn fresh_converge_then_idempotent() {
     let _g = lock();
-    let Some(hosts) = fresh_hosts("fresh_converge_then_idempotent") else { return };
+    let Some(hosts) = fresh_hosts("fresh_converge_then_idempotent") else {
+        return;
+    };
     let repo = webapp_repo(&hosts);
 
     let (code, report, err) = plumb(&hosts, &["apply"], repo.path());
@@ -170,33 +225,81 @@ fn fresh_converge_then_idempotent() {
     assert_eq!(report["converged"], true);
     for k in 1..=HOSTS {
         let h = host_report(&report, &hosts.name(k));
-        assert_eq!(h["round_trips"], serde_json::json!({"probe": 1, "apply": 1, "verify": 1}), "{h:#}");
+        assert_eq!(
+            h["round_trips"],
+            serde_json::json!({"probe": 1, "apply": 1, "verify": 1}),
+            "{h:#}"
+        );
     }
 
     // Independent checks, with docker exec.
     for k in 1..=HOSTS {
-        assert_eq!(exec(&hosts, k, "getent passwd app | cut -d: -f6,7"), "/var/lib/app:/usr/sbin/nologin");
-        assert_eq!(exec(&hosts, k, "stat -c '%a %U %G' /var/lib/app /srv/app /var/log/app"), "750 app app\n755 app app\n2750 app adm");
+        assert_eq!(
+            exec(&hosts, k, "getent passwd app | cut -d: -f6,7"),
+            "/var/lib/app:/usr/sbin/nologin"
+        );
+        assert_eq!(
+            exec(
+                &hosts,
+                k,
+                "stat -c '%a %U %G' /var/lib/app /srv/app /var/log/app"
+            ),
+            "750 app app\n755 app app\n2750 app adm"
+        );
         assert_eq!(exec(&hosts, k, "cat /proc/sys/net/core/somaxconn"), "4096");
-        assert!(exec(&hosts, k, "cat /etc/cron.d/app-log-cleanup").contains("17 3 * * * app find /var/log/app"));
+        assert!(exec(&hosts, k, "cat /etc/cron.d/app-log-cleanup")
+            .contains("17 3 * * * app find /var/log/app"));
     }
     for k in [1, 2] {
         let want = rendered_content(repo.path(), &hosts.name(k), "web/app-conf");
-        assert_eq!(exec(&hosts, k, "sha256sum /etc/plumb-demo/app.conf | cut -d' ' -f1"), sha256(want.as_bytes()));
-        assert_eq!(exec(&hosts, k, "stat -c '%a %U %G' /etc/plumb-demo/app.conf"), "640 root app");
-        assert_eq!(exec(&hosts, k, "systemctl is-active plumb-demo; systemctl is-enabled plumb-demo"), "active\nenabled");
-        assert_eq!(exec(&hosts, k, "dpkg-query -W -f '${Version}' plumb-hello"), "1.1");
+        assert_eq!(
+            exec(
+                &hosts,
+                k,
+                "sha256sum /etc/plumb-demo/app.conf | cut -d' ' -f1"
+            ),
+            sha256(want.as_bytes())
+        );
+        assert_eq!(
+            exec(&hosts, k, "stat -c '%a %U %G' /etc/plumb-demo/app.conf"),
+            "640 root app"
+        );
+        assert_eq!(
+            exec(
+                &hosts,
+                k,
+                "systemctl is-active plumb-demo; systemctl is-enabled plumb-demo"
+            ),
+            "active\nenabled"
+        );
+        assert_eq!(
+            exec(&hosts, k, "dpkg-query -W -f '${Version}' plumb-hello"),
+            "1.1"
+        );
     }
-    assert!(rendered_content(repo.path(), &hosts.name(1), "web/app-conf").contains('8'), "host var workers=8 wins");
-    assert_eq!(exec(&hosts, 3, "dpkg-query -W -f '${Version}' plumb-hello"), "1.0", "host var pins db");
-    assert_eq!(exec(&hosts, 3, "cat /var/lib/app/db/VERSION"), exec(&hosts, 3, "plumb-hello"));
+    assert!(
+        rendered_content(repo.path(), &hosts.name(1), "web/app-conf").contains('8'),
+        "host var workers=8 wins"
+    );
+    assert_eq!(
+        exec(&hosts, 3, "dpkg-query -W -f '${Version}' plumb-hello"),
+        "1.0",
+        "host var pins db"
+    );
+    assert_eq!(
+        exec(&hosts, 3, "cat /var/lib/app/db/VERSION"),
+        exec(&hosts, 3, "plumb-hello")
+    );
 
     // A second apply changes nothing and spends one round trip per host.
     let (code, again, _) = plumb(&hosts, &["apply"], repo.path());
     assert_eq!(code, 0);
     assert_eq!(again["total_changed"], 0, "{again:#}");
     for k in 1..=HOSTS {
-        assert_eq!(host_report(&again, &hosts.name(k))["round_trips"], serde_json::json!({"probe": 1, "apply": 0, "verify": 0}));
+        assert_eq!(
+            host_report(&again, &hosts.name(k))["round_trips"],
+            serde_json::json!({"probe": 1, "apply": 0, "verify": 0})
+        );
     }
     let (code, plan, _) = plumb(&hosts, &["plan"], repo.path());
     assert_eq!(code, 0, "plan after apply must exit 0: {plan:#}");
@@ -205,22 +308,35 @@ fn fresh_converge_then_idempotent() {
 #[test]
 fn drift_is_found_and_corrected() {
     let _g = lock();
-    let Some(hosts) = fresh_hosts("drift_is_found_and_corrected") else { return };
+    let Some(hosts) = fresh_hosts("drift_is_found_and_corrected") else {
+        return;
+    };
     let repo = webapp_repo(&hosts);
     assert_eq!(plumb(&hosts, &["apply"], repo.path()).0, 0);
-    assert_eq!(plumb(&hosts, &["drift"], repo.path()).0, 0, "no drift right after apply");
+    assert_eq!(
+        plumb(&hosts, &["drift"], repo.path()).0,
+        0,
+        "no drift right after apply"
+    );
 
     exec(&hosts, 1, "echo 'hand edit' >> /etc/plumb-demo/app.conf");
     exec(&hosts, 2, "chmod 0700 /srv/app");
     exec(&hosts, 2, "systemctl stop plumb-demo");
-    exec(&hosts, 3, "DEBIAN_FRONTEND=noninteractive apt-get remove -y -q plumb-hello >/dev/null 2>&1");
+    exec(
+        &hosts,
+        3,
+        "DEBIAN_FRONTEND=noninteractive apt-get remove -y -q plumb-hello >/dev/null 2>&1",
+    );
 
     let (code, report, err) = plumb(&hosts, &["drift"], repo.path());
     assert_eq!(code, 2, "drift must exit 2:\n{report:#}\n{err}");
     let mut found: Vec<(String, String)> = Vec::new();
     for h in report["hosts"].as_array().expect("hosts") {
         for s in h["steps"].as_array().expect("steps") {
-            found.push((h["name"].as_str().unwrap_or("").to_string(), s["address"].as_str().unwrap_or("").to_string()));
+            found.push((
+                h["name"].as_str().unwrap_or("").to_string(),
+                s["address"].as_str().unwrap_or("").to_string(),
+            ));
         }
     }
     found.sort();
@@ -233,20 +349,33 @@ fn drift_is_found_and_corrected() {
     .iter()
     .map(|(a, b)| (a.to_string(), b.to_string()))
     .collect();
-    assert_eq!(found, expected, "drift must name exactly what changed:\n{report:#}");
+    assert_eq!(
+        found, expected,
+        "drift must name exactly what changed:\n{report:#}"
+    );
 
     assert_eq!(plumb(&hosts, &["apply"], repo.path()).0, 0);
     let (code, report, _) = plumb(&hosts, &["drift"], repo.path());
     assert_eq!(code, 0, "drift after correction: {report:#}");
-    assert_eq!(exec(&hosts, 2, "stat -c %a /srv/app; systemctl is-active plumb-demo"), "755\nactive");
+    assert_eq!(
+        exec(
+            &hosts,
+            2,
+            "stat -c %a /srv/app; systemctl is-active plumb-demo"
+        ),
+        "755\nactive"
+    );
 }
 
 #[test]
 fn an_unreachable_host_spares_the_others() {
     let _g = lock();
-    let Some(hosts) = fresh_hosts("an_unreachable_host_spares_the_others") else { return };
+    let Some(hosts) = fresh_hosts("an_unreachable_host_spares_the_others") else {
+        return;
+    };
     let repo = webapp_repo(&hosts);
-    let (code, _, err) = sh(Command::new("docker").args(["network", "disconnect", "plumb-test", "plumb-host-2"]));
+    let (code, _, err) =
+        sh(Command::new("docker").args(["network", "disconnect", "plumb-test", "plumb-host-2"]));
     assert_eq!(code, 0, "{err}");
 
     let (code, report, _) = plumb(&hosts, &["apply", "--connect-timeout", "3"], repo.path());
@@ -255,13 +384,28 @@ fn an_unreachable_host_spares_the_others() {
     assert_eq!(host_report(&report, "plumb-host-3")["status"], "converged");
     let h2 = host_report(&report, "plumb-host-2");
     assert_eq!(h2["status"], "unreachable", "{h2:#}");
-    assert!(!h2["error"].as_str().unwrap_or("").is_empty(), "the reason is reported");
+    assert!(
+        !h2["error"].as_str().unwrap_or("").is_empty(),
+        "the reason is reported"
+    );
 
-    let (code, _, err) = sh(Command::new("docker").args(["network", "connect", "--ip", &hosts.addresses[1], "plumb-test", "plumb-host-2"]));
+    let (code, _, err) = sh(Command::new("docker").args([
+        "network",
+        "connect",
+        "--ip",
+        &hosts.addresses[1],
+        "plumb-test",
+        "plumb-host-2",
+    ]));
     assert_eq!(code, 0, "{err}");
     let (code, report, _) = plumb(&hosts, &["apply"], repo.path());
     assert_eq!(code, 0, "once back, the host converges: {report:#}");
-    assert!(host_report(&report, "plumb-host-2")["changed"].as_u64().unwrap_or(0) > 0);
+    assert!(
+        host_report(&report, "plumb-host-2")["changed"]
+            .as_u64()
+            .unwrap_or(0)
+            > 0
+    );
     assert_eq!(host_report(&report, "plumb-host-1")["changed"], 0);
 }
 
@@ -279,22 +423,31 @@ fn fingerprint(hosts: &Hosts, k: usize) -> String {
 #[test]
 fn a_bad_commit_touches_nothing() {
     let _g = lock();
-    let Some(hosts) = fresh_hosts("a_bad_commit_touches_nothing") else { return };
+    let Some(hosts) = fresh_hosts("a_bad_commit_touches_nothing") else {
+        return;
+    };
     let repo = webapp_repo(&hosts);
     assert_eq!(plumb(&hosts, &["apply"], repo.path()).0, 0);
     let before: Vec<String> = (1..=HOSTS).map(|k| fingerprint(&hosts, k)).collect();
 
     // A commit that changes the config AND has a schema error elsewhere.
     let env = repo.path().join("environments/production/env.yaml");
-    let text = std::fs::read_to_string(&env).expect("env.yaml").replace("log_level: warn", "log_level: debug");
+    let text = std::fs::read_to_string(&env)
+        .expect("env.yaml")
+        .replace("log_level: warn", "log_level: debug");
     std::fs::write(&env, text).expect("write");
     let unit = repo.path().join("units/base.yaml");
-    let text = std::fs::read_to_string(&unit).expect("base.yaml").replace("mode: \"0750\"", "mode: 0750");
+    let text = std::fs::read_to_string(&unit)
+        .expect("base.yaml")
+        .replace("mode: \"0750\"", "mode: 0750");
     std::fs::write(&unit, text).expect("write");
 
     let (code, report, _) = plumb(&hosts, &["apply"], repo.path());
     assert_eq!(code, 1);
-    assert_eq!(report["valid"], false, "the validation report is printed: {report:#}");
+    assert_eq!(
+        report["valid"], false,
+        "the validation report is printed: {report:#}"
+    );
     let after: Vec<String> = (1..=HOSTS).map(|k| fingerprint(&hosts, k)).collect();
     assert_eq!(before, after, "no host was touched");
 }
@@ -302,41 +455,67 @@ fn a_bad_commit_touches_nothing() {
 #[test]
 fn a_config_change_restarts_its_service_once() {
     let _g = lock();
-    let Some(hosts) = fresh_hosts("a_config_change_restarts_its_service_once") else { return };
+    let Some(hosts) = fresh_hosts("a_config_change_restarts_its_service_once") else {
+        return;
+    };
     let repo = webapp_repo(&hosts);
     assert_eq!(plumb(&hosts, &["apply"], repo.path()).0, 0);
     let before = [demo_starts(&hosts, 1), demo_starts(&hosts, 2)];
 
     let (code, report, _) = plumb(&hosts, &["apply"], repo.path());
     assert_eq!((code, report["total_changed"].as_u64()), (0, Some(0)));
-    assert_eq!([demo_starts(&hosts, 1), demo_starts(&hosts, 2)], before, "no change restarts nothing");
+    assert_eq!(
+        [demo_starts(&hosts, 1), demo_starts(&hosts, 2)],
+        before,
+        "no change restarts nothing"
+    );
 
     let env = repo.path().join("environments/production/env.yaml");
-    let text = std::fs::read_to_string(&env).expect("env.yaml").replace("log_level: warn", "log_level: debug");
+    let text = std::fs::read_to_string(&env)
+        .expect("env.yaml")
+        .replace("log_level: warn", "log_level: debug");
     std::fs::write(&env, text).expect("write");
     let (code, report, _) = plumb(&hosts, &["apply"], repo.path());
     assert_eq!(code, 0, "{report:#}");
     let h1 = host_report(&report, "plumb-host-1");
-    assert_eq!(h1["handlers"], serde_json::json!([{"address": "web/demo-service", "ok": true}]));
-    assert_eq!([demo_starts(&hosts, 1), demo_starts(&hosts, 2)], [before[0] + 1, before[1] + 1], "exactly one restart");
+    assert_eq!(
+        h1["handlers"],
+        serde_json::json!([{"address": "web/demo-service", "ok": true}])
+    );
+    assert_eq!(
+        [demo_starts(&hosts, 1), demo_starts(&hosts, 2)],
+        [before[0] + 1, before[1] + 1],
+        "exactly one restart"
+    );
 }
 
 #[test]
 fn hostile_paths_and_content_land_byte_for_byte() {
     let _g = lock();
-    let Some(hosts) = fresh_hosts("hostile_paths_and_content_land_byte_for_byte") else { return };
+    let Some(hosts) = fresh_hosts("hostile_paths_and_content_land_byte_for_byte") else {
+        return;
+    };
     let repo = tempfile::tempdir().expect("tempdir");
     let r = repo.path();
     std::fs::create_dir_all(r.join("environments/production")).expect("mkdir");
     std::fs::create_dir_all(r.join("units")).expect("mkdir");
     std::fs::create_dir_all(r.join("files")).expect("mkdir");
-    std::fs::write(r.join("plumb.yaml"), "defaults: {user: deploy, become: true}\n").expect("write");
     std::fs::write(
-        r.join("environments/production/hosts.yaml"),
-        format!("hosts:\n  - name: plumb-host-1\n    address: {}\n", hosts.addresses[0]),
+        r.join("plumb.yaml"),
+        "defaults: {user: deploy, become: true}\n",
     )
     .expect("write");
-    let binary: Vec<u8> = (0..=255u8).chain([0xff, 0xfe, 0x00, b'\n', 0xc3, 0x28]).collect();
+    std::fs::write(
+        r.join("environments/production/hosts.yaml"),
+        format!(
+            "hosts:\n  - name: plumb-host-1\n    address: {}\n",
+            hosts.addresses[0]
+        ),
+    )
+    .expect("write");
+    let binary: Vec<u8> = (0..=255u8)
+        .chain([0xff, 0xfe, 0x00, b'\n', 0xc3, 0x28])
+        .collect();
     std::fs::write(r.join("files/blob.bin"), &binary).expect("write");
     let dir = "/srv/we ird/'q\"uote/$(touch /tmp/pwned)/`touch /tmp/pwned2`/*";
     let content = "a 'single' and \"double\" quote\n$(touch /tmp/pwned3)\n`touch /tmp/pwned4`\n$HOME \\ * ? [a]\ttab\nno newline at end";
@@ -350,16 +529,58 @@ fn hostile_paths_and_content_land_byte_for_byte() {
         ]
     });
     // JSON is YAML: the hostile strings are written exactly.
-    std::fs::write(r.join("units/hostile.yaml"), serde_json::to_string_pretty(&unit).expect("json")).expect("write");
+    std::fs::write(
+        r.join("units/hostile.yaml"),
+        serde_json::to_string_pretty(&unit).expect("json"),
+    )
+    .expect("write");
 
     let (code, report, err) = plumb(&hosts, &["apply"], r);
     assert_eq!(code, 0, "{report:#}\n{err}");
     let q = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
-    assert_eq!(exec(&hosts, 1, &format!("sha256sum < {} | cut -d' ' -f1", q(&format!("{dir}/f *.txt")))), sha256(content.as_bytes()));
-    assert_eq!(exec(&hosts, 1, &format!("sha256sum < {} | cut -d' ' -f1", q(&format!("{dir}/blob;rm -rf /")))), sha256(&binary));
-    assert_eq!(exec(&hosts, 1, &format!("stat -c %a {}", q(&format!("{dir}/f *.txt")))), "600");
-    assert_eq!(exec(&hosts, 1, &format!("cat {}", q(&format!("{dir}/lines")))), "x=$(id) `id` 'q' \"d\" \\n");
-    assert_eq!(exec(&hosts, 1, "ls /tmp/pwned* 2>/dev/null | wc -l"), "0", "nothing executed");
+    assert_eq!(
+        exec(
+            &hosts,
+            1,
+            &format!(
+                "sha256sum < {} | cut -d' ' -f1",
+                q(&format!("{dir}/f *.txt"))
+            )
+        ),
+        sha256(content.as_bytes())
+    );
+    assert_eq!(
+        exec(
+            &hosts,
+            1,
+            &format!(
+                "sha256sum < {} | cut -d' ' -f1",
+                q(&format!("{dir}/blob;rm -rf /"))
+            )
+        ),
+        sha256(&binary)
+    );
+    assert_eq!(
+        exec(
+            &hosts,
+            1,
+            &format!("stat -c %a {}", q(&format!("{dir}/f *.txt")))
+        ),
+        "600"
+    );
+    assert_eq!(
+        exec(&hosts, 1, &format!("cat {}", q(&format!("{dir}/lines")))),
+        "x=$(id) `id` 'q' \"d\" \\n"
+    );
+    assert_eq!(
+        exec(&hosts, 1, "ls /tmp/pwned* 2>/dev/null | wc -l"),
+        "0",
+        "nothing executed"
+    );
     let (code, again, _) = plumb(&hosts, &["apply"], r);
-    assert_eq!((code, again["total_changed"].as_u64()), (0, Some(0)), "{again:#}");
+    assert_eq!(
+        (code, again["total_changed"].as_u64()),
+        (0, Some(0)),
+        "{again:#}"
+    );
 }

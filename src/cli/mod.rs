@@ -102,6 +102,23 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t)]
         output: OutputFormat,
     },
+    /// Check that every commit in FROM..REV (or REV alone) is signed by an allowed signer.
+    /// Exit 0 all verified, 1 otherwise (naming the first bad commit).
+    Verify {
+        /// The repository (working tree or bare).
+        repo: PathBuf,
+        /// The allowed-signers file (OpenSSH format, as git's gpg.ssh.allowedSignersFile).
+        #[arg(long)]
+        allowed_signers: PathBuf,
+        /// The last trusted commit: verify the commits after it (REV must descend from it).
+        #[arg(long)]
+        from: Option<String>,
+        /// The revision to verify.
+        #[arg(default_value = "HEAD")]
+        rev: String,
+        #[arg(long, value_enum, default_value_t)]
+        output: OutputFormat,
+    },
     /// Write the JSON Schemas plumb validates with into a directory (for editors and CI).
     Schemas {
         /// Destination directory.
@@ -408,6 +425,25 @@ fn run(command: Command, style: Style) -> anyhow::Result<u8> {
                 }
             }
             Ok(report.exit_code())
+        }
+        Command::Verify {
+            repo,
+            allowed_signers,
+            from,
+            rev,
+            output,
+        } => {
+            let report =
+                crate::source::verify_repo(&repo, &allowed_signers, from.as_deref(), &rev)?;
+            match output {
+                OutputFormat::Json => print_json(&report)?,
+                OutputFormat::Text if report.ok => print!("{}", report.to_text()),
+                OutputFormat::Text => {
+                    print!("{}", report.to_text());
+                    eprintln!("{}: verification failed", style.red("error"));
+                }
+            }
+            Ok(u8::from(!report.ok))
         }
         Command::Schemas { dir } => {
             for (file, schema) in crate::schema::generate() {

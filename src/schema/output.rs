@@ -20,5 +20,6 @@ pub fn generate() -> Vec<(String, Value)> {
         one::<RenderReport>("render"),
         one::<PlanReport>("plan"),
         one::<ApplyReport>("apply"),
+        one::<crate::source::VerifyReport>("verify"),
     ]
 }
