@@ -11,6 +11,7 @@
 pub mod cli;
 pub mod diag;
 pub mod engine;
+pub mod health;
 pub mod model;
 pub mod modules;
 pub mod render;
