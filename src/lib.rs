@@ -17,5 +17,6 @@ pub mod modules;
 pub mod render;
 pub mod report;
 pub mod schema;
+pub mod server;
 pub mod transport;
 pub mod validate;
