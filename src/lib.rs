@@ -8,6 +8,7 @@
 //! - [`report`]: the machine-readable results of each command;
 //! - [`cli`]: the command line; the only layer that knows about terminals.
 
+pub mod alert;
 pub mod cli;
 pub mod diag;
 pub mod engine;
