@@ -6,6 +6,9 @@
 //! - [`modules`]: pure step modules (probe script, parse, diff, apply script);
 //! - [`transport`] and [`engine`]: the only code that talks to hosts, one script per phase;
 //! - [`report`]: the machine-readable results of each command;
+//! - [`health`]: health checks after each rollout wave (command via the transport, http, tcp);
+//! - [`server`] and [`alert`]: the daemon's HTTP side (probes, metrics, webhooks, status API)
+//!   and its outgoing alerts (webhook, Slack, Alertmanager);
 //! - [`cli`]: the command line; the only layer that knows about terminals.
 
 pub mod alert;
