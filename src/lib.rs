@@ -7,16 +7,22 @@
 //! - [`transport`] and [`engine`]: the only code that talks to hosts, one script per phase;
 //! - [`report`]: the machine-readable results of each command;
 //! - [`source`]: the signed config repo: mirror, signature policy, checkout, watch;
+//! - [`health`]: health checks after each rollout wave (command via the transport, http, tcp);
+//! - [`server`] and [`alert`]: the daemon's HTTP side (probes, metrics, webhooks, status API)
+//!   and its outgoing alerts (webhook, Slack, Alertmanager);
 //! - [`cli`]: the command line; the only layer that knows about terminals.
 
+pub mod alert;
 pub mod cli;
 pub mod diag;
 pub mod engine;
+pub mod health;
 pub mod model;
 pub mod modules;
 pub mod render;
 pub mod report;
 pub mod schema;
 pub mod source;
+pub mod server;
 pub mod transport;
 pub mod validate;

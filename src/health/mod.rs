@@ -1,0 +1,474 @@
+//! Health checks, run after each rollout wave (see `EnvFile::health_checks`).
+//!
+//! Three kinds, exactly one per check:
+//! - `command`: `sh -c <command>` on each host of the wave, through the engine's transport, in
+//!   one round trip per attempt; exit 0 is healthy.
+//! - `http`: a GET from plumb; any 2xx is healthy. The URL is a template rendered against
+//!   `{"host": {"name", "address", "port", "labels"}}`, e.g. `http://{{ host.address }}:8080/`.
+//! - `tcp`: a TCP connect from plumb to `host.address:<port>`.
+//!
+//! Each attempt is bounded by the check's `timeout`; a check is tried up to `retries` times,
+//! [`RETRY_INTERVAL`] apart, and passes on its first healthy attempt. Every check of every host
+//! yields one [`CheckResult`]; nothing here panics or returns early on a host's failure.
+
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use schemars::JsonSchema;
+use serde::Serialize;
+
+use crate::engine::Connector;
+use crate::model::{parse_duration, HealthCheck, Host};
+use crate::transport::{Transport, TransportError};
+
+/// Time between two attempts of one check.
+pub const RETRY_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Most bytes of a failing command's output kept in the error message.
+const MAX_OUTPUT_IN_ERROR: usize = 512;
+
+/// What a check does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckKind {
+    /// A shell command run on the host.
+    Command(String),
+    /// A URL template, GET from plumb.
+    Http(String),
+    /// A port on the host, connected to from plumb.
+    Tcp(u16),
+}
+
+impl CheckKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            CheckKind::Command(_) => "command",
+            CheckKind::Http(_) => "http",
+            CheckKind::Tcp(_) => "tcp",
+        }
+    }
+}
+
+/// How a check is tried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// Bound on each attempt.
+    pub timeout: Duration,
+    /// Attempts before the check fails (at least 1).
+    pub attempts: u32,
+    /// Pause between attempts.
+    pub interval: Duration,
+}
+
+/// A check from `env.yaml`, checked and parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    pub name: String,
+    pub kind: CheckKind,
+    pub policy: Policy,
+}
+
+impl Check {
+    /// Parses a declared check: exactly one kind, a valid timeout, a port in range.
+    pub fn from_decl(decl: &HealthCheck) -> Result<Check, CheckError> {
+        let invalid = |m: String| CheckError::Invalid(format!("health check {:?}: {m}", decl.name));
+        let mut kinds = Vec::new();
+        if let Some(c) = &decl.command {
+            kinds.push(CheckKind::Command(c.clone()));
+        }
+        if let Some(u) = &decl.http {
+            kinds.push(CheckKind::Http(u.clone()));
+        }
+        if let Some(p) = decl.tcp {
+            let port = u16::try_from(p)
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| invalid(format!("tcp port {p} is not in 1..=65535")))?;
+            kinds.push(CheckKind::Tcp(port));
+        }
+        if kinds.len() != 1 {
+            return Err(invalid(format!(
+                "needs exactly one of command, http, tcp (found {})",
+                kinds.len()
+            )));
+        }
+        let timeout = parse_duration(&decl.timeout)
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| invalid(format!("invalid timeout {:?}", decl.timeout)))?;
+        Ok(Check {
+            name: decl.name.clone(),
+            kind: kinds.remove(0),
+            policy: Policy {
+                timeout,
+                attempts: decl.retries.max(1),
+                interval: RETRY_INTERVAL,
+            },
+        })
+    }
+}
+
+/// Why an attempt (the last one, in a [`CheckResult`]) was unhealthy. `code()` is stable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CheckError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("cannot render URL: {0}")]
+    Template(String),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    #[error("HTTP request failed: {0}")]
+    Http(String),
+    #[error("HTTP status {0}")]
+    Status(u16),
+    #[error("{0}")]
+    Transport(String),
+    #[error("command exited with {status}{output}")]
+    Exit { status: String, output: String },
+}
+
+impl CheckError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            CheckError::Invalid(_) => "invalid",
+            CheckError::Template(_) => "template",
+            CheckError::Timeout(_) => "timeout",
+            CheckError::Connect(_) => "connect",
+            CheckError::Http(_) => "http",
+            CheckError::Status(_) => "http_status",
+            CheckError::Transport(_) => "transport",
+            CheckError::Exit { .. } => "exit",
+        }
+    }
+}
+
+impl From<TransportError> for CheckError {
+    fn from(e: TransportError) -> Self {
+        match e {
+            TransportError::Timeout { timeout, .. } => CheckError::Timeout(timeout),
+            other => CheckError::Transport(other.to_string()),
+        }
+    }
+}
+
+/// The outcome of one check on one host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+pub struct CheckResult {
+    /// The check's name.
+    pub check: String,
+    /// `command`, `http` or `tcp`.
+    pub kind: String,
+    pub host: String,
+    pub ok: bool,
+    /// Stable error code of the last attempt (see `CheckError::code`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    /// The last attempt's error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Attempts made (1 when the first one passed).
+    pub attempts: u32,
+    /// Wall time over every attempt and pause.
+    pub duration_ms: u64,
+}
+
+/// Every check of a wave, on every host of the wave.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, JsonSchema)]
+pub struct WaveHealth {
+    pub results: Vec<CheckResult>,
+}
+
+impl WaveHealth {
+    /// True when every check passed on every host (and when there were none).
+    pub fn ok(&self) -> bool {
+        self.results.iter().all(|r| r.ok)
+    }
+    pub fn failures(&self) -> impl Iterator<Item = &CheckResult> {
+        self.results.iter().filter(|r| !r.ok)
+    }
+}
+
+/// Runs `attempt` up to `policy.attempts` times, each bounded by `policy.timeout`.
+async fn retry<F, Fut>(
+    check: &str,
+    kind: &str,
+    host: &str,
+    policy: Policy,
+    mut attempt: F,
+) -> CheckResult
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), CheckError>>,
+{
+    let start = Instant::now();
+    let attempts = policy.attempts.max(1);
+    let mut last = None;
+    let mut made = 0;
+    for n in 1..=attempts {
+        made = n;
+        let res = match tokio::time::timeout(policy.timeout, attempt()).await {
+            Ok(r) => r,
+            Err(_) => Err(CheckError::Timeout(policy.timeout)),
+        };
+        match res {
+            Ok(()) => {
+                last = None;
+                break;
+            }
+            // A check that cannot be rendered will not render on retry either.
+            Err(e @ (CheckError::Invalid(_) | CheckError::Template(_))) => {
+                last = Some(e);
+                break;
+            }
+            Err(e) => {
+                tracing::debug!(check, host, attempt = n, code = e.code(), error = %e, "health check attempt failed");
+                last = Some(e);
+            }
+        }
+        if n < attempts {
+            tokio::time::sleep(policy.interval).await;
+        }
+    }
+    let duration_ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+    CheckResult {
+        check: check.to_string(),
+        kind: kind.to_string(),
+        host: host.to_string(),
+        ok: last.is_none(),
+        code: last.as_ref().map(|e| e.code().to_string()),
+        error: last.map(|e| e.to_string()),
+        attempts: made,
+        duration_ms,
+    }
+}
+
+/// The script a `command` check sends: `sh -c <command>`, quoted.
+pub fn command_script(command: &str) -> String {
+    format!("sh -c {}\n", crate::modules::sh::quote(command))
+}
+
+fn output_excerpt(out: &[u8]) -> String {
+    let s = String::from_utf8_lossy(out);
+    let s = s.trim();
+    if s.is_empty() {
+        return String::new();
+    }
+    let mut cut = s.len().min(MAX_OUTPUT_IN_ERROR);
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let ell = if cut < s.len() { "…" } else { "" };
+    format!(": {}{ell}", &s[..cut])
+}
+
+/// One attempt of a `command` check: one round trip.
+async fn command_once(transport: &dyn Transport, script: &[u8]) -> Result<(), CheckError> {
+    let out = transport.run(script).await?;
+    match out.status {
+        Some(0) => Ok(()),
+        status => {
+            let text = if out.stderr.iter().any(|b| !b.is_ascii_whitespace()) {
+                &out.stderr
+            } else {
+                &out.stdout
+            };
+            Err(CheckError::Exit {
+                status: status.map_or_else(|| "a signal".to_string(), |s| format!("status {s}")),
+                output: output_excerpt(text),
+            })
+        }
+    }
+}
+
+/// A `command` check on one host, through its transport.
+pub async fn check_command(
+    name: &str,
+    command: &str,
+    host: &Host,
+    transport: &dyn Transport,
+    policy: Policy,
+) -> CheckResult {
+    let script = command_script(command);
+    retry(name, "command", &host.name, policy, || {
+        command_once(transport, script.as_bytes())
+    })
+    .await
+}
+
+/// Renders an `http` check's URL for a host.
+pub fn render_url(template: &str, host: &Host) -> Result<String, CheckError> {
+    let mut env = minijinja::Environment::new();
+    env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+    env.set_fuel(Some(10_000));
+    let ctx = serde_json::json!({
+        "host": {
+            "name": host.name,
+            "address": host.address,
+            "port": host.port,
+            "labels": host.labels,
+        }
+    });
+    env.render_str(template, minijinja::value::Serde(&ctx))
+        .map_err(|e| CheckError::Template(e.to_string()))
+}
+
+async fn http_once(
+    client: &reqwest::Client,
+    url: &str,
+    timeout: Duration,
+) -> Result<(), CheckError> {
+    let resp = client.get(url).timeout(timeout).send().await.map_err(|e| {
+        if e.is_timeout() {
+            CheckError::Timeout(timeout)
+        } else if e.is_connect() {
+            CheckError::Connect(error_chain(&e))
+        } else {
+            CheckError::Http(error_chain(&e))
+        }
+    })?;
+    let status = resp.status();
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(CheckError::Status(status.as_u16()))
+    }
+}
+
+/// An error and its sources, on one line (reqwest's own message hides the cause).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        src = c.source();
+    }
+    s
+}
+
+/// An `http` check for one host: GET the rendered URL, 2xx is healthy.
+pub async fn check_http(
+    name: &str,
+    url_template: &str,
+    host: &Host,
+    client: &reqwest::Client,
+    policy: Policy,
+) -> CheckResult {
+    let url = render_url(url_template, host);
+    retry(name, "http", &host.name, policy, || {
+        let url = url.clone();
+        async move { http_once(client, &url?, policy.timeout).await }
+    })
+    .await
+}
+
+/// A `tcp` check: connect from plumb to `host.address:port`.
+pub async fn check_tcp(name: &str, port: u16, host: &Host, policy: Policy) -> CheckResult {
+    retry(name, "tcp", &host.name, policy, || async move {
+        tokio::net::TcpStream::connect((host.address.as_str(), port))
+            .await
+            .map(drop)
+            .map_err(|e| CheckError::Connect(format!("{}:{port}: {e}", host.address)))
+    })
+    .await
+}
+
+/// The HTTP client health checks use: no proxy from the environment, no cookies.
+pub fn http_client() -> Result<reqwest::Client, CheckError> {
+    reqwest::Client::builder()
+        .user_agent(concat!(
+            "plumb/",
+            env!("CARGO_PKG_VERSION"),
+            " health-check"
+        ))
+        .no_proxy()
+        .build()
+        .map_err(|e| CheckError::Http(error_chain(&e)))
+}
+
+/// Runs one check on one host.
+pub async fn run_check(
+    check: &Check,
+    host: &Host,
+    transport: &dyn Transport,
+    client: &reqwest::Client,
+) -> CheckResult {
+    match &check.kind {
+        CheckKind::Command(c) => check_command(&check.name, c, host, transport, check.policy).await,
+        CheckKind::Http(u) => check_http(&check.name, u, host, client, check.policy).await,
+        CheckKind::Tcp(p) => check_tcp(&check.name, *p, host, check.policy).await,
+    }
+}
+
+/// Runs every declared check on every host of a wave, all at once; results are ordered by
+/// check, then by host, as declared. A check that does not parse fails on every host with
+/// code `invalid` (validation should have caught it before the rollout).
+pub async fn check_wave(
+    checks: &[HealthCheck],
+    hosts: &[Host],
+    connector: &dyn Connector,
+) -> WaveHealth {
+    if checks.is_empty() || hosts.is_empty() {
+        return WaveHealth::default();
+    }
+    let client = match http_client() {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot build the health-check HTTP client");
+            None
+        }
+    };
+    let transports: Vec<_> = hosts.iter().map(|h| connector.connect(h)).collect();
+    let mut futs = Vec::new();
+    for decl in checks {
+        let parsed = Check::from_decl(decl);
+        for (host, transport) in hosts.iter().zip(&transports) {
+            let parsed = parsed.clone();
+            let client = client.clone();
+            futs.push(async move {
+                let fail = |kind: &str, e: CheckError| CheckResult {
+                    check: decl.name.clone(),
+                    kind: kind.to_string(),
+                    host: host.name.clone(),
+                    ok: false,
+                    code: Some(e.code().to_string()),
+                    error: Some(e.to_string()),
+                    attempts: 0,
+                    duration_ms: 0,
+                };
+                let c = match parsed {
+                    Ok(c) => c,
+                    Err(e) => return fail("invalid", e),
+                };
+                match (&c.kind, client) {
+                    (CheckKind::Command(cmd), _) => {
+                        check_command(&c.name, cmd, host, transport.as_ref(), c.policy).await
+                    }
+                    (CheckKind::Tcp(port), _) => check_tcp(&c.name, *port, host, c.policy).await,
+                    (CheckKind::Http(url), Some(client)) => {
+                        check_http(&c.name, url, host, &client, c.policy).await
+                    }
+                    (CheckKind::Http(_), None) => fail(
+                        "http",
+                        CheckError::Http("no HTTP client (see the daemon log)".into()),
+                    ),
+                }
+            });
+        }
+    }
+    let results = join_all(futs).await;
+    for r in results.iter().filter(|r| !r.ok) {
+        tracing::warn!(
+            check = %r.check, host = %r.host, code = r.code.as_deref().unwrap_or(""),
+            error = r.error.as_deref().unwrap_or(""), attempts = r.attempts,
+            "health check failed"
+        );
+    }
+    WaveHealth { results }
+}
+
+#[cfg(test)]
+mod tests;

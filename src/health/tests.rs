@@ -1,0 +1,275 @@
+use std::collections::BTreeMap;
+
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+
+use super::*;
+use crate::engine::LocalConnector;
+use crate::model::yaml::Pos;
+use crate::transport::LocalTransport;
+
+fn host(address: &str) -> Host {
+    Host {
+        name: "web-1".into(),
+        address: address.into(),
+        port: 22,
+        user: None,
+        become_: false,
+        labels: BTreeMap::from([("role".to_string(), "web".to_string())]),
+        vars: Default::default(),
+        path: "environments/test/hosts.yaml".into(),
+        pos: Pos::default(),
+    }
+}
+
+fn fast(attempts: u32) -> Policy {
+    Policy {
+        timeout: Duration::from_secs(5),
+        attempts,
+        interval: Duration::from_millis(10),
+    }
+}
+
+fn decl(name: &str) -> HealthCheck {
+    HealthCheck {
+        name: name.into(),
+        command: None,
+        http: None,
+        tcp: None,
+        timeout: "5s".into(),
+        retries: 1,
+    }
+}
+
+/// A port nothing listens on: bind, read the port, close.
+async fn closed_port() -> u16 {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    drop(l);
+    port
+}
+
+/// Serves 200 on /ok and 500 on /fail on 127.0.0.1.
+async fn http_server() -> u16 {
+    let app = Router::new().route("/ok", get(|| async { "fine" })).route(
+        "/fail",
+        get(|| async { (StatusCode::INTERNAL_SERVER_ERROR, "broken") }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    tokio::spawn(async move { axum::serve(l, app).await });
+    port
+}
+
+#[tokio::test]
+async fn tcp_ok_against_a_listener() {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let r = check_tcp("port", port, &host("127.0.0.1"), fast(1)).await;
+    assert!(r.ok, "{r:?}");
+    assert_eq!(r.attempts, 1);
+    assert_eq!(r.kind, "tcp");
+    assert_eq!(r.host, "web-1");
+    assert!(r.error.is_none());
+}
+
+#[tokio::test]
+async fn tcp_fails_on_a_closed_port_after_every_retry() {
+    let port = closed_port().await;
+    let r = check_tcp("port", port, &host("127.0.0.1"), fast(3)).await;
+    assert!(!r.ok);
+    assert_eq!(r.attempts, 3);
+    assert_eq!(r.code.as_deref(), Some("connect"));
+    let err = r.error.expect("error");
+    assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
+}
+
+#[tokio::test]
+async fn http_2xx_is_healthy_and_the_url_is_rendered_per_host() {
+    let port = http_server().await;
+    let client = http_client().expect("client");
+    let url = format!("http://{{{{ host.address }}}}:{port}/ok");
+    let r = check_http("web", &url, &host("127.0.0.1"), &client, fast(1)).await;
+    assert!(r.ok, "{r:?}");
+    assert_eq!(r.attempts, 1);
+}
+
+#[tokio::test]
+async fn http_500_fails_with_its_status() {
+    let port = http_server().await;
+    let client = http_client().expect("client");
+    let url = format!("http://{{{{ host.address }}}}:{port}/fail");
+    let r = check_http("web", &url, &host("127.0.0.1"), &client, fast(2)).await;
+    assert!(!r.ok);
+    assert_eq!(r.attempts, 2);
+    assert_eq!(r.code.as_deref(), Some("http_status"));
+    assert_eq!(r.error.as_deref(), Some("HTTP status 500"));
+}
+
+#[tokio::test]
+async fn http_undefined_variable_fails_once_without_retrying() {
+    let client = http_client().expect("client");
+    let r = check_http(
+        "web",
+        "http://{{ host.nope }}/",
+        &host("127.0.0.1"),
+        &client,
+        fast(5),
+    )
+    .await;
+    assert!(!r.ok);
+    assert_eq!(r.attempts, 1);
+    assert_eq!(r.code.as_deref(), Some("template"));
+}
+
+#[test]
+fn url_template_sees_name_address_port_labels() {
+    let url = render_url(
+        "http://{{ host.address }}:{{ host.port }}/{{ host.name }}?r={{ host.labels.role }}",
+        &host("10.0.0.5"),
+    )
+    .expect("renders");
+    assert_eq!(url, "http://10.0.0.5:22/web-1?r=web");
+}
+
+#[tokio::test]
+async fn command_exit_zero_is_healthy() {
+    let t = LocalTransport::new();
+    let r = check_command("cmd", "test 1 = 1", &host("127.0.0.1"), &t, fast(1)).await;
+    assert!(r.ok, "{r:?}");
+    assert_eq!(r.kind, "command");
+}
+
+#[tokio::test]
+async fn command_nonzero_fails_with_status_and_stderr() {
+    let t = LocalTransport::new();
+    let r = check_command(
+        "cmd",
+        "echo 'not ready' >&2; exit 7",
+        &host("127.0.0.1"),
+        &t,
+        fast(2),
+    )
+    .await;
+    assert!(!r.ok);
+    assert_eq!(r.attempts, 2);
+    assert_eq!(r.code.as_deref(), Some("exit"));
+    assert_eq!(
+        r.error.as_deref(),
+        Some("command exited with status 7: not ready")
+    );
+}
+
+#[tokio::test]
+async fn command_is_quoted_as_one_argument() {
+    // Were the command not quoted, `exit 3` would run in the outer shell: the quote makes the
+    // single quote and the semicolon data of `sh -c`.
+    let t = LocalTransport::new();
+    let r = check_command(
+        "cmd",
+        "x='a;b'; test \"$x\" = 'a;b'",
+        &host("127.0.0.1"),
+        &t,
+        fast(1),
+    )
+    .await;
+    assert!(r.ok, "{r:?}");
+    assert_eq!(command_script("a'b"), "sh -c 'a'\\''b'\n");
+}
+
+#[tokio::test]
+async fn command_timeout_is_reported() {
+    let t = LocalTransport::new();
+    let policy = Policy {
+        timeout: Duration::from_millis(200),
+        ..fast(1)
+    };
+    let r = check_command("cmd", "sleep 5", &host("127.0.0.1"), &t, policy).await;
+    assert!(!r.ok);
+    assert_eq!(r.code.as_deref(), Some("timeout"));
+    assert!(r.duration_ms < 4000, "{r:?}");
+}
+
+#[test]
+fn a_check_needs_exactly_one_kind_and_a_valid_timeout() {
+    let none = decl("none");
+    assert_eq!(
+        Check::from_decl(&none).map_err(|e| e.code()),
+        Err("invalid")
+    );
+    let two = HealthCheck {
+        command: Some("true".into()),
+        tcp: Some(22),
+        ..decl("two")
+    };
+    assert!(Check::from_decl(&two).is_err());
+    let bad_timeout = HealthCheck {
+        tcp: Some(22),
+        timeout: "soon".into(),
+        ..decl("t")
+    };
+    assert!(Check::from_decl(&bad_timeout).is_err());
+    let ok = HealthCheck {
+        tcp: Some(22),
+        retries: 3,
+        ..decl("ok")
+    };
+    let c = Check::from_decl(&ok).expect("valid");
+    assert_eq!(c.kind, CheckKind::Tcp(22));
+    assert_eq!(c.policy.attempts, 3);
+    assert_eq!(c.policy.timeout, Duration::from_secs(5));
+    assert_eq!(c.policy.interval, RETRY_INTERVAL);
+}
+
+#[tokio::test]
+async fn check_wave_runs_every_check_on_every_host() {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let open = l.local_addr().expect("addr").port();
+    let hosts = vec![
+        host("127.0.0.1"),
+        Host {
+            name: "web-2".into(),
+            ..host("127.0.0.1")
+        },
+    ];
+    let checks = vec![
+        HealthCheck {
+            command: Some("true".into()),
+            ..decl("cmd")
+        },
+        HealthCheck {
+            tcp: Some(u32::from(open)),
+            ..decl("port")
+        },
+        decl("broken"),
+    ];
+    let wave = check_wave(&checks, &hosts, &LocalConnector).await;
+    let got: Vec<_> = wave
+        .results
+        .iter()
+        .map(|r| (r.check.as_str(), r.host.as_str(), r.ok))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("cmd", "web-1", true),
+            ("cmd", "web-2", true),
+            ("port", "web-1", true),
+            ("port", "web-2", true),
+            ("broken", "web-1", false),
+            ("broken", "web-2", false),
+        ]
+    );
+    assert!(!wave.ok());
+    assert_eq!(wave.failures().count(), 2);
+    assert!(check_wave(&checks[..2], &hosts, &LocalConnector).await.ok());
+}

@@ -1,0 +1,329 @@
+//! The daemon's Prometheus metrics. The daemon updates them through the methods of
+//! [`Metrics`]; `GET /metrics` encodes them (OpenMetrics text, as prometheus-client encodes).
+//!
+//! Every family is labelled by `environment` where one applies. Label values are bounded by
+//! the config repo (environments, hosts) except `commit`, of which only the last applied one per
+//! environment is kept.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use time::OffsetDateTime;
+
+/// The content type of `GET /metrics`.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct EnvLabels {
+    environment: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct CommitLabels {
+    environment: String,
+    commit: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct HostLabels {
+    environment: String,
+    host: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ResultLabels {
+    environment: String,
+    result: String,
+}
+
+/// How a run ended, for `plumb_runs_total{result}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunResult {
+    /// Every host converged (changed or already in sync).
+    Succeeded,
+    /// A host, a step or a health check failed.
+    Failed,
+    /// Refused before any host was contacted (signature, validation, rollback).
+    Refused,
+}
+
+impl RunResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunResult::Succeeded => "succeeded",
+            RunResult::Failed => "failed",
+            RunResult::Refused => "refused",
+        }
+    }
+}
+
+/// What a signature refusal was about, for `plumb_signature_refusals_total{source}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalSource {
+    /// A commit without a good signature of an allowed signer.
+    Commit,
+    /// A webhook request with a bad or missing HMAC.
+    Webhook,
+}
+
+impl RefusalSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusalSource::Commit => "commit",
+            RefusalSource::Webhook => "webhook",
+        }
+    }
+}
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// The metrics registry and every family in it.
+pub struct Metrics {
+    registry: Registry,
+    last_applied_timestamp: Family<EnvLabels, FloatGauge>,
+    last_applied_commit: Family<CommitLabels, Gauge>,
+    run_duration: Family<EnvLabels, Histogram>,
+    steps_changed: Family<EnvLabels, Counter>,
+    steps_failed: Family<EnvLabels, Counter>,
+    drifted_resources: Family<HostLabels, Gauge>,
+    host_reachable: Family<HostLabels, Gauge>,
+    /// Labels: `source`, and `environment` when the refusal is about one.
+    signature_refusals: Family<Vec<(String, String)>, Counter>,
+    commit_to_applied: Family<EnvLabels, Histogram>,
+    runs: Family<ResultLabels, Counter>,
+    /// The commit each environment's info gauge shows, to drop the previous one.
+    applied_commits: Mutex<HashMap<String, String>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+fn run_duration_histogram() -> Histogram {
+    // 0.1 s .. ~55 min
+    Histogram::new(exponential_buckets(0.1, 2.0, 16))
+}
+
+fn commit_to_applied_histogram() -> Histogram {
+    // 1 s .. ~9 h
+    Histogram::new(exponential_buckets(1.0, 2.0, 16))
+}
+
+fn unix_seconds(t: OffsetDateTime) -> f64 {
+    // f64 holds Unix nanoseconds to well under a microsecond for centuries.
+    t.unix_timestamp_nanos() as f64 / 1e9
+}
+
+fn env(environment: &str) -> EnvLabels {
+    EnvLabels {
+        environment: environment.to_string(),
+    }
+}
+
+fn host_labels(environment: &str, host: &str) -> HostLabels {
+    HostLabels {
+        environment: environment.to_string(),
+        host: host.to_string(),
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let last_applied_timestamp = Family::<EnvLabels, FloatGauge>::default();
+        registry.register(
+            "plumb_last_applied_timestamp_seconds",
+            "Unix time of the last successful apply",
+            last_applied_timestamp.clone(),
+        );
+        let last_applied_commit = Family::<CommitLabels, Gauge>::default();
+        registry.register(
+            "plumb_last_applied_commit_info",
+            "The last applied commit (value 1)",
+            last_applied_commit.clone(),
+        );
+        let run_duration = Family::<EnvLabels, Histogram>::new_with_constructor(
+            run_duration_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "plumb_run_duration_seconds",
+            "Duration of reconcile runs",
+            run_duration.clone(),
+        );
+        let steps_changed = Family::<EnvLabels, Counter>::default();
+        registry.register(
+            "plumb_steps_changed",
+            "Steps changed by applies",
+            steps_changed.clone(),
+        );
+        let steps_failed = Family::<EnvLabels, Counter>::default();
+        registry.register(
+            "plumb_steps_failed",
+            "Steps that failed in applies",
+            steps_failed.clone(),
+        );
+        let drifted_resources = Family::<HostLabels, Gauge>::default();
+        registry.register(
+            "plumb_drifted_resources",
+            "Resources found drifted by the last drift check",
+            drifted_resources.clone(),
+        );
+        let host_reachable = Family::<HostLabels, Gauge>::default();
+        registry.register(
+            "plumb_host_reachable",
+            "1 when the last contact with the host succeeded, else 0",
+            host_reachable.clone(),
+        );
+        let signature_refusals = Family::<Vec<(String, String)>, Counter>::default();
+        registry.register(
+            "plumb_signature_refusals",
+            "Commits or webhook requests refused for a bad or missing signature",
+            signature_refusals.clone(),
+        );
+        let commit_to_applied = Family::<EnvLabels, Histogram>::new_with_constructor(
+            commit_to_applied_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "plumb_commit_to_applied_seconds",
+            "Time from a commit's committer time to its successful apply",
+            commit_to_applied.clone(),
+        );
+        let runs = Family::<ResultLabels, Counter>::default();
+        registry.register("plumb_runs", "Reconcile runs, by result", runs.clone());
+        Metrics {
+            registry,
+            last_applied_timestamp,
+            last_applied_commit,
+            run_duration,
+            steps_changed,
+            steps_failed,
+            drifted_resources,
+            host_reachable,
+            signature_refusals,
+            commit_to_applied,
+            runs,
+            applied_commits: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A run ended: counts it by result, observes its duration, adds its step counts.
+    pub fn run_finished(
+        &self,
+        environment: &str,
+        result: RunResult,
+        duration: Duration,
+        steps_changed: u64,
+        steps_failed: u64,
+    ) {
+        self.runs
+            .get_or_create(&ResultLabels {
+                environment: environment.to_string(),
+                result: result.as_str().to_string(),
+            })
+            .inc();
+        self.run_duration
+            .get_or_create(&env(environment))
+            .observe(duration.as_secs_f64());
+        self.steps_changed
+            .get_or_create(&env(environment))
+            .inc_by(steps_changed);
+        self.steps_failed
+            .get_or_create(&env(environment))
+            .inc_by(steps_failed);
+    }
+
+    /// A commit was applied successfully at `applied_at`. `commit_time` is the commit's
+    /// committer time, for the commit-to-applied latency.
+    pub fn applied(
+        &self,
+        environment: &str,
+        commit: &str,
+        applied_at: OffsetDateTime,
+        commit_time: Option<OffsetDateTime>,
+    ) {
+        let applied_at = unix_seconds(applied_at);
+        self.last_applied_timestamp
+            .get_or_create(&env(environment))
+            .set(applied_at);
+        {
+            let mut commits = self
+                .applied_commits
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if let Some(old) = commits.insert(environment.to_string(), commit.to_string()) {
+                if old != commit {
+                    self.last_applied_commit.remove(&CommitLabels {
+                        environment: environment.to_string(),
+                        commit: old,
+                    });
+                }
+            }
+        }
+        self.last_applied_commit
+            .get_or_create(&CommitLabels {
+                environment: environment.to_string(),
+                commit: commit.to_string(),
+            })
+            .set(1);
+        if let Some(t) = commit_time.map(unix_seconds) {
+            // A clock skew can make this negative: clamp, do not drop.
+            self.commit_to_applied
+                .get_or_create(&env(environment))
+                .observe((applied_at - t).max(0.0));
+        }
+    }
+
+    /// Resources found drifted on a host by the last drift check (0 when in sync).
+    pub fn set_drifted(&self, environment: &str, host: &str, resources: u64) {
+        self.drifted_resources
+            .get_or_create(&host_labels(environment, host))
+            .set(i64::try_from(resources).unwrap_or(i64::MAX));
+    }
+
+    /// Whether the last contact with a host succeeded.
+    pub fn set_host_reachable(&self, environment: &str, host: &str, reachable: bool) {
+        self.host_reachable
+            .get_or_create(&host_labels(environment, host))
+            .set(i64::from(reachable));
+    }
+
+    /// Drops a host's series (it left the inventory).
+    pub fn forget_host(&self, environment: &str, host: &str) {
+        let l = host_labels(environment, host);
+        self.drifted_resources.remove(&l);
+        self.host_reachable.remove(&l);
+    }
+
+    /// A commit or a webhook request was refused for its signature.
+    pub fn signature_refused(&self, environment: Option<&str>, source: RefusalSource) {
+        let mut labels = Vec::with_capacity(2);
+        if let Some(e) = environment {
+            labels.push(("environment".to_string(), e.to_string()));
+        }
+        labels.push(("source".to_string(), source.as_str().to_string()));
+        self.signature_refusals.get_or_create(&labels).inc();
+    }
+
+    /// The OpenMetrics text exposition of every metric.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}

@@ -1,0 +1,419 @@
+use std::sync::Mutex;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::Request;
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+
+use super::*;
+
+const SECRET: &[u8] = b"s3cret";
+
+#[derive(Default)]
+struct FakeStatus {
+    queries: Mutex<Vec<String>>,
+}
+
+impl StatusSource for FakeStatus {
+    fn status(&self) -> Result<Value, StatusError> {
+        Ok(json!({ "environments": { "prod": { "commit": "abc" } } }))
+    }
+    fn runs(&self, q: &RunsQuery) -> Result<Value, StatusError> {
+        self.queries
+            .lock()
+            .map_err(|e| StatusError::Internal(e.to_string()))?
+            .push(format!("runs {:?} {}", q.environment, q.limit));
+        if q.environment.as_deref() == Some("nope") {
+            return Err(StatusError::NotFound("no environment nope".into()));
+        }
+        Ok(json!([{ "id": "r1" }]))
+    }
+    fn run(&self, id: &str) -> Result<Option<Value>, StatusError> {
+        match id {
+            "r1" => Ok(Some(json!({ "id": "r1", "hosts": [] }))),
+            "boom" => Err(StatusError::Internal("disk on fire at /var/lib".into())),
+            _ => Ok(None),
+        }
+    }
+    fn drift(&self, env: Option<&str>) -> Result<Value, StatusError> {
+        Ok(json!({ "environment": env, "hosts": [] }))
+    }
+}
+
+struct Harness {
+    app: Router,
+    rx: mpsc::Receiver<Trigger>,
+    metrics: Arc<Metrics>,
+    ready: Readiness,
+    status: Arc<FakeStatus>,
+}
+
+fn harness_with(secrets: WebhookSecrets, capacity: usize) -> Harness {
+    let (tx, rx) = mpsc::channel(capacity);
+    let metrics = Arc::new(Metrics::new());
+    let ready = Readiness::new();
+    let status = Arc::new(FakeStatus::default());
+    let app = router(AppState {
+        metrics: Arc::clone(&metrics),
+        triggers: tx,
+        secrets: Arc::new(secrets),
+        ready: ready.clone(),
+        status: status.clone(),
+    });
+    Harness {
+        app,
+        rx,
+        metrics,
+        ready,
+        status,
+    }
+}
+
+fn harness() -> Harness {
+    harness_with(
+        WebhookSecrets {
+            github: vec![SECRET.to_vec()],
+            generic: vec![b"other".to_vec(), SECRET.to_vec()],
+        },
+        8,
+    )
+}
+
+fn sign(secret: &[u8], body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("any key length");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+async fn call(app: &Router, req: Request<Body>) -> (StatusCode, HeaderMap, String) {
+    let resp = app.clone().oneshot(req).await.expect("infallible");
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    (status, headers, String::from_utf8_lossy(&body).into_owned())
+}
+
+async fn get(app: &Router, uri: &str) -> (StatusCode, String) {
+    let req = Request::get(uri).body(Body::empty()).expect("request");
+    let (s, _, b) = call(app, req).await;
+    (s, b)
+}
+
+fn github(event: &str, signature: Option<String>, body: &'static [u8]) -> Request<Body> {
+    let mut req = Request::post("/hooks/github")
+        .header("content-type", "application/json")
+        .header("x-github-event", event)
+        .header("x-github-delivery", "d-1");
+    if let Some(sig) = signature {
+        req = req.header("x-hub-signature-256", sig);
+    }
+    req.body(Body::from(body)).expect("request")
+}
+
+async fn metrics_text(app: &Router) -> String {
+    let (s, b) = get(app, "/metrics").await;
+    assert_eq!(s, StatusCode::OK);
+    b
+}
+
+const PUSH: &[u8] = br#"{"ref":"refs/heads/main","after":"0123abcd","commits":[]}"#;
+
+#[tokio::test]
+async fn github_push_with_good_hmac_triggers_exactly_once() {
+    let mut h = harness();
+    let (s, _, body) = call(&h.app, github("push", Some(sign(SECRET, PUSH)), PUSH)).await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{body}");
+    let t = h.rx.try_recv().expect("one trigger");
+    assert_eq!(
+        t,
+        Trigger::Webhook(HookEvent {
+            source: HookSource::GitHub,
+            event: "push".into(),
+            delivery: Some("d-1".into()),
+            git_ref: Some("refs/heads/main".into()),
+            after: Some("0123abcd".into()),
+        })
+    );
+    assert!(h.rx.try_recv().is_err(), "a second trigger");
+    assert!(!metrics_text(&h.app)
+        .await
+        .contains("plumb_signature_refusals_total{"));
+}
+
+#[tokio::test]
+async fn bad_or_missing_hmac_is_401_without_trigger_and_counted() {
+    let mut h = harness();
+    let wrong_key = sign(b"not the secret", PUSH);
+    let other_body = sign(SECRET, b"{}");
+    let cases = [
+        Some(wrong_key),
+        Some(other_body),
+        None,
+        Some("sha256=zz".to_string()),
+        Some("sha1=0123".to_string()),
+        Some(sign(SECRET, PUSH).replace("sha256=", "sha256=00")),
+    ];
+    for (i, sig) in cases.into_iter().enumerate() {
+        let (s, _, body) = call(&h.app, github("push", sig, PUSH)).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "case {i}: {body}");
+        assert!(h.rx.try_recv().is_err(), "case {i} triggered");
+        let line = format!(
+            "plumb_signature_refusals_total{{source=\"webhook\"}} {}",
+            i + 1
+        );
+        let text = metrics_text(&h.app).await;
+        assert!(text.lines().any(|l| l == line), "case {i}: {text}");
+    }
+    // The generic hook, signed under the GitHub header name, is refused too.
+    let req = Request::post("/hooks/generic")
+        .header("x-hub-signature-256", sign(SECRET, b"x"))
+        .body(Body::from("x"))
+        .expect("request");
+    let (s, _, body) = call(&h.app, req).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert!(body.contains("signature_missing"), "{body}");
+    assert!(h.rx.try_recv().is_err());
+}
+
+#[tokio::test]
+async fn ping_is_200_without_trigger() {
+    let mut h = harness();
+    let body: &'static [u8] = br#"{"zen":"Keep it logically awesome."}"#;
+    let (s, _, b) = call(&h.app, github("ping", Some(sign(SECRET, body)), body)).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(b.contains("pong"));
+    assert!(h.rx.try_recv().is_err());
+    // Other events are acknowledged and ignored.
+    let (s, _, b) = call(&h.app, github("issues", Some(sign(SECRET, body)), body)).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(b.contains("ignored"));
+    assert!(h.rx.try_recv().is_err());
+}
+
+#[tokio::test]
+async fn a_ping_with_a_bad_signature_is_refused() {
+    let mut h = harness();
+    let (s, _, _) = call(&h.app, github("ping", Some(sign(b"x", b"{}")), b"{}")).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert!(h.rx.try_recv().is_err());
+}
+
+#[tokio::test]
+async fn oversized_body_is_413_without_trigger() {
+    let mut h = harness();
+    let big = vec![b'a'; MAX_BODY_BYTES + 1];
+    let sig = sign(SECRET, &big);
+    let req = Request::post("/hooks/github")
+        .header("x-github-event", "push")
+        .header("x-hub-signature-256", sig)
+        .body(Body::from(big))
+        .expect("request");
+    let (s, _, _) = call(&h.app, req).await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(h.rx.try_recv().is_err());
+    // Exactly at the limit is fine.
+    let max = vec![b' '; MAX_BODY_BYTES];
+    let req = Request::post("/hooks/generic")
+        .header("x-plumb-signature", sign(SECRET, &max))
+        .body(Body::from(max))
+        .expect("request");
+    let (s, _, _) = call(&h.app, req).await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    assert!(h.rx.try_recv().is_ok());
+}
+
+#[tokio::test]
+async fn generic_hook_with_any_configured_secret_triggers() {
+    let mut h = harness();
+    let body = br#"{"ref":"refs/heads/main"}"#;
+    let req = Request::post("/hooks/generic")
+        .header("x-plumb-signature", sign(SECRET, body))
+        .body(Body::from(&body[..]))
+        .expect("request");
+    let (s, _, _) = call(&h.app, req).await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    match h.rx.try_recv() {
+        Ok(Trigger::Webhook(e)) => {
+            assert_eq!(e.source, HookSource::Generic);
+            assert_eq!(e.git_ref.as_deref(), Some("refs/heads/main"));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(h.rx.try_recv().is_err());
+}
+
+#[tokio::test]
+async fn a_hook_without_secret_is_disabled() {
+    let mut h = harness_with(WebhookSecrets::default(), 1);
+    let (s, _, _) = call(&h.app, github("push", Some(sign(b"", PUSH)), PUSH)).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert!(h.rx.try_recv().is_err());
+}
+
+#[tokio::test]
+async fn full_channel_coalesces_and_closed_channel_is_503() {
+    let mut h = harness_with(
+        WebhookSecrets {
+            github: vec![SECRET.to_vec()],
+            generic: vec![],
+        },
+        1,
+    );
+    for want in ["triggered", "coalesced"] {
+        let (s, _, b) = call(&h.app, github("push", Some(sign(SECRET, PUSH)), PUSH)).await;
+        assert_eq!(s, StatusCode::ACCEPTED);
+        assert!(b.contains(want), "{b}");
+    }
+    assert!(h.rx.try_recv().is_ok());
+    assert!(h.rx.try_recv().is_err());
+    drop(h.rx);
+    let (s, _, _) = call(&h.app, github("push", Some(sign(SECRET, PUSH)), PUSH)).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[test]
+fn verify_signature_matches_githubs_documented_example() {
+    // https://docs.github.com/en/webhooks/using-webhooks/validating-webhook-deliveries
+    let secret = b"It's a Secret to Everybody".to_vec();
+    let sig = HeaderValue::from_static(
+        "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17",
+    );
+    assert_eq!(
+        verify_signature(std::slice::from_ref(&secret), Some(&sig), b"Hello, World!"),
+        Ok(())
+    );
+    assert_eq!(
+        verify_signature(&[secret], Some(&sig), b"Hello, World?"),
+        Err(SignatureError::Mismatch)
+    );
+    assert_eq!(
+        verify_signature(&[b"other".to_vec()], Some(&sig), b"Hello, World!"),
+        Err(SignatureError::Mismatch)
+    );
+}
+
+#[tokio::test]
+async fn probes() {
+    let h = harness();
+    assert_eq!(get(&h.app, "/healthz").await.0, StatusCode::OK);
+    assert_eq!(
+        get(&h.app, "/readyz").await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    h.ready.set_ready(true);
+    assert_eq!(get(&h.app, "/readyz").await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn metrics_has_every_family_after_one_update_each() {
+    let h = harness();
+    let m = &h.metrics;
+    m.run_finished("prod", RunResult::Succeeded, Duration::from_secs(3), 4, 0);
+    m.run_finished("prod", RunResult::Failed, Duration::from_secs(1), 1, 2);
+    let commit_time = time::macros::datetime!(2024-05-01 12:00:00 UTC);
+    m.applied(
+        "prod",
+        "aaaa",
+        commit_time + Duration::from_secs(30),
+        Some(commit_time),
+    );
+    m.applied(
+        "prod",
+        "bbbb",
+        commit_time + Duration::from_secs(90),
+        Some(commit_time + Duration::from_secs(60)),
+    );
+    m.set_drifted("prod", "web-1", 2);
+    m.set_host_reachable("prod", "web-1", true);
+    m.set_host_reachable("prod", "web-2", false);
+    m.signature_refused(Some("prod"), RefusalSource::Commit);
+
+    let req = Request::get("/metrics")
+        .body(Body::empty())
+        .expect("request");
+    let (s, headers, text) = call(&h.app, req).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok()),
+        Some(metrics::CONTENT_TYPE)
+    );
+    for line in [
+        "plumb_last_applied_timestamp_seconds{environment=\"prod\"} 1714564890.0",
+        "plumb_last_applied_commit_info{environment=\"prod\",commit=\"bbbb\"} 1",
+        "plumb_run_duration_seconds_count{environment=\"prod\"} 2",
+        "plumb_run_duration_seconds_sum{environment=\"prod\"} 4.0",
+        "plumb_steps_changed_total{environment=\"prod\"} 5",
+        "plumb_steps_failed_total{environment=\"prod\"} 2",
+        "plumb_drifted_resources{environment=\"prod\",host=\"web-1\"} 2",
+        "plumb_host_reachable{environment=\"prod\",host=\"web-1\"} 1",
+        "plumb_host_reachable{environment=\"prod\",host=\"web-2\"} 0",
+        "plumb_signature_refusals_total{environment=\"prod\",source=\"commit\"} 1",
+        "plumb_commit_to_applied_seconds_count{environment=\"prod\"} 2",
+        "plumb_commit_to_applied_seconds_sum{environment=\"prod\"} 60.0",
+        "plumb_runs_total{environment=\"prod\",result=\"succeeded\"} 1",
+        "plumb_runs_total{environment=\"prod\",result=\"failed\"} 1",
+        "# EOF",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in\n{text}"
+        );
+    }
+    // Only the last applied commit is shown.
+    assert!(!text.contains("commit=\"aaaa\""), "{text}");
+    m.forget_host("prod", "web-2");
+    assert!(!metrics_text(&h.app).await.contains("web-2"));
+}
+
+#[tokio::test]
+async fn api_routes_answer_from_the_status_source() {
+    let h = harness();
+    let (s, b) = get(&h.app, "/api/status").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        serde_json::from_str::<Value>(&b).expect("json"),
+        json!({ "environments": { "prod": { "commit": "abc" } } })
+    );
+
+    assert_eq!(get(&h.app, "/api/runs").await.0, StatusCode::OK);
+    assert_eq!(
+        get(&h.app, "/api/runs?env=prod&limit=5").await.0,
+        StatusCode::OK
+    );
+    assert_eq!(get(&h.app, "/api/runs?env=&limit=").await.0, StatusCode::OK);
+    for bad in ["limit=0", "limit=abc", "limit=1001", "limit=-1"] {
+        let (s, b) = get(&h.app, &format!("/api/runs?{bad}")).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}");
+        assert!(b.contains("bad_query"), "{b}");
+    }
+    let (s, b) = get(&h.app, "/api/runs?env=nope").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert!(b.contains("not_found"), "{b}");
+    assert_eq!(
+        *h.status.queries.lock().expect("lock"),
+        vec![
+            "runs None 20".to_string(),
+            "runs Some(\"prod\") 5".to_string(),
+            "runs None 20".to_string(),
+            "runs Some(\"nope\") 20".to_string(),
+        ]
+    );
+
+    let (s, b) = get(&h.app, "/api/runs/r1").await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(b.contains("\"hosts\""));
+    assert_eq!(get(&h.app, "/api/runs/r2").await.0, StatusCode::NOT_FOUND);
+    let (s, b) = get(&h.app, "/api/runs/boom").await;
+    assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(!b.contains("disk on fire"), "internal detail leaked: {b}");
+
+    let (s, b) = get(&h.app, "/api/drift?env=prod").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        serde_json::from_str::<Value>(&b).expect("json"),
+        json!({ "environment": "prod", "hosts": [] })
+    );
+}
