@@ -191,6 +191,9 @@ pub trait Resolve {
     fn file(&mut self, path: &str) -> Result<Vec<u8>, String>;
 }
 
+/// Builds a resource from schema-valid, templated parameters.
+pub type BuildFn = fn(serde_json::Value, &mut dyn Resolve) -> Result<Box<dyn Resource>, BuildError>;
+
 /// One registered module.
 pub struct ModuleDef {
     pub name: &'static str,
@@ -198,7 +201,7 @@ pub struct ModuleDef {
     /// The JSON Schema of the module's parameters.
     pub schema: fn(&mut SchemaGenerator) -> Schema,
     /// Builds the resource from schema-valid, templated parameters.
-    pub build: fn(serde_json::Value, &mut dyn Resolve) -> Result<Box<dyn Resource>, BuildError>,
+    pub build: BuildFn,
     /// Whether steps of this module can be `notify` targets (they have a refresh).
     pub refreshable: bool,
 }
