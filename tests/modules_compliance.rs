@@ -246,3 +246,70 @@ proptest! {
         prop_assert_eq!(std::fs::read(&path).unwrap(), s.as_bytes().to_vec());
     }
 }
+
+#[test]
+fn directory_lifecycle() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a b/c'd");
+    let (user, group) = me();
+    let d = build(
+        "directory",
+        json!({"path": p(&path), "mode": "0750", "owner": user, "group": group}),
+    );
+    converge(d.as_ref(), ChangeKind::Create);
+    assert!(path.is_dir());
+    let d = build("directory", json!({"path": p(&path), "mode": "2755"}));
+    let c = converge(d.as_ref(), ChangeKind::Modify);
+    assert_eq!(c.fields[0].to.as_deref(), Some("2755"));
+    std::fs::write(path.join("x"), "x").unwrap();
+    let d = build("directory", json!({"path": p(&path), "state": "absent"}));
+    assert!(
+        d.diff(&run(&d.probe())).is_err(),
+        "non-empty without recurse"
+    );
+    let d = build(
+        "directory",
+        json!({"path": p(&path), "state": "absent", "recurse": true}),
+    );
+    converge(d.as_ref(), ChangeKind::Remove);
+    assert!(!path.exists());
+    let e = dir.path().join("empty");
+    std::fs::create_dir(&e).unwrap();
+    let d = build("directory", json!({"path": p(&e), "state": "absent"}));
+    converge(d.as_ref(), ChangeKind::Remove);
+}
+
+#[test]
+fn symlink_lifecycle() {
+    let dir = tempfile::tempdir().unwrap();
+    let target_dir = dir.path().join("real dir");
+    std::fs::create_dir(&target_dir).unwrap();
+    let path = dir.path().join("link");
+    let l = build(
+        "symlink",
+        json!({"path": p(&path), "target": p(&target_dir)}),
+    );
+    converge(l.as_ref(), ChangeKind::Create);
+    assert_eq!(std::fs::read_link(&path).unwrap(), target_dir);
+    // Retarget a link that points to a directory: the link is replaced, not moved into it.
+    let l = build("symlink", json!({"path": p(&path), "target": "rel/$(x)\n"}));
+    converge(l.as_ref(), ChangeKind::Modify);
+    assert_eq!(
+        std::fs::read_link(&path).unwrap().to_string_lossy(),
+        "rel/$(x)\n"
+    );
+    assert_eq!(std::fs::read_dir(&target_dir).unwrap().count(), 0);
+    // A regular file in the way: refused, unless forced.
+    let file = dir.path().join("file");
+    std::fs::write(&file, "x").unwrap();
+    let l = build("symlink", json!({"path": p(&file), "target": "/"}));
+    assert!(l.diff(&run(&l.probe())).is_err());
+    let l = build(
+        "symlink",
+        json!({"path": p(&file), "target": "/", "force": true}),
+    );
+    converge(l.as_ref(), ChangeKind::Modify);
+    let l = build("symlink", json!({"path": p(&path), "state": "absent"}));
+    converge(l.as_ref(), ChangeKind::Remove);
+    assert!(target_dir.is_dir());
+}

@@ -323,24 +323,16 @@ fi"#,
     pub fn apply(&self, change: &Change) -> String {
         let p = quote(&self.path);
         if change.kind == ChangeKind::Modify && !change.changes_field("content") {
-            let mut s = format!("p={p}\n");
-            if change.changes_field("owner") {
-                if let Some(u) = &self.owner {
-                    s += &format!("chown -- {} \"$p\" || exit 1\n", quote(u));
-                }
-            }
-            if change.changes_field("group") {
-                if let Some(g) = &self.group {
-                    s += &format!("chgrp -- {} \"$p\" || exit 1\n", quote(g));
-                }
-            }
-            // After chown, which may clear set-id bits.
-            if let Some(m) = &self.mode {
-                if change.changes_field("mode") || change.changes_field("owner") {
-                    s += &format!("chmod -- {m} \"$p\" || exit 1\n");
-                }
-            }
-            return s;
+            return format!(
+                "p={p}\n{}",
+                set_attrs(
+                    "p",
+                    self.mode.as_deref(),
+                    &self.owner,
+                    &self.group,
+                    Some(change)
+                )
+            );
         }
         let parent = sh::parent(&self.path);
         let clean = r#"|| { rm -f -- "$t"; exit 1; }"#;
@@ -383,6 +375,30 @@ fi
         s += &format!("mv -f -- \"$t\" \"$p\" {clean}\n");
         s
     }
+}
+
+/// Commands that set owner, group and mode of the path in the shell variable `var`: all that
+/// are wanted when `only` is `None`, else those whose field `only` changes. `chmod` comes
+/// last, since `chown` may clear set-id bits.
+pub(crate) fn set_attrs(
+    var: &str,
+    mode: Option<&str>,
+    owner: &Option<String>,
+    group: &Option<String>,
+    only: Option<&Change>,
+) -> String {
+    let wanted = |field: &str| only.is_none_or(|c| c.changes_field(field));
+    let mut s = String::new();
+    if let (Some(u), true) = (owner, wanted("owner")) {
+        s += &format!("chown -- {} \"${var}\" || exit 1\n", quote(u));
+    }
+    if let (Some(g), true) = (group, wanted("group")) {
+        s += &format!("chgrp -- {} \"${var}\" || exit 1\n", quote(g));
+    }
+    if let (Some(m), true) = (mode, wanted("mode") || wanted("owner")) {
+        s += &format!("chmod -- {} \"${var}\" || exit 1\n", quote(m));
+    }
+    s
 }
 
 /// Adds `mode`, `owner` and `group` fields where the observed file differs.
