@@ -313,3 +313,82 @@ fn symlink_lifecycle() {
     converge(l.as_ref(), ChangeKind::Remove);
     assert!(target_dir.is_dir());
 }
+
+#[test]
+fn line_lifecycle() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sshd_config");
+    // create: true makes the file.
+    let l = build(
+        "line",
+        json!({"path": p(&path), "line": "Port 22", "create": true}),
+    );
+    converge(l.as_ref(), ChangeKind::Create);
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "Port 22\n");
+    // Append to a file without a trailing newline; mode is kept.
+    std::fs::write(
+        &path,
+        "#PermitRootLogin yes\nX 1\nPermitRootLogin yes\nTail",
+    )
+    .unwrap();
+    run(&format!("chmod 0600 {}", quote(&p(&path))));
+    let l = build(
+        "line",
+        json!({"path": p(&path), "line": "UseDNS no $(touch /tmp/pwned) 'q'"}),
+    );
+    converge(l.as_ref(), ChangeKind::Create);
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        "#PermitRootLogin yes\nX 1\nPermitRootLogin yes\nTail\nUseDNS no $(touch /tmp/pwned) 'q'\n"
+    );
+    let mode = run(&format!("stat -c %a {}", quote(&p(&path))));
+    assert_eq!(String::from_utf8_lossy(&mode.stdout).trim(), "600");
+    // Replace the last match of a regexp; the line itself does not match it.
+    let l = build(
+        "line",
+        json!({"path": p(&path), "regexp": "^#?PermitRootLogin[[:space:]]+yes", "line": "PermitRootLogin no"}),
+    );
+    converge(l.as_ref(), ChangeKind::Modify);
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        "#PermitRootLogin yes\nX 1\nPermitRootLogin no\nTail\nUseDNS no $(touch /tmp/pwned) 'q'\n"
+    );
+    // Replace the first line.
+    let l = build(
+        "line",
+        json!({"path": p(&path), "regexp": "^#PermitRootLogin", "line": "# root login"}),
+    );
+    converge(l.as_ref(), ChangeKind::Modify);
+    assert!(std::fs::read_to_string(&path)
+        .unwrap()
+        .starts_with("# root login\nX 1\n"));
+    // Remove by regexp (every match) and exactly.
+    let l = build(
+        "line",
+        json!({"path": p(&path), "regexp": "^(X|Tail)", "state": "absent"}),
+    );
+    converge(l.as_ref(), ChangeKind::Remove);
+    let l = build(
+        "line",
+        json!({"path": p(&path), "line": "# root login", "state": "absent"}),
+    );
+    converge(l.as_ref(), ChangeKind::Remove);
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        "PermitRootLogin no\nUseDNS no $(touch /tmp/pwned) 'q'\n"
+    );
+    // A bad regexp is a clear error.
+    let l = build(
+        "line",
+        json!({"path": p(&path), "regexp": "(", "line": "x"}),
+    );
+    let e = l.diff(&run(&l.probe())).unwrap_err();
+    assert!(e.message.contains("invalid regexp"), "{e}");
+    // Missing file without create: noted, and the apply fails clearly.
+    let missing = dir.path().join("missing");
+    let l = build("line", json!({"path": p(&missing), "line": "x"}));
+    let c = observe(l.as_ref());
+    let out = run(&l.apply(&c));
+    assert_ne!(out.status, 0);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("create: true"));
+}
