@@ -392,3 +392,125 @@ fn line_lifecycle() {
     assert_ne!(out.status, 0);
     assert!(String::from_utf8_lossy(&out.stderr).contains("create: true"));
 }
+
+#[test]
+fn command_lifecycle() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("done 'x'");
+    // `creates`, run in chdir with a relative path.
+    let c = build(
+        "command",
+        json!({"run": "printf ran > \"done 'x'\"", "creates": "done 'x'", "chdir": p(dir.path())}),
+    );
+    converge(c.as_ref(), ChangeKind::Create);
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "ran");
+    // `unless` and `onlyif`.
+    let count = dir.path().join("count");
+    let c = build(
+        "command",
+        json!({"run": format!("echo x >> {}", quote(&p(&count))), "unless": format!("grep -q x {}", quote(&p(&count))), "onlyif": "true"}),
+    );
+    converge(c.as_ref(), ChangeKind::Create);
+    assert_eq!(std::fs::read_to_string(&count).unwrap(), "x\n");
+    // A failing command fails the apply with its status.
+    let c = build(
+        "command",
+        json!({"run": "echo oops >&2; exit 3", "creates": "/nonexistent/plumb"}),
+    );
+    let ch = observe(c.as_ref());
+    let out = run(&c.apply(&ch));
+    assert_eq!(out.status, 3);
+    // A handler: in sync in every plan; its refresh runs it.
+    let h = build(
+        "command",
+        json!({"run": format!("echo h >> {}", quote(&p(&count))), "refresh_only": true}),
+    );
+    assert!(h.refresh_only());
+    assert_eq!(observe(h.as_ref()), Change::in_sync());
+    assert_eq!(run(&h.refresh().unwrap()).status, 0);
+    assert_eq!(std::fs::read_to_string(&count).unwrap(), "x\nh\n");
+    // The command does not read the engine's script from stdin.
+    let out = Command::new("sh")
+        .arg("-s")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            let script = format!(
+                "{}\necho after\n",
+                build("command", json!({"run": "cat"})).apply(&Change::new(ChangeKind::Create))
+            );
+            child.stdin.take().unwrap().write_all(script.as_bytes())?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "after\n");
+}
+
+#[test]
+fn cron_lifecycle_under_a_root_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("etc/cron.d")).unwrap();
+    let params = json!({"name": "backup", "schedule": "0 3 * * *", "command": "/usr/bin/backup", "env": {"MAILTO": ""}});
+    let cron = plumb::modules::cron::Cron::new(serde_json::from_value(params).unwrap())
+        .unwrap()
+        .with_root(&p(dir.path()));
+    converge(&cron, ChangeKind::Create);
+    let written = std::fs::read_to_string(dir.path().join("etc/cron.d/backup")).unwrap();
+    assert!(
+        written.ends_with("MAILTO=\n0 3 * * * root /usr/bin/backup\n"),
+        "{written}"
+    );
+    let params = json!({"name": "backup", "schedule": "@daily", "command": "/usr/bin/backup"});
+    let cron = plumb::modules::cron::Cron::new(serde_json::from_value(params).unwrap())
+        .unwrap()
+        .with_root(&p(dir.path()));
+    let c = converge(&cron, ChangeKind::Modify);
+    assert!(c.content.and_then(|c| c.old).is_some());
+    let params = json!({"name": "backup", "state": "absent"});
+    let cron = plumb::modules::cron::Cron::new(serde_json::from_value(params).unwrap())
+        .unwrap()
+        .with_root(&p(dir.path()));
+    converge(&cron, ChangeKind::Remove);
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("etc/cron.d"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
+
+#[test]
+fn sysctl_lifecycle_under_a_root_prefix() {
+    use plumb::modules::sysctl::Sysctl;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("etc/sysctl.d")).unwrap();
+    std::fs::create_dir_all(dir.path().join("proc/sys/net/ipv4")).unwrap();
+    let live = dir.path().join("proc/sys/net/ipv4/tcp_rmem");
+    std::fs::write(&live, "4096\t16384\t4194304\n").unwrap();
+    let mk = |v: serde_json::Value| {
+        Sysctl::new(serde_json::from_value(v).unwrap())
+            .unwrap()
+            .with_root(&p(dir.path()))
+    };
+    let s = mk(json!({"name": "net.ipv4.tcp_rmem", "value": "4096 87380 6291456"}));
+    let c = converge(&s, ChangeKind::Create);
+    assert!(c.changes_field("value"));
+    assert_eq!(
+        std::fs::read_to_string(&live).unwrap(),
+        "4096 87380 6291456\n"
+    );
+    // Live drift only.
+    std::fs::write(&live, "1 2 3\n").unwrap();
+    let c = converge(&s, ChangeKind::Modify);
+    assert_eq!(c.fields.len(), 1);
+    let s = mk(json!({"name": "net.ipv4.tcp_rmem", "state": "absent"}));
+    converge(&s, ChangeKind::Remove);
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("etc/sysctl.d"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
