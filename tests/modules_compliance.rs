@@ -514,3 +514,67 @@ fn sysctl_lifecycle_under_a_root_prefix() {
         0
     );
 }
+
+/// The probes of host-only modules only observe, so they can run here: they must parse in
+/// this machine's `sh` and give a `Change` (whatever the machine has installed).
+#[test]
+fn host_only_probes_run_and_parse() {
+    for (module, params) in [
+        ("package", json!({"name": "coreutils"})),
+        ("package", json!({"name": "plumb-no-such-package"})),
+        (
+            "service",
+            json!({"name": "plumb-no-such.service", "state": "running", "enabled": true}),
+        ),
+        ("user", json!({"name": "root", "groups": []})),
+        ("user", json!({"name": "plumb-no-such-user"})),
+        ("group", json!({"name": "root", "gid": 0})),
+        ("group", json!({"name": "plumb-no-such-group"})),
+    ] {
+        let r = build(module, params.clone());
+        let probe = run(&r.probe());
+        if let Err(e) = r.diff(&probe) {
+            // Only a host without any supported package manager may fail here.
+            assert!(
+                module == "package" && e.message.contains("no supported package manager"),
+                "{module} {params}: {e}\nstderr: {}",
+                String::from_utf8_lossy(&probe.stderr)
+            );
+        }
+    }
+    let root = build("user", json!({"name": "root", "uid": 0}));
+    assert_eq!(observe(root.as_ref()), Change::in_sync());
+}
+
+/// Creates, changes and removes a real user and group. It changes the host's user
+/// database, so it only runs when asked (`cargo test -- --ignored`) on a disposable host.
+#[test]
+#[ignore = "changes the host's users and groups: run on a disposable host"]
+fn user_and_group_lifecycle_on_a_real_host() {
+    let g = build("group", json!({"name": "plumbtestg", "gid": 4242}));
+    converge(g.as_ref(), ChangeKind::Create);
+    let g2 = build("group", json!({"name": "plumbtestg2"}));
+    converge(g2.as_ref(), ChangeKind::Create);
+    let u = build(
+        "user",
+        json!({"name": "plumbtestu", "uid": 4243, "group": "plumbtestg", "groups": ["plumbtestg2"], "shell": "/bin/sh", "create_home": false}),
+    );
+    converge(u.as_ref(), ChangeKind::Create);
+    let u = build(
+        "user",
+        json!({"name": "plumbtestu", "groups": [], "shell": "/bin/false", "home": "/nonexistent"}),
+    );
+    converge(u.as_ref(), ChangeKind::Modify);
+    let g = build("group", json!({"name": "plumbtestg2", "gid": 4244}));
+    converge(g.as_ref(), ChangeKind::Modify);
+    converge(
+        build("user", json!({"name": "plumbtestu", "state": "absent"})).as_ref(),
+        ChangeKind::Remove,
+    );
+    for name in ["plumbtestg", "plumbtestg2"] {
+        converge(
+            build("group", json!({"name": name, "state": "absent"})).as_ref(),
+            ChangeKind::Remove,
+        );
+    }
+}
