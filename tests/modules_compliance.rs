@@ -578,3 +578,162 @@ fn user_and_group_lifecycle_on_a_real_host() {
         );
     }
 }
+
+/// One representative step per module, for the totality property below.
+fn samples() -> Vec<Box<dyn Resource>> {
+    let mut v = vec![
+        build(
+            "file",
+            json!({"path": "/etc/a", "content": "x", "mode": "0600", "owner": "root", "group": "0"}),
+        ),
+        build("file", json!({"path": "/etc/a", "state": "absent"})),
+        build(
+            "directory",
+            json!({"path": "/srv/a", "mode": "0755", "owner": "root"}),
+        ),
+        build("directory", json!({"path": "/srv/a", "state": "absent"})),
+        build("symlink", json!({"path": "/a", "target": "/b"})),
+        build("line", json!({"path": "/a", "line": "x", "regexp": "^x"})),
+        build(
+            "line",
+            json!({"path": "/a", "regexp": "^x", "state": "absent"}),
+        ),
+        build("package", json!({"name": "nginx", "version": "1"})),
+        build(
+            "service",
+            json!({"name": "nginx", "state": "running", "enabled": true}),
+        ),
+        build(
+            "user",
+            json!({"name": "u", "uid": 1, "group": "g", "groups": ["a"], "shell": "/bin/sh", "home": "/h"}),
+        ),
+        build("group", json!({"name": "g", "gid": 1})),
+        build(
+            "command",
+            json!({"run": "x", "creates": "/a", "unless": "b", "onlyif": "c", "chdir": "/"}),
+        ),
+        build(
+            "cron",
+            json!({"name": "c", "schedule": "@daily", "command": "x"}),
+        ),
+        build("sysctl", json!({"name": "a.b", "value": "1"})),
+    ];
+    v.push(build("sysctl", json!({"name": "a.b", "state": "absent"})));
+    v
+}
+
+#[test]
+fn samples_cover_the_registry() {
+    let built: std::collections::BTreeSet<String> =
+        samples().iter().map(|r| format!("{r:?}")).collect();
+    for def in REGISTRY {
+        let ty = def.name.to_string();
+        assert!(
+            built.iter().any(|d| d.to_lowercase().starts_with(&ty)),
+            "no sample for `{ty}`"
+        );
+    }
+}
+
+fn key_value_lines() -> impl Strategy<Value = Vec<u8>> {
+    let key = prop::sample::select(vec![
+        "type",
+        "parent",
+        "mode",
+        "uid",
+        "owner",
+        "gid",
+        "group",
+        "size",
+        "sha256",
+        "content_b64",
+        "target_b64",
+        "empty",
+        "exact",
+        "last_exact",
+        "matches",
+        "last_match",
+        "last_b64",
+        "regexp",
+        "manager",
+        "dpkg_status",
+        "dpkg_version",
+        "rpm",
+        "rpm_version",
+        "apk",
+        "init",
+        "load",
+        "active",
+        "enabled",
+        "entry",
+        "entry_b64",
+        "primary_b64",
+        "groups_b64",
+        "creates",
+        "unless",
+        "onlyif",
+        "chdir",
+        "live",
+        "live_b64",
+        "error",
+    ]);
+    let value = prop_oneof![
+        prop::sample::select(vec![
+            "absent",
+            "file",
+            "directory",
+            "symlink",
+            "other",
+            "yes",
+            "no",
+            "0",
+            "1",
+            "644",
+            "apt",
+            "dnf",
+            "apk",
+            "none",
+            "systemd",
+            "sysv",
+            "active",
+            "enabled",
+            "ok",
+            "failed",
+            "exists",
+            "missing",
+            "installed",
+            "invalid",
+            "AAAA",
+            "!!",
+        ])
+        .prop_map(str::to_string),
+        "[ -~]{0,20}",
+    ];
+    prop::collection::vec((key, value), 0..12).prop_map(|kvs| {
+        kvs.into_iter()
+            .flat_map(|(k, v)| format!("{k}={v}\n").into_bytes())
+            .collect()
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// `diff` is total: any output gives a Change or a ProbeError, never a panic.
+    #[test]
+    fn diff_never_panics_on_bytes(stdout in proptest::collection::vec(any::<u8>(), 0..512), status in -1i32..3) {
+        for r in samples() {
+            let _ = r.diff(&ProbeResult { stdout: stdout.clone(), stderr: stdout.clone(), status });
+        }
+    }
+
+    #[test]
+    fn diff_never_panics_on_plausible_output(stdout in key_value_lines()) {
+        for r in samples() {
+            if let Ok(c) = r.diff(&ProbeResult { stdout: stdout.clone(), ..Default::default() }) {
+                // Whatever the change, its apply renders.
+                let _ = r.apply(&c);
+            }
+        }
+    }
+}
