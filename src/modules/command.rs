@@ -1,8 +1,19 @@
 //! `command`: run a command, guarded so that it is idempotent.
+//!
+//! Probe output: `refresh_only=yes` for a handler (nothing else is evaluated); otherwise
+//! `chdir=ok|missing` (when `chdir` is set), `creates=exists|missing`, `unless=ok|failed`,
+//! `onlyif=ok|failed` for each guard that is set. Guards run in `chdir`, with stdin from
+//! /dev/null and their output discarded; they must only observe (they run at every probe).
+//!
+//! The apply runs `sh -c <run>` in `chdir` with stdin from /dev/null; its exit status is
+//! the step's. A command with no guard at all runs on every apply (the plan notes it).
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{BuildError, Change, ModuleDef, ProbeError, ProbeResult, Resolve, Resource};
+use super::sh::{quote, Observed};
+use super::{
+    BuildError, Change, ChangeKind, ModuleDef, ProbeError, ProbeResult, Resolve, Resource,
+};
 
 /// A shell command (run with `sh -c`). Guards make it idempotent: it runs only when
 /// `creates` does not exist, `unless` fails, and `onlyif` succeeds. With
@@ -41,7 +52,20 @@ fn build(
     value: serde_json::Value,
     _resolve: &mut dyn Resolve,
 ) -> Result<Box<dyn Resource>, BuildError> {
+    super::sh::reject_nul(&value, &[])?;
     let params: Params = super::params(value)?;
+    if params.run.trim().is_empty() {
+        return Err(BuildError::at("/run", "must not be empty"));
+    }
+    for (ptr, v) in [
+        ("/creates", &params.creates),
+        ("/unless", &params.unless),
+        ("/onlyif", &params.onlyif),
+    ] {
+        if v.as_deref().is_some_and(|s| s.trim().is_empty()) {
+            return Err(BuildError::at(ptr, "must not be empty"));
+        }
+    }
     Ok(Box::new(Command { params }))
 }
 
@@ -53,21 +77,218 @@ pub const DEF: ModuleDef = ModuleDef {
     refreshable: true,
 };
 
-// TEMPORARY until the module lands: every method is implemented by the modules work.
+impl Command {
+    fn cd(&self) -> String {
+        match &self.params.chdir {
+            Some(d) => format!("cd {} || exit 1\n", quote(d)),
+            None => String::new(),
+        }
+    }
+    fn run(&self) -> String {
+        format!("sh -c {} </dev/null || exit\n", quote(&self.params.run))
+    }
+    /// A shell condition that holds when the guards let the command run.
+    fn guards(&self) -> Option<String> {
+        let mut conds = Vec::new();
+        if let Some(c) = &self.params.creates {
+            let c = quote(c);
+            conds.push(format!("[ ! -e {c} ] && [ ! -L {c} ]"));
+        }
+        if let Some(u) = &self.params.unless {
+            conds.push(format!("! sh -c {} </dev/null >/dev/null 2>&1", quote(u)));
+        }
+        if let Some(o) = &self.params.onlyif {
+            conds.push(format!("sh -c {} </dev/null >/dev/null 2>&1", quote(o)));
+        }
+        if conds.is_empty() {
+            None
+        } else {
+            Some(conds.join(" && "))
+        }
+    }
+}
+
 impl Resource for Command {
     fn target(&self) -> String {
-        String::new()
+        let first = self.params.run.lines().next().unwrap_or_default();
+        let mut t: String = first.chars().take(60).collect();
+        if t.len() < self.params.run.len() {
+            t.push('…');
+        }
+        t
     }
     fn desired(&self) -> serde_json::Value {
         serde_json::to_value(&self.params).unwrap_or_default()
     }
     fn probe(&self) -> String {
-        String::new()
+        if self.params.refresh_only {
+            return "echo refresh_only=yes".into();
+        }
+        let mut s = String::new();
+        if let Some(d) = &self.params.chdir {
+            s += &format!(
+                "if cd {} 2>/dev/null; then echo chdir=ok; else echo chdir=missing; fi\n",
+                quote(d)
+            );
+        }
+        if let Some(c) = &self.params.creates {
+            let c = quote(c);
+            s += &format!("if [ -e {c} ] || [ -L {c} ]; then echo creates=exists; else echo creates=missing; fi\n");
+        }
+        for (key, v) in [
+            ("unless", &self.params.unless),
+            ("onlyif", &self.params.onlyif),
+        ] {
+            if let Some(v) = v {
+                s += &format!(
+                    "if sh -c {} </dev/null >/dev/null 2>&1; then echo {key}=ok; else echo {key}=failed; fi\n",
+                    quote(v)
+                );
+            }
+        }
+        if s.is_empty() {
+            s = ":".into();
+        }
+        s
     }
-    fn diff(&self, _o: &ProbeResult) -> Result<Change, ProbeError> {
-        Err(ProbeError::new("not implemented"))
+    fn diff(&self, observed: &ProbeResult) -> Result<Change, ProbeError> {
+        if self.params.refresh_only {
+            return Ok(Change::in_sync());
+        }
+        let o = Observed::parse(observed)?;
+        let mut notes = Vec::new();
+        if let Some(c) = &self.params.creates {
+            match o.req("creates")? {
+                "exists" => return Ok(Change::in_sync()),
+                "missing" => notes.push(format!("{c} does not exist")),
+                v => return Err(ProbeError::new(format!("bad `creates` value {v:?}"))),
+            }
+        }
+        if self.params.unless.is_some() {
+            match o.req("unless")? {
+                "ok" => return Ok(Change::in_sync()),
+                "failed" => notes.push("`unless` failed".to_string()),
+                v => return Err(ProbeError::new(format!("bad `unless` value {v:?}"))),
+            }
+        }
+        if self.params.onlyif.is_some() {
+            match o.req("onlyif")? {
+                "failed" => return Ok(Change::in_sync()),
+                "ok" => notes.push("`onlyif` succeeded".to_string()),
+                v => return Err(ProbeError::new(format!("bad `onlyif` value {v:?}"))),
+            }
+        }
+        let mut c =
+            Change::new(ChangeKind::Create).field("run", None, Some(self.params.run.clone()));
+        if self.guards().is_none() {
+            c = c.note("no guard (creates, unless, onlyif): the command runs on every apply");
+        }
+        if let (Some(d), Some("missing")) = (&self.params.chdir, o.get("chdir")) {
+            c = c.note(format!(
+                "chdir {d} does not exist yet: an earlier step must create it"
+            ));
+        }
+        for n in notes {
+            c = c.note(n);
+        }
+        Ok(c)
     }
-    fn apply(&self, _c: &Change) -> String {
-        String::from("false")
+    fn apply(&self, change: &Change) -> String {
+        if change.kind == ChangeKind::InSync {
+            return ":".into();
+        }
+        format!("{}{}", self.cd(), self.run())
+    }
+    fn refresh(&self) -> Option<String> {
+        Some(match self.guards() {
+            None => format!("{}{}", self.cd(), self.run()),
+            Some(g) => format!("{}if {g}; then\n{}fi\n", self.cd(), self.run()),
+        })
+    }
+    fn refresh_only(&self) -> bool {
+        self.params.refresh_only
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct NoRepo;
+    impl Resolve for NoRepo {
+        fn template(&mut self, _: &str) -> Result<String, String> {
+            Err("none".into())
+        }
+        fn file(&mut self, _: &str) -> Result<Vec<u8>, String> {
+            Err("none".into())
+        }
+    }
+
+    fn cmd(v: serde_json::Value) -> Box<dyn Resource> {
+        match build(v, &mut NoRepo) {
+            Ok(r) => r,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn out(s: &str) -> ProbeResult {
+        ProbeResult {
+            stdout: s.as_bytes().to_vec(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn guards() {
+        let c = cmd(
+            serde_json::json!({"run": "make install", "creates": "/usr/local/bin/app", "unless": "test -f /x", "onlyif": "true", "chdir": "/src/app"}),
+        );
+        insta::assert_snapshot!("command_probe", c.probe());
+        assert_eq!(
+            c.diff(&out("chdir=ok\ncreates=exists\nunless=failed\nonlyif=ok\n"))
+                .unwrap(),
+            Change::in_sync()
+        );
+        assert_eq!(
+            c.diff(&out("chdir=ok\ncreates=missing\nunless=ok\nonlyif=ok\n"))
+                .unwrap(),
+            Change::in_sync()
+        );
+        assert_eq!(
+            c.diff(&out(
+                "chdir=ok\ncreates=missing\nunless=failed\nonlyif=failed\n"
+            ))
+            .unwrap(),
+            Change::in_sync()
+        );
+        let ch = c
+            .diff(&out(
+                "chdir=missing\ncreates=missing\nunless=failed\nonlyif=ok\n",
+            ))
+            .unwrap();
+        insta::assert_debug_snapshot!("command_change", ch);
+        insta::assert_snapshot!("command_apply", c.apply(&ch));
+        assert!(c.diff(&out("chdir=ok\ncreates=maybe\n")).is_err());
+        assert!(c.diff(&out("chdir=ok\n")).is_err());
+        assert!(!c.refresh_only());
+    }
+
+    #[test]
+    fn unguarded_and_handlers() {
+        let c = cmd(serde_json::json!({"run": "date"}));
+        let ch = c.diff(&out("")).unwrap();
+        assert_eq!(ch.kind, ChangeKind::Create);
+        assert!(ch.notes[0].contains("every apply"));
+        let h = cmd(
+            serde_json::json!({"run": "systemctl daemon-reload", "refresh_only": true, "unless": "false"}),
+        );
+        assert!(h.refresh_only());
+        assert_eq!(
+            h.diff(&out("refresh_only=yes\n")).unwrap(),
+            Change::in_sync()
+        );
+        assert_eq!(h.diff(&out("garbage")).unwrap(), Change::in_sync());
+        insta::assert_snapshot!("command_refresh", h.refresh().unwrap_or_default());
+        assert!(build(serde_json::json!({"run": " "}), &mut NoRepo).is_err());
     }
 }

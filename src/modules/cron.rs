@@ -1,8 +1,18 @@
 //! `cron`: a job in /etc/cron.d.
+//!
+//! The file is generated deterministically: a header comment, the `env` lines in name order,
+//! then `<schedule> <user> <command>`; mode 0644, owner root:root (cron ignores files others
+//! can write). It is written like a `file` step (temporary file + rename, no backup: a
+//! backup in /etc/cron.d could be run by cron too). Probe output is the `file` module's.
+//! Note: cron itself treats `%` in the command as a newline; write `\%` for a literal one.
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{BuildError, Change, ModuleDef, Presence, ProbeError, ProbeResult, Resolve, Resource};
+use super::file::{apply_remove, diff_absent, probe_absent, Managed};
+use super::sh::Observed;
+use super::{
+    BuildError, Change, ChangeKind, ModuleDef, Presence, ProbeError, ProbeResult, Resolve, Resource,
+};
 
 /// A cron job, written as `/etc/cron.d/<name>` (one job per file).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -35,14 +45,54 @@ fn root() -> String {
 #[derive(Debug, Clone)]
 pub struct Cron {
     pub params: Params,
+    managed: Managed,
+}
+
+/// Schedule nicknames cron understands.
+const NICKNAMES: &[&str] = &[
+    "@reboot",
+    "@yearly",
+    "@annually",
+    "@monthly",
+    "@weekly",
+    "@daily",
+    "@midnight",
+    "@hourly",
+];
+
+/// Checks a schedule and returns it with whitespace normalised.
+fn schedule(s: &str) -> Result<String, String> {
+    let fields: Vec<&str> = s.split_whitespace().collect();
+    match fields.as_slice() {
+        [nick] if nick.starts_with('@') => {
+            if NICKNAMES.contains(nick) {
+                Ok(nick.to_string())
+            } else {
+                Err(format!("unknown schedule nickname `{nick}` (known: {})", NICKNAMES.join(", ")))
+            }
+        }
+        f if f.len() == 5 => {
+            if let Some(bad) = f.iter().find(|x| {
+                !x.bytes().all(|b| b.is_ascii_alphanumeric() || b"*/,-".contains(&b))
+            }) {
+                return Err(format!("invalid schedule field `{bad}`"));
+            }
+            Ok(f.join(" "))
+        }
+        f => Err(format!(
+            "a schedule has 5 fields (minute hour day month weekday) or is a nickname like @daily; got {} fields",
+            f.len()
+        )),
+    }
 }
 
 fn build(
     value: serde_json::Value,
     _resolve: &mut dyn Resolve,
 ) -> Result<Box<dyn Resource>, BuildError> {
+    super::sh::reject_nul(&value, &[])?;
     let params: Params = super::params(value)?;
-    Ok(Box::new(Cron { params }))
+    Cron::new(params).map(|c| Box::new(c) as Box<dyn Resource>)
 }
 
 pub const DEF: ModuleDef = ModuleDef {
@@ -53,21 +103,198 @@ pub const DEF: ModuleDef = ModuleDef {
     refreshable: false,
 };
 
-// TEMPORARY until the module lands: every method is implemented by the modules work.
+impl Cron {
+    /// Checks the parameters and renders the file.
+    pub fn new(params: Params) -> Result<Cron, BuildError> {
+        let mut content = String::new();
+        if params.state == Presence::Present {
+            let sched = params
+                .schedule
+                .as_deref()
+                .ok_or_else(|| BuildError::at("/schedule", "`schedule` is required when present"))
+                .and_then(|s| schedule(s).map_err(|e| BuildError::at("/schedule", e)))?;
+            let command = params
+                .command
+                .as_deref()
+                .ok_or_else(|| BuildError::at("/command", "`command` is required when present"))?;
+            if command.contains(['\n', '\r']) {
+                return Err(BuildError::at("/command", "must be a single line"));
+            }
+            if command.trim().is_empty() {
+                return Err(BuildError::at("/command", "must not be empty"));
+            }
+            if params.user.is_empty() || params.user.contains(char::is_whitespace) {
+                return Err(BuildError::at(
+                    "/user",
+                    "must be a user name without spaces",
+                ));
+            }
+            content.push_str("# Managed by plumb: changes made here are overwritten.\n");
+            for (k, v) in &params.env {
+                let key_ok = k.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                    && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+                if !key_ok {
+                    return Err(BuildError::at(
+                        format!("/env/{k}"),
+                        "not a valid variable name",
+                    ));
+                }
+                if v.contains(['\n', '\r']) {
+                    return Err(BuildError::at(format!("/env/{k}"), "must be a single line"));
+                }
+                content.push_str(&format!("{k}={v}\n"));
+            }
+            content.push_str(&format!("{sched} {} {}\n", params.user, command.trim()));
+        }
+        let path = format!("/etc/cron.d/{}", params.name);
+        let managed = Managed::new(
+            &path,
+            content.into_bytes(),
+            Some("0644"),
+            Some("root".into()),
+            Some("root".into()),
+            false,
+        );
+        Ok(Cron { params, managed })
+    }
+
+    /// Test support: puts the file under `root` instead of `/`, ownership unmanaged.
+    #[doc(hidden)]
+    pub fn with_root(mut self, root: &str) -> Cron {
+        self.managed.path = format!("{}{}", root.trim_end_matches('/'), self.managed.path);
+        self.managed.owner = None;
+        self.managed.group = None;
+        self
+    }
+
+    /// The path of the cron file.
+    pub fn path(&self) -> &str {
+        &self.managed.path
+    }
+}
+
 impl Resource for Cron {
     fn target(&self) -> String {
-        String::new()
+        self.managed.path.clone()
     }
     fn desired(&self) -> serde_json::Value {
-        serde_json::to_value(&self.params).unwrap_or_default()
+        let mut v = serde_json::to_value(&self.params).unwrap_or_default();
+        v["path"] = self.managed.path.clone().into();
+        v
     }
     fn probe(&self) -> String {
-        String::new()
+        match self.params.state {
+            Presence::Present => self.managed.probe(),
+            Presence::Absent => probe_absent(&self.managed.path),
+        }
     }
-    fn diff(&self, _o: &ProbeResult) -> Result<Change, ProbeError> {
-        Err(ProbeError::new("not implemented"))
+    fn diff(&self, observed: &ProbeResult) -> Result<Change, ProbeError> {
+        let o = Observed::parse(observed)?;
+        match self.params.state {
+            Presence::Present => self.managed.diff(&o),
+            Presence::Absent => diff_absent(&self.managed.path, &o),
+        }
     }
-    fn apply(&self, _c: &Change) -> String {
-        String::from("false")
+    fn apply(&self, change: &Change) -> String {
+        match change.kind {
+            ChangeKind::InSync => ":".into(),
+            ChangeKind::Remove => apply_remove(&self.managed.path, false),
+            _ => self.managed.apply(change),
+        }
+    }
+    fn content(&self) -> Option<&[u8]> {
+        match self.params.state {
+            Presence::Present => Some(&self.managed.content),
+            Presence::Absent => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cron(v: serde_json::Value) -> Result<Cron, BuildError> {
+        Cron::new(super::super::params(v)?)
+    }
+
+    fn out(s: &str) -> ProbeResult {
+        ProbeResult {
+            stdout: s.as_bytes().to_vec(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn content_is_deterministic() {
+        let c = cron(serde_json::json!({
+            "name": "backup", "schedule": "  */5  * * * 1-5 ", "command": "/usr/local/bin/backup --all",
+            "user": "backup", "env": {"PATH": "/usr/bin:/bin", "MAILTO": "ops@example.com"}
+        }))
+        .unwrap();
+        assert_eq!(c.target(), "/etc/cron.d/backup");
+        insta::assert_snapshot!(
+            "cron_content",
+            String::from_utf8_lossy(c.content().unwrap_or_default())
+        );
+        let d =
+            cron(serde_json::json!({"name": "r", "schedule": "@reboot", "command": "x"})).unwrap();
+        assert!(
+            String::from_utf8_lossy(d.content().unwrap_or_default()).ends_with("@reboot root x\n")
+        );
+    }
+
+    #[test]
+    fn validation() {
+        let err = |v| cron(v).unwrap_err().pointer;
+        assert_eq!(
+            err(serde_json::json!({"name": "a", "command": "x"})),
+            "/schedule"
+        );
+        assert_eq!(
+            err(serde_json::json!({"name": "a", "schedule": "* * * *", "command": "x"})),
+            "/schedule"
+        );
+        assert_eq!(
+            err(serde_json::json!({"name": "a", "schedule": "@sometimes", "command": "x"})),
+            "/schedule"
+        );
+        assert_eq!(
+            err(serde_json::json!({"name": "a", "schedule": "* * * * $(x)", "command": "x"})),
+            "/schedule"
+        );
+        assert_eq!(
+            err(serde_json::json!({"name": "a", "schedule": "@daily"})),
+            "/command"
+        );
+        assert_eq!(
+            err(serde_json::json!({"name": "a", "schedule": "@daily", "command": "a\nb"})),
+            "/command"
+        );
+        assert_eq!(
+            err(
+                serde_json::json!({"name": "a", "schedule": "@daily", "command": "a", "env": {"A B": "x"}})
+            ),
+            "/env/A B"
+        );
+        assert!(cron(serde_json::json!({"name": "a", "state": "absent"})).is_ok());
+    }
+
+    #[test]
+    fn diffs() {
+        let c = cron(serde_json::json!({"name": "backup", "schedule": "@daily", "command": "run"}))
+            .unwrap();
+        let ch = c.diff(&out("type=absent\nparent=yes\n")).unwrap();
+        assert_eq!(ch.kind, ChangeKind::Create);
+        insta::assert_snapshot!("cron_apply", c.apply(&ch));
+        let synced = format!(
+            "type=file\nparent=yes\nmode=644\nuid=0\nowner=root\ngid=0\ngroup=root\nsize=9\nsha256={}\n",
+            c.managed.sha256
+        );
+        assert_eq!(c.diff(&out(&synced)).unwrap(), Change::in_sync());
+        let gone = cron(serde_json::json!({"name": "backup", "state": "absent"})).unwrap();
+        let ch = gone.diff(&out("type=file\n")).unwrap();
+        assert_eq!(ch.kind, ChangeKind::Remove);
+        assert!(!gone.apply(&ch).contains("plumb-backup"));
     }
 }

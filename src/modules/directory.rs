@@ -1,8 +1,18 @@
 //! `directory`: a directory with mode and ownership.
+//!
+//! Probe output: `type=absent|file|directory|symlink|other`; for a directory also `mode=`,
+//! `uid=`, `owner=`, `gid=`, `group=`, `size=` and `empty=yes|no`.
+//!
+//! A file, symlink (even to a directory) or special file at the path is an error: plumb
+//! does not replace it. Missing parents are created (`mkdir -p`).
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{BuildError, Change, ModuleDef, Presence, ProbeError, ProbeResult, Resolve, Resource};
+use super::file::{attr_fields, set_attrs};
+use super::sh::{self, quote, Observed};
+use super::{
+    BuildError, Change, ChangeKind, ModuleDef, Presence, ProbeError, ProbeResult, Resolve, Resource,
+};
 
 /// A directory. Parents are created as needed. `state: absent` removes it only when empty
 /// unless `recurse: true`.
@@ -31,14 +41,20 @@ pub struct Params {
 #[derive(Debug, Clone)]
 pub struct Directory {
     pub params: Params,
+    mode: Option<String>,
 }
 
 fn build(
     value: serde_json::Value,
     _resolve: &mut dyn Resolve,
 ) -> Result<Box<dyn Resource>, BuildError> {
+    sh::reject_nul(&value, &[])?;
     let params: Params = super::params(value)?;
-    Ok(Box::new(Directory { params }))
+    if params.path.trim_end_matches('/').is_empty() {
+        return Err(BuildError::at("/path", "plumb will not manage `/`"));
+    }
+    let mode = params.mode.as_deref().map(sh::norm_mode);
+    Ok(Box::new(Directory { params, mode }))
 }
 
 pub const DEF: ModuleDef = ModuleDef {
@@ -49,21 +65,213 @@ pub const DEF: ModuleDef = ModuleDef {
     refreshable: false,
 };
 
-// TEMPORARY until the module lands: every method is implemented by the modules work.
+impl Directory {
+    fn not_a_directory(&self, ty: &str) -> ProbeError {
+        ProbeError::new(match ty {
+            "file" => format!(
+                "{} is a regular file, not a directory: plumb will not replace it",
+                self.params.path
+            ),
+            "symlink" => format!(
+                "{} is a symbolic link, not a directory: plumb will not replace it",
+                self.params.path
+            ),
+            "other" => format!(
+                "{} is a special file, not a directory: plumb will not replace it",
+                self.params.path
+            ),
+            t => format!("unexpected type `{t}` for {}", self.params.path),
+        })
+    }
+}
+
 impl Resource for Directory {
     fn target(&self) -> String {
-        String::new()
+        self.params.path.clone()
     }
     fn desired(&self) -> serde_json::Value {
-        serde_json::to_value(&self.params).unwrap_or_default()
+        let mut v = serde_json::to_value(&self.params).unwrap_or_default();
+        if let Some(m) = &self.mode {
+            v["mode"] = m.clone().into();
+        }
+        v
     }
     fn probe(&self) -> String {
-        String::new()
+        format!(
+            r#"p={}
+{}
+if [ -d "$p" ] && [ ! -L "$p" ]; then
+{}
+e=$(ls -A -- "$p") || exit 1
+if [ -z "$e" ]; then echo empty=yes; else echo empty=no; fi
+fi"#,
+            quote(&self.params.path),
+            sh::PROBE_TYPE,
+            sh::PROBE_STAT
+        )
     }
-    fn diff(&self, _o: &ProbeResult) -> Result<Change, ProbeError> {
-        Err(ProbeError::new("not implemented"))
+    fn diff(&self, observed: &ProbeResult) -> Result<Change, ProbeError> {
+        let o = Observed::parse(observed)?;
+        let ty = o.req("type")?;
+        match (self.params.state, ty) {
+            (Presence::Present, "absent") => {
+                let mut c =
+                    Change::new(ChangeKind::Create).field("type", None, Some("directory".into()));
+                for (f, v) in [
+                    ("owner", &self.params.owner),
+                    ("group", &self.params.group),
+                    ("mode", &self.mode),
+                ] {
+                    if let Some(v) = v {
+                        c = c.field(f, None, Some(v.clone()));
+                    }
+                }
+                Ok(c)
+            }
+            (Presence::Present, "directory") => {
+                let c = attr_fields(
+                    Change::new(ChangeKind::Modify),
+                    &o,
+                    self.mode.as_deref(),
+                    &self.params.owner,
+                    &self.params.group,
+                )?;
+                Ok(if c.fields.is_empty() {
+                    Change::in_sync()
+                } else {
+                    c
+                })
+            }
+            (Presence::Absent, "absent") => Ok(Change::in_sync()),
+            (Presence::Absent, "directory") => {
+                if !self.params.recurse && o.req("empty")? != "yes" {
+                    return Err(ProbeError::new(format!(
+                        "{} is not empty: set `recurse: true` to remove it with its content",
+                        self.params.path
+                    )));
+                }
+                let mut c =
+                    Change::new(ChangeKind::Remove).field("type", Some("directory".into()), None);
+                if self.params.recurse && o.get("empty") == Some("no") {
+                    c = c.note("the directory and everything in it will be removed");
+                }
+                Ok(c)
+            }
+            (_, other) => Err(self.not_a_directory(other)),
+        }
     }
-    fn apply(&self, _c: &Change) -> String {
-        String::from("false")
+    fn apply(&self, change: &Change) -> String {
+        let p = format!("p={}\n", quote(&self.params.path));
+        let guard = format!(
+            "if [ -L \"$p\" ] || {{ [ -e \"$p\" ] && [ ! -d \"$p\" ]; }}; then {}; fi\n",
+            sh::fail(&format!(
+                "{} exists and is not a directory",
+                self.params.path
+            ))
+        );
+        let attrs = |only| {
+            set_attrs(
+                "p",
+                self.mode.as_deref(),
+                &self.params.owner,
+                &self.params.group,
+                only,
+            )
+        };
+        match change.kind {
+            ChangeKind::InSync => ":".into(),
+            ChangeKind::Create => {
+                format!("{p}{guard}mkdir -p -- \"$p\" || exit 1\n{}", attrs(None))
+            }
+            ChangeKind::Modify => format!("{p}{guard}{}", attrs(Some(change))),
+            ChangeKind::Remove if self.params.recurse => {
+                format!("{p}{guard}rm -rf -- \"$p\" || exit 1\n")
+            }
+            ChangeKind::Remove => format!("{p}{guard}rmdir -- \"$p\" || exit 1\n"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct NoRepo;
+    impl Resolve for NoRepo {
+        fn template(&mut self, _: &str) -> Result<String, String> {
+            Err("none".into())
+        }
+        fn file(&mut self, _: &str) -> Result<Vec<u8>, String> {
+            Err("none".into())
+        }
+    }
+
+    fn dir(v: serde_json::Value) -> Box<dyn Resource> {
+        match build(v, &mut NoRepo) {
+            Ok(r) => r,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn out(s: &str) -> ProbeResult {
+        ProbeResult {
+            stdout: s.as_bytes().to_vec(),
+            ..Default::default()
+        }
+    }
+
+    const STAT: &str = "mode=755\nuid=0\nowner=root\ngid=0\ngroup=root\nsize=4096\n";
+
+    #[test]
+    fn create_and_modify() {
+        let d = dir(serde_json::json!({"path": "/srv/app", "mode": "750", "owner": "app"}));
+        let c = d.diff(&out("type=absent\n")).unwrap();
+        assert_eq!(c.kind, ChangeKind::Create);
+        insta::assert_snapshot!("directory_create", d.apply(&c));
+        let c = d
+            .diff(&out(&format!("type=directory\n{STAT}empty=no\n")))
+            .unwrap();
+        insta::assert_debug_snapshot!("directory_modify", c);
+        insta::assert_snapshot!("directory_modify_apply", d.apply(&c));
+        let c = d
+            .diff(&out(
+                "type=directory\nmode=750\nuid=1000\nowner=app\ngid=0\ngroup=root\nempty=no\n",
+            ))
+            .unwrap();
+        assert_eq!(c, Change::in_sync());
+    }
+
+    #[test]
+    fn errors() {
+        let d = dir(serde_json::json!({"path": "/srv/app"}));
+        assert!(d
+            .diff(&out("type=file\n"))
+            .unwrap_err()
+            .message
+            .contains("regular file"));
+        assert!(d.diff(&out("type=symlink\n")).is_err());
+        assert!(d.diff(&out("nothing\n")).is_err());
+        assert!(d.diff(&out("")).is_err());
+        assert!(build(serde_json::json!({"path": "/"}), &mut NoRepo).is_err());
+    }
+
+    #[test]
+    fn absent() {
+        let d = dir(serde_json::json!({"path": "/srv/app", "state": "absent"}));
+        assert_eq!(d.diff(&out("type=absent\n")).unwrap(), Change::in_sync());
+        let e = d
+            .diff(&out(&format!("type=directory\n{STAT}empty=no\n")))
+            .unwrap_err();
+        assert!(e.message.contains("recurse"));
+        let c = d
+            .diff(&out(&format!("type=directory\n{STAT}empty=yes\n")))
+            .unwrap();
+        assert_eq!(c.kind, ChangeKind::Remove);
+        assert!(d.apply(&c).contains("rmdir -- \"$p\""));
+        let d = dir(serde_json::json!({"path": "/srv/app", "state": "absent", "recurse": true}));
+        let c = d
+            .diff(&out(&format!("type=directory\n{STAT}empty=no\n")))
+            .unwrap();
+        assert!(d.apply(&c).contains("rm -rf -- \"$p\""));
     }
 }

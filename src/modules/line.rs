@@ -1,8 +1,23 @@
 //! `line`: one line in a text file, present or absent.
+//!
+//! Probe output (run with `LC_ALL=C`, so matching is byte-wise and the same on every host):
+//! `type=absent|file|directory|symlink|other`; for a file, when `line` is set,
+//! `exact=<count of lines equal to line>` and `last_exact=<line number of the last, 0>`;
+//! with `regexp`, `matches=<count>`, `last_match=<line number>` and `last_b64=<base64 of the
+//! last matching line>`, or `regexp=invalid` when grep rejects it.
+//!
+//! Idempotence: with `regexp`, present is in sync when the last line that matches the regexp
+//! *or equals `line`* is `line`; otherwise the last match is replaced (or `line` appended
+//! when nothing matches). So a `line` the regexp does not match is never added twice. The file is rewritten to a temporary file beside
+//! it and renamed into place, keeping its mode and ownership. A missing file with
+//! `create: false` is noted in the plan (an earlier step may create it) and fails the apply.
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{BuildError, Change, ModuleDef, Presence, ProbeError, ProbeResult, Resolve, Resource};
+use super::sh::{self, quote, Observed};
+use super::{
+    BuildError, Change, ChangeKind, ModuleDef, Presence, ProbeError, ProbeResult, Resolve, Resource,
+};
 
 /// One line in a file, like Ansible's lineinfile. With `regexp` (POSIX extended, as grep -E),
 /// the last matching line is replaced by `line` (present) or every matching line is removed
@@ -36,7 +51,39 @@ fn build(
     value: serde_json::Value,
     _resolve: &mut dyn Resolve,
 ) -> Result<Box<dyn Resource>, BuildError> {
+    sh::reject_nul(&value, &[])?;
     let params: Params = super::params(value)?;
+    if params.path.ends_with('/') || params.path.len() < 2 {
+        return Err(BuildError::at(
+            "/path",
+            "must name a file (no trailing `/`)",
+        ));
+    }
+    if let Some(l) = &params.line {
+        if l.contains('\n') {
+            return Err(BuildError::at(
+                "/line",
+                "must be a single line (no newline)",
+            ));
+        }
+    }
+    if let Some(r) = &params.regexp {
+        if r.contains('\n') || r.is_empty() {
+            return Err(BuildError::at("/regexp", "must be a non-empty single line"));
+        }
+    }
+    match params.state {
+        Presence::Present if params.line.is_none() => {
+            return Err(BuildError::at("/line", "`line` is required when present"))
+        }
+        Presence::Absent if params.line.is_none() && params.regexp.is_none() => {
+            return Err(BuildError::at(
+                "",
+                "`line` or `regexp` is required when absent",
+            ))
+        }
+        _ => {}
+    }
     Ok(Box::new(Line { params }))
 }
 
@@ -48,21 +95,363 @@ pub const DEF: ModuleDef = ModuleDef {
     refreshable: false,
 };
 
-// TEMPORARY until the module lands: every method is implemented by the modules work.
+const CLEAN: &str = r#"|| { rm -f -- "$t"; exit 1; }"#;
+
+impl Line {
+    fn line(&self) -> &str {
+        self.params.line.as_deref().unwrap_or_default()
+    }
+
+    /// Rewrites the existing file `$p` through a temporary file made by `op` (which writes
+    /// `"$t"` from `"$p"`), keeping mode and ownership.
+    fn rewrite(&self, op: &str) -> String {
+        format!(
+            r#"if [ -L "$p" ] || [ ! -f "$p" ]; then {notfile}; fi
+t=$(mktemp "$d/.plumb.XXXXXX") || exit 1
+o=$(stat -c %u:%g -- "$p") && m=$(stat -c %a -- "$p") {CLEAN}
+{op}
+chown -- "$o" "$t" {CLEAN}
+chmod -- "$m" "$t" {CLEAN}
+mv -f -- "$t" "$p" {CLEAN}
+"#,
+            notfile = sh::fail(&format!("{} is not a regular file", self.params.path)),
+        )
+    }
+
+    fn append(&self) -> String {
+        format!(
+            r#"cat -- "$p" > "$t" {CLEAN}
+if [ -s "$t" ] && [ -n "$(tail -c 1 -- "$t")" ]; then printf '\n' >> "$t" {CLEAN}; fi
+printf '%s\n' {line} >> "$t" {CLEAN}"#,
+            line = quote(self.line())
+        )
+    }
+}
+
 impl Resource for Line {
     fn target(&self) -> String {
-        String::new()
+        match (&self.params.regexp, &self.params.line) {
+            (Some(r), _) => format!("{} /{r}/", self.params.path),
+            (None, Some(l)) => format!("{}: {l}", self.params.path),
+            _ => self.params.path.clone(),
+        }
     }
     fn desired(&self) -> serde_json::Value {
         serde_json::to_value(&self.params).unwrap_or_default()
     }
     fn probe(&self) -> String {
-        String::new()
+        let mut s = format!(
+            "LC_ALL=C; export LC_ALL\np={}\n{}\nif [ -f \"$p\" ] && [ ! -L \"$p\" ]; then\n",
+            quote(&self.params.path),
+            sh::PROBE_TYPE
+        );
+        if let Some(l) = &self.params.line {
+            s += &format!(
+                r#"n=$(grep -c -x -F -e {l} -- "$p"); [ $? -le 1 ] || exit 1
+echo "exact=$n"
+n=$(grep -n -x -F -e {l} -- "$p" | tail -n 1 | cut -d: -f1)
+echo "last_exact=${{n:-0}}"
+"#,
+                l = quote(l)
+            );
+        }
+        if let Some(r) = &self.params.regexp {
+            let re = quote(r);
+            s += &format!(
+                r#"n=$(grep -c -E -e {re} -- "$p" 2>/dev/null); s=$?
+if [ "$s" -gt 1 ]; then echo regexp=invalid
+else
+echo "matches=$n"
+if [ "$n" -gt 0 ]; then
+n=$(grep -n -E -e {re} -- "$p" | tail -n 1 | cut -d: -f1)
+echo "last_match=${{n:-0}}"
+{last}
+fi
+fi
+"#,
+                last = sh::print_b64("last", &format!("grep -E -e {re} -- \"$p\" | tail -n 1")),
+            );
+        }
+        s += "fi";
+        s
     }
-    fn diff(&self, _o: &ProbeResult) -> Result<Change, ProbeError> {
-        Err(ProbeError::new("not implemented"))
+    fn diff(&self, observed: &ProbeResult) -> Result<Change, ProbeError> {
+        let o = Observed::parse(observed)?;
+        let present = self.params.state == Presence::Present;
+        let want = self.params.line.clone();
+        match o.req("type")? {
+            "absent" if present => {
+                let c = Change::new(ChangeKind::Create).field("line", None, want);
+                return Ok(if self.params.create {
+                    c.note(format!("{} will be created", self.params.path))
+                } else {
+                    c.note(format!(
+                        "{} does not exist yet: an earlier step must create it (or set `create: true`)",
+                        self.params.path
+                    ))
+                });
+            }
+            "absent" => return Ok(Change::in_sync()),
+            "file" => {}
+            other => {
+                return Err(ProbeError::new(format!(
+                    "{} is a {other}, not a regular file",
+                    self.params.path
+                )))
+            }
+        }
+        let count = |key: &str| -> Result<u64, ProbeError> {
+            let v = o.req(key)?;
+            v.trim()
+                .parse()
+                .map_err(|_| ProbeError::new(format!("bad `{key}` in probe output: {v:?}")))
+        };
+        let exact = if self.params.line.is_some() {
+            count("exact")?
+        } else {
+            0
+        };
+        let Some(re) = &self.params.regexp else {
+            return Ok(match (present, exact > 0) {
+                (true, true) | (false, false) => Change::in_sync(),
+                (true, false) => Change::new(ChangeKind::Create).field("line", None, want),
+                (false, true) => Change::new(ChangeKind::Remove).field("line", want, None),
+            });
+        };
+        if o.get("regexp") == Some("invalid") {
+            return Err(ProbeError::new(format!(
+                "invalid regexp /{re}/: grep -E rejected it"
+            )));
+        }
+        let matches = count("matches")?;
+        let last = if matches > 0 {
+            let mut l = o
+                .bytes("last")?
+                .ok_or_else(|| ProbeError::new("probe output lacks `last_b64`"))?;
+            if l.last() == Some(&b'\n') {
+                l.pop();
+            }
+            Some(String::from_utf8_lossy(&l).into_owned())
+        } else {
+            None
+        };
+        // In sync when the last line that matches the regexp or equals `line` is `line`:
+        // replacing the last match puts `line` there, appending puts it last, so a second
+        // run finds nothing to do even when `line` itself does not match the regexp.
+        let last_exact = if present { count("last_exact")? } else { 0 };
+        let last_match = if matches > 0 { count("last_match")? } else { 0 };
+        Ok(match (present, last) {
+            (true, _) if exact > 0 && last_exact >= last_match => Change::in_sync(),
+            (true, Some(l)) => Change::new(ChangeKind::Modify).field("line", Some(l), want),
+            (true, None) => Change::new(ChangeKind::Create).field("line", None, want),
+            (false, Some(l)) => {
+                let c = Change::new(ChangeKind::Remove).field("line", Some(l), None);
+                if matches > 1 {
+                    c.note(format!("{matches} matching lines will be removed"))
+                } else {
+                    c
+                }
+            }
+            (false, None) => Change::in_sync(),
+        })
     }
-    fn apply(&self, _c: &Change) -> String {
-        String::from("false")
+    fn apply(&self, change: &Change) -> String {
+        let path = &self.params.path;
+        let parent = sh::parent(path);
+        let mut s = format!(
+            "LC_ALL=C; export LC_ALL\np={}\nd={}\n",
+            quote(path),
+            quote(&parent)
+        );
+        match change.kind {
+            ChangeKind::InSync => return ":".into(),
+            ChangeKind::Create | ChangeKind::Modify => {
+                let missing = if self.params.create {
+                    format!(
+                        r#"[ -d "$d" ] || {}
+t=$(mktemp "$d/.plumb.XXXXXX") || exit 1
+printf '%s\n' {} > "$t" {CLEAN}
+chmod 0644 "$t" {CLEAN}
+mv -f -- "$t" "$p" {CLEAN}"#,
+                        sh::fail(&format!(
+                            "parent directory {parent} does not exist; add a directory step"
+                        )),
+                        quote(self.line())
+                    )
+                } else {
+                    sh::fail(&format!(
+                        "{path} does not exist; create it in an earlier step or set `create: true`"
+                    ))
+                };
+                let op = match (&self.params.regexp, change.kind) {
+                    (Some(re), ChangeKind::Modify) => format!(
+                        r#"n=$(grep -n -E -e {re} -- "$p" | tail -n 1 | cut -d: -f1)
+if [ -z "$n" ]; then
+{append}
+else
+if [ "$n" -gt 1 ]; then head -n "$((n - 1))" -- "$p" > "$t" {CLEAN}; else : > "$t" {CLEAN}; fi
+printf '%s\n' {line} >> "$t" {CLEAN}
+tail -n "+$((n + 1))" -- "$p" >> "$t" {CLEAN}
+fi"#,
+                        re = quote(re),
+                        append = self.append(),
+                        line = quote(self.line()),
+                    ),
+                    _ => self.append(),
+                };
+                s += &format!(
+                    "if [ ! -e \"$p\" ] && [ ! -L \"$p\" ]; then\n{missing}\nelse\n{}fi\n",
+                    self.rewrite(&op)
+                );
+            }
+            ChangeKind::Remove => {
+                let grep = match &self.params.regexp {
+                    Some(re) => format!("grep -v -E -e {}", quote(re)),
+                    None => format!("grep -v -x -F -e {}", quote(self.line())),
+                };
+                let op = format!("{grep} -- \"$p\" > \"$t\"; [ $? -le 1 ] {CLEAN}");
+                s += &format!(
+                    "if [ -e \"$p\" ] || [ -L \"$p\" ]; then\n{}fi\n",
+                    self.rewrite(&op)
+                );
+            }
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct NoRepo;
+    impl Resolve for NoRepo {
+        fn template(&mut self, _: &str) -> Result<String, String> {
+            Err("none".into())
+        }
+        fn file(&mut self, _: &str) -> Result<Vec<u8>, String> {
+            Err("none".into())
+        }
+    }
+
+    fn line(v: serde_json::Value) -> Box<dyn Resource> {
+        match build(v, &mut NoRepo) {
+            Ok(r) => r,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn out(s: &str) -> ProbeResult {
+        ProbeResult {
+            stdout: s.as_bytes().to_vec(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn build_rules() {
+        let e = build(serde_json::json!({"path": "/a"}), &mut NoRepo).unwrap_err();
+        assert_eq!(e.pointer, "/line");
+        let e = build(
+            serde_json::json!({"path": "/a", "line": "a\nb"}),
+            &mut NoRepo,
+        )
+        .unwrap_err();
+        assert_eq!(e.pointer, "/line");
+        let e = build(
+            serde_json::json!({"path": "/a", "state": "absent"}),
+            &mut NoRepo,
+        )
+        .unwrap_err();
+        assert_eq!(e.pointer, "");
+        assert!(build(
+            serde_json::json!({"path": "/a", "state": "absent", "regexp": "^x"}),
+            &mut NoRepo
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn exact_line() {
+        let l = line(serde_json::json!({"path": "/etc/hosts", "line": "10.0.0.1 db"}));
+        assert_eq!(
+            l.diff(&out("type=file\nexact=1\nlast_exact=1\n")).unwrap(),
+            Change::in_sync()
+        );
+        let c = l.diff(&out("type=file\nexact=0\nlast_exact=0\n")).unwrap();
+        assert_eq!(c.kind, ChangeKind::Create);
+        insta::assert_snapshot!("line_append", l.apply(&c));
+        let c = l.diff(&out("type=absent\n")).unwrap();
+        assert!(c.notes[0].contains("create: true"));
+        assert!(l.diff(&out("type=directory\n")).is_err());
+        assert!(l.diff(&out("type=file\nexact=lots\n")).is_err());
+    }
+
+    #[test]
+    fn regexp_line() {
+        let l = line(
+            serde_json::json!({"path": "/etc/ssh/sshd_config", "regexp": "^#?PermitRootLogin", "line": "PermitRootLogin no"}),
+        );
+        let last = |s: &[u8]| {
+            format!(
+                "type=file\nexact=0\nlast_exact=0\nmatches=2\nlast_match=7\nlast_b64={}\n",
+                sh::b64(s)
+            )
+        };
+        let c = l.diff(&out(&last(b"#PermitRootLogin yes\n"))).unwrap();
+        insta::assert_debug_snapshot!("line_replace_change", c);
+        insta::assert_snapshot!("line_replace", l.apply(&c));
+        let synced = format!(
+            "type=file\nexact=1\nlast_exact=7\nmatches=2\nlast_match=7\nlast_b64={}\n",
+            sh::b64(b"PermitRootLogin no\n")
+        );
+        assert_eq!(l.diff(&out(&synced)).unwrap(), Change::in_sync());
+        // `line` is there, but a later line matches the regexp: replace that one.
+        let later = format!(
+            "type=file\nexact=1\nlast_exact=3\nmatches=2\nlast_match=7\nlast_b64={}\n",
+            sh::b64(b"PermitRootLogin yes\n")
+        );
+        assert_eq!(l.diff(&out(&later)).unwrap().kind, ChangeKind::Modify);
+        assert_eq!(
+            l.diff(&out("type=file\nexact=1\nlast_exact=4\nmatches=0\n"))
+                .unwrap(),
+            Change::in_sync()
+        );
+        assert_eq!(
+            l.diff(&out("type=file\nexact=0\nlast_exact=0\nmatches=0\n"))
+                .unwrap()
+                .kind,
+            ChangeKind::Create
+        );
+        assert!(l
+            .diff(&out("type=file\nexact=0\nlast_exact=0\nregexp=invalid\n"))
+            .unwrap_err()
+            .message
+            .contains("invalid regexp"));
+        assert!(l
+            .diff(&out(
+                "type=file\nexact=0\nlast_exact=0\nmatches=1\nlast_match=1\n"
+            ))
+            .is_err());
+    }
+
+    #[test]
+    fn absent_lines() {
+        let l =
+            line(serde_json::json!({"path": "/etc/fstab", "regexp": "^/swap", "state": "absent"}));
+        let c = l
+            .diff(&out(&format!(
+                "type=file\nmatches=3\nlast_match=9\nlast_b64={}\n",
+                sh::b64(b"/swap none swap sw 0 0\n")
+            )))
+            .unwrap();
+        assert_eq!(c.kind, ChangeKind::Remove);
+        assert!(c.notes[0].contains("3 matching"));
+        insta::assert_snapshot!("line_remove", l.apply(&c));
+        assert_eq!(
+            l.diff(&out("type=file\nmatches=0\n")).unwrap(),
+            Change::in_sync()
+        );
+        assert_eq!(l.diff(&out("type=absent\n")).unwrap(), Change::in_sync());
     }
 }

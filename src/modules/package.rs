@@ -1,8 +1,23 @@
 //! `package`: a system package (apt/dpkg; dnf/rpm and apk understood).
+//!
+//! Probe output: `manager=apt|dnf|apk|none` (detected on the host when `manager: auto`:
+//! apt when dpkg-query and apt-get exist, then dnf/yum with rpm, then apk), then
+//! - apt: `dpkg_status=<${Status}>` and `dpkg_version=<${Version}>` per installed
+//!   architecture (from `dpkg-query -W`), nothing when the package is unknown;
+//! - dnf: `rpm=absent`, or `rpm_version=%{VERSION}` and `rpm_release=%{RELEASE}`;
+//! - apk: `apk=absent`, or `apk=installed` and `apk_version=<V: from the installed db>`;
+//! - `error=<message>` when the chosen manager's tools are missing.
+//!
+//! The manager found is carried to the apply in a note (`package manager: apt`), since the
+//! apply is rendered from the `Change`. Versions are compared exactly as the manager spells
+//! them (for rpm, `VERSION` or `VERSION-RELEASE`).
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{BuildError, Change, ModuleDef, Presence, ProbeError, ProbeResult, Resolve, Resource};
+use super::sh::{quote, Observed};
+use super::{
+    BuildError, Change, ChangeKind, ModuleDef, Presence, ProbeError, ProbeResult, Resolve, Resource,
+};
 
 /// The package manager to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
@@ -42,7 +57,17 @@ fn build(
     value: serde_json::Value,
     _resolve: &mut dyn Resolve,
 ) -> Result<Box<dyn Resource>, BuildError> {
+    super::sh::reject_nul(&value, &[])?;
     let params: Params = super::params(value)?;
+    if let Some(v) = &params.version {
+        if v.is_empty()
+            || !v
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b".+~:_-".contains(&b))
+        {
+            return Err(BuildError::at("/version", "not a package version"));
+        }
+    }
     Ok(Box::new(Package { params }))
 }
 
@@ -54,21 +79,325 @@ pub const DEF: ModuleDef = ModuleDef {
     refreshable: false,
 };
 
-// TEMPORARY until the module lands: every method is implemented by the modules work.
+/// The note that carries the manager from the plan to the apply.
+const NOTE: &str = "package manager: ";
+
+fn manager_name(m: Manager) -> &'static str {
+    match m {
+        Manager::Auto => "",
+        Manager::Apt => "apt",
+        Manager::Dnf => "dnf",
+        Manager::Apk => "apk",
+    }
+}
+
+impl Package {
+    /// Which manager to use for a change: the configured one, else the one the probe found.
+    fn manager(&self, change: &Change) -> Option<String> {
+        match self.params.manager {
+            Manager::Auto => change
+                .notes
+                .iter()
+                .find_map(|n| n.strip_prefix(NOTE))
+                .map(str::to_string),
+            m => Some(manager_name(m).to_string()),
+        }
+    }
+
+    /// The installed version, if any, from the probe's output.
+    fn installed(&self, m: &str, o: &Observed) -> Result<Option<Observedversion>, ProbeError> {
+        Ok(match m {
+            "apt" => {
+                let statuses = o.all("dpkg_status");
+                let versions = o.all("dpkg_version");
+                statuses
+                    .iter()
+                    .zip(versions.iter().chain(std::iter::repeat(&String::new())))
+                    .find(|(s, _)| s.split_whitespace().nth(2) == Some("installed"))
+                    .map(|(_, v)| Observedversion {
+                        version: v.clone(),
+                        alt: None,
+                    })
+            }
+            "dnf" => match (o.get("rpm"), o.get("rpm_version")) {
+                (_, Some(v)) => {
+                    let release = o.get("rpm_release").unwrap_or_default();
+                    Some(Observedversion {
+                        version: v.to_string(),
+                        alt: (!release.is_empty()).then(|| format!("{v}-{release}")),
+                    })
+                }
+                (Some("absent"), None) => None,
+                _ => return Err(ProbeError::new("probe output lacks `rpm_version`")),
+            },
+            "apk" => match o.req("apk")? {
+                "installed" => Some(Observedversion {
+                    version: o.get("apk_version").unwrap_or_default().to_string(),
+                    alt: None,
+                }),
+                _ => None,
+            },
+            "none" => {
+                return Err(ProbeError::new(
+                    "no supported package manager found on the host (apt, dnf or apk)",
+                ))
+            }
+            other => {
+                return Err(ProbeError::new(format!(
+                    "unknown package manager `{other}`"
+                )))
+            }
+        })
+    }
+}
+
+#[derive(Debug)]
+struct Observedversion {
+    version: String,
+    /// Another accepted spelling (rpm's VERSION-RELEASE).
+    alt: Option<String>,
+}
+
+impl Observedversion {
+    fn is(&self, want: &str) -> bool {
+        self.version == want || self.alt.as_deref() == Some(want)
+    }
+    fn shown(&self) -> String {
+        self.alt.clone().unwrap_or_else(|| self.version.clone())
+    }
+}
+
 impl Resource for Package {
     fn target(&self) -> String {
-        String::new()
+        self.params.name.clone()
     }
     fn desired(&self) -> serde_json::Value {
         serde_json::to_value(&self.params).unwrap_or_default()
     }
     fn probe(&self) -> String {
-        String::new()
+        let n = quote(&self.params.name);
+        format!(
+            r#"m={m}
+if [ -z "$m" ]; then
+if command -v dpkg-query >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then m=apt
+elif command -v rpm >/dev/null 2>&1 && {{ command -v dnf >/dev/null 2>&1 || command -v yum >/dev/null 2>&1; }}; then m=dnf
+elif command -v apk >/dev/null 2>&1; then m=apk
+else m=none
+fi
+fi
+echo "manager=$m"
+case $m in
+apt)
+if command -v dpkg-query >/dev/null 2>&1; then
+dpkg-query -W -f {dpkg} {n} 2>/dev/null || :
+else echo 'error=dpkg-query not found'; fi ;;
+dnf)
+if ! command -v rpm >/dev/null 2>&1; then echo 'error=rpm not found'
+elif rpm -q --quiet {n} 2>/dev/null; then rpm -q --qf {rpm} {n} | head -n 2
+else echo rpm=absent; fi ;;
+apk)
+if ! command -v apk >/dev/null 2>&1; then echo 'error=apk not found'
+elif apk info -e {n} >/dev/null 2>&1; then
+echo apk=installed
+if [ -r /lib/apk/db/installed ]; then
+f=
+while IFS= read -r l; do
+case $l in
+P:*) if [ "${{l#P:}}" = {n} ]; then f=1; else f=; fi ;;
+V:*) if [ -n "$f" ]; then echo "apk_version=${{l#V:}}"; break; fi ;;
+esac
+done < /lib/apk/db/installed
+fi
+else echo apk=absent; fi ;;
+esac"#,
+            m = quote(manager_name(self.params.manager)),
+            dpkg = quote(r"dpkg_status=${Status}\ndpkg_version=${Version}\n"),
+            rpm = quote(r"rpm_version=%{VERSION}\nrpm_release=%{RELEASE}\n"),
+        )
     }
-    fn diff(&self, _o: &ProbeResult) -> Result<Change, ProbeError> {
-        Err(ProbeError::new("not implemented"))
+    fn diff(&self, observed: &ProbeResult) -> Result<Change, ProbeError> {
+        let o = Observed::parse(observed)?;
+        let m = o.req("manager")?;
+        if let Some(e) = o.get("error") {
+            return Err(ProbeError::new(format!("package manager {m}: {e}")));
+        }
+        let have = self.installed(m, &o)?;
+        let want = self.params.version.clone();
+        let c = match (self.params.state, &have, &want) {
+            (Presence::Present, None, _) => Change::new(ChangeKind::Create).field(
+                "version",
+                None,
+                Some(want.unwrap_or_else(|| "any".into())),
+            ),
+            (Presence::Present, Some(h), Some(w)) if !h.is(w) => {
+                Change::new(ChangeKind::Modify).field("version", Some(h.shown()), Some(w.clone()))
+            }
+            (Presence::Absent, Some(h), _) => {
+                Change::new(ChangeKind::Remove).field("version", Some(h.shown()), None)
+            }
+            _ => return Ok(Change::in_sync()),
+        };
+        Ok(c.note(format!("{NOTE}{m}")))
     }
-    fn apply(&self, _c: &Change) -> String {
-        String::from("false")
+    fn apply(&self, change: &Change) -> String {
+        if change.kind == ChangeKind::InSync {
+            return ":".into();
+        }
+        let Some(m) = self.manager(change) else {
+            return super::sh::fail(
+                "package: no package manager known for this change (probe first)",
+            );
+        };
+        let name = &self.params.name;
+        let v = self.params.version.as_deref();
+        let remove = change.kind == ChangeKind::Remove;
+        match (m.as_str(), remove) {
+            ("apt", false) => {
+                let spec = quote(&match v {
+                    Some(v) => format!("{name}={v}"),
+                    None => name.clone(),
+                });
+                let down = if v.is_some() { " --allow-downgrades" } else { "" };
+                let install = format!(
+                    "apt-get install -y -q --no-install-recommends{down} {spec} </dev/null"
+                );
+                format!(
+                    "DEBIAN_FRONTEND=noninteractive; export DEBIAN_FRONTEND\n{install} || {{ apt-get update -q </dev/null && {install}; }} || exit 1\n"
+                )
+            }
+            ("apt", true) => format!(
+                "DEBIAN_FRONTEND=noninteractive; export DEBIAN_FRONTEND\napt-get remove -y -q {} </dev/null || exit 1\n",
+                quote(name)
+            ),
+            ("dnf", r) => {
+                let pm = "pm=dnf; command -v dnf >/dev/null 2>&1 || pm=yum\n";
+                if r {
+                    format!("{pm}\"$pm\" remove -y {} </dev/null || exit 1\n", quote(name))
+                } else {
+                    let spec = quote(&match v {
+                        Some(v) => format!("{name}-{v}"),
+                        None => name.clone(),
+                    });
+                    format!(
+                        "{pm}\"$pm\" install -y {spec} </dev/null || \"$pm\" downgrade -y {spec} </dev/null || exit 1\n"
+                    )
+                }
+            }
+            ("apk", true) => format!("apk del {} </dev/null || exit 1\n", quote(name)),
+            ("apk", false) => {
+                let spec = quote(&match v {
+                    Some(v) => format!("{name}={v}"),
+                    None => name.clone(),
+                });
+                format!("apk add {spec} </dev/null || exit 1\n")
+            }
+            (other, _) => super::sh::fail(&format!("package: unsupported package manager `{other}`")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct NoRepo;
+    impl Resolve for NoRepo {
+        fn template(&mut self, _: &str) -> Result<String, String> {
+            Err("none".into())
+        }
+        fn file(&mut self, _: &str) -> Result<Vec<u8>, String> {
+            Err("none".into())
+        }
+    }
+
+    fn pkg(v: serde_json::Value) -> Box<dyn Resource> {
+        match build(v, &mut NoRepo) {
+            Ok(r) => r,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn out(s: &str) -> ProbeResult {
+        ProbeResult {
+            stdout: s.as_bytes().to_vec(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn apt() {
+        let p = pkg(serde_json::json!({"name": "nginx"}));
+        insta::assert_snapshot!("package_probe", p.probe());
+        let c = p.diff(&out("manager=apt\n")).unwrap();
+        assert_eq!(c.kind, ChangeKind::Create);
+        assert_eq!(c.notes, ["package manager: apt"]);
+        insta::assert_snapshot!("package_apt_install", p.apply(&c));
+        let c = p
+            .diff(&out(
+                "manager=apt\ndpkg_status=deinstall ok config-files\ndpkg_version=1.22.1-9\n",
+            ))
+            .unwrap();
+        assert_eq!(c.kind, ChangeKind::Create);
+        let ok = "manager=apt\ndpkg_status=install ok installed\ndpkg_version=1.22.1-9\n";
+        assert_eq!(p.diff(&out(ok)).unwrap(), Change::in_sync());
+        let pinned = pkg(serde_json::json!({"name": "nginx", "version": "1.24.0-1"}));
+        let c = pinned.diff(&out(ok)).unwrap();
+        assert_eq!(c.kind, ChangeKind::Modify);
+        assert_eq!(c.fields[0].from.as_deref(), Some("1.22.1-9"));
+        assert!(pinned
+            .apply(&c)
+            .contains("--allow-downgrades 'nginx=1.24.0-1'"));
+        // Multi-arch: one of the architectures installed.
+        let multi = "manager=apt\ndpkg_status=deinstall ok config-files\ndpkg_version=1.0\ndpkg_status=install ok installed\ndpkg_version=1.24.0-1\n";
+        assert_eq!(pinned.diff(&out(multi)).unwrap(), Change::in_sync());
+        let gone = pkg(serde_json::json!({"name": "telnet", "state": "absent"}));
+        let c = gone
+            .diff(&out(
+                "manager=apt\ndpkg_status=install ok installed\ndpkg_version=0.17\n",
+            ))
+            .unwrap();
+        assert_eq!(c.kind, ChangeKind::Remove);
+        assert!(gone.apply(&c).contains("apt-get remove -y -q telnet"));
+        assert_eq!(gone.diff(&out("manager=apt\n")).unwrap(), Change::in_sync());
+    }
+
+    #[test]
+    fn dnf_and_apk() {
+        let p = pkg(serde_json::json!({"name": "nginx", "version": "1.24.0"}));
+        let ok = "manager=dnf\nrpm_version=1.24.0\nrpm_release=1.el9\n";
+        assert_eq!(p.diff(&out(ok)).unwrap(), Change::in_sync());
+        let p2 = pkg(serde_json::json!({"name": "nginx", "version": "1.24.0-1.el9"}));
+        assert_eq!(p2.diff(&out(ok)).unwrap(), Change::in_sync());
+        let c = p.diff(&out("manager=dnf\nrpm=absent\n")).unwrap();
+        insta::assert_snapshot!("package_dnf_install", p.apply(&c));
+        assert!(p.diff(&out("manager=dnf\n")).is_err());
+        let a = pkg(serde_json::json!({"name": "curl", "manager": "apk"}));
+        let c = a.diff(&out("manager=apk\napk=absent\n")).unwrap();
+        assert_eq!(a.apply(&c), "apk add curl </dev/null || exit 1\n");
+        assert_eq!(
+            a.diff(&out("manager=apk\napk=installed\napk_version=8.5.0-r0\n"))
+                .unwrap(),
+            Change::in_sync()
+        );
+    }
+
+    #[test]
+    fn errors() {
+        let p = pkg(serde_json::json!({"name": "nginx"}));
+        assert!(p
+            .diff(&out("manager=none\n"))
+            .unwrap_err()
+            .message
+            .contains("no supported package manager"));
+        assert!(p.diff(&out("manager=dnf\nerror=rpm not found\n")).is_err());
+        assert!(p.diff(&out("manager=zypper\n")).is_err());
+        assert!(p.diff(&out("")).is_err());
+        // Without the manager note, an auto package cannot render an apply.
+        assert!(p.apply(&Change::new(ChangeKind::Create)).contains("exit 1"));
+        assert!(build(
+            serde_json::json!({"name": "x", "version": "1; rm -rf /"}),
+            &mut NoRepo
+        )
+        .is_err());
     }
 }

@@ -1,22 +1,370 @@
-//! The one way values reach a shell.
+//! The one way values reach a shell, and the one way probe output is read back.
+//!
+//! - [`quote`] turns any string into one POSIX sh word that the shell reads back exactly;
+//! - [`write_bytes`] embeds arbitrary bytes (file content) as base64 *data*;
+//! - [`b64_of`] is the probe-side counterpart: print a shell value base64-encoded;
+//! - [`Observed`] parses the `key=value` lines a probe prints.
+//!
+//! Probe output format, shared by every module: one `key=value` per line, split at the first
+//! `=`. Values that may hold arbitrary bytes are base64-encoded and their key ends in `_b64`.
+//! Blank lines are ignored; any other line without `=`, or a line that is not UTF-8, is an
+//! error (it means the probe's output was polluted).
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+
+use super::{ProbeError, ProbeResult};
 
 /// Quotes `s` as a single POSIX sh word: the shell reads back exactly `s`, expanding nothing.
+///
+/// Words made only of characters that are never special (`A-Za-z0-9` and `-_./:,+@%`) are
+/// returned as they are; everything else is wrapped in single quotes, where POSIX sh treats
+/// every byte literally except `'` itself, which is written as `'\''`. `=` is deliberately
+/// not in the bare set, so a quoted word is never taken for an assignment.
+///
+/// A NUL character cannot be part of a shell word (argv strings end at NUL), so it is
+/// dropped; modules reject NUL in their parameters at build time ([`reject_nul`]) so this
+/// never silently changes a value that came from a config repo.
 pub fn quote(s: &str) -> String {
     if !s.is_empty()
         && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b))
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./:,+@%".contains(&b))
     {
         return s.to_string();
     }
     let mut out = String::with_capacity(s.len() + 2);
     out.push('\'');
     for c in s.chars() {
-        if c == '\'' {
-            out.push_str("'\\''");
-        } else {
-            out.push(c);
+        match c {
+            '\'' => out.push_str("'\\''"),
+            '\0' => {}
+            c => out.push(c),
         }
     }
     out.push('\'');
     out
+}
+
+/// Base64 (standard alphabet, padded) of `bytes`.
+pub fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// Decodes base64 as printed by `base64` (newlines and surrounding whitespace ignored).
+pub fn unb64(s: &str) -> Result<Vec<u8>, ProbeError> {
+    let clean: String = s.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(clean.as_bytes())
+        .map_err(|e| ProbeError::new(format!("bad base64 in probe output: {e}")))
+}
+
+/// A command that writes `bytes` to the file named by the shell word `dest` (already quoted,
+/// or a `"$var"` reference). The bytes travel as base64 data inside a single-quoted word,
+/// wrapped at 76 columns; nothing in them is ever read as code.
+pub fn write_bytes(bytes: &[u8], dest: &str) -> String {
+    let enc = b64(bytes);
+    let mut wrapped = String::with_capacity(enc.len() + enc.len() / 76 + 1);
+    for (i, chunk) in enc.as_bytes().chunks(76).enumerate() {
+        if i > 0 {
+            wrapped.push('\n');
+        }
+        // base64 is ASCII, so every chunk is valid UTF-8.
+        wrapped.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+    }
+    format!("printf '%s\\n' '{wrapped}' | base64 -d > {dest}")
+}
+
+/// A probe line printing `key_b64=<base64 of the output of cmd>`; `cmd` is a shell
+/// command (already quoted). Trailing newlines of the output are kept.
+pub fn print_b64(key: &str, cmd: &str) -> String {
+    format!("printf '{key}_b64='; {{ {cmd}; }} | base64 | tr -d '\\n'; echo")
+}
+
+/// A probe line printing `key_b64=<base64 of the value of a shell expression>` such as `"$t"`.
+pub fn print_var_b64(key: &str, expr: &str) -> String {
+    print_b64(key, &format!("printf '%s' {expr}"))
+}
+
+/// The parent directory of an absolute path (`/` for `/x`).
+pub fn parent(path: &str) -> String {
+    let trimmed = path.trim_end_matches('/');
+    match trimmed.rfind('/') {
+        Some(0) | None => "/".to_string(),
+        Some(i) => trimmed[..i].to_string(),
+    }
+}
+
+/// A fragment that prints `type=` for the path in `$p`: `absent`, `file`, `directory`,
+/// `symlink` (any link, even to a directory) or `other` (fifo, socket, device).
+pub const PROBE_TYPE: &str = r#"if [ -L "$p" ]; then echo type=symlink
+elif [ -d "$p" ]; then echo type=directory
+elif [ -f "$p" ]; then echo type=file
+elif [ -e "$p" ]; then echo type=other
+else echo type=absent
+fi"#;
+
+/// A fragment that prints `mode=`, `uid=`, `owner=`, `gid=`, `group=` and `size=` of `$p`.
+pub const PROBE_STAT: &str = r#"stat -c 'mode=%a
+uid=%u
+owner=%U
+gid=%g
+group=%G
+size=%s' -- "$p" || exit 1"#;
+
+/// A shell command that fails the fragment with `message` on stderr. `message` is quoted here.
+pub fn fail(message: &str) -> String {
+    format!("{{ printf '%s\\n' {} >&2; exit 1; }}", quote(message))
+}
+
+/// Rejects NUL characters anywhere in the parameters: they cannot reach a shell intact.
+/// `except` lists JSON pointers whose strings travel as data (e.g. `/content`).
+pub fn reject_nul(value: &serde_json::Value, except: &[&str]) -> Result<(), super::BuildError> {
+    fn walk(v: &serde_json::Value, at: &str, except: &[&str]) -> Result<(), super::BuildError> {
+        if except.contains(&at) {
+            return Ok(());
+        }
+        match v {
+            serde_json::Value::String(s) if s.contains('\0') => Err(super::BuildError::at(
+                at,
+                "contains a NUL character, which cannot be passed to a shell",
+            )),
+            serde_json::Value::Array(items) => items
+                .iter()
+                .enumerate()
+                .try_for_each(|(i, x)| walk(x, &format!("{at}/{i}"), except)),
+            serde_json::Value::Object(m) => m.iter().try_for_each(|(k, x)| {
+                let key = k.replace('~', "~0").replace('/', "~1");
+                walk(x, &format!("{at}/{key}"), except)
+            }),
+            _ => Ok(()),
+        }
+    }
+    walk(value, "", except)
+}
+
+/// Normalises an octal mode to four digits: `644`, `0644` → `0644`; `02755` → `2755`.
+pub fn norm_mode(mode: &str) -> String {
+    let t = mode.trim().trim_start_matches('0');
+    format!("{t:0>4}")
+}
+
+/// The parsed `key=value` output of a probe.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observed {
+    values: BTreeMap<String, Vec<String>>,
+}
+
+impl Observed {
+    /// Parses a probe result. A non-zero exit status is an error that carries stderr.
+    pub fn parse(result: &ProbeResult) -> Result<Observed, ProbeError> {
+        if result.status != 0 {
+            let err = String::from_utf8_lossy(&result.stderr);
+            let err = err.trim();
+            return Err(ProbeError::new(if err.is_empty() {
+                format!("probe failed with status {}", result.status)
+            } else {
+                format!("probe failed with status {}: {err}", result.status)
+            }));
+        }
+        let mut values: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (n, raw) in result.stdout.split(|b| *b == b'\n').enumerate() {
+            let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+            if raw.iter().all(|b| b.is_ascii_whitespace()) {
+                continue;
+            }
+            let line = std::str::from_utf8(raw).map_err(|_| {
+                ProbeError::new(format!("probe output line {} is not UTF-8", n + 1))
+            })?;
+            let Some((k, v)) = line.split_once('=') else {
+                let shown: String = line.chars().take(80).collect();
+                return Err(ProbeError::new(format!(
+                    "unexpected probe output line {}: {shown:?}",
+                    n + 1
+                )));
+            };
+            values.entry(k.to_string()).or_default().push(v.to_string());
+        }
+        Ok(Observed { values })
+    }
+
+    /// The last value printed for `key`.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.values
+            .get(key)
+            .and_then(|v| v.last())
+            .map(String::as_str)
+    }
+
+    /// Every value printed for `key`, in order.
+    pub fn all(&self, key: &str) -> &[String] {
+        self.values.get(key).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// The value of `key`, or an error naming it.
+    pub fn req(&self, key: &str) -> Result<&str, ProbeError> {
+        self.get(key)
+            .ok_or_else(|| ProbeError::new(format!("probe output lacks `{key}`")))
+    }
+
+    /// The decoded bytes of `<key>_b64`, if printed.
+    pub fn bytes(&self, key: &str) -> Result<Option<Vec<u8>>, ProbeError> {
+        match self.get(&format!("{key}_b64")) {
+            None => Ok(None),
+            Some(v) => unb64(v).map(Some),
+        }
+    }
+
+    /// The decoded text of `<key>_b64` (lossy UTF-8), if printed.
+    pub fn text(&self, key: &str) -> Result<Option<String>, ProbeError> {
+        Ok(self
+            .bytes(key)?
+            .map(|b| String::from_utf8_lossy(&b).into_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::process::Command;
+
+    fn sh(script: &str) -> std::process::Output {
+        match Command::new("sh").arg("-c").arg(script).output() {
+            Ok(o) => o,
+            Err(e) => panic!("cannot run sh: {e}"),
+        }
+    }
+
+    #[test]
+    fn quote_examples() {
+        assert_eq!(quote("abc"), "abc");
+        assert_eq!(quote("/etc/app.conf"), "/etc/app.conf");
+        assert_eq!(quote(""), "''");
+        assert_eq!(quote("a b"), "'a b'");
+        assert_eq!(quote("it's"), "'it'\\''s'");
+        assert_eq!(quote("A=b"), "'A=b'");
+        assert_eq!(quote("~"), "'~'");
+        assert_eq!(quote("$(id)"), "'$(id)'");
+    }
+
+    #[test]
+    fn quoted_assignment_is_not_an_assignment() {
+        let out = sh(&format!("{} 2>/dev/null; echo $?", quote("X=1")));
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "127");
+    }
+
+    #[test]
+    fn tricky_strings_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let canary = dir.path().join("pwned");
+        let c = canary.display();
+        for s in [
+            format!("$(touch {c})"),
+            format!("`touch {c}`"),
+            format!("'; touch {c}; '"),
+            format!("\"; touch {c}; \""),
+            format!("\n touch {c}\n"),
+            "*".to_string(),
+            "~root".to_string(),
+            "a\\nb\\".to_string(),
+            "\u{1}\u{7f}\t\r".to_string(),
+            "héllo wörld ☃".to_string(),
+            "-n".to_string(),
+            "'".to_string(),
+            "''".to_string(),
+            "${HOME}".to_string(),
+        ] {
+            let out = sh(&format!("printf %s {}", quote(&s)));
+            assert_eq!(out.stdout, s.as_bytes(), "round trip of {s:?}");
+            assert!(!canary.exists(), "{s:?} executed code");
+        }
+    }
+
+    #[test]
+    fn parent_dirs() {
+        assert_eq!(parent("/etc/app.conf"), "/etc");
+        assert_eq!(parent("/x"), "/");
+        assert_eq!(parent("/a/b/"), "/a");
+    }
+
+    #[test]
+    fn modes() {
+        assert_eq!(norm_mode("644"), "0644");
+        assert_eq!(norm_mode("0644"), "0644");
+        assert_eq!(norm_mode("02755"), "2755");
+        assert_eq!(norm_mode("0"), "0000");
+    }
+
+    #[test]
+    fn observed_parsing() {
+        let r = ProbeResult {
+            stdout: b"a=1\n\nb=x=y\na=2\r\n".to_vec(),
+            ..Default::default()
+        };
+        let o = Observed::parse(&r).unwrap();
+        assert_eq!(o.get("a"), Some("2"));
+        assert_eq!(o.all("a"), ["1", "2"]);
+        assert_eq!(o.get("b"), Some("x=y"));
+        assert!(o.req("c").is_err());
+        let bad = ProbeResult {
+            stdout: b"garbage\n".to_vec(),
+            ..Default::default()
+        };
+        assert!(Observed::parse(&bad).is_err());
+        let failed = ProbeResult {
+            status: 3,
+            stderr: b"boom".to_vec(),
+            ..Default::default()
+        };
+        assert!(Observed::parse(&failed)
+            .unwrap_err()
+            .message
+            .contains("boom"));
+        let not_utf8 = ProbeResult {
+            stdout: b"a=\xff\n".to_vec(),
+            ..Default::default()
+        };
+        assert!(Observed::parse(&not_utf8).is_err());
+    }
+
+    #[test]
+    fn nul_is_rejected_outside_data() {
+        let v = serde_json::json!({"path": "/a\u{0}b", "content": "x\u{0}"});
+        assert_eq!(reject_nul(&v, &["/content"]).unwrap_err().pointer, "/path");
+        let ok = serde_json::json!({"path": "/a", "content": "x\u{0}"});
+        assert!(reject_nul(&ok, &["/content"]).is_ok());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn quote_round_trips_through_sh(s in "\\PC*|[\\x01-\\x7f]*|[$`'\"\\\\ \\n*?~;&|()<>{}\\[\\]#!]*") {
+            let dir = tempfile::tempdir().unwrap();
+            let script = format!("cd {} && printf %s {}", quote(&dir.path().display().to_string()), quote(&s));
+            let out = sh(&script);
+            prop_assert_eq!(out.status.code(), Some(0));
+            prop_assert_eq!(String::from_utf8_lossy(&out.stdout).into_owned(), s);
+            // Nothing ran: the scratch directory is still empty.
+            prop_assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        }
+
+        #[test]
+        fn quote_round_trips_any_char(s in any::<String>()) {
+            let s: String = s.chars().filter(|c| *c != '\0').collect();
+            let out = sh(&format!("printf %s {}", quote(&s)));
+            prop_assert_eq!(out.stdout, s.as_bytes().to_vec());
+        }
+
+        #[test]
+        fn bytes_round_trip_through_base64(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
+            let dir = tempfile::tempdir().unwrap();
+            let dest = dir.path().join("out");
+            let script = write_bytes(&bytes, &quote(&dest.display().to_string()));
+            let out = sh(&script);
+            prop_assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+            prop_assert_eq!(std::fs::read(&dest).unwrap(), bytes);
+        }
+    }
 }

@@ -1,8 +1,17 @@
 //! `symlink`: a symbolic link.
+//!
+//! Probe output: `type=absent|file|directory|symlink|other`, `parent=yes|no`, and for a
+//! link `target_b64=<base64 of readlink>` (exact bytes, trailing newlines included).
+//!
+//! The link is created beside the path under a temporary name and renamed over it, so
+//! retargeting is atomic. A missing parent directory is noted in the plan and fails the apply.
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{BuildError, Change, ModuleDef, Presence, ProbeError, ProbeResult, Resolve, Resource};
+use super::sh::{self, quote, Observed};
+use super::{
+    BuildError, Change, ChangeKind, ModuleDef, Presence, ProbeError, ProbeResult, Resolve, Resource,
+};
 
 /// A symbolic link at `path` pointing to `target`. An existing link to elsewhere is
 /// replaced; an existing regular file or directory is an error unless `force: true`.
@@ -32,7 +41,20 @@ fn build(
     value: serde_json::Value,
     _resolve: &mut dyn Resolve,
 ) -> Result<Box<dyn Resource>, BuildError> {
+    sh::reject_nul(&value, &[])?;
     let params: Params = super::params(value)?;
+    if params.path.ends_with('/') || params.path.len() < 2 {
+        return Err(BuildError::at(
+            "/path",
+            "must name a link (no trailing `/`)",
+        ));
+    }
+    if params.state == Presence::Present && params.target.as_deref().is_none_or(str::is_empty) {
+        return Err(BuildError::at(
+            "/target",
+            "`target` is required when the link is present",
+        ));
+    }
     Ok(Box::new(Symlink { params }))
 }
 
@@ -44,21 +66,215 @@ pub const DEF: ModuleDef = ModuleDef {
     refreshable: false,
 };
 
-// TEMPORARY until the module lands: every method is implemented by the modules work.
+impl Symlink {
+    fn want(&self) -> &str {
+        self.params.target.as_deref().unwrap_or_default()
+    }
+    fn refuse(&self, ty: &str) -> ProbeError {
+        let path = &self.params.path;
+        ProbeError::new(match ty {
+            "directory" => format!("{path} is a directory: a symlink step will not replace it"),
+            "file" => {
+                format!("{path} is a regular file: set `force: true` to replace it with a link")
+            }
+            "other" => format!("{path} is a special file: a symlink step will not replace it"),
+            t => format!("unexpected type `{t}` for {path}"),
+        })
+    }
+}
+
 impl Resource for Symlink {
     fn target(&self) -> String {
-        String::new()
+        self.params.path.clone()
     }
     fn desired(&self) -> serde_json::Value {
         serde_json::to_value(&self.params).unwrap_or_default()
     }
     fn probe(&self) -> String {
-        String::new()
+        format!(
+            r#"p={}
+{}
+if [ -d {} ]; then echo parent=yes; else echo parent=no; fi
+if [ -L "$p" ]; then
+t=$(readlink -- "$p" && echo x) || exit 1
+t=${{t%x}}
+t=${{t%?}}
+{}
+fi"#,
+            quote(&self.params.path),
+            sh::PROBE_TYPE,
+            quote(&sh::parent(&self.params.path)),
+            sh::print_var_b64("target", r#""$t""#),
+        )
     }
-    fn diff(&self, _o: &ProbeResult) -> Result<Change, ProbeError> {
-        Err(ProbeError::new("not implemented"))
+    fn diff(&self, observed: &ProbeResult) -> Result<Change, ProbeError> {
+        let o = Observed::parse(observed)?;
+        let ty = o.req("type")?;
+        let want = Some(self.want().to_string());
+        match (self.params.state, ty) {
+            (Presence::Present, "absent") => {
+                let mut c = Change::new(ChangeKind::Create).field("target", None, want);
+                if o.get("parent") == Some("no") {
+                    c = c.note(format!(
+                        "parent directory {} does not exist yet: an earlier step must create it",
+                        sh::parent(&self.params.path)
+                    ));
+                }
+                Ok(c)
+            }
+            (Presence::Present, "symlink") => {
+                let seen = o
+                    .text("target")?
+                    .ok_or_else(|| ProbeError::new("probe output lacks `target_b64`"))?;
+                Ok(if seen == self.want() {
+                    Change::in_sync()
+                } else {
+                    Change::new(ChangeKind::Modify).field("target", Some(seen), want)
+                })
+            }
+            (Presence::Present, "file") if self.params.force => Ok(Change::new(ChangeKind::Modify)
+                .field("type", Some("file".into()), Some("symlink".into()))
+                .field("target", None, want)
+                .note("the regular file at the path will be replaced (force)")),
+            (Presence::Absent, "absent") => Ok(Change::in_sync()),
+            (Presence::Absent, "symlink") => {
+                let seen = o.text("target")?;
+                Ok(Change::new(ChangeKind::Remove).field("target", seen, None))
+            }
+            (Presence::Absent, "file") if self.params.force => Ok(Change::new(ChangeKind::Remove)
+                .field("type", Some("file".into()), None)
+                .note("the regular file at the path will be removed (force)")),
+            (_, other) => Err(self.refuse(other)),
+        }
     }
-    fn apply(&self, _c: &Change) -> String {
-        String::from("false")
+    fn apply(&self, change: &Change) -> String {
+        let path = &self.params.path;
+        let p = format!("p={}\n", quote(path));
+        let no_dir = format!(
+            "if [ -d \"$p\" ] && [ ! -L \"$p\" ]; then {}; fi\n",
+            sh::fail(&format!(
+                "{path} is a directory: a symlink step will not replace it"
+            ))
+        );
+        let no_file = if self.params.force {
+            String::new()
+        } else {
+            format!(
+                "if [ -e \"$p\" ] && [ ! -L \"$p\" ]; then {}; fi\n",
+                sh::fail(&format!(
+                    "{path} exists and is not a symlink (set `force: true`)"
+                ))
+            )
+        };
+        match change.kind {
+            ChangeKind::InSync => ":".into(),
+            ChangeKind::Remove => format!("{p}{no_dir}{no_file}rm -f -- \"$p\" || exit 1\n"),
+            ChangeKind::Create | ChangeKind::Modify => {
+                let parent = sh::parent(path);
+                format!(
+                    r#"{p}d={d}
+[ -d "$d" ] || {missing}
+{no_dir}{no_file}t="$d/.plumb-link.$$"
+rm -f -- "$t" || exit 1
+ln -s -- {target} "$t" || exit 1
+mv -f -T -- "$t" "$p" 2>/dev/null || {{ rm -f -- "$p" && mv -f -- "$t" "$p"; }} || {{ rm -f -- "$t"; exit 1; }}
+"#,
+                    d = quote(&parent),
+                    missing = sh::fail(&format!(
+                        "parent directory {parent} does not exist; add a directory step"
+                    )),
+                    target = quote(self.want()),
+                )
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct NoRepo;
+    impl Resolve for NoRepo {
+        fn template(&mut self, _: &str) -> Result<String, String> {
+            Err("none".into())
+        }
+        fn file(&mut self, _: &str) -> Result<Vec<u8>, String> {
+            Err("none".into())
+        }
+    }
+
+    fn link(v: serde_json::Value) -> Box<dyn Resource> {
+        match build(v, &mut NoRepo) {
+            Ok(r) => r,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn out(s: &str) -> ProbeResult {
+        ProbeResult {
+            stdout: s.as_bytes().to_vec(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn build_requires_target() {
+        let e = build(serde_json::json!({"path": "/a"}), &mut NoRepo).unwrap_err();
+        assert_eq!(e.pointer, "/target");
+        assert!(build(
+            serde_json::json!({"path": "/a", "state": "absent"}),
+            &mut NoRepo
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn diffs() {
+        let l = link(
+            serde_json::json!({"path": "/etc/nginx/sites-enabled/app", "target": "../sites-available/app"}),
+        );
+        let c = l.diff(&out("type=absent\nparent=yes\n")).unwrap();
+        assert_eq!(c.kind, ChangeKind::Create);
+        insta::assert_snapshot!("symlink_create", l.apply(&c));
+        let same = format!(
+            "type=symlink\nparent=yes\ntarget_b64={}\n",
+            sh::b64(b"../sites-available/app")
+        );
+        assert_eq!(l.diff(&out(&same)).unwrap(), Change::in_sync());
+        let other = format!(
+            "type=symlink\nparent=yes\ntarget_b64={}\n",
+            sh::b64(b"/elsewhere\n")
+        );
+        let c = l.diff(&out(&other)).unwrap();
+        assert_eq!(c.fields[0].from.as_deref(), Some("/elsewhere\n"));
+        assert!(l
+            .diff(&out("type=file\nparent=yes\n"))
+            .unwrap_err()
+            .message
+            .contains("force"));
+        assert!(l.diff(&out("type=directory\nparent=yes\n")).is_err());
+        assert!(l.diff(&out("type=symlink\nparent=yes\n")).is_err());
+        let forced = link(serde_json::json!({"path": "/a", "target": "/b", "force": true}));
+        assert_eq!(
+            forced.diff(&out("type=file\nparent=yes\n")).unwrap().kind,
+            ChangeKind::Modify
+        );
+        assert!(forced.diff(&out("type=directory\nparent=yes\n")).is_err());
+    }
+
+    #[test]
+    fn absent() {
+        let l = link(serde_json::json!({"path": "/a", "state": "absent"}));
+        assert_eq!(l.diff(&out("type=absent\n")).unwrap(), Change::in_sync());
+        let c = l
+            .diff(&out(&format!(
+                "type=symlink\ntarget_b64={}\n",
+                sh::b64(b"/b")
+            )))
+            .unwrap();
+        assert_eq!(c.kind, ChangeKind::Remove);
+        assert!(l.apply(&c).contains("rm -f -- \"$p\""));
+        assert!(l.diff(&out("type=file\n")).is_err());
     }
 }

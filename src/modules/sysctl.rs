@@ -1,8 +1,21 @@
 //! `sysctl`: a kernel parameter, live and persisted in /etc/sysctl.d.
+//!
+//! Probe output: the `file` module's for the persistent file
+//! `/etc/sysctl.d/60-plumb-<name>.conf` (content `<name> = <value>`), plus
+//! `live_b64=<base64 of /proc/sys/<name>>` or `live=missing`. Values are compared with
+//! whitespace normalised (`4096 87380` equals `4096\t87380`).
+//!
+//! The apply writes the file like a `file` step, then (with `live: true`) sets the live value
+//! with `sysctl -w`, or by writing /proc/sys when `sysctl` is not installed. `state: absent`
+//! removes the file and leaves the live value alone (the default comes back at boot).
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{BuildError, Change, ModuleDef, Presence, ProbeError, ProbeResult, Resolve, Resource};
+use super::file::{apply_remove, diff_absent, probe_absent, Managed};
+use super::sh::{self, quote, Observed};
+use super::{
+    BuildError, Change, ChangeKind, ModuleDef, Presence, ProbeError, ProbeResult, Resolve, Resource,
+};
 
 /// A kernel parameter: the live value (`/proc/sys`) and a persistent line in
 /// `/etc/sysctl.d/60-plumb-<name>.conf`.
@@ -30,14 +43,20 @@ fn yes() -> bool {
 #[derive(Debug, Clone)]
 pub struct Sysctl {
     pub params: Params,
+    managed: Managed,
+    value: String,
+    proc_path: String,
+    /// Test support: write /proc directly, never run `sysctl`.
+    proc_only: bool,
 }
 
 fn build(
     value: serde_json::Value,
     _resolve: &mut dyn Resolve,
 ) -> Result<Box<dyn Resource>, BuildError> {
+    sh::reject_nul(&value, &[])?;
     let params: Params = super::params(value)?;
-    Ok(Box::new(Sysctl { params }))
+    Sysctl::new(params).map(|s| Box::new(s) as Box<dyn Resource>)
 }
 
 pub const DEF: ModuleDef = ModuleDef {
@@ -48,21 +67,275 @@ pub const DEF: ModuleDef = ModuleDef {
     refreshable: false,
 };
 
-// TEMPORARY until the module lands: every method is implemented by the modules work.
+/// Whitespace-normalised value.
+fn norm(v: &str) -> String {
+    v.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+impl Sysctl {
+    pub fn new(params: Params) -> Result<Sysctl, BuildError> {
+        if params
+            .name
+            .split(['.', '/'])
+            .any(|p| p.is_empty() || p == "..")
+        {
+            return Err(BuildError::at("/name", "not a valid parameter name"));
+        }
+        let value = match (&params.value, params.state) {
+            (Some(v), _) if v.contains(['\n', '\r']) => {
+                return Err(BuildError::at("/value", "must be a single line"))
+            }
+            (Some(v), _) => norm(v),
+            (None, Presence::Present) => {
+                return Err(BuildError::at("/value", "`value` is required when present"))
+            }
+            (None, Presence::Absent) => String::new(),
+        };
+        let proc_path = if params.name.contains('/') {
+            format!("/proc/sys/{}", params.name)
+        } else {
+            format!("/proc/sys/{}", params.name.replace('.', "/"))
+        };
+        let path = format!(
+            "/etc/sysctl.d/60-plumb-{}.conf",
+            params.name.replace('/', ".")
+        );
+        let content = if params.state == Presence::Present {
+            format!("# Managed by plumb.\n{} = {value}\n", params.name).into_bytes()
+        } else {
+            Vec::new()
+        };
+        let managed = Managed::new(
+            &path,
+            content,
+            Some("0644"),
+            Some("root".into()),
+            Some("root".into()),
+            false,
+        );
+        Ok(Sysctl {
+            params,
+            managed,
+            value,
+            proc_path,
+            proc_only: false,
+        })
+    }
+
+    /// Test support: puts both the file and /proc/sys under `root`, ownership unmanaged,
+    /// and sets the live value by writing the (fake) /proc file.
+    #[doc(hidden)]
+    pub fn with_root(mut self, root: &str) -> Sysctl {
+        let root = root.trim_end_matches('/');
+        self.managed.path = format!("{root}{}", self.managed.path);
+        self.proc_path = format!("{root}{}", self.proc_path);
+        self.managed.owner = None;
+        self.managed.group = None;
+        self.proc_only = true;
+        self
+    }
+
+    pub fn path(&self) -> &str {
+        &self.managed.path
+    }
+}
+
+const FILE_FIELDS: &[&str] = &["content", "mode", "owner", "group"];
+
 impl Resource for Sysctl {
     fn target(&self) -> String {
-        String::new()
+        self.params.name.clone()
     }
     fn desired(&self) -> serde_json::Value {
-        serde_json::to_value(&self.params).unwrap_or_default()
+        let mut v = serde_json::to_value(&self.params).unwrap_or_default();
+        v["path"] = self.managed.path.clone().into();
+        v
     }
     fn probe(&self) -> String {
-        String::new()
+        let file = match self.params.state {
+            Presence::Present => self.managed.probe(),
+            Presence::Absent => probe_absent(&self.managed.path),
+        };
+        if self.params.state == Presence::Absent || !self.params.live {
+            return file;
+        }
+        format!(
+            "{file}\nq={}\nif [ -r \"$q\" ]; then {}; else echo live=missing; fi",
+            quote(&self.proc_path),
+            sh::print_b64("live", r#"cat -- "$q""#)
+        )
     }
-    fn diff(&self, _o: &ProbeResult) -> Result<Change, ProbeError> {
-        Err(ProbeError::new("not implemented"))
+    fn diff(&self, observed: &ProbeResult) -> Result<Change, ProbeError> {
+        let o = Observed::parse(observed)?;
+        if self.params.state == Presence::Absent {
+            let c = diff_absent(&self.managed.path, &o)?;
+            return Ok(if c.is_change() {
+                c.note("the live value is left as it is until the next boot")
+            } else {
+                c
+            });
+        }
+        let mut c = self.managed.diff(&o)?;
+        if self.params.live {
+            let live = match o.text("live")? {
+                Some(v) => Some(norm(&v)),
+                None if o.get("live") == Some("missing") => None,
+                None => return Err(ProbeError::new("probe output lacks `live_b64`")),
+            };
+            if live.as_deref() != Some(self.value.as_str()) {
+                if c.kind == ChangeKind::InSync {
+                    c.kind = ChangeKind::Modify;
+                }
+                if live.is_none() {
+                    c = c.note(format!(
+                        "{} does not exist (kernel module not loaded?)",
+                        self.proc_path
+                    ));
+                }
+                c = c.field("value", live, Some(self.value.clone()));
+            }
+        }
+        Ok(c)
     }
-    fn apply(&self, _c: &Change) -> String {
-        String::from("false")
+    fn apply(&self, change: &Change) -> String {
+        if change.kind == ChangeKind::InSync {
+            return ":".into();
+        }
+        if change.kind == ChangeKind::Remove {
+            return apply_remove(&self.managed.path, false);
+        }
+        let mut s = String::new();
+        let file_change = Change {
+            fields: change
+                .fields
+                .iter()
+                .filter(|f| FILE_FIELDS.contains(&f.field.as_str()))
+                .cloned()
+                .collect(),
+            ..change.clone()
+        };
+        if !file_change.fields.is_empty() {
+            s += &format!("( {}\n) || exit 1\n", self.managed.apply(&file_change));
+        }
+        if change.changes_field("value") && self.params.live {
+            let write = format!(
+                "printf '%s\\n' {} > {} || exit 1",
+                quote(&self.value),
+                quote(&self.proc_path)
+            );
+            if self.proc_only {
+                s += &write;
+                s.push('\n');
+            } else {
+                s += &format!(
+                    "if command -v sysctl >/dev/null 2>&1; then sysctl -w {} >/dev/null || exit 1; else {write}; fi\n",
+                    quote(&format!("{}={}", self.params.name, self.value))
+                );
+            }
+        }
+        s
+    }
+    fn content(&self) -> Option<&[u8]> {
+        match self.params.state {
+            Presence::Present => Some(&self.managed.content),
+            Presence::Absent => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sysctl(v: serde_json::Value) -> Result<Sysctl, BuildError> {
+        Sysctl::new(super::super::params(v)?)
+    }
+
+    fn out(s: &str) -> ProbeResult {
+        ProbeResult {
+            stdout: s.as_bytes().to_vec(),
+            ..Default::default()
+        }
+    }
+
+    fn file_ok(s: &Sysctl) -> String {
+        format!(
+            "type=file\nparent=yes\nmode=644\nuid=0\nowner=root\ngid=0\ngroup=root\nsize=30\nsha256={}\n",
+            s.managed.sha256
+        )
+    }
+
+    #[test]
+    fn build_rules() {
+        let s = sysctl(serde_json::json!({"name": "net.ipv4.ip_forward", "value": "1"})).unwrap();
+        assert_eq!(s.path(), "/etc/sysctl.d/60-plumb-net.ipv4.ip_forward.conf");
+        assert_eq!(s.proc_path, "/proc/sys/net/ipv4/ip_forward");
+        assert_eq!(
+            s.content(),
+            Some(&b"# Managed by plumb.\nnet.ipv4.ip_forward = 1\n"[..])
+        );
+        let s =
+            sysctl(serde_json::json!({"name": "net/ipv4/conf/eth0.100/rp_filter", "value": "2"}))
+                .unwrap();
+        assert_eq!(s.proc_path, "/proc/sys/net/ipv4/conf/eth0.100/rp_filter");
+        assert_eq!(
+            s.path(),
+            "/etc/sysctl.d/60-plumb-net.ipv4.conf.eth0.100.rp_filter.conf"
+        );
+        assert_eq!(
+            sysctl(serde_json::json!({"name": "a.b"}))
+                .unwrap_err()
+                .pointer,
+            "/value"
+        );
+        assert_eq!(
+            sysctl(serde_json::json!({"name": "a..b", "value": "1"}))
+                .unwrap_err()
+                .pointer,
+            "/name"
+        );
+    }
+
+    #[test]
+    fn diffs() {
+        let s = sysctl(
+            serde_json::json!({"name": "net.ipv4.tcp_rmem", "value": "4096 87380  6291456"}),
+        )
+        .unwrap();
+        let live = |v: &[u8]| format!("live_b64={}\n", sh::b64(v));
+        let synced = format!("{}{}", file_ok(&s), live(b"4096\t87380\t6291456\n"));
+        assert_eq!(s.diff(&out(&synced)).unwrap(), Change::in_sync());
+        let drifted = format!("{}{}", file_ok(&s), live(b"4096\t16384\t4194304\n"));
+        let c = s.diff(&out(&drifted)).unwrap();
+        insta::assert_debug_snapshot!("sysctl_live_drift", c);
+        insta::assert_snapshot!("sysctl_live_apply", s.apply(&c));
+        let c = s
+            .diff(&out(&format!("type=absent\nparent=yes\n{}", live(b"1\n"))))
+            .unwrap();
+        assert_eq!(c.kind, ChangeKind::Create);
+        assert!(c.changes_field("content") && c.changes_field("value"));
+        insta::assert_snapshot!("sysctl_create_apply", s.apply(&c));
+        let c = s
+            .diff(&out(&format!("{}live=missing\n", file_ok(&s))))
+            .unwrap();
+        assert!(c.notes[0].contains("does not exist"));
+        assert!(s.diff(&out(&file_ok(&s))).is_err());
+        let persist_only =
+            sysctl(serde_json::json!({"name": "vm.swappiness", "value": "10", "live": false}))
+                .unwrap();
+        assert!(!persist_only.probe().contains("/proc/sys"));
+        assert_eq!(
+            persist_only.diff(&out(&file_ok(&persist_only))).unwrap(),
+            Change::in_sync()
+        );
+    }
+
+    #[test]
+    fn absent() {
+        let s = sysctl(serde_json::json!({"name": "vm.swappiness", "state": "absent"})).unwrap();
+        assert_eq!(s.diff(&out("type=absent\n")).unwrap(), Change::in_sync());
+        let c = s.diff(&out("type=file\n")).unwrap();
+        assert_eq!(c.kind, ChangeKind::Remove);
+        assert!(s.apply(&c).contains("rm -f"));
     }
 }

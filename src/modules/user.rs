@@ -1,8 +1,20 @@
 //! `user`: a local user account.
+//!
+//! Probe output: `entry_b64=<base64 of the passwd(5) line>` from `getent passwd` (or
+//! /etc/passwd when getent is missing) or `entry=absent`; for an existing user also
+//! `primary_b64=<id -gn>` and `groups_b64=<id -Gn>` (all group names, primary included).
+//!
+//! `groups` is exact: the supplementary groups are compared as a set, ignoring the primary
+//! group, and set with `usermod -G`. Removing a user keeps its home directory (`userdel`
+//! without `-r`).
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{BuildError, Change, ModuleDef, Presence, ProbeError, ProbeResult, Resolve, Resource};
+use super::group::{entry_fields, lookup_entry};
+use super::sh::{self, quote, Observed};
+use super::{
+    BuildError, Change, ChangeKind, ModuleDef, Presence, ProbeError, ProbeResult, Resolve, Resource,
+};
 
 /// A local user account, managed with useradd/usermod/userdel.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -47,7 +59,37 @@ fn build(
     value: serde_json::Value,
     _resolve: &mut dyn Resolve,
 ) -> Result<Box<dyn Resource>, BuildError> {
+    sh::reject_nul(&value, &[])?;
     let params: Params = super::params(value)?;
+    let bad = |s: &str| {
+        s.is_empty()
+            || s.starts_with('-')
+            || s.contains([',', ':', '\n'])
+            || s.contains(char::is_whitespace)
+    };
+    if let Some(g) = &params.group {
+        if bad(g) {
+            return Err(BuildError::at("/group", "not a group name"));
+        }
+    }
+    for (i, g) in params.groups.iter().flatten().enumerate() {
+        if bad(g) {
+            return Err(BuildError::at(format!("/groups/{i}"), "not a group name"));
+        }
+    }
+    if let Some(s) = &params.shell {
+        if s.contains([':', '\n']) {
+            return Err(BuildError::at(
+                "/shell",
+                "must not contain `:` or a newline",
+            ));
+        }
+    }
+    if let Some(h) = &params.home {
+        if h.contains([':', '\n']) {
+            return Err(BuildError::at("/home", "must not contain `:` or a newline"));
+        }
+    }
     Ok(Box::new(User { params }))
 }
 
@@ -59,21 +101,253 @@ pub const DEF: ModuleDef = ModuleDef {
     refreshable: false,
 };
 
-// TEMPORARY until the module lands: every method is implemented by the modules work.
+fn set(groups: impl IntoIterator<Item = String>, primary: &str) -> Vec<String> {
+    let mut v: Vec<String> = groups
+        .into_iter()
+        .filter(|g| g != primary && !g.is_empty())
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+impl User {
+    fn flags(&self, change: Option<&Change>) -> String {
+        let want = |f: &str| change.is_none_or(|c| c.changes_field(f));
+        let mut s = String::new();
+        if let (Some(u), true) = (self.params.uid, want("uid")) {
+            s += &format!(" -u {u}");
+        }
+        if let (Some(g), true) = (&self.params.group, want("group")) {
+            s += &format!(" -g {}", quote(g));
+        }
+        if let (Some(gs), true) = (&self.params.groups, want("groups")) {
+            s += &format!(" -G {}", quote(&gs.join(",")));
+        }
+        if let (Some(sh), true) = (&self.params.shell, want("shell")) {
+            s += &format!(" -s {}", quote(sh));
+        }
+        if let (Some(h), true) = (&self.params.home, want("home")) {
+            s += &format!(" -d {}", quote(h));
+        }
+        s
+    }
+}
+
 impl Resource for User {
     fn target(&self) -> String {
-        String::new()
+        self.params.name.clone()
     }
     fn desired(&self) -> serde_json::Value {
         serde_json::to_value(&self.params).unwrap_or_default()
     }
     fn probe(&self) -> String {
-        String::new()
+        format!(
+            r#"n={}
+{}
+if [ -n "$l" ]; then
+{}
+{}
+{}
+else echo entry=absent; fi"#,
+            quote(&self.params.name),
+            lookup_entry("passwd"),
+            sh::print_var_b64("entry", r#""$l""#),
+            sh::print_b64("primary", r#"id -gn "$n""#),
+            sh::print_b64("groups", r#"id -Gn "$n""#),
+        )
     }
-    fn diff(&self, _o: &ProbeResult) -> Result<Change, ProbeError> {
-        Err(ProbeError::new("not implemented"))
+    fn diff(&self, observed: &ProbeResult) -> Result<Change, ProbeError> {
+        let o = Observed::parse(observed)?;
+        let entry = match o.text("entry")? {
+            Some(e) => Some(entry_fields(&e, &self.params.name, 7)?),
+            None if o.get("entry") == Some("absent") => None,
+            None => return Err(ProbeError::new("probe output lacks `entry_b64`")),
+        };
+        let p = &self.params;
+        let Some(f) = entry else {
+            if p.state == Presence::Absent {
+                return Ok(Change::in_sync());
+            }
+            let mut c = Change::new(ChangeKind::Create).field("name", None, Some(p.name.clone()));
+            if let Some(u) = p.uid {
+                c = c.field("uid", None, Some(u.to_string()));
+            }
+            for (k, v) in [("group", &p.group), ("shell", &p.shell), ("home", &p.home)] {
+                if let Some(v) = v {
+                    c = c.field(k, None, Some(v.clone()));
+                }
+            }
+            if let Some(gs) = &p.groups {
+                c = c.field("groups", None, Some(set(gs.iter().cloned(), "").join(",")));
+            }
+            return Ok(c);
+        };
+        if p.state == Presence::Absent {
+            return Ok(Change::new(ChangeKind::Remove)
+                .field("uid", Some(f[2].clone()), None)
+                .note("the home directory is kept"));
+        }
+        let primary = o.text("primary")?.unwrap_or_default().trim().to_string();
+        let mut c = Change::new(ChangeKind::Modify);
+        if let Some(u) = p.uid {
+            if f[2] != u.to_string() {
+                c = c.field("uid", Some(f[2].clone()), Some(u.to_string()));
+            }
+        }
+        if let Some(g) = &p.group {
+            let numeric = g.bytes().all(|b| b.is_ascii_digit());
+            let same = if numeric { &f[3] == g } else { &primary == g };
+            if !same {
+                c = c.field(
+                    "group",
+                    Some(if primary.is_empty() {
+                        f[3].clone()
+                    } else {
+                        primary.clone()
+                    }),
+                    Some(g.clone()),
+                );
+            }
+        }
+        if let Some(gs) = &p.groups {
+            let seen = o.text("groups")?.unwrap_or_default();
+            let seen = set(seen.split_whitespace().map(str::to_string), &primary);
+            let want_primary = p.group.clone().unwrap_or_else(|| primary.clone());
+            let want = set(gs.iter().cloned(), &want_primary);
+            if seen != want {
+                c = c.field("groups", Some(seen.join(",")), Some(want.join(",")));
+            }
+        }
+        if let Some(h) = &p.home {
+            if &f[5] != h {
+                c = c.field("home", Some(f[5].clone()), Some(h.clone()));
+            }
+        }
+        if let Some(s) = &p.shell {
+            if &f[6] != s {
+                c = c.field("shell", Some(f[6].clone()), Some(s.clone()));
+            }
+        }
+        Ok(if c.fields.is_empty() {
+            Change::in_sync()
+        } else {
+            c
+        })
     }
-    fn apply(&self, _c: &Change) -> String {
-        String::from("false")
+    fn apply(&self, change: &Change) -> String {
+        let n = quote(&self.params.name);
+        match change.kind {
+            ChangeKind::InSync => ":".into(),
+            ChangeKind::Create => {
+                let sys = if self.params.system { " -r" } else { "" };
+                let home = if self.params.create_home {
+                    " -m"
+                } else {
+                    " -M"
+                };
+                format!("useradd{sys}{home}{} {n} || exit 1\n", self.flags(None))
+            }
+            ChangeKind::Modify => format!("usermod{} {n} || exit 1\n", self.flags(Some(change))),
+            ChangeKind::Remove => format!("userdel {n} || exit 1\n"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct NoRepo;
+    impl Resolve for NoRepo {
+        fn template(&mut self, _: &str) -> Result<String, String> {
+            Err("none".into())
+        }
+        fn file(&mut self, _: &str) -> Result<Vec<u8>, String> {
+            Err("none".into())
+        }
+    }
+
+    fn user(v: serde_json::Value) -> Box<dyn Resource> {
+        match build(v, &mut NoRepo) {
+            Ok(r) => r,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    fn out(s: &str) -> ProbeResult {
+        ProbeResult {
+            stdout: s.as_bytes().to_vec(),
+            ..Default::default()
+        }
+    }
+
+    fn probe(entry: &str, primary: &str, groups: &str) -> ProbeResult {
+        out(&format!(
+            "entry_b64={}\nprimary_b64={}\ngroups_b64={}\n",
+            sh::b64(entry.as_bytes()),
+            sh::b64(primary.as_bytes()),
+            sh::b64(groups.as_bytes())
+        ))
+    }
+
+    #[test]
+    fn create() {
+        let u = user(
+            serde_json::json!({"name": "deploy", "uid": 1500, "groups": ["sudo", "docker"], "shell": "/bin/bash", "system": false}),
+        );
+        let c = u.diff(&out("entry=absent\n")).unwrap();
+        insta::assert_debug_snapshot!("user_create", c);
+        assert_eq!(
+            u.apply(&c),
+            "useradd -m -u 1500 -G sudo,docker -s /bin/bash deploy || exit 1\n"
+        );
+    }
+
+    #[test]
+    fn modify() {
+        let u = user(
+            serde_json::json!({"name": "deploy", "uid": 1500, "group": "staff", "groups": ["docker", "sudo", "staff"], "shell": "/bin/bash", "home": "/home/deploy"}),
+        );
+        let ok = probe(
+            "deploy:x:1500:50:Deploy,,,:/home/deploy:/bin/bash\n",
+            "staff\n",
+            "staff sudo docker\n",
+        );
+        assert_eq!(u.diff(&ok).unwrap(), Change::in_sync());
+        let drift = probe(
+            "deploy:x:1500:1500::/srv/deploy:/bin/sh\n",
+            "deploy\n",
+            "deploy sudo adm\n",
+        );
+        let c = u.diff(&drift).unwrap();
+        insta::assert_debug_snapshot!("user_modify", c);
+        assert_eq!(
+            u.apply(&c),
+            "usermod -g staff -G docker,sudo,staff -s /bin/bash -d /home/deploy deploy || exit 1\n"
+        );
+        // No `groups`: supplementary groups are not managed.
+        let loose = user(serde_json::json!({"name": "deploy"}));
+        assert_eq!(loose.diff(&drift).unwrap(), Change::in_sync());
+        assert!(u
+            .diff(&probe("root:x:0:0::/root:/bin/sh\n", "root", "root"))
+            .is_err());
+        assert!(u.diff(&out("")).is_err());
+    }
+
+    #[test]
+    fn remove_and_build() {
+        let u = user(serde_json::json!({"name": "old", "state": "absent"}));
+        let c = u
+            .diff(&probe("old:x:1200:1200::/home/old:/bin/sh\n", "old", "old"))
+            .unwrap();
+        assert_eq!(u.apply(&c), "userdel old || exit 1\n");
+        assert_eq!(u.diff(&out("entry=absent\n")).unwrap(), Change::in_sync());
+        let e = build(
+            serde_json::json!({"name": "x", "groups": ["ok", "a,b"]}),
+            &mut NoRepo,
+        )
+        .unwrap_err();
+        assert_eq!(e.pointer, "/groups/1");
     }
 }

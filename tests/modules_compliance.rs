@@ -1,0 +1,739 @@
+//! The module spec, checked against a real `sh` on this machine, inside a temporary directory.
+//!
+//! For every module that can run here without touching the host outside a scratch directory:
+//! probe → diff (a change) → apply → probe → diff (in sync) → probe → diff (still in sync).
+//! Each fragment runs the way the engine runs it: as its own `sh -c` script, with stdout,
+//! stderr and the exit status captured into a `ProbeResult`.
+//!
+//! A registered module must appear in exactly one of [`LOCAL`] and [`HOST_ONLY`], so a new
+//! module cannot skip the spec silently.
+
+use std::path::Path;
+use std::process::Command;
+
+use plumb::modules::{
+    lookup, sh::quote, Change, ChangeKind, ProbeResult, Resolve, Resource, REGISTRY,
+};
+use proptest::prelude::*;
+use serde_json::json;
+
+/// Modules exercised end to end below.
+const LOCAL: &[&str] = &[
+    "file",
+    "directory",
+    "symlink",
+    "line",
+    "command",
+    "cron",
+    "sysctl",
+];
+/// Modules that need a real host (root, a package manager, an init system, the user
+/// database): covered by probe-output unit tests beside each module, and by integration
+/// tests against a disposable VM.
+const HOST_ONLY: &[&str] = &["package", "service", "user", "group"];
+
+#[test]
+fn every_module_is_covered() {
+    for def in REGISTRY {
+        let local = LOCAL.contains(&def.name);
+        let host = HOST_ONLY.contains(&def.name);
+        assert!(
+            local ^ host,
+            "module `{}` must be listed in exactly one of LOCAL or HOST_ONLY",
+            def.name
+        );
+    }
+    for name in LOCAL.iter().chain(HOST_ONLY) {
+        assert!(
+            lookup(name).is_some(),
+            "`{name}` is listed but not registered"
+        );
+    }
+}
+
+struct Repo;
+impl Resolve for Repo {
+    fn template(&mut self, path: &str) -> Result<String, String> {
+        Ok(format!("rendered {path}\n"))
+    }
+    fn file(&mut self, path: &str) -> Result<Vec<u8>, String> {
+        Ok(path.as_bytes().to_vec())
+    }
+}
+
+fn build(module: &str, params: serde_json::Value) -> Box<dyn Resource> {
+    let Some(def) = lookup(module) else {
+        panic!("no module {module}")
+    };
+    match (def.build)(params, &mut Repo) {
+        Ok(r) => r,
+        Err(e) => panic!("{module}: build failed at {:?}: {e}", e.pointer),
+    }
+}
+
+/// Runs one fragment as the engine does: its own shell, output captured.
+fn run(script: &str) -> ProbeResult {
+    let out = match Command::new("sh").arg("-c").arg(script).output() {
+        Ok(o) => o,
+        Err(e) => panic!("cannot run sh: {e}"),
+    };
+    ProbeResult {
+        stdout: out.stdout,
+        stderr: out.stderr,
+        status: out.status.code().unwrap_or(-1),
+    }
+}
+
+fn observe(r: &dyn Resource) -> Change {
+    let probe = run(&r.probe());
+    match r.diff(&probe) {
+        Ok(c) => c,
+        Err(e) => panic!(
+            "{}: diff failed: {e}\nprobe:\n{}\nstdout:\n{}\nstderr:\n{}",
+            r.target(),
+            r.probe(),
+            String::from_utf8_lossy(&probe.stdout),
+            String::from_utf8_lossy(&probe.stderr)
+        ),
+    }
+}
+
+/// The spec: a change, applied, converges, and stays converged.
+fn converge(r: &dyn Resource, expect: ChangeKind) -> Change {
+    let first = observe(r);
+    assert_eq!(first.kind, expect, "{}: first diff {first:?}", r.target());
+    let script = r.apply(&first);
+    let applied = run(&script);
+    assert_eq!(
+        applied.status,
+        0,
+        "{}: apply failed\n{script}\nstderr: {}",
+        r.target(),
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    for round in 2..=3 {
+        let again = observe(r);
+        assert_eq!(
+            again,
+            Change::in_sync(),
+            "{}: diff #{round} after apply is not in sync",
+            r.target()
+        );
+    }
+    first
+}
+
+fn p(path: &Path) -> String {
+    path.display().to_string()
+}
+
+fn me() -> (String, String) {
+    let id = |flag: &str| {
+        let out = run(&format!("id {flag}"));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    (id("-un"), id("-gn"))
+}
+
+#[test]
+fn file_lifecycle() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("it's $(weird) `name`.conf");
+    let (user, group) = me();
+    let f = build(
+        "file",
+        json!({"path": p(&path), "content": "hello\n", "mode": "0640", "owner": user, "group": group}),
+    );
+    let c = converge(f.as_ref(), ChangeKind::Create);
+    assert!(c.content.is_some());
+    assert_eq!(std::fs::read(&path).unwrap(), b"hello\n");
+
+    // New content: a modify, old content in the diff, the old version kept as a backup.
+    let f = build(
+        "file",
+        json!({"path": p(&path), "content": "bye\n", "mode": "0600"}),
+    );
+    let c = converge(f.as_ref(), ChangeKind::Modify);
+    assert_eq!(
+        c.content.clone().and_then(|c| c.old),
+        Some(b"hello\n".to_vec())
+    );
+    assert!(c.changes_field("mode"));
+    assert_eq!(std::fs::read(&path).unwrap(), b"bye\n");
+    let backup = dir.path().join("it's $(weird) `name`.conf.plumb-backup");
+    assert_eq!(std::fs::read(&backup).unwrap(), b"hello\n");
+
+    // Only the mode drifted.
+    run(&format!("chmod 0644 {}", quote(&p(&path))));
+    let c = converge(f.as_ref(), ChangeKind::Modify);
+    assert_eq!(c.content, None);
+    assert!(c.changes_field("mode"));
+
+    // A template, then absent.
+    let f = build("file", json!({"path": p(&path), "template": "app.j2"}));
+    converge(f.as_ref(), ChangeKind::Modify);
+    assert_eq!(std::fs::read(&path).unwrap(), b"rendered app.j2\n");
+    let f = build(
+        "file",
+        json!({"path": p(&path), "state": "absent", "backup": false}),
+    );
+    converge(f.as_ref(), ChangeKind::Remove);
+    assert!(!path.exists());
+    // No temporary files left behind.
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".plumb.") && !n.ends_with(".plumb-backup"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn file_errors_are_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = build("file", json!({"path": p(dir.path()), "content": "x"}));
+    let probe = run(&f.probe());
+    let e = f.diff(&probe).unwrap_err();
+    assert!(e.message.contains("is a directory"), "{e}");
+
+    let missing = dir.path().join("nope/app.conf");
+    let f = build("file", json!({"path": p(&missing), "content": "x"}));
+    let c = observe(f.as_ref());
+    assert_eq!(c.kind, ChangeKind::Create);
+    assert!(c.notes.iter().any(|n| n.contains("does not exist")));
+    let out = run(&f.apply(&c));
+    assert_ne!(out.status, 0);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("parent directory") && err.contains("add a directory step"),
+        "{err}"
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Arbitrary bytes (not UTF-8, NULs, no trailing newline, ...) land byte for byte.
+    #[test]
+    fn file_content_lands_byte_for_byte(bytes in proptest::collection::vec(any::<u8>(), 0..3000)) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blob");
+        let def = lookup("file").unwrap();
+        struct Bytes(Vec<u8>);
+        impl Resolve for Bytes {
+            fn template(&mut self, _: &str) -> Result<String, String> { Err("no".into()) }
+            fn file(&mut self, _: &str) -> Result<Vec<u8>, String> { Ok(self.0.clone()) }
+        }
+        let r = (def.build)(json!({"path": p(&path), "source": "blob"}), &mut Bytes(bytes.clone())).unwrap();
+        let c = observe(r.as_ref());
+        prop_assert_eq!(c.kind, ChangeKind::Create);
+        let out = run(&r.apply(&c));
+        prop_assert_eq!(out.status, 0, "{}", String::from_utf8_lossy(&out.stderr));
+        prop_assert_eq!(std::fs::read(&path).unwrap(), bytes);
+        prop_assert_eq!(observe(r.as_ref()), Change::in_sync());
+    }
+
+    /// Arbitrary text as literal content also lands exactly.
+    #[test]
+    fn file_text_content_lands(s in any::<String>()) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("text");
+        let r = build("file", json!({"path": p(&path), "content": s}));
+        let c = observe(r.as_ref());
+        let out = run(&r.apply(&c));
+        prop_assert_eq!(out.status, 0);
+        prop_assert_eq!(std::fs::read(&path).unwrap(), s.as_bytes().to_vec());
+    }
+}
+
+#[test]
+fn directory_lifecycle() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a b/c'd");
+    let (user, group) = me();
+    let d = build(
+        "directory",
+        json!({"path": p(&path), "mode": "0750", "owner": user, "group": group}),
+    );
+    converge(d.as_ref(), ChangeKind::Create);
+    assert!(path.is_dir());
+    let d = build("directory", json!({"path": p(&path), "mode": "2755"}));
+    let c = converge(d.as_ref(), ChangeKind::Modify);
+    assert_eq!(c.fields[0].to.as_deref(), Some("2755"));
+    std::fs::write(path.join("x"), "x").unwrap();
+    let d = build("directory", json!({"path": p(&path), "state": "absent"}));
+    assert!(
+        d.diff(&run(&d.probe())).is_err(),
+        "non-empty without recurse"
+    );
+    let d = build(
+        "directory",
+        json!({"path": p(&path), "state": "absent", "recurse": true}),
+    );
+    converge(d.as_ref(), ChangeKind::Remove);
+    assert!(!path.exists());
+    let e = dir.path().join("empty");
+    std::fs::create_dir(&e).unwrap();
+    let d = build("directory", json!({"path": p(&e), "state": "absent"}));
+    converge(d.as_ref(), ChangeKind::Remove);
+}
+
+#[test]
+fn symlink_lifecycle() {
+    let dir = tempfile::tempdir().unwrap();
+    let target_dir = dir.path().join("real dir");
+    std::fs::create_dir(&target_dir).unwrap();
+    let path = dir.path().join("link");
+    let l = build(
+        "symlink",
+        json!({"path": p(&path), "target": p(&target_dir)}),
+    );
+    converge(l.as_ref(), ChangeKind::Create);
+    assert_eq!(std::fs::read_link(&path).unwrap(), target_dir);
+    // Retarget a link that points to a directory: the link is replaced, not moved into it.
+    let l = build("symlink", json!({"path": p(&path), "target": "rel/$(x)\n"}));
+    converge(l.as_ref(), ChangeKind::Modify);
+    assert_eq!(
+        std::fs::read_link(&path).unwrap().to_string_lossy(),
+        "rel/$(x)\n"
+    );
+    assert_eq!(std::fs::read_dir(&target_dir).unwrap().count(), 0);
+    // A regular file in the way: refused, unless forced.
+    let file = dir.path().join("file");
+    std::fs::write(&file, "x").unwrap();
+    let l = build("symlink", json!({"path": p(&file), "target": "/"}));
+    assert!(l.diff(&run(&l.probe())).is_err());
+    let l = build(
+        "symlink",
+        json!({"path": p(&file), "target": "/", "force": true}),
+    );
+    converge(l.as_ref(), ChangeKind::Modify);
+    let l = build("symlink", json!({"path": p(&path), "state": "absent"}));
+    converge(l.as_ref(), ChangeKind::Remove);
+    assert!(target_dir.is_dir());
+}
+
+#[test]
+fn line_lifecycle() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sshd_config");
+    // create: true makes the file.
+    let l = build(
+        "line",
+        json!({"path": p(&path), "line": "Port 22", "create": true}),
+    );
+    converge(l.as_ref(), ChangeKind::Create);
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "Port 22\n");
+    // Append to a file without a trailing newline; mode is kept.
+    std::fs::write(
+        &path,
+        "#PermitRootLogin yes\nX 1\nPermitRootLogin yes\nTail",
+    )
+    .unwrap();
+    run(&format!("chmod 0600 {}", quote(&p(&path))));
+    let l = build(
+        "line",
+        json!({"path": p(&path), "line": "UseDNS no $(touch /tmp/pwned) 'q'"}),
+    );
+    converge(l.as_ref(), ChangeKind::Create);
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        "#PermitRootLogin yes\nX 1\nPermitRootLogin yes\nTail\nUseDNS no $(touch /tmp/pwned) 'q'\n"
+    );
+    let mode = run(&format!("stat -c %a {}", quote(&p(&path))));
+    assert_eq!(String::from_utf8_lossy(&mode.stdout).trim(), "600");
+    // Replace the last match of a regexp; the line itself does not match it.
+    let l = build(
+        "line",
+        json!({"path": p(&path), "regexp": "^#?PermitRootLogin[[:space:]]+yes", "line": "PermitRootLogin no"}),
+    );
+    converge(l.as_ref(), ChangeKind::Modify);
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        "#PermitRootLogin yes\nX 1\nPermitRootLogin no\nTail\nUseDNS no $(touch /tmp/pwned) 'q'\n"
+    );
+    // Replace the first line.
+    let l = build(
+        "line",
+        json!({"path": p(&path), "regexp": "^#PermitRootLogin", "line": "# root login"}),
+    );
+    converge(l.as_ref(), ChangeKind::Modify);
+    assert!(std::fs::read_to_string(&path)
+        .unwrap()
+        .starts_with("# root login\nX 1\n"));
+    // Remove by regexp (every match) and exactly.
+    let l = build(
+        "line",
+        json!({"path": p(&path), "regexp": "^(X|Tail)", "state": "absent"}),
+    );
+    converge(l.as_ref(), ChangeKind::Remove);
+    let l = build(
+        "line",
+        json!({"path": p(&path), "line": "# root login", "state": "absent"}),
+    );
+    converge(l.as_ref(), ChangeKind::Remove);
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        "PermitRootLogin no\nUseDNS no $(touch /tmp/pwned) 'q'\n"
+    );
+    // A bad regexp is a clear error.
+    let l = build(
+        "line",
+        json!({"path": p(&path), "regexp": "(", "line": "x"}),
+    );
+    let e = l.diff(&run(&l.probe())).unwrap_err();
+    assert!(e.message.contains("invalid regexp"), "{e}");
+    // Missing file without create: noted, and the apply fails clearly.
+    let missing = dir.path().join("missing");
+    let l = build("line", json!({"path": p(&missing), "line": "x"}));
+    let c = observe(l.as_ref());
+    let out = run(&l.apply(&c));
+    assert_ne!(out.status, 0);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("create: true"));
+}
+
+#[test]
+fn command_lifecycle() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("done 'x'");
+    // `creates`, run in chdir with a relative path.
+    let c = build(
+        "command",
+        json!({"run": "printf ran > \"done 'x'\"", "creates": "done 'x'", "chdir": p(dir.path())}),
+    );
+    converge(c.as_ref(), ChangeKind::Create);
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "ran");
+    // `unless` and `onlyif`.
+    let count = dir.path().join("count");
+    let c = build(
+        "command",
+        json!({"run": format!("echo x >> {}", quote(&p(&count))), "unless": format!("grep -q x {}", quote(&p(&count))), "onlyif": "true"}),
+    );
+    converge(c.as_ref(), ChangeKind::Create);
+    assert_eq!(std::fs::read_to_string(&count).unwrap(), "x\n");
+    // A failing command fails the apply with its status.
+    let c = build(
+        "command",
+        json!({"run": "echo oops >&2; exit 3", "creates": "/nonexistent/plumb"}),
+    );
+    let ch = observe(c.as_ref());
+    let out = run(&c.apply(&ch));
+    assert_eq!(out.status, 3);
+    // A handler: in sync in every plan; its refresh runs it.
+    let h = build(
+        "command",
+        json!({"run": format!("echo h >> {}", quote(&p(&count))), "refresh_only": true}),
+    );
+    assert!(h.refresh_only());
+    assert_eq!(observe(h.as_ref()), Change::in_sync());
+    assert_eq!(run(&h.refresh().unwrap()).status, 0);
+    assert_eq!(std::fs::read_to_string(&count).unwrap(), "x\nh\n");
+    // The command does not read the engine's script from stdin.
+    let out = Command::new("sh")
+        .arg("-s")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            let script = format!(
+                "{}\necho after\n",
+                build("command", json!({"run": "cat"})).apply(&Change::new(ChangeKind::Create))
+            );
+            child.stdin.take().unwrap().write_all(script.as_bytes())?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "after\n");
+}
+
+#[test]
+fn cron_lifecycle_under_a_root_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("etc/cron.d")).unwrap();
+    let params = json!({"name": "backup", "schedule": "0 3 * * *", "command": "/usr/bin/backup", "env": {"MAILTO": ""}});
+    let cron = plumb::modules::cron::Cron::new(serde_json::from_value(params).unwrap())
+        .unwrap()
+        .with_root(&p(dir.path()));
+    converge(&cron, ChangeKind::Create);
+    let written = std::fs::read_to_string(dir.path().join("etc/cron.d/backup")).unwrap();
+    assert!(
+        written.ends_with("MAILTO=\n0 3 * * * root /usr/bin/backup\n"),
+        "{written}"
+    );
+    let params = json!({"name": "backup", "schedule": "@daily", "command": "/usr/bin/backup"});
+    let cron = plumb::modules::cron::Cron::new(serde_json::from_value(params).unwrap())
+        .unwrap()
+        .with_root(&p(dir.path()));
+    let c = converge(&cron, ChangeKind::Modify);
+    assert!(c.content.and_then(|c| c.old).is_some());
+    let params = json!({"name": "backup", "state": "absent"});
+    let cron = plumb::modules::cron::Cron::new(serde_json::from_value(params).unwrap())
+        .unwrap()
+        .with_root(&p(dir.path()));
+    converge(&cron, ChangeKind::Remove);
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("etc/cron.d"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
+
+#[test]
+fn sysctl_lifecycle_under_a_root_prefix() {
+    use plumb::modules::sysctl::Sysctl;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("etc/sysctl.d")).unwrap();
+    std::fs::create_dir_all(dir.path().join("proc/sys/net/ipv4")).unwrap();
+    let live = dir.path().join("proc/sys/net/ipv4/tcp_rmem");
+    std::fs::write(&live, "4096\t16384\t4194304\n").unwrap();
+    let mk = |v: serde_json::Value| {
+        Sysctl::new(serde_json::from_value(v).unwrap())
+            .unwrap()
+            .with_root(&p(dir.path()))
+    };
+    let s = mk(json!({"name": "net.ipv4.tcp_rmem", "value": "4096 87380 6291456"}));
+    let c = converge(&s, ChangeKind::Create);
+    assert!(c.changes_field("value"));
+    assert_eq!(
+        std::fs::read_to_string(&live).unwrap(),
+        "4096 87380 6291456\n"
+    );
+    // Live drift only.
+    std::fs::write(&live, "1 2 3\n").unwrap();
+    let c = converge(&s, ChangeKind::Modify);
+    assert_eq!(c.fields.len(), 1);
+    let s = mk(json!({"name": "net.ipv4.tcp_rmem", "state": "absent"}));
+    converge(&s, ChangeKind::Remove);
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("etc/sysctl.d"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
+
+/// The probes of host-only modules only observe, so they can run here: they must parse in
+/// this machine's `sh` and give a `Change` (whatever the machine has installed).
+#[test]
+fn host_only_probes_run_and_parse() {
+    for (module, params) in [
+        ("package", json!({"name": "coreutils"})),
+        ("package", json!({"name": "plumb-no-such-package"})),
+        (
+            "service",
+            json!({"name": "plumb-no-such.service", "state": "running", "enabled": true}),
+        ),
+        ("user", json!({"name": "root", "groups": []})),
+        ("user", json!({"name": "plumb-no-such-user"})),
+        ("group", json!({"name": "root", "gid": 0})),
+        ("group", json!({"name": "plumb-no-such-group"})),
+    ] {
+        let r = build(module, params.clone());
+        let probe = run(&r.probe());
+        if let Err(e) = r.diff(&probe) {
+            // Only a host without any supported package manager may fail here.
+            assert!(
+                module == "package" && e.message.contains("no supported package manager"),
+                "{module} {params}: {e}\nstderr: {}",
+                String::from_utf8_lossy(&probe.stderr)
+            );
+        }
+    }
+    let root = build("user", json!({"name": "root", "uid": 0}));
+    assert_eq!(observe(root.as_ref()), Change::in_sync());
+}
+
+/// Creates, changes and removes a real user and group. It changes the host's user
+/// database, so it only runs when asked (`cargo test -- --ignored`) on a disposable host.
+#[test]
+#[ignore = "changes the host's users and groups: run on a disposable host"]
+fn user_and_group_lifecycle_on_a_real_host() {
+    let g = build("group", json!({"name": "plumbtestg", "gid": 4242}));
+    converge(g.as_ref(), ChangeKind::Create);
+    let g2 = build("group", json!({"name": "plumbtestg2"}));
+    converge(g2.as_ref(), ChangeKind::Create);
+    let u = build(
+        "user",
+        json!({"name": "plumbtestu", "uid": 4243, "group": "plumbtestg", "groups": ["plumbtestg2"], "shell": "/bin/sh", "create_home": false}),
+    );
+    converge(u.as_ref(), ChangeKind::Create);
+    let u = build(
+        "user",
+        json!({"name": "plumbtestu", "groups": [], "shell": "/bin/false", "home": "/nonexistent"}),
+    );
+    converge(u.as_ref(), ChangeKind::Modify);
+    let g = build("group", json!({"name": "plumbtestg2", "gid": 4244}));
+    converge(g.as_ref(), ChangeKind::Modify);
+    converge(
+        build("user", json!({"name": "plumbtestu", "state": "absent"})).as_ref(),
+        ChangeKind::Remove,
+    );
+    for name in ["plumbtestg", "plumbtestg2"] {
+        converge(
+            build("group", json!({"name": name, "state": "absent"})).as_ref(),
+            ChangeKind::Remove,
+        );
+    }
+}
+
+/// One representative step per module, for the totality property below.
+fn samples() -> Vec<Box<dyn Resource>> {
+    let mut v = vec![
+        build(
+            "file",
+            json!({"path": "/etc/a", "content": "x", "mode": "0600", "owner": "root", "group": "0"}),
+        ),
+        build("file", json!({"path": "/etc/a", "state": "absent"})),
+        build(
+            "directory",
+            json!({"path": "/srv/a", "mode": "0755", "owner": "root"}),
+        ),
+        build("directory", json!({"path": "/srv/a", "state": "absent"})),
+        build("symlink", json!({"path": "/a", "target": "/b"})),
+        build("line", json!({"path": "/a", "line": "x", "regexp": "^x"})),
+        build(
+            "line",
+            json!({"path": "/a", "regexp": "^x", "state": "absent"}),
+        ),
+        build("package", json!({"name": "nginx", "version": "1"})),
+        build(
+            "service",
+            json!({"name": "nginx", "state": "running", "enabled": true}),
+        ),
+        build(
+            "user",
+            json!({"name": "u", "uid": 1, "group": "g", "groups": ["a"], "shell": "/bin/sh", "home": "/h"}),
+        ),
+        build("group", json!({"name": "g", "gid": 1})),
+        build(
+            "command",
+            json!({"run": "x", "creates": "/a", "unless": "b", "onlyif": "c", "chdir": "/"}),
+        ),
+        build(
+            "cron",
+            json!({"name": "c", "schedule": "@daily", "command": "x"}),
+        ),
+        build("sysctl", json!({"name": "a.b", "value": "1"})),
+    ];
+    v.push(build("sysctl", json!({"name": "a.b", "state": "absent"})));
+    v
+}
+
+#[test]
+fn samples_cover_the_registry() {
+    let built: std::collections::BTreeSet<String> =
+        samples().iter().map(|r| format!("{r:?}")).collect();
+    for def in REGISTRY {
+        let ty = def.name.to_string();
+        assert!(
+            built.iter().any(|d| d.to_lowercase().starts_with(&ty)),
+            "no sample for `{ty}`"
+        );
+    }
+}
+
+fn key_value_lines() -> impl Strategy<Value = Vec<u8>> {
+    let key = prop::sample::select(vec![
+        "type",
+        "parent",
+        "mode",
+        "uid",
+        "owner",
+        "gid",
+        "group",
+        "size",
+        "sha256",
+        "content_b64",
+        "target_b64",
+        "empty",
+        "exact",
+        "last_exact",
+        "matches",
+        "last_match",
+        "last_b64",
+        "regexp",
+        "manager",
+        "dpkg_status",
+        "dpkg_version",
+        "rpm",
+        "rpm_version",
+        "apk",
+        "init",
+        "load",
+        "active",
+        "enabled",
+        "entry",
+        "entry_b64",
+        "primary_b64",
+        "groups_b64",
+        "creates",
+        "unless",
+        "onlyif",
+        "chdir",
+        "live",
+        "live_b64",
+        "error",
+    ]);
+    let value = prop_oneof![
+        prop::sample::select(vec![
+            "absent",
+            "file",
+            "directory",
+            "symlink",
+            "other",
+            "yes",
+            "no",
+            "0",
+            "1",
+            "644",
+            "apt",
+            "dnf",
+            "apk",
+            "none",
+            "systemd",
+            "sysv",
+            "active",
+            "enabled",
+            "ok",
+            "failed",
+            "exists",
+            "missing",
+            "installed",
+            "invalid",
+            "AAAA",
+            "!!",
+        ])
+        .prop_map(str::to_string),
+        "[ -~]{0,20}",
+    ];
+    prop::collection::vec((key, value), 0..12).prop_map(|kvs| {
+        kvs.into_iter()
+            .flat_map(|(k, v)| format!("{k}={v}\n").into_bytes())
+            .collect()
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// `diff` is total: any output gives a Change or a ProbeError, never a panic.
+    #[test]
+    fn diff_never_panics_on_bytes(stdout in proptest::collection::vec(any::<u8>(), 0..512), status in -1i32..3) {
+        for r in samples() {
+            let _ = r.diff(&ProbeResult { stdout: stdout.clone(), stderr: stdout.clone(), status });
+        }
+    }
+
+    #[test]
+    fn diff_never_panics_on_plausible_output(stdout in key_value_lines()) {
+        for r in samples() {
+            if let Ok(c) = r.diff(&ProbeResult { stdout: stdout.clone(), ..Default::default() }) {
+                // Whatever the change, its apply renders.
+                let _ = r.apply(&c);
+            }
+        }
+    }
+}
