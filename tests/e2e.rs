@@ -524,7 +524,7 @@ fn hostile_paths_and_content_land_byte_for_byte() {
             {"id": "parent", "directory": {"path": "/srv/we ird/'q\"uote/$(touch /tmp/pwned)/`touch /tmp/pwned2`"}},
             {"id": "dir", "directory": {"path": dir, "mode": "0755"}},
             {"id": "text", "file": {"path": format!("{dir}/f *.txt"), "content": content, "mode": "0600"}},
-            {"id": "blob", "file": {"path": format!("{dir}/blob;rm -rf /"), "source": "blob.bin"}},
+            {"id": "blob", "file": {"path": format!("{dir}/blob;rm -rf $HOME"), "source": "blob.bin"}},
             {"id": "line", "line": {"path": format!("{dir}/lines"), "line": "x=$(id) `id` 'q' \"d\" \\n", "create": true}},
         ]
     });
@@ -555,7 +555,7 @@ fn hostile_paths_and_content_land_byte_for_byte() {
             1,
             &format!(
                 "sha256sum < {} | cut -d' ' -f1",
-                q(&format!("{dir}/blob;rm -rf /"))
+                q(&format!("{dir}/blob;rm -rf $HOME"))
             )
         ),
         sha256(&binary)
