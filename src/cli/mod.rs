@@ -119,6 +119,18 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t)]
         output: OutputFormat,
     },
+    /// The long-running reconciler: watch the repo, verify, apply in waves, check drift.
+    Daemon {
+        /// The daemon configuration (YAML; schema: schemas/daemon.schema.json).
+        #[arg(long)]
+        config: PathBuf,
+        /// Print the daemon's audit public key (OpenSSH format) and exit.
+        #[arg(long)]
+        print_public_key: bool,
+        /// Log format: json (one object per line, for collectors) or text.
+        #[arg(long, value_enum, default_value_t = LogFormat::Json)]
+        log_format: LogFormat,
+    },
     /// Write the JSON Schemas plumb validates with into a directory (for editors and CI).
     Schemas {
         /// Destination directory.
@@ -150,6 +162,23 @@ pub struct ConnArgs {
     /// Seconds to wait for a host to accept the connection.
     #[arg(long, default_value_t = 10)]
     pub connect_timeout: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+/// Structured logs on stderr; `RUST_LOG` filters (default `info`).
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -444,6 +473,26 @@ fn run(command: Command, style: Style) -> anyhow::Result<u8> {
                 }
             }
             Ok(u8::from(!report.ok))
+        }
+        Command::Daemon { config, print_public_key, log_format } => {
+            let cfg = match crate::daemon::DaemonConfig::load(&config) {
+                Ok(c) => c,
+                Err((diags, sources)) => {
+                    let report = ValidateReport::new(diags);
+                    eprint!("{}", colour_diagnostics(&report.to_text(&sources), style));
+                    return Ok(1);
+                }
+            };
+            if print_public_key {
+                std::fs::create_dir_all(&cfg.state_dir)?;
+                let key = crate::audit::DaemonKey::load_or_create(&cfg.state_dir)?;
+                println!("{}", key.public_key_openssh());
+                return Ok(0);
+            }
+            init_logging(log_format);
+            let daemon = crate::daemon::Daemon::new(&config, cfg)?;
+            runtime()?.block_on(daemon.run())?;
+            Ok(0)
         }
         Command::Schemas { dir } => {
             for (file, schema) in crate::schema::generate() {

@@ -43,7 +43,7 @@ pub struct DaemonConfig {
     pub webhooks: Webhooks,
     /// Where alerts go.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub alerts: Vec<crate::alert::SinkConfig>,
+    pub alerts: Vec<crate::alert::Sink>,
     /// How to reach hosts.
     #[serde(default)]
     pub ssh: SshConfig,
