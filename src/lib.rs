@@ -6,8 +6,10 @@
 //! - [`modules`]: pure step modules (probe script, parse, diff, apply script);
 //! - [`transport`] and [`engine`]: the only code that talks to hosts, one script per phase;
 //! - [`report`]: the machine-readable results of each command;
+//! - [`state`] and [`audit`]: the run history in SQLite, signed and hash-chained;
 //! - [`cli`]: the command line; the only layer that knows about terminals.
 
+pub mod audit;
 pub mod cli;
 pub mod diag;
 pub mod engine;
@@ -16,5 +18,6 @@ pub mod modules;
 pub mod render;
 pub mod report;
 pub mod schema;
+pub mod state;
 pub mod transport;
 pub mod validate;
