@@ -64,7 +64,9 @@ pub enum StateError {
         version: i64,
         source: rusqlite::Error,
     },
-    #[error("state directory {path}: {source}; check that it exists and the daemon's user may write it")]
+    #[error(
+        "state directory {path}: {source}; check that it exists and the daemon's user may write it"
+    )]
     Io {
         path: PathBuf,
         source: std::io::Error,
@@ -76,7 +78,9 @@ pub enum StateError {
     },
     #[error("state db: {0}")]
     Sqlite(#[from] rusqlite::Error),
-    #[error("state db at {path} holds an unreadable value: {detail}; the file was edited or damaged")]
+    #[error(
+        "state db at {path} holds an unreadable value: {detail}; the file was edited or damaged"
+    )]
     Corrupt { path: PathBuf, detail: String },
     #[error("no run {id} in the state db")]
     NoSuchRun { id: String },
@@ -84,7 +88,9 @@ pub enum StateError {
     AlreadyFinished { id: String },
     #[error("run result `{0}` cannot be recorded by finish_run (it is derived by plumb)")]
     InvalidResult(RunResult),
-    #[error("the state db was opened for inspection; only the daemon's handle (StateDb::open) writes")]
+    #[error(
+        "the state db was opened for inspection; only the daemon's handle (StateDb::open) writes"
+    )]
     ReadOnly,
     #[error(transparent)]
     Audit(#[from] AuditError),
@@ -175,7 +181,9 @@ text_enum!(
 
 /// A run id: 26 characters of Crockford base32 (48 bits of milliseconds, 80 random bits),
 /// sortable by start time.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(transparent)]
 pub struct RunId(pub String);
 
@@ -710,7 +718,12 @@ impl StateDb {
     /// Records one host's apply (kinds `apply` and `correction`). Only steps that are not in
     /// sync get a row. Fields of sensitive steps are redacted. A converged host has no open
     /// drift left: its open findings are resolved by this run.
-    pub fn record_host(&self, run: &RunId, host: &HostRun, meta: &StepMeta) -> Result<(), StateError> {
+    pub fn record_host(
+        &self,
+        run: &RunId,
+        host: &HostRun,
+        meta: &StepMeta,
+    ) -> Result<(), StateError> {
         self.write(|c, _| {
             let (env, kind) = Self::open_run(c, run)?;
             let all_drift = matches!(kind, RunKind::Correction | RunKind::DriftCheck);
@@ -730,8 +743,7 @@ impl StateDb {
                     },
                     error: s.error.as_deref(),
                     duration_ms: i64::try_from(s.duration_ms).unwrap_or(i64::MAX),
-                    drift: s.change.is_some()
-                        && (all_drift || meta.drift.contains(&s.address)),
+                    drift: s.change.is_some() && (all_drift || meta.drift.contains(&s.address)),
                 })
                 .collect();
             let status = match host.status {
@@ -834,7 +846,16 @@ impl StateDb {
             for s in &steps {
                 keep.insert(s.address.to_string());
                 if let (true, Some(kind)) = (s.drift, s.change) {
-                    Self::upsert_drift_in(c, run, &env, &plan.host.name, s.address, kind, &s.fields, now)?;
+                    Self::upsert_drift_in(
+                        c,
+                        run,
+                        &env,
+                        &plan.host.name,
+                        s.address,
+                        kind,
+                        &s.fields,
+                        now,
+                    )?;
                 }
             }
             let open: Vec<String> = c
@@ -853,7 +874,12 @@ impl StateDb {
 
     /// Finishes a run and signs its record into the audit chain. `summary` is free-form JSON
     /// (counts, the refusal reason, ...), stored and signed as given.
-    pub fn finish_run(&self, run: &RunId, result: RunResult, summary: &Value) -> Result<(), StateError> {
+    pub fn finish_run(
+        &self,
+        run: &RunId,
+        result: RunResult,
+        summary: &Value,
+    ) -> Result<(), StateError> {
         if result == RunResult::Running {
             return Err(StateError::InvalidResult(result));
         }
@@ -957,7 +983,12 @@ impl StateDb {
 
     /// Records that `commit` failed in `env`: the daemon does not retry it until a new
     /// commit arrives.
-    pub fn mark_failed(&self, env: &str, commit: &str, run: Option<&RunId>) -> Result<(), StateError> {
+    pub fn mark_failed(
+        &self,
+        env: &str,
+        commit: &str,
+        run: Option<&RunId>,
+    ) -> Result<(), StateError> {
         self.write(|c, _| {
             c.execute(
                 "INSERT INTO failed_commits (environment, commit_id, run_id, failed_at)
@@ -984,7 +1015,18 @@ impl StateDb {
 
     /// Open (unresolved) drift findings of `env`, by host and address.
     pub fn open_drift(&self, env: &str) -> Result<Vec<DriftFinding>, StateError> {
-        let rows: Vec<(i64, String, String, String, String, String, i64, i64, Option<i64>, Option<String>)> = self
+        let rows: Vec<(
+            i64,
+            String,
+            String,
+            String,
+            String,
+            String,
+            i64,
+            i64,
+            Option<i64>,
+            Option<String>,
+        )> = self
             .conn
             .prepare_cached(
                 "SELECT id, environment, host, address, change_kind, fields, first_seen,
@@ -1011,22 +1053,37 @@ impl StateDb {
             })
             .map_err(|e| self.err(e.into()))?;
         rows.into_iter()
-            .map(|(id, environment, host, address, kind, fields, first_seen, last_seen, resolved_at, run_id)| {
-                Ok(DriftFinding {
+            .map(
+                |(
                     id,
-                    change: parse_change(&kind)
-                        .ok_or_else(|| self.corrupt(format!("drift finding {id}: change `{kind}`")))?,
-                    fields: serde_json::from_str(&fields)
-                        .map_err(|e| self.corrupt(format!("drift finding {id}: fields: {e}")))?,
                     environment,
                     host,
                     address,
+                    kind,
+                    fields,
                     first_seen,
                     last_seen,
                     resolved_at,
-                    run_id: run_id.map(RunId),
-                })
-            })
+                    run_id,
+                )| {
+                    Ok(DriftFinding {
+                        id,
+                        change: parse_change(&kind).ok_or_else(|| {
+                            self.corrupt(format!("drift finding {id}: change `{kind}`"))
+                        })?,
+                        fields: serde_json::from_str(&fields).map_err(|e| {
+                            self.corrupt(format!("drift finding {id}: fields: {e}"))
+                        })?,
+                        environment,
+                        host,
+                        address,
+                        first_seen,
+                        last_seen,
+                        resolved_at,
+                        run_id: run_id.map(RunId),
+                    })
+                },
+            )
             .collect()
     }
 
@@ -1049,7 +1106,15 @@ impl StateDb {
              DO UPDATE SET change_kind = excluded.change_kind, fields = excluded.fields,
                 last_seen = excluded.last_seen, run_id = excluded.run_id
              RETURNING id",
-            params![env, host, address, change_str(change), json_text(&fields), now, run.0],
+            params![
+                env,
+                host,
+                address,
+                change_str(change),
+                json_text(&fields),
+                now,
+                run.0
+            ],
             |r| r.get(0),
         )?;
         Ok(id)
@@ -1082,11 +1147,19 @@ impl StateDb {
         change: ChangeKind,
         fields: &[FieldChange],
     ) -> Result<i64, StateError> {
-        self.write(|c, _| Self::upsert_drift_in(c, run, env, host, address, change, fields, now_ms()))
+        self.write(|c, _| {
+            Self::upsert_drift_in(c, run, env, host, address, change, fields, now_ms())
+        })
     }
 
     /// Resolves the open finding of a resource; false when there was none.
-    pub fn resolve_drift(&self, run: &RunId, env: &str, host: &str, address: &str) -> Result<bool, StateError> {
+    pub fn resolve_drift(
+        &self,
+        run: &RunId,
+        env: &str,
+        host: &str,
+        address: &str,
+    ) -> Result<bool, StateError> {
         self.write(|c, _| Self::resolve_drift_in(c, run, env, host, address, now_ms()))
     }
 
@@ -1098,7 +1171,11 @@ impl StateDb {
         }
     }
 
-    fn record_from_row(&self, r: &rusqlite::Row<'_>, unfinished: RunResult) -> rusqlite::Result<Result<RunRecord, StateError>> {
+    fn record_from_row(
+        &self,
+        r: &rusqlite::Row<'_>,
+        unfinished: RunResult,
+    ) -> rusqlite::Result<Result<RunRecord, StateError>> {
         let id: String = r.get("id")?;
         let kind: String = r.get("kind")?;
         let trigger: String = r.get("trigger")?;
@@ -1196,7 +1273,9 @@ impl StateDb {
             return Ok(None);
         };
         let run = rec?;
-        let Some(v) = crate::audit::chain::rows_value(&self.conn, &id.0).map_err(|e| self.err(e.into()))? else {
+        let Some(v) =
+            crate::audit::chain::rows_value(&self.conn, &id.0).map_err(|e| self.err(e.into()))?
+        else {
             return Ok(None);
         };
         let hosts = v.get("hosts").cloned().unwrap_or(Value::Array(Vec::new()));
@@ -1211,7 +1290,12 @@ impl StateDb {
                 "SELECT chain_seq, hash FROM runs WHERE chain_seq IS NOT NULL
                  ORDER BY chain_seq DESC LIMIT 1",
                 [],
-                |r| Ok((r.get(0)?, r.get::<_, Option<String>>(1)?.unwrap_or_default())),
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get::<_, Option<String>>(1)?.unwrap_or_default(),
+                    ))
+                },
             )
             .optional()
             .map_err(|e| self.err(e.into()))
@@ -1237,10 +1321,14 @@ fn parse_hosts(v: &Value) -> Result<Vec<HostRecord>, String> {
                         module: ss("module").unwrap_or_default(),
                         status: ss("status").unwrap_or_default(),
                         change: ss("change").as_deref().and_then(parse_change),
-                        fields: serde_json::from_value(st.get("fields").cloned().unwrap_or(Value::Null))
-                            .unwrap_or_default(),
+                        fields: serde_json::from_value(
+                            st.get("fields").cloned().unwrap_or(Value::Null),
+                        )
+                        .unwrap_or_default(),
                         error: ss("error"),
-                        duration_ms: to_u64(st.get("duration_ms").and_then(Value::as_i64).unwrap_or(0)),
+                        duration_ms: to_u64(
+                            st.get("duration_ms").and_then(Value::as_i64).unwrap_or(0),
+                        ),
                         drift: st.get("drift").and_then(Value::as_bool).unwrap_or(false),
                     })
                 })
@@ -1277,4 +1365,4 @@ fn busy(e: StateError, path: &Path) -> StateError {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
