@@ -200,9 +200,13 @@ pub fn verify_chain(db: &StateDb, key: &VerifyingKey) -> Result<VerifiedChain, A
                 .as_ref()
                 .map(|(id, _)| format!("after run {id}"))
                 .unwrap_or_else(|| "at the start".into());
+            let which = if row.seq - 1 == expected_seq {
+                format!("record #{expected_seq} is")
+            } else {
+                format!("records #{expected_seq}..#{} are", row.seq - 1)
+            };
             return Err(broken(format!(
-                "record(s) #{expected_seq}..#{} missing {after}: removed from the chain",
-                row.seq - 1
+                "{which} missing {after}: removed from the chain"
             )));
         }
         if parsed.get("seq").and_then(Value::as_i64) != Some(row.seq)
