@@ -1015,18 +1015,7 @@ impl StateDb {
 
     /// Open (unresolved) drift findings of `env`, by host and address.
     pub fn open_drift(&self, env: &str) -> Result<Vec<DriftFinding>, StateError> {
-        let rows: Vec<(
-            i64,
-            String,
-            String,
-            String,
-            String,
-            String,
-            i64,
-            i64,
-            Option<i64>,
-            Option<String>,
-        )> = self
+        let rows: Vec<Result<DriftFinding, StateError>> = self
             .conn
             .prepare_cached(
                 "SELECT id, environment, host, address, change_kind, fields, first_seen,
@@ -1036,57 +1025,40 @@ impl StateDb {
             )
             .and_then(|mut s| {
                 s.query_map(params![env], |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                        r.get(6)?,
-                        r.get(7)?,
-                        r.get(8)?,
-                        r.get(9)?,
-                    ))
+                    let id: i64 = r.get(0)?;
+                    let kind: String = r.get(4)?;
+                    let fields: String = r.get(5)?;
+                    let Some(change) = parse_change(&kind) else {
+                        return Ok(Err(
+                            self.corrupt(format!("drift finding {id}: change `{kind}`"))
+                        ));
+                    };
+                    let fields = match serde_json::from_str(&fields) {
+                        Ok(f) => f,
+                        Err(e) => {
+                            return Ok(
+                                Err(self.corrupt(format!("drift finding {id}: fields: {e}"))),
+                            )
+                        }
+                    };
+                    Ok(Ok(DriftFinding {
+                        id,
+                        environment: r.get(1)?,
+                        host: r.get(2)?,
+                        address: r.get(3)?,
+                        change,
+                        fields,
+                        first_seen: r.get(6)?,
+                        last_seen: r.get(7)?,
+                        resolved_at: r.get(8)?,
+                        run_id: r.get::<_, Option<String>>(9)?.map(RunId),
+                    }))
                 })?
                 .collect()
             })
             .map_err(|e| self.err(e.into()))?;
-        rows.into_iter()
-            .map(
-                |(
-                    id,
-                    environment,
-                    host,
-                    address,
-                    kind,
-                    fields,
-                    first_seen,
-                    last_seen,
-                    resolved_at,
-                    run_id,
-                )| {
-                    Ok(DriftFinding {
-                        id,
-                        change: parse_change(&kind).ok_or_else(|| {
-                            self.corrupt(format!("drift finding {id}: change `{kind}`"))
-                        })?,
-                        fields: serde_json::from_str(&fields).map_err(|e| {
-                            self.corrupt(format!("drift finding {id}: fields: {e}"))
-                        })?,
-                        environment,
-                        host,
-                        address,
-                        first_seen,
-                        last_seen,
-                        resolved_at,
-                        run_id: run_id.map(RunId),
-                    })
-                },
-            )
-            .collect()
+        rows.into_iter().collect()
     }
-
     #[allow(clippy::too_many_arguments)]
     fn upsert_drift_in(
         c: &Connection,
