@@ -1059,6 +1059,7 @@ impl StateDb {
             .map_err(|e| self.err(e.into()))?;
         rows.into_iter().collect()
     }
+
     #[allow(clippy::too_many_arguments)]
     fn upsert_drift_in(
         c: &Connection,
