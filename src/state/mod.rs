@@ -39,6 +39,8 @@ pub use schema::SCHEMA_VERSION;
 pub const DB_FILE: &str = "plumb.db";
 /// The daemon's lock file under the state directory.
 pub const LOCK_FILE: &str = "plumb.lock";
+/// How long [`StateDb::open`] waits for the daemon lock before reporting it held.
+pub const LOCK_WAIT: Duration = Duration::from_secs(2);
 /// How long a write waits for another handle's write lock.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -468,7 +470,17 @@ fn lock_dir(dir: &Path) -> Result<File, StateError> {
         .truncate(false)
         .open(&path)
         .map_err(io)?;
-    match file.try_lock() {
+    // A child process forked by this process (ssh, sh) shares the lock until it execs, so a
+    // lock that was just released can look held for a moment: retry briefly before giving up.
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    let mut attempt = file.try_lock();
+    while matches!(attempt, Err(std::fs::TryLockError::WouldBlock))
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(25));
+        attempt = file.try_lock();
+    }
+    match attempt {
         Ok(()) => {
             use std::io::{Seek, Write};
             // Best effort: the pid only improves the "locked" message of the next daemon.
@@ -496,13 +508,15 @@ fn daemon_running(dir: &Path) -> bool {
     let Ok(file) = File::open(dir.join(LOCK_FILE)) else {
         return false;
     };
-    match file.try_lock_shared() {
-        Ok(()) => {
+    // Held on every try, not just for the moment a forked child shares it (see lock_dir).
+    for _ in 0..5 {
+        if file.try_lock_shared().is_ok() {
             let _ = file.unlock();
-            false
+            return false;
         }
-        Err(_) => true,
+        std::thread::sleep(Duration::from_millis(20));
     }
+    true
 }
 
 fn connect(path: &Path) -> Result<Connection, StateError> {
