@@ -135,6 +135,10 @@ pub(crate) fn migrate_to(
         if version > target {
             break;
         }
+        // Up to date: no write transaction at all (readers such as `plumb history`).
+        if user_version(conn)? >= version {
+            continue;
+        }
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         if user_version(&tx)? >= version {
             continue;
