@@ -8,12 +8,16 @@
 //! - [`report`]: the machine-readable results of each command;
 //! - [`source`]: the signed config repo: mirror, signature policy, checkout, watch;
 //! - [`health`]: health checks after each rollout wave (command via the transport, http, tcp);
+//! - [`state`] and [`audit`]: the run history in SQLite, signed and hash-chained;
 //! - [`server`] and [`alert`]: the daemon's HTTP side (probes, metrics, webhooks, status API)
 //!   and its outgoing alerts (webhook, Slack, Alertmanager);
+//! - [`daemon`]: the reconcile loop tying them together;
 //! - [`cli`]: the command line; the only layer that knows about terminals.
 
 pub mod alert;
+pub mod audit;
 pub mod cli;
+pub mod daemon;
 pub mod diag;
 pub mod engine;
 pub mod health;
@@ -22,7 +26,8 @@ pub mod modules;
 pub mod render;
 pub mod report;
 pub mod schema;
-pub mod source;
 pub mod server;
+pub mod source;
+pub mod state;
 pub mod transport;
 pub mod validate;

@@ -131,10 +131,52 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = LogFormat::Json)]
         log_format: LogFormat,
     },
+    /// List recorded runs, newest first.
+    History {
+        /// The daemon's state directory (holding plumb.db).
+        #[arg(long, env = "PLUMB_STATE_DIR")]
+        state: PathBuf,
+        /// Only this environment.
+        #[arg(long)]
+        env: Option<String>,
+        /// At most this many runs.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[arg(long, value_enum, default_value_t)]
+        output: OutputFormat,
+    },
+    /// The signed, hash-chained audit trail of runs.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Write the JSON Schemas plumb validates with into a directory (for editors and CI).
     Schemas {
         /// Destination directory.
         dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check every run record's hash, signature and chain link. Exit 0 intact, 1 broken
+    /// (naming the first broken record).
+    Verify {
+        /// The daemon's state directory (holding plumb.db).
+        #[arg(long, env = "PLUMB_STATE_DIR")]
+        state: PathBuf,
+        /// The daemon's public key (`ssh-ed25519 AAAA...`), kept apart from the state.
+        /// Default: derived from the daemon key in the state directory.
+        #[arg(long)]
+        public_key: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t)]
+        output: OutputFormat,
+    },
+    /// Print the daemon's public key (creating the key if absent), for `audit verify --public-key`.
+    PublicKey {
+        /// The daemon's state directory.
+        #[arg(long, env = "PLUMB_STATE_DIR")]
+        state: PathBuf,
     },
 }
 
@@ -174,9 +216,15 @@ pub enum LogFormat {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
         LogFormat::Text => builder.try_init(),
     };
 }
@@ -474,7 +522,11 @@ fn run(command: Command, style: Style) -> anyhow::Result<u8> {
             }
             Ok(u8::from(!report.ok))
         }
-        Command::Daemon { config, print_public_key, log_format } => {
+        Command::Daemon {
+            config,
+            print_public_key,
+            log_format,
+        } => {
             let cfg = match crate::daemon::DaemonConfig::load(&config) {
                 Ok(c) => c,
                 Err((diags, sources)) => {
@@ -494,6 +546,40 @@ fn run(command: Command, style: Style) -> anyhow::Result<u8> {
             runtime()?.block_on(daemon.run())?;
             Ok(0)
         }
+        Command::History {
+            state,
+            env,
+            limit,
+            output,
+        } => {
+            let db = crate::state::StateDb::open_inspect(&state)?;
+            let runs = db.runs(&crate::state::RunFilter {
+                environment: env,
+                kind: None,
+                limit: Some(limit),
+            })?;
+            let report = crate::state::report::HistoryReport::new(&runs);
+            match output {
+                OutputFormat::Json => print_json(&report)?,
+                OutputFormat::Text => print!("{}", report.to_text()),
+            }
+            Ok(0)
+        }
+        Command::Audit {
+            command: AuditCommand::PublicKey { state },
+        } => {
+            let key = crate::audit::DaemonKey::load_or_create(&state)?;
+            println!("{}", key.public_key_openssh());
+            Ok(0)
+        }
+        Command::Audit {
+            command:
+                AuditCommand::Verify {
+                    state,
+                    public_key,
+                    output,
+                },
+        } => audit_verify(&state, public_key.as_deref(), output, style),
         Command::Schemas { dir } => {
             for (file, schema) in crate::schema::generate() {
                 let path = dir.join(&file);
@@ -562,6 +648,82 @@ fn plan_cmd(
         OutputFormat::Text => print_lines(&crate::report::plan::plan_lines(&report), style),
     }
     Ok(report.exit_code())
+}
+
+fn audit_verify(
+    state: &std::path::Path,
+    public_key: Option<&std::path::Path>,
+    output: OutputFormat,
+    style: Style,
+) -> anyhow::Result<u8> {
+    use crate::audit::{AuditError, AuditVerifyReport, BrokenRecord};
+    let db = crate::state::StateDb::open_inspect(state)?;
+    let key = match public_key {
+        Some(p) => crate::audit::read_public_key(p)?,
+        None => crate::audit::DaemonKey::load(&state.join(crate::audit::KEY_FILE))?.verifying_key(),
+    };
+    let key_fingerprint = crate::audit::fingerprint(&key);
+    let report = match crate::audit::verify_chain(&db, &key) {
+        Ok(v) => AuditVerifyReport {
+            ok: true,
+            records: v.records,
+            head: v.head,
+            key_fingerprint,
+            broken: None,
+            error_code: None,
+        },
+        Err(AuditError::Broken {
+            run_id,
+            seq,
+            reason,
+        }) => {
+            let records = if seq > 0 {
+                usize::try_from(seq - 1).unwrap_or(0)
+            } else {
+                db.chain_head()?
+                    .map(|(n, _)| usize::try_from(n).unwrap_or(0))
+                    .unwrap_or(0)
+            };
+            AuditVerifyReport {
+                ok: false,
+                records,
+                head: None,
+                key_fingerprint,
+                broken: Some(BrokenRecord {
+                    run_id,
+                    seq,
+                    reason,
+                }),
+                error_code: Some("audit.broken".into()),
+            }
+        }
+        Err(e) => return Err(e.into()),
+    };
+    match output {
+        OutputFormat::Json => print_json(&report)?,
+        OutputFormat::Text => match &report.broken {
+            None => println!(
+                "{} records verified; head {} (key {})",
+                report.records,
+                report.head.as_deref().unwrap_or("-"),
+                report.key_fingerprint
+            ),
+            Some(b) => {
+                let at = if b.seq > 0 {
+                    format!("run {} (record #{})", b.run_id, b.seq)
+                } else {
+                    format!("run {}", b.run_id)
+                };
+                eprintln!(
+                    "{}: audit chain broken at {at}: {}",
+                    style.red("error"),
+                    b.reason
+                );
+                println!("{} records verified before it", report.records);
+            }
+        },
+    }
+    Ok(u8::from(!report.ok))
 }
 
 fn print_lines(lines: &[(crate::report::plan::LineKind, String)], style: Style) {

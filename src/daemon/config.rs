@@ -80,7 +80,12 @@ pub struct SshConfig {
 
 impl Default for SshConfig {
     fn default() -> Self {
-        SshConfig { config_file: None, identity_file: None, known_hosts_file: None, connect_timeout: default_connect_timeout() }
+        SshConfig {
+            config_file: None,
+            identity_file: None,
+            known_hosts_file: None,
+            connect_timeout: default_connect_timeout(),
+        }
     }
 }
 
@@ -113,7 +118,8 @@ impl DaemonConfig {
             config_file: self.ssh.config_file.clone(),
             identity_file: self.ssh.identity_file.clone(),
             known_hosts_file: self.ssh.known_hosts_file.clone(),
-            connect_timeout: crate::model::parse_duration(&self.ssh.connect_timeout).unwrap_or(Duration::from_secs(10)),
+            connect_timeout: crate::model::parse_duration(&self.ssh.connect_timeout)
+                .unwrap_or(Duration::from_secs(10)),
             control_dir: Some(self.state_dir.join("ssh")),
             ..crate::transport::SshOptions::default()
         }
@@ -127,7 +133,12 @@ impl DaemonConfig {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) => {
-                diags.push(Diagnostic::error("io", &label, Pos::START, format!("cannot read the daemon config: {e}")));
+                diags.push(Diagnostic::error(
+                    "io",
+                    &label,
+                    Pos::START,
+                    format!("cannot read the daemon config: {e}"),
+                ));
                 return Err((diags, sources));
             }
         };
@@ -139,7 +150,11 @@ impl DaemonConfig {
                 return Err((diags, sources));
             }
         };
-        diags.extend(crate::schema::validate(crate::schema::Kind::Daemon, &node, &label));
+        diags.extend(crate::schema::validate(
+            crate::schema::Kind::Daemon,
+            &node,
+            &label,
+        ));
         if diags.has_errors() {
             return Err((diags, sources));
         }
@@ -158,12 +173,28 @@ impl DaemonConfig {
             );
         }
         if config.listen.parse::<std::net::SocketAddr>().is_err() {
-            diags.push(Diagnostic::error("config", &label, at("/listen"), format!("`{}` is not an address:port", config.listen)).with_hint("e.g. 127.0.0.1:9940"));
+            diags.push(
+                Diagnostic::error(
+                    "config",
+                    &label,
+                    at("/listen"),
+                    format!("`{}` is not an address:port", config.listen),
+                )
+                .with_hint("e.g. 127.0.0.1:9940"),
+            );
         }
-        for (field, f) in [("github_secret_file", &config.webhooks.github_secret_file), ("generic_secret_file", &config.webhooks.generic_secret_file)] {
+        for (field, f) in [
+            ("github_secret_file", &config.webhooks.github_secret_file),
+            ("generic_secret_file", &config.webhooks.generic_secret_file),
+        ] {
             if let Some(f) = f {
                 if !f.is_file() {
-                    diags.push(Diagnostic::error("config", &label, at(&format!("/webhooks/{field}")), format!("secret file {} does not exist", f.display())));
+                    diags.push(Diagnostic::error(
+                        "config",
+                        &label,
+                        at(&format!("/webhooks/{field}")),
+                        format!("secret file {} does not exist", f.display()),
+                    ));
                 }
             }
         }

@@ -31,10 +31,14 @@ use crate::engine::{self, HostStatus, SshConnector};
 use crate::model::DriftMode;
 use crate::render::DesiredHost;
 use crate::server::metrics::{RefusalSource, RunResult as MetricResult};
-use crate::server::{self, AppState, Metrics, Readiness, RunsQuery, StatusError, StatusSource, WebhookSecrets};
+use crate::server::{
+    self, AppState, Metrics, Readiness, RunsQuery, StatusError, StatusSource, WebhookSecrets,
+};
 use crate::source::allowed_signers::AllowedSigners;
 use crate::source::{RangeOptions, Source};
-use crate::state::{self, NewRun, RunFilter, RunId, RunKind, RunResult, StateDb, StepMeta, Trigger};
+use crate::state::{
+    self, NewRun, RunFilter, RunId, RunKind, RunResult, StateDb, StepMeta, Trigger,
+};
 
 pub mod config;
 pub mod waves;
@@ -85,15 +89,24 @@ fn lock(db: &Mutex<StateDb>) -> std::sync::MutexGuard<'_, StateDb> {
 }
 
 fn signer_of(s: &crate::source::signature::Signer) -> state::Signer {
-    state::Signer { principal: s.principal.clone(), fingerprint: s.fingerprint.clone() }
+    state::Signer {
+        principal: s.principal.clone(),
+        fingerprint: s.fingerprint.clone(),
+    }
 }
 
 fn read_secret(path: &Option<PathBuf>) -> anyhow::Result<Vec<Vec<u8>>> {
     match path {
         None => Ok(Vec::new()),
         Some(p) => {
-            let text = std::fs::read_to_string(p).with_context(|| format!("reading webhook secret {}", p.display()))?;
-            Ok(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(|l| l.as_bytes().to_vec()).collect())
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("reading webhook secret {}", p.display()))?;
+            Ok(text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(|l| l.as_bytes().to_vec())
+                .collect())
         }
     }
 }
@@ -101,13 +114,19 @@ fn read_secret(path: &Option<PathBuf>) -> anyhow::Result<Vec<Vec<u8>>> {
 impl Daemon {
     /// Opens state and checks everything that can be checked before the loop starts.
     pub fn new(config_path: &Path, config: DaemonConfig) -> anyhow::Result<Daemon> {
-        std::fs::create_dir_all(&config.state_dir)
-            .with_context(|| format!("creating the state directory {}", config.state_dir.display()))?;
+        std::fs::create_dir_all(&config.state_dir).with_context(|| {
+            format!(
+                "creating the state directory {}",
+                config.state_dir.display()
+            )
+        })?;
         let signers = AllowedSigners::load(&config.allowed_signers)?;
         let db = StateDb::open(&config.state_dir)?;
         let source = Source::new(&config.repository, &config.state_dir)?;
         let alerter = Alerter::new(config.alerts.clone())?;
-        let connector = SshConnector { options: config.ssh_options() };
+        let connector = SshConnector {
+            options: config.ssh_options(),
+        };
         if let Some(dir) = &connector.options.control_dir {
             std::fs::create_dir_all(dir)?;
         }
@@ -141,7 +160,10 @@ impl Daemon {
             github: read_secret(&self.config.webhooks.github_secret_file)?,
             generic: read_secret(&self.config.webhooks.generic_secret_file)?,
         };
-        let status = StateStatus { db: Arc::new(Mutex::new(lock(&self.db).handle()?)), environments: self.config.environments.clone() };
+        let status = StateStatus {
+            db: Arc::new(Mutex::new(lock(&self.db).handle()?)),
+            environments: self.config.environments.clone(),
+        };
         let app = AppState {
             metrics: self.metrics.clone(),
             triggers: hook_tx,
@@ -224,12 +246,19 @@ impl Daemon {
                         return;
                     }
                 };
-                if new.listen != self.config.listen || new.state_dir != self.config.state_dir || new.repository != self.config.repository {
-                    tracing::warn!("SIGHUP: listen, state_dir and repository changes take effect on restart");
+                if new.listen != self.config.listen
+                    || new.state_dir != self.config.state_dir
+                    || new.repository != self.config.repository
+                {
+                    tracing::warn!(
+                        "SIGHUP: listen, state_dir and repository changes take effect on restart"
+                    );
                 }
                 self.signers = signers;
                 self.alerter = alerter;
-                self.connector = SshConnector { options: new.ssh_options() };
+                self.connector = SshConnector {
+                    options: new.ssh_options(),
+                };
                 self.config = DaemonConfig {
                     listen: self.config.listen.clone(),
                     state_dir: self.config.state_dir.clone(),
@@ -244,24 +273,44 @@ impl Daemon {
 
     fn drift_interval(&self, env: &str, repo: Option<&crate::model::Repo>) -> Duration {
         let text = self.config.drift_interval.clone().or_else(|| {
-            repo.and_then(|r| r.environments.get(env)).map(|e| e.settings.drift.interval.clone())
+            repo.and_then(|r| r.environments.get(env))
+                .map(|e| e.settings.drift.interval.clone())
         });
-        text.and_then(|t| crate::model::parse_duration(&t)).unwrap_or(Duration::from_secs(300)).max(Duration::from_millis(200))
+        text.and_then(|t| crate::model::parse_duration(&t))
+            .unwrap_or(Duration::from_secs(300))
+            .max(Duration::from_millis(200))
     }
 
     fn next_drift_due(&self) -> Instant {
-        self.next_drift.values().min().copied().unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))
+        self.next_drift
+            .values()
+            .min()
+            .copied()
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))
     }
 
     async fn drift_due(&mut self) {
         let now = Instant::now();
-        let due: Vec<String> = self.next_drift.iter().filter(|(_, t)| **t <= now).map(|(e, _)| e.clone()).collect();
+        let due: Vec<String> = self
+            .next_drift
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(e, _)| e.clone())
+            .collect();
         for env in due {
             self.drift_check(&env).await;
         }
     }
 
-    fn alert(&self, event: AlertEvent, env: Option<&str>, commit: Option<&str>, hosts: Vec<String>, message: String, details: Value) {
+    fn alert(
+        &self,
+        event: AlertEvent,
+        env: Option<&str>,
+        commit: Option<&str>,
+        hosts: Vec<String>,
+        message: String,
+        details: Value,
+    ) {
         let alert = Alert {
             event,
             environment: env.map(str::to_string),
@@ -298,7 +347,9 @@ impl Daemon {
             return Ok(dir);
         }
         std::fs::create_dir_all(self.checkouts_dir())?;
-        let tmp = self.checkouts_dir().join(format!(".{commit}.{}", std::process::id()));
+        let tmp = self
+            .checkouts_dir()
+            .join(format!(".{commit}.{}", std::process::id()));
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp)?;
         }
@@ -309,7 +360,9 @@ impl Daemon {
 
     /// Removes checkouts no environment needs any more.
     fn prune_checkouts(&self, keep: &BTreeSet<String>) {
-        let Ok(rd) = std::fs::read_dir(self.checkouts_dir()) else { return };
+        let Ok(rd) = std::fs::read_dir(self.checkouts_dir()) else {
+            return;
+        };
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             if !keep.contains(&name) && !name.starts_with('.') {
@@ -349,7 +402,14 @@ impl Daemon {
     }
 
     /// Records a run refused before any host was contacted.
-    fn refuse(&self, env: &str, commit: git2::Oid, wake: Wake, reason: &str, summary: Value) -> anyhow::Result<()> {
+    fn refuse(
+        &self,
+        env: &str,
+        commit: git2::Oid,
+        wake: Wake,
+        reason: &str,
+        summary: Value,
+    ) -> anyhow::Result<()> {
         let db = lock(&self.db);
         let run = db.begin_run(&NewRun {
             environment: env.to_string(),
@@ -360,7 +420,8 @@ impl Daemon {
         })?;
         db.finish_run(&run, RunResult::Refused, &summary)?;
         db.mark_failed(env, &commit.to_string(), Some(&run))?;
-        self.metrics.run_finished(env, MetricResult::Refused, Duration::ZERO, 0, 0);
+        self.metrics
+            .run_finished(env, MetricResult::Refused, Duration::ZERO, 0, 0);
         tracing::warn!(environment = %env, commit = %commit, run = %run, reason, "commit refused; no host was contacted");
         Ok(())
     }
@@ -384,7 +445,10 @@ impl Daemon {
         let verdict = {
             let source = self.source.clone();
             let signers = self.signers.clone();
-            tokio::task::spawn_blocking(move || source.verify(last_oid, tip, &signers, RangeOptions::default())).await??
+            tokio::task::spawn_blocking(move || {
+                source.verify(last_oid, tip, &signers, RangeOptions::default())
+            })
+            .await??
         };
         let range = match verdict {
             Ok(r) => r,
@@ -402,7 +466,8 @@ impl Daemon {
                     reason.code(),
                     json!({"reason": reason.code(), "bad_commit": rejection.commit.to_string(), "message": message}),
                 )?;
-                self.metrics.signature_refused(Some(env), RefusalSource::Commit);
+                self.metrics
+                    .signature_refused(Some(env), RefusalSource::Commit);
                 self.alert(
                     AlertEvent::SignatureRefused,
                     Some(env),
@@ -418,7 +483,9 @@ impl Daemon {
         // A bad commit touches nothing: validate and render before the first host.
         let dir = self.checkout(tip)?;
         let (repo, mut diags) = crate::validate::validate(&dir);
-        let rendered = if diags.has_errors() { None } else {
+        let rendered = if diags.has_errors() {
+            None
+        } else {
             match crate::render::render_env(&repo, env, None) {
                 Ok(h) => Some(h),
                 Err(d) => {
@@ -434,13 +501,23 @@ impl Daemon {
                 .filter(|d| d.severity == crate::diag::Severity::Error)
                 .map(|d| json!(format!("{}:{}:{}: {}", d.path, d.line, d.col, d.message)))
                 .collect();
-            self.refuse(env, tip, wake, "invalid", json!({"reason": "invalid", "errors": errors}))?;
+            self.refuse(
+                env,
+                tip,
+                wake,
+                "invalid",
+                json!({"reason": "invalid", "errors": errors}),
+            )?;
             self.alert(
                 AlertEvent::RunFailed,
                 Some(env),
                 Some(&tip.to_string()),
                 Vec::new(),
-                format!("commit {} is invalid ({} errors); nothing was applied", &tip.to_string()[..12], errors.len()),
+                format!(
+                    "commit {} is invalid ({} errors); nothing was applied",
+                    &tip.to_string()[..12],
+                    errors.len()
+                ),
                 json!({"errors": errors}),
             );
             return Ok(());
@@ -460,7 +537,11 @@ impl Daemon {
             anyhow::bail!("environment {env} vanished after render");
         };
         let outcome = self.rollout(env, &run, &hosts, environment).await?;
-        let result = if outcome.failed.is_empty() { RunResult::Converged } else { RunResult::Failed };
+        let result = if outcome.failed.is_empty() {
+            RunResult::Converged
+        } else {
+            RunResult::Failed
+        };
         let summary = json!({
             "changed": outcome.changed,
             "failed_hosts": outcome.failed,
@@ -477,12 +558,23 @@ impl Daemon {
                 db.mark_failed(env, &tip.to_string(), Some(&run))?;
             }
         }
-        let metric = if result == RunResult::Converged { MetricResult::Succeeded } else { MetricResult::Failed };
-        self.metrics.run_finished(env, metric, started.elapsed(), outcome.changed as u64, outcome.failed_steps as u64);
+        let metric = if result == RunResult::Converged {
+            MetricResult::Succeeded
+        } else {
+            MetricResult::Failed
+        };
+        self.metrics.run_finished(
+            env,
+            metric,
+            started.elapsed(),
+            outcome.changed as u64,
+            outcome.failed_steps as u64,
+        );
         if result == RunResult::Converged {
             let now = OffsetDateTime::now_utc();
             let commit_time = self.commit_time(tip);
-            self.metrics.applied(env, &tip.to_string(), now, commit_time);
+            self.metrics
+                .applied(env, &tip.to_string(), now, commit_time);
             if let Some(ct) = commit_time {
                 tracing::info!(environment = %env, commit = %tip, latency_s = (now - ct).as_seconds_f64(), "commit applied");
             }
@@ -493,7 +585,11 @@ impl Daemon {
                 Some(env),
                 Some(&tip.to_string()),
                 outcome.failed.clone(),
-                format!("rollout of {} stopped: {}", &tip.to_string()[..12], outcome.reason.clone().unwrap_or_default()),
+                format!(
+                    "rollout of {} stopped: {}",
+                    &tip.to_string()[..12],
+                    outcome.reason.clone().unwrap_or_default()
+                ),
                 json!({"run": run.0, "waves": outcome.waves}),
             );
         }
@@ -506,7 +602,8 @@ impl Daemon {
             return;
         }
         let interval = self.drift_interval(env, repo);
-        self.next_drift.insert(env.to_string(), Instant::now() + interval);
+        self.next_drift
+            .insert(env.to_string(), Instant::now() + interval);
     }
 
     /// Applies hosts wave by wave; a failed host or health check stops the rollout.
@@ -521,7 +618,8 @@ impl Daemon {
         let waves = waves::plan_waves(&environment.settings, &plain, self.config.parallel as usize);
         let mut out = Rollout::default();
         for wave in &waves {
-            let members: Vec<&DesiredHost> = wave.hosts.iter().filter_map(|i| hosts.get(*i)).collect();
+            let members: Vec<&DesiredHost> =
+                wave.hosts.iter().filter_map(|i| hosts.get(*i)).collect();
             let names: Vec<String> = members.iter().map(|h| h.host.name.clone()).collect();
             tracing::info!(environment = %env, wave = %wave.name, hosts = ?names, "wave");
             let connector = &self.connector;
@@ -536,23 +634,44 @@ impl Daemon {
             let mut wave_failed = Vec::new();
             for (desired, r) in &runs {
                 lock(&self.db).record_host(run, r, &StepMeta::from_desired(desired))?;
-                self.metrics.set_host_reachable(env, &r.host.name, r.status != HostStatus::Unreachable);
+                self.metrics.set_host_reachable(
+                    env,
+                    &r.host.name,
+                    r.status != HostStatus::Unreachable,
+                );
                 out.changed += r.changed();
-                out.failed_steps += r.steps.iter().filter(|s| s.status == engine::StepStatus::Failed).count();
+                out.failed_steps += r
+                    .steps
+                    .iter()
+                    .filter(|s| s.status == engine::StepStatus::Failed)
+                    .count();
                 if r.status != HostStatus::Converged {
                     wave_failed.push(r.host.name.clone());
                     tracing::error!(environment = %env, host = %r.host.name, error = ?r.error, "host failed");
                 }
             }
-            let wave_hosts: Vec<crate::model::Host> = members.iter().map(|h| h.host.clone()).collect();
-            let health = if wave_failed.is_empty() && !environment.settings.health_checks.is_empty() {
-                Some(crate::health::check_wave(&environment.settings.health_checks, &wave_hosts, &self.connector).await)
+            let wave_hosts: Vec<crate::model::Host> =
+                members.iter().map(|h| h.host.clone()).collect();
+            let health = if wave_failed.is_empty() && !environment.settings.health_checks.is_empty()
+            {
+                Some(
+                    crate::health::check_wave(
+                        &environment.settings.health_checks,
+                        &wave_hosts,
+                        &self.connector,
+                    )
+                    .await,
+                )
             } else {
                 None
             };
             let health_failures: Vec<Value> = health
                 .as_ref()
-                .map(|h| h.failures().map(|f| json!({"check": f.check, "host": f.host, "error": f.error})).collect())
+                .map(|h| {
+                    h.failures()
+                        .map(|f| json!({"check": f.check, "host": f.host, "error": f.error}))
+                        .collect()
+                })
                 .unwrap_or_default();
             out.waves.push(json!({
                 "name": wave.name,
@@ -561,13 +680,21 @@ impl Daemon {
                 "health": health.as_ref().map(|h| &h.results),
             }));
             if !wave_failed.is_empty() {
-                out.reason = Some(format!("wave `{}`: host(s) {} failed", wave.name, wave_failed.join(", ")));
+                out.reason = Some(format!(
+                    "wave `{}`: host(s) {} failed",
+                    wave.name,
+                    wave_failed.join(", ")
+                ));
                 out.failed.extend(wave_failed);
                 out.stopped_at = Some(wave.name.clone());
                 break;
             }
             if !health_failures.is_empty() {
-                out.reason = Some(format!("wave `{}`: health checks failed: {}", wave.name, Value::Array(health_failures.clone())));
+                out.reason = Some(format!(
+                    "wave `{}`: health checks failed: {}",
+                    wave.name,
+                    Value::Array(health_failures.clone())
+                ));
                 for f in &health_failures {
                     if let Some(h) = f["host"].as_str() {
                         if !out.failed.iter().any(|x| x == h) {
@@ -588,7 +715,10 @@ impl Daemon {
         if let Err(e) = self.drift_check_inner(env).await {
             tracing::error!(environment = %env, error = %format!("{e:#}"), "drift check failed");
             self.schedule_drift(env, None);
-            self.next_drift.insert(env.to_string(), Instant::now() + self.drift_interval(env, None));
+            self.next_drift.insert(
+                env.to_string(),
+                Instant::now() + self.drift_interval(env, None),
+            );
         }
     }
 
@@ -605,7 +735,10 @@ impl Daemon {
         }
         let hosts = crate::render::render_env(&repo, env, None)
             .map_err(|d| anyhow::anyhow!("render failed: {} errors", d.error_count()))?;
-        self.next_drift.insert(env.to_string(), Instant::now() + self.drift_interval(env, Some(&repo)));
+        self.next_drift.insert(
+            env.to_string(),
+            Instant::now() + self.drift_interval(env, Some(&repo)),
+        );
         let plans = engine::plan_all(&hosts, &self.connector, self.config.parallel as usize).await;
         let run = lock(&self.db).begin_run(&NewRun {
             environment: env.to_string(),
@@ -618,18 +751,31 @@ impl Daemon {
         let mut resources = Vec::new();
         for p in &plans {
             lock(&self.db).record_drift_check(&run, p)?;
-            self.metrics.set_host_reachable(env, &p.host.name, p.error.is_none());
-            self.metrics.set_drifted(env, &p.host.name, p.changes() as u64);
+            self.metrics
+                .set_host_reachable(env, &p.host.name, p.error.is_none());
+            self.metrics
+                .set_drifted(env, &p.host.name, p.changes() as u64);
             for s in p.steps.iter().filter(|s| s.needs_change()) {
                 drifted.insert((p.host.name.clone(), s.address.clone()));
                 let (kind, fields) = match &s.change {
-                    Ok(c) => (c.kind.to_string(), if s.sensitive { Vec::new() } else { c.fields.iter().map(|f| f.field.clone()).collect() }),
+                    Ok(c) => (
+                        c.kind.to_string(),
+                        if s.sensitive {
+                            Vec::new()
+                        } else {
+                            c.fields.iter().map(|f| f.field.clone()).collect()
+                        },
+                    ),
                     Err(_) => ("error".into(), Vec::new()),
                 };
                 resources.push(json!({"host": p.host.name, "step": s.address, "target": s.target, "change": kind, "fields": fields}));
             }
         }
-        let result = if drifted.is_empty() { RunResult::NoChange } else { RunResult::DriftFound };
+        let result = if drifted.is_empty() {
+            RunResult::NoChange
+        } else {
+            RunResult::DriftFound
+        };
         lock(&self.db).finish_run(&run, result, &json!({"drifted": resources}))?;
         if drifted.is_empty() {
             self.alerted_drift.remove(env);
@@ -644,13 +790,21 @@ impl Daemon {
                 Some(env),
                 Some(&last.commit),
                 hosts.into_iter().collect(),
-                format!("{} resource(s) drifted from {}", drifted.len(), &last.commit[..12.min(last.commit.len())]),
+                format!(
+                    "{} resource(s) drifted from {}",
+                    drifted.len(),
+                    &last.commit[..12.min(last.commit.len())]
+                ),
                 json!({"run": run.0, "resources": resources}),
             );
         }
         self.alerted_drift.insert(env.to_string(), drifted.clone());
 
-        let mode = repo.environments.get(env).map(|e| e.settings.drift.mode).unwrap_or_default();
+        let mode = repo
+            .environments
+            .get(env)
+            .map(|e| e.settings.drift.mode)
+            .unwrap_or_default();
         if mode != DriftMode::Correct {
             return Ok(());
         }
@@ -658,7 +812,10 @@ impl Daemon {
         let verdict = {
             let source = self.source.clone();
             let signers = self.signers.clone();
-            tokio::task::spawn_blocking(move || source.verify(None, commit, &signers, RangeOptions::default())).await??
+            tokio::task::spawn_blocking(move || {
+                source.verify(None, commit, &signers, RangeOptions::default())
+            })
+            .await??
         };
         let signer = match verdict {
             Ok(r) => signer_of(&r.tip_signer),
@@ -668,7 +825,10 @@ impl Daemon {
             }
         };
         let drifted_hosts: BTreeSet<&str> = drifted.iter().map(|(h, _)| h.as_str()).collect();
-        let targets: Vec<DesiredHost> = hosts.into_iter().filter(|h| drifted_hosts.contains(h.host.name.as_str())).collect();
+        let targets: Vec<DesiredHost> = hosts
+            .into_iter()
+            .filter(|h| drifted_hosts.contains(h.host.name.as_str()))
+            .collect();
         let corr = lock(&self.db).begin_run(&NewRun {
             environment: env.to_string(),
             commit: Some(last.commit.clone()),
@@ -677,7 +837,8 @@ impl Daemon {
             trigger: Trigger::Drift,
         })?;
         let started = Instant::now();
-        let runs = engine::apply_all(&targets, &self.connector, self.config.parallel as usize).await;
+        let runs =
+            engine::apply_all(&targets, &self.connector, self.config.parallel as usize).await;
         let mut changed = 0;
         let mut failed = Vec::new();
         for (desired, r) in targets.iter().zip(&runs) {
@@ -689,10 +850,23 @@ impl Daemon {
                 self.metrics.set_drifted(env, &r.host.name, 0);
             }
         }
-        let result = if failed.is_empty() { RunResult::Converged } else { RunResult::Failed };
-        lock(&self.db).finish_run(&corr, result, &json!({"corrected": changed, "failed_hosts": failed}))?;
-        let metric = if failed.is_empty() { MetricResult::Succeeded } else { MetricResult::Failed };
-        self.metrics.run_finished(env, metric, started.elapsed(), changed as u64, 0);
+        let result = if failed.is_empty() {
+            RunResult::Converged
+        } else {
+            RunResult::Failed
+        };
+        lock(&self.db).finish_run(
+            &corr,
+            result,
+            &json!({"corrected": changed, "failed_hosts": failed}),
+        )?;
+        let metric = if failed.is_empty() {
+            MetricResult::Succeeded
+        } else {
+            MetricResult::Failed
+        };
+        self.metrics
+            .run_finished(env, metric, started.elapsed(), changed as u64, 0);
         tracing::info!(environment = %env, corrected = changed, run = %corr, "drift corrected");
         if failed.is_empty() {
             self.alerted_drift.remove(env);
@@ -729,7 +903,11 @@ impl StatusSource for StateStatus {
             let last = db.last_applied(env).map_err(internal)?;
             let drift = db.open_drift(env).map_err(internal)?;
             let last_run = db
-                .runs(&RunFilter { environment: Some(env.clone()), kind: None, limit: Some(1) })
+                .runs(&RunFilter {
+                    environment: Some(env.clone()),
+                    kind: None,
+                    limit: Some(1),
+                })
                 .map_err(internal)?;
             envs.push(json!({
                 "environment": env,
@@ -743,20 +921,30 @@ impl StatusSource for StateStatus {
 
     fn runs(&self, q: &RunsQuery) -> Result<Value, StatusError> {
         let runs = lock(&self.db)
-            .runs(&RunFilter { environment: q.environment.clone(), kind: None, limit: Some(q.limit) })
+            .runs(&RunFilter {
+                environment: q.environment.clone(),
+                kind: None,
+                limit: Some(q.limit),
+            })
             .map_err(internal)?;
         Ok(json!({ "runs": runs }))
     }
 
     fn run(&self, id: &str) -> Result<Option<Value>, StatusError> {
-        let run = lock(&self.db).run(&RunId(id.to_string())).map_err(internal)?;
+        let run = lock(&self.db)
+            .run(&RunId(id.to_string()))
+            .map_err(internal)?;
         Ok(run.map(|r| serde_json::to_value(r).unwrap_or(Value::Null)))
     }
 
     fn drift(&self, environment: Option<&str>) -> Result<Value, StatusError> {
         let db = lock(&self.db);
         let mut all = Vec::new();
-        for env in self.environments.iter().filter(|e| environment.is_none_or(|x| x == e.as_str())) {
+        for env in self
+            .environments
+            .iter()
+            .filter(|e| environment.is_none_or(|x| x == e.as_str()))
+        {
             all.extend(db.open_drift(env).map_err(internal)?);
         }
         Ok(json!({ "drift": all }))

@@ -14,7 +14,11 @@ pub struct WavePlan {
 /// every host is in one wave. Empty waves are dropped.
 pub fn plan_waves(settings: &EnvFile, hosts: &[Host], default_parallel: usize) -> Vec<WavePlan> {
     let Some(rollout) = &settings.rollout else {
-        return vec![WavePlan { name: "all".into(), hosts: (0..hosts.len()).collect(), max_parallel: default_parallel }];
+        return vec![WavePlan {
+            name: "all".into(),
+            hosts: (0..hosts.len()).collect(),
+            max_parallel: default_parallel,
+        }];
     };
     let mut taken = vec![false; hosts.len()];
     let mut out = Vec::new();
@@ -30,14 +34,22 @@ pub fn plan_waves(settings: &EnvFile, hosts: &[Host], default_parallel: usize) -
             out.push(WavePlan {
                 name: w.name.clone(),
                 hosts: members,
-                max_parallel: w.max_parallel.map(|p| p as usize).unwrap_or(default_parallel).max(1),
+                max_parallel: w
+                    .max_parallel
+                    .map(|p| p as usize)
+                    .unwrap_or(default_parallel)
+                    .max(1),
             });
         }
     }
     // Validation refuses hosts in no wave; be safe anyway: they go last.
     let rest: Vec<usize> = (0..hosts.len()).filter(|i| !taken[*i]).collect();
     if !rest.is_empty() {
-        out.push(WavePlan { name: "unassigned".into(), hosts: rest, max_parallel: default_parallel });
+        out.push(WavePlan {
+            name: "unassigned".into(),
+            hosts: rest,
+            max_parallel: default_parallel,
+        });
     }
     out
 }
@@ -45,8 +57,8 @@ pub fn plan_waves(settings: &EnvFile, hosts: &[Host], default_parallel: usize) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{LabelMatch, Rollout, Wave};
     use crate::model::yaml::Pos;
+    use crate::model::{LabelMatch, Rollout, Wave};
 
     fn host(name: &str, labels: &[(&str, &str)]) -> Host {
         Host {
@@ -55,7 +67,10 @@ mod tests {
             port: 22,
             user: None,
             become_: false,
-            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             vars: Default::default(),
             path: String::new(),
             pos: Pos::START,
@@ -64,25 +79,43 @@ mod tests {
 
     #[test]
     fn canary_first_then_rest() {
-        let hosts = vec![host("a", &[("role", "web")]), host("b", &[("role", "web"), ("canary", "true")]), host("c", &[])];
+        let hosts = vec![
+            host("a", &[("role", "web")]),
+            host("b", &[("role", "web"), ("canary", "true")]),
+            host("c", &[]),
+        ];
         let settings = EnvFile {
             rollout: Some(Rollout {
                 waves: vec![
-                    Wave { name: "canary".into(), selector: [("canary".to_string(), LabelMatch::One("true".into()))].into(), max_parallel: Some(1) },
-                    Wave { name: "rest".into(), selector: Default::default(), max_parallel: None },
+                    Wave {
+                        name: "canary".into(),
+                        selector: [("canary".to_string(), LabelMatch::One("true".into()))].into(),
+                        max_parallel: Some(1),
+                    },
+                    Wave {
+                        name: "rest".into(),
+                        selector: Default::default(),
+                        max_parallel: None,
+                    },
                 ],
             }),
             ..EnvFile::default()
         };
         let w = plan_waves(&settings, &hosts, 5);
         assert_eq!(w.len(), 2);
-        assert_eq!((w[0].name.as_str(), w[0].hosts.clone(), w[0].max_parallel), ("canary", vec![1], 1));
+        assert_eq!(
+            (w[0].name.as_str(), w[0].hosts.clone(), w[0].max_parallel),
+            ("canary", vec![1], 1)
+        );
         assert_eq!((w[1].hosts.clone(), w[1].max_parallel), (vec![0, 2], 5));
     }
 
     #[test]
     fn no_rollout_is_one_wave() {
         let hosts = vec![host("a", &[]), host("b", &[])];
-        assert_eq!(plan_waves(&EnvFile::default(), &hosts, 3)[0].hosts, vec![0, 1]);
+        assert_eq!(
+            plan_waves(&EnvFile::default(), &hosts, 3)[0].hosts,
+            vec![0, 1]
+        );
     }
 }

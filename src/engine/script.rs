@@ -71,7 +71,11 @@ pub fn build(fragments: &[(Tag, String)], stop_on_failure: bool) -> String {
         let t = tag.render();
         s.push_str("s=$(plumb_now)\n(\n");
         // `( )` is a syntax error in sh: an empty fragment is a no-op.
-        s.push_str(if fragment.trim().is_empty() { ":" } else { fragment });
+        s.push_str(if fragment.trim().is_empty() {
+            ":"
+        } else {
+            fragment
+        });
         if !fragment.ends_with('\n') {
             s.push('\n');
         }
@@ -203,7 +207,13 @@ mod tests {
 
     #[test]
     fn empty_fragments_are_no_ops() {
-        let p = parse(&run_sh(&build(&[(Tag::Probe(0), String::new()), (Tag::Probe(1), " \n".into())], false)));
+        let p = parse(&run_sh(&build(
+            &[
+                (Tag::Probe(0), String::new()),
+                (Tag::Probe(1), " \n".into()),
+            ],
+            false,
+        )));
         assert_eq!(p.completed, Some(true));
         assert_eq!(p.frames.len(), 2);
     }

@@ -3,8 +3,10 @@
 use schemars::JsonSchema;
 use serde_json::Value;
 
+use crate::audit::AuditVerifyReport;
 use crate::report::plan::{ApplyReport, PlanReport};
 use crate::report::{RenderReport, ValidateReport};
+use crate::state::report::HistoryReport;
 
 fn one<T: JsonSchema>(name: &str) -> (String, Value) {
     let file = format!("output/{name}.schema.json");
@@ -21,5 +23,7 @@ pub fn generate() -> Vec<(String, Value)> {
         one::<PlanReport>("plan"),
         one::<ApplyReport>("apply"),
         one::<crate::source::VerifyReport>("verify"),
+        one::<HistoryReport>("history"),
+        one::<AuditVerifyReport>("audit-verify"),
     ]
 }

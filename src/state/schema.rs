@@ -1,0 +1,156 @@
+//! Schema migrations, keyed by `PRAGMA user_version`.
+//!
+//! `MIGRATIONS[i]` takes the database from version `i` to `i + 1`. Each runs in its own
+//! IMMEDIATE transaction that re-reads `user_version` first, so two processes opening the same
+//! old database migrate it once. Never edit a shipped migration: append a new one.
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use super::StateError;
+
+/// v1: runs and their results, last applied and failed commits.
+const V1: &str = r#"
+CREATE TABLE runs (
+    id                 TEXT PRIMARY KEY,      -- ULID-like: sortable by start time
+    environment        TEXT NOT NULL,
+    commit_id          TEXT,
+    signer_principal   TEXT,
+    signer_fingerprint TEXT,
+    kind               TEXT NOT NULL
+        CHECK (kind IN ('apply', 'correction', 'drift_check', 'refused')),
+    trigger            TEXT NOT NULL
+        CHECK (trigger IN ('push', 'poll', 'webhook', 'drift', 'startup', 'cli')),
+    started_at         INTEGER NOT NULL,      -- unix milliseconds, UTC
+    finished_at        INTEGER,               -- NULL while running (or killed)
+    result             TEXT CHECK (result IS NULL OR result IN
+        ('converged', 'failed', 'refused', 'no_change', 'drift_found', 'interrupted')),
+    summary            TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX runs_by_env ON runs (environment, started_at DESC);
+CREATE INDEX runs_by_start ON runs (started_at DESC);
+CREATE INDEX runs_unfinished ON runs (id) WHERE finished_at IS NULL;
+
+CREATE TABLE host_results (
+    id          INTEGER PRIMARY KEY,
+    run_id      TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+    host        TEXT NOT NULL,
+    status      TEXT NOT NULL,                -- converged|failed|unreachable|in_sync|drifted
+    error       TEXT,
+    changed     INTEGER NOT NULL,
+    in_sync     INTEGER NOT NULL,
+    duration_ms INTEGER NOT NULL,
+    round_trips TEXT NOT NULL,                -- JSON {probe, apply, verify}
+    UNIQUE (run_id, host)
+);
+
+-- Steps that changed, drifted, failed or were skipped; in-sync steps are only counted.
+CREATE TABLE step_results (
+    id          INTEGER PRIMARY KEY,
+    run_id      TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+    host        TEXT NOT NULL,
+    address     TEXT NOT NULL,
+    module      TEXT NOT NULL,
+    status      TEXT NOT NULL,                -- changed|failed|skipped|drifted|in_sync
+    change_kind TEXT,                         -- create|modify|remove|in_sync
+    fields      TEXT NOT NULL DEFAULT '[]',   -- JSON [{field, from, to}], redacted if sensitive
+    error       TEXT,
+    duration_ms INTEGER NOT NULL,
+    drift       INTEGER NOT NULL DEFAULT 0 CHECK (drift IN (0, 1)),
+    FOREIGN KEY (run_id, host) REFERENCES host_results (run_id, host) ON DELETE CASCADE
+);
+CREATE INDEX step_results_by_run ON step_results (run_id, host);
+CREATE INDEX step_results_by_address ON step_results (address, run_id);
+
+CREATE TABLE last_applied (
+    environment TEXT PRIMARY KEY,
+    commit_id   TEXT NOT NULL,
+    run_id      TEXT REFERENCES runs (id) ON DELETE SET NULL,
+    applied_at  INTEGER NOT NULL
+);
+
+-- A commit that failed is not retried until a new commit arrives.
+CREATE TABLE failed_commits (
+    environment TEXT NOT NULL,
+    commit_id   TEXT NOT NULL,
+    run_id      TEXT REFERENCES runs (id) ON DELETE SET NULL,
+    failed_at   INTEGER NOT NULL,
+    PRIMARY KEY (environment, commit_id)
+);
+"#;
+
+/// v2: drift findings, and the audit chain columns on runs.
+const V2: &str = r#"
+CREATE TABLE drift_findings (
+    id              INTEGER PRIMARY KEY,
+    environment     TEXT NOT NULL,
+    host            TEXT NOT NULL,
+    address         TEXT NOT NULL,
+    change_kind     TEXT NOT NULL,
+    fields          TEXT NOT NULL DEFAULT '[]',
+    first_seen      INTEGER NOT NULL,
+    last_seen       INTEGER NOT NULL,
+    resolved_at     INTEGER,
+    run_id          TEXT REFERENCES runs (id) ON DELETE SET NULL,   -- last run that saw it
+    first_run_id    TEXT REFERENCES runs (id) ON DELETE SET NULL,
+    resolved_run_id TEXT REFERENCES runs (id) ON DELETE SET NULL
+);
+-- At most one open finding per resource.
+CREATE UNIQUE INDEX drift_open ON drift_findings (environment, host, address)
+    WHERE resolved_at IS NULL;
+CREATE INDEX drift_by_env ON drift_findings (environment, resolved_at, host);
+
+ALTER TABLE runs ADD COLUMN chain_seq INTEGER;   -- position in the audit chain, from 1
+ALTER TABLE runs ADD COLUMN prev_hash TEXT;
+ALTER TABLE runs ADD COLUMN hash TEXT;
+ALTER TABLE runs ADD COLUMN signature TEXT;
+ALTER TABLE runs ADD COLUMN record TEXT;         -- the signed canonical JSON, as hashed
+CREATE UNIQUE INDEX runs_by_chain ON runs (chain_seq) WHERE chain_seq IS NOT NULL;
+"#;
+
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2];
+
+/// The schema version this plumb writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+pub(crate) fn user_version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+}
+
+/// Migrates to `target` (at most [`SCHEMA_VERSION`]). Returns the version found before.
+pub(crate) fn migrate_to(
+    conn: &mut Connection,
+    target: i64,
+    path: &std::path::Path,
+) -> Result<i64, StateError> {
+    let found = user_version(conn)?;
+    if found > SCHEMA_VERSION {
+        return Err(StateError::NewerSchema {
+            path: path.to_path_buf(),
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate() {
+        let version = i as i64 + 1;
+        if version > target {
+            break;
+        }
+        // Up to date: no write transaction at all (readers such as `plumb history`).
+        if user_version(conn)? >= version {
+            continue;
+        }
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if user_version(&tx)? >= version {
+            continue;
+        }
+        tx.execute_batch(sql)
+            .and_then(|()| tx.pragma_update(None, "user_version", version))
+            .map_err(|source| StateError::Migration {
+                path: path.to_path_buf(),
+                version,
+                source,
+            })?;
+        tx.commit()?;
+    }
+    Ok(found)
+}

@@ -1,0 +1,533 @@
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::*;
+use crate::engine::{HostRun, HostStatus, RoundTrips, StepOutcome, StepPlan};
+use crate::model::yaml::Pos;
+use crate::model::Host;
+use crate::modules::Change;
+
+pub(crate) fn host(name: &str) -> Host {
+    Host {
+        name: name.into(),
+        address: "10.0.0.1".into(),
+        port: 22,
+        user: None,
+        become_: false,
+        labels: Default::default(),
+        vars: Default::default(),
+        path: "environments/prod/hosts.yaml".into(),
+        pos: Pos::START,
+    }
+}
+
+fn change(kind: ChangeKind, field: &str, from: &str, to: &str) -> Change {
+    Change::new(kind).field(field, Some(from.into()), Some(to.into()))
+}
+
+pub(crate) fn host_run(name: &str, changed: usize, status: HostStatus) -> HostRun {
+    let mut steps: Vec<StepOutcome> = (0..changed)
+        .map(|i| StepOutcome {
+            address: format!("base/step{i}"),
+            status: StepStatus::Changed,
+            change: Some(change(ChangeKind::Modify, "mode", "0644", "0600")),
+            error: None,
+            duration_ms: 3,
+        })
+        .collect();
+    steps.push(StepOutcome {
+        address: "base/insync".into(),
+        status: StepStatus::InSync,
+        change: None,
+        error: None,
+        duration_ms: 0,
+    });
+    HostRun {
+        host: host(name),
+        status,
+        error: (status != HostStatus::Converged).then(|| "step base/step0 failed".to_string()),
+        steps,
+        handlers: Vec::new(),
+        round_trips: RoundTrips {
+            probe: 1,
+            apply: 1,
+            verify: 1,
+        },
+        duration: Duration::from_millis(42),
+    }
+}
+
+fn meta() -> StepMeta {
+    let mut m = StepMeta::default();
+    for i in 0..10 {
+        m.insert(&format!("base/step{i}"), "file", false);
+    }
+    m.insert("base/insync", "file", false);
+    m
+}
+
+fn new_run(kind: RunKind) -> NewRun {
+    NewRun {
+        environment: "prod".into(),
+        commit: Some("0123456789abcdef0123456789abcdef01234567".into()),
+        signer: Some(Signer {
+            principal: "alice@example.com".into(),
+            fingerprint: "SHA256:abc".into(),
+        }),
+        kind,
+        trigger: Trigger::Push,
+    }
+}
+
+fn plan(name: &str, drifted: &[&str]) -> HostPlan {
+    let mut steps: Vec<StepPlan> = drifted
+        .iter()
+        .map(|a| StepPlan {
+            address: (*a).into(),
+            module: "file".into(),
+            target: "/etc/x".into(),
+            sensitive: false,
+            change: Ok(change(ChangeKind::Modify, "mode", "0600", "0644")),
+        })
+        .collect();
+    steps.push(StepPlan {
+        address: "base/ok".into(),
+        module: "file".into(),
+        target: "/etc/y".into(),
+        sensitive: false,
+        change: Ok(Change::in_sync()),
+    });
+    HostPlan {
+        host: host(name),
+        steps,
+        error: None,
+        round_trips: RoundTrips {
+            probe: 1,
+            ..RoundTrips::default()
+        },
+        duration: Duration::from_millis(5),
+    }
+}
+
+fn verify(db: &StateDb) -> Result<crate::audit::VerifiedChain, AuditError> {
+    let key = db.daemon_key().map(|k| k.verifying_key());
+    crate::audit::verify_chain(db, &key.expect("daemon handle"))
+}
+
+#[test]
+fn run_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = StateDb::open(dir.path()).unwrap();
+    let id = db.begin_run(&new_run(RunKind::Apply)).unwrap();
+    assert_eq!(id.0.len(), 26);
+    db.record_host(&id, &host_run("web1", 2, HostStatus::Converged), &meta())
+        .unwrap();
+    db.record_host(&id, &host_run("web2", 1, HostStatus::Failed), &meta())
+        .unwrap();
+    let running = db.runs(&RunFilter::default()).unwrap();
+    assert_eq!(running[0].result, RunResult::Running);
+    db.finish_run(&id, RunResult::Failed, &json!({"failed_wave": 1}))
+        .unwrap();
+
+    let runs = db.runs(&RunFilter::default()).unwrap();
+    assert_eq!(runs.len(), 1);
+    let r = &runs[0];
+    assert_eq!(r.result, RunResult::Failed);
+    assert_eq!(r.kind, RunKind::Apply);
+    assert_eq!((r.hosts, r.failed_hosts, r.changes, r.drift), (2, 1, 3, 0));
+    assert_eq!(r.signer.as_ref().unwrap().principal, "alice@example.com");
+    assert_eq!(r.chain_seq, Some(1));
+    assert!(r.finished_at.unwrap() >= r.started_at);
+    assert_eq!(r.summary, json!({"failed_wave": 1}));
+
+    let d = db.run(&id).unwrap().unwrap();
+    assert_eq!(d.hosts.len(), 2);
+    assert_eq!(d.hosts[0].host, "web1");
+    assert_eq!(d.hosts[0].in_sync, 1);
+    assert_eq!(d.hosts[0].steps.len(), 2, "in-sync steps get no row");
+    assert_eq!(d.hosts[0].steps[0].module, "file");
+    assert_eq!(d.hosts[0].steps[0].fields[0].to.as_deref(), Some("0600"));
+    assert!(!d.hosts[0].steps[0].drift);
+    assert!(db.run(&RunId("nope".into())).unwrap().is_none());
+
+    // Signed records are final.
+    let again = db.finish_run(&id, RunResult::Converged, &json!({}));
+    assert_eq!(again.unwrap_err().code(), "state.already_finished");
+    let late = db.record_host(&id, &host_run("web3", 0, HostStatus::Converged), &meta());
+    assert_eq!(late.unwrap_err().code(), "state.already_finished");
+    assert_eq!(verify(&db).unwrap().records, 1);
+}
+
+#[test]
+fn filters_and_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = StateDb::open(dir.path()).unwrap();
+    let mut ids = Vec::new();
+    for (env, kind) in [
+        ("prod", RunKind::Apply),
+        ("staging", RunKind::Apply),
+        ("prod", RunKind::DriftCheck),
+    ] {
+        let id = db
+            .begin_run(&NewRun {
+                environment: env.into(),
+                ..new_run(kind)
+            })
+            .unwrap();
+        db.finish_run(&id, RunResult::NoChange, &json!({})).unwrap();
+        ids.push(id);
+        std::thread::sleep(Duration::from_millis(3));
+    }
+    let all = db.runs(&RunFilter::default()).unwrap();
+    let got: Vec<&RunId> = all.iter().map(|r| &r.id).collect();
+    assert_eq!(got, vec![&ids[2], &ids[1], &ids[0]], "newest first");
+    let prod = db
+        .runs(&RunFilter {
+            environment: Some("prod".into()),
+            ..RunFilter::default()
+        })
+        .unwrap();
+    assert_eq!(prod.len(), 2);
+    let one = db
+        .runs(&RunFilter {
+            limit: Some(1),
+            kind: Some(RunKind::Apply),
+            ..RunFilter::default()
+        })
+        .unwrap();
+    assert_eq!(one.len(), 1);
+    assert_eq!(one[0].id, ids[1]);
+}
+
+#[test]
+fn unfinished_run_is_interrupted_after_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = {
+        let db = StateDb::open(dir.path()).unwrap();
+        let done = db.begin_run(&new_run(RunKind::Apply)).unwrap();
+        db.finish_run(&done, RunResult::Converged, &json!({}))
+            .unwrap();
+        let id = db.begin_run(&new_run(RunKind::Apply)).unwrap();
+        db.record_host(&id, &host_run("web1", 1, HostStatus::Converged), &meta())
+            .unwrap();
+        // While the daemon lives, an inspector sees it running.
+        let inspect = StateDb::open_inspect(dir.path()).unwrap();
+        assert_eq!(
+            inspect.runs(&RunFilter::default()).unwrap()[0].result,
+            RunResult::Running
+        );
+        id
+        // dropped without finish_run: the daemon was killed
+    };
+    // Before a daemon restarts, an inspector already calls it interrupted.
+    let inspect = StateDb::open_inspect(dir.path()).unwrap();
+    assert_eq!(
+        inspect.run(&id).unwrap().unwrap().run.result,
+        RunResult::Interrupted
+    );
+    let db = StateDb::open(dir.path()).unwrap();
+    let d = db.run(&id).unwrap().unwrap();
+    assert_eq!(d.run.result, RunResult::Interrupted);
+    assert!(d.run.finished_at.is_some());
+    assert_eq!(
+        d.hosts.len(),
+        1,
+        "results recorded before the kill are kept"
+    );
+    assert_eq!(d.hosts[0].steps.len(), 1);
+    assert_eq!(d.run.chain_seq, Some(2), "interrupted runs are signed too");
+    assert_eq!(verify(&db).unwrap().records, 2);
+    assert_eq!(db.runs(&RunFilter::default()).unwrap().len(), 2);
+}
+
+#[test]
+fn one_daemon_per_state_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let _db = StateDb::open(dir.path()).unwrap();
+    let err = StateDb::open(dir.path()).unwrap_err();
+    assert_eq!(err.code(), "state.locked");
+    let msg = err.to_string();
+    assert!(msg.contains("locked by another plumb daemon"), "{msg}");
+    assert!(
+        msg.contains(&format!("pid {}", std::process::id())),
+        "{msg}"
+    );
+    assert!(msg.contains("plumb.db"), "{msg}");
+}
+
+#[test]
+fn inspect_handles_do_not_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = StateDb::open_inspect(dir.path()).unwrap_err();
+    assert_eq!(missing.code(), "state.not_found");
+    drop(StateDb::open(dir.path()).unwrap());
+    let db = StateDb::open_inspect(dir.path()).unwrap();
+    let err = db.begin_run(&new_run(RunKind::Apply)).unwrap_err();
+    assert_eq!(err.code(), "state.read_only");
+    assert!(db.daemon_key().is_none());
+}
+
+#[test]
+fn finish_rejects_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = StateDb::open(dir.path()).unwrap();
+    let id = db.begin_run(&new_run(RunKind::Apply)).unwrap();
+    let err = db
+        .finish_run(&id, RunResult::Running, &json!({}))
+        .unwrap_err();
+    assert_eq!(err.code(), "state.invalid_result");
+    let err = db
+        .finish_run(&RunId("missing".into()), RunResult::Converged, &json!({}))
+        .unwrap_err();
+    assert_eq!(err.code(), "state.no_such_run");
+}
+
+#[test]
+fn last_applied_and_failed_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = StateDb::open(dir.path()).unwrap();
+    assert!(db.last_applied("prod").unwrap().is_none());
+    let id = db.begin_run(&new_run(RunKind::Apply)).unwrap();
+    db.set_last_applied("prod", "aaa", &id).unwrap();
+    db.set_last_applied("prod", "bbb", &id).unwrap();
+    let la = db.last_applied("prod").unwrap().unwrap();
+    assert_eq!((la.commit.as_str(), la.run_id.as_ref()), ("bbb", Some(&id)));
+    assert!(db.last_applied("staging").unwrap().is_none());
+
+    assert!(!db.is_failed("prod", "ccc").unwrap());
+    db.mark_failed("prod", "ccc", Some(&id)).unwrap();
+    db.mark_failed("prod", "ccc", None).unwrap();
+    assert!(db.is_failed("prod", "ccc").unwrap());
+    assert!(!db.is_failed("staging", "ccc").unwrap());
+}
+
+#[test]
+fn drift_findings_open_refresh_resolve() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = StateDb::open(dir.path()).unwrap();
+    let r1 = db.begin_run(&new_run(RunKind::DriftCheck)).unwrap();
+    db.record_drift_check(&r1, &plan("web1", &["base/a", "base/b"]))
+        .unwrap();
+    db.finish_run(&r1, RunResult::DriftFound, &json!({}))
+        .unwrap();
+    let open = db.open_drift("prod").unwrap();
+    assert_eq!(open.len(), 2);
+    assert_eq!(open[0].address, "base/a");
+    assert_eq!(open[0].change, ChangeKind::Modify);
+    assert_eq!(open[0].fields[0].field, "mode");
+    let rec = &db.runs(&RunFilter::default()).unwrap()[0];
+    assert_eq!((rec.changes, rec.drift), (2, 2));
+    assert!(db.run(&r1).unwrap().unwrap().hosts[0].steps[0].drift);
+
+    std::thread::sleep(Duration::from_millis(3));
+    let r2 = db.begin_run(&new_run(RunKind::DriftCheck)).unwrap();
+    db.record_drift_check(&r2, &plan("web1", &["base/a"]))
+        .unwrap();
+    let open2 = db.open_drift("prod").unwrap();
+    assert_eq!(open2.len(), 1, "base/b is back in sync");
+    assert_eq!(open2[0].id, open[0].id, "the same finding is refreshed");
+    assert_eq!(open2[0].first_seen, open[0].first_seen);
+    assert!(open2[0].last_seen > open[0].last_seen);
+    assert_eq!(open2[0].run_id.as_ref(), Some(&r2));
+
+    // An unreachable host resolves nothing.
+    let mut down = plan("web1", &[]);
+    down.steps.clear();
+    down.error = Some(HostError::Script("boom".into()));
+    let r3 = db.begin_run(&new_run(RunKind::DriftCheck)).unwrap();
+    db.record_drift_check(&r3, &down).unwrap();
+    assert_eq!(db.open_drift("prod").unwrap().len(), 1);
+
+    // A converged correction resolves the host's findings.
+    let r4 = db.begin_run(&new_run(RunKind::Correction)).unwrap();
+    db.record_host(&r4, &host_run("web1", 1, HostStatus::Converged), &meta())
+        .unwrap();
+    assert!(db.open_drift("prod").unwrap().is_empty());
+    let d = db.run(&r4).unwrap().unwrap();
+    assert!(d.hosts[0].steps[0].drift, "corrections are drift");
+
+    // Explicit API.
+    let f = db
+        .upsert_drift(&r4, "prod", "web2", "base/x", ChangeKind::Create, &[])
+        .unwrap();
+    assert_eq!(
+        db.upsert_drift(&r4, "prod", "web2", "base/x", ChangeKind::Modify, &[])
+            .unwrap(),
+        f
+    );
+    assert_eq!(db.open_drift("prod").unwrap()[0].change, ChangeKind::Modify);
+    assert!(db.resolve_drift(&r4, "prod", "web2", "base/x").unwrap());
+    assert!(!db.resolve_drift(&r4, "prod", "web2", "base/x").unwrap());
+    // A new finding for the same resource after resolution is a new row.
+    let g = db
+        .upsert_drift(&r4, "prod", "web2", "base/x", ChangeKind::Create, &[])
+        .unwrap();
+    assert_ne!(f, g);
+}
+
+#[test]
+fn sensitive_and_unknown_steps_are_redacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = StateDb::open(dir.path()).unwrap();
+    let id = db.begin_run(&new_run(RunKind::Apply)).unwrap();
+    let mut m = StepMeta::default();
+    m.insert("base/step0", "file", true);
+    // base/step1 is unknown to the meta: treated as sensitive.
+    db.record_host(&id, &host_run("web1", 2, HostStatus::Converged), &m)
+        .unwrap();
+    let d = db.run(&id).unwrap().unwrap();
+    for s in &d.hosts[0].steps {
+        assert_eq!(
+            s.fields[0].to.as_deref(),
+            Some("(sensitive)"),
+            "{}",
+            s.address
+        );
+    }
+    let mut plan = plan("web1", &["base/secret"]);
+    plan.steps[0].sensitive = true;
+    let r = db.begin_run(&new_run(RunKind::DriftCheck)).unwrap();
+    db.record_drift_check(&r, &plan).unwrap();
+    assert_eq!(
+        db.open_drift("prod").unwrap()[0].fields[0].from.as_deref(),
+        Some("(sensitive)")
+    );
+}
+
+#[test]
+fn apply_can_mark_drift() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = StateDb::open(dir.path()).unwrap();
+    let id = db.begin_run(&new_run(RunKind::Apply)).unwrap();
+    let mut m = meta();
+    m.mark_drift("base/step1");
+    db.record_host(&id, &host_run("web1", 2, HostStatus::Converged), &m)
+        .unwrap();
+    let d = db.run(&id).unwrap().unwrap();
+    let drift: Vec<bool> = d.hosts[0].steps.iter().map(|s| s.drift).collect();
+    assert_eq!(drift, vec![false, true]);
+}
+
+#[test]
+fn migrates_an_old_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(DB_FILE);
+    {
+        let mut c = Connection::open(&path).unwrap();
+        schema::migrate_to(&mut c, 1, &path).unwrap();
+        assert_eq!(schema::user_version(&c).unwrap(), 1);
+        c.execute(
+            "INSERT INTO runs (id, environment, kind, trigger, started_at, finished_at, result)
+             VALUES ('OLD', 'prod', 'apply', 'cli', 1, 2, 'converged')",
+            [],
+        )
+        .unwrap();
+        c.execute(
+            "INSERT INTO last_applied VALUES ('prod', 'abc', 'OLD', 2)",
+            [],
+        )
+        .unwrap();
+    }
+    let db = StateDb::open(dir.path()).unwrap();
+    assert_eq!(schema::user_version(db.conn()).unwrap(), SCHEMA_VERSION);
+    let runs = db.runs(&RunFilter::default()).unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].result, RunResult::Converged);
+    assert_eq!(runs[0].chain_seq, None);
+    assert_eq!(db.last_applied("prod").unwrap().unwrap().commit, "abc");
+    assert!(db.open_drift("prod").unwrap().is_empty(), "v2 table exists");
+    drop(db);
+    // Idempotent: opening again changes nothing.
+    let db = StateDb::open(dir.path()).unwrap();
+    assert_eq!(schema::user_version(db.conn()).unwrap(), SCHEMA_VERSION);
+    assert_eq!(db.runs(&RunFilter::default()).unwrap().len(), 1);
+}
+
+#[test]
+fn refuses_a_newer_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let c = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        c.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+    }
+    let err = StateDb::open(dir.path()).unwrap_err();
+    assert_eq!(err.code(), "state.newer_schema");
+    assert!(err.to_string().contains("upgrade plumb"), "{err}");
+}
+
+#[test]
+fn wal_and_pragmas() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = StateDb::open(dir.path()).unwrap();
+    let c = db.conn();
+    let mode: String = c
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+    let fk: i64 = c
+        .query_row("PRAGMA foreign_keys", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(fk, 1);
+    let timeout: i64 = c
+        .query_row("PRAGMA busy_timeout", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(timeout, BUSY_TIMEOUT.as_millis() as i64);
+}
+
+#[test]
+fn concurrent_handles_read_and_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = StateDb::open(dir.path()).unwrap();
+    let per_thread = 25;
+    std::thread::scope(|s| {
+        let writers: Vec<_> = (0..2)
+            .map(|t| {
+                let h = db.handle().unwrap();
+                s.spawn(move || {
+                    for i in 0..per_thread {
+                        let id = h.begin_run(&new_run(RunKind::Apply)).unwrap();
+                        h.record_host(
+                            &id,
+                            &host_run(&format!("h{t}-{i}"), 1, HostStatus::Converged),
+                            &meta(),
+                        )
+                        .unwrap();
+                        h.finish_run(&id, RunResult::Converged, &json!({ "t": t }))
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        let dir = dir.path().to_path_buf();
+        let reader = s.spawn(move || {
+            let r = StateDb::open_inspect(&dir).unwrap();
+            let mut seen = 0;
+            for _ in 0..50 {
+                seen = r.runs(&RunFilter::default()).unwrap().len();
+                r.chain_head().unwrap();
+            }
+            seen
+        });
+        for w in writers {
+            w.join().unwrap();
+        }
+        assert!(reader.join().unwrap() <= 2 * per_thread);
+    });
+    assert_eq!(
+        db.runs(&RunFilter::default()).unwrap().len(),
+        2 * per_thread
+    );
+    // Finishing from two connections at once never forks the chain.
+    assert_eq!(verify(&db).unwrap().records, 2 * per_thread);
+}
+
+#[test]
+fn run_ids_sort_by_time() {
+    let a = RunId::generate(1_000);
+    let b = RunId::generate(2_000);
+    assert!(a < b);
+    assert_ne!(RunId::generate(5), RunId::generate(5));
+    assert!(a.0.chars().all(|c| c.is_ascii_alphanumeric()));
+}

@@ -1,0 +1,304 @@
+//! The audit trail end to end: runs written through the library, checked and tampered with
+//! through plain SQL, verified by the `plumb` binary.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use plumb::engine::{HostRun, HostStatus, RoundTrips, StepOutcome, StepStatus};
+use plumb::model::yaml::Pos;
+use plumb::model::Host;
+use plumb::modules::{Change, ChangeKind};
+use plumb::state::{NewRun, RunKind, RunResult, Signer, StateDb, StepMeta, Trigger};
+use serde_json::{json, Value};
+
+fn host_run(name: &str, changed: usize) -> HostRun {
+    HostRun {
+        host: Host {
+            name: name.into(),
+            address: "192.0.2.10".into(),
+            port: 22,
+            user: None,
+            become_: false,
+            labels: Default::default(),
+            vars: Default::default(),
+            path: "environments/prod/hosts.yaml".into(),
+            pos: Pos::START,
+        },
+        status: HostStatus::Converged,
+        error: None,
+        steps: (0..changed)
+            .map(|i| StepOutcome {
+                address: format!("base/motd{i}"),
+                status: StepStatus::Changed,
+                change: Some(Change::new(ChangeKind::Modify).field(
+                    "content",
+                    Some("old".into()),
+                    Some("new".into()),
+                )),
+                error: None,
+                duration_ms: 7,
+            })
+            .collect(),
+        handlers: Vec::new(),
+        round_trips: RoundTrips {
+            probe: 1,
+            apply: 1,
+            verify: 1,
+        },
+        duration: Duration::from_millis(30),
+    }
+}
+
+/// Five finished runs of different kinds; returns their ids, oldest first.
+fn write_runs(dir: &Path) -> Vec<String> {
+    let db = StateDb::open(dir).expect("open state");
+    let mut meta = StepMeta::default();
+    for i in 0..3 {
+        meta.insert(&format!("base/motd{i}"), "file", false);
+    }
+    let runs = [
+        (RunKind::Apply, Trigger::Push, RunResult::Converged, 2),
+        (RunKind::DriftCheck, Trigger::Drift, RunResult::NoChange, 0),
+        (RunKind::Correction, Trigger::Drift, RunResult::Converged, 1),
+        (RunKind::Refused, Trigger::Webhook, RunResult::Refused, 0),
+        (RunKind::Apply, Trigger::Poll, RunResult::Converged, 3),
+    ];
+    let mut ids = Vec::new();
+    for (i, (kind, trigger, result, changed)) in runs.into_iter().enumerate() {
+        let id = db
+            .begin_run(&NewRun {
+                environment: "prod".into(),
+                commit: Some(format!("{i}{}", "a".repeat(39))),
+                signer: Some(Signer {
+                    principal: "alice@example.com".into(),
+                    fingerprint: "SHA256:alicekey".into(),
+                }),
+                kind,
+                trigger,
+            })
+            .expect("begin");
+        if kind != RunKind::Refused {
+            for h in ["web1", "web2"] {
+                db.record_host(&id, &host_run(h, changed), &meta)
+                    .expect("record host");
+            }
+        }
+        db.finish_run(&id, result, &json!({ "n": i }))
+            .expect("finish");
+        ids.push(id.0);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    ids
+}
+
+fn plumb(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_plumb"))
+        .args(args)
+        .env_remove("PLUMB_STATE_DIR")
+        .output()
+        .expect("run plumb")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn sql(dir: &Path, statement: &str, id: &str) {
+    let c = rusqlite::Connection::open(dir.join("plumb.db")).expect("open db");
+    let n = c.execute(statement, [id]).expect("tamper");
+    assert_eq!(n, 1, "{statement} changed {n} rows");
+}
+
+/// `plumb audit verify` exits 1 naming `bad` as broken with `reason`; the only other run it
+/// may mention is `context` (the record before a gap).
+fn assert_broken_at(
+    dir: &Path,
+    ids: &[String],
+    bad: &str,
+    seq: usize,
+    reason: &str,
+    context: Option<&str>,
+) {
+    let state = dir.to_str().expect("utf-8 path");
+    let o = plumb(&["audit", "verify", "--state", state]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains(&format!("broken at run {bad} (record #{seq})")),
+        "{out}"
+    );
+    assert!(out.contains(reason), "{out}");
+    assert_eq!(out.matches("broken at run").count(), 1, "{out}");
+    for other in ids
+        .iter()
+        .filter(|i| i.as_str() != bad && Some(i.as_str()) != context)
+    {
+        assert!(!out.contains(other.as_str()), "names {other} too: {out}");
+    }
+    let o = plumb(&["audit", "verify", "--state", state, "--output", "json"]);
+    assert_eq!(o.status.code(), Some(1));
+    let v: Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["broken"]["run_id"], bad);
+    assert_eq!(v["records"], seq - 1);
+}
+
+#[test]
+fn intact_chain_verifies_with_the_daemon_public_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let ids = write_runs(dir.path());
+    let state = dir.path().to_str().unwrap();
+
+    let o = plumb(&["audit", "verify", "--state", state]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        text(&o).starts_with("5 records verified; head "),
+        "{}",
+        text(&o)
+    );
+
+    // With the public key kept apart from the state.
+    let o = plumb(&["audit", "public-key", "--state", state]);
+    assert_eq!(o.status.code(), Some(0));
+    let public = String::from_utf8(o.stdout).unwrap();
+    assert!(public.starts_with("ssh-ed25519 AAAA") && public.trim_end().ends_with("plumb-daemon"));
+    let keyfile = dir.path().join("daemon.pub");
+    std::fs::write(&keyfile, &public).unwrap();
+    let o = plumb(&[
+        "audit",
+        "verify",
+        "--state",
+        state,
+        "--public-key",
+        keyfile.to_str().unwrap(),
+        "--output",
+        "json",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (v["ok"].clone(), v["records"].clone()),
+        (json!(true), json!(5))
+    );
+
+    // Another daemon's key does not verify this chain.
+    let other = tempfile::tempdir().unwrap();
+    let o = plumb(&[
+        "audit",
+        "public-key",
+        "--state",
+        other.path().to_str().unwrap(),
+    ]);
+    std::fs::write(&keyfile, &o.stdout).unwrap();
+    let o = plumb(&[
+        "audit",
+        "verify",
+        "--state",
+        state,
+        "--public-key",
+        keyfile.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o).contains(&format!("run {} (record #1): bad signature", ids[0])),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn altered_record_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let ids = write_runs(dir.path());
+    sql(
+        dir.path(),
+        "UPDATE runs SET record = replace(record, '\"result\":\"converged\"', '\"result\":\"failed\"') WHERE id = ?1",
+        &ids[2],
+    );
+    assert_broken_at(dir.path(), &ids, &ids[2], 3, "hash mismatch", None);
+}
+
+#[test]
+fn removed_record_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let ids = write_runs(dir.path());
+    sql(dir.path(), "DELETE FROM runs WHERE id = ?1", &ids[2]);
+    // The record after the gap is the first that no longer links.
+    assert_broken_at(
+        dir.path(),
+        &ids,
+        &ids[3],
+        4,
+        &format!("record #3 is missing after run {}", ids[1]),
+        Some(&ids[1]),
+    );
+}
+
+#[test]
+fn changed_signature_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let ids = write_runs(dir.path());
+    sql(
+        dir.path(),
+        "UPDATE runs SET signature = substr(signature, 1, 10)
+            || CASE substr(signature, 11, 1) WHEN '0' THEN '1' ELSE '0' END
+            || substr(signature, 12) WHERE id = ?1",
+        &ids[1],
+    );
+    assert_broken_at(dir.path(), &ids, &ids[1], 2, "bad signature", None);
+}
+
+#[test]
+fn history_lists_runs_newest_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let ids = write_runs(dir.path());
+    // A run the daemon never finished (killed).
+    {
+        let db = StateDb::open(dir.path()).unwrap();
+        db.begin_run(&NewRun {
+            environment: "staging".into(),
+            commit: None,
+            signer: None,
+            kind: RunKind::Apply,
+            trigger: Trigger::Startup,
+        })
+        .unwrap();
+    }
+    let state = dir.path().to_str().unwrap();
+    let o = plumb(&["history", "--state", state, "--output", "json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let runs = v["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 6);
+    assert_eq!(runs[0]["result"], "interrupted");
+    assert_eq!(runs[0]["environment"], "staging");
+    assert_eq!(runs[1]["id"], ids[4].as_str());
+    assert_eq!(runs[1]["changes"], 6);
+    assert_eq!(runs[1]["hosts"], 2);
+    assert_eq!(runs[3]["kind"], "correction");
+    assert_eq!(runs[3]["drift"], 2);
+    assert_eq!(runs[5]["id"], ids[0].as_str());
+    assert_eq!(runs[5]["signer"]["principal"], "alice@example.com");
+
+    let o = plumb(&["history", "--state", state, "--env", "prod", "--limit", "2"]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(lines[0].starts_with("ID "), "{out}");
+    assert!(
+        lines[1].starts_with(&ids[4]) && lines[1].contains("4aaaaaaaaaaa "),
+        "{out}"
+    );
+    assert!(lines[2].contains("refused"), "{out}");
+
+    let missing = dir.path().join("nope");
+    let o = plumb(&["history", "--state", missing.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("no state db at"), "{}", text(&o));
+}
