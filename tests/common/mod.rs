@@ -1,0 +1,219 @@
+//! Shared helpers of the end-to-end tests: fresh test hosts, the example repo pointed at
+//! them, running plumb, and independent checks with `docker exec`.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+use serde_json::Value;
+
+pub const HOSTS: usize = 3;
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn lock() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The running test hosts.
+pub struct Hosts {
+    pub dir: PathBuf,
+    pub addresses: Vec<String>,
+}
+
+impl Hosts {
+    pub fn name(&self, k: usize) -> String {
+        format!("plumb-host-{k}")
+    }
+}
+
+pub fn sh(cmd: &mut Command) -> (i32, String, String) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+pub fn docker_ok() -> bool {
+    Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Fresh hosts, or `None` (after saying so loudly) when Docker is not available.
+pub fn fresh_hosts(scenario: &str) -> Option<Hosts> {
+    if !docker_ok() {
+        if std::env::var_os("PLUMB_REQUIRE_E2E").is_some() {
+            panic!("PLUMB_REQUIRE_E2E is set but no Docker engine answers `docker info`");
+        }
+        eprintln!("\n*** SKIPPED end-to-end scenario `{scenario}`: no Docker engine (docker info failed) ***\n");
+        return None;
+    }
+    static IMAGE: OnceLock<Result<(), String>> = OnceLock::new();
+    let image = IMAGE.get_or_init(|| {
+        let (code, _, err) = sh(Command::new(root().join("integration/testhosts")).arg("image"));
+        if code == 0 {
+            Ok(())
+        } else {
+            Err(err)
+        }
+    });
+    if let Err(e) = image {
+        panic!("building the test host image failed:\n{e}");
+    }
+    let dir = root().join("target/e2e-hosts");
+    let (code, out, err) = sh(Command::new(root().join("integration/testhosts"))
+        .args(["up", &HOSTS.to_string(), "--dir"])
+        .arg(&dir));
+    assert_eq!(code, 0, "testhosts up failed:\n{out}\n{err}");
+    let inventory = std::fs::read_to_string(dir.join("hosts.yaml")).expect("inventory written");
+    let addresses: Vec<String> = inventory
+        .lines()
+        .filter_map(|l| {
+            l.trim()
+                .strip_prefix("address:")
+                .map(|a| a.trim().to_string())
+        })
+        .collect();
+    assert_eq!(addresses.len(), HOSTS, "inventory: {inventory}");
+    eprintln!("scenario `{scenario}`: hosts up at {addresses:?}");
+    Some(Hosts { dir, addresses })
+}
+
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("read_dir") {
+        let e = e.expect("entry");
+        let dest = to.join(e.file_name());
+        if e.file_type().expect("type").is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).expect("copy");
+        }
+    }
+}
+
+/// examples/webapp with its production inventory pointed at the test hosts.
+pub fn webapp_repo(hosts: &Hosts) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    copy_dir(&root().join("examples/webapp"), dir.path());
+    let [a1, a2, a3] = [
+        &hosts.addresses[0],
+        &hosts.addresses[1],
+        &hosts.addresses[2],
+    ];
+    let inventory = format!(
+        "hosts:\n\
+         \x20 - name: plumb-host-1\n    address: {a1}\n    labels: {{role: web, canary: \"true\"}}\n    vars: {{workers: 8}}\n\
+         \x20 - name: plumb-host-2\n    address: {a2}\n    labels: {{role: web}}\n\
+         \x20 - name: plumb-host-3\n    address: {a3}\n    labels: {{role: db}}\n    vars: {{hello_version: \"1.0\"}}\n"
+    );
+    std::fs::write(
+        dir.path().join("environments/production/hosts.yaml"),
+        inventory,
+    )
+    .expect("write inventory");
+    dir
+}
+
+/// Runs plumb with the test hosts' key and known_hosts; returns (exit code, JSON, stderr).
+pub fn plumb(hosts: &Hosts, args: &[&str], repo: &Path) -> (i32, Value, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_plumb"));
+    cmd.args(&args[..1])
+        .arg(repo)
+        .args(&args[1..])
+        .args([
+            "--env",
+            "production",
+            "--output",
+            "json",
+            "--color",
+            "never",
+        ])
+        .arg("--identity")
+        .arg(hosts.dir.join("id_ed25519"))
+        .arg("--known-hosts")
+        .arg(hosts.dir.join("known_hosts"));
+    let (code, out, err) = sh(&mut cmd);
+    let json = serde_json::from_str(&out)
+        .unwrap_or_else(|e| panic!("plumb {args:?} printed no JSON ({e}):\n{out}\n{err}"));
+    (code, json, err)
+}
+
+pub fn exec(hosts: &Hosts, k: usize, cmd: &str) -> String {
+    let (code, out, err) =
+        sh(Command::new("docker").args(["exec", &hosts.name(k), "sh", "-c", cmd]));
+    assert_eq!(
+        code,
+        0,
+        "docker exec {} `{cmd}` failed: {err}",
+        hosts.name(k)
+    );
+    out.trim_end().to_string()
+}
+
+pub fn sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+pub fn host_report<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["hosts"]
+        .as_array()
+        .and_then(|hs| hs.iter().find(|h| h["name"] == name))
+        .unwrap_or_else(|| panic!("no host {name} in {report:#}"))
+}
+
+/// Rendered content of a file step for a host, via `plumb render --show-content`.
+pub fn rendered_content(repo: &Path, host: &str, address: &str) -> String {
+    let (code, out, err) = sh(Command::new(env!("CARGO_BIN_EXE_plumb"))
+        .arg("render")
+        .arg(repo)
+        .args([
+            "--env",
+            "production",
+            "--host",
+            host,
+            "--show-content",
+            "--output",
+            "json",
+        ]));
+    assert_eq!(code, 0, "render failed: {err}");
+    let v: Value = serde_json::from_str(&out).expect("render JSON");
+    v["hosts"][0]["steps"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["address"] == address))
+        .and_then(|s| s["content"].as_str())
+        .unwrap_or_else(|| panic!("no content for {address}"))
+        .to_string()
+}
+
+pub fn demo_starts(hosts: &Hosts, k: usize) -> usize {
+    exec(
+        hosts,
+        k,
+        "journalctl -u plumb-demo --no-pager -o cat | grep -c 'plumb-demo started' || true",
+    )
+    .parse()
+    .unwrap_or(0)
+}
+
+/// sha256 and mtime of everything plumb manages on a host.
+pub fn fingerprint(hosts: &Hosts, k: usize) -> String {
+    exec(
+        hosts,
+        k,
+        "for f in /etc/plumb-demo/app.conf /etc/plumb-demo/credentials /etc/default/plumb-demo /etc/cron.d/app-log-cleanup /etc/app/db.conf; do \
+         [ -e \"$f\" ] && { stat -c '%Y %a %U %G %n' \"$f\"; sha256sum \"$f\"; }; done; \
+         dpkg-query -W -f '${Version}\\n' plumb-hello; cat /proc/sys/net/core/somaxconn",
+    )
+}
