@@ -126,15 +126,15 @@ fn free_port() -> u16 {
         .expect("free port")
 }
 
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Duration {
+fn try_wait(timeout: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
     let start = Instant::now();
     while start.elapsed() < timeout {
         if f() {
-            return start.elapsed();
+            return Some(start.elapsed());
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    panic!("timed out after {timeout:?} waiting for {what}");
+    None
 }
 
 struct Fixture {
@@ -225,7 +225,7 @@ impl Fixture {
             .expect("daemon starts");
         self.daemon = Some(child);
         let port = self.port;
-        wait_for("the daemon's /healthz", Duration::from_secs(30), || {
+        self.wait("the daemon's /healthz", Duration::from_secs(30), || {
             http(port, "GET", "/healthz", &[], b"").0 == 200
         });
     }
@@ -239,6 +239,28 @@ impl Fixture {
 
     fn log(&self) -> String {
         std::fs::read_to_string(self.path("daemon.log")).unwrap_or_default()
+    }
+
+    /// Waits for `cond`; on timeout fails with the daemon's log.
+    fn wait(&self, what: &str, timeout: Duration, cond: impl FnMut() -> bool) -> Duration {
+        match try_wait(timeout, cond) {
+            Some(d) => d,
+            None => {
+                let log = self.log();
+                let tail: Vec<&str> = log
+                    .lines()
+                    .rev()
+                    .take(40)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect();
+                panic!(
+                    "timed out after {timeout:?} waiting for {what}; daemon log:\n{}",
+                    tail.join("\n")
+                )
+            }
+        }
     }
 
     fn history(&self) -> Vec<Value> {
@@ -334,7 +356,7 @@ fn signed_push_is_applied() {
     };
     let first = f.git(&["rev-parse", "HEAD"]);
     f.start_daemon();
-    wait_for("the first commit applied", Duration::from_secs(180), || {
+    f.wait("the first commit applied", Duration::from_secs(180), || {
         f.applied(&first)
     });
     assert_eq!(
@@ -350,7 +372,7 @@ fn signed_push_is_applied() {
     );
     let pushed = Instant::now();
     let second = f.commit_and_push("production: debug logging", true);
-    let latency = wait_for(
+    let latency = f.wait(
         "the pushed commit applied",
         Duration::from_secs(120),
         || f.applied(&second),
@@ -398,7 +420,7 @@ fn unsigned_commit_and_bad_webhook_change_nothing() {
     };
     let first = f.git(&["rev-parse", "HEAD"]);
     f.start_daemon();
-    wait_for("the first commit applied", Duration::from_secs(180), || {
+    f.wait("the first commit applied", Duration::from_secs(180), || {
         f.applied(&first)
     });
     let before: Vec<String> = (1..=HOSTS).map(|k| fingerprint(&f.hosts, k)).collect();
@@ -409,7 +431,7 @@ fn unsigned_commit_and_bad_webhook_change_nothing() {
         "log_level: debug",
     );
     let unsigned = f.commit_and_push("sneaky unsigned change", false);
-    wait_for(
+    f.wait(
         "the unsigned commit refused",
         Duration::from_secs(60),
         || {
@@ -429,7 +451,7 @@ fn unsigned_commit_and_bad_webhook_change_nothing() {
         ),
         "{m}"
     );
-    wait_for("a signature_refused alert", Duration::from_secs(20), || {
+    f.wait("a signature_refused alert", Duration::from_secs(20), || {
         f.alerts.has("signature_refused")
     });
 
@@ -502,7 +524,7 @@ fn canary_health_failure_stops_the_rollout() {
     };
     let first = f.git(&["rev-parse", "HEAD"]);
     f.start_daemon();
-    wait_for("the rollout to fail", Duration::from_secs(180), || {
+    f.wait("the rollout to fail", Duration::from_secs(180), || {
         f.history()
             .iter()
             .any(|r| r["commit"] == first.as_str() && r["result"] == "failed")
@@ -534,7 +556,7 @@ fn canary_health_failure_stops_the_rollout() {
         .find(|r| r["commit"] == first.as_str())
         .expect("run");
     assert_eq!(run["summary"]["stopped_at_wave"], "canary", "{run:#}");
-    wait_for("a run_failed alert", Duration::from_secs(20), || {
+    f.wait("a run_failed alert", Duration::from_secs(20), || {
         f.alerts.has("run_failed")
     });
     // Not retried until a new commit arrives.
@@ -559,17 +581,17 @@ fn drift_is_reported_then_corrected() {
     };
     let first = f.git(&["rev-parse", "HEAD"]);
     f.start_daemon();
-    wait_for("the first commit applied", Duration::from_secs(180), || {
+    f.wait("the first commit applied", Duration::from_secs(180), || {
         f.applied(&first)
     });
 
     // Report mode: the drift shows in /metrics and fires an alert; nothing is changed back.
     exec(&f.hosts, 2, "systemctl stop plumb-demo");
-    wait_for("drift in /metrics", Duration::from_secs(30), || {
+    f.wait("drift in /metrics", Duration::from_secs(30), || {
         f.metrics()
             .contains("plumb_drifted_resources{environment=\"production\",host=\"plumb-host-2\"} 1")
     });
-    wait_for("a drift_found alert", Duration::from_secs(20), || {
+    f.wait("a drift_found alert", Duration::from_secs(20), || {
         f.alerts.has("drift_found")
     });
     let alert = f
@@ -601,13 +623,13 @@ fn drift_is_reported_then_corrected() {
         "mode: correct",
     );
     let second = f.commit_and_push("production: correct drift", true);
-    wait_for(
+    f.wait(
         "the correct-mode commit applied",
         Duration::from_secs(120),
         || f.applied(&second),
     );
     exec(&f.hosts, 1, "chmod 0700 /srv/app");
-    wait_for("a correction run", Duration::from_secs(60), || {
+    f.wait("a correction run", Duration::from_secs(60), || {
         !f.runs_with("correction", "converged").is_empty()
     });
     assert_eq!(exec(&f.hosts, 1, "stat -c %a /srv/app"), "755");
@@ -634,7 +656,7 @@ fn sigkill_mid_apply_then_restart_converges() {
     };
     let first = f.git(&["rev-parse", "HEAD"]);
     f.start_daemon();
-    wait_for("an apply in flight", Duration::from_secs(120), || {
+    f.wait("an apply in flight", Duration::from_secs(120), || {
         f.history()
             .iter()
             .any(|r| r["kind"] == "apply" && r["result"] == "running")
@@ -644,7 +666,7 @@ fn sigkill_mid_apply_then_restart_converges() {
     assert!(!f.applied(&first), "killed before it finished");
 
     f.start_daemon();
-    wait_for("converged after restart", Duration::from_secs(180), || {
+    f.wait("converged after restart", Duration::from_secs(180), || {
         f.applied(&first)
     });
     let history = f.history();
