@@ -78,6 +78,13 @@ fn fresh_converge_then_idempotent() {
             "1.1"
         );
     }
+    for k in [1, 2] {
+        assert_eq!(
+            demo_starts(&hosts, k),
+            1,
+            "started by its step, not restarted again by the handler"
+        );
+    }
     assert!(
         rendered_content(repo.path(), &hosts.name(1), "web/app-conf").contains('8'),
         "host var workers=8 wins"

@@ -347,7 +347,14 @@ pub async fn apply_host(desired: &DesiredHost, t: &dyn Transport) -> HostRun {
         }
     }
     for &i in &notified {
-        if let Some(r) = desired.steps[i].resource.refresh() {
+        let target = &desired.steps[i].resource;
+        if changes[i]
+            .as_ref()
+            .is_some_and(|own| !target.refresh_after(own))
+        {
+            continue;
+        }
+        if let Some(r) = target.refresh() {
             fragments.push((Tag::Refresh(i), r));
         }
     }

@@ -17,6 +17,34 @@ struct Marker {
     fail_apply: bool,
 }
 
+/// A marker whose own creation makes a refresh unnecessary (like a service just started).
+#[derive(Debug)]
+struct SelfRefreshing(Marker);
+
+impl Resource for SelfRefreshing {
+    fn target(&self) -> String {
+        self.0.target()
+    }
+    fn desired(&self) -> serde_json::Value {
+        self.0.desired()
+    }
+    fn probe(&self) -> String {
+        self.0.probe()
+    }
+    fn diff(&self, o: &ProbeResult) -> Result<Change, ProbeError> {
+        self.0.diff(o)
+    }
+    fn apply(&self, c: &Change) -> String {
+        self.0.apply(c)
+    }
+    fn refresh(&self) -> Option<String> {
+        self.0.refresh()
+    }
+    fn refresh_after(&self, own: &Change) -> bool {
+        own.kind != ChangeKind::Create
+    }
+}
+
 impl Resource for Marker {
     fn target(&self) -> String {
         self.path.display().to_string()
@@ -174,6 +202,34 @@ async fn handlers_run_once_and_only_on_change() {
     assert!(again.handlers.is_empty());
     assert_eq!(
         std::fs::read_to_string(dir.path().join("log2")).expect("still once"),
+        "refreshed\n"
+    );
+}
+
+#[tokio::test]
+async fn no_refresh_when_the_target_says_its_own_change_covers_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut target = step(dir.path(), 1, vec![]);
+    target.resource = Box::new(SelfRefreshing(Marker {
+        path: dir.path().join("m1"),
+        log: dir.path().join("log1"),
+        fail_apply: false,
+    }));
+    let desired = DesiredHost {
+        host: host(),
+        steps: vec![step(dir.path(), 0, vec!["u/s1".into()]), target],
+    };
+    let run = apply_host(&desired, &LocalTransport::new()).await;
+    assert_eq!(run.status, HostStatus::Converged);
+    assert!(run.handlers.is_empty(), "{:?}", run.handlers);
+    assert!(!dir.path().join("log1").exists());
+
+    // Later, only the notifier changes: now the refresh runs.
+    std::fs::remove_file(dir.path().join("m0")).expect("rm");
+    let run = apply_host(&desired, &LocalTransport::new()).await;
+    assert_eq!(run.handlers.len(), 1);
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("log1")).expect("refreshed"),
         "refreshed\n"
     );
 }

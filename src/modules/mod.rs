@@ -154,6 +154,13 @@ pub trait Resource: fmt::Debug + Send + Sync {
     fn refresh(&self) -> Option<String> {
         None
     }
+    /// Whether a notification still needs the refresh after this step's own `change` was
+    /// applied in the same run. A service its own step just started has read the new
+    /// configuration already, so it is not restarted again (Puppet's behaviour).
+    fn refresh_after(&self, own_change: &Change) -> bool {
+        let _ = own_change;
+        true
+    }
     /// The exact bytes a file step writes, for `plumb render --show-content` and diffs.
     fn content(&self) -> Option<&[u8]> {
         None

@@ -250,6 +250,13 @@ else {}; fi
         }
         s
     }
+    fn refresh_after(&self, own_change: &Change) -> bool {
+        // Started by its own step in this run: it runs the new configuration already.
+        !own_change
+            .fields
+            .iter()
+            .any(|f| f.field == "state" && f.to.as_deref() == Some("running"))
+    }
     fn refresh(&self) -> Option<String> {
         let stopped = self.params.state == Some(RunState::Stopped);
         let (systemd, sysv) = match (stopped, self.params.refresh) {
@@ -294,6 +301,26 @@ mod tests {
             stdout: s.as_bytes().to_vec(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn no_refresh_after_its_own_start() {
+        let r = svc(serde_json::json!({"name": "app", "state": "running", "enabled": true}));
+        let started = Change::new(super::super::ChangeKind::Modify).field(
+            "state",
+            Some("stopped".into()),
+            Some("running".into()),
+        );
+        assert!(!r.refresh_after(&started), "just started: no restart");
+        let enabled = Change::new(super::super::ChangeKind::Modify).field(
+            "enabled",
+            Some("false".into()),
+            Some("true".into()),
+        );
+        assert!(
+            r.refresh_after(&enabled),
+            "only enabled: the running process has the old config"
+        );
     }
 
     #[test]
