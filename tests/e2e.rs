@@ -12,6 +12,7 @@ mod common;
 use std::process::Command;
 
 use common::*;
+use serde_json::Value;
 
 #[test]
 fn fresh_converge_then_idempotent() {
@@ -379,5 +380,96 @@ fn hostile_paths_and_content_land_byte_for_byte() {
         (code, again["total_changed"].as_u64()),
         (0, Some(0)),
         "{again:#}"
+    );
+}
+
+#[test]
+fn a_host_lost_mid_apply_converges_next_time() {
+    let _g = lock();
+    let Some(hosts) = fresh_hosts("a_host_lost_mid_apply_converges_next_time") else {
+        return;
+    };
+    let repo = webapp_repo(&hosts);
+    // Units apply in name order: this slow step opens every host's apply script.
+    std::fs::write(
+        repo.path().join("units/aaa-slow.yaml"),
+        "steps:\n  - id: slow\n    command:\n      run: \"sleep 6 && touch /var/tmp/slow-done\"\n      creates: /var/tmp/slow-done\n",
+    )
+    .expect("write unit");
+    let child = Command::new(env!("CARGO_BIN_EXE_plumb"))
+        .arg("apply")
+        .arg(repo.path())
+        .args([
+            "--env",
+            "production",
+            "--output",
+            "json",
+            "--color",
+            "never",
+            "--identity",
+        ])
+        .arg(hosts.dir.join("id_ed25519"))
+        .arg("--known-hosts")
+        .arg(hosts.dir.join("known_hosts"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("plumb apply starts");
+    // Wait until host 2 is inside its apply script (the slow step runs), then cut it off.
+    let start = std::time::Instant::now();
+    while exec(
+        &hosts,
+        2,
+        "pgrep -f 'sleep 6' >/dev/null && echo yes || echo no",
+    ) != "yes"
+    {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "the apply never reached host 2"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let (code, _, err) =
+        sh(Command::new("docker").args(["network", "disconnect", "plumb-test", "plumb-host-2"]));
+    assert_eq!(code, 0, "{err}");
+    let out = child.wait_with_output().expect("plumb apply ends");
+    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert_eq!(out.status.code(), Some(1), "{report:#}");
+    assert_eq!(
+        host_report(&report, "plumb-host-1")["status"],
+        "converged",
+        "{report:#}"
+    );
+    assert_eq!(host_report(&report, "plumb-host-3")["status"], "converged");
+    let h2 = host_report(&report, "plumb-host-2");
+    assert_eq!(h2["status"], "unreachable", "{h2:#}");
+    assert!(
+        h2["error"].as_str().unwrap_or("").contains("during apply"),
+        "{h2:#}"
+    );
+
+    let (code, _, err) = sh(Command::new("docker").args([
+        "network",
+        "connect",
+        "--ip",
+        &hosts.addresses[1],
+        "plumb-test",
+        "plumb-host-2",
+    ]));
+    assert_eq!(code, 0, "{err}");
+    let (code, report, _) = plumb(&hosts, &["apply"], repo.path());
+    assert_eq!(
+        code, 0,
+        "back on the network, the host converges: {report:#}"
+    );
+    assert_eq!(exec(&hosts, 2, "systemctl is-active plumb-demo"), "active");
+    assert_eq!(
+        exec(
+            &hosts,
+            2,
+            "find /etc/plumb-demo /etc/default /etc/cron.d /etc/sysctl.d -name '.plumb.*' | wc -l"
+        ),
+        "0",
+        "no half-written file left"
     );
 }

@@ -683,7 +683,7 @@ fn sigkill_mid_apply_then_restart_converges() {
             exec(
                 &f.hosts,
                 k,
-                "ls /etc/plumb-demo/ /etc/app 2>/dev/null | grep -c plumb-tmp || true"
+                "find /etc/plumb-demo /etc/app /etc/default /etc/cron.d /etc/sysctl.d -name '.plumb.*' 2>/dev/null | wc -l"
             ),
             "0",
             "no temporary file left"

@@ -488,6 +488,14 @@ pub async fn apply_host(desired: &DesiredHost, t: &dyn Transport) -> HostRun {
         }
     }
     run.duration = start.elapsed();
+    tracing::debug!(
+        host = %desired.host.name,
+        probe = run.round_trips.probe,
+        apply = run.round_trips.apply,
+        verify = run.round_trips.verify,
+        status = ?run.status,
+        "applied host"
+    );
     run
 }
 
