@@ -27,7 +27,7 @@ use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
 use crate::alert::{Alert, AlertEvent, Alerter};
-use crate::engine::{self, HostStatus, SshConnector};
+use crate::engine::{self, CachedConnector, HostStatus, SshConnector};
 use crate::model::DriftMode;
 use crate::render::DesiredHost;
 use crate::server::metrics::{RefusalSource, RunResult as MetricResult};
@@ -77,7 +77,7 @@ pub struct Daemon {
     db: Arc<Mutex<StateDb>>,
     metrics: Arc<Metrics>,
     alerter: Alerter,
-    connector: SshConnector,
+    connector: CachedConnector<SshConnector>,
     ready: Readiness,
     /// Drift already alerted, per environment: alert again only when it changes.
     alerted_drift: HashMap<String, BTreeSet<(String, String)>>,
@@ -124,12 +124,11 @@ impl Daemon {
         let db = StateDb::open(&config.state_dir)?;
         let source = Source::new(&config.repository, &config.state_dir)?;
         let alerter = Alerter::new(config.alerts.clone())?;
-        let connector = SshConnector {
-            options: config.ssh_options(),
-        };
-        if let Some(dir) = &connector.options.control_dir {
+        let options = config.ssh_options();
+        if let Some(dir) = &options.control_dir {
             std::fs::create_dir_all(dir)?;
         }
+        let connector = CachedConnector::new(SshConnector { options });
         Ok(Daemon {
             config_path: config_path.to_path_buf(),
             signers,
@@ -256,9 +255,9 @@ impl Daemon {
                 }
                 self.signers = signers;
                 self.alerter = alerter;
-                self.connector = SshConnector {
+                self.connector = CachedConnector::new(SshConnector {
                     options: new.ssh_options(),
-                };
+                });
                 self.config = DaemonConfig {
                     listen: self.config.listen.clone(),
                     state_dir: self.config.state_dir.clone(),

@@ -49,6 +49,37 @@ impl Connector for SshConnector {
     }
 }
 
+/// Keeps one transport per host across runs, so a long-running daemon reuses each host's SSH
+/// master connection (a transport that lost its connection reconnects on its next use).
+pub struct CachedConnector<C> {
+    inner: C,
+    cache: std::sync::Mutex<std::collections::HashMap<String, Arc<dyn Transport>>>,
+}
+
+impl<C: Connector> CachedConnector<C> {
+    pub fn new(inner: C) -> CachedConnector<C> {
+        CachedConnector {
+            inner,
+            cache: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+}
+
+impl<C: Connector> Connector for CachedConnector<C> {
+    fn connect(&self, host: &Host) -> Arc<dyn Transport> {
+        // Everything that changes how the host is reached is part of the key.
+        let key = format!(
+            "{}|{}|{}|{:?}|{}",
+            host.name, host.address, host.port, host.user, host.become_
+        );
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache
+            .entry(key)
+            .or_insert_with(|| self.inner.connect(host))
+            .clone()
+    }
+}
+
 /// Every host is this machine (tests, pull mode).
 #[derive(Debug, Clone, Default)]
 pub struct LocalConnector;
