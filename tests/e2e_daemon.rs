@@ -482,6 +482,16 @@ fn unsigned_commit_and_bad_webhook_change_nothing() {
         "{}",
         f.metrics()
     );
+    f.wait(
+        "an alert for the forged webhook",
+        Duration::from_secs(20),
+        || {
+            f.alerts
+                .events()
+                .iter()
+                .any(|a| a["event"] == "signature_refused" && a["details"]["hook"] == "generic")
+        },
+    );
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(
         f.history().len(),

@@ -169,6 +169,7 @@ impl Daemon {
             secrets: Arc::new(secrets),
             ready: self.ready.clone(),
             status: Arc::new(status),
+            on_refusal: Some(webhook_refusal_alerts(self.alerter.clone())),
         };
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut server_stop = stop_rx.clone();
@@ -872,6 +873,31 @@ impl Daemon {
         }
         Ok(())
     }
+}
+
+/// Alerts on refused webhook requests, at most once a minute (the metric counts every one),
+/// so a flood of forged requests cannot become a flood of pages. Uses the sinks configured
+/// at start (a SIGHUP does not change them for this alert).
+fn webhook_refusal_alerts(alerter: Alerter) -> server::RefusalHook {
+    let last: Mutex<Option<Instant>> = Mutex::new(None);
+    Arc::new(move |hook: &str, code: &str| {
+        let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_some_and(|t| t.elapsed() < Duration::from_secs(60)) || alerter.sinks().is_empty()
+        {
+            return;
+        }
+        *last = Some(Instant::now());
+        alerter.spawn(Alert {
+            event: AlertEvent::SignatureRefused,
+            environment: None,
+            commit: None,
+            hosts: Vec::new(),
+            message: format!("a request to /hooks/{hook} was refused: {code} (bad or missing HMAC); nothing was fetched"),
+            details: json!({"hook": hook, "code": code}),
+            time: OffsetDateTime::now_utc(),
+            link: None,
+        });
+    })
 }
 
 #[derive(Debug, Default)]

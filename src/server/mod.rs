@@ -166,6 +166,9 @@ pub trait StatusSource: Send + Sync + 'static {
     fn drift(&self, environment: Option<&str>) -> Result<Value, StatusError>;
 }
 
+/// Called with the hook name and the refusal code of a refused webhook request.
+pub type RefusalHook = Arc<dyn Fn(&str, &str) + Send + Sync>;
+
 /// Everything the handlers share.
 #[derive(Clone)]
 pub struct AppState {
@@ -174,6 +177,9 @@ pub struct AppState {
     pub secrets: Arc<WebhookSecrets>,
     pub ready: Readiness,
     pub status: Arc<dyn StatusSource>,
+    /// Called for every refused webhook request with the hook name and the refusal code
+    /// (the daemon raises an alert from it).
+    pub on_refusal: Option<RefusalHook>,
 }
 
 impl fmt::Debug for AppState {
@@ -336,6 +342,9 @@ fn authenticate(
     }
     let e = verify_signature(secrets, headers.get(header_name), body).err()?;
     s.metrics.signature_refused(None, RefusalSource::Webhook);
+    if let Some(f) = &s.on_refusal {
+        f(hook, e.code());
+    }
     tracing::warn!(
         hook,
         code = e.code(),

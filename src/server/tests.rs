@@ -60,6 +60,7 @@ fn harness_with(secrets: WebhookSecrets, capacity: usize) -> Harness {
         secrets: Arc::new(secrets),
         ready: ready.clone(),
         status: status.clone(),
+        on_refusal: None,
     });
     Harness {
         app,
