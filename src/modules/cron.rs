@@ -212,17 +212,11 @@ impl Resource for Cron {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing::out;
     use super::*;
 
     fn cron(v: serde_json::Value) -> Result<Cron, BuildError> {
         Cron::new(super::super::params(v)?)
-    }
-
-    fn out(s: &str) -> ProbeResult {
-        ProbeResult {
-            stdout: s.as_bytes().to_vec(),
-            ..Default::default()
-        }
     }
 
     #[test]

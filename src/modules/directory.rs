@@ -194,30 +194,11 @@ fi"#,
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing::*;
     use super::*;
 
-    struct NoRepo;
-    impl Resolve for NoRepo {
-        fn template(&mut self, _: &str) -> Result<String, String> {
-            Err("none".into())
-        }
-        fn file(&mut self, _: &str) -> Result<Vec<u8>, String> {
-            Err("none".into())
-        }
-    }
-
     fn dir(v: serde_json::Value) -> Box<dyn Resource> {
-        match build(v, &mut NoRepo) {
-            Ok(r) => r,
-            Err(e) => panic!("{e}"),
-        }
-    }
-
-    fn out(s: &str) -> ProbeResult {
-        ProbeResult {
-            stdout: s.as_bytes().to_vec(),
-            ..Default::default()
-        }
+        built(build, v)
     }
 
     const STAT: &str = "mode=755\nuid=0\nowner=root\ngid=0\ngroup=root\nsize=4096\n";

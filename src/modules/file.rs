@@ -503,6 +503,7 @@ pub(crate) fn apply_remove(path: &str, backup: bool) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing::out;
     use super::*;
 
     struct NoRepo;
@@ -527,13 +528,6 @@ mod tests {
         match build(v, &mut NoRepo) {
             Ok(r) => r,
             Err(e) => panic!("build failed: {e}"),
-        }
-    }
-
-    fn out(s: &str) -> ProbeResult {
-        ProbeResult {
-            stdout: s.as_bytes().to_vec(),
-            ..Default::default()
         }
     }
 

@@ -137,30 +137,11 @@ impl Resource for Group {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing::*;
     use super::*;
 
-    struct NoRepo;
-    impl Resolve for NoRepo {
-        fn template(&mut self, _: &str) -> Result<String, String> {
-            Err("none".into())
-        }
-        fn file(&mut self, _: &str) -> Result<Vec<u8>, String> {
-            Err("none".into())
-        }
-    }
-
     fn group(v: serde_json::Value) -> Box<dyn Resource> {
-        match build(v, &mut NoRepo) {
-            Ok(r) => r,
-            Err(e) => panic!("{e}"),
-        }
-    }
-
-    fn out(s: &str) -> ProbeResult {
-        ProbeResult {
-            stdout: s.as_bytes().to_vec(),
-            ..Default::default()
-        }
+        built(build, v)
     }
 
     fn entry(e: &str) -> String {

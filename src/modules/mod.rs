@@ -20,6 +20,8 @@ use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Serialize};
 
 pub mod sh;
+#[cfg(test)]
+pub(crate) mod testing;
 
 pub mod command;
 pub mod cron;

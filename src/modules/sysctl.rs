@@ -245,17 +245,11 @@ impl Resource for Sysctl {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing::out;
     use super::*;
 
     fn sysctl(v: serde_json::Value) -> Result<Sysctl, BuildError> {
         Sysctl::new(super::super::params(v)?)
-    }
-
-    fn out(s: &str) -> ProbeResult {
-        ProbeResult {
-            stdout: s.as_bytes().to_vec(),
-            ..Default::default()
-        }
     }
 
     fn file_ok(s: &Sysctl) -> String {

@@ -256,30 +256,11 @@ else echo entry=absent; fi"#,
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing::*;
     use super::*;
 
-    struct NoRepo;
-    impl Resolve for NoRepo {
-        fn template(&mut self, _: &str) -> Result<String, String> {
-            Err("none".into())
-        }
-        fn file(&mut self, _: &str) -> Result<Vec<u8>, String> {
-            Err("none".into())
-        }
-    }
-
     fn user(v: serde_json::Value) -> Box<dyn Resource> {
-        match build(v, &mut NoRepo) {
-            Ok(r) => r,
-            Err(e) => panic!("{e}"),
-        }
-    }
-
-    fn out(s: &str) -> ProbeResult {
-        ProbeResult {
-            stdout: s.as_bytes().to_vec(),
-            ..Default::default()
-        }
+        built(build, v)
     }
 
     fn probe(entry: &str, primary: &str, groups: &str) -> ProbeResult {
