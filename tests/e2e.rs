@@ -183,9 +183,7 @@ fn an_unreachable_host_spares_the_others() {
         return;
     };
     let repo = webapp_repo(&hosts);
-    let (code, _, err) =
-        sh(Command::new("docker").args(["network", "disconnect", "plumb-test", "plumb-host-2"]));
-    assert_eq!(code, 0, "{err}");
+    disconnect(&hosts, 2);
 
     let (code, report, _) = plumb(&hosts, &["apply", "--connect-timeout", "3"], repo.path());
     assert_eq!(code, 1, "a failed host makes apply exit 1");
@@ -198,15 +196,7 @@ fn an_unreachable_host_spares_the_others() {
         "the reason is reported"
     );
 
-    let (code, _, err) = sh(Command::new("docker").args([
-        "network",
-        "connect",
-        "--ip",
-        &hosts.addresses[1],
-        "plumb-test",
-        "plumb-host-2",
-    ]));
-    assert_eq!(code, 0, "{err}");
+    reconnect(&hosts, 2);
     let (code, report, _) = plumb(&hosts, &["apply"], repo.path());
     assert_eq!(code, 0, "once back, the host converges: {report:#}");
     assert!(
@@ -429,9 +419,7 @@ fn a_host_lost_mid_apply_converges_next_time() {
         );
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
-    let (code, _, err) =
-        sh(Command::new("docker").args(["network", "disconnect", "plumb-test", "plumb-host-2"]));
-    assert_eq!(code, 0, "{err}");
+    disconnect(&hosts, 2);
     let out = child.wait_with_output().expect("plumb apply ends");
     let report: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
     assert_eq!(out.status.code(), Some(1), "{report:#}");
@@ -448,15 +436,7 @@ fn a_host_lost_mid_apply_converges_next_time() {
         "{h2:#}"
     );
 
-    let (code, _, err) = sh(Command::new("docker").args([
-        "network",
-        "connect",
-        "--ip",
-        &hosts.addresses[1],
-        "plumb-test",
-        "plumb-host-2",
-    ]));
-    assert_eq!(code, 0, "{err}");
+    reconnect(&hosts, 2);
     let (code, report, _) = plumb(&hosts, &["apply"], repo.path());
     assert_eq!(
         code, 0,

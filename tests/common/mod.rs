@@ -217,3 +217,23 @@ pub fn fingerprint(hosts: &Hosts, k: usize) -> String {
          dpkg-query -W -f '${Version}\\n' plumb-hello; cat /proc/sys/net/core/somaxconn",
     )
 }
+
+/// Cuts host K off the test network.
+pub fn disconnect(hosts: &Hosts, k: usize) {
+    let (code, _, err) =
+        sh(Command::new("docker").args(["network", "disconnect", "plumb-test", &hosts.name(k)]));
+    assert_eq!(code, 0, "{err}");
+}
+
+/// Puts host K back on the test network, at its address.
+pub fn reconnect(hosts: &Hosts, k: usize) {
+    let (code, _, err) = sh(Command::new("docker").args([
+        "network",
+        "connect",
+        "--ip",
+        &hosts.addresses[k - 1],
+        "plumb-test",
+        &hosts.name(k),
+    ]));
+    assert_eq!(code, 0, "{err}");
+}
