@@ -22,7 +22,7 @@ pub mod modules;
 pub mod render;
 pub mod report;
 pub mod schema;
-pub mod source;
 pub mod server;
+pub mod source;
 pub mod transport;
 pub mod validate;
