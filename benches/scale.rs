@@ -1,0 +1,194 @@
+//! Scale without SSH: validate + render + plan for many hosts, against synthetic probe output.
+//! A benchmark binary (`harness = false`), never part of `cargo test`:
+//!
+//! ```sh
+//! cargo bench --bench scale -- --hosts 1000 --steps 50
+//! /usr/bin/time -v target/release/deps/scale-<hash> --hosts 1000 --steps 50   # peak RSS
+//! ```
+//!
+//! It writes a repo with N hosts and one unit of S steps (directories, files with inline
+//! templated content, files from a `template:`, lines) whose targets live in a temp root,
+//! applies the steps of host 1 to that root for real (`LocalTransport`), records the probe
+//! script's output there (every step in sync), and then runs what `plumb plan` runs —
+//! `validate` (load, schemas, semantic checks, a render of every host), `render_env`, and
+//! `plan_all` — with every host's transport answering with that recorded output. Every step
+//! of every host renders to the same targets and content, so the recorded output is the real
+//! in-sync answer for all of them. Prints one JSON object with the phase times.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use plumb::engine::{self, Connector};
+use plumb::model::Host;
+use plumb::transport::{LocalTransport, Output, RunFuture, Transport};
+
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(|v| v.parse().expect("a number"))
+        .unwrap_or(default)
+}
+
+fn write(path: &Path, text: &str) {
+    std::fs::create_dir_all(path.parent().expect("a parent")).expect("mkdir");
+    std::fs::write(path, text).expect("write");
+}
+
+fn write_repo(repo: &Path, target: &Path, hosts: usize, steps: usize) {
+    write(
+        &repo.join("plumb.yaml"),
+        "name: scale\nenvironments: [prod]\ndefaults:\n  user: deploy\n  become: false\n",
+    );
+    write(
+        &repo.join("environments/prod/env.yaml"),
+        "vars:\n  region: eu-west\n  base_port: 8000\ndrift:\n  mode: report\n  interval: 5m\n",
+    );
+    let mut inv = String::from("hosts:\n");
+    for h in 0..hosts {
+        inv.push_str(&format!(
+            "  - name: host-{h:05}\n    address: 10.{}.{}.{}\n    labels: {{role: app, rack: \"r{}\"}}\n    vars:\n      rack: \"r{}\"\n",
+            (h >> 16) & 255,
+            (h >> 8) & 255,
+            h & 255,
+            h % 20,
+            h % 20
+        ));
+    }
+    write(&repo.join("environments/prod/hosts.yaml"), &inv);
+    write(
+        &repo.join("templates/app.conf.j2"),
+        "# {{ env }} / {{ region }}\n{% for w in workers %}worker {{ loop.index }} = {{ w }}:{{ base_port + loop.index }}\n{% endfor %}\n",
+    );
+    let t = target.display();
+    let mut y = String::from(
+        "description: scale\napplies_to:\n  role: app\nvars:\n  workers: [alpha, beta, gamma, delta]\n  log_level: info\nsteps:\n",
+    );
+    let dirs = (steps / 5).max(1);
+    for i in 0..steps {
+        y.push_str(&format!("  - id: s{i:03}\n"));
+        if i < dirs {
+            y.push_str(&format!(
+                "    directory:\n      path: {t}/d{i:02}\n      mode: \"0755\"\n"
+            ));
+        } else if i % 5 == 0 {
+            y.push_str(&format!(
+                "    file:\n      path: {t}/d{:02}/t{i:03}.conf\n      template: app.conf.j2\n      mode: \"0644\"\n    after: [s{:03}]\n",
+                i % dirs,
+                i % dirs
+            ));
+        } else if i % 5 == 1 {
+            y.push_str(&format!(
+                "    line:\n      path: {t}/lines.conf\n      line: \"setting_{i} = {{{{ base_port + {i} }}}}\"\n      create: true\n"
+            ));
+        } else {
+            y.push_str(&format!(
+                "    file:\n      path: {t}/d{:02}/f{i:03}.conf\n      content: \"# {{{{ env }}}} {{{{ region }}}}\\nlevel = {{{{ log_level }}}}\\nport = {{{{ base_port + {i} }}}}\\n\"\n      mode: \"0644\"\n",
+                i % dirs
+            ));
+        }
+    }
+    write(&repo.join("units/app.yaml"), &y);
+}
+
+/// Answers every script with the recorded output of host 1's probe (all in sync).
+#[derive(Debug)]
+struct Canned(Arc<Vec<u8>>);
+
+impl Transport for Canned {
+    fn run<'a>(&'a self, _script: &'a [u8]) -> RunFuture<'a> {
+        let stdout = self.0.as_ref().clone();
+        Box::pin(async move {
+            Ok(Output {
+                stdout,
+                stderr: Vec::new(),
+                status: Some(0),
+            })
+        })
+    }
+}
+
+struct CannedConnector(Arc<Vec<u8>>);
+
+impl Connector for CannedConnector {
+    fn connect(&self, _host: &Host) -> Arc<dyn Transport> {
+        Arc::new(Canned(self.0.clone()))
+    }
+}
+
+/// Runs the real probe of one host locally and keeps what it printed.
+#[derive(Debug)]
+struct Recorder(LocalTransport, std::sync::Mutex<Vec<u8>>);
+
+impl Transport for Recorder {
+    fn run<'a>(&'a self, script: &'a [u8]) -> RunFuture<'a> {
+        Box::pin(async move {
+            let out = self.0.run(script).await?;
+            *self.1.lock().expect("lock") = out.stdout.clone();
+            Ok(out)
+        })
+    }
+}
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1000.0
+}
+
+fn main() {
+    let hosts = arg("--hosts", 1000);
+    let steps = arg("--steps", 50);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let repo = tmp.path().join("repo");
+    let target = tmp.path().join("root");
+    write_repo(&repo, &target, hosts, steps);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+
+    // The recorded in-sync probe output (not timed).
+    let (small, diags) = plumb::validate::validate(&repo);
+    assert!(!diags.has_errors(), "{diags:?}");
+    let one = plumb::render::render_env(&small, "prod", Some("host-00000")).expect("render");
+    let run = rt.block_on(engine::apply_host(&one[0], &LocalTransport::new()));
+    assert!(run.error.is_none(), "local apply: {:?}", run.error);
+    let rec = Recorder(LocalTransport::new(), std::sync::Mutex::new(Vec::new()));
+    let plan = rt.block_on(engine::plan_host(&one[0], &rec));
+    assert_eq!(plan.changes(), 0, "host 1 is not in sync after apply");
+    let canned = Arc::new(rec.1.into_inner().expect("lock"));
+    drop((small, one));
+
+    // What `plumb plan` does, timed by phase.
+    let t0 = Instant::now();
+    let (loaded, diags) = plumb::validate::validate(&repo);
+    assert!(!diags.has_errors(), "{diags:?}");
+    let validate_ms = ms(t0);
+    let t1 = Instant::now();
+    let desired = plumb::render::render_env(&loaded, "prod", None).expect("render");
+    let render_ms = ms(t1);
+    let t2 = Instant::now();
+    let plans = rt.block_on(engine::plan_all(
+        &desired,
+        &CannedConnector(canned.clone()),
+        10,
+    ));
+    let plan_ms = ms(t2);
+    let total_ms = ms(t0);
+    let changes: usize = plans.iter().map(|p| p.changes()).sum();
+    let errors: usize = plans
+        .iter()
+        .map(|p| p.step_errors() + usize::from(p.error.is_some()))
+        .sum();
+    assert_eq!(plans.len(), hosts);
+    assert_eq!(
+        changes + errors,
+        0,
+        "every synthetic host should be in sync"
+    );
+    println!(
+        "{{\"hosts\": {hosts}, \"steps\": {steps}, \"validate_ms\": {validate_ms:.1}, \"render_ms\": {render_ms:.1}, \"plan_ms\": {plan_ms:.1}, \"total_ms\": {total_ms:.1}, \"probe_output_bytes\": {}, \"changes\": {changes}}}",
+        canned.len()
+    );
+}
