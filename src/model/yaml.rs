@@ -480,7 +480,8 @@ mod tests {
         }
         let start = std::time::Instant::now();
         let e = Node::parse(&doc).expect_err("bomb refused");
-        assert!(start.elapsed() < std::time::Duration::from_secs(5));
+        // A guard against hangs and blow-ups, not a performance target (it takes milliseconds).
+        assert!(start.elapsed() < std::time::Duration::from_secs(30));
         assert!(!e.message.is_empty());
     }
 
