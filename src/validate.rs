@@ -21,21 +21,63 @@ pub fn validate(root: &Path) -> (Repo, Diagnostics) {
     (repo, diags)
 }
 
+/// Loads and checks the repo at `root`, and returns the rendered hosts of `env` (every host,
+/// or only `host`) when the repo is valid: the render validation does anyway, not a second one.
+pub fn validate_and_render(
+    root: &Path,
+    env: &str,
+    host: Option<&str>,
+) -> (Repo, Diagnostics, Option<Vec<render::DesiredHost>>) {
+    let (repo, mut diags) = load::load(root);
+    let rendered = checked_render(&repo, &mut diags, Some(env));
+    if diags.has_errors() {
+        return (repo, diags, None);
+    }
+    let hosts = match (rendered, host) {
+        (Some(all), None) => Ok(all),
+        (Some(all), Some(name)) if all.iter().any(|h| h.host.name == name) => {
+            Ok(all.into_iter().filter(|h| h.host.name == name).collect())
+        }
+        // Unknown environment or host: let the renderer say so.
+        _ => render::render_env(&repo, env, host),
+    };
+    match hosts {
+        Ok(h) => (repo, diags, Some(h)),
+        Err(d) => {
+            diags.extend(d.into_sorted());
+            (repo, diags, None)
+        }
+    }
+}
+
 /// Semantic checks and a full render, on a loaded repo.
 pub fn check(repo: &Repo, diags: &mut Diagnostics) {
+    checked_render(repo, diags, None);
+}
+
+/// The checks, then a render of every environment; keeps the hosts of `keep`.
+fn checked_render(
+    repo: &Repo,
+    diags: &mut Diagnostics,
+    keep: Option<&str>,
+) -> Option<Vec<render::DesiredHost>> {
     check_hosts(repo, diags);
     check_envs(repo, diags);
     check_steps(repo, diags);
     check_unit_selection(repo, diags);
     if diags.has_errors() {
         // Rendering a repo with broken references only repeats those errors.
-        return;
+        return None;
     }
+    let mut kept = None;
     for env in repo.environments.keys() {
-        if let Err(d) = render::render_env(repo, env, None) {
-            diags.extend(d.into_sorted());
+        match render::render_env(repo, env, None) {
+            Ok(hosts) if Some(env.as_str()) == keep => kept = Some(hosts),
+            Ok(_) => {}
+            Err(d) => diags.extend(d.into_sorted()),
         }
     }
+    kept
 }
 
 fn node_of(repo: &Repo, path: &str) -> Option<Node> {

@@ -609,15 +609,10 @@ fn desired(
     output: OutputFormat,
     style: Style,
 ) -> anyhow::Result<Option<(Vec<crate::render::DesiredHost>, crate::diag::SourceMap)>> {
-    let (loaded, mut diags) = crate::validate::validate(repo);
-    if diags.has_errors() {
-        fail_with(diags, &loaded.sources, output, style);
-        return Ok(None);
-    }
-    match crate::render::render_env(&loaded, env, host) {
-        Ok(h) => Ok(Some((h, loaded.sources))),
-        Err(d) => {
-            diags.extend(d.into_sorted());
+    let (loaded, diags, rendered) = crate::validate::validate_and_render(repo, env, host);
+    match rendered {
+        Some(h) if !diags.has_errors() => Ok(Some((h, loaded.sources))),
+        _ => {
             fail_with(diags, &loaded.sources, output, style);
             Ok(None)
         }

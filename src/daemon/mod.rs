@@ -482,18 +482,8 @@ impl Daemon {
 
         // A bad commit touches nothing: validate and render before the first host.
         let dir = self.checkout(tip)?;
-        let (repo, mut diags) = crate::validate::validate(&dir);
-        let rendered = if diags.has_errors() {
-            None
-        } else {
-            match crate::render::render_env(&repo, env, None) {
-                Ok(h) => Some(h),
-                Err(d) => {
-                    diags.extend(d.into_sorted());
-                    None
-                }
-            }
-        };
+        let (repo, diags, rendered) = crate::validate::validate_and_render(&dir, env, None);
+        let rendered = rendered.filter(|_| !diags.has_errors());
         let Some(hosts) = rendered else {
             let errors: Vec<Value> = diags
                 .into_sorted()
@@ -729,12 +719,13 @@ impl Daemon {
         };
         let commit = git2::Oid::from_str(&last.commit)?;
         let dir = self.checkout(commit)?;
-        let (repo, diags) = crate::validate::validate(&dir);
-        if diags.has_errors() {
-            anyhow::bail!("the applied commit no longer validates with this plumb");
-        }
-        let hosts = crate::render::render_env(&repo, env, None)
-            .map_err(|d| anyhow::anyhow!("render failed: {} errors", d.error_count()))?;
+        let (repo, diags, rendered) = crate::validate::validate_and_render(&dir, env, None);
+        let Some(hosts) = rendered.filter(|_| !diags.has_errors()) else {
+            anyhow::bail!(
+                "the applied commit no longer validates with this plumb ({} errors)",
+                diags.error_count()
+            );
+        };
         self.next_drift.insert(
             env.to_string(),
             Instant::now() + self.drift_interval(env, Some(&repo)),
