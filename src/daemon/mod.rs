@@ -613,14 +613,12 @@ impl Daemon {
             let names: Vec<String> = members.iter().map(|h| h.host.name.clone()).collect();
             tracing::info!(environment = %env, wave = %wave.name, hosts = ?names, "wave");
             let connector = &self.connector;
-            let runs = futures::StreamExt::collect::<Vec<_>>(futures::StreamExt::buffer_unordered(
-                futures::stream::iter(members.iter().map(|h| async move {
+            let runs =
+                engine::each_host(members.iter().copied(), wave.max_parallel, |h| async move {
                     let t = engine::Connector::connect(connector, &h.host);
                     (h, engine::apply_host(h, t.as_ref()).await)
-                })),
-                wave.max_parallel,
-            ))
-            .await;
+                })
+                .await;
             let mut wave_failed = Vec::new();
             for (desired, r) in &runs {
                 lock(&self.db).record_host(run, r, &StepMeta::from_desired(desired))?;

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use futures::stream::{self, StreamExt};
 
 use crate::model::Host;
-use crate::modules::{Change, ChangeKind, ProbeResult};
+use crate::modules::{Change, ProbeResult};
 use crate::render::DesiredHost;
 use crate::transport::{LocalTransport, SshOptions, SshTransport, Transport, TransportError};
 
@@ -531,12 +531,16 @@ pub async fn apply_host(desired: &DesiredHost, t: &dyn Transport) -> HostRun {
 }
 
 /// Runs `f` on every host, at most `parallel` at once, keeping the input order.
-pub async fn each_host<'a, T, F, Fut>(hosts: &'a [DesiredHost], parallel: usize, f: F) -> Vec<T>
+pub async fn each_host<'a, T, F, Fut>(
+    hosts: impl IntoIterator<Item = &'a DesiredHost>,
+    parallel: usize,
+    f: F,
+) -> Vec<T>
 where
     F: Fn(&'a DesiredHost) -> Fut,
     Fut: std::future::Future<Output = T> + 'a,
 {
-    let mut results: Vec<(usize, T)> = stream::iter(hosts.iter().enumerate())
+    let mut results: Vec<(usize, T)> = stream::iter(hosts.into_iter().enumerate())
         .map(|(i, h)| {
             let fut = f(h);
             async move { (i, fut.await) }
@@ -572,11 +576,6 @@ pub async fn apply_all(
         apply_host(h, t.as_ref()).await
     })
     .await
-}
-
-/// Whether a change kind counts as a change.
-pub fn is_change(kind: ChangeKind) -> bool {
-    kind != ChangeKind::InSync
 }
 
 #[cfg(test)]

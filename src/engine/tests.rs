@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::*;
 use crate::model::yaml::Pos;
-use crate::modules::{ProbeError, Resource};
+use crate::modules::{ChangeKind, ProbeError, Resource};
 use crate::render::DesiredStep;
 use crate::transport::{LocalTransport, RunFuture};
 
