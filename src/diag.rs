@@ -161,6 +161,22 @@ impl SourceMap {
     }
 }
 
+/// An error and its sources on one line, skipping a source whose text is already shown
+/// (libraries often hide the cause, e.g. reqwest's and openssh's own messages).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        src = c.source();
+    }
+    s
+}
+
 /// Renders a diagnostic as `path:line:col: severity: message`, the source line and a caret.
 pub fn render_plain(d: &Diagnostic, sources: &SourceMap) -> String {
     let sev = match d.severity {

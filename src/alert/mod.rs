@@ -300,20 +300,6 @@ impl AlertError {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        let m = c.to_string();
-        if !s.contains(&m) {
-            s.push_str(": ");
-            s.push_str(&m);
-        }
-        src = c.source();
-    }
-    s
-}
-
 impl Sink {
     /// Whether this sink wants this event.
     pub fn accepts(&self, event: AlertEvent) -> bool {
@@ -374,7 +360,7 @@ impl Sink {
                     AlertError::Timeout(timeout)
                 } else {
                     // Without the URL: it may hold a secret.
-                    AlertError::Request(error_chain(&e.without_url()))
+                    AlertError::Request(crate::diag::error_chain(&e.without_url()))
                 }
             })?;
         let status = resp.status();
@@ -401,7 +387,7 @@ impl Alerter {
             .user_agent(concat!("plumb/", env!("CARGO_PKG_VERSION")))
             .redirect(reqwest::redirect::Policy::none())
             .build()
-            .map_err(|e| AlertError::Config(error_chain(&e)))?;
+            .map_err(|e| AlertError::Config(crate::diag::error_chain(&e)))?;
         Alerter::with_client(sinks, client)
     }
 

@@ -321,9 +321,9 @@ async fn http_once(
         if e.is_timeout() {
             CheckError::Timeout(timeout)
         } else if e.is_connect() {
-            CheckError::Connect(error_chain(&e))
+            CheckError::Connect(crate::diag::error_chain(&e))
         } else {
-            CheckError::Http(error_chain(&e))
+            CheckError::Http(crate::diag::error_chain(&e))
         }
     })?;
     let status = resp.status();
@@ -332,21 +332,6 @@ async fn http_once(
     } else {
         Err(CheckError::Status(status.as_u16()))
     }
-}
-
-/// An error and its sources, on one line (reqwest's own message hides the cause).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        let m = c.to_string();
-        if !s.contains(&m) {
-            s.push_str(": ");
-            s.push_str(&m);
-        }
-        src = c.source();
-    }
-    s
 }
 
 /// An `http` check for one host: GET the rendered URL, 2xx is healthy.
@@ -386,7 +371,7 @@ pub fn http_client() -> Result<reqwest::Client, CheckError> {
         ))
         .no_proxy()
         .build()
-        .map_err(|e| CheckError::Http(error_chain(&e)))
+        .map_err(|e| CheckError::Http(crate::diag::error_chain(&e)))
 }
 
 /// Runs one check on one host.

@@ -72,6 +72,19 @@ pub struct FieldChange {
     pub to: Option<String>,
 }
 
+/// The same fields with every value replaced by `(sensitive)`: what reports and the state
+/// database keep of a sensitive step.
+pub fn redact(fields: &[FieldChange]) -> Vec<FieldChange> {
+    fields
+        .iter()
+        .map(|f| FieldChange {
+            field: f.field.clone(),
+            from: f.from.as_ref().map(|_| "(sensitive)".to_string()),
+            to: f.to.as_ref().map(|_| "(sensitive)".to_string()),
+        })
+        .collect()
+}
+
 /// Old and new file content, for a unified diff. `old` is `None` when the file is absent
 /// or its content was not fetched (binary, too large, or sensitive).
 #[derive(Debug, Clone, PartialEq, Eq)]

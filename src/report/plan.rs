@@ -103,7 +103,7 @@ fn step_change(s: &crate::engine::StepPlan) -> StepChange {
         Ok(c) => (
             Some(c.kind),
             if s.sensitive {
-                redact(&c.fields)
+                crate::modules::redact(&c.fields)
             } else {
                 c.fields.clone()
             },
@@ -128,17 +128,6 @@ fn step_change(s: &crate::engine::StepPlan) -> StepChange {
         sensitive: s.sensitive,
         error,
     }
-}
-
-fn redact(fields: &[FieldChange]) -> Vec<FieldChange> {
-    fields
-        .iter()
-        .map(|f| FieldChange {
-            field: f.field.clone(),
-            from: f.from.as_ref().map(|_| "(sensitive)".to_string()),
-            to: f.to.as_ref().map(|_| "(sensitive)".to_string()),
-        })
-        .collect()
 }
 
 impl PlanReport {
@@ -371,7 +360,7 @@ impl ApplyReport {
                         status: s.status,
                         change: s.change.as_ref().map(|c| c.kind),
                         fields: match &s.change {
-                            Some(c) if sensitive(&s.address) => redact(&c.fields),
+                            Some(c) if sensitive(&s.address) => crate::modules::redact(&c.fields),
                             Some(c) => c.fields.clone(),
                             None => Vec::new(),
                         },

@@ -402,17 +402,6 @@ fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-fn redact(fields: &[FieldChange]) -> Vec<FieldChange> {
-    fields
-        .iter()
-        .map(|f| FieldChange {
-            field: f.field.clone(),
-            from: f.from.as_ref().map(|_| "(sensitive)".to_string()),
-            to: f.to.as_ref().map(|_| "(sensitive)".to_string()),
-        })
-        .collect()
-}
-
 fn json_text<T: Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_else(|_| "null".into())
 }
@@ -751,7 +740,7 @@ impl StateDb {
                     status: step_status_str(s.status),
                     change: s.change.as_ref().map(|c| c.kind),
                     fields: match &s.change {
-                        Some(c) if meta.sensitive(&s.address) => redact(&c.fields),
+                        Some(c) if meta.sensitive(&s.address) => crate::modules::redact(&c.fields),
                         Some(c) => c.fields.clone(),
                         None => Vec::new(),
                     },
@@ -806,7 +795,7 @@ impl StateDb {
                         status: "drifted",
                         change: Some(ch.kind),
                         fields: if s.sensitive {
-                            redact(&ch.fields)
+                            crate::modules::redact(&ch.fields)
                         } else {
                             ch.fields.clone()
                         },

@@ -116,14 +116,7 @@ impl SshTransport {
 }
 
 fn describe(e: &openssh::Error) -> String {
-    let mut msg = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(s) = src {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        src = s.source();
-    }
-    msg
+    crate::diag::error_chain(e)
 }
 
 impl Transport for SshTransport {
