@@ -453,3 +453,56 @@ fn a_host_lost_mid_apply_converges_next_time() {
         "no half-written file left"
     );
 }
+
+/// A test host never changes the machine running it: host-wide sysctls (and the mounts that
+/// could make them writable) are out of reach of anything run over SSH, as root included,
+/// while the container's own `net.*` sysctls stay writable for the sysctl module.
+#[test]
+fn test_hosts_cannot_change_this_machine() {
+    let _g = lock();
+    let Some(hosts) = fresh_hosts("test_hosts_cannot_change_this_machine") else {
+        return;
+    };
+    let ours = std::fs::read_to_string("/proc/sys/vm/swappiness").expect("read swappiness");
+    let want: u32 = if ours.trim() == "7" { 8 } else { 7 };
+
+    // Through plumb, exactly as a repo author would try it.
+    let repo = one_host_repo(
+        &hosts,
+        "hostwide",
+        &format!(
+            "steps:\n  - id: swappiness\n    sysctl: {{name: vm.swappiness, value: \"{want}\"}}\n"
+        ),
+    );
+    let (code, report, err) = plumb(&hosts, &["apply"], repo.path());
+    assert_eq!(code, 1, "a host-wide sysctl must fail:\n{report:#}\n{err}");
+    assert_eq!(host_report(&report, "plumb-host-1")["status"], "failed");
+
+    // And by hand over SSH, as root, including the remounts that would open the way.
+    let ssh = |cmd: &str| {
+        sh(Command::new("ssh")
+            .arg("-F")
+            .arg(hosts.dir.join("ssh_config"))
+            .arg(hosts.container(1))
+            .arg(cmd))
+    };
+    for attack in [
+        format!("sudo sh -c 'echo {want} > /proc/sys/vm/swappiness'"),
+        "sudo mount -o remount,rw /proc/sys".to_string(),
+        "sudo mount -o remount,rw /sys/fs/cgroup".to_string(),
+        format!("sudo sh -c 'mount -t proc proc /mnt && echo {want} > /mnt/sys/vm/swappiness'"),
+    ] {
+        let (code, out, err) = ssh(&attack);
+        assert_ne!(
+            code, 0,
+            "`{attack}` succeeded on a test host:\n{out}\n{err}"
+        );
+    }
+    let (code, _, err) = ssh("sudo sh -c 'echo 1234 > /proc/sys/net/core/somaxconn'");
+    assert_eq!(code, 0, "namespaced sysctls must stay writable: {err}");
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/vm/swappiness").expect("read swappiness"),
+        ours,
+        "this machine's vm.swappiness changed"
+    );
+}

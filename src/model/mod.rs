@@ -13,8 +13,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::diag::SourceMap;
 
+pub mod duration;
 pub mod load;
 pub mod yaml;
+
+pub use duration::{DurationError, HumanDuration, DURATION_PATTERN};
 
 use yaml::{Node, Pos};
 

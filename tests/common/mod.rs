@@ -26,9 +26,32 @@ pub struct Hosts {
 }
 
 impl Hosts {
+    /// Host K's name in the inventory plumb reads.
     pub fn name(&self, k: usize) -> String {
         format!("plumb-host-{k}")
     }
+    /// Host K's container, for `docker exec` and network changes.
+    pub fn container(&self, k: usize) -> String {
+        match cluster() {
+            Some(c) => format!("plumb-{c}-host-{k}"),
+            None => format!("plumb-host-{k}"),
+        }
+    }
+    /// The Docker network the hosts are on.
+    pub fn network(&self) -> String {
+        match cluster() {
+            Some(c) => format!("plumb-{c}"),
+            None => "plumb-test".to_string(),
+        }
+    }
+}
+
+/// `PLUMB_TEST_CLUSTER`: a separate set of hosts (see integration/testhosts), so two
+/// checkouts (or two test binaries) never replace each other's hosts.
+pub fn cluster() -> Option<String> {
+    std::env::var("PLUMB_TEST_CLUSTER")
+        .ok()
+        .filter(|c| !c.is_empty())
 }
 
 pub fn sh(cmd: &mut Command) -> (i32, String, String) {
@@ -70,7 +93,10 @@ pub fn fresh_hosts(scenario: &str) -> Option<Hosts> {
     if let Err(e) = image {
         panic!("building the test host image failed:\n{e}");
     }
-    let dir = root().join("target/e2e-hosts");
+    let dir = root().join(match cluster() {
+        Some(c) => format!("target/e2e-hosts-{c}"),
+        None => "target/e2e-hosts".to_string(),
+    });
     let (code, out, err) = sh(Command::new(root().join("integration/testhosts"))
         .args(["up", &HOSTS.to_string(), "--dir"])
         .arg(&dir));
@@ -151,12 +177,12 @@ pub fn plumb(hosts: &Hosts, args: &[&str], repo: &Path) -> (i32, Value, String) 
 
 pub fn exec(hosts: &Hosts, k: usize, cmd: &str) -> String {
     let (code, out, err) =
-        sh(Command::new("docker").args(["exec", &hosts.name(k), "sh", "-c", cmd]));
+        sh(Command::new("docker").args(["exec", &hosts.container(k), "sh", "-c", cmd]));
     assert_eq!(
         code,
         0,
         "docker exec {} `{cmd}` failed: {err}",
-        hosts.name(k)
+        hosts.container(k)
     );
     out.trim_end().to_string()
 }
@@ -220,8 +246,12 @@ pub fn fingerprint(hosts: &Hosts, k: usize) -> String {
 
 /// Cuts host K off the test network.
 pub fn disconnect(hosts: &Hosts, k: usize) {
-    let (code, _, err) =
-        sh(Command::new("docker").args(["network", "disconnect", "plumb-test", &hosts.name(k)]));
+    let (code, _, err) = sh(Command::new("docker").args([
+        "network",
+        "disconnect",
+        &hosts.network(),
+        &hosts.container(k),
+    ]));
     assert_eq!(code, 0, "{err}");
 }
 
@@ -232,8 +262,31 @@ pub fn reconnect(hosts: &Hosts, k: usize) {
         "connect",
         "--ip",
         &hosts.addresses[k - 1],
-        "plumb-test",
-        &hosts.name(k),
+        &hosts.network(),
+        &hosts.container(k),
     ]));
     assert_eq!(code, 0, "{err}");
+}
+
+/// A minimal repo: host 1 as `plumb-host-1` (user deploy, become) and one unit, `units/NAME.yaml`.
+pub fn one_host_repo(hosts: &Hosts, unit: &str, unit_yaml: &str) -> tempfile::TempDir {
+    let repo = tempfile::tempdir().expect("tempdir");
+    let r = repo.path();
+    std::fs::create_dir_all(r.join("environments/production")).expect("mkdir");
+    std::fs::create_dir_all(r.join("units")).expect("mkdir");
+    std::fs::write(
+        r.join("plumb.yaml"),
+        "defaults: {user: deploy, become: true}\n",
+    )
+    .expect("write");
+    std::fs::write(
+        r.join("environments/production/hosts.yaml"),
+        format!(
+            "hosts:\n  - name: plumb-host-1\n    address: {}\n",
+            hosts.addresses[0]
+        ),
+    )
+    .expect("write");
+    std::fs::write(r.join(format!("units/{unit}.yaml")), unit_yaml).expect("write");
+    repo
 }
