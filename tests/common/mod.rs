@@ -19,10 +19,27 @@ pub fn lock() -> MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The running test hosts.
+/// The running test hosts of one scenario: their own cluster (containers and network), torn
+/// down when the scenario ends unless `PLUMB_TEST_KEEP_HOSTS` is set or the cluster was chosen
+/// with `PLUMB_TEST_CLUSTER`.
 pub struct Hosts {
     pub dir: PathBuf,
     pub addresses: Vec<String>,
+    cluster: String,
+    owned: bool,
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        if !self.owned || std::env::var_os("PLUMB_TEST_KEEP_HOSTS").is_some() {
+            return;
+        }
+        let _ = Command::new(root().join("integration/testhosts"))
+            .env("PLUMB_TEST_CLUSTER", &self.cluster)
+            .args(["down", "--dir"])
+            .arg(&self.dir)
+            .output();
+    }
 }
 
 impl Hosts {
@@ -32,26 +49,26 @@ impl Hosts {
     }
     /// Host K's container, for `docker exec` and network changes.
     pub fn container(&self, k: usize) -> String {
-        match cluster() {
-            Some(c) => format!("plumb-{c}-host-{k}"),
-            None => format!("plumb-host-{k}"),
-        }
+        format!("plumb-{}-host-{k}", self.cluster)
     }
     /// The Docker network the hosts are on.
     pub fn network(&self) -> String {
-        match cluster() {
-            Some(c) => format!("plumb-{c}"),
-            None => "plumb-test".to_string(),
-        }
+        format!("plumb-{}", self.cluster)
+    }
+    /// The cluster name (`PLUMB_TEST_CLUSTER` for `integration/testhosts`).
+    pub fn cluster(&self) -> &str {
+        &self.cluster
     }
 }
 
-/// `PLUMB_TEST_CLUSTER`: a separate set of hosts (see integration/testhosts), so two
-/// checkouts (or two test binaries) never replace each other's hosts.
-pub fn cluster() -> Option<String> {
-    std::env::var("PLUMB_TEST_CLUSTER")
-        .ok()
-        .filter(|c| !c.is_empty())
+/// The cluster of a scenario: `PLUMB_TEST_CLUSTER` when set (one shared set of hosts, kept
+/// after the scenario), else one of its own named after the scenario, so scenarios of any
+/// test binary can run at the same time (`cargo nextest`) without replacing each other's hosts.
+fn scenario_cluster(scenario: &str) -> (String, bool) {
+    match std::env::var("PLUMB_TEST_CLUSTER") {
+        Ok(c) if !c.is_empty() => (c, false),
+        _ => (format!("s{}", &sha256(scenario.as_bytes())[..10]), true),
+    }
 }
 
 pub fn sh(cmd: &mut Command) -> (i32, String, String) {
@@ -93,11 +110,10 @@ pub fn fresh_hosts(scenario: &str) -> Option<Hosts> {
     if let Err(e) = image {
         panic!("building the test host image failed:\n{e}");
     }
-    let dir = root().join(match cluster() {
-        Some(c) => format!("target/e2e-hosts-{c}"),
-        None => "target/e2e-hosts".to_string(),
-    });
+    let (cluster, owned) = scenario_cluster(scenario);
+    let dir = root().join(format!("target/e2e-hosts/{cluster}"));
     let (code, out, err) = sh(Command::new(root().join("integration/testhosts"))
+        .env("PLUMB_TEST_CLUSTER", &cluster)
         .args(["up", &HOSTS.to_string(), "--dir"])
         .arg(&dir));
     assert_eq!(code, 0, "testhosts up failed:\n{out}\n{err}");
@@ -111,8 +127,13 @@ pub fn fresh_hosts(scenario: &str) -> Option<Hosts> {
         })
         .collect();
     assert_eq!(addresses.len(), HOSTS, "inventory: {inventory}");
-    eprintln!("scenario `{scenario}`: hosts up at {addresses:?}");
-    Some(Hosts { dir, addresses })
+    eprintln!("scenario `{scenario}`: hosts up at {addresses:?} (cluster {cluster})");
+    Some(Hosts {
+        dir,
+        addresses,
+        cluster,
+        owned,
+    })
 }
 
 pub fn copy_dir(from: &Path, to: &Path) {
