@@ -17,7 +17,7 @@
 //! a chain that ends below it fails with [`AuditError::Truncated`].
 //!
 //! Layering: `audit` is the lower layer and knows nothing of storage. It owns the key, the
-//! record format, hashing, signing and the chain rules ([`ChainVerifier`]); `crate::state`
+//! record format, hashing, signing and the chain rules ([`ChainVerifier`]); the state module
 //! stores records, reads them back and feeds them to it. The dependency runs state → audit
 //! only, because signing is a pure function of a record while storing needs the database:
 //! the reverse would make the crypto depend on SQL.
@@ -389,7 +389,7 @@ pub struct AuditVerifyReport {
 
 impl AuditVerifyReport {
     /// The report of a verification: `records` is how many records verified before `result`
-    /// (what the verifier saw when it stopped).
+    /// (what the verifier saw when it stopped); for a broken record it is its position - 1.
     pub fn new(
         result: Result<VerifiedChain, AuditError>,
         records: usize,
@@ -421,6 +421,11 @@ impl AuditVerifyReport {
                 seq,
                 reason,
             } => {
+                // The records before the broken one (a gap counts as missing records, not as
+                // unverified ones); a finished run outside the chain (seq 0) breaks none.
+                if seq > 0 {
+                    report.records = usize::try_from(seq - 1).unwrap_or(0);
+                }
                 report.broken = Some(BrokenRecord {
                     run_id,
                     seq,

@@ -53,3 +53,57 @@ fn canonical_json_sorts_keys_and_has_no_whitespace() {
         r#"{"a":{"c":true,"d":[1,{"y":"x","z":null}]},"b":1}"#
     );
 }
+
+#[test]
+fn audit_head_parses_seq_colon_hash() {
+    let hash = "AB".repeat(32);
+    let h: AuditHead = format!("42:{hash}").parse().unwrap();
+    assert_eq!((h.seq, h.hash.as_str()), (42, "ab".repeat(32).as_str()));
+    assert_eq!(h.to_string(), format!("42:{}", "ab".repeat(32)));
+    for bad in [
+        String::new(),
+        "42".into(),
+        ":abc".into(),
+        format!("0:{hash}"),
+        format!("x:{hash}"),
+        "42:abc".into(),
+    ]
+    .iter()
+    {
+        assert!(bad.parse::<AuditHead>().is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn report_names_truncation_and_prints_the_head() {
+    let head = AuditHead {
+        seq: 3,
+        hash: "cd".repeat(32),
+    };
+    let ok = AuditVerifyReport::new(
+        Ok(VerifiedChain {
+            records: 3,
+            head: Some(head.clone()),
+        }),
+        3,
+        "SHA256:k".into(),
+    );
+    assert!(ok.ok && ok.error_text().is_none());
+    assert_eq!(
+        ok.summary_text(),
+        format!("3 records verified; head {head} (key SHA256:k)")
+    );
+    let cut = AuditVerifyReport::new(
+        Err(AuditError::Truncated {
+            expected: 7,
+            found: Some(head),
+        }),
+        3,
+        "SHA256:k".into(),
+    );
+    assert!(!cut.ok);
+    assert_eq!(cut.error_code.as_deref(), Some("audit.truncated"));
+    assert_eq!(cut.head_seq, Some(3));
+    let e = cut.error_text().unwrap();
+    assert!(e.contains("records #4..#7 were removed"), "{e}");
+}
