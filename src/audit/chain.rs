@@ -149,10 +149,10 @@ impl<'k> ChainVerifier<'k> {
                 || "at the start".into(),
                 |(id, _)| format!("after run {id}"),
             );
-            let which = if e.seq - 1 == expected_seq {
+            let which = if e.seq.saturating_sub(1) == expected_seq {
                 format!("record #{expected_seq} is")
             } else {
-                format!("records #{expected_seq}..#{} are", e.seq - 1)
+                format!("records #{expected_seq}..#{} are", e.seq.saturating_sub(1))
             };
             return Err(format!("{which} missing {after}: removed from the chain"));
         }
