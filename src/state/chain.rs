@@ -8,7 +8,7 @@ use ed25519_dalek::VerifyingKey;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{json, Value};
 
-use super::query::{collect_rows, read_hosts, signer};
+use super::query::{collect_rows, head_in, read_hosts, signer};
 use super::types::{RunId, RunKind, RunResult, Trigger};
 use super::{StateDb, StateError};
 use crate::audit::{
@@ -60,34 +60,27 @@ impl StateDb {
         key: &DaemonKey,
         run: &RunId,
     ) -> Result<(), StateError> {
-        let last: Option<(i64, Option<String>)> = c
-            .query_row(
-                "SELECT chain_seq, hash FROM runs WHERE chain_seq IS NOT NULL
-                 ORDER BY chain_seq DESC LIMIT 1",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?;
-        let (seq, prev) = match last {
-            Some((s, Some(h))) => (s + 1, h),
-            Some((s, None)) => (s + 1, GENESIS.to_string()),
+        let (seq, prev) = match head_in(c, &self.path)? {
+            Some(h) => (h.seq.saturating_add(1), h.hash),
             None => (1, GENESIS.to_string()),
         };
         let Some(rows) = rows_value(c, &self.path, &run.0)? else {
             return Err(StateError::NoSuchRun { id: run.0.clone() });
         };
-        let record = audit::build_record(
-            &rows,
-            u64::try_from(seq).unwrap_or(0),
-            &prev,
-            &key.fingerprint(),
-        );
+        let record = audit::build_record(&rows, seq, &prev, &key.fingerprint());
         let hash = audit::record_hash(&record);
         let signature = key.sign_hash(&hash);
         c.execute(
             "UPDATE runs SET chain_seq = ?1, prev_hash = ?2, hash = ?3, signature = ?4, record = ?5
              WHERE id = ?6",
-            params![seq, prev, hash, signature, record, run.0],
+            params![
+                i64::try_from(seq).unwrap_or(i64::MAX),
+                prev,
+                hash,
+                signature,
+                record,
+                run.0
+            ],
         )?;
         Ok(())
     }

@@ -98,6 +98,28 @@ pub(crate) fn read_hosts(
     Ok(out)
 }
 
+/// The newest signed record's position and hash (inside a transaction or not).
+pub(crate) fn head_in(c: &Connection, path: &Path) -> Result<Option<AuditHead>, StateError> {
+    let mut stmt = c.prepare_cached(
+        "SELECT id, chain_seq, hash FROM runs WHERE chain_seq IS NOT NULL
+         ORDER BY chain_seq DESC LIMIT 1",
+    )?;
+    let head = collect_rows(&mut stmt, [], |r| {
+        let id: String = r.get("id")?;
+        let at = RowAt {
+            path,
+            table: "runs",
+            id: &id,
+        };
+        let hash: Option<String> = at.get(r, "hash")?;
+        Ok(AuditHead {
+            seq: at.count(r, "chain_seq")?,
+            hash: hash.ok_or_else(|| at.corrupt("`hash` (missing on a signed run)"))?,
+        })
+    })?;
+    Ok(head.into_iter().next())
+}
+
 const RUN_SELECT: &str = "SELECT r.*,
     (SELECT COUNT(*) FROM host_results h WHERE h.run_id = r.id) AS n_hosts,
     (SELECT COUNT(*) FROM host_results h WHERE h.run_id = r.id
@@ -184,23 +206,7 @@ impl StateDb {
     /// Position and hash of the newest record of the audit chain, as stored (not verified:
     /// `plumb audit verify` checks the records up to it). `None` before the first finished run.
     pub fn audit_head(&self) -> Result<Option<AuditHead>, StateError> {
-        let read = || {
-            let mut stmt = self.conn.prepare_cached(
-                "SELECT id, chain_seq, hash FROM runs WHERE chain_seq IS NOT NULL
-                 ORDER BY chain_seq DESC LIMIT 1",
-            )?;
-            let head = collect_rows(&mut stmt, [], |r| {
-                let id: String = r.get("id")?;
-                let at = self.row_at("runs", &id);
-                let hash: Option<String> = at.get(r, "hash")?;
-                Ok(AuditHead {
-                    seq: at.count(r, "chain_seq")?,
-                    hash: hash.ok_or_else(|| at.corrupt("`hash` (missing on a signed run)"))?,
-                })
-            })?;
-            Ok(head.into_iter().next())
-        };
-        read().map_err(|e| self.err(e))
+        head_in(&self.conn, &self.path).map_err(|e| self.err(e))
     }
 
     /// The last commit applied to `env`.

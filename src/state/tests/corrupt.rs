@@ -189,3 +189,28 @@ fn corrupt_kind_stops_writes_to_the_run() {
     assert!(err.to_string().contains("runs row"), "{err}");
     assert!(err.to_string().contains("\"sabotage\""), "{err}");
 }
+
+#[test]
+fn corrupt_chain_head_stops_reads_and_signing() {
+    for sql in [
+        "UPDATE runs SET hash = NULL WHERE id = ?1",
+        "UPDATE runs SET chain_seq = 'first' WHERE id = ?1",
+    ] {
+        let dir = private_tmp();
+        let (db, id) = fixture(dir.path());
+        tamper(&db, sql, &id);
+        let column = if sql.contains("hash") {
+            "hash"
+        } else {
+            "chain_seq"
+        };
+        assert_corrupt(db.audit_head(), "runs", column);
+        // A new record never chains onto a head it cannot read (no silent genesis).
+        let next = db.begin_run(&new_run(RunKind::Apply)).unwrap();
+        assert_corrupt(
+            db.finish_run(&next, RunResult::Converged, &json!({})),
+            "runs",
+            column,
+        );
+    }
+}
