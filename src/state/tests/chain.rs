@@ -326,3 +326,108 @@ fn verify_report_carries_the_head_and_what_is_missing() {
     let e = r.error_text().unwrap();
     assert!(e.contains("record #4"), "{e}");
 }
+
+/// The run and its results read column by column as stored, JSON columns parsed: the form
+/// records were signed in before rows were typed. Records signed by an older plumb verify only
+/// if the typed form is identical.
+fn raw_rows(db: &StateDb, id: &str) -> Value {
+    let c = db.conn();
+    let run = c
+        .query_row(
+            "SELECT id, environment, commit_id, signer_principal, signer_fingerprint, kind,
+                trigger, started_at, finished_at, result, summary FROM runs WHERE id = ?1",
+            [id],
+            |r| {
+                let p: Option<String> = r.get(3)?;
+                let f: Option<String> = r.get(4)?;
+                Ok(json!({
+                    "id": r.get::<_, String>(0)?, "environment": r.get::<_, String>(1)?,
+                    "commit": r.get::<_, Option<String>>(2)?,
+                    "signer": if p.is_none() && f.is_none() { Value::Null }
+                        else { json!({"principal": p, "fingerprint": f}) },
+                    "kind": r.get::<_, String>(5)?, "trigger": r.get::<_, String>(6)?,
+                    "started_at": r.get::<_, i64>(7)?, "finished_at": r.get::<_, Option<i64>>(8)?,
+                    "result": r.get::<_, Option<String>>(9)?,
+                    "summary": serde_json::from_str::<Value>(&r.get::<_, String>(10)?).unwrap(),
+                }))
+            },
+        )
+        .unwrap();
+    let mut hosts = Vec::new();
+    let mut hs = c
+        .prepare("SELECT host, status, error, changed, in_sync, duration_ms, round_trips FROM host_results WHERE run_id = ?1 ORDER BY id")
+        .unwrap();
+    let mut ss = c
+        .prepare("SELECT address, module, status, change_kind, fields, error, duration_ms, drift FROM step_results WHERE run_id = ?1 AND host = ?2 ORDER BY id")
+        .unwrap();
+    let rows: Vec<(String, Value)> = hs
+        .query_map([id], |r| {
+            Ok((
+                r.get(0)?,
+                json!({
+                    "host": r.get::<_, String>(0)?, "status": r.get::<_, String>(1)?,
+                    "error": r.get::<_, Option<String>>(2)?, "changed": r.get::<_, i64>(3)?,
+                    "in_sync": r.get::<_, i64>(4)?, "duration_ms": r.get::<_, i64>(5)?,
+                    "round_trips": serde_json::from_str::<Value>(&r.get::<_, String>(6)?).unwrap(),
+                }),
+            ))
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    for (name, mut h) in rows {
+        let steps: Vec<Value> = ss
+            .query_map([id, name.as_str()], |r| {
+                Ok(json!({
+                    "address": r.get::<_, String>(0)?, "module": r.get::<_, String>(1)?,
+                    "status": r.get::<_, String>(2)?, "change": r.get::<_, Option<String>>(3)?,
+                    "fields": serde_json::from_str::<Value>(&r.get::<_, String>(4)?).unwrap(),
+                    "error": r.get::<_, Option<String>>(5)?, "duration_ms": r.get::<_, i64>(6)?,
+                    "drift": r.get::<_, bool>(7)?,
+                }))
+            })
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        h["steps"] = Value::Array(steps);
+        hosts.push(h);
+    }
+    json!({ "run": run, "hosts": hosts })
+}
+
+#[test]
+fn signed_records_are_the_stored_rows_as_before() {
+    let dir = private_tmp();
+    let db = StateDb::open(dir.path()).unwrap();
+    let a = db.begin_run(&super::new_run(RunKind::Apply)).unwrap();
+    db.record_host(
+        &a,
+        &host_run("web1", 2, crate::engine::HostStatus::Failed),
+        &super::meta(),
+    )
+    .unwrap();
+    db.finish_run(&a, RunResult::Failed, &json!({"wave": 1}))
+        .unwrap();
+    let d = db.begin_run(&super::new_run(RunKind::DriftCheck)).unwrap();
+    db.record_drift_check(&d, &super::plan("web2", &["base/a"]))
+        .unwrap();
+    db.finish_run(&d, RunResult::DriftFound, &json!({}))
+        .unwrap();
+    for id in [&a, &d] {
+        let record: String = db
+            .conn()
+            .query_row("SELECT record FROM runs WHERE id = ?1", [&id.0], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        let signed: Value = serde_json::from_str(&record).unwrap();
+        let raw = raw_rows(&db, &id.0);
+        for part in ["run", "hosts"] {
+            assert_eq!(
+                crate::audit::canonical_json(&signed[part]),
+                crate::audit::canonical_json(&raw[part]),
+                "{part} of {id}"
+            );
+        }
+    }
+}
