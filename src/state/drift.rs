@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use rusqlite::{params, Connection};
 
-use super::query::collect_rows;
+use super::query::collect_typed;
 use super::types::{enum_text, DriftFinding, HostRecord, RunId};
 use super::{json_text, now_ms, StateDb, StateError};
 use crate::modules::{ChangeKind, FieldChange};
@@ -122,12 +122,10 @@ impl StateDb {
                  FROM drift_findings WHERE environment = ?1 AND resolved_at IS NULL
                  ORDER BY host, address",
             )?;
-            collect_rows(&mut stmt, params![env], |r| {
-                let id: i64 = r.get("id")?;
-                let id_text = id.to_string();
-                let at = self.row_at("drift_findings", &id_text);
+            let at = (self.path.as_path(), "drift_findings", "id");
+            collect_typed(&mut stmt, params![env], at, |at, r| {
                 Ok(DriftFinding {
-                    id,
+                    id: at.get(r, "id")?,
                     environment: at.get(r, "environment")?,
                     host: at.get(r, "host")?,
                     address: at.get(r, "address")?,

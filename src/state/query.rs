@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OptionalExtension, Params, Row, Statement};
 
 use super::error::RowAt;
@@ -25,6 +26,30 @@ pub(crate) fn collect_rows<T>(
         out.push(f(r)?);
     }
     Ok(out)
+}
+
+/// Like [`collect_rows`], each row named by its `key` column for [`StateError::Corrupt`].
+pub(crate) fn collect_typed<T>(
+    stmt: &mut Statement<'_>,
+    params: impl Params,
+    (path, table, key): (&Path, &'static str, &str),
+    mut f: impl FnMut(&RowAt<'_>, &Row<'_>) -> Result<T, StateError>,
+) -> Result<Vec<T>, StateError> {
+    collect_rows(stmt, params, |r| {
+        let id = match r.get_ref(key)? {
+            ValueRef::Integer(i) => i.to_string(),
+            ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
+            other => format!("{other:?}"),
+        };
+        f(
+            &RowAt {
+                path,
+                table,
+                id: &id,
+            },
+            r,
+        )
+    })
 }
 
 /// The signer columns: both or neither.
@@ -57,13 +82,8 @@ pub(crate) fn read_hosts(
         "SELECT id, address, module, status, change_kind, fields, error, duration_ms, drift
          FROM step_results WHERE run_id = ?1 AND host = ?2 ORDER BY id",
     )?;
-    let mut out: Vec<HostRecord> = collect_rows(&mut hosts, params![run_id], |r| {
-        let id = r.get::<_, i64>("id")?.to_string();
-        let at = RowAt {
-            path,
-            table: "host_results",
-            id: &id,
-        };
+    let at = (path, "host_results", "id");
+    let mut out: Vec<HostRecord> = collect_typed(&mut hosts, params![run_id], at, |at, r| {
         Ok(HostRecord {
             host: at.get(r, "host")?,
             status: at.parse(r, "status", false)?,
@@ -76,13 +96,8 @@ pub(crate) fn read_hosts(
         })
     })?;
     for h in &mut out {
-        h.steps = collect_rows(&mut steps, params![run_id, h.host], |r| {
-            let id = r.get::<_, i64>("id")?.to_string();
-            let at = RowAt {
-                path,
-                table: "step_results",
-                id: &id,
-            };
+        let at = (path, "step_results", "id");
+        h.steps = collect_typed(&mut steps, params![run_id, h.host], at, |at, r| {
             Ok(StepRecord {
                 address: at.get(r, "address")?,
                 module: at.get(r, "module")?,
@@ -104,13 +119,7 @@ pub(crate) fn head_in(c: &Connection, path: &Path) -> Result<Option<AuditHead>, 
         "SELECT id, chain_seq, hash FROM runs WHERE chain_seq IS NOT NULL
          ORDER BY chain_seq DESC LIMIT 1",
     )?;
-    let head = collect_rows(&mut stmt, [], |r| {
-        let id: String = r.get("id")?;
-        let at = RowAt {
-            path,
-            table: "runs",
-            id: &id,
-        };
+    let head = collect_typed(&mut stmt, [], (path, "runs", "id"), |at, r| {
         let hash: Option<String> = at.get(r, "hash")?;
         Ok(AuditHead {
             seq: at.count(r, "chain_seq")?,

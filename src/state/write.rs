@@ -1,10 +1,10 @@
 //! Writes: runs begun and finished, host and step results, last applied and failed commits.
 //! Each public method is one IMMEDIATE transaction ([`StateDb::write`]).
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection};
 use serde_json::Value;
 
-use super::error::RowAt;
+use super::query::collect_rows;
 use super::types::{
     HostRecord, HostResultStatus, NewRun, RunId, RunKind, RunResult, StepMeta, StepRecord,
     StepResultStatus, Trigger,
@@ -191,27 +191,21 @@ impl StateDb {
 
     /// (environment, kind) of an unfinished run, or the reason it cannot take results.
     fn open_run(&self, c: &Connection, run: &RunId) -> Result<(String, RunKind), StateError> {
-        let row: Option<(String, String, Option<i64>)> = c
-            .query_row(
-                "SELECT environment, kind, finished_at FROM runs WHERE id = ?1",
-                params![run.0],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()?;
+        let mut stmt =
+            c.prepare_cached("SELECT environment, kind, finished_at FROM runs WHERE id = ?1")?;
+        let at = self.row_at("runs", &run.0);
+        let row = collect_rows(&mut stmt, params![run.0], |r| {
+            Ok((
+                at.get::<String>(r, "environment")?,
+                at.parse::<RunKind>(r, "kind", false)?,
+                at.get::<Option<i64>>(r, "finished_at")?,
+            ))
+        })?
+        .pop();
         match row {
             None => Err(StateError::NoSuchRun { id: run.0.clone() }),
             Some((_, _, Some(_))) => Err(StateError::AlreadyFinished { id: run.0.clone() }),
-            Some((env, kind, None)) => {
-                let kind = super::error::parse_text(&kind, false).map_err(|_| {
-                    RowAt {
-                        path: &self.path,
-                        table: "runs",
-                        id: &run.0,
-                    }
-                    .corrupt(format!("`kind` {kind:?} (not a known value)"))
-                })?;
-                Ok((env, kind))
-            }
+            Some((env, kind, None)) => Ok((env, kind)),
         }
     }
 
