@@ -190,7 +190,7 @@ impl RowAt<'_> {
 }
 
 /// Enum names are JSON strings without the quotes.
-pub(crate) fn parse_text<T: serde::de::DeserializeOwned>(
+fn parse_text<T: serde::de::DeserializeOwned>(
     text: &str,
     json: bool,
 ) -> Result<T, serde_json::Error> {
