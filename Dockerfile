@@ -23,7 +23,8 @@ RUN set -eu; \
     apt-get update; \
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends git openssh-client ca-certificates; \
     rm -rf /var/lib/apt/lists/*; \
-    useradd --system --home-dir /var/lib/plumb --create-home --shell /usr/sbin/nologin plumb
+    useradd --system --home-dir /var/lib/plumb --create-home --shell /usr/sbin/nologin plumb; \
+    chmod 0700 /var/lib/plumb
 COPY --from=build /plumb /usr/local/bin/plumb
 USER plumb
 WORKDIR /var/lib/plumb

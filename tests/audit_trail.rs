@@ -92,6 +92,15 @@ fn write_runs(dir: &Path) -> Vec<String> {
     ids
 }
 
+/// A temporary state directory, private (0700) as plumb requires: `tempfile` creates
+/// directories through the umask.
+fn private_tmp() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    dir
+}
+
 fn plumb(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_plumb"))
         .args(args)
@@ -150,7 +159,7 @@ fn assert_broken_at(
 
 #[test]
 fn intact_chain_verifies_with_the_daemon_public_key() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = private_tmp();
     let ids = write_runs(dir.path());
     let state = dir.path().to_str().unwrap();
 
@@ -187,7 +196,7 @@ fn intact_chain_verifies_with_the_daemon_public_key() {
     );
 
     // Another daemon's key does not verify this chain.
-    let other = tempfile::tempdir().unwrap();
+    let other = private_tmp();
     let o = plumb(&[
         "audit",
         "public-key",
@@ -213,7 +222,7 @@ fn intact_chain_verifies_with_the_daemon_public_key() {
 
 #[test]
 fn altered_record_is_named() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = private_tmp();
     let ids = write_runs(dir.path());
     sql(
         dir.path(),
@@ -225,7 +234,7 @@ fn altered_record_is_named() {
 
 #[test]
 fn removed_record_is_named() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = private_tmp();
     let ids = write_runs(dir.path());
     sql(dir.path(), "DELETE FROM runs WHERE id = ?1", &ids[2]);
     // The record after the gap is the first that no longer links.
@@ -241,7 +250,7 @@ fn removed_record_is_named() {
 
 #[test]
 fn changed_signature_is_named() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = private_tmp();
     let ids = write_runs(dir.path());
     sql(
         dir.path(),
@@ -255,7 +264,7 @@ fn changed_signature_is_named() {
 
 #[test]
 fn history_lists_runs_newest_first() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = private_tmp();
     let ids = write_runs(dir.path());
     // A run the daemon never finished (killed).
     {
@@ -301,4 +310,74 @@ fn history_lists_runs_newest_first() {
     let o = plumb(&["history", "--state", missing.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).contains("no state db at"), "{}", text(&o));
+}
+
+/// The head a verify prints: `N records verified; head SEQ:HASH (key ...)`.
+fn printed_head(out: &str) -> String {
+    out.split("; head ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("a head in the output")
+        .to_string()
+}
+
+#[test]
+fn truncation_below_an_anchored_head_fails_verify() {
+    let dir = private_tmp();
+    let ids = write_runs(dir.path());
+    let state = dir.path().to_str().unwrap();
+    let o = plumb(&["audit", "verify", "--state", state]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let head = printed_head(&text(&o));
+    assert!(head.starts_with("5:"), "{head}");
+    let o = plumb(&["audit", "verify", "--state", state, "--output", "json"]);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        format!("{}:{}", v["head_seq"], v["head"].as_str().unwrap()),
+        head
+    );
+    for anchor in [["--expect-head", head.as_str()], ["--min-seq", "5"]] {
+        let o = plumb(&["audit", "verify", "--state", state, anchor[0], anchor[1]]);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    }
+
+    // Someone deletes the two newest runs: what is left is a valid chain of three...
+    sql(dir.path(), "DELETE FROM runs WHERE id = ?1", &ids[4]);
+    sql(dir.path(), "DELETE FROM runs WHERE id = ?1", &ids[3]);
+    let o = plumb(&["audit", "verify", "--state", state]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        text(&o).starts_with("3 records verified; head 3:"),
+        "{}",
+        text(&o)
+    );
+    // ...which the anchor and the minimum catch, naming what is missing.
+    for anchor in [["--expect-head", head.as_str()], ["--min-seq", "5"]] {
+        let o = plumb(&["audit", "verify", "--state", state, anchor[0], anchor[1]]);
+        let out = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{out}");
+        assert!(out.contains("error: audit chain truncated"), "{out}");
+        assert!(out.contains("records #4..#5 were removed"), "{out}");
+        assert!(out.contains("3 records verified; head 3:"), "{out}");
+        let o = plumb(&[
+            "audit", "verify", "--state", state, anchor[0], anchor[1], "--output", "json",
+        ]);
+        assert_eq!(o.status.code(), Some(1));
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["ok"], false);
+        assert_eq!(v["error_code"], "audit.truncated");
+        assert_eq!(
+            (v["records"].clone(), v["head_seq"].clone()),
+            (json!(3), json!(3))
+        );
+        assert!(
+            v["anchor_error"].as_str().unwrap().contains("#4..#5"),
+            "{v}"
+        );
+    }
+
+    // A malformed anchor is a usage error (exit 1, like every usage error), naming the format.
+    let o = plumb(&["audit", "verify", "--state", state, "--expect-head", "5:zz"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("64 hex digits"), "{}", text(&o));
 }

@@ -12,8 +12,15 @@
 //! `step_results` row after signing is caught too.
 //!
 //! What the chain cannot show on its own: removal of the newest records (the tail). Anchor
-//! the head hash that `plumb audit verify` prints somewhere else (a ticket, a log shipper)
-//! to detect that.
+//! the head (`SEQ:HASH`) that `plumb audit verify` prints somewhere else (a ticket, a log
+//! shipper) and pass it back as an [`Anchor`] (`--expect-head SEQ:HASH`, `--min-seq N`):
+//! a chain that ends below it fails with [`AuditError::Truncated`].
+//!
+//! Layering: `audit` is the lower layer and knows nothing of storage. It owns the key, the
+//! record format, hashing, signing and the chain rules ([`ChainVerifier`]); the state module
+//! stores records, reads them back and feeds them to it. The dependency runs state → audit
+//! only, because signing is a pure function of a record while storing needs the database:
+//! the reverse would make the crypto depend on SQL.
 //!
 //! The key lives at `<state_dir>/daemon-ed25519.key` in the OpenSSH private key format
 //! (unencrypted, mode 0600, comment `plumb-daemon`), so `ssh-keygen -y -f` prints its public
@@ -21,8 +28,9 @@
 
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use schemars::JsonSchema;
@@ -30,9 +38,9 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-pub(crate) mod chain;
+pub mod chain;
 
-pub use chain::{build_record, verify_chain, VerifiedChain};
+pub use chain::{build_record, ChainEntry, ChainVerifier, VerifiedChain};
 
 /// The file name of the daemon key under the state directory.
 pub const KEY_FILE: &str = "daemon-ed25519.key";
@@ -60,8 +68,17 @@ pub enum AuditError {
         seq: i64,
         reason: String,
     },
-    #[error("reading the audit chain: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    #[error("audit chain truncated: the anchor expects record #{expected}, but the chain {}: records #{}..#{expected} were removed; restore the database from a backup and find out who deleted them", found.as_ref().map_or_else(|| "is empty".to_string(), |h| format!("ends at #{}", h.seq)), found.as_ref().map_or(1, |h| h.seq + 1))]
+    Truncated {
+        expected: u64,
+        found: Option<AuditHead>,
+    },
+    #[error("audit chain rewritten: record #{seq} has hash {found}, the anchor says {anchored}; the records from #{seq} on were replaced (re-signed with this key), restore the database from a backup")]
+    AnchorMismatch {
+        seq: u64,
+        anchored: String,
+        found: String,
+    },
 }
 
 impl AuditError {
@@ -71,7 +88,8 @@ impl AuditError {
             AuditError::KeyPermissions { .. } => "audit.key_permissions",
             AuditError::PublicKey { .. } => "audit.public_key",
             AuditError::Broken { .. } => "audit.broken",
-            AuditError::Sqlite(_) => "audit.sqlite",
+            AuditError::Truncated { .. } => "audit.truncated",
+            AuditError::AnchorMismatch { .. } => "audit.anchor_mismatch",
         }
     }
 }
@@ -105,7 +123,7 @@ impl DaemonKey {
         if path.exists() {
             return DaemonKey::load(&path);
         }
-        std::fs::create_dir_all(state_dir).map_err(|e| key_err(state_dir, e))?;
+        create_private_dir(state_dir).map_err(|e| key_err(state_dir, e))?;
         let signing = SigningKey::generate(&mut rand::rngs::OsRng);
         let text = openssh_private(&signing).map_err(|e| key_err(&path, e))?;
         // create_new: two daemons racing to create the key never overwrite each other.
@@ -116,7 +134,9 @@ impl DaemonKey {
             .open(&path);
         match file {
             Ok(mut f) => {
-                f.write_all(text.as_bytes())
+                // Explicitly, not through the umask.
+                f.set_permissions(std::fs::Permissions::from_mode(0o600))
+                    .and_then(|()| f.write_all(text.as_bytes()))
                     .and_then(|()| f.sync_all())
                     .map_err(|e| key_err(&path, e))?;
                 Ok(DaemonKey { signing, path })
@@ -183,6 +203,23 @@ impl DaemonKey {
     pub fn sign_hash(&self, hash_hex: &str) -> String {
         let bytes = hex::decode(hash_hex).unwrap_or_default();
         hex::encode(self.signing.sign(&bytes).to_bytes())
+    }
+}
+
+/// Creates `dir` (and missing parents) when absent; a directory this creates is mode 0700,
+/// set explicitly whatever the umask. An existing directory is left as it is (the state
+/// database refuses to open in one that others may read).
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Err(e) => Err(e),
     }
 }
 
@@ -278,24 +315,164 @@ pub fn check_signature(key: &VerifyingKey, hash_hex: &str, signature_hex: &str) 
     key.verify(&hash, &sig).is_ok()
 }
 
+/// Position and hash of a record of the chain, written `SEQ:HASH` (what `plumb audit verify`
+/// prints as the head, and what `--expect-head` takes back).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+pub struct AuditHead {
+    /// Position in the chain (1 = first record).
+    pub seq: u64,
+    /// hex(sha256(record)).
+    pub hash: String,
+}
+
+impl std::fmt::Display for AuditHead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.seq, self.hash)
+    }
+}
+
+impl FromStr for AuditHead {
+    type Err = String;
+    fn from_str(s: &str) -> Result<AuditHead, String> {
+        let (seq, hash) = s
+            .split_once(':')
+            .ok_or_else(|| format!("`{s}` is not SEQ:HASH (e.g. 42:{GENESIS})"))?;
+        let seq: u64 = seq
+            .parse()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| format!("`{seq}` is not a record number (1 or more)"))?;
+        if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!("`{hash}` is not a record hash (64 hex digits)"));
+        }
+        Ok(AuditHead {
+            seq,
+            hash: hash.to_ascii_lowercase(),
+        })
+    }
+}
+
+/// What an operator anchored outside the state: the chain must reach it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Anchor {
+    /// This record must exist with this hash (`--expect-head`).
+    pub head: Option<AuditHead>,
+    /// The chain must have at least this many records (`--min-seq`).
+    pub min_seq: Option<u64>,
+}
+
 /// `plumb audit verify --output json`.
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct AuditVerifyReport {
-    /// True when every record is intact.
+    /// True when every record is intact and the chain reaches the anchor, if one was given.
     pub ok: bool,
     /// Records verified (all of them when `ok`; those before the broken one otherwise).
     pub records: usize,
     /// Hash of the newest record: anchor it elsewhere to detect removal of the newest records.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub head: Option<String>,
+    /// Position of the newest record; `head_seq:head` is what `--expect-head` takes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub head_seq: Option<u64>,
     /// Fingerprint of the key the chain was verified with.
     pub key_fingerprint: String,
     /// The first broken record.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub broken: Option<BrokenRecord>,
+    /// The records are intact but do not reach the anchor: what is missing or rewritten.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub anchor_error: Option<String>,
     /// Stable error code when verification could not run or failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error_code: Option<String>,
+}
+
+impl AuditVerifyReport {
+    /// The report of a verification: `records` is how many records verified before `result`
+    /// (what the verifier saw when it stopped); for a broken record it is its position - 1.
+    pub fn new(
+        result: Result<VerifiedChain, AuditError>,
+        records: usize,
+        key_fingerprint: String,
+    ) -> AuditVerifyReport {
+        let mut report = AuditVerifyReport {
+            ok: false,
+            records,
+            head: None,
+            head_seq: None,
+            key_fingerprint,
+            broken: None,
+            anchor_error: None,
+            error_code: None,
+        };
+        let e = match result {
+            Ok(v) => {
+                report.ok = true;
+                report.records = v.records;
+                report.set_head(v.head);
+                return report;
+            }
+            Err(e) => e,
+        };
+        report.error_code = Some(e.code().to_string());
+        match e {
+            AuditError::Broken {
+                run_id,
+                seq,
+                reason,
+            } => {
+                // The records before the broken one (a gap counts as missing records, not as
+                // unverified ones); a finished run outside the chain (seq 0) breaks none.
+                if seq > 0 {
+                    report.records = usize::try_from(seq - 1).unwrap_or(0);
+                }
+                report.broken = Some(BrokenRecord {
+                    run_id,
+                    seq,
+                    reason,
+                })
+            }
+            AuditError::Truncated { ref found, .. } => {
+                report.set_head(found.clone());
+                report.anchor_error = Some(e.to_string());
+            }
+            other => report.anchor_error = Some(other.to_string()),
+        }
+        report
+    }
+
+    fn set_head(&mut self, head: Option<AuditHead>) {
+        self.head_seq = head.as_ref().map(|h| h.seq);
+        self.head = head.map(|h| h.hash);
+    }
+
+    /// The error line for the terminal (without the `error: ` prefix), when not ok.
+    pub fn error_text(&self) -> Option<String> {
+        if let Some(b) = &self.broken {
+            let at = if b.seq > 0 {
+                format!("run {} (record #{})", b.run_id, b.seq)
+            } else {
+                format!("run {}", b.run_id)
+            };
+            return Some(format!("audit chain broken at {at}: {}", b.reason));
+        }
+        self.anchor_error.clone()
+    }
+
+    /// The summary line for the terminal: counts, and the head to anchor.
+    pub fn summary_text(&self) -> String {
+        if self.broken.is_some() {
+            return format!("{} records verified before it", self.records);
+        }
+        let head = match (self.head_seq, &self.head) {
+            (Some(seq), Some(hash)) => format!("{seq}:{hash}"),
+            _ => "-".into(),
+        };
+        format!(
+            "{} records verified; head {head} (key {})",
+            self.records, self.key_fingerprint
+        )
+    }
 }
 
 #[derive(Debug, Serialize, JsonSchema)]

@@ -169,6 +169,13 @@ pub enum AuditCommand {
         /// Default: derived from the daemon key in the state directory.
         #[arg(long)]
         public_key: Option<PathBuf>,
+        /// Fail (exit 1) unless the chain holds this record, `SEQ:HASH` as a previous verify
+        /// printed its head: catches removal of the newest records.
+        #[arg(long, value_name = "SEQ:HASH")]
+        expect_head: Option<crate::audit::AuditHead>,
+        /// Fail (exit 1) unless the chain has at least this many records.
+        #[arg(long, value_name = "N")]
+        min_seq: Option<u64>,
         #[arg(long, value_enum, default_value_t)]
         output: OutputFormat,
     },
@@ -577,9 +584,17 @@ fn run(command: Command, style: Style) -> anyhow::Result<u8> {
                 AuditCommand::Verify {
                     state,
                     public_key,
+                    expect_head,
+                    min_seq,
                     output,
                 },
-        } => audit_verify(&state, public_key.as_deref(), output, style),
+        } => {
+            let anchor = crate::audit::Anchor {
+                head: expect_head,
+                min_seq,
+            };
+            audit_verify(&state, public_key.as_deref(), &anchor, output, style)
+        }
         Command::Schemas { dir } => {
             for (file, schema) in crate::schema::generate() {
                 let path = dir.join(&file);
@@ -648,75 +663,24 @@ fn plan_cmd(
 fn audit_verify(
     state: &std::path::Path,
     public_key: Option<&std::path::Path>,
+    anchor: &crate::audit::Anchor,
     output: OutputFormat,
     style: Style,
 ) -> anyhow::Result<u8> {
-    use crate::audit::{AuditError, AuditVerifyReport, BrokenRecord};
     let db = crate::state::StateDb::open_inspect(state)?;
     let key = match public_key {
         Some(p) => crate::audit::read_public_key(p)?,
         None => crate::audit::DaemonKey::load(&state.join(crate::audit::KEY_FILE))?.verifying_key(),
     };
-    let key_fingerprint = crate::audit::fingerprint(&key);
-    let report = match crate::audit::verify_chain(&db, &key) {
-        Ok(v) => AuditVerifyReport {
-            ok: true,
-            records: v.records,
-            head: v.head,
-            key_fingerprint,
-            broken: None,
-            error_code: None,
-        },
-        Err(AuditError::Broken {
-            run_id,
-            seq,
-            reason,
-        }) => {
-            let records = if seq > 0 {
-                usize::try_from(seq - 1).unwrap_or(0)
-            } else {
-                db.chain_head()?
-                    .map(|(n, _)| usize::try_from(n).unwrap_or(0))
-                    .unwrap_or(0)
-            };
-            AuditVerifyReport {
-                ok: false,
-                records,
-                head: None,
-                key_fingerprint,
-                broken: Some(BrokenRecord {
-                    run_id,
-                    seq,
-                    reason,
-                }),
-                error_code: Some("audit.broken".into()),
-            }
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let report = db.verify_report(&key, anchor)?;
     match output {
         OutputFormat::Json => print_json(&report)?,
-        OutputFormat::Text => match &report.broken {
-            None => println!(
-                "{} records verified; head {} (key {})",
-                report.records,
-                report.head.as_deref().unwrap_or("-"),
-                report.key_fingerprint
-            ),
-            Some(b) => {
-                let at = if b.seq > 0 {
-                    format!("run {} (record #{})", b.run_id, b.seq)
-                } else {
-                    format!("run {}", b.run_id)
-                };
-                eprintln!(
-                    "{}: audit chain broken at {at}: {}",
-                    style.red("error"),
-                    b.reason
-                );
-                println!("{} records verified before it", report.records);
+        OutputFormat::Text => {
+            if let Some(e) = report.error_text() {
+                eprintln!("{}: {e}", style.red("error"));
             }
-        },
+            println!("{}", report.summary_text());
+        }
     }
     Ok(u8::from(!report.ok))
 }

@@ -114,12 +114,7 @@ fn read_secret(path: &Option<PathBuf>) -> anyhow::Result<Vec<Vec<u8>>> {
 impl Daemon {
     /// Opens state and checks everything that can be checked before the loop starts.
     pub fn new(config_path: &Path, config: DaemonConfig) -> anyhow::Result<Daemon> {
-        std::fs::create_dir_all(&config.state_dir).with_context(|| {
-            format!(
-                "creating the state directory {}",
-                config.state_dir.display()
-            )
-        })?;
+        // StateDb::open creates the state directory (0700) and refuses one others may read.
         let signers = AllowedSigners::load(&config.allowed_signers)?;
         let db = StateDb::open(&config.state_dir)?;
         let source = Source::new(&config.repository, &config.state_dir)?;

@@ -4,7 +4,7 @@
 //! IMMEDIATE transaction that re-reads `user_version` first, so two processes opening the same
 //! old database migrate it once. Never edit a shipped migration: append a new one.
 
-use rusqlite::{Connection, TransactionBehavior};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 
 use super::StateError;
 
@@ -107,7 +107,47 @@ ALTER TABLE runs ADD COLUMN record TEXT;         -- the signed canonical JSON, a
 CREATE UNIQUE INDEX runs_by_chain ON runs (chain_seq) WHERE chain_seq IS NOT NULL;
 "#;
 
-pub(crate) const MIGRATIONS: &[&str] = &[V1, V2];
+/// v3: run kind `state_reset` (a deliberate reset, recorded in the chain). SQLite cannot
+/// change a CHECK constraint in place, so `runs` is rebuilt (the documented 12-step way; the
+/// caller turns foreign keys off around it, so dropping the old table cascades nothing, and
+/// `foreign_key_check` runs before the commit).
+const V3: &str = r#"
+CREATE TABLE runs_v3 (
+    id                 TEXT PRIMARY KEY,
+    environment        TEXT NOT NULL,
+    commit_id          TEXT,
+    signer_principal   TEXT,
+    signer_fingerprint TEXT,
+    kind               TEXT NOT NULL
+        CHECK (kind IN ('apply', 'correction', 'drift_check', 'refused', 'state_reset')),
+    trigger            TEXT NOT NULL
+        CHECK (trigger IN ('push', 'poll', 'webhook', 'drift', 'startup', 'cli')),
+    started_at         INTEGER NOT NULL,
+    finished_at        INTEGER,
+    result             TEXT CHECK (result IS NULL OR result IN
+        ('converged', 'failed', 'refused', 'no_change', 'drift_found', 'interrupted')),
+    summary            TEXT NOT NULL DEFAULT '{}',
+    chain_seq          INTEGER,
+    prev_hash          TEXT,
+    hash               TEXT,
+    signature          TEXT,
+    record             TEXT
+);
+INSERT INTO runs_v3 (id, environment, commit_id, signer_principal, signer_fingerprint, kind,
+    trigger, started_at, finished_at, result, summary, chain_seq, prev_hash, hash, signature,
+    record)
+SELECT id, environment, commit_id, signer_principal, signer_fingerprint, kind, trigger,
+    started_at, finished_at, result, summary, chain_seq, prev_hash, hash, signature, record
+FROM runs;
+DROP TABLE runs;
+ALTER TABLE runs_v3 RENAME TO runs;
+CREATE INDEX runs_by_env ON runs (environment, started_at DESC);
+CREATE INDEX runs_by_start ON runs (started_at DESC);
+CREATE INDEX runs_unfinished ON runs (id) WHERE finished_at IS NULL;
+CREATE UNIQUE INDEX runs_by_chain ON runs (chain_seq) WHERE chain_seq IS NOT NULL;
+"#;
+
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 /// The schema version this plumb writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -117,12 +157,30 @@ pub(crate) fn user_version(conn: &Connection) -> rusqlite::Result<i64> {
 }
 
 /// Migrates to `target` (at most [`SCHEMA_VERSION`]). Returns the version found before.
+/// Foreign keys are off while migrations run (a table rebuild must not cascade) and restored
+/// afterwards; each migration checks them before it commits.
 pub(crate) fn migrate_to(
     conn: &mut Connection,
     target: i64,
     path: &std::path::Path,
 ) -> Result<i64, StateError> {
     let found = user_version(conn)?;
+    if found >= target.min(SCHEMA_VERSION) {
+        return migrate_steps(conn, target, path, found);
+    }
+    let fk: bool = conn.query_row("PRAGMA foreign_keys", [], |r| r.get(0))?;
+    conn.pragma_update(None, "foreign_keys", false)?;
+    let out = migrate_steps(conn, target, path, found);
+    conn.pragma_update(None, "foreign_keys", fk)?;
+    out
+}
+
+fn migrate_steps(
+    conn: &mut Connection,
+    target: i64,
+    path: &std::path::Path,
+    found: i64,
+) -> Result<i64, StateError> {
     if found > SCHEMA_VERSION {
         return Err(StateError::NewerSchema {
             path: path.to_path_buf(),
@@ -144,6 +202,7 @@ pub(crate) fn migrate_to(
             continue;
         }
         tx.execute_batch(sql)
+            .and_then(|()| foreign_keys_hold(&tx))
             .and_then(|()| tx.pragma_update(None, "user_version", version))
             .map_err(|source| StateError::Migration {
                 path: path.to_path_buf(),
@@ -153,4 +212,18 @@ pub(crate) fn migrate_to(
         tx.commit()?;
     }
     Ok(found)
+}
+
+/// `PRAGMA foreign_key_check` finds nothing.
+fn foreign_keys_hold(c: &Connection) -> rusqlite::Result<()> {
+    let broken: Option<String> = c
+        .query_row("PRAGMA foreign_key_check", [], |r| r.get(0))
+        .optional()?;
+    match broken {
+        None => Ok(()),
+        Some(table) => Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY),
+            Some(format!("a row of {table} references a missing row")),
+        )),
+    }
 }

@@ -2,11 +2,17 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use rusqlite::Connection;
+
 use super::*;
-use crate::engine::{HostRun, HostStatus, RoundTrips, StepOutcome, StepPlan};
+use crate::audit::Anchor;
+use crate::engine::{
+    HostError, HostPlan, HostRun, HostStatus, RoundTrips, StepOutcome, StepPlan, StepStatus,
+};
 use crate::model::yaml::Pos;
 use crate::model::Host;
 use crate::modules::Change;
+use crate::modules::ChangeKind;
 
 pub(crate) fn host(name: &str) -> Host {
     Host {
@@ -58,7 +64,7 @@ pub(crate) fn host_run(name: &str, changed: usize, status: HostStatus) -> HostRu
     }
 }
 
-fn meta() -> StepMeta {
+pub(crate) fn meta() -> StepMeta {
     let mut m = StepMeta::default();
     for i in 0..10 {
         m.insert(&format!("base/step{i}"), "file", false);
@@ -67,7 +73,7 @@ fn meta() -> StepMeta {
     m
 }
 
-fn new_run(kind: RunKind) -> NewRun {
+pub(crate) fn new_run(kind: RunKind) -> NewRun {
     NewRun {
         environment: "prod".into(),
         commit: Some("0123456789abcdef0123456789abcdef01234567".into()),
@@ -80,7 +86,7 @@ fn new_run(kind: RunKind) -> NewRun {
     }
 }
 
-fn plan(name: &str, drifted: &[&str]) -> HostPlan {
+pub(crate) fn plan(name: &str, drifted: &[&str]) -> HostPlan {
     let mut steps: Vec<StepPlan> = drifted
         .iter()
         .map(|a| StepPlan {
@@ -110,14 +116,14 @@ fn plan(name: &str, drifted: &[&str]) -> HostPlan {
     }
 }
 
-fn verify(db: &StateDb) -> Result<crate::audit::VerifiedChain, AuditError> {
+pub(crate) fn verify(db: &StateDb) -> Result<crate::audit::VerifiedChain, StateError> {
     let key = db.daemon_key().map(|k| k.verifying_key());
-    crate::audit::verify_chain(db, &key.expect("daemon handle"))
+    db.verify_chain(&key.expect("daemon handle"), &Anchor::default())
 }
 
 #[test]
 fn run_round_trip() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = private_tmp();
     let db = StateDb::open(dir.path()).unwrap();
     let id = db.begin_run(&new_run(RunKind::Apply)).unwrap();
     assert_eq!(id.0.len(), 26);
@@ -161,7 +167,7 @@ fn run_round_trip() {
 
 #[test]
 fn filters_and_order() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = private_tmp();
     let db = StateDb::open(dir.path()).unwrap();
     let mut ids = Vec::new();
     for (env, kind) in [
@@ -202,7 +208,7 @@ fn filters_and_order() {
 
 #[test]
 fn unfinished_run_is_interrupted_after_reopening() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = private_tmp();
     let id = {
         let db = StateDb::open(dir.path()).unwrap();
         let done = db.begin_run(&new_run(RunKind::Apply)).unwrap();
@@ -243,7 +249,7 @@ fn unfinished_run_is_interrupted_after_reopening() {
 
 #[test]
 fn one_daemon_per_state_dir() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = private_tmp();
     let _db = StateDb::open(dir.path()).unwrap();
     let err = StateDb::open(dir.path()).unwrap_err();
     assert_eq!(err.code(), "state.locked");
@@ -258,7 +264,7 @@ fn one_daemon_per_state_dir() {
 
 #[test]
 fn inspect_handles_do_not_write() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = private_tmp();
     let missing = StateDb::open_inspect(dir.path()).unwrap_err();
     assert_eq!(missing.code(), "state.not_found");
     drop(StateDb::open(dir.path()).unwrap());
@@ -270,7 +276,7 @@ fn inspect_handles_do_not_write() {
 
 #[test]
 fn finish_rejects_running() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = private_tmp();
     let db = StateDb::open(dir.path()).unwrap();
     let id = db.begin_run(&new_run(RunKind::Apply)).unwrap();
     let err = db
@@ -285,7 +291,7 @@ fn finish_rejects_running() {
 
 #[test]
 fn last_applied_and_failed_commits() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = private_tmp();
     let db = StateDb::open(dir.path()).unwrap();
     assert!(db.last_applied("prod").unwrap().is_none());
     let id = db.begin_run(&new_run(RunKind::Apply)).unwrap();
@@ -304,7 +310,7 @@ fn last_applied_and_failed_commits() {
 
 #[test]
 fn drift_findings_open_refresh_resolve() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = private_tmp();
     let db = StateDb::open(dir.path()).unwrap();
     let r1 = db.begin_run(&new_run(RunKind::DriftCheck)).unwrap();
     db.record_drift_check(&r1, &plan("web1", &["base/a", "base/b"]))
@@ -368,7 +374,7 @@ fn drift_findings_open_refresh_resolve() {
 
 #[test]
 fn sensitive_and_unknown_steps_are_redacted() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = private_tmp();
     let db = StateDb::open(dir.path()).unwrap();
     let id = db.begin_run(&new_run(RunKind::Apply)).unwrap();
     let mut m = StepMeta::default();
@@ -397,7 +403,7 @@ fn sensitive_and_unknown_steps_are_redacted() {
 
 #[test]
 fn apply_can_mark_drift() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = private_tmp();
     let db = StateDb::open(dir.path()).unwrap();
     let id = db.begin_run(&new_run(RunKind::Apply)).unwrap();
     let mut m = meta();
@@ -411,7 +417,7 @@ fn apply_can_mark_drift() {
 
 #[test]
 fn migrates_an_old_database() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = private_tmp();
     let path = dir.path().join(DB_FILE);
     {
         let mut c = Connection::open(&path).unwrap();
@@ -429,6 +435,7 @@ fn migrates_an_old_database() {
         )
         .unwrap();
     }
+    private_file(&path);
     let db = StateDb::open(dir.path()).unwrap();
     assert_eq!(schema::user_version(db.conn()).unwrap(), SCHEMA_VERSION);
     let runs = db.runs(&RunFilter::default()).unwrap();
@@ -446,12 +453,13 @@ fn migrates_an_old_database() {
 
 #[test]
 fn refuses_a_newer_schema() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = private_tmp();
     {
         let c = Connection::open(dir.path().join(DB_FILE)).unwrap();
         c.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
             .unwrap();
     }
+    private_file(&dir.path().join(DB_FILE));
     let err = StateDb::open(dir.path()).unwrap_err();
     assert_eq!(err.code(), "state.newer_schema");
     assert!(err.to_string().contains("upgrade plumb"), "{err}");
@@ -459,7 +467,7 @@ fn refuses_a_newer_schema() {
 
 #[test]
 fn wal_and_pragmas() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = private_tmp();
     let db = StateDb::open(dir.path()).unwrap();
     let c = db.conn();
     let mode: String = c
@@ -478,7 +486,7 @@ fn wal_and_pragmas() {
 
 #[test]
 fn concurrent_handles_read_and_write() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = private_tmp();
     let db = StateDb::open(dir.path()).unwrap();
     let per_thread = 25;
     std::thread::scope(|s| {
@@ -506,7 +514,7 @@ fn concurrent_handles_read_and_write() {
             let mut seen = 0;
             for _ in 0..50 {
                 seen = r.runs(&RunFilter::default()).unwrap().len();
-                r.chain_head().unwrap();
+                r.audit_head().unwrap();
             }
             seen
         });
@@ -530,4 +538,78 @@ fn run_ids_sort_by_time() {
     assert!(a < b);
     assert_ne!(RunId::generate(5), RunId::generate(5));
     assert!(a.0.chars().all(|c| c.is_ascii_alphanumeric()));
+}
+
+mod chain;
+mod corrupt;
+mod private;
+
+/// A temporary state directory, private (0700) as `StateDb` requires: `tempfile` creates
+/// directories through the umask.
+pub(crate) fn private_tmp() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    dir
+}
+
+/// A database file made by hand (through the umask) set private, as plumb creates them.
+fn private_file(path: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+#[test]
+fn v3_rebuild_of_runs_keeps_results_and_chain() {
+    let dir = private_tmp();
+    let path = dir.path().join(DB_FILE);
+    {
+        let mut c = Connection::open(&path).unwrap();
+        schema::migrate_to(&mut c, 2, &path).unwrap();
+        c.execute_batch(
+            "PRAGMA foreign_keys = ON;
+             INSERT INTO runs (id, environment, kind, trigger, started_at)
+                VALUES ('OPEN', 'prod', 'apply', 'cli', 1);
+             INSERT INTO host_results (run_id, host, status, changed, in_sync, duration_ms,
+                round_trips) VALUES ('OPEN', 'web1', 'converged', 1, 0, 5, '{\"probe\":1}');
+             INSERT INTO step_results (run_id, host, address, module, status, change_kind,
+                fields, duration_ms) VALUES ('OPEN', 'web1', 'base/a', 'file', 'changed',
+                'modify', '[]', 3);
+             INSERT INTO drift_findings (environment, host, address, change_kind, first_seen,
+                last_seen, run_id, first_run_id) VALUES ('prod', 'web1', 'base/a', 'modify',
+                1, 1, 'OPEN', 'OPEN');",
+        )
+        .unwrap();
+    }
+    private_file(&path);
+    let db = StateDb::open(dir.path()).unwrap();
+    assert_eq!(schema::user_version(db.conn()).unwrap(), SCHEMA_VERSION);
+    let fk: i64 = db
+        .conn()
+        .query_row("PRAGMA foreign_keys", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(fk, 1, "foreign keys are back on after the rebuild");
+    // Dropping the old table cascaded nothing: results and findings are all there.
+    let d = db.run(&RunId("OPEN".into())).unwrap().unwrap();
+    assert_eq!(d.run.result, RunResult::Interrupted);
+    assert_eq!(d.hosts[0].steps[0].address, "base/a");
+    assert_eq!(
+        db.open_drift("prod").unwrap()[0].run_id,
+        Some(RunId("OPEN".into()))
+    );
+    assert_eq!(verify(&db).unwrap().records, 1);
+    // The new kind is accepted, and the chain indexes still hold.
+    let reset = db
+        .begin_run(&NewRun {
+            kind: RunKind::StateReset,
+            ..new_run(RunKind::Apply)
+        })
+        .unwrap();
+    db.finish_run(&reset, RunResult::NoChange, &json!({}))
+        .unwrap();
+    assert_eq!(db.audit_head().unwrap().unwrap().seq, 2);
+    let dup = db
+        .conn()
+        .execute("UPDATE runs SET chain_seq = 1 WHERE id = ?1", [&reset.0]);
+    assert!(dup.is_err(), "runs_by_chain is unique again");
 }

@@ -1,0 +1,172 @@
+//! The audit records of runs, on the storage side: what a record holds (the run's rows),
+//! signing a finished run inside its transaction, and reading the chain back for
+//! verification. Hashing, signing and the chain rules are [`crate::audit`]'s.
+
+use std::path::Path;
+
+use ed25519_dalek::VerifyingKey;
+use rusqlite::{params, Connection, OptionalExtension};
+use serde_json::{json, Value};
+
+use super::query::{collect_rows, head_in, read_hosts, signer};
+use super::types::{RunId, RunKind, RunResult, Trigger};
+use super::{StateDb, StateError};
+use crate::audit::{
+    self, Anchor, AuditError, AuditVerifyReport, ChainEntry, ChainVerifier, DaemonKey,
+    VerifiedChain, GENESIS,
+};
+
+/// The run and its host and step results as stored: `{"run": {...}, "hosts": [...]}`, the
+/// part of a record that verification rebuilds and compares. `None` when the run does not
+/// exist; [`StateError::Corrupt`] when a row does not read back into its type.
+fn rows_value(c: &Connection, path: &Path, run_id: &str) -> Result<Option<Value>, StateError> {
+    let mut stmt = c.prepare_cached(
+        "SELECT id, environment, commit_id, signer_principal, signer_fingerprint, kind,
+                trigger, started_at, finished_at, result, summary
+         FROM runs WHERE id = ?1",
+    )?;
+    let at = super::error::RowAt {
+        path,
+        table: "runs",
+        id: run_id,
+    };
+    let run = collect_rows(&mut stmt, params![run_id], |r| {
+        Ok(json!({
+            "id": at.get::<String>(r, "id")?,
+            "environment": at.get::<String>(r, "environment")?,
+            "commit": at.get::<Option<String>>(r, "commit_id")?,
+            "signer": signer(&at, r)?,
+            "kind": at.parse::<RunKind>(r, "kind", false)?,
+            "trigger": at.parse::<Trigger>(r, "trigger", false)?,
+            "started_at": at.get::<i64>(r, "started_at")?,
+            "finished_at": at.get::<Option<i64>>(r, "finished_at")?,
+            "result": at.parse_opt::<RunResult>(r, "result", false)?,
+            "summary": at.parse::<Value>(r, "summary", true)?,
+        }))
+    })?
+    .pop();
+    let Some(run) = run else {
+        return Ok(None);
+    };
+    let hosts = serde_json::to_value(read_hosts(c, path, run_id)?).unwrap_or(Value::Null);
+    Ok(Some(json!({ "run": run, "hosts": hosts })))
+}
+
+impl StateDb {
+    /// Appends a finished run to the audit chain (inside the caller's transaction).
+    pub(crate) fn sign_in(
+        &self,
+        c: &Connection,
+        key: &DaemonKey,
+        run: &RunId,
+    ) -> Result<(), StateError> {
+        let (seq, prev) = match head_in(c, &self.path)? {
+            Some(h) => (h.seq.saturating_add(1), h.hash),
+            None => (1, GENESIS.to_string()),
+        };
+        let Some(rows) = rows_value(c, &self.path, &run.0)? else {
+            return Err(StateError::NoSuchRun { id: run.0.clone() });
+        };
+        let record = audit::build_record(&rows, seq, &prev, &key.fingerprint());
+        let hash = audit::record_hash(&record);
+        let signature = key.sign_hash(&hash);
+        c.execute(
+            "UPDATE runs SET chain_seq = ?1, prev_hash = ?2, hash = ?3, signature = ?4, record = ?5
+             WHERE id = ?6",
+            params![
+                i64::try_from(seq).unwrap_or(i64::MAX),
+                prev,
+                hash,
+                signature,
+                record,
+                run.0
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Verifies every signed record, oldest first, with `key` (see [`ChainVerifier`]), refuses
+    /// finished runs that carry no signature, and checks that the chain reaches `anchor`.
+    /// A chain failure is `StateError::Audit` (naming the FIRST broken record); other errors
+    /// mean the database could not be read at all.
+    pub fn verify_chain(
+        &self,
+        key: &VerifyingKey,
+        anchor: &Anchor,
+    ) -> Result<VerifiedChain, StateError> {
+        let (result, _) = self.verify_counting(key, anchor)?;
+        Ok(result?)
+    }
+
+    /// `plumb audit verify`: [`verify_chain`](StateDb::verify_chain) as a report (chain
+    /// failures are in the report; `Err` only when the database could not be read).
+    pub fn verify_report(
+        &self,
+        key: &VerifyingKey,
+        anchor: &Anchor,
+    ) -> Result<AuditVerifyReport, StateError> {
+        let (result, records) = self.verify_counting(key, anchor)?;
+        Ok(AuditVerifyReport::new(
+            result,
+            records,
+            audit::fingerprint(key),
+        ))
+    }
+
+    /// The verification, and how many records verified before it stopped.
+    fn verify_counting(
+        &self,
+        key: &VerifyingKey,
+        anchor: &Anchor,
+    ) -> Result<(Result<VerifiedChain, AuditError>, usize), StateError> {
+        let c = &self.conn;
+        // A finished run outside the chain was inserted or unlinked behind plumb's back.
+        let unsigned: Option<String> = c
+            .query_row(
+                "SELECT id FROM runs WHERE finished_at IS NOT NULL AND chain_seq IS NULL
+                 ORDER BY finished_at, id LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e.into()))?;
+        let mut verifier = ChainVerifier::new(key, anchor.clone());
+        let mut stmt = c.prepare(
+            "SELECT id, chain_seq, prev_hash, hash, signature, record
+             FROM runs WHERE chain_seq IS NOT NULL ORDER BY chain_seq",
+        )?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let run_id: String = r.get(0)?;
+            let rows_now = match rows_value(c, &self.path, &run_id) {
+                Ok(v) => Ok(v.unwrap_or(Value::Null)),
+                Err(StateError::Corrupt {
+                    table, id, what, ..
+                }) => Err(format!("{table} row {id}: {what}")),
+                Err(e) => return Err(self.err(e)),
+            };
+            let entry = ChainEntry {
+                run_id,
+                seq: r.get(1)?,
+                prev_hash: r.get(2)?,
+                hash: r.get(3)?,
+                signature: r.get(4)?,
+                record: r.get(5)?,
+                rows_now,
+            };
+            if let Err(e) = verifier.push(&entry) {
+                return Ok((Err(e), verifier.records()));
+            }
+        }
+        let records = verifier.records();
+        if let Some(id) = unsigned {
+            let e = AuditError::Broken {
+                run_id: id,
+                seq: 0,
+                reason: "a finished run that is not in the signed chain (inserted or unlinked outside plumb)".into(),
+            };
+            return Ok((Err(e), records));
+        }
+        Ok((verifier.finish(), records))
+    }
+}

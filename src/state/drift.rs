@@ -1,0 +1,170 @@
+//! Drift findings: a resource found different from the repo while the commit did not change,
+//! opened by a drift check, refreshed while it stays, resolved when it is gone.
+
+use std::collections::HashSet;
+
+use rusqlite::{params, Connection};
+
+use super::query::collect_typed;
+use super::types::{enum_text, DriftFinding, HostRecord, RunId};
+use super::{json_text, now_ms, StateDb, StateError};
+use crate::modules::{ChangeKind, FieldChange};
+
+/// What identifies a finding: one open finding per resource.
+struct Resource<'a> {
+    env: &'a str,
+    host: &'a str,
+    address: &'a str,
+}
+
+fn upsert(
+    c: &Connection,
+    run: &RunId,
+    at: &Resource<'_>,
+    change: ChangeKind,
+    fields: &[FieldChange],
+    now: i64,
+) -> Result<i64, StateError> {
+    let id = c.query_row(
+        "INSERT INTO drift_findings (environment, host, address, change_kind, fields,
+            first_seen, last_seen, run_id, first_run_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?7)
+         ON CONFLICT (environment, host, address) WHERE resolved_at IS NULL
+         DO UPDATE SET change_kind = excluded.change_kind, fields = excluded.fields,
+            last_seen = excluded.last_seen, run_id = excluded.run_id
+         RETURNING id",
+        params![
+            at.env,
+            at.host,
+            at.address,
+            enum_text(&change),
+            json_text(&fields),
+            now,
+            run.0
+        ],
+        |r| r.get(0),
+    )?;
+    Ok(id)
+}
+
+fn resolve(c: &Connection, run: &RunId, at: &Resource<'_>, now: i64) -> Result<bool, StateError> {
+    let n = c.execute(
+        "UPDATE drift_findings SET resolved_at = ?1, resolved_run_id = ?2
+         WHERE environment = ?3 AND host = ?4 AND address = ?5 AND resolved_at IS NULL",
+        params![now, run.0, at.env, at.host, at.address],
+    )?;
+    Ok(n > 0)
+}
+
+/// Resolves every open finding of a host (it converged).
+pub(crate) fn resolve_host(
+    c: &Connection,
+    run: &RunId,
+    env: &str,
+    host: &str,
+    now: i64,
+) -> Result<(), StateError> {
+    c.execute(
+        "UPDATE drift_findings SET resolved_at = ?1, resolved_run_id = ?2
+         WHERE environment = ?3 AND host = ?4 AND resolved_at IS NULL",
+        params![now, run.0, env, host],
+    )?;
+    Ok(())
+}
+
+/// After an observed drift check of one host: opens or refreshes a finding per drifted step,
+/// and resolves the open findings of steps that got no row (in sync, or no longer declared).
+/// Steps whose probe failed got a row, so they keep their findings.
+pub(crate) fn sync_findings(
+    c: &Connection,
+    run: &RunId,
+    env: &str,
+    host: &HostRecord,
+    now: i64,
+) -> Result<(), StateError> {
+    let mut keep = HashSet::new();
+    for s in &host.steps {
+        keep.insert(s.address.as_str());
+        if let (true, Some(kind)) = (s.drift, s.change) {
+            let at = Resource {
+                env,
+                host: &host.host,
+                address: &s.address,
+            };
+            upsert(c, run, &at, kind, &s.fields, now)?;
+        }
+    }
+    let open: Vec<String> = c
+        .prepare_cached(
+            "SELECT address FROM drift_findings
+             WHERE environment = ?1 AND host = ?2 AND resolved_at IS NULL",
+        )?
+        .query_map(params![env, host.host], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for address in open.iter().filter(|a| !keep.contains(a.as_str())) {
+        let at = Resource {
+            env,
+            host: &host.host,
+            address,
+        };
+        resolve(c, run, &at, now)?;
+    }
+    Ok(())
+}
+
+impl StateDb {
+    /// Open (unresolved) drift findings of `env`, by host and address.
+    pub fn open_drift(&self, env: &str) -> Result<Vec<DriftFinding>, StateError> {
+        let read = || {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT id, environment, host, address, change_kind, fields, first_seen,
+                    last_seen, resolved_at, run_id
+                 FROM drift_findings WHERE environment = ?1 AND resolved_at IS NULL
+                 ORDER BY host, address",
+            )?;
+            let at = (self.path.as_path(), "drift_findings", "id");
+            collect_typed(&mut stmt, params![env], at, |at, r| {
+                Ok(DriftFinding {
+                    id: at.get(r, "id")?,
+                    environment: at.get(r, "environment")?,
+                    host: at.get(r, "host")?,
+                    address: at.get(r, "address")?,
+                    change: at.parse(r, "change_kind", false)?,
+                    fields: at.parse(r, "fields", true)?,
+                    first_seen: at.get(r, "first_seen")?,
+                    last_seen: at.get(r, "last_seen")?,
+                    resolved_at: at.get(r, "resolved_at")?,
+                    run_id: at.get::<Option<String>>(r, "run_id")?.map(RunId),
+                })
+            })
+        };
+        read().map_err(|e| self.err(e))
+    }
+
+    /// Opens a drift finding for a resource, or refreshes the open one (`last_seen`, change,
+    /// fields). Returns the finding id. Pass redacted fields for sensitive steps.
+    pub fn upsert_drift(
+        &self,
+        run: &RunId,
+        env: &str,
+        host: &str,
+        address: &str,
+        change: ChangeKind,
+        fields: &[FieldChange],
+    ) -> Result<i64, StateError> {
+        let at = Resource { env, host, address };
+        self.write(|c, _| upsert(c, run, &at, change, fields, now_ms()))
+    }
+
+    /// Resolves the open finding of a resource; false when there was none.
+    pub fn resolve_drift(
+        &self,
+        run: &RunId,
+        env: &str,
+        host: &str,
+        address: &str,
+    ) -> Result<bool, StateError> {
+        let at = Resource { env, host, address };
+        self.write(|c, _| resolve(c, run, &at, now_ms()))
+    }
+}

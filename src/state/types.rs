@@ -1,0 +1,299 @@
+//! What the state database stores and returns. Statuses are enums whose stored text is their
+//! serde name (snake_case): one derive, no hand mapping.
+
+use std::collections::{HashMap, HashSet};
+
+use rusqlite::types::{ToSql, ToSqlOutput};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::modules::{ChangeKind, FieldChange};
+use crate::render::DesiredHost;
+
+pub use crate::audit::AuditHead;
+
+/// The stored text of a status enum: its serde name.
+pub(crate) fn enum_text<T: Serialize>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(Value::String(s)) => s,
+        // Unit variants always serialise as strings; anything else is a bug caught by tests.
+        _ => String::new(),
+    }
+}
+
+macro_rules! stored_enum {
+    ($($name:ident),+) => {$(
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&enum_text(self))
+            }
+        }
+        impl ToSql for $name {
+            fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+                Ok(ToSqlOutput::from(enum_text(self)))
+            }
+        }
+    )+};
+}
+
+/// Why a run happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RunKind {
+    /// A new commit applied.
+    Apply,
+    /// Drift corrected (`correct` mode).
+    Correction,
+    /// Hosts observed for drift, nothing applied.
+    DriftCheck,
+    /// A commit refused before any host was contacted (bad signature, invalid, rollback).
+    Refused,
+    /// The daemon was told (`--accept-reset`) to start over on a state directory whose history
+    /// was deleted: the reset itself is a signed record.
+    StateReset,
+}
+
+/// What started a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    Push,
+    Poll,
+    Webhook,
+    Drift,
+    Startup,
+    Cli,
+}
+
+/// How a run ended. `running` and `interrupted` are plumb's own: `running` is never stored,
+/// `interrupted` is stored for runs a killed daemon left unfinished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RunResult {
+    Converged,
+    Failed,
+    Refused,
+    NoChange,
+    DriftFound,
+    Interrupted,
+    Running,
+}
+
+/// How one host ended in a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HostResultStatus {
+    /// Apply: every step in sync afterwards.
+    Converged,
+    /// A step or the host's script failed.
+    Failed,
+    /// The host could not be reached.
+    Unreachable,
+    /// Drift check: nothing differs.
+    InSync,
+    /// Drift check: something differs.
+    Drifted,
+}
+
+/// What happened to one step that got a row (in-sync steps are only counted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StepResultStatus {
+    Changed,
+    Failed,
+    Skipped,
+    Drifted,
+    InSync,
+}
+
+stored_enum!(
+    RunKind,
+    Trigger,
+    RunResult,
+    HostResultStatus,
+    StepResultStatus
+);
+
+/// A run id: 26 characters of Crockford base32 (48 bits of milliseconds, 80 random bits),
+/// sortable by start time.
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(transparent)]
+pub struct RunId(pub String);
+
+impl std::fmt::Display for RunId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl RunId {
+    pub(crate) fn generate(now_ms: i64) -> RunId {
+        use rand::RngCore;
+        const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+        let mut rnd = [0u8; 10];
+        rand::rngs::OsRng.fill_bytes(&mut rnd);
+        let mut value: u128 = (u128::from(now_ms.max(0) as u64) & ((1 << 48) - 1)) << 80;
+        for (i, b) in rnd.iter().enumerate() {
+            value |= u128::from(*b) << (8 * (9 - i));
+        }
+        let s: String = (0..26)
+            .rev()
+            .map(|i| ALPHABET[((value >> (5 * i)) & 31) as usize] as char)
+            .collect();
+        RunId(s)
+    }
+}
+
+/// Who signed the commit a run applies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Signer {
+    /// The principal of the allowed-signers line that matched, e.g. `alice@example.com`.
+    pub principal: String,
+    /// The key fingerprint, `SHA256:...`.
+    pub fingerprint: String,
+}
+
+/// What [`StateDb::begin_run`](super::StateDb::begin_run) needs.
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    pub environment: String,
+    pub commit: Option<String>,
+    pub signer: Option<Signer>,
+    pub kind: RunKind,
+    pub trigger: Trigger,
+}
+
+/// Per step address: what the engine's results do not carry (module name, sensitivity) and
+/// whether a change of that step is drift rather than an intended change.
+#[derive(Debug, Clone, Default)]
+pub struct StepMeta {
+    steps: HashMap<String, (String, bool)>,
+    pub(crate) drift: HashSet<String>,
+}
+
+impl StepMeta {
+    pub fn from_desired(host: &DesiredHost) -> StepMeta {
+        let mut m = StepMeta::default();
+        for s in &host.steps {
+            m.insert(&s.address, &s.module, s.sensitive);
+        }
+        m
+    }
+    pub fn insert(&mut self, address: &str, module: &str, sensitive: bool) {
+        self.steps
+            .insert(address.to_string(), (module.to_string(), sensitive));
+    }
+    /// Marks a step's change as drift in an `apply` run (in `correction` and `drift_check`
+    /// runs every change is drift already).
+    pub fn mark_drift(&mut self, address: &str) {
+        self.drift.insert(address.to_string());
+    }
+    pub(crate) fn module(&self, address: &str) -> String {
+        self.steps
+            .get(address)
+            .map(|(m, _)| m.clone())
+            .unwrap_or_default()
+    }
+    /// Unknown steps are treated as sensitive: nothing leaks by omission.
+    pub(crate) fn sensitive(&self, address: &str) -> bool {
+        self.steps.get(address).is_none_or(|(_, s)| *s)
+    }
+}
+
+/// One run, as listed by [`StateDb::runs`](super::StateDb::runs).
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct RunRecord {
+    pub id: RunId,
+    pub environment: String,
+    pub commit: Option<String>,
+    pub signer: Option<Signer>,
+    pub kind: RunKind,
+    pub trigger: Trigger,
+    /// Unix milliseconds.
+    pub started_at: i64,
+    pub finished_at: Option<i64>,
+    pub result: RunResult,
+    pub summary: Value,
+    pub hosts: usize,
+    pub failed_hosts: usize,
+    /// Steps changed (apply, correction) or found drifted (drift check).
+    pub changes: usize,
+    /// Of `changes`, those that were drift.
+    pub drift: usize,
+    /// Position in the audit chain and record hash, once finished.
+    pub chain_seq: Option<i64>,
+    pub hash: Option<String>,
+}
+
+/// One host's result in a run. Serialised, it is the host part of the signed audit record.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct HostRecord {
+    pub host: String,
+    /// `converged`, `failed`, `unreachable` (apply); `in_sync`, `drifted`, `failed`,
+    /// `unreachable` (drift check).
+    pub status: HostResultStatus,
+    pub error: Option<String>,
+    pub changed: usize,
+    pub in_sync: usize,
+    pub duration_ms: u64,
+    pub round_trips: Value,
+    /// Steps that changed, drifted, failed or were skipped.
+    pub steps: Vec<StepRecord>,
+}
+
+/// One step's result. Serialised, it is a step of the signed audit record.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct StepRecord {
+    pub address: String,
+    pub module: String,
+    /// `changed`, `failed`, `skipped`, `drifted`.
+    pub status: StepResultStatus,
+    pub change: Option<ChangeKind>,
+    pub fields: Vec<FieldChange>,
+    pub error: Option<String>,
+    pub duration_ms: u64,
+    /// This difference was drift, not an intended change.
+    pub drift: bool,
+}
+
+/// A run with its host and step results.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct RunDetail {
+    pub run: RunRecord,
+    pub hosts: Vec<HostRecord>,
+}
+
+/// Which runs [`StateDb::runs`](super::StateDb::runs) lists (newest first).
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    pub environment: Option<String>,
+    pub kind: Option<RunKind>,
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+pub struct LastApplied {
+    pub environment: String,
+    pub commit: String,
+    pub run_id: Option<RunId>,
+    pub applied_at: i64,
+}
+
+/// A resource found different from the repo while the commit did not change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+pub struct DriftFinding {
+    pub id: i64,
+    pub environment: String,
+    pub host: String,
+    pub address: String,
+    pub change: ChangeKind,
+    pub fields: Vec<FieldChange>,
+    pub first_seen: i64,
+    pub last_seen: i64,
+    pub resolved_at: Option<i64>,
+    /// The last run that saw it.
+    pub run_id: Option<RunId>,
+}

@@ -1,0 +1,350 @@
+//! Writes: runs begun and finished, host and step results, last applied and failed commits.
+//! Each public method is one IMMEDIATE transaction ([`StateDb::write`]).
+
+use rusqlite::{params, Connection};
+use serde_json::Value;
+
+use super::query::collect_rows;
+use super::types::{
+    HostRecord, HostResultStatus, NewRun, RunId, RunKind, RunResult, StepMeta, StepRecord,
+    StepResultStatus, Trigger,
+};
+use super::{json_text, ms, now_ms, StateDb, StateError};
+use crate::engine::{HostError, HostPlan, HostRun, HostStatus, StepStatus};
+use crate::modules::redact;
+
+fn step_status(s: StepStatus) -> StepResultStatus {
+    match s {
+        StepStatus::InSync => StepResultStatus::InSync,
+        StepStatus::Changed => StepResultStatus::Changed,
+        StepStatus::Failed => StepResultStatus::Failed,
+        StepStatus::Skipped => StepResultStatus::Skipped,
+    }
+}
+
+fn host_status(s: HostStatus) -> HostResultStatus {
+    match s {
+        HostStatus::Converged => HostResultStatus::Converged,
+        HostStatus::Failed => HostResultStatus::Failed,
+        HostStatus::Unreachable => HostResultStatus::Unreachable,
+    }
+}
+
+fn count(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// The host and step rows of an apply (kinds `apply` and `correction`): only steps that are
+/// not in sync get a row; fields of sensitive (or unknown) steps are redacted.
+fn apply_record(host: &HostRun, meta: &StepMeta, all_drift: bool) -> HostRecord {
+    let steps = host
+        .steps
+        .iter()
+        .filter(|s| s.status != StepStatus::InSync)
+        .map(|s| StepRecord {
+            address: s.address.clone(),
+            module: meta.module(&s.address),
+            status: step_status(s.status),
+            change: s.change.as_ref().map(|c| c.kind),
+            fields: match &s.change {
+                Some(c) if meta.sensitive(&s.address) => redact(&c.fields),
+                Some(c) => c.fields.clone(),
+                None => Vec::new(),
+            },
+            error: s.error.clone(),
+            duration_ms: s.duration_ms,
+            drift: s.change.is_some() && (all_drift || meta.drift.contains(&s.address)),
+        })
+        .collect();
+    HostRecord {
+        host: host.host.name.clone(),
+        status: host_status(host.status),
+        error: host.error.clone(),
+        changed: host.changed(),
+        in_sync: host
+            .steps
+            .iter()
+            .filter(|s| s.status == StepStatus::InSync)
+            .count(),
+        duration_ms: u64::try_from(ms(host.duration)).unwrap_or(0),
+        round_trips: serde_json::to_value(host.round_trips).unwrap_or(Value::Null),
+        steps,
+    }
+}
+
+/// The host and step rows of a drift check: drifted steps (marked drift) and steps whose
+/// probe failed; fields of sensitive steps are redacted.
+fn drift_record(plan: &HostPlan) -> HostRecord {
+    let steps = plan
+        .steps
+        .iter()
+        .filter_map(|s| {
+            let (status, change, fields, error) = match &s.change {
+                Ok(ch) if ch.is_change() => {
+                    let fields = if s.sensitive {
+                        redact(&ch.fields)
+                    } else {
+                        ch.fields.clone()
+                    };
+                    (StepResultStatus::Drifted, Some(ch.kind), fields, None)
+                }
+                Ok(_) => return None,
+                Err(e) => (StepResultStatus::Failed, None, Vec::new(), Some(e.clone())),
+            };
+            Some(StepRecord {
+                address: s.address.clone(),
+                module: s.module.clone(),
+                status,
+                drift: change.is_some(),
+                change,
+                fields,
+                error,
+                duration_ms: 0,
+            })
+        })
+        .collect();
+    let status = match &plan.error {
+        Some(HostError::Unreachable(_)) => HostResultStatus::Unreachable,
+        Some(_) => HostResultStatus::Failed,
+        None if plan.step_errors() > 0 => HostResultStatus::Failed,
+        None if plan.changes() > 0 => HostResultStatus::Drifted,
+        None => HostResultStatus::InSync,
+    };
+    HostRecord {
+        host: plan.host.name.clone(),
+        status,
+        error: plan.error.as_ref().map(|e| e.to_string()),
+        changed: plan.changes(),
+        in_sync: plan
+            .steps
+            .iter()
+            .filter(|s| matches!(&s.change, Ok(c) if !c.is_change()))
+            .count(),
+        duration_ms: u64::try_from(ms(plan.duration)).unwrap_or(0),
+        round_trips: serde_json::to_value(plan.round_trips).unwrap_or(Value::Null),
+        steps,
+    }
+}
+
+fn insert_host(c: &Connection, run: &RunId, h: &HostRecord) -> Result<(), StateError> {
+    c.execute(
+        "INSERT INTO host_results (run_id, host, status, error, changed, in_sync,
+            duration_ms, round_trips)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            run.0,
+            h.host,
+            h.status,
+            h.error,
+            count(h.changed),
+            count(h.in_sync),
+            i64::try_from(h.duration_ms).unwrap_or(i64::MAX),
+            json_text(&h.round_trips)
+        ],
+    )?;
+    let mut stmt = c.prepare_cached(
+        "INSERT INTO step_results (run_id, host, address, module, status, change_kind,
+            fields, error, duration_ms, drift)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?;
+    for s in &h.steps {
+        stmt.execute(params![
+            run.0,
+            h.host,
+            s.address,
+            s.module,
+            s.status,
+            s.change.map(|k| super::types::enum_text(&k)),
+            json_text(&s.fields),
+            s.error,
+            i64::try_from(s.duration_ms).unwrap_or(i64::MAX),
+            s.drift
+        ])?;
+    }
+    Ok(())
+}
+
+impl StateDb {
+    /// Starts a run; it stays `running` until [`finish_run`](StateDb::finish_run).
+    pub fn begin_run(&self, new: &NewRun) -> Result<RunId, StateError> {
+        self.write(|c, _| {
+            let now = now_ms();
+            let id = RunId::generate(now);
+            c.execute(
+                "INSERT INTO runs (id, environment, commit_id, signer_principal,
+                    signer_fingerprint, kind, trigger, started_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    id.0,
+                    new.environment,
+                    new.commit,
+                    new.signer.as_ref().map(|s| &s.principal),
+                    new.signer.as_ref().map(|s| &s.fingerprint),
+                    new.kind,
+                    new.trigger,
+                    now
+                ],
+            )?;
+            Ok(id)
+        })
+    }
+
+    /// (environment, kind) of an unfinished run, or the reason it cannot take results.
+    fn open_run(&self, c: &Connection, run: &RunId) -> Result<(String, RunKind), StateError> {
+        let mut stmt =
+            c.prepare_cached("SELECT environment, kind, finished_at FROM runs WHERE id = ?1")?;
+        let at = self.row_at("runs", &run.0);
+        let row = collect_rows(&mut stmt, params![run.0], |r| {
+            Ok((
+                at.get::<String>(r, "environment")?,
+                at.parse::<RunKind>(r, "kind", false)?,
+                at.get::<Option<i64>>(r, "finished_at")?,
+            ))
+        })?
+        .pop();
+        match row {
+            None => Err(StateError::NoSuchRun { id: run.0.clone() }),
+            Some((_, _, Some(_))) => Err(StateError::AlreadyFinished { id: run.0.clone() }),
+            Some((env, kind, None)) => Ok((env, kind)),
+        }
+    }
+
+    /// Records one host's apply (kinds `apply` and `correction`). Only steps that are not in
+    /// sync get a row. Fields of sensitive steps are redacted. A converged host has no open
+    /// drift left: its open findings are resolved by this run.
+    pub fn record_host(
+        &self,
+        run: &RunId,
+        host: &HostRun,
+        meta: &StepMeta,
+    ) -> Result<(), StateError> {
+        self.write(|c, _| {
+            let (env, kind) = self.open_run(c, run)?;
+            let all_drift = matches!(kind, RunKind::Correction | RunKind::DriftCheck);
+            insert_host(c, run, &apply_record(host, meta, all_drift))?;
+            if host.status == HostStatus::Converged {
+                super::drift::resolve_host(c, run, &env, &host.host.name, now_ms())?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Records one host's drift check: drifted steps get a row (marked drift) and an open
+    /// finding (created or refreshed); when the host was observed, open findings of steps now
+    /// in sync (or no longer declared) are resolved. Steps whose probe failed keep theirs.
+    pub fn record_drift_check(&self, run: &RunId, plan: &HostPlan) -> Result<(), StateError> {
+        self.write(|c, _| {
+            let (env, _) = self.open_run(c, run)?;
+            let record = drift_record(plan);
+            insert_host(c, run, &record)?;
+            if plan.error.is_some() {
+                return Ok(());
+            }
+            super::drift::sync_findings(c, run, &env, &record, now_ms())
+        })
+    }
+
+    /// Finishes a run and signs its record into the audit chain. `summary` is free-form JSON
+    /// (counts, the refusal reason, ...), stored and signed as given.
+    pub fn finish_run(
+        &self,
+        run: &RunId,
+        result: RunResult,
+        summary: &Value,
+    ) -> Result<(), StateError> {
+        if result == RunResult::Running {
+            return Err(StateError::InvalidResult(result));
+        }
+        self.write(|c, key| {
+            self.open_run(c, run)?;
+            c.execute(
+                "UPDATE runs SET finished_at = MAX(?1, started_at), result = ?2, summary = ?3
+                 WHERE id = ?4",
+                params![now_ms(), result, json_text(summary), run.0],
+            )?;
+            self.sign_in(c, key, run)
+        })
+    }
+
+    /// Marks every unfinished run `interrupted` and signs it. Only the daemon holding the
+    /// lock calls this, so no unfinished run can belong to a live daemon.
+    pub(crate) fn mark_interrupted(&self) -> Result<usize, StateError> {
+        self.write(|c, key| {
+            let ids: Vec<String> = c
+                .prepare("SELECT id FROM runs WHERE finished_at IS NULL ORDER BY started_at, id")?
+                .query_map([], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            let summary = serde_json::json!({
+                "interrupted": "the daemon stopped before this run finished; marked when it restarted. Results recorded before it stopped are kept; the next run observes the hosts and converges."
+            });
+            for id in &ids {
+                c.execute(
+                    "UPDATE runs SET finished_at = MAX(?1, started_at), result = ?2,
+                        summary = ?3 WHERE id = ?4",
+                    params![now_ms(), RunResult::Interrupted, summary.to_string(), id],
+                )?;
+                self.sign_in(c, key, &RunId(id.clone()))?;
+            }
+            if !ids.is_empty() {
+                tracing::warn!(runs = ids.len(), "marked runs left unfinished by a stopped daemon as interrupted");
+            }
+            Ok(ids.len())
+        })
+    }
+
+    /// Records a deliberate reset of the state (`--accept-reset`) as a signed run: the first
+    /// record of the new chain says that the history before it was deleted, and what showed it.
+    pub(crate) fn record_reset(
+        &self,
+        found: &[String],
+        db_existed: bool,
+    ) -> Result<(), StateError> {
+        let run = self.begin_run(&NewRun {
+            environment: "*".into(),
+            commit: None,
+            signer: None,
+            kind: RunKind::StateReset,
+            trigger: Trigger::Startup,
+        })?;
+        let summary = serde_json::json!({
+            "state_reset": "the daemon had run here before but its history was gone; started over with --accept-reset",
+            "found": found,
+            "database": if db_existed { "present, without runs" } else { "missing" },
+        });
+        tracing::warn!(found = ?found, "state reset accepted: the audit chain starts again, and says so");
+        self.finish_run(&run, RunResult::NoChange, &summary)
+    }
+
+    pub fn set_last_applied(&self, env: &str, commit: &str, run: &RunId) -> Result<(), StateError> {
+        self.write(|c, _| {
+            c.execute(
+                "INSERT INTO last_applied (environment, commit_id, run_id, applied_at)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (environment) DO UPDATE SET commit_id = excluded.commit_id,
+                    run_id = excluded.run_id, applied_at = excluded.applied_at",
+                params![env, commit, run.0, now_ms()],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Records that `commit` failed in `env`: the daemon does not retry it until a new
+    /// commit arrives.
+    pub fn mark_failed(
+        &self,
+        env: &str,
+        commit: &str,
+        run: Option<&RunId>,
+    ) -> Result<(), StateError> {
+        self.write(|c, _| {
+            c.execute(
+                "INSERT INTO failed_commits (environment, commit_id, run_id, failed_at)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (environment, commit_id) DO UPDATE SET run_id = excluded.run_id,
+                    failed_at = excluded.failed_at",
+                params![env, commit, run.map(|r| &r.0), now_ms()],
+            )?;
+            Ok(())
+        })
+    }
+}
