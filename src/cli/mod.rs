@@ -204,6 +204,15 @@ pub struct ConnArgs {
     /// Seconds to wait for a host to accept the connection.
     #[arg(long, default_value_t = 10)]
     pub connect_timeout: u64,
+    /// Longest a host's probe round trip may take (e.g. 30s, 5m).
+    #[arg(long, default_value = "5m")]
+    pub observe_timeout: crate::model::HumanDuration,
+    /// Longest a host's apply round trip may take.
+    #[arg(long, default_value = "30m")]
+    pub apply_timeout: crate::model::HumanDuration,
+    /// Longest a host's verifying probe after an apply may take.
+    #[arg(long, default_value = "5m")]
+    pub verify_timeout: crate::model::HumanDuration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -236,9 +245,19 @@ pub enum Connection {
 }
 
 impl ConnArgs {
+    fn timeouts(&self) -> crate::transport::PhaseTimeouts {
+        crate::transport::PhaseTimeouts {
+            observe: self.observe_timeout,
+            apply: self.apply_timeout,
+            verify: self.verify_timeout,
+        }
+    }
+
     pub fn connector(&self) -> Box<dyn crate::engine::Connector> {
         match self.connection {
-            Connection::Local => Box::new(crate::engine::LocalConnector),
+            Connection::Local => Box::new(crate::engine::LocalConnector {
+                timeouts: self.timeouts(),
+            }),
             Connection::Ssh => Box::new(crate::engine::SshConnector {
                 options: crate::transport::SshOptions {
                     config_file: self.ssh_config.clone(),
@@ -246,6 +265,7 @@ impl ConnArgs {
                     known_hosts_file: self.known_hosts.clone(),
                     accept_new_host_keys: self.accept_new_host_keys,
                     connect_timeout: std::time::Duration::from_secs(self.connect_timeout.max(1)),
+                    timeouts: self.timeouts(),
                     ..crate::transport::SshOptions::default()
                 },
             }),
@@ -487,14 +507,7 @@ fn run(command: Command, style: Style) -> anyhow::Result<u8> {
                     r
                 }
             }));
-            let sensitive: std::collections::BTreeSet<String> = hosts
-                .iter()
-                .flat_map(|h| h.steps.iter())
-                .filter(|s| s.sensitive)
-                .map(|s| s.address.clone())
-                .collect();
-            let report =
-                crate::report::plan::ApplyReport::new(&env, &runs, &|a| sensitive.contains(a));
+            let report = crate::report::plan::ApplyReport::new(&env, &runs);
             match output {
                 OutputFormat::Json => print_json(&report)?,
                 OutputFormat::Text => {

@@ -745,11 +745,11 @@ impl Daemon {
             self.metrics
                 .set_drifted(env, &p.host.name, p.changes() as u64);
             for s in p.steps.iter().filter(|s| s.needs_change()) {
-                drifted.insert((p.host.name.clone(), s.address.clone()));
+                drifted.insert((p.host.name.clone(), s.step.address.to_string()));
                 let (kind, fields) = match &s.change {
                     Ok(c) => (
                         c.kind.to_string(),
-                        if s.sensitive {
+                        if s.step.sensitive {
                             Vec::new()
                         } else {
                             c.fields.iter().map(|f| f.field.clone()).collect()
@@ -757,7 +757,7 @@ impl Daemon {
                     ),
                     Err(_) => ("error".into(), Vec::new()),
                 };
-                resources.push(json!({"host": p.host.name, "step": s.address, "target": s.target, "change": kind, "fields": fields}));
+                resources.push(json!({"host": p.host.name, "step": s.step.address, "target": s.step.target, "change": kind, "fields": fields}));
             }
         }
         let result = if drifted.is_empty() {

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::*;
 use crate::model::yaml::Pos;
-use crate::modules::{ChangeKind, ProbeError, Resource};
+use crate::modules::{ChangeKind, ProbeError, ProbeResult, Resource};
 use crate::render::DesiredStep;
 use crate::transport::{LocalTransport, RunFuture};
 
@@ -94,19 +94,17 @@ fn host() -> Host {
     }
 }
 
-fn step(dir: &Path, i: usize, notify: Vec<String>) -> DesiredStep {
+fn step(dir: &Path, i: usize, notify: Vec<&str>) -> DesiredStep {
     DesiredStep {
-        address: format!("u/s{i}"),
-        unit: "u".into(),
-        id: format!("s{i}"),
-        module: "marker".into(),
+        address: StepAddress::new("u", format!("s{i}")),
+        module: "marker",
         resource: Box::new(Marker {
             path: dir.join(format!("m{i}")),
             log: dir.join(format!("log{i}")),
             fail_apply: false,
         }),
         after: Vec::new(),
-        notify,
+        notify: notify.into_iter().filter_map(StepAddress::parse).collect(),
         sensitive: false,
         path: "units/u.yaml".into(),
         pos: Pos::START,
@@ -121,9 +119,12 @@ struct Counting {
 }
 
 impl Transport for Counting {
-    fn run<'a>(&'a self, script: &'a [u8]) -> RunFuture<'a> {
+    fn run_within<'a>(&'a self, script: &'a [u8], timeout: Duration) -> RunFuture<'a> {
         self.calls.fetch_add(1, Ordering::SeqCst);
-        self.inner.run(script)
+        self.inner.run_within(script, timeout)
+    }
+    fn timeouts(&self) -> crate::transport::PhaseTimeouts {
+        self.inner.timeouts()
     }
 }
 
@@ -181,8 +182,8 @@ async fn handlers_run_once_and_only_on_change() {
     // s0 and s1 both notify s2; s2 is already in sync.
     std::fs::write(dir.path().join("m2"), b"").expect("write");
     let steps = vec![
-        step(dir.path(), 0, vec!["u/s2".into()]),
-        step(dir.path(), 1, vec!["u/s2".into()]),
+        step(dir.path(), 0, vec!["u/s2"]),
+        step(dir.path(), 1, vec!["u/s2"]),
         step(dir.path(), 2, vec![]),
     ];
     let desired = DesiredHost {
@@ -217,7 +218,7 @@ async fn no_refresh_when_the_target_says_its_own_change_covers_it() {
     }));
     let desired = DesiredHost {
         host: host(),
-        steps: vec![step(dir.path(), 0, vec!["u/s1".into()]), target],
+        steps: vec![step(dir.path(), 0, vec!["u/s1"]), target],
     };
     let run = apply_host(&desired, &LocalTransport::new()).await;
     assert_eq!(run.status, HostStatus::Converged);

@@ -138,11 +138,12 @@ impl RenderReport {
                         .steps
                         .iter()
                         .map(|s| RenderedStep {
-                            address: s.address.clone(),
-                            module: s.module.clone(),
-                            target: s.resource.target(),
-                            after: s.after.clone(),
-                            notify: s.notify.clone(),
+                            address: s.address.to_string(),
+                            module: s.module.to_string(),
+                            // The engine's step reference: a sensitive step's target hidden.
+                            target: crate::engine::StepRef::of(s).target,
+                            after: s.after.iter().map(ToString::to_string).collect(),
+                            notify: s.notify.iter().map(ToString::to_string).collect(),
                             sensitive: s.sensitive,
                             desired: if s.sensitive {
                                 serde_json::Value::Null
@@ -187,7 +188,9 @@ impl RenderReport {
                     continue;
                 }
                 if let serde_json::Value::Object(o) = &s.desired {
-                    for (k, v) in o {
+                    // Content is described once, by `content_digest` below.
+                    let digest_shown = s.content_digest.is_some();
+                    for (k, v) in o.iter().filter(|(k, _)| !(digest_shown && *k == "content")) {
                         let v = match v {
                             serde_json::Value::String(s) => s.clone(),
                             other => other.to_string(),

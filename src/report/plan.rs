@@ -98,34 +98,28 @@ pub fn content_diff(path: &str, c: &Change) -> Option<String> {
     )
 }
 
+/// A step of a plan. The engine has already redacted sensitive steps (target, values,
+/// content, notes): nothing here needs to know which ones they are.
 fn step_change(s: &crate::engine::StepPlan) -> StepChange {
     let (change, fields, diff, notes, error) = match &s.change {
         Ok(c) => (
             Some(c.kind),
-            if s.sensitive {
-                crate::modules::redact(&c.fields)
-            } else {
-                c.fields.clone()
-            },
-            if s.sensitive {
-                None
-            } else {
-                content_diff(&s.target, c)
-            },
+            c.fields.clone(),
+            content_diff(&s.step.target, c),
             c.notes.clone(),
             None,
         ),
         Err(e) => (None, Vec::new(), None, Vec::new(), Some(e.clone())),
     };
     StepChange {
-        address: s.address.clone(),
-        module: s.module.clone(),
-        target: s.target.clone(),
+        address: s.step.address.to_string(),
+        module: s.step.module.to_string(),
+        target: s.step.target.clone(),
         change,
         fields,
         diff,
         notes,
-        sensitive: s.sensitive,
+        sensitive: s.step.sensitive,
         error,
     }
 }
@@ -336,11 +330,8 @@ pub struct ApplyReport {
 }
 
 impl ApplyReport {
-    pub fn new(
-        environment: &str,
-        runs: &[HostRun],
-        sensitive: &dyn Fn(&str) -> bool,
-    ) -> ApplyReport {
+    /// The engine has already redacted sensitive steps in `runs`.
+    pub fn new(environment: &str, runs: &[HostRun]) -> ApplyReport {
         let hosts: Vec<HostApplyReport> = runs
             .iter()
             .map(|r| HostApplyReport {
@@ -356,14 +347,14 @@ impl ApplyReport {
                     .iter()
                     .filter(|s| s.status != StepStatus::InSync)
                     .map(|s| StepResult {
-                        address: s.address.clone(),
+                        address: s.step.address.to_string(),
                         status: s.status,
                         change: s.change.as_ref().map(|c| c.kind),
-                        fields: match &s.change {
-                            Some(c) if sensitive(&s.address) => crate::modules::redact(&c.fields),
-                            Some(c) => c.fields.clone(),
-                            None => Vec::new(),
-                        },
+                        fields: s
+                            .change
+                            .as_ref()
+                            .map(|c| c.fields.clone())
+                            .unwrap_or_default(),
                         error: s.error.clone(),
                         duration_ms: s.duration_ms,
                     })
@@ -377,7 +368,7 @@ impl ApplyReport {
                     .handlers
                     .iter()
                     .map(|h| HandlerResult {
-                        address: h.address.clone(),
+                        address: h.step.address.to_string(),
                         ok: h.ok,
                         error: h.error.clone(),
                     })

@@ -244,7 +244,7 @@ impl StepMeta {
     pub fn from_desired(host: &DesiredHost) -> StepMeta {
         let mut m = StepMeta::default();
         for s in &host.steps {
-            m.insert(&s.address, &s.module, s.sensitive);
+            m.insert(&s.address.to_string(), s.module, s.sensitive);
         }
         m
     }
@@ -256,16 +256,6 @@ impl StepMeta {
     /// runs every change is drift already).
     pub fn mark_drift(&mut self, address: &str) {
         self.drift.insert(address.to_string());
-    }
-    fn module(&self, address: &str) -> String {
-        self.steps
-            .get(address)
-            .map(|(m, _)| m.clone())
-            .unwrap_or_default()
-    }
-    /// Unknown steps are treated as sensitive: nothing leaks by omission.
-    fn sensitive(&self, address: &str) -> bool {
-        self.steps.get(address).is_none_or(|(_, s)| *s)
     }
 }
 
@@ -436,7 +426,7 @@ fn parse_change(s: &str) -> Option<ChangeKind> {
 
 /// A step row before insertion.
 struct StepRow<'a> {
-    address: &'a str,
+    address: String,
     module: String,
     status: &'static str,
     change: Option<ChangeKind>,
@@ -735,18 +725,20 @@ impl StateDb {
                 .iter()
                 .filter(|s| s.status != StepStatus::InSync)
                 .map(|s| StepRow {
-                    address: &s.address,
-                    module: meta.module(&s.address),
+                    address: s.step.address.to_string(),
+                    module: s.step.module.to_string(),
                     status: step_status_str(s.status),
                     change: s.change.as_ref().map(|c| c.kind),
-                    fields: match &s.change {
-                        Some(c) if meta.sensitive(&s.address) => crate::modules::redact(&c.fields),
-                        Some(c) => c.fields.clone(),
-                        None => Vec::new(),
-                    },
+                    // Already redacted by the engine for sensitive steps.
+                    fields: s
+                        .change
+                        .as_ref()
+                        .map(|c| c.fields.clone())
+                        .unwrap_or_default(),
                     error: s.error.as_deref(),
                     duration_ms: i64::try_from(s.duration_ms).unwrap_or(i64::MAX),
-                    drift: s.change.is_some() && (all_drift || meta.drift.contains(&s.address)),
+                    drift: s.change.is_some()
+                        && (all_drift || meta.drift.contains(&s.step.address.to_string())),
                 })
                 .collect();
             let status = match host.status {
@@ -790,23 +782,20 @@ impl StateDb {
             for s in &plan.steps {
                 match &s.change {
                     Ok(ch) if ch.is_change() => steps.push(StepRow {
-                        address: &s.address,
-                        module: s.module.clone(),
+                        address: s.step.address.to_string(),
+                        module: s.step.module.to_string(),
                         status: "drifted",
                         change: Some(ch.kind),
-                        fields: if s.sensitive {
-                            crate::modules::redact(&ch.fields)
-                        } else {
-                            ch.fields.clone()
-                        },
+                        // Already redacted by the engine for sensitive steps.
+                        fields: ch.fields.clone(),
                         error: None,
                         duration_ms: 0,
                         drift: true,
                     }),
                     Ok(_) => {}
                     Err(e) => steps.push(StepRow {
-                        address: &s.address,
-                        module: s.module.clone(),
+                        address: s.step.address.to_string(),
+                        module: s.step.module.to_string(),
                         status: "failed",
                         change: None,
                         fields: Vec::new(),
@@ -854,7 +843,7 @@ impl StateDb {
                         run,
                         &env,
                         &plan.host.name,
-                        s.address,
+                        &s.address,
                         kind,
                         &s.fields,
                         now,
