@@ -489,24 +489,29 @@ fn run(command: Command, style: Style) -> anyhow::Result<u8> {
             let progress = std::io::stderr().is_terminal() && output == OutputFormat::Text;
             let total = hosts.len();
             let done = std::sync::atomic::AtomicUsize::new(0);
-            let runs = runtime()?.block_on(crate::engine::each_host(&hosts, conn.parallel, |h| {
-                let t = connector.connect(&h.host);
-                let done = &done;
-                async move {
-                    let r = crate::engine::apply_host(h, t.as_ref()).await;
-                    if progress {
-                        let n = done.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-                        eprintln!(
-                            "{} [{n}/{total}] {} {:?} ({} changed)",
-                            style.dim("plumb"),
-                            r.host.name,
-                            r.status,
-                            r.changed()
-                        );
+            let rt = runtime()?;
+            let runs = rt.block_on(crate::engine::until_signal(crate::engine::each_host(
+                &hosts,
+                conn.parallel,
+                |h| {
+                    let t = connector.connect(&h.host);
+                    let done = &done;
+                    async move {
+                        let r = crate::engine::apply_host(h, t.as_ref()).await;
+                        if progress {
+                            let n = done.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                            eprintln!(
+                                "{} [{n}/{total}] {} {:?} ({} changed)",
+                                style.dim("plumb"),
+                                r.host.name,
+                                r.status,
+                                r.changed()
+                            );
+                        }
+                        r
                     }
-                    r
-                }
-            }));
+                },
+            )))?;
             let report = crate::report::plan::ApplyReport::new(&env, &runs);
             match output {
                 OutputFormat::Json => print_json(&report)?,
@@ -645,11 +650,11 @@ fn plan_cmd(
         return Ok(1);
     };
     let connector = conn.connector();
-    let plans = runtime()?.block_on(crate::engine::plan_all(
+    let plans = runtime()?.block_on(crate::engine::until_signal(crate::engine::plan_all(
         &hosts,
         connector.as_ref(),
         conn.parallel,
-    ));
+    )))?;
     let report = crate::report::plan::PlanReport::new(env, kind, &plans);
     match output {
         OutputFormat::Json => print_json(&report)?,

@@ -629,6 +629,31 @@ where
     results.into_iter().map(|(_, t)| t).collect()
 }
 
+/// A run stopped by a signal.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("interrupted by {0}: every host connection was closed; hosts may be partly changed, the next run observes and converges")]
+pub struct Interrupted(pub &'static str);
+
+/// Runs `fut` until it ends or SIGINT/SIGTERM arrives. On a signal `fut` is dropped, and
+/// with it every transport it holds: ssh masters exit, local scripts are killed.
+pub async fn until_signal<F: std::future::Future>(fut: F) -> Result<F::Output, Interrupted> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).ok();
+    let terminated = async {
+        match term.as_mut() {
+            Some(t) => {
+                t.recv().await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        out = fut => Ok(out),
+        _ = tokio::signal::ctrl_c() => Err(Interrupted("SIGINT")),
+        () = terminated => Err(Interrupted("SIGTERM")),
+    }
+}
+
 /// Plans every host.
 pub async fn plan_all(
     hosts: &[DesiredHost],

@@ -221,3 +221,46 @@ impl RenderReport {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: `render` printed `content:` twice for a file (the desired state's content
+    /// description, then the digest).
+    #[test]
+    fn render_text_describes_content_once() {
+        let digest = ContentDigest::of(b"hello\n");
+        let report = RenderReport {
+            environment: "prod".into(),
+            hosts: vec![RenderedHost {
+                name: "web-1".into(),
+                address: "10.0.0.1".into(),
+                port: 22,
+                user: None,
+                become_: false,
+                steps: vec![RenderedStep {
+                    address: "base/motd".into(),
+                    module: "file".into(),
+                    target: "/etc/motd".into(),
+                    after: Vec::new(),
+                    notify: Vec::new(),
+                    sensitive: false,
+                    desired: serde_json::json!({
+                        "path": "/etc/motd",
+                        "content": {"sha256": digest.sha256, "size": digest.size},
+                    }),
+                    content_digest: Some(digest.clone()),
+                    content: None,
+                }],
+            }],
+        };
+        let text = report.to_text();
+        assert_eq!(text.matches("content:").count(), 1, "{text}");
+        assert!(text.contains(&format!(
+            "       content: sha256:{} (6 bytes)\n",
+            digest.sha256
+        )));
+        assert!(text.contains("       path: /etc/motd\n"));
+    }
+}
