@@ -637,8 +637,9 @@ fn ssh_under(dir: &std::path::Path) -> Vec<String> {
     out.lines().map(str::to_string).collect()
 }
 
-/// No orphans: after plumb exits, no ssh master of it remains; a master left by a plumb
-/// that was SIGKILLed is closed, and its socket removed, by the next plumb.
+/// No orphans: after plumb exits (done, SIGTERM, SIGINT), no ssh master of it remains; a
+/// master left by a plumb that was SIGKILLed is closed, and its socket removed, by the next
+/// plumb.
 #[test]
 fn ssh_masters_do_not_outlive_plumb() {
     let _g = lock();
@@ -678,6 +679,40 @@ fn ssh_masters_do_not_outlive_plumb() {
             & 0o777,
         0o700
     );
+
+    // SIGTERM (and SIGINT) mid-apply, on the hanging host: plumb closes its master and exits 1.
+    for signal in ["TERM", "INT"] {
+        let mut child = plumb_in(
+            &hosts,
+            runtime.path(),
+            &["apply", "--host", &hosts.name(3)],
+            repo.path(),
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("plumb starts");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while ssh_under(&base).is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        sh(Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(child.id().to_string()));
+        let out = child.wait_with_output().expect("plumb exits");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "SIG{signal}: {err}");
+        assert!(
+            err.contains(&format!("interrupted by SIG{signal}")),
+            "{err}"
+        );
+        assert_eq!(
+            ssh_under(&base),
+            Vec::<String>::new(),
+            "SIG{signal} left a master"
+        );
+    }
 
     // A plumb killed mid-apply (on the hanging host) leaves its master behind...
     let mut child = plumb_in(

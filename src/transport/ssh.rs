@@ -243,9 +243,13 @@ impl SshTransport {
         let fut = builder.connect(&self.host.address);
         match tokio::time::timeout(self.options.connect_timeout + Duration::from_secs(5), fut).await
         {
-            Err(_) => Err(TransportError::Timeout {
+            // Not connected: the host is unreachable (a timeout is for a running script).
+            Err(_) => Err(TransportError::Connect {
                 host: self.label(),
-                timeout: self.options.connect_timeout,
+                message: format!(
+                    "no connection within {:?} (--connect-timeout)",
+                    self.options.connect_timeout
+                ),
             }),
             Ok(Err(e)) => Err(TransportError::Connect {
                 host: self.label(),
