@@ -682,7 +682,7 @@ fn ssh_masters_do_not_outlive_plumb() {
 
     // SIGTERM (and SIGINT) mid-apply, on the hanging host: plumb closes its master and exits 1.
     for signal in ["TERM", "INT"] {
-        let mut child = plumb_in(
+        let child = plumb_in(
             &hosts,
             runtime.path(),
             &["apply", "--host", &hosts.name(3)],
