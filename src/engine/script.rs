@@ -31,6 +31,7 @@ use crate::modules::ProbeResult;
 const PRELUDE: &str = r#"umask 022
 PLUMB_T=$(mktemp -d "${TMPDIR:-/tmp}/plumb.XXXXXXXX") || { echo "@@plumb-fatal cannot create a temporary directory"; exit 0; }
 trap 'rm -rf "$PLUMB_T"' EXIT
+trap 'exit 129' HUP; trap 'exit 141' PIPE; trap 'exit 143' TERM
 plumb_now() { n=$(date +%s%N 2>/dev/null); case $n in ''|*[!0-9]*) echo 0;; *) echo "$n";; esac; }
 if [ "$(printf x | base64 -w 0 2>/dev/null)" = eA== ]; then plumb_b64() { base64 -w 0 < "$1"; }
 else plumb_b64() { base64 < "$1" | tr -d '\n'; }; fi
@@ -342,6 +343,30 @@ mod tests {
                 assert!(p.get(Tag::Probe(0)).is_none());
             }
         }
+    }
+
+    /// When the reader goes away (plumb killed the session), the script still removes its
+    /// temporary directory on the host.
+    #[test]
+    fn the_temporary_directory_goes_with_the_reader() {
+        use std::io::Write;
+        let tmp = tempfile::tempdir().expect("tmp");
+        let script = build(&[(Tag::Probe(0), "echo hi".into())], Mode::Observe);
+        let mut child = std::process::Command::new("sh")
+            .arg("-s")
+            .env("TMPDIR", tmp.path())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("sh runs");
+        drop(child.stdout.take());
+        let mut stdin = child.stdin.take().expect("stdin");
+        let _ = stdin.write_all(script.as_bytes());
+        drop(stdin);
+        let status = child.wait().expect("wait");
+        assert_eq!(status.code(), Some(141), "{status:?}");
+        let left: Vec<_> = std::fs::read_dir(tmp.path()).expect("ls").collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 
     #[test]
