@@ -98,7 +98,7 @@ fn write_repo(repo: &Path, target: &Path, hosts: usize, steps: usize) {
 struct Canned(Arc<Vec<u8>>);
 
 impl Transport for Canned {
-    fn run<'a>(&'a self, _script: &'a [u8]) -> RunFuture<'a> {
+    fn run_within<'a>(&'a self, _script: &'a [u8], _timeout: std::time::Duration) -> RunFuture<'a> {
         let stdout = self.0.as_ref().clone();
         Box::pin(async move {
             Ok(Output {
@@ -123,9 +123,9 @@ impl Connector for CannedConnector {
 struct Recorder(LocalTransport, std::sync::Mutex<Vec<u8>>);
 
 impl Transport for Recorder {
-    fn run<'a>(&'a self, script: &'a [u8]) -> RunFuture<'a> {
+    fn run_within<'a>(&'a self, script: &'a [u8], timeout: std::time::Duration) -> RunFuture<'a> {
         Box::pin(async move {
-            let out = self.0.run(script).await?;
+            let out = self.0.run_within(script, timeout).await?;
             *self.1.lock().expect("lock") = out.stdout.clone();
             Ok(out)
         })

@@ -5,9 +5,10 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use plumb::engine::{HostRun, HostStatus, RoundTrips, StepOutcome, StepStatus};
+use plumb::engine::{HostRun, HostStatus, RoundTrips, StepOutcome, StepRef, StepStatus};
 use plumb::model::yaml::Pos;
 use plumb::model::Host;
+use plumb::model::StepAddress;
 use plumb::modules::{Change, ChangeKind};
 use plumb::state::{NewRun, RunKind, RunResult, Signer, StateDb, StepMeta, Trigger};
 use serde_json::{json, Value};
@@ -29,7 +30,12 @@ fn host_run(name: &str, changed: usize) -> HostRun {
         error: None,
         steps: (0..changed)
             .map(|i| StepOutcome {
-                address: format!("base/motd{i}"),
+                step: StepRef {
+                    address: StepAddress::new("base", format!("motd{i}")),
+                    module: "file",
+                    target: "/etc/motd".into(),
+                    sensitive: false,
+                },
                 status: StepStatus::Changed,
                 change: Some(Change::new(ChangeKind::Modify).field(
                     "content",
@@ -53,10 +59,7 @@ fn host_run(name: &str, changed: usize) -> HostRun {
 /// Five finished runs of different kinds; returns their ids, oldest first.
 fn write_runs(dir: &Path) -> Vec<String> {
     let db = StateDb::open(dir).expect("open state");
-    let mut meta = StepMeta::default();
-    for i in 0..3 {
-        meta.insert(&format!("base/motd{i}"), "file", false);
-    }
+    let meta = StepMeta::default();
     let runs = [
         (RunKind::Apply, Trigger::Push, RunResult::Converged, 2),
         (RunKind::DriftCheck, Trigger::Drift, RunResult::NoChange, 0),

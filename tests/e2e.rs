@@ -506,3 +506,262 @@ fn test_hosts_cannot_change_this_machine() {
         "this machine's vm.swappiness changed"
     );
 }
+
+/// Hosts 1..3 labelled `role: ok | flood | hang`, a file every host gets, and one command
+/// step for the flooding host and one for the hanging host.
+fn flood_and_hang_repo(hosts: &Hosts) -> tempfile::TempDir {
+    let repo = tempfile::tempdir().expect("tempdir");
+    let r = repo.path();
+    std::fs::create_dir_all(r.join("environments/production")).expect("mkdir");
+    std::fs::create_dir_all(r.join("units")).expect("mkdir");
+    std::fs::write(
+        r.join("plumb.yaml"),
+        "defaults: {user: deploy, become: true}\n",
+    )
+    .expect("write");
+    let mut inventory = String::from("hosts:\n");
+    for (k, role) in [(1, "ok"), (2, "flood"), (3, "hang")] {
+        inventory.push_str(&format!(
+            "  - name: {}\n    address: {}\n    labels: {{role: {role}}}\n",
+            hosts.name(k),
+            hosts.addresses[k - 1]
+        ));
+    }
+    std::fs::write(r.join("environments/production/hosts.yaml"), inventory).expect("write");
+    let units = [
+        (
+            "all",
+            "steps:\n  - id: marker\n    file:\n      path: /etc/plumb-marker\n      content: \"converged\\n\"\n",
+        ),
+        (
+            "flood",
+            "applies_to: {role: flood}\nsteps:\n  - id: noisy\n    command:\n      run: yes plumb-flood\n",
+        ),
+        (
+            "hang",
+            "applies_to: {role: hang}\nsteps:\n  - id: stuck\n    command:\n      run: sleep 3600\n",
+        ),
+    ];
+    for (name, yaml) in units {
+        std::fs::write(r.join(format!("units/{name}.yaml")), yaml).expect("write");
+    }
+    repo
+}
+
+/// A host that floods its output and one that hangs each fail alone, within the limits:
+/// the flood is cut at the frame limit, the hang at `--apply-timeout`; host 1 converges and
+/// plumb exits 1 in bounded time.
+#[test]
+fn a_flooding_host_and_a_hung_host_spare_the_others() {
+    let _g = lock();
+    let Some(hosts) = fresh_hosts("a_flooding_host_and_a_hung_host_spare_the_others") else {
+        return;
+    };
+    let repo = flood_and_hang_repo(&hosts);
+    let start = std::time::Instant::now();
+    let (code, report, err) = plumb(
+        &hosts,
+        &["apply", "--apply-timeout", "15s", "--observe-timeout", "1m"],
+        repo.path(),
+    );
+    let took = start.elapsed();
+    assert_eq!(code, 1, "{report:#}\n{err}");
+    assert!(took < std::time::Duration::from_secs(90), "took {took:?}");
+    assert_eq!(
+        host_report(&report, &hosts.name(1))["status"],
+        "converged",
+        "{report:#}"
+    );
+    let flood = host_report(&report, &hosts.name(2));
+    assert_eq!(flood["status"], "failed", "{flood:#}");
+    assert!(
+        flood["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("flood/noisy printed more than 4194304 bytes"),
+        "{flood:#}"
+    );
+    let hang = host_report(&report, &hosts.name(3));
+    assert_eq!(hang["status"], "failed", "{hang:#}");
+    assert!(
+        hang["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("did not answer within 15s"),
+        "{hang:#}"
+    );
+    assert_eq!(exec(&hosts, 1, "cat /etc/plumb-marker"), "converged");
+    // The flood was cut on the host: nothing of it is left in its temporary directories.
+    let tmp_kib = exec(&hosts, 2, "du -sk /tmp | cut -f1")
+        .parse::<u64>()
+        .unwrap_or(u64::MAX);
+    assert!(
+        tmp_kib < 8 * 1024,
+        "the flood filled the host's /tmp: {tmp_kib} KiB"
+    );
+}
+
+/// Runs plumb with `XDG_RUNTIME_DIR` pointing at `runtime`, so its ssh control directory is
+/// `runtime/plumb-ssh`.
+fn plumb_in(
+    hosts: &Hosts,
+    runtime: &std::path::Path,
+    args: &[&str],
+    repo: &std::path::Path,
+) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_plumb"));
+    cmd.args(&args[..1])
+        .arg(repo)
+        .args(&args[1..])
+        .args([
+            "--env",
+            "production",
+            "--output",
+            "json",
+            "--color",
+            "never",
+        ])
+        .arg("--identity")
+        .arg(hosts.dir.join("id_ed25519"))
+        .arg("--known-hosts")
+        .arg(hosts.dir.join("known_hosts"))
+        .env("XDG_RUNTIME_DIR", runtime);
+    cmd
+}
+
+/// ssh processes whose command line names `dir` (masters use a socket under it).
+fn ssh_under(dir: &std::path::Path) -> Vec<String> {
+    let (_, out, _) = sh(Command::new("pgrep")
+        .args(["-a", "-f"])
+        .arg(format!("ssh .*{}", dir.display())));
+    out.lines().map(str::to_string).collect()
+}
+
+/// No orphans: after plumb exits (done, SIGTERM, SIGINT), no ssh master of it remains; a
+/// master left by a plumb that was SIGKILLed is closed, and its socket removed, by the next
+/// plumb.
+#[test]
+fn ssh_masters_do_not_outlive_plumb() {
+    let _g = lock();
+    let Some(hosts) = fresh_hosts("ssh_masters_do_not_outlive_plumb") else {
+        return;
+    };
+    let repo = flood_and_hang_repo(&hosts);
+    let runtime = tempfile::tempdir().expect("tmp");
+    let base = runtime.path().join("plumb-ssh");
+
+    // A normal run: its master is gone when it exits.
+    let out = plumb_in(
+        &hosts,
+        runtime.path(),
+        &["plan", "--host", &hosts.name(1)],
+        repo.path(),
+    )
+    .output()
+    .expect("plumb runs");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        ssh_under(&base),
+        Vec::<String>::new(),
+        "a master outlived plumb"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&base)
+            .expect("control dir")
+            .permissions()
+            .mode()
+            & 0o777,
+        0o700
+    );
+
+    // SIGTERM (and SIGINT) mid-apply, on the hanging host: plumb closes its master and exits 1.
+    for signal in ["TERM", "INT"] {
+        let child = plumb_in(
+            &hosts,
+            runtime.path(),
+            &["apply", "--host", &hosts.name(3)],
+            repo.path(),
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("plumb starts");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while ssh_under(&base).is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        sh(Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(child.id().to_string()));
+        let out = child.wait_with_output().expect("plumb exits");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "SIG{signal}: {err}");
+        assert!(
+            err.contains(&format!("interrupted by SIG{signal}")),
+            "{err}"
+        );
+        assert_eq!(
+            ssh_under(&base),
+            Vec::<String>::new(),
+            "SIG{signal} left a master"
+        );
+    }
+
+    // A plumb killed mid-apply (on the hanging host) leaves its master behind...
+    let mut child = plumb_in(
+        &hosts,
+        runtime.path(),
+        &["apply", "--host", &hosts.name(3)],
+        repo.path(),
+    )
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .expect("plumb starts");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while ssh_under(&base).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    let pid_dir = base.join(child.id().to_string());
+    assert!(pid_dir.exists(), "the killed plumb's control directory");
+    assert!(
+        !ssh_under(&base).is_empty(),
+        "the master outlives a SIGKILL"
+    );
+
+    // ...which the next plumb closes and removes.
+    let out = plumb_in(
+        &hosts,
+        runtime.path(),
+        &["plan", "--host", &hosts.name(1)],
+        repo.path(),
+    )
+    .output()
+    .expect("plumb runs");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!pid_dir.exists(), "stale socket directory kept");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !ssh_under(&base).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(
+        ssh_under(&base),
+        Vec::<String>::new(),
+        "the stale master was not closed"
+    );
+}

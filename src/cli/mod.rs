@@ -211,6 +211,15 @@ pub struct ConnArgs {
     /// Seconds to wait for a host to accept the connection.
     #[arg(long, default_value_t = 10)]
     pub connect_timeout: u64,
+    /// Longest a host's probe round trip may take (e.g. 30s, 5m).
+    #[arg(long, default_value = "5m")]
+    pub observe_timeout: crate::model::HumanDuration,
+    /// Longest a host's apply round trip may take.
+    #[arg(long, default_value = "30m")]
+    pub apply_timeout: crate::model::HumanDuration,
+    /// Longest a host's verifying probe after an apply may take.
+    #[arg(long, default_value = "5m")]
+    pub verify_timeout: crate::model::HumanDuration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -243,9 +252,19 @@ pub enum Connection {
 }
 
 impl ConnArgs {
+    fn timeouts(&self) -> crate::transport::PhaseTimeouts {
+        crate::transport::PhaseTimeouts {
+            observe: self.observe_timeout,
+            apply: self.apply_timeout,
+            verify: self.verify_timeout,
+        }
+    }
+
     pub fn connector(&self) -> Box<dyn crate::engine::Connector> {
         match self.connection {
-            Connection::Local => Box::new(crate::engine::LocalConnector),
+            Connection::Local => Box::new(crate::engine::LocalConnector {
+                timeouts: self.timeouts(),
+            }),
             Connection::Ssh => Box::new(crate::engine::SshConnector {
                 options: crate::transport::SshOptions {
                     config_file: self.ssh_config.clone(),
@@ -253,6 +272,7 @@ impl ConnArgs {
                     known_hosts_file: self.known_hosts.clone(),
                     accept_new_host_keys: self.accept_new_host_keys,
                     connect_timeout: std::time::Duration::from_secs(self.connect_timeout.max(1)),
+                    timeouts: self.timeouts(),
                     ..crate::transport::SshOptions::default()
                 },
             }),
@@ -476,32 +496,30 @@ fn run(command: Command, style: Style) -> anyhow::Result<u8> {
             let progress = std::io::stderr().is_terminal() && output == OutputFormat::Text;
             let total = hosts.len();
             let done = std::sync::atomic::AtomicUsize::new(0);
-            let runs = runtime()?.block_on(crate::engine::each_host(&hosts, conn.parallel, |h| {
-                let t = connector.connect(&h.host);
-                let done = &done;
-                async move {
-                    let r = crate::engine::apply_host(h, t.as_ref()).await;
-                    if progress {
-                        let n = done.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-                        eprintln!(
-                            "{} [{n}/{total}] {} {:?} ({} changed)",
-                            style.dim("plumb"),
-                            r.host.name,
-                            r.status,
-                            r.changed()
-                        );
+            let rt = runtime()?;
+            let runs = rt.block_on(crate::engine::until_signal(crate::engine::each_host(
+                &hosts,
+                conn.parallel,
+                |h| {
+                    let t = connector.connect(&h.host);
+                    let done = &done;
+                    async move {
+                        let r = crate::engine::apply_host(h, t.as_ref()).await;
+                        if progress {
+                            let n = done.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                            eprintln!(
+                                "{} [{n}/{total}] {} {:?} ({} changed)",
+                                style.dim("plumb"),
+                                r.host.name,
+                                r.status,
+                                r.changed()
+                            );
+                        }
+                        r
                     }
-                    r
-                }
-            }));
-            let sensitive: std::collections::BTreeSet<String> = hosts
-                .iter()
-                .flat_map(|h| h.steps.iter())
-                .filter(|s| s.sensitive)
-                .map(|s| s.address.clone())
-                .collect();
-            let report =
-                crate::report::plan::ApplyReport::new(&env, &runs, &|a| sensitive.contains(a));
+                },
+            )))?;
+            let report = crate::report::plan::ApplyReport::new(&env, &runs);
             match output {
                 OutputFormat::Json => print_json(&report)?,
                 OutputFormat::Text => {
@@ -647,11 +665,11 @@ fn plan_cmd(
         return Ok(1);
     };
     let connector = conn.connector();
-    let plans = runtime()?.block_on(crate::engine::plan_all(
+    let plans = runtime()?.block_on(crate::engine::until_signal(crate::engine::plan_all(
         &hosts,
         connector.as_ref(),
         conn.parallel,
-    ));
+    )))?;
     let report = crate::report::plan::PlanReport::new(env, kind, &plans);
     match output {
         OutputFormat::Json => print_json(&report)?,

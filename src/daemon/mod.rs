@@ -615,8 +615,8 @@ impl Daemon {
                 })
                 .await;
             let mut wave_failed = Vec::new();
-            for (desired, r) in &runs {
-                lock(&self.db).record_host(run, r, &StepMeta::from_desired(desired))?;
+            for (_, r) in &runs {
+                lock(&self.db).record_host(run, r, &StepMeta::default())?;
                 self.metrics.set_host_reachable(
                     env,
                     &r.host.name,
@@ -740,11 +740,11 @@ impl Daemon {
             self.metrics
                 .set_drifted(env, &p.host.name, p.changes() as u64);
             for s in p.steps.iter().filter(|s| s.needs_change()) {
-                drifted.insert((p.host.name.clone(), s.address.clone()));
+                drifted.insert((p.host.name.clone(), s.step.address.to_string()));
                 let (kind, fields) = match &s.change {
                     Ok(c) => (
                         c.kind.to_string(),
-                        if s.sensitive {
+                        if s.step.sensitive {
                             Vec::new()
                         } else {
                             c.fields.iter().map(|f| f.field.clone()).collect()
@@ -752,7 +752,7 @@ impl Daemon {
                     ),
                     Err(_) => ("error".into(), Vec::new()),
                 };
-                resources.push(json!({"host": p.host.name, "step": s.address, "target": s.target, "change": kind, "fields": fields}));
+                resources.push(json!({"host": p.host.name, "step": s.step.address, "target": s.step.target, "change": kind, "fields": fields}));
             }
         }
         let result = if drifted.is_empty() {
@@ -825,8 +825,8 @@ impl Daemon {
             engine::apply_all(&targets, &self.connector, self.config.parallel as usize).await;
         let mut changed = 0;
         let mut failed = Vec::new();
-        for (desired, r) in targets.iter().zip(&runs) {
-            lock(&self.db).record_host(&corr, r, &StepMeta::from_desired(desired))?;
+        for r in &runs {
+            lock(&self.db).record_host(&corr, r, &StepMeta::default())?;
             changed += r.changed();
             if r.status != HostStatus::Converged {
                 failed.push(r.host.name.clone());

@@ -8,6 +8,12 @@
 //!
 //! A host in sync costs one round trip. The engine is never told why it runs (first apply,
 //! retry, drift correction): it observes first, so running it again is always safe.
+//!
+//! `apply_host` is observe → decide → apply → verify, each a function returning a value.
+//! Every call into a module's `Resource` is in [`observe`] (probe, diff) and [`decide`]
+//! (apply, refresh), plus [`StepRef::of`] (target). Each phase's transport is wrapped in a
+//! [`CountingTransport`], so the round trips reported are the ones made. Results carry a
+//! [`StepRef`] and are redacted where they are built (see [`step`]).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -16,13 +22,20 @@ use std::time::{Duration, Instant};
 use futures::stream::{self, StreamExt};
 
 use crate::model::Host;
-use crate::modules::{Change, ProbeResult};
+use crate::modules::Change;
 use crate::render::DesiredHost;
-use crate::transport::{LocalTransport, SshOptions, SshTransport, Transport, TransportError};
+use crate::transport::{
+    CountingTransport, LocalTransport, PhaseTimeouts, SshOptions, SshTransport, Transport,
+    TransportError,
+};
 
 pub mod script;
+pub mod step;
 
-use script::Tag;
+pub use crate::model::StepAddress;
+pub use step::{StepRef, REDACTED};
+
+use script::{Mode, Parsed, Tag};
 
 /// Round trips spent on one host, per phase.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
@@ -82,13 +95,15 @@ impl<C: Connector> Connector for CachedConnector<C> {
 
 /// Every host is this machine (tests, pull mode).
 #[derive(Debug, Clone, Default)]
-pub struct LocalConnector;
+pub struct LocalConnector {
+    pub timeouts: PhaseTimeouts,
+}
 
 impl Connector for LocalConnector {
     fn connect(&self, host: &Host) -> Arc<dyn Transport> {
         Arc::new(LocalTransport {
             become_: host.become_,
-            ..LocalTransport::new()
+            timeouts: self.timeouts,
         })
     }
 }
@@ -96,11 +111,8 @@ impl Connector for LocalConnector {
 /// The plan of one step on one host.
 #[derive(Debug, Clone)]
 pub struct StepPlan {
-    pub address: String,
-    pub module: String,
-    pub target: String,
-    pub sensitive: bool,
-    /// The change needed, or why the probe could not tell.
+    pub step: StepRef,
+    /// The change needed (redacted for a sensitive step), or why the probe could not tell.
     pub change: Result<Change, String>,
 }
 
@@ -117,6 +129,8 @@ pub enum HostError {
     Unreachable(#[from] TransportError),
     #[error("{0}")]
     Script(String),
+    #[error("step {address} printed more than {limit} bytes on stdout or stderr (plumb's limit per step); make it print less")]
+    OutputLimit { address: StepAddress, limit: usize },
 }
 
 impl HostError {
@@ -124,6 +138,17 @@ impl HostError {
         match self {
             HostError::Unreachable(t) => t.code(),
             HostError::Script(_) => "script",
+            HostError::OutputLimit { .. } => "output_limit",
+        }
+    }
+
+    /// The status of a host that stopped on this error.
+    pub fn status(&self) -> HostStatus {
+        match self {
+            HostError::Unreachable(
+                TransportError::Connect { .. } | TransportError::Exec { .. },
+            ) => HostStatus::Unreachable,
+            _ => HostStatus::Failed,
         }
     }
 }
@@ -165,17 +190,30 @@ pub enum StepStatus {
 
 #[derive(Debug, Clone)]
 pub struct StepOutcome {
-    pub address: String,
+    pub step: StepRef,
     pub status: StepStatus,
+    /// The change made or attempted (redacted for a sensitive step).
     pub change: Option<Change>,
     pub error: Option<String>,
     pub duration_ms: u64,
 }
 
+impl StepOutcome {
+    fn new(step: &StepRef, status: StepStatus) -> StepOutcome {
+        StepOutcome {
+            step: step.clone(),
+            status,
+            change: None,
+            error: None,
+            duration_ms: 0,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct HandlerOutcome {
     /// The refreshed step.
-    pub address: String,
+    pub step: StepRef,
     pub ok: bool,
     pub error: Option<String>,
 }
@@ -208,161 +246,92 @@ impl HostRun {
             .filter(|s| s.status == StepStatus::Changed)
             .count()
     }
-}
 
-fn tail(bytes: &[u8], lines: usize) -> String {
-    let text = String::from_utf8_lossy(bytes);
-    let all: Vec<&str> = text.trim_end().lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-fn failure_text(r: &ProbeResult, sensitive: bool) -> String {
-    if sensitive {
-        return format!("exit status {} (output hidden: sensitive step)", r.status);
-    }
-    let err = tail(&r.stderr, 20);
-    let out = tail(&r.stdout, 5);
-    match (err.is_empty(), out.is_empty()) {
-        (false, _) => format!("exit status {}: {err}", r.status),
-        (true, false) => format!("exit status {}: {out}", r.status),
-        (true, true) => format!("exit status {}", r.status),
+    fn stop(mut self, status: HostStatus, error: String) -> HostRun {
+        self.status = status;
+        self.error = Some(error);
+        self
     }
 }
 
+/// What observing a host found, per step: the change it needs, or why the probe could not
+/// tell. Unredacted: it stays inside the engine (apply needs the real change).
+type Observed = Vec<Result<Change, String>>;
+
+/// The frames of a script's output, or why they cannot be used.
+fn frames(out: &crate::transport::Output, refs: &[StepRef]) -> Result<Parsed, HostError> {
+    let parsed = script::parse(&out.stdout);
+    if let Some(f) = parsed.fatal {
+        return Err(HostError::Script(f));
+    }
+    if let Some(Tag::Probe(i) | Tag::Apply(i) | Tag::Refresh(i)) = parsed.oversize {
+        return Err(HostError::OutputLimit {
+            address: refs
+                .get(i)
+                .map_or_else(|| StepAddress::new("?", "?"), |r| r.address.clone()),
+            limit: script::MAX_FRAME_BYTES,
+        });
+    }
+    Ok(parsed)
+}
+
+/// Observe: every step's probe in one round trip, each diffed by its module.
 async fn observe(
     desired: &DesiredHost,
+    refs: &[StepRef],
     t: &dyn Transport,
-) -> Result<Vec<Result<Change, String>>, HostError> {
+    timeout: Duration,
+) -> Result<Observed, HostError> {
     let fragments: Vec<(Tag, String)> = desired
         .steps
         .iter()
         .enumerate()
         .map(|(i, s)| (Tag::Probe(i), s.resource.probe()))
         .collect();
-    let out = t.run(script::build(&fragments, false).as_bytes()).await?;
-    let parsed = script::parse(&out.stdout);
-    if let Some(f) = parsed.fatal {
-        return Err(HostError::Script(f));
-    }
+    let out = t
+        .run_within(script::build(&fragments, Mode::Observe).as_bytes(), timeout)
+        .await?;
+    let parsed = frames(&out, refs)?;
     if parsed.completed.is_none() {
         return Err(HostError::Script(format!(
             "the probe script did not complete (exit status {:?}): {}",
             out.status,
-            tail(&out.stderr, 10)
+            step::tail(&out.stderr, 10)
         )));
     }
     Ok(desired
         .steps
         .iter()
+        .zip(refs)
         .enumerate()
-        .map(|(i, s)| {
-            let Some(frame) = parsed.get(Tag::Probe(i)) else {
-                return Err("no probe output".to_string());
-            };
+        .map(|(i, (s, r))| {
+            let frame = parsed
+                .get(Tag::Probe(i))
+                .ok_or_else(|| "no probe output".to_string())?;
             if s.resource.refresh_only() {
                 return Ok(Change::in_sync());
             }
-            s.resource.diff(&frame.result).map_err(|e| {
-                if s.sensitive {
-                    "probe failed (details hidden: sensitive step)".to_string()
-                } else {
-                    format!("probe failed: {e}")
-                }
-            })
+            s.resource
+                .diff(&frame.result)
+                .map_err(|e| r.probe_error(&e))
         })
         .collect())
 }
 
-/// Observes a host and diffs every step: one round trip.
-pub async fn plan_host(desired: &DesiredHost, t: &dyn Transport) -> HostPlan {
-    let start = Instant::now();
-    let mut plan = HostPlan {
-        host: desired.host.clone(),
-        steps: Vec::new(),
-        error: None,
-        round_trips: RoundTrips {
-            probe: 1,
-            ..RoundTrips::default()
-        },
-        duration: Duration::ZERO,
-    };
-    match observe(desired, t).await {
-        Ok(changes) => {
-            plan.steps = desired
-                .steps
-                .iter()
-                .zip(changes)
-                .map(|(s, change)| StepPlan {
-                    address: s.address.clone(),
-                    module: s.module.clone(),
-                    target: s.resource.target(),
-                    sensitive: s.sensitive,
-                    change,
-                })
-                .collect();
-        }
-        Err(e) => plan.error = Some(e),
-    }
-    tracing::debug!(host = %desired.host.name, round_trips = plan.round_trips.probe, phase = "probe", "observed host");
-    plan.duration = start.elapsed();
-    plan
+/// What to do on a host: the changes, the notified handlers, and the script fragments.
+struct Work {
+    changes: Vec<Option<Change>>,
+    /// Steps to refresh (notified by a changing step), once each, in step order.
+    handlers: Vec<usize>,
+    fragments: Vec<(Tag, String)>,
 }
 
-/// Plans, applies what differs, runs handlers, and verifies: at most three round trips.
-pub async fn apply_host(desired: &DesiredHost, t: &dyn Transport) -> HostRun {
-    let start = Instant::now();
-    let plan = plan_host(desired, t).await;
-    let mut run = HostRun {
-        host: desired.host.clone(),
-        status: HostStatus::Converged,
-        error: None,
-        steps: Vec::new(),
-        handlers: Vec::new(),
-        round_trips: plan.round_trips,
-        duration: Duration::ZERO,
-    };
-    if let Some(e) = &plan.error {
-        run.status = if matches!(e, HostError::Unreachable(_)) {
-            HostStatus::Unreachable
-        } else {
-            HostStatus::Failed
-        };
-        run.error = Some(e.to_string());
-        run.duration = start.elapsed();
-        return run;
-    }
-    // A step we cannot observe is a step we cannot change safely: touch nothing on this host.
-    if plan.step_errors() > 0 {
-        run.status = HostStatus::Failed;
-        run.error = Some(format!(
-            "{} step(s) could not be observed; nothing was applied",
-            plan.step_errors()
-        ));
-        run.steps = plan
-            .steps
-            .iter()
-            .map(|s| StepOutcome {
-                address: s.address.clone(),
-                status: if s.change.is_err() {
-                    StepStatus::Failed
-                } else {
-                    StepStatus::Skipped
-                },
-                change: s.change.clone().ok(),
-                error: s.change.clone().err(),
-                duration_ms: 0,
-            })
-            .collect();
-        run.duration = start.elapsed();
-        return run;
-    }
-
-    let changes: Vec<Option<Change>> = plan
-        .steps
+/// Decide: from what was observed, which fragments to run.
+fn decide(desired: &DesiredHost, observed: &Observed) -> Work {
+    let changes: Vec<Option<Change>> = observed
         .iter()
-        .map(|s| s.change.as_ref().ok().filter(|c| c.is_change()).cloned())
+        .map(|c| c.as_ref().ok().filter(|c| c.is_change()).cloned())
         .collect();
-    // Handlers: refreshes of steps notified by a changing step, once each, in step order.
     let notified: BTreeSet<usize> = desired
         .steps
         .iter()
@@ -377,7 +346,8 @@ pub async fn apply_host(desired: &DesiredHost, t: &dyn Transport) -> HostRun {
             fragments.push((Tag::Apply(i), s.resource.apply(c)));
         }
     }
-    for &i in &notified {
+    let mut handlers = Vec::new();
+    for i in notified {
         let target = &desired.steps[i].resource;
         if changes[i]
             .as_ref()
@@ -387,137 +357,141 @@ pub async fn apply_host(desired: &DesiredHost, t: &dyn Transport) -> HostRun {
         }
         if let Some(r) = target.refresh() {
             fragments.push((Tag::Refresh(i), r));
+            handlers.push(i);
         }
     }
-
-    if fragments.is_empty() {
-        run.steps = plan
-            .steps
-            .iter()
-            .map(|s| StepOutcome {
-                address: s.address.clone(),
-                status: StepStatus::InSync,
-                change: None,
-                error: None,
-                duration_ms: 0,
-            })
-            .collect();
-        run.duration = start.elapsed();
-        return run;
+    Work {
+        changes,
+        handlers,
+        fragments,
     }
+}
 
-    run.round_trips.apply = 1;
-    let applied = match t.run(script::build(&fragments, true).as_bytes()).await {
-        Ok(out) => script::parse(&out.stdout),
-        Err(e) => {
-            // The connection broke mid-apply: steps may or may not have run. The next run
-            // observes first, so it converges from wherever the host is.
-            run.status = HostStatus::Unreachable;
-            run.error = Some(format!(
-                "{e} (during apply; the next run observes and converges)"
-            ));
-            run.duration = start.elapsed();
-            return run;
-        }
-    };
+/// Apply: the fragments in one round trip, stopping at the first failure.
+async fn apply(
+    work: &Work,
+    refs: &[StepRef],
+    t: &dyn Transport,
+    timeout: Duration,
+) -> Result<Parsed, HostError> {
+    let out = t
+        .run_within(
+            script::build(&work.fragments, Mode::Apply).as_bytes(),
+            timeout,
+        )
+        .await?;
+    frames(&out, refs)
+}
+
+/// What the apply script did, per step and handler (redacted).
+struct Applied {
+    steps: Vec<StepOutcome>,
+    handlers: Vec<HandlerOutcome>,
+    failed: bool,
+}
+
+fn applied(refs: &[StepRef], work: &Work, parsed: &Parsed) -> Applied {
     let mut failed = false;
-    for (i, (s, c)) in desired.steps.iter().zip(&changes).enumerate() {
-        let outcome = match (c, applied.get(Tag::Apply(i))) {
-            (None, _) => StepOutcome {
-                address: s.address.clone(),
-                status: StepStatus::InSync,
-                change: None,
-                error: None,
-                duration_ms: 0,
-            },
-            (Some(c), Some(f)) if f.result.status == 0 => StepOutcome {
-                address: s.address.clone(),
-                status: StepStatus::Changed,
-                change: Some(c.clone()),
-                error: None,
-                duration_ms: f.duration_ms,
-            },
-            (Some(c), Some(f)) => {
-                failed = true;
-                StepOutcome {
-                    address: s.address.clone(),
-                    status: StepStatus::Failed,
-                    change: Some(c.clone()),
-                    error: Some(failure_text(&f.result, s.sensitive)),
-                    duration_ms: f.duration_ms,
+    let steps = refs
+        .iter()
+        .zip(&work.changes)
+        .enumerate()
+        .map(|(i, (r, c))| {
+            let Some(c) = c else {
+                return StepOutcome::new(r, StepStatus::InSync);
+            };
+            let mut o = StepOutcome::new(r, StepStatus::Skipped);
+            o.change = Some(r.redact(c));
+            if let Some(f) = parsed.get(Tag::Apply(i)) {
+                o.duration_ms = f.duration_ms;
+                if f.result.status == 0 {
+                    o.status = StepStatus::Changed;
+                } else {
+                    failed = true;
+                    o.status = StepStatus::Failed;
+                    o.error = Some(r.failure(&f.result));
                 }
             }
-            (Some(c), None) => StepOutcome {
-                address: s.address.clone(),
-                status: StepStatus::Skipped,
-                change: Some(c.clone()),
-                error: None,
-                duration_ms: 0,
-            },
-        };
-        run.steps.push(outcome);
-    }
-    for &i in &notified {
-        if let Some(f) = applied.get(Tag::Refresh(i)) {
+            o
+        })
+        .collect();
+    let handlers = work
+        .handlers
+        .iter()
+        .filter_map(|&i| {
+            let f = parsed.get(Tag::Refresh(i))?;
             let ok = f.result.status == 0;
             failed |= !ok;
-            run.handlers.push(HandlerOutcome {
-                address: desired.steps[i].address.clone(),
+            Some(HandlerOutcome {
+                step: refs[i].clone(),
                 ok,
-                error: (!ok).then(|| failure_text(&f.result, desired.steps[i].sensitive)),
-            });
-        }
+                error: (!ok).then(|| refs[i].failure(&f.result)),
+            })
+        })
+        .collect();
+    Applied {
+        steps,
+        handlers,
+        failed,
     }
-    if applied.completed.is_none() && !failed {
-        run.status = HostStatus::Unreachable;
-        run.error = Some(
-            "the apply script did not complete (connection lost?); the next run converges".into(),
-        );
-        run.duration = start.elapsed();
-        return run;
-    }
-    if failed {
-        run.status = HostStatus::Failed;
-        let first = run
-            .steps
-            .iter()
-            .find(|s| s.status == StepStatus::Failed)
-            .map(|s| s.address.clone());
-        run.error = Some(match first {
-            Some(a) => format!("step {a} failed; later steps were skipped"),
-            None => "a handler failed".to_string(),
-        });
-        run.duration = start.elapsed();
-        return run;
-    }
+}
 
-    // Verify: everything must be in sync now.
-    run.round_trips.verify = 1;
-    match observe(desired, t).await {
-        Err(e) => {
-            run.status = HostStatus::Failed;
-            run.error = Some(format!("verify failed: {e}"));
-        }
-        Ok(after) => {
-            for (outcome, result) in run.steps.iter_mut().zip(after) {
-                match result {
-                    Ok(c) if !c.is_change() => {}
-                    Ok(c) => {
-                        outcome.status = StepStatus::Failed;
-                        outcome.error = Some(format!("still not in sync after apply ({})", c.kind));
-                    }
-                    Err(e) => {
-                        outcome.status = StepStatus::Failed;
-                        outcome.error = Some(format!("verify: {e}"));
-                    }
-                }
+/// Verify: observe again; every step must now be in sync. Marks the steps that are not.
+fn verified(steps: &mut [StepOutcome], after: Observed) -> bool {
+    for (outcome, result) in steps.iter_mut().zip(after) {
+        match result {
+            Ok(c) if !c.is_change() => {}
+            Ok(c) => {
+                outcome.status = StepStatus::Failed;
+                outcome.error = Some(format!("still not in sync after apply ({})", c.kind));
             }
-            if run.steps.iter().any(|s| s.status == StepStatus::Failed) {
-                run.status = HostStatus::Failed;
-                run.error = Some("some steps did not converge".into());
+            Err(e) => {
+                outcome.status = StepStatus::Failed;
+                outcome.error = Some(format!("verify: {e}"));
             }
         }
     }
+    !steps.iter().any(|s| s.status == StepStatus::Failed)
+}
+
+/// Observes a host and diffs every step: one round trip.
+pub async fn plan_host(desired: &DesiredHost, t: &dyn Transport) -> HostPlan {
+    let start = Instant::now();
+    let refs: Vec<StepRef> = desired.steps.iter().map(StepRef::of).collect();
+    let probe = CountingTransport::new(t);
+    let observed = observe(desired, &refs, &probe, t.timeouts().observe.get()).await;
+    let mut plan = HostPlan {
+        host: desired.host.clone(),
+        steps: Vec::new(),
+        error: None,
+        round_trips: RoundTrips {
+            probe: probe.count(),
+            ..RoundTrips::default()
+        },
+        duration: Duration::ZERO,
+    };
+    match observed {
+        Ok(changes) => {
+            plan.steps = refs
+                .into_iter()
+                .zip(changes)
+                .map(|(step, change)| StepPlan {
+                    change: change.map(|c| step.redact(&c)),
+                    step,
+                })
+                .collect();
+        }
+        Err(e) => plan.error = Some(e),
+    }
+    tracing::debug!(host = %desired.host.name, round_trips = plan.round_trips.probe, phase = "probe", "observed host");
+    plan.duration = start.elapsed();
+    plan
+}
+
+/// Plans, applies what differs, runs handlers, and verifies: at most three round trips.
+pub async fn apply_host(desired: &DesiredHost, t: &dyn Transport) -> HostRun {
+    let start = Instant::now();
+    let mut run = converge(desired, t).await;
     run.duration = start.elapsed();
     tracing::debug!(
         host = %desired.host.name,
@@ -528,6 +502,109 @@ pub async fn apply_host(desired: &DesiredHost, t: &dyn Transport) -> HostRun {
         "applied host"
     );
     run
+}
+
+/// observe → decide → apply → verify.
+async fn converge(desired: &DesiredHost, t: &dyn Transport) -> HostRun {
+    let timeouts = t.timeouts();
+    let refs: Vec<StepRef> = desired.steps.iter().map(StepRef::of).collect();
+    let mut run = HostRun {
+        host: desired.host.clone(),
+        status: HostStatus::Converged,
+        error: None,
+        steps: Vec::new(),
+        handlers: Vec::new(),
+        round_trips: RoundTrips::default(),
+        duration: Duration::ZERO,
+    };
+
+    let probe = CountingTransport::new(t);
+    let observed = observe(desired, &refs, &probe, timeouts.observe.get()).await;
+    run.round_trips.probe = probe.count();
+    let observed = match observed {
+        Ok(o) => o,
+        Err(e) => return run.stop(e.status(), e.to_string()),
+    };
+    // A step we cannot observe is a step we cannot change safely: touch nothing on this host.
+    let blind = observed.iter().filter(|c| c.is_err()).count();
+    if blind > 0 {
+        run.steps = blind_outcomes(&refs, &observed);
+        return run.stop(
+            HostStatus::Failed,
+            format!("{blind} step(s) could not be observed; nothing was applied"),
+        );
+    }
+
+    let work = decide(desired, &observed);
+    if work.fragments.is_empty() {
+        run.steps = refs
+            .iter()
+            .map(|r| StepOutcome::new(r, StepStatus::InSync))
+            .collect();
+        return run;
+    }
+
+    let apply_t = CountingTransport::new(t);
+    let parsed = apply(&work, &refs, &apply_t, timeouts.apply.get()).await;
+    run.round_trips.apply = apply_t.count();
+    let parsed = match parsed {
+        Ok(p) => p,
+        // The connection broke mid-apply: steps may or may not have run. The next run
+        // observes first, so it converges from wherever the host is.
+        Err(e) => {
+            return run.stop(
+                e.status(),
+                format!("{e} (during apply; the next run observes and converges)"),
+            )
+        }
+    };
+    let done = applied(&refs, &work, &parsed);
+    run.steps = done.steps;
+    run.handlers = done.handlers;
+    if parsed.completed.is_none() && !done.failed {
+        return run.stop(
+            HostStatus::Unreachable,
+            "the apply script did not complete (connection lost?); the next run converges".into(),
+        );
+    }
+    if done.failed {
+        let error = match run.steps.iter().find(|s| s.status == StepStatus::Failed) {
+            Some(s) => format!("step {} failed; later steps were skipped", s.step.address),
+            None => "a handler failed".to_string(),
+        };
+        return run.stop(HostStatus::Failed, error);
+    }
+
+    let verify_t = CountingTransport::new(t);
+    let after = observe(desired, &refs, &verify_t, timeouts.verify.get()).await;
+    run.round_trips.verify = verify_t.count();
+    match after {
+        Err(e) => run.stop(HostStatus::Failed, format!("verify failed: {e}")),
+        Ok(after) => {
+            if verified(&mut run.steps, after) {
+                run
+            } else {
+                run.stop(HostStatus::Failed, "some steps did not converge".into())
+            }
+        }
+    }
+}
+
+/// Outcomes when some step could not be observed: those failed, the others skipped.
+fn blind_outcomes(refs: &[StepRef], observed: &Observed) -> Vec<StepOutcome> {
+    refs.iter()
+        .zip(observed)
+        .map(|(r, c)| match c {
+            Err(e) => StepOutcome {
+                error: Some(e.clone()),
+                ..StepOutcome::new(r, StepStatus::Failed)
+            },
+            Ok(c) => StepOutcome {
+                change: Some(r.redact(c)),
+                ..StepOutcome::new(r, StepStatus::Skipped)
+            },
+        })
+        .collect()
 }
 
 /// Runs `f` on every host, at most `parallel` at once, keeping the input order.
@@ -550,6 +627,31 @@ where
         .await;
     results.sort_by_key(|(i, _)| *i);
     results.into_iter().map(|(_, t)| t).collect()
+}
+
+/// A run stopped by a signal.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("interrupted by {0}: every host connection was closed; hosts may be partly changed, the next run observes and converges")]
+pub struct Interrupted(pub &'static str);
+
+/// Runs `fut` until it ends or SIGINT/SIGTERM arrives. On a signal `fut` is dropped, and
+/// with it every transport it holds: ssh masters exit, local scripts are killed.
+pub async fn until_signal<F: std::future::Future>(fut: F) -> Result<F::Output, Interrupted> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).ok();
+    let terminated = async {
+        match term.as_mut() {
+            Some(t) => {
+                t.recv().await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        out = fut => Ok(out),
+        _ = tokio::signal::ctrl_c() => Err(Interrupted("SIGINT")),
+        () = terminated => Err(Interrupted("SIGTERM")),
+    }
 }
 
 /// Plans every host.

@@ -9,6 +9,15 @@
 //! Nothing a step prints can forge a frame, because everything it prints is base64 inside
 //! one. The script ends with `@@plumb-done <ok|failed>`; a missing end line means the
 //! connection was lost mid-script.
+//!
+//! What one fragment prints is bounded **on the host**, so a step that floods its output
+//! (`yes`) neither fills the host's disk nor plumb's memory: each stream is cut just past
+//! [`MAX_FRAME_BYTES`], and [`parse`] reports such a frame as [`Parsed::oversize`]. Probe
+//! fragments (which must change nothing) run under `ulimit -f`, which costs no process;
+//! apply fragments may legitimately write large files (packages, content), so their
+//! streams go through `head -c` instead. A consequence, as with any tool that captures
+//! output: a process an apply fragment starts in the background must not keep the
+//! fragment's stdout/stderr open (`cmd >/dev/null 2>&1 &`), or the step waits for it.
 
 use base64::Engine as _;
 
@@ -22,6 +31,7 @@ use crate::modules::ProbeResult;
 const PRELUDE: &str = r#"umask 022
 PLUMB_T=$(mktemp -d "${TMPDIR:-/tmp}/plumb.XXXXXXXX") || { echo "@@plumb-fatal cannot create a temporary directory"; exit 0; }
 trap 'rm -rf "$PLUMB_T"' EXIT
+trap 'exit 129' HUP; trap 'exit 141' PIPE; trap 'exit 143' TERM
 plumb_now() { n=$(date +%s%N 2>/dev/null); case $n in ''|*[!0-9]*) echo 0;; *) echo "$n";; esac; }
 if [ "$(printf x | base64 -w 0 2>/dev/null)" = eA== ]; then plumb_b64() { base64 -w 0 < "$1"; }
 else plumb_b64() { base64 < "$1" | tr -d '\n'; }; fi
@@ -36,6 +46,21 @@ plumb_frame() {
 }
 s=$(plumb_now)
 "#;
+
+/// Most bytes one fragment may print on stdout, and on stderr. Over it, the host fails
+/// with a clear error: a probe prints state, an apply a short message; megabytes mean a
+/// step is flooding.
+pub const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
+
+/// How a script runs its fragments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Probes: run every fragment; output bounded with `ulimit -f`.
+    Observe,
+    /// Changes and handlers: stop at the first fragment that fails; output bounded with
+    /// `head -c` (a fragment may write large files itself).
+    Apply,
+}
 
 /// What a frame belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -69,30 +94,40 @@ impl Tag {
     }
 }
 
-/// Builds a script from `(tag, fragment)` pairs. With `stop_on_failure`, the first fragment
+/// Builds a script from `(tag, fragment)` pairs. In [`Mode::Apply`], the first fragment
 /// that exits non-zero ends the script (`@@plumb-done failed`).
-pub fn build(fragments: &[(Tag, String)], stop_on_failure: bool) -> String {
+pub fn build(fragments: &[(Tag, String)], mode: Mode) -> String {
     let mut s = String::with_capacity(
-        PRELUDE.len() + fragments.iter().map(|(_, f)| f.len() + 160).sum::<usize>(),
+        PRELUDE.len() + fragments.iter().map(|(_, f)| f.len() + 300).sum::<usize>(),
     );
     s.push_str(PRELUDE);
     for (tag, fragment) in fragments {
-        let t = tag.render();
-        s.push_str("(\n");
         // `( )` is a syntax error in sh: an empty fragment is a no-op.
-        s.push_str(if fragment.trim().is_empty() {
+        let body = if fragment.trim().is_empty() {
             ":"
         } else {
-            fragment
-        });
-        if !fragment.ends_with('\n') {
-            s.push('\n');
-        }
-        s.push(')');
-        s.push_str(" >\"$PLUMB_T/o\" 2>\"$PLUMB_T/e\" </dev/null\n");
-        s.push_str(&format!("rc=$?; plumb_frame {t} $rc $s\n"));
-        if stop_on_failure {
-            s.push_str("if [ $rc -ne 0 ]; then echo '@@plumb-done failed'; exit 0; fi\n");
+            fragment.as_str()
+        };
+        let nl = if body.ends_with('\n') { "" } else { "\n" };
+        let t = tag.render();
+        match mode {
+            Mode::Observe => {
+                // Blocks of 512 bytes (1024 in bash's non-POSIX mode: still bounded).
+                let blocks = MAX_FRAME_BYTES / 512 + 1;
+                s.push_str(&format!(
+                    "(\nulimit -f {blocks} 2>/dev/null\n{body}{nl}) >\"$PLUMB_T/o\" 2>\"$PLUMB_T/e\" </dev/null\n\
+                     rc=$?; plumb_frame {t} $rc $s\n"
+                ));
+            }
+            Mode::Apply => {
+                let cut = MAX_FRAME_BYTES + 1;
+                s.push_str(&format!(
+                    ": >\"$PLUMB_T/r\"\n\
+                     {{ {{ (\n{body}{nl}); echo $? >\"$PLUMB_T/r\"; }} 2>&1 >&3 3>&- </dev/null | head -c {cut} >\"$PLUMB_T/e\"; }} 3>&1 | head -c {cut} >\"$PLUMB_T/o\"\n\
+                     rc=1; read rc <\"$PLUMB_T/r\"; plumb_frame {t} $rc $s\n\
+                     if [ \"$rc\" != 0 ]; then echo '@@plumb-done failed'; exit 0; fi\n"
+                ));
+            }
         }
     }
     s.push_str("echo '@@plumb-done ok'\n");
@@ -115,6 +150,9 @@ pub struct Parsed {
     pub completed: Option<bool>,
     /// Set when the script could not even start (e.g. no temporary directory).
     pub fatal: Option<String>,
+    /// The first fragment that printed more than [`MAX_FRAME_BYTES`] on a stream (its
+    /// frame is dropped).
+    pub oversize: Option<Tag>,
 }
 
 impl Parsed {
@@ -151,9 +189,19 @@ pub fn parse(stdout: &[u8]) -> Parsed {
         else {
             continue;
         };
+        // Base64 is 4/3 of the data: anything longer is over the limit, unread.
+        let b64_limit = MAX_FRAME_BYTES.div_ceil(3) * 4 + 4;
+        if o.len() > b64_limit || e.len() > b64_limit {
+            out.oversize.get_or_insert(tag);
+            continue;
+        }
         let (Ok(stdout), Ok(stderr)) = (b64.decode(o), b64.decode(e)) else {
             continue;
         };
+        if stdout.len() > MAX_FRAME_BYTES || stderr.len() > MAX_FRAME_BYTES {
+            out.oversize.get_or_insert(tag);
+            continue;
+        }
         out.frames.push(Frame {
             tag,
             result: ProbeResult {
@@ -199,7 +247,7 @@ mod tests {
                 ),
                 (Tag::Probe(1), "cat; echo read-nothing".to_string()),
             ],
-            false,
+            Mode::Observe,
         );
         let p = parse(&run_sh(&script));
         assert_eq!(p.completed, Some(true));
@@ -221,7 +269,7 @@ mod tests {
                 (Tag::Probe(0), String::new()),
                 (Tag::Probe(1), " \n".into()),
             ],
-            false,
+            Mode::Observe,
         )));
         assert_eq!(p.completed, Some(true));
         assert_eq!(p.frames.len(), 2);
@@ -234,11 +282,91 @@ mod tests {
                 (Tag::Apply(0), "exit 1".into()),
                 (Tag::Apply(1), "echo never".into()),
             ],
-            true,
+            Mode::Apply,
         );
         let p = parse(&run_sh(&script));
         assert_eq!(p.completed, Some(false));
         assert_eq!(p.frames.len(), 1);
+    }
+
+    #[test]
+    fn apply_mode_keeps_streams_and_status() {
+        let script = build(
+            &[
+                (Tag::Apply(0), "echo out; echo err >&2".into()),
+                (Tag::Apply(1), "echo half; exit 3".into()),
+                (Tag::Apply(2), "echo never".into()),
+            ],
+            Mode::Apply,
+        );
+        let p = parse(&run_sh(&script));
+        assert_eq!(p.completed, Some(false));
+        let f0 = p.get(Tag::Apply(0)).expect("frame 0");
+        assert_eq!(
+            (
+                f0.result.status,
+                &f0.result.stdout[..],
+                &f0.result.stderr[..]
+            ),
+            (0, &b"out\n"[..], &b"err\n"[..])
+        );
+        let f1 = p.get(Tag::Apply(1)).expect("frame 1");
+        assert_eq!(
+            (f1.result.status, &f1.result.stdout[..]),
+            (3, &b"half\n"[..])
+        );
+        assert!(p.get(Tag::Apply(2)).is_none());
+        assert_eq!(p.oversize, None);
+    }
+
+    /// A step that floods stdout or stderr is cut on the host just past the frame limit,
+    /// in both modes: the script's whole output stays bounded.
+    #[test]
+    fn a_flood_is_cut_on_the_host() {
+        for mode in [Mode::Observe, Mode::Apply] {
+            for flood in ["yes plumb", "yes plumb >&2"] {
+                let script = build(
+                    &[
+                        (Tag::Probe(0), flood.into()),
+                        (Tag::Probe(1), "echo ok".into()),
+                    ],
+                    mode,
+                );
+                let out = run_sh(&script);
+                assert!(
+                    out.len() < 2 * MAX_FRAME_BYTES,
+                    "{mode:?} {flood}: {}",
+                    out.len()
+                );
+                let p = parse(&out);
+                assert_eq!(p.oversize, Some(Tag::Probe(0)), "{mode:?} {flood}");
+                assert!(p.get(Tag::Probe(0)).is_none());
+            }
+        }
+    }
+
+    /// When the reader goes away (plumb killed the session), the script still removes its
+    /// temporary directory on the host.
+    #[test]
+    fn the_temporary_directory_goes_with_the_reader() {
+        use std::io::Write;
+        let tmp = tempfile::tempdir().expect("tmp");
+        let script = build(&[(Tag::Probe(0), "echo hi".into())], Mode::Observe);
+        let mut child = std::process::Command::new("sh")
+            .arg("-s")
+            .env("TMPDIR", tmp.path())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("sh runs");
+        drop(child.stdout.take());
+        let mut stdin = child.stdin.take().expect("stdin");
+        let _ = stdin.write_all(script.as_bytes());
+        drop(stdin);
+        let status = child.wait().expect("wait");
+        assert_eq!(status.code(), Some(141), "{status:?}");
+        let left: Vec<_> = std::fs::read_dir(tmp.path()).expect("ls").collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 
     #[test]
@@ -258,7 +386,7 @@ mod tests {
         #[test]
         fn arbitrary_output_survives(data in proptest::collection::vec(any::<u8>(), 0..300)) {
             let b64 = base64::engine::general_purpose::STANDARD.encode(&data);
-            let script = build(&[(Tag::Probe(0), format!("printf '%s' '{b64}' | base64 -d"))], false);
+            let script = build(&[(Tag::Probe(0), format!("printf '%s' '{b64}' | base64 -d"))], Mode::Observe);
             let p = parse(&run_sh(&script));
             prop_assert_eq!(&p.get(Tag::Probe(0)).expect("frame").result.stdout, &data);
         }

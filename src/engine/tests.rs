@@ -6,9 +6,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::*;
 use crate::model::yaml::Pos;
-use crate::modules::{ChangeKind, ProbeError, Resource};
+use crate::modules::{ChangeKind, ProbeError, ProbeResult, Resource};
 use crate::render::DesiredStep;
-use crate::transport::{LocalTransport, RunFuture};
+use crate::transport::{LocalTransport, PhaseTimeouts, RunFuture};
 
 #[derive(Debug)]
 struct Marker {
@@ -94,19 +94,17 @@ fn host() -> Host {
     }
 }
 
-fn step(dir: &Path, i: usize, notify: Vec<String>) -> DesiredStep {
+fn step(dir: &Path, i: usize, notify: Vec<&str>) -> DesiredStep {
     DesiredStep {
-        address: format!("u/s{i}"),
-        unit: "u".into(),
-        id: format!("s{i}"),
-        module: "marker".into(),
+        address: StepAddress::new("u", format!("s{i}")),
+        module: "marker",
         resource: Box::new(Marker {
             path: dir.join(format!("m{i}")),
             log: dir.join(format!("log{i}")),
             fail_apply: false,
         }),
         after: Vec::new(),
-        notify,
+        notify: notify.into_iter().filter_map(StepAddress::parse).collect(),
         sensitive: false,
         path: "units/u.yaml".into(),
         pos: Pos::START,
@@ -121,9 +119,12 @@ struct Counting {
 }
 
 impl Transport for Counting {
-    fn run<'a>(&'a self, script: &'a [u8]) -> RunFuture<'a> {
+    fn run_within<'a>(&'a self, script: &'a [u8], timeout: Duration) -> RunFuture<'a> {
         self.calls.fetch_add(1, Ordering::SeqCst);
-        self.inner.run(script)
+        self.inner.run_within(script, timeout)
+    }
+    fn timeouts(&self) -> crate::transport::PhaseTimeouts {
+        self.inner.timeouts()
     }
 }
 
@@ -181,8 +182,8 @@ async fn handlers_run_once_and_only_on_change() {
     // s0 and s1 both notify s2; s2 is already in sync.
     std::fs::write(dir.path().join("m2"), b"").expect("write");
     let steps = vec![
-        step(dir.path(), 0, vec!["u/s2".into()]),
-        step(dir.path(), 1, vec!["u/s2".into()]),
+        step(dir.path(), 0, vec!["u/s2"]),
+        step(dir.path(), 1, vec!["u/s2"]),
         step(dir.path(), 2, vec![]),
     ];
     let desired = DesiredHost {
@@ -217,7 +218,7 @@ async fn no_refresh_when_the_target_says_its_own_change_covers_it() {
     }));
     let desired = DesiredHost {
         host: host(),
-        steps: vec![step(dir.path(), 0, vec!["u/s1".into()]), target],
+        steps: vec![step(dir.path(), 0, vec!["u/s1"]), target],
     };
     let run = apply_host(&desired, &LocalTransport::new()).await;
     assert_eq!(run.status, HostStatus::Converged);
@@ -318,4 +319,238 @@ async fn a_probe_error_touches_nothing() {
     let run = apply_host(&desired, &LocalTransport::new()).await;
     assert_eq!(run.status, HostStatus::Failed);
     assert!(!dir.path().join("m0").exists(), "nothing half-applied");
+}
+
+/// A marker whose apply runs a given fragment (a flood, a hang).
+#[derive(Debug)]
+struct Scripted {
+    path: PathBuf,
+    probe: Option<String>,
+    apply: String,
+}
+
+impl Resource for Scripted {
+    fn target(&self) -> String {
+        self.path.display().to_string()
+    }
+    fn desired(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
+    fn probe(&self) -> String {
+        self.probe.clone().unwrap_or_else(|| {
+            format!(
+                "if [ -e '{}' ]; then echo present; else echo absent; fi",
+                self.path.display()
+            )
+        })
+    }
+    fn diff(&self, o: &ProbeResult) -> Result<Change, ProbeError> {
+        match o.stdout.as_slice() {
+            b"present\n" => Ok(Change::in_sync()),
+            _ => Ok(Change::new(ChangeKind::Create)),
+        }
+    }
+    fn apply(&self, _c: &Change) -> String {
+        self.apply.clone()
+    }
+}
+
+fn named(name: &str, steps: Vec<DesiredStep>) -> DesiredHost {
+    DesiredHost {
+        host: Host {
+            name: name.into(),
+            ..host()
+        },
+        steps,
+    }
+}
+
+fn scripted(dir: &Path, probe: Option<&str>, apply: &str) -> DesiredStep {
+    DesiredStep {
+        resource: Box::new(Scripted {
+            path: dir.join("scripted"),
+            probe: probe.map(str::to_string),
+            apply: apply.to_string(),
+        }),
+        ..step(dir, 9, vec![])
+    }
+}
+
+fn short(observe_ms: u64, apply_ms: u64) -> LocalConnector {
+    use crate::model::HumanDuration;
+    LocalConnector {
+        timeouts: PhaseTimeouts {
+            observe: HumanDuration::from_millis(observe_ms),
+            apply: HumanDuration::from_millis(apply_ms),
+            verify: HumanDuration::from_millis(observe_ms),
+        },
+    }
+}
+
+/// A step that floods its output fails its host with the limit named (cut on the host, so
+/// memory stays bounded); another host converges.
+#[tokio::test]
+async fn a_flooding_step_fails_its_host_only() {
+    let (a, b, c) = (
+        tempfile::tempdir().expect("tmp"),
+        tempfile::tempdir().expect("tmp"),
+        tempfile::tempdir().expect("tmp"),
+    );
+    let hosts = vec![
+        named("flood-apply", vec![scripted(a.path(), None, "yes plumb")]),
+        named(
+            "flood-probe",
+            vec![scripted(b.path(), Some("yes plumb >&2"), "true")],
+        ),
+        named("fine", vec![step(c.path(), 0, vec![])]),
+    ];
+    let runs = apply_all(&hosts, &short(60_000, 60_000), 3).await;
+    for r in &runs[..2] {
+        assert_eq!(
+            r.status,
+            HostStatus::Failed,
+            "{}: {:?}",
+            r.host.name,
+            r.error
+        );
+        let e = r.error.as_deref().unwrap_or_default();
+        assert!(
+            e.contains("u/s9 printed more than 4194304 bytes"),
+            "{}: {e}",
+            r.host.name
+        );
+    }
+    assert_eq!(runs[2].status, HostStatus::Converged, "{:?}", runs[2].error);
+    assert!(c.path().join("m0").exists());
+    let plan = plan_host(&hosts[1], &LocalTransport::new()).await;
+    assert_eq!(
+        plan.error.as_ref().map(HostError::code),
+        Some("output_limit")
+    );
+}
+
+/// A step that hangs is bounded by the phase timeout and fails its host; the other host
+/// converges meanwhile.
+#[tokio::test]
+async fn a_hung_step_is_bounded_by_the_apply_timeout() {
+    let (a, b, c) = (
+        tempfile::tempdir().expect("tmp"),
+        tempfile::tempdir().expect("tmp"),
+        tempfile::tempdir().expect("tmp"),
+    );
+    let hosts = vec![
+        named("hangs-in-apply", vec![scripted(a.path(), None, "sleep 30")]),
+        named(
+            "hangs-in-probe",
+            vec![scripted(b.path(), Some("sleep 30"), "true")],
+        ),
+        named("fine", vec![step(c.path(), 0, vec![])]),
+    ];
+    let start = Instant::now();
+    let runs = apply_all(&hosts, &short(1_000, 1_000), 3).await;
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
+    for r in &runs[..2] {
+        assert_eq!(
+            r.status,
+            HostStatus::Failed,
+            "{}: {:?}",
+            r.host.name,
+            r.error
+        );
+        let e = r.error.as_deref().unwrap_or_default();
+        assert!(
+            e.contains("did not answer within 1s"),
+            "{}: {e}",
+            r.host.name
+        );
+    }
+    assert_eq!(runs[0].round_trips.apply, 1);
+    assert_eq!(runs[1].round_trips.apply, 0);
+    assert_eq!(runs[2].status, HostStatus::Converged, "{:?}", runs[2].error);
+}
+
+/// The counts come from the transport: a verify that cannot connect still counts the
+/// round trip it attempted, and nothing is counted that was not attempted.
+#[tokio::test]
+async fn round_trips_are_the_runs_made() {
+    #[derive(Debug)]
+    struct FailAfter(AtomicU32, LocalTransport);
+    impl Transport for FailAfter {
+        fn run_within<'a>(&'a self, script: &'a [u8], timeout: Duration) -> RunFuture<'a> {
+            if self.0.fetch_add(1, Ordering::SeqCst) >= 2 {
+                return Box::pin(async {
+                    Err(TransportError::Exec {
+                        host: "local".into(),
+                        message: "gone".into(),
+                    })
+                });
+            }
+            self.1.run_within(script, timeout)
+        }
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let desired = named("h", vec![step(dir.path(), 0, vec![])]);
+    let run = apply_host(
+        &desired,
+        &FailAfter(AtomicU32::new(0), LocalTransport::new()),
+    )
+    .await;
+    assert_eq!(
+        run.round_trips,
+        RoundTrips {
+            probe: 1,
+            apply: 1,
+            verify: 1
+        }
+    );
+    assert_eq!(run.status, HostStatus::Failed);
+}
+
+/// Everything the engine returns about a sensitive step is redacted where it is built.
+#[tokio::test]
+async fn sensitive_results_carry_no_target_values_or_notes() {
+    let dir = tempfile::tempdir().expect("tmp");
+    #[derive(Debug)]
+    struct Secret;
+    impl Resource for Secret {
+        fn target(&self) -> String {
+            "token=hunter2".into()
+        }
+        fn desired(&self) -> serde_json::Value {
+            serde_json::Value::Null
+        }
+        fn probe(&self) -> String {
+            "echo hunter2-observed".into()
+        }
+        fn diff(&self, _o: &ProbeResult) -> Result<Change, ProbeError> {
+            Ok(Change::new(ChangeKind::Modify)
+                .field("line", Some("hunter1".into()), Some("hunter2".into()))
+                .note("was hunter1"))
+        }
+        fn apply(&self, c: &Change) -> String {
+            // The engine hands apply the real change.
+            assert_eq!(c.fields[0].to.as_deref(), Some("hunter2"));
+            "echo hunter2 >&2; exit 1".into()
+        }
+    }
+    let mut s = step(dir.path(), 0, vec![]);
+    s.resource = Box::new(Secret);
+    s.sensitive = true;
+    let desired = named("h", vec![s]);
+    let plan = plan_host(&desired, &LocalTransport::new()).await;
+    let run = apply_host(&desired, &LocalTransport::new()).await;
+    let shown = format!("{plan:?}{run:?}");
+    assert!(!shown.contains("hunter"), "{shown}");
+    assert_eq!(plan.steps[0].step.target, REDACTED);
+    assert_eq!(
+        plan.steps[0]
+            .change
+            .as_ref()
+            .map(|c| c.fields[0].to.clone()),
+        Ok(Some(REDACTED.to_string()))
+    );
 }

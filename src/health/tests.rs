@@ -252,7 +252,7 @@ async fn check_wave_runs_every_check_on_every_host() {
         },
         decl("broken"),
     ];
-    let wave = check_wave(&checks, &hosts, &LocalConnector).await;
+    let wave = check_wave(&checks, &hosts, &LocalConnector::default()).await;
     let got: Vec<_> = wave
         .results
         .iter()
@@ -271,5 +271,7 @@ async fn check_wave_runs_every_check_on_every_host() {
     );
     assert!(!wave.ok());
     assert_eq!(wave.failures().count(), 2);
-    assert!(check_wave(&checks[..2], &hosts, &LocalConnector).await.ok());
+    assert!(check_wave(&checks[..2], &hosts, &LocalConnector::default())
+        .await
+        .ok());
 }

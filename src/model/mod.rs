@@ -13,10 +13,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::diag::SourceMap;
 
+pub mod address;
 pub mod duration;
 pub mod load;
 pub mod yaml;
 
+pub use address::StepAddress;
 pub use duration::{DurationError, HumanDuration, DURATION_PATTERN};
 
 use yaml::{Node, Pos};

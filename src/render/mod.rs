@@ -13,7 +13,7 @@ use serde_json::Value as Json;
 
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::model::yaml::{Node, Pos, Value};
-use crate::model::{selector_matches, Host, Repo, StepDecl, Unit, Vars};
+use crate::model::{selector_matches, Host, Repo, StepAddress, StepDecl, Unit, Vars};
 use crate::modules::{self, Resolve, Resource};
 
 mod order;
@@ -30,15 +30,14 @@ const TEMPLATE_FUEL: u64 = 5_000_000;
 #[derive(Debug)]
 pub struct DesiredStep {
     /// `<unit>/<id>`: unique on a host.
-    pub address: String,
-    pub unit: String,
-    pub id: String,
-    pub module: String,
+    pub address: StepAddress,
+    /// The module's registered name.
+    pub module: &'static str,
     pub resource: Box<dyn Resource>,
     /// Addresses of steps on this host that must come first.
-    pub after: Vec<String>,
+    pub after: Vec<StepAddress>,
     /// Addresses of steps on this host to refresh when this one changed.
-    pub notify: Vec<String>,
+    pub notify: Vec<StepAddress>,
     pub sensitive: bool,
     /// Where the step is declared.
     pub path: String,
@@ -455,16 +454,16 @@ pub fn render_host(repo: &Repo, env: &str, host: &Host) -> Result<DesiredHost, D
     }
     // References: `after` to a step not on this host is dropped (nothing to wait for);
     // `notify` to a step not on this host is an error (the refresh would never run).
-    let present: HashMap<String, usize> = steps
+    let present: HashMap<StepAddress, usize> = steps
         .iter()
         .enumerate()
         .map(|(i, s)| (s.address.clone(), i))
         .collect();
     for unit in &units {
         for decl in &unit.steps {
-            let addr = qualify(&unit.name, &decl.id);
+            let addr = StepAddress::new(&unit.name, &decl.id);
             for (target, pos) in &decl.notify {
-                let t = qualify(&unit.name, target);
+                let t = StepAddress::qualify(&unit.name, target);
                 if !present.contains_key(&t) && repo_has_step(repo, &t) {
                     diags.push(
                         Diagnostic::error(
@@ -512,13 +511,10 @@ pub fn render_host(repo: &Repo, env: &str, host: &Host) -> Result<DesiredHost, D
     }
 }
 
-fn repo_has_step(repo: &Repo, address: &str) -> bool {
-    let Some((u, id)) = address.split_once('/') else {
-        return false;
-    };
+fn repo_has_step(repo: &Repo, address: &StepAddress) -> bool {
     repo.units
         .iter()
-        .any(|unit| unit.name == u && unit.steps.iter().any(|s| s.id == id))
+        .any(|unit| unit.name == address.unit && unit.steps.iter().any(|s| s.id == address.id))
 }
 
 fn render_step(
@@ -583,20 +579,18 @@ fn render_step(
     }
     match (def.build)(params, &mut resolver) {
         Ok(resource) => Ok(DesiredStep {
-            address: qualify(&unit.name, &decl.id),
-            unit: unit.name.clone(),
-            id: decl.id.clone(),
-            module: decl.module.clone(),
+            address: StepAddress::new(&unit.name, &decl.id),
+            module: def.name,
             resource,
             after: decl
                 .after
                 .iter()
-                .map(|(a, _)| qualify(&unit.name, a))
+                .map(|(a, _)| StepAddress::qualify(&unit.name, a))
                 .collect(),
             notify: decl
                 .notify
                 .iter()
-                .map(|(a, _)| qualify(&unit.name, a))
+                .map(|(a, _)| StepAddress::qualify(&unit.name, a))
                 .collect(),
             sensitive: decl.sensitive,
             path: unit.path.clone(),
@@ -628,6 +622,6 @@ pub fn reserved_var_uses(vars: &Vars) -> Vec<&str> {
 }
 
 /// Map from address to the step, for lookups.
-pub fn index(steps: &[DesiredStep]) -> BTreeMap<&str, &DesiredStep> {
-    steps.iter().map(|s| (s.address.as_str(), s)).collect()
+pub fn index(steps: &[DesiredStep]) -> BTreeMap<&StepAddress, &DesiredStep> {
+    steps.iter().map(|s| (&s.address, s)).collect()
 }

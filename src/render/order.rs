@@ -3,24 +3,20 @@
 use std::collections::{BTreeSet, HashMap};
 
 use super::DesiredStep;
+use crate::model::StepAddress;
 
 /// Orders steps topologically by `after`, breaking ties by declaration order, so a repo
 /// without `after` runs top to bottom, unit by unit. On a cycle, returns the cycle as
 /// addresses, the first repeated at the end.
 pub fn order_steps(steps: Vec<DesiredStep>) -> Result<Vec<DesiredStep>, Vec<String>> {
-    let idx: HashMap<&str, usize> = steps
+    let idx: HashMap<&StepAddress, usize> = steps
         .iter()
         .enumerate()
-        .map(|(i, s)| (s.address.as_str(), i))
+        .map(|(i, s)| (&s.address, i))
         .collect();
     let deps: Vec<Vec<usize>> = steps
         .iter()
-        .map(|s| {
-            s.after
-                .iter()
-                .filter_map(|a| idx.get(a.as_str()).copied())
-                .collect()
-        })
+        .map(|s| s.after.iter().filter_map(|a| idx.get(a).copied()).collect())
         .collect();
     match topo(&deps) {
         Some(order) => {
@@ -31,7 +27,7 @@ pub fn order_steps(steps: Vec<DesiredStep>) -> Result<Vec<DesiredStep>, Vec<Stri
             let cycle = find_cycle(&deps).unwrap_or_default();
             Err(cycle
                 .into_iter()
-                .map(|i| steps[i].address.clone())
+                .map(|i| steps[i].address.to_string())
                 .collect())
         }
     }

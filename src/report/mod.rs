@@ -138,11 +138,12 @@ impl RenderReport {
                         .steps
                         .iter()
                         .map(|s| RenderedStep {
-                            address: s.address.clone(),
-                            module: s.module.clone(),
-                            target: s.resource.target(),
-                            after: s.after.clone(),
-                            notify: s.notify.clone(),
+                            address: s.address.to_string(),
+                            module: s.module.to_string(),
+                            // The engine's step reference: a sensitive step's target hidden.
+                            target: crate::engine::StepRef::of(s).target,
+                            after: s.after.iter().map(ToString::to_string).collect(),
+                            notify: s.notify.iter().map(ToString::to_string).collect(),
                             sensitive: s.sensitive,
                             desired: if s.sensitive {
                                 serde_json::Value::Null
@@ -187,7 +188,9 @@ impl RenderReport {
                     continue;
                 }
                 if let serde_json::Value::Object(o) = &s.desired {
-                    for (k, v) in o {
+                    // Content is described once, by `content_digest` below.
+                    let digest_shown = s.content_digest.is_some();
+                    for (k, v) in o.iter().filter(|(k, _)| !(digest_shown && *k == "content")) {
                         let v = match v {
                             serde_json::Value::String(s) => s.clone(),
                             other => other.to_string(),
@@ -216,5 +219,48 @@ impl RenderReport {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: `render` printed `content:` twice for a file (the desired state's content
+    /// description, then the digest).
+    #[test]
+    fn render_text_describes_content_once() {
+        let digest = ContentDigest::of(b"hello\n");
+        let report = RenderReport {
+            environment: "prod".into(),
+            hosts: vec![RenderedHost {
+                name: "web-1".into(),
+                address: "10.0.0.1".into(),
+                port: 22,
+                user: None,
+                become_: false,
+                steps: vec![RenderedStep {
+                    address: "base/motd".into(),
+                    module: "file".into(),
+                    target: "/etc/motd".into(),
+                    after: Vec::new(),
+                    notify: Vec::new(),
+                    sensitive: false,
+                    desired: serde_json::json!({
+                        "path": "/etc/motd",
+                        "content": {"sha256": digest.sha256, "size": digest.size},
+                    }),
+                    content_digest: Some(digest.clone()),
+                    content: None,
+                }],
+            }],
+        };
+        let text = report.to_text();
+        assert_eq!(text.matches("content:").count(), 1, "{text}");
+        assert!(text.contains(&format!(
+            "       content: sha256:{} (6 bytes)\n",
+            digest.sha256
+        )));
+        assert!(text.contains("       path: /etc/motd\n"));
     }
 }

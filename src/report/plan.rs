@@ -98,34 +98,28 @@ pub fn content_diff(path: &str, c: &Change) -> Option<String> {
     )
 }
 
+/// A step of a plan. The engine has already redacted sensitive steps (target, values,
+/// content, notes): nothing here needs to know which ones they are.
 fn step_change(s: &crate::engine::StepPlan) -> StepChange {
     let (change, fields, diff, notes, error) = match &s.change {
         Ok(c) => (
             Some(c.kind),
-            if s.sensitive {
-                crate::modules::redact(&c.fields)
-            } else {
-                c.fields.clone()
-            },
-            if s.sensitive {
-                None
-            } else {
-                content_diff(&s.target, c)
-            },
+            c.fields.clone(),
+            content_diff(&s.step.target, c),
             c.notes.clone(),
             None,
         ),
         Err(e) => (None, Vec::new(), None, Vec::new(), Some(e.clone())),
     };
     StepChange {
-        address: s.address.clone(),
-        module: s.module.clone(),
-        target: s.target.clone(),
+        address: s.step.address.to_string(),
+        module: s.step.module.to_string(),
+        target: s.step.target.clone(),
         change,
         fields,
         diff,
         notes,
-        sensitive: s.sensitive,
+        sensitive: s.step.sensitive,
         error,
     }
 }
@@ -209,10 +203,16 @@ pub enum LineKind {
 pub fn plan_lines(r: &PlanReport) -> Vec<(LineKind, String)> {
     let mut out = Vec::new();
     for h in &r.hosts {
-        let status = match (&h.error, h.changes) {
-            (Some(e), _) => format!("error: {e}"),
-            (None, 0) => format!("in sync ({} steps)", h.in_sync),
-            (None, n) => format!("{n} to change, {} in sync", h.in_sync),
+        let unobserved = h.steps.iter().filter(|s| s.change.is_none()).count();
+        let status = match (&h.error, unobserved, h.changes) {
+            (Some(e), _, _) => format!("error: {e}"),
+            // A host with a step that could not be observed is never "in sync".
+            (None, u, c) if u > 0 => format!(
+                "FAILED: {u} step(s) could not be observed ({c} to change, {} in sync)",
+                h.in_sync
+            ),
+            (None, _, 0) => format!("in sync ({} steps)", h.in_sync),
+            (None, _, n) => format!("{n} to change, {} in sync", h.in_sync),
         };
         out.push((
             LineKind::Header,
@@ -336,11 +336,8 @@ pub struct ApplyReport {
 }
 
 impl ApplyReport {
-    pub fn new(
-        environment: &str,
-        runs: &[HostRun],
-        sensitive: &dyn Fn(&str) -> bool,
-    ) -> ApplyReport {
+    /// The engine has already redacted sensitive steps in `runs`.
+    pub fn new(environment: &str, runs: &[HostRun]) -> ApplyReport {
         let hosts: Vec<HostApplyReport> = runs
             .iter()
             .map(|r| HostApplyReport {
@@ -356,14 +353,14 @@ impl ApplyReport {
                     .iter()
                     .filter(|s| s.status != StepStatus::InSync)
                     .map(|s| StepResult {
-                        address: s.address.clone(),
+                        address: s.step.address.to_string(),
                         status: s.status,
                         change: s.change.as_ref().map(|c| c.kind),
-                        fields: match &s.change {
-                            Some(c) if sensitive(&s.address) => crate::modules::redact(&c.fields),
-                            Some(c) => c.fields.clone(),
-                            None => Vec::new(),
-                        },
+                        fields: s
+                            .change
+                            .as_ref()
+                            .map(|c| c.fields.clone())
+                            .unwrap_or_default(),
                         error: s.error.clone(),
                         duration_ms: s.duration_ms,
                     })
@@ -377,7 +374,7 @@ impl ApplyReport {
                     .handlers
                     .iter()
                     .map(|h| HandlerResult {
-                        address: h.address.clone(),
+                        address: h.step.address.to_string(),
                         ok: h.ok,
                         error: h.error.clone(),
                     })
@@ -454,4 +451,78 @@ pub fn apply_lines(r: &ApplyReport) -> Vec<(LineKind, String)> {
         ),
     ));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(steps: Vec<StepChange>, changes: usize, in_sync: usize) -> HostPlanReport {
+        HostPlanReport {
+            name: "web-1".into(),
+            address: "10.0.0.1".into(),
+            ok: steps.iter().all(|s| s.error.is_none()),
+            error: None,
+            changes,
+            round_trips: RoundTrips {
+                probe: 1,
+                ..RoundTrips::default()
+            },
+            duration_ms: 1,
+            steps,
+            in_sync,
+        }
+    }
+
+    fn failed_probe() -> StepChange {
+        StepChange {
+            address: "base/conf".into(),
+            module: "file".into(),
+            target: "/etc/app.conf".into(),
+            change: None,
+            fields: Vec::new(),
+            diff: None,
+            notes: Vec::new(),
+            sensitive: false,
+            error: Some("probe failed: cannot parse".into()),
+        }
+    }
+
+    /// Regression: a host whose only problem was a failed probe was headed "in sync".
+    #[test]
+    fn a_host_whose_probe_failed_is_not_in_sync() {
+        let r = PlanReport {
+            environment: "prod".into(),
+            kind: "plan".into(),
+            hosts: vec![host(vec![failed_probe()], 0, 3)],
+            total_changes: 0,
+            hosts_with_errors: 1,
+        };
+        let lines = plan_lines(&r);
+        assert_eq!(
+            lines[0],
+            (
+                LineKind::Header,
+                "host web-1 (10.0.0.1): FAILED: 1 step(s) could not be observed (0 to change, 3 in sync)"
+                    .to_string()
+            )
+        );
+        assert!(!lines[0].1.contains("in sync ("));
+        assert_eq!(r.exit_code(), 1);
+    }
+
+    #[test]
+    fn a_host_in_sync_says_so() {
+        let r = PlanReport {
+            environment: "prod".into(),
+            kind: "plan".into(),
+            hosts: vec![host(Vec::new(), 0, 3)],
+            total_changes: 0,
+            hosts_with_errors: 0,
+        };
+        assert_eq!(
+            plan_lines(&r)[0].1,
+            "host web-1 (10.0.0.1): in sync (3 steps)"
+        );
+    }
 }

@@ -1,7 +1,7 @@
 //! What the state database stores and returns. Statuses are enums whose stored text is their
 //! serde name (snake_case): one derive, no hand mapping.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use rusqlite::types::{ToSql, ToSqlOutput};
 use schemars::JsonSchema;
@@ -9,7 +9,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::modules::{ChangeKind, FieldChange};
-use crate::render::DesiredHost;
 
 pub use crate::audit::AuditHead;
 
@@ -166,40 +165,18 @@ pub struct NewRun {
     pub trigger: Trigger,
 }
 
-/// Per step address: what the engine's results do not carry (module name, sensitivity) and
-/// whether a change of that step is drift rather than an intended change.
+/// Which steps' changes in an `apply` run are drift rather than intended changes (in
+/// `correction` and `drift_check` runs every change is drift already). What a step is
+/// (module, sensitivity) travels with the engine's results in their `StepRef`.
 #[derive(Debug, Clone, Default)]
 pub struct StepMeta {
-    steps: HashMap<String, (String, bool)>,
     pub(crate) drift: HashSet<String>,
 }
 
 impl StepMeta {
-    pub fn from_desired(host: &DesiredHost) -> StepMeta {
-        let mut m = StepMeta::default();
-        for s in &host.steps {
-            m.insert(&s.address, &s.module, s.sensitive);
-        }
-        m
-    }
-    pub fn insert(&mut self, address: &str, module: &str, sensitive: bool) {
-        self.steps
-            .insert(address.to_string(), (module.to_string(), sensitive));
-    }
-    /// Marks a step's change as drift in an `apply` run (in `correction` and `drift_check`
-    /// runs every change is drift already).
+    /// Marks a step's change as drift.
     pub fn mark_drift(&mut self, address: &str) {
         self.drift.insert(address.to_string());
-    }
-    pub(crate) fn module(&self, address: &str) -> String {
-        self.steps
-            .get(address)
-            .map(|(m, _)| m.clone())
-            .unwrap_or_default()
-    }
-    /// Unknown steps are treated as sensitive: nothing leaks by omission.
-    pub(crate) fn sensitive(&self, address: &str) -> bool {
-        self.steps.get(address).is_none_or(|(_, s)| *s)
     }
 }
 

@@ -41,19 +41,24 @@ fn apply_record(host: &HostRun, meta: &StepMeta, all_drift: bool) -> HostRecord 
         .steps
         .iter()
         .filter(|s| s.status != StepStatus::InSync)
-        .map(|s| StepRecord {
-            address: s.address.clone(),
-            module: meta.module(&s.address),
-            status: step_status(s.status),
-            change: s.change.as_ref().map(|c| c.kind),
-            fields: match &s.change {
-                Some(c) if meta.sensitive(&s.address) => redact(&c.fields),
-                Some(c) => c.fields.clone(),
-                None => Vec::new(),
-            },
-            error: s.error.clone(),
-            duration_ms: s.duration_ms,
-            drift: s.change.is_some() && (all_drift || meta.drift.contains(&s.address)),
+        .map(|s| {
+            let address = s.step.address.to_string();
+            StepRecord {
+                module: s.step.module.to_string(),
+                status: step_status(s.status),
+                change: s.change.as_ref().map(|c| c.kind),
+                // The engine redacted a sensitive step already; redacting again is a no-op
+                // that keeps this table safe whatever hands it a result.
+                fields: match &s.change {
+                    Some(c) if s.step.sensitive => redact(&c.fields),
+                    Some(c) => c.fields.clone(),
+                    None => Vec::new(),
+                },
+                error: s.error.clone(),
+                duration_ms: s.duration_ms,
+                drift: s.change.is_some() && (all_drift || meta.drift.contains(&address)),
+                address,
+            }
         })
         .collect();
     HostRecord {
@@ -81,7 +86,7 @@ fn drift_record(plan: &HostPlan) -> HostRecord {
         .filter_map(|s| {
             let (status, change, fields, error) = match &s.change {
                 Ok(ch) if ch.is_change() => {
-                    let fields = if s.sensitive {
+                    let fields = if s.step.sensitive {
                         redact(&ch.fields)
                     } else {
                         ch.fields.clone()
@@ -92,8 +97,8 @@ fn drift_record(plan: &HostPlan) -> HostRecord {
                 Err(e) => (StepResultStatus::Failed, None, Vec::new(), Some(e.clone())),
             };
             Some(StepRecord {
-                address: s.address.clone(),
-                module: s.module.clone(),
+                address: s.step.address.to_string(),
+                module: s.step.module.to_string(),
                 status,
                 drift: change.is_some(),
                 change,

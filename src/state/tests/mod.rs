@@ -7,10 +7,12 @@ use rusqlite::Connection;
 use super::*;
 use crate::audit::Anchor;
 use crate::engine::{
-    HostError, HostPlan, HostRun, HostStatus, RoundTrips, StepOutcome, StepPlan, StepStatus,
+    HostError, HostPlan, HostRun, HostStatus, RoundTrips, StepOutcome, StepPlan, StepRef,
+    StepStatus,
 };
 use crate::model::yaml::Pos;
 use crate::model::Host;
+use crate::model::StepAddress;
 use crate::modules::Change;
 use crate::modules::ChangeKind;
 
@@ -32,10 +34,19 @@ fn change(kind: ChangeKind, field: &str, from: &str, to: &str) -> Change {
     Change::new(kind).field(field, Some(from.into()), Some(to.into()))
 }
 
+fn sref(address: &str, target: &str) -> StepRef {
+    StepRef {
+        address: StepAddress::parse(address).expect("unit/id"),
+        module: "file",
+        target: target.into(),
+        sensitive: false,
+    }
+}
+
 pub(crate) fn host_run(name: &str, changed: usize, status: HostStatus) -> HostRun {
     let mut steps: Vec<StepOutcome> = (0..changed)
         .map(|i| StepOutcome {
-            address: format!("base/step{i}"),
+            step: sref(&format!("base/step{i}"), "/etc/x"),
             status: StepStatus::Changed,
             change: Some(change(ChangeKind::Modify, "mode", "0644", "0600")),
             error: None,
@@ -43,7 +54,7 @@ pub(crate) fn host_run(name: &str, changed: usize, status: HostStatus) -> HostRu
         })
         .collect();
     steps.push(StepOutcome {
-        address: "base/insync".into(),
+        step: sref("base/insync", "/etc/y"),
         status: StepStatus::InSync,
         change: None,
         error: None,
@@ -65,12 +76,7 @@ pub(crate) fn host_run(name: &str, changed: usize, status: HostStatus) -> HostRu
 }
 
 pub(crate) fn meta() -> StepMeta {
-    let mut m = StepMeta::default();
-    for i in 0..10 {
-        m.insert(&format!("base/step{i}"), "file", false);
-    }
-    m.insert("base/insync", "file", false);
-    m
+    StepMeta::default()
 }
 
 pub(crate) fn new_run(kind: RunKind) -> NewRun {
@@ -90,18 +96,12 @@ pub(crate) fn plan(name: &str, drifted: &[&str]) -> HostPlan {
     let mut steps: Vec<StepPlan> = drifted
         .iter()
         .map(|a| StepPlan {
-            address: (*a).into(),
-            module: "file".into(),
-            target: "/etc/x".into(),
-            sensitive: false,
+            step: sref(a, "/etc/x"),
             change: Ok(change(ChangeKind::Modify, "mode", "0600", "0644")),
         })
         .collect();
     steps.push(StepPlan {
-        address: "base/ok".into(),
-        module: "file".into(),
-        target: "/etc/y".into(),
-        sensitive: false,
+        step: sref("base/ok", "/etc/y"),
         change: Ok(Change::in_sync()),
     });
     HostPlan {
@@ -372,16 +372,24 @@ fn drift_findings_open_refresh_resolve() {
     assert_ne!(f, g);
 }
 
+/// The engine redacts sensitive steps in the results it returns (`StepRef::redact`, its one
+/// redaction point); the database redacts a sensitive step's fields again, whatever hands
+/// it a result.
 #[test]
-fn sensitive_and_unknown_steps_are_redacted() {
+fn sensitive_steps_are_stored_redacted() {
     let dir = private_tmp();
     let db = StateDb::open(dir.path()).unwrap();
     let id = db.begin_run(&new_run(RunKind::Apply)).unwrap();
-    let mut m = StepMeta::default();
-    m.insert("base/step0", "file", true);
-    // base/step1 is unknown to the meta: treated as sensitive.
-    db.record_host(&id, &host_run("web1", 2, HostStatus::Converged), &m)
-        .unwrap();
+    let mut run = host_run("web1", 2, HostStatus::Converged);
+    // step0 as the engine hands it over (redacted), step1 marked sensitive only.
+    for s in run.steps.iter_mut().filter(|s| s.change.is_some()) {
+        s.step.sensitive = true;
+    }
+    let redacted = run.steps[0]
+        .step
+        .redact(run.steps[0].change.as_ref().unwrap());
+    run.steps[0].change = Some(redacted);
+    db.record_host(&id, &run, &meta()).unwrap();
     let d = db.run(&id).unwrap().unwrap();
     for s in &d.hosts[0].steps {
         assert_eq!(
@@ -392,7 +400,7 @@ fn sensitive_and_unknown_steps_are_redacted() {
         );
     }
     let mut plan = plan("web1", &["base/secret"]);
-    plan.steps[0].sensitive = true;
+    plan.steps[0].step.sensitive = true;
     let r = db.begin_run(&new_run(RunKind::DriftCheck)).unwrap();
     db.record_drift_check(&r, &plan).unwrap();
     assert_eq!(
