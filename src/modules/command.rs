@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 
 use super::sh::{quote, Observed};
 use super::{
-    BuildError, Change, ChangeKind, ModuleDef, ProbeError, ProbeResult, Resolve, Resource,
+    step, BuildError, Change, ChangeKind, Example, Field, ModuleDef, ProbeError, ProbeResult,
+    Resolve, Resource, Runs,
 };
 
 /// A shell command (run with `sh -c`). Guards make it idempotent: it runs only when
@@ -69,12 +70,41 @@ fn build(
     Ok(Box::new(Command { params }))
 }
 
-pub const DEF: ModuleDef = ModuleDef {
+pub static DEF: ModuleDef = ModuleDef {
     name: "command",
     summary: "A guarded command (creates, unless, onlyif), or a handler (refresh_only).",
     schema: super::schema_for::<Params>,
     build,
     refreshable: true,
+    runs: Runs::Local { rooted: None },
+    reads: &[],
+    probe_keys: &["refresh_only", "chdir", "creates", "unless", "onlyif"],
+    examples: &[
+        Example {
+            name: "creates, in chdir",
+            setup: &[],
+            steps: &[step(
+                r#"{"run": "printf ran > \"done 'x'\"", "creates": "done 'x'", "chdir": "{root}"}"#,
+                ChangeKind::Create,
+            )],
+        },
+        Example {
+            name: "unless and onlyif",
+            setup: &[],
+            steps: &[step(
+                r#"{"run": "echo x >> count", "unless": "grep -q x count", "onlyif": "true", "chdir": "{root}"}"#,
+                ChangeKind::Create,
+            )],
+        },
+        Example {
+            name: "a handler is in sync in every plan",
+            setup: &[],
+            steps: &[step(
+                r#"{"run": "echo h >> count", "refresh_only": true, "chdir": "{root}"}"#,
+                ChangeKind::InSync,
+            )],
+        },
+    ],
 };
 
 impl Command {
@@ -179,7 +209,7 @@ impl Resource for Command {
             }
         }
         let mut c =
-            Change::new(ChangeKind::Create).field("run", None, Some(self.params.run.clone()));
+            Change::new(ChangeKind::Create).field(Field::Run, None, Some(self.params.run.clone()));
         if self.guards().is_none() {
             c = c.note("no guard (creates, unless, onlyif): the command runs on every apply");
         }

@@ -23,7 +23,11 @@ pub(crate) fn host(name: &str) -> Host {
 }
 
 fn change(kind: ChangeKind, field: &str, from: &str, to: &str) -> Change {
-    Change::new(kind).field(field, Some(from.into()), Some(to.into()))
+    Change::new(kind).field(
+        field.parse().expect("a known field"),
+        Some(from.into()),
+        Some(to.into()),
+    )
 }
 
 pub(crate) fn host_run(name: &str, changed: usize, status: HostStatus) -> HostRun {
