@@ -666,3 +666,177 @@ proptest! {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// No check-then-act (issue 11.2): what the probe saw is swapped before the apply runs.
+
+fn mode_of(path: &Path) -> String {
+    let out = run(&format!("stat -c %a {}", quote(&p(path))));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A victim file the step must never touch: content, mode and owner recorded.
+struct Victim {
+    path: std::path::PathBuf,
+    before: (Vec<u8>, String, String),
+}
+
+impl Victim {
+    fn new(dir: &Path) -> Victim {
+        let path = dir.join("victim");
+        std::fs::write(&path, "root:secret-hash\n").unwrap();
+        run(&format!("chmod 0640 {}", quote(&p(&path))));
+        let before = Victim::state(&path);
+        Victim { path, before }
+    }
+    fn state(path: &Path) -> (Vec<u8>, String, String) {
+        let owner = run(&format!("stat -c %u:%g {}", quote(&p(path))));
+        (
+            std::fs::read(path).unwrap(),
+            mode_of(path),
+            String::from_utf8_lossy(&owner.stdout).trim().to_string(),
+        )
+    }
+    fn untouched(&self) {
+        assert_eq!(Victim::state(&self.path), self.before, "the victim changed");
+    }
+}
+
+/// Replaces `path` by a symbolic link to `to`.
+fn swap_for_link(path: &Path, to: &Path) {
+    std::fs::remove_file(path).unwrap();
+    std::os::unix::fs::symlink(to, path).unwrap();
+}
+
+#[test]
+fn a_file_swapped_for_a_symlink_after_the_probe_is_never_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let victim = Victim::new(dir.path());
+    let path = dir.path().join("app.conf");
+    for (params, kind) in [
+        // mode only, owner only, content: each probed on the real file, applied on the link
+        (
+            json!({"path": p(&path), "content": "x\n", "mode": "0644"}),
+            ChangeKind::Modify,
+        ),
+        (
+            json!({"path": p(&path), "content": "x\n", "owner": "65534", "mode": "0600"}),
+            ChangeKind::Modify,
+        ),
+        (
+            json!({"path": p(&path), "content": "new\n"}),
+            ChangeKind::Modify,
+        ),
+        (
+            json!({"path": p(&path), "line": "added"}),
+            ChangeKind::Create,
+        ),
+        (
+            json!({"path": p(&path), "regexp": "^x", "line": "y"}),
+            ChangeKind::Modify,
+        ),
+        (
+            json!({"path": p(&path), "regexp": "^x", "state": "absent"}),
+            ChangeKind::Remove,
+        ),
+    ] {
+        std::fs::write(&path, "x\n").unwrap();
+        run(&format!("chmod 0600 {}", quote(&p(&path))));
+        let module = if params.get("content").is_some() {
+            "file"
+        } else {
+            "line"
+        };
+        let r = build(module, params.clone());
+        let c = observe(r.as_ref());
+        assert_eq!(c.kind, kind, "{params}");
+        swap_for_link(&path, &victim.path);
+        let out = run(&r.apply(&c));
+        assert_ne!(out.status, 0, "{params}: the apply went through the link");
+        victim.untouched();
+        assert!(path.is_symlink(), "{params}: the link was replaced");
+        std::fs::remove_file(&path).unwrap();
+    }
+    // Nothing of plumb's is left beside the target.
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".plumb"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn a_directory_swapped_for_a_symlink_after_the_probe_is_never_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let victim = dir.path().join("victim-dir");
+    std::fs::create_dir(&victim).unwrap();
+    run(&format!("chmod 0700 {}", quote(&p(&victim))));
+    let path = dir.path().join("app");
+    std::fs::create_dir(&path).unwrap();
+    let d = build("directory", json!({"path": p(&path), "mode": "0750"}));
+    let c = observe(d.as_ref());
+    assert_eq!(c.kind, ChangeKind::Modify);
+    std::fs::remove_dir(&path).unwrap();
+    std::os::unix::fs::symlink(&victim, &path).unwrap();
+    let out = run(&d.apply(&c));
+    assert_ne!(out.status, 0);
+    assert_eq!(mode_of(&victim), "700");
+}
+
+#[test]
+fn a_parent_other_users_can_write_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = dir.path().join("open");
+    let path = open.join("sub/app.conf");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    run(&format!("chmod 0777 {}", quote(&p(&open))));
+    let f = build("file", json!({"path": p(&path), "content": "x"}));
+    let c = observe(f.as_ref());
+    let out = run(&f.apply(&c));
+    assert_ne!(out.status, 0);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("will not act below") && err.contains("/open"),
+        "{err}"
+    );
+    assert!(!path.exists());
+    // With the sticky bit (like /tmp) and a directory of plumb's user below it: accepted.
+    run(&format!("chmod 1777 {}", quote(&p(&open))));
+    converge(f.as_ref(), ChangeKind::Create);
+}
+
+/// In a directory another user owns, that user could hard-link a file they may not change
+/// (e.g. /etc/shadow without protected_hardlinks): a file with other names is refused there.
+#[test]
+fn a_hard_link_in_a_directory_another_user_owns_is_refused() {
+    let me = run("id -u");
+    if String::from_utf8_lossy(&me.stdout).trim() != "0" {
+        eprintln!("not root: cannot give a directory to another user; hard-link case not checked");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let victim = Victim::new(dir.path());
+    let home = dir.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    run(&format!("chown 65534 {}", quote(&p(&home))));
+    let path = home.join("app.conf");
+    std::fs::hard_link(&victim.path, &path).unwrap();
+    let f = build(
+        "file",
+        json!({"path": p(&path), "content": "root:secret-hash\n", "mode": "0644"}),
+    );
+    let c = observe(f.as_ref());
+    assert_eq!(c.kind, ChangeKind::Modify);
+    let out = run(&f.apply(&c));
+    assert_ne!(out.status, 0);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("other hard links"));
+    victim.untouched();
+    // The same file alone in that directory is changed.
+    std::fs::remove_file(&path).unwrap();
+    std::fs::write(&path, "root:secret-hash\n").unwrap();
+    run(&format!("chmod 0600 {}", quote(&p(&path))));
+    converge(f.as_ref(), ChangeKind::Modify);
+    assert_eq!(mode_of(&path), "644");
+}

@@ -498,4 +498,37 @@ mod tests {
         );
         assert_eq!(l.diff(&out("type=absent\n")).unwrap(), Change::in_sync());
     }
+
+    #[test]
+    fn line_values_never_reach_a_process_argument() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("conf");
+        std::fs::write(&path, "a\nSECRET-OLD x\nb\n").unwrap();
+        let p = path.display().to_string();
+        for params in [
+            serde_json::json!({"path": p, "regexp": "^SECRET-OLD", "line": "SECRET-NEW 1"}),
+            serde_json::json!({"path": p, "line": "SECRET-APPENDED"}),
+            serde_json::json!({"path": p, "line": "SECRET-APPENDED", "state": "absent"}),
+            serde_json::json!({"path": p, "regexp": "^SECRET-NEW", "state": "absent"}),
+        ] {
+            let l = line(params.clone());
+            let (probe, log) = run_logging_argv(&l.probe());
+            let c = l.diff(&probe).unwrap();
+            assert!(c.is_change(), "{params}: {c:?}");
+            let (applied, log2) = run_logging_argv(&l.apply(&c));
+            assert_eq!(
+                applied.status,
+                0,
+                "{}",
+                String::from_utf8_lossy(&applied.stderr)
+            );
+            let all = format!("{log}{log2}");
+            assert!(all.contains("grep "), "grep ran under the wrapper: {all}");
+            assert!(
+                !all.contains("SECRET"),
+                "{params}: a value reached argv:\n{all}"
+            );
+        }
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "a\nb\n");
+    }
 }
