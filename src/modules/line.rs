@@ -72,6 +72,12 @@ fn build(
         if r.contains('\n') || r.is_empty() {
             return Err(BuildError::at("/regexp", "must be a non-empty single line"));
         }
+        super::ere::check(r).map_err(|e| {
+            BuildError::at(
+                "/regexp",
+                format!("invalid regular expression /{r}/: {e} (a POSIX extended regular expression, as `grep -E` reads it)"),
+            )
+        })?;
     }
     match params.state {
         Presence::Present if params.line.is_none() => {
@@ -530,5 +536,23 @@ mod tests {
             );
         }
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "a\nb\n");
+    }
+
+    #[test]
+    fn an_invalid_regexp_is_a_build_error_at_its_pointer() {
+        for bad in ["(", "[[:foo:]]", "a{2,1}", "x\\"] {
+            let e = build(
+                serde_json::json!({"path": "/a", "regexp": bad, "line": "x"}),
+                &mut NoRepo,
+            )
+            .unwrap_err();
+            assert_eq!(e.pointer, "/regexp", "{bad}");
+            assert!(e.message.contains("invalid regular expression"), "{e}");
+        }
+        assert!(build(
+            serde_json::json!({"path": "/a", "regexp": "^#?Port[[:space:]]+[0-9]{1,5}$", "line": "x"}),
+            &mut NoRepo
+        )
+        .is_ok());
     }
 }

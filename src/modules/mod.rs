@@ -19,6 +19,7 @@ use std::fmt;
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Serialize};
 
+pub mod ere;
 pub mod harness;
 pub mod sh;
 #[cfg(test)]
