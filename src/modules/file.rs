@@ -303,7 +303,8 @@ impl Managed {
 if [ -d {parent} ]; then echo parent=yes; else echo parent=no; fi
 if [ -f "$p" ] && [ ! -L "$p" ]; then
 {stat}
-h=$(sha256sum < "$p") || exit 1
+{open}
+h=$(sha256sum < /dev/fd/3) || exit 1
 h=${{h%% *}}
 echo "sha256=$h"
 if [ "$h" != {sha} ] && [ "$(stat -c %s -- "$p")" -le {max} ]; then
@@ -314,9 +315,10 @@ fi"#,
             ty = sh::PROBE_TYPE,
             parent = quote(&sh::parent(&self.path)),
             stat = sh::PROBE_STAT,
+            open = sh::OPEN_P,
             sha = self.sha256,
             max = MAX_DIFF_BYTES,
-            content = sh::print_b64("content", r#"cat -- "$p""#),
+            content = sh::print_b64("content", "cat /dev/fd/3"),
         )
     }
 

@@ -281,26 +281,27 @@ impl Resource for Line {
     }
     fn probe(&self) -> String {
         let mut s = format!(
-            "{}p={}\n{}\nif [ -f \"$p\" ] && [ ! -L \"$p\" ]; then\n",
+            "{}p={}\n{}\nif [ -f \"$p\" ] && [ ! -L \"$p\" ]; then\n{}\n",
             self.vars(),
             quote(&self.params.path),
-            sh::PROBE_TYPE
+            sh::PROBE_TYPE,
+            sh::OPEN_P,
         );
         if self.params.line.is_some() {
-            s += r#"n=$(printf '%s\n' "$v" | grep -c -x -F -f - -- "$p"); [ $? -le 1 ] || exit 1
+            s += r#"n=$(printf '%s\n' "$v" | grep -c -x -F -f - -- /dev/fd/3); [ $? -le 1 ] || exit 1
 echo "exact=$n"
-n=$(printf '%s\n' "$v" | grep -n -x -F -f - -- "$p" | tail -n 1 | cut -d: -f1)
+n=$(printf '%s\n' "$v" | grep -n -x -F -f - -- /dev/fd/3 | tail -n 1 | cut -d: -f1)
 echo "last_exact=${n:-0}"
 "#;
         }
         if self.params.regexp.is_some() {
             s += &format!(
-                r#"n=$(printf '%s\n' "$re" | grep -c -E -f - -- "$p" 2>/dev/null); s=$?
+                r#"n=$(printf '%s\n' "$re" | grep -c -E -f - -- /dev/fd/3 2>/dev/null); s=$?
 if [ "$s" -gt 1 ]; then echo regexp=invalid
 else
 echo "matches=$n"
 if [ "$n" -gt 0 ]; then
-n=$(printf '%s\n' "$re" | grep -n -E -f - -- "$p" | tail -n 1 | cut -d: -f1)
+n=$(printf '%s\n' "$re" | grep -n -E -f - -- /dev/fd/3 | tail -n 1 | cut -d: -f1)
 echo "last_match=${{n:-0}}"
 {last}
 fi
@@ -308,7 +309,7 @@ fi
 "#,
                 last = sh::print_b64(
                     "last",
-                    r#"printf '%s\n' "$re" | grep -E -f - -- "$p" | tail -n 1"#
+                    r#"printf '%s\n' "$re" | grep -E -f - -- /dev/fd/3 | tail -n 1"#
                 ),
             );
         }

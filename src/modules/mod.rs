@@ -498,3 +498,87 @@ pub const MODE_PATTERN: &str = "^0?[0-7]{3,4}$";
 pub const ABS_PATH_PATTERN: &str = "^/";
 /// A user or group name as accepted by shadow-utils.
 pub const NAME_PATTERN: &str = "^[A-Za-z_][A-Za-z0-9_.-]*\\$?$";
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{built, out};
+    use super::*;
+
+    /// Every note rewritten, one added: what a rewording of the messages would do.
+    fn reworded(c: &Change) -> Change {
+        let mut r = c.clone();
+        for n in r.notes.iter_mut() {
+            *n = format!("REWORDED {}", n.to_uppercase());
+        }
+        r.notes.push("package manager: dnf".into());
+        r.notes.push(service::NO_SYSTEMD.into());
+        r
+    }
+
+    #[test]
+    fn rewording_notes_never_changes_an_apply() {
+        let cases: &[(&ModuleDef, serde_json::Value, &str, &str)] = &[
+            (&package::DEF, serde_json::json!({"name": "nginx"}), "manager=apt\n", "apt-get install"),
+            (&package::DEF, serde_json::json!({"name": "nginx"}), "manager=dnf\nrpm=absent\n", "install -y nginx"),
+            (
+                &service::DEF,
+                serde_json::json!({"name": "nginx", "state": "running", "enabled": true}),
+                "init=sysv\nload=loaded\nactive=inactive\nenabled=disabled\n",
+                "update-rc.d",
+            ),
+            (
+                &service::DEF,
+                serde_json::json!({"name": "nginx", "state": "running"}),
+                "init=systemd\nload=not-found\nactive=inactive\nenabled=\n",
+                "systemctl start",
+            ),
+            (&file::DEF, serde_json::json!({"path": "/a/b", "content": "x"}), "type=absent\nparent=no\n", "mv -f -T -- f"),
+            (&line::DEF, serde_json::json!({"path": "/a", "line": "x"}), "type=absent\n", "set `create: true`"),
+            (&command::DEF, serde_json::json!({"run": "date"}), "", "eval"),
+            (
+                &symlink::DEF,
+                serde_json::json!({"path": "/a", "target": "/b", "force": true}),
+                "type=file\nparent=yes\n",
+                "ln -s -- /b l",
+            ),
+            (
+                &directory::DEF,
+                serde_json::json!({"path": "/a", "state": "absent", "recurse": true}),
+                "type=directory\nmode=755\nuid=0\nowner=root\ngid=0\ngroup=root\nsize=1\nempty=no\n",
+                "rm -rf",
+            ),
+        ];
+        for (def, params, probe, expect) in cases {
+            let r = built(def.build, params.clone());
+            let c = match r.diff(&out(probe)) {
+                Ok(c) => c,
+                Err(e) => panic!("{} {params}: {e}", def.name),
+            };
+            assert!(
+                !c.notes.is_empty(),
+                "{} {params}: a case with notes",
+                def.name
+            );
+            let script = r.apply(&c);
+            assert!(script.contains(expect), "{} {params}:\n{script}", def.name);
+            assert_eq!(r.apply(&reworded(&c)), script, "{} {params}", def.name);
+            let silent = Change {
+                notes: Vec::new(),
+                ..c.clone()
+            };
+            assert_eq!(r.apply(&silent), script, "{} {params}", def.name);
+        }
+    }
+
+    #[test]
+    fn field_names_round_trip() {
+        for f in Field::ALL {
+            assert_eq!(f.as_str().parse::<Field>(), Ok(*f));
+            assert_eq!(
+                serde_json::to_value(f).ok(),
+                Some(serde_json::Value::String(f.as_str().into()))
+            );
+        }
+        assert!("colour".parse::<Field>().is_err());
+    }
+}

@@ -217,6 +217,12 @@ pub fn enter_target(changed: &str) -> String {
     )
 }
 
+/// Probe side of [`enter_parent`]: opens the regular file `$p` once as fd 3 and checks that
+/// what was opened is the file at the path itself, not what a symbolic link swapped in
+/// since the type check points to (e.g. /etc/shadow, whose content would then reach a plan);
+/// commands then read `/dev/fd/3`.
+pub const OPEN_P: &str = r#"exec 3<"$p" && [ "$(stat -L -c %d:%i /dev/fd/3)" = "$(stat -c %d:%i -- "$p")" ] || { printf '%s\n' "$p changed while plumb read it" >&2; exit 1; }"#;
+
 /// A shell command that fails the fragment with `message` on stderr. `message` is quoted here.
 pub fn fail(message: &str) -> String {
     format!("{{ printf '%s\\n' {} >&2; exit 1; }}", quote(message))
