@@ -324,8 +324,10 @@ esac"#,
                 let install = format!(
                     "apt-get install -y -q --no-install-recommends{down} {spec} </dev/null"
                 );
+                // The first try's errors are dropped: when it fails, the lists are refreshed
+                // and the second try says what is wrong (once, not twice).
                 format!(
-                    "DEBIAN_FRONTEND=noninteractive; export DEBIAN_FRONTEND\n{install} || {{ apt-get update -q </dev/null && {install}; }} || exit 1\n"
+                    "DEBIAN_FRONTEND=noninteractive; export DEBIAN_FRONTEND\n{install} 2>/dev/null || {{ apt-get update -q </dev/null && {install}; }} || exit 1\n"
                 )
             }
             (Detected::Apt, true) => format!(
@@ -442,5 +444,29 @@ mod tests {
             &mut NoRepo
         )
         .is_err());
+    }
+
+    /// An apt failure is reported once: the first try (before `apt-get update`) is silent.
+    #[test]
+    fn an_apt_error_is_printed_once() {
+        let p = pkg(serde_json::json!({"name": "nginx", "manager": "apt"}));
+        let c = p.diff(&out("manager=apt\n")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let fake = dir.path().join("apt-get");
+        std::fs::write(
+            &fake,
+            "#!/bin/sh\ncase $1 in update) exit 0 ;; esac\necho 'E: Unable to locate package nginx' >&2\nexit 100\n",
+        )
+        .unwrap();
+        std::process::Command::new("chmod")
+            .arg("0755")
+            .arg(&fake)
+            .status()
+            .unwrap();
+        let script = format!("PATH={}:$PATH\n{}", dir.path().display(), p.apply(&c));
+        let (res, _) = run_logging_argv(&script);
+        assert_ne!(res.status, 0);
+        let err = String::from_utf8_lossy(&res.stderr);
+        assert_eq!(err.matches("Unable to locate package").count(), 1, "{err}");
     }
 }
