@@ -221,3 +221,78 @@ fn a_user_racing_plumb_never_gets_shadow_changed() {
         "0"
     );
 }
+
+/// Issue 11.3 on a real host: while plumb applies sensitive `command` and `line` steps, the
+/// host's process list (sampled in a loop by `ps`) never shows their command text, guard or
+/// line value.
+#[test]
+fn sensitive_values_never_reach_the_hosts_process_list() {
+    let _g = lock();
+    let Some(hosts) = fresh_hosts("sensitive_values_never_reach_the_hosts_process_list") else {
+        return;
+    };
+    let repo = tempfile::tempdir().expect("tempdir");
+    let r = repo.path();
+    std::fs::create_dir_all(r.join("environments/production")).expect("mkdir");
+    std::fs::create_dir_all(r.join("units")).expect("mkdir");
+    std::fs::write(
+        r.join("plumb.yaml"),
+        "defaults: {user: deploy, become: true}\n",
+    )
+    .expect("write");
+    std::fs::write(
+        r.join("environments/production/hosts.yaml"),
+        format!(
+            "hosts:\n  - name: {}\n    address: {}\n",
+            hosts.name(1),
+            hosts.addresses[0]
+        ),
+    )
+    .expect("write");
+    std::fs::write(
+        r.join("units/secret.yaml"),
+        r#"steps:
+  - id: secret-run
+    sensitive: true
+    command:
+      run: "i=0; while [ $i -lt 30 ]; do i=$((i+1)); sleep 0.1; done; printf '%s' PLUMB-SECRET-RUN-7731 > /tmp/secret-ran"
+      unless: "test -e /tmp/secret-ran && : PLUMB-SECRET-GUARD-7731"
+      onlyif: "sleep 0.5; test ! -e /tmp/PLUMB-SECRET-ONLYIF-7731"
+  - id: secret-line
+    sensitive: true
+    line:
+      path: /tmp/secret-line
+      line: "token=PLUMB-SECRET-LINE-7731"
+      create: true
+"#,
+    )
+    .expect("write");
+    let (code, _, err) = sh(Command::new("docker").args([
+        "exec",
+        "-d",
+        &hosts.container(1),
+        "sh",
+        "-c",
+        "echo $$ > /tmp/watch.pid; end=$(( $(date +%s) + 120 )); \
+         while [ \"$(date +%s)\" -lt \"$end\" ]; do ps -eo args >> /tmp/ps.log; done",
+    ]));
+    assert_eq!(code, 0, "watcher: {err}");
+    let (code, report, err) = plumb(&hosts, &["apply"], r);
+    exec(&hosts, 1, "kill \"$(cat /tmp/watch.pid)\" 2>/dev/null || :");
+    assert_eq!(code, 0, "{report:#}\n{err}");
+    assert_eq!(
+        exec(&hosts, 1, "cat /tmp/secret-ran"),
+        "PLUMB-SECRET-RUN-7731"
+    );
+    assert_eq!(
+        exec(&hosts, 1, "cat /tmp/secret-line"),
+        "token=PLUMB-SECRET-LINE-7731"
+    );
+    // The watcher saw the step's own processes, so it was looking at the right time.
+    assert_ne!(
+        exec(&hosts, 1, "grep -c '^sleep 0.1' /tmp/ps.log || :"),
+        "0"
+    );
+    let leaked = exec(&hosts, 1, "grep -F PLUMB-SECRET /tmp/ps.log | sort -u || :");
+    assert_eq!(leaked, "", "secrets in the process list");
+}
