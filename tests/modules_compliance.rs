@@ -373,13 +373,15 @@ fn line_lifecycle() {
         std::fs::read_to_string(&path).unwrap(),
         "PermitRootLogin no\nUseDNS no $(touch /tmp/pwned) 'q'\n"
     );
-    // A bad regexp is a clear error.
-    let l = build(
-        "line",
+    // A bad regexp is a clear error, found before any host (issue 11.13).
+    let Err(e) = (lookup("line").unwrap().build)(
         json!({"path": p(&path), "regexp": "(", "line": "x"}),
-    );
-    let e = l.diff(&run(&l.probe())).unwrap_err();
-    assert!(e.message.contains("invalid regexp"), "{e}");
+        &mut Repo,
+    ) else {
+        panic!("an invalid regexp was built")
+    };
+    assert_eq!(e.pointer, "/regexp");
+    assert!(e.message.contains("invalid regular expression"), "{e}");
     // Missing file without create: noted, and the apply fails clearly.
     let missing = dir.path().join("missing");
     let l = build("line", json!({"path": p(&missing), "line": "x"}));
