@@ -38,7 +38,7 @@ fn host_run(name: &str, changed: usize) -> HostRun {
                 },
                 status: StepStatus::Changed,
                 change: Some(Change::new(ChangeKind::Modify).field(
-                    "content",
+                    plumb::modules::Field::Content,
                     Some("old".into()),
                     Some("new".into()),
                 )),

@@ -1,53 +1,69 @@
-//! The module spec, checked against a real `sh` on this machine, inside a temporary directory.
+//! The module spec, checked against a real `sh` on this machine, inside temporary directories.
 //!
-//! For every module that can run here without touching the host outside a scratch directory:
-//! probe → diff (a change) → apply → probe → diff (in sync) → probe → diff (still in sync).
-//! Each fragment runs the way the engine runs it: as its own `sh -c` script, with stdout,
-//! stderr and the exit status captured into a `ProbeResult`.
-//!
-//! A registered module must appear in exactly one of [`LOCAL`] and [`HOST_ONLY`], so a new
-//! module cannot skip the spec silently.
+//! `registry_examples_converge_here` runs every [`Runs::Local`] module's own examples
+//! (declared in its `ModuleDef`) through the generic harness: probe → diff (the expected
+//! change) → apply → probe → diff (in sync) → apply again → probe → diff (still in sync).
+//! A module without examples fails it; the [`Runs::Host`] modules run the same harness on the
+//! Docker test hosts (tests/e2e_modules.rs). The other tests here check what a generic
+//! lifecycle cannot see (bytes on disk, backups, modes kept, error messages), through the same
+//! harness functions.
 
 use std::path::Path;
 use std::process::Command;
 
+use plumb::modules::harness::{self, Host, Select};
 use plumb::modules::{
-    lookup, sh::quote, Change, ChangeKind, ProbeResult, Resolve, Resource, REGISTRY,
+    lookup, sh::quote, Change, ChangeKind, Field, ProbeResult, Resolve, Resource, Runs, REGISTRY,
 };
 use proptest::prelude::*;
 use serde_json::json;
 
-/// Modules exercised end to end below.
-const LOCAL: &[&str] = &[
-    "file",
-    "directory",
-    "symlink",
-    "line",
-    "command",
-    "cron",
-    "sysctl",
-];
-/// Modules that need a real host (root, a package manager, an init system, the user
-/// database): covered by probe-output unit tests beside each module, and by integration
-/// tests against a disposable VM.
-const HOST_ONLY: &[&str] = &["package", "service", "user", "group"];
+/// This machine: fragments run with a real `sh`, each example in a fresh temporary directory.
+#[derive(Default)]
+struct LocalSh {
+    roots: Vec<tempfile::TempDir>,
+}
+
+impl Host for LocalSh {
+    fn fresh_root(&mut self) -> String {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = p(dir.path());
+        self.roots.push(dir);
+        path
+    }
+    fn run(&mut self, script: &str) -> ProbeResult {
+        run(script)
+    }
+}
 
 #[test]
-fn every_module_is_covered() {
-    for def in REGISTRY {
-        let local = LOCAL.contains(&def.name);
-        let host = HOST_ONLY.contains(&def.name);
-        assert!(
-            local ^ host,
-            "module `{}` must be listed in exactly one of LOCAL or HOST_ONLY",
-            def.name
-        );
-    }
-    for name in LOCAL.iter().chain(HOST_ONLY) {
-        assert!(
-            lookup(name).is_some(),
-            "`{name}` is listed but not registered"
-        );
+fn registry_examples_converge_here() {
+    let errors = harness::run_registry(REGISTRY, Select::Local, &mut LocalSh::default());
+    let shown: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+    assert!(shown.is_empty(), "{}", shown.join("\n\n"));
+    assert!(
+        REGISTRY
+            .iter()
+            .any(|d| matches!(d.runs, Runs::Local { .. })),
+        "no local module ran"
+    );
+}
+
+/// The module lists of the docs name exactly the registered modules, in registry order.
+#[test]
+fn docs_list_exactly_the_registered_modules() {
+    let registered: Vec<&str> = REGISTRY.iter().map(|d| d.name).collect();
+    for doc in ["README.md", "examples/README.md"] {
+        let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(doc))
+            .unwrap_or_else(|e| panic!("{doc}: {e}"));
+        let text = text.replace('\n', " ");
+        let start = text
+            .find("module key (")
+            .unwrap_or_else(|| panic!("{doc}: no `module key (` list"));
+        let list = &text[start + "module key (".len()..];
+        let list = &list[..list.find(')').unwrap_or(list.len())];
+        let named: Vec<&str> = list.split('`').skip(1).step_by(2).collect();
+        assert_eq!(named, registered, "{doc} lists other modules than REGISTRY");
     }
 }
 
@@ -84,43 +100,23 @@ fn run(script: &str) -> ProbeResult {
     }
 }
 
-fn observe(r: &dyn Resource) -> Change {
-    let probe = run(&r.probe());
-    match r.diff(&probe) {
-        Ok(c) => c,
-        Err(e) => panic!(
-            "{}: diff failed: {e}\nprobe:\n{}\nstdout:\n{}\nstderr:\n{}",
-            r.target(),
-            r.probe(),
-            String::from_utf8_lossy(&probe.stdout),
-            String::from_utf8_lossy(&probe.stderr)
-        ),
-    }
+fn def_of(r: &dyn Resource) -> &'static plumb::modules::ModuleDef {
+    let name = format!("{r:?}").to_lowercase();
+    REGISTRY
+        .iter()
+        .copied()
+        .find(|d| name.starts_with(d.name))
+        .unwrap_or_else(|| panic!("no module for {name}"))
 }
 
-/// The spec: a change, applied, converges, and stays converged.
+fn observe(r: &dyn Resource) -> Change {
+    harness::observe(def_of(r), r, &mut LocalSh::default()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The spec (the harness's): a change, applied, converges, and stays converged.
 fn converge(r: &dyn Resource, expect: ChangeKind) -> Change {
-    let first = observe(r);
-    assert_eq!(first.kind, expect, "{}: first diff {first:?}", r.target());
-    let script = r.apply(&first);
-    let applied = run(&script);
-    assert_eq!(
-        applied.status,
-        0,
-        "{}: apply failed\n{script}\nstderr: {}",
-        r.target(),
-        String::from_utf8_lossy(&applied.stderr)
-    );
-    for round in 2..=3 {
-        let again = observe(r);
-        assert_eq!(
-            again,
-            Change::in_sync(),
-            "{}: diff #{round} after apply is not in sync",
-            r.target()
-        );
-    }
-    first
+    harness::converge_resource(def_of(r), r, expect, &mut LocalSh::default())
+        .unwrap_or_else(|e| panic!("{}: {e}", r.target()))
 }
 
 fn p(path: &Path) -> String {
@@ -158,7 +154,7 @@ fn file_lifecycle() {
         c.content.clone().and_then(|c| c.old),
         Some(b"hello\n".to_vec())
     );
-    assert!(c.changes_field("mode"));
+    assert!(c.changes_field(Field::Mode));
     assert_eq!(std::fs::read(&path).unwrap(), b"bye\n");
     let backup = dir.path().join("it's $(weird) `name`.conf.plumb-backup");
     assert_eq!(std::fs::read(&backup).unwrap(), b"hello\n");
@@ -167,7 +163,7 @@ fn file_lifecycle() {
     run(&format!("chmod 0644 {}", quote(&p(&path))));
     let c = converge(f.as_ref(), ChangeKind::Modify);
     assert_eq!(c.content, None);
-    assert!(c.changes_field("mode"));
+    assert!(c.changes_field(Field::Mode));
 
     // A template, then absent.
     let f = build("file", json!({"path": p(&path), "template": "app.j2"}));
@@ -377,13 +373,15 @@ fn line_lifecycle() {
         std::fs::read_to_string(&path).unwrap(),
         "PermitRootLogin no\nUseDNS no $(touch /tmp/pwned) 'q'\n"
     );
-    // A bad regexp is a clear error.
-    let l = build(
-        "line",
+    // A bad regexp is a clear error, found before any host (issue 11.13).
+    let Err(e) = (lookup("line").unwrap().build)(
         json!({"path": p(&path), "regexp": "(", "line": "x"}),
-    );
-    let e = l.diff(&run(&l.probe())).unwrap_err();
-    assert!(e.message.contains("invalid regexp"), "{e}");
+        &mut Repo,
+    ) else {
+        panic!("an invalid regexp was built")
+    };
+    assert_eq!(e.pointer, "/regexp");
+    assert!(e.message.contains("invalid regular expression"), "{e}");
     // Missing file without create: noted, and the apply fails clearly.
     let missing = dir.path().join("missing");
     let l = build("line", json!({"path": p(&missing), "line": "x"}));
@@ -496,7 +494,7 @@ fn sysctl_lifecycle_under_a_root_prefix() {
     };
     let s = mk(json!({"name": "net.ipv4.tcp_rmem", "value": "4096 87380 6291456"}));
     let c = converge(&s, ChangeKind::Create);
-    assert!(c.changes_field("value"));
+    assert!(c.changes_field(Field::Value));
     assert_eq!(
         std::fs::read_to_string(&live).unwrap(),
         "4096 87380 6291456\n"
@@ -544,39 +542,6 @@ fn host_only_probes_run_and_parse() {
     }
     let root = build("user", json!({"name": "root", "uid": 0}));
     assert_eq!(observe(root.as_ref()), Change::in_sync());
-}
-
-/// Creates, changes and removes a real user and group. It changes the host's user
-/// database, so it only runs when asked (`cargo test -- --ignored`) on a disposable host.
-#[test]
-#[ignore = "changes the host's users and groups: run on a disposable host"]
-fn user_and_group_lifecycle_on_a_real_host() {
-    let g = build("group", json!({"name": "plumbtestg", "gid": 4242}));
-    converge(g.as_ref(), ChangeKind::Create);
-    let g2 = build("group", json!({"name": "plumbtestg2"}));
-    converge(g2.as_ref(), ChangeKind::Create);
-    let u = build(
-        "user",
-        json!({"name": "plumbtestu", "uid": 4243, "group": "plumbtestg", "groups": ["plumbtestg2"], "shell": "/bin/sh", "create_home": false}),
-    );
-    converge(u.as_ref(), ChangeKind::Create);
-    let u = build(
-        "user",
-        json!({"name": "plumbtestu", "groups": [], "shell": "/bin/false", "home": "/nonexistent"}),
-    );
-    converge(u.as_ref(), ChangeKind::Modify);
-    let g = build("group", json!({"name": "plumbtestg2", "gid": 4244}));
-    converge(g.as_ref(), ChangeKind::Modify);
-    converge(
-        build("user", json!({"name": "plumbtestu", "state": "absent"})).as_ref(),
-        ChangeKind::Remove,
-    );
-    for name in ["plumbtestg", "plumbtestg2"] {
-        converge(
-            build("group", json!({"name": name, "state": "absent"})).as_ref(),
-            ChangeKind::Remove,
-        );
-    }
 }
 
 /// One representative step per module, for the totality property below.
@@ -636,47 +601,13 @@ fn samples_cover_the_registry() {
 }
 
 fn key_value_lines() -> impl Strategy<Value = Vec<u8>> {
-    let key = prop::sample::select(vec![
-        "type",
-        "parent",
-        "mode",
-        "uid",
-        "owner",
-        "gid",
-        "group",
-        "size",
-        "sha256",
-        "content_b64",
-        "target_b64",
-        "empty",
-        "exact",
-        "last_exact",
-        "matches",
-        "last_match",
-        "last_b64",
-        "regexp",
-        "manager",
-        "dpkg_status",
-        "dpkg_version",
-        "rpm",
-        "rpm_version",
-        "apk",
-        "init",
-        "load",
-        "active",
-        "enabled",
-        "entry",
-        "entry_b64",
-        "primary_b64",
-        "groups_b64",
-        "creates",
-        "unless",
-        "onlyif",
-        "chdir",
-        "live",
-        "live_b64",
-        "error",
-    ]);
+    let mut keys: Vec<&'static str> = REGISTRY
+        .iter()
+        .flat_map(|d| d.probe_keys.iter().copied())
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let key = prop::sample::select(keys);
     let value = prop_oneof![
         prop::sample::select(vec![
             "absent",
@@ -736,4 +667,178 @@ proptest! {
             }
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// No check-then-act (issue 11.2): what the probe saw is swapped before the apply runs.
+
+fn mode_of(path: &Path) -> String {
+    let out = run(&format!("stat -c %a {}", quote(&p(path))));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A victim file the step must never touch: content, mode and owner recorded.
+struct Victim {
+    path: std::path::PathBuf,
+    before: (Vec<u8>, String, String),
+}
+
+impl Victim {
+    fn new(dir: &Path) -> Victim {
+        let path = dir.join("victim");
+        std::fs::write(&path, "root:secret-hash\n").unwrap();
+        run(&format!("chmod 0640 {}", quote(&p(&path))));
+        let before = Victim::state(&path);
+        Victim { path, before }
+    }
+    fn state(path: &Path) -> (Vec<u8>, String, String) {
+        let owner = run(&format!("stat -c %u:%g {}", quote(&p(path))));
+        (
+            std::fs::read(path).unwrap(),
+            mode_of(path),
+            String::from_utf8_lossy(&owner.stdout).trim().to_string(),
+        )
+    }
+    fn untouched(&self) {
+        assert_eq!(Victim::state(&self.path), self.before, "the victim changed");
+    }
+}
+
+/// Replaces `path` by a symbolic link to `to`.
+fn swap_for_link(path: &Path, to: &Path) {
+    std::fs::remove_file(path).unwrap();
+    std::os::unix::fs::symlink(to, path).unwrap();
+}
+
+#[test]
+fn a_file_swapped_for_a_symlink_after_the_probe_is_never_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let victim = Victim::new(dir.path());
+    let path = dir.path().join("app.conf");
+    for (params, kind) in [
+        // mode only, owner only, content: each probed on the real file, applied on the link
+        (
+            json!({"path": p(&path), "content": "x\n", "mode": "0644"}),
+            ChangeKind::Modify,
+        ),
+        (
+            json!({"path": p(&path), "content": "x\n", "owner": "65534", "mode": "0600"}),
+            ChangeKind::Modify,
+        ),
+        (
+            json!({"path": p(&path), "content": "new\n"}),
+            ChangeKind::Modify,
+        ),
+        (
+            json!({"path": p(&path), "line": "added"}),
+            ChangeKind::Create,
+        ),
+        (
+            json!({"path": p(&path), "regexp": "^x", "line": "y"}),
+            ChangeKind::Modify,
+        ),
+        (
+            json!({"path": p(&path), "regexp": "^x", "state": "absent"}),
+            ChangeKind::Remove,
+        ),
+    ] {
+        std::fs::write(&path, "x\n").unwrap();
+        run(&format!("chmod 0600 {}", quote(&p(&path))));
+        let module = if params.get("content").is_some() {
+            "file"
+        } else {
+            "line"
+        };
+        let r = build(module, params.clone());
+        let c = observe(r.as_ref());
+        assert_eq!(c.kind, kind, "{params}");
+        swap_for_link(&path, &victim.path);
+        let out = run(&r.apply(&c));
+        assert_ne!(out.status, 0, "{params}: the apply went through the link");
+        victim.untouched();
+        assert!(path.is_symlink(), "{params}: the link was replaced");
+        std::fs::remove_file(&path).unwrap();
+    }
+    // Nothing of plumb's is left beside the target.
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".plumb"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn a_directory_swapped_for_a_symlink_after_the_probe_is_never_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let victim = dir.path().join("victim-dir");
+    std::fs::create_dir(&victim).unwrap();
+    run(&format!("chmod 0700 {}", quote(&p(&victim))));
+    let path = dir.path().join("app");
+    std::fs::create_dir(&path).unwrap();
+    let d = build("directory", json!({"path": p(&path), "mode": "0750"}));
+    let c = observe(d.as_ref());
+    assert_eq!(c.kind, ChangeKind::Modify);
+    std::fs::remove_dir(&path).unwrap();
+    std::os::unix::fs::symlink(&victim, &path).unwrap();
+    let out = run(&d.apply(&c));
+    assert_ne!(out.status, 0);
+    assert_eq!(mode_of(&victim), "700");
+}
+
+#[test]
+fn a_parent_other_users_can_write_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = dir.path().join("open");
+    let path = open.join("sub/app.conf");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    run(&format!("chmod 0777 {}", quote(&p(&open))));
+    let f = build("file", json!({"path": p(&path), "content": "x"}));
+    let c = observe(f.as_ref());
+    let out = run(&f.apply(&c));
+    assert_ne!(out.status, 0);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("will not act below") && err.contains("/open"),
+        "{err}"
+    );
+    assert!(!path.exists());
+    // With the sticky bit (like /tmp) and a directory of plumb's user below it: accepted.
+    run(&format!("chmod 1777 {}", quote(&p(&open))));
+    converge(f.as_ref(), ChangeKind::Create);
+}
+
+/// In a directory another user owns, that user could hard-link a file they may not change
+/// (e.g. /etc/shadow without protected_hardlinks): a file with other names is refused there.
+#[test]
+fn a_hard_link_in_a_directory_another_user_owns_is_refused() {
+    let me = run("id -u");
+    if String::from_utf8_lossy(&me.stdout).trim() != "0" {
+        eprintln!("not root: cannot give a directory to another user; hard-link case not checked");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let victim = Victim::new(dir.path());
+    let home = dir.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    run(&format!("chown 65534 {}", quote(&p(&home))));
+    let path = home.join("app.conf");
+    std::fs::hard_link(&victim.path, &path).unwrap();
+    let f = build(
+        "file",
+        json!({"path": p(&path), "content": "root:secret-hash\n", "mode": "0644"}),
+    );
+    let c = observe(f.as_ref());
+    assert_eq!(c.kind, ChangeKind::Modify);
+    let out = run(&f.apply(&c));
+    assert_ne!(out.status, 0);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("other hard links"));
+    victim.untouched();
+    // The same file alone in that directory is changed.
+    std::fs::remove_file(&path).unwrap();
+    std::fs::write(&path, "root:secret-hash\n").unwrap();
+    run(&format!("chmod 0600 {}", quote(&p(&path))));
+    converge(f.as_ref(), ChangeKind::Modify);
+    assert_eq!(mode_of(&path), "644");
 }

@@ -747,7 +747,7 @@ impl Daemon {
                         if s.step.sensitive {
                             Vec::new()
                         } else {
-                            c.fields.iter().map(|f| f.field.clone()).collect()
+                            c.fields.iter().map(|f| f.field).collect()
                         },
                     ),
                     Err(_) => ("error".into(), Vec::new()),

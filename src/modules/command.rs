@@ -5,23 +5,25 @@
 //! `onlyif=ok|failed` for each guard that is set. Guards run in `chdir`, with stdin from
 //! /dev/null and their output discarded; they must only observe (they run at every probe).
 //!
-//! The apply runs `sh -c <run>` in `chdir` with stdin from /dev/null; its exit status is
-//! the step's. A command with no guard at all runs on every apply (the plan notes it).
+//! The apply runs `<run>` with the host's `sh` (evaluated in a subshell, so the text never
+//! appears as a process argument) in `chdir` with stdin from /dev/null; its exit status is
+//! the step's. Guards are evaluated the same way. A command with no guard at all runs on every apply (the plan notes it).
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::sh::{quote, Observed};
 use super::{
-    BuildError, Change, ChangeKind, ModuleDef, ProbeError, ProbeResult, Resolve, Resource,
+    step, BuildError, Change, ChangeKind, Example, Field, ModuleDef, ProbeError, ProbeResult,
+    Resolve, Resource, Runs,
 };
 
-/// A shell command (run with `sh -c`). Guards make it idempotent: it runs only when
+/// A shell command (run by the host's `sh`, in a subshell). Guards make it idempotent: it runs only when
 /// `creates` does not exist, `unless` fails, and `onlyif` succeeds. With
 /// `refresh_only: true` it runs only when a step that notifies it changed (a handler).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Params {
-    /// The command, run as `sh -c <run>`.
+    /// The command, run by `sh` (like `sh -c <run>`, without showing it in the process list).
     #[schemars(length(min = 1))]
     pub run: String,
     /// Skip when this path exists.
@@ -69,13 +71,51 @@ fn build(
     Ok(Box::new(Command { params }))
 }
 
-pub const DEF: ModuleDef = ModuleDef {
+pub static DEF: ModuleDef = ModuleDef {
     name: "command",
     summary: "A guarded command (creates, unless, onlyif), or a handler (refresh_only).",
     schema: super::schema_for::<Params>,
     build,
     refreshable: true,
+    runs: Runs::Local { rooted: None },
+    reads: &[],
+    probe_keys: &["refresh_only", "chdir", "creates", "unless", "onlyif"],
+    examples: &[
+        Example {
+            name: "creates, in chdir",
+            setup: &[],
+            steps: &[step(
+                r#"{"run": "printf ran > \"done 'x'\"", "creates": "done 'x'", "chdir": "{root}"}"#,
+                ChangeKind::Create,
+            )],
+        },
+        Example {
+            name: "unless and onlyif",
+            setup: &[],
+            steps: &[step(
+                r#"{"run": "echo x >> count", "unless": "grep -q x count", "onlyif": "true", "chdir": "{root}"}"#,
+                ChangeKind::Create,
+            )],
+        },
+        Example {
+            name: "a handler is in sync in every plan",
+            setup: &[],
+            steps: &[step(
+                r#"{"run": "echo h >> count", "refresh_only": true, "chdir": "{root}"}"#,
+                ChangeKind::InSync,
+            )],
+        },
+    ],
 };
+
+/// A guard command as a shell condition, evaluated in a subshell (never an argument of a
+/// process), its output discarded.
+fn guard(cmd: &str) -> String {
+    format!(
+        "( plumb_guard={}; eval \"$plumb_guard\" ) </dev/null >/dev/null 2>&1",
+        quote(cmd)
+    )
+}
 
 impl Command {
     fn cd(&self) -> String {
@@ -84,8 +124,14 @@ impl Command {
             None => String::new(),
         }
     }
+    /// Runs the command: its text is a shell variable of the script (which reaches the host
+    /// on the shell's stdin) evaluated in a subshell, so it never appears as an argument in
+    /// the host's process list (as `sh -c '<text>'` would).
     fn run(&self) -> String {
-        format!("sh -c {} </dev/null || exit\n", quote(&self.params.run))
+        format!(
+            "plumb_run={}\n( eval \"$plumb_run\" ) </dev/null || exit\n",
+            quote(&self.params.run)
+        )
     }
     /// A shell condition that holds when the guards let the command run.
     fn guards(&self) -> Option<String> {
@@ -95,10 +141,10 @@ impl Command {
             conds.push(format!("[ ! -e {c} ] && [ ! -L {c} ]"));
         }
         if let Some(u) = &self.params.unless {
-            conds.push(format!("! sh -c {} </dev/null >/dev/null 2>&1", quote(u)));
+            conds.push(format!("! {}", guard(u)));
         }
         if let Some(o) = &self.params.onlyif {
-            conds.push(format!("sh -c {} </dev/null >/dev/null 2>&1", quote(o)));
+            conds.push(guard(o));
         }
         if conds.is_empty() {
             None
@@ -141,8 +187,8 @@ impl Resource for Command {
         ] {
             if let Some(v) = v {
                 s += &format!(
-                    "if sh -c {} </dev/null >/dev/null 2>&1; then echo {key}=ok; else echo {key}=failed; fi\n",
-                    quote(v)
+                    "if {}; then echo {key}=ok; else echo {key}=failed; fi\n",
+                    guard(v)
                 );
             }
         }
@@ -179,7 +225,7 @@ impl Resource for Command {
             }
         }
         let mut c =
-            Change::new(ChangeKind::Create).field("run", None, Some(self.params.run.clone()));
+            Change::new(ChangeKind::Create).field(Field::Run, None, Some(self.params.run.clone()));
         if self.guards().is_none() {
             c = c.note("no guard (creates, unless, onlyif): the command runs on every apply");
         }
@@ -271,5 +317,40 @@ mod tests {
         assert_eq!(h.diff(&out("garbage")).unwrap(), Change::in_sync());
         insta::assert_snapshot!("command_refresh", h.refresh().unwrap_or_default());
         assert!(build(serde_json::json!({"run": " "}), &mut NoRepo).is_err());
+    }
+
+    #[test]
+    fn command_text_and_guards_never_reach_a_process_argument() {
+        // The wrappers see arguments: the old form would have shown its text.
+        let (_, log) = run_logging_argv("sh -c 'true CANARY-OLD-FORM'");
+        assert!(log.contains("CANARY-OLD-FORM"), "{log}");
+
+        let dir = tempfile::tempdir().unwrap();
+        let c = cmd(serde_json::json!({
+            "run": "printf %s SECRET-RUN > out; sh -c true",
+            "unless": "test -e SECRET-UNLESS",
+            "onlyif": "printf %s SECRET-ONLYIF >/dev/null",
+            "chdir": dir.path().display().to_string(),
+        }));
+        let (probe, log) = run_logging_argv(&c.probe());
+        let ch = c.diff(&probe).unwrap();
+        assert_eq!(ch.kind, ChangeKind::Create);
+        let (applied, log2) = run_logging_argv(&c.apply(&ch));
+        assert_eq!(
+            applied.status,
+            0,
+            "{}",
+            String::from_utf8_lossy(&applied.stderr)
+        );
+        let (refreshed, log3) = run_logging_argv(&c.refresh().unwrap_or_default());
+        assert_eq!(refreshed.status, 0);
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("out")).unwrap(),
+            "SECRET-RUN"
+        );
+        let all = format!("{log}{log2}{log3}");
+        // The command's own `sh -c true` ran under the wrapper: the log is live.
+        assert!(all.contains("sh -c true"), "{all}");
+        assert!(!all.contains("SECRET"), "a secret reached argv:\n{all}");
     }
 }

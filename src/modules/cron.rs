@@ -8,10 +8,11 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::file::{apply_remove, diff_absent, probe_absent, Managed};
+use super::file::{apply_remove, diff_absent, probe_absent, Managed, FILE_PROBE_KEYS};
 use super::sh::Observed;
 use super::{
-    BuildError, Change, ChangeKind, ModuleDef, Presence, ProbeError, ProbeResult, Resolve, Resource,
+    step, BuildError, Change, ChangeKind, Example, ModuleDef, Presence, ProbeError, ProbeResult,
+    Resolve, Resource, Runs,
 };
 
 /// A cron job, written as `/etc/cron.d/<name>` (one job per file).
@@ -95,13 +96,42 @@ fn build(
     Cron::new(params).map(|c| Box::new(c) as Box<dyn Resource>)
 }
 
-pub const DEF: ModuleDef = ModuleDef {
+pub static DEF: ModuleDef = ModuleDef {
     name: "cron",
     summary: "A cron job in /etc/cron.d.",
     schema: super::schema_for::<Params>,
     build,
     refreshable: false,
+    runs: Runs::Local {
+        rooted: Some(rooted),
+    },
+    reads: &[],
+    probe_keys: FILE_PROBE_KEYS,
+    examples: &[Example {
+        name: "create, change the schedule, remove",
+        setup: &[("directory", r#"{"path": "{root}/etc/cron.d"}"#)],
+        steps: &[
+            step(
+                r#"{"name": "backup", "schedule": "0 3 * * *", "command": "/usr/bin/backup", "env": {"MAILTO": ""}}"#,
+                ChangeKind::Create,
+            ),
+            step(
+                r#"{"name": "backup", "schedule": "@daily", "command": "/usr/bin/backup"}"#,
+                ChangeKind::Modify,
+            ),
+            step(
+                r#"{"name": "backup", "state": "absent"}"#,
+                ChangeKind::Remove,
+            ),
+        ],
+    }],
 };
+
+/// [`Runs::Local`]: the cron file under `root`.
+fn rooted(value: serde_json::Value, root: &str) -> Result<Box<dyn Resource>, BuildError> {
+    super::sh::reject_nul(&value, &[])?;
+    Ok(Box::new(Cron::new(super::params(value)?)?.with_root(root)))
+}
 
 impl Cron {
     /// Checks the parameters and renders the file.

@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 use super::file::{attr_fields, set_attrs};
 use super::sh::{self, quote, Observed};
 use super::{
-    BuildError, Change, ChangeKind, ModuleDef, Presence, ProbeError, ProbeResult, Resolve, Resource,
+    step, BuildError, Change, ChangeKind, Example, Facts, Field, ModuleDef, PathType, Presence,
+    ProbeError, ProbeResult, Resolve, Resource, Runs,
 };
 
 /// A directory. Parents are created as needed. `state: absent` removes it only when empty
@@ -57,30 +58,68 @@ fn build(
     Ok(Box::new(Directory { params, mode }))
 }
 
-pub const DEF: ModuleDef = ModuleDef {
+pub static DEF: ModuleDef = ModuleDef {
     name: "directory",
     summary: "A directory: mode, owner, group.",
     schema: super::schema_for::<Params>,
     build,
     refreshable: false,
+    runs: Runs::Local { rooted: None },
+    reads: &[],
+    probe_keys: &[
+        "type", "mode", "uid", "owner", "gid", "group", "size", "empty",
+    ],
+    examples: &[
+        Example {
+            name: "parents created, mode changed, removed when empty",
+            setup: &[],
+            steps: &[
+                step(
+                    r#"{"path": "{root}/a b/c'd", "mode": "0750"}"#,
+                    ChangeKind::Create,
+                ),
+                step(
+                    r#"{"path": "{root}/a b/c'd", "mode": "2755"}"#,
+                    ChangeKind::Modify,
+                ),
+                step(
+                    r#"{"path": "{root}/a b/c'd", "state": "absent"}"#,
+                    ChangeKind::Remove,
+                ),
+            ],
+        },
+        Example {
+            name: "recursive removal",
+            setup: &[
+                ("directory", r#"{"path": "{root}/full"}"#),
+                ("file", r#"{"path": "{root}/full/inside", "content": "x"}"#),
+            ],
+            steps: &[step(
+                r#"{"path": "{root}/full", "state": "absent", "recurse": true}"#,
+                ChangeKind::Remove,
+            )],
+        },
+    ],
 };
 
 impl Directory {
-    fn not_a_directory(&self, ty: &str) -> ProbeError {
+    fn not_a_directory(&self, ty: PathType) -> ProbeError {
         ProbeError::new(match ty {
-            "file" => format!(
+            PathType::File => format!(
                 "{} is a regular file, not a directory: plumb will not replace it",
                 self.params.path
             ),
-            "symlink" => format!(
+            PathType::Symlink => format!(
                 "{} is a symbolic link, not a directory: plumb will not replace it",
                 self.params.path
             ),
-            "other" => format!(
+            PathType::Other => format!(
                 "{} is a special file, not a directory: plumb will not replace it",
                 self.params.path
             ),
-            t => format!("unexpected type `{t}` for {}", self.params.path),
+            PathType::Absent | PathType::Directory => {
+                format!("unexpected type for {}", self.params.path)
+            }
         })
     }
 }
@@ -112,23 +151,30 @@ fi"#,
     }
     fn diff(&self, observed: &ProbeResult) -> Result<Change, ProbeError> {
         let o = Observed::parse(observed)?;
-        let ty = o.req("type")?;
+        let ty = PathType::parse(&o)?;
+        let seen = Facts {
+            path: Some(ty),
+            ..Facts::default()
+        };
         match (self.params.state, ty) {
-            (Presence::Present, "absent") => {
-                let mut c =
-                    Change::new(ChangeKind::Create).field("type", None, Some("directory".into()));
+            (Presence::Present, PathType::Absent) => {
+                let mut c = Change::new(ChangeKind::Create).field(
+                    Field::Type,
+                    None,
+                    Some("directory".into()),
+                );
                 for (f, v) in [
-                    ("owner", &self.params.owner),
-                    ("group", &self.params.group),
-                    ("mode", &self.mode),
+                    (Field::Owner, &self.params.owner),
+                    (Field::Group, &self.params.group),
+                    (Field::Mode, &self.mode),
                 ] {
                     if let Some(v) = v {
                         c = c.field(f, None, Some(v.clone()));
                     }
                 }
-                Ok(c)
+                Ok(c.observed(seen))
             }
-            (Presence::Present, "directory") => {
+            (Presence::Present, PathType::Directory) => {
                 let c = attr_fields(
                     Change::new(ChangeKind::Modify),
                     &o,
@@ -139,39 +185,53 @@ fi"#,
                 Ok(if c.fields.is_empty() {
                     Change::in_sync()
                 } else {
-                    c
+                    c.observed(seen)
                 })
             }
-            (Presence::Absent, "absent") => Ok(Change::in_sync()),
-            (Presence::Absent, "directory") => {
+            (Presence::Absent, PathType::Absent) => Ok(Change::in_sync()),
+            (Presence::Absent, PathType::Directory) => {
                 if !self.params.recurse && o.req("empty")? != "yes" {
                     return Err(ProbeError::new(format!(
                         "{} is not empty: set `recurse: true` to remove it with its content",
                         self.params.path
                     )));
                 }
-                let mut c =
-                    Change::new(ChangeKind::Remove).field("type", Some("directory".into()), None);
+                let mut c = Change::new(ChangeKind::Remove).field(
+                    Field::Type,
+                    Some("directory".into()),
+                    None,
+                );
                 if self.params.recurse && o.get("empty") == Some("no") {
                     c = c.note("the directory and everything in it will be removed");
                 }
-                Ok(c)
+                Ok(c.observed(seen))
             }
             (_, other) => Err(self.not_a_directory(other)),
         }
     }
     fn apply(&self, change: &Change) -> String {
-        let p = format!("p={}\n", quote(&self.params.path));
-        let guard = format!(
-            "if [ -L \"$p\" ] || {{ [ -e \"$p\" ] && [ ! -d \"$p\" ]; }}; then {}; fi\n",
-            sh::fail(&format!(
-                "{} exists and is not a directory",
-                self.params.path
-            ))
+        let path = &self.params.path;
+        let missing = format!(
+            "parent directory {} does not exist any more",
+            sh::parent(path)
         );
+        let enter = sh::enter_parent(
+            path,
+            match change.kind {
+                ChangeKind::Create => sh::Missing::Create,
+                _ => sh::Missing::Fail(&missing),
+            },
+        );
+        let guard = format!(
+            "if [ -L \"./$b\" ] || {{ [ -e \"./$b\" ] && [ ! -d \"./$b\" ]; }}; then {}; fi\n",
+            sh::fail(&format!("{path} exists and is not a directory"))
+        );
+        let inside = sh::enter_target(&format!(
+            "{path} changed since the probe: it is no longer a directory"
+        ));
         let attrs = |only| {
             set_attrs(
-                "p",
+                ".",
                 self.mode.as_deref(),
                 &self.params.owner,
                 &self.params.group,
@@ -180,14 +240,15 @@ fi"#,
         };
         match change.kind {
             ChangeKind::InSync => ":".into(),
-            ChangeKind::Create => {
-                format!("{p}{guard}mkdir -p -- \"$p\" || exit 1\n{}", attrs(None))
-            }
-            ChangeKind::Modify => format!("{p}{guard}{}", attrs(Some(change))),
+            ChangeKind::Create => format!(
+                "{enter}{guard}[ -d \"./$b\" ] || mkdir -- \"./$b\" || exit 1\n{inside}{}",
+                attrs(None)
+            ),
+            ChangeKind::Modify => format!("{enter}{guard}{inside}{}", attrs(Some(change))),
             ChangeKind::Remove if self.params.recurse => {
-                format!("{p}{guard}rm -rf -- \"$p\" || exit 1\n")
+                format!("{enter}{guard}rm -rf -- \"./$b\" || exit 1\n")
             }
-            ChangeKind::Remove => format!("{p}{guard}rmdir -- \"$p\" || exit 1\n"),
+            ChangeKind::Remove => format!("{enter}{guard}rmdir -- \"./$b\" || exit 1\n"),
         }
     }
 }
@@ -248,11 +309,11 @@ mod tests {
             .diff(&out(&format!("type=directory\n{STAT}empty=yes\n")))
             .unwrap();
         assert_eq!(c.kind, ChangeKind::Remove);
-        assert!(d.apply(&c).contains("rmdir -- \"$p\""));
+        assert!(d.apply(&c).contains("rmdir -- \"./$b\""));
         let d = dir(serde_json::json!({"path": "/srv/app", "state": "absent", "recurse": true}));
         let c = d
             .diff(&out(&format!("type=directory\n{STAT}empty=no\n")))
             .unwrap();
-        assert!(d.apply(&c).contains("rm -rf -- \"$p\""));
+        assert!(d.apply(&c).contains("rm -rf -- \"./$b\""));
     }
 }

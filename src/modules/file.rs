@@ -19,8 +19,8 @@ use sha2::{Digest, Sha256};
 
 use super::sh::{self, quote, Observed};
 use super::{
-    BuildError, Change, ChangeKind, ContentChange, ModuleDef, Presence, ProbeError, ProbeResult,
-    Resolve, Resource,
+    step, BuildError, Change, ChangeKind, ContentChange, Example, Facts, Field, ModuleDef,
+    PathType, Presence, ProbeError, ProbeResult, RepoRead, Resolve, Resource, Runs,
 };
 
 /// A regular file. Content comes from exactly one of `content`, `template` (under
@@ -131,13 +131,72 @@ fn build(
     Ok(Box::new(File { params, managed }))
 }
 
-pub const DEF: ModuleDef = ModuleDef {
+pub static DEF: ModuleDef = ModuleDef {
     name: "file",
     summary: "A regular file: content, template or source; mode; owner; group.",
     schema: super::schema_for::<Params>,
     build,
     refreshable: false,
+    runs: Runs::Local { rooted: None },
+    reads: &[RepoRead::Template("/template"), RepoRead::File("/source")],
+    probe_keys: FILE_PROBE_KEYS,
+    examples: &[
+        Example {
+            name: "content, mode, template, source, absent",
+            setup: &[],
+            steps: &[
+                step(
+                    r#"{"path": "{root}/it's $(weird) `name`.conf", "content": "hello\n", "mode": "0640"}"#,
+                    ChangeKind::Create,
+                ),
+                step(
+                    r#"{"path": "{root}/it's $(weird) `name`.conf", "content": "bye\n", "mode": "0600"}"#,
+                    ChangeKind::Modify,
+                ),
+                step(
+                    r#"{"path": "{root}/it's $(weird) `name`.conf", "template": "app.j2", "mode": "0644"}"#,
+                    ChangeKind::Modify,
+                ),
+                step(
+                    r#"{"path": "{root}/it's $(weird) `name`.conf", "source": "blob", "backup": false}"#,
+                    ChangeKind::Modify,
+                ),
+                step(
+                    r#"{"path": "{root}/it's $(weird) `name`.conf", "state": "absent"}"#,
+                    ChangeKind::Remove,
+                ),
+            ],
+        },
+        Example {
+            name: "a new file keeps no backup, a removed one does",
+            setup: &[],
+            steps: &[
+                step(
+                    r#"{"path": "{root}/app.conf", "content": "x"}"#,
+                    ChangeKind::Create,
+                ),
+                step(
+                    r#"{"path": "{root}/app.conf", "state": "absent", "backup": true}"#,
+                    ChangeKind::Remove,
+                ),
+            ],
+        },
+    ],
 };
+
+/// The keys of [`Managed::probe`] (shared by `file`, `cron` and `sysctl`).
+pub(crate) const FILE_PROBE_KEYS: &[&str] = &[
+    "type",
+    "parent",
+    "mode",
+    "uid",
+    "owner",
+    "gid",
+    "group",
+    "size",
+    "sha256",
+    "content_b64",
+];
 
 impl Resource for File {
     fn target(&self) -> String {
@@ -244,7 +303,8 @@ impl Managed {
 if [ -d {parent} ]; then echo parent=yes; else echo parent=no; fi
 if [ -f "$p" ] && [ ! -L "$p" ]; then
 {stat}
-h=$(sha256sum < "$p") || exit 1
+{open}
+h=$(sha256sum < /dev/fd/3) || exit 1
 h=${{h%% *}}
 echo "sha256=$h"
 if [ "$h" != {sha} ] && [ "$(stat -c %s -- "$p")" -le {max} ]; then
@@ -255,28 +315,33 @@ fi"#,
             ty = sh::PROBE_TYPE,
             parent = quote(&sh::parent(&self.path)),
             stat = sh::PROBE_STAT,
+            open = sh::OPEN_P,
             sha = self.sha256,
             max = MAX_DIFF_BYTES,
-            content = sh::print_b64("content", r#"cat -- "$p""#),
+            content = sh::print_b64("content", "cat /dev/fd/3"),
         )
     }
 
     pub fn diff(&self, o: &Observed) -> Result<Change, ProbeError> {
-        let ty = o.req("type")?;
+        let ty = PathType::parse(o)?;
+        let seen = Facts {
+            path: Some(ty),
+            ..Facts::default()
+        };
         let new_hash = Some(format!("sha256:{}", self.sha256));
         match ty {
-            "absent" => {
-                let mut c = Change::new(ChangeKind::Create).field("content", None, new_hash);
+            PathType::Absent => {
+                let mut c = Change::new(ChangeKind::Create).field(Field::Content, None, new_hash);
                 c = c.field(
-                    "mode",
+                    Field::Mode,
                     None,
                     Some(self.mode.clone().unwrap_or_else(|| "0644".into())),
                 );
                 if let Some(u) = &self.owner {
-                    c = c.field("owner", None, Some(u.clone()));
+                    c = c.field(Field::Owner, None, Some(u.clone()));
                 }
                 if let Some(g) = &self.group {
-                    c = c.field("group", None, Some(g.clone()));
+                    c = c.field(Field::Group, None, Some(g.clone()));
                 }
                 c.content = Some(ContentChange {
                     old: None,
@@ -288,13 +353,13 @@ fi"#,
                         sh::parent(&self.path)
                     ));
                 }
-                Ok(c)
+                Ok(c.observed(seen))
             }
-            "file" => {
+            PathType::File => {
                 let mut c = Change::new(ChangeKind::Modify);
                 let hash = o.req("sha256")?;
                 if hash != self.sha256 {
-                    c = c.field("content", Some(format!("sha256:{hash}")), new_hash);
+                    c = c.field(Field::Content, Some(format!("sha256:{hash}")), new_hash);
                     let old = o.bytes("content")?;
                     if old.is_none() {
                         c = c.note(format!(
@@ -311,92 +376,88 @@ fi"#,
                 Ok(if c.fields.is_empty() {
                     Change::in_sync()
                 } else {
-                    c
+                    c.observed(seen)
                 })
             }
             other => Err(not_a_file(&self.path, other)),
         }
     }
 
-    /// Writes the content to a temporary file beside the target, sets its attributes and
-    /// renames it into place; or, when only attributes changed, fixes them in place.
+    /// Writes the content to a file in a private directory beside the target, sets its
+    /// attributes and renames it into place; or, when only attributes changed, fixes them on
+    /// a hard link held in that private directory. Every step goes through
+    /// [`sh::enter_parent`]: nothing at the path is followed, nothing above it can be swapped.
     pub fn apply(&self, change: &Change) -> String {
-        let p = quote(&self.path);
-        if change.kind == ChangeKind::Modify && !change.changes_field("content") {
-            return format!(
-                "p={p}\n{}",
-                set_attrs(
-                    "p",
-                    self.mode.as_deref(),
-                    &self.owner,
-                    &self.group,
-                    Some(change)
-                )
-            );
-        }
         let parent = sh::parent(&self.path);
-        let clean = r#"|| { rm -f -- "$t"; exit 1; }"#;
-        let mut s = format!(
-            r#"p={p}
-d={d}
-[ -d "$d" ] || {missing}
-if [ -L "$p" ] || {{ [ -e "$p" ] && [ ! -f "$p" ]; }}; then {notfile}; fi
-t=$(mktemp "$d/.plumb.XXXXXX") || exit 1
-{write} {clean}
-if [ -f "$p" ]; then
-  o=$(stat -c %u:%g -- "$p") && m=$(stat -c %a -- "$p") {clean}
-  chown -- "$o" "$t" {clean}
-else
-  m=0644
-fi
-"#,
-            d = quote(&parent),
-            missing = sh::fail(&format!(
+        let enter = sh::enter_parent(
+            &self.path,
+            sh::Missing::Fail(&format!(
                 "parent directory {parent} does not exist; add a directory step"
             )),
-            notfile = sh::fail(&format!("{} exists and is not a regular file", self.path)),
-            write = sh::write_bytes(&self.content, r#""$t""#),
         );
-        if let Some(u) = &self.owner {
-            s += &format!("chown -- {} \"$t\" {clean}\n", quote(u));
+        let hold = sh::hold_file(&format!(
+            "{} changed since the probe: it is no longer a regular file",
+            self.path
+        ));
+        if change.kind == ChangeKind::Modify && !change.changes_field(Field::Content) {
+            let attrs = set_attrs(
+                "o",
+                self.mode.as_deref(),
+                &self.owner,
+                &self.group,
+                Some(change),
+            );
+            return format!("{enter}{}{hold}{attrs}", sh::PRIVATE_DIR);
         }
-        if let Some(g) = &self.group {
-            s += &format!("chgrp -- {} \"$t\" {clean}\n", quote(g));
-        }
+        let mut s = format!(
+            r#"{enter}if [ -L "./$b" ] || {{ [ -e "./$b" ] && [ ! -f "./$b" ]; }}; then {notfile}; fi
+{private}{write} || exit 1
+if [ -e "../$b" ] || [ -L "../$b" ]; then
+{hold}o_own=$(stat -c %u:%g o) && m=$(stat -c %a o) || exit 1
+chown -h -- "$o_own" f || exit 1
+else
+m=0644
+fi
+"#,
+            notfile = sh::fail(&format!("{} exists and is not a regular file", self.path)),
+            private = sh::PRIVATE_DIR,
+            write = sh::write_bytes(&self.content, "f"),
+        );
+        s += &set_attrs("f", None, &self.owner, &self.group, None);
         match &self.mode {
-            Some(m) => s += &format!("chmod -- {m} \"$t\" {clean}\n"),
-            None => s += &format!("chmod -- \"$m\" \"$t\" {clean}\n"),
+            Some(m) => s += &format!("chmod -- {m} f || exit 1\n"),
+            None => s += "chmod -- \"$m\" f || exit 1\n",
         }
         if self.backup {
-            s += &format!(
-                "if [ -f \"$p\" ]; then ln -f -- \"$p\" \"$p.plumb-backup\" 2>/dev/null || cp -p -- \"$p\" \"$p.plumb-backup\" {clean}; fi\n"
-            );
+            s += "if [ -e o ]; then ln -f -T -P -- o \"../$b.plumb-backup\" 2>/dev/null || { cp -p -- o bk && mv -f -T -- bk \"../$b.plumb-backup\"; } || exit 1; fi\n";
         }
-        s += &format!("mv -f -- \"$t\" \"$p\" {clean}\n");
+        s += "mv -f -T -- f \"../$b\" || exit 1\n";
         s
     }
 }
 
-/// Commands that set owner, group and mode of the path in the shell variable `var`: all that
-/// are wanted when `only` is `None`, else those whose field `only` changes. `chmod` comes
-/// last, since `chown` may clear set-id bits.
+/// Commands that set owner, group and mode of the file or directory named by the shell
+/// word `at` (a name in the private directory, or `.`): all that are wanted when `only` is
+/// `None`, else those whose field `only` changes. `chmod` comes last, since `chown` may
+/// clear set-id bits. `at` is never a symbolic link (see [`sh::hold_file`],
+/// [`sh::enter_target`]); `chown -h` says so again.
 pub(crate) fn set_attrs(
-    var: &str,
+    at: &str,
     mode: Option<&str>,
     owner: &Option<String>,
     group: &Option<String>,
     only: Option<&Change>,
 ) -> String {
-    let wanted = |field: &str| only.is_none_or(|c| c.changes_field(field));
+    let wanted = |field: Field| only.is_none_or(|c| c.changes_field(field));
     let mut s = String::new();
-    if let (Some(u), true) = (owner, wanted("owner")) {
-        s += &format!("chown -- {} \"${var}\" || exit 1\n", quote(u));
+    if let (Some(u), true) = (owner, wanted(Field::Owner)) {
+        s += &format!("chown -h -- {} {at} || exit 1\n", quote(u));
     }
-    if let (Some(g), true) = (group, wanted("group")) {
-        s += &format!("chgrp -- {} \"${var}\" || exit 1\n", quote(g));
+    if let (Some(g), true) = (group, wanted(Field::Group)) {
+        s += &format!("chgrp -h -- {} {at} || exit 1\n", quote(g));
     }
-    if let (Some(m), true) = (mode, wanted("mode") || wanted("owner")) {
-        s += &format!("chmod -- {} \"${var}\" || exit 1\n", quote(m));
+    if let (Some(m), true) = (mode, wanted(Field::Mode) || wanted(Field::Owner)) {
+        s += &format!("chmod -- {} {at} || exit 1\n", quote(m));
     }
     s
 }
@@ -412,17 +473,17 @@ pub(crate) fn attr_fields(
     if let Some(m) = mode {
         let seen = sh::norm_mode(o.req("mode")?);
         if seen != m {
-            c = c.field("mode", Some(seen), Some(m.to_string()));
+            c = c.field(Field::Mode, Some(seen), Some(m.to_string()));
         }
     }
     if let Some(u) = owner {
         if let Some(seen) = differs(o, u, "uid", "owner")? {
-            c = c.field("owner", Some(seen), Some(u.clone()));
+            c = c.field(Field::Owner, Some(seen), Some(u.clone()));
         }
     }
     if let Some(g) = group {
         if let Some(seen) = differs(o, g, "gid", "group")? {
-            c = c.field("group", Some(seen), Some(g.clone()));
+            c = c.field(Field::Group, Some(seen), Some(g.clone()));
         }
     }
     Ok(c)
@@ -452,19 +513,17 @@ fn differs(
     })
 }
 
-fn not_a_file(path: &str, ty: &str) -> ProbeError {
-    match ty {
-        "directory" => ProbeError::new(format!(
-            "{path} is a directory: a file step will not replace it"
-        )),
-        "symlink" => ProbeError::new(format!(
+fn not_a_file(path: &str, ty: PathType) -> ProbeError {
+    ProbeError::new(match ty {
+        PathType::Directory => format!("{path} is a directory: a file step will not replace it"),
+        PathType::Symlink => format!(
             "{path} is a symbolic link: a file step will not replace it (remove it, or manage it with a symlink step)"
-        )),
-        "other" => ProbeError::new(format!(
+        ),
+        PathType::Other => format!(
             "{path} is a special file (fifo, socket or device): a file step will not replace it"
-        )),
-        t => ProbeError::new(format!("unexpected type `{t}` for {path}")),
-    }
+        ),
+        PathType::Absent | PathType::File => format!("unexpected type for {path}"),
+    })
 }
 
 /// The probe of a file that must be absent: only its type.
@@ -474,31 +533,40 @@ pub(crate) fn probe_absent(path: &str) -> String {
 
 /// A file that must be absent: a regular file or a symlink is removed.
 pub(crate) fn diff_absent(path: &str, o: &Observed) -> Result<Change, ProbeError> {
-    match o.req("type")? {
-        "absent" => Ok(Change::in_sync()),
-        "file" | "symlink" => Ok(Change::new(ChangeKind::Remove).field(
-            "state",
-            Some("present".into()),
-            Some("absent".into()),
-        )),
+    match PathType::parse(o)? {
+        PathType::Absent => Ok(Change::in_sync()),
+        ty @ (PathType::File | PathType::Symlink) => Ok(Change::new(ChangeKind::Remove)
+            .field(Field::State, Some("present".into()), Some("absent".into()))
+            .observed(Facts {
+                path: Some(ty),
+                ..Facts::default()
+            })),
         other => Err(not_a_file(path, other)),
     }
 }
 
-/// Removes a file (keeping it as `<path>.plumb-backup` when asked).
+/// Removes a file (keeping it as `<path>.plumb-backup` when asked), through
+/// [`sh::enter_parent`]: `rm` and `mv` act on the name, never through a link.
 pub(crate) fn apply_remove(path: &str, backup: bool) -> String {
+    let enter = sh::enter_parent(
+        path,
+        sh::Missing::Fail(&format!(
+            "parent directory {} does not exist any more",
+            sh::parent(path)
+        )),
+    );
     let guard = format!(
-        "if [ -d \"$p\" ] && [ ! -L \"$p\" ]; then {}; fi",
+        "if [ -d \"./$b\" ] && [ ! -L \"./$b\" ]; then {}; fi",
         sh::fail(&format!(
             "{path} is a directory: a file step will not remove it"
         ))
     );
     let op = if backup {
-        r#"if [ -f "$p" ] && [ ! -L "$p" ]; then mv -f -- "$p" "$p.plumb-backup" || exit 1; else rm -f -- "$p" || exit 1; fi"#
+        r#"if [ -f "./$b" ] && [ ! -L "./$b" ]; then mv -f -T -- "./$b" "./$b.plumb-backup" || exit 1; else rm -f -- "./$b" || exit 1; fi"#
     } else {
-        r#"rm -f -- "$p" || exit 1"#
+        r#"rm -f -- "./$b" || exit 1"#
     };
-    format!("p={}\n{guard}\n{op}\n", quote(path))
+    format!("{enter}{guard}\n{op}\n")
 }
 
 #[cfg(test)]
@@ -618,9 +686,9 @@ mod tests {
                 new: Some(b"hello\n".to_vec())
             })
         );
-        assert!(c.changes_field("mode"));
-        assert!(!c.changes_field("owner"));
-        assert!(!c.changes_field("group"));
+        assert!(c.changes_field(Field::Mode));
+        assert!(!c.changes_field(Field::Owner));
+        assert!(!c.changes_field(Field::Group));
     }
 
     #[test]
@@ -681,8 +749,11 @@ mod tests {
         );
         let c = f.diff(&out("type=absent\nparent=yes\n")).unwrap();
         insta::assert_snapshot!("apply_create", f.apply(&c));
-        let attrs =
-            Change::new(ChangeKind::Modify).field("mode", Some("0644".into()), Some("0600".into()));
+        let attrs = Change::new(ChangeKind::Modify).field(
+            Field::Mode,
+            Some("0644".into()),
+            Some("0600".into()),
+        );
         insta::assert_snapshot!("apply_attrs", f.apply(&attrs));
     }
 }

@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use super::sh::{self, quote, Observed};
 use super::{
-    BuildError, Change, ChangeKind, ModuleDef, Presence, ProbeError, ProbeResult, Resolve, Resource,
+    step, BuildError, Change, ChangeKind, Example, Field, ModuleDef, Presence, ProbeError,
+    ProbeResult, Resolve, Resource, Runs,
 };
 
 /// A local group, managed with groupadd/groupmod/groupdel.
@@ -40,12 +41,31 @@ fn build(
     Ok(Box::new(Group { params }))
 }
 
-pub const DEF: ModuleDef = ModuleDef {
+pub static DEF: ModuleDef = ModuleDef {
     name: "group",
     summary: "A local group: gid, system.",
     schema: super::schema_for::<Params>,
     build,
     refreshable: false,
+    runs: Runs::Host,
+    reads: &[],
+    probe_keys: &["entry", "entry_b64"],
+    examples: &[Example {
+        name: "create, change gid, remove",
+        setup: &[],
+        steps: &[
+            step(r#"{"name": "plumbexg", "gid": 4242}"#, ChangeKind::Create),
+            step(r#"{"name": "plumbexg", "gid": 4244}"#, ChangeKind::Modify),
+            step(
+                r#"{"name": "plumbexg", "state": "absent"}"#,
+                ChangeKind::Remove,
+            ),
+            step(
+                r#"{"name": "plumbexsys", "system": true}"#,
+                ChangeKind::Create,
+            ),
+        ],
+    }],
 };
 
 /// A probe fragment that sets `$l` to the `db` (passwd or group) entry of `$n`, or "".
@@ -95,23 +115,23 @@ impl Resource for Group {
         Ok(match (self.params.state, entry) {
             (Presence::Present, None) => {
                 let c = Change::new(ChangeKind::Create).field(
-                    "name",
+                    Field::Name,
                     None,
                     Some(self.params.name.clone()),
                 );
                 match gid {
-                    Some(g) => c.field("gid", None, Some(g)),
+                    Some(g) => c.field(Field::Gid, None, Some(g)),
                     None => c,
                 }
             }
             (Presence::Present, Some(f)) => match gid {
                 Some(g) if f[2] != g => {
-                    Change::new(ChangeKind::Modify).field("gid", Some(f[2].clone()), Some(g))
+                    Change::new(ChangeKind::Modify).field(Field::Gid, Some(f[2].clone()), Some(g))
                 }
                 _ => Change::in_sync(),
             },
             (Presence::Absent, Some(f)) => {
-                Change::new(ChangeKind::Remove).field("gid", Some(f[2].clone()), None)
+                Change::new(ChangeKind::Remove).field(Field::Gid, Some(f[2].clone()), None)
             }
             (Presence::Absent, None) => Change::in_sync(),
         })

@@ -16,7 +16,8 @@ use serde::{Deserialize, Serialize};
 
 use super::sh::{self, quote, Observed};
 use super::{
-    BuildError, Change, ChangeKind, ModuleDef, Presence, ProbeError, ProbeResult, Resolve, Resource,
+    step, BuildError, Change, ChangeKind, Example, Facts, Field, ModuleDef, PathType, Presence,
+    ProbeError, ProbeResult, Resolve, Resource, Runs,
 };
 
 /// One line in a file, like Ansible's lineinfile. With `regexp` (POSIX extended, as grep -E),
@@ -71,6 +72,12 @@ fn build(
         if r.contains('\n') || r.is_empty() {
             return Err(BuildError::at("/regexp", "must be a non-empty single line"));
         }
+        super::ere::check(r).map_err(|e| {
+            BuildError::at(
+                "/regexp",
+                format!("invalid regular expression /{r}/: {e} (a POSIX extended regular expression, as `grep -E` reads it)"),
+            )
+        })?;
     }
     match params.state {
         Presence::Present if params.line.is_none() => {
@@ -87,101 +94,94 @@ fn build(
     Ok(Box::new(Line { params }))
 }
 
-pub const DEF: ModuleDef = ModuleDef {
+pub static DEF: ModuleDef = ModuleDef {
     name: "line",
     summary: "A line in a text file, matched exactly or by regexp.",
     schema: super::schema_for::<Params>,
     build,
     refreshable: false,
+    runs: Runs::Local { rooted: None },
+    reads: &[],
+    probe_keys: &[
+        "type",
+        "exact",
+        "last_exact",
+        "matches",
+        "last_match",
+        "last_b64",
+        "regexp",
+    ],
+    examples: &[Example {
+        name: "create, append, replace by regexp, remove",
+        setup: &[],
+        steps: &[
+            step(
+                r#"{"path": "{root}/sshd_config", "line": "Port 22", "create": true}"#,
+                ChangeKind::Create,
+            ),
+            step(
+                r#"{"path": "{root}/sshd_config", "line": "UseDNS no $(touch /tmp/pwned) 'q'"}"#,
+                ChangeKind::Create,
+            ),
+            step(
+                r#"{"path": "{root}/sshd_config", "regexp": "^Port[[:space:]]", "line": "Port 2222"}"#,
+                ChangeKind::Modify,
+            ),
+            step(
+                r#"{"path": "{root}/sshd_config", "regexp": "^(Port|X)", "state": "absent"}"#,
+                ChangeKind::Remove,
+            ),
+            step(
+                r#"{"path": "{root}/sshd_config", "line": "UseDNS no $(touch /tmp/pwned) 'q'", "state": "absent"}"#,
+                ChangeKind::Remove,
+            ),
+        ],
+    }],
 };
 
-const CLEAN: &str = r#"|| { rm -f -- "$t"; exit 1; }"#;
-
 impl Line {
+    /// Shell assignments of the line (`v`) and regexp (`re`): values reach commands only on
+    /// their stdin (`printf` is a shell builtin), never as arguments a process list shows.
+    fn vars(&self) -> String {
+        let mut s = format!("LC_ALL=C; export LC_ALL\nv={}\n", quote(self.line()));
+        if let Some(re) = &self.params.regexp {
+            s += &format!("re={}\n", quote(re));
+        }
+        s
+    }
+
     fn line(&self) -> &str {
         self.params.line.as_deref().unwrap_or_default()
     }
 
-    /// Rewrites the existing file `$p` through a temporary file made by `op` (which writes
-    /// `"$t"` from `"$p"`), keeping mode and ownership.
+    /// Rewrites the existing file through [`sh::hold_file`]: `op` writes `f` from `o` (a
+    /// hard link to the file, in the private directory), and `f` is renamed into place with
+    /// the file's mode and ownership.
     fn rewrite(&self, op: &str) -> String {
         format!(
-            r#"if [ -L "$p" ] || [ ! -f "$p" ]; then {notfile}; fi
-t=$(mktemp "$d/.plumb.XXXXXX") || exit 1
-o=$(stat -c %u:%g -- "$p") && m=$(stat -c %a -- "$p") {CLEAN}
+            r#"if [ -L "./$b" ] || [ ! -f "./$b" ]; then {notfile}; fi
+{private}{hold}o_own=$(stat -c %u:%g o) && m=$(stat -c %a o) || exit 1
 {op}
-chown -- "$o" "$t" {CLEAN}
-chmod -- "$m" "$t" {CLEAN}
-mv -f -- "$t" "$p" {CLEAN}
+chown -h -- "$o_own" f || exit 1
+chmod -- "$m" f || exit 1
+mv -f -T -- f "../$b" || exit 1
 "#,
             notfile = sh::fail(&format!("{} is not a regular file", self.params.path)),
+            private = sh::PRIVATE_DIR,
+            hold = sh::hold_file(&format!(
+                "{} changed since the probe: it is no longer a regular file",
+                self.params.path
+            )),
         )
     }
 
-    fn append(&self) -> String {
-        format!(
-            r#"cat -- "$p" > "$t" {CLEAN}
-if [ -s "$t" ] && [ -n "$(tail -c 1 -- "$t")" ]; then printf '\n' >> "$t" {CLEAN}; fi
-printf '%s\n' {line} >> "$t" {CLEAN}"#,
-            line = quote(self.line())
-        )
-    }
-}
-
-impl Resource for Line {
-    fn target(&self) -> String {
-        match (&self.params.regexp, &self.params.line) {
-            (Some(r), _) => format!("{} /{r}/", self.params.path),
-            (None, Some(l)) => format!("{}: {l}", self.params.path),
-            _ => self.params.path.clone(),
-        }
-    }
-    fn desired(&self) -> serde_json::Value {
-        serde_json::to_value(&self.params).unwrap_or_default()
-    }
-    fn probe(&self) -> String {
-        let mut s = format!(
-            "LC_ALL=C; export LC_ALL\np={}\n{}\nif [ -f \"$p\" ] && [ ! -L \"$p\" ]; then\n",
-            quote(&self.params.path),
-            sh::PROBE_TYPE
-        );
-        if let Some(l) = &self.params.line {
-            s += &format!(
-                r#"n=$(grep -c -x -F -e {l} -- "$p"); [ $? -le 1 ] || exit 1
-echo "exact=$n"
-n=$(grep -n -x -F -e {l} -- "$p" | tail -n 1 | cut -d: -f1)
-echo "last_exact=${{n:-0}}"
-"#,
-                l = quote(l)
-            );
-        }
-        if let Some(r) = &self.params.regexp {
-            let re = quote(r);
-            s += &format!(
-                r#"n=$(grep -c -E -e {re} -- "$p" 2>/dev/null); s=$?
-if [ "$s" -gt 1 ]; then echo regexp=invalid
-else
-echo "matches=$n"
-if [ "$n" -gt 0 ]; then
-n=$(grep -n -E -e {re} -- "$p" | tail -n 1 | cut -d: -f1)
-echo "last_match=${{n:-0}}"
-{last}
-fi
-fi
-"#,
-                last = sh::print_b64("last", &format!("grep -E -e {re} -- \"$p\" | tail -n 1")),
-            );
-        }
-        s += "fi";
-        s
-    }
-    fn diff(&self, observed: &ProbeResult) -> Result<Change, ProbeError> {
-        let o = Observed::parse(observed)?;
+    /// The change for the file the probe saw (`ty`), from the rest of the probe's output.
+    fn changes(&self, o: &Observed, ty: PathType) -> Result<Change, ProbeError> {
         let present = self.params.state == Presence::Present;
         let want = self.params.line.clone();
-        match o.req("type")? {
-            "absent" if present => {
-                let c = Change::new(ChangeKind::Create).field("line", None, want);
+        match ty {
+            PathType::Absent if present => {
+                let c = Change::new(ChangeKind::Create).field(Field::Line, None, want);
                 return Ok(if self.params.create {
                     c.note(format!("{} will be created", self.params.path))
                 } else {
@@ -191,13 +191,18 @@ fi
                     ))
                 });
             }
-            "absent" => return Ok(Change::in_sync()),
-            "file" => {}
+            PathType::Absent => return Ok(Change::in_sync()),
+            PathType::File => {}
             other => {
+                let what = match other {
+                    PathType::Directory => "directory",
+                    PathType::Symlink => "symlink",
+                    _ => "special file",
+                };
                 return Err(ProbeError::new(format!(
-                    "{} is a {other}, not a regular file",
+                    "{} is a {what}, not a regular file",
                     self.params.path
-                )))
+                )));
             }
         }
         let count = |key: &str| -> Result<u64, ProbeError> {
@@ -214,8 +219,8 @@ fi
         let Some(re) = &self.params.regexp else {
             return Ok(match (present, exact > 0) {
                 (true, true) | (false, false) => Change::in_sync(),
-                (true, false) => Change::new(ChangeKind::Create).field("line", None, want),
-                (false, true) => Change::new(ChangeKind::Remove).field("line", want, None),
+                (true, false) => Change::new(ChangeKind::Create).field(Field::Line, None, want),
+                (false, true) => Change::new(ChangeKind::Remove).field(Field::Line, want, None),
             });
         };
         if o.get("regexp") == Some("invalid") {
@@ -242,10 +247,10 @@ fi
         let last_match = if matches > 0 { count("last_match")? } else { 0 };
         Ok(match (present, last) {
             (true, _) if exact > 0 && last_exact >= last_match => Change::in_sync(),
-            (true, Some(l)) => Change::new(ChangeKind::Modify).field("line", Some(l), want),
-            (true, None) => Change::new(ChangeKind::Create).field("line", None, want),
+            (true, Some(l)) => Change::new(ChangeKind::Modify).field(Field::Line, Some(l), want),
+            (true, None) => Change::new(ChangeKind::Create).field(Field::Line, None, want),
             (false, Some(l)) => {
-                let c = Change::new(ChangeKind::Remove).field("line", Some(l), None);
+                let c = Change::new(ChangeKind::Remove).field(Field::Line, Some(l), None);
                 if matches > 1 {
                     c.note(format!("{matches} matching lines will be removed"))
                 } else {
@@ -255,28 +260,95 @@ fi
             (false, None) => Change::in_sync(),
         })
     }
+
+    fn append() -> &'static str {
+        r#"cat -- o > f || exit 1
+if [ -s f ] && [ -n "$(tail -c 1 -- f)" ]; then printf '\n' >> f || exit 1; fi
+printf '%s\n' "$v" >> f || exit 1"#
+    }
+}
+
+impl Resource for Line {
+    fn target(&self) -> String {
+        match (&self.params.regexp, &self.params.line) {
+            (Some(r), _) => format!("{} /{r}/", self.params.path),
+            (None, Some(l)) => format!("{}: {l}", self.params.path),
+            _ => self.params.path.clone(),
+        }
+    }
+    fn desired(&self) -> serde_json::Value {
+        serde_json::to_value(&self.params).unwrap_or_default()
+    }
+    fn probe(&self) -> String {
+        let mut s = format!(
+            "{}p={}\n{}\nif [ -f \"$p\" ] && [ ! -L \"$p\" ]; then\n{}\n",
+            self.vars(),
+            quote(&self.params.path),
+            sh::PROBE_TYPE,
+            sh::OPEN_P,
+        );
+        if self.params.line.is_some() {
+            s += r#"n=$(printf '%s\n' "$v" | grep -c -x -F -f - -- /dev/fd/3); [ $? -le 1 ] || exit 1
+echo "exact=$n"
+n=$(printf '%s\n' "$v" | grep -n -x -F -f - -- /dev/fd/3 | tail -n 1 | cut -d: -f1)
+echo "last_exact=${n:-0}"
+"#;
+        }
+        if self.params.regexp.is_some() {
+            s += &format!(
+                r#"n=$(printf '%s\n' "$re" | grep -c -E -f - -- /dev/fd/3 2>/dev/null); s=$?
+if [ "$s" -gt 1 ]; then echo regexp=invalid
+else
+echo "matches=$n"
+if [ "$n" -gt 0 ]; then
+n=$(printf '%s\n' "$re" | grep -n -E -f - -- /dev/fd/3 | tail -n 1 | cut -d: -f1)
+echo "last_match=${{n:-0}}"
+{last}
+fi
+fi
+"#,
+                last = sh::print_b64(
+                    "last",
+                    r#"printf '%s\n' "$re" | grep -E -f - -- /dev/fd/3 | tail -n 1"#
+                ),
+            );
+        }
+        s += "fi";
+        s
+    }
+    fn diff(&self, observed: &ProbeResult) -> Result<Change, ProbeError> {
+        let o = Observed::parse(observed)?;
+        let ty = PathType::parse(&o)?;
+        let c = self.changes(&o, ty)?;
+        Ok(if c.is_change() {
+            c.observed(Facts {
+                path: Some(ty),
+                ..Facts::default()
+            })
+        } else {
+            c
+        })
+    }
     fn apply(&self, change: &Change) -> String {
         let path = &self.params.path;
         let parent = sh::parent(path);
+        let missing_parent = if self.params.create {
+            format!("parent directory {parent} does not exist; add a directory step")
+        } else {
+            format!("{path} does not exist; create it in an earlier step or set `create: true`")
+        };
         let mut s = format!(
-            "LC_ALL=C; export LC_ALL\np={}\nd={}\n",
-            quote(path),
-            quote(&parent)
+            "{}{}",
+            self.vars(),
+            sh::enter_parent(path, sh::Missing::Fail(&missing_parent))
         );
         match change.kind {
             ChangeKind::InSync => return ":".into(),
             ChangeKind::Create | ChangeKind::Modify => {
                 let missing = if self.params.create {
                     format!(
-                        r#"[ -d "$d" ] || {}
-t=$(mktemp "$d/.plumb.XXXXXX") || exit 1
-printf '%s\n' {} > "$t" {CLEAN}
-chmod 0644 "$t" {CLEAN}
-mv -f -- "$t" "$p" {CLEAN}"#,
-                        sh::fail(&format!(
-                            "parent directory {parent} does not exist; add a directory step"
-                        )),
-                        quote(self.line())
+                        "{}printf '%s\\n' \"$v\" > f || exit 1\nchmod 0644 f || exit 1\nmv -f -T -- f \"../$b\" || exit 1",
+                        sh::PRIVATE_DIR
                     )
                 } else {
                     sh::fail(&format!(
@@ -284,34 +356,32 @@ mv -f -- "$t" "$p" {CLEAN}"#,
                     ))
                 };
                 let op = match (&self.params.regexp, change.kind) {
-                    (Some(re), ChangeKind::Modify) => format!(
-                        r#"n=$(grep -n -E -e {re} -- "$p" | tail -n 1 | cut -d: -f1)
+                    (Some(_), ChangeKind::Modify) => format!(
+                        r#"n=$(printf '%s\n' "$re" | grep -n -E -f - -- o | tail -n 1 | cut -d: -f1)
 if [ -z "$n" ]; then
 {append}
 else
-if [ "$n" -gt 1 ]; then head -n "$((n - 1))" -- "$p" > "$t" {CLEAN}; else : > "$t" {CLEAN}; fi
-printf '%s\n' {line} >> "$t" {CLEAN}
-tail -n "+$((n + 1))" -- "$p" >> "$t" {CLEAN}
+if [ "$n" -gt 1 ]; then head -n "$((n - 1))" -- o > f || exit 1; else : > f || exit 1; fi
+printf '%s\n' "$v" >> f || exit 1
+tail -n "+$((n + 1))" -- o >> f || exit 1
 fi"#,
-                        re = quote(re),
-                        append = self.append(),
-                        line = quote(self.line()),
+                        append = Line::append(),
                     ),
-                    _ => self.append(),
+                    _ => Line::append().to_string(),
                 };
                 s += &format!(
-                    "if [ ! -e \"$p\" ] && [ ! -L \"$p\" ]; then\n{missing}\nelse\n{}fi\n",
+                    "if [ ! -e \"./$b\" ] && [ ! -L \"./$b\" ]; then\n{missing}\nelse\n{}fi\n",
                     self.rewrite(&op)
                 );
             }
             ChangeKind::Remove => {
                 let grep = match &self.params.regexp {
-                    Some(re) => format!("grep -v -E -e {}", quote(re)),
-                    None => format!("grep -v -x -F -e {}", quote(self.line())),
+                    Some(_) => r#"printf '%s\n' "$re" | grep -v -E -f - -- o > f"#,
+                    None => r#"printf '%s\n' "$v" | grep -v -x -F -f - -- o > f"#,
                 };
-                let op = format!("{grep} -- \"$p\" > \"$t\"; [ $? -le 1 ] {CLEAN}");
+                let op = format!("{grep}; [ $? -le 1 ] || exit 1");
                 s += &format!(
-                    "if [ -e \"$p\" ] || [ -L \"$p\" ]; then\n{}fi\n",
+                    "if [ -e \"./$b\" ] || [ -L \"./$b\" ]; then\n{}fi\n",
                     self.rewrite(&op)
                 );
             }
@@ -434,5 +504,56 @@ mod tests {
             Change::in_sync()
         );
         assert_eq!(l.diff(&out("type=absent\n")).unwrap(), Change::in_sync());
+    }
+
+    #[test]
+    fn line_values_never_reach_a_process_argument() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("conf");
+        std::fs::write(&path, "a\nSECRET-OLD x\nb\n").unwrap();
+        let p = path.display().to_string();
+        for params in [
+            serde_json::json!({"path": p, "regexp": "^SECRET-OLD", "line": "SECRET-NEW 1"}),
+            serde_json::json!({"path": p, "line": "SECRET-APPENDED"}),
+            serde_json::json!({"path": p, "line": "SECRET-APPENDED", "state": "absent"}),
+            serde_json::json!({"path": p, "regexp": "^SECRET-NEW", "state": "absent"}),
+        ] {
+            let l = line(params.clone());
+            let (probe, log) = run_logging_argv(&l.probe());
+            let c = l.diff(&probe).unwrap();
+            assert!(c.is_change(), "{params}: {c:?}");
+            let (applied, log2) = run_logging_argv(&l.apply(&c));
+            assert_eq!(
+                applied.status,
+                0,
+                "{}",
+                String::from_utf8_lossy(&applied.stderr)
+            );
+            let all = format!("{log}{log2}");
+            assert!(all.contains("grep "), "grep ran under the wrapper: {all}");
+            assert!(
+                !all.contains("SECRET"),
+                "{params}: a value reached argv:\n{all}"
+            );
+        }
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "a\nb\n");
+    }
+
+    #[test]
+    fn an_invalid_regexp_is_a_build_error_at_its_pointer() {
+        for bad in ["(", "[[:foo:]]", "a{2,1}", "x\\"] {
+            let e = build(
+                serde_json::json!({"path": "/a", "regexp": bad, "line": "x"}),
+                &mut NoRepo,
+            )
+            .unwrap_err();
+            assert_eq!(e.pointer, "/regexp", "{bad}");
+            assert!(e.message.contains("invalid regular expression"), "{e}");
+        }
+        assert!(build(
+            serde_json::json!({"path": "/a", "regexp": "^#?Port[[:space:]]+[0-9]{1,5}$", "line": "x"}),
+            &mut NoRepo
+        )
+        .is_ok());
     }
 }

@@ -19,6 +19,8 @@ use std::fmt;
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Serialize};
 
+pub mod ere;
+pub mod harness;
 pub mod sh;
 #[cfg(test)]
 pub(crate) mod testing;
@@ -64,10 +66,118 @@ impl fmt::Display for ChangeKind {
     }
 }
 
+/// A field a module compares, named once here so plans, reports, the state database and
+/// apply scripts agree on its spelling (`mode`, `owner`, ...).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Field {
+    Content,
+    Mode,
+    Owner,
+    Group,
+    Type,
+    Target,
+    Line,
+    Version,
+    State,
+    Enabled,
+    Name,
+    Uid,
+    Gid,
+    Groups,
+    Shell,
+    Home,
+    Run,
+    Value,
+}
+
+impl Field {
+    /// Every field, for parsing.
+    pub const ALL: &'static [Field] = &[
+        Field::Content,
+        Field::Mode,
+        Field::Owner,
+        Field::Group,
+        Field::Type,
+        Field::Target,
+        Field::Line,
+        Field::Version,
+        Field::State,
+        Field::Enabled,
+        Field::Name,
+        Field::Uid,
+        Field::Gid,
+        Field::Groups,
+        Field::Shell,
+        Field::Home,
+        Field::Run,
+        Field::Value,
+    ];
+
+    /// The field's name as reports and the state database spell it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Field::Content => "content",
+            Field::Mode => "mode",
+            Field::Owner => "owner",
+            Field::Group => "group",
+            Field::Type => "type",
+            Field::Target => "target",
+            Field::Line => "line",
+            Field::Version => "version",
+            Field::State => "state",
+            Field::Enabled => "enabled",
+            Field::Name => "name",
+            Field::Uid => "uid",
+            Field::Gid => "gid",
+            Field::Groups => "groups",
+            Field::Shell => "shell",
+            Field::Home => "home",
+            Field::Run => "run",
+            Field::Value => "value",
+        }
+    }
+}
+
+/// Shown as its name (`"mode"`), as it is serialized.
+impl fmt::Debug for Field {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for Field {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for Field {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+/// A name that is not a [`Field`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown field `{0}`")]
+pub struct UnknownField(pub String);
+
+impl std::str::FromStr for Field {
+    type Err = UnknownField;
+    fn from_str(s: &str) -> Result<Field, UnknownField> {
+        Field::ALL
+            .iter()
+            .copied()
+            .find(|f| f.as_str() == s)
+            .ok_or_else(|| UnknownField(s.to_string()))
+    }
+}
+
 /// One field that differs: `mode` from `0644` to `0600`. `None` means absent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct FieldChange {
-    pub field: String,
+    pub field: Field,
     pub from: Option<String>,
     pub to: Option<String>,
 }
@@ -78,11 +188,54 @@ pub fn redact(fields: &[FieldChange]) -> Vec<FieldChange> {
     fields
         .iter()
         .map(|f| FieldChange {
-            field: f.field.clone(),
+            field: f.field,
             from: f.from.as_ref().map(|_| "(sensitive)".to_string()),
             to: f.to.as_ref().map(|_| "(sensitive)".to_string()),
         })
         .collect()
+}
+
+/// What is at a path, as the probe saw it: parsed once from the probe's `type=` line by
+/// every path-based module (file, directory, symlink, line, cron, sysctl).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathType {
+    Absent,
+    File,
+    Directory,
+    /// Any symbolic link, even one to a directory.
+    Symlink,
+    /// A fifo, socket or device.
+    Other,
+}
+
+impl PathType {
+    /// Reads `type=` from a probe's output (see [`sh::PROBE_TYPE`]).
+    pub fn parse(o: &sh::Observed) -> Result<PathType, ProbeError> {
+        Ok(match o.req("type")? {
+            "absent" => PathType::Absent,
+            "file" => PathType::File,
+            "directory" => PathType::Directory,
+            "symlink" => PathType::Symlink,
+            "other" => PathType::Other,
+            t => {
+                return Err(ProbeError::new(format!(
+                    "unexpected path type `{t}` in probe output"
+                )))
+            }
+        })
+    }
+}
+
+/// Facts a module learnt while probing that its apply needs. The apply reads these, never
+/// the notes: notes are for people and may be reworded freely.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Facts {
+    /// What was at the step's path (path-based modules).
+    pub path: Option<PathType>,
+    /// The package manager found on the host (`package` with `manager: auto`).
+    pub package_manager: Option<package::Detected>,
+    /// The init system found on the host (`service`).
+    pub init: Option<service::Init>,
 }
 
 /// Old and new file content, for a unified diff. `old` is `None` when the file is absent
@@ -100,7 +253,10 @@ pub struct Change {
     pub fields: Vec<FieldChange>,
     pub content: Option<ContentChange>,
     /// Facts worth showing in a plan, e.g. "no systemd on this host: using service(8)".
+    /// For people only: nothing an apply renders depends on them.
     pub notes: Vec<String>,
+    /// What the probe learnt that the apply needs (typed, see [`Facts`]).
+    pub observed: Facts,
 }
 
 impl Change {
@@ -110,6 +266,7 @@ impl Change {
             fields: Vec::new(),
             content: None,
             notes: Vec::new(),
+            observed: Facts::default(),
         }
     }
     pub fn new(kind: ChangeKind) -> Change {
@@ -118,12 +275,13 @@ impl Change {
             ..Change::in_sync()
         }
     }
-    pub fn field(mut self, field: &str, from: Option<String>, to: Option<String>) -> Change {
-        self.fields.push(FieldChange {
-            field: field.to_string(),
-            from,
-            to,
-        });
+    pub fn field(mut self, field: Field, from: Option<String>, to: Option<String>) -> Change {
+        self.fields.push(FieldChange { field, from, to });
+        self
+    }
+    /// Records what the probe learnt, for the apply.
+    pub fn observed(mut self, facts: Facts) -> Change {
+        self.observed = facts;
         self
     }
     pub fn note(mut self, note: impl Into<String>) -> Change {
@@ -133,7 +291,7 @@ impl Change {
     pub fn is_change(&self) -> bool {
         self.kind != ChangeKind::InSync
     }
-    pub fn changes_field(&self, field: &str) -> bool {
+    pub fn changes_field(&self, field: Field) -> bool {
         self.fields.iter().any(|f| f.field == field)
     }
 }
@@ -216,7 +374,10 @@ pub trait Resolve {
 /// Builds a resource from schema-valid, templated parameters.
 pub type BuildFn = fn(serde_json::Value, &mut dyn Resolve) -> Result<Box<dyn Resource>, BuildError>;
 
-/// One registered module.
+/// One registered module: its name, schema and builder, and what the compliance harness
+/// ([`harness`]) needs to check it: examples, where they run, what it reads from the repo,
+/// and the keys its probe prints. Adding a module is its own file plus one line in
+/// [`REGISTRY`].
 pub struct ModuleDef {
     pub name: &'static str,
     pub summary: &'static str,
@@ -226,6 +387,15 @@ pub struct ModuleDef {
     pub build: BuildFn,
     /// Whether steps of this module can be `notify` targets (they have a refresh).
     pub refreshable: bool,
+    /// Where the examples can run (this machine in a scratch directory, or a real host).
+    pub runs: Runs,
+    /// What the module reads from the config repo while building.
+    pub reads: &'static [RepoRead],
+    /// Every key its probe may print (`key=value` lines, see [`sh::Observed`]).
+    pub probe_keys: &'static [&'static str],
+    /// Lifecycles the harness runs through probe → apply → verify → apply again. A module
+    /// without examples fails the harness.
+    pub examples: &'static [Example],
 }
 
 impl fmt::Debug for ModuleDef {
@@ -236,23 +406,70 @@ impl fmt::Debug for ModuleDef {
     }
 }
 
+/// Builds a resource whose fixed paths (`/etc/cron.d`, `/proc/sys`) are moved under a
+/// scratch root, so its examples can run on this machine.
+pub type RootedBuild = fn(serde_json::Value, &str) -> Result<Box<dyn Resource>, BuildError>;
+
+/// Where a module's examples can run.
+#[derive(Debug, Clone, Copy)]
+pub enum Runs {
+    /// On this machine, unprivileged, inside a scratch directory that replaces `{root}` in
+    /// the examples' parameters; `rooted` builds modules whose paths are fixed.
+    Local { rooted: Option<RootedBuild> },
+    /// Only on a real host (root, a package manager, an init system, the user database):
+    /// `tests/e2e_modules.rs` runs these examples on the Docker test hosts.
+    Host,
+}
+
+/// Repo content a module reads while building, named by the parameter at a JSON pointer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RepoRead {
+    /// A template under `templates/` ([`Resolve::template`]).
+    Template(&'static str),
+    /// A file under `files/` ([`Resolve::file`]).
+    File(&'static str),
+}
+
+/// A lifecycle of one module: steps converged in order on one fresh host (or scratch root).
+#[derive(Debug, Clone, Copy)]
+pub struct Example {
+    pub name: &'static str,
+    /// Steps of other modules converged first, whatever their change (e.g. the package that
+    /// ships a service): module name and parameters as JSON.
+    pub setup: &'static [(&'static str, &'static str)],
+    pub steps: &'static [ExampleStep],
+}
+
+/// One step of an [`Example`]: parameters as JSON text (`{root}` is replaced by the scratch
+/// directory, JSON-escaped) and the change the first probe must find.
+#[derive(Debug, Clone, Copy)]
+pub struct ExampleStep {
+    pub params: &'static str,
+    pub expect: ChangeKind,
+}
+
+/// Shorthand for an [`ExampleStep`].
+pub const fn step(params: &'static str, expect: ChangeKind) -> ExampleStep {
+    ExampleStep { params, expect }
+}
+
 /// Every module plumb knows, in the order the docs list them.
-pub static REGISTRY: &[ModuleDef] = &[
-    file::DEF,
-    directory::DEF,
-    symlink::DEF,
-    line::DEF,
-    package::DEF,
-    service::DEF,
-    user::DEF,
-    group::DEF,
-    command::DEF,
-    cron::DEF,
-    sysctl::DEF,
+pub static REGISTRY: &[&ModuleDef] = &[
+    &file::DEF,
+    &directory::DEF,
+    &symlink::DEF,
+    &line::DEF,
+    &package::DEF,
+    &service::DEF,
+    &user::DEF,
+    &group::DEF,
+    &command::DEF,
+    &cron::DEF,
+    &sysctl::DEF,
 ];
 
 pub fn lookup(name: &str) -> Option<&'static ModuleDef> {
-    REGISTRY.iter().find(|m| m.name == name)
+    REGISTRY.iter().copied().find(|m| m.name == name)
 }
 
 /// Deserializes schema-valid parameters into a module's typed form.
@@ -281,3 +498,87 @@ pub const MODE_PATTERN: &str = "^0?[0-7]{3,4}$";
 pub const ABS_PATH_PATTERN: &str = "^/";
 /// A user or group name as accepted by shadow-utils.
 pub const NAME_PATTERN: &str = "^[A-Za-z_][A-Za-z0-9_.-]*\\$?$";
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{built, out};
+    use super::*;
+
+    /// Every note rewritten, one added: what a rewording of the messages would do.
+    fn reworded(c: &Change) -> Change {
+        let mut r = c.clone();
+        for n in r.notes.iter_mut() {
+            *n = format!("REWORDED {}", n.to_uppercase());
+        }
+        r.notes.push("package manager: dnf".into());
+        r.notes.push(service::NO_SYSTEMD.into());
+        r
+    }
+
+    #[test]
+    fn rewording_notes_never_changes_an_apply() {
+        let cases: &[(&ModuleDef, serde_json::Value, &str, &str)] = &[
+            (&package::DEF, serde_json::json!({"name": "nginx"}), "manager=apt\n", "apt-get install"),
+            (&package::DEF, serde_json::json!({"name": "nginx"}), "manager=dnf\nrpm=absent\n", "install -y nginx"),
+            (
+                &service::DEF,
+                serde_json::json!({"name": "nginx", "state": "running", "enabled": true}),
+                "init=sysv\nload=loaded\nactive=inactive\nenabled=disabled\n",
+                "update-rc.d",
+            ),
+            (
+                &service::DEF,
+                serde_json::json!({"name": "nginx", "state": "running"}),
+                "init=systemd\nload=not-found\nactive=inactive\nenabled=\n",
+                "systemctl start",
+            ),
+            (&file::DEF, serde_json::json!({"path": "/a/b", "content": "x"}), "type=absent\nparent=no\n", "mv -f -T -- f"),
+            (&line::DEF, serde_json::json!({"path": "/a", "line": "x"}), "type=absent\n", "set `create: true`"),
+            (&command::DEF, serde_json::json!({"run": "date"}), "", "eval"),
+            (
+                &symlink::DEF,
+                serde_json::json!({"path": "/a", "target": "/b", "force": true}),
+                "type=file\nparent=yes\n",
+                "ln -s -- /b l",
+            ),
+            (
+                &directory::DEF,
+                serde_json::json!({"path": "/a", "state": "absent", "recurse": true}),
+                "type=directory\nmode=755\nuid=0\nowner=root\ngid=0\ngroup=root\nsize=1\nempty=no\n",
+                "rm -rf",
+            ),
+        ];
+        for (def, params, probe, expect) in cases {
+            let r = built(def.build, params.clone());
+            let c = match r.diff(&out(probe)) {
+                Ok(c) => c,
+                Err(e) => panic!("{} {params}: {e}", def.name),
+            };
+            assert!(
+                !c.notes.is_empty(),
+                "{} {params}: a case with notes",
+                def.name
+            );
+            let script = r.apply(&c);
+            assert!(script.contains(expect), "{} {params}:\n{script}", def.name);
+            assert_eq!(r.apply(&reworded(&c)), script, "{} {params}", def.name);
+            let silent = Change {
+                notes: Vec::new(),
+                ..c.clone()
+            };
+            assert_eq!(r.apply(&silent), script, "{} {params}", def.name);
+        }
+    }
+
+    #[test]
+    fn field_names_round_trip() {
+        for f in Field::ALL {
+            assert_eq!(f.as_str().parse::<Field>(), Ok(*f));
+            assert_eq!(
+                serde_json::to_value(f).ok(),
+                Some(serde_json::Value::String(f.as_str().into()))
+            );
+        }
+        assert!("colour".parse::<Field>().is_err());
+    }
+}

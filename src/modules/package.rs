@@ -16,7 +16,8 @@ use serde::{Deserialize, Serialize};
 
 use super::sh::{quote, Observed};
 use super::{
-    BuildError, Change, ChangeKind, ModuleDef, Presence, ProbeError, ProbeResult, Resolve, Resource,
+    step, BuildError, Change, ChangeKind, Example, Facts, Field, ModuleDef, Presence, ProbeError,
+    ProbeResult, Resolve, Resource, Runs,
 };
 
 /// The package manager to use.
@@ -71,43 +72,112 @@ fn build(
     Ok(Box::new(Package { params }))
 }
 
-pub const DEF: ModuleDef = ModuleDef {
+pub static DEF: ModuleDef = ModuleDef {
     name: "package",
     summary: "A system package: present, absent or at a version.",
     schema: super::schema_for::<Params>,
     build,
     refreshable: false,
+    runs: Runs::Host,
+    reads: &[],
+    probe_keys: &[
+        "manager",
+        "dpkg_status",
+        "dpkg_version",
+        "rpm",
+        "rpm_version",
+        "rpm_release",
+        "apk",
+        "apk_version",
+        "error",
+    ],
+    examples: &[
+        Example {
+            name: "install at a version, upgrade, remove",
+            setup: &[],
+            steps: &[
+                step(
+                    r#"{"name": "plumb-hello", "version": "1.0"}"#,
+                    ChangeKind::Create,
+                ),
+                step(
+                    r#"{"name": "plumb-hello", "version": "1.1"}"#,
+                    ChangeKind::Modify,
+                ),
+                step(
+                    r#"{"name": "plumb-hello", "state": "absent"}"#,
+                    ChangeKind::Remove,
+                ),
+            ],
+        },
+        Example {
+            name: "any version, with the manager named",
+            setup: &[],
+            steps: &[
+                step(
+                    r#"{"name": "plumb-extra", "manager": "apt"}"#,
+                    ChangeKind::Create,
+                ),
+                step(
+                    r#"{"name": "plumb-extra", "state": "absent"}"#,
+                    ChangeKind::Remove,
+                ),
+            ],
+        },
+    ],
 };
 
-/// The note that carries the manager from the plan to the apply.
-const NOTE: &str = "package manager: ";
+/// A package manager plumb drives: the configured one, or the one the probe found on the
+/// host (carried to the apply in [`super::Facts::package_manager`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detected {
+    Apt,
+    Dnf,
+    Apk,
+}
 
-fn manager_name(m: Manager) -> &'static str {
+impl Detected {
+    fn parse(m: &str) -> Result<Detected, ProbeError> {
+        match m {
+            "apt" => Ok(Detected::Apt),
+            "dnf" => Ok(Detected::Dnf),
+            "apk" => Ok(Detected::Apk),
+            "none" => Err(ProbeError::new(
+                "no supported package manager found on the host (apt, dnf or apk)",
+            )),
+            other => Err(ProbeError::new(format!(
+                "unknown package manager `{other}`"
+            ))),
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Detected::Apt => "apt",
+            Detected::Dnf => "dnf",
+            Detected::Apk => "apk",
+        }
+    }
+}
+
+fn configured(m: Manager) -> Option<Detected> {
     match m {
-        Manager::Auto => "",
-        Manager::Apt => "apt",
-        Manager::Dnf => "dnf",
-        Manager::Apk => "apk",
+        Manager::Auto => None,
+        Manager::Apt => Some(Detected::Apt),
+        Manager::Dnf => Some(Detected::Dnf),
+        Manager::Apk => Some(Detected::Apk),
     }
 }
 
 impl Package {
     /// Which manager to use for a change: the configured one, else the one the probe found.
-    fn manager(&self, change: &Change) -> Option<String> {
-        match self.params.manager {
-            Manager::Auto => change
-                .notes
-                .iter()
-                .find_map(|n| n.strip_prefix(NOTE))
-                .map(str::to_string),
-            m => Some(manager_name(m).to_string()),
-        }
+    fn manager(&self, change: &Change) -> Option<Detected> {
+        configured(self.params.manager).or(change.observed.package_manager)
     }
 
     /// The installed version, if any, from the probe's output.
-    fn installed(&self, m: &str, o: &Observed) -> Result<Option<Observedversion>, ProbeError> {
+    fn installed(&self, m: Detected, o: &Observed) -> Result<Option<Observedversion>, ProbeError> {
         Ok(match m {
-            "apt" => {
+            Detected::Apt => {
                 let statuses = o.all("dpkg_status");
                 let versions = o.all("dpkg_version");
                 statuses
@@ -119,7 +189,7 @@ impl Package {
                         alt: None,
                     })
             }
-            "dnf" => match (o.get("rpm"), o.get("rpm_version")) {
+            Detected::Dnf => match (o.get("rpm"), o.get("rpm_version")) {
                 (_, Some(v)) => {
                     let release = o.get("rpm_release").unwrap_or_default();
                     Some(Observedversion {
@@ -130,23 +200,13 @@ impl Package {
                 (Some("absent"), None) => None,
                 _ => return Err(ProbeError::new("probe output lacks `rpm_version`")),
             },
-            "apk" => match o.req("apk")? {
+            Detected::Apk => match o.req("apk")? {
                 "installed" => Some(Observedversion {
                     version: o.get("apk_version").unwrap_or_default().to_string(),
                     alt: None,
                 }),
                 _ => None,
             },
-            "none" => {
-                return Err(ProbeError::new(
-                    "no supported package manager found on the host (apt, dnf or apk)",
-                ))
-            }
-            other => {
-                return Err(ProbeError::new(format!(
-                    "unknown package manager `{other}`"
-                )))
-            }
         })
     }
 }
@@ -210,7 +270,7 @@ done < /lib/apk/db/installed
 fi
 else echo apk=absent; fi ;;
 esac"#,
-            m = quote(manager_name(self.params.manager)),
+            m = quote(configured(self.params.manager).map_or("", Detected::name)),
             dpkg = quote(r"dpkg_status=${Status}\ndpkg_version=${Version}\n"),
             rpm = quote(r"rpm_version=%{VERSION}\nrpm_release=%{RELEASE}\n"),
         )
@@ -221,23 +281,26 @@ esac"#,
         if let Some(e) = o.get("error") {
             return Err(ProbeError::new(format!("package manager {m}: {e}")));
         }
-        let have = self.installed(m, &o)?;
+        let detected = Detected::parse(m)?;
+        let have = self.installed(detected, &o)?;
         let want = self.params.version.clone();
         let c = match (self.params.state, &have, &want) {
             (Presence::Present, None, _) => Change::new(ChangeKind::Create).field(
-                "version",
+                Field::Version,
                 None,
                 Some(want.unwrap_or_else(|| "any".into())),
             ),
-            (Presence::Present, Some(h), Some(w)) if !h.is(w) => {
-                Change::new(ChangeKind::Modify).field("version", Some(h.shown()), Some(w.clone()))
-            }
+            (Presence::Present, Some(h), Some(w)) if !h.is(w) => Change::new(ChangeKind::Modify)
+                .field(Field::Version, Some(h.shown()), Some(w.clone())),
             (Presence::Absent, Some(h), _) => {
-                Change::new(ChangeKind::Remove).field("version", Some(h.shown()), None)
+                Change::new(ChangeKind::Remove).field(Field::Version, Some(h.shown()), None)
             }
             _ => return Ok(Change::in_sync()),
         };
-        Ok(c.note(format!("{NOTE}{m}")))
+        Ok(c.note(format!("package manager: {m}")).observed(Facts {
+            package_manager: Some(detected),
+            ..Facts::default()
+        }))
     }
     fn apply(&self, change: &Change) -> String {
         if change.kind == ChangeKind::InSync {
@@ -251,8 +314,8 @@ esac"#,
         let name = &self.params.name;
         let v = self.params.version.as_deref();
         let remove = change.kind == ChangeKind::Remove;
-        match (m.as_str(), remove) {
-            ("apt", false) => {
+        match (m, remove) {
+            (Detected::Apt, false) => {
                 let spec = quote(&match v {
                     Some(v) => format!("{name}={v}"),
                     None => name.clone(),
@@ -261,15 +324,17 @@ esac"#,
                 let install = format!(
                     "apt-get install -y -q --no-install-recommends{down} {spec} </dev/null"
                 );
+                // The first try's errors are dropped: when it fails, the lists are refreshed
+                // and the second try says what is wrong (once, not twice).
                 format!(
-                    "DEBIAN_FRONTEND=noninteractive; export DEBIAN_FRONTEND\n{install} || {{ apt-get update -q </dev/null && {install}; }} || exit 1\n"
+                    "DEBIAN_FRONTEND=noninteractive; export DEBIAN_FRONTEND\n{install} 2>/dev/null || {{ apt-get update -q </dev/null && {install}; }} || exit 1\n"
                 )
             }
-            ("apt", true) => format!(
+            (Detected::Apt, true) => format!(
                 "DEBIAN_FRONTEND=noninteractive; export DEBIAN_FRONTEND\napt-get remove -y -q {} </dev/null || exit 1\n",
                 quote(name)
             ),
-            ("dnf", r) => {
+            (Detected::Dnf, r) => {
                 let pm = "pm=dnf; command -v dnf >/dev/null 2>&1 || pm=yum\n";
                 if r {
                     format!("{pm}\"$pm\" remove -y {} </dev/null || exit 1\n", quote(name))
@@ -283,15 +348,14 @@ esac"#,
                     )
                 }
             }
-            ("apk", true) => format!("apk del {} </dev/null || exit 1\n", quote(name)),
-            ("apk", false) => {
+            (Detected::Apk, true) => format!("apk del {} </dev/null || exit 1\n", quote(name)),
+            (Detected::Apk, false) => {
                 let spec = quote(&match v {
                     Some(v) => format!("{name}={v}"),
                     None => name.clone(),
                 });
                 format!("apk add {spec} </dev/null || exit 1\n")
             }
-            (other, _) => super::sh::fail(&format!("package: unsupported package manager `{other}`")),
         }
     }
 }
@@ -380,5 +444,29 @@ mod tests {
             &mut NoRepo
         )
         .is_err());
+    }
+
+    /// An apt failure is reported once: the first try (before `apt-get update`) is silent.
+    #[test]
+    fn an_apt_error_is_printed_once() {
+        let p = pkg(serde_json::json!({"name": "nginx", "manager": "apt"}));
+        let c = p.diff(&out("manager=apt\n")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let fake = dir.path().join("apt-get");
+        std::fs::write(
+            &fake,
+            "#!/bin/sh\ncase $1 in update) exit 0 ;; esac\necho 'E: Unable to locate package nginx' >&2\nexit 100\n",
+        )
+        .unwrap();
+        std::process::Command::new("chmod")
+            .arg("0755")
+            .arg(&fake)
+            .status()
+            .unwrap();
+        let script = format!("PATH={}:$PATH\n{}", dir.path().display(), p.apply(&c));
+        let (res, _) = run_logging_argv(&script);
+        assert_ne!(res.status, 0);
+        let err = String::from_utf8_lossy(&res.stderr);
+        assert_eq!(err.matches("Unable to locate package").count(), 1, "{err}");
     }
 }

@@ -17,7 +17,8 @@ use serde::{Deserialize, Serialize};
 
 use super::sh::{self, quote, Observed};
 use super::{
-    BuildError, Change, ChangeKind, ModuleDef, ProbeError, ProbeResult, Resolve, Resource,
+    step, BuildError, Change, ChangeKind, Example, Facts, Field, ModuleDef, ProbeError,
+    ProbeResult, Resolve, Resource, Runs,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -72,16 +73,43 @@ fn build(
     Ok(Box::new(Service { params }))
 }
 
-pub const DEF: ModuleDef = ModuleDef {
+pub static DEF: ModuleDef = ModuleDef {
     name: "service",
     summary: "A service: running/stopped, enabled/disabled, restart or reload on notify.",
     schema: super::schema_for::<Params>,
     build,
     refreshable: true,
+    runs: Runs::Host,
+    reads: &[],
+    probe_keys: &["init", "load", "active", "enabled"],
+    examples: &[Example {
+        name: "start and enable, then stop and disable",
+        setup: &[("package", r#"{"name": "plumb-demo"}"#)],
+        steps: &[
+            step(
+                r#"{"name": "plumb-demo", "state": "running", "enabled": true}"#,
+                ChangeKind::Modify,
+            ),
+            step(
+                r#"{"name": "plumb-demo.service", "state": "stopped", "enabled": false}"#,
+                ChangeKind::Modify,
+            ),
+        ],
+    }],
 };
 
-/// The note that tells the apply to use service(8).
+/// The note that tells people the apply uses service(8) (the apply reads
+/// [`super::Facts::init`], never this text).
 pub const NO_SYSTEMD: &str = "no systemd on this host: using service(8)";
+
+/// The init system the probe found on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Init {
+    /// systemd is running: `systemctl`.
+    Systemd,
+    /// No systemd: `service`/init scripts and update-rc.d (or chkconfig, rc-update).
+    Sysv,
+}
 
 const DETECT: &str = r#"[ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1"#;
 
@@ -138,16 +166,17 @@ fi"#,
     }
     fn diff(&self, observed: &ProbeResult) -> Result<Change, ProbeError> {
         let o = Observed::parse(observed)?;
-        let init = o.req("init")?;
-        if init != "systemd" && init != "sysv" {
-            return Err(ProbeError::new(format!("unknown init system `{init}`")));
-        }
+        let init = match o.req("init")? {
+            "systemd" => Init::Systemd,
+            "sysv" => Init::Sysv,
+            other => return Err(ProbeError::new(format!("unknown init system `{other}`"))),
+        };
         let load = o.get("load").unwrap_or_default();
         let active = o.req("active")?;
         let enabled = o.req("enabled")?;
         let mut c = Change::new(ChangeKind::Modify);
         let mut notes = Vec::new();
-        if init == "sysv" {
+        if init == Init::Sysv {
             notes.push(NO_SYSTEMD.to_string());
         }
         if load == "not-found" {
@@ -164,7 +193,7 @@ fi"#,
             if running != want_running {
                 let from = if active.is_empty() { "stopped" } else { active };
                 let to = if want_running { "running" } else { "stopped" };
-                c = c.field("state", Some(from.to_string()), Some(to.to_string()));
+                c = c.field(Field::State, Some(from.to_string()), Some(to.to_string()));
             }
         }
         if let Some(want) = self.params.enabled {
@@ -180,7 +209,11 @@ fi"#,
                     let is = matches!(e, "enabled" | "enabled-runtime" | "alias" | "linked");
                     if is != want {
                         let from = if e.is_empty() { "unknown" } else { e };
-                        c = c.field("enabled", Some(from.to_string()), Some(want.to_string()));
+                        c = c.field(
+                            Field::Enabled,
+                            Some(from.to_string()),
+                            Some(want.to_string()),
+                        );
                     }
                 }
             }
@@ -191,20 +224,23 @@ fi"#,
         for n in notes {
             c = c.note(n);
         }
-        Ok(c)
+        Ok(c.observed(Facts {
+            init: Some(init),
+            ..Facts::default()
+        }))
     }
     fn apply(&self, change: &Change) -> String {
         if change.kind == ChangeKind::InSync {
             return ":".into();
         }
-        let sysv = change.notes.iter().any(|n| n == NO_SYSTEMD);
+        let sysv = change.observed.init == Some(Init::Sysv);
         let mut s = self.vars();
         let want_running = self.params.state == Some(RunState::Running);
         let want_enabled = self.params.enabled == Some(true);
         if sysv {
             s += SYSV_CTL;
             s.push('\n');
-            if change.changes_field("enabled") {
+            if change.changes_field(Field::Enabled) {
                 s += &if want_enabled {
                     format!(
                         r#"if command -v update-rc.d >/dev/null 2>&1; then update-rc.d "$n" defaults >/dev/null && update-rc.d "$n" enable || exit 1
@@ -225,7 +261,7 @@ else {}; fi
                     )
                 };
             }
-            if change.changes_field("state") {
+            if change.changes_field(Field::State) {
                 s += if want_running {
                     "sv start || exit 1\n"
                 } else {
@@ -233,14 +269,14 @@ else {}; fi
                 };
             }
         } else {
-            if change.changes_field("enabled") {
+            if change.changes_field(Field::Enabled) {
                 s += if want_enabled {
                     "systemctl enable -- \"$u\" || exit 1\n"
                 } else {
                     "systemctl disable -- \"$u\" || exit 1\n"
                 };
             }
-            if change.changes_field("state") {
+            if change.changes_field(Field::State) {
                 s += if want_running {
                     "systemctl start -- \"$u\" || exit 1\n"
                 } else {
@@ -255,7 +291,7 @@ else {}; fi
         !own_change
             .fields
             .iter()
-            .any(|f| f.field == "state" && f.to.as_deref() == Some("running"))
+            .any(|f| f.field == Field::State && f.to.as_deref() == Some("running"))
     }
     fn refresh(&self) -> Option<String> {
         let stopped = self.params.state == Some(RunState::Stopped);
@@ -288,13 +324,13 @@ mod tests {
     fn no_refresh_after_its_own_start() {
         let r = svc(serde_json::json!({"name": "app", "state": "running", "enabled": true}));
         let started = Change::new(super::super::ChangeKind::Modify).field(
-            "state",
+            Field::State,
             Some("stopped".into()),
             Some("running".into()),
         );
         assert!(!r.refresh_after(&started), "just started: no restart");
         let enabled = Change::new(super::super::ChangeKind::Modify).field(
-            "enabled",
+            Field::Enabled,
             Some("false".into()),
             Some("true".into()),
         );

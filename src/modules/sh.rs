@@ -112,6 +112,117 @@ gid=%g
 group=%G
 size=%s' -- "$p" || exit 1"#;
 
+/// The name of the last component of an absolute path (`app.conf` for `/etc/app.conf`).
+pub fn base_name(path: &str) -> String {
+    let trimmed = path.trim_end_matches('/');
+    match trimmed.rfind('/') {
+        Some(i) => trimmed[i + 1..].to_string(),
+        None => trimmed.to_string(),
+    }
+}
+
+/// What [`enter_parent`] does about a directory on the way that does not exist.
+#[derive(Debug, Clone, Copy)]
+pub enum Missing<'a> {
+    /// Fail the fragment with this message.
+    Fail(&'a str),
+    /// Create it (`mkdir`, as the acting user, inside a directory just checked).
+    Create,
+}
+
+/// Shell functions of [`enter_parent`]: `plumb_trusted DIR [ENTRY]` holds when only root
+/// or the acting user can change DIR's entries (with the sticky bit: when ENTRY is theirs);
+/// `plumb_walk PATH CREATE MESSAGE` checks that every entry on PATH sits in such a directory.
+const WALK: &str = r#"plumb_me=$(id -u) || exit 1
+plumb_fail() { printf '%s\n' "$1" >&2; exit 1; }
+plumb_trusted() {
+  plumb_s=$(stat -L -c '%u %a' -- "$1") || return 1
+  plumb_u=${plumb_s% *}; plumb_m=${plumb_s#* }
+  [ "$plumb_u" = 0 ] || [ "$plumb_u" = "$plumb_me" ] || return 1
+  [ $(( 0$plumb_m & 022 )) -eq 0 ] && return 0
+  [ -n "${2:-}" ] && [ $(( 0$plumb_m & 01000 )) -ne 0 ] || return 1
+  plumb_u=$(stat -c %u -- "$2") || return 1
+  [ "$plumb_u" = 0 ] || [ "$plumb_u" = "$plumb_me" ]
+}
+plumb_walk() {
+  plumb_x=; plumb_r=${1#/}
+  while [ -n "$plumb_r" ]; do
+    plumb_n=${plumb_r%%/*}
+    case $plumb_r in */*) plumb_r=${plumb_r#*/} ;; *) plumb_r= ;; esac
+    [ -n "$plumb_n" ] || continue
+    plumb_c=$plumb_x/$plumb_n
+    plumb_trusted "${plumb_x:-/}" "$plumb_c" || plumb_fail "plumb will not act below ${plumb_x:-/}: a user other than root can change it and could redirect the change (make it writable by root only)"
+    if [ ! -e "$plumb_c" ] && [ ! -L "$plumb_c" ]; then
+      if [ "$2" = create ]; then mkdir -- "$plumb_c" || exit 1; else plumb_fail "$3"; fi
+    fi
+    [ -d "$plumb_c" ] || plumb_fail "$plumb_c is not a directory"
+    plumb_x=$plumb_c
+  done
+}"#;
+
+/// The one way an apply reaches a path: every path-based module's apply starts with it, in
+/// the same fragment that acts. It sets `d` (the parent directory of `path`), `b` (the
+/// name in it) and `P` (where `d` physically is), and `cd`s into `d`, after checking that
+/// nobody but root (or the acting user) can change any directory on the way, neither on
+/// the path as written nor on the physical path the shell reached; so no user can redirect
+/// what follows. The fragment then acts only on `./$b` (or through [`PRIVATE_DIR`]), with
+/// forms that do not follow a symbolic link at `$b`. `d` itself may be writable by others
+/// (a user's home directory): [`hold_file`] and [`enter_target`] are safe there.
+pub fn enter_parent(path: &str, missing: Missing<'_>) -> String {
+    let parent = parent(path);
+    let (mode, message) = match missing {
+        Missing::Fail(m) => ("fail", quote(m)),
+        Missing::Create => ("create", "''".to_string()),
+    };
+    format!(
+        "{WALK}\nd={d}\nb={b}\nplumb_walk \"$d\" {mode} {message}\ncd -P -- \"$d\" || exit 1\nP=$(pwd -P) || exit 1\nplumb_walk \"$P\" fail {message}\n",
+        d = quote(&parent),
+        b = quote(&base_name(path)),
+    )
+}
+
+/// After [`enter_parent`]: makes a private directory `$w` beside the target (mode 0700,
+/// the acting user's), enters it and checks it is the one just made; it is removed when
+/// the fragment exits. Files written here cannot be swapped by anyone; `../$b` is the
+/// target, and a rename (`mv -f -T -- f "../$b"`) puts a file in place without following
+/// whatever is at `$b`.
+pub const PRIVATE_DIR: &str = r#"w=$(mktemp -d ./.plumb.XXXXXX) || exit 1
+w=${w#./}
+trap 'cd -P -- "$P" 2>/dev/null && rm -rf -- "./$w"' EXIT
+cd -P -- "$w" || exit 1
+[ "$(pwd -P)" = "${P%/}/$w" ] && [ "$(stat -c %u:%a .)" = "$plumb_me:700" ] || plumb_fail "$d changed while plumb was working in it"
+"#;
+
+/// After [`PRIVATE_DIR`]: `o` becomes a hard link to what is at the target now, so it can
+/// be read and changed without a race. Fails unless it is a regular file; in a directory
+/// other users can write, also when it has other hard links (one of them could be a file
+/// that user may not change, e.g. /etc/shadow). `$1` is the message for a path that is no
+/// longer a regular file.
+pub fn hold_file(changed: &str) -> String {
+    format!(
+        r#"ln -P -- "../$b" o 2>/dev/null && [ -f o ] && [ ! -L o ] || plumb_fail {changed}
+if ! plumb_trusted "$P"; then [ "$(stat -c %h o)" = 2 ] || plumb_fail "$d/$b has other hard links and other users can write $d: plumb will not change it"; fi
+"#,
+        changed = quote(changed)
+    )
+}
+
+/// After [`enter_parent`]: enters the directory `./$b` itself (not through a link), so
+/// `chmod`/`chown` act on `.`. `$1`: the message when it is not a directory (any more).
+pub fn enter_target(changed: &str) -> String {
+    format!(
+        r#"[ -d "./$b" ] && [ ! -L "./$b" ] && cd -P -- "./$b" && [ "$(pwd -P)" = "${{P%/}}/$b" ] || plumb_fail {changed}
+"#,
+        changed = quote(changed)
+    )
+}
+
+/// Probe side of [`enter_parent`]: opens the regular file `$p` once as fd 3 and checks that
+/// what was opened is the file at the path itself, not what a symbolic link swapped in
+/// since the type check points to (e.g. /etc/shadow, whose content would then reach a plan);
+/// commands then read `/dev/fd/3`.
+pub const OPEN_P: &str = r#"exec 3<"$p" && [ "$(stat -L -c %d:%i /dev/fd/3)" = "$(stat -c %d:%i -- "$p")" ] || { printf '%s\n' "$p changed while plumb read it" >&2; exit 1; }"#;
+
 /// A shell command that fails the fragment with `message` on stderr. `message` is quoted here.
 pub fn fail(message: &str) -> String {
     format!("{{ printf '%s\\n' {} >&2; exit 1; }}", quote(message))

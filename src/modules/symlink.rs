@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use super::sh::{self, quote, Observed};
 use super::{
-    BuildError, Change, ChangeKind, ModuleDef, Presence, ProbeError, ProbeResult, Resolve, Resource,
+    step, BuildError, Change, ChangeKind, Example, Facts, Field, ModuleDef, PathType, Presence,
+    ProbeError, ProbeResult, Resolve, Resource, Runs,
 };
 
 /// A symbolic link at `path` pointing to `target`. An existing link to elsewhere is
@@ -58,27 +59,62 @@ fn build(
     Ok(Box::new(Symlink { params }))
 }
 
-pub const DEF: ModuleDef = ModuleDef {
+pub static DEF: ModuleDef = ModuleDef {
     name: "symlink",
     summary: "A symbolic link.",
     schema: super::schema_for::<Params>,
     build,
     refreshable: false,
+    runs: Runs::Local { rooted: None },
+    reads: &[],
+    probe_keys: &["type", "parent", "target_b64"],
+    examples: &[
+        Example {
+            name: "create, retarget, remove",
+            setup: &[("directory", r#"{"path": "{root}/real dir"}"#)],
+            steps: &[
+                step(
+                    r#"{"path": "{root}/link", "target": "{root}/real dir"}"#,
+                    ChangeKind::Create,
+                ),
+                step(
+                    r#"{"path": "{root}/link", "target": "rel/$(x)\n"}"#,
+                    ChangeKind::Modify,
+                ),
+                step(
+                    r#"{"path": "{root}/link", "state": "absent"}"#,
+                    ChangeKind::Remove,
+                ),
+            ],
+        },
+        Example {
+            name: "force replaces a regular file",
+            setup: &[("file", r#"{"path": "{root}/file", "content": "x"}"#)],
+            steps: &[step(
+                r#"{"path": "{root}/file", "target": "/", "force": true}"#,
+                ChangeKind::Modify,
+            )],
+        },
+    ],
 };
 
 impl Symlink {
     fn want(&self) -> &str {
         self.params.target.as_deref().unwrap_or_default()
     }
-    fn refuse(&self, ty: &str) -> ProbeError {
+    fn refuse(&self, ty: PathType) -> ProbeError {
         let path = &self.params.path;
         ProbeError::new(match ty {
-            "directory" => format!("{path} is a directory: a symlink step will not replace it"),
-            "file" => {
+            PathType::Directory => {
+                format!("{path} is a directory: a symlink step will not replace it")
+            }
+            PathType::File => {
                 format!("{path} is a regular file: set `force: true` to replace it with a link")
             }
-            "other" => format!("{path} is a special file: a symlink step will not replace it"),
-            t => format!("unexpected type `{t}` for {path}"),
+            PathType::Other => {
+                format!("{path} is a special file: a symlink step will not replace it")
+            }
+            PathType::Absent | PathType::Symlink => format!("unexpected type for {path}"),
         })
     }
 }
@@ -109,11 +145,15 @@ fi"#,
     }
     fn diff(&self, observed: &ProbeResult) -> Result<Change, ProbeError> {
         let o = Observed::parse(observed)?;
-        let ty = o.req("type")?;
+        let ty = PathType::parse(&o)?;
+        let seen = Facts {
+            path: Some(ty),
+            ..Facts::default()
+        };
         let want = Some(self.want().to_string());
-        match (self.params.state, ty) {
-            (Presence::Present, "absent") => {
-                let mut c = Change::new(ChangeKind::Create).field("target", None, want);
+        let c = match (self.params.state, ty) {
+            (Presence::Present, PathType::Absent) => {
+                let mut c = Change::new(ChangeKind::Create).field(Field::Target, None, want);
                 if o.get("parent") == Some("no") {
                     c = c.note(format!(
                         "parent directory {} does not exist yet: an earlier step must create it",
@@ -122,45 +162,53 @@ fi"#,
                 }
                 Ok(c)
             }
-            (Presence::Present, "symlink") => {
+            (Presence::Present, PathType::Symlink) => {
                 let seen = o
                     .text("target")?
                     .ok_or_else(|| ProbeError::new("probe output lacks `target_b64`"))?;
                 Ok(if seen == self.want() {
                     Change::in_sync()
                 } else {
-                    Change::new(ChangeKind::Modify).field("target", Some(seen), want)
+                    Change::new(ChangeKind::Modify).field(Field::Target, Some(seen), want)
                 })
             }
-            (Presence::Present, "file") if self.params.force => Ok(Change::new(ChangeKind::Modify)
-                .field("type", Some("file".into()), Some("symlink".into()))
-                .field("target", None, want)
-                .note("the regular file at the path will be replaced (force)")),
-            (Presence::Absent, "absent") => Ok(Change::in_sync()),
-            (Presence::Absent, "symlink") => {
-                let seen = o.text("target")?;
-                Ok(Change::new(ChangeKind::Remove).field("target", seen, None))
+            (Presence::Present, PathType::File) if self.params.force => {
+                Ok(Change::new(ChangeKind::Modify)
+                    .field(Field::Type, Some("file".into()), Some("symlink".into()))
+                    .field(Field::Target, None, want)
+                    .note("the regular file at the path will be replaced (force)"))
             }
-            (Presence::Absent, "file") if self.params.force => Ok(Change::new(ChangeKind::Remove)
-                .field("type", Some("file".into()), None)
-                .note("the regular file at the path will be removed (force)")),
+            (Presence::Absent, PathType::Absent) => Ok(Change::in_sync()),
+            (Presence::Absent, PathType::Symlink) => {
+                let seen = o.text("target")?;
+                Ok(Change::new(ChangeKind::Remove).field(Field::Target, seen, None))
+            }
+            (Presence::Absent, PathType::File) if self.params.force => {
+                Ok(Change::new(ChangeKind::Remove)
+                    .field(Field::Type, Some("file".into()), None)
+                    .note("the regular file at the path will be removed (force)"))
+            }
             (_, other) => Err(self.refuse(other)),
-        }
+        }?;
+        Ok(if c.is_change() { c.observed(seen) } else { c })
     }
     fn apply(&self, change: &Change) -> String {
         let path = &self.params.path;
-        let p = format!("p={}\n", quote(path));
+        let parent = sh::parent(path);
+        let missing = format!("parent directory {parent} does not exist; add a directory step");
+        let enter = sh::enter_parent(path, sh::Missing::Fail(&missing));
         let no_dir = format!(
-            "if [ -d \"$p\" ] && [ ! -L \"$p\" ]; then {}; fi\n",
+            "if [ -d \"./$b\" ] && [ ! -L \"./$b\" ]; then {}; fi\n",
             sh::fail(&format!(
                 "{path} is a directory: a symlink step will not replace it"
             ))
         );
-        let no_file = if self.params.force {
+        // `force` replaces the regular file the probe saw, nothing that appeared since.
+        let no_file = if self.params.force && change.observed.path == Some(PathType::File) {
             String::new()
         } else {
             format!(
-                "if [ -e \"$p\" ] && [ ! -L \"$p\" ]; then {}; fi\n",
+                "if [ -e \"./$b\" ] && [ ! -L \"./$b\" ]; then {}; fi\n",
                 sh::fail(&format!(
                     "{path} exists and is not a symlink (set `force: true`)"
                 ))
@@ -168,24 +216,12 @@ fi"#,
         };
         match change.kind {
             ChangeKind::InSync => ":".into(),
-            ChangeKind::Remove => format!("{p}{no_dir}{no_file}rm -f -- \"$p\" || exit 1\n"),
-            ChangeKind::Create | ChangeKind::Modify => {
-                let parent = sh::parent(path);
-                format!(
-                    r#"{p}d={d}
-[ -d "$d" ] || {missing}
-{no_dir}{no_file}t="$d/.plumb-link.$$"
-rm -f -- "$t" || exit 1
-ln -s -- {target} "$t" || exit 1
-mv -f -T -- "$t" "$p" 2>/dev/null || {{ rm -f -- "$p" && mv -f -- "$t" "$p"; }} || {{ rm -f -- "$t"; exit 1; }}
-"#,
-                    d = quote(&parent),
-                    missing = sh::fail(&format!(
-                        "parent directory {parent} does not exist; add a directory step"
-                    )),
-                    target = quote(self.want()),
-                )
-            }
+            ChangeKind::Remove => format!("{enter}{no_dir}{no_file}rm -f -- \"./$b\" || exit 1\n"),
+            ChangeKind::Create | ChangeKind::Modify => format!(
+                "{enter}{no_dir}{no_file}{private}ln -s -- {target} l || exit 1\nmv -f -T -- l \"../$b\" || exit 1\n",
+                private = sh::PRIVATE_DIR,
+                target = quote(self.want()),
+            ),
         }
     }
 }
@@ -255,7 +291,7 @@ mod tests {
             )))
             .unwrap();
         assert_eq!(c.kind, ChangeKind::Remove);
-        assert!(l.apply(&c).contains("rm -f -- \"$p\""));
+        assert!(l.apply(&c).contains("rm -f -- \"./$b\""));
         assert!(l.diff(&out("type=file\n")).is_err());
     }
 }

@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 use super::file::{apply_remove, diff_absent, probe_absent, Managed};
 use super::sh::{self, quote, Observed};
 use super::{
-    BuildError, Change, ChangeKind, ModuleDef, Presence, ProbeError, ProbeResult, Resolve, Resource,
+    step, BuildError, Change, ChangeKind, Example, Field, ModuleDef, Presence, ProbeError,
+    ProbeResult, Resolve, Resource, Runs,
 };
 
 /// A kernel parameter: the live value (`/proc/sys`) and a persistent line in
@@ -59,13 +60,64 @@ fn build(
     Sysctl::new(params).map(|s| Box::new(s) as Box<dyn Resource>)
 }
 
-pub const DEF: ModuleDef = ModuleDef {
+pub static DEF: ModuleDef = ModuleDef {
     name: "sysctl",
     summary: "A kernel parameter: live value and /etc/sysctl.d file.",
     schema: super::schema_for::<Params>,
     build,
     refreshable: false,
+    runs: Runs::Local {
+        rooted: Some(rooted),
+    },
+    reads: &[],
+    probe_keys: &[
+        "type",
+        "parent",
+        "mode",
+        "uid",
+        "owner",
+        "gid",
+        "group",
+        "size",
+        "sha256",
+        "content_b64",
+        "live",
+        "live_b64",
+    ],
+    examples: &[Example {
+        name: "persist and set live, live drift, remove",
+        setup: &[
+            ("directory", r#"{"path": "{root}/etc/sysctl.d"}"#),
+            ("directory", r#"{"path": "{root}/proc/sys/net/ipv4"}"#),
+            (
+                "file",
+                r#"{"path": "{root}/proc/sys/net/ipv4/tcp_rmem", "content": "4096\t16384\t4194304\n"}"#,
+            ),
+        ],
+        steps: &[
+            step(
+                r#"{"name": "net.ipv4.tcp_rmem", "value": "4096 87380 6291456"}"#,
+                ChangeKind::Create,
+            ),
+            step(
+                r#"{"name": "net.ipv4.tcp_rmem", "value": "1 2 3"}"#,
+                ChangeKind::Modify,
+            ),
+            step(
+                r#"{"name": "net.ipv4.tcp_rmem", "state": "absent"}"#,
+                ChangeKind::Remove,
+            ),
+        ],
+    }],
 };
+
+/// [`Runs::Local`]: the file and /proc/sys under `root`.
+fn rooted(value: serde_json::Value, root: &str) -> Result<Box<dyn Resource>, BuildError> {
+    sh::reject_nul(&value, &[])?;
+    Ok(Box::new(
+        Sysctl::new(super::params(value)?)?.with_root(root),
+    ))
+}
 
 /// Whitespace-normalised value.
 fn norm(v: &str) -> String {
@@ -140,7 +192,7 @@ impl Sysctl {
     }
 }
 
-const FILE_FIELDS: &[&str] = &["content", "mode", "owner", "group"];
+const FILE_FIELDS: &[Field] = &[Field::Content, Field::Mode, Field::Owner, Field::Group];
 
 impl Resource for Sysctl {
     fn target(&self) -> String {
@@ -192,7 +244,7 @@ impl Resource for Sysctl {
                         self.proc_path
                     ));
                 }
-                c = c.field("value", live, Some(self.value.clone()));
+                c = c.field(Field::Value, live, Some(self.value.clone()));
             }
         }
         Ok(c)
@@ -209,7 +261,7 @@ impl Resource for Sysctl {
             fields: change
                 .fields
                 .iter()
-                .filter(|f| FILE_FIELDS.contains(&f.field.as_str()))
+                .filter(|f| FILE_FIELDS.contains(&f.field))
                 .cloned()
                 .collect(),
             ..change.clone()
@@ -217,7 +269,7 @@ impl Resource for Sysctl {
         if !file_change.fields.is_empty() {
             s += &format!("( {}\n) || exit 1\n", self.managed.apply(&file_change));
         }
-        if change.changes_field("value") && self.params.live {
+        if change.changes_field(Field::Value) && self.params.live {
             let write = format!(
                 "printf '%s\\n' {} > {} || exit 1",
                 quote(&self.value),
@@ -307,7 +359,7 @@ mod tests {
             .diff(&out(&format!("type=absent\nparent=yes\n{}", live(b"1\n"))))
             .unwrap();
         assert_eq!(c.kind, ChangeKind::Create);
-        assert!(c.changes_field("content") && c.changes_field("value"));
+        assert!(c.changes_field(Field::Content) && c.changes_field(Field::Value));
         insta::assert_snapshot!("sysctl_create_apply", s.apply(&c));
         let c = s
             .diff(&out(&format!("{}live=missing\n", file_ok(&s))))

@@ -29,3 +29,66 @@ pub fn out(s: &str) -> ProbeResult {
         ..Default::default()
     }
 }
+
+/// Runs `script` the way the engine sends it (`sh -s`, the script on stdin), with `sh` and
+/// `grep` on `PATH` replaced by wrappers that log every argument list they are started with
+/// (what a host's process list would show). Returns the result and that log.
+pub fn run_logging_argv(script: &str) -> (ProbeResult, String) {
+    use std::io::Write;
+    let dir = match tempfile::tempdir() {
+        Ok(d) => d,
+        Err(e) => panic!("tempdir: {e}"),
+    };
+    let log = dir.path().join("argv.log");
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap_or_else(|e| panic!("{e}"));
+    for tool in ["sh", "grep"] {
+        let real = ["/usr/bin", "/bin"]
+            .iter()
+            .map(|d| format!("{d}/{tool}"))
+            .find(|p| std::path::Path::new(p).exists())
+            .unwrap_or_else(|| panic!("no {tool}"));
+        let wrapper = bin.join(tool);
+        std::fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\nprintf '%s\\n' \"{tool} $*\" >> {}\nexec {real} \"$@\"\n",
+                super::sh::quote(&log.display().to_string())
+            ),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        std::process::Command::new("chmod")
+            .arg("0755")
+            .arg(&wrapper)
+            .status()
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut child = std::process::Command::new("/bin/sh")
+        .arg("-s")
+        .env("PATH", path)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run sh: {e}"));
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(format!("(\n{script}\n) </dev/null\n").as_bytes())
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let out = child.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    (
+        ProbeResult {
+            stdout: out.stdout,
+            stderr: out.stderr,
+            status: out.status.code().unwrap_or(-1),
+        },
+        logged,
+    )
+}

@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 use super::group::{entry_fields, lookup_entry};
 use super::sh::{self, quote, Observed};
 use super::{
-    BuildError, Change, ChangeKind, ModuleDef, Presence, ProbeError, ProbeResult, Resolve, Resource,
+    step, BuildError, Change, ChangeKind, Example, Field, ModuleDef, Presence, ProbeError,
+    ProbeResult, Resolve, Resource, Runs,
 };
 
 /// A local user account, managed with useradd/usermod/userdel.
@@ -93,12 +94,37 @@ fn build(
     Ok(Box::new(User { params }))
 }
 
-pub const DEF: ModuleDef = ModuleDef {
+pub static DEF: ModuleDef = ModuleDef {
     name: "user",
     summary: "A local user: uid, primary and supplementary groups, shell, home.",
     schema: super::schema_for::<Params>,
     build,
     refreshable: false,
+    runs: Runs::Host,
+    reads: &[],
+    probe_keys: &["entry", "entry_b64", "primary_b64", "groups_b64"],
+    examples: &[Example {
+        name: "create with groups, modify, remove",
+        setup: &[
+            ("group", r#"{"name": "plumbexu1", "gid": 4251}"#),
+            ("group", r#"{"name": "plumbexu2"}"#),
+        ],
+        steps: &[
+            step(
+                r#"{"name": "plumbexu", "uid": 4253, "group": "plumbexu1", "groups": ["plumbexu2"], "shell": "/bin/sh", "create_home": false}"#,
+                ChangeKind::Create,
+            ),
+            step(
+                r#"{"name": "plumbexu", "groups": [], "shell": "/bin/false", "home": "/nonexistent"}"#,
+                ChangeKind::Modify,
+            ),
+            step(
+                r#"{"name": "plumbexu", "state": "absent"}"#,
+                ChangeKind::Remove,
+            ),
+            step(r#"{"name": "root", "uid": 0}"#, ChangeKind::InSync),
+        ],
+    }],
 };
 
 fn set(groups: impl IntoIterator<Item = String>, primary: &str) -> Vec<String> {
@@ -113,21 +139,21 @@ fn set(groups: impl IntoIterator<Item = String>, primary: &str) -> Vec<String> {
 
 impl User {
     fn flags(&self, change: Option<&Change>) -> String {
-        let want = |f: &str| change.is_none_or(|c| c.changes_field(f));
+        let want = |f: Field| change.is_none_or(|c| c.changes_field(f));
         let mut s = String::new();
-        if let (Some(u), true) = (self.params.uid, want("uid")) {
+        if let (Some(u), true) = (self.params.uid, want(Field::Uid)) {
             s += &format!(" -u {u}");
         }
-        if let (Some(g), true) = (&self.params.group, want("group")) {
+        if let (Some(g), true) = (&self.params.group, want(Field::Group)) {
             s += &format!(" -g {}", quote(g));
         }
-        if let (Some(gs), true) = (&self.params.groups, want("groups")) {
+        if let (Some(gs), true) = (&self.params.groups, want(Field::Groups)) {
             s += &format!(" -G {}", quote(&gs.join(",")));
         }
-        if let (Some(sh), true) = (&self.params.shell, want("shell")) {
+        if let (Some(sh), true) = (&self.params.shell, want(Field::Shell)) {
             s += &format!(" -s {}", quote(sh));
         }
-        if let (Some(h), true) = (&self.params.home, want("home")) {
+        if let (Some(h), true) = (&self.params.home, want(Field::Home)) {
             s += &format!(" -d {}", quote(h));
         }
         s
@@ -169,30 +195,39 @@ else echo entry=absent; fi"#,
             if p.state == Presence::Absent {
                 return Ok(Change::in_sync());
             }
-            let mut c = Change::new(ChangeKind::Create).field("name", None, Some(p.name.clone()));
+            let mut c =
+                Change::new(ChangeKind::Create).field(Field::Name, None, Some(p.name.clone()));
             if let Some(u) = p.uid {
-                c = c.field("uid", None, Some(u.to_string()));
+                c = c.field(Field::Uid, None, Some(u.to_string()));
             }
-            for (k, v) in [("group", &p.group), ("shell", &p.shell), ("home", &p.home)] {
+            for (k, v) in [
+                (Field::Group, &p.group),
+                (Field::Shell, &p.shell),
+                (Field::Home, &p.home),
+            ] {
                 if let Some(v) = v {
                     c = c.field(k, None, Some(v.clone()));
                 }
             }
             if let Some(gs) = &p.groups {
-                c = c.field("groups", None, Some(set(gs.iter().cloned(), "").join(",")));
+                c = c.field(
+                    Field::Groups,
+                    None,
+                    Some(set(gs.iter().cloned(), "").join(",")),
+                );
             }
             return Ok(c);
         };
         if p.state == Presence::Absent {
             return Ok(Change::new(ChangeKind::Remove)
-                .field("uid", Some(f[2].clone()), None)
+                .field(Field::Uid, Some(f[2].clone()), None)
                 .note("the home directory is kept"));
         }
         let primary = o.text("primary")?.unwrap_or_default().trim().to_string();
         let mut c = Change::new(ChangeKind::Modify);
         if let Some(u) = p.uid {
             if f[2] != u.to_string() {
-                c = c.field("uid", Some(f[2].clone()), Some(u.to_string()));
+                c = c.field(Field::Uid, Some(f[2].clone()), Some(u.to_string()));
             }
         }
         if let Some(g) = &p.group {
@@ -200,7 +235,7 @@ else echo entry=absent; fi"#,
             let same = if numeric { &f[3] == g } else { &primary == g };
             if !same {
                 c = c.field(
-                    "group",
+                    Field::Group,
                     Some(if primary.is_empty() {
                         f[3].clone()
                     } else {
@@ -216,17 +251,17 @@ else echo entry=absent; fi"#,
             let want_primary = p.group.clone().unwrap_or_else(|| primary.clone());
             let want = set(gs.iter().cloned(), &want_primary);
             if seen != want {
-                c = c.field("groups", Some(seen.join(",")), Some(want.join(",")));
+                c = c.field(Field::Groups, Some(seen.join(",")), Some(want.join(",")));
             }
         }
         if let Some(h) = &p.home {
             if &f[5] != h {
-                c = c.field("home", Some(f[5].clone()), Some(h.clone()));
+                c = c.field(Field::Home, Some(f[5].clone()), Some(h.clone()));
             }
         }
         if let Some(s) = &p.shell {
             if &f[6] != s {
-                c = c.field("shell", Some(f[6].clone()), Some(s.clone()));
+                c = c.field(Field::Shell, Some(f[6].clone()), Some(s.clone()));
             }
         }
         Ok(if c.fields.is_empty() {

@@ -299,14 +299,10 @@ enum RefKind {
     File,
 }
 
-/// Parameters that name a file of the repo: `(module, parameter, kind)`. The renderer
-/// resolves them before building the module, so a missing file or a template error is
-/// reported at the parameter (or at the template's own line) whatever the module does;
-/// the module's own `Resolve` calls then hit the cache.
-const CONTENT_REFS: &[(&str, &str, RefKind)] = &[
-    ("file", "template", RefKind::Template),
-    ("file", "source", RefKind::File),
-];
+// Parameters that name a file of the repo are the module's `ModuleDef::reads`. The
+// renderer resolves them before building the module, so a missing file or a template error
+// is reported at the parameter (or at the template's own line) whatever the module does;
+// the module's own `Resolve` calls then hit the cache.
 
 /// Serves `template:` and `source:` for one step.
 struct StepResolver<'a> {
@@ -545,11 +541,12 @@ fn render_step(
         files: HashMap::new(),
     };
     let mut ref_errors = Vec::new();
-    for (module, key, kind) in CONTENT_REFS {
-        if decl.module != *module {
-            continue;
-        }
-        let Some(name) = params.get(*key).and_then(Json::as_str) else {
+    for read in def.reads {
+        let (key, kind) = match read {
+            modules::RepoRead::Template(key) => (key, RefKind::Template),
+            modules::RepoRead::File(key) => (key, RefKind::File),
+        };
+        let Some(name) = params.pointer(key).and_then(Json::as_str) else {
             continue;
         };
         let (result, dir_name) = match kind {
@@ -562,7 +559,7 @@ fn render_step(
                 ref_errors.append(&mut resolver.errors);
                 continue;
             }
-            let pos = unit.node.locate(&format!("{}/{key}", decl.pointer));
+            let pos = unit.node.locate(&format!("{}{key}", decl.pointer));
             ref_errors.push(
                 Diagnostic::error(
                     "missing-file",

@@ -31,7 +31,11 @@ pub(crate) fn host(name: &str) -> Host {
 }
 
 fn change(kind: ChangeKind, field: &str, from: &str, to: &str) -> Change {
-    Change::new(kind).field(field, Some(from.into()), Some(to.into()))
+    Change::new(kind).field(
+        field.parse().expect("a known field"),
+        Some(from.into()),
+        Some(to.into()),
+    )
 }
 
 fn sref(address: &str, target: &str) -> StepRef {
