@@ -528,7 +528,11 @@ async fn sensitive_results_carry_no_target_values_or_notes() {
         }
         fn diff(&self, _o: &ProbeResult) -> Result<Change, ProbeError> {
             Ok(Change::new(ChangeKind::Modify)
-                .field("line", Some("hunter1".into()), Some("hunter2".into()))
+                .field(
+                    crate::modules::Field::Line,
+                    Some("hunter1".into()),
+                    Some("hunter2".into()),
+                )
                 .note("was hunter1"))
         }
         fn apply(&self, c: &Change) -> String {
