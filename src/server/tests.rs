@@ -329,6 +329,8 @@ async fn metrics_has_every_family_after_one_update_each() {
     m.set_host_reachable("prod", "web-1", true);
     m.set_host_reachable("prod", "web-2", false);
     m.signature_refused(Some("prod"), RefusalSource::Commit);
+    m.set_audit_head(6, "0ld");
+    m.set_audit_head(7, "9f86d081884c7d65");
 
     let req = Request::get("/metrics")
         .body(Body::empty())
@@ -356,6 +358,8 @@ async fn metrics_has_every_family_after_one_update_each() {
         "plumb_commit_to_applied_seconds_sum{environment=\"prod\"} 60.0",
         "plumb_runs_total{environment=\"prod\",result=\"succeeded\"} 1",
         "plumb_runs_total{environment=\"prod\",result=\"failed\"} 1",
+        "plumb_audit_head_seq 7",
+        "plumb_audit_head_info{hash=\"9f86d081884c7d65\"} 1",
         "# EOF",
     ] {
         assert!(
@@ -365,6 +369,8 @@ async fn metrics_has_every_family_after_one_update_each() {
     }
     // Only the last applied commit is shown.
     assert!(!text.contains("commit=\"aaaa\""), "{text}");
+    // Only the current audit head is shown.
+    assert!(!text.contains("hash=\"0ld\""), "{text}");
     m.forget_host("prod", "web-2");
     assert!(!metrics_text(&h.app).await.contains("web-2"));
 }
