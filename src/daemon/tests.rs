@@ -642,3 +642,53 @@ fn a_state_directory_that_was_reset_is_refused_unless_accepted() {
     drop(StateDb::open(state).expect("open"));
     assert!(audit_tail::check_not_reset(state, false).is_err());
 }
+
+/// Validates `value` against the checked-in schema `schemas/output/<name>.schema.json`.
+fn assert_matches_schema(name: &str, value: &Value) {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("schemas/output/{name}.schema.json"));
+    let text = std::fs::read_to_string(&path).expect("schema file");
+    let schema: Value = serde_json::from_str(&text).expect("schema JSON");
+    let validator = jsonschema::draft202012::new(&schema).expect("schema compiles");
+    let errors: Vec<String> = validator
+        .iter_errors(value)
+        .map(|e| format!("{}: {e}", e.instance_path()))
+        .collect();
+    assert!(errors.is_empty(), "{name}: {errors:#?}\n{value:#}");
+}
+
+/// The API's answers over a real state database match their checked-in schemas.
+#[tokio::test]
+async fn api_answers_match_their_schemas() {
+    let fx = Fx::new();
+    fx.push(&fuel_bomb());
+    let mut d = fx.daemon();
+    d.reconcile(Wake::Startup).await;
+    let status = status::StateStatus {
+        db: Arc::new(Mutex::new(lock(&d.db).handle().expect("handle"))),
+        environments: vec!["production".into()],
+    };
+    use crate::server::StatusSource as _;
+    let s = status.status().expect("status");
+    assert_eq!(s["environments"][0]["last_run"]["kind"], "refused", "{s:#}");
+    assert_matches_schema("api-status", &s);
+    let runs = status
+        .runs(&crate::server::RunsQuery {
+            environment: None,
+            limit: 10,
+        })
+        .expect("runs");
+    assert_eq!(runs["runs"].as_array().map(Vec::len), Some(1), "{runs:#}");
+    assert_matches_schema("api-runs", &runs);
+    let id = runs["runs"][0]["id"].as_str().expect("id").to_string();
+    let run = status.run(&id).expect("run").expect("found");
+    assert_eq!(run["run"]["id"], id.as_str());
+    assert_matches_schema("api-run", &run);
+    assert_eq!(status.run("01NOSUCHRUN").expect("query"), None);
+    let drift = status.drift(None).expect("drift");
+    assert_matches_schema("api-drift", &drift);
+    // A schema that could not fail would prove nothing.
+    let broken = json!({"environments": [{"environment": 1}]});
+    let schema_rejects = std::panic::catch_unwind(|| assert_matches_schema("api-status", &broken));
+    assert!(schema_rejects.is_err());
+}
