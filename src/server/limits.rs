@@ -64,28 +64,26 @@ impl axum::serve::Listener for GuardedListener {
     type Io = Guarded;
     type Addr = SocketAddr;
 
-    fn accept(&mut self) -> impl Future<Output = (Guarded, SocketAddr)> + Send {
-        async move {
-            loop {
-                // Closed only when dropped, and it is owned here: a permit always comes.
-                let Ok(permit) = self.permits.clone().acquire_owned().await else {
-                    continue;
-                };
-                match self.inner.accept().await {
-                    Ok((stream, addr)) => {
-                        let io = Guarded {
-                            inner: stream,
-                            deadline: Box::pin(tokio::time::sleep(self.limits.header_timeout)),
-                            idle_timeout: self.limits.idle_timeout,
-                            _permit: permit,
-                        };
-                        return (io, addr);
-                    }
-                    Err(e) => {
-                        // Out of file descriptors and the like: pause instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
+    async fn accept(&mut self) -> (Guarded, SocketAddr) {
+        loop {
+            // Closed only when dropped, and it is owned here: a permit always comes.
+            let Ok(permit) = self.permits.clone().acquire_owned().await else {
+                continue;
+            };
+            match self.inner.accept().await {
+                Ok((stream, addr)) => {
+                    let io = Guarded {
+                        inner: stream,
+                        deadline: Box::pin(tokio::time::sleep(self.limits.header_timeout)),
+                        idle_timeout: self.limits.idle_timeout,
+                        _permit: permit,
+                    };
+                    return (io, addr);
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: pause instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
         }
