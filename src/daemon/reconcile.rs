@@ -24,6 +24,8 @@ use super::{lock, next_fetch_delay, signer_of, Daemon, DaemonError, FetchRetry, 
 
 /// A commit checked out, validated and rendered for one environment.
 pub(super) struct Loaded {
+    /// The loaded repo (health checks' URLs are templated in its template environment).
+    pub repo: crate::model::Repo,
     pub hosts: Vec<DesiredHost>,
     pub environment: Environment,
     /// The environment's own `drift.interval`.
@@ -97,6 +99,7 @@ pub(super) async fn load_commit(
     let env_interval =
         env_drift_interval(&environment).map_err(|e| Refusal::Invalid { errors: vec![e] })?;
     Ok(Loaded {
+        repo,
         hosts,
         environment,
         env_interval,
@@ -301,7 +304,7 @@ impl Daemon {
                 .filter_map(|i| loaded.hosts.get(*i))
                 .collect();
             let summary = self
-                .roll_wave(env, run, wave, &members, &loaded.environment, &mut out)
+                .roll_wave(env, run, wave, &members, loaded, &mut out)
                 .await?;
             let stop = stop_reason(&summary);
             out.waves.push(summary);
@@ -328,9 +331,10 @@ impl Daemon {
         run: &RunId,
         wave: &super::waves::WavePlan,
         members: &[&DesiredHost],
-        environment: &Environment,
+        loaded: &Loaded,
         out: &mut Rollout,
     ) -> Result<WaveSummary, DaemonError> {
+        let (environment, repo) = (&loaded.environment, &loaded.repo);
         let names: Vec<String> = members.iter().map(|h| h.host.name.clone()).collect();
         tracing::info!(environment = %env, wave = %wave.name, hosts = ?names, "wave");
         let connector = &self.connector;
@@ -358,7 +362,9 @@ impl Daemon {
         let checks = &environment.settings.health_checks;
         let health = if failed.is_empty() && !checks.is_empty() {
             let hosts: Vec<Host> = members.iter().map(|h| h.host.clone()).collect();
-            let report = crate::health::check_wave(checks, &hosts, &self.connector).await;
+            let render =
+                |t: &str, ctx: &serde_json::Value| crate::render::render_inline(repo, t, ctx);
+            let report = crate::health::check_wave(checks, &hosts, &self.connector, &render).await;
             Some(report.results)
         } else {
             None

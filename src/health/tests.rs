@@ -9,6 +9,11 @@ use crate::engine::LocalConnector;
 use crate::model::yaml::Pos;
 use crate::transport::LocalTransport;
 
+/// The one template environment, as the daemon passes it (a repo without templates).
+fn render(template: &str, ctx: &serde_json::Value) -> Result<String, String> {
+    crate::render::render_inline(&crate::model::Repo::default(), template, ctx)
+}
+
 fn host(address: &str) -> Host {
     Host {
         name: "web-1".into(),
@@ -96,7 +101,7 @@ async fn http_2xx_is_healthy_and_the_url_is_rendered_per_host() {
     let port = http_server().await;
     let client = http_client().expect("client");
     let url = format!("http://{{{{ host.address }}}}:{port}/ok");
-    let r = check_http("web", &url, &host("127.0.0.1"), &client, fast(1)).await;
+    let r = check_http("web", &url, &host("127.0.0.1"), &client, fast(1), &render).await;
     assert!(r.ok, "{r:?}");
     assert_eq!(r.attempts, 1);
 }
@@ -106,7 +111,7 @@ async fn http_500_fails_with_its_status() {
     let port = http_server().await;
     let client = http_client().expect("client");
     let url = format!("http://{{{{ host.address }}}}:{port}/fail");
-    let r = check_http("web", &url, &host("127.0.0.1"), &client, fast(2)).await;
+    let r = check_http("web", &url, &host("127.0.0.1"), &client, fast(2), &render).await;
     assert!(!r.ok);
     assert_eq!(r.attempts, 2);
     assert_eq!(r.code.as_deref(), Some("http_status"));
@@ -122,6 +127,7 @@ async fn http_undefined_variable_fails_once_without_retrying() {
         &host("127.0.0.1"),
         &client,
         fast(5),
+        &render,
     )
     .await;
     assert!(!r.ok);
@@ -134,6 +140,7 @@ fn url_template_sees_name_address_port_labels() {
     let url = render_url(
         "http://{{ host.address }}:{{ host.port }}/{{ host.name }}?r={{ host.labels.role }}",
         &host("10.0.0.5"),
+        &render,
     )
     .expect("renders");
     assert_eq!(url, "http://10.0.0.5:22/web-1?r=web");
@@ -252,7 +259,7 @@ async fn check_wave_runs_every_check_on_every_host() {
         },
         decl("broken"),
     ];
-    let wave = check_wave(&checks, &hosts, &LocalConnector).await;
+    let wave = check_wave(&checks, &hosts, &LocalConnector, &render).await;
     let got: Vec<_> = wave
         .results
         .iter()
@@ -271,5 +278,7 @@ async fn check_wave_runs_every_check_on_every_host() {
     );
     assert!(!wave.ok());
     assert_eq!(wave.failures().count(), 2);
-    assert!(check_wave(&checks[..2], &hosts, &LocalConnector).await.ok());
+    assert!(check_wave(&checks[..2], &hosts, &LocalConnector, &render)
+        .await
+        .ok());
 }
