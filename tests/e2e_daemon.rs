@@ -840,6 +840,22 @@ fn a_hung_and_a_flooding_host_do_not_take_the_daemon_down() {
     );
     let m = f.metrics();
     assert!(m.contains("# EOF"), "answers /metrics: {m}");
+    // A webhook is answered (and kept for after the run) while the run hangs.
+    let body = br#"{"ref":"refs/heads/main"}"#;
+    let sig = {
+        use hmac::Mac;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"s3cret-for-tests").expect("key");
+        mac.update(body);
+        hex::encode(mac.finalize().into_bytes())
+    };
+    let (code, _) = http(
+        port,
+        "POST",
+        "/hooks/generic",
+        &[("X-Plumb-Signature", &format!("sha256={sig}"))],
+        body,
+    );
+    assert_eq!(code, 202, "a webhook is answered while a host hangs");
     let started = Instant::now();
     f.signal("TERM");
     let status = f.wait_exit(Duration::from_secs(60));
