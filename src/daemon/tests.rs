@@ -692,3 +692,61 @@ async fn api_answers_match_their_schemas() {
     let schema_rejects = std::panic::catch_unwind(|| assert_matches_schema("api-status", &broken));
     assert!(schema_rejects.is_err());
 }
+
+/// A valid commit whose only host cannot be reached: the rollout fails, the run is recorded
+/// as failed with the host, the commit is marked failed, an alert names the host, and drift
+/// is scheduled at the interval.
+#[tokio::test]
+async fn an_unreachable_host_fails_the_rollout_and_the_commit() {
+    let fx = Fx::new();
+    let tip = fx.push(&[
+        ("plumb.yaml", PLUMB_YAML),
+        ("environments/production/hosts.yaml", HOSTS_YAML),
+        (
+            "units/web.yaml",
+            "steps:\n  - id: motd\n    file:\n      path: /etc/motd\n      content: \"hello\\n\"\n",
+        ),
+    ]);
+    let mut d = fx.daemon();
+    d.reconcile(Wake::Startup).await;
+    let all = runs(&d);
+    assert_eq!(all.len(), 1, "{all:#?}");
+    assert_eq!(all[0].kind, RunKind::Apply);
+    assert_eq!(all[0].result, RunResult::Failed);
+    assert_eq!(
+        all[0].summary["failed_hosts"],
+        json!(["web-1"]),
+        "{:#}",
+        all[0].summary
+    );
+    assert_eq!(
+        all[0].summary["stopped_at_wave"], "all",
+        "{:#}",
+        all[0].summary
+    );
+    assert_eq!(all[0].summary["commits"][0]["signer"], "t@plumb");
+    assert!(lock(&d.db).is_failed("production", &tip).expect("query"));
+    assert_eq!(lock(&d.db).last_applied("production").expect("query"), None);
+    let alert = fx.next_alert().await;
+    assert_eq!(alert["event"], "run_failed");
+    assert_eq!(alert["hosts"], json!(["web-1"]));
+    assert_eq!(alert["details"]["run"], all[0].id.0.as_str());
+    let due = d
+        .next_drift
+        .get("production")
+        .copied()
+        .expect("drift scheduled");
+    assert!(
+        due > Instant::now() + Duration::from_secs(3000),
+        "the 1h override"
+    );
+    let metrics = d.metrics.encode().expect("metrics");
+    assert!(
+        metrics.contains("plumb_runs_total{environment=\"production\",result=\"failed\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("plumb_host_reachable{environment=\"production\",host=\"web-1\"} 0"),
+        "{metrics}"
+    );
+}
