@@ -187,6 +187,10 @@ impl DaemonConfig {
         self.poll_interval.get()
     }
 
+    /// HOOK (merge): the "engine" branch adds per-phase (observe / apply / verify) timeouts
+    /// to `SshOptions`; they belong under `ssh:` here as `HumanDuration`s, set below. Until
+    /// then a hung host is bounded by the connect timeout only while connecting, and the
+    /// daemon stays responsive (SIGTERM: [`super::SHUTDOWN_GRACE`]).
     pub fn ssh_options(&self) -> crate::transport::SshOptions {
         crate::transport::SshOptions {
             config_file: self.ssh.config_file.clone(),

@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 use std::time::Instant;
 
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::alert::AlertEvent;
 use crate::engine::{self, HostPlan, HostStatus};
@@ -16,7 +16,9 @@ use crate::server::metrics::RunResult as MetricResult;
 use crate::source::RangeOptions;
 use crate::state::{NewRun, RunId, RunKind, RunResult, StepMeta, Trigger};
 
-use super::policy::{self, DriftCheck};
+use super::policy::{
+    self, CorrectionSummary, DriftCheck, DriftSummary, DriftedResource, RunSummary,
+};
 use super::reconcile::{load_commit, Loaded};
 use super::{lock, signer_of, Daemon, DaemonError};
 
@@ -118,7 +120,7 @@ impl Daemon {
         env: &str,
         base: &Baseline,
         plans: &[HostPlan],
-    ) -> Result<(RunId, Drifted, Vec<Value>), DaemonError> {
+    ) -> Result<(RunId, Drifted, Vec<DriftedResource>), DaemonError> {
         let run = lock(&self.db).begin_run(&NewRun {
             environment: env.to_string(),
             commit: Some(base.commit.clone()),
@@ -144,7 +146,13 @@ impl Daemon {
                     ),
                     Err(_) => ("error".into(), Vec::new()),
                 };
-                resources.push(json!({"host": p.host.name, "step": s.address, "target": s.target, "change": kind, "fields": fields}));
+                resources.push(DriftedResource {
+                    host: p.host.name.clone(),
+                    step: s.address.clone(),
+                    target: s.target.clone(),
+                    change: kind,
+                    fields,
+                });
             }
         }
         let result = if drifted.is_empty() {
@@ -152,7 +160,10 @@ impl Daemon {
         } else {
             RunResult::DriftFound
         };
-        lock(&self.db).finish_run(&run, result, &json!({"drifted": resources}))?;
+        let summary = RunSummary::DriftCheck(DriftSummary {
+            drifted: resources.clone(),
+        });
+        lock(&self.db).finish_run(&run, result, &summary.to_value())?;
         self.anchor_audit_head();
         Ok((run, drifted, resources))
     }
@@ -215,11 +226,11 @@ impl Daemon {
         } else {
             (RunResult::Failed, MetricResult::Failed)
         };
-        lock(&self.db).finish_run(
-            &run,
-            result,
-            &json!({"corrected": changed, "failed_hosts": failed}),
-        )?;
+        let summary = RunSummary::Correction(CorrectionSummary {
+            corrected: changed,
+            failed_hosts: failed.clone(),
+        });
+        lock(&self.db).finish_run(&run, result, &summary.to_value())?;
         self.anchor_audit_head();
         self.metrics
             .run_finished(env, metric, started.elapsed(), changed as u64, 0);

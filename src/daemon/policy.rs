@@ -87,14 +87,22 @@ impl Refusal {
 
 impl Refused {
     /// The summary stored (and signed) with the refused run.
-    pub fn summary(&self) -> Value {
-        let mut v = json!({"reason": self.refusal.code(), "message": self.message});
+    pub fn summary(&self) -> RefusedSummary {
+        let mut s = RefusedSummary {
+            reason: self.refusal.code().to_string(),
+            message: self.message.clone(),
+            bad_commit: None,
+            errors: None,
+            error: None,
+        };
         match &self.refusal {
-            Refusal::Signature { bad_commit, .. } => v["bad_commit"] = json!(bad_commit),
-            Refusal::Invalid { errors } => v["errors"] = json!(errors),
-            Refusal::Checkout { error } | Refusal::Internal { error } => v["error"] = json!(error),
+            Refusal::Signature { bad_commit, .. } => s.bad_commit = Some(bad_commit.clone()),
+            Refusal::Invalid { errors } => s.errors = Some(errors.clone()),
+            Refusal::Checkout { error } | Refusal::Internal { error } => {
+                s.error = Some(error.clone())
+            }
         }
-        v
+        s
     }
 }
 
@@ -345,4 +353,72 @@ pub fn drift_interval(config_override: Option<Duration>, environment: Duration) 
     config_override
         .unwrap_or(environment)
         .max(MIN_DRIFT_INTERVAL)
+}
+
+/// What a run's `summary` holds (stored and signed with the run, served by `/api/runs`), by
+/// run kind. Schema: `schemas/output/run-summary.schema.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, JsonSchema)]
+#[serde(untagged)]
+#[schemars(title = "plumb run summary")]
+pub enum RunSummary {
+    /// An `apply` run.
+    Apply(Rollout),
+    /// A `refused` run.
+    Refused(RefusedSummary),
+    /// A `drift_check` run.
+    DriftCheck(DriftSummary),
+    /// A `correction` run.
+    Correction(CorrectionSummary),
+    /// A run the daemon did not finish (it was stopped); written when it restarts.
+    Interrupted { interrupted: String },
+}
+
+impl RunSummary {
+    /// The JSON stored with the run.
+    pub fn to_value(&self) -> Value {
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+}
+
+/// Why a commit was refused, as stored with the `refused` run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+pub struct RefusedSummary {
+    /// `checkout`, `invalid`, `internal`, or the signature failure's code (`unsigned`...).
+    pub reason: String,
+    pub message: String,
+    /// The first commit without a good signature.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bad_commit: Option<String>,
+    /// Validation errors, `path:line:col: message`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errors: Option<Vec<String>>,
+    /// What failed (checkout, internal).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A drift check: every drifted resource.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+pub struct DriftSummary {
+    pub drifted: Vec<DriftedResource>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+pub struct DriftedResource {
+    pub host: String,
+    /// The step's address, `unit/id`.
+    pub step: String,
+    pub target: String,
+    /// `create`, `modify`, `remove`, or `error` when the probe failed.
+    pub change: String,
+    /// Fields that differ (none for sensitive steps).
+    pub fields: Vec<String>,
+}
+
+/// A drift correction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+pub struct CorrectionSummary {
+    /// Steps changed back.
+    pub corrected: usize,
+    pub failed_hosts: Vec<String>,
 }

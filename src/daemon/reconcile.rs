@@ -18,7 +18,8 @@ use crate::state::{NewRun, RunId, RunKind, RunResult, StepMeta};
 
 use super::error::panic_message;
 use super::policy::{
-    self, CommitMark, CommitSummary, Effects, Outcome, Refusal, Refused, Rollout, WaveSummary,
+    self, CommitMark, CommitSummary, Effects, Outcome, Refusal, Refused, Rollout, RunSummary,
+    WaveSummary,
 };
 use super::{lock, next_fetch_delay, signer_of, Daemon, DaemonError, FetchRetry, Wake};
 
@@ -458,16 +459,16 @@ impl Daemon {
                         kind: RunKind::Refused,
                         trigger: wake.trigger(),
                     })?;
-                    (run, r.commit.as_str(), r.summary())
+                    (run, r.commit.as_str(), RunSummary::Refused(r.summary()))
                 }
                 Outcome::Applied(r) | Outcome::Failed(r) => (
                     r.run.clone(),
                     r.commit.as_str(),
-                    serde_json::to_value(r).unwrap_or_default(),
+                    RunSummary::Apply(r.clone()),
                 ),
                 Outcome::UpToDate { .. } | Outcome::Held { .. } => return Ok(None),
             };
-            db.finish_run(&run, result, &summary)?;
+            db.finish_run(&run, result, &summary.to_value())?;
             match effects.mark {
                 CommitMark::Failed => db.mark_failed(env, commit, Some(&run))?,
                 CommitMark::Applied => db.set_last_applied(env, commit, &run)?,

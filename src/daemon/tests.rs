@@ -680,6 +680,26 @@ async fn api_answers_match_their_schemas() {
         .expect("runs");
     assert_eq!(runs["runs"].as_array().map(Vec::len), Some(1), "{runs:#}");
     assert_matches_schema("api-runs", &runs);
+    assert_matches_schema("run-summary", &runs["runs"][0]["summary"]);
+    // Every kind of summary matches the schema, and a wrong shape does not.
+    let drift = RunSummary::DriftCheck(DriftSummary {
+        drifted: vec![DriftedResource {
+            host: "web-1".into(),
+            step: "web/conf".into(),
+            target: "/etc/app.conf".into(),
+            change: "modify".into(),
+            fields: vec!["mode".into()],
+        }],
+    });
+    let correction = RunSummary::Correction(CorrectionSummary {
+        corrected: 1,
+        failed_hosts: vec![],
+    });
+    for s in [drift, correction] {
+        assert_matches_schema("run-summary", &s.to_value());
+    }
+    let wrong = json!({"corrected": "one"});
+    assert!(std::panic::catch_unwind(|| assert_matches_schema("run-summary", &wrong)).is_err());
     let id = runs["runs"][0]["id"].as_str().expect("id").to_string();
     let run = status.run(&id).expect("run").expect("found");
     assert_eq!(run["run"]["id"], id.as_str());
@@ -725,6 +745,7 @@ async fn an_unreachable_host_fails_the_rollout_and_the_commit() {
         all[0].summary
     );
     assert_eq!(all[0].summary["commits"][0]["signer"], "t@plumb");
+    assert_matches_schema("run-summary", &all[0].summary);
     assert!(lock(&d.db).is_failed("production", &tip).expect("query"));
     assert_eq!(lock(&d.db).last_applied("production").expect("query"), None);
     let alert = fx.next_alert().await;
