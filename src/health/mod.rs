@@ -20,7 +20,7 @@ use schemars::JsonSchema;
 use serde::Serialize;
 
 use crate::engine::Connector;
-use crate::model::{parse_duration, HealthCheck, Host};
+use crate::model::{HealthCheck, Host};
 use crate::transport::{Transport, TransportError};
 
 /// Time between two attempts of one check.
@@ -93,9 +93,9 @@ impl Check {
                 kinds.len()
             )));
         }
-        let timeout = parse_duration(&decl.timeout)
+        let timeout = Some(decl.timeout.get())
             .filter(|d| !d.is_zero())
-            .ok_or_else(|| invalid(format!("invalid timeout {:?}", decl.timeout)))?;
+            .ok_or_else(|| invalid(format!("timeout {} must be longer than zero", decl.timeout)))?;
         Ok(Check {
             name: decl.name.clone(),
             kind: kinds.remove(0),

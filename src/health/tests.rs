@@ -42,7 +42,7 @@ fn decl(name: &str) -> HealthCheck {
         command: None,
         http: None,
         tcp: None,
-        timeout: "5s".into(),
+        timeout: crate::model::HumanDuration::from_secs(5),
         retries: 1,
     }
 }
@@ -219,7 +219,7 @@ fn a_check_needs_exactly_one_kind_and_a_valid_timeout() {
     assert!(Check::from_decl(&two).is_err());
     let bad_timeout = HealthCheck {
         tcp: Some(22),
-        timeout: "soon".into(),
+        timeout: crate::model::HumanDuration::from_secs(0),
         ..decl("t")
     };
     assert!(Check::from_decl(&bad_timeout).is_err());
@@ -281,4 +281,56 @@ async fn check_wave_runs_every_check_on_every_host() {
     assert!(check_wave(&checks[..2], &hosts, &LocalConnector, &render)
         .await
         .ok());
+}
+
+/// Health checks are checked when the repo is validated, each problem at its position: a
+/// zero timeout (which used to pass validation and fail only during the rollout), a check
+/// with two kinds, a timeout that is not a duration.
+#[test]
+fn health_checks_are_validated_with_their_positions() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    let write = |rel: &str, text: &str| {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(p, text).expect("write");
+    };
+    write("plumb.yaml", "name: t\n");
+    write(
+        "environments/prod/hosts.yaml",
+        "hosts:\n  - name: web-1\n    address: 10.0.0.1\n",
+    );
+    write(
+        "units/web.yaml",
+        "steps:\n  - id: motd\n    file:\n      path: /etc/motd\n      content: hi\n",
+    );
+    let errors = |env_yaml: &str| -> Vec<String> {
+        write("environments/prod/env.yaml", env_yaml);
+        let (_, diags, _) = crate::validate::validate_and_render(root, "prod", None);
+        diags
+            .into_sorted()
+            .into_iter()
+            .map(|d| format!("{}:{}:{}: {}", d.path, d.line, d.col, d.message))
+            .collect()
+    };
+    assert_eq!(
+        errors("health_checks:\n  - name: ssh\n    tcp: 22\n    timeout: 5s\n"),
+        Vec::<String>::new()
+    );
+    let e = errors("health_checks:\n  - name: ssh\n    tcp: 22\n    timeout: 0s\n");
+    assert_eq!(
+        e,
+        vec!["environments/prod/env.yaml:4:14: health check `ssh`: the timeout must be longer than zero"]
+    );
+    let e = errors("health_checks:\n  - name: both\n    tcp: 22\n    command: \"true\"\n");
+    assert_eq!(
+        e,
+        vec!["environments/prod/env.yaml:2:5: health check `both` needs exactly one of `command`, `http`, `tcp`"]
+    );
+    let e = errors("health_checks:\n  - name: ssh\n    tcp: 22\n    timeout: soon\n");
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].starts_with("environments/prod/env.yaml:4:14:"),
+        "{e:?}"
+    );
 }
