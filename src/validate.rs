@@ -179,12 +179,15 @@ fn check_envs(repo: &Repo, diags: &mut Diagnostics) {
                     ),
                 ));
             }
-            if crate::model::parse_duration(&hc.timeout).is_none() {
+            if hc.timeout.is_zero() {
                 diags.push(Diagnostic::error(
                     "duration",
                     path,
                     at(&format!("/health_checks/{i}/timeout")),
-                    "invalid duration",
+                    format!(
+                        "health check `{}`: the timeout must be longer than zero",
+                        hc.name
+                    ),
                 ));
             }
         }

@@ -237,6 +237,29 @@ impl Fixture {
         }
     }
 
+    /// Sends a signal (`HUP`, `TERM`) to the daemon.
+    fn signal(&self, sig: &str) {
+        let pid = self.daemon.as_ref().expect("daemon running").id();
+        let (code, _, err) = sh(Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(pid.to_string()));
+        assert_eq!(code, 0, "kill -{sig}: {err}");
+    }
+
+    /// Waits for the daemon to exit; `None` when it is still running after `timeout`.
+    fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let child = self.daemon.as_mut()?;
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.daemon = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    }
+
     fn log(&self) -> String {
         std::fs::read_to_string(self.path("daemon.log")).unwrap_or_default()
     }
@@ -731,4 +754,119 @@ fn sigkill_mid_apply_then_restart_converges() {
         format!("{out}{err}").contains(&victim),
         "names the record {victim}: {out}{err}"
     );
+}
+
+/// SIGHUP reloads the config and keeps the drift schedule: drift is still checked after it
+/// (a reload used to stop drift checks until the next push).
+#[test]
+fn drift_is_still_checked_after_sighup() {
+    let _g = lock();
+    let Some(mut f) = fixture("drift_is_still_checked_after_sighup", "2s", |repo| {
+        let env = repo.join("environments/production/env.yaml");
+        let text = std::fs::read_to_string(&env)
+            .expect("env.yaml")
+            .replace("mode: correct", "mode: report");
+        std::fs::write(env, text).expect("write");
+    }) else {
+        return;
+    };
+    let first = f.git(&["rev-parse", "HEAD"]);
+    f.start_daemon();
+    f.wait("the first commit applied", Duration::from_secs(180), || {
+        f.applied(&first)
+    });
+    let checks = |f: &Fixture| {
+        f.history()
+            .iter()
+            .filter(|r| r["kind"] == "drift_check")
+            .count()
+    };
+    f.wait("a first drift check", Duration::from_secs(30), || {
+        checks(&f) >= 1
+    });
+    f.signal("HUP");
+    f.wait("the reload", Duration::from_secs(10), || {
+        f.log().contains("SIGHUP: configuration reloaded")
+    });
+    let before = checks(&f);
+    f.wait("drift checks after SIGHUP", Duration::from_secs(30), || {
+        checks(&f) >= before + 2
+    });
+    // And they still find drift.
+    exec(&f.hosts, 2, "systemctl stop plumb-demo");
+    f.wait(
+        "a drift_found alert after SIGHUP",
+        Duration::from_secs(30),
+        || f.alerts.has("drift_found"),
+    );
+}
+
+/// One host hangs (a step that sleeps for an hour), one floods its output: the other host
+/// converges, the daemon stays up and answers /healthz and webhooks, and SIGTERM ends it
+/// within a bound although a run is in flight.
+#[test]
+fn a_hung_and_a_flooding_host_do_not_take_the_daemon_down() {
+    let _g = lock();
+    let Some(mut f) = fixture("a_hung_and_a_flooding_host", "1h", |repo| {
+        std::fs::write(
+            repo.join("units/hostile.yaml"),
+            r#"steps:
+  - id: hostile
+    command:
+      run: "{{ 'sleep 3600' if host.name == 'plumb-host-2' else ('yes | head -c 20000000' if host.name == 'plumb-host-3' else 'true') }} && touch /var/tmp/hostile-done"
+      creates: /var/tmp/hostile-done
+"#,
+        )
+        .expect("write");
+    }) else {
+        return;
+    };
+    f.start_daemon();
+    // The canary (host 1) converges in the first wave; the second wave hangs on host 2.
+    f.wait("the canary converged", Duration::from_secs(180), || {
+        exec(&f.hosts, 1, "ls /var/tmp/hostile-done 2>/dev/null || true") == "/var/tmp/hostile-done"
+    });
+    f.wait("an apply in flight", Duration::from_secs(60), || {
+        f.history()
+            .iter()
+            .any(|r| r["kind"] == "apply" && r["result"] == "running")
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let port = f.port;
+    assert_eq!(
+        http(port, "GET", "/healthz", &[], b"").0,
+        200,
+        "answers /healthz"
+    );
+    let m = f.metrics();
+    assert!(m.contains("# EOF"), "answers /metrics: {m}");
+    // A webhook is answered (and kept for after the run) while the run hangs.
+    let body = br#"{"ref":"refs/heads/main"}"#;
+    let sig = {
+        use hmac::Mac;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(b"s3cret-for-tests").expect("key");
+        mac.update(body);
+        hex::encode(mac.finalize().into_bytes())
+    };
+    let (code, _) = http(
+        port,
+        "POST",
+        "/hooks/generic",
+        &[("X-Plumb-Signature", &format!("sha256={sig}"))],
+        body,
+    );
+    assert_eq!(code, 202, "a webhook is answered while a host hangs");
+    let started = Instant::now();
+    f.signal("TERM");
+    let status = f.wait_exit(Duration::from_secs(60));
+    assert!(
+        status.is_some(),
+        "SIGTERM ends the daemon within a bound; log:\n{}",
+        f.log()
+    );
+    eprintln!(
+        "stopped {:.1}s after SIGTERM",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(f.log().contains("did not finish in time"), "{}", f.log());
 }

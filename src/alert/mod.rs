@@ -33,7 +33,7 @@ use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::model::parse_duration;
+use crate::model::HumanDuration;
 
 /// Most hosts named in a Slack message.
 const SLACK_MAX_HOSTS: usize = 20;
@@ -97,6 +97,23 @@ pub struct Alert {
     pub time: OffsetDateTime,
     /// A link back to plumb (Alertmanager's `generatorURL`), e.g. the run in the API.
     pub link: Option<String>,
+    /// The audit chain's head when the alert was raised, so every alert anchors the chain
+    /// somewhere outside the plumb machine (`plumb audit verify --expect-head SEQ:HASH`).
+    pub audit_head: Option<ChainHead>,
+}
+
+/// The newest record of the audit chain: its sequence number and hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ChainHead {
+    pub seq: u64,
+    pub hash: String,
+}
+
+impl fmt::Display for ChainHead {
+    /// `SEQ:HASH`, the form `plumb audit verify --expect-head` takes.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.seq, self.hash)
+    }
 }
 
 impl Alert {
@@ -124,6 +141,7 @@ pub fn webhook_payload(alert: &Alert) -> Value {
         "message": alert.message,
         "details": alert.details,
         "time": rfc3339(alert.time),
+        "audit_head": alert.audit_head,
     })
 }
 
@@ -166,6 +184,12 @@ pub fn slack_payload(alert: &Alert) -> Value {
         context.push(format!("*hosts:* {}", hosts.join(", ")));
     }
     context.push(format!("*time:* {}", rfc3339(alert.time)));
+    if let Some(head) = &alert.audit_head {
+        context.push(format!(
+            "*audit head:* `{}`",
+            slack_escape(&head.to_string())
+        ));
+    }
     let mut section = slack_escape(&alert.message);
     if let Some(link) = &alert.link {
         section.push_str(&format!("\n<{}|Details>", slack_escape(link)));
@@ -211,6 +235,9 @@ pub fn alertmanager_payload(alert: &Alert) -> Value {
             if let (Some(link), Some(obj)) = (&alert.link, a.as_object_mut()) {
                 obj.insert("generatorURL".into(), link.clone().into());
             }
+            if let Some(head) = &alert.audit_head {
+                a["annotations"]["audit_head"] = head.to_string().into();
+            }
             a
         })
         .collect();
@@ -243,12 +270,11 @@ pub struct Sink {
     pub events: Option<Vec<AlertEvent>>,
     /// Bound on each POST, e.g. "10s".
     #[serde(default = "default_timeout")]
-    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h)$"))]
-    pub timeout: String,
+    pub timeout: HumanDuration,
 }
 
-fn default_timeout() -> String {
-    "10s".to_string()
+fn default_timeout() -> HumanDuration {
+    HumanDuration::from_secs(10)
 }
 
 impl fmt::Debug for Sink {
@@ -314,9 +340,11 @@ impl Sink {
     }
 
     pub fn timeout_duration(&self) -> Result<Duration, AlertError> {
-        parse_duration(&self.timeout)
+        Some(self.timeout.get())
             .filter(|d| !d.is_zero())
-            .ok_or_else(|| AlertError::Config(format!("invalid timeout {:?}", self.timeout)))
+            .ok_or_else(|| {
+                AlertError::Config(format!("timeout {} must be longer than zero", self.timeout))
+            })
     }
 
     /// The URL plumb posts to.

@@ -62,6 +62,10 @@ fn alert(event: AlertEvent) -> Alert {
         details: json!({ "run": "r42" }),
         time: time::macros::datetime!(2024-05-01 12:00:00 UTC),
         link: Some("http://plumb.internal:9180/api/runs/r42".into()),
+        audit_head: Some(ChainHead {
+            seq: 42,
+            hash: "9f86d081884c7d65".into(),
+        }),
     }
 }
 
@@ -70,7 +74,7 @@ fn sink(kind: SinkKind, url: String) -> Sink {
         kind,
         url,
         events: None,
-        timeout: "5s".into(),
+        timeout: HumanDuration::from_secs(5),
     }
 }
 
@@ -93,6 +97,7 @@ async fn webhook_posts_the_generic_document() {
             "message": "step file:/etc/app.conf failed on web-1 <exit 1>",
             "details": { "run": "r42" },
             "time": "2024-05-01T12:00:00Z",
+            "audit_head": { "seq": 42, "hash": "9f86d081884c7d65" },
         })
     );
     assert!(rx.try_recv().is_err());
@@ -118,7 +123,7 @@ async fn slack_posts_text_and_blocks() {
                 { "type": "section", "text": { "type": "mrkdwn",
                     "text": "step file:/etc/app.conf failed on web-1 &lt;exit 1&gt;\n<http://plumb.internal:9180/api/runs/r42|Details>" } },
                 { "type": "context", "elements": [ { "type": "mrkdwn",
-                    "text": "*environment:* prod  ·  *commit:* `0123456789abcdef`  ·  *hosts:* web-1, web-2  ·  *time:* 2024-05-01T12:00:00Z" } ] },
+                    "text": "*environment:* prod  ·  *commit:* `0123456789abcdef`  ·  *hosts:* web-1, web-2  ·  *time:* 2024-05-01T12:00:00Z  ·  *audit head:* `42:9f86d081884c7d65`" } ] },
             ],
         })
     );
@@ -146,6 +151,7 @@ async fn alertmanager_posts_one_alert_per_host_to_api_v2() {
             "annotations": {
                 "summary": "Signature refused in prod",
                 "description": "step file:/etc/app.conf failed on web-1 <exit 1> (commit 0123456789abcdef)",
+                "audit_head": "42:9f86d081884c7d65",
             },
             "startsAt": "2024-05-01T12:00:00Z",
             "generatorURL": "http://plumb.internal:9180/api/runs/r42",
@@ -161,6 +167,7 @@ fn alertmanager_without_hosts_or_environment_sends_one_alert() {
         commit: None,
         hosts: vec![],
         link: None,
+        audit_head: None,
         message: "commit 0123 has no good signature".into(),
         ..alert(AlertEvent::SignatureRefused)
     };
@@ -195,7 +202,7 @@ async fn event_filter_and_failures_do_not_stop_other_sinks() {
             format!("http://127.0.0.1:{closed}/secret-token"),
         ),
         Sink {
-            timeout: "200ms".into(),
+            timeout: HumanDuration::from_millis(200),
             ..sink(SinkKind::Webhook, format!("{base}/slow"))
         },
         sink(SinkKind::Webhook, format!("{base}/ok")),
@@ -230,7 +237,7 @@ fn sink_config_parses_validates_and_redacts() {
         "events": ["run_failed"],
     }))
     .expect("parses");
-    assert_eq!(s.timeout, "10s");
+    assert_eq!(s.timeout, HumanDuration::from_secs(10));
     assert!(s.accepts(AlertEvent::RunFailed));
     assert!(!s.accepts(AlertEvent::DriftFound));
     assert_eq!(s.validate(), Ok(()));
@@ -249,9 +256,12 @@ fn sink_config_parses_validates_and_redacts() {
         ("http://example.com/", "soon"),
         ("http://example.com/", "0s"),
     ] {
-        let bad = Sink {
-            timeout: timeout.into(),
-            ..sink(SinkKind::Webhook, url.into())
+        // A timeout that is not a duration is refused when the config is parsed.
+        let Ok(bad) = serde_json::from_value::<Sink>(
+            json!({ "kind": "webhook", "url": url, "timeout": timeout }),
+        ) else {
+            assert_eq!(timeout, "soon", "{url} {timeout}");
+            continue;
         };
         assert_eq!(
             bad.validate().map_err(|e| e.code()),

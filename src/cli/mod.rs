@@ -130,6 +130,10 @@ pub enum Command {
         /// Log format: json (one object per line, for collectors) or text.
         #[arg(long, value_enum, default_value_t = LogFormat::Json)]
         log_format: LogFormat,
+        /// Start although the state database is empty or missing while the daemon key or
+        /// mirror show the daemon ran before (a deliberate reset; it is recorded).
+        #[arg(long)]
+        accept_state_reset: bool,
     },
     /// List recorded runs, newest first.
     History {
@@ -551,6 +555,7 @@ fn run(command: Command, style: Style) -> anyhow::Result<u8> {
             config,
             print_public_key,
             log_format,
+            accept_state_reset,
         } => {
             let cfg = match crate::daemon::DaemonConfig::load(&config) {
                 Ok(c) => c,
@@ -567,7 +572,8 @@ fn run(command: Command, style: Style) -> anyhow::Result<u8> {
                 return Ok(0);
             }
             init_logging(log_format);
-            let daemon = crate::daemon::Daemon::new(&config, cfg)?;
+            let options = crate::daemon::StartOptions { accept_state_reset };
+            let daemon = crate::daemon::Daemon::new(&config, cfg, options)?;
             runtime()?.block_on(daemon.run())?;
             Ok(0)
         }

@@ -1,5 +1,6 @@
 //! `plumb daemon --config F`: the daemon's own settings (YAML, with a schema).
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -8,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::model::yaml::{Node, Pos};
+use crate::model::HumanDuration;
 
 /// The daemon configuration file.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -29,15 +31,14 @@ pub struct DaemonConfig {
     pub state_dir: PathBuf,
     /// HTTP listen address (health, metrics, webhooks, API).
     #[serde(default = "default_listen")]
-    pub listen: String,
+    #[schemars(with = "String", example = &"127.0.0.1:9940")]
+    pub listen: SocketAddr,
     /// How often to poll a remote repository ("60s"); local repositories are watched.
     #[serde(default = "default_poll")]
-    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h)$"))]
-    pub poll_interval: String,
+    pub poll_interval: HumanDuration,
     /// Overrides every environment's `drift.interval`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h)$"))]
-    pub drift_interval: Option<String>,
+    pub drift_interval: Option<HumanDuration>,
     /// Webhook secrets (HMAC-SHA256 keys).
     #[serde(default)]
     pub webhooks: Webhooks,
@@ -51,6 +52,19 @@ pub struct DaemonConfig {
     #[serde(default = "default_parallel")]
     #[schemars(range(min = 1, max = 1000))]
     pub parallel: u32,
+    /// Where the audit chain's head is anchored besides `/metrics` and alerts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<AuditConfig>,
+}
+
+/// `audit:` in the daemon config.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// A file the daemon appends `<seq> <hash>` to after each audit record, e.g. on a
+    /// filesystem another machine collects (an anchor for `plumb audit verify --expect-head`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
@@ -74,8 +88,11 @@ pub struct SshConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub known_hosts_file: Option<PathBuf>,
     #[serde(default = "default_connect_timeout")]
-    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h)$"))]
-    pub connect_timeout: String,
+    pub connect_timeout: HumanDuration,
+    /// Longest each phase's round trip to one host may take (`observe`, `apply`, `verify`);
+    /// past it that host fails and the others go on.
+    #[serde(default)]
+    pub timeouts: crate::transport::PhaseTimeouts,
 }
 
 impl Default for SshConfig {
@@ -85,6 +102,7 @@ impl Default for SshConfig {
             identity_file: None,
             known_hosts_file: None,
             connect_timeout: default_connect_timeout(),
+            timeouts: crate::transport::PhaseTimeouts::default(),
         }
     }
 }
@@ -95,31 +113,93 @@ fn default_branch() -> String {
 fn default_state_dir() -> PathBuf {
     PathBuf::from("/var/lib/plumb")
 }
-fn default_listen() -> String {
-    "127.0.0.1:9940".into()
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9940))
 }
-fn default_poll() -> String {
-    "60s".into()
+fn default_poll() -> HumanDuration {
+    HumanDuration::from_secs(60)
 }
 fn default_parallel() -> u32 {
     10
 }
-fn default_connect_timeout() -> String {
-    "10s".into()
+fn default_connect_timeout() -> HumanDuration {
+    HumanDuration::from_secs(10)
+}
+
+/// Durations that must not be zero (a zero poll interval would spin; a zero timeout fails
+/// every attempt). JSON pointers into the config; `*` is any index of a list.
+const NONZERO_DURATIONS: [&str; 4] = [
+    "/poll_interval",
+    "/drift_interval",
+    "/ssh/connect_timeout",
+    "/alerts/*/timeout",
+];
+
+/// The nodes a pointer with `*` wildcards names, with their concrete pointers.
+fn nodes_at<'a>(node: &'a Node, pointer: &str) -> Vec<(String, &'a Node)> {
+    let mut found = vec![(String::new(), node)];
+    for token in pointer.split('/').skip(1) {
+        let mut next = Vec::new();
+        for (path, n) in found {
+            if token == "*" {
+                for (i, item) in n.as_seq().unwrap_or_default().iter().enumerate() {
+                    next.push((format!("{path}/{i}"), item));
+                }
+            } else if let Some(child) = n.get(token) {
+                next.push((format!("{path}/{token}"), child));
+            }
+        }
+        found = next;
+    }
+    found
+}
+
+/// Typed checks of the values the schema only checks by shape: each duration parses (and is
+/// not zero), `listen` is an address. Every problem is located.
+fn check_values(node: &Node, label: &str, diags: &mut Diagnostics) {
+    for pattern in NONZERO_DURATIONS {
+        for (pointer, n) in nodes_at(node, pattern) {
+            let Some(text) = n.as_str() else { continue };
+            let problem = match text.parse::<HumanDuration>() {
+                Ok(d) if d.is_zero() => format!("`{text}` must be longer than zero"),
+                Ok(_) => continue,
+                Err(e) => e.to_string(),
+            };
+            diags.push(
+                Diagnostic::error("config", label, n.pos, format!("{pointer}: {problem}"))
+                    .with_hint("write a number and a unit, e.g. 500ms, 30s, 5m, 2h"),
+            );
+        }
+    }
+    if let Some(listen) = node.get("listen") {
+        let text = listen.as_str().unwrap_or_default();
+        if text.parse::<SocketAddr>().is_err() {
+            diags.push(
+                Diagnostic::error(
+                    "config",
+                    label,
+                    listen.pos,
+                    format!("`{text}` is not an address:port"),
+                )
+                .with_hint("e.g. 127.0.0.1:9940 or [::1]:9940"),
+            );
+        }
+    }
 }
 
 impl DaemonConfig {
     pub fn poll(&self) -> Duration {
-        crate::model::parse_duration(&self.poll_interval).unwrap_or(Duration::from_secs(60))
+        self.poll_interval.get()
     }
 
+    /// How the daemon reaches hosts: a hung host is bounded by `ssh.timeouts` per phase.
     pub fn ssh_options(&self) -> crate::transport::SshOptions {
         crate::transport::SshOptions {
             config_file: self.ssh.config_file.clone(),
             identity_file: self.ssh.identity_file.clone(),
             known_hosts_file: self.ssh.known_hosts_file.clone(),
-            connect_timeout: crate::model::parse_duration(&self.ssh.connect_timeout)
-                .unwrap_or(Duration::from_secs(10)),
+            connect_timeout: self.ssh.connect_timeout.get(),
+            timeouts: self.ssh.timeouts,
             control_dir: Some(self.state_dir.join("ssh")),
             ..crate::transport::SshOptions::default()
         }
@@ -158,6 +238,10 @@ impl DaemonConfig {
         if diags.has_errors() {
             return Err((diags, sources));
         }
+        check_values(&node, &label, &mut diags);
+        if diags.has_errors() {
+            return Err((diags, sources));
+        }
         let config: DaemonConfig = match serde_json::from_value(node.to_json()) {
             Ok(c) => c,
             Err(e) => {
@@ -172,16 +256,15 @@ impl DaemonConfig {
                     .with_hint("create it in git's allowed-signers format: `<principal> <key type> <base64 key>` per line"),
             );
         }
-        if config.listen.parse::<std::net::SocketAddr>().is_err() {
-            diags.push(
-                Diagnostic::error(
+        for (i, sink) in config.alerts.iter().enumerate() {
+            if let Err(e) = sink.validate() {
+                diags.push(Diagnostic::error(
                     "config",
                     &label,
-                    at("/listen"),
-                    format!("`{}` is not an address:port", config.listen),
-                )
-                .with_hint("e.g. 127.0.0.1:9940"),
-            );
+                    at(&format!("/alerts/{i}")),
+                    e.to_string(),
+                ));
+            }
         }
         for (field, f) in [
             ("github_secret_file", &config.webhooks.github_secret_file),

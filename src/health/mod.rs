@@ -4,7 +4,9 @@
 //! - `command`: `sh -c <command>` on each host of the wave, through the engine's transport, in
 //!   one round trip per attempt; exit 0 is healthy.
 //! - `http`: a GET from plumb; any 2xx is healthy. The URL is a template rendered against
-//!   `{"host": {"name", "address", "port", "labels"}}`, e.g. `http://{{ host.address }}:8080/`.
+//!   `{"host": {"name", "address", "port", "labels"}}`, e.g. `http://{{ host.address }}:8080/`,
+//!   by the caller's [`Renderer`] (the daemon passes `render::render_inline` over the repo:
+//!   one template environment for every template).
 //! - `tcp`: a TCP connect from plumb to `host.address:<port>`.
 //!
 //! Each attempt is bounded by the check's `timeout`; a check is tried up to `retries` times,
@@ -18,7 +20,7 @@ use schemars::JsonSchema;
 use serde::Serialize;
 
 use crate::engine::Connector;
-use crate::model::{parse_duration, HealthCheck, Host};
+use crate::model::{HealthCheck, Host};
 use crate::transport::{Transport, TransportError};
 
 /// Time between two attempts of one check.
@@ -91,9 +93,9 @@ impl Check {
                 kinds.len()
             )));
         }
-        let timeout = parse_duration(&decl.timeout)
+        let timeout = Some(decl.timeout.get())
             .filter(|d| !d.is_zero())
-            .ok_or_else(|| invalid(format!("invalid timeout {:?}", decl.timeout)))?;
+            .ok_or_else(|| invalid(format!("timeout {} must be longer than zero", decl.timeout)))?;
         Ok(Check {
             name: decl.name.clone(),
             kind: kinds.remove(0),
@@ -295,11 +297,12 @@ pub async fn check_command(
     .await
 }
 
-/// Renders an `http` check's URL for a host.
-pub fn render_url(template: &str, host: &Host) -> Result<String, CheckError> {
-    let mut env = minijinja::Environment::new();
-    env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
-    env.set_fuel(Some(10_000));
+/// Renders a template string against a context: `render::render_inline` over the repo the
+/// checks come from (the one template environment), passed in by the caller.
+pub type Renderer<'a> = &'a (dyn Fn(&str, &serde_json::Value) -> Result<String, String> + Sync);
+
+/// Renders an `http` check's URL for a host, with `host` = `{name, address, port, labels}`.
+pub fn render_url(template: &str, host: &Host, render: Renderer<'_>) -> Result<String, CheckError> {
     let ctx = serde_json::json!({
         "host": {
             "name": host.name,
@@ -308,8 +311,7 @@ pub fn render_url(template: &str, host: &Host) -> Result<String, CheckError> {
             "labels": host.labels,
         }
     });
-    env.render_str(template, minijinja::value::Serde(&ctx))
-        .map_err(|e| CheckError::Template(e.to_string()))
+    render(template, &ctx).map_err(CheckError::Template)
 }
 
 async fn http_once(
@@ -341,8 +343,9 @@ pub async fn check_http(
     host: &Host,
     client: &reqwest::Client,
     policy: Policy,
+    render: Renderer<'_>,
 ) -> CheckResult {
-    let url = render_url(url_template, host);
+    let url = render_url(url_template, host, render);
     retry(name, "http", &host.name, policy, || {
         let url = url.clone();
         async move { http_once(client, &url?, policy.timeout).await }
@@ -380,10 +383,11 @@ pub async fn run_check(
     host: &Host,
     transport: &dyn Transport,
     client: &reqwest::Client,
+    render: Renderer<'_>,
 ) -> CheckResult {
     match &check.kind {
         CheckKind::Command(c) => check_command(&check.name, c, host, transport, check.policy).await,
-        CheckKind::Http(u) => check_http(&check.name, u, host, client, check.policy).await,
+        CheckKind::Http(u) => check_http(&check.name, u, host, client, check.policy, render).await,
         CheckKind::Tcp(p) => check_tcp(&check.name, *p, host, check.policy).await,
     }
 }
@@ -395,6 +399,7 @@ pub async fn check_wave(
     checks: &[HealthCheck],
     hosts: &[Host],
     connector: &dyn Connector,
+    render: Renderer<'_>,
 ) -> WaveHealth {
     if checks.is_empty() || hosts.is_empty() {
         return WaveHealth::default();
@@ -434,7 +439,7 @@ pub async fn check_wave(
                     }
                     (CheckKind::Tcp(port), _) => check_tcp(&c.name, *port, host, c.policy).await,
                     (CheckKind::Http(url), Some(client)) => {
-                        check_http(&c.name, url, host, &client, c.policy).await
+                        check_http(&c.name, url, host, &client, c.policy, render).await
                     }
                     (CheckKind::Http(_), None) => fail(
                         "http",

@@ -9,6 +9,11 @@ use crate::engine::LocalConnector;
 use crate::model::yaml::Pos;
 use crate::transport::LocalTransport;
 
+/// The one template environment, as the daemon passes it (a repo without templates).
+fn render(template: &str, ctx: &serde_json::Value) -> Result<String, String> {
+    crate::render::render_inline(&crate::model::Repo::default(), template, ctx)
+}
+
 fn host(address: &str) -> Host {
     Host {
         name: "web-1".into(),
@@ -37,7 +42,7 @@ fn decl(name: &str) -> HealthCheck {
         command: None,
         http: None,
         tcp: None,
-        timeout: "5s".into(),
+        timeout: crate::model::HumanDuration::from_secs(5),
         retries: 1,
     }
 }
@@ -96,7 +101,7 @@ async fn http_2xx_is_healthy_and_the_url_is_rendered_per_host() {
     let port = http_server().await;
     let client = http_client().expect("client");
     let url = format!("http://{{{{ host.address }}}}:{port}/ok");
-    let r = check_http("web", &url, &host("127.0.0.1"), &client, fast(1)).await;
+    let r = check_http("web", &url, &host("127.0.0.1"), &client, fast(1), &render).await;
     assert!(r.ok, "{r:?}");
     assert_eq!(r.attempts, 1);
 }
@@ -106,7 +111,7 @@ async fn http_500_fails_with_its_status() {
     let port = http_server().await;
     let client = http_client().expect("client");
     let url = format!("http://{{{{ host.address }}}}:{port}/fail");
-    let r = check_http("web", &url, &host("127.0.0.1"), &client, fast(2)).await;
+    let r = check_http("web", &url, &host("127.0.0.1"), &client, fast(2), &render).await;
     assert!(!r.ok);
     assert_eq!(r.attempts, 2);
     assert_eq!(r.code.as_deref(), Some("http_status"));
@@ -122,6 +127,7 @@ async fn http_undefined_variable_fails_once_without_retrying() {
         &host("127.0.0.1"),
         &client,
         fast(5),
+        &render,
     )
     .await;
     assert!(!r.ok);
@@ -134,6 +140,7 @@ fn url_template_sees_name_address_port_labels() {
     let url = render_url(
         "http://{{ host.address }}:{{ host.port }}/{{ host.name }}?r={{ host.labels.role }}",
         &host("10.0.0.5"),
+        &render,
     )
     .expect("renders");
     assert_eq!(url, "http://10.0.0.5:22/web-1?r=web");
@@ -212,7 +219,7 @@ fn a_check_needs_exactly_one_kind_and_a_valid_timeout() {
     assert!(Check::from_decl(&two).is_err());
     let bad_timeout = HealthCheck {
         tcp: Some(22),
-        timeout: "soon".into(),
+        timeout: crate::model::HumanDuration::from_secs(0),
         ..decl("t")
     };
     assert!(Check::from_decl(&bad_timeout).is_err());
@@ -252,7 +259,7 @@ async fn check_wave_runs_every_check_on_every_host() {
         },
         decl("broken"),
     ];
-    let wave = check_wave(&checks, &hosts, &LocalConnector::default()).await;
+    let wave = check_wave(&checks, &hosts, &LocalConnector::default(), &render).await;
     let got: Vec<_> = wave
         .results
         .iter()
@@ -271,7 +278,59 @@ async fn check_wave_runs_every_check_on_every_host() {
     );
     assert!(!wave.ok());
     assert_eq!(wave.failures().count(), 2);
-    assert!(check_wave(&checks[..2], &hosts, &LocalConnector::default())
+    assert!(check_wave(&checks[..2], &hosts, &LocalConnector::default(), &render)
         .await
         .ok());
+}
+
+/// Health checks are checked when the repo is validated, each problem at its position: a
+/// zero timeout (which used to pass validation and fail only during the rollout), a check
+/// with two kinds, a timeout that is not a duration.
+#[test]
+fn health_checks_are_validated_with_their_positions() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    let write = |rel: &str, text: &str| {
+        let p = root.join(rel);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(p, text).expect("write");
+    };
+    write("plumb.yaml", "name: t\n");
+    write(
+        "environments/prod/hosts.yaml",
+        "hosts:\n  - name: web-1\n    address: 10.0.0.1\n",
+    );
+    write(
+        "units/web.yaml",
+        "steps:\n  - id: motd\n    file:\n      path: /etc/motd\n      content: hi\n",
+    );
+    let errors = |env_yaml: &str| -> Vec<String> {
+        write("environments/prod/env.yaml", env_yaml);
+        let (_, diags, _) = crate::validate::validate_and_render(root, "prod", None);
+        diags
+            .into_sorted()
+            .into_iter()
+            .map(|d| format!("{}:{}:{}: {}", d.path, d.line, d.col, d.message))
+            .collect()
+    };
+    assert_eq!(
+        errors("health_checks:\n  - name: ssh\n    tcp: 22\n    timeout: 5s\n"),
+        Vec::<String>::new()
+    );
+    let e = errors("health_checks:\n  - name: ssh\n    tcp: 22\n    timeout: 0s\n");
+    assert_eq!(
+        e,
+        vec!["environments/prod/env.yaml:4:14: health check `ssh`: the timeout must be longer than zero"]
+    );
+    let e = errors("health_checks:\n  - name: both\n    tcp: 22\n    command: \"true\"\n");
+    assert_eq!(
+        e,
+        vec!["environments/prod/env.yaml:2:5: health check `both` needs exactly one of `command`, `http`, `tcp`"]
+    );
+    let e = errors("health_checks:\n  - name: ssh\n    tcp: 22\n    timeout: soon\n");
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(
+        e[0].starts_with("environments/prod/env.yaml:4:14:"),
+        "{e:?}"
+    );
 }

@@ -180,17 +180,17 @@ pub struct HealthCheck {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
     pub tcp: Option<u32>,
+    /// Bound on each attempt, e.g. "10s" (more than zero).
     #[serde(default = "default_check_timeout")]
-    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h)$"))]
-    pub timeout: String,
+    pub timeout: HumanDuration,
     /// Tries before the check fails (1 s apart).
     #[serde(default = "one")]
     #[schemars(range(min = 1, max = 100))]
     pub retries: u32,
 }
 
-fn default_check_timeout() -> String {
-    "10s".to_string()
+fn default_check_timeout() -> HumanDuration {
+    HumanDuration::from_secs(10)
 }
 
 fn one() -> u32 {

@@ -170,6 +170,15 @@ fn jinja(repo: &Repo) -> Jinja<'static> {
     j
 }
 
+/// Renders a template string that is not a step parameter (a health check's `http` URL) in
+/// the one template environment every template uses: strict undefined, the fuel limit, and
+/// the repo's `templates/` for includes.
+pub fn render_inline(repo: &Repo, template: &str, ctx: &Json) -> Result<String, String> {
+    jinja(repo)
+        .render_str(template, minijinja::value::Serde(ctx))
+        .map_err(|e| template_message(&e, template, ctx))
+}
+
 /// Describes a template error: which variable is undefined, when that is the cause.
 fn template_message(err: &minijinja::Error, source: &str, ctx: &Json) -> String {
     if err.kind() == minijinja::ErrorKind::UndefinedError {

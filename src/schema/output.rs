@@ -25,5 +25,10 @@ pub fn generate() -> Vec<(String, Value)> {
         one::<crate::source::VerifyReport>("verify"),
         one::<HistoryReport>("history"),
         one::<AuditVerifyReport>("audit-verify"),
+        one::<crate::daemon::status::StatusResponse>("api-status"),
+        one::<crate::daemon::status::RunsResponse>("api-runs"),
+        one::<crate::daemon::status::RunResponse>("api-run"),
+        one::<crate::daemon::status::DriftResponse>("api-drift"),
+        one::<crate::daemon::policy::RunSummary>("run-summary"),
     ]
 }

@@ -39,6 +39,11 @@ struct HostLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct HashLabels {
+    hash: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ResultLabels {
     environment: String,
     result: String,
@@ -99,6 +104,10 @@ pub struct Metrics {
     signature_refusals: Family<Vec<(String, String)>, Counter>,
     commit_to_applied: Family<EnvLabels, Histogram>,
     runs: Family<ResultLabels, Counter>,
+    audit_head_seq: Gauge,
+    audit_head_info: Family<HashLabels, Gauge>,
+    /// The hash the audit head info gauge shows, to drop the previous one.
+    audit_head_hash: Mutex<Option<String>>,
     /// The commit each environment's info gauge shows, to drop the previous one.
     applied_commits: Mutex<HashMap<String, String>>,
 }
@@ -206,6 +215,18 @@ impl Metrics {
         );
         let runs = Family::<ResultLabels, Counter>::default();
         registry.register("plumb_runs", "Reconcile runs, by result", runs.clone());
+        let audit_head_seq = Gauge::default();
+        registry.register(
+            "plumb_audit_head_seq",
+            "Sequence number of the newest record of the audit chain",
+            audit_head_seq.clone(),
+        );
+        let audit_head_info = Family::<HashLabels, Gauge>::default();
+        registry.register(
+            "plumb_audit_head_info",
+            "Hash of the newest record of the audit chain (value 1)",
+            audit_head_info.clone(),
+        );
         Metrics {
             registry,
             last_applied_timestamp,
@@ -218,6 +239,9 @@ impl Metrics {
             signature_refusals,
             commit_to_applied,
             runs,
+            audit_head_seq,
+            audit_head_info,
+            audit_head_hash: Mutex::new(None),
             applied_commits: Mutex::new(HashMap::new()),
         }
     }
@@ -308,6 +332,27 @@ impl Metrics {
         let l = host_labels(environment, host);
         self.drifted_resources.remove(&l);
         self.host_reachable.remove(&l);
+    }
+
+    /// The audit chain's newest record: `plumb_audit_head_seq` and
+    /// `plumb_audit_head_info{hash}` (only the current hash is kept).
+    pub fn set_audit_head(&self, seq: u64, hash: &str) {
+        self.audit_head_seq
+            .set(i64::try_from(seq).unwrap_or(i64::MAX));
+        let mut current = self
+            .audit_head_hash
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(old) = current.replace(hash.to_string()) {
+            if old != hash {
+                self.audit_head_info.remove(&HashLabels { hash: old });
+            }
+        }
+        self.audit_head_info
+            .get_or_create(&HashLabels {
+                hash: hash.to_string(),
+            })
+            .set(1);
     }
 
     /// A commit or a webhook request was refused for its signature.

@@ -24,6 +24,10 @@
 //! which will fetch the newest tip anyway, so the hook is coalesced into it (still 202). Create
 //! the channel with a small capacity (1 coalesces best). A closed channel answers 503.
 //!
+//! **Connections** are bounded ([`Limits`]): a cap on concurrent connections, a header-read
+//! timeout from accept and an idle timeout between requests; a client that connects and
+//! sends nothing is dropped.
+//!
 //! **Status** comes from a [`StatusSource`], which the daemon implements over its state
 //! database; its (blocking) methods run on tokio's blocking pool.
 
@@ -45,8 +49,10 @@ use serde_json::{json, Value};
 use sha2::Sha256;
 use tokio::sync::mpsc;
 
+pub mod limits;
 pub mod metrics;
 
+pub use limits::Limits;
 pub use metrics::{Metrics, RefusalSource, RunResult};
 
 /// Largest request body accepted (413 beyond).
@@ -207,12 +213,25 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves the router on `listener` until `shutdown` resolves.
+/// Serves the router on `listener` until `shutdown` resolves, with the default [`Limits`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with(listener, state, Limits::default(), shutdown).await
+}
+
+/// Serves the router on `listener` until `shutdown` resolves: at most
+/// `limits.max_connections` connections at once, each dropped when no complete request
+/// arrives within the header timeout (after accept) or the idle timeout (after a response).
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    limits: Limits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let listener = limits::GuardedListener::new(listener, limits);
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await

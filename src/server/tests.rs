@@ -329,6 +329,8 @@ async fn metrics_has_every_family_after_one_update_each() {
     m.set_host_reachable("prod", "web-1", true);
     m.set_host_reachable("prod", "web-2", false);
     m.signature_refused(Some("prod"), RefusalSource::Commit);
+    m.set_audit_head(6, "0ld");
+    m.set_audit_head(7, "9f86d081884c7d65");
 
     let req = Request::get("/metrics")
         .body(Body::empty())
@@ -356,6 +358,8 @@ async fn metrics_has_every_family_after_one_update_each() {
         "plumb_commit_to_applied_seconds_sum{environment=\"prod\"} 60.0",
         "plumb_runs_total{environment=\"prod\",result=\"succeeded\"} 1",
         "plumb_runs_total{environment=\"prod\",result=\"failed\"} 1",
+        "plumb_audit_head_seq 7",
+        "plumb_audit_head_info{hash=\"9f86d081884c7d65\"} 1",
         "# EOF",
     ] {
         assert!(
@@ -365,6 +369,8 @@ async fn metrics_has_every_family_after_one_update_each() {
     }
     // Only the last applied commit is shown.
     assert!(!text.contains("commit=\"aaaa\""), "{text}");
+    // Only the current audit head is shown.
+    assert!(!text.contains("hash=\"0ld\""), "{text}");
     m.forget_host("prod", "web-2");
     assert!(!metrics_text(&h.app).await.contains("web-2"));
 }
@@ -416,5 +422,111 @@ async fn api_routes_answer_from_the_status_source() {
     assert_eq!(
         serde_json::from_str::<Value>(&b).expect("json"),
         json!({ "environment": "prod", "hosts": [] })
+    );
+}
+
+/// Serves a router with `limits` on a fresh port; returns its address.
+async fn serve_limited(limits: Limits) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (tx, _rx) = mpsc::channel(1);
+    let state = AppState {
+        metrics: Arc::new(Metrics::new()),
+        triggers: tx,
+        secrets: Arc::new(WebhookSecrets::default()),
+        ready: Readiness::new(),
+        status: Arc::new(FakeStatus::default()),
+        on_refusal: None,
+    };
+    tokio::spawn(serve_with(listener, state, limits, std::future::pending()));
+    addr
+}
+
+/// Reads until the server closes the connection; `None` when it did not within `wait`.
+async fn read_until_closed(s: &mut tokio::net::TcpStream, wait: Duration) -> Option<String> {
+    use tokio::io::AsyncReadExt as _;
+    let mut out = Vec::new();
+    match tokio::time::timeout(wait, s.read_to_end(&mut out)).await {
+        Ok(_) => Some(String::from_utf8_lossy(&out).into_owned()),
+        Err(_) => None,
+    }
+}
+
+const HEALTHZ: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: plumb\r\nConnection: close\r\n\r\n";
+
+#[tokio::test]
+async fn a_client_that_sends_nothing_is_dropped_after_the_header_timeout() {
+    let addr = serve_limited(Limits {
+        header_timeout: Duration::from_millis(300),
+        idle_timeout: Duration::from_millis(300),
+        max_connections: 4,
+    })
+    .await;
+    let mut silent = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let start = std::time::Instant::now();
+    let answer = read_until_closed(&mut silent, Duration::from_secs(10)).await;
+    assert_eq!(answer.as_deref(), Some(""), "closed without an answer");
+    assert!(
+        start.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        start.elapsed()
+    );
+
+    // A trickling client (one byte at a time, never a complete request) is dropped too.
+    use tokio::io::AsyncWriteExt as _;
+    let mut slow = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let dropped = async {
+        for b in b"GET /healthz HTTP/1.1\r\nHost: plumb\r\n".iter().cycle() {
+            if slow.write_all(&[*b]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    assert!(
+        tokio::time::timeout(Duration::from_secs(10), dropped)
+            .await
+            .is_ok(),
+        "a slowloris is dropped"
+    );
+
+    // A client that sends a request is answered.
+    let mut ok = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    ok.write_all(HEALTHZ).await.expect("write");
+    let answer = read_until_closed(&mut ok, Duration::from_secs(10)).await;
+    assert!(answer.unwrap_or_default().starts_with("HTTP/1.1 200"));
+}
+
+#[tokio::test]
+async fn the_connection_cap_holds() {
+    use tokio::io::AsyncWriteExt as _;
+    let addr = serve_limited(Limits {
+        header_timeout: Duration::from_secs(30),
+        idle_timeout: Duration::from_secs(30),
+        max_connections: 2,
+    })
+    .await;
+    let first = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let _second = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A third connection waits: both permits are held by silent clients.
+    let mut third = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    third.write_all(HEALTHZ).await.expect("write");
+    assert_eq!(
+        read_until_closed(&mut third, Duration::from_millis(800)).await,
+        None,
+        "not served past the cap"
+    );
+    // One silent client leaves: the third is served.
+    drop(first);
+    let answer = read_until_closed(&mut third, Duration::from_secs(10)).await;
+    assert!(
+        answer
+            .as_deref()
+            .unwrap_or_default()
+            .starts_with("HTTP/1.1 200"),
+        "{answer:?}"
     );
 }

@@ -59,7 +59,7 @@ pub enum StateError {
         /// The column and what is wrong with it.
         what: String,
     },
-    #[error("state directory {dir} has {} but {}: the daemon ran here before and its history is gone. Restore {db} from a backup; to start over deliberately, run once with --accept-reset (the reset is recorded in the audit chain)", found.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" and "), if *db_exists { "no runs in plumb.db" } else { "no plumb.db" })]
+    #[error("state directory {dir} has {} but {}: the daemon ran here before and its history is gone. Restore {db} from a backup; to start over deliberately, run once with --accept-state-reset (the reset is recorded in the audit chain)", found.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" and "), if *db_exists { "no runs in plumb.db" } else { "no plumb.db" })]
     Reset {
         dir: PathBuf,
         db: PathBuf,

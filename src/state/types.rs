@@ -48,7 +48,7 @@ pub enum RunKind {
     DriftCheck,
     /// A commit refused before any host was contacted (bad signature, invalid, rollback).
     Refused,
-    /// The daemon was told (`--accept-reset`) to start over on a state directory whose history
+    /// The daemon was told (`--accept-state-reset`) to start over on a state directory whose history
     /// was deleted: the reset itself is a signed record.
     StateReset,
 }

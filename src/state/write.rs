@@ -297,7 +297,7 @@ impl StateDb {
         })
     }
 
-    /// Records a deliberate reset of the state (`--accept-reset`) as a signed run: the first
+    /// Records a deliberate reset of the state (`--accept-state-reset`) as a signed run: the first
     /// record of the new chain says that the history before it was deleted, and what showed it.
     pub(crate) fn record_reset(
         &self,
@@ -312,7 +312,7 @@ impl StateDb {
             trigger: Trigger::Startup,
         })?;
         let summary = serde_json::json!({
-            "state_reset": "the daemon had run here before but its history was gone; started over with --accept-reset",
+            "state_reset": "the daemon had run here before but its history was gone; started over with --accept-state-reset",
             "found": found,
             "database": if db_existed { "present, without runs" } else { "missing" },
         });

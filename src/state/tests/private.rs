@@ -153,7 +153,7 @@ fn deleted_history_is_refused_without_the_flag() {
     let err = check_not_reset(&dir, false).unwrap_err();
     assert_eq!(err.code(), "state.reset");
     let msg = err.to_string();
-    for needle in [KEY_FILE, MIRROR_DIR, "no plumb.db", "--accept-reset"] {
+    for needle in [KEY_FILE, MIRROR_DIR, "no plumb.db", "--accept-state-reset"] {
         assert!(msg.contains(needle), "{needle}: {msg}");
     }
     assert!(!dir.join(DB_FILE).exists(), "refusing creates nothing");

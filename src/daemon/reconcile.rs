@@ -1,0 +1,552 @@
+//! The reconcile of one environment towards one tip ([`Daemon::reconcile_env`] returns an
+//! [`Outcome`]), and the carrying out of the [`Effects`] the policy derives from it.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use time::OffsetDateTime;
+
+use crate::engine::{self, HostStatus};
+use crate::model::{Environment, Host, HumanDuration};
+use crate::render::DesiredHost;
+use crate::server::metrics::RefusalSource;
+use crate::source::policy::{short, VerifiedRange};
+use crate::source::{RangeOptions, Source};
+use crate::state::{NewRun, RunId, RunKind, RunResult, StepMeta};
+
+use super::error::panic_message;
+use super::policy::{
+    self, CommitMark, CommitSummary, Effects, Outcome, Refusal, Refused, Rollout, RunSummary,
+    WaveSummary,
+};
+use super::{lock, next_fetch_delay, signer_of, Daemon, DaemonError, FetchRetry, Wake};
+
+/// A commit checked out, validated and rendered for one environment.
+pub(super) struct Loaded {
+    /// The loaded repo (health checks' URLs are templated in its template environment).
+    pub repo: crate::model::Repo,
+    pub hosts: Vec<DesiredHost>,
+    pub environment: Environment,
+    /// The environment's own `drift.interval`.
+    pub env_interval: Duration,
+}
+
+/// ADAPTER for the merge: the "core" branch makes `drift.interval` a `HumanDuration` parsed
+/// at load time; this becomes `settings.drift.interval.get()` then. Until then the text is
+/// parsed here, and a value that does not parse refuses the commit (no fallback).
+fn env_drift_interval(environment: &Environment) -> Result<Duration, String> {
+    environment
+        .settings
+        .drift
+        .interval
+        .parse::<HumanDuration>()
+        .map(HumanDuration::get)
+        .map_err(|e| {
+            let path = environment.env_path.as_deref().unwrap_or("env.yaml");
+            format!("{path}: drift.interval: {e}")
+        })
+}
+
+/// A checkout of `commit` under `base` (reused when present).
+fn checkout_into(source: &Source, base: &Path, commit: git2::Oid) -> Result<PathBuf, DaemonError> {
+    let dir = base.join(commit.to_string());
+    if dir.is_dir() {
+        return Ok(dir);
+    }
+    std::fs::create_dir_all(base).map_err(DaemonError::io("creating", base))?;
+    let tmp = base.join(format!(".{commit}.{}", std::process::id()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(DaemonError::io("removing", &tmp))?;
+    }
+    source.checkout(commit, &tmp)?;
+    std::fs::rename(&tmp, &dir).map_err(DaemonError::io("renaming the checkout to", &dir))?;
+    Ok(dir)
+}
+
+/// Checks out `commit` and validates and renders it for `env`, on the blocking pool. Every
+/// way this can fail is a [`Refusal`] (a panic included), so the commit can be recorded.
+pub(super) async fn load_commit(
+    source: Arc<Source>,
+    checkouts: PathBuf,
+    commit: git2::Oid,
+    env: &str,
+) -> Result<Loaded, Refusal> {
+    let name = env.to_string();
+    let job = tokio::task::spawn_blocking(move || {
+        let dir = checkout_into(&source, &checkouts, commit).map_err(|e| Refusal::Checkout {
+            error: e.to_string(),
+        })?;
+        Ok(crate::validate::validate_and_render(&dir, &name, None))
+    });
+    let (repo, diags, rendered) = job.await.map_err(|e| Refusal::Internal {
+        error: format!("validating and rendering: {}", panic_message(e)),
+    })??;
+    let Some(hosts) = rendered.filter(|_| !diags.has_errors()) else {
+        let errors = diags
+            .into_sorted()
+            .into_iter()
+            .filter(|d| d.severity == crate::diag::Severity::Error)
+            .map(|d| format!("{}:{}:{}: {}", d.path, d.line, d.col, d.message))
+            .collect();
+        return Err(Refusal::Invalid { errors });
+    };
+    let Some(environment) = repo.environments.get(env).cloned() else {
+        return Err(Refusal::Internal {
+            error: format!("environment {env} is missing after rendering"),
+        });
+    };
+    let env_interval =
+        env_drift_interval(&environment).map_err(|e| Refusal::Invalid { errors: vec![e] })?;
+    Ok(Loaded {
+        repo,
+        hosts,
+        environment,
+        env_interval,
+    })
+}
+
+fn refusal_message(commit: &str, refusal: &Refusal) -> String {
+    let commit = commit.get(..12).unwrap_or(commit);
+    match refusal {
+        Refusal::Signature { code, bad_commit } => {
+            format!("commit {commit} refused: {code} (first bad commit {bad_commit})")
+        }
+        Refusal::Checkout { error } => format!("commit {commit} cannot be checked out: {error}"),
+        Refusal::Invalid { errors } => {
+            format!("commit {commit} is invalid ({} errors)", errors.len())
+        }
+        Refusal::Internal { error } => format!("commit {commit} could not be validated: {error}"),
+    }
+}
+
+impl Daemon {
+    async fn fetch(&self) -> Result<git2::Oid, DaemonError> {
+        let source = self.source.clone();
+        let branch = self.config.branch.clone();
+        let job = tokio::task::spawn_blocking(move || {
+            source.fetch()?;
+            source.resolve(&format!("refs/heads/{branch}"))
+        });
+        match tokio::time::timeout(super::FETCH_TIMEOUT, job).await {
+            Err(_) => Err(DaemonError::FetchTimeout(super::FETCH_TIMEOUT)),
+            Ok(Err(e)) => Err(DaemonError::task("fetching")(e)),
+            Ok(Ok(r)) => Ok(r?),
+        }
+    }
+
+    /// Fetch, then reconcile every environment towards the branch tip. A fetch that fails is
+    /// tried again with backoff (the trigger is kept, so it is not lost).
+    pub(super) async fn reconcile(&mut self, wake: Wake) {
+        let tip = match self.fetch().await {
+            Ok(t) => t,
+            Err(e) => {
+                let delay = next_fetch_delay(self.fetch_retry.map(|r| r.delay));
+                tracing::error!(error = %e, code = e.code(), retry_in = ?delay, "fetch failed; retrying with backoff");
+                self.fetch_retry = Some(FetchRetry {
+                    at: Instant::now() + delay,
+                    delay,
+                    wake,
+                });
+                return;
+            }
+        };
+        self.fetch_retry = None;
+        for env in self.config.environments.clone() {
+            let result = self.reconcile_env(&env, tip, wake).await;
+            let effects = policy::policy(&result);
+            if let Err(e) = self.carry_out(&env, wake, &result, &effects) {
+                tracing::error!(environment = %env, error = %e, code = e.code(), "cannot record the outcome");
+            }
+        }
+        self.ready.set_ready(true);
+        let mut keep: BTreeSet<String> = BTreeSet::from([tip.to_string()]);
+        for env in &self.config.environments {
+            if let Ok(Some(l)) = lock(&self.db).last_applied(env) {
+                keep.insert(l.commit);
+            }
+        }
+        self.prune_checkouts(&keep);
+    }
+
+    fn last_applied_oid(&self, env: &str) -> Result<Option<git2::Oid>, DaemonError> {
+        let Some(last) = lock(&self.db).last_applied(env)? else {
+            return Ok(None);
+        };
+        git2::Oid::from_str(&last.commit)
+            .map(Some)
+            .map_err(|_| DaemonError::CorruptCommit {
+                environment: env.to_string(),
+                commit: last.commit,
+            })
+    }
+
+    async fn verify_range(
+        &self,
+        last: Option<git2::Oid>,
+        tip: git2::Oid,
+    ) -> Result<Result<VerifiedRange, crate::source::policy::Rejection>, DaemonError> {
+        let source = self.source.clone();
+        let signers = self.signers.clone();
+        let job = tokio::task::spawn_blocking(move || {
+            source.verify(last, tip, &signers, RangeOptions::default())
+        });
+        Ok(job
+            .await
+            .map_err(DaemonError::task("verifying signatures"))??)
+    }
+
+    /// Reconciles `env` towards `tip`: verify, check out, validate and render, roll out.
+    pub(super) async fn reconcile_env(
+        &mut self,
+        env: &str,
+        tip: git2::Oid,
+        wake: Wake,
+    ) -> Result<Outcome, DaemonError> {
+        let commit = tip.to_string();
+        let drift_override = self.config.drift_interval.map(HumanDuration::get);
+        let last = self.last_applied_oid(env)?;
+        if last == Some(tip) {
+            return Ok(Outcome::UpToDate {
+                commit,
+                drift_override,
+            });
+        }
+        if lock(&self.db).is_failed(env, &commit)? {
+            return Ok(Outcome::Held { commit });
+        }
+        // Every commit since the last applied one must be signed; no rollbacks.
+        let refused = |refusal: Refusal, message: String| {
+            Outcome::Refused(Refused {
+                commit: commit.clone(),
+                refusal,
+                message,
+                drift_override,
+            })
+        };
+        let range = match self.verify_range(last, tip).await? {
+            Ok(r) => r,
+            Err(rej) => {
+                let message = format!("commit {} refused: {}", short(rej.commit), rej.failure);
+                let refusal = Refusal::Signature {
+                    code: rej.reason().code().to_string(),
+                    bad_commit: rej.commit.to_string(),
+                };
+                return Ok(refused(refusal, message));
+            }
+        };
+        // A bad commit touches nothing: validate and render before the first host.
+        let loaded = match load_commit(self.source.clone(), self.checkouts_dir(), tip, env).await {
+            Ok(l) => l,
+            Err(refusal) => {
+                return Ok(refused(refusal.clone(), refusal_message(&commit, &refusal)))
+            }
+        };
+        let signer = signer_of(&range.tip_signer);
+        let run = lock(&self.db).begin_run(&NewRun {
+            environment: env.to_string(),
+            commit: Some(commit.clone()),
+            signer: Some(signer.clone()),
+            kind: RunKind::Apply,
+            trigger: wake.trigger(),
+        })?;
+        tracing::info!(environment = %env, commit = %tip, signer = %signer.principal, run = %run, "applying");
+        let started = Instant::now();
+        let mut rollout = self.rollout(env, &run, &commit, &loaded).await?;
+        rollout.commits = range
+            .commits
+            .iter()
+            .map(|c| CommitSummary {
+                commit: c.id.to_string(),
+                signer: c.signer.principal.clone(),
+            })
+            .collect();
+        rollout.duration = started.elapsed();
+        rollout.drift_interval = policy::drift_interval(drift_override, loaded.env_interval);
+        Ok(if rollout.failed_hosts.is_empty() {
+            Outcome::Applied(rollout)
+        } else {
+            Outcome::Failed(rollout)
+        })
+    }
+
+    /// Applies hosts wave by wave; a failed host or health check stops the rollout.
+    async fn rollout(
+        &self,
+        env: &str,
+        run: &RunId,
+        commit: &str,
+        loaded: &Loaded,
+    ) -> Result<Rollout, DaemonError> {
+        let plain: Vec<Host> = loaded.hosts.iter().map(|h| h.host.clone()).collect();
+        let waves = super::waves::plan_waves(
+            &loaded.environment.settings,
+            &plain,
+            self.config.parallel as usize,
+        );
+        let mut out = Rollout {
+            run: run.clone(),
+            commit: commit.to_string(),
+            changed: 0,
+            failed_steps: 0,
+            failed_hosts: Vec::new(),
+            waves: Vec::new(),
+            stopped_at_wave: None,
+            reason: None,
+            commits: Vec::new(),
+            duration: Duration::ZERO,
+            drift_interval: Duration::ZERO,
+        };
+        for wave in &waves {
+            let members: Vec<&DesiredHost> = wave
+                .hosts
+                .iter()
+                .filter_map(|i| loaded.hosts.get(*i))
+                .collect();
+            let summary = self
+                .roll_wave(env, run, wave, &members, loaded, &mut out)
+                .await?;
+            let stop = stop_reason(&summary);
+            out.waves.push(summary);
+            if let Some((reason, failed)) = stop {
+                for h in failed {
+                    if !out.failed_hosts.contains(&h) {
+                        out.failed_hosts.push(h);
+                    }
+                }
+                tracing::error!(environment = %env, wave = %wave.name, reason = %reason, "rollout stopped");
+                out.reason = Some(reason);
+                out.stopped_at_wave = Some(wave.name.clone());
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Applies one wave's hosts (recording each), then runs its health checks when every
+    /// host converged.
+    async fn roll_wave(
+        &self,
+        env: &str,
+        run: &RunId,
+        wave: &super::waves::WavePlan,
+        members: &[&DesiredHost],
+        loaded: &Loaded,
+        out: &mut Rollout,
+    ) -> Result<WaveSummary, DaemonError> {
+        let (environment, repo) = (&loaded.environment, &loaded.repo);
+        let names: Vec<String> = members.iter().map(|h| h.host.name.clone()).collect();
+        tracing::info!(environment = %env, wave = %wave.name, hosts = ?names, "wave");
+        let connector = &self.connector;
+        let runs = engine::each_host(members.iter().copied(), wave.max_parallel, |h| async move {
+            let t = engine::Connector::connect(connector, &h.host);
+            (h, engine::apply_host(h, t.as_ref()).await)
+        })
+        .await;
+        let mut failed = Vec::new();
+        for (_, r) in &runs {
+            lock(&self.db).record_host(run, r, &StepMeta::default())?;
+            self.metrics
+                .set_host_reachable(env, &r.host.name, r.status != HostStatus::Unreachable);
+            out.changed += r.changed();
+            out.failed_steps += r
+                .steps
+                .iter()
+                .filter(|s| s.status == engine::StepStatus::Failed)
+                .count();
+            if r.status != HostStatus::Converged {
+                failed.push(r.host.name.clone());
+                tracing::error!(environment = %env, host = %r.host.name, error = ?r.error, "host failed");
+            }
+        }
+        let checks = &environment.settings.health_checks;
+        let health = if failed.is_empty() && !checks.is_empty() {
+            let hosts: Vec<Host> = members.iter().map(|h| h.host.clone()).collect();
+            let render =
+                |t: &str, ctx: &serde_json::Value| crate::render::render_inline(repo, t, ctx);
+            let report = crate::health::check_wave(checks, &hosts, &self.connector, &render).await;
+            Some(report.results)
+        } else {
+            None
+        };
+        Ok(WaveSummary {
+            name: wave.name.clone(),
+            hosts: names,
+            failed_hosts: failed,
+            health,
+        })
+    }
+
+    /// Carries out a reconcile's effects, recording first.
+    fn carry_out(
+        &mut self,
+        env: &str,
+        wake: Wake,
+        result: &Result<Outcome, DaemonError>,
+        effects: &Effects,
+    ) -> Result<(), DaemonError> {
+        let outcome = match result {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::error!(environment = %env, error = %e, code = e.code(), "reconcile failed");
+                self.schedule_drift(env, effects.next_drift);
+                return Ok(());
+            }
+        };
+        log_outcome(env, outcome);
+        let run = self.record(env, wake, outcome, effects)?;
+        let (commit, duration, changed, failed_steps) = match outcome {
+            Outcome::UpToDate { commit, .. } | Outcome::Held { commit } => {
+                (commit.as_str(), Duration::ZERO, 0, 0)
+            }
+            Outcome::Refused(r) => (r.commit.as_str(), Duration::ZERO, 0, 0),
+            Outcome::Applied(r) | Outcome::Failed(r) => {
+                (r.commit.as_str(), r.duration, r.changed, r.failed_steps)
+            }
+        };
+        if let Some(metric) = effects.metric {
+            self.metrics
+                .run_finished(env, metric, duration, changed as u64, failed_steps as u64);
+        }
+        if effects.signature_refused {
+            self.metrics
+                .signature_refused(Some(env), RefusalSource::Commit);
+        }
+        if effects.mark == CommitMark::Applied {
+            self.applied_metrics(env, commit);
+        }
+        if let Some(a) = &effects.alert {
+            let mut details = a.details.clone();
+            if let (Some(run), Some(obj)) = (&run, details.as_object_mut()) {
+                obj.entry("run").or_insert_with(|| run.0.clone().into());
+            }
+            self.alert(
+                a.event,
+                Some(env),
+                Some(commit),
+                a.hosts.clone(),
+                a.message.clone(),
+                details,
+            );
+        }
+        if effects.forget_drift_alerts {
+            self.alerted_drift.remove(env);
+        }
+        self.schedule_drift(env, effects.next_drift);
+        Ok(())
+    }
+
+    /// Writes the run (and the commit's mark) the effects ask for; returns the run recorded.
+    fn record(
+        &self,
+        env: &str,
+        wake: Wake,
+        outcome: &Outcome,
+        effects: &Effects,
+    ) -> Result<Option<RunId>, DaemonError> {
+        let Some(result) = effects.record else {
+            return Ok(None);
+        };
+        let (run, commit) = {
+            let db = lock(&self.db);
+            let (run, commit, summary) = match outcome {
+                Outcome::Refused(r) => {
+                    let run = db.begin_run(&NewRun {
+                        environment: env.to_string(),
+                        commit: Some(r.commit.clone()),
+                        signer: None,
+                        kind: RunKind::Refused,
+                        trigger: wake.trigger(),
+                    })?;
+                    (run, r.commit.as_str(), RunSummary::Refused(r.summary()))
+                }
+                Outcome::Applied(r) | Outcome::Failed(r) => (
+                    r.run.clone(),
+                    r.commit.as_str(),
+                    RunSummary::Apply(r.clone()),
+                ),
+                Outcome::UpToDate { .. } | Outcome::Held { .. } => return Ok(None),
+            };
+            db.finish_run(&run, result, &summary.to_value())?;
+            match effects.mark {
+                CommitMark::Failed => db.mark_failed(env, commit, Some(&run))?,
+                CommitMark::Applied => db.set_last_applied(env, commit, &run)?,
+                CommitMark::Nothing => {}
+            }
+            (run, commit.to_string())
+        };
+        if result == RunResult::Refused {
+            tracing::warn!(environment = %env, commit = %commit, run = %run, "commit refused; no host was contacted");
+        }
+        self.anchor_audit_head();
+        Ok(Some(run))
+    }
+
+    fn applied_metrics(&self, env: &str, commit: &str) {
+        let now = OffsetDateTime::now_utc();
+        let commit_time = git2::Oid::from_str(commit)
+            .ok()
+            .and_then(|oid| self.commit_time(oid));
+        self.metrics.applied(env, commit, now, commit_time);
+        if let Some(ct) = commit_time {
+            tracing::info!(environment = %env, commit = %commit, latency_s = (now - ct).as_seconds_f64(), "commit applied");
+        }
+    }
+
+    fn commit_time(&self, commit: git2::Oid) -> Option<OffsetDateTime> {
+        let repo = self.source.open().ok()?;
+        let c = repo.find_commit(commit).ok()?;
+        OffsetDateTime::from_unix_timestamp(c.time().seconds()).ok()
+    }
+}
+
+/// Why a wave stops the rollout, and the hosts to blame; `None` when it passed.
+fn stop_reason(wave: &WaveSummary) -> Option<(String, Vec<String>)> {
+    if !wave.failed_hosts.is_empty() {
+        let reason = format!(
+            "wave `{}`: host(s) {} failed",
+            wave.name,
+            wave.failed_hosts.join(", ")
+        );
+        return Some((reason, wave.failed_hosts.clone()));
+    }
+    let failures: Vec<_> = wave.health.iter().flatten().filter(|r| !r.ok).collect();
+    if failures.is_empty() {
+        return None;
+    }
+    let listed: Vec<serde_json::Value> = failures
+        .iter()
+        .map(|f| serde_json::json!({"check": f.check, "host": f.host, "error": f.error}))
+        .collect();
+    let reason = format!(
+        "wave `{}`: health checks failed: {}",
+        wave.name,
+        serde_json::Value::Array(listed)
+    );
+    let mut hosts: Vec<String> = Vec::new();
+    for f in failures {
+        if !hosts.contains(&f.host) {
+            hosts.push(f.host.clone());
+        }
+    }
+    Some((reason, hosts))
+}
+
+fn log_outcome(env: &str, outcome: &Outcome) {
+    match outcome {
+        Outcome::UpToDate { .. } => {}
+        Outcome::Held { commit } => {
+            tracing::debug!(environment = %env, commit = %commit, "commit failed before; waiting for a new commit");
+        }
+        Outcome::Refused(r) => {
+            tracing::warn!(environment = %env, commit = %r.commit, reason = r.refusal.code(), message = %r.message, "refusing the commit");
+        }
+        Outcome::Applied(r) => {
+            tracing::info!(environment = %env, commit = %r.commit, run = %r.run, changed = r.changed, "rollout converged");
+        }
+        Outcome::Failed(r) => {
+            tracing::error!(environment = %env, commit = %r.commit, run = %r.run, reason = ?r.reason, "rollout failed");
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! The status API over the state database: typed answers of `/api/status`, `/api/runs`,
+//! `/api/runs/{id}` and `/api/drift`, each with a JSON Schema under `schemas/output/`
+//! (`api-status`, `api-runs`, `api-run`, `api-drift`).
+
+use std::sync::{Arc, Mutex};
+
+use schemars::JsonSchema;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::server::{RunsQuery, StatusError, StatusSource};
+use crate::state::{DriftFinding, LastApplied, RunDetail, RunFilter, RunId, RunRecord, StateDb};
+
+use super::lock;
+
+/// `GET /api/status`: every managed environment.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[schemars(title = "plumb daemon API: GET /api/status")]
+pub struct StatusResponse {
+    pub environments: Vec<EnvironmentStatus>,
+}
+
+/// One environment in `GET /api/status`.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct EnvironmentStatus {
+    pub environment: String,
+    /// The commit last applied (the drift baseline); none before the first apply.
+    pub last_applied: Option<LastApplied>,
+    /// The newest run of any kind.
+    pub last_run: Option<RunRecord>,
+    /// Drift findings not resolved yet.
+    pub open_drift: usize,
+}
+
+/// `GET /api/runs`: runs, newest first.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[schemars(title = "plumb daemon API: GET /api/runs")]
+pub struct RunsResponse {
+    pub runs: Vec<RunRecord>,
+}
+
+/// `GET /api/runs/{id}`: one run with its host and step results.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[schemars(title = "plumb daemon API: GET /api/runs/{id}")]
+#[serde(transparent)]
+pub struct RunResponse(pub RunDetail);
+
+/// `GET /api/drift`: open drift findings.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[schemars(title = "plumb daemon API: GET /api/drift")]
+pub struct DriftResponse {
+    pub drift: Vec<DriftFinding>,
+}
+
+/// The status API's source: the daemon's own read handle on the state database.
+pub struct StateStatus {
+    pub db: Arc<Mutex<StateDb>>,
+    pub environments: Vec<String>,
+}
+
+fn internal(e: impl std::fmt::Display) -> StatusError {
+    StatusError::Internal(e.to_string())
+}
+
+fn to_value(v: &impl Serialize) -> Result<Value, StatusError> {
+    serde_json::to_value(v).map_err(internal)
+}
+
+impl StateStatus {
+    pub fn status_response(&self) -> Result<StatusResponse, StatusError> {
+        let db = lock(&self.db);
+        let mut environments = Vec::new();
+        for env in &self.environments {
+            let last_run = db
+                .runs(&RunFilter {
+                    environment: Some(env.clone()),
+                    kind: None,
+                    limit: Some(1),
+                })
+                .map_err(internal)?;
+            environments.push(EnvironmentStatus {
+                environment: env.clone(),
+                last_applied: db.last_applied(env).map_err(internal)?,
+                last_run: last_run.into_iter().next(),
+                open_drift: db.open_drift(env).map_err(internal)?.len(),
+            });
+        }
+        Ok(StatusResponse { environments })
+    }
+
+    pub fn runs_response(&self, q: &RunsQuery) -> Result<RunsResponse, StatusError> {
+        let runs = lock(&self.db)
+            .runs(&RunFilter {
+                environment: q.environment.clone(),
+                kind: None,
+                limit: Some(q.limit),
+            })
+            .map_err(internal)?;
+        Ok(RunsResponse { runs })
+    }
+
+    pub fn run_response(&self, id: &str) -> Result<Option<RunResponse>, StatusError> {
+        let run = lock(&self.db)
+            .run(&RunId(id.to_string()))
+            .map_err(internal)?;
+        Ok(run.map(RunResponse))
+    }
+
+    pub fn drift_response(&self, environment: Option<&str>) -> Result<DriftResponse, StatusError> {
+        let db = lock(&self.db);
+        let mut drift = Vec::new();
+        for env in self
+            .environments
+            .iter()
+            .filter(|e| environment.is_none_or(|x| x == e.as_str()))
+        {
+            drift.extend(db.open_drift(env).map_err(internal)?);
+        }
+        Ok(DriftResponse { drift })
+    }
+}
+
+impl StatusSource for StateStatus {
+    fn status(&self) -> Result<Value, StatusError> {
+        to_value(&self.status_response()?)
+    }
+
+    fn runs(&self, q: &RunsQuery) -> Result<Value, StatusError> {
+        to_value(&self.runs_response(q)?)
+    }
+
+    fn run(&self, id: &str) -> Result<Option<Value>, StatusError> {
+        self.run_response(id)?.map(|r| to_value(&r)).transpose()
+    }
+
+    fn drift(&self, environment: Option<&str>) -> Result<Value, StatusError> {
+        to_value(&self.drift_response(environment)?)
+    }
+}

@@ -1,0 +1,786 @@
+//! The daemon without Docker: the policy (every outcome → its effects), config parsing, and
+//! the reconcile against a real local repository of signed commits whose hosts are never
+//! reached (refusals, fetch retries, the audit head, SIGHUP, a reset state).
+
+use std::collections::BTreeSet;
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::mpsc as std_mpsc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::policy::*;
+use super::*;
+use crate::model::HumanDuration;
+use crate::state::{RunFilter, RunKind, RunResult};
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+fn rollout(failed: &[&str]) -> Rollout {
+    Rollout {
+        run: state::RunId("01RUN".into()),
+        commit: "0123456789abcdef0123".into(),
+        changed: 3,
+        failed_steps: usize::from(!failed.is_empty()),
+        failed_hosts: failed.iter().map(|s| s.to_string()).collect(),
+        waves: vec![WaveSummary {
+            name: "canary".into(),
+            hosts: vec!["web-1".into()],
+            failed_hosts: failed.iter().map(|s| s.to_string()).collect(),
+            health: None,
+        }],
+        stopped_at_wave: (!failed.is_empty()).then(|| "canary".to_string()),
+        reason: (!failed.is_empty()).then(|| "wave `canary`: host(s) web-1 failed".to_string()),
+        commits: vec![CommitSummary {
+            commit: "0123456789abcdef0123".into(),
+            signer: "alice@example.com".into(),
+        }],
+        duration: Duration::from_secs(2),
+        drift_interval: Duration::from_secs(300),
+    }
+}
+
+fn refused(refusal: Refusal) -> Outcome {
+    Outcome::Refused(Refused {
+        commit: "0123456789abcdef0123".into(),
+        refusal,
+        message: "commit 0123456789ab refused: unsigned".into(),
+        drift_override: None,
+    })
+}
+
+#[test]
+fn policy_up_to_date_and_held_change_nothing_but_the_schedule() {
+    let e = policy(&Ok(Outcome::UpToDate {
+        commit: "c".into(),
+        drift_override: None,
+    }));
+    assert_eq!(e.record, None);
+    assert_eq!(e.mark, CommitMark::Nothing);
+    assert_eq!(e.metric, None);
+    assert_eq!(e.alert, None);
+    assert!(!e.forget_drift_alerts && !e.signature_refused);
+    // A running schedule stays; after a start, drift is checked at once.
+    assert_eq!(e.next_drift, NextDrift::KeepOr(Duration::ZERO));
+    let e = policy(&Ok(Outcome::UpToDate {
+        commit: "c".into(),
+        drift_override: Some(HOUR),
+    }));
+    assert_eq!(e.next_drift, NextDrift::KeepOr(HOUR));
+
+    let e = policy(&Ok(Outcome::Held { commit: "c".into() }));
+    assert_eq!(e.record, None);
+    assert_eq!(e.mark, CommitMark::Nothing);
+    assert_eq!(e.alert, None);
+    assert_eq!(e.next_drift, NextDrift::Keep);
+}
+
+#[test]
+fn policy_an_error_decides_nothing() {
+    let e = policy(&Err(DaemonError::FetchTimeout(Duration::from_secs(1))));
+    assert_eq!(e.record, None);
+    assert_eq!(e.mark, CommitMark::Nothing);
+    assert_eq!(e.metric, None);
+    assert_eq!(e.alert, None);
+    assert_eq!(e.next_drift, NextDrift::Keep);
+}
+
+#[test]
+fn policy_a_signature_refusal_is_recorded_marked_counted_and_alerted() {
+    let e = policy(&Ok(refused(Refusal::Signature {
+        code: "unsigned".into(),
+        bad_commit: "bad0".into(),
+    })));
+    assert_eq!(e.record, Some(RunResult::Refused));
+    assert_eq!(e.mark, CommitMark::Failed);
+    assert_eq!(e.metric, Some(server::RunResult::Refused));
+    assert!(e.signature_refused);
+    let a = e.alert.expect("alert");
+    assert_eq!(a.event, AlertEvent::SignatureRefused);
+    assert_eq!(a.message, "commit 0123456789ab refused: unsigned");
+    assert_eq!(
+        a.details,
+        json!({"reason": "unsigned", "bad_commit": "bad0"})
+    );
+    assert!(!e.forget_drift_alerts);
+    assert_eq!(e.next_drift, NextDrift::KeepOr(Duration::ZERO));
+}
+
+#[test]
+fn policy_every_other_refusal_is_recorded_marked_and_alerted_as_a_failed_run() {
+    for refusal in [
+        Refusal::Invalid {
+            errors: vec!["units/a.yaml:1:1: bad".into()],
+        },
+        Refusal::Checkout {
+            error: "disk full".into(),
+        },
+        Refusal::Internal {
+            error: "panic: boom".into(),
+        },
+    ] {
+        let e = policy(&Ok(refused(refusal.clone())));
+        assert_eq!(e.record, Some(RunResult::Refused), "{refusal:?}");
+        assert_eq!(e.mark, CommitMark::Failed, "{refusal:?}");
+        assert_eq!(e.metric, Some(server::RunResult::Refused));
+        assert!(!e.signature_refused, "{refusal:?}");
+        let a = e.alert.expect("alert");
+        assert_eq!(a.event, AlertEvent::RunFailed);
+        assert!(a.message.contains("0123456789ab"), "{}", a.message);
+        assert!(a.message.contains("nothing was applied"), "{}", a.message);
+        assert_eq!(e.next_drift, NextDrift::KeepOr(Duration::ZERO));
+    }
+}
+
+#[test]
+fn policy_applied_marks_the_baseline_and_schedules_drift() {
+    let e = policy(&Ok(Outcome::Applied(rollout(&[]))));
+    assert_eq!(e.record, Some(RunResult::Converged));
+    assert_eq!(e.mark, CommitMark::Applied);
+    assert_eq!(e.metric, Some(server::RunResult::Succeeded));
+    assert_eq!(e.alert, None);
+    assert!(e.forget_drift_alerts);
+    assert_eq!(e.next_drift, NextDrift::After(Duration::from_secs(300)));
+}
+
+#[test]
+fn policy_failed_marks_failed_alerts_with_the_hosts_and_schedules_drift() {
+    let e = policy(&Ok(Outcome::Failed(rollout(&["web-1"]))));
+    assert_eq!(e.record, Some(RunResult::Failed));
+    assert_eq!(e.mark, CommitMark::Failed);
+    assert_eq!(e.metric, Some(server::RunResult::Failed));
+    let a = e.alert.expect("alert");
+    assert_eq!(a.event, AlertEvent::RunFailed);
+    assert_eq!(a.hosts, vec!["web-1".to_string()]);
+    assert_eq!(
+        a.message,
+        "rollout of 0123456789ab stopped: wave `canary`: host(s) web-1 failed"
+    );
+    assert_eq!(a.details["run"], "01RUN");
+    assert!(!e.forget_drift_alerts);
+    assert_eq!(e.next_drift, NextDrift::After(Duration::from_secs(300)));
+}
+
+#[test]
+fn drift_scheduling_decisions() {
+    assert_eq!(
+        drift_schedule(&Ok(DriftCheck::NoBaseline), Some(HOUR)),
+        NextDrift::Stop
+    );
+    assert_eq!(
+        drift_schedule(&Ok(DriftCheck::Checked { interval: HOUR }), None),
+        NextDrift::After(HOUR)
+    );
+    let failed = Err(DaemonError::FetchTimeout(Duration::from_secs(1)));
+    assert_eq!(drift_schedule(&failed, Some(HOUR)), NextDrift::After(HOUR));
+    assert_eq!(
+        drift_schedule(&failed, None),
+        NextDrift::After(DRIFT_RETRY_AFTER_ERROR)
+    );
+    assert_eq!(drift_interval(None, HOUR), HOUR);
+    assert_eq!(
+        drift_interval(Some(Duration::from_secs(2)), HOUR),
+        Duration::from_secs(2)
+    );
+    assert_eq!(
+        drift_interval(Some(Duration::from_millis(1)), HOUR),
+        MIN_DRIFT_INTERVAL
+    );
+}
+
+#[test]
+fn drift_alerts_only_for_something_new() {
+    let d = |items: &[(&str, &str)]| -> BTreeSet<(String, String)> {
+        items
+            .iter()
+            .map(|(h, s)| (h.to_string(), s.to_string()))
+            .collect()
+    };
+    let now = d(&[("web-1", "web/app")]);
+    assert!(drift_alert_due(None, &now));
+    assert!(!drift_alert_due(Some(&now), &now));
+    assert!(!drift_alert_due(
+        Some(&d(&[("web-1", "web/app"), ("web-2", "web/app")])),
+        &now
+    ));
+    assert!(drift_alert_due(
+        Some(&now),
+        &d(&[("web-1", "web/app"), ("web-2", "web/app")])
+    ));
+}
+
+#[test]
+fn fetch_retries_back_off_exponentially_and_are_bounded() {
+    let mut delays = Vec::new();
+    let mut d = None;
+    for _ in 0..12 {
+        let next = next_fetch_delay(d);
+        delays.push(next.as_secs());
+        d = Some(next);
+    }
+    assert_eq!(
+        delays,
+        vec![1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]
+    );
+}
+
+// ---- the config ----
+
+fn write_config(dir: &Path, body: &str) -> PathBuf {
+    let signers = dir.join("allowed_signers");
+    if !signers.exists() {
+        std::fs::write(&signers, "").expect("write");
+    }
+    let path = dir.join("daemon.yaml");
+    let text = format!(
+        "repository: /nowhere.git\nallowed_signers: {}\nenvironments: [production]\n{body}",
+        signers.display()
+    );
+    std::fs::write(&path, text).expect("write");
+    path
+}
+
+fn config_errors(body: &str) -> Vec<String> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write_config(dir.path(), body);
+    match DaemonConfig::load(&path) {
+        Ok(c) => panic!("accepted {body:?}: {c:?}"),
+        Err((diags, _)) => diags
+            .iter()
+            .map(|d| format!("{}:{}: {}", d.line, d.col, d.message))
+            .collect(),
+    }
+}
+
+#[test]
+fn config_values_are_parsed_at_load_and_refused_with_their_position() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write_config(
+        dir.path(),
+        "listen: \"[::1]:9000\"\npoll_interval: 90s\ndrift_interval: 2m\nssh:\n  connect_timeout: 500ms\nalerts:\n  - kind: webhook\n    url: http://127.0.0.1:1/\n    timeout: 3s\naudit:\n  head_file: /var/lib/plumb-anchor/head\n",
+    );
+    let c = DaemonConfig::load(&path).expect("valid");
+    assert_eq!(c.listen, "[::1]:9000".parse().expect("addr"));
+    assert_eq!(c.poll(), Duration::from_secs(90));
+    assert_eq!(
+        c.drift_interval.map(HumanDuration::get),
+        Some(Duration::from_secs(120))
+    );
+    assert_eq!(c.ssh_options().connect_timeout, Duration::from_millis(500));
+    assert_eq!(
+        c.alerts[0].timeout_duration().ok(),
+        Some(Duration::from_secs(3))
+    );
+    assert_eq!(
+        c.audit.and_then(|a| a.head_file),
+        Some(PathBuf::from("/var/lib/plumb-anchor/head"))
+    );
+
+    // Line 4 is the first line after the three the helper writes.
+    let e = config_errors("poll_interval: 99999999999999999999h\n");
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(e[0].starts_with("4:16: /poll_interval:"), "{e:?}");
+    assert!(e[0].contains("too large"), "{e:?}");
+    let e = config_errors("ssh:\n  connect_timeout: 0s\n");
+    assert!(
+        e[0].starts_with("5:20: /ssh/connect_timeout: `0s` must be longer than zero"),
+        "{e:?}"
+    );
+    let e = config_errors("drift_interval: 0ms\n");
+    assert!(e[0].starts_with("4:17: /drift_interval:"), "{e:?}");
+    let e = config_errors("alerts:\n  - kind: webhook\n    url: http://a/\n    timeout: 0s\n");
+    assert!(e[0].starts_with("7:14: /alerts/0/timeout:"), "{e:?}");
+    let e = config_errors("listen: localhost-9940\n");
+    assert!(
+        e[0].starts_with("4:9: `localhost-9940` is not an address:port"),
+        "{e:?}"
+    );
+    let e = config_errors("poll_interval: soon\n");
+    assert!(
+        e[0].starts_with("4:16:"),
+        "the schema's pattern, located: {e:?}"
+    );
+}
+
+// ---- the daemon against a real repository of signed commits ----
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("runs");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A bare repository (the origin), a clone to commit from, a signing key and its
+/// allowed-signers file, a state directory and an alert receiver.
+struct Fx {
+    dir: tempfile::TempDir,
+    alerts: std_mpsc::Receiver<Value>,
+    alert_port: u16,
+}
+
+/// Answers every POST with 200 and hands its JSON body over.
+fn alert_receiver() -> (u16, std_mpsc::Receiver<Value>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let (tx, rx) = std_mpsc::channel();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut reader = BufReader::new(stream);
+            let mut len = 0usize;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; len.min(1 << 20)];
+            let _ = reader.read_exact(&mut body);
+            let _ = reader
+                .get_mut()
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            if let Ok(v) = serde_json::from_slice(&body) {
+                let _ = tx.send(v);
+            }
+        }
+    });
+    (port, rx)
+}
+
+const PLUMB_YAML: &str = "name: t\n";
+const HOSTS_YAML: &str =
+    "hosts:\n  - name: web-1\n    address: 127.0.0.1\n    port: 1\n    labels: {role: web}\n";
+
+impl Fx {
+    fn new() -> Fx {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        run(Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "t@plumb", "-f"])
+            .arg(d.join("key")));
+        let public = std::fs::read_to_string(d.join("key.pub")).expect("pub");
+        let key: Vec<&str> = public.split_whitespace().take(2).collect();
+        std::fs::write(
+            d.join("allowed_signers"),
+            format!("t@plumb namespaces=\"git\" {}\n", key.join(" ")),
+        )
+        .expect("write");
+        run(Command::new("git")
+            .args(["init", "-q", "--bare", "-b", "main"])
+            .arg(d.join("origin.git")));
+        run(Command::new("git")
+            .args(["init", "-q", "-b", "main"])
+            .arg(d.join("clone")));
+        let (alert_port, alerts) = alert_receiver();
+        Fx {
+            dir,
+            alerts,
+            alert_port,
+        }
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    fn git(&self, args: &[&str]) -> String {
+        let key = self.path("key");
+        run(Command::new("git")
+            .arg("-C")
+            .arg(self.path("clone"))
+            .args([
+                "-c",
+                "user.name=T",
+                "-c",
+                "user.email=t@plumb",
+                "-c",
+                "gpg.format=ssh",
+            ])
+            .arg("-c")
+            .arg(format!("user.signingkey={}", key.display()))
+            .args(args)
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_CONFIG_NOSYSTEM", "1"))
+    }
+
+    /// Writes the files, commits them signed and pushes to the origin; returns the commit.
+    fn push(&self, files: &[(&str, &str)]) -> String {
+        for (rel, text) in files {
+            let p = self.path("clone").join(rel);
+            std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+            std::fs::write(p, text).expect("write");
+        }
+        self.git(&["add", "-A"]);
+        self.git(&["commit", "-q", "-S", "-m", "change"]);
+        let origin = self.path("origin.git");
+        self.git(&["push", "-q", origin.to_str().unwrap_or_default(), "main"]);
+        self.git(&["rev-parse", "HEAD"])
+    }
+
+    fn config(&self) -> PathBuf {
+        let path = self.path("daemon.yaml");
+        let text = format!(
+            "repository: {origin}\nallowed_signers: {signers}\nenvironments: [production]\nstate_dir: {state}\n\
+             listen: 127.0.0.1:0\ndrift_interval: 1h\nalerts:\n  - kind: webhook\n    url: http://127.0.0.1:{port}/alerts\n\
+             audit:\n  head_file: {head}\nssh:\n  connect_timeout: 2s\n",
+            origin = self.path("origin.git").display(),
+            signers = self.path("allowed_signers").display(),
+            state = self.path("state").display(),
+            port = self.alert_port,
+            head = self.path("audit-head").display(),
+        );
+        std::fs::write(&path, text).expect("write");
+        path
+    }
+
+    fn daemon(&self) -> Daemon {
+        let path = self.config();
+        let config = DaemonConfig::load(&path).expect("config");
+        Daemon::new(&path, config, StartOptions::default()).expect("daemon starts")
+    }
+
+    /// Waits (letting the runtime send it) for the next alert.
+    async fn next_alert(&self) -> Value {
+        for _ in 0..200 {
+            if let Ok(v) = self.alerts.try_recv() {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("no alert within 20 s")
+    }
+}
+
+fn runs(d: &Daemon) -> Vec<state::RunRecord> {
+    lock(&d.db)
+        .runs(&RunFilter {
+            environment: None,
+            kind: None,
+            limit: Some(100),
+        })
+        .expect("runs")
+}
+
+/// A repository whose unit templates a file from a template that is too expensive to
+/// render (a resource limit: the template fuel).
+fn fuel_bomb() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("plumb.yaml", PLUMB_YAML),
+        ("environments/production/hosts.yaml", HOSTS_YAML),
+        (
+            "units/web.yaml",
+            "steps:\n  - id: conf\n    file:\n      path: /etc/app.conf\n      template: app.j2\n",
+        ),
+        (
+            "templates/app.j2",
+            "{% for i in range(10000) %}{% for j in range(10000) %}x{% endfor %}{% endfor %}\n",
+        ),
+    ]
+}
+
+/// A commit that fails validation (or rendering, or checkout) is recorded as refused, with
+/// its reason, before anything can retry it: the next trigger and a restart hold it.
+#[tokio::test]
+async fn a_commit_that_fails_validation_is_recorded_refused_before_any_retry() {
+    let fx = Fx::new();
+    let tip = fx.push(&fuel_bomb());
+    let mut d = fx.daemon();
+    d.reconcile(Wake::Startup).await;
+    let all = runs(&d);
+    assert_eq!(all.len(), 1, "{all:#?}");
+    assert_eq!(all[0].kind, RunKind::Refused);
+    assert_eq!(all[0].result, RunResult::Refused);
+    assert_eq!(all[0].commit.as_deref(), Some(tip.as_str()));
+    assert_eq!(all[0].summary["reason"], "invalid", "{:#}", all[0].summary);
+    let errors = all[0].summary["errors"].to_string();
+    assert!(errors.contains("templates/app.j2"), "{errors}");
+    assert!(lock(&d.db).is_failed("production", &tip).expect("query"));
+    let alert = fx.next_alert().await;
+    assert_eq!(alert["event"], "run_failed");
+    assert_eq!(alert["details"]["run"], all[0].id.0.as_str());
+
+    // The next trigger does not retry it.
+    let oid = git2::Oid::from_str(&tip).expect("oid");
+    let again = d
+        .reconcile_env("production", oid, Wake::Push)
+        .await
+        .expect("outcome");
+    assert_eq!(
+        again,
+        Outcome::Held {
+            commit: tip.clone()
+        }
+    );
+    d.reconcile(Wake::Webhook).await;
+    assert_eq!(runs(&d).len(), 1);
+    // Nor does a restart.
+    drop(d);
+    let mut d = fx.daemon();
+    d.reconcile(Wake::Startup).await;
+    assert_eq!(runs(&d).len(), 1, "{:#?}", runs(&d));
+}
+
+#[tokio::test]
+async fn a_commit_that_cannot_be_checked_out_is_recorded_refused() {
+    let fx = Fx::new();
+    let tip = fx.push(&fuel_bomb());
+    let mut d = fx.daemon();
+    // Any reason: here the checkouts directory cannot be created.
+    std::fs::write(fx.path("state/checkouts"), "not a directory").expect("write");
+    d.reconcile(Wake::Startup).await;
+    let all = runs(&d);
+    assert_eq!(all.len(), 1, "{all:#?}");
+    assert_eq!(all[0].kind, RunKind::Refused);
+    assert_eq!(all[0].summary["reason"], "checkout", "{:#}", all[0].summary);
+    assert!(lock(&d.db).is_failed("production", &tip).expect("query"));
+}
+
+/// Every record moves the audit head; it goes to /metrics, to the head file and into every
+/// alert.
+#[tokio::test]
+async fn the_audit_head_goes_to_metrics_the_head_file_and_alerts() {
+    let fx = Fx::new();
+    fx.push(&fuel_bomb());
+    let mut d = fx.daemon();
+    d.reconcile(Wake::Startup).await;
+    let run = runs(&d).remove(0);
+    let (seq, hash) = (run.chain_seq.expect("seq"), run.hash.expect("hash"));
+    let metrics = d.metrics.encode().expect("metrics");
+    assert!(
+        metrics.contains(&format!("plumb_audit_head_seq {seq}\n")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!("plumb_audit_head_info{{hash=\"{hash}\"}} 1")),
+        "{metrics}"
+    );
+    let file = std::fs::read_to_string(fx.path("audit-head")).expect("head file");
+    assert_eq!(file.lines().last(), Some(format!("{seq} {hash}").as_str()));
+    let alert = fx.next_alert().await;
+    assert_eq!(alert["audit_head"], json!({"seq": seq, "hash": hash}));
+
+    // A second refused commit: the head moves everywhere.
+    fx.push(&[("templates/app.j2", "{{ undefined_variable }}\n")]);
+    d.reconcile(Wake::Push).await;
+    let newest = runs(&d).remove(0);
+    let seq2 = newest.chain_seq.expect("seq");
+    assert_eq!(seq2, seq + 1);
+    let file = std::fs::read_to_string(fx.path("audit-head")).expect("head file");
+    assert_eq!(file.lines().count(), 2, "{file}");
+    assert!(d
+        .metrics
+        .encode()
+        .expect("metrics")
+        .contains(&format!("plumb_audit_head_seq {seq2}\n")));
+    let alert = fx.next_alert().await;
+    assert_eq!(alert["audit_head"]["seq"], seq2);
+}
+
+/// A fetch that fails (here: the local origin is gone) is retried with backoff and keeps
+/// the trigger it served; once the origin is back, the retry reconciles.
+#[tokio::test]
+async fn a_failing_fetch_is_retried_with_backoff_and_its_trigger_is_kept() {
+    let fx = Fx::new();
+    let tip = fx.push(&fuel_bomb());
+    let mut d = fx.daemon();
+    std::fs::rename(fx.path("origin.git"), fx.path("away.git")).expect("hide the origin");
+    d.reconcile(Wake::Webhook).await;
+    let retry = d.fetch_retry.expect("a retry is scheduled");
+    assert_eq!(retry.wake, Wake::Webhook);
+    assert_eq!(retry.delay, FETCH_RETRY_MIN);
+    d.reconcile(retry.wake).await;
+    assert_eq!(d.fetch_retry.map(|r| r.delay), Some(FETCH_RETRY_MIN * 2));
+    assert!(runs(&d).is_empty());
+    assert!(!d.ready.is_ready(), "not ready before the first fetch");
+
+    std::fs::rename(fx.path("away.git"), fx.path("origin.git")).expect("restore");
+    let retry = d.fetch_retry.expect("still scheduled");
+    d.reconcile(retry.wake).await;
+    assert_eq!(d.fetch_retry, None);
+    assert!(d.ready.is_ready());
+    let all = runs(&d);
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].commit.as_deref(), Some(tip.as_str()));
+    assert_eq!(all[0].trigger, state::Trigger::Webhook);
+}
+
+/// SIGHUP reloads the config and keeps every environment's next drift check.
+#[tokio::test]
+async fn a_reload_keeps_the_drift_schedule() {
+    let fx = Fx::new();
+    fx.push(&fuel_bomb());
+    let mut d = fx.daemon();
+    let due = Instant::now() + Duration::from_secs(5);
+    d.next_drift.insert("production".into(), due);
+    d.reload();
+    assert_eq!(d.next_drift.get("production"), Some(&due));
+    assert_eq!(d.next_drift_due(), due);
+}
+
+/// The daemon refuses to start on a state directory whose history was deleted (its key
+/// shows it ran before), unless told `--accept-state-reset`; the accepted reset is recorded.
+#[test]
+fn a_state_directory_that_was_reset_is_refused_unless_accepted() {
+    let fx = Fx::new();
+    fx.push(&[("plumb.yaml", PLUMB_YAML)]);
+    drop(fx.daemon()); // ran once: key, mirror and database exist
+    let state = fx.path("state");
+    std::fs::remove_file(state.join(crate::state::DB_FILE)).expect("delete the history");
+    let path = fx.config();
+    let config = || DaemonConfig::load(&path).expect("config");
+    let e = Daemon::new(&path, config(), StartOptions::default())
+        .err()
+        .expect("a reset state is refused");
+    assert_eq!(e.code(), "state", "{e}");
+    assert!(e.to_string().contains("--accept-state-reset"), "{e}");
+    assert!(e.to_string().contains(crate::audit::KEY_FILE), "{e}");
+    let accepted = StartOptions {
+        accept_state_reset: true,
+    };
+    drop(Daemon::new(&path, config(), accepted).expect("accepted"));
+    let db = StateDb::open_inspect(&state).expect("inspect");
+    let runs = db.runs(&RunFilter::default()).expect("runs");
+    assert!(
+        runs.iter().any(|r| r.kind == crate::state::RunKind::StateReset),
+        "the accepted reset is recorded: {runs:?}"
+    );
+    // Once accepted and recorded, later starts are ordinary.
+    drop(Daemon::new(&path, config(), StartOptions::default()).expect("starts again"));
+}
+
+/// Validates `value` against the checked-in schema `schemas/output/<name>.schema.json`.
+fn assert_matches_schema(name: &str, value: &Value) {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("schemas/output/{name}.schema.json"));
+    let text = std::fs::read_to_string(&path).expect("schema file");
+    let schema: Value = serde_json::from_str(&text).expect("schema JSON");
+    let validator = jsonschema::draft202012::new(&schema).expect("schema compiles");
+    let errors: Vec<String> = validator
+        .iter_errors(value)
+        .map(|e| format!("{}: {e}", e.instance_path()))
+        .collect();
+    assert!(errors.is_empty(), "{name}: {errors:#?}\n{value:#}");
+}
+
+/// The API's answers over a real state database match their checked-in schemas.
+#[tokio::test]
+async fn api_answers_match_their_schemas() {
+    let fx = Fx::new();
+    fx.push(&fuel_bomb());
+    let mut d = fx.daemon();
+    d.reconcile(Wake::Startup).await;
+    let status = status::StateStatus {
+        db: Arc::new(Mutex::new(lock(&d.db).handle().expect("handle"))),
+        environments: vec!["production".into()],
+    };
+    use crate::server::StatusSource as _;
+    let s = status.status().expect("status");
+    assert_eq!(s["environments"][0]["last_run"]["kind"], "refused", "{s:#}");
+    assert_matches_schema("api-status", &s);
+    let runs = status
+        .runs(&crate::server::RunsQuery {
+            environment: None,
+            limit: 10,
+        })
+        .expect("runs");
+    assert_eq!(runs["runs"].as_array().map(Vec::len), Some(1), "{runs:#}");
+    assert_matches_schema("api-runs", &runs);
+    assert_matches_schema("run-summary", &runs["runs"][0]["summary"]);
+    // Every kind of summary matches the schema, and a wrong shape does not.
+    let drift = RunSummary::DriftCheck(DriftSummary {
+        drifted: vec![DriftedResource {
+            host: "web-1".into(),
+            step: "web/conf".into(),
+            target: "/etc/app.conf".into(),
+            change: "modify".into(),
+            fields: vec!["mode".into()],
+        }],
+    });
+    let correction = RunSummary::Correction(CorrectionSummary {
+        corrected: 1,
+        failed_hosts: vec![],
+    });
+    for s in [drift, correction] {
+        assert_matches_schema("run-summary", &s.to_value());
+    }
+    let wrong = json!({"corrected": "one"});
+    assert!(std::panic::catch_unwind(|| assert_matches_schema("run-summary", &wrong)).is_err());
+    let id = runs["runs"][0]["id"].as_str().expect("id").to_string();
+    let run = status.run(&id).expect("run").expect("found");
+    assert_eq!(run["run"]["id"], id.as_str());
+    assert_matches_schema("api-run", &run);
+    assert_eq!(status.run("01NOSUCHRUN").expect("query"), None);
+    let drift = status.drift(None).expect("drift");
+    assert_matches_schema("api-drift", &drift);
+    // A schema that could not fail would prove nothing.
+    let broken = json!({"environments": [{"environment": 1}]});
+    let schema_rejects = std::panic::catch_unwind(|| assert_matches_schema("api-status", &broken));
+    assert!(schema_rejects.is_err());
+}
+
+/// A valid commit whose only host cannot be reached: the rollout fails, the run is recorded
+/// as failed with the host, the commit is marked failed, an alert names the host, and drift
+/// is scheduled at the interval.
+#[tokio::test]
+async fn an_unreachable_host_fails_the_rollout_and_the_commit() {
+    let fx = Fx::new();
+    let tip = fx.push(&[
+        ("plumb.yaml", PLUMB_YAML),
+        ("environments/production/hosts.yaml", HOSTS_YAML),
+        (
+            "units/web.yaml",
+            "steps:\n  - id: motd\n    file:\n      path: /etc/motd\n      content: \"hello\\n\"\n",
+        ),
+    ]);
+    let mut d = fx.daemon();
+    d.reconcile(Wake::Startup).await;
+    let all = runs(&d);
+    assert_eq!(all.len(), 1, "{all:#?}");
+    assert_eq!(all[0].kind, RunKind::Apply);
+    assert_eq!(all[0].result, RunResult::Failed);
+    assert_eq!(
+        all[0].summary["failed_hosts"],
+        json!(["web-1"]),
+        "{:#}",
+        all[0].summary
+    );
+    assert_eq!(
+        all[0].summary["stopped_at_wave"], "all",
+        "{:#}",
+        all[0].summary
+    );
+    assert_eq!(all[0].summary["commits"][0]["signer"], "t@plumb");
+    assert_matches_schema("run-summary", &all[0].summary);
+    assert!(lock(&d.db).is_failed("production", &tip).expect("query"));
+    assert_eq!(lock(&d.db).last_applied("production").expect("query"), None);
+    let alert = fx.next_alert().await;
+    assert_eq!(alert["event"], "run_failed");
+    assert_eq!(alert["hosts"], json!(["web-1"]));
+    assert_eq!(alert["details"]["run"], all[0].id.0.as_str());
+    let due = d
+        .next_drift
+        .get("production")
+        .copied()
+        .expect("drift scheduled");
+    assert!(
+        due > Instant::now() + Duration::from_secs(3000),
+        "the 1h override"
+    );
+    let metrics = d.metrics.encode().expect("metrics");
+    assert!(
+        metrics.contains("plumb_runs_total{environment=\"production\",result=\"failed\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("plumb_host_reachable{environment=\"production\",host=\"web-1\"} 0"),
+        "{metrics}"
+    );
+}
