@@ -127,7 +127,8 @@ fn validate_escapes_the_quoted_source_and_message() {
 /// and returns what it wrote to stderr (a pipe, not a terminal).
 fn daemon_log(format: &str, color: Option<&str>) -> String {
     let tmp = tempfile::tempdir().expect("tmp");
-    let bare = tmp.path().join("repo.git");
+    // The repository path (logged at start) carries a right-to-left override.
+    let bare = tmp.path().join("repo\u{202e}.git");
     let ok = Command::new("git")
         .args(["init", "-q", "--bare"])
         .arg(&bare)

@@ -8,7 +8,7 @@ use crate::report::ValidateReport;
 
 use super::args::runtime;
 use super::diagnostic::eprint_report;
-use super::term::Term;
+use super::term::{escape_except, Term};
 
 #[derive(Debug, clap::Args)]
 pub struct DaemonArgs {
@@ -60,18 +60,49 @@ fn log_ansi(format: LogFormat, stderr_color: bool) -> bool {
 fn init_logging(format: LogFormat, stderr_color: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = log_ansi(format, stderr_color);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(log_ansi(format, stderr_color))
-        .with_writer(std::io::stderr);
+        .with_ansi(ansi);
     let _ = match format {
         LogFormat::Json => builder
+            .with_writer(std::io::stderr)
             .json()
             .flatten_event(true)
             .with_current_span(false)
             .try_init(),
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Text => builder
+            .with_writer(move || EscapingWriter {
+                inner: std::io::stderr(),
+                keep_esc: ansi,
+            })
+            .try_init(),
     };
+}
+
+/// Text log lines with host and repo text escaped for a terminal (tracing-subscriber
+/// escapes ESC and C1 in values, not CR, the other C0 controls or bidi overrides). ESC is
+/// kept only when the lines are coloured: tracing's own escapes it in the values already.
+struct EscapingWriter<W> {
+    inner: W,
+    keep_esc: bool,
+}
+
+impl<W: std::io::Write> std::io::Write for EscapingWriter<W> {
+    /// tracing writes each event in one piece, so `buf` is whole UTF-8.
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        let keep_esc = self.keep_esc;
+        let escaped = escape_except(&text, |c| {
+            c == '\n' || c == '\t' || (keep_esc && c == '\u{1b}')
+        });
+        self.inner.write_all(escaped.as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 #[cfg(test)]
@@ -84,5 +115,29 @@ mod tests {
         assert!(!log_ansi(LogFormat::Text, false));
         assert!(!log_ansi(LogFormat::Json, true));
         assert!(!log_ansi(LogFormat::Json, false));
+    }
+
+    #[test]
+    fn text_log_lines_are_escaped() {
+        use std::io::Write;
+        let line = "\u{1b}[1mINFO\u{1b}[0m host \u{202e}x\r y\u{7}\tz\n";
+        let mut plain = EscapingWriter {
+            inner: Vec::new(),
+            keep_esc: false,
+        };
+        plain.write_all(line.as_bytes()).expect("write");
+        assert_eq!(
+            String::from_utf8_lossy(&plain.inner),
+            "\\x1b[1mINFO\\x1b[0m host \\u{202e}x\\x0d y\\x07\tz\n"
+        );
+        let mut coloured = EscapingWriter {
+            inner: Vec::new(),
+            keep_esc: true,
+        };
+        coloured.write_all(line.as_bytes()).expect("write");
+        assert_eq!(
+            String::from_utf8_lossy(&coloured.inner),
+            "\u{1b}[1mINFO\u{1b}[0m host \\u{202e}x\\x0d y\\x07\tz\n"
+        );
     }
 }

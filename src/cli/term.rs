@@ -108,12 +108,10 @@ pub fn is_unsafe(c: char) -> bool {
         | '\u{e0000}'..='\u{e007f}')
 }
 
-/// Escapes `s` for a terminal: every unsafe character (see [`is_unsafe`]) becomes a visible
-/// escape, `\x1b` for ASCII controls and `\u{202e}` for the rest. `\t` is kept, and `\n` too
-/// when `keep_newlines` (text meant to span lines); everything else is unchanged, so text
-/// without unsafe characters comes back as it was.
-pub fn escape_with(s: &str, keep_newlines: bool) -> Cow<'_, str> {
-    let keep = |c: char| c == '\t' || (keep_newlines && c == '\n');
+/// Escapes `s` for a terminal: every unsafe character (see [`is_unsafe`]) for which `keep`
+/// is false becomes a visible escape, `\x1b` for ASCII controls and `\u{202e}` for the rest;
+/// everything else is unchanged, so text without unsafe characters comes back as it was.
+pub fn escape_except(s: &str, keep: impl Fn(char) -> bool) -> Cow<'_, str> {
     if !s.chars().any(|c| is_unsafe(c) && !keep(c)) {
         return Cow::Borrowed(s);
     }
@@ -132,12 +130,12 @@ pub fn escape_with(s: &str, keep_newlines: bool) -> Cow<'_, str> {
 
 /// One line of text (a newline in it is escaped too).
 pub fn escape(s: &str) -> Cow<'_, str> {
-    escape_with(s, false)
+    escape_except(s, |c| c == '\t')
 }
 
 /// Several lines of text: newlines are kept as line breaks.
 pub fn escape_text(s: &str) -> Cow<'_, str> {
-    escape_with(s, true)
+    escape_except(s, |c| c == '\t' || c == '\n')
 }
 
 /// Prints `v` as pretty JSON on stdout: bytes exact, serde's escaping only.
