@@ -29,7 +29,7 @@ pub use args::{ColorChoice, ConnArgs, Connection, OutputFormat};
 pub use audit::AuditCommand;
 pub use daemon::LogFormat;
 
-use term::{escape, Term};
+use term::{escape_text, Term};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -93,7 +93,7 @@ pub fn main() -> ExitCode {
         // The reader went away (`plumb render ... | head`): not an error of ours.
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("{}: {}", term.err.red("error"), escape(&format!("{e:#}")));
+            eprintln!("{}: {}", term.err.red("error"), escape_text(&format!("{e:#}")));
             ExitCode::from(1)
         }
     }

@@ -69,8 +69,6 @@ impl Paint {
 pub struct Term {
     pub out: Paint,
     pub err: Paint,
-    /// The choice as given, for the log setup.
-    pub choice: ColorChoice,
 }
 
 impl Term {
@@ -79,7 +77,6 @@ impl Term {
         Term {
             out: Paint::new(use_color(choice, std::io::stdout().is_terminal(), no_color)),
             err: Paint::new(use_color(choice, std::io::stderr().is_terminal(), no_color)),
-            choice,
         }
     }
 
@@ -154,12 +151,13 @@ pub fn print_text(text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Prints tagged report lines (plan, drift, apply) on stdout, each escaped, then coloured.
-pub fn print_lines(lines: &[(crate::report::plan::LineKind, String)], paint: Paint) {
+/// Tagged report lines (plan, drift, apply), each escaped, then coloured by its kind. A line
+/// break inside one (a multi-line error from a host) stays a line break.
+pub fn render_lines(lines: &[(crate::report::plan::LineKind, String)], paint: Paint) -> String {
     use crate::report::plan::LineKind as L;
-    let mut out = std::io::stdout().lock();
+    let mut out = String::new();
     for (k, l) in lines {
-        let l = escape(l);
+        let l = escape_text(l);
         let text = match k {
             L::Header | L::Summary => paint.bold(&l),
             L::Create | L::DiffAdd => paint.green(&l),
@@ -167,8 +165,16 @@ pub fn print_lines(lines: &[(crate::report::plan::LineKind, String)], paint: Pai
             L::Remove | L::DiffDel | L::Error => paint.red(&l),
             L::Plain => l.into_owned(),
         };
-        let _ = writeln!(out, "{text}");
+        out.push_str(&text);
+        out.push('\n');
     }
+    out
+}
+
+/// Prints [`render_lines`] on stdout.
+pub fn print_lines(lines: &[(crate::report::plan::LineKind, String)], paint: Paint) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(render_lines(lines, paint).as_bytes());
 }
 
 #[cfg(test)]
@@ -208,6 +214,23 @@ mod tests {
             "\\u{2066}\\u{2069}\\u{200b}\\u{feff}"
         );
         assert!(matches!(escape("plain — text\\n"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn report_lines_are_escaped_then_coloured() {
+        use crate::report::plan::LineKind as L;
+        let lines = [
+            (
+                L::Error,
+                "  - a/b failed: exit status 100: E: one\nE: \u{1b}]2;two\u{7}".to_string(),
+            ),
+            (L::Plain, "      note: \r\u{2067}x".to_string()),
+        ];
+        assert_eq!(
+            render_lines(&lines, Paint::new(false)),
+            "  - a/b failed: exit status 100: E: one\nE: \\x1b]2;two\\x07\n      note: \\x0d\\u{2067}x\n"
+        );
+        assert!(render_lines(&lines, Paint::new(true)).starts_with("\u{1b}[31m  - a/b"));
     }
 
     #[test]
