@@ -210,3 +210,32 @@ fn daemon_logs_carry_colour_only_when_allowed() {
         "--color always colours text logs:\n{log:?}"
     );
 }
+
+#[test]
+fn usage_errors_exit_1_and_help_exits_0() {
+    for args in [
+        &["plan", "examples/webapp"][..],
+        &["bogus"],
+        &[
+            "apply",
+            "examples/webapp",
+            "--env",
+            "production",
+            "--output",
+            "yaml",
+        ],
+        &["--color", "sometimes", "validate", "examples/webapp"],
+    ] {
+        let (code, _, err) = plumb(args);
+        assert_eq!(code, 1, "{args:?}: {err}");
+    }
+    for args in [&["--help"][..], &["plan", "--help"], &["--version"]] {
+        let (code, out, _) = plumb(args);
+        assert_eq!(code, 0, "{args:?}");
+        assert!(!out.is_empty());
+    }
+    let (_, out, _) = plumb(&["plan", "--help"]);
+    for flag in ["--env", "--host", "--connection", "--output", "--color"] {
+        assert!(out.contains(flag), "plan --help lists {flag}:\n{out}");
+    }
+}

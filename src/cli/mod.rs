@@ -93,7 +93,11 @@ pub fn main() -> ExitCode {
         // The reader went away (`plumb render ... | head`): not an error of ours.
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("{}: {}", term.err.red("error"), escape_text(&format!("{e:#}")));
+            eprintln!(
+                "{}: {}",
+                term.err.red("error"),
+                escape_text(&format!("{e:#}"))
+            );
             ExitCode::from(1)
         }
     }
