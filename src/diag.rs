@@ -213,7 +213,7 @@ const MAX_QUOTED: usize = 100;
 
 /// The part of `line` to quote around the 0-based character `col`, and the caret's
 /// character offset in it. Long lines are cut to a window marked with `...`.
-fn window(line: &str, col: usize) -> (String, usize) {
+pub fn window(line: &str, col: usize) -> (String, usize) {
     let chars: Vec<char> = line.chars().collect();
     if chars.len() <= MAX_QUOTED {
         return (line.to_string(), col);

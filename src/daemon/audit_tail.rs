@@ -35,4 +35,3 @@ pub fn append_head(file: &Path, head: &ChainHead) -> Result<(), DaemonError> {
     writeln!(f, "{} {}", head.seq, head.hash)
         .map_err(DaemonError::io("appending to the audit head file", file))
 }
-

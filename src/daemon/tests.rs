@@ -649,7 +649,8 @@ fn a_state_directory_that_was_reset_is_refused_unless_accepted() {
     let db = StateDb::open_inspect(&state).expect("inspect");
     let runs = db.runs(&RunFilter::default()).expect("runs");
     assert!(
-        runs.iter().any(|r| r.kind == crate::state::RunKind::StateReset),
+        runs.iter()
+            .any(|r| r.kind == crate::state::RunKind::StateReset),
         "the accepted reset is recorded: {runs:?}"
     );
     // Once accepted and recorded, later starts are ordinary.

@@ -278,9 +278,11 @@ async fn check_wave_runs_every_check_on_every_host() {
     );
     assert!(!wave.ok());
     assert_eq!(wave.failures().count(), 2);
-    assert!(check_wave(&checks[..2], &hosts, &LocalConnector::default(), &render)
-        .await
-        .ok());
+    assert!(
+        check_wave(&checks[..2], &hosts, &LocalConnector::default(), &render)
+            .await
+            .ok()
+    );
 }
 
 /// Health checks are checked when the repo is validated, each problem at its position: a

@@ -1,0 +1,54 @@
+//! `plumb render`.
+
+use crate::diag::Severity;
+use crate::report::RenderReport;
+
+use super::args::{OutputArg, OutputFormat, Target};
+use super::diagnostic::{fail_with, render as render_diagnostic};
+use super::term::{print_json, print_text, Term};
+
+#[derive(Debug, clap::Args)]
+pub struct RenderArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// Show file content (never for sensitive steps).
+    #[arg(long)]
+    pub show_content: bool,
+    #[command(flatten)]
+    pub output: OutputArg,
+}
+
+/// The ordered, templated steps of each host; warnings on stderr after the output.
+pub fn run(args: RenderArgs, term: Term) -> anyhow::Result<u8> {
+    let RenderArgs {
+        target,
+        show_content,
+        output,
+    } = args;
+    let output = output.output;
+    let (mut loaded, mut diags) = crate::validate::validate(&target.repo);
+    loaded
+        .sources
+        .set_display_root(&target.repo.to_string_lossy());
+    if diags.has_errors() {
+        return Ok(fail_with(diags, &loaded.sources, output, term.err));
+    }
+    match crate::render::render_env(&loaded, &target.env, target.host.as_deref()) {
+        Ok(hosts) => {
+            let report = RenderReport::new(&target.env, &hosts, show_content);
+            match output {
+                OutputFormat::Json => print_json(&report)?,
+                OutputFormat::Text => print_text(&report.to_text())?,
+            }
+            // Warnings still go to stderr, after the output.
+            for w in diags.iter().filter(|d| d.severity == Severity::Warning) {
+                eprint!("{}", render_diagnostic(w, &loaded.sources, term.err));
+            }
+            Ok(0)
+        }
+        Err(d) => {
+            diags.extend(d.into_sorted());
+            Ok(fail_with(diags, &loaded.sources, output, term.err))
+        }
+    }
+}
