@@ -361,10 +361,8 @@ fn unit_failed_to_load(repo: &Repo, address: &str) -> bool {
     };
     !repo.units.iter().any(|u| u.name == unit)
         && ["yaml", "yml"].iter().any(|ext| {
-            repo.root
-                .join("units")
-                .join(format!("{unit}.{ext}"))
-                .is_file()
+            repo.files.kind(&format!("units/{unit}.{ext}"))
+                == Ok(Some(crate::model::jail::EntryKind::File))
         })
 }
 

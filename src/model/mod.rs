@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::diag::SourceMap;
 
 pub mod duration;
+pub mod jail;
 pub mod load;
 pub mod yaml;
 
@@ -311,6 +312,8 @@ pub struct Repo {
     pub environments: BTreeMap<String, Environment>,
     pub units: Vec<Unit>,
     pub sources: SourceMap,
+    /// The repo's files, read only through the jail (see [`jail`]).
+    pub files: jail::RepoFiles,
 }
 
 /// Parses "500ms", "30s", "5m", "2h".

@@ -12,6 +12,7 @@ use minijinja::{Environment as Jinja, UndefinedBehavior};
 use serde_json::Value as Json;
 
 use crate::diag::{Diagnostic, Diagnostics};
+use crate::model::jail::JailError;
 use crate::model::yaml::{Node, Pos, Value};
 use crate::model::{selector_matches, Host, Repo, StepDecl, Unit, Vars};
 use crate::modules::{self, Resolve, Resource};
@@ -154,17 +155,15 @@ fn jinja(repo: &Repo) -> Jinja<'static> {
     {
         j.set_syntax(syntax);
     }
-    let dir = repo.root.join("templates");
+    let files = repo.files.clone();
     j.set_loader(move |name| {
-        if name.split('/').any(|p| p == ".." || p.is_empty()) {
-            return Ok(None);
-        }
-        match std::fs::read_to_string(dir.join(name)) {
-            Ok(s) => Ok(Some(s)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        // Every template, `{% include %}` and `{% import %}` goes through the jail.
+        match files.shared(&format!("templates/{name}"), MAX_CONTENT_BYTES) {
+            Ok(bytes) => Ok(Some(String::from_utf8_lossy(&bytes).into_owned())),
+            Err(JailError::NotFound { .. }) => Ok(None),
             Err(e) => Err(minijinja::Error::new(
                 minijinja::ErrorKind::InvalidOperation,
-                format!("cannot read: {e}"),
+                e.to_string(),
             )),
         }
     });
@@ -316,7 +315,6 @@ struct StepResolver<'a> {
     ctx: &'a Json,
     errors: Vec<Diagnostic>,
     templates: HashMap<String, Result<String, String>>,
-    files: HashMap<String, Result<Vec<u8>, String>>,
 }
 
 impl Resolve for StepResolver<'_> {
@@ -330,18 +328,17 @@ impl Resolve for StepResolver<'_> {
     }
 
     fn file(&mut self, name: &str) -> Result<Vec<u8>, String> {
-        if let Some(r) = self.files.get(name) {
-            return r.clone();
-        }
-        let r = self.read_file(name);
-        self.files.insert(name.to_string(), r.clone());
-        r
+        self.repo
+            .files
+            .shared(&format!("files/{name}"), MAX_CONTENT_BYTES)
+            .map(|b| b.to_vec())
+            .map_err(|e| e.to_string())
     }
 }
 
 /// The hint for a reference to a missing file under `dir_name/`.
 fn missing_hint(repo: &Repo, dir_name: &str, name: &str) -> String {
-    let known = crate::model::load::list_files(&repo.root.join(dir_name));
+    let known = crate::model::load::list_files(repo, dir_name);
     if let Some(s) = crate::schema::suggest(name, &known) {
         return format!("did you mean `{s}`? (paths are relative to {dir_name}/)");
     }
@@ -364,15 +361,8 @@ fn missing_hint(repo: &Repo, dir_name: &str, name: &str) -> String {
 impl StepResolver<'_> {
     fn render_template(&mut self, name: &str) -> Result<String, String> {
         let rel_path = format!("templates/{name}");
-        let full = self.repo.root.join(&rel_path);
-        if name.split('/').any(|p| p == ".." || p.is_empty()) || !full.is_file() {
-            return Err(format!("no template `{rel_path}`"));
-        }
-        let meta_len = std::fs::metadata(&full).map(|m| m.len()).unwrap_or(0);
-        if meta_len > MAX_CONTENT_BYTES {
-            return Err(format!(
-                "`{rel_path}` is larger than {MAX_CONTENT_BYTES} bytes"
-            ));
+        if let Err(e) = self.repo.files.shared(&rel_path, MAX_CONTENT_BYTES) {
+            return Err(e.to_string());
         }
         let t = self
             .templater
@@ -382,7 +372,7 @@ impl StepResolver<'_> {
         match t {
             Ok(s) => Ok(s),
             Err(e) => {
-                let source = std::fs::read_to_string(&full).unwrap_or_default();
+                let source = self.source_of(&rel_path);
                 let line = e.line().map(|l| l as u32).unwrap_or(1);
                 let col = e
                     .range()
@@ -402,8 +392,7 @@ impl StepResolver<'_> {
                     .name()
                     .map(|n| format!("templates/{n}"))
                     .unwrap_or(rel_path.clone());
-                let file_source =
-                    std::fs::read_to_string(self.repo.root.join(&file)).unwrap_or(source.clone());
+                let file_source = self.source_of(&file);
                 let mut d = Diagnostic::error(
                     "template",
                     file,
@@ -419,19 +408,17 @@ impl StepResolver<'_> {
         }
     }
 
-    fn read_file(&mut self, name: &str) -> Result<Vec<u8>, String> {
-        let rel_path = format!("files/{name}");
-        let full = self.repo.root.join(&rel_path);
-        if name.split('/').any(|p| p == ".." || p.is_empty()) || !full.is_file() {
-            return Err(format!("no file `{rel_path}`"));
+    /// The text of a repo file, for locating an error in it.
+    fn source_of(&self, rel_path: &str) -> String {
+        match self.repo.sources.get(rel_path) {
+            Some(text) => text.to_string(),
+            None => self
+                .repo
+                .files
+                .shared(rel_path, MAX_CONTENT_BYTES)
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default(),
         }
-        let len = std::fs::metadata(&full).map(|m| m.len()).unwrap_or(0);
-        if len > MAX_CONTENT_BYTES {
-            return Err(format!(
-                "`{rel_path}` is larger than {MAX_CONTENT_BYTES} bytes"
-            ));
-        }
-        std::fs::read(&full).map_err(|e| format!("cannot read `{rel_path}`: {e}"))
     }
 }
 
@@ -521,6 +508,47 @@ fn repo_has_step(repo: &Repo, address: &str) -> bool {
         .any(|unit| unit.name == u && unit.steps.iter().any(|s| s.id == id))
 }
 
+/// The diagnostic for a `template:`/`source:` the jail refused, at the parameter.
+fn reference_error(
+    repo: &Repo,
+    unit: &Unit,
+    decl: &StepDecl,
+    pos: Pos,
+    dir_name: &str,
+    name: &str,
+    e: &JailError,
+) -> Diagnostic {
+    match e {
+        JailError::NotFound { .. } => Diagnostic::error(
+            "missing-file",
+            unit.path.clone(),
+            pos,
+            format!(
+                "step `{}`: no {} `{dir_name}/{name}`",
+                decl.id,
+                if dir_name == "templates" {
+                    "template"
+                } else {
+                    "file"
+                }
+            ),
+        )
+        .with_hint(missing_hint(repo, dir_name, name)),
+        _ => {
+            let d = Diagnostic::error(
+                e.code(),
+                unit.path.clone(),
+                pos,
+                format!("step `{}`: {}: {e}", decl.id, e.path()),
+            );
+            match e.hint() {
+                Some(h) => d.with_hint(h),
+                None => d,
+            }
+        }
+    }
+}
+
 fn render_step(
     t: &Templater<'_>,
     unit: &Unit,
@@ -546,7 +574,6 @@ fn render_step(
         ctx,
         errors: Vec::new(),
         templates: HashMap::new(),
-        files: HashMap::new(),
     };
     let mut ref_errors = Vec::new();
     for (module, key, kind) in CONTENT_REFS {
@@ -556,9 +583,20 @@ fn render_step(
         let Some(name) = params.get(*key).and_then(Json::as_str) else {
             continue;
         };
-        let (result, dir_name) = match kind {
-            RefKind::Template => (resolver.template(name).map(|_| ()), "templates"),
-            RefKind::File => (resolver.file(name).map(|_| ()), "files"),
+        let dir_name = match kind {
+            RefKind::Template => "templates",
+            RefKind::File => "files",
+        };
+        // The file itself first: missing, a symlink, a FIFO, too large, outside the repo.
+        let pos = unit.node.locate(&format!("{}/{key}", decl.pointer));
+        let rel_path = format!("{dir_name}/{name}");
+        if let Err(e) = t.repo.files.shared(&rel_path, MAX_CONTENT_BYTES) {
+            ref_errors.push(reference_error(t.repo, unit, decl, pos, dir_name, name, &e));
+            continue;
+        }
+        let result = match kind {
+            RefKind::Template => resolver.template(name).map(|_| ()),
+            RefKind::File => resolver.file(name).map(|_| ()),
         };
         if let Err(message) = result {
             if !resolver.errors.is_empty() {
@@ -566,16 +604,12 @@ fn render_step(
                 ref_errors.append(&mut resolver.errors);
                 continue;
             }
-            let pos = unit.node.locate(&format!("{}/{key}", decl.pointer));
-            ref_errors.push(
-                Diagnostic::error(
-                    "missing-file",
-                    unit.path.clone(),
-                    pos,
-                    format!("step `{}`: {message}", decl.id),
-                )
-                .with_hint(missing_hint(t.repo, dir_name, name)),
-            );
+            ref_errors.push(Diagnostic::error(
+                "missing-file",
+                unit.path.clone(),
+                pos,
+                format!("step `{}`: {message}", decl.id),
+            ));
         }
     }
     if !ref_errors.is_empty() {
