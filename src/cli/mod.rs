@@ -581,7 +581,7 @@ fn run(command: Command, style: Style) -> anyhow::Result<u8> {
                 },
         } => audit_verify(&state, public_key.as_deref(), output, style),
         Command::Schemas { dir } => {
-            for (file, schema) in crate::schema::generate() {
+            for (file, schema) in crate::schemagen::generate() {
                 let path = dir.join(&file);
                 if let Some(parent) = path.parent() {
                     std::fs::create_dir_all(parent)?;

@@ -8,11 +8,11 @@ use std::path::Path;
 use serde::de::DeserializeOwned;
 
 use super::jail::{EntryKind, Jail, JailError, RepoFiles, MAX_DEPTH};
-use super::yaml::{Node, Pos, MAX_FILE_BYTES};
 use super::{EnvFile, Environment, Host, HostsFile, Repo, RepoFile, StepDecl, Unit, UnitHeader};
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::modules::{self, REGISTRY};
 use crate::schema::{self, Kind};
+use crate::yaml::{Node, Pos, MAX_FILE_BYTES};
 
 pub const REPO_FILE: &str = "plumb.yaml";
 
@@ -347,7 +347,7 @@ fn split_steps(unit: &Node, path: &str, diags: &mut Diagnostics) -> Vec<StepDecl
                     notify: list("notify"),
                     sensitive: matches!(
                         step.get("sensitive").map(|n| &n.value),
-                        Some(super::yaml::Value::Bool(true))
+                        Some(crate::yaml::Value::Bool(true))
                     ),
                     pos: step.pos,
                 });
@@ -435,10 +435,10 @@ fn read_typed<T: DeserializeOwned>(
 ) -> Option<(Node, T)> {
     let node = read_node(repo, diags, rel_path)?;
     // An empty file is an empty mapping.
-    let node = if matches!(node.value, super::yaml::Value::Null) {
+    let node = if matches!(node.value, crate::yaml::Value::Null) {
         Node {
             pos: node.pos,
-            value: super::yaml::Value::Map(Default::default()),
+            value: crate::yaml::Value::Map(Default::default()),
         }
     } else {
         node

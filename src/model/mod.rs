@@ -16,11 +16,12 @@ use crate::diag::SourceMap;
 pub mod duration;
 pub mod jail;
 pub mod load;
-pub mod yaml;
+/// Moved to [`crate::yaml`] (below `diag` and `schema`); re-exported for old paths.
+pub use crate::yaml;
 
 pub use duration::{DurationError, HumanDuration, DURATION_PATTERN};
 
-use yaml::{Node, Pos};
+use crate::yaml::{Node, Pos};
 
 /// Variables: names to any YAML value.
 pub type Vars = serde_json::Map<String, serde_json::Value>;

@@ -13,9 +13,9 @@ use serde_json::Value as Json;
 
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::model::jail::JailError;
-use crate::model::yaml::{Node, Pos, Value};
 use crate::model::{selector_matches, Host, Repo, StepDecl, Unit, Vars};
 use crate::modules::{self, Resolve, Resource};
+use crate::yaml::{Node, Pos, Value};
 
 mod order;
 pub use order::{find_cycle, order_steps};
@@ -508,6 +508,53 @@ fn repo_has_step(repo: &Repo, address: &str) -> bool {
         .any(|unit| unit.name == u && unit.steps.iter().any(|s| s.id == id))
 }
 
+impl StepResolver<'_> {
+    /// Resolves the step's `template:`/`source:` up front, so a missing or refused file is
+    /// reported at the parameter (or a template error at the template's own line).
+    fn check_refs(&mut self, unit: &Unit, decl: &StepDecl, params: &Json) -> Vec<Diagnostic> {
+        let mut ref_errors = Vec::new();
+        for (module, key, kind) in CONTENT_REFS {
+            if decl.module != *module {
+                continue;
+            }
+            let Some(name) = params.get(*key).and_then(Json::as_str) else {
+                continue;
+            };
+            let dir_name = match kind {
+                RefKind::Template => "templates",
+                RefKind::File => "files",
+            };
+            // The file itself first: missing, a symlink, a FIFO, too large, outside the repo.
+            let pos = unit.node.locate(&format!("{}/{key}", decl.pointer));
+            let rel_path = format!("{dir_name}/{name}");
+            if let Err(e) = self.repo.files.shared(&rel_path, MAX_CONTENT_BYTES) {
+                ref_errors.push(reference_error(
+                    self.repo, unit, decl, pos, dir_name, name, &e,
+                ));
+                continue;
+            }
+            let result = match kind {
+                RefKind::Template => self.template(name).map(|_| ()),
+                RefKind::File => self.file(name).map(|_| ()),
+            };
+            if let Err(message) = result {
+                if !self.errors.is_empty() {
+                    // The template itself is wrong: its diagnostics point into it.
+                    ref_errors.append(&mut self.errors);
+                    continue;
+                }
+                ref_errors.push(Diagnostic::error(
+                    "missing-file",
+                    unit.path.clone(),
+                    pos,
+                    format!("step `{}`: {message}", decl.id),
+                ));
+            }
+        }
+        ref_errors
+    }
+}
+
 /// The diagnostic for a `template:`/`source:` the jail refused, at the parameter.
 fn reference_error(
     repo: &Repo,
@@ -575,43 +622,7 @@ fn render_step(
         errors: Vec::new(),
         templates: HashMap::new(),
     };
-    let mut ref_errors = Vec::new();
-    for (module, key, kind) in CONTENT_REFS {
-        if decl.module != *module {
-            continue;
-        }
-        let Some(name) = params.get(*key).and_then(Json::as_str) else {
-            continue;
-        };
-        let dir_name = match kind {
-            RefKind::Template => "templates",
-            RefKind::File => "files",
-        };
-        // The file itself first: missing, a symlink, a FIFO, too large, outside the repo.
-        let pos = unit.node.locate(&format!("{}/{key}", decl.pointer));
-        let rel_path = format!("{dir_name}/{name}");
-        if let Err(e) = t.repo.files.shared(&rel_path, MAX_CONTENT_BYTES) {
-            ref_errors.push(reference_error(t.repo, unit, decl, pos, dir_name, name, &e));
-            continue;
-        }
-        let result = match kind {
-            RefKind::Template => resolver.template(name).map(|_| ()),
-            RefKind::File => resolver.file(name).map(|_| ()),
-        };
-        if let Err(message) = result {
-            if !resolver.errors.is_empty() {
-                // The template itself is wrong: its diagnostics point into it.
-                ref_errors.append(&mut resolver.errors);
-                continue;
-            }
-            ref_errors.push(Diagnostic::error(
-                "missing-file",
-                unit.path.clone(),
-                pos,
-                format!("step `{}`: {message}", decl.id),
-            ));
-        }
-    }
+    let ref_errors = resolver.check_refs(unit, decl, &params);
     if !ref_errors.is_empty() {
         return Err(ref_errors);
     }
