@@ -41,7 +41,7 @@ fn plumb(args: &[&str]) -> Run {
     Run {
         code: out.status.code(),
         out: format!(
-            "{}{}",
+            "{}\n{}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         ),

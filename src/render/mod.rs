@@ -17,7 +17,9 @@ use crate::model::{selector_matches, Host, Repo, StepDecl, Unit, Vars};
 use crate::modules::{self, Resolve, Resource};
 use crate::yaml::{Node, Pos, Value};
 
+pub mod bounds;
 mod order;
+pub use bounds::{MAX_TEMPLATE_ITEMS, MAX_TEMPLATE_OUTPUT};
 pub use order::{find_cycle, order_steps};
 
 /// Variable names plumb provides itself.
@@ -155,6 +157,7 @@ fn jinja(repo: &Repo) -> Jinja<'static> {
     {
         j.set_syntax(syntax);
     }
+    bounds::install(&mut j);
     let files = repo.files.clone();
     j.set_loader(move |name| {
         // Every template, `{% include %}` and `{% import %}` goes through the jail.
@@ -194,6 +197,9 @@ fn template_message(err: &minijinja::Error, source: &str, ctx: &Json) -> String 
             }
         }
         return "undefined variable or attribute".to_string();
+    }
+    if err.kind() == minijinja::ErrorKind::WriteFailure {
+        return bounds::output_limit_message();
     }
     let detail = err.detail().map(|d| format!(": {d}")).unwrap_or_default();
     format!("template error: {}{detail}", err.kind())
@@ -262,7 +268,11 @@ impl Templater<'_> {
     fn params(&self, node: &Node, ctx: &Json, path: &str, diags: &mut Vec<Diagnostic>) -> Json {
         match &node.value {
             Value::String(s) if s.contains("{{") || s.contains("{%") || s.contains("{#") => {
-                match self.jinja.render_str(s, minijinja::value::Serde(ctx)) {
+                let out = self
+                    .jinja
+                    .template_from_str(s)
+                    .and_then(|t| bounds::render_capped(&t, minijinja::value::Serde(ctx)));
+                match out {
                     Ok(out) => Json::String(out),
                     Err(e) => {
                         let pos = self.error_pos(node, s, &e, path);
@@ -368,7 +378,7 @@ impl StepResolver<'_> {
             .templater
             .jinja
             .get_template(name)
-            .and_then(|t| t.render(minijinja::value::Serde(self.ctx)));
+            .and_then(|t| bounds::render_capped(&t, minijinja::value::Serde(self.ctx)));
         match t {
             Ok(s) => Ok(s),
             Err(e) => {
