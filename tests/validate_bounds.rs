@@ -34,7 +34,9 @@ fn repo(dir: &Path, step: &str, template: Option<&str>) {
 fn validate_limited(dir: &Path) -> (Option<i32>, String) {
     let mut child = Command::new("sh")
         .arg("-c")
-        .arg(format!("ulimit -v {ULIMIT_KB} && exec \"$0\" --color never validate \"$1\""))
+        .arg(format!(
+            "ulimit -v {ULIMIT_KB} && exec \"$0\" --color never validate \"$1\""
+        ))
         .arg(env!("CARGO_BIN_EXE_plumb"))
         .arg(dir)
         .stdout(Stdio::piped())
