@@ -274,7 +274,7 @@ impl Daemon {
     fn drift_interval(&self, env: &str, repo: Option<&crate::model::Repo>) -> Duration {
         let text = self.config.drift_interval.clone().or_else(|| {
             repo.and_then(|r| r.environments.get(env))
-                .map(|e| e.settings.drift.interval.clone())
+                .map(|e| e.settings.drift.interval.to_string())
         });
         text.and_then(|t| crate::model::parse_duration(&t))
             .unwrap_or(Duration::from_secs(300))

@@ -8,6 +8,7 @@ use std::path::Path;
 use serde::de::DeserializeOwned;
 
 use super::jail::{EntryKind, Jail, JailError, RepoFiles, MAX_DEPTH};
+use super::{DurationError, HumanDuration};
 use super::{EnvFile, Environment, Host, HostsFile, Repo, RepoFile, StepDecl, Unit, UnitHeader};
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::modules::{self, REGISTRY};
@@ -451,15 +452,46 @@ fn read_typed<T: DeserializeOwned>(
     match serde_json::from_value::<T>(node.to_json()) {
         Ok(v) => Some((node, v)),
         Err(e) => {
-            diags.push(Diagnostic::error(
-                "schema",
-                rel_path,
-                node.pos,
-                e.to_string(),
-            ));
+            // The schema checks a duration's shape; its size is known only once parsed.
+            let located = overflowing_durations(&node, rel_path);
+            if located.is_empty() {
+                diags.push(Diagnostic::error(
+                    "schema",
+                    rel_path,
+                    node.pos,
+                    e.to_string(),
+                ));
+            }
+            diags.extend(located);
             None
         }
     }
+}
+
+/// Every duration-shaped string (outside `vars`) too large to be a duration, located.
+fn overflowing_durations(node: &Node, rel_path: &str) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    let mut stack = vec![node];
+    while let Some(n) = stack.pop() {
+        match &n.value {
+            crate::yaml::Value::Map(m) => stack.extend(
+                m.iter()
+                    .filter(|(k, _)| k.as_str() != "vars")
+                    .map(|(_, (_, v))| v),
+            ),
+            crate::yaml::Value::Seq(items) => stack.extend(items.iter()),
+            crate::yaml::Value::String(s) => {
+                if let Err(e @ DurationError::Overflow(_)) = s.parse::<HumanDuration>() {
+                    out.push(
+                        Diagnostic::error("duration", rel_path, n.pos, e.to_string())
+                            .with_hint("write a smaller value, e.g. 24h"),
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+    out
 }
 
 /// Host names by environment, for checks that need them.

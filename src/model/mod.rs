@@ -127,8 +127,7 @@ pub struct DriftSettings {
     pub mode: DriftMode,
     /// How often to check for drift, e.g. "5m".
     #[serde(default = "default_drift_interval")]
-    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h)$"))]
-    pub interval: String,
+    pub interval: HumanDuration,
 }
 
 impl Default for DriftSettings {
@@ -140,8 +139,8 @@ impl Default for DriftSettings {
     }
 }
 
-fn default_drift_interval() -> String {
-    "5m".to_string()
+fn default_drift_interval() -> HumanDuration {
+    HumanDuration::from_secs(300)
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -317,18 +316,10 @@ pub struct Repo {
     pub files: jail::RepoFiles,
 }
 
-/// Parses "500ms", "30s", "5m", "2h".
+/// Parses "500ms", "30s", "5m", "2h" (the one parser, [`HumanDuration`]'s), for values not
+/// yet typed as a `HumanDuration`.
 pub fn parse_duration(s: &str) -> Option<Duration> {
-    let split = s.find(|c: char| !c.is_ascii_digit())?;
-    let (n, unit) = s.split_at(split);
-    let n: u64 = n.parse().ok()?;
-    match unit {
-        "ms" => Some(Duration::from_millis(n)),
-        "s" => Some(Duration::from_secs(n)),
-        "m" => n.checked_mul(60).map(Duration::from_secs),
-        "h" => n.checked_mul(3600).map(Duration::from_secs),
-        _ => None,
-    }
+    s.parse::<HumanDuration>().ok().map(HumanDuration::get)
 }
 
 #[cfg(test)]
