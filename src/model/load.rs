@@ -2,7 +2,6 @@
 //! schemas, then build the typed model. Every problem becomes a diagnostic; loading goes on
 //! past errors so that one run of `plumb validate` reports all of them.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::de::DeserializeOwned;
@@ -492,12 +491,4 @@ fn overflowing_durations(node: &Node, rel_path: &str) -> Vec<Diagnostic> {
         }
     }
     out
-}
-
-/// Host names by environment, for checks that need them.
-pub fn host_index(repo: &Repo) -> BTreeMap<&str, Vec<&Host>> {
-    repo.environments
-        .iter()
-        .map(|(n, e)| (n.as_str(), e.hosts.iter().collect()))
-        .collect()
 }
