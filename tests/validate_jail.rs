@@ -235,3 +235,43 @@ fn a_fifo_is_refused_without_hanging() {
     assert!(status.success());
     refused_everywhere(d.path(), "files/x", "a FIFO is not allowed");
 }
+
+/// The daemon's path: a commit holding a symlink is checked out as a symlink (git's way)
+/// and refused when the checkout is loaded, before anything is rendered.
+#[test]
+fn a_committed_symlink_is_refused_after_checkout() {
+    let outside = outside_marker();
+    let work = tempfile::tempdir().unwrap();
+    repo(work.path(), "source: x");
+    std::fs::create_dir_all(work.path().join("files")).unwrap();
+    symlink(outside.path().join("secret"), work.path().join("files/x")).unwrap();
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.com"])
+            .args(["-c", "commit.gpgsign=false", "-C"])
+            .arg(work.path())
+            .args(args)
+            .output()
+            .expect("git runs");
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+    };
+    git(&["init", "-q"]);
+    git(&["add", "-A"]);
+    git(&["commit", "-q", "-m", "a link out"]);
+    let repo = plumb::source::git::open(work.path()).expect("opens");
+    let head = plumb::source::git::resolve(&repo, "HEAD").expect("HEAD");
+    let dest = tempfile::tempdir().unwrap();
+    let checkout = dest.path().join("c");
+    plumb::source::git::checkout(&repo, head, &checkout).expect("checkout");
+    assert!(std::fs::symlink_metadata(checkout.join("files/x"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    let (_, diags) = plumb::validate::validate(&checkout);
+    let refused: Vec<_> = diags
+        .iter()
+        .filter(|d| d.code == "symlink" && d.path == "files/x")
+        .collect();
+    assert_eq!(refused.len(), 1, "{:?}", diags.iter().collect::<Vec<_>>());
+    assert!(!format!("{:?}", diags.iter().collect::<Vec<_>>()).contains(MARKER));
+}
