@@ -228,7 +228,7 @@ fn load_environments(repo: &mut Repo, diags: &mut Diagnostics) {
                 env.hosts.push(Host {
                     name: h.name,
                     address: h.address,
-                    port: u16::try_from(h.port.or(defaults.port).unwrap_or(22)).unwrap_or(22),
+                    port: h.port.or(defaults.port).unwrap_or(22),
                     user: h.user.or_else(|| defaults.user.clone()),
                     become_: h.become_.or(defaults.become_).unwrap_or(false),
                     labels: h.labels,

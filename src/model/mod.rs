@@ -52,7 +52,7 @@ pub struct HostDefaults {
     /// SSH port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
-    pub port: Option<u32>,
+    pub port: Option<u16>,
     /// Run steps through `sudo -n` (privilege escalation).
     #[serde(default, rename = "become", skip_serializing_if = "Option::is_none")]
     pub become_: Option<bool>,
@@ -78,7 +78,7 @@ pub struct HostDecl {
     pub address: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
-    pub port: Option<u32>,
+    pub port: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
     /// Run steps through `sudo -n`.
