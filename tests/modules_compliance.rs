@@ -56,8 +56,8 @@ impl Resolve for Repo {
     fn template(&mut self, path: &str) -> Result<String, String> {
         Ok(format!("rendered {path}\n"))
     }
-    fn file(&mut self, path: &str) -> Result<std::sync::Arc<[u8]>, String> {
-        Ok(std::sync::Arc::from(path.as_bytes()))
+    fn file(&mut self, path: &str) -> Result<Vec<u8>, String> {
+        Ok(path.as_bytes().to_vec())
     }
 }
 
@@ -223,7 +223,7 @@ proptest! {
         struct Bytes(Vec<u8>);
         impl Resolve for Bytes {
             fn template(&mut self, _: &str) -> Result<String, String> { Err("no".into()) }
-            fn file(&mut self, _: &str) -> Result<std::sync::Arc<[u8]>, String> { Ok(std::sync::Arc::from(self.0.clone())) }
+            fn file(&mut self, _: &str) -> Result<Vec<u8>, String> { Ok(self.0.clone()) }
         }
         let r = (def.build)(json!({"path": p(&path), "source": "blob"}), &mut Bytes(bytes.clone())).unwrap();
         let c = observe(r.as_ref());

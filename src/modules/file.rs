@@ -116,7 +116,9 @@ fn build(
                 .map_err(|e| BuildError::at("/template", e))?
                 .into_bytes(),
         ),
-        (_, _, _, Some(s)) => resolve.file(s).map_err(|e| BuildError::at("/source", e))?,
+        (_, _, _, Some(s)) => resolve
+            .file_shared(s)
+            .map_err(|e| BuildError::at("/source", e))?,
         _ => {
             return Err(BuildError::at(
                 "",
@@ -521,9 +523,9 @@ mod tests {
                 Err(format!("no template `templates/{path}`"))
             }
         }
-        fn file(&mut self, path: &str) -> Result<Arc<[u8]>, String> {
+        fn file(&mut self, path: &str) -> Result<Vec<u8>, String> {
             if path == "blob" {
-                Ok(Arc::from(vec![0, 255, 10]))
+                Ok(vec![0, 255, 10])
             } else {
                 Err(format!("no file `files/{path}`"))
             }

@@ -209,8 +209,13 @@ impl BuildError {
 pub trait Resolve {
     /// Renders `templates/<path>` with the host's variables.
     fn template(&mut self, path: &str) -> Result<String, String>;
-    /// Reads `files/<path>` as bytes, shared: each repo file is read once per load.
-    fn file(&mut self, path: &str) -> Result<std::sync::Arc<[u8]>, String>;
+    /// Reads `files/<path>` as bytes.
+    fn file(&mut self, path: &str) -> Result<Vec<u8>, String>;
+    /// Reads `files/<path>` as bytes shared with every other step and host that reads it
+    /// (the renderer reads each repo file once per load). Default: a copy of [`Self::file`].
+    fn file_shared(&mut self, path: &str) -> Result<std::sync::Arc<[u8]>, String> {
+        self.file(path).map(std::sync::Arc::from)
+    }
 }
 
 /// Builds a resource from schema-valid, templated parameters.

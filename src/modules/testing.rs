@@ -9,7 +9,7 @@ impl Resolve for NoRepo {
     fn template(&mut self, _: &str) -> Result<String, String> {
         Err("none".into())
     }
-    fn file(&mut self, _: &str) -> Result<std::sync::Arc<[u8]>, String> {
+    fn file(&mut self, _: &str) -> Result<Vec<u8>, String> {
         Err("none".into())
     }
 }

@@ -338,7 +338,11 @@ impl Resolve for StepResolver<'_> {
         r
     }
 
-    fn file(&mut self, name: &str) -> Result<Arc<[u8]>, String> {
+    fn file(&mut self, name: &str) -> Result<Vec<u8>, String> {
+        self.file_shared(name).map(|b| b.to_vec())
+    }
+
+    fn file_shared(&mut self, name: &str) -> Result<Arc<[u8]>, String> {
         self.repo
             .files
             .shared(&format!("files/{name}"), MAX_CONTENT_BYTES)
@@ -545,7 +549,7 @@ impl StepResolver<'_> {
             }
             let result = match kind {
                 RefKind::Template => self.template(name).map(|_| ()),
-                RefKind::File => self.file(name).map(|_| ()),
+                RefKind::File => self.file_shared(name).map(|_| ()),
             };
             if let Err(message) = result {
                 if !self.errors.is_empty() {
