@@ -294,7 +294,10 @@ fn rust_files(dir: &Path) -> Vec<PathBuf> {
 
 /// Every violation in the crate's `src/`, with the one-way pairs applied.
 fn scan() -> Vec<Violation> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    // TIDY_ROOT: scan another checkout (e.g. to see what a merge will report).
+    let root = std::env::var_os("TIDY_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
     let files = rust_files(&root.join("src"));
     let test_only = test_only_files(&root, &files);
     let mut out = Vec::new();

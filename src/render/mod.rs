@@ -315,8 +315,8 @@ enum RefKind {
 /// reported at the parameter (or at the template's own line) whatever the module does;
 /// the module's own `Resolve` calls then hit the cache.
 const CONTENT_REFS: &[(&str, &str, RefKind)] = &[
-    ("file", "template", RefKind::Template),
-    ("file", "source", RefKind::File),
+    ("file", "/template", RefKind::Template),
+    ("file", "/source", RefKind::File),
 ];
 
 /// Serves `template:` and `source:` for one step.
@@ -525,13 +525,17 @@ fn repo_has_step(repo: &Repo, address: &str) -> bool {
 impl StepResolver<'_> {
     /// Resolves the step's `template:`/`source:` up front, so a missing or refused file is
     /// reported at the parameter (or a template error at the template's own line).
-    fn check_refs(&mut self, unit: &Unit, decl: &StepDecl, params: &Json) -> Vec<Diagnostic> {
+    /// `refs`: the step's parameters that name a repo file, as `(JSON pointer, kind)`.
+    fn check_refs(
+        &mut self,
+        unit: &Unit,
+        decl: &StepDecl,
+        params: &Json,
+        refs: &[(&str, RefKind)],
+    ) -> Vec<Diagnostic> {
         let mut ref_errors = Vec::new();
-        for (module, key, kind) in CONTENT_REFS {
-            if decl.module != *module {
-                continue;
-            }
-            let Some(name) = params.get(*key).and_then(Json::as_str) else {
+        for &(key, kind) in refs {
+            let Some(name) = params.pointer(key).and_then(Json::as_str) else {
                 continue;
             };
             let dir_name = match kind {
@@ -539,7 +543,7 @@ impl StepResolver<'_> {
                 RefKind::File => "files",
             };
             // The file itself first: missing, a symlink, a FIFO, too large, outside the repo.
-            let pos = unit.node.locate(&format!("{}/{key}", decl.pointer));
+            let pos = unit.node.locate(&format!("{}{key}", decl.pointer));
             let rel_path = format!("{dir_name}/{name}");
             if let Err(e) = self.repo.files.shared(&rel_path, MAX_CONTENT_BYTES) {
                 ref_errors.push(reference_error(
@@ -636,7 +640,12 @@ fn render_step(
         errors: Vec::new(),
         templates: HashMap::new(),
     };
-    let ref_errors = resolver.check_refs(unit, decl, &params);
+    let refs: Vec<(&str, RefKind)> = CONTENT_REFS
+        .iter()
+        .filter(|(module, _, _)| *module == decl.module)
+        .map(|&(_, key, kind)| (key, kind))
+        .collect();
+    let ref_errors = resolver.check_refs(unit, decl, &params, &refs);
     if !ref_errors.is_empty() {
         return Err(ref_errors);
     }
