@@ -8,11 +8,11 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use crate::diag::{Diagnostic, Diagnostics};
-use crate::model::yaml::{Node, Pos};
 use crate::model::{load, selector_matches, Repo};
 use crate::modules;
 use crate::render::{self, find_cycle, qualify, RESERVED_VARS};
 use crate::schema::suggest;
+use crate::yaml::{Node, Pos};
 
 /// Loads and checks the repo at `root`.
 pub fn validate(root: &Path) -> (Repo, Diagnostics) {
@@ -226,7 +226,70 @@ fn check_envs(repo: &Repo, diags: &mut Diagnostics) {
 }
 
 fn check_steps(repo: &Repo, diags: &mut Diagnostics) {
-    // Every step of the repo, by address.
+    let all = index_steps(repo, diags);
+    let names: Vec<String> = all.keys().cloned().collect();
+    let mut deps: Vec<Vec<usize>> = vec![Vec::new(); names.len()];
+    let index: HashMap<&str, usize> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.as_str(), i))
+        .collect();
+    for unit in &repo.units {
+        for step in &unit.steps {
+            let me = qualify(&unit.name, &step.id);
+            for (kind, refs) in [("after", &step.after), ("notify", &step.notify)] {
+                for (r, pos) in refs {
+                    let target = qualify(&unit.name, r);
+                    let Some(&(tu, ts)) = all.get(&target) else {
+                        // A unit that did not load has its own errors; this would repeat them.
+                        if !unit_failed_to_load(repo, &target) {
+                            diags.push(unknown_reference(unit, &names, kind, r, *pos));
+                        }
+                        continue;
+                    };
+                    if target == me {
+                        diags.push(Diagnostic::error(
+                            "reference",
+                            &unit.path,
+                            *pos,
+                            format!("step `{}` names itself in `{kind}`", step.id),
+                        ));
+                        continue;
+                    }
+                    if kind == "after" {
+                        if let (Some(&a), Some(&b)) =
+                            (index.get(me.as_str()), index.get(target.as_str()))
+                        {
+                            deps[a].push(b);
+                        }
+                    } else {
+                        let t = &repo.units[tu].steps[ts];
+                        diags.extend(not_refreshable(unit, &target, &t.module, *pos));
+                    }
+                }
+            }
+        }
+    }
+    if let Some(cycle) = find_cycle(&deps) {
+        let first = &names[cycle[0]];
+        let (u, s) = all[first];
+        let unit = &repo.units[u];
+        let path: Vec<&str> = cycle.iter().map(|&i| names[i].as_str()).collect();
+        diags.push(
+            Diagnostic::error(
+                "cycle",
+                &unit.path,
+                unit.steps[s].pos,
+                format!("dependency cycle: {}", path.join(" -> ")),
+            )
+            .with_hint("each arrow is an `after`; remove one of them"),
+        );
+    }
+}
+
+/// Every step of the repo by address, as `(unit index, step index)`; reports reserved
+/// variables and duplicate step ids on the way.
+fn index_steps(repo: &Repo, diags: &mut Diagnostics) -> BTreeMap<String, (usize, usize)> {
     let mut all: BTreeMap<String, (usize, usize)> = BTreeMap::new();
     for (u, unit) in repo.units.iter().enumerate() {
         for r in render::reserved_var_uses(&unit.header.vars) {
@@ -257,104 +320,66 @@ fn check_steps(repo: &Repo, diags: &mut Diagnostics) {
             all.insert(qualify(&unit.name, &step.id), (u, s));
         }
     }
-    let names: Vec<String> = all.keys().cloned().collect();
-    let mut deps: Vec<Vec<usize>> = vec![Vec::new(); names.len()];
-    let index: HashMap<&str, usize> = names
+    all
+}
+
+/// `after`/`notify` naming a step that does not exist, with a suggestion.
+fn unknown_reference(
+    unit: &crate::model::Unit,
+    names: &[String],
+    kind: &str,
+    r: &str,
+    pos: Pos,
+) -> Diagnostic {
+    let local: Vec<String> = names
         .iter()
-        .enumerate()
-        .map(|(i, n)| (n.as_str(), i))
+        .map(|n| {
+            n.strip_prefix(&format!("{}/", unit.name))
+                .map(str::to_string)
+                .unwrap_or(n.clone())
+        })
         .collect();
-    for unit in &repo.units {
-        for step in &unit.steps {
-            let me = qualify(&unit.name, &step.id);
-            for (kind, refs) in [("after", &step.after), ("notify", &step.notify)] {
-                for (r, pos) in refs {
-                    let target = qualify(&unit.name, r);
-                    let Some(&(tu, ts)) = all.get(&target) else {
-                        if unit_failed_to_load(repo, &target) {
-                            // That unit's own errors are reported; this would only repeat them.
-                            continue;
-                        }
-                        let local: Vec<String> = names
-                            .iter()
-                            .map(|n| {
-                                n.strip_prefix(&format!("{}/", unit.name))
-                                    .map(str::to_string)
-                                    .unwrap_or(n.clone())
-                            })
-                            .collect();
-                        let mut d = Diagnostic::error(
-                            "reference",
-                            &unit.path,
-                            *pos,
-                            format!("`{kind}` names unknown step `{r}`"),
-                        );
-                        d = match suggest(r, &local) {
-                            Some(s) => d.with_hint(format!("did you mean `{s}`?")),
-                            None => d.with_hint("refer to a step of this unit by its id, or of another unit as `<unit>/<id>`"),
-                        };
-                        diags.push(d);
-                        continue;
-                    };
-                    if target == me {
-                        diags.push(Diagnostic::error(
-                            "reference",
-                            &unit.path,
-                            *pos,
-                            format!("step `{}` names itself in `{kind}`", step.id),
-                        ));
-                        continue;
-                    }
-                    if kind == "after" {
-                        if let (Some(&a), Some(&b)) =
-                            (index.get(me.as_str()), index.get(target.as_str()))
-                        {
-                            deps[a].push(b);
-                        }
-                    } else {
-                        let t = &repo.units[tu].steps[ts];
-                        if !modules::lookup(&t.module).is_some_and(|m| m.refreshable) {
-                            let ok: Vec<&str> = modules::REGISTRY
-                                .iter()
-                                .filter(|m| m.refreshable)
-                                .map(|m| m.name)
-                                .collect();
-                            diags.push(
-                                Diagnostic::error(
-                                    "notify",
-                                    &unit.path,
-                                    *pos,
-                                    format!(
-                                        "`{target}` is a `{}` step, which has no refresh to notify",
-                                        t.module
-                                    ),
-                                )
-                                .with_hint(format!(
-                                    "notify a step of a module with a refresh: {}",
-                                    ok.join(", ")
-                                )),
-                            );
-                        }
-                    }
-                }
-            }
-        }
+    let d = Diagnostic::error(
+        "reference",
+        &unit.path,
+        pos,
+        format!("`{kind}` names unknown step `{r}`"),
+    );
+    match suggest(r, &local) {
+        Some(s) => d.with_hint(format!("did you mean `{s}`?")),
+        None => d.with_hint(
+            "refer to a step of this unit by its id, or of another unit as `<unit>/<id>`",
+        ),
     }
-    if let Some(cycle) = find_cycle(&deps) {
-        let first = &names[cycle[0]];
-        let (u, s) = all[first];
-        let unit = &repo.units[u];
-        let path: Vec<&str> = cycle.iter().map(|&i| names[i].as_str()).collect();
-        diags.push(
-            Diagnostic::error(
-                "cycle",
-                &unit.path,
-                unit.steps[s].pos,
-                format!("dependency cycle: {}", path.join(" -> ")),
-            )
-            .with_hint("each arrow is an `after`; remove one of them"),
-        );
+}
+
+/// A `notify` whose target's module has no refresh.
+fn not_refreshable(
+    unit: &crate::model::Unit,
+    target: &str,
+    module: &str,
+    pos: Pos,
+) -> Option<Diagnostic> {
+    if modules::lookup(module).is_some_and(|m| m.refreshable) {
+        return None;
     }
+    let ok: Vec<&str> = modules::REGISTRY
+        .iter()
+        .filter(|m| m.refreshable)
+        .map(|m| m.name)
+        .collect();
+    Some(
+        Diagnostic::error(
+            "notify",
+            &unit.path,
+            pos,
+            format!("`{target}` is a `{module}` step, which has no refresh to notify"),
+        )
+        .with_hint(format!(
+            "notify a step of a module with a refresh: {}",
+            ok.join(", ")
+        )),
+    )
 }
 
 /// Whether `address` names a unit whose file exists but did not load (it has errors).
@@ -364,10 +389,8 @@ fn unit_failed_to_load(repo: &Repo, address: &str) -> bool {
     };
     !repo.units.iter().any(|u| u.name == unit)
         && ["yaml", "yml"].iter().any(|ext| {
-            repo.root
-                .join("units")
-                .join(format!("{unit}.{ext}"))
-                .is_file()
+            repo.files.kind(&format!("units/{unit}.{ext}"))
+                == Ok(Some(crate::model::jail::EntryKind::File))
         })
 }
 

@@ -12,7 +12,7 @@ pub struct SchemasArgs {
 
 /// Writes every JSON Schema under `dir`, printing each path written.
 pub fn run(args: SchemasArgs) -> anyhow::Result<u8> {
-    for (file, schema) in crate::schema::generate() {
+    for (file, schema) in crate::schemagen::generate() {
         let path = args.dir.join(&file);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;

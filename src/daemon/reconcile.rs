@@ -33,22 +33,6 @@ pub(super) struct Loaded {
     pub env_interval: Duration,
 }
 
-/// ADAPTER for the merge: the "core" branch makes `drift.interval` a `HumanDuration` parsed
-/// at load time; this becomes `settings.drift.interval.get()` then. Until then the text is
-/// parsed here, and a value that does not parse refuses the commit (no fallback).
-fn env_drift_interval(environment: &Environment) -> Result<Duration, String> {
-    environment
-        .settings
-        .drift
-        .interval
-        .parse::<HumanDuration>()
-        .map(HumanDuration::get)
-        .map_err(|e| {
-            let path = environment.env_path.as_deref().unwrap_or("env.yaml");
-            format!("{path}: drift.interval: {e}")
-        })
-}
-
 /// A checkout of `commit` under `base` (reused when present).
 fn checkout_into(source: &Source, base: &Path, commit: git2::Oid) -> Result<PathBuf, DaemonError> {
     let dir = base.join(commit.to_string());
@@ -97,8 +81,8 @@ pub(super) async fn load_commit(
             error: format!("environment {env} is missing after rendering"),
         });
     };
-    let env_interval =
-        env_drift_interval(&environment).map_err(|e| Refusal::Invalid { errors: vec![e] })?;
+    // Parsed (and checked) when the environment was loaded.
+    let env_interval = environment.settings.drift.interval.get();
     Ok(Loaded {
         repo,
         hosts,

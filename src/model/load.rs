@@ -2,16 +2,17 @@
 //! schemas, then build the typed model. Every problem becomes a diagnostic; loading goes on
 //! past errors so that one run of `plumb validate` reports all of them.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::de::DeserializeOwned;
 
-use super::yaml::{Node, Pos, MAX_FILE_BYTES};
+use super::jail::{EntryKind, Jail, JailError, RepoFiles, MAX_DEPTH};
+use super::{DurationError, HumanDuration};
 use super::{EnvFile, Environment, Host, HostsFile, Repo, RepoFile, StepDecl, Unit, UnitHeader};
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::modules::{self, REGISTRY};
 use crate::schema::{self, Kind};
+use crate::yaml::{Node, Pos, MAX_FILE_BYTES};
 
 pub const REPO_FILE: &str = "plumb.yaml";
 
@@ -36,7 +37,20 @@ pub fn load(root: &Path) -> (Repo, Diagnostics) {
         );
         return (repo, diags);
     }
-    if !root.join(REPO_FILE).is_file() {
+    let jail = match Jail::open(root) {
+        Ok(j) => j,
+        Err(e) => {
+            diags.push(Diagnostic::error(
+                "io",
+                root.display().to_string(),
+                Pos::START,
+                format!("cannot open the repo: {e}"),
+            ));
+            return (repo, diags);
+        }
+    };
+    repo.files = RepoFiles::new(jail);
+    if repo.files.kind(REPO_FILE) == Ok(None) {
         diags.push(
             Diagnostic::error(
                 "io",
@@ -48,6 +62,7 @@ pub fn load(root: &Path) -> (Repo, Diagnostics) {
         );
         return (repo, diags);
     }
+    report_refused(&repo, &mut diags);
 
     if let Some((_, settings)) =
         read_typed::<RepoFile>(&mut repo, &mut diags, REPO_FILE, Kind::Repo)
@@ -65,62 +80,74 @@ fn rel(parts: &[&str]) -> String {
     parts.join("/")
 }
 
-/// Lists the entries of `dir` (sorted), as names.
-fn list_dir(dir: &Path) -> Vec<(String, PathBuf)> {
-    let mut out: Vec<(String, PathBuf)> = match std::fs::read_dir(dir) {
-        Ok(rd) => rd
-            .filter_map(Result::ok)
-            .filter_map(|e| e.file_name().into_string().ok().map(|n| (n, e.path())))
-            .filter(|(n, _)| !n.starts_with('.'))
-            .collect(),
-        Err(_) => Vec::new(),
-    };
-    out.sort();
-    out
-}
+/// The directories plumb reads from a repo; every symlink or special file in them is refused.
+pub const REPO_DIRS: &[&str] = &["environments", "units", "templates", "files"];
 
-/// Names of the regular files under `dir` (recursively, `/`-separated), for hints.
-pub fn list_files(dir: &std::path::Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![(dir.to_path_buf(), String::new(), 0usize)];
-    while let Some((d, prefix, depth)) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.filter_map(Result::ok) {
-            let Ok(name) = e.file_name().into_string() else {
-                continue;
-            };
-            let path = e.path();
-            let rel = format!("{prefix}{name}");
-            if path.is_dir() && depth < 8 {
-                stack.push((path, format!("{rel}/"), depth + 1));
-            } else if path.is_file() {
-                out.push(rel);
-            }
-            if out.len() > 1000 {
-                break;
-            }
+/// Reports every symlink and special file in the directories plumb reads (and `plumb.yaml`),
+/// whether or not anything uses it: a repo either has none, or is refused as a whole.
+fn report_refused(repo: &Repo, diags: &mut Diagnostics) {
+    let Some(jail) = repo.files.jail() else {
+        return;
+    };
+    let mut refused: Vec<JailError> = Vec::new();
+    if let Err(e) = jail.read(REPO_FILE, MAX_FILE_BYTES as u64) {
+        if matches!(e, JailError::Symlink { .. } | JailError::Special { .. }) {
+            refused.push(e);
         }
     }
-    out.sort();
-    out
+    for dir in REPO_DIRS {
+        match jail.kind(dir) {
+            Ok(Some(EntryKind::Dir)) => refused.extend(jail.refused_under(dir, MAX_DEPTH)),
+            Ok(Some(EntryKind::Symlink | EntryKind::Special)) => {
+                refused.extend(jail.list(dir).err());
+            }
+            Ok(_) => {}
+            Err(e) => refused.push(e),
+        }
+    }
+    for e in refused {
+        diags.push(jail_diagnostic(&e, Pos::START));
+    }
+}
+
+/// A jail error as a diagnostic at `pos` of the file it names.
+pub fn jail_diagnostic(e: &JailError, pos: Pos) -> Diagnostic {
+    let d = Diagnostic::error(e.code(), e.path(), pos, e.to_string());
+    match e.hint() {
+        Some(h) => d.with_hint(h),
+        None => d,
+    }
+}
+
+/// Names of the regular files under `dir_name/` of the repo (recursively, `/`-separated),
+/// for hints. Links and special files are left out.
+pub fn list_files(repo: &Repo, dir_name: &str) -> Vec<String> {
+    repo.files.files_under(dir_name)
 }
 
 /// Keeps the text of every template, so template errors can quote their line.
 fn load_template_sources(repo: &mut Repo) {
-    for name in list_files(&repo.root.join("templates")) {
+    for name in list_files(repo, "templates") {
         let rel_path = format!("templates/{name}");
-        let full = repo.root.join(&rel_path);
-        let small = std::fs::metadata(&full).is_ok_and(|m| m.len() <= MAX_FILE_BYTES as u64);
-        if let (true, Ok(text)) = (small, std::fs::read_to_string(&full)) {
+        if let Ok(text) = repo.files.text(&rel_path, MAX_FILE_BYTES as u64) {
             repo.sources.insert(rel_path, text);
         }
     }
 }
 
+/// The subdirectories (or files with `kind`) of `dir`, by name.
+fn entries_of(repo: &Repo, dir: &str, kind: EntryKind) -> Vec<String> {
+    repo.files
+        .jail()
+        .and_then(|j| j.list(dir).ok())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e.kind == kind)
+        .map(|e| e.name)
+        .collect()
+}
+
 fn load_environments(repo: &mut Repo, diags: &mut Diagnostics) {
-    let env_dir = repo.root.join("environments");
     let names: Vec<(String, Pos, &'static str)> = match &repo.settings.environments {
         Some(list) => {
             let node = repo
@@ -138,10 +165,9 @@ fn load_environments(repo: &mut Repo, diags: &mut Diagnostics) {
                 })
                 .collect()
         }
-        None => list_dir(&env_dir)
+        None => entries_of(repo, "environments", EntryKind::Dir)
             .into_iter()
-            .filter(|(_, p)| p.is_dir())
-            .map(|(n, _)| (n, Pos::START, ""))
+            .map(|n| (n, Pos::START, ""))
             .collect(),
     };
     if names.is_empty() {
@@ -158,7 +184,14 @@ fn load_environments(repo: &mut Repo, diags: &mut Diagnostics) {
     for (name, pos, declared_in) in names {
         let hosts_path = rel(&["environments", &name, "hosts.yaml"]);
         let env_path = rel(&["environments", &name, "env.yaml"]);
-        if !repo.root.join(&hosts_path).is_file() {
+        let hosts_kind = match repo.files.kind(&hosts_path) {
+            Ok(k) => k,
+            Err(e) => {
+                diags.push(jail_diagnostic(&e, Pos::START));
+                continue;
+            }
+        };
+        if hosts_kind.is_none() {
             let (p, at) = if declared_in.is_empty() {
                 (hosts_path.clone(), Pos::START)
             } else {
@@ -182,7 +215,7 @@ fn load_environments(repo: &mut Repo, diags: &mut Diagnostics) {
             hosts: Vec::new(),
             settings: EnvFile::default(),
         };
-        if repo.root.join(&env_path).is_file() {
+        if repo.files.kind(&env_path).is_ok_and(|k| k.is_some()) {
             env.env_path = Some(env_path.clone());
             if let Some((_, settings)) = read_typed::<EnvFile>(repo, diags, &env_path, Kind::Env) {
                 env.settings = settings;
@@ -195,7 +228,7 @@ fn load_environments(repo: &mut Repo, diags: &mut Diagnostics) {
                 env.hosts.push(Host {
                     name: h.name,
                     address: h.address,
-                    port: u16::try_from(h.port.or(defaults.port).unwrap_or(22)).unwrap_or(22),
+                    port: h.port.or(defaults.port).unwrap_or(22),
                     user: h.user.or_else(|| defaults.user.clone()),
                     become_: h.become_.or(defaults.become_).unwrap_or(false),
                     labels: h.labels,
@@ -210,17 +243,13 @@ fn load_environments(repo: &mut Repo, diags: &mut Diagnostics) {
 }
 
 fn load_units(repo: &mut Repo, diags: &mut Diagnostics) {
-    let dir = repo.root.join("units");
-    for (file_name, path) in list_dir(&dir) {
+    for file_name in entries_of(repo, "units", EntryKind::File) {
         let Some(unit_name) = file_name
             .strip_suffix(".yaml")
             .or_else(|| file_name.strip_suffix(".yml"))
         else {
             continue;
         };
-        if !path.is_file() {
-            continue;
-        }
         let rel_path = rel(&["units", &file_name]);
         let Some(node) = read_node(repo, diags, &rel_path) else {
             continue;
@@ -318,7 +347,7 @@ fn split_steps(unit: &Node, path: &str, diags: &mut Diagnostics) -> Vec<StepDecl
                     notify: list("notify"),
                     sensitive: matches!(
                         step.get("sensitive").map(|n| &n.value),
-                        Some(super::yaml::Value::Bool(true))
+                        Some(crate::yaml::Value::Bool(true))
                     ),
                     pos: step.pos,
                 });
@@ -343,18 +372,17 @@ fn split_steps(unit: &Node, path: &str, diags: &mut Diagnostics) -> Vec<StepDecl
 
 /// Reads and parses a YAML file, recording its text for diagnostics.
 fn read_node(repo: &mut Repo, diags: &mut Diagnostics, rel_path: &str) -> Option<Node> {
-    let full = repo.root.join(rel_path);
-    let bytes = match std::fs::read(&full) {
-        Ok(b) => b,
-        Err(e) => {
-            diags.push(Diagnostic::error(
-                "io",
-                rel_path,
-                Pos::START,
-                format!("cannot read: {e}"),
-            ));
+    let bytes = match repo
+        .files
+        .jail()
+        .map(|j| j.read(rel_path, MAX_FILE_BYTES as u64))
+    {
+        Some(Ok(b)) => b,
+        Some(Err(e)) => {
+            diags.push(jail_diagnostic(&e, Pos::START));
             return None;
         }
+        None => return None,
     };
     let text = match String::from_utf8(bytes) {
         Ok(t) => t,
@@ -407,10 +435,10 @@ fn read_typed<T: DeserializeOwned>(
 ) -> Option<(Node, T)> {
     let node = read_node(repo, diags, rel_path)?;
     // An empty file is an empty mapping.
-    let node = if matches!(node.value, super::yaml::Value::Null) {
+    let node = if matches!(node.value, crate::yaml::Value::Null) {
         Node {
             pos: node.pos,
-            value: super::yaml::Value::Map(Default::default()),
+            value: crate::yaml::Value::Map(Default::default()),
         }
     } else {
         node
@@ -423,21 +451,44 @@ fn read_typed<T: DeserializeOwned>(
     match serde_json::from_value::<T>(node.to_json()) {
         Ok(v) => Some((node, v)),
         Err(e) => {
-            diags.push(Diagnostic::error(
-                "schema",
-                rel_path,
-                node.pos,
-                e.to_string(),
-            ));
+            // The schema checks a duration's shape; its size is known only once parsed.
+            let located = overflowing_durations(&node, rel_path);
+            if located.is_empty() {
+                diags.push(Diagnostic::error(
+                    "schema",
+                    rel_path,
+                    node.pos,
+                    e.to_string(),
+                ));
+            }
+            diags.extend(located);
             None
         }
     }
 }
 
-/// Host names by environment, for checks that need them.
-pub fn host_index(repo: &Repo) -> BTreeMap<&str, Vec<&Host>> {
-    repo.environments
-        .iter()
-        .map(|(n, e)| (n.as_str(), e.hosts.iter().collect()))
-        .collect()
+/// Every duration-shaped string (outside `vars`) too large to be a duration, located.
+fn overflowing_durations(node: &Node, rel_path: &str) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    let mut stack = vec![node];
+    while let Some(n) = stack.pop() {
+        match &n.value {
+            crate::yaml::Value::Map(m) => stack.extend(
+                m.iter()
+                    .filter(|(k, _)| k.as_str() != "vars")
+                    .map(|(_, (_, v))| v),
+            ),
+            crate::yaml::Value::Seq(items) => stack.extend(items.iter()),
+            crate::yaml::Value::String(s) => {
+                if let Err(e @ DurationError::Overflow(_)) = s.parse::<HumanDuration>() {
+                    out.push(
+                        Diagnostic::error("duration", rel_path, n.pos, e.to_string())
+                            .with_hint("write a smaller value, e.g. 24h"),
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+    out
 }

@@ -15,13 +15,15 @@ use crate::diag::SourceMap;
 
 pub mod address;
 pub mod duration;
+pub mod jail;
 pub mod load;
-pub mod yaml;
+/// Moved to [`crate::yaml`] (below `diag` and `schema`); re-exported for old paths.
+pub use crate::yaml;
 
 pub use address::StepAddress;
 pub use duration::{DurationError, HumanDuration, DURATION_PATTERN};
 
-use yaml::{Node, Pos};
+use crate::yaml::{Node, Pos};
 
 /// Variables: names to any YAML value.
 pub type Vars = serde_json::Map<String, serde_json::Value>;
@@ -52,7 +54,7 @@ pub struct HostDefaults {
     /// SSH port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
-    pub port: Option<u32>,
+    pub port: Option<u16>,
     /// Run steps through `sudo -n` (privilege escalation).
     #[serde(default, rename = "become", skip_serializing_if = "Option::is_none")]
     pub become_: Option<bool>,
@@ -78,7 +80,7 @@ pub struct HostDecl {
     pub address: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
-    pub port: Option<u32>,
+    pub port: Option<u16>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
     /// Run steps through `sudo -n`.
@@ -127,8 +129,7 @@ pub struct DriftSettings {
     pub mode: DriftMode,
     /// How often to check for drift, e.g. "5m".
     #[serde(default = "default_drift_interval")]
-    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m|h)$"))]
-    pub interval: String,
+    pub interval: HumanDuration,
 }
 
 impl Default for DriftSettings {
@@ -140,8 +141,8 @@ impl Default for DriftSettings {
     }
 }
 
-fn default_drift_interval() -> String {
-    "5m".to_string()
+fn default_drift_interval() -> HumanDuration {
+    HumanDuration::from_secs(300)
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -313,20 +314,14 @@ pub struct Repo {
     pub environments: BTreeMap<String, Environment>,
     pub units: Vec<Unit>,
     pub sources: SourceMap,
+    /// The repo's files, read only through the jail (see [`jail`]).
+    pub files: jail::RepoFiles,
 }
 
-/// Parses "500ms", "30s", "5m", "2h".
+/// Parses "500ms", "30s", "5m", "2h" (the one parser, [`HumanDuration`]'s), for values not
+/// yet typed as a `HumanDuration`.
 pub fn parse_duration(s: &str) -> Option<Duration> {
-    let split = s.find(|c: char| !c.is_ascii_digit())?;
-    let (n, unit) = s.split_at(split);
-    let n: u64 = n.parse().ok()?;
-    match unit {
-        "ms" => Some(Duration::from_millis(n)),
-        "s" => Some(Duration::from_secs(n)),
-        "m" => n.checked_mul(60).map(Duration::from_secs),
-        "h" => n.checked_mul(3600).map(Duration::from_secs),
-        _ => None,
-    }
+    s.parse::<HumanDuration>().ok().map(HumanDuration::get)
 }
 
 #[cfg(test)]

@@ -12,6 +12,8 @@
 //! apply), and the apply fails with "parent directory /x does not exist; add a directory step"
 //! if it is still missing then. `state: absent` with `backup: true` moves the file to
 //! `<path>.plumb-backup` instead of deleting it.
+use std::sync::Arc;
+
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -106,13 +108,17 @@ fn build(
         &params.template,
         &params.source,
     ) {
-        (Presence::Absent, ..) => Vec::new(),
-        (_, Some(c), _, _) => c.as_bytes().to_vec(),
-        (_, _, Some(t), _) => resolve
-            .template(t)
-            .map_err(|e| BuildError::at("/template", e))?
-            .into_bytes(),
-        (_, _, _, Some(s)) => resolve.file(s).map_err(|e| BuildError::at("/source", e))?,
+        (Presence::Absent, ..) => Arc::from(Vec::new()),
+        (_, Some(c), _, _) => Arc::from(c.as_bytes()),
+        (_, _, Some(t), _) => Arc::from(
+            resolve
+                .template(t)
+                .map_err(|e| BuildError::at("/template", e))?
+                .into_bytes(),
+        ),
+        (_, _, _, Some(s)) => resolve
+            .file_shared(s)
+            .map_err(|e| BuildError::at("/source", e))?,
         _ => {
             return Err(BuildError::at(
                 "",
@@ -253,7 +259,7 @@ impl Resource for File {
     }
     fn content(&self) -> Option<&[u8]> {
         match self.params.state {
-            Presence::Present => Some(&self.managed.content),
+            Presence::Present => Some(&*self.managed.content),
             Presence::Absent => None,
         }
     }
@@ -266,7 +272,8 @@ pub const MAX_DIFF_BYTES: u64 = 256 * 1024;
 #[derive(Debug, Clone)]
 pub(crate) struct Managed {
     pub path: String,
-    pub content: Vec<u8>,
+    /// Shared with every other step and host that reads the same repo file.
+    pub content: Arc<[u8]>,
     pub sha256: String,
     /// Normalised to four digits; `None`: keep the existing mode (0644 for new files).
     pub mode: Option<String>,
@@ -278,12 +285,13 @@ pub(crate) struct Managed {
 impl Managed {
     pub fn new(
         path: &str,
-        content: Vec<u8>,
+        content: impl Into<Arc<[u8]>>,
         mode: Option<&str>,
         owner: Option<String>,
         group: Option<String>,
         backup: bool,
     ) -> Managed {
+        let content: Arc<[u8]> = content.into();
         let sha256 = hex::encode(Sha256::digest(&content));
         Managed {
             path: path.to_string(),
@@ -345,7 +353,7 @@ fi"#,
                 }
                 c.content = Some(ContentChange {
                     old: None,
-                    new: Some(self.content.clone()),
+                    new: Some(self.content.to_vec()),
                 });
                 if o.get("parent") == Some("no") {
                     c = c.note(format!(
@@ -369,7 +377,7 @@ fi"#,
                     }
                     c.content = Some(ContentChange {
                         old,
-                        new: Some(self.content.clone()),
+                        new: Some(self.content.to_vec()),
                     });
                 }
                 c = attr_fields(c, o, self.mode.as_deref(), &self.owner, &self.group)?;

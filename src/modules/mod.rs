@@ -369,6 +369,11 @@ pub trait Resolve {
     fn template(&mut self, path: &str) -> Result<String, String>;
     /// Reads `files/<path>` as bytes.
     fn file(&mut self, path: &str) -> Result<Vec<u8>, String>;
+    /// Reads `files/<path>` as bytes shared with every other step and host that reads it
+    /// (the renderer reads each repo file once per load). Default: a copy of [`Self::file`].
+    fn file_shared(&mut self, path: &str) -> Result<std::sync::Arc<[u8]>, String> {
+        self.file(path).map(std::sync::Arc::from)
+    }
 }
 
 /// Builds a resource from schema-valid, templated parameters.

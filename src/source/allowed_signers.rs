@@ -355,85 +355,9 @@ impl LineParser<'_> {
     fn options(&mut self) -> Result<Options, ParseError> {
         let mut o = Options::default();
         loop {
-            let start = self.pos;
-            let rest = self.rest();
-            let lower = rest
-                .get(..rest.len().min(16))
-                .unwrap_or("")
-                .to_ascii_lowercase();
-            if lower.starts_with("cert-authority") {
-                return Err(self.err(
-                    start,
-                    "cert-authority is not supported by plumb",
-                    "list each signer's own public key instead of a certificate authority",
-                ));
-            } else if lower.starts_with("namespaces=") {
-                self.pos += "namespaces=".len();
-                let v = self.dequote()?;
-                if o.namespaces.replace(v).is_some() {
-                    return Err(self.err(
-                        start,
-                        "namespaces given twice",
-                        "keep one namespaces=\"...\" option",
-                    ));
-                }
-            } else if lower.starts_with("valid-after=") || lower.starts_with("valid-before=") {
-                let after = lower.starts_with("valid-after=");
-                let name = if after { "valid-after" } else { "valid-before" };
-                self.pos += name.len() + 1;
-                let vstart = self.pos;
-                let v = self.dequote()?;
-                let t = parse_time(&v).ok_or_else(|| {
-                    self.err(vstart, format!("invalid {name} time {v:?}"), TIME_HINT)
-                })?;
-                let slot = if after {
-                    &mut o.valid_after
-                } else {
-                    &mut o.valid_before
-                };
-                if slot.replace(t).is_some() {
-                    return Err(self.err(
-                        start,
-                        format!("{name} given twice"),
-                        format!("keep one {name}=\"...\" option"),
-                    ));
-                }
-            } else {
-                let word: String = rest
-                    .chars()
-                    .take_while(|c| !matches!(c, ' ' | '\t' | ',' | '='))
-                    .collect();
-                let looks_like_key = word.starts_with("ssh-") || word.starts_with("ecdsa-");
-                let (msg, hint) = if looks_like_key {
-                    (
-                        format!("unsupported key type {word:?}"),
-                        "plumb verifies ssh-ed25519, ecdsa-sha2-nistp256/384/521 and ssh-rsa keys"
-                            .to_string(),
-                    )
-                } else {
-                    (format!("unknown option {word:?}"), OPTIONS_HINT.to_string())
-                };
-                return Err(self.err(start, msg, hint));
-            }
-            match self.peek() {
-                None | Some(' ') | Some('\t') => break,
-                Some(',') => {
-                    self.pos += 1;
-                    if self.at_ws_or_end() {
-                        return Err(self.err(
-                            self.pos,
-                            "unexpected end of options after ','",
-                            OPTIONS_HINT,
-                        ));
-                    }
-                }
-                Some(_) => {
-                    return Err(self.err(
-                        self.pos,
-                        "unexpected character after an option",
-                        OPTIONS_HINT,
-                    ))
-                }
+            self.option(&mut o)?;
+            if !self.option_separator()? {
+                break;
             }
         }
         if let (Some(a), Some(b)) = (o.valid_after, o.valid_before) {
@@ -453,6 +377,99 @@ impl LineParser<'_> {
             ));
         }
         Ok(o)
+    }
+
+    /// One option (`namespaces=`, `valid-after=`, `valid-before=`) into `o`.
+    fn option(&mut self, o: &mut Options) -> Result<(), ParseError> {
+        let start = self.pos;
+        let rest = self.rest();
+        let lower = rest
+            .get(..rest.len().min(16))
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        if lower.starts_with("cert-authority") {
+            return Err(self.err(
+                start,
+                "cert-authority is not supported by plumb",
+                "list each signer's own public key instead of a certificate authority",
+            ));
+        }
+        if lower.starts_with("namespaces=") {
+            self.pos += "namespaces=".len();
+            let v = self.dequote()?;
+            if o.namespaces.replace(v).is_some() {
+                return Err(self.err(
+                    start,
+                    "namespaces given twice",
+                    "keep one namespaces=\"...\" option",
+                ));
+            }
+            return Ok(());
+        }
+        if lower.starts_with("valid-after=") || lower.starts_with("valid-before=") {
+            return self.validity(o, start, lower.starts_with("valid-after="));
+        }
+        let word: String = rest
+            .chars()
+            .take_while(|c| !matches!(c, ' ' | '\t' | ',' | '='))
+            .collect();
+        let looks_like_key = word.starts_with("ssh-") || word.starts_with("ecdsa-");
+        let (msg, hint) = if looks_like_key {
+            (
+                format!("unsupported key type {word:?}"),
+                "plumb verifies ssh-ed25519, ecdsa-sha2-nistp256/384/521 and ssh-rsa keys"
+                    .to_string(),
+            )
+        } else {
+            (format!("unknown option {word:?}"), OPTIONS_HINT.to_string())
+        };
+        Err(self.err(start, msg, hint))
+    }
+
+    /// `valid-after="TIME"` or `valid-before="TIME"`.
+    fn validity(&mut self, o: &mut Options, start: usize, after: bool) -> Result<(), ParseError> {
+        let name = if after { "valid-after" } else { "valid-before" };
+        self.pos += name.len() + 1;
+        let vstart = self.pos;
+        let v = self.dequote()?;
+        let t = parse_time(&v)
+            .ok_or_else(|| self.err(vstart, format!("invalid {name} time {v:?}"), TIME_HINT))?;
+        let slot = if after {
+            &mut o.valid_after
+        } else {
+            &mut o.valid_before
+        };
+        if slot.replace(t).is_some() {
+            return Err(self.err(
+                start,
+                format!("{name} given twice"),
+                format!("keep one {name}=\"...\" option"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// After an option: `,` and another option (true), or whitespace / the end (false).
+    fn option_separator(&mut self) -> Result<bool, ParseError> {
+        match self.peek() {
+            None | Some(' ') | Some('\t') => Ok(false),
+            Some(',') => {
+                self.pos += 1;
+                if self.at_ws_or_end() {
+                    return Err(self.err(
+                        self.pos,
+                        "unexpected end of options after ','",
+                        OPTIONS_HINT,
+                    ));
+                }
+                Ok(true)
+            }
+            Some(_) => Err(self.err(
+                self.pos,
+                "unexpected character after an option",
+                OPTIONS_HINT,
+            )),
+        }
     }
 
     /// A double-quoted option value; `\"` escapes a quote (as OpenSSH's `opt_dequote`).

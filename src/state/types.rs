@@ -129,20 +129,13 @@ impl std::fmt::Display for RunId {
 }
 
 impl RunId {
+    /// A ULID: sortable by creation time (milliseconds), then 80 random bits.
     pub(crate) fn generate(now_ms: i64) -> RunId {
         use rand::RngCore;
-        const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
-        let mut rnd = [0u8; 10];
+        let mut rnd = [0u8; 16];
         rand::rngs::OsRng.fill_bytes(&mut rnd);
-        let mut value: u128 = (u128::from(now_ms.max(0) as u64) & ((1 << 48) - 1)) << 80;
-        for (i, b) in rnd.iter().enumerate() {
-            value |= u128::from(*b) << (8 * (9 - i));
-        }
-        let s: String = (0..26)
-            .rev()
-            .map(|i| ALPHABET[((value >> (5 * i)) & 31) as usize] as char)
-            .collect();
-        RunId(s)
+        let ms = u64::try_from(now_ms).unwrap_or(0);
+        RunId(ulid::Ulid::from_parts(ms, u128::from_be_bytes(rnd)).to_string())
     }
 }
 
