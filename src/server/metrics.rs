@@ -110,6 +110,8 @@ pub struct Metrics {
     audit_head_hash: Mutex<Option<String>>,
     /// The commit each environment's info gauge shows, to drop the previous one.
     applied_commits: Mutex<HashMap<String, String>>,
+    /// The hosts each environment has per-host series for, to drop those that left.
+    hosts: Mutex<HashMap<String, std::collections::BTreeSet<String>>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -243,6 +245,7 @@ impl Metrics {
             audit_head_info,
             audit_head_hash: Mutex::new(None),
             applied_commits: Mutex::new(HashMap::new()),
+            hosts: Mutex::new(HashMap::new()),
         }
     }
 
@@ -315,6 +318,7 @@ impl Metrics {
 
     /// Resources found drifted on a host by the last drift check (0 when in sync).
     pub fn set_drifted(&self, environment: &str, host: &str, resources: u64) {
+        self.note_host(environment, host);
         self.drifted_resources
             .get_or_create(&host_labels(environment, host))
             .set(i64::try_from(resources).unwrap_or(i64::MAX));
@@ -322,9 +326,19 @@ impl Metrics {
 
     /// Whether the last contact with a host succeeded.
     pub fn set_host_reachable(&self, environment: &str, host: &str, reachable: bool) {
+        self.note_host(environment, host);
         self.host_reachable
             .get_or_create(&host_labels(environment, host))
             .set(i64::from(reachable));
+    }
+
+    fn note_host(&self, environment: &str, host: &str) {
+        self.hosts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(environment.to_string())
+            .or_default()
+            .insert(host.to_string());
     }
 
     /// Drops a host's series (it left the inventory).
@@ -332,6 +346,40 @@ impl Metrics {
         let l = host_labels(environment, host);
         self.drifted_resources.remove(&l);
         self.host_reachable.remove(&l);
+        if let Some(known) = self
+            .hosts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(environment)
+        {
+            known.remove(host);
+        }
+    }
+
+    /// Keeps the per-host series of `environment` only for `inventory` (the hosts of the
+    /// commit just rendered): a host that left the inventory stops being reported.
+    pub fn retain_hosts<'a>(
+        &self,
+        environment: &str,
+        inventory: impl IntoIterator<Item = &'a str>,
+    ) {
+        let keep: std::collections::BTreeSet<&str> = inventory.into_iter().collect();
+        let gone: Vec<String> = self
+            .hosts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(environment)
+            .map(|known| {
+                known
+                    .iter()
+                    .filter(|h| !keep.contains(h.as_str()))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        for host in gone {
+            self.forget_host(environment, &host);
+        }
     }
 
     /// The audit chain's newest record: `plumb_audit_head_seq` and

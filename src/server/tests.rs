@@ -375,6 +375,37 @@ async fn metrics_has_every_family_after_one_update_each() {
     assert!(!metrics_text(&h.app).await.contains("web-2"));
 }
 
+/// A host that left the inventory stops being reported; the others stay.
+#[tokio::test]
+async fn hosts_that_left_the_inventory_are_forgotten() {
+    let h = harness();
+    let m = &h.metrics;
+    for host in ["web-1", "web-2", "db-1"] {
+        m.set_host_reachable("prod", host, true);
+        m.set_drifted("prod", host, 1);
+    }
+    m.set_host_reachable("staging", "web-2", true);
+    m.retain_hosts("prod", ["web-1", "db-1"]);
+    let text = metrics_text(&h.app).await;
+    assert!(
+        !text.contains("environment=\"prod\",host=\"web-2\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("environment=\"prod\",host=\"web-1\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("environment=\"prod\",host=\"db-1\""),
+        "{text}"
+    );
+    // Another environment's series of the same host name are not touched.
+    assert!(
+        text.contains("environment=\"staging\",host=\"web-2\""),
+        "{text}"
+    );
+}
+
 #[tokio::test]
 async fn api_routes_answer_from_the_status_source() {
     let h = harness();
