@@ -8,7 +8,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::file::{apply_remove, diff_absent, probe_absent, Managed, FILE_PROBE_KEYS};
+use super::file::{Managed, FILE_PROBE_KEYS};
 use super::sh::Observed;
 use super::{
     step, BuildError, Change, ChangeKind, Example, ModuleDef, Presence, ProbeError, ProbeResult,
@@ -179,6 +179,7 @@ impl Cron {
         let path = format!("/etc/cron.d/{}", params.name);
         let managed = Managed::new(
             &path,
+            params.state,
             content.into_bytes(),
             Some("0644"),
             Some("root".into()),
@@ -213,30 +214,16 @@ impl Resource for Cron {
         v
     }
     fn probe(&self) -> String {
-        match self.params.state {
-            Presence::Present => self.managed.probe(),
-            Presence::Absent => probe_absent(&self.managed.path),
-        }
+        self.managed.probe()
     }
     fn diff(&self, observed: &ProbeResult) -> Result<Change, ProbeError> {
-        let o = Observed::parse(observed)?;
-        match self.params.state {
-            Presence::Present => self.managed.diff(&o),
-            Presence::Absent => diff_absent(&self.managed.path, &o),
-        }
+        self.managed.diff(&Observed::parse(observed)?)
     }
     fn apply(&self, change: &Change) -> String {
-        match change.kind {
-            ChangeKind::InSync => ":".into(),
-            ChangeKind::Remove => apply_remove(&self.managed.path, false),
-            _ => self.managed.apply(change),
-        }
+        self.managed.apply(change)
     }
     fn content(&self) -> Option<&[u8]> {
-        match self.params.state {
-            Presence::Present => Some(&self.managed.content),
-            Presence::Absent => None,
-        }
+        self.managed.content()
     }
 }
 

@@ -11,7 +11,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::file::{apply_remove, diff_absent, probe_absent, Managed};
+use super::file::Managed;
 use super::sh::{self, quote, Observed};
 use super::{
     step, BuildError, Change, ChangeKind, Example, Field, ModuleDef, Presence, ProbeError,
@@ -159,6 +159,7 @@ impl Sysctl {
         };
         let managed = Managed::new(
             &path,
+            params.state,
             content,
             Some("0644"),
             Some("root".into()),
@@ -204,10 +205,7 @@ impl Resource for Sysctl {
         v
     }
     fn probe(&self) -> String {
-        let file = match self.params.state {
-            Presence::Present => self.managed.probe(),
-            Presence::Absent => probe_absent(&self.managed.path),
-        };
+        let file = self.managed.probe();
         if self.params.state == Presence::Absent || !self.params.live {
             return file;
         }
@@ -219,15 +217,14 @@ impl Resource for Sysctl {
     }
     fn diff(&self, observed: &ProbeResult) -> Result<Change, ProbeError> {
         let o = Observed::parse(observed)?;
+        let mut c = self.managed.diff(&o)?;
         if self.params.state == Presence::Absent {
-            let c = diff_absent(&self.managed.path, &o)?;
             return Ok(if c.is_change() {
                 c.note("the live value is left as it is until the next boot")
             } else {
                 c
             });
         }
-        let mut c = self.managed.diff(&o)?;
         if self.params.live {
             let live = match o.text("live")? {
                 Some(v) => Some(norm(&v)),
@@ -250,11 +247,8 @@ impl Resource for Sysctl {
         Ok(c)
     }
     fn apply(&self, change: &Change) -> String {
-        if change.kind == ChangeKind::InSync {
-            return ":".into();
-        }
-        if change.kind == ChangeKind::Remove {
-            return apply_remove(&self.managed.path, false);
+        if matches!(change.kind, ChangeKind::InSync | ChangeKind::Remove) {
+            return self.managed.apply(change);
         }
         let mut s = String::new();
         let file_change = Change {
@@ -288,10 +282,7 @@ impl Resource for Sysctl {
         s
     }
     fn content(&self) -> Option<&[u8]> {
-        match self.params.state {
-            Presence::Present => Some(&self.managed.content),
-            Presence::Absent => None,
-        }
+        self.managed.content()
     }
 }
 
