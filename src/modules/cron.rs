@@ -12,7 +12,7 @@ use super::file::{Managed, FILE_PROBE_KEYS};
 use super::sh::Observed;
 use super::{
     step, BuildError, Change, ChangeKind, Example, ModuleDef, Presence, ProbeError, ProbeResult,
-    Resolve, Resource, Runs,
+    Resource, Runs,
 };
 
 /// A cron job, written as `/etc/cron.d/<name>` (one job per file).
@@ -87,20 +87,18 @@ fn schedule(s: &str) -> Result<String, String> {
     }
 }
 
-fn build(
-    value: serde_json::Value,
-    _resolve: &mut dyn Resolve,
-) -> Result<Box<dyn Resource>, BuildError> {
-    super::sh::reject_nul(&value, &[])?;
-    let params: Params = super::params(value)?;
-    Cron::new(params).map(|c| Box::new(c) as Box<dyn Resource>)
+impl super::FromParams for Cron {
+    type Params = Params;
+    fn from_params(params: Params) -> Result<Cron, BuildError> {
+        Cron::new(params)
+    }
 }
 
 pub static DEF: ModuleDef = ModuleDef {
     name: "cron",
     summary: "A cron job in /etc/cron.d.",
     schema: super::schema_for::<Params>,
-    build,
+    build: super::build_from::<Cron>,
     refreshable: false,
     runs: Runs::Local {
         rooted: Some(rooted),
@@ -129,8 +127,7 @@ pub static DEF: ModuleDef = ModuleDef {
 
 /// [`Runs::Local`]: the cron file under `root`.
 fn rooted(value: serde_json::Value, root: &str) -> Result<Box<dyn Resource>, BuildError> {
-    super::sh::reject_nul(&value, &[])?;
-    Ok(Box::new(Cron::new(super::params(value)?)?.with_root(root)))
+    Ok(Box::new(super::parse::<Cron>(value)?.with_root(root)))
 }
 
 impl Cron {

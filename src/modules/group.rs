@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::sh::{self, quote, Observed};
 use super::{
     step, BuildError, Change, ChangeKind, Example, Field, ModuleDef, Presence, ProbeError,
-    ProbeResult, Resolve, Resource, Runs,
+    ProbeResult, Resource, Runs,
 };
 
 /// A local group, managed with groupadd/groupmod/groupdel.
@@ -32,20 +32,18 @@ pub struct Group {
     pub params: Params,
 }
 
-fn build(
-    value: serde_json::Value,
-    _resolve: &mut dyn Resolve,
-) -> Result<Box<dyn Resource>, BuildError> {
-    sh::reject_nul(&value, &[])?;
-    let params: Params = super::params(value)?;
-    Ok(Box::new(Group { params }))
+impl super::FromParams for Group {
+    type Params = Params;
+    fn from_params(params: Params) -> Result<Group, BuildError> {
+        Ok(Group { params })
+    }
 }
 
 pub static DEF: ModuleDef = ModuleDef {
     name: "group",
     summary: "A local group: gid, system.",
     schema: super::schema_for::<Params>,
-    build,
+    build: super::build_from::<Group>,
     refreshable: false,
     runs: Runs::Host,
     reads: &[],
@@ -161,7 +159,7 @@ mod tests {
     use super::*;
 
     fn group(v: serde_json::Value) -> Box<dyn Resource> {
-        built(build, v)
+        built(DEF.build, v)
     }
 
     fn entry(e: &str) -> String {

@@ -483,6 +483,28 @@ pub fn params<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Resul
         .map_err(|e| BuildError::at("", format!("invalid parameters: {e}")))
 }
 
+/// A resource built from its parameters alone (it reads nothing from the config repo).
+pub(crate) trait FromParams: Resource + Sized + 'static {
+    type Params: serde::de::DeserializeOwned;
+    /// Checks the parsed parameters and builds the resource.
+    fn from_params(params: Self::Params) -> Result<Self, BuildError>;
+}
+
+/// Builds an `R` from raw parameters: a NUL byte anywhere is refused ([`sh::reject_nul`]),
+/// then they are parsed ([`params`]) and checked ([`FromParams::from_params`]).
+pub(crate) fn parse<R: FromParams>(value: serde_json::Value) -> Result<R, BuildError> {
+    sh::reject_nul(&value, &[])?;
+    R::from_params(params(value)?)
+}
+
+/// [`ModuleDef::build`] of a [`FromParams`] module.
+pub(crate) fn build_from<R: FromParams>(
+    value: serde_json::Value,
+    _resolve: &mut dyn Resolve,
+) -> Result<Box<dyn Resource>, BuildError> {
+    Ok(Box::new(parse::<R>(value)?))
+}
+
 /// A schema for `T`, for use in [`ModuleDef::schema`].
 pub fn schema_for<T: JsonSchema>(gen: &mut SchemaGenerator) -> Schema {
     T::json_schema(gen)

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use super::sh::{self, quote, Observed};
 use super::{
     step, BuildError, Change, ChangeKind, Example, Facts, Field, ModuleDef, ProbeError,
-    ProbeResult, Resolve, Resource, Runs,
+    ProbeResult, Resource, Runs,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -61,23 +61,21 @@ pub struct Service {
     pub params: Params,
 }
 
-fn build(
-    value: serde_json::Value,
-    _resolve: &mut dyn Resolve,
-) -> Result<Box<dyn Resource>, BuildError> {
-    sh::reject_nul(&value, &[])?;
-    let params: Params = super::params(value)?;
-    if params.name.starts_with('-') {
-        return Err(BuildError::at("/name", "must not start with `-`"));
+impl super::FromParams for Service {
+    type Params = Params;
+    fn from_params(params: Params) -> Result<Service, BuildError> {
+        if params.name.starts_with('-') {
+            return Err(BuildError::at("/name", "must not start with `-`"));
+        }
+        Ok(Service { params })
     }
-    Ok(Box::new(Service { params }))
 }
 
 pub static DEF: ModuleDef = ModuleDef {
     name: "service",
     summary: "A service: running/stopped, enabled/disabled, restart or reload on notify.",
     schema: super::schema_for::<Params>,
-    build,
+    build: super::build_from::<Service>,
     refreshable: true,
     runs: Runs::Host,
     reads: &[],
@@ -317,7 +315,7 @@ mod tests {
     use super::*;
 
     fn svc(v: serde_json::Value) -> Box<dyn Resource> {
-        built(build, v)
+        built(DEF.build, v)
     }
 
     #[test]

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::sh::{self, quote, Observed};
 use super::{
     step, BuildError, Change, ChangeKind, Example, Facts, Field, ModuleDef, PathType, Presence,
-    ProbeError, ProbeResult, Resolve, Resource, Runs,
+    ProbeError, ProbeResult, Resource, Runs,
 };
 
 /// A symbolic link at `path` pointing to `target`. An existing link to elsewhere is
@@ -38,32 +38,30 @@ pub struct Symlink {
     pub params: Params,
 }
 
-fn build(
-    value: serde_json::Value,
-    _resolve: &mut dyn Resolve,
-) -> Result<Box<dyn Resource>, BuildError> {
-    sh::reject_nul(&value, &[])?;
-    let params: Params = super::params(value)?;
-    if params.path.ends_with('/') || params.path.len() < 2 {
-        return Err(BuildError::at(
-            "/path",
-            "must name a link (no trailing `/`)",
-        ));
+impl super::FromParams for Symlink {
+    type Params = Params;
+    fn from_params(params: Params) -> Result<Symlink, BuildError> {
+        if params.path.ends_with('/') || params.path.len() < 2 {
+            return Err(BuildError::at(
+                "/path",
+                "must name a link (no trailing `/`)",
+            ));
+        }
+        if params.state == Presence::Present && params.target.as_deref().is_none_or(str::is_empty) {
+            return Err(BuildError::at(
+                "/target",
+                "`target` is required when the link is present",
+            ));
+        }
+        Ok(Symlink { params })
     }
-    if params.state == Presence::Present && params.target.as_deref().is_none_or(str::is_empty) {
-        return Err(BuildError::at(
-            "/target",
-            "`target` is required when the link is present",
-        ));
-    }
-    Ok(Box::new(Symlink { params }))
 }
 
 pub static DEF: ModuleDef = ModuleDef {
     name: "symlink",
     summary: "A symbolic link.",
     schema: super::schema_for::<Params>,
-    build,
+    build: super::build_from::<Symlink>,
     refreshable: false,
     runs: Runs::Local { rooted: None },
     reads: &[],
@@ -232,14 +230,14 @@ mod tests {
     use super::*;
 
     fn link(v: serde_json::Value) -> Box<dyn Resource> {
-        built(build, v)
+        built(DEF.build, v)
     }
 
     #[test]
     fn build_requires_target() {
-        let e = build(serde_json::json!({"path": "/a"}), &mut NoRepo).unwrap_err();
+        let e = (DEF.build)(serde_json::json!({"path": "/a"}), &mut NoRepo).unwrap_err();
         assert_eq!(e.pointer, "/target");
-        assert!(build(
+        assert!((DEF.build)(
             serde_json::json!({"path": "/a", "state": "absent"}),
             &mut NoRepo
         )

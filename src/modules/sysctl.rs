@@ -15,7 +15,7 @@ use super::file::Managed;
 use super::sh::{self, quote, Observed};
 use super::{
     step, BuildError, Change, ChangeKind, Example, Field, ModuleDef, Presence, ProbeError,
-    ProbeResult, Resolve, Resource, Runs,
+    ProbeResult, Resource, Runs,
 };
 
 /// A kernel parameter: the live value (`/proc/sys`) and a persistent line in
@@ -51,20 +51,18 @@ pub struct Sysctl {
     proc_only: bool,
 }
 
-fn build(
-    value: serde_json::Value,
-    _resolve: &mut dyn Resolve,
-) -> Result<Box<dyn Resource>, BuildError> {
-    sh::reject_nul(&value, &[])?;
-    let params: Params = super::params(value)?;
-    Sysctl::new(params).map(|s| Box::new(s) as Box<dyn Resource>)
+impl super::FromParams for Sysctl {
+    type Params = Params;
+    fn from_params(params: Params) -> Result<Sysctl, BuildError> {
+        Sysctl::new(params)
+    }
 }
 
 pub static DEF: ModuleDef = ModuleDef {
     name: "sysctl",
     summary: "A kernel parameter: live value and /etc/sysctl.d file.",
     schema: super::schema_for::<Params>,
-    build,
+    build: super::build_from::<Sysctl>,
     refreshable: false,
     runs: Runs::Local {
         rooted: Some(rooted),
@@ -113,10 +111,7 @@ pub static DEF: ModuleDef = ModuleDef {
 
 /// [`Runs::Local`]: the file and /proc/sys under `root`.
 fn rooted(value: serde_json::Value, root: &str) -> Result<Box<dyn Resource>, BuildError> {
-    sh::reject_nul(&value, &[])?;
-    Ok(Box::new(
-        Sysctl::new(super::params(value)?)?.with_root(root),
-    ))
+    Ok(Box::new(super::parse::<Sysctl>(value)?.with_root(root)))
 }
 
 /// Whitespace-normalised value.
