@@ -104,15 +104,25 @@ fn trips(probe: u32, apply: u32, verify: u32) -> RoundTrips {
     }
 }
 
+/// The marker file `m<i>` in `dir`, logging its refreshes to `log<i>`.
+fn marker(dir: &Path, i: usize, fail_apply: bool) -> Marker {
+    Marker {
+        path: dir.join(format!("m{i}")),
+        log: dir.join(format!("log{i}")),
+        fail_apply,
+    }
+}
+
+/// What the refreshes of marker `i` in `dir` logged.
+fn refresh_log(dir: &Path, i: usize) -> String {
+    std::fs::read_to_string(dir.join(format!("log{i}"))).expect("refresh log")
+}
+
 fn step(dir: &Path, i: usize, notify: Vec<&str>) -> DesiredStep {
     DesiredStep {
         address: StepAddress::new("u", format!("s{i}")),
         module: "marker",
-        resource: Box::new(Marker {
-            path: dir.join(format!("m{i}")),
-            log: dir.join(format!("log{i}")),
-            fail_apply: false,
-        }),
+        resource: Box::new(marker(dir, i, false)),
         after: Vec::new(),
         notify: notify.into_iter().filter_map(StepAddress::parse).collect(),
         sensitive: false,
@@ -180,29 +190,19 @@ async fn handlers_run_once_and_only_on_change() {
     let t = LocalTransport::new();
     let run = apply_host(&desired, &t).await;
     assert_eq!(run.status, HostStatus::Converged);
-    assert_eq!(
-        std::fs::read_to_string(dir.path().join("log2")).expect("refreshed"),
-        "refreshed\n"
-    );
+    assert_eq!(refresh_log(dir.path(), 2), "refreshed\n");
     assert_eq!(run.handlers.len(), 1);
 
     let again = apply_host(&desired, &t).await;
     assert!(again.handlers.is_empty());
-    assert_eq!(
-        std::fs::read_to_string(dir.path().join("log2")).expect("still once"),
-        "refreshed\n"
-    );
+    assert_eq!(refresh_log(dir.path(), 2), "refreshed\n");
 }
 
 #[tokio::test]
 async fn no_refresh_when_the_target_says_its_own_change_covers_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut target = step(dir.path(), 1, vec![]);
-    target.resource = Box::new(SelfRefreshing(Marker {
-        path: dir.path().join("m1"),
-        log: dir.path().join("log1"),
-        fail_apply: false,
-    }));
+    target.resource = Box::new(SelfRefreshing(marker(dir.path(), 1, false)));
     let desired = on_local(vec![step(dir.path(), 0, vec!["u/s1"]), target]);
     let run = apply_host(&desired, &LocalTransport::new()).await;
     assert_eq!(run.status, HostStatus::Converged);
@@ -213,21 +213,14 @@ async fn no_refresh_when_the_target_says_its_own_change_covers_it() {
     std::fs::remove_file(dir.path().join("m0")).expect("rm");
     let run = apply_host(&desired, &LocalTransport::new()).await;
     assert_eq!(run.handlers.len(), 1);
-    assert_eq!(
-        std::fs::read_to_string(dir.path().join("log1")).expect("refreshed"),
-        "refreshed\n"
-    );
+    assert_eq!(refresh_log(dir.path(), 1), "refreshed\n");
 }
 
 #[tokio::test]
 async fn a_failed_step_stops_the_host_and_is_reported() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut steps: Vec<DesiredStep> = (0..3).map(|i| step(dir.path(), i, vec![])).collect();
-    steps[1].resource = Box::new(Marker {
-        path: dir.path().join("m1"),
-        log: dir.path().join("l"),
-        fail_apply: true,
-    });
+    steps[1].resource = Box::new(marker(dir.path(), 1, true));
     let desired = on_local(steps);
     let run = apply_host(&desired, &LocalTransport::new()).await;
     assert_eq!(run.status, HostStatus::Failed);
@@ -248,11 +241,7 @@ async fn a_failed_step_stops_the_host_and_is_reported() {
 async fn sensitive_failures_hide_output() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut s = step(dir.path(), 0, vec![]);
-    s.resource = Box::new(Marker {
-        path: dir.path().join("m0"),
-        log: dir.path().join("l"),
-        fail_apply: true,
-    });
+    s.resource = Box::new(marker(dir.path(), 0, true));
     s.sensitive = true;
     let desired = on_local(vec![s]);
     let run = apply_host(&desired, &LocalTransport::new()).await;
