@@ -205,6 +205,25 @@ pub(crate) const FILE_PROBE_KEYS: &[&str] = &[
     "content_b64",
 ];
 
+/// [`FILE_PROBE_KEYS`] followed by a module's own `extra` keys; `N` must be the sum of both
+/// lengths (checked when the constant is evaluated, so a wrong `N` does not compile).
+pub(crate) const fn file_probe_keys_and<const N: usize>(
+    extra: &[&'static str],
+) -> [&'static str; N] {
+    assert!(N == FILE_PROBE_KEYS.len() + extra.len());
+    let mut keys = [""; N];
+    let mut i = 0;
+    while i < N {
+        keys[i] = if i < FILE_PROBE_KEYS.len() {
+            FILE_PROBE_KEYS[i]
+        } else {
+            extra[i - FILE_PROBE_KEYS.len()]
+        };
+        i += 1;
+    }
+    keys
+}
+
 impl Resource for File {
     fn target(&self) -> String {
         self.params.path.clone()

@@ -11,7 +11,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::file::Managed;
+use super::file::{file_probe_keys_and, Managed};
 use super::sh::{self, quote, Observed};
 use super::{
     step, BuildError, Change, ChangeKind, Example, Field, ModuleDef, Presence, ProbeError,
@@ -68,20 +68,7 @@ pub static DEF: ModuleDef = ModuleDef {
         rooted: Some(rooted),
     },
     reads: &[],
-    probe_keys: &[
-        "type",
-        "parent",
-        "mode",
-        "uid",
-        "owner",
-        "gid",
-        "group",
-        "size",
-        "sha256",
-        "content_b64",
-        "live",
-        "live_b64",
-    ],
+    probe_keys: &file_probe_keys_and::<12>(&["live", "live_b64"]),
     examples: &[Example {
         name: "persist and set live, live drift, remove",
         setup: &[
@@ -295,6 +282,13 @@ mod tests {
             "type=file\nparent=yes\nmode=644\nuid=0\nowner=root\ngid=0\ngroup=root\nsize=30\nsha256={}\n",
             s.managed.sha256
         )
+    }
+
+    #[test]
+    fn probe_keys_are_the_file_keys_then_live() {
+        let n = super::super::file::FILE_PROBE_KEYS.len();
+        assert_eq!(&DEF.probe_keys[..n], super::super::file::FILE_PROBE_KEYS);
+        assert_eq!(&DEF.probe_keys[n..], ["live", "live_b64"]);
     }
 
     #[test]
