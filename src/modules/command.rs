@@ -69,16 +69,12 @@ impl super::FromParams for Command {
     }
 }
 
-pub static DEF: ModuleDef = ModuleDef {
-    name: "command",
-    summary: "A guarded command (creates, unless, onlyif), or a handler (refresh_only).",
-    schema: super::schema_for::<Params>,
-    build: super::build_from::<Command>,
-    refreshable: true,
-    runs: Runs::Local { rooted: None },
-    reads: &[],
-    probe_keys: &["refresh_only", "chdir", "creates", "unless", "onlyif"],
-    examples: &[
+pub static DEF: ModuleDef = ModuleDef::of::<Command>(
+    "command",
+    "A guarded command (creates, unless, onlyif), or a handler (refresh_only).",
+    Runs::Local { rooted: None },
+    &["refresh_only", "chdir", "creates", "unless", "onlyif"],
+    &[
         Example {
             name: "creates, in chdir",
             setup: &[],
@@ -104,7 +100,7 @@ pub static DEF: ModuleDef = ModuleDef {
             )],
         },
     ],
-};
+).refreshable();
 
 /// A guard command as a shell condition, evaluated in a subshell (never an argument of a
 /// process), its output discarded.

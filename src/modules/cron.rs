@@ -94,18 +94,14 @@ impl super::FromParams for Cron {
     }
 }
 
-pub static DEF: ModuleDef = ModuleDef {
-    name: "cron",
-    summary: "A cron job in /etc/cron.d.",
-    schema: super::schema_for::<Params>,
-    build: super::build_from::<Cron>,
-    refreshable: false,
-    runs: Runs::Local {
+pub static DEF: ModuleDef = ModuleDef::of::<Cron>(
+    "cron",
+    "A cron job in /etc/cron.d.",
+    Runs::Local {
         rooted: Some(rooted),
     },
-    reads: &[],
-    probe_keys: FILE_PROBE_KEYS,
-    examples: &[Example {
+    FILE_PROBE_KEYS,
+    &[Example {
         name: "create, change the schedule, remove",
         setup: &[("directory", r#"{"path": "{root}/etc/cron.d"}"#)],
         steps: &[
@@ -123,7 +119,7 @@ pub static DEF: ModuleDef = ModuleDef {
             ),
         ],
     }],
-};
+);
 
 /// [`Runs::Local`]: the cron file under `root`.
 fn rooted(value: serde_json::Value, root: &str) -> Result<Box<dyn Resource>, BuildError> {

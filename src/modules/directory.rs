@@ -56,18 +56,14 @@ impl super::FromParams for Directory {
     }
 }
 
-pub static DEF: ModuleDef = ModuleDef {
-    name: "directory",
-    summary: "A directory: mode, owner, group.",
-    schema: super::schema_for::<Params>,
-    build: super::build_from::<Directory>,
-    refreshable: false,
-    runs: Runs::Local { rooted: None },
-    reads: &[],
-    probe_keys: &[
+pub static DEF: ModuleDef = ModuleDef::of::<Directory>(
+    "directory",
+    "A directory: mode, owner, group.",
+    Runs::Local { rooted: None },
+    &[
         "type", "mode", "uid", "owner", "gid", "group", "size", "empty",
     ],
-    examples: &[
+    &[
         Example {
             name: "parents created, mode changed, removed when empty",
             setup: &[],
@@ -98,7 +94,7 @@ pub static DEF: ModuleDef = ModuleDef {
             )],
         },
     ],
-};
+);
 
 impl Directory {
     fn not_a_directory(&self, ty: PathType) -> ProbeError {

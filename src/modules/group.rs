@@ -39,16 +39,12 @@ impl super::FromParams for Group {
     }
 }
 
-pub static DEF: ModuleDef = ModuleDef {
-    name: "group",
-    summary: "A local group: gid, system.",
-    schema: super::schema_for::<Params>,
-    build: super::build_from::<Group>,
-    refreshable: false,
-    runs: Runs::Host,
-    reads: &[],
-    probe_keys: &["entry", "entry_b64"],
-    examples: &[Example {
+pub static DEF: ModuleDef = ModuleDef::of::<Group>(
+    "group",
+    "A local group: gid, system.",
+    Runs::Host,
+    &["entry", "entry_b64"],
+    &[Example {
         name: "create, change gid, remove",
         setup: &[],
         steps: &[
@@ -64,7 +60,7 @@ pub static DEF: ModuleDef = ModuleDef {
             ),
         ],
     }],
-};
+);
 
 /// A probe fragment that sets `$l` to the `db` (passwd or group) entry of `$n`, or "".
 pub(crate) fn lookup_entry(db: &str) -> String {

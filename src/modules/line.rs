@@ -92,15 +92,11 @@ impl super::FromParams for Line {
     }
 }
 
-pub static DEF: ModuleDef = ModuleDef {
-    name: "line",
-    summary: "A line in a text file, matched exactly or by regexp.",
-    schema: super::schema_for::<Params>,
-    build: super::build_from::<Line>,
-    refreshable: false,
-    runs: Runs::Local { rooted: None },
-    reads: &[],
-    probe_keys: &[
+pub static DEF: ModuleDef = ModuleDef::of::<Line>(
+    "line",
+    "A line in a text file, matched exactly or by regexp.",
+    Runs::Local { rooted: None },
+    &[
         "type",
         "exact",
         "last_exact",
@@ -109,7 +105,7 @@ pub static DEF: ModuleDef = ModuleDef {
         "last_b64",
         "regexp",
     ],
-    examples: &[Example {
+    &[Example {
         name: "create, append, replace by regexp, remove",
         setup: &[],
         steps: &[
@@ -135,7 +131,7 @@ pub static DEF: ModuleDef = ModuleDef {
             ),
         ],
     }],
-};
+);
 
 impl Line {
     /// Shell assignments of the line (`v`) and regexp (`re`): values reach commands only on

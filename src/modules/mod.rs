@@ -403,6 +403,39 @@ pub struct ModuleDef {
     pub examples: &'static [Example],
 }
 
+impl ModuleDef {
+    /// The definition of a [`FromParams`] module `R`: its schema and build come from `R`,
+    /// its steps are not `notify` targets ([`ModuleDef::refreshable`] changes that) and it
+    /// reads nothing from the config repo.
+    pub(crate) const fn of<R: FromParams>(
+        name: &'static str,
+        summary: &'static str,
+        runs: Runs,
+        probe_keys: &'static [&'static str],
+        examples: &'static [Example],
+    ) -> ModuleDef {
+        ModuleDef {
+            name,
+            summary,
+            schema: schema_for::<R::Params>,
+            build: build_from::<R>,
+            refreshable: false,
+            runs,
+            reads: &[],
+            probe_keys,
+            examples,
+        }
+    }
+
+    /// This definition, with steps that can be `notify` targets.
+    pub(crate) const fn refreshable(self) -> ModuleDef {
+        ModuleDef {
+            refreshable: true,
+            ..self
+        }
+    }
+}
+
 impl fmt::Debug for ModuleDef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ModuleDef")
@@ -485,7 +518,7 @@ pub fn params<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Resul
 
 /// A resource built from its parameters alone (it reads nothing from the config repo).
 pub(crate) trait FromParams: Resource + Sized + 'static {
-    type Params: serde::de::DeserializeOwned;
+    type Params: serde::de::DeserializeOwned + JsonSchema;
     /// Checks the parsed parameters and builds the resource.
     fn from_params(params: Self::Params) -> Result<Self, BuildError>;
 }

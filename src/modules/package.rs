@@ -70,15 +70,11 @@ impl super::FromParams for Package {
     }
 }
 
-pub static DEF: ModuleDef = ModuleDef {
-    name: "package",
-    summary: "A system package: present, absent or at a version.",
-    schema: super::schema_for::<Params>,
-    build: super::build_from::<Package>,
-    refreshable: false,
-    runs: Runs::Host,
-    reads: &[],
-    probe_keys: &[
+pub static DEF: ModuleDef = ModuleDef::of::<Package>(
+    "package",
+    "A system package: present, absent or at a version.",
+    Runs::Host,
+    &[
         "manager",
         "dpkg_status",
         "dpkg_version",
@@ -89,7 +85,7 @@ pub static DEF: ModuleDef = ModuleDef {
         "apk_version",
         "error",
     ],
-    examples: &[
+    &[
         Example {
             name: "install at a version, upgrade, remove",
             setup: &[],
@@ -123,7 +119,7 @@ pub static DEF: ModuleDef = ModuleDef {
             ],
         },
     ],
-};
+);
 
 /// A package manager plumb drives: the configured one, or the one the probe found on the
 /// host (carried to the apply in [`super::Facts::package_manager`]).

@@ -71,16 +71,12 @@ impl super::FromParams for Service {
     }
 }
 
-pub static DEF: ModuleDef = ModuleDef {
-    name: "service",
-    summary: "A service: running/stopped, enabled/disabled, restart or reload on notify.",
-    schema: super::schema_for::<Params>,
-    build: super::build_from::<Service>,
-    refreshable: true,
-    runs: Runs::Host,
-    reads: &[],
-    probe_keys: &["init", "load", "active", "enabled"],
-    examples: &[Example {
+pub static DEF: ModuleDef = ModuleDef::of::<Service>(
+    "service",
+    "A service: running/stopped, enabled/disabled, restart or reload on notify.",
+    Runs::Host,
+    &["init", "load", "active", "enabled"],
+    &[Example {
         name: "start and enable, then stop and disable",
         setup: &[("package", r#"{"name": "plumb-demo"}"#)],
         steps: &[
@@ -94,7 +90,8 @@ pub static DEF: ModuleDef = ModuleDef {
             ),
         ],
     }],
-};
+)
+.refreshable();
 
 /// The note that tells people the apply uses service(8) (the apply reads
 /// [`super::Facts::init`], never this text).

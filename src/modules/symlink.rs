@@ -57,16 +57,12 @@ impl super::FromParams for Symlink {
     }
 }
 
-pub static DEF: ModuleDef = ModuleDef {
-    name: "symlink",
-    summary: "A symbolic link.",
-    schema: super::schema_for::<Params>,
-    build: super::build_from::<Symlink>,
-    refreshable: false,
-    runs: Runs::Local { rooted: None },
-    reads: &[],
-    probe_keys: &["type", "parent", "target_b64"],
-    examples: &[
+pub static DEF: ModuleDef = ModuleDef::of::<Symlink>(
+    "symlink",
+    "A symbolic link.",
+    Runs::Local { rooted: None },
+    &["type", "parent", "target_b64"],
+    &[
         Example {
             name: "create, retarget, remove",
             setup: &[("directory", r#"{"path": "{root}/real dir"}"#)],
@@ -94,7 +90,7 @@ pub static DEF: ModuleDef = ModuleDef {
             )],
         },
     ],
-};
+);
 
 impl Symlink {
     fn want(&self) -> &str {

@@ -58,18 +58,14 @@ impl super::FromParams for Sysctl {
     }
 }
 
-pub static DEF: ModuleDef = ModuleDef {
-    name: "sysctl",
-    summary: "A kernel parameter: live value and /etc/sysctl.d file.",
-    schema: super::schema_for::<Params>,
-    build: super::build_from::<Sysctl>,
-    refreshable: false,
-    runs: Runs::Local {
+pub static DEF: ModuleDef = ModuleDef::of::<Sysctl>(
+    "sysctl",
+    "A kernel parameter: live value and /etc/sysctl.d file.",
+    Runs::Local {
         rooted: Some(rooted),
     },
-    reads: &[],
-    probe_keys: &file_probe_keys_and::<12>(&["live", "live_b64"]),
-    examples: &[Example {
+    &file_probe_keys_and::<12>(&["live", "live_b64"]),
+    &[Example {
         name: "persist and set live, live drift, remove",
         setup: &[
             ("directory", r#"{"path": "{root}/etc/sysctl.d"}"#),
@@ -94,7 +90,7 @@ pub static DEF: ModuleDef = ModuleDef {
             ),
         ],
     }],
-};
+);
 
 /// [`Runs::Local`]: the file and /proc/sys under `root`.
 fn rooted(value: serde_json::Value, root: &str) -> Result<Box<dyn Resource>, BuildError> {

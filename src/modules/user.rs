@@ -92,16 +92,12 @@ impl super::FromParams for User {
     }
 }
 
-pub static DEF: ModuleDef = ModuleDef {
-    name: "user",
-    summary: "A local user: uid, primary and supplementary groups, shell, home.",
-    schema: super::schema_for::<Params>,
-    build: super::build_from::<User>,
-    refreshable: false,
-    runs: Runs::Host,
-    reads: &[],
-    probe_keys: &["entry", "entry_b64", "primary_b64", "groups_b64"],
-    examples: &[Example {
+pub static DEF: ModuleDef = ModuleDef::of::<User>(
+    "user",
+    "A local user: uid, primary and supplementary groups, shell, home.",
+    Runs::Host,
+    &["entry", "entry_b64", "primary_b64", "groups_b64"],
+    &[Example {
         name: "create with groups, modify, remove",
         setup: &[
             ("group", r#"{"name": "plumbexu1", "gid": 4251}"#),
@@ -123,7 +119,7 @@ pub static DEF: ModuleDef = ModuleDef {
             step(r#"{"name": "root", "uid": 0}"#, ChangeKind::InSync),
         ],
     }],
-};
+);
 
 fn set(groups: impl IntoIterator<Item = String>, primary: &str) -> Vec<String> {
     let mut v: Vec<String> = groups
