@@ -222,16 +222,13 @@ impl Resource for Cron {
 
 #[cfg(test)]
 mod tests {
+    use super::super::parse;
     use super::super::testing::out;
     use super::*;
 
-    fn cron(v: serde_json::Value) -> Result<Cron, BuildError> {
-        Cron::new(super::super::params(v)?)
-    }
-
     #[test]
     fn content_is_deterministic() {
-        let c = cron(serde_json::json!({
+        let c = parse::<Cron>(serde_json::json!({
             "name": "backup", "schedule": "  */5  * * * 1-5 ", "command": "/usr/local/bin/backup --all",
             "user": "backup", "env": {"PATH": "/usr/bin:/bin", "MAILTO": "ops@example.com"}
         }))
@@ -242,7 +239,8 @@ mod tests {
             String::from_utf8_lossy(c.content().unwrap_or_default())
         );
         let d =
-            cron(serde_json::json!({"name": "r", "schedule": "@reboot", "command": "x"})).unwrap();
+            parse::<Cron>(serde_json::json!({"name": "r", "schedule": "@reboot", "command": "x"}))
+                .unwrap();
         assert!(
             String::from_utf8_lossy(d.content().unwrap_or_default()).ends_with("@reboot root x\n")
         );
@@ -250,44 +248,48 @@ mod tests {
 
     #[test]
     fn validation() {
-        let err = |v| cron(v).unwrap_err().pointer;
-        assert_eq!(
-            err(serde_json::json!({"name": "a", "command": "x"})),
-            "/schedule"
-        );
-        assert_eq!(
-            err(serde_json::json!({"name": "a", "schedule": "* * * *", "command": "x"})),
-            "/schedule"
-        );
-        assert_eq!(
-            err(serde_json::json!({"name": "a", "schedule": "@sometimes", "command": "x"})),
-            "/schedule"
-        );
-        assert_eq!(
-            err(serde_json::json!({"name": "a", "schedule": "* * * * $(x)", "command": "x"})),
-            "/schedule"
-        );
-        assert_eq!(
-            err(serde_json::json!({"name": "a", "schedule": "@daily"})),
-            "/command"
-        );
-        assert_eq!(
-            err(serde_json::json!({"name": "a", "schedule": "@daily", "command": "a\nb"})),
-            "/command"
-        );
-        assert_eq!(
-            err(
-                serde_json::json!({"name": "a", "schedule": "@daily", "command": "a", "env": {"A B": "x"}})
+        let cases = [
+            (
+                serde_json::json!({"name": "a", "command": "x"}),
+                "/schedule",
             ),
-            "/env/A B"
-        );
-        assert!(cron(serde_json::json!({"name": "a", "state": "absent"})).is_ok());
+            (
+                serde_json::json!({"name": "a", "schedule": "* * * *", "command": "x"}),
+                "/schedule",
+            ),
+            (
+                serde_json::json!({"name": "a", "schedule": "@sometimes", "command": "x"}),
+                "/schedule",
+            ),
+            (
+                serde_json::json!({"name": "a", "schedule": "* * * * $(x)", "command": "x"}),
+                "/schedule",
+            ),
+            (
+                serde_json::json!({"name": "a", "schedule": "@daily"}),
+                "/command",
+            ),
+            (
+                serde_json::json!({"name": "a", "schedule": "@daily", "command": "a\nb"}),
+                "/command",
+            ),
+            (
+                serde_json::json!({"name": "a", "schedule": "@daily", "command": "a", "env": {"A B": "x"}}),
+                "/env/A B",
+            ),
+        ];
+        for (v, at) in cases {
+            assert_eq!(parse::<Cron>(v.clone()).unwrap_err().pointer, at, "{v}");
+        }
+        assert!(parse::<Cron>(serde_json::json!({"name": "a", "state": "absent"})).is_ok());
     }
 
     #[test]
     fn diffs() {
-        let c = cron(serde_json::json!({"name": "backup", "schedule": "@daily", "command": "run"}))
-            .unwrap();
+        let c = parse::<Cron>(
+            serde_json::json!({"name": "backup", "schedule": "@daily", "command": "run"}),
+        )
+        .unwrap();
         let ch = c.diff(&out("type=absent\nparent=yes\n")).unwrap();
         assert_eq!(ch.kind, ChangeKind::Create);
         insta::assert_snapshot!("cron_apply", c.apply(&ch));
@@ -296,7 +298,7 @@ mod tests {
             c.managed.sha256
         );
         assert_eq!(c.diff(&out(&synced)).unwrap(), Change::in_sync());
-        let gone = cron(serde_json::json!({"name": "backup", "state": "absent"})).unwrap();
+        let gone = parse::<Cron>(serde_json::json!({"name": "backup", "state": "absent"})).unwrap();
         let ch = gone.diff(&out("type=file\n")).unwrap();
         assert_eq!(ch.kind, ChangeKind::Remove);
         assert!(!gone.apply(&ch).contains("plumb-backup"));

@@ -266,12 +266,9 @@ impl Resource for Sysctl {
 
 #[cfg(test)]
 mod tests {
+    use super::super::parse;
     use super::super::testing::out;
     use super::*;
-
-    fn sysctl(v: serde_json::Value) -> Result<Sysctl, BuildError> {
-        Sysctl::new(super::super::params(v)?)
-    }
 
     fn file_ok(s: &Sysctl) -> String {
         format!(
@@ -289,29 +286,31 @@ mod tests {
 
     #[test]
     fn build_rules() {
-        let s = sysctl(serde_json::json!({"name": "net.ipv4.ip_forward", "value": "1"})).unwrap();
+        let s = parse::<Sysctl>(serde_json::json!({"name": "net.ipv4.ip_forward", "value": "1"}))
+            .unwrap();
         assert_eq!(s.path(), "/etc/sysctl.d/60-plumb-net.ipv4.ip_forward.conf");
         assert_eq!(s.proc_path, "/proc/sys/net/ipv4/ip_forward");
         assert_eq!(
             s.content(),
             Some(&b"# Managed by plumb.\nnet.ipv4.ip_forward = 1\n"[..])
         );
-        let s =
-            sysctl(serde_json::json!({"name": "net/ipv4/conf/eth0.100/rp_filter", "value": "2"}))
-                .unwrap();
+        let s = parse::<Sysctl>(
+            serde_json::json!({"name": "net/ipv4/conf/eth0.100/rp_filter", "value": "2"}),
+        )
+        .unwrap();
         assert_eq!(s.proc_path, "/proc/sys/net/ipv4/conf/eth0.100/rp_filter");
         assert_eq!(
             s.path(),
             "/etc/sysctl.d/60-plumb-net.ipv4.conf.eth0.100.rp_filter.conf"
         );
         assert_eq!(
-            sysctl(serde_json::json!({"name": "a.b"}))
+            parse::<Sysctl>(serde_json::json!({"name": "a.b"}))
                 .unwrap_err()
                 .pointer,
             "/value"
         );
         assert_eq!(
-            sysctl(serde_json::json!({"name": "a..b", "value": "1"}))
+            parse::<Sysctl>(serde_json::json!({"name": "a..b", "value": "1"}))
                 .unwrap_err()
                 .pointer,
             "/name"
@@ -320,7 +319,7 @@ mod tests {
 
     #[test]
     fn diffs() {
-        let s = sysctl(
+        let s = parse::<Sysctl>(
             serde_json::json!({"name": "net.ipv4.tcp_rmem", "value": "4096 87380  6291456"}),
         )
         .unwrap();
@@ -342,9 +341,10 @@ mod tests {
             .unwrap();
         assert!(c.notes[0].contains("does not exist"));
         assert!(s.diff(&out(&file_ok(&s))).is_err());
-        let persist_only =
-            sysctl(serde_json::json!({"name": "vm.swappiness", "value": "10", "live": false}))
-                .unwrap();
+        let persist_only = parse::<Sysctl>(
+            serde_json::json!({"name": "vm.swappiness", "value": "10", "live": false}),
+        )
+        .unwrap();
         assert!(!persist_only.probe().contains("/proc/sys"));
         assert_eq!(
             persist_only.diff(&out(&file_ok(&persist_only))).unwrap(),
@@ -354,7 +354,8 @@ mod tests {
 
     #[test]
     fn absent() {
-        let s = sysctl(serde_json::json!({"name": "vm.swappiness", "state": "absent"})).unwrap();
+        let s = parse::<Sysctl>(serde_json::json!({"name": "vm.swappiness", "state": "absent"}))
+            .unwrap();
         assert_eq!(s.diff(&out("type=absent\n")).unwrap(), Change::in_sync());
         let c = s.diff(&out("type=file\n")).unwrap();
         assert_eq!(c.kind, ChangeKind::Remove);
