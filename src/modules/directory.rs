@@ -280,11 +280,7 @@ mod tests {
     #[test]
     fn errors() {
         let d = dir(serde_json::json!({"path": "/srv/app"}));
-        assert!(d
-            .diff(&out("type=file\n"))
-            .unwrap_err()
-            .message
-            .contains("regular file"));
+        assert!(diff_error(&*d, "type=file\n").contains("regular file"));
         assert!(d.diff(&out("type=symlink\n")).is_err());
         assert!(d.diff(&out("nothing\n")).is_err());
         assert!(d.diff(&out("")).is_err());

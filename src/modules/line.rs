@@ -468,11 +468,10 @@ mod tests {
                 .kind,
             ChangeKind::Create
         );
-        assert!(l
-            .diff(&out("type=file\nexact=0\nlast_exact=0\nregexp=invalid\n"))
-            .unwrap_err()
-            .message
-            .contains("invalid regexp"));
+        assert!(
+            diff_error(&*l, "type=file\nexact=0\nlast_exact=0\nregexp=invalid\n")
+                .contains("invalid regexp")
+        );
         assert!(l
             .diff(&out(
                 "type=file\nexact=0\nlast_exact=0\nmatches=1\nlast_match=1\n"

@@ -423,11 +423,7 @@ mod tests {
     #[test]
     fn errors() {
         let p = pkg(serde_json::json!({"name": "nginx"}));
-        assert!(p
-            .diff(&out("manager=none\n"))
-            .unwrap_err()
-            .message
-            .contains("no supported package manager"));
+        assert!(diff_error(&*p, "manager=none\n").contains("no supported package manager"));
         assert!(p.diff(&out("manager=dnf\nerror=rpm not found\n")).is_err());
         assert!(p.diff(&out("manager=zypper\n")).is_err());
         assert!(p.diff(&out("")).is_err());

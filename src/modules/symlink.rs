@@ -259,11 +259,7 @@ mod tests {
         );
         let c = l.diff(&out(&other)).unwrap();
         assert_eq!(c.fields[0].from.as_deref(), Some("/elsewhere\n"));
-        assert!(l
-            .diff(&out("type=file\nparent=yes\n"))
-            .unwrap_err()
-            .message
-            .contains("force"));
+        assert!(diff_error(&*l, "type=file\nparent=yes\n").contains("force"));
         assert!(l.diff(&out("type=directory\nparent=yes\n")).is_err());
         assert!(l.diff(&out("type=symlink\nparent=yes\n")).is_err());
         let forced = link(serde_json::json!({"path": "/a", "target": "/b", "force": true}));
