@@ -53,10 +53,7 @@ impl Resource for Marker {
         serde_json::json!({"path": self.target()})
     }
     fn probe(&self) -> String {
-        format!(
-            "if [ -e '{}' ]; then echo present; else echo absent; fi",
-            self.path.display()
-        )
+        probe_exists(&self.path)
     }
     fn diff(&self, o: &ProbeResult) -> Result<Change, ProbeError> {
         match o.stdout.as_slice() {
@@ -94,15 +91,38 @@ fn host() -> Host {
     }
 }
 
+/// A host named `local` with `steps`.
+fn on_local(steps: Vec<DesiredStep>) -> DesiredHost {
+    named("local", steps)
+}
+
+fn trips(probe: u32, apply: u32, verify: u32) -> RoundTrips {
+    RoundTrips {
+        probe,
+        apply,
+        verify,
+    }
+}
+
+/// The marker file `m<i>` in `dir`, logging its refreshes to `log<i>`.
+fn marker(dir: &Path, i: usize, fail_apply: bool) -> Marker {
+    Marker {
+        path: dir.join(format!("m{i}")),
+        log: dir.join(format!("log{i}")),
+        fail_apply,
+    }
+}
+
+/// What the refreshes of marker `i` in `dir` logged.
+fn refresh_log(dir: &Path, i: usize) -> String {
+    std::fs::read_to_string(dir.join(format!("log{i}"))).expect("refresh log")
+}
+
 fn step(dir: &Path, i: usize, notify: Vec<&str>) -> DesiredStep {
     DesiredStep {
         address: StepAddress::new("u", format!("s{i}")),
         module: "marker",
-        resource: Box::new(Marker {
-            path: dir.join(format!("m{i}")),
-            log: dir.join(format!("log{i}")),
-            fail_apply: false,
-        }),
+        resource: Box::new(marker(dir, i, false)),
         after: Vec::new(),
         notify: notify.into_iter().filter_map(StepAddress::parse).collect(),
         sensitive: false,
@@ -131,10 +151,7 @@ impl Transport for Counting {
 #[tokio::test]
 async fn observing_100_steps_is_one_round_trip() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let desired = DesiredHost {
-        host: host(),
-        steps: (0..100).map(|i| step(dir.path(), i, vec![])).collect(),
-    };
+    let desired = on_local((0..100).map(|i| step(dir.path(), i, vec![])).collect());
     let t = Counting::default();
     let plan = plan_host(&desired, &t).await;
     assert_eq!(t.calls.load(Ordering::SeqCst), 1);
@@ -145,34 +162,17 @@ async fn observing_100_steps_is_one_round_trip() {
 #[tokio::test]
 async fn apply_converges_then_is_a_no_op() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let desired = DesiredHost {
-        host: host(),
-        steps: (0..20).map(|i| step(dir.path(), i, vec![])).collect(),
-    };
+    let desired = on_local((0..20).map(|i| step(dir.path(), i, vec![])).collect());
     let t = Counting::default();
     let run = apply_host(&desired, &t).await;
     assert_eq!(run.status, HostStatus::Converged, "{:?}", run.error);
     assert_eq!(run.changed(), 20);
-    assert_eq!(
-        run.round_trips,
-        RoundTrips {
-            probe: 1,
-            apply: 1,
-            verify: 1
-        }
-    );
+    assert_eq!(run.round_trips, trips(1, 1, 1));
     assert_eq!(t.calls.load(Ordering::SeqCst), 3);
 
     let again = apply_host(&desired, &t).await;
     assert_eq!(again.changed(), 0);
-    assert_eq!(
-        again.round_trips,
-        RoundTrips {
-            probe: 1,
-            apply: 0,
-            verify: 0
-        }
-    );
+    assert_eq!(again.round_trips, trips(1, 0, 0));
     assert_eq!(t.calls.load(Ordering::SeqCst), 4);
 }
 
@@ -186,40 +186,24 @@ async fn handlers_run_once_and_only_on_change() {
         step(dir.path(), 1, vec!["u/s2"]),
         step(dir.path(), 2, vec![]),
     ];
-    let desired = DesiredHost {
-        host: host(),
-        steps,
-    };
+    let desired = on_local(steps);
     let t = LocalTransport::new();
     let run = apply_host(&desired, &t).await;
     assert_eq!(run.status, HostStatus::Converged);
-    assert_eq!(
-        std::fs::read_to_string(dir.path().join("log2")).expect("refreshed"),
-        "refreshed\n"
-    );
+    assert_eq!(refresh_log(dir.path(), 2), "refreshed\n");
     assert_eq!(run.handlers.len(), 1);
 
     let again = apply_host(&desired, &t).await;
     assert!(again.handlers.is_empty());
-    assert_eq!(
-        std::fs::read_to_string(dir.path().join("log2")).expect("still once"),
-        "refreshed\n"
-    );
+    assert_eq!(refresh_log(dir.path(), 2), "refreshed\n");
 }
 
 #[tokio::test]
 async fn no_refresh_when_the_target_says_its_own_change_covers_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut target = step(dir.path(), 1, vec![]);
-    target.resource = Box::new(SelfRefreshing(Marker {
-        path: dir.path().join("m1"),
-        log: dir.path().join("log1"),
-        fail_apply: false,
-    }));
-    let desired = DesiredHost {
-        host: host(),
-        steps: vec![step(dir.path(), 0, vec!["u/s1"]), target],
-    };
+    target.resource = Box::new(SelfRefreshing(marker(dir.path(), 1, false)));
+    let desired = on_local(vec![step(dir.path(), 0, vec!["u/s1"]), target]);
     let run = apply_host(&desired, &LocalTransport::new()).await;
     assert_eq!(run.status, HostStatus::Converged);
     assert!(run.handlers.is_empty(), "{:?}", run.handlers);
@@ -229,25 +213,15 @@ async fn no_refresh_when_the_target_says_its_own_change_covers_it() {
     std::fs::remove_file(dir.path().join("m0")).expect("rm");
     let run = apply_host(&desired, &LocalTransport::new()).await;
     assert_eq!(run.handlers.len(), 1);
-    assert_eq!(
-        std::fs::read_to_string(dir.path().join("log1")).expect("refreshed"),
-        "refreshed\n"
-    );
+    assert_eq!(refresh_log(dir.path(), 1), "refreshed\n");
 }
 
 #[tokio::test]
 async fn a_failed_step_stops_the_host_and_is_reported() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut steps: Vec<DesiredStep> = (0..3).map(|i| step(dir.path(), i, vec![])).collect();
-    steps[1].resource = Box::new(Marker {
-        path: dir.path().join("m1"),
-        log: dir.path().join("l"),
-        fail_apply: true,
-    });
-    let desired = DesiredHost {
-        host: host(),
-        steps,
-    };
+    steps[1].resource = Box::new(marker(dir.path(), 1, true));
+    let desired = on_local(steps);
     let run = apply_host(&desired, &LocalTransport::new()).await;
     assert_eq!(run.status, HostStatus::Failed);
     let st: Vec<StepStatus> = run.steps.iter().map(|s| s.status).collect();
@@ -267,16 +241,9 @@ async fn a_failed_step_stops_the_host_and_is_reported() {
 async fn sensitive_failures_hide_output() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut s = step(dir.path(), 0, vec![]);
-    s.resource = Box::new(Marker {
-        path: dir.path().join("m0"),
-        log: dir.path().join("l"),
-        fail_apply: true,
-    });
+    s.resource = Box::new(marker(dir.path(), 0, true));
     s.sensitive = true;
-    let desired = DesiredHost {
-        host: host(),
-        steps: vec![s],
-    };
+    let desired = on_local(vec![s]);
     let run = apply_host(&desired, &LocalTransport::new()).await;
     let err = run.steps[0].error.clone().unwrap_or_default();
     assert!(!err.contains("disk on fire"), "{err}");
@@ -285,34 +252,17 @@ async fn sensitive_failures_hide_output() {
 #[tokio::test]
 async fn a_probe_error_touches_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
-    #[derive(Debug)]
-    struct Garbled;
-    impl Resource for Garbled {
-        fn target(&self) -> String {
-            "garbled".into()
-        }
-        fn desired(&self) -> serde_json::Value {
-            serde_json::Value::Null
-        }
-        fn probe(&self) -> String {
-            "echo what".into()
-        }
-        fn diff(&self, _o: &ProbeResult) -> Result<Change, ProbeError> {
-            Err(ProbeError::new("cannot parse"))
-        }
-        fn apply(&self, _c: &Change) -> String {
-            "exit 1".into()
-        }
-    }
     let mut steps = vec![step(dir.path(), 0, vec![])];
     steps.push(DesiredStep {
-        resource: Box::new(Garbled),
+        resource: Box::new(Scripted {
+            target: "garbled".into(),
+            probe: "echo what".into(),
+            diff: |_| Err(ProbeError::new("cannot parse")),
+            apply: Box::new(|_| "exit 1".into()),
+        }),
         ..step(dir.path(), 1, vec![])
     });
-    let desired = DesiredHost {
-        host: host(),
-        steps,
-    };
+    let desired = on_local(steps);
     let plan = plan_host(&desired, &LocalTransport::new()).await;
     assert!(plan.steps[0].needs_change());
     assert!(plan.steps[1].change.is_err(), "error for that step only");
@@ -321,38 +271,47 @@ async fn a_probe_error_touches_nothing() {
     assert!(!dir.path().join("m0").exists(), "nothing half-applied");
 }
 
-/// A marker whose apply runs a given fragment (a flood, a hang).
-#[derive(Debug)]
+/// A resource made of the parts a test gives: its target, probe script, diff and apply.
 struct Scripted {
-    path: PathBuf,
-    probe: Option<String>,
-    apply: String,
+    target: String,
+    probe: String,
+    diff: fn(&ProbeResult) -> Result<Change, ProbeError>,
+    apply: Box<dyn Fn(&Change) -> String + Send + Sync>,
+}
+
+impl std::fmt::Debug for Scripted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scripted")
+            .field("target", &self.target)
+            .field("probe", &self.probe)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Resource for Scripted {
     fn target(&self) -> String {
-        self.path.display().to_string()
+        self.target.clone()
     }
     fn desired(&self) -> serde_json::Value {
         serde_json::Value::Null
     }
     fn probe(&self) -> String {
-        self.probe.clone().unwrap_or_else(|| {
-            format!(
-                "if [ -e '{}' ]; then echo present; else echo absent; fi",
-                self.path.display()
-            )
-        })
+        self.probe.clone()
     }
     fn diff(&self, o: &ProbeResult) -> Result<Change, ProbeError> {
-        match o.stdout.as_slice() {
-            b"present\n" => Ok(Change::in_sync()),
-            _ => Ok(Change::new(ChangeKind::Create)),
-        }
+        (self.diff)(o)
     }
-    fn apply(&self, _c: &Change) -> String {
-        self.apply.clone()
+    fn apply(&self, c: &Change) -> String {
+        (self.apply)(c)
     }
+}
+
+/// Prints `present` or `absent` for `path`.
+fn probe_exists(path: &Path) -> String {
+    format!(
+        "if [ -e '{}' ]; then echo present; else echo absent; fi",
+        path.display()
+    )
 }
 
 fn named(name: &str, steps: Vec<DesiredStep>) -> DesiredHost {
@@ -365,12 +324,19 @@ fn named(name: &str, steps: Vec<DesiredStep>) -> DesiredHost {
     }
 }
 
+/// A marker whose apply (and probe, when given) runs a given fragment (a flood, a hang).
 fn scripted(dir: &Path, probe: Option<&str>, apply: &str) -> DesiredStep {
+    let path = dir.join("scripted");
+    let apply = apply.to_string();
     DesiredStep {
         resource: Box::new(Scripted {
-            path: dir.join("scripted"),
-            probe: probe.map(str::to_string),
-            apply: apply.to_string(),
+            target: path.display().to_string(),
+            probe: probe.map_or_else(|| probe_exists(&path), str::to_string),
+            diff: |o| match o.stdout.as_slice() {
+                b"present\n" => Ok(Change::in_sync()),
+                _ => Ok(Change::new(ChangeKind::Create)),
+            },
+            apply: Box::new(move |_| apply.clone()),
         }),
         ..step(dir, 9, vec![])
     }
@@ -387,24 +353,30 @@ fn short(observe_ms: u64, apply_ms: u64) -> LocalConnector {
     }
 }
 
-/// A step that floods its output fails its host with the limit named (cut on the host, so
-/// memory stays bounded); another host converges.
-#[tokio::test]
-async fn a_flooding_step_fails_its_host_only() {
-    let (a, b, c) = (
-        tempfile::tempdir().expect("tmp"),
-        tempfile::tempdir().expect("tmp"),
-        tempfile::tempdir().expect("tmp"),
-    );
+/// Three hosts, each with its own directory: `<what>-in-apply` whose step's apply runs
+/// `apply`, `<what>-in-probe` whose step's probe runs `probe`, and `fine` with a marker step.
+fn bad_apply_bad_probe_fine(
+    what: &str,
+    apply: &str,
+    probe: &str,
+) -> (Vec<DesiredHost>, [tempfile::TempDir; 3]) {
+    let dirs = [(); 3].map(|()| tempfile::tempdir().expect("tmp"));
     let hosts = vec![
-        named("flood-apply", vec![scripted(a.path(), None, "yes plumb")]),
         named(
-            "flood-probe",
-            vec![scripted(b.path(), Some("yes plumb >&2"), "true")],
+            &format!("{what}-in-apply"),
+            vec![scripted(dirs[0].path(), None, apply)],
         ),
-        named("fine", vec![step(c.path(), 0, vec![])]),
+        named(
+            &format!("{what}-in-probe"),
+            vec![scripted(dirs[1].path(), Some(probe), "true")],
+        ),
+        named("fine", vec![step(dirs[2].path(), 0, vec![])]),
     ];
-    let runs = apply_all(&hosts, &short(60_000, 60_000), 3).await;
+    (hosts, dirs)
+}
+
+/// The first two runs failed with an error that says `says`; the third converged.
+fn assert_two_failed_one_converged(runs: &[HostRun], says: &str) {
     for r in &runs[..2] {
         assert_eq!(
             r.status,
@@ -414,14 +386,19 @@ async fn a_flooding_step_fails_its_host_only() {
             r.error
         );
         let e = r.error.as_deref().unwrap_or_default();
-        assert!(
-            e.contains("u/s9 printed more than 4194304 bytes"),
-            "{}: {e}",
-            r.host.name
-        );
+        assert!(e.contains(says), "{}: {e}", r.host.name);
     }
     assert_eq!(runs[2].status, HostStatus::Converged, "{:?}", runs[2].error);
-    assert!(c.path().join("m0").exists());
+}
+
+/// A step that floods its output fails its host with the limit named (cut on the host, so
+/// memory stays bounded); another host converges.
+#[tokio::test]
+async fn a_flooding_step_fails_its_host_only() {
+    let (hosts, dirs) = bad_apply_bad_probe_fine("flood", "yes plumb", "yes plumb >&2");
+    let runs = apply_all(&hosts, &short(60_000, 60_000), 3).await;
+    assert_two_failed_one_converged(&runs, "u/s9 printed more than 4194304 bytes");
+    assert!(dirs[2].path().join("m0").exists());
     let plan = plan_host(&hosts[1], &LocalTransport::new()).await;
     assert_eq!(
         plan.error.as_ref().map(HostError::code),
@@ -433,19 +410,7 @@ async fn a_flooding_step_fails_its_host_only() {
 /// converges meanwhile.
 #[tokio::test]
 async fn a_hung_step_is_bounded_by_the_apply_timeout() {
-    let (a, b, c) = (
-        tempfile::tempdir().expect("tmp"),
-        tempfile::tempdir().expect("tmp"),
-        tempfile::tempdir().expect("tmp"),
-    );
-    let hosts = vec![
-        named("hangs-in-apply", vec![scripted(a.path(), None, "sleep 30")]),
-        named(
-            "hangs-in-probe",
-            vec![scripted(b.path(), Some("sleep 30"), "true")],
-        ),
-        named("fine", vec![step(c.path(), 0, vec![])]),
-    ];
+    let (hosts, _dirs) = bad_apply_bad_probe_fine("hangs", "sleep 30", "sleep 30");
     let start = Instant::now();
     let runs = apply_all(&hosts, &short(1_000, 1_000), 3).await;
     assert!(
@@ -453,24 +418,9 @@ async fn a_hung_step_is_bounded_by_the_apply_timeout() {
         "{:?}",
         start.elapsed()
     );
-    for r in &runs[..2] {
-        assert_eq!(
-            r.status,
-            HostStatus::Failed,
-            "{}: {:?}",
-            r.host.name,
-            r.error
-        );
-        let e = r.error.as_deref().unwrap_or_default();
-        assert!(
-            e.contains("did not answer within 1s"),
-            "{}: {e}",
-            r.host.name
-        );
-    }
+    assert_two_failed_one_converged(&runs, "did not answer within 1s");
     assert_eq!(runs[0].round_trips.apply, 1);
     assert_eq!(runs[1].round_trips.apply, 0);
-    assert_eq!(runs[2].status, HostStatus::Converged, "{:?}", runs[2].error);
 }
 
 /// The counts come from the transport: a verify that cannot connect still counts the
@@ -499,14 +449,7 @@ async fn round_trips_are_the_runs_made() {
         &FailAfter(AtomicU32::new(0), LocalTransport::new()),
     )
     .await;
-    assert_eq!(
-        run.round_trips,
-        RoundTrips {
-            probe: 1,
-            apply: 1,
-            verify: 1
-        }
-    );
+    assert_eq!(run.round_trips, trips(1, 1, 1));
     assert_eq!(run.status, HostStatus::Failed);
 }
 
@@ -514,19 +457,11 @@ async fn round_trips_are_the_runs_made() {
 #[tokio::test]
 async fn sensitive_results_carry_no_target_values_or_notes() {
     let dir = tempfile::tempdir().expect("tmp");
-    #[derive(Debug)]
-    struct Secret;
-    impl Resource for Secret {
-        fn target(&self) -> String {
-            "token=hunter2".into()
-        }
-        fn desired(&self) -> serde_json::Value {
-            serde_json::Value::Null
-        }
-        fn probe(&self) -> String {
-            "echo hunter2-observed".into()
-        }
-        fn diff(&self, _o: &ProbeResult) -> Result<Change, ProbeError> {
+    let mut s = step(dir.path(), 0, vec![]);
+    s.resource = Box::new(Scripted {
+        target: "token=hunter2".into(),
+        probe: "echo hunter2-observed".into(),
+        diff: |_| {
             Ok(Change::new(ChangeKind::Modify)
                 .field(
                     crate::modules::Field::Line,
@@ -534,15 +469,13 @@ async fn sensitive_results_carry_no_target_values_or_notes() {
                     Some("hunter2".into()),
                 )
                 .note("was hunter1"))
-        }
-        fn apply(&self, c: &Change) -> String {
+        },
+        apply: Box::new(|c| {
             // The engine hands apply the real change.
             assert_eq!(c.fields[0].to.as_deref(), Some("hunter2"));
             "echo hunter2 >&2; exit 1".into()
-        }
-    }
-    let mut s = step(dir.path(), 0, vec![]);
-    s.resource = Box::new(Secret);
+        }),
+    });
     s.sensitive = true;
     let desired = named("h", vec![s]);
     let plan = plan_host(&desired, &LocalTransport::new()).await;

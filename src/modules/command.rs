@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::sh::{quote, Observed};
 use super::{
     step, BuildError, Change, ChangeKind, Example, Field, ModuleDef, ProbeError, ProbeResult,
-    Resolve, Resource, Runs,
+    Resource, Runs,
 };
 
 /// A shell command (run by the host's `sh`, in a subshell). Guards make it idempotent: it runs only when
@@ -50,37 +50,31 @@ pub struct Command {
     pub params: Params,
 }
 
-fn build(
-    value: serde_json::Value,
-    _resolve: &mut dyn Resolve,
-) -> Result<Box<dyn Resource>, BuildError> {
-    super::sh::reject_nul(&value, &[])?;
-    let params: Params = super::params(value)?;
-    if params.run.trim().is_empty() {
-        return Err(BuildError::at("/run", "must not be empty"));
-    }
-    for (ptr, v) in [
-        ("/creates", &params.creates),
-        ("/unless", &params.unless),
-        ("/onlyif", &params.onlyif),
-    ] {
-        if v.as_deref().is_some_and(|s| s.trim().is_empty()) {
-            return Err(BuildError::at(ptr, "must not be empty"));
+impl super::FromParams for Command {
+    type Params = Params;
+    fn from_params(params: Params) -> Result<Command, BuildError> {
+        if params.run.trim().is_empty() {
+            return Err(BuildError::at("/run", "must not be empty"));
         }
+        for (ptr, v) in [
+            ("/creates", &params.creates),
+            ("/unless", &params.unless),
+            ("/onlyif", &params.onlyif),
+        ] {
+            if v.as_deref().is_some_and(|s| s.trim().is_empty()) {
+                return Err(BuildError::at(ptr, "must not be empty"));
+            }
+        }
+        Ok(Command { params })
     }
-    Ok(Box::new(Command { params }))
 }
 
-pub static DEF: ModuleDef = ModuleDef {
-    name: "command",
-    summary: "A guarded command (creates, unless, onlyif), or a handler (refresh_only).",
-    schema: super::schema_for::<Params>,
-    build,
-    refreshable: true,
-    runs: Runs::Local { rooted: None },
-    reads: &[],
-    probe_keys: &["refresh_only", "chdir", "creates", "unless", "onlyif"],
-    examples: &[
+pub static DEF: ModuleDef = ModuleDef::of::<Command>(
+    "command",
+    "A guarded command (creates, unless, onlyif), or a handler (refresh_only).",
+    Runs::Local { rooted: None },
+    &["refresh_only", "chdir", "creates", "unless", "onlyif"],
+    &[
         Example {
             name: "creates, in chdir",
             setup: &[],
@@ -106,7 +100,7 @@ pub static DEF: ModuleDef = ModuleDef {
             )],
         },
     ],
-};
+).refreshable();
 
 /// A guard command as a shell condition, evaluated in a subshell (never an argument of a
 /// process), its output discarded.
@@ -262,7 +256,7 @@ mod tests {
     use super::*;
 
     fn cmd(v: serde_json::Value) -> Box<dyn Resource> {
-        built(build, v)
+        built(DEF.build, v)
     }
 
     #[test]
@@ -316,7 +310,7 @@ mod tests {
         );
         assert_eq!(h.diff(&out("garbage")).unwrap(), Change::in_sync());
         insta::assert_snapshot!("command_refresh", h.refresh().unwrap_or_default());
-        assert!(build(serde_json::json!({"run": " "}), &mut NoRepo).is_err());
+        assert!((DEF.build)(serde_json::json!({"run": " "}), &mut NoRepo).is_err());
     }
 
     #[test]

@@ -8,11 +8,11 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::file::{apply_remove, diff_absent, probe_absent, Managed, FILE_PROBE_KEYS};
+use super::file::{Managed, FILE_PROBE_KEYS};
 use super::sh::Observed;
 use super::{
     step, BuildError, Change, ChangeKind, Example, ModuleDef, Presence, ProbeError, ProbeResult,
-    Resolve, Resource, Runs,
+    Resource, Runs,
 };
 
 /// A cron job, written as `/etc/cron.d/<name>` (one job per file).
@@ -87,27 +87,21 @@ fn schedule(s: &str) -> Result<String, String> {
     }
 }
 
-fn build(
-    value: serde_json::Value,
-    _resolve: &mut dyn Resolve,
-) -> Result<Box<dyn Resource>, BuildError> {
-    super::sh::reject_nul(&value, &[])?;
-    let params: Params = super::params(value)?;
-    Cron::new(params).map(|c| Box::new(c) as Box<dyn Resource>)
+impl super::FromParams for Cron {
+    type Params = Params;
+    fn from_params(params: Params) -> Result<Cron, BuildError> {
+        Cron::new(params)
+    }
 }
 
-pub static DEF: ModuleDef = ModuleDef {
-    name: "cron",
-    summary: "A cron job in /etc/cron.d.",
-    schema: super::schema_for::<Params>,
-    build,
-    refreshable: false,
-    runs: Runs::Local {
+pub static DEF: ModuleDef = ModuleDef::of::<Cron>(
+    "cron",
+    "A cron job in /etc/cron.d.",
+    Runs::Local {
         rooted: Some(rooted),
     },
-    reads: &[],
-    probe_keys: FILE_PROBE_KEYS,
-    examples: &[Example {
+    FILE_PROBE_KEYS,
+    &[Example {
         name: "create, change the schedule, remove",
         setup: &[("directory", r#"{"path": "{root}/etc/cron.d"}"#)],
         steps: &[
@@ -125,12 +119,11 @@ pub static DEF: ModuleDef = ModuleDef {
             ),
         ],
     }],
-};
+);
 
 /// [`Runs::Local`]: the cron file under `root`.
 fn rooted(value: serde_json::Value, root: &str) -> Result<Box<dyn Resource>, BuildError> {
-    super::sh::reject_nul(&value, &[])?;
-    Ok(Box::new(Cron::new(super::params(value)?)?.with_root(root)))
+    Ok(Box::new(super::parse::<Cron>(value)?.with_root(root)))
 }
 
 impl Cron {
@@ -179,6 +172,7 @@ impl Cron {
         let path = format!("/etc/cron.d/{}", params.name);
         let managed = Managed::new(
             &path,
+            params.state,
             content.into_bytes(),
             Some("0644"),
             Some("root".into()),
@@ -213,45 +207,28 @@ impl Resource for Cron {
         v
     }
     fn probe(&self) -> String {
-        match self.params.state {
-            Presence::Present => self.managed.probe(),
-            Presence::Absent => probe_absent(&self.managed.path),
-        }
+        self.managed.probe()
     }
     fn diff(&self, observed: &ProbeResult) -> Result<Change, ProbeError> {
-        let o = Observed::parse(observed)?;
-        match self.params.state {
-            Presence::Present => self.managed.diff(&o),
-            Presence::Absent => diff_absent(&self.managed.path, &o),
-        }
+        self.managed.diff(&Observed::parse(observed)?)
     }
     fn apply(&self, change: &Change) -> String {
-        match change.kind {
-            ChangeKind::InSync => ":".into(),
-            ChangeKind::Remove => apply_remove(&self.managed.path, false),
-            _ => self.managed.apply(change),
-        }
+        self.managed.apply(change)
     }
     fn content(&self) -> Option<&[u8]> {
-        match self.params.state {
-            Presence::Present => Some(&self.managed.content),
-            Presence::Absent => None,
-        }
+        self.managed.content()
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::parse;
     use super::super::testing::out;
     use super::*;
 
-    fn cron(v: serde_json::Value) -> Result<Cron, BuildError> {
-        Cron::new(super::super::params(v)?)
-    }
-
     #[test]
     fn content_is_deterministic() {
-        let c = cron(serde_json::json!({
+        let c = parse::<Cron>(serde_json::json!({
             "name": "backup", "schedule": "  */5  * * * 1-5 ", "command": "/usr/local/bin/backup --all",
             "user": "backup", "env": {"PATH": "/usr/bin:/bin", "MAILTO": "ops@example.com"}
         }))
@@ -262,7 +239,8 @@ mod tests {
             String::from_utf8_lossy(c.content().unwrap_or_default())
         );
         let d =
-            cron(serde_json::json!({"name": "r", "schedule": "@reboot", "command": "x"})).unwrap();
+            parse::<Cron>(serde_json::json!({"name": "r", "schedule": "@reboot", "command": "x"}))
+                .unwrap();
         assert!(
             String::from_utf8_lossy(d.content().unwrap_or_default()).ends_with("@reboot root x\n")
         );
@@ -270,44 +248,48 @@ mod tests {
 
     #[test]
     fn validation() {
-        let err = |v| cron(v).unwrap_err().pointer;
-        assert_eq!(
-            err(serde_json::json!({"name": "a", "command": "x"})),
-            "/schedule"
-        );
-        assert_eq!(
-            err(serde_json::json!({"name": "a", "schedule": "* * * *", "command": "x"})),
-            "/schedule"
-        );
-        assert_eq!(
-            err(serde_json::json!({"name": "a", "schedule": "@sometimes", "command": "x"})),
-            "/schedule"
-        );
-        assert_eq!(
-            err(serde_json::json!({"name": "a", "schedule": "* * * * $(x)", "command": "x"})),
-            "/schedule"
-        );
-        assert_eq!(
-            err(serde_json::json!({"name": "a", "schedule": "@daily"})),
-            "/command"
-        );
-        assert_eq!(
-            err(serde_json::json!({"name": "a", "schedule": "@daily", "command": "a\nb"})),
-            "/command"
-        );
-        assert_eq!(
-            err(
-                serde_json::json!({"name": "a", "schedule": "@daily", "command": "a", "env": {"A B": "x"}})
+        let cases = [
+            (
+                serde_json::json!({"name": "a", "command": "x"}),
+                "/schedule",
             ),
-            "/env/A B"
-        );
-        assert!(cron(serde_json::json!({"name": "a", "state": "absent"})).is_ok());
+            (
+                serde_json::json!({"name": "a", "schedule": "* * * *", "command": "x"}),
+                "/schedule",
+            ),
+            (
+                serde_json::json!({"name": "a", "schedule": "@sometimes", "command": "x"}),
+                "/schedule",
+            ),
+            (
+                serde_json::json!({"name": "a", "schedule": "* * * * $(x)", "command": "x"}),
+                "/schedule",
+            ),
+            (
+                serde_json::json!({"name": "a", "schedule": "@daily"}),
+                "/command",
+            ),
+            (
+                serde_json::json!({"name": "a", "schedule": "@daily", "command": "a\nb"}),
+                "/command",
+            ),
+            (
+                serde_json::json!({"name": "a", "schedule": "@daily", "command": "a", "env": {"A B": "x"}}),
+                "/env/A B",
+            ),
+        ];
+        for (v, at) in cases {
+            assert_eq!(parse::<Cron>(v.clone()).unwrap_err().pointer, at, "{v}");
+        }
+        assert!(parse::<Cron>(serde_json::json!({"name": "a", "state": "absent"})).is_ok());
     }
 
     #[test]
     fn diffs() {
-        let c = cron(serde_json::json!({"name": "backup", "schedule": "@daily", "command": "run"}))
-            .unwrap();
+        let c = parse::<Cron>(
+            serde_json::json!({"name": "backup", "schedule": "@daily", "command": "run"}),
+        )
+        .unwrap();
         let ch = c.diff(&out("type=absent\nparent=yes\n")).unwrap();
         assert_eq!(ch.kind, ChangeKind::Create);
         insta::assert_snapshot!("cron_apply", c.apply(&ch));
@@ -316,7 +298,7 @@ mod tests {
             c.managed.sha256
         );
         assert_eq!(c.diff(&out(&synced)).unwrap(), Change::in_sync());
-        let gone = cron(serde_json::json!({"name": "backup", "state": "absent"})).unwrap();
+        let gone = parse::<Cron>(serde_json::json!({"name": "backup", "state": "absent"})).unwrap();
         let ch = gone.diff(&out("type=file\n")).unwrap();
         assert_eq!(ch.kind, ChangeKind::Remove);
         assert!(!gone.apply(&ch).contains("plumb-backup"));

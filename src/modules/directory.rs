@@ -12,7 +12,7 @@ use super::file::{attr_fields, set_attrs};
 use super::sh::{self, quote, Observed};
 use super::{
     step, BuildError, Change, ChangeKind, Example, Facts, Field, ModuleDef, PathType, Presence,
-    ProbeError, ProbeResult, Resolve, Resource, Runs,
+    ProbeError, ProbeResult, Resource, Runs,
 };
 
 /// A directory. Parents are created as needed. `state: absent` removes it only when empty
@@ -45,31 +45,25 @@ pub struct Directory {
     mode: Option<String>,
 }
 
-fn build(
-    value: serde_json::Value,
-    _resolve: &mut dyn Resolve,
-) -> Result<Box<dyn Resource>, BuildError> {
-    sh::reject_nul(&value, &[])?;
-    let params: Params = super::params(value)?;
-    if params.path.trim_end_matches('/').is_empty() {
-        return Err(BuildError::at("/path", "plumb will not manage `/`"));
+impl super::FromParams for Directory {
+    type Params = Params;
+    fn from_params(params: Params) -> Result<Directory, BuildError> {
+        if params.path.trim_end_matches('/').is_empty() {
+            return Err(BuildError::at("/path", "plumb will not manage `/`"));
+        }
+        let mode = params.mode.as_deref().map(sh::norm_mode);
+        Ok(Directory { params, mode })
     }
-    let mode = params.mode.as_deref().map(sh::norm_mode);
-    Ok(Box::new(Directory { params, mode }))
 }
 
-pub static DEF: ModuleDef = ModuleDef {
-    name: "directory",
-    summary: "A directory: mode, owner, group.",
-    schema: super::schema_for::<Params>,
-    build,
-    refreshable: false,
-    runs: Runs::Local { rooted: None },
-    reads: &[],
-    probe_keys: &[
+pub static DEF: ModuleDef = ModuleDef::of::<Directory>(
+    "directory",
+    "A directory: mode, owner, group.",
+    Runs::Local { rooted: None },
+    &[
         "type", "mode", "uid", "owner", "gid", "group", "size", "empty",
     ],
-    examples: &[
+    &[
         Example {
             name: "parents created, mode changed, removed when empty",
             setup: &[],
@@ -100,7 +94,7 @@ pub static DEF: ModuleDef = ModuleDef {
             )],
         },
     ],
-};
+);
 
 impl Directory {
     fn not_a_directory(&self, ty: PathType) -> ProbeError {
@@ -259,7 +253,7 @@ mod tests {
     use super::*;
 
     fn dir(v: serde_json::Value) -> Box<dyn Resource> {
-        built(build, v)
+        built(DEF.build, v)
     }
 
     const STAT: &str = "mode=755\nuid=0\nowner=root\ngid=0\ngroup=root\nsize=4096\n";
@@ -286,15 +280,11 @@ mod tests {
     #[test]
     fn errors() {
         let d = dir(serde_json::json!({"path": "/srv/app"}));
-        assert!(d
-            .diff(&out("type=file\n"))
-            .unwrap_err()
-            .message
-            .contains("regular file"));
+        assert!(diff_error(&*d, "type=file\n").contains("regular file"));
         assert!(d.diff(&out("type=symlink\n")).is_err());
         assert!(d.diff(&out("nothing\n")).is_err());
         assert!(d.diff(&out("")).is_err());
-        assert!(build(serde_json::json!({"path": "/"}), &mut NoRepo).is_err());
+        assert!((DEF.build)(serde_json::json!({"path": "/"}), &mut NoRepo).is_err());
     }
 
     #[test]

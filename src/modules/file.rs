@@ -128,6 +128,7 @@ fn build(
     };
     let managed = Managed::new(
         &params.path,
+        params.state,
         content,
         params.mode.as_deref(),
         params.owner.clone(),
@@ -204,6 +205,25 @@ pub(crate) const FILE_PROBE_KEYS: &[&str] = &[
     "content_b64",
 ];
 
+/// [`FILE_PROBE_KEYS`] followed by a module's own `extra` keys; `N` must be the sum of both
+/// lengths (checked when the constant is evaluated, so a wrong `N` does not compile).
+pub(crate) const fn file_probe_keys_and<const N: usize>(
+    extra: &[&'static str],
+) -> [&'static str; N] {
+    assert!(N == FILE_PROBE_KEYS.len() + extra.len());
+    let mut keys = [""; N];
+    let mut i = 0;
+    while i < N {
+        keys[i] = if i < FILE_PROBE_KEYS.len() {
+            FILE_PROBE_KEYS[i]
+        } else {
+            extra[i - FILE_PROBE_KEYS.len()]
+        };
+        i += 1;
+    }
+    keys
+}
+
 impl Resource for File {
     fn target(&self) -> String {
         self.params.path.clone()
@@ -238,40 +258,29 @@ impl Resource for File {
         v
     }
     fn probe(&self) -> String {
-        match self.params.state {
-            Presence::Present => self.managed.probe(),
-            Presence::Absent => probe_absent(&self.params.path),
-        }
+        self.managed.probe()
     }
     fn diff(&self, observed: &ProbeResult) -> Result<Change, ProbeError> {
-        let o = Observed::parse(observed)?;
-        match self.params.state {
-            Presence::Present => self.managed.diff(&o),
-            Presence::Absent => diff_absent(&self.params.path, &o),
-        }
+        self.managed.diff(&Observed::parse(observed)?)
     }
     fn apply(&self, change: &Change) -> String {
-        match change.kind {
-            ChangeKind::InSync => ":".to_string(),
-            ChangeKind::Remove => apply_remove(&self.params.path, self.params.backup),
-            ChangeKind::Create | ChangeKind::Modify => self.managed.apply(change),
-        }
+        self.managed.apply(change)
     }
     fn content(&self) -> Option<&[u8]> {
-        match self.params.state {
-            Presence::Present => Some(&*self.managed.content),
-            Presence::Absent => None,
-        }
+        self.managed.content()
     }
 }
 
 /// Largest file whose old content the probe returns for a diff.
 pub const MAX_DIFF_BYTES: u64 = 256 * 1024;
 
-/// A regular file whose whole content plumb manages: shared by `file`, `cron` and `sysctl`.
+/// A regular file whose whole content plumb manages, or that must be absent: shared by
+/// `file`, `cron` and `sysctl`, the one place that picks the present or absent probe, diff,
+/// apply and content.
 #[derive(Debug, Clone)]
 pub(crate) struct Managed {
     pub path: String,
+    pub state: Presence,
     /// Shared with every other step and host that reads the same repo file.
     pub content: Arc<[u8]>,
     pub sha256: String,
@@ -285,6 +294,7 @@ pub(crate) struct Managed {
 impl Managed {
     pub fn new(
         path: &str,
+        state: Presence,
         content: impl Into<Arc<[u8]>>,
         mode: Option<&str>,
         owner: Option<String>,
@@ -295,6 +305,7 @@ impl Managed {
         let sha256 = hex::encode(Sha256::digest(&content));
         Managed {
             path: path.to_string(),
+            state,
             content,
             sha256,
             mode: mode.map(sh::norm_mode),
@@ -305,6 +316,38 @@ impl Managed {
     }
 
     pub fn probe(&self) -> String {
+        match self.state {
+            Presence::Present => self.probe_present(),
+            Presence::Absent => probe_absent(&self.path),
+        }
+    }
+
+    pub fn diff(&self, o: &Observed) -> Result<Change, ProbeError> {
+        match self.state {
+            Presence::Present => self.diff_present(o),
+            Presence::Absent => diff_absent(&self.path, o),
+        }
+    }
+
+    /// The script for `change`: nothing when in sync, the removal (with the backup when
+    /// asked) when absent, else the write.
+    pub fn apply(&self, change: &Change) -> String {
+        match change.kind {
+            ChangeKind::InSync => ":".into(),
+            ChangeKind::Remove => apply_remove(&self.path, self.backup),
+            ChangeKind::Create | ChangeKind::Modify => self.apply_write(change),
+        }
+    }
+
+    /// The content to write: none when the file must be absent.
+    pub fn content(&self) -> Option<&[u8]> {
+        match self.state {
+            Presence::Present => Some(&self.content),
+            Presence::Absent => None,
+        }
+    }
+
+    fn probe_present(&self) -> String {
         format!(
             r#"p={p}
 {ty}
@@ -330,7 +373,7 @@ fi"#,
         )
     }
 
-    pub fn diff(&self, o: &Observed) -> Result<Change, ProbeError> {
+    fn diff_present(&self, o: &Observed) -> Result<Change, ProbeError> {
         let ty = PathType::parse(o)?;
         let seen = Facts {
             path: Some(ty),
@@ -395,7 +438,7 @@ fi"#,
     /// attributes and renames it into place; or, when only attributes changed, fixes them on
     /// a hard link held in that private directory. Every step goes through
     /// [`sh::enter_parent`]: nothing at the path is followed, nothing above it can be swapped.
-    pub fn apply(&self, change: &Change) -> String {
+    fn apply_write(&self, change: &Change) -> String {
         let parent = sh::parent(&self.path);
         let enter = sh::enter_parent(
             &self.path,
@@ -535,12 +578,12 @@ fn not_a_file(path: &str, ty: PathType) -> ProbeError {
 }
 
 /// The probe of a file that must be absent: only its type.
-pub(crate) fn probe_absent(path: &str) -> String {
+fn probe_absent(path: &str) -> String {
     format!("p={}\n{}", quote(path), sh::PROBE_TYPE)
 }
 
 /// A file that must be absent: a regular file or a symlink is removed.
-pub(crate) fn diff_absent(path: &str, o: &Observed) -> Result<Change, ProbeError> {
+fn diff_absent(path: &str, o: &Observed) -> Result<Change, ProbeError> {
     match PathType::parse(o)? {
         PathType::Absent => Ok(Change::in_sync()),
         ty @ (PathType::File | PathType::Symlink) => Ok(Change::new(ChangeKind::Remove)
@@ -555,7 +598,7 @@ pub(crate) fn diff_absent(path: &str, o: &Observed) -> Result<Change, ProbeError
 
 /// Removes a file (keeping it as `<path>.plumb-backup` when asked), through
 /// [`sh::enter_parent`]: `rm` and `mv` act on the name, never through a link.
-pub(crate) fn apply_remove(path: &str, backup: bool) -> String {
+fn apply_remove(path: &str, backup: bool) -> String {
     let enter = sh::enter_parent(
         path,
         sh::Missing::Fail(&format!(

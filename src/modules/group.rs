@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::sh::{self, quote, Observed};
 use super::{
     step, BuildError, Change, ChangeKind, Example, Field, ModuleDef, Presence, ProbeError,
-    ProbeResult, Resolve, Resource, Runs,
+    ProbeResult, Resource, Runs,
 };
 
 /// A local group, managed with groupadd/groupmod/groupdel.
@@ -32,25 +32,19 @@ pub struct Group {
     pub params: Params,
 }
 
-fn build(
-    value: serde_json::Value,
-    _resolve: &mut dyn Resolve,
-) -> Result<Box<dyn Resource>, BuildError> {
-    sh::reject_nul(&value, &[])?;
-    let params: Params = super::params(value)?;
-    Ok(Box::new(Group { params }))
+impl super::FromParams for Group {
+    type Params = Params;
+    fn from_params(params: Params) -> Result<Group, BuildError> {
+        Ok(Group { params })
+    }
 }
 
-pub static DEF: ModuleDef = ModuleDef {
-    name: "group",
-    summary: "A local group: gid, system.",
-    schema: super::schema_for::<Params>,
-    build,
-    refreshable: false,
-    runs: Runs::Host,
-    reads: &[],
-    probe_keys: &["entry", "entry_b64"],
-    examples: &[Example {
+pub static DEF: ModuleDef = ModuleDef::of::<Group>(
+    "group",
+    "A local group: gid, system.",
+    Runs::Host,
+    &["entry", "entry_b64"],
+    &[Example {
         name: "create, change gid, remove",
         setup: &[],
         steps: &[
@@ -66,7 +60,7 @@ pub static DEF: ModuleDef = ModuleDef {
             ),
         ],
     }],
-};
+);
 
 /// A probe fragment that sets `$l` to the `db` (passwd or group) entry of `$n`, or "".
 pub(crate) fn lookup_entry(db: &str) -> String {
@@ -161,7 +155,7 @@ mod tests {
     use super::*;
 
     fn group(v: serde_json::Value) -> Box<dyn Resource> {
-        built(build, v)
+        built(DEF.build, v)
     }
 
     fn entry(e: &str) -> String {

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::sh::{self, quote, Observed};
 use super::{
     step, BuildError, Change, ChangeKind, Example, Facts, Field, ModuleDef, PathType, Presence,
-    ProbeError, ProbeResult, Resolve, Resource, Runs,
+    ProbeError, ProbeResult, Resource, Runs,
 };
 
 /// One line in a file, like Ansible's lineinfile. With `regexp` (POSIX extended, as grep -E),
@@ -48,61 +48,55 @@ pub struct Line {
     pub params: Params,
 }
 
-fn build(
-    value: serde_json::Value,
-    _resolve: &mut dyn Resolve,
-) -> Result<Box<dyn Resource>, BuildError> {
-    sh::reject_nul(&value, &[])?;
-    let params: Params = super::params(value)?;
-    if params.path.ends_with('/') || params.path.len() < 2 {
-        return Err(BuildError::at(
-            "/path",
-            "must name a file (no trailing `/`)",
-        ));
-    }
-    if let Some(l) = &params.line {
-        if l.contains('\n') {
+impl super::FromParams for Line {
+    type Params = Params;
+    fn from_params(params: Params) -> Result<Line, BuildError> {
+        if params.path.ends_with('/') || params.path.len() < 2 {
             return Err(BuildError::at(
-                "/line",
-                "must be a single line (no newline)",
+                "/path",
+                "must name a file (no trailing `/`)",
             ));
         }
-    }
-    if let Some(r) = &params.regexp {
-        if r.contains('\n') || r.is_empty() {
-            return Err(BuildError::at("/regexp", "must be a non-empty single line"));
+        if let Some(l) = &params.line {
+            if l.contains('\n') {
+                return Err(BuildError::at(
+                    "/line",
+                    "must be a single line (no newline)",
+                ));
+            }
         }
-        super::ere::check(r).map_err(|e| {
+        if let Some(r) = &params.regexp {
+            if r.contains('\n') || r.is_empty() {
+                return Err(BuildError::at("/regexp", "must be a non-empty single line"));
+            }
+            super::ere::check(r).map_err(|e| {
             BuildError::at(
                 "/regexp",
                 format!("invalid regular expression /{r}/: {e} (a POSIX extended regular expression, as `grep -E` reads it)"),
             )
         })?;
-    }
-    match params.state {
-        Presence::Present if params.line.is_none() => {
-            return Err(BuildError::at("/line", "`line` is required when present"))
         }
-        Presence::Absent if params.line.is_none() && params.regexp.is_none() => {
-            return Err(BuildError::at(
-                "",
-                "`line` or `regexp` is required when absent",
-            ))
+        match params.state {
+            Presence::Present if params.line.is_none() => {
+                return Err(BuildError::at("/line", "`line` is required when present"))
+            }
+            Presence::Absent if params.line.is_none() && params.regexp.is_none() => {
+                return Err(BuildError::at(
+                    "",
+                    "`line` or `regexp` is required when absent",
+                ))
+            }
+            _ => {}
         }
-        _ => {}
+        Ok(Line { params })
     }
-    Ok(Box::new(Line { params }))
 }
 
-pub static DEF: ModuleDef = ModuleDef {
-    name: "line",
-    summary: "A line in a text file, matched exactly or by regexp.",
-    schema: super::schema_for::<Params>,
-    build,
-    refreshable: false,
-    runs: Runs::Local { rooted: None },
-    reads: &[],
-    probe_keys: &[
+pub static DEF: ModuleDef = ModuleDef::of::<Line>(
+    "line",
+    "A line in a text file, matched exactly or by regexp.",
+    Runs::Local { rooted: None },
+    &[
         "type",
         "exact",
         "last_exact",
@@ -111,7 +105,7 @@ pub static DEF: ModuleDef = ModuleDef {
         "last_b64",
         "regexp",
     ],
-    examples: &[Example {
+    &[Example {
         name: "create, append, replace by regexp, remove",
         setup: &[],
         steps: &[
@@ -137,7 +131,7 @@ pub static DEF: ModuleDef = ModuleDef {
             ),
         ],
     }],
-};
+);
 
 impl Line {
     /// Shell assignments of the line (`v`) and regexp (`re`): values reach commands only on
@@ -396,26 +390,26 @@ mod tests {
     use super::*;
 
     fn line(v: serde_json::Value) -> Box<dyn Resource> {
-        built(build, v)
+        built(DEF.build, v)
     }
 
     #[test]
     fn build_rules() {
-        let e = build(serde_json::json!({"path": "/a"}), &mut NoRepo).unwrap_err();
+        let e = (DEF.build)(serde_json::json!({"path": "/a"}), &mut NoRepo).unwrap_err();
         assert_eq!(e.pointer, "/line");
-        let e = build(
+        let e = (DEF.build)(
             serde_json::json!({"path": "/a", "line": "a\nb"}),
             &mut NoRepo,
         )
         .unwrap_err();
         assert_eq!(e.pointer, "/line");
-        let e = build(
+        let e = (DEF.build)(
             serde_json::json!({"path": "/a", "state": "absent"}),
             &mut NoRepo,
         )
         .unwrap_err();
         assert_eq!(e.pointer, "");
-        assert!(build(
+        assert!((DEF.build)(
             serde_json::json!({"path": "/a", "state": "absent", "regexp": "^x"}),
             &mut NoRepo
         )
@@ -474,11 +468,10 @@ mod tests {
                 .kind,
             ChangeKind::Create
         );
-        assert!(l
-            .diff(&out("type=file\nexact=0\nlast_exact=0\nregexp=invalid\n"))
-            .unwrap_err()
-            .message
-            .contains("invalid regexp"));
+        assert!(
+            diff_error(&*l, "type=file\nexact=0\nlast_exact=0\nregexp=invalid\n")
+                .contains("invalid regexp")
+        );
         assert!(l
             .diff(&out(
                 "type=file\nexact=0\nlast_exact=0\nmatches=1\nlast_match=1\n"
@@ -542,7 +535,7 @@ mod tests {
     #[test]
     fn an_invalid_regexp_is_a_build_error_at_its_pointer() {
         for bad in ["(", "[[:foo:]]", "a{2,1}", "x\\"] {
-            let e = build(
+            let e = (DEF.build)(
                 serde_json::json!({"path": "/a", "regexp": bad, "line": "x"}),
                 &mut NoRepo,
             )
@@ -550,7 +543,7 @@ mod tests {
             assert_eq!(e.pointer, "/regexp", "{bad}");
             assert!(e.message.contains("invalid regular expression"), "{e}");
         }
-        assert!(build(
+        assert!((DEF.build)(
             serde_json::json!({"path": "/a", "regexp": "^#?Port[[:space:]]+[0-9]{1,5}$", "line": "x"}),
             &mut NoRepo
         )

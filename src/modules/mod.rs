@@ -403,6 +403,39 @@ pub struct ModuleDef {
     pub examples: &'static [Example],
 }
 
+impl ModuleDef {
+    /// The definition of a [`FromParams`] module `R`: its schema and build come from `R`,
+    /// its steps are not `notify` targets ([`ModuleDef::refreshable`] changes that) and it
+    /// reads nothing from the config repo.
+    pub(crate) const fn of<R: FromParams>(
+        name: &'static str,
+        summary: &'static str,
+        runs: Runs,
+        probe_keys: &'static [&'static str],
+        examples: &'static [Example],
+    ) -> ModuleDef {
+        ModuleDef {
+            name,
+            summary,
+            schema: schema_for::<R::Params>,
+            build: build_from::<R>,
+            refreshable: false,
+            runs,
+            reads: &[],
+            probe_keys,
+            examples,
+        }
+    }
+
+    /// This definition, with steps that can be `notify` targets.
+    pub(crate) const fn refreshable(self) -> ModuleDef {
+        ModuleDef {
+            refreshable: true,
+            ..self
+        }
+    }
+}
+
 impl fmt::Debug for ModuleDef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ModuleDef")
@@ -481,6 +514,28 @@ pub fn lookup(name: &str) -> Option<&'static ModuleDef> {
 pub fn params<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, BuildError> {
     serde_json::from_value(value)
         .map_err(|e| BuildError::at("", format!("invalid parameters: {e}")))
+}
+
+/// A resource built from its parameters alone (it reads nothing from the config repo).
+pub(crate) trait FromParams: Resource + Sized + 'static {
+    type Params: serde::de::DeserializeOwned + JsonSchema;
+    /// Checks the parsed parameters and builds the resource.
+    fn from_params(params: Self::Params) -> Result<Self, BuildError>;
+}
+
+/// Builds an `R` from raw parameters: a NUL byte anywhere is refused ([`sh::reject_nul`]),
+/// then they are parsed ([`params`]) and checked ([`FromParams::from_params`]).
+pub(crate) fn parse<R: FromParams>(value: serde_json::Value) -> Result<R, BuildError> {
+    sh::reject_nul(&value, &[])?;
+    R::from_params(params(value)?)
+}
+
+/// [`ModuleDef::build`] of a [`FromParams`] module.
+pub(crate) fn build_from<R: FromParams>(
+    value: serde_json::Value,
+    _resolve: &mut dyn Resolve,
+) -> Result<Box<dyn Resource>, BuildError> {
+    Ok(Box::new(parse::<R>(value)?))
 }
 
 /// A schema for `T`, for use in [`ModuleDef::schema`].

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::sh::{quote, Observed};
 use super::{
     step, BuildError, Change, ChangeKind, Example, Facts, Field, ModuleDef, Presence, ProbeError,
-    ProbeResult, Resolve, Resource, Runs,
+    ProbeResult, Resource, Runs,
 };
 
 /// The package manager to use.
@@ -54,33 +54,27 @@ pub struct Package {
     pub params: Params,
 }
 
-fn build(
-    value: serde_json::Value,
-    _resolve: &mut dyn Resolve,
-) -> Result<Box<dyn Resource>, BuildError> {
-    super::sh::reject_nul(&value, &[])?;
-    let params: Params = super::params(value)?;
-    if let Some(v) = &params.version {
-        if v.is_empty()
-            || !v
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b".+~:_-".contains(&b))
-        {
-            return Err(BuildError::at("/version", "not a package version"));
+impl super::FromParams for Package {
+    type Params = Params;
+    fn from_params(params: Params) -> Result<Package, BuildError> {
+        if let Some(v) = &params.version {
+            if v.is_empty()
+                || !v
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b".+~:_-".contains(&b))
+            {
+                return Err(BuildError::at("/version", "not a package version"));
+            }
         }
+        Ok(Package { params })
     }
-    Ok(Box::new(Package { params }))
 }
 
-pub static DEF: ModuleDef = ModuleDef {
-    name: "package",
-    summary: "A system package: present, absent or at a version.",
-    schema: super::schema_for::<Params>,
-    build,
-    refreshable: false,
-    runs: Runs::Host,
-    reads: &[],
-    probe_keys: &[
+pub static DEF: ModuleDef = ModuleDef::of::<Package>(
+    "package",
+    "A system package: present, absent or at a version.",
+    Runs::Host,
+    &[
         "manager",
         "dpkg_status",
         "dpkg_version",
@@ -91,7 +85,7 @@ pub static DEF: ModuleDef = ModuleDef {
         "apk_version",
         "error",
     ],
-    examples: &[
+    &[
         Example {
             name: "install at a version, upgrade, remove",
             setup: &[],
@@ -125,7 +119,7 @@ pub static DEF: ModuleDef = ModuleDef {
             ],
         },
     ],
-};
+);
 
 /// A package manager plumb drives: the configured one, or the one the probe found on the
 /// host (carried to the apply in [`super::Facts::package_manager`]).
@@ -366,7 +360,7 @@ mod tests {
     use super::*;
 
     fn pkg(v: serde_json::Value) -> Box<dyn Resource> {
-        built(build, v)
+        built(DEF.build, v)
     }
 
     #[test]
@@ -429,17 +423,13 @@ mod tests {
     #[test]
     fn errors() {
         let p = pkg(serde_json::json!({"name": "nginx"}));
-        assert!(p
-            .diff(&out("manager=none\n"))
-            .unwrap_err()
-            .message
-            .contains("no supported package manager"));
+        assert!(diff_error(&*p, "manager=none\n").contains("no supported package manager"));
         assert!(p.diff(&out("manager=dnf\nerror=rpm not found\n")).is_err());
         assert!(p.diff(&out("manager=zypper\n")).is_err());
         assert!(p.diff(&out("")).is_err());
         // Without the manager note, an auto package cannot render an apply.
         assert!(p.apply(&Change::new(ChangeKind::Create)).contains("exit 1"));
-        assert!(build(
+        assert!((DEF.build)(
             serde_json::json!({"name": "x", "version": "1; rm -rf /"}),
             &mut NoRepo
         )

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use super::sh::{self, quote, Observed};
 use super::{
     step, BuildError, Change, ChangeKind, Example, Facts, Field, ModuleDef, ProbeError,
-    ProbeResult, Resolve, Resource, Runs,
+    ProbeResult, Resource, Runs,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -61,28 +61,22 @@ pub struct Service {
     pub params: Params,
 }
 
-fn build(
-    value: serde_json::Value,
-    _resolve: &mut dyn Resolve,
-) -> Result<Box<dyn Resource>, BuildError> {
-    sh::reject_nul(&value, &[])?;
-    let params: Params = super::params(value)?;
-    if params.name.starts_with('-') {
-        return Err(BuildError::at("/name", "must not start with `-`"));
+impl super::FromParams for Service {
+    type Params = Params;
+    fn from_params(params: Params) -> Result<Service, BuildError> {
+        if params.name.starts_with('-') {
+            return Err(BuildError::at("/name", "must not start with `-`"));
+        }
+        Ok(Service { params })
     }
-    Ok(Box::new(Service { params }))
 }
 
-pub static DEF: ModuleDef = ModuleDef {
-    name: "service",
-    summary: "A service: running/stopped, enabled/disabled, restart or reload on notify.",
-    schema: super::schema_for::<Params>,
-    build,
-    refreshable: true,
-    runs: Runs::Host,
-    reads: &[],
-    probe_keys: &["init", "load", "active", "enabled"],
-    examples: &[Example {
+pub static DEF: ModuleDef = ModuleDef::of::<Service>(
+    "service",
+    "A service: running/stopped, enabled/disabled, restart or reload on notify.",
+    Runs::Host,
+    &["init", "load", "active", "enabled"],
+    &[Example {
         name: "start and enable, then stop and disable",
         setup: &[("package", r#"{"name": "plumb-demo"}"#)],
         steps: &[
@@ -96,7 +90,8 @@ pub static DEF: ModuleDef = ModuleDef {
             ),
         ],
     }],
-};
+)
+.refreshable();
 
 /// The note that tells people the apply uses service(8) (the apply reads
 /// [`super::Facts::init`], never this text).
@@ -317,7 +312,7 @@ mod tests {
     use super::*;
 
     fn svc(v: serde_json::Value) -> Box<dyn Resource> {
-        built(build, v)
+        built(DEF.build, v)
     }
 
     #[test]

@@ -349,14 +349,18 @@ mod tests {
 
     #[test]
     fn quote_examples() {
-        assert_eq!(quote("abc"), "abc");
-        assert_eq!(quote("/etc/app.conf"), "/etc/app.conf");
-        assert_eq!(quote(""), "''");
-        assert_eq!(quote("a b"), "'a b'");
-        assert_eq!(quote("it's"), "'it'\\''s'");
-        assert_eq!(quote("A=b"), "'A=b'");
-        assert_eq!(quote("~"), "'~'");
-        assert_eq!(quote("$(id)"), "'$(id)'");
+        for (given, want) in [
+            ("abc", "abc"),
+            ("/etc/app.conf", "/etc/app.conf"),
+            ("", "''"),
+            ("a b", "'a b'"),
+            ("it's", "'it'\\''s'"),
+            ("A=b", "'A=b'"),
+            ("~", "'~'"),
+            ("$(id)", "'$(id)'"),
+        ] {
+            assert_eq!(quote(given), want, "{given:?}");
+        }
     }
 
     #[test]
@@ -394,17 +398,21 @@ mod tests {
 
     #[test]
     fn parent_dirs() {
-        assert_eq!(parent("/etc/app.conf"), "/etc");
-        assert_eq!(parent("/x"), "/");
-        assert_eq!(parent("/a/b/"), "/a");
+        for (given, want) in [("/etc/app.conf", "/etc"), ("/x", "/"), ("/a/b/", "/a")] {
+            assert_eq!(parent(given), want, "{given:?}");
+        }
     }
 
     #[test]
     fn modes() {
-        assert_eq!(norm_mode("644"), "0644");
-        assert_eq!(norm_mode("0644"), "0644");
-        assert_eq!(norm_mode("02755"), "2755");
-        assert_eq!(norm_mode("0"), "0000");
+        for (given, want) in [
+            ("644", "0644"),
+            ("0644", "0644"),
+            ("02755", "2755"),
+            ("0", "0000"),
+        ] {
+            assert_eq!(norm_mode(given), want, "{given:?}");
+        }
     }
 
     #[test]

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::sh::{self, quote, Observed};
 use super::{
     step, BuildError, Change, ChangeKind, Example, Facts, Field, ModuleDef, PathType, Presence,
-    ProbeError, ProbeResult, Resolve, Resource, Runs,
+    ProbeError, ProbeResult, Resource, Runs,
 };
 
 /// A symbolic link at `path` pointing to `target`. An existing link to elsewhere is
@@ -38,37 +38,31 @@ pub struct Symlink {
     pub params: Params,
 }
 
-fn build(
-    value: serde_json::Value,
-    _resolve: &mut dyn Resolve,
-) -> Result<Box<dyn Resource>, BuildError> {
-    sh::reject_nul(&value, &[])?;
-    let params: Params = super::params(value)?;
-    if params.path.ends_with('/') || params.path.len() < 2 {
-        return Err(BuildError::at(
-            "/path",
-            "must name a link (no trailing `/`)",
-        ));
+impl super::FromParams for Symlink {
+    type Params = Params;
+    fn from_params(params: Params) -> Result<Symlink, BuildError> {
+        if params.path.ends_with('/') || params.path.len() < 2 {
+            return Err(BuildError::at(
+                "/path",
+                "must name a link (no trailing `/`)",
+            ));
+        }
+        if params.state == Presence::Present && params.target.as_deref().is_none_or(str::is_empty) {
+            return Err(BuildError::at(
+                "/target",
+                "`target` is required when the link is present",
+            ));
+        }
+        Ok(Symlink { params })
     }
-    if params.state == Presence::Present && params.target.as_deref().is_none_or(str::is_empty) {
-        return Err(BuildError::at(
-            "/target",
-            "`target` is required when the link is present",
-        ));
-    }
-    Ok(Box::new(Symlink { params }))
 }
 
-pub static DEF: ModuleDef = ModuleDef {
-    name: "symlink",
-    summary: "A symbolic link.",
-    schema: super::schema_for::<Params>,
-    build,
-    refreshable: false,
-    runs: Runs::Local { rooted: None },
-    reads: &[],
-    probe_keys: &["type", "parent", "target_b64"],
-    examples: &[
+pub static DEF: ModuleDef = ModuleDef::of::<Symlink>(
+    "symlink",
+    "A symbolic link.",
+    Runs::Local { rooted: None },
+    &["type", "parent", "target_b64"],
+    &[
         Example {
             name: "create, retarget, remove",
             setup: &[("directory", r#"{"path": "{root}/real dir"}"#)],
@@ -96,7 +90,7 @@ pub static DEF: ModuleDef = ModuleDef {
             )],
         },
     ],
-};
+);
 
 impl Symlink {
     fn want(&self) -> &str {
@@ -232,14 +226,14 @@ mod tests {
     use super::*;
 
     fn link(v: serde_json::Value) -> Box<dyn Resource> {
-        built(build, v)
+        built(DEF.build, v)
     }
 
     #[test]
     fn build_requires_target() {
-        let e = build(serde_json::json!({"path": "/a"}), &mut NoRepo).unwrap_err();
+        let e = (DEF.build)(serde_json::json!({"path": "/a"}), &mut NoRepo).unwrap_err();
         assert_eq!(e.pointer, "/target");
-        assert!(build(
+        assert!((DEF.build)(
             serde_json::json!({"path": "/a", "state": "absent"}),
             &mut NoRepo
         )
@@ -265,11 +259,7 @@ mod tests {
         );
         let c = l.diff(&out(&other)).unwrap();
         assert_eq!(c.fields[0].from.as_deref(), Some("/elsewhere\n"));
-        assert!(l
-            .diff(&out("type=file\nparent=yes\n"))
-            .unwrap_err()
-            .message
-            .contains("force"));
+        assert!(diff_error(&*l, "type=file\nparent=yes\n").contains("force"));
         assert!(l.diff(&out("type=directory\nparent=yes\n")).is_err());
         assert!(l.diff(&out("type=symlink\nparent=yes\n")).is_err());
         let forced = link(serde_json::json!({"path": "/a", "target": "/b", "force": true}));

@@ -11,11 +11,11 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::file::{apply_remove, diff_absent, probe_absent, Managed};
+use super::file::{file_probe_keys_and, Managed};
 use super::sh::{self, quote, Observed};
 use super::{
     step, BuildError, Change, ChangeKind, Example, Field, ModuleDef, Presence, ProbeError,
-    ProbeResult, Resolve, Resource, Runs,
+    ProbeResult, Resource, Runs,
 };
 
 /// A kernel parameter: the live value (`/proc/sys`) and a persistent line in
@@ -51,40 +51,21 @@ pub struct Sysctl {
     proc_only: bool,
 }
 
-fn build(
-    value: serde_json::Value,
-    _resolve: &mut dyn Resolve,
-) -> Result<Box<dyn Resource>, BuildError> {
-    sh::reject_nul(&value, &[])?;
-    let params: Params = super::params(value)?;
-    Sysctl::new(params).map(|s| Box::new(s) as Box<dyn Resource>)
+impl super::FromParams for Sysctl {
+    type Params = Params;
+    fn from_params(params: Params) -> Result<Sysctl, BuildError> {
+        Sysctl::new(params)
+    }
 }
 
-pub static DEF: ModuleDef = ModuleDef {
-    name: "sysctl",
-    summary: "A kernel parameter: live value and /etc/sysctl.d file.",
-    schema: super::schema_for::<Params>,
-    build,
-    refreshable: false,
-    runs: Runs::Local {
+pub static DEF: ModuleDef = ModuleDef::of::<Sysctl>(
+    "sysctl",
+    "A kernel parameter: live value and /etc/sysctl.d file.",
+    Runs::Local {
         rooted: Some(rooted),
     },
-    reads: &[],
-    probe_keys: &[
-        "type",
-        "parent",
-        "mode",
-        "uid",
-        "owner",
-        "gid",
-        "group",
-        "size",
-        "sha256",
-        "content_b64",
-        "live",
-        "live_b64",
-    ],
-    examples: &[Example {
+    &file_probe_keys_and::<12>(&["live", "live_b64"]),
+    &[Example {
         name: "persist and set live, live drift, remove",
         setup: &[
             ("directory", r#"{"path": "{root}/etc/sysctl.d"}"#),
@@ -109,14 +90,11 @@ pub static DEF: ModuleDef = ModuleDef {
             ),
         ],
     }],
-};
+);
 
 /// [`Runs::Local`]: the file and /proc/sys under `root`.
 fn rooted(value: serde_json::Value, root: &str) -> Result<Box<dyn Resource>, BuildError> {
-    sh::reject_nul(&value, &[])?;
-    Ok(Box::new(
-        Sysctl::new(super::params(value)?)?.with_root(root),
-    ))
+    Ok(Box::new(super::parse::<Sysctl>(value)?.with_root(root)))
 }
 
 /// Whitespace-normalised value.
@@ -159,6 +137,7 @@ impl Sysctl {
         };
         let managed = Managed::new(
             &path,
+            params.state,
             content,
             Some("0644"),
             Some("root".into()),
@@ -204,10 +183,7 @@ impl Resource for Sysctl {
         v
     }
     fn probe(&self) -> String {
-        let file = match self.params.state {
-            Presence::Present => self.managed.probe(),
-            Presence::Absent => probe_absent(&self.managed.path),
-        };
+        let file = self.managed.probe();
         if self.params.state == Presence::Absent || !self.params.live {
             return file;
         }
@@ -219,15 +195,14 @@ impl Resource for Sysctl {
     }
     fn diff(&self, observed: &ProbeResult) -> Result<Change, ProbeError> {
         let o = Observed::parse(observed)?;
+        let mut c = self.managed.diff(&o)?;
         if self.params.state == Presence::Absent {
-            let c = diff_absent(&self.managed.path, &o)?;
             return Ok(if c.is_change() {
                 c.note("the live value is left as it is until the next boot")
             } else {
                 c
             });
         }
-        let mut c = self.managed.diff(&o)?;
         if self.params.live {
             let live = match o.text("live")? {
                 Some(v) => Some(norm(&v)),
@@ -250,11 +225,8 @@ impl Resource for Sysctl {
         Ok(c)
     }
     fn apply(&self, change: &Change) -> String {
-        if change.kind == ChangeKind::InSync {
-            return ":".into();
-        }
-        if change.kind == ChangeKind::Remove {
-            return apply_remove(&self.managed.path, false);
+        if matches!(change.kind, ChangeKind::InSync | ChangeKind::Remove) {
+            return self.managed.apply(change);
         }
         let mut s = String::new();
         let file_change = Change {
@@ -288,21 +260,15 @@ impl Resource for Sysctl {
         s
     }
     fn content(&self) -> Option<&[u8]> {
-        match self.params.state {
-            Presence::Present => Some(&self.managed.content),
-            Presence::Absent => None,
-        }
+        self.managed.content()
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::parse;
     use super::super::testing::out;
     use super::*;
-
-    fn sysctl(v: serde_json::Value) -> Result<Sysctl, BuildError> {
-        Sysctl::new(super::super::params(v)?)
-    }
 
     fn file_ok(s: &Sysctl) -> String {
         format!(
@@ -312,30 +278,39 @@ mod tests {
     }
 
     #[test]
+    fn probe_keys_are_the_file_keys_then_live() {
+        let n = super::super::file::FILE_PROBE_KEYS.len();
+        assert_eq!(&DEF.probe_keys[..n], super::super::file::FILE_PROBE_KEYS);
+        assert_eq!(&DEF.probe_keys[n..], ["live", "live_b64"]);
+    }
+
+    #[test]
     fn build_rules() {
-        let s = sysctl(serde_json::json!({"name": "net.ipv4.ip_forward", "value": "1"})).unwrap();
+        let s = parse::<Sysctl>(serde_json::json!({"name": "net.ipv4.ip_forward", "value": "1"}))
+            .unwrap();
         assert_eq!(s.path(), "/etc/sysctl.d/60-plumb-net.ipv4.ip_forward.conf");
         assert_eq!(s.proc_path, "/proc/sys/net/ipv4/ip_forward");
         assert_eq!(
             s.content(),
             Some(&b"# Managed by plumb.\nnet.ipv4.ip_forward = 1\n"[..])
         );
-        let s =
-            sysctl(serde_json::json!({"name": "net/ipv4/conf/eth0.100/rp_filter", "value": "2"}))
-                .unwrap();
+        let s = parse::<Sysctl>(
+            serde_json::json!({"name": "net/ipv4/conf/eth0.100/rp_filter", "value": "2"}),
+        )
+        .unwrap();
         assert_eq!(s.proc_path, "/proc/sys/net/ipv4/conf/eth0.100/rp_filter");
         assert_eq!(
             s.path(),
             "/etc/sysctl.d/60-plumb-net.ipv4.conf.eth0.100.rp_filter.conf"
         );
         assert_eq!(
-            sysctl(serde_json::json!({"name": "a.b"}))
+            parse::<Sysctl>(serde_json::json!({"name": "a.b"}))
                 .unwrap_err()
                 .pointer,
             "/value"
         );
         assert_eq!(
-            sysctl(serde_json::json!({"name": "a..b", "value": "1"}))
+            parse::<Sysctl>(serde_json::json!({"name": "a..b", "value": "1"}))
                 .unwrap_err()
                 .pointer,
             "/name"
@@ -344,7 +319,7 @@ mod tests {
 
     #[test]
     fn diffs() {
-        let s = sysctl(
+        let s = parse::<Sysctl>(
             serde_json::json!({"name": "net.ipv4.tcp_rmem", "value": "4096 87380  6291456"}),
         )
         .unwrap();
@@ -366,9 +341,10 @@ mod tests {
             .unwrap();
         assert!(c.notes[0].contains("does not exist"));
         assert!(s.diff(&out(&file_ok(&s))).is_err());
-        let persist_only =
-            sysctl(serde_json::json!({"name": "vm.swappiness", "value": "10", "live": false}))
-                .unwrap();
+        let persist_only = parse::<Sysctl>(
+            serde_json::json!({"name": "vm.swappiness", "value": "10", "live": false}),
+        )
+        .unwrap();
         assert!(!persist_only.probe().contains("/proc/sys"));
         assert_eq!(
             persist_only.diff(&out(&file_ok(&persist_only))).unwrap(),
@@ -378,7 +354,8 @@ mod tests {
 
     #[test]
     fn absent() {
-        let s = sysctl(serde_json::json!({"name": "vm.swappiness", "state": "absent"})).unwrap();
+        let s = parse::<Sysctl>(serde_json::json!({"name": "vm.swappiness", "state": "absent"}))
+            .unwrap();
         assert_eq!(s.diff(&out("type=absent\n")).unwrap(), Change::in_sync());
         let c = s.diff(&out("type=file\n")).unwrap();
         assert_eq!(c.kind, ChangeKind::Remove);

@@ -22,6 +22,14 @@ pub fn built(build: BuildFn, v: serde_json::Value) -> Box<dyn Resource> {
     }
 }
 
+/// The message of the error `r` finds in the probe output `s` (panics when it finds none).
+pub fn diff_error(r: &dyn Resource, s: &str) -> String {
+    match r.diff(&out(s)) {
+        Ok(c) => panic!("expected an error for {s:?}, got {c:?}"),
+        Err(e) => e.message,
+    }
+}
+
 /// A probe that printed `s` and exited 0.
 pub fn out(s: &str) -> ProbeResult {
     ProbeResult {

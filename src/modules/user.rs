@@ -14,7 +14,7 @@ use super::group::{entry_fields, lookup_entry};
 use super::sh::{self, quote, Observed};
 use super::{
     step, BuildError, Change, ChangeKind, Example, Field, ModuleDef, Presence, ProbeError,
-    ProbeResult, Resolve, Resource, Runs,
+    ProbeResult, Resource, Runs,
 };
 
 /// A local user account, managed with useradd/usermod/userdel.
@@ -56,54 +56,48 @@ pub struct User {
     pub params: Params,
 }
 
-fn build(
-    value: serde_json::Value,
-    _resolve: &mut dyn Resolve,
-) -> Result<Box<dyn Resource>, BuildError> {
-    sh::reject_nul(&value, &[])?;
-    let params: Params = super::params(value)?;
-    let bad = |s: &str| {
-        s.is_empty()
-            || s.starts_with('-')
-            || s.contains([',', ':', '\n'])
-            || s.contains(char::is_whitespace)
-    };
-    if let Some(g) = &params.group {
-        if bad(g) {
-            return Err(BuildError::at("/group", "not a group name"));
+impl super::FromParams for User {
+    type Params = Params;
+    fn from_params(params: Params) -> Result<User, BuildError> {
+        let bad = |s: &str| {
+            s.is_empty()
+                || s.starts_with('-')
+                || s.contains([',', ':', '\n'])
+                || s.contains(char::is_whitespace)
+        };
+        if let Some(g) = &params.group {
+            if bad(g) {
+                return Err(BuildError::at("/group", "not a group name"));
+            }
         }
-    }
-    for (i, g) in params.groups.iter().flatten().enumerate() {
-        if bad(g) {
-            return Err(BuildError::at(format!("/groups/{i}"), "not a group name"));
+        for (i, g) in params.groups.iter().flatten().enumerate() {
+            if bad(g) {
+                return Err(BuildError::at(format!("/groups/{i}"), "not a group name"));
+            }
         }
-    }
-    if let Some(s) = &params.shell {
-        if s.contains([':', '\n']) {
-            return Err(BuildError::at(
-                "/shell",
-                "must not contain `:` or a newline",
-            ));
+        if let Some(s) = &params.shell {
+            if s.contains([':', '\n']) {
+                return Err(BuildError::at(
+                    "/shell",
+                    "must not contain `:` or a newline",
+                ));
+            }
         }
-    }
-    if let Some(h) = &params.home {
-        if h.contains([':', '\n']) {
-            return Err(BuildError::at("/home", "must not contain `:` or a newline"));
+        if let Some(h) = &params.home {
+            if h.contains([':', '\n']) {
+                return Err(BuildError::at("/home", "must not contain `:` or a newline"));
+            }
         }
+        Ok(User { params })
     }
-    Ok(Box::new(User { params }))
 }
 
-pub static DEF: ModuleDef = ModuleDef {
-    name: "user",
-    summary: "A local user: uid, primary and supplementary groups, shell, home.",
-    schema: super::schema_for::<Params>,
-    build,
-    refreshable: false,
-    runs: Runs::Host,
-    reads: &[],
-    probe_keys: &["entry", "entry_b64", "primary_b64", "groups_b64"],
-    examples: &[Example {
+pub static DEF: ModuleDef = ModuleDef::of::<User>(
+    "user",
+    "A local user: uid, primary and supplementary groups, shell, home.",
+    Runs::Host,
+    &["entry", "entry_b64", "primary_b64", "groups_b64"],
+    &[Example {
         name: "create with groups, modify, remove",
         setup: &[
             ("group", r#"{"name": "plumbexu1", "gid": 4251}"#),
@@ -125,7 +119,7 @@ pub static DEF: ModuleDef = ModuleDef {
             step(r#"{"name": "root", "uid": 0}"#, ChangeKind::InSync),
         ],
     }],
-};
+);
 
 fn set(groups: impl IntoIterator<Item = String>, primary: &str) -> Vec<String> {
     let mut v: Vec<String> = groups
@@ -295,7 +289,7 @@ mod tests {
     use super::*;
 
     fn user(v: serde_json::Value) -> Box<dyn Resource> {
-        built(build, v)
+        built(DEF.build, v)
     }
 
     fn probe(entry: &str, primary: &str, groups: &str) -> ProbeResult {
@@ -359,7 +353,7 @@ mod tests {
             .unwrap();
         assert_eq!(u.apply(&c), "userdel old || exit 1\n");
         assert_eq!(u.diff(&out("entry=absent\n")).unwrap(), Change::in_sync());
-        let e = build(
+        let e = (DEF.build)(
             serde_json::json!({"name": "x", "groups": ["ok", "a,b"]}),
             &mut NoRepo,
         )
