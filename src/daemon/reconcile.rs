@@ -344,7 +344,7 @@ impl Daemon {
                 tracing::error!(environment = %env, host = %r.host.name, error = ?r.error, "host failed");
             }
         }
-        let checks = &environment.settings.health_checks;
+        let checks = &environment.health_checks;
         let health = if failed.is_empty() && !checks.is_empty() {
             let hosts: Vec<Host> = members.iter().map(|h| h.host.clone()).collect();
             let render =
