@@ -163,34 +163,6 @@ fn check_envs(repo: &Repo, diags: &mut Diagnostics) {
         for r in render::reserved_var_uses(&env.settings.vars) {
             diags.push(reserved(path, at(&format!("/vars/{r}")), r));
         }
-        for (i, hc) in env.settings.health_checks.iter().enumerate() {
-            let kinds = [hc.command.is_some(), hc.http.is_some(), hc.tcp.is_some()]
-                .iter()
-                .filter(|k| **k)
-                .count();
-            if kinds != 1 {
-                diags.push(Diagnostic::error(
-                    "health-check",
-                    path,
-                    at(&format!("/health_checks/{i}")),
-                    format!(
-                        "health check `{}` needs exactly one of `command`, `http`, `tcp`",
-                        hc.name
-                    ),
-                ));
-            }
-            if hc.timeout.is_zero() {
-                diags.push(Diagnostic::error(
-                    "duration",
-                    path,
-                    at(&format!("/health_checks/{i}/timeout")),
-                    format!(
-                        "health check `{}`: the timeout must be longer than zero",
-                        hc.name
-                    ),
-                ));
-            }
-        }
         if let Some(rollout) = &env.settings.rollout {
             let mut taken = vec![false; env.hosts.len()];
             for (w, wave) in rollout.waves.iter().enumerate() {

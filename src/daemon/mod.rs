@@ -1,8 +1,11 @@
 //! `plumb daemon`: continuous reconciliation.
 //!
-//! One loop owns everything that changes hosts, so there is never more than one run per
-//! environment, nor two applies on one host. It wakes on a trigger (a push noticed in a local
-//! repository, a poll of a remote, a webhook, startup, a fetch retry) or a drift timer:
+//! One loop wakes on a trigger (a push noticed in a local repository, a poll of a remote, a
+//! webhook, startup, a fetch retry) or a drift timer. A reconcile fetches once, then runs
+//! every environment at once (each once, so never two runs of one environment), each
+//! recording its outcome as soon as it is done: a host hanging in one environment does not
+//! delay another's rollout. A host that several inventories share (same address and port)
+//! is applied by one environment at a time ([`HostLocks`]).
 //!
 //! - **reconcile** (`reconcile.rs`): fetch → resolve the branch tip → per environment: verify
 //!   every commit since the last applied one (refuse unsigned commits and rollbacks) → check
@@ -131,6 +134,28 @@ pub struct Daemon {
     /// The drift interval last used per environment (for retries after a failed check).
     drift_intervals: HashMap<String, Duration>,
     fetch_retry: Option<FetchRetry>,
+    /// One apply per host at a time, across environments.
+    host_locks: HostLocks,
+}
+
+/// A lock per host (`address:port`), held for the host's apply, so two environments whose
+/// inventories share a host never apply it at the same time. One entry per distinct host
+/// of the inventories (bounded by them).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct HostLocks(Arc<Mutex<HashMap<HostKey, Arc<tokio::sync::Mutex<()>>>>>);
+
+/// A host as the network sees it: address and port.
+type HostKey = (String, u16);
+
+impl HostLocks {
+    /// Waits until no one else applies `address:port`; the host is ours until the guard drops.
+    pub(crate) async fn lock(&self, address: &str, port: u16) -> tokio::sync::OwnedMutexGuard<()> {
+        let host = {
+            let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry((address.to_string(), port)).or_default().clone()
+        };
+        host.lock_owned().await
+    }
 }
 
 fn lock(db: &Mutex<StateDb>) -> std::sync::MutexGuard<'_, StateDb> {
@@ -186,6 +211,7 @@ impl Daemon {
             next_drift: HashMap::new(),
             drift_intervals: HashMap::new(),
             fetch_retry: None,
+            host_locks: HostLocks::default(),
             config,
         };
         daemon.anchor_audit_head();

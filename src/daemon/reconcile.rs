@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::future::join_all;
 use time::OffsetDateTime;
 
 use crate::engine::{self, HostStatus};
@@ -33,19 +34,29 @@ pub(super) struct Loaded {
     pub env_interval: Duration,
 }
 
-/// A checkout of `commit` under `base` (reused when present).
+/// A checkout of `commit` under `base` (reused when present). Environments reconcile at
+/// once: each call checks out into its own temporary directory, and the first to finish
+/// puts it in place (the others use that one).
 fn checkout_into(source: &Source, base: &Path, commit: git2::Oid) -> Result<PathBuf, DaemonError> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let dir = base.join(commit.to_string());
     if dir.is_dir() {
         return Ok(dir);
     }
     std::fs::create_dir_all(base).map_err(DaemonError::io("creating", base))?;
-    let tmp = base.join(format!(".{commit}.{}", std::process::id()));
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = base.join(format!(".{commit}.{}.{n}", std::process::id()));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(DaemonError::io("removing", &tmp))?;
     }
     source.checkout(commit, &tmp)?;
-    std::fs::rename(&tmp, &dir).map_err(DaemonError::io("renaming the checkout to", &dir))?;
+    if let Err(e) = std::fs::rename(&tmp, &dir) {
+        // Another environment put the same commit in place first.
+        let _ = std::fs::remove_dir_all(&tmp);
+        if !dir.is_dir() {
+            return Err(DaemonError::io("renaming the checkout to", &dir)(e));
+        }
+    }
     Ok(dir)
 }
 
@@ -137,12 +148,28 @@ impl Daemon {
             }
         };
         self.fetch_retry = None;
-        for env in self.config.environments.clone() {
-            let result = self.reconcile_env(&env, tip, wake).await;
+        // Every environment at once: one whose host hangs does not delay the others' rollouts
+        // or their records. Each environment runs once here (never two runs of one at once);
+        // a host two environments share is applied by one at a time (`HostLocks`).
+        let envs = self.config.environments.clone();
+        let this = &*self;
+        let schedules = join_all(envs.iter().map(|env| async move {
+            let result = this.reconcile_env(env, tip, wake).await;
             let effects = policy::policy(&result);
-            if let Err(e) = self.carry_out(&env, wake, &result, &effects) {
-                tracing::error!(environment = %env, error = %e, code = e.code(), "cannot record the outcome");
+            match this.carry_out(env, wake, &result, &effects) {
+                Ok(()) => Some((env, effects.next_drift, effects.forget_drift_alerts && result.is_ok())),
+                Err(e) => {
+                    tracing::error!(environment = %env, error = %e, code = e.code(), "cannot record the outcome");
+                    None
+                }
             }
+        }))
+        .await;
+        for (env, next, forget_alerts) in schedules.into_iter().flatten() {
+            if forget_alerts {
+                self.alerted_drift.remove(env);
+            }
+            self.schedule_drift(env, next);
         }
         self.ready.set_ready(true);
         let mut keep: BTreeSet<String> = BTreeSet::from([tip.to_string()]);
@@ -183,7 +210,7 @@ impl Daemon {
 
     /// Reconciles `env` towards `tip`: verify, check out, validate and render, roll out.
     pub(super) async fn reconcile_env(
-        &mut self,
+        &self,
         env: &str,
         tip: git2::Oid,
         wake: Wake,
@@ -322,8 +349,10 @@ impl Daemon {
         let (environment, repo) = (&loaded.environment, &loaded.repo);
         let names: Vec<String> = members.iter().map(|h| h.host.name.clone()).collect();
         tracing::info!(environment = %env, wave = %wave.name, hosts = ?names, "wave");
-        let connector = &self.connector;
+        let (connector, host_locks) = (&self.connector, &self.host_locks);
         let runs = engine::each_host(members.iter().copied(), wave.max_parallel, |h| async move {
+            // Another environment may be applying this host (a shared inventory entry).
+            let _applying = host_locks.lock(&h.host.address, h.host.port).await;
             let t = engine::Connector::connect(connector, &h.host);
             (h, engine::apply_host(h, t.as_ref()).await)
         })
@@ -344,7 +373,7 @@ impl Daemon {
                 tracing::error!(environment = %env, host = %r.host.name, error = ?r.error, "host failed");
             }
         }
-        let checks = &environment.settings.health_checks;
+        let checks = &environment.health_checks;
         let health = if failed.is_empty() && !checks.is_empty() {
             let hosts: Vec<Host> = members.iter().map(|h| h.host.clone()).collect();
             let render =
@@ -362,9 +391,10 @@ impl Daemon {
         })
     }
 
-    /// Carries out a reconcile's effects, recording first.
+    /// Carries out a reconcile's effects, recording first; the caller then schedules drift
+    /// (`effects.next_drift`, `forget_drift_alerts`) once every environment is done.
     fn carry_out(
-        &mut self,
+        &self,
         env: &str,
         wake: Wake,
         result: &Result<Outcome, DaemonError>,
@@ -374,7 +404,6 @@ impl Daemon {
             Ok(o) => o,
             Err(e) => {
                 tracing::error!(environment = %env, error = %e, code = e.code(), "reconcile failed");
-                self.schedule_drift(env, effects.next_drift);
                 return Ok(());
             }
         };
@@ -414,10 +443,6 @@ impl Daemon {
                 details,
             );
         }
-        if effects.forget_drift_alerts {
-            self.alerted_drift.remove(env);
-        }
-        self.schedule_drift(env, effects.next_drift);
         Ok(())
     }
 

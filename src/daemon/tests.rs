@@ -426,9 +426,14 @@ impl Fx {
     }
 
     fn config(&self) -> PathBuf {
+        self.config_for("[production]")
+    }
+
+    /// The daemon config, managing `environments` (a YAML list).
+    fn config_for(&self, environments: &str) -> PathBuf {
         let path = self.path("daemon.yaml");
         let text = format!(
-            "repository: {origin}\nallowed_signers: {signers}\nenvironments: [production]\nstate_dir: {state}\n\
+            "repository: {origin}\nallowed_signers: {signers}\nenvironments: {environments}\nstate_dir: {state}\n\
              listen: 127.0.0.1:0\ndrift_interval: 1h\nalerts:\n  - kind: webhook\n    url: http://127.0.0.1:{port}/alerts\n\
              audit:\n  head_file: {head}\nssh:\n  connect_timeout: 2s\n",
             origin = self.path("origin.git").display(),
@@ -442,7 +447,11 @@ impl Fx {
     }
 
     fn daemon(&self) -> Daemon {
-        let path = self.config();
+        self.daemon_for("[production]")
+    }
+
+    fn daemon_for(&self, environments: &str) -> Daemon {
+        let path = self.config_for(environments);
         let config = DaemonConfig::load(&path).expect("config");
         Daemon::new(&path, config, StartOptions::default()).expect("daemon starts")
     }
@@ -784,4 +793,154 @@ async fn an_unreachable_host_fails_the_rollout_and_the_commit() {
         metrics.contains("plumb_host_reachable{environment=\"production\",host=\"web-1\"} 0"),
         "{metrics}"
     );
+}
+
+/// Each connection's (opened, closed) times, in the order they were opened.
+type ConnLog = Arc<Mutex<Vec<(Instant, Option<Instant>)>>>;
+
+/// A host that accepts SSH connections and never answers (a hung host); returns its port and
+/// its connection log.
+async fn hung_host() -> (u16, ConnLog) {
+    use tokio::io::AsyncReadExt as _;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let conns = log.clone();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = l.accept().await {
+            let conns = conns.clone();
+            let n = {
+                let mut log = lock_log(&conns);
+                log.push((Instant::now(), None));
+                log.len() - 1
+            };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = sock.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+                lock_log(&conns)[n].1 = Some(Instant::now());
+            });
+        }
+    });
+    (port, log)
+}
+
+fn lock_log(
+    log: &Mutex<Vec<(Instant, Option<Instant>)>>,
+) -> std::sync::MutexGuard<'_, Vec<(Instant, Option<Instant>)>> {
+    log.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn hosts_at(name: &str, port: u16) -> String {
+    format!("hosts:\n  - name: {name}\n    address: 127.0.0.1\n    port: {port}\n")
+}
+
+const MOTD_UNIT: &str =
+    "steps:\n  - id: motd\n    file:\n      path: /etc/motd\n      content: hi\n";
+
+/// Regression (issue 11): environments used to be reconciled one after another, so a host
+/// hanging in the first delayed the second's rollout until the connect timeout. Now `ok`
+/// is applied and recorded while `hung` is still waiting for its host.
+#[tokio::test]
+async fn a_hung_environment_does_not_delay_another() {
+    let fx = Fx::new();
+    let (port, _) = hung_host().await;
+    fx.push(&[
+        ("plumb.yaml", PLUMB_YAML),
+        ("environments/hung/hosts.yaml", &hosts_at("web-1", port)),
+        ("environments/ok/hosts.yaml", HOSTS_YAML),
+        ("units/web.yaml", MOTD_UNIT),
+    ]);
+    let mut d = fx.daemon_for("[hung, ok]");
+    let db = d.db.clone();
+    let finished = move |env: &str| {
+        lock(&db)
+            .runs(&RunFilter {
+                environment: Some(env.to_string()),
+                kind: None,
+                limit: Some(10),
+            })
+            .expect("runs")
+            .iter()
+            .any(|r| r.finished_at.is_some())
+    };
+    let start = Instant::now();
+    let mut ok_done = None;
+    {
+        let job = d.reconcile(Wake::Startup);
+        tokio::pin!(job);
+        loop {
+            tokio::select! {
+                _ = &mut job => break,
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {
+                    if ok_done.is_none() && finished("ok") {
+                        ok_done = Some(start.elapsed());
+                    }
+                }
+            }
+        }
+    }
+    let all_done = start.elapsed();
+    let ok_done = ok_done.expect("`ok` was recorded while `hung` was still running");
+    // The hung host held its environment for at least the connect timeout (2 s).
+    assert!(all_done >= Duration::from_millis(1900), "{all_done:?}");
+    assert!(
+        ok_done < Duration::from_millis(1500),
+        "{ok_done:?} of {all_done:?}"
+    );
+    let all = runs(&d);
+    assert_eq!(all.len(), 2, "{all:#?}");
+    assert!(
+        all.iter().all(|r| r.result == RunResult::Failed),
+        "{all:#?}"
+    );
+}
+
+/// Two environments whose inventories share a host (same address and port, under another
+/// name in each) reconcile at once, but never apply that host at the same time: its
+/// connections never overlap.
+#[tokio::test]
+async fn a_host_two_environments_share_is_applied_by_one_at_a_time() {
+    let fx = Fx::new();
+    let (port, conns) = hung_host().await;
+    fx.push(&[
+        ("plumb.yaml", PLUMB_YAML),
+        ("environments/blue/hosts.yaml", &hosts_at("blue-web", port)),
+        (
+            "environments/green/hosts.yaml",
+            &hosts_at("green-web", port),
+        ),
+        ("units/web.yaml", MOTD_UNIT),
+    ]);
+    let mut d = fx.daemon_for("[blue, green]");
+    d.reconcile(Wake::Startup).await;
+    assert_eq!(runs(&d).len(), 2, "{:#?}", runs(&d));
+    // Let the listener note the last close.
+    for _ in 0..100 {
+        if lock_log(&conns).iter().all(|c| c.1.is_some()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let seen = lock_log(&conns).clone();
+    assert!(
+        seen.len() >= 2,
+        "both environments reached the host: {seen:?} {:#?}",
+        runs(&d)
+            .iter()
+            .map(|r| r.summary.to_string())
+            .collect::<Vec<_>>()
+    );
+    for pair in seen.windows(2) {
+        let closed = pair[0].1.expect("every connection closed");
+        assert!(
+            pair[1].0 >= closed,
+            "two applies of one host overlapped: {seen:?}"
+        );
+    }
 }

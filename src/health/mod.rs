@@ -20,7 +20,7 @@ use schemars::JsonSchema;
 use serde::Serialize;
 
 use crate::engine::Connector;
-use crate::model::{HealthCheck, Host};
+use crate::model::{HealthCheck, HealthProbe, Host};
 use crate::transport::{Transport, TransportError};
 
 /// Time between two attempts of one check.
@@ -28,27 +28,6 @@ pub const RETRY_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Most bytes of a failing command's output kept in the error message.
 const MAX_OUTPUT_IN_ERROR: usize = 512;
-
-/// What a check does.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CheckKind {
-    /// A shell command run on the host.
-    Command(String),
-    /// A URL template, GET from plumb.
-    Http(String),
-    /// A port on the host, connected to from plumb.
-    Tcp(u16),
-}
-
-impl CheckKind {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            CheckKind::Command(_) => "command",
-            CheckKind::Http(_) => "http",
-            CheckKind::Tcp(_) => "tcp",
-        }
-    }
-}
 
 /// How a check is tried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,58 +40,20 @@ pub struct Policy {
     pub interval: Duration,
 }
 
-/// A check from `env.yaml`, checked and parsed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Check {
-    pub name: String,
-    pub kind: CheckKind,
-    pub policy: Policy,
-}
-
-impl Check {
-    /// Parses a declared check: exactly one kind, a valid timeout, a port in range.
-    pub fn from_decl(decl: &HealthCheck) -> Result<Check, CheckError> {
-        let invalid = |m: String| CheckError::Invalid(format!("health check {:?}: {m}", decl.name));
-        let mut kinds = Vec::new();
-        if let Some(c) = &decl.command {
-            kinds.push(CheckKind::Command(c.clone()));
+impl Policy {
+    /// How a loaded check is tried: its timeout, `retries` attempts, [`RETRY_INTERVAL`] apart.
+    pub fn of(check: &HealthCheck) -> Policy {
+        Policy {
+            timeout: check.timeout.get(),
+            attempts: check.retries.max(1),
+            interval: RETRY_INTERVAL,
         }
-        if let Some(u) = &decl.http {
-            kinds.push(CheckKind::Http(u.clone()));
-        }
-        if let Some(p) = decl.tcp {
-            let port = u16::try_from(p)
-                .ok()
-                .filter(|p| *p != 0)
-                .ok_or_else(|| invalid(format!("tcp port {p} is not in 1..=65535")))?;
-            kinds.push(CheckKind::Tcp(port));
-        }
-        if kinds.len() != 1 {
-            return Err(invalid(format!(
-                "needs exactly one of command, http, tcp (found {})",
-                kinds.len()
-            )));
-        }
-        let timeout = Some(decl.timeout.get())
-            .filter(|d| !d.is_zero())
-            .ok_or_else(|| invalid(format!("timeout {} must be longer than zero", decl.timeout)))?;
-        Ok(Check {
-            name: decl.name.clone(),
-            kind: kinds.remove(0),
-            policy: Policy {
-                timeout,
-                attempts: decl.retries.max(1),
-                interval: RETRY_INTERVAL,
-            },
-        })
     }
 }
 
 /// Why an attempt (the last one, in a [`CheckResult`]) was unhealthy. `code()` is stable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CheckError {
-    #[error("{0}")]
-    Invalid(String),
     #[error("cannot render URL: {0}")]
     Template(String),
     #[error("no answer within {0:?}")]
@@ -132,7 +73,6 @@ pub enum CheckError {
 impl CheckError {
     pub fn code(&self) -> &'static str {
         match self {
-            CheckError::Invalid(_) => "invalid",
             CheckError::Template(_) => "template",
             CheckError::Timeout(_) => "timeout",
             CheckError::Connect(_) => "connect",
@@ -218,7 +158,7 @@ where
                 break;
             }
             // A check that cannot be rendered will not render on retry either.
-            Err(e @ (CheckError::Invalid(_) | CheckError::Template(_))) => {
+            Err(e @ CheckError::Template(_)) => {
                 last = Some(e);
                 break;
             }
@@ -379,22 +319,22 @@ pub fn http_client() -> Result<reqwest::Client, CheckError> {
 
 /// Runs one check on one host.
 pub async fn run_check(
-    check: &Check,
+    check: &HealthCheck,
     host: &Host,
     transport: &dyn Transport,
     client: &reqwest::Client,
     render: Renderer<'_>,
 ) -> CheckResult {
-    match &check.kind {
-        CheckKind::Command(c) => check_command(&check.name, c, host, transport, check.policy).await,
-        CheckKind::Http(u) => check_http(&check.name, u, host, client, check.policy, render).await,
-        CheckKind::Tcp(p) => check_tcp(&check.name, *p, host, check.policy).await,
+    let policy = Policy::of(check);
+    match &check.probe {
+        HealthProbe::Command(c) => check_command(&check.name, c, host, transport, policy).await,
+        HealthProbe::Http(u) => check_http(&check.name, u, host, client, policy, render).await,
+        HealthProbe::Tcp(p) => check_tcp(&check.name, *p, host, policy).await,
     }
 }
 
-/// Runs every declared check on every host of a wave, all at once; results are ordered by
-/// check, then by host, as declared. A check that does not parse fails on every host with
-/// code `invalid` (validation should have caught it before the rollout).
+/// Runs every check (loaded, so valid) on every host of a wave, all at once; results are
+/// ordered by check, then by host, as declared.
 pub async fn check_wave(
     checks: &[HealthCheck],
     hosts: &[Host],
@@ -413,38 +353,33 @@ pub async fn check_wave(
     };
     let transports: Vec<_> = hosts.iter().map(|h| connector.connect(h)).collect();
     let mut futs = Vec::new();
-    for decl in checks {
-        let parsed = Check::from_decl(decl);
+    for check in checks {
         for (host, transport) in hosts.iter().zip(&transports) {
-            let parsed = parsed.clone();
             let client = client.clone();
             futs.push(async move {
-                let fail = |kind: &str, e: CheckError| CheckResult {
-                    check: decl.name.clone(),
-                    kind: kind.to_string(),
-                    host: host.name.clone(),
-                    ok: false,
-                    code: Some(e.code().to_string()),
-                    error: Some(e.to_string()),
-                    attempts: 0,
-                    duration_ms: 0,
-                };
-                let c = match parsed {
-                    Ok(c) => c,
-                    Err(e) => return fail("invalid", e),
-                };
-                match (&c.kind, client) {
-                    (CheckKind::Command(cmd), _) => {
-                        check_command(&c.name, cmd, host, transport.as_ref(), c.policy).await
+                let policy = Policy::of(check);
+                let name = &check.name;
+                match (&check.probe, client) {
+                    (HealthProbe::Command(cmd), _) => {
+                        check_command(name, cmd, host, transport.as_ref(), policy).await
                     }
-                    (CheckKind::Tcp(port), _) => check_tcp(&c.name, *port, host, c.policy).await,
-                    (CheckKind::Http(url), Some(client)) => {
-                        check_http(&c.name, url, host, &client, c.policy, render).await
+                    (HealthProbe::Tcp(port), _) => check_tcp(name, *port, host, policy).await,
+                    (HealthProbe::Http(url), Some(client)) => {
+                        check_http(name, url, host, &client, policy, render).await
                     }
-                    (CheckKind::Http(_), None) => fail(
-                        "http",
-                        CheckError::Http("no HTTP client (see the daemon log)".into()),
-                    ),
+                    (HealthProbe::Http(_), None) => {
+                        let e = CheckError::Http("no HTTP client (see the daemon log)".into());
+                        CheckResult {
+                            check: name.clone(),
+                            kind: check.probe.kind().to_string(),
+                            host: host.name.clone(),
+                            ok: false,
+                            code: Some(e.code().to_string()),
+                            error: Some(e.to_string()),
+                            attempts: 0,
+                            duration_ms: 0,
+                        }
+                    }
                 }
             });
         }

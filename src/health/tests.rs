@@ -7,6 +7,7 @@ use axum::Router;
 use super::*;
 use crate::engine::LocalConnector;
 use crate::model::yaml::Pos;
+use crate::model::{HealthCheckDecl, HealthCheckError};
 use crate::transport::LocalTransport;
 
 /// The one template environment, as the daemon passes it (a repo without templates).
@@ -36,8 +37,8 @@ fn fast(attempts: u32) -> Policy {
     }
 }
 
-fn decl(name: &str) -> HealthCheck {
-    HealthCheck {
+fn decl(name: &str) -> HealthCheckDecl {
+    HealthCheckDecl {
         name: name.into(),
         command: None,
         http: None,
@@ -204,35 +205,85 @@ async fn command_timeout_is_reported() {
     assert!(r.duration_ms < 4000, "{r:?}");
 }
 
+/// A loaded check (as the loader makes it from `decl`).
+fn check(decl: HealthCheckDecl) -> HealthCheck {
+    HealthCheck::from_decl(&decl).expect("a valid check")
+}
+
 #[test]
 fn a_check_needs_exactly_one_kind_and_a_valid_timeout() {
     let none = decl("none");
     assert_eq!(
-        Check::from_decl(&none).map_err(|e| e.code()),
-        Err("invalid")
+        HealthCheck::from_decl(&none),
+        Err(vec![HealthCheckError::Kinds {
+            name: "none".into()
+        }])
     );
-    let two = HealthCheck {
+    let two = HealthCheckDecl {
         command: Some("true".into()),
         tcp: Some(22),
         ..decl("two")
     };
-    assert!(Check::from_decl(&two).is_err());
-    let bad_timeout = HealthCheck {
+    let e = HealthCheck::from_decl(&two).expect_err("two kinds");
+    assert_eq!(
+        e.iter().map(|e| e.code()).collect::<Vec<_>>(),
+        ["health-check"]
+    );
+    let bad_timeout = HealthCheckDecl {
         tcp: Some(22),
         timeout: crate::model::HumanDuration::from_secs(0),
         ..decl("t")
     };
-    assert!(Check::from_decl(&bad_timeout).is_err());
-    let ok = HealthCheck {
+    let e = HealthCheck::from_decl(&bad_timeout).expect_err("zero timeout");
+    assert_eq!(
+        e.iter().map(|e| e.pointer()).collect::<Vec<_>>(),
+        ["/timeout"]
+    );
+    let bad_port = HealthCheckDecl {
+        tcp: Some(70000),
+        ..decl("p")
+    };
+    let e = HealthCheck::from_decl(&bad_port).expect_err("port out of range");
+    assert_eq!(e.iter().map(|e| e.pointer()).collect::<Vec<_>>(), ["/tcp"]);
+    let ok = HealthCheckDecl {
         tcp: Some(22),
         retries: 3,
         ..decl("ok")
     };
-    let c = Check::from_decl(&ok).expect("valid");
-    assert_eq!(c.kind, CheckKind::Tcp(22));
-    assert_eq!(c.policy.attempts, 3);
-    assert_eq!(c.policy.timeout, Duration::from_secs(5));
-    assert_eq!(c.policy.interval, RETRY_INTERVAL);
+    let c = check(ok);
+    assert_eq!(c.probe, HealthProbe::Tcp(22));
+    let p = Policy::of(&c);
+    assert_eq!(p.attempts, 3);
+    assert_eq!(p.timeout, Duration::from_secs(5));
+    assert_eq!(p.interval, RETRY_INTERVAL);
+}
+
+/// Every probe kind survives declaration -> check -> declaration -> check unchanged.
+#[test]
+fn every_probe_kind_round_trips() {
+    let probes = [
+        HealthProbe::Command("systemctl is-active nginx".into()),
+        HealthProbe::Http("http://{{ host.address }}:8080/".into()),
+        HealthProbe::Tcp(1),
+        HealthProbe::Tcp(65535),
+    ];
+    for probe in probes {
+        let c = HealthCheck {
+            name: probe.kind().into(),
+            probe: probe.clone(),
+            timeout: crate::model::HumanDuration::from_millis(1500),
+            retries: 4,
+        };
+        let d = c.to_decl();
+        let kinds = [d.command.is_some(), d.http.is_some(), d.tcp.is_some()];
+        assert_eq!(kinds.iter().filter(|k| **k).count(), 1, "{d:?}");
+        assert_eq!(HealthCheck::from_decl(&d).as_ref(), Ok(&c));
+        // Through the YAML/JSON shape too.
+        let json = serde_json::to_value(&d).expect("serialize");
+        assert!(!json[probe.kind()].is_null(), "{json}");
+        let back: HealthCheckDecl = serde_json::from_value(json).expect("deserialize");
+        assert_eq!(HealthCheck::from_decl(&back), Ok(c));
+    }
 }
 
 #[tokio::test]
@@ -248,16 +299,20 @@ async fn check_wave_runs_every_check_on_every_host() {
             ..host("127.0.0.1")
         },
     ];
+    let closed = closed_port().await;
     let checks = vec![
-        HealthCheck {
+        check(HealthCheckDecl {
             command: Some("true".into()),
             ..decl("cmd")
-        },
-        HealthCheck {
+        }),
+        check(HealthCheckDecl {
             tcp: Some(u32::from(open)),
             ..decl("port")
-        },
-        decl("broken"),
+        }),
+        check(HealthCheckDecl {
+            tcp: Some(u32::from(closed)),
+            ..decl("broken")
+        }),
     ];
     let wave = check_wave(&checks, &hosts, &LocalConnector::default(), &render).await;
     let got: Vec<_> = wave

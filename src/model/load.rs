@@ -8,7 +8,9 @@ use serde::de::DeserializeOwned;
 
 use super::jail::{EntryKind, Jail, JailError, RepoFiles, MAX_DEPTH};
 use super::{DurationError, HumanDuration};
-use super::{EnvFile, Environment, Host, HostsFile, Repo, RepoFile, StepDecl, Unit, UnitHeader};
+use super::{
+    EnvFile, Environment, HealthCheck, Host, HostsFile, Repo, RepoFile, StepDecl, Unit, UnitHeader,
+};
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::modules::{self, REGISTRY};
 use crate::schema::{self, Kind};
@@ -213,11 +215,14 @@ fn load_environments(repo: &mut Repo, diags: &mut Diagnostics) {
             hosts_path: hosts_path.clone(),
             env_path: None,
             hosts: Vec::new(),
+            health_checks: Vec::new(),
             settings: EnvFile::default(),
         };
         if repo.files.kind(&env_path).is_ok_and(|k| k.is_some()) {
             env.env_path = Some(env_path.clone());
-            if let Some((_, settings)) = read_typed::<EnvFile>(repo, diags, &env_path, Kind::Env) {
+            if let Some((node, settings)) = read_typed::<EnvFile>(repo, diags, &env_path, Kind::Env)
+            {
+                env.health_checks = health_checks(&settings, &node, &env_path, diags);
                 env.settings = settings;
             }
         }
@@ -240,6 +245,29 @@ fn load_environments(repo: &mut Repo, diags: &mut Diagnostics) {
         }
         repo.environments.insert(name, env);
     }
+}
+
+/// Turns each declared health check into a [`HealthCheck`], or into diagnostics at the
+/// check's position (then it is left out: nothing at run time sees an invalid check).
+fn health_checks(
+    settings: &EnvFile,
+    node: &Node,
+    path: &str,
+    diags: &mut Diagnostics,
+) -> Vec<HealthCheck> {
+    let mut checks = Vec::new();
+    for (i, decl) in settings.health_checks.iter().enumerate() {
+        match HealthCheck::from_decl(decl) {
+            Ok(c) => checks.push(c),
+            Err(errors) => {
+                for e in errors {
+                    let pos = node.locate(&format!("/health_checks/{i}{}", e.pointer()));
+                    diags.push(Diagnostic::error(e.code(), path, pos, e.to_string()));
+                }
+            }
+        }
+    }
+    checks
 }
 
 fn load_units(repo: &mut Repo, diags: &mut Diagnostics) {

@@ -109,7 +109,7 @@ pub struct EnvFile {
     pub rollout: Option<Rollout>,
     /// Checks run after each wave; a failure stops the rollout.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub health_checks: Vec<HealthCheck>,
+    pub health_checks: Vec<HealthCheckDecl>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
@@ -166,11 +166,14 @@ pub struct Wave {
     pub max_parallel: Option<u32>,
 }
 
+// The on-disk shape: the loader turns it into a `HealthCheck` (or diagnostics); nothing runs
+// from this shape.
 /// A health check: exactly one of `command` (run on each host of the wave), `http` (GET from
 /// plumb, 2xx expected) or `tcp` (connect from plumb to `host:port`).
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct HealthCheck {
+#[schemars(rename = "HealthCheck")]
+pub struct HealthCheckDecl {
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<String>,
@@ -188,6 +191,131 @@ pub struct HealthCheck {
     #[serde(default = "one")]
     #[schemars(range(min = 1, max = 100))]
     pub retries: u32,
+}
+
+/// What a health check probes: one kind, by construction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthProbe {
+    /// A shell command run on each host of the wave.
+    Command(String),
+    /// A URL template, GET from plumb.
+    Http(String),
+    /// A port on each host, connected to from plumb.
+    Tcp(u16),
+}
+
+impl HealthProbe {
+    /// The kind's name, as written in `env.yaml` and in reports.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            HealthProbe::Command(_) => "command",
+            HealthProbe::Http(_) => "http",
+            HealthProbe::Tcp(_) => "tcp",
+        }
+    }
+}
+
+/// A health check, checked at load: one probe, a timeout longer than zero.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub name: String,
+    pub probe: HealthProbe,
+    /// Bound on each attempt (never zero).
+    pub timeout: HumanDuration,
+    /// Tries before the check fails (at least 1).
+    pub retries: u32,
+}
+
+/// Why a declared health check cannot run. `code()` is stable; `pointer()` is relative to
+/// the check's own JSON pointer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HealthCheckError {
+    #[error("health check `{name}` needs exactly one of `command`, `http`, `tcp`")]
+    Kinds { name: String },
+    #[error("health check `{name}`: tcp port {port} is not in 1..=65535")]
+    Port { name: String, port: u32 },
+    #[error("health check `{name}`: the timeout must be longer than zero")]
+    ZeroTimeout { name: String },
+}
+
+impl HealthCheckError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            HealthCheckError::Kinds { .. } | HealthCheckError::Port { .. } => "health-check",
+            HealthCheckError::ZeroTimeout { .. } => "duration",
+        }
+    }
+
+    /// Where the problem is, below the check's own pointer.
+    pub fn pointer(&self) -> &'static str {
+        match self {
+            HealthCheckError::Kinds { .. } => "",
+            HealthCheckError::Port { .. } => "/tcp",
+            HealthCheckError::ZeroTimeout { .. } => "/timeout",
+        }
+    }
+}
+
+impl HealthCheck {
+    /// Checks a declared health check: every problem, or the check.
+    pub fn from_decl(decl: &HealthCheckDecl) -> Result<HealthCheck, Vec<HealthCheckError>> {
+        let name = || decl.name.clone();
+        let mut errors = Vec::new();
+        let mut probes = Vec::new();
+        if let Some(c) = &decl.command {
+            probes.push(HealthProbe::Command(c.clone()));
+        }
+        if let Some(u) = &decl.http {
+            probes.push(HealthProbe::Http(u.clone()));
+        }
+        if let Some(p) = decl.tcp {
+            match u16::try_from(p).ok().filter(|p| *p != 0) {
+                Some(port) => probes.push(HealthProbe::Tcp(port)),
+                None => errors.push(HealthCheckError::Port {
+                    name: name(),
+                    port: p,
+                }),
+            }
+        }
+        let kinds = [
+            decl.command.is_some(),
+            decl.http.is_some(),
+            decl.tcp.is_some(),
+        ];
+        if kinds.iter().filter(|k| **k).count() != 1 {
+            errors.push(HealthCheckError::Kinds { name: name() });
+        }
+        if decl.timeout.is_zero() {
+            errors.push(HealthCheckError::ZeroTimeout { name: name() });
+        }
+        match probes.pop() {
+            Some(probe) if errors.is_empty() => Ok(HealthCheck {
+                name: name(),
+                probe,
+                timeout: decl.timeout,
+                retries: decl.retries.max(1),
+            }),
+            _ => Err(errors),
+        }
+    }
+
+    /// The on-disk shape of this check (`from_decl` of it gives the check back).
+    pub fn to_decl(&self) -> HealthCheckDecl {
+        let (mut command, mut http, mut tcp) = (None, None, None);
+        match &self.probe {
+            HealthProbe::Command(c) => command = Some(c.clone()),
+            HealthProbe::Http(u) => http = Some(u.clone()),
+            HealthProbe::Tcp(p) => tcp = Some(u32::from(*p)),
+        }
+        HealthCheckDecl {
+            name: self.name.clone(),
+            command,
+            http,
+            tcp,
+            timeout: self.timeout,
+            retries: self.retries,
+        }
+    }
 }
 
 fn default_check_timeout() -> HumanDuration {
@@ -277,6 +405,8 @@ pub struct Environment {
     pub hosts_path: String,
     pub env_path: Option<String>,
     pub hosts: Vec<Host>,
+    /// `settings.health_checks`, checked (the ones that failed are diagnostics instead).
+    pub health_checks: Vec<HealthCheck>,
     pub settings: EnvFile,
 }
 
