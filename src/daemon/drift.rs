@@ -53,6 +53,8 @@ impl Daemon {
             base.loaded.env_interval,
         );
         let checked = DriftCheck::Checked { interval };
+        self.metrics
+            .retain_hosts(env, base.loaded.hosts.iter().map(|h| h.host.name.as_str()));
         let plans = engine::plan_all(
             &base.loaded.hosts,
             &self.connector,

@@ -291,6 +291,9 @@ impl Daemon {
         loaded: &Loaded,
     ) -> Result<Rollout, DaemonError> {
         let plain: Vec<Host> = loaded.hosts.iter().map(|h| h.host.clone()).collect();
+        // Hosts that left the inventory stop being reported.
+        self.metrics
+            .retain_hosts(env, plain.iter().map(|h| h.name.as_str()));
         let waves = super::waves::plan_waves(
             &loaded.environment.settings,
             &plain,
