@@ -429,6 +429,33 @@ fn signed_push_is_applied() {
         m.contains("plumb_commit_to_applied_seconds_count{environment=\"production\"} 2"),
         "{m}"
     );
+
+    // The audit chain's head is exported where an operator can anchor it: the head /metrics
+    // shows is a record `plumb audit verify --expect-head` finds in the chain.
+    let seq = m
+        .lines()
+        .find_map(|l| l.strip_prefix("plumb_audit_head_seq "))
+        .and_then(|n| n.trim().parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no plumb_audit_head_seq in\n{m}"));
+    let hash = m
+        .lines()
+        .find_map(|l| l.strip_prefix("plumb_audit_head_info{hash=\""))
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no plumb_audit_head_info in\n{m}"))
+        .to_string();
+    assert!(seq >= 2, "two applied runs at least: {seq}");
+    let verify = |anchor: &str| {
+        sh(Command::new(env!("CARGO_BIN_EXE_plumb"))
+            .args(["audit", "verify", "--expect-head", anchor, "--state"])
+            .arg(f.path("state")))
+    };
+    let (code, out, err) = verify(&format!("{seq}:{hash}"));
+    assert_eq!(code, 0, "the exported head is in the chain:\n{out}\n{err}");
+    let (code, out, err) = verify(&format!("{seq}:{}", "0".repeat(64)));
+    assert_eq!(
+        code, 1,
+        "another hash at that position is refused:\n{out}\n{err}"
+    );
 }
 
 #[test]
