@@ -283,28 +283,6 @@ fn hostile_paths_and_content_land_byte_for_byte() {
     let Some(hosts) = fresh_hosts("hostile_paths_and_content_land_byte_for_byte") else {
         return;
     };
-    let repo = tempfile::tempdir().expect("tempdir");
-    let r = repo.path();
-    std::fs::create_dir_all(r.join("environments/production")).expect("mkdir");
-    std::fs::create_dir_all(r.join("units")).expect("mkdir");
-    std::fs::create_dir_all(r.join("files")).expect("mkdir");
-    std::fs::write(
-        r.join("plumb.yaml"),
-        "defaults: {user: deploy, become: true}\n",
-    )
-    .expect("write");
-    std::fs::write(
-        r.join("environments/production/hosts.yaml"),
-        format!(
-            "hosts:\n  - name: plumb-host-1\n    address: {}\n",
-            hosts.addresses[0]
-        ),
-    )
-    .expect("write");
-    let binary: Vec<u8> = (0..=255u8)
-        .chain([0xff, 0xfe, 0x00, b'\n', 0xc3, 0x28])
-        .collect();
-    std::fs::write(r.join("files/blob.bin"), &binary).expect("write");
     let dir = "/srv/we ird/'q\"uote/$(touch /tmp/pwned)/`touch /tmp/pwned2`/*";
     let content = "a 'single' and \"double\" quote\n$(touch /tmp/pwned3)\n`touch /tmp/pwned4`\n$HOME \\ * ? [a]\ttab\nno newline at end";
     let unit = serde_json::json!({
@@ -317,11 +295,17 @@ fn hostile_paths_and_content_land_byte_for_byte() {
         ]
     });
     // JSON is YAML: the hostile strings are written exactly.
-    std::fs::write(
-        r.join("units/hostile.yaml"),
-        serde_json::to_string_pretty(&unit).expect("json"),
-    )
-    .expect("write");
+    let repo = one_host_repo(
+        &hosts,
+        "hostile",
+        &serde_json::to_string_pretty(&unit).expect("json"),
+    );
+    let r = repo.path();
+    std::fs::create_dir_all(r.join("files")).expect("mkdir");
+    let binary: Vec<u8> = (0..=255u8)
+        .chain([0xff, 0xfe, 0x00, b'\n', 0xc3, 0x28])
+        .collect();
+    std::fs::write(r.join("files/blob.bin"), &binary).expect("write");
 
     let (code, report, err) = plumb(&hosts, &["apply"], r);
     assert_eq!(code, 0, "{report:#}\n{err}");
@@ -609,24 +593,31 @@ fn plumb_in(
     args: &[&str],
     repo: &std::path::Path,
 ) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_plumb"));
-    cmd.args(&args[..1])
-        .arg(repo)
-        .args(&args[1..])
-        .args([
-            "--env",
-            "production",
-            "--output",
-            "json",
-            "--color",
-            "never",
-        ])
-        .arg("--identity")
-        .arg(hosts.dir.join("id_ed25519"))
-        .arg("--known-hosts")
-        .arg(hosts.dir.join("known_hosts"))
-        .env("XDG_RUNTIME_DIR", runtime);
+    let mut cmd = plumb_command(hosts, args, repo);
+    cmd.env("XDG_RUNTIME_DIR", runtime);
     cmd
+}
+
+/// Starts `plumb apply` on host 3 (the hanging one) and waits until its ssh master is up
+/// under `base` (and a little longer, so the apply is in flight).
+fn apply_until_master(
+    hosts: &Hosts,
+    runtime: &std::path::Path,
+    base: &std::path::Path,
+    repo: &std::path::Path,
+    stderr: std::process::Stdio,
+) -> std::process::Child {
+    let child = plumb_in(hosts, runtime, &["apply", "--host", &hosts.name(3)], repo)
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("plumb starts");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while ssh_under(base).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    child
 }
 
 /// ssh processes whose command line names `dir` (masters use a socket under it).
@@ -682,21 +673,13 @@ fn ssh_masters_do_not_outlive_plumb() {
 
     // SIGTERM (and SIGINT) mid-apply, on the hanging host: plumb closes its master and exits 1.
     for signal in ["TERM", "INT"] {
-        let child = plumb_in(
+        let child = apply_until_master(
             &hosts,
             runtime.path(),
-            &["apply", "--host", &hosts.name(3)],
+            &base,
             repo.path(),
-        )
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("plumb starts");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while ssh_under(&base).is_empty() && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(200));
-        }
-        std::thread::sleep(std::time::Duration::from_secs(2));
+            std::process::Stdio::piped(),
+        );
         sh(Command::new("kill")
             .arg(format!("-{signal}"))
             .arg(child.id().to_string()));
@@ -715,21 +698,13 @@ fn ssh_masters_do_not_outlive_plumb() {
     }
 
     // A plumb killed mid-apply (on the hanging host) leaves its master behind...
-    let mut child = plumb_in(
+    let mut child = apply_until_master(
         &hosts,
         runtime.path(),
-        &["apply", "--host", &hosts.name(3)],
+        &base,
         repo.path(),
-    )
-    .stdout(std::process::Stdio::null())
-    .stderr(std::process::Stdio::null())
-    .spawn()
-    .expect("plumb starts");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while ssh_under(&base).is_empty() && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
-    std::thread::sleep(std::time::Duration::from_secs(2));
+        std::process::Stdio::null(),
+    );
     child.kill().expect("SIGKILL");
     let _ = child.wait();
     let pid_dir = base.join(child.id().to_string());

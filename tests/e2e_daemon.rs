@@ -627,16 +627,19 @@ fn canary_health_failure_stops_the_rollout() {
     f.kill_daemon();
 }
 
+/// The example repo's environment in drift `report` mode (it ships in `correct`).
+fn report_mode(repo: &Path) {
+    let env = repo.join("environments/production/env.yaml");
+    let text = std::fs::read_to_string(&env)
+        .expect("env.yaml")
+        .replace("mode: correct", "mode: report");
+    std::fs::write(env, text).expect("write");
+}
+
 #[test]
 fn drift_is_reported_then_corrected() {
     let _g = lock();
-    let Some(mut f) = fixture("drift_is_reported_then_corrected", "2s", |repo| {
-        let env = repo.join("environments/production/env.yaml");
-        let text = std::fs::read_to_string(&env)
-            .expect("env.yaml")
-            .replace("mode: correct", "mode: report");
-        std::fs::write(env, text).expect("write");
-    }) else {
+    let Some(mut f) = fixture("drift_is_reported_then_corrected", "2s", report_mode) else {
         return;
     };
     let first = f.git(&["rev-parse", "HEAD"]);
@@ -788,13 +791,7 @@ fn sigkill_mid_apply_then_restart_converges() {
 #[test]
 fn drift_is_still_checked_after_sighup() {
     let _g = lock();
-    let Some(mut f) = fixture("drift_is_still_checked_after_sighup", "2s", |repo| {
-        let env = repo.join("environments/production/env.yaml");
-        let text = std::fs::read_to_string(&env)
-            .expect("env.yaml")
-            .replace("mode: correct", "mode: report");
-        std::fs::write(env, text).expect("write");
-    }) else {
+    let Some(mut f) = fixture("drift_is_still_checked_after_sighup", "2s", report_mode) else {
         return;
     };
     let first = f.git(&["rev-parse", "HEAD"]);

@@ -177,29 +177,8 @@ fn a_user_racing_plumb_never_gets_shadow_changed() {
          done",
     ]));
     assert_eq!(code, 0, "racer: {err}");
-    let repo = tempfile::tempdir().expect("tempdir");
+    let repo = one_host_repo(&hosts, "race", "steps:\n  - id: race\n    file:\n      path: /srv/race/f\n      content: \"x\\n\"\n      mode: \"0644\"\n");
     let r = repo.path();
-    std::fs::create_dir_all(r.join("environments/production")).expect("mkdir");
-    std::fs::create_dir_all(r.join("units")).expect("mkdir");
-    std::fs::write(
-        r.join("plumb.yaml"),
-        "defaults: {user: deploy, become: true}\n",
-    )
-    .expect("write");
-    std::fs::write(
-        r.join("environments/production/hosts.yaml"),
-        format!(
-            "hosts:\n  - name: {}\n    address: {}\n",
-            hosts.name(1),
-            hosts.addresses[0]
-        ),
-    )
-    .expect("write");
-    std::fs::write(
-        r.join("units/race.yaml"),
-        "steps:\n  - id: race\n    file:\n      path: /srv/race/f\n      content: \"x\\n\"\n      mode: \"0644\"\n",
-    )
-    .expect("write");
     let mut outcomes = Vec::new();
     for _ in 0..12 {
         let (code, report, _) = plumb(&hosts, &["apply"], r);
@@ -231,26 +210,9 @@ fn sensitive_values_never_reach_the_hosts_process_list() {
     let Some(hosts) = fresh_hosts("sensitive_values_never_reach_the_hosts_process_list") else {
         return;
     };
-    let repo = tempfile::tempdir().expect("tempdir");
-    let r = repo.path();
-    std::fs::create_dir_all(r.join("environments/production")).expect("mkdir");
-    std::fs::create_dir_all(r.join("units")).expect("mkdir");
-    std::fs::write(
-        r.join("plumb.yaml"),
-        "defaults: {user: deploy, become: true}\n",
-    )
-    .expect("write");
-    std::fs::write(
-        r.join("environments/production/hosts.yaml"),
-        format!(
-            "hosts:\n  - name: {}\n    address: {}\n",
-            hosts.name(1),
-            hosts.addresses[0]
-        ),
-    )
-    .expect("write");
-    std::fs::write(
-        r.join("units/secret.yaml"),
+    let repo = one_host_repo(
+        &hosts,
+        "secret",
         r#"steps:
   - id: secret-run
     sensitive: true
@@ -265,8 +227,8 @@ fn sensitive_values_never_reach_the_hosts_process_list() {
       line: "token=PLUMB-SECRET-LINE-7731"
       create: true
 "#,
-    )
-    .expect("write");
+    );
+    let r = repo.path();
     let (code, _, err) = sh(Command::new("docker").args([
         "exec",
         "-d",

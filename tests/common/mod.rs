@@ -172,8 +172,9 @@ pub fn webapp_repo(hosts: &Hosts) -> tempfile::TempDir {
     dir
 }
 
-/// Runs plumb with the test hosts' key and known_hosts; returns (exit code, JSON, stderr).
-pub fn plumb(hosts: &Hosts, args: &[&str], repo: &Path) -> (i32, Value, String) {
+/// The plumb command for `args` (the subcommand first) on `repo`, with the test hosts' key
+/// and known_hosts, JSON output, no colour.
+pub fn plumb_command(hosts: &Hosts, args: &[&str], repo: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_plumb"));
     cmd.args(&args[..1])
         .arg(repo)
@@ -190,7 +191,12 @@ pub fn plumb(hosts: &Hosts, args: &[&str], repo: &Path) -> (i32, Value, String) 
         .arg(hosts.dir.join("id_ed25519"))
         .arg("--known-hosts")
         .arg(hosts.dir.join("known_hosts"));
-    let (code, out, err) = sh(&mut cmd);
+    cmd
+}
+
+/// Runs plumb with the test hosts' key and known_hosts; returns (exit code, JSON, stderr).
+pub fn plumb(hosts: &Hosts, args: &[&str], repo: &Path) -> (i32, Value, String) {
+    let (code, out, err) = sh(&mut plumb_command(hosts, args, repo));
     let json = serde_json::from_str(&out)
         .unwrap_or_else(|e| panic!("plumb {args:?} printed no JSON ({e}):\n{out}\n{err}"));
     (code, json, err)
