@@ -161,6 +161,16 @@ impl DaemonFixture {
         });
     }
 
+    /// Stops the daemon (SIGTERM, as systemd would) and waits until it exited.
+    pub fn stop_daemon(&mut self) {
+        if let Some(mut c) = self.daemon.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let _ = c.wait();
+        }
+    }
+
     /// True while the daemon process runs and answers `/healthz`.
     pub fn daemon_up(&mut self) -> bool {
         let running = self
