@@ -94,7 +94,8 @@ pub static DEF: ModuleDef = ModuleDef::of::<Directory>(
             )],
         },
     ],
-);
+)
+.reversibility(super::Reversibility::Some(irreversible));
 
 impl Directory {
     fn not_a_directory(&self, ty: PathType) -> ProbeError {
@@ -306,4 +307,10 @@ mod tests {
             .unwrap();
         assert!(d.apply(&c).contains("rm -rf -- \"./$b\""));
     }
+}
+
+/// Removing a directory loses what was in it: an older state recreates it empty.
+fn irreversible(change: &Change) -> Option<&'static str> {
+    (change.kind == ChangeKind::Remove)
+        .then_some("directory removal (its contents are not restored)")
 }

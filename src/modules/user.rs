@@ -119,7 +119,8 @@ pub static DEF: ModuleDef = ModuleDef::of::<User>(
             step(r#"{"name": "root", "uid": 0}"#, ChangeKind::InSync),
         ],
     }],
-);
+)
+.reversibility(super::Reversibility::Some(irreversible));
 
 fn set(groups: impl IntoIterator<Item = String>, primary: &str) -> Vec<String> {
     let mut v: Vec<String> = groups
@@ -360,4 +361,9 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.pointer, "/groups/1");
     }
+}
+
+/// A removed user's files and ids are not restored by recreating the user.
+fn irreversible(change: &Change) -> Option<&'static str> {
+    (change.kind == ChangeKind::Remove).then_some("user removal")
 }
