@@ -68,6 +68,9 @@ pub enum CheckError {
     Transport(String),
     #[error("command exited with {status}{output}")]
     Exit { status: String, output: String },
+    /// Exit status 127: the shell found no such command (a typo, or not installed on the host).
+    #[error("command not found (exit status 127){output}")]
+    NotFound { output: String },
 }
 
 impl CheckError {
@@ -80,6 +83,7 @@ impl CheckError {
             CheckError::Status(_) => "http_status",
             CheckError::Transport(_) => "transport",
             CheckError::Exit { .. } => "exit",
+            CheckError::NotFound { .. } => "command_not_found",
         }
     }
 }
@@ -208,6 +212,13 @@ async fn command_once(transport: &dyn Transport, script: &[u8]) -> Result<(), Ch
     let out = transport.run(script).await?;
     match out.status {
         Some(0) => Ok(()),
+        Some(127) => Err(CheckError::NotFound {
+            output: output_excerpt(if out.stderr.iter().any(|b| !b.is_ascii_whitespace()) {
+                &out.stderr
+            } else {
+                &out.stdout
+            }),
+        }),
         status => {
             let text = if out.stderr.iter().any(|b| !b.is_ascii_whitespace()) {
                 &out.stderr

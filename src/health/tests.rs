@@ -176,6 +176,27 @@ async fn command_nonzero_fails_with_status_and_stderr() {
 }
 
 #[tokio::test]
+async fn a_command_that_does_not_exist_says_command_not_found() {
+    let t = LocalTransport::new();
+    let r = check_command(
+        "cmd",
+        "plumb-no-such-command-here --ready",
+        &host("127.0.0.1"),
+        &t,
+        fast(1),
+    )
+    .await;
+    assert!(!r.ok);
+    assert_eq!(r.code.as_deref(), Some("command_not_found"), "{r:?}");
+    let error = r.error.unwrap_or_default();
+    assert!(
+        error.starts_with("command not found (exit status 127): ")
+            && error.contains("plumb-no-such-command-here"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
 async fn command_is_quoted_as_one_argument() {
     // Were the command not quoted, `exit 3` would run in the outer shell: the quote makes the
     // single quote and the semicolon data of `sh -c`.
