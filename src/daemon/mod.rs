@@ -42,6 +42,7 @@ mod drift;
 pub mod error;
 pub mod policy;
 mod reconcile;
+mod rollback;
 pub mod status;
 pub mod waves;
 

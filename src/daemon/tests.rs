@@ -18,7 +18,7 @@ use crate::state::{RunFilter, RunKind, RunResult};
 
 const HOUR: Duration = Duration::from_secs(3600);
 
-fn rollout(failed: &[&str]) -> Rollout {
+pub(super) fn rollout(failed: &[&str]) -> Rollout {
     Rollout {
         run: state::RunId("01RUN".into()),
         commit: "0123456789abcdef0123".into(),
@@ -39,6 +39,9 @@ fn rollout(failed: &[&str]) -> Rollout {
         }],
         duration: Duration::from_secs(2),
         drift_interval: Duration::from_secs(300),
+        good_hosts: Vec::new(),
+        paused: false,
+        rollback: Default::default(),
     }
 }
 
@@ -156,8 +159,10 @@ fn policy_failed_marks_failed_alerts_with_the_hosts_and_schedules_drift() {
     assert_eq!(a.hosts, vec!["web-1".to_string()]);
     assert_eq!(
         a.message,
-        "rollout of 0123456789ab stopped: wave `canary`: host(s) web-1 failed"
+        "rollout of 0123456789ab stopped: wave `canary`: host(s) web-1 failed; commit quarantined; \
+         not rolled back: no host of the failed wave took the commit, or each was rolled back once already"
     );
+    assert_eq!(e.rollback, None);
     assert_eq!(a.details["run"], "01RUN");
     assert!(!e.forget_drift_alerts);
     assert_eq!(e.next_drift, NextDrift::After(Duration::from_secs(300)));
