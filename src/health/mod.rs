@@ -68,6 +68,12 @@ pub enum CheckError {
     Transport(String),
     #[error("command exited with {status}{output}")]
     Exit { status: String, output: String },
+    #[error("prometheus: {0}")]
+    Prometheus(String),
+    #[error("{0}")]
+    ConditionNotMet(String),
+    #[error("inconclusive: {0}")]
+    Inconclusive(String),
     /// Exit status 127: the shell found no such command (a typo, or not installed on the host).
     #[error("command not found (exit status 127){output}")]
     NotFound { output: String },
@@ -84,6 +90,9 @@ impl CheckError {
             CheckError::Transport(_) => "transport",
             CheckError::Exit { .. } => "exit",
             CheckError::NotFound { .. } => "command_not_found",
+            CheckError::Prometheus(_) => "prometheus",
+            CheckError::ConditionNotMet(_) => "condition_not_met",
+            CheckError::Inconclusive(_) => "inconclusive",
         }
     }
 }
@@ -102,10 +111,13 @@ impl From<TransportError> for CheckError {
 pub struct CheckResult {
     /// The check's name.
     pub check: String,
-    /// `command`, `http` or `tcp`.
+    /// `command`, `http`, `tcp` or `prometheus`.
     pub kind: String,
     pub host: String,
     pub ok: bool,
+    /// Not ok, but not a failure either: a `prometheus` check found no data (the wave pauses).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub inconclusive: bool,
     /// Stable error code of the last attempt (see `CheckError::code`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,
@@ -181,6 +193,7 @@ where
         kind: kind.to_string(),
         host: host.to_string(),
         ok: last.is_none(),
+        inconclusive: false,
         code: last.as_ref().map(|e| e.code().to_string()),
         error: last.map(|e| e.to_string()),
         attempts: made,
@@ -341,6 +354,9 @@ pub async fn run_check(
         HealthProbe::Command(c) => check_command(&check.name, c, host, transport, policy).await,
         HealthProbe::Http(u) => check_http(&check.name, u, host, client, policy, render).await,
         HealthProbe::Tcp(p) => check_tcp(&check.name, *p, host, policy).await,
+        HealthProbe::Prometheus(q) => {
+            prometheus::check_prometheus(&check.name, q, host, client, policy, render).await
+        }
     }
 }
 
@@ -378,13 +394,17 @@ pub async fn check_wave(
                     (HealthProbe::Http(url), Some(client)) => {
                         check_http(name, url, host, &client, policy, render).await
                     }
-                    (HealthProbe::Http(_), None) => {
+                    (HealthProbe::Prometheus(q), Some(client)) => {
+                        prometheus::check_prometheus(name, q, host, &client, policy, render).await
+                    }
+                    (HealthProbe::Http(_) | HealthProbe::Prometheus(_), None) => {
                         let e = CheckError::Http("no HTTP client (see the daemon log)".into());
                         CheckResult {
                             check: name.clone(),
                             kind: check.probe.kind().to_string(),
                             host: host.name.clone(),
                             ok: false,
+                            inconclusive: false,
                             code: Some(e.code().to_string()),
                             error: Some(e.to_string()),
                             attempts: 0,
@@ -405,6 +425,8 @@ pub async fn check_wave(
     }
     WaveHealth { results }
 }
+
+pub mod prometheus;
 
 #[cfg(test)]
 mod tests;
