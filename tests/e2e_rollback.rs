@@ -3,13 +3,16 @@
 //! (content, mode and service state of the last good commit, checked with `docker exec`),
 //! later waves are untouched, the commit stays quarantined across a daemon restart, the next
 //! good commit rolls out everywhere, a failed commit that removes a package is not rolled
-//! back (and the alert says why), and the audit chain verifies and names the rollback.
+//! back (and the alert says why), a Prometheus query (a real `prometheus` the test starts)
+//! that returns failure stops the wave, and the audit chain verifies and names the rollback.
 //!
 //! Run: `cargo nextest run --test e2e_rollback`.
 
 mod common;
 #[path = "common/daemon.rs"]
 mod daemon;
+#[path = "common/prometheus.rs"]
+mod prometheus;
 
 use std::process::Command;
 use std::time::Duration;
@@ -33,7 +36,7 @@ fn unit(content: &str, mode: &str, service: &str, extra: &str) -> String {
 
 /// Host 1 is the canary; the other hosts form the second wave. The health check needs the
 /// config to say `healthy` and the service to run.
-fn waves_and_health(f: &DaemonFixture) {
+fn waves_and_health(f: &DaemonFixture, extra_check: &str) {
     let mut inventory = String::from("hosts:\n");
     for k in 1..=HOSTS {
         let labels = if k == 1 {
@@ -50,9 +53,11 @@ fn waves_and_health(f: &DaemonFixture) {
     f.write("environments/production/hosts.yaml", &inventory);
     f.write(
         "environments/production/env.yaml",
-        "drift: {mode: report, interval: 1h}\n\
+        &("drift: {mode: report, interval: 1h}\n\
          rollout:\n  waves:\n    - name: canary\n      selector: {canary: \"true\"}\n    - name: rest\n\
-         health_checks:\n  - name: app-healthy\n    command: \"grep -q healthy /etc/rollback-demo.conf && systemctl is-active --quiet plumb-demo\"\n    timeout: 5s\n",
+         health_checks:\n  - name: app-healthy\n    command: \"grep -q healthy /etc/rollback-demo.conf && systemctl is-active --quiet plumb-demo\"\n    timeout: 5s\n"
+            .to_string()
+            + extra_check),
     );
 }
 
@@ -83,7 +88,7 @@ fn a_broken_canary_is_rolled_back_and_the_commit_quarantined() {
     };
     let alerts = AlertCapture::start();
     f.alert_to(&alerts);
-    waves_and_health(&f);
+    waves_and_health(&f, "");
     let good = f.commit_and_push("waves and a health check", true);
     f.start_daemon();
     f.wait("the good commit applied", Duration::from_secs(300), || {
@@ -224,6 +229,61 @@ fn a_broken_canary_is_rolled_back_and_the_commit_quarantined() {
         "broken again",
         "left as it is"
     );
+
+    // A Prometheus query whose answer fails its condition stops the wave (the canary).
+    let Some(prom) = prometheus::Prometheus::start() else {
+        return;
+    };
+    prom.wait_for_data();
+    waves_and_health(
+        &f,
+        &format!(
+            "  - name: up-high\n    prometheus:\n      url: {}\n      query: 'up{{job=\"self\"}}'\n      condition: \"> 5\"\n    timeout: 5s\n",
+            prom.url()
+        ),
+    );
+    f.write(
+        "units/app.yaml",
+        &unit(
+            "healthy v3",
+            "0644",
+            "running",
+            "  - id: hello\n    package:\n      name: plumb-hello\n",
+        ),
+    );
+    let watched = f.commit_and_push("watch a metric", true);
+    f.wait(
+        "the metric stops the rollout",
+        Duration::from_secs(300),
+        || {
+            runs(&f, "apply", &watched)
+                .iter()
+                .any(|r| r["result"] == "failed")
+        },
+    );
+    let run = &runs(&f, "apply", &watched)[0];
+    assert_eq!(run["summary"]["stopped_at_wave"], "canary", "{run:#}");
+    let up_high = run["summary"]["waves"][0]["health"]
+        .as_array()
+        .and_then(|h| h.iter().find(|c| c["check"] == "up-high"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(up_high["kind"], "prometheus", "{run:#}");
+    assert_eq!(up_high["code"], "condition_not_met", "{run:#}");
+    assert!(
+        up_high["error"].as_str().is_some_and(
+            |e| e.starts_with("the query returned 1 for") && e.ends_with("which is not > 5")
+        ),
+        "{up_high:#}"
+    );
+    // The second wave was never touched.
+    for k in 2..=HOSTS {
+        assert_eq!(
+            exec(&f.hosts, k, &format!("head -n1 {CONF}")),
+            "healthy v2",
+            "host {k}"
+        );
+    }
     f.stop_daemon();
 
     // The audit chain verifies after all of it, and holds the rollback with its reason.

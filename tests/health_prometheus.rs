@@ -6,77 +6,15 @@
 //! Without the `prometheus` binary the test is skipped loudly (it fails under
 //! `PLUMB_REQUIRE_E2E`, as CI sets).
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+#[path = "common/prometheus.rs"]
+mod prometheus;
 
 use plumb::health::prometheus::check_prometheus;
 use plumb::health::Policy;
 use plumb::model::yaml::Pos;
 use plumb::model::{Condition, Host, HumanDuration, PrometheusQuery};
-
-struct Prometheus {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-/// A Prometheus scraping itself every second, or `None` (said loudly) when not installed.
-fn start_prometheus() -> Option<Prometheus> {
-    if Command::new("prometheus")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        if std::env::var_os("PLUMB_REQUIRE_E2E").is_some() {
-            panic!("PLUMB_REQUIRE_E2E is set but `prometheus` is not installed (apt-get install prometheus)");
-        }
-        eprintln!("\n*** SKIPPED prometheus health checks: no `prometheus` binary (apt-get install prometheus) ***\n");
-        return None;
-    }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let config = dir.path().join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
-             scrape_configs:\n  - job_name: self\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n"
-        ),
-    )
-    .expect("config");
-    let child = Command::new("prometheus")
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.path().join("data").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("log")).expect("log"))
-        .spawn()
-        .expect("prometheus starts");
-    Some(Prometheus {
-        child,
-        port,
-        _dir: dir,
-    })
-}
 
 fn host() -> Host {
     Host {
@@ -108,7 +46,9 @@ fn query(port: u16, q: &str, condition: &str) -> PrometheusQuery {
 
 #[tokio::test]
 async fn a_prometheus_check_passes_fails_or_is_inconclusive() {
-    let Some(p) = start_prometheus() else { return };
+    let Some(p) = prometheus::Prometheus::start() else {
+        return;
+    };
     let client = plumb::health::http_client().expect("client");
     let policy = Policy {
         timeout: Duration::from_secs(5),
