@@ -18,12 +18,14 @@ pub mod condition;
 pub mod duration;
 pub mod jail;
 pub mod load;
+pub mod size;
 /// Moved to [`crate::yaml`] (below `diag` and `schema`); re-exported for old paths.
 pub use crate::yaml;
 
 pub use address::StepAddress;
 pub use condition::{CmpOp, Condition};
 pub use duration::{DurationError, HumanDuration, DURATION_PATTERN};
+pub use size::{ByteSize, SizeError};
 
 use crate::yaml::{Node, Pos};
 
