@@ -279,7 +279,8 @@ mod tests {
 
     #[test]
     fn no_rollback_when_off_irreversible_already_done_or_nothing_to_go_back_to() {
-        let cases: [(&str, fn(&mut Rollout)); 4] = [
+        type Tweak = fn(&mut Rollout);
+        let cases: [(&str, Tweak); 4] = [
             ("`rollback: off`", |r| r.rollback.mode = RollbackMode::Off),
             ("a person must decide", |r| {
                 r.rollback.irreversible = vec!["web-1: base/hello: package removal".into()]

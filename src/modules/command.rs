@@ -103,6 +103,11 @@ pub static DEF: ModuleDef = ModuleDef::of::<Command>(
 ).refreshable()
 .reversibility(super::Reversibility::Some(irreversible));
 
+/// A command that ran cannot be undone by applying an older state (commands have no `undo:`).
+fn irreversible(change: &Change) -> Option<&'static str> {
+    (change.kind != ChangeKind::InSync).then_some("a command ran (commands have no undo)")
+}
+
 /// A guard command as a shell condition, evaluated in a subshell (never an argument of a
 /// process), its output discarded.
 fn guard(cmd: &str) -> String {
@@ -348,9 +353,4 @@ mod tests {
         assert!(all.contains("sh -c true"), "{all}");
         assert!(!all.contains("SECRET"), "a secret reached argv:\n{all}");
     }
-}
-
-/// A command that ran cannot be undone by applying an older state (commands have no `undo:`).
-fn irreversible(change: &Change) -> Option<&'static str> {
-    (change.kind != ChangeKind::InSync).then_some("a command ran (commands have no undo)")
 }

@@ -122,6 +122,39 @@ pub static DEF: ModuleDef = ModuleDef::of::<Package>(
 )
 .reversibility(super::Reversibility::Some(irreversible));
 
+/// Removing a package (its configuration may be purged) or downgrading it cannot be undone by
+/// applying an older state.
+fn irreversible(change: &Change) -> Option<&'static str> {
+    match change.kind {
+        ChangeKind::Remove => Some("package removal"),
+        ChangeKind::Modify => change
+            .fields
+            .iter()
+            .filter(|f| f.field == Field::Version)
+            .any(|f| match (&f.from, &f.to) {
+                (Some(from), Some(to)) => version_key(to) < version_key(from),
+                _ => false,
+            })
+            .then_some("package downgrade"),
+        ChangeKind::Create | ChangeKind::InSync => None,
+    }
+}
+
+/// A version's digit runs as numbers and the rest as text, for ordering (`1.10` > `1.9`).
+fn version_key(v: &str) -> Vec<(u64, String)> {
+    let mut out = Vec::new();
+    let mut rest = v;
+    while !rest.is_empty() {
+        let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        let (num, tail) = rest.split_at(digits);
+        let text_len = tail.len() - tail.trim_start_matches(|c: char| !c.is_ascii_digit()).len();
+        let (text, tail) = tail.split_at(text_len);
+        out.push((num.parse().unwrap_or(u64::MAX), text.to_string()));
+        rest = tail;
+    }
+    out
+}
+
 /// A package manager plumb drives: the configured one, or the one the probe found on the
 /// host (carried to the apply in [`super::Facts::package_manager`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -461,40 +494,6 @@ mod tests {
         assert_eq!(err.matches("Unable to locate package").count(), 1, "{err}");
     }
 }
-
-/// Removing a package (its configuration may be purged) or downgrading it cannot be undone by
-/// applying an older state.
-fn irreversible(change: &Change) -> Option<&'static str> {
-    match change.kind {
-        ChangeKind::Remove => Some("package removal"),
-        ChangeKind::Modify => change
-            .fields
-            .iter()
-            .filter(|f| f.field == Field::Version)
-            .any(|f| match (&f.from, &f.to) {
-                (Some(from), Some(to)) => version_key(to) < version_key(from),
-                _ => false,
-            })
-            .then_some("package downgrade"),
-        ChangeKind::Create | ChangeKind::InSync => None,
-    }
-}
-
-/// A version's digit runs as numbers and the rest as text, for ordering (`1.10` > `1.9`).
-fn version_key(v: &str) -> Vec<(u64, String)> {
-    let mut out = Vec::new();
-    let mut rest = v;
-    while !rest.is_empty() {
-        let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
-        let (num, tail) = rest.split_at(digits);
-        let text_len = tail.len() - tail.trim_start_matches(|c: char| !c.is_ascii_digit()).len();
-        let (text, tail) = tail.split_at(text_len);
-        out.push((num.parse().unwrap_or(u64::MAX), text.to_string()));
-        rest = tail;
-    }
-    out
-}
-
 #[cfg(test)]
 mod reversibility_tests {
     use super::*;

@@ -122,6 +122,11 @@ pub static DEF: ModuleDef = ModuleDef::of::<User>(
 )
 .reversibility(super::Reversibility::Some(irreversible));
 
+/// A removed user's files and ids are not restored by recreating the user.
+fn irreversible(change: &Change) -> Option<&'static str> {
+    (change.kind == ChangeKind::Remove).then_some("user removal")
+}
+
 fn set(groups: impl IntoIterator<Item = String>, primary: &str) -> Vec<String> {
     let mut v: Vec<String> = groups
         .into_iter()
@@ -361,9 +366,4 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.pointer, "/groups/1");
     }
-}
-
-/// A removed user's files and ids are not restored by recreating the user.
-fn irreversible(change: &Change) -> Option<&'static str> {
-    (change.kind == ChangeKind::Remove).then_some("user removal")
 }
