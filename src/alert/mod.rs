@@ -48,6 +48,8 @@ pub enum AlertEvent {
     SignatureRefused,
     /// A drift check found hosts that differ from the applied commit.
     DriftFound,
+    /// A failed wave's hosts were brought back to their last good commit.
+    RolledBack,
 }
 
 impl AlertEvent {
@@ -56,6 +58,7 @@ impl AlertEvent {
             AlertEvent::RunFailed => "run_failed",
             AlertEvent::SignatureRefused => "signature_refused",
             AlertEvent::DriftFound => "drift_found",
+            AlertEvent::RolledBack => "rolled_back",
         }
     }
     /// Alertmanager's `alertname`.
@@ -64,12 +67,13 @@ impl AlertEvent {
             AlertEvent::RunFailed => "PlumbRunFailed",
             AlertEvent::SignatureRefused => "PlumbSignatureRefused",
             AlertEvent::DriftFound => "PlumbDriftFound",
+            AlertEvent::RolledBack => "PlumbRolledBack",
         }
     }
     pub fn severity(self) -> &'static str {
         match self {
             AlertEvent::RunFailed | AlertEvent::SignatureRefused => "critical",
-            AlertEvent::DriftFound => "warning",
+            AlertEvent::DriftFound | AlertEvent::RolledBack => "warning",
         }
     }
     fn title(self) -> &'static str {
@@ -77,6 +81,7 @@ impl AlertEvent {
             AlertEvent::RunFailed => "Run failed",
             AlertEvent::SignatureRefused => "Signature refused",
             AlertEvent::DriftFound => "Drift found",
+            AlertEvent::RolledBack => "Rolled back",
         }
     }
 }

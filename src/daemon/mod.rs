@@ -47,6 +47,7 @@ pub mod error;
 pub mod http_config;
 pub mod policy;
 mod reconcile;
+mod rollback;
 pub mod status;
 mod supervisor;
 pub mod validator;

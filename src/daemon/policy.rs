@@ -7,7 +7,7 @@
 //! carries the effects out in that order (record first: a refused commit is in the database
 //! before anything can retry it).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use schemars::JsonSchema;
@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 
 use crate::alert::AlertEvent;
 use crate::health::CheckResult;
+use crate::model::RollbackMode;
 use crate::server::metrics::RunResult as MetricResult;
 use crate::state::{RunId, RunResult};
 
@@ -136,6 +137,103 @@ pub struct Rollout {
     /// When to check for drift next (the environment's interval or the config's override).
     #[serde(skip)]
     pub drift_interval: Duration,
+    /// Hosts whose apply and health checks passed: this commit is now their last good one.
+    pub good_hosts: Vec<String>,
+    /// The rollout stopped because a check was inconclusive (no failure): the wave pauses,
+    /// the commit is neither quarantined nor rolled back, and the next trigger tries again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
+    /// What decides whether a failed rollout's hosts are rolled back ([`rollback_decision`]).
+    #[serde(skip)]
+    pub rollback: RollbackFacts,
+}
+
+/// What a failed rollout knows that decides whether its hosts are rolled back.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RollbackFacts {
+    /// The environment's `rollback:` setting (of the failed commit).
+    pub mode: RollbackMode,
+    /// Hosts of the wave the rollout stopped at that took the commit (a step changed or
+    /// failed there).
+    pub took_commit: Vec<String>,
+    /// The last good commit of each host that has one.
+    pub last_good: BTreeMap<String, String>,
+    /// Hosts already rolled back automatically from this commit (at most once each).
+    pub already_rolled_back: Vec<String>,
+    /// Changes of that wave that applying an older state cannot undo:
+    /// `host: unit/step: why` (each module declares these, see `ModuleDef::reversibility`).
+    pub irreversible: Vec<String>,
+}
+
+/// Hosts to bring back to their last good commit after a failed wave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RollbackOrder {
+    /// The failed (now quarantined) commit.
+    pub bad_commit: String,
+    /// What failed, one line (with the failing checks' output).
+    pub reason: String,
+    /// The health checks that failed in the stopped wave, with their output.
+    pub failed_checks: Vec<CheckResult>,
+    /// (host, its last good commit), in host order.
+    pub targets: Vec<(String, String)>,
+}
+
+/// Whether a failed rollout is rolled back, and why not when it is not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RollbackDecision {
+    /// Roll these hosts forward to their last good commit.
+    RollBack(RollbackOrder),
+    /// Not rolled back; the sentence says why and what a person must decide.
+    Not(String),
+}
+
+/// What to do about a failed rollout's hosts. Pure.
+pub fn rollback_decision(r: &Rollout) -> RollbackDecision {
+    let f = &r.rollback;
+    if f.mode == RollbackMode::Off {
+        return RollbackDecision::Not(
+            "not rolled back: `rollback: off` in env.yaml; the hosts stay on this commit until a new one".into(),
+        );
+    }
+    if !f.irreversible.is_empty() {
+        return RollbackDecision::Not(format!(
+            "not rolled back automatically: the failed wave made changes an older state cannot undo ({}); \
+             a person must decide: fix forward with a new commit, or restore those hosts by hand \
+             and then push the commit to apply",
+            f.irreversible.join("; ")
+        ));
+    }
+    let mut targets = Vec::new();
+    let mut without = Vec::new();
+    for h in &f.took_commit {
+        if f.already_rolled_back.contains(h) {
+            continue;
+        }
+        match f.last_good.get(h) {
+            Some(good) if *good != r.commit => targets.push((h.clone(), good.clone())),
+            _ => without.push(h.as_str()),
+        }
+    }
+    if targets.is_empty() {
+        let why = if without.is_empty() {
+            "no host of the failed wave took the commit, or each was rolled back once already"
+                .to_string()
+        } else {
+            format!("no last good commit for {}", without.join(", "))
+        };
+        return RollbackDecision::Not(format!("not rolled back: {why}"));
+    }
+    RollbackDecision::RollBack(RollbackOrder {
+        bad_commit: r.commit.clone(),
+        reason: r.reason.clone().unwrap_or_else(|| "a host failed".into()),
+        failed_checks: r
+            .waves
+            .last()
+            .and_then(|w| w.health.as_ref())
+            .map(|h| h.iter().filter(|c| !c.ok).cloned().collect())
+            .unwrap_or_default(),
+        targets,
+    })
 }
 
 /// One wave of a rollout.
@@ -202,6 +300,8 @@ pub struct Effects {
     /// Forget the drift already alerted (a new commit was applied).
     pub forget_drift_alerts: bool,
     pub next_drift: NextDrift,
+    /// Bring these hosts back to their last good commit (after recording the failure).
+    pub rollback: Option<RollbackOrder>,
 }
 
 impl Effects {
@@ -214,6 +314,7 @@ impl Effects {
             alert: None,
             forget_drift_alerts: false,
             next_drift,
+            rollback: None,
         }
     }
 }
@@ -247,26 +348,131 @@ pub fn policy(result: &Result<Outcome, DaemonError>) -> Effects {
             alert: None,
             forget_drift_alerts: true,
             next_drift: NextDrift::After(r.drift_interval),
+            rollback: None,
         },
-        Outcome::Failed(r) => Effects {
-            record: Some(RunResult::Failed),
-            mark: CommitMark::Failed,
-            metric: Some(MetricResult::Failed),
-            signature_refused: false,
-            alert: Some(AlertSpec {
-                event: AlertEvent::RunFailed,
-                hosts: r.failed_hosts.clone(),
-                message: format!(
-                    "rollout of {} stopped: {}",
-                    short(&r.commit),
-                    r.reason.as_deref().unwrap_or("a host failed")
-                ),
-                details: json!({"run": r.run.0, "waves": r.waves}),
-            }),
-            forget_drift_alerts: false,
-            next_drift: NextDrift::After(r.drift_interval),
-        },
+        Outcome::Failed(r) => failed(r),
     }
+}
+
+/// A failed rollout: recorded, the commit quarantined (marked failed: not applied again by
+/// push, poll, drift correction or restart until a newer commit), alerted, and its wave's
+/// hosts rolled back when [`rollback_decision`] says so.
+fn failed(r: &Rollout) -> Effects {
+    if r.paused {
+        return paused(r);
+    }
+    let decision = rollback_decision(r);
+    let (next, rollback) = match &decision {
+        RollbackDecision::RollBack(order) => {
+            let hosts: Vec<String> = order
+                .targets
+                .iter()
+                .map(|(h, c)| format!("{h} to {}", short(c)))
+                .collect();
+            (
+                format!("rolling back {} (their last good commit)", hosts.join(", ")),
+                Some(order.clone()),
+            )
+        }
+        RollbackDecision::Not(why) => (why.clone(), None),
+    };
+    let rollback_json = match &decision {
+        RollbackDecision::RollBack(o) => json!({
+            "decision": "roll_back",
+            "targets": o.targets.iter().map(|(h, c)| json!({"host": h, "commit": c})).collect::<Vec<_>>(),
+        }),
+        RollbackDecision::Not(why) => json!({
+            "decision": "none",
+            "why": why,
+            "irreversible": r.rollback.irreversible,
+        }),
+    };
+    Effects {
+        record: Some(RunResult::Failed),
+        mark: CommitMark::Failed,
+        metric: Some(MetricResult::Failed),
+        signature_refused: false,
+        alert: Some(AlertSpec {
+            event: AlertEvent::RunFailed,
+            hosts: r.failed_hosts.clone(),
+            message: format!(
+                "rollout of {} stopped: {}; commit quarantined; {next}",
+                short(&r.commit),
+                r.reason.as_deref().unwrap_or("a host failed")
+            ),
+            details: json!({"run": r.run.0, "waves": r.waves, "rollback": rollback_json}),
+        }),
+        forget_drift_alerts: false,
+        next_drift: NextDrift::After(r.drift_interval),
+        rollback,
+    }
+}
+
+/// A rollout paused by an inconclusive check: recorded as failed, alerted, but not
+/// quarantined nor rolled back (the next trigger — a push, a poll, a webhook — tries again).
+fn paused(r: &Rollout) -> Effects {
+    Effects {
+        record: Some(RunResult::Failed),
+        mark: CommitMark::Nothing,
+        metric: Some(MetricResult::Failed),
+        signature_refused: false,
+        alert: Some(AlertSpec {
+            event: AlertEvent::RunFailed,
+            hosts: r.failed_hosts.clone(),
+            message: format!(
+                "rollout of {} paused: {}; not quarantined, not rolled back: the next trigger tries again",
+                short(&r.commit),
+                r.reason.as_deref().unwrap_or("a check was inconclusive")
+            ),
+            details: json!({"run": r.run.0, "waves": r.waves, "paused": true}),
+        }),
+        forget_drift_alerts: false,
+        next_drift: NextDrift::After(r.drift_interval),
+        rollback: None,
+    }
+}
+
+/// What to record and alert about a rollback run. Pure.
+pub fn rollback_effects(s: &RollbackSummary) -> (RunResult, AlertSpec) {
+    let ok = s.refused.is_none() && s.failed_hosts.is_empty() && s.health.iter().all(|c| c.ok);
+    let target = short(&s.target);
+    let (result, event, message) = if ok {
+        (
+            RunResult::Converged,
+            AlertEvent::RolledBack,
+            format!(
+                "rolled back {} from {} to their last good commit {target} (signed by {}): {}",
+                s.hosts.join(", "),
+                short(&s.rollback_of),
+                s.target_signer.as_deref().unwrap_or("?"),
+                s.reason
+            ),
+        )
+    } else {
+        let why = match &s.refused {
+            Some(why) => why.clone(),
+            None if !s.failed_hosts.is_empty() => {
+                format!("host(s) {} failed", s.failed_hosts.join(", "))
+            }
+            None => "its health checks failed".into(),
+        };
+        (
+            RunResult::Failed,
+            AlertEvent::RunFailed,
+            format!(
+                "rollback of {} from {} to {target} failed: {why}; the hosts are left as they are, a person must look",
+                s.hosts.join(", "),
+                short(&s.rollback_of)
+            ),
+        )
+    };
+    let alert = AlertSpec {
+        event,
+        hosts: s.hosts.clone(),
+        message,
+        details: serde_json::to_value(s).unwrap_or(Value::Null),
+    };
+    (result, alert)
 }
 
 fn refused(r: &Refused) -> Effects {
@@ -308,6 +514,7 @@ fn refused(r: &Refused) -> Effects {
         }),
         forget_drift_alerts: false,
         next_drift: keep_or(r.drift_override),
+        rollback: None,
     }
 }
 
@@ -373,6 +580,8 @@ pub enum RunSummary {
     DriftCheck(DriftSummary),
     /// A `correction` run.
     Correction(CorrectionSummary),
+    /// A `rollback` run.
+    Rollback(RollbackSummary),
     /// A run the daemon did not finish (it was stopped); written when it restarts.
     Interrupted { interrupted: String },
 }
@@ -425,4 +634,28 @@ pub struct CorrectionSummary {
     /// Steps changed back.
     pub corrected: usize,
     pub failed_hosts: Vec<String>,
+}
+
+/// A rollback: hosts of a failed wave brought back to their last good commit, as stored (and
+/// signed into the audit chain) with the `rollback` run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+pub struct RollbackSummary {
+    /// The failed commit the hosts were taken off (quarantined).
+    pub rollback_of: String,
+    /// What failed in its rollout.
+    pub reason: String,
+    /// The failed rollout's health checks that failed, each with its output.
+    pub failed_checks: Vec<CheckResult>,
+    /// The last good commit rolled forward to (re-verified against today's trust root).
+    pub target: String,
+    /// Its signer.
+    pub target_signer: Option<String>,
+    pub hosts: Vec<String>,
+    pub failed_hosts: Vec<String>,
+    /// The target commit's health checks on the rolled-back hosts.
+    pub health: Vec<CheckResult>,
+    /// Why the target could not be applied (it no longer verifies, is invalid, or lacks the
+    /// host), when it could not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
 }

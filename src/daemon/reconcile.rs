@@ -18,8 +18,8 @@ use crate::state::{NewRun, RunId, RunKind, RunResult, StepMeta};
 use super::env_task::{EnvState, Tip};
 use super::error::panic_message;
 use super::policy::{
-    self, CommitMark, CommitSummary, Effects, Outcome, Refusal, Refused, Rollout, RunSummary,
-    WaveSummary,
+    self, CommitMark, CommitSummary, Effects, Outcome, Refusal, Refused, RollbackFacts, Rollout,
+    RunSummary, WaveSummary,
 };
 use super::validator::Validator;
 use super::{lock, lock_any, signer_of, Daemon, DaemonError, Wake};
@@ -155,6 +155,9 @@ impl Daemon {
         let effects = policy::policy(&result);
         match self.carry_out(env, tip.wake, &result, &effects) {
             Ok(()) => {
+                if let Some(order) = &effects.rollback {
+                    self.roll_back(env, tip.wake, order).await;
+                }
                 if effects.forget_drift_alerts && result.is_ok() {
                     state.alerted_drift = None;
                 }
@@ -270,11 +273,11 @@ impl Daemon {
             .collect();
         rollout.duration = started.elapsed();
         rollout.drift_interval = policy::drift_interval(drift_override, loaded.env_interval);
-        Ok(if rollout.failed_hosts.is_empty() {
-            Outcome::Applied(rollout)
-        } else {
-            Outcome::Failed(rollout)
-        })
+        if rollout.failed_hosts.is_empty() {
+            return Ok(Outcome::Applied(rollout));
+        }
+        self.rollback_facts(env, &loaded, &mut rollout)?;
+        Ok(Outcome::Failed(rollout))
     }
 
     /// Applies hosts wave by wave; a failed host or health check stops the rollout.
@@ -305,6 +308,9 @@ impl Daemon {
             commits: Vec::new(),
             duration: Duration::ZERO,
             drift_interval: Duration::ZERO,
+            good_hosts: Vec::new(),
+            paused: false,
+            rollback: RollbackFacts::default(),
         };
         for wave in &waves {
             let members: Vec<&DesiredHost> = wave
@@ -318,6 +324,10 @@ impl Daemon {
             let stop = stop_reason(&summary);
             out.waves.push(summary);
             if let Some((reason, failed)) = stop {
+                out.paused = out
+                    .waves
+                    .last()
+                    .is_some_and(|w| w.failed_hosts.is_empty() && only_inconclusive(w));
                 for h in failed {
                     if !out.failed_hosts.contains(&h) {
                         out.failed_hosts.push(h);
@@ -328,6 +338,14 @@ impl Daemon {
                 out.stopped_at_wave = Some(wave.name.clone());
                 break;
             }
+            // Applied and healthy: this commit is now these hosts' last good one.
+            let good = out
+                .waves
+                .last()
+                .map(|w| w.hosts.clone())
+                .unwrap_or_default();
+            lock(&self.db).set_last_good(env, &good, commit, run)?;
+            out.good_hosts.extend(good);
         }
         Ok(out)
     }
@@ -355,8 +373,11 @@ impl Daemon {
         })
         .await;
         let mut failed = Vec::new();
+        out.rollback.took_commit.clear();
+        out.rollback.irreversible.clear();
         for (_, r) in &runs {
             lock(&self.db).record_host(run, r, &StepMeta::default())?;
+            note_taken(r, &mut out.rollback);
             self.metrics
                 .set_host_reachable(env, &r.host.name, r.status != HostStatus::Unreachable);
             out.changed += r.changed();
@@ -507,6 +528,37 @@ impl Daemon {
     }
 }
 
+/// Whether a host took the commit (a step changed or failed: the apply reached it), and the
+/// irreversible changes among those its modules declare.
+fn note_taken(r: &engine::HostRun, facts: &mut RollbackFacts) {
+    let attempted = |s: &&engine::StepOutcome| {
+        matches!(
+            s.status,
+            engine::StepStatus::Changed | engine::StepStatus::Failed
+        )
+    };
+    if !r.steps.iter().any(|s| attempted(&s)) {
+        return;
+    }
+    facts.took_commit.push(r.host.name.clone());
+    for s in r.steps.iter().filter(attempted) {
+        let why = s.change.as_ref().and_then(|c| {
+            crate::modules::lookup(s.step.module).and_then(|def| def.irreversible(c))
+        });
+        if let Some(why) = why {
+            facts
+                .irreversible
+                .push(format!("{}: {}: {why}", r.host.name, s.step.address));
+        }
+    }
+}
+
+/// Whether every check that did not pass was inconclusive (and one was).
+fn only_inconclusive(wave: &WaveSummary) -> bool {
+    let mut not_ok = wave.health.iter().flatten().filter(|r| !r.ok).peekable();
+    not_ok.peek().is_some() && not_ok.all(|r| r.inconclusive)
+}
+
 /// Why a wave stops the rollout, and the hosts to blame; `None` when it passed.
 fn stop_reason(wave: &WaveSummary) -> Option<(String, Vec<String>)> {
     if !wave.failed_hosts.is_empty() {
@@ -525,8 +577,13 @@ fn stop_reason(wave: &WaveSummary) -> Option<(String, Vec<String>)> {
         .iter()
         .map(|f| serde_json::json!({"check": f.check, "host": f.host, "error": f.error}))
         .collect();
+    let verdict = if only_inconclusive(wave) {
+        "inconclusive"
+    } else {
+        "failed"
+    };
     let reason = format!(
-        "wave `{}`: health checks failed: {}",
+        "wave `{}`: health checks {verdict}: {}",
         wave.name,
         serde_json::Value::Array(listed)
     );

@@ -19,7 +19,7 @@ use crate::state::{RunFilter, RunKind, RunResult};
 
 const HOUR: Duration = Duration::from_secs(3600);
 
-fn rollout(failed: &[&str]) -> Rollout {
+pub(super) fn rollout(failed: &[&str]) -> Rollout {
     Rollout {
         run: state::RunId("01RUN".into()),
         commit: "0123456789abcdef0123".into(),
@@ -40,6 +40,9 @@ fn rollout(failed: &[&str]) -> Rollout {
         }],
         duration: Duration::from_secs(2),
         drift_interval: Duration::from_secs(300),
+        good_hosts: Vec::new(),
+        paused: false,
+        rollback: Default::default(),
     }
 }
 
@@ -157,8 +160,10 @@ fn policy_failed_marks_failed_alerts_with_the_hosts_and_schedules_drift() {
     assert_eq!(a.hosts, vec!["web-1".to_string()]);
     assert_eq!(
         a.message,
-        "rollout of 0123456789ab stopped: wave `canary`: host(s) web-1 failed"
+        "rollout of 0123456789ab stopped: wave `canary`: host(s) web-1 failed; commit quarantined; \
+         not rolled back: no host of the failed wave took the commit, or each was rolled back once already"
     );
+    assert_eq!(e.rollback, None);
     assert_eq!(a.details["run"], "01RUN");
     assert!(!e.forget_drift_alerts);
     assert_eq!(e.next_drift, NextDrift::After(Duration::from_secs(300)));
@@ -1066,6 +1071,69 @@ async fn a_host_two_environments_share_is_applied_by_one_at_a_time() {
             pair[1].0 >= closed,
             "two applies of one host overlapped: {seen:?}"
         );
+    }
+}
+
+/// A rollback target is verified again against today's trust root: a commit whose signer was
+/// removed since is refused, recorded as a failed `rollback` run (saying why), alerted, and no
+/// host is contacted.
+#[tokio::test]
+async fn a_rollback_target_signed_by_a_removed_key_is_refused() {
+    let fx = Fx::new();
+    let good = fx.push(&[
+        ("plumb.yaml", PLUMB_YAML),
+        ("environments/production/hosts.yaml", HOSTS_YAML),
+        (
+            "units/web.yaml",
+            "steps:\n  - id: motd\n    file:\n      path: /etc/motd\n      content: \"hello\\n\"\n",
+        ),
+    ]);
+    // Today's trust root no longer has the key that signed it.
+    run(Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "other", "-f"])
+        .arg(fx.path("other")));
+    let other = std::fs::read_to_string(fx.path("other.pub")).expect("pub");
+    let key: Vec<&str> = other.split_whitespace().take(2).collect();
+    std::fs::write(
+        fx.path("allowed_signers"),
+        format!("other@plumb namespaces=\"git\" {}\n", key.join(" ")),
+    )
+    .expect("write");
+    let mut d = fx.daemon();
+    d.reconcile(Wake::Startup).await; // fetches; the tip itself is refused
+    let order = RollbackOrder {
+        bad_commit: "0123456789abcdef0123456789abcdef01234567".into(),
+        reason: "wave `all`: health checks failed".into(),
+        failed_checks: Vec::new(),
+        targets: vec![("web-1".into(), good.clone())],
+    };
+    d.roll_back("production", Wake::Push, &order).await;
+    let all = runs(&d);
+    let rb = all
+        .iter()
+        .find(|r| r.kind == RunKind::Rollback)
+        .expect("a rollback run");
+    assert_eq!(rb.result, RunResult::Failed);
+    assert_eq!(rb.commit.as_deref(), Some(good.as_str()));
+    assert!(
+        rb.summary["refused"]
+            .as_str()
+            .is_some_and(|r| r.contains("no longer verifies against today's trust root")),
+        "{:#}",
+        rb.summary
+    );
+    assert_matches_schema("run-summary", &rb.summary);
+    let detail = lock(&d.db).run(&rb.id).expect("query").expect("run");
+    assert!(detail.hosts.is_empty(), "no host contacted");
+    assert!(lock(&d.db)
+        .rolled_back("production", &order.bad_commit, "web-1")
+        .expect("query"));
+    loop {
+        let alert = fx.next_alert().await;
+        if alert["details"]["rollback_of"] == order.bad_commit.as_str() {
+            assert_eq!(alert["event"], "run_failed");
+            break;
+        }
     }
 }
 

@@ -68,6 +68,15 @@ pub enum CheckError {
     Transport(String),
     #[error("command exited with {status}{output}")]
     Exit { status: String, output: String },
+    #[error("prometheus: {0}")]
+    Prometheus(String),
+    #[error("{0}")]
+    ConditionNotMet(String),
+    #[error("inconclusive: {0}")]
+    Inconclusive(String),
+    /// Exit status 127: the shell found no such command (a typo, or not installed on the host).
+    #[error("command not found (exit status 127){output}")]
+    NotFound { output: String },
 }
 
 impl CheckError {
@@ -80,6 +89,10 @@ impl CheckError {
             CheckError::Status(_) => "http_status",
             CheckError::Transport(_) => "transport",
             CheckError::Exit { .. } => "exit",
+            CheckError::NotFound { .. } => "command_not_found",
+            CheckError::Prometheus(_) => "prometheus",
+            CheckError::ConditionNotMet(_) => "condition_not_met",
+            CheckError::Inconclusive(_) => "inconclusive",
         }
     }
 }
@@ -98,10 +111,13 @@ impl From<TransportError> for CheckError {
 pub struct CheckResult {
     /// The check's name.
     pub check: String,
-    /// `command`, `http` or `tcp`.
+    /// `command`, `http`, `tcp` or `prometheus`.
     pub kind: String,
     pub host: String,
     pub ok: bool,
+    /// Not ok, but not a failure either: a `prometheus` check found no data (the wave pauses).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub inconclusive: bool,
     /// Stable error code of the last attempt (see `CheckError::code`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,
@@ -177,6 +193,7 @@ where
         kind: kind.to_string(),
         host: host.to_string(),
         ok: last.is_none(),
+        inconclusive: false,
         code: last.as_ref().map(|e| e.code().to_string()),
         error: last.map(|e| e.to_string()),
         attempts: made,
@@ -208,6 +225,13 @@ async fn command_once(transport: &dyn Transport, script: &[u8]) -> Result<(), Ch
     let out = transport.run(script).await?;
     match out.status {
         Some(0) => Ok(()),
+        Some(127) => Err(CheckError::NotFound {
+            output: output_excerpt(if out.stderr.iter().any(|b| !b.is_ascii_whitespace()) {
+                &out.stderr
+            } else {
+                &out.stdout
+            }),
+        }),
         status => {
             let text = if out.stderr.iter().any(|b| !b.is_ascii_whitespace()) {
                 &out.stderr
@@ -330,6 +354,9 @@ pub async fn run_check(
         HealthProbe::Command(c) => check_command(&check.name, c, host, transport, policy).await,
         HealthProbe::Http(u) => check_http(&check.name, u, host, client, policy, render).await,
         HealthProbe::Tcp(p) => check_tcp(&check.name, *p, host, policy).await,
+        HealthProbe::Prometheus(q) => {
+            prometheus::check_prometheus(&check.name, q, host, client, policy, render).await
+        }
     }
 }
 
@@ -367,13 +394,17 @@ pub async fn check_wave(
                     (HealthProbe::Http(url), Some(client)) => {
                         check_http(name, url, host, &client, policy, render).await
                     }
-                    (HealthProbe::Http(_), None) => {
+                    (HealthProbe::Prometheus(q), Some(client)) => {
+                        prometheus::check_prometheus(name, q, host, &client, policy, render).await
+                    }
+                    (HealthProbe::Http(_) | HealthProbe::Prometheus(_), None) => {
                         let e = CheckError::Http("no HTTP client (see the daemon log)".into());
                         CheckResult {
                             check: name.clone(),
                             kind: check.probe.kind().to_string(),
                             host: host.name.clone(),
                             ok: false,
+                            inconclusive: false,
                             code: Some(e.code().to_string()),
                             error: Some(e.to_string()),
                             attempts: 0,
@@ -394,6 +425,8 @@ pub async fn check_wave(
     }
     WaveHealth { results }
 }
+
+pub mod prometheus;
 
 #[cfg(test)]
 mod tests;

@@ -43,6 +43,7 @@ fn decl(name: &str) -> HealthCheckDecl {
         command: None,
         http: None,
         tcp: None,
+        prometheus: None,
         timeout: crate::model::HumanDuration::from_secs(5),
         retries: 1,
     }
@@ -176,6 +177,27 @@ async fn command_nonzero_fails_with_status_and_stderr() {
 }
 
 #[tokio::test]
+async fn a_command_that_does_not_exist_says_command_not_found() {
+    let t = LocalTransport::new();
+    let r = check_command(
+        "cmd",
+        "plumb-no-such-command-here --ready",
+        &host("127.0.0.1"),
+        &t,
+        fast(1),
+    )
+    .await;
+    assert!(!r.ok);
+    assert_eq!(r.code.as_deref(), Some("command_not_found"), "{r:?}");
+    let error = r.error.unwrap_or_default();
+    assert!(
+        error.starts_with("command not found (exit status 127): ")
+            && error.contains("plumb-no-such-command-here"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
 async fn command_is_quoted_as_one_argument() {
     // Were the command not quoted, `exit 3` would run in the outer shell: the quote makes the
     // single quote and the semicolon data of `sh -c`.
@@ -203,6 +225,32 @@ async fn command_timeout_is_reported() {
     assert!(!r.ok);
     assert_eq!(r.code.as_deref(), Some("timeout"));
     assert!(r.duration_ms < 4000, "{r:?}");
+}
+
+#[test]
+fn a_prometheus_check_needs_a_condition_and_an_interval() {
+    let prom = |condition: &str, interval: u64| HealthCheckDecl {
+        prometheus: Some(crate::model::PrometheusDecl {
+            url: "http://prometheus:9090".into(),
+            query: "up".into(),
+            condition: condition.into(),
+            for_: None,
+            interval: Some(crate::model::HumanDuration::from_secs(interval)),
+        }),
+        ..decl("p")
+    };
+    let c = check(prom(">= 1", 2));
+    assert_eq!(c.probe.kind(), "prometheus");
+    let e = HealthCheck::from_decl(&prom("1", 0)).expect_err("bad condition and interval");
+    assert_eq!(
+        e.iter().map(|e| e.pointer()).collect::<Vec<_>>(),
+        ["/prometheus/interval", "/prometheus/condition"]
+    );
+    assert!(
+        e[1].to_string().contains("must start with one of"),
+        "{}",
+        e[1]
+    );
 }
 
 /// A loaded check (as the loader makes it from `decl`).
@@ -266,6 +314,13 @@ fn every_probe_kind_round_trips() {
         HealthProbe::Http("http://{{ host.address }}:8080/".into()),
         HealthProbe::Tcp(1),
         HealthProbe::Tcp(65535),
+        HealthProbe::Prometheus(crate::model::PrometheusQuery {
+            url: "http://prometheus:9090".into(),
+            query: "rate(errors{host=\"{{ host.name }}\"}[1m])".into(),
+            condition: crate::model::Condition::parse("< 0.05").expect("condition"),
+            for_: crate::model::HumanDuration::from_secs(30),
+            interval: crate::model::HumanDuration::from_secs(10),
+        }),
     ];
     for probe in probes {
         let c = HealthCheck {
@@ -275,7 +330,12 @@ fn every_probe_kind_round_trips() {
             retries: 4,
         };
         let d = c.to_decl();
-        let kinds = [d.command.is_some(), d.http.is_some(), d.tcp.is_some()];
+        let kinds = [
+            d.command.is_some(),
+            d.http.is_some(),
+            d.tcp.is_some(),
+            d.prometheus.is_some(),
+        ];
         assert_eq!(kinds.iter().filter(|k| **k).count(), 1, "{d:?}");
         assert_eq!(HealthCheck::from_decl(&d).as_ref(), Ok(&c));
         // Through the YAML/JSON shape too.
@@ -382,7 +442,7 @@ fn health_checks_are_validated_with_their_positions() {
     let e = errors("health_checks:\n  - name: both\n    tcp: 22\n    command: \"true\"\n");
     assert_eq!(
         e,
-        vec!["environments/prod/env.yaml:2:5: health check `both` needs exactly one of `command`, `http`, `tcp`"]
+        vec!["environments/prod/env.yaml:2:5: health check `both` needs exactly one of `command`, `http`, `tcp`, `prometheus`"]
     );
     let e = errors("health_checks:\n  - name: ssh\n    tcp: 22\n    timeout: soon\n");
     assert_eq!(e.len(), 1, "{e:?}");

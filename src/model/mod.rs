@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::diag::SourceMap;
 
 pub mod address;
+pub mod condition;
 pub mod duration;
 pub mod jail;
 pub mod load;
@@ -22,6 +23,7 @@ pub mod size;
 pub use crate::yaml;
 
 pub use address::StepAddress;
+pub use condition::{CmpOp, Condition};
 pub use duration::{DurationError, HumanDuration, DURATION_PATTERN};
 pub use size::{ByteSize, SizeError};
 
@@ -112,6 +114,22 @@ pub struct EnvFile {
     /// Checks run after each wave; a failure stops the rollout.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub health_checks: Vec<HealthCheckDecl>,
+    /// What the daemon does when a wave fails: `auto` (the default) brings the wave's hosts
+    /// that took the commit back to their last good commit; `off` leaves them as they are.
+    #[serde(default)]
+    pub rollback: RollbackMode,
+}
+
+/// `rollback:` in env.yaml.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RollbackMode {
+    /// Roll a failed wave's hosts forward to their last good commit (not across a change a
+    /// module declares irreversible).
+    #[default]
+    Auto,
+    /// Leave a failed wave's hosts on the failed commit (alert only).
+    Off,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
@@ -171,7 +189,8 @@ pub struct Wave {
 // The on-disk shape: the loader turns it into a `HealthCheck` (or diagnostics); nothing runs
 // from this shape.
 /// A health check: exactly one of `command` (run on each host of the wave), `http` (GET from
-/// plumb, 2xx expected) or `tcp` (connect from plumb to `host:port`).
+/// plumb, 2xx expected), `tcp` (connect from plumb to `host:port`) or `prometheus` (a query
+/// whose every value must satisfy `condition`).
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[schemars(rename = "HealthCheck")]
@@ -186,6 +205,10 @@ pub struct HealthCheckDecl {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
     pub tcp: Option<u32>,
+    /// A Prometheus query evaluated from plumb (like Argo Rollouts' analysis): success,
+    /// failure, or inconclusive (no data), which pauses the wave.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<PrometheusDecl>,
     /// Bound on each attempt, e.g. "10s" (more than zero).
     #[serde(default = "default_check_timeout")]
     pub timeout: HumanDuration,
@@ -194,6 +217,42 @@ pub struct HealthCheckDecl {
     #[schemars(range(min = 1, max = 100))]
     pub retries: u32,
 }
+
+/// A Prometheus check as written in env.yaml.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PrometheusDecl {
+    /// The Prometheus server, e.g. `http://prometheus:9090` (a template, like `http`'s URL).
+    pub url: String,
+    /// The PromQL query (a template: `{{ host.name }}` selects the host's series).
+    #[schemars(length(min = 1))]
+    pub query: String,
+    /// What every value the query returns must satisfy: `<op> <number>`, op one of
+    /// `<`, `<=`, `>`, `>=`, `==`, `!=` (e.g. `< 0.05`).
+    pub condition: String,
+    /// Keep evaluating for this long (every `interval`); any evaluation that fails the
+    /// condition fails the check. Default: one evaluation.
+    #[serde(default, rename = "for", skip_serializing_if = "Option::is_none")]
+    pub for_: Option<HumanDuration>,
+    /// Time between two evaluations (default 5s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<HumanDuration>,
+}
+
+/// A Prometheus query check, parsed at load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrometheusQuery {
+    pub url: String,
+    pub query: String,
+    pub condition: Condition,
+    /// How long to keep evaluating (zero: once).
+    pub for_: HumanDuration,
+    /// Between evaluations (never zero).
+    pub interval: HumanDuration,
+}
+
+/// The default time between two evaluations of a Prometheus check.
+pub const PROMETHEUS_INTERVAL: HumanDuration = HumanDuration::from_secs(5);
 
 /// What a health check probes: one kind, by construction.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -204,6 +263,8 @@ pub enum HealthProbe {
     Http(String),
     /// A port on each host, connected to from plumb.
     Tcp(u16),
+    /// A Prometheus query, evaluated from plumb.
+    Prometheus(PrometheusQuery),
 }
 
 impl HealthProbe {
@@ -213,6 +274,7 @@ impl HealthProbe {
             HealthProbe::Command(_) => "command",
             HealthProbe::Http(_) => "http",
             HealthProbe::Tcp(_) => "tcp",
+            HealthProbe::Prometheus(_) => "prometheus",
         }
     }
 }
@@ -232,19 +294,26 @@ pub struct HealthCheck {
 /// the check's own JSON pointer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HealthCheckError {
-    #[error("health check `{name}` needs exactly one of `command`, `http`, `tcp`")]
+    #[error("health check `{name}` needs exactly one of `command`, `http`, `tcp`, `prometheus`")]
     Kinds { name: String },
     #[error("health check `{name}`: tcp port {port} is not in 1..=65535")]
     Port { name: String, port: u32 },
     #[error("health check `{name}`: the timeout must be longer than zero")]
     ZeroTimeout { name: String },
+    #[error("health check `{name}`: {message}")]
+    Condition { name: String, message: String },
+    #[error("health check `{name}`: the prometheus interval must be longer than zero")]
+    ZeroInterval { name: String },
 }
 
 impl HealthCheckError {
     pub fn code(&self) -> &'static str {
         match self {
             HealthCheckError::Kinds { .. } | HealthCheckError::Port { .. } => "health-check",
-            HealthCheckError::ZeroTimeout { .. } => "duration",
+            HealthCheckError::ZeroTimeout { .. } | HealthCheckError::ZeroInterval { .. } => {
+                "duration"
+            }
+            HealthCheckError::Condition { .. } => "health-check",
         }
     }
 
@@ -254,6 +323,8 @@ impl HealthCheckError {
             HealthCheckError::Kinds { .. } => "",
             HealthCheckError::Port { .. } => "/tcp",
             HealthCheckError::ZeroTimeout { .. } => "/timeout",
+            HealthCheckError::Condition { .. } => "/prometheus/condition",
+            HealthCheckError::ZeroInterval { .. } => "/prometheus/interval",
         }
     }
 }
@@ -279,10 +350,30 @@ impl HealthCheck {
                 }),
             }
         }
+        if let Some(p) = &decl.prometheus {
+            let interval = p.interval.unwrap_or(PROMETHEUS_INTERVAL);
+            if interval.is_zero() {
+                errors.push(HealthCheckError::ZeroInterval { name: name() });
+            }
+            match Condition::parse(&p.condition) {
+                Ok(condition) => probes.push(HealthProbe::Prometheus(PrometheusQuery {
+                    url: p.url.clone(),
+                    query: p.query.clone(),
+                    condition,
+                    for_: p.for_.unwrap_or(HumanDuration::from_secs(0)),
+                    interval,
+                })),
+                Err(message) => errors.push(HealthCheckError::Condition {
+                    name: name(),
+                    message,
+                }),
+            }
+        }
         let kinds = [
             decl.command.is_some(),
             decl.http.is_some(),
             decl.tcp.is_some(),
+            decl.prometheus.is_some(),
         ];
         if kinds.iter().filter(|k| **k).count() != 1 {
             errors.push(HealthCheckError::Kinds { name: name() });
@@ -303,17 +394,27 @@ impl HealthCheck {
 
     /// The on-disk shape of this check (`from_decl` of it gives the check back).
     pub fn to_decl(&self) -> HealthCheckDecl {
-        let (mut command, mut http, mut tcp) = (None, None, None);
+        let (mut command, mut http, mut tcp, mut prometheus) = (None, None, None, None);
         match &self.probe {
             HealthProbe::Command(c) => command = Some(c.clone()),
             HealthProbe::Http(u) => http = Some(u.clone()),
             HealthProbe::Tcp(p) => tcp = Some(u32::from(*p)),
+            HealthProbe::Prometheus(q) => {
+                prometheus = Some(PrometheusDecl {
+                    url: q.url.clone(),
+                    query: q.query.clone(),
+                    condition: q.condition.to_string(),
+                    for_: Some(q.for_),
+                    interval: Some(q.interval),
+                })
+            }
         }
         HealthCheckDecl {
             name: self.name.clone(),
             command,
             http,
             tcp,
+            prometheus,
             timeout: self.timeout,
             retries: self.retries,
         }

@@ -100,7 +100,13 @@ pub static DEF: ModuleDef = ModuleDef::of::<Command>(
             )],
         },
     ],
-).refreshable();
+).refreshable()
+.reversibility(super::Reversibility::Some(irreversible));
+
+/// A command that ran cannot be undone by applying an older state (commands have no `undo:`).
+fn irreversible(change: &Change) -> Option<&'static str> {
+    (change.kind != ChangeKind::InSync).then_some("a command ran (commands have no undo)")
+}
 
 /// A guard command as a shell condition, evaluated in a subshell (never an argument of a
 /// process), its output discarded.

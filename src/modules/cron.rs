@@ -119,7 +119,8 @@ pub static DEF: ModuleDef = ModuleDef::of::<Cron>(
             ),
         ],
     }],
-);
+)
+.reversibility(super::Reversibility::Reversible);
 
 /// [`Runs::Local`]: the cron file under `root`.
 fn rooted(value: serde_json::Value, root: &str) -> Result<Box<dyn Resource>, BuildError> {

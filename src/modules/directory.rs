@@ -94,7 +94,14 @@ pub static DEF: ModuleDef = ModuleDef::of::<Directory>(
             )],
         },
     ],
-);
+)
+.reversibility(super::Reversibility::Some(irreversible));
+
+/// Removing a directory loses what was in it: an older state recreates it empty.
+fn irreversible(change: &Change) -> Option<&'static str> {
+    (change.kind == ChangeKind::Remove)
+        .then_some("directory removal (its contents are not restored)")
+}
 
 impl Directory {
     fn not_a_directory(&self, ty: PathType) -> ProbeError {

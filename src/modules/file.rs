@@ -147,6 +147,8 @@ pub static DEF: ModuleDef = ModuleDef {
     runs: Runs::Local { rooted: None },
     reads: &[RepoRead::Template("/template"), RepoRead::File("/source")],
     probe_keys: FILE_PROBE_KEYS,
+    // An older state writes the older content, mode and owner back.
+    reversibility: super::Reversibility::Reversible,
     examples: &[
         Example {
             name: "content, mode, template, source, absent",

@@ -60,7 +60,8 @@ pub static DEF: ModuleDef = ModuleDef::of::<Group>(
             ),
         ],
     }],
-);
+)
+.reversibility(super::Reversibility::Reversible);
 
 /// A probe fragment that sets `$l` to the `db` (passwd or group) entry of `$n`, or "".
 pub(crate) fn lookup_entry(db: &str) -> String {

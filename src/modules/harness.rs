@@ -31,6 +31,8 @@ pub trait Host {
 pub enum HarnessError {
     #[error("module `{module}` has no examples: give its ModuleDef at least one `Example`")]
     NoExamples { module: &'static str },
+    #[error("module `{module}` does not declare which of its changes an older state cannot undo: give its ModuleDef a `.reversibility(...)`")]
+    UndeclaredReversibility { module: &'static str },
     #[error("module `{module}`, example `{example}`, step {step}: {message}")]
     Failed {
         module: &'static str,
@@ -44,6 +46,7 @@ impl HarnessError {
     pub fn code(&self) -> &'static str {
         match self {
             HarnessError::NoExamples { .. } => "no_examples",
+            HarnessError::UndeclaredReversibility { .. } => "undeclared_reversibility",
             HarnessError::Failed { .. } => "failed",
         }
     }
@@ -76,6 +79,9 @@ pub fn run_registry(
 ) -> Vec<HarnessError> {
     let mut errors = Vec::new();
     for def in registry {
+        if matches!(def.reversibility, super::Reversibility::Undeclared) {
+            errors.push(HarnessError::UndeclaredReversibility { module: def.name });
+        }
         if def.examples.is_empty() {
             errors.push(HarnessError::NoExamples { module: def.name });
         } else if select.wants(&def.runs) {
@@ -308,7 +314,32 @@ mod tests {
         reads: &[],
         probe_keys: &[],
         examples: &[],
+        reversibility: super::super::Reversibility::Reversible,
     };
+
+    static UNDECLARED: ModuleDef = ModuleDef {
+        name: "undeclared",
+        summary: "a module someone forgot to say whether it can be undone",
+        schema: schema_for::<file::Params>,
+        build: |_, _| Err(BuildError::at("", "never built")),
+        refreshable: false,
+        runs: Runs::Host,
+        reads: &[],
+        probe_keys: &[],
+        examples: &[],
+        reversibility: super::super::Reversibility::Undeclared,
+    };
+
+    #[test]
+    fn a_module_without_a_reversibility_fails_the_harness() {
+        let errors = run_registry(&[&UNDECLARED], Select::Local, &mut Nowhere);
+        assert_eq!(
+            errors[0],
+            HarnessError::UndeclaredReversibility {
+                module: "undeclared"
+            }
+        );
+    }
 
     #[test]
     fn a_module_without_examples_fails_the_harness() {

@@ -131,7 +131,8 @@ pub static DEF: ModuleDef = ModuleDef::of::<Line>(
             ),
         ],
     }],
-);
+)
+.reversibility(super::Reversibility::Reversible);
 
 impl Line {
     /// Shell assignments of the line (`v`) and regexp (`re`): values reach commands only on

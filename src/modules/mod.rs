@@ -401,6 +401,48 @@ pub struct ModuleDef {
     /// Lifecycles the harness runs through probe → apply → verify → apply again. A module
     /// without examples fails the harness.
     pub examples: &'static [Example],
+    /// Which of its changes applying an older state cannot undo (an automatic rollback never
+    /// crosses one). A module that does not declare it fails the harness.
+    pub reversibility: Reversibility,
+}
+
+/// Why a change cannot be undone by applying an older state, for people (an alert says it).
+pub type IrreversibleFn = fn(&Change) -> Option<&'static str>;
+
+/// What a module declares about undoing its changes by applying an older state.
+#[derive(Clone, Copy)]
+pub enum Reversibility {
+    /// Not declared: the compliance harness fails (`HarnessError::UndeclaredReversibility`).
+    Undeclared,
+    /// Applying an older state undoes every change (files, modes, settings...).
+    Reversible,
+    /// Some changes cannot be undone: the function names them from the change alone.
+    Some(IrreversibleFn),
+}
+
+impl ModuleDef {
+    /// Why `change` (of this module) cannot be undone by applying an older state; `None`
+    /// when it can. An undeclared module's changes are treated as irreversible.
+    pub fn irreversible(&self, change: &Change) -> Option<&'static str> {
+        if change.kind == ChangeKind::InSync {
+            return None;
+        }
+        match self.reversibility {
+            Reversibility::Undeclared => {
+                Some("its module does not declare whether it can be undone")
+            }
+            Reversibility::Reversible => None,
+            Reversibility::Some(f) => f(change),
+        }
+    }
+
+    /// This definition, declaring which of its changes cannot be undone.
+    pub(crate) const fn reversibility(self, reversibility: Reversibility) -> ModuleDef {
+        ModuleDef {
+            reversibility,
+            ..self
+        }
+    }
 }
 
 impl ModuleDef {
@@ -424,6 +466,7 @@ impl ModuleDef {
             reads: &[],
             probe_keys,
             examples,
+            reversibility: Reversibility::Undeclared,
         }
     }
 

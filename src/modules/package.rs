@@ -119,7 +119,41 @@ pub static DEF: ModuleDef = ModuleDef::of::<Package>(
             ],
         },
     ],
-);
+)
+.reversibility(super::Reversibility::Some(irreversible));
+
+/// Removing a package (its configuration may be purged) or downgrading it cannot be undone by
+/// applying an older state.
+fn irreversible(change: &Change) -> Option<&'static str> {
+    match change.kind {
+        ChangeKind::Remove => Some("package removal"),
+        ChangeKind::Modify => change
+            .fields
+            .iter()
+            .filter(|f| f.field == Field::Version)
+            .any(|f| match (&f.from, &f.to) {
+                (Some(from), Some(to)) => version_key(to) < version_key(from),
+                _ => false,
+            })
+            .then_some("package downgrade"),
+        ChangeKind::Create | ChangeKind::InSync => None,
+    }
+}
+
+/// A version's digit runs as numbers and the rest as text, for ordering (`1.10` > `1.9`).
+fn version_key(v: &str) -> Vec<(u64, String)> {
+    let mut out = Vec::new();
+    let mut rest = v;
+    while !rest.is_empty() {
+        let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        let (num, tail) = rest.split_at(digits);
+        let text_len = tail.len() - tail.trim_start_matches(|c: char| !c.is_ascii_digit()).len();
+        let (text, tail) = tail.split_at(text_len);
+        out.push((num.parse().unwrap_or(u64::MAX), text.to_string()));
+        rest = tail;
+    }
+    out
+}
 
 /// A package manager plumb drives: the configured one, or the one the probe found on the
 /// host (carried to the apply in [`super::Facts::package_manager`]).
@@ -458,5 +492,31 @@ mod tests {
         assert_ne!(res.status, 0);
         let err = String::from_utf8_lossy(&res.stderr);
         assert_eq!(err.matches("Unable to locate package").count(), 1, "{err}");
+    }
+}
+#[cfg(test)]
+mod reversibility_tests {
+    use super::*;
+
+    #[test]
+    fn removal_and_downgrade_are_irreversible_upgrade_and_install_are_not() {
+        let c = |kind, from: Option<&str>, to: Option<&str>| {
+            Change::new(kind).field(Field::Version, from.map(String::from), to.map(String::from))
+        };
+        let cases = [
+            (
+                c(ChangeKind::Remove, Some("1.0"), None),
+                Some("package removal"),
+            ),
+            (
+                c(ChangeKind::Modify, Some("1.10"), Some("1.9")),
+                Some("package downgrade"),
+            ),
+            (c(ChangeKind::Modify, Some("1.9"), Some("1.10")), None),
+            (c(ChangeKind::Create, None, Some("1.0")), None),
+        ];
+        for (change, want) in cases {
+            assert_eq!(DEF.irreversible(&change), want, "{change:?}");
+        }
     }
 }

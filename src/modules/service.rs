@@ -91,7 +91,8 @@ pub static DEF: ModuleDef = ModuleDef::of::<Service>(
         ],
     }],
 )
-.refreshable();
+.refreshable()
+.reversibility(super::Reversibility::Reversible);
 
 /// The note that tells people the apply uses service(8) (the apply reads
 /// [`super::Facts::init`], never this text).

@@ -90,7 +90,8 @@ pub static DEF: ModuleDef = ModuleDef::of::<Symlink>(
             )],
         },
     ],
-);
+)
+.reversibility(super::Reversibility::Reversible);
 
 impl Symlink {
     fn want(&self) -> &str {

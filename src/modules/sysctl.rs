@@ -90,7 +90,8 @@ pub static DEF: ModuleDef = ModuleDef::of::<Sysctl>(
             ),
         ],
     }],
-);
+)
+.reversibility(super::Reversibility::Reversible);
 
 /// [`Runs::Local`]: the file and /proc/sys under `root`.
 fn rooted(value: serde_json::Value, root: &str) -> Result<Box<dyn Resource>, BuildError> {

@@ -119,7 +119,13 @@ pub static DEF: ModuleDef = ModuleDef::of::<User>(
             step(r#"{"name": "root", "uid": 0}"#, ChangeKind::InSync),
         ],
     }],
-);
+)
+.reversibility(super::Reversibility::Some(irreversible));
+
+/// A removed user's files and ids are not restored by recreating the user.
+fn irreversible(change: &Change) -> Option<&'static str> {
+    (change.kind == ChangeKind::Remove).then_some("user removal")
+}
 
 fn set(groups: impl IntoIterator<Item = String>, primary: &str) -> Vec<String> {
     let mut v: Vec<String> = groups

@@ -40,12 +40,14 @@ mod error;
 mod open;
 mod query;
 pub mod report;
+mod rollback;
 pub mod schema;
 mod types;
 mod write;
 
 pub use error::StateError;
 pub use open::{check_not_reset, MIRROR_DIR};
+pub use rollback::LastGood;
 pub use schema::SCHEMA_VERSION;
 pub use types::{
     AuditHead, DriftFinding, HostRecord, HostResultStatus, LastApplied, NewRun, RunDetail,

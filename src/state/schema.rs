@@ -147,7 +147,64 @@ CREATE INDEX runs_unfinished ON runs (id) WHERE finished_at IS NULL;
 CREATE UNIQUE INDEX runs_by_chain ON runs (chain_seq) WHERE chain_seq IS NOT NULL;
 "#;
 
-pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3];
+/// v4 (safe rollouts): run kind `rollback` (`runs` rebuilt as in v3), the last good commit of
+/// each host, and the automatic rollbacks made (at most one per environment, commit and host).
+const V4: &str = r#"
+CREATE TABLE runs_v4 (
+    id                 TEXT PRIMARY KEY,
+    environment        TEXT NOT NULL,
+    commit_id          TEXT,
+    signer_principal   TEXT,
+    signer_fingerprint TEXT,
+    kind               TEXT NOT NULL
+        CHECK (kind IN ('apply', 'correction', 'drift_check', 'refused', 'state_reset',
+                        'rollback')),
+    trigger            TEXT NOT NULL
+        CHECK (trigger IN ('push', 'poll', 'webhook', 'drift', 'startup', 'cli')),
+    started_at         INTEGER NOT NULL,
+    finished_at        INTEGER,
+    result             TEXT CHECK (result IS NULL OR result IN
+        ('converged', 'failed', 'refused', 'no_change', 'drift_found', 'interrupted')),
+    summary            TEXT NOT NULL DEFAULT '{}',
+    chain_seq          INTEGER,
+    prev_hash          TEXT,
+    hash               TEXT,
+    signature          TEXT,
+    record             TEXT
+);
+INSERT INTO runs_v4 SELECT id, environment, commit_id, signer_principal, signer_fingerprint,
+    kind, trigger, started_at, finished_at, result, summary, chain_seq, prev_hash, hash,
+    signature, record FROM runs;
+DROP TABLE runs;
+ALTER TABLE runs_v4 RENAME TO runs;
+CREATE INDEX runs_by_env ON runs (environment, started_at DESC);
+CREATE INDEX runs_by_start ON runs (started_at DESC);
+CREATE INDEX runs_unfinished ON runs (id) WHERE finished_at IS NULL;
+CREATE UNIQUE INDEX runs_by_chain ON runs (chain_seq) WHERE chain_seq IS NOT NULL;
+
+-- The newest commit whose apply and health checks passed on a host.
+CREATE TABLE host_last_good (
+    environment TEXT NOT NULL,
+    host        TEXT NOT NULL,
+    commit_id   TEXT NOT NULL,
+    run_id      TEXT REFERENCES runs (id) ON DELETE SET NULL,
+    at          INTEGER NOT NULL,
+    PRIMARY KEY (environment, host)
+);
+
+-- Automatic rollbacks made: at most one per (environment, bad commit, host).
+CREATE TABLE rollbacks (
+    environment TEXT NOT NULL,
+    commit_id   TEXT NOT NULL,           -- the bad commit
+    host        TEXT NOT NULL,
+    target      TEXT NOT NULL,           -- the last good commit rolled forward to
+    run_id      TEXT REFERENCES runs (id) ON DELETE SET NULL,
+    at          INTEGER NOT NULL,
+    PRIMARY KEY (environment, commit_id, host)
+);
+"#;
+
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
 
 /// The schema version this plumb writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -51,6 +51,9 @@ pub enum RunKind {
     /// The daemon was told (`--accept-state-reset`) to start over on a state directory whose history
     /// was deleted: the reset itself is a signed record.
     StateReset,
+    /// Hosts of a failed wave brought back to their last good commit (a roll-forward to the
+    /// old desired state).
+    Rollback,
 }
 
 /// What started a run.

@@ -263,3 +263,93 @@ fn write_repo(hosts: &Hosts, r: &Path, unit: &str, unit_yaml: &str) {
     std::fs::write(r.join("environments/production/hosts.yaml"), inventory).expect("write");
     std::fs::write(r.join(format!("units/{unit}.yaml")), unit_yaml).expect("write");
 }
+
+/// Captures what the daemon's webhook alert sink posts (a tiny HTTP server on 127.0.0.1).
+pub struct AlertCapture {
+    pub port: u16,
+    received: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+}
+
+impl AlertCapture {
+    pub fn start() -> AlertCapture {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = received.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                if let Some(body) = read_body(&mut stream) {
+                    if let Ok(v) = serde_json::from_slice::<Value>(&body) {
+                        sink.lock().unwrap_or_else(|p| p.into_inner()).push(v);
+                    }
+                }
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+            }
+        });
+        AlertCapture { port, received }
+    }
+
+    /// Every alert received so far.
+    pub fn events(&self) -> Vec<Value> {
+        self.received
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// The body of one HTTP request (by its Content-Length).
+fn read_body(stream: &mut TcpStream) -> Option<Vec<u8>> {
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut chunk).ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        while buf.len() < end + 4 + len {
+            let n = stream.read(&mut chunk).ok()?;
+            if n == 0 {
+                return None;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        return Some(buf[end + 4..end + 4 + len].to_vec());
+    }
+}
+
+impl DaemonFixture {
+    /// Sends the daemon's alerts to `capture` (before `start_daemon`).
+    pub fn alert_to(&self, capture: &AlertCapture) {
+        let path = self.path("daemon.yaml");
+        let mut config = std::fs::read_to_string(&path).expect("config");
+        config.push_str(&format!(
+            "alerts:\n  - kind: webhook\n    url: http://127.0.0.1:{}/alerts\n",
+            capture.port
+        ));
+        std::fs::write(path, config).expect("write config");
+    }
+
+    /// Writes `text` to `rel` in the clone.
+    pub fn write(&self, rel: &str, text: &str) {
+        let p = self.clone_dir().join(rel);
+        if let Some(dir) = p.parent() {
+            std::fs::create_dir_all(dir).expect("mkdir");
+        }
+        std::fs::write(p, text).expect("write");
+    }
+}

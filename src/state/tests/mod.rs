@@ -625,3 +625,36 @@ fn v3_rebuild_of_runs_keeps_results_and_chain() {
         .execute("UPDATE runs SET chain_seq = 1 WHERE id = ?1", [&reset.0]);
     assert!(dup.is_err(), "runs_by_chain is unique again");
 }
+
+#[test]
+fn last_good_per_host_and_one_rollback_per_commit_and_host() {
+    let dir = private_tmp();
+    let db = StateDb::open(dir.path()).unwrap();
+    assert!(db.last_good("prod").unwrap().is_empty());
+    let id = db.begin_run(&new_run(RunKind::Apply)).unwrap();
+    db.set_last_good("prod", &["web1".into(), "web2".into()], "aaa", &id)
+        .unwrap();
+    db.set_last_good("prod", &["web1".into()], "bbb", &id)
+        .unwrap();
+    let good = db.last_good("prod").unwrap();
+    let commits: Vec<(&str, &str)> = good
+        .values()
+        .map(|g| (g.host.as_str(), g.commit.as_str()))
+        .collect();
+    assert_eq!(commits, [("web1", "bbb"), ("web2", "aaa")]);
+    assert!(db.last_good("staging").unwrap().is_empty());
+
+    // v4 accepts the `rollback` kind; a (commit, host) is rolled back at most once.
+    let rb = db.begin_run(&new_run(RunKind::Rollback)).unwrap();
+    assert!(!db.rolled_back("prod", "ccc", "web1").unwrap());
+    db.record_rollback("prod", "ccc", &["web1".into()], "bbb", &rb)
+        .unwrap();
+    assert!(db.rolled_back("prod", "ccc", "web1").unwrap());
+    assert!(!db.rolled_back("prod", "ccc", "web2").unwrap());
+    assert!(db
+        .record_rollback("prod", "ccc", &["web1".into()], "bbb", &rb)
+        .is_err());
+    db.finish_run(&rb, RunResult::Converged, &json!({"rollback_of": "ccc"}))
+        .unwrap();
+    assert_eq!(verify(&db).unwrap().records, 1);
+}

@@ -1,0 +1,294 @@
+//! Safe rollouts end to end (issue 15), with the daemon on the Docker test hosts and signed
+//! commits: a commit that breaks the canary's health check is rolled back on the canary only
+//! (content, mode and service state of the last good commit, checked with `docker exec`),
+//! later waves are untouched, the commit stays quarantined across a daemon restart, the next
+//! good commit rolls out everywhere, a failed commit that removes a package is not rolled
+//! back (and the alert says why), a Prometheus query (a real `prometheus` the test starts)
+//! that returns failure stops the wave, and the audit chain verifies and names the rollback.
+//!
+//! Run: `cargo nextest run --test e2e_rollback`.
+
+mod common;
+#[path = "common/daemon.rs"]
+mod daemon;
+#[path = "common/prometheus.rs"]
+mod prometheus;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use daemon::{http_get, AlertCapture, DaemonFixture};
+use serde_json::Value;
+
+const CONF: &str = "/etc/rollback-demo.conf";
+
+/// The unit: a config file (content and mode), the demo package and its service.
+fn unit(content: &str, mode: &str, service: &str, extra: &str) -> String {
+    format!(
+        "steps:\n\
+         \x20 - id: conf\n    file:\n      path: {CONF}\n      content: \"{content}\\n\"\n      mode: \"{mode}\"\n\
+         \x20 - id: demo-package\n    package:\n      name: plumb-demo\n\
+         \x20 - id: demo-service\n    service:\n      name: plumb-demo\n      state: {service}\n    after: [demo-package]\n\
+         {extra}"
+    )
+}
+
+/// Host 1 is the canary; the other hosts form the second wave. The health check needs the
+/// config to say `healthy` and the service to run.
+fn waves_and_health(f: &DaemonFixture, extra_check: &str) {
+    let mut inventory = String::from("hosts:\n");
+    for k in 1..=HOSTS {
+        let labels = if k == 1 {
+            "canary: \"true\""
+        } else {
+            "role: web"
+        };
+        inventory.push_str(&format!(
+            "  - name: {}\n    address: {}\n    labels: {{{labels}}}\n",
+            f.hosts.name(k),
+            f.hosts.addresses[k - 1]
+        ));
+    }
+    f.write("environments/production/hosts.yaml", &inventory);
+    f.write(
+        "environments/production/env.yaml",
+        &("drift: {mode: report, interval: 1h}\n\
+         rollout:\n  waves:\n    - name: canary\n      selector: {canary: \"true\"}\n    - name: rest\n\
+         health_checks:\n  - name: app-healthy\n    command: \"grep -q healthy /etc/rollback-demo.conf && systemctl is-active --quiet plumb-demo\"\n    timeout: 5s\n"
+            .to_string()
+            + extra_check),
+    );
+}
+
+fn runs(f: &DaemonFixture, kind: &str, commit: &str) -> Vec<Value> {
+    f.history()
+        .into_iter()
+        .filter(|r| r["kind"] == kind && r["commit"] == commit)
+        .collect()
+}
+
+fn conf(f: &DaemonFixture, k: usize) -> String {
+    exec(
+        &f.hosts,
+        k,
+        &format!("cat {CONF}; stat -c %a {CONF}; systemctl is-active plumb-demo || true"),
+    )
+}
+
+#[test]
+fn a_broken_canary_is_rolled_back_and_the_commit_quarantined() {
+    let _g = lock();
+    let Some(mut f) = DaemonFixture::new(
+        "a_broken_canary_is_rolled_back_and_the_commit_quarantined",
+        "app",
+        &unit("healthy v1", "0644", "running", ""),
+    ) else {
+        return;
+    };
+    let alerts = AlertCapture::start();
+    f.alert_to(&alerts);
+    waves_and_health(&f, "");
+    let good = f.commit_and_push("waves and a health check", true);
+    f.start_daemon();
+    f.wait("the good commit applied", Duration::from_secs(300), || {
+        f.applied(&good)
+    });
+    let healthy_v1 = "healthy v1\n644\nactive";
+    for k in 1..=HOSTS {
+        assert_eq!(conf(&f, k), healthy_v1, "host {k}");
+    }
+
+    // A commit that breaks the canary: other content, another mode, the service stopped.
+    f.write("units/app.yaml", &unit("broken", "0600", "stopped", ""));
+    let bad = f.commit_and_push("break the app", true);
+    f.wait(
+        "the bad commit rolled back",
+        Duration::from_secs(300),
+        || {
+            runs(&f, "rollback", &good)
+                .iter()
+                .any(|r| r["result"] == "converged")
+        },
+    );
+    // The canary is back on the last good commit: content, mode and service state.
+    assert_eq!(conf(&f, 1), healthy_v1, "the canary is rolled back");
+    // The later wave was never touched.
+    for k in 2..=HOSTS {
+        assert_eq!(conf(&f, k), healthy_v1, "host {k}");
+    }
+    let failed = runs(&f, "apply", &bad);
+    assert_eq!(failed.len(), 1, "{failed:#?}");
+    assert_eq!(failed[0]["result"], "failed");
+    assert_eq!(failed[0]["summary"]["stopped_at_wave"], "canary");
+    let rollback = &runs(&f, "rollback", &good)[0];
+    let s = &rollback["summary"];
+    assert_eq!(s["rollback_of"], bad.as_str(), "{rollback:#}");
+    assert_eq!(s["target"], good.as_str());
+    assert_eq!(s["target_signer"], "test@plumb");
+    assert_eq!(s["hosts"], serde_json::json!([f.hosts.name(1)]));
+    assert!(
+        s["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("health checks failed")),
+        "{s:#}"
+    );
+    assert_eq!(s["failed_checks"][0]["check"], "app-healthy");
+    assert_eq!(
+        s["health"][0]["ok"], true,
+        "the target's check passed: {s:#}"
+    );
+    f.wait("a rolled_back alert", Duration::from_secs(20), || {
+        alerts.events().iter().any(|a| a["event"] == "rolled_back")
+    });
+    let failed_alert = alerts
+        .events()
+        .into_iter()
+        .find(|a| a["event"] == "run_failed")
+        .expect("the failure is alerted");
+    assert!(
+        failed_alert["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("commit quarantined; rolling back")),
+        "{failed_alert:#}"
+    );
+
+    // Quarantined across a restart: the bad commit is not applied again.
+    f.stop_daemon();
+    f.start_daemon();
+    let port = f.port;
+    f.wait(
+        "the restarted daemon's first reconcile",
+        Duration::from_secs(60),
+        || http_get(port, "/readyz").0 == 200,
+    );
+    assert_eq!(runs(&f, "apply", &bad).len(), 1, "not applied again");
+    assert_eq!(conf(&f, 1), healthy_v1);
+
+    // The next good commit rolls out everywhere.
+    f.write(
+        "units/app.yaml",
+        &unit(
+            "healthy v2",
+            "0644",
+            "running",
+            "  - id: hello\n    package:\n      name: plumb-hello\n",
+        ),
+    );
+    let next = f.commit_and_push("fix forward", true);
+    f.wait(
+        "the next good commit applied",
+        Duration::from_secs(300),
+        || f.applied(&next),
+    );
+    for k in 1..=HOSTS {
+        assert_eq!(conf(&f, k), "healthy v2\n644\nactive", "host {k}");
+    }
+
+    // A failed commit that removes a package is not rolled back: the alert says why.
+    f.write(
+        "units/app.yaml",
+        &unit(
+            "broken again",
+            "0644",
+            "running",
+            "  - id: hello\n    package:\n      name: plumb-hello\n      state: absent\n",
+        ),
+    );
+    let irreversible = f.commit_and_push("remove hello and break the app", true);
+    f.wait(
+        "the irreversible commit failed",
+        Duration::from_secs(300),
+        || {
+            runs(&f, "apply", &irreversible)
+                .iter()
+                .any(|r| r["result"] == "failed")
+        },
+    );
+    f.wait("its alert", Duration::from_secs(20), || {
+        alerts
+            .events()
+            .iter()
+            .any(|a| a["event"] == "run_failed" && a["commit"] == irreversible.as_str())
+    });
+    let alert = alerts
+        .events()
+        .into_iter()
+        .find(|a| a["event"] == "run_failed" && a["commit"] == irreversible.as_str())
+        .expect("alert");
+    let message = alert["message"].as_str().unwrap_or_default().to_string();
+    assert!(
+        message.contains("not rolled back automatically")
+            && message.contains("package removal")
+            && message.contains("a person must decide"),
+        "{message}"
+    );
+    assert!(runs(&f, "rollback", &next).is_empty(), "no rollback");
+    assert_eq!(
+        exec(&f.hosts, 1, &format!("head -n1 {CONF}")),
+        "broken again",
+        "left as it is"
+    );
+
+    // A Prometheus query whose answer fails its condition stops the wave (the canary).
+    let Some(prom) = prometheus::Prometheus::start() else {
+        return;
+    };
+    prom.wait_for_data();
+    waves_and_health(
+        &f,
+        &format!(
+            "  - name: up-high\n    prometheus:\n      url: {}\n      query: 'up{{job=\"self\"}}'\n      condition: \"> 5\"\n    timeout: 5s\n",
+            prom.url()
+        ),
+    );
+    f.write(
+        "units/app.yaml",
+        &unit(
+            "healthy v3",
+            "0644",
+            "running",
+            "  - id: hello\n    package:\n      name: plumb-hello\n",
+        ),
+    );
+    let watched = f.commit_and_push("watch a metric", true);
+    f.wait(
+        "the metric stops the rollout",
+        Duration::from_secs(300),
+        || {
+            runs(&f, "apply", &watched)
+                .iter()
+                .any(|r| r["result"] == "failed")
+        },
+    );
+    let run = &runs(&f, "apply", &watched)[0];
+    assert_eq!(run["summary"]["stopped_at_wave"], "canary", "{run:#}");
+    let up_high = run["summary"]["waves"][0]["health"]
+        .as_array()
+        .and_then(|h| h.iter().find(|c| c["check"] == "up-high"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(up_high["kind"], "prometheus", "{run:#}");
+    assert_eq!(up_high["code"], "condition_not_met", "{run:#}");
+    assert!(
+        up_high["error"].as_str().is_some_and(
+            |e| e.starts_with("the query returned 1 for") && e.ends_with("which is not > 5")
+        ),
+        "{up_high:#}"
+    );
+    // The second wave was never touched.
+    for k in 2..=HOSTS {
+        assert_eq!(
+            exec(&f.hosts, k, &format!("head -n1 {CONF}")),
+            "healthy v2",
+            "host {k}"
+        );
+    }
+    f.stop_daemon();
+
+    // The audit chain verifies after all of it, and holds the rollback with its reason.
+    let (code, out, err) = sh(Command::new(env!("CARGO_BIN_EXE_plumb"))
+        .args(["audit", "verify", "--state"])
+        .arg(f.state_dir()));
+    assert_eq!(code, 0, "audit verify: {out}{err}");
+}
