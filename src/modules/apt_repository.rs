@@ -74,9 +74,14 @@ impl super::FromParams for AptRepository {
         let n = &params.name;
         if n.is_empty()
             || n.starts_with(['.', '-', '_'])
-            || !n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+            || !n
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
         {
-            return Err(BuildError::at("/name", "lowercase letters, digits and `._-`, starting with a letter or digit"));
+            return Err(BuildError::at(
+                "/name",
+                "lowercase letters, digits and `._-`, starting with a letter or digit",
+            ));
         }
         let lists: [(&str, &Vec<String>, bool); 5] = [
             ("uris", &params.uris, true),
@@ -96,13 +101,25 @@ impl super::FromParams for AptRepository {
                 ));
             }
         }
-        if let Some(i) = params.types.iter().position(|t| t != "deb" && t != "deb-src") {
-            return Err(BuildError::at(format!("/types/{i}"), "must be `deb` or `deb-src`"));
+        if let Some(i) = params
+            .types
+            .iter()
+            .position(|t| t != "deb" && t != "deb-src")
+        {
+            return Err(BuildError::at(
+                format!("/types/{i}"),
+                "must be `deb` or `deb-src`",
+            ));
         }
         if let Some(i) = params.uris.iter().position(|u| {
-            !["https://", "http://", "file:/", "mirror+", "tor+"].iter().any(|p| u.starts_with(p))
+            !["https://", "http://", "file:/", "mirror+", "tor+"]
+                .iter()
+                .any(|p| u.starts_with(p))
         }) {
-            return Err(BuildError::at(format!("/uris/{i}"), "must be an http(s):// or file:/ URI"));
+            return Err(BuildError::at(
+                format!("/uris/{i}"),
+                "must be an http(s):// or file:/ URI",
+            ));
         }
         let key = match (&params.key, params.state) {
             (Some(k), _) => {
@@ -125,7 +142,12 @@ impl super::FromParams for AptRepository {
             }
             (None, Presence::Absent) => Vec::new(),
         };
-        let mut s = format!("# Managed by plumb.\nTypes: {}\nURIs: {}\nSuites: {}\n", params.types.join(" "), params.uris.join(" "), params.suites.join(" "));
+        let mut s = format!(
+            "# Managed by plumb.\nTypes: {}\nURIs: {}\nSuites: {}\n",
+            params.types.join(" "),
+            params.uris.join(" "),
+            params.suites.join(" ")
+        );
         if !params.components.is_empty() {
             s += &format!("Components: {}\n", params.components.join(" "));
         }
@@ -148,10 +170,19 @@ pub static DEF: ModuleDef = ModuleDef::of::<AptRepository>(
     &["sources", "key"],
     &[Example {
         name: "add a signed (empty) repository with its key, then remove it",
-        setup: &[("command", r#"{"run": "mkdir -p /srv/plumb-example-repo && : > /srv/plumb-example-repo/Packages && printf '%s' '-----BEGIN PGP SIGNED MESSAGE-----\nHash: SHA256\n\nOrigin: plumb-example\nLabel: plumb-example\nDate: Mon, 30 Nov 2026 00:00:00 UTC\nSHA256:\n e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855 0 Packages\n-----BEGIN PGP SIGNATURE-----\n\niHUEARYIAB0WIQTCU7a8mJjJSukpX07aYLeikTJdXAUCaw07gAAKCRDaYLeikTJd\nXDAQAQCAw1c6GzX4spgcK4qRmvPduoT3/7nX12WEo/PcjQfAygEArxmYf5WEWWXg\n2Vbd0pgoJyuiB2L7LfwvMf8TldUF5QA=\n=dpk5\n-----END PGP SIGNATURE-----\n' > /srv/plumb-example-repo/InRelease", "creates": "/srv/plumb-example-repo/InRelease"}"#)],
+        setup: &[(
+            "command",
+            r#"{"run": "mkdir -p /srv/plumb-example-repo && : > /srv/plumb-example-repo/Packages && printf '%s' '-----BEGIN PGP SIGNED MESSAGE-----\nHash: SHA256\n\nOrigin: plumb-example\nLabel: plumb-example\nDate: Mon, 30 Nov 2026 00:00:00 UTC\nSHA256:\n e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855 0 Packages\n-----BEGIN PGP SIGNATURE-----\n\niHUEARYIAB0WIQTCU7a8mJjJSukpX07aYLeikTJdXAUCaw07gAAKCRDaYLeikTJd\nXDAQAQCAw1c6GzX4spgcK4qRmvPduoT3/7nX12WEo/PcjQfAygEArxmYf5WEWWXg\n2Vbd0pgoJyuiB2L7LfwvMf8TldUF5QA=\n=dpk5\n-----END PGP SIGNATURE-----\n' > /srv/plumb-example-repo/InRelease", "creates": "/srv/plumb-example-repo/InRelease"}"#,
+        )],
         steps: &[
-            step(r#"{"name": "plumb-example", "uris": ["file:/srv/plumb-example-repo"], "suites": ["./"], "key": "-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nmDMEaw07gBYJKwYBBAHaRw8BAQdAtdmYZK+IXsnsCqVbcdtlxKH1dvS64yti8nD6\ny3BkAxa0KnBsdW1iIGV4YW1wbGUgcmVwbyA8ZXhhbXBsZUBwbHVtYi5pbnZhbGlk\nPoiQBBMWCAA4FiEEwlO2vJiYyUrpKV9O2mC3opEyXVwFAmsNO4ACGwMFCwkIBwIG\nFQoJCAsCBBYCAwECHgECF4AACgkQ2mC3opEyXVyUDQEAq5gfYomPXm73+byUgVa5\nZw2WP2YeQPySVeyCMgwNRHcA/RCwL4BTwaAvZcd1xqw6SKc+jK7lApuqIHWOMTsL\neJAD\n=SM/H\n-----END PGP PUBLIC KEY BLOCK-----"}"#, ChangeKind::Create),
-            step(r#"{"name": "plumb-example", "uris": ["file:/srv/plumb-example-repo"], "suites": ["./"], "state": "absent"}"#, ChangeKind::Remove),
+            step(
+                r#"{"name": "plumb-example", "uris": ["file:/srv/plumb-example-repo"], "suites": ["./"], "key": "-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nmDMEaw07gBYJKwYBBAHaRw8BAQdAtdmYZK+IXsnsCqVbcdtlxKH1dvS64yti8nD6\ny3BkAxa0KnBsdW1iIGV4YW1wbGUgcmVwbyA8ZXhhbXBsZUBwbHVtYi5pbnZhbGlk\nPoiQBBMWCAA4FiEEwlO2vJiYyUrpKV9O2mC3opEyXVwFAmsNO4ACGwMFCwkIBwIG\nFQoJCAsCBBYCAwECHgECF4AACgkQ2mC3opEyXVyUDQEAq5gfYomPXm73+byUgVa5\nZw2WP2YeQPySVeyCMgwNRHcA/RCwL4BTwaAvZcd1xqw6SKc+jK7lApuqIHWOMTsL\neJAD\n=SM/H\n-----END PGP PUBLIC KEY BLOCK-----"}"#,
+                ChangeKind::Create,
+            ),
+            step(
+                r#"{"name": "plumb-example", "uris": ["file:/srv/plumb-example-repo"], "suites": ["./"], "state": "absent"}"#,
+                ChangeKind::Remove,
+            ),
         ],
     }],
 );
@@ -218,7 +249,11 @@ impl Resource for AptRepository {
         let mut c = Change::new(kind);
         let want = sha(&self.sources);
         if sources != want {
-            c = c.field(Field::Content, seen(sources), Some(format!("sha256:{want}")));
+            c = c.field(
+                Field::Content,
+                seen(sources),
+                Some(format!("sha256:{want}")),
+            );
             c.content = Some(ContentChange {
                 old: None,
                 new: Some(self.sources.clone()),
@@ -272,7 +307,8 @@ mod tests {
     use super::super::testing::*;
     use super::*;
 
-    const KEY: &str = "-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nmDMEabc\n-----END PGP PUBLIC KEY BLOCK-----\n";
+    const KEY: &str =
+        "-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nmDMEabc\n-----END PGP PUBLIC KEY BLOCK-----\n";
 
     fn repo(v: serde_json::Value) -> Box<dyn Resource> {
         built(DEF.build, v)
@@ -295,23 +331,37 @@ mod tests {
         insta::assert_snapshot!("apt_repository_apply", a);
         assert!(a.rfind("mv -f -T").unwrap() < a.find("apt-get update").unwrap());
         let key_sha = sha(KEY.as_bytes());
-        let src_sha = sha(&r.diff(&out("sources=absent\nkey=absent\n")).unwrap().content.unwrap().new.unwrap());
+        let src_sha = sha(&r
+            .diff(&out("sources=absent\nkey=absent\n"))
+            .unwrap()
+            .content
+            .unwrap()
+            .new
+            .unwrap());
         assert_eq!(
-            r.diff(&out(&format!("sources={src_sha}\nkey={key_sha}\n"))).unwrap(),
+            r.diff(&out(&format!("sources={src_sha}\nkey={key_sha}\n")))
+                .unwrap(),
             Change::in_sync()
         );
-        let c = r.diff(&out(&format!("sources={src_sha}\nkey=other\n"))).unwrap();
+        let c = r
+            .diff(&out(&format!("sources={src_sha}\nkey=other\n")))
+            .unwrap();
         assert_eq!(c.fields.len(), 1);
         assert_eq!(r.apply(&c).matches("mv -f -T").count(), 1);
     }
 
     #[test]
     fn hostile_values_are_refused() {
-        let base = serde_json::json!({"name": "v", "uris": ["https://h/d"], "suites": ["s"], "key": KEY});
+        let base =
+            serde_json::json!({"name": "v", "uris": ["https://h/d"], "suites": ["s"], "key": KEY});
         for (k, v, at) in [
             ("name", serde_json::json!("../x"), "/name"),
             ("name", serde_json::json!("a b"), "/name"),
-            ("uris", serde_json::json!(["https://h/d\nSigned-By: /x"]), "/uris/0"),
+            (
+                "uris",
+                serde_json::json!(["https://h/d\nSigned-By: /x"]),
+                "/uris/0",
+            ),
             ("uris", serde_json::json!(["ftp://x"]), "/uris/0"),
             ("suites", serde_json::json!(["a b"]), "/suites/0"),
             ("suites", serde_json::json!([]), "/suites"),
@@ -328,6 +378,9 @@ mod tests {
         }
         let mut p = base.clone();
         p.as_object_mut().unwrap().remove("key");
-        assert!((DEF.build)(p, &mut NoRepo).is_err(), "a present source needs its key");
+        assert!(
+            (DEF.build)(p, &mut NoRepo).is_err(),
+            "a present source needs its key"
+        );
     }
 }

@@ -45,7 +45,6 @@ pub struct Params {
     /// The archive's expected sha256: extracted when the recorded one differs, refused when
     /// the archive's differs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^[0-9a-fA-F]{64}$"))]
     pub sha256: Option<String>,
     #[serde(default)]
     pub format: Format,
@@ -77,10 +76,16 @@ impl super::FromParams for Archive {
     type Params = Params;
     fn from_params(params: Params) -> Result<Archive, BuildError> {
         if !abs_path(&params.src) || params.src.ends_with('/') {
-            return Err(BuildError::at("/src", "must be an absolute path to a file, without `..`"));
+            return Err(BuildError::at(
+                "/src",
+                "must be an absolute path to a file, without `..`",
+            ));
         }
         if !abs_path(&params.dest) {
-            return Err(BuildError::at("/dest", "must be an absolute path other than `/`, without `..`"));
+            return Err(BuildError::at(
+                "/dest",
+                "must be an absolute path other than `/`, without `..`",
+            ));
         }
         if let Some(h) = &params.sha256 {
             if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -145,7 +150,8 @@ pub static DEF: ModuleDef = ModuleDef::of::<Archive>(
 
 /// Fails the fragment when a member name on stdin is absolute or has a `..` component
 /// (names are one a line; a name with a newline shows as several lines, each checked).
-const CHECK_MEMBERS: &str = r#"awk '/^\// || /(^|\/)\.\.(\/|$)/ { print; bad = 1 } END { exit bad }'"#;
+const CHECK_MEMBERS: &str =
+    r#"awk '/^\// || /(^|\/)\.\.(\/|$)/ { print; bad = 1 } END { exit bad }'"#;
 
 impl Archive {
     fn extract(&self) -> String {
@@ -259,7 +265,8 @@ if [ -f "$m" ] && [ ! -L "$m" ]; then printf 'marker=%s\n' "$(head -c 64 -- "$m"
             (Some(want), _) if marker == want => Ok(Change::in_sync()),
             (None, h) if h == marker => Ok(Change::in_sync()),
             (Some(want), h) => {
-                let mut c = Change::new(kind).field(Field::Content, from, Some(format!("sha256:{want}")));
+                let mut c =
+                    Change::new(kind).field(Field::Content, from, Some(format!("sha256:{want}")));
                 if h == "absent" {
                     c = c.note(format!(
                         "archive {} does not exist yet: an earlier step must put it there",
@@ -273,17 +280,21 @@ if [ -f "$m" ] && [ ! -L "$m" ]; then printf 'marker=%s\n' "$(head -c 64 -- "$m"
                 }
                 Ok(c)
             }
-            (None, "absent") => Ok(Change::new(kind)
-                .field(Field::Content, from, None)
-                .note(format!(
-                    "archive {} does not exist yet: an earlier step must put it there",
-                    self.params.src
-                ))),
+            (None, "absent") => {
+                Ok(Change::new(kind)
+                    .field(Field::Content, from, None)
+                    .note(format!(
+                        "archive {} does not exist yet: an earlier step must put it there",
+                        self.params.src
+                    )))
+            }
             (None, "other") => Err(ProbeError::new(format!(
                 "{} is not a regular file",
                 self.params.src
             ))),
-            (None, h) => Ok(Change::new(kind).field(Field::Content, from, Some(format!("sha256:{h}")))),
+            (None, h) => {
+                Ok(Change::new(kind).field(Field::Content, from, Some(format!("sha256:{h}"))))
+            }
         }
     }
     fn apply(&self, change: &Change) -> String {
@@ -313,9 +324,13 @@ mod tests {
 
     #[test]
     fn tar_lists_and_checks_members_before_extracting() {
-        let r = ar(serde_json::json!({"src": "/srv/app $(x).tar.zst", "dest": "/opt/it's", "sha256": SHA, "strip_components": 1, "owner": "app", "group": "app"}));
+        let r = ar(
+            serde_json::json!({"src": "/srv/app $(x).tar.zst", "dest": "/opt/it's", "sha256": SHA, "strip_components": 1, "owner": "app", "group": "app"}),
+        );
         insta::assert_snapshot!("archive_probe", r.probe());
-        let c = r.diff(&out("src=absent\ndest=absent\nmarker=absent\n")).unwrap();
+        let c = r
+            .diff(&out("src=absent\ndest=absent\nmarker=absent\n"))
+            .unwrap();
         assert_eq!(c.kind, ChangeKind::Create);
         assert!(c.notes[0].contains("does not exist yet"));
         let a = r.apply(&c);
@@ -330,7 +345,8 @@ mod tests {
     #[test]
     fn in_sync_by_the_recorded_hash() {
         let with = ar(serde_json::json!({"src": "/a.tgz", "dest": "/d", "sha256": SHA}));
-        let seen = |src: &str, marker: &str| out(&format!("src={src}\ndest=directory\nmarker={marker}\n"));
+        let seen =
+            |src: &str, marker: &str| out(&format!("src={src}\ndest=directory\nmarker={marker}\n"));
         assert_eq!(with.diff(&seen("00", SHA)).unwrap(), Change::in_sync());
         let c = with.diff(&seen(SHA, "11")).unwrap();
         assert_eq!(c.kind, ChangeKind::Modify);
@@ -358,7 +374,8 @@ mod tests {
             ("a/..\n", false),
             ("..\n", false),
         ] {
-            let (r, _) = run_logging_argv(&format!("printf '%s' {} | {CHECK_MEMBERS}", quote(names)));
+            let (r, _) =
+                run_logging_argv(&format!("printf '%s' {} | {CHECK_MEMBERS}", quote(names)));
             assert_eq!(r.status == 0, ok, "{names:?}");
         }
     }
@@ -367,11 +384,23 @@ mod tests {
     fn invalid_parameters_are_refused() {
         for (bad, at) in [
             (serde_json::json!({"src": "a.tgz", "dest": "/d"}), "/src"),
-            (serde_json::json!({"src": "/a/../b.tgz", "dest": "/d"}), "/src"),
+            (
+                serde_json::json!({"src": "/a/../b.tgz", "dest": "/d"}),
+                "/src",
+            ),
             (serde_json::json!({"src": "/a.tgz", "dest": "/"}), "/dest"),
-            (serde_json::json!({"src": "/a.tgz", "dest": "/d/../../x"}), "/dest"),
-            (serde_json::json!({"src": "/a.tgz", "dest": "/d", "sha256": "x"}), "/sha256"),
-            (serde_json::json!({"src": "/a.tgz", "dest": "/d", "strip_components": 99}), "/strip_components"),
+            (
+                serde_json::json!({"src": "/a.tgz", "dest": "/d/../../x"}),
+                "/dest",
+            ),
+            (
+                serde_json::json!({"src": "/a.tgz", "dest": "/d", "sha256": "x"}),
+                "/sha256",
+            ),
+            (
+                serde_json::json!({"src": "/a.tgz", "dest": "/d", "strip_components": 99}),
+                "/strip_components",
+            ),
         ] {
             match (DEF.build)(bad.clone(), &mut NoRepo) {
                 Err(e) => assert_eq!(e.pointer, at, "{bad}"),

@@ -83,13 +83,19 @@ impl super::FromParams for AuthorizedKey {
     fn from_params(params: Params) -> Result<AuthorizedKey, BuildError> {
         if params.user.is_empty()
             || params.user.starts_with('-')
-            || !params.user.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-$".contains(&b))
+            || !params
+                .user
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-$".contains(&b))
         {
             return Err(BuildError::at("/user", "must be a user name"));
         }
         if let Some(o) = &params.options {
             if o.trim().is_empty() || o.trim() != o || o.chars().any(char::is_control) {
-                return Err(BuildError::at("/options", "must be one line of sshd key options, e.g. no-pty,from=\"10.0.0.0/8\""));
+                return Err(BuildError::at(
+                    "/options",
+                    "must be one line of sshd key options, e.g. no-pty,from=\"10.0.0.0/8\"",
+                ));
             }
         }
         if params.keys.is_empty() {
@@ -102,7 +108,9 @@ impl super::FromParams for AuthorizedKey {
             let ok = k.chars().all(|c| !c.is_control())
                 && words.len() >= 2
                 && KEY_TYPES.contains(&words[0])
-                && words[1].bytes().all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b));
+                && words[1]
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b));
             if !ok {
                 return Err(BuildError::at(
                     format!("/keys/{i}"),
@@ -124,7 +132,14 @@ pub static DEF: ModuleDef = ModuleDef::of::<AuthorizedKey>(
     "authorized_key",
     "SSH public keys of a user (exclusive or added), with options; .ssh 0700, the file 0600.",
     Runs::Host,
-    &["user", "ssh", "ssh_mode", "file", "file_mode", "content_b64"],
+    &[
+        "user",
+        "ssh",
+        "ssh_mode",
+        "file",
+        "file_mode",
+        "content_b64",
+    ],
     &[Example {
         name: "add a key for a new user, add another, make it exclusive, remove it",
         setup: &[("user", r#"{"name": "plumbkeys"}"#)],
@@ -230,12 +245,19 @@ echo file=file; printf 'file_mode=%s\n' "$(stat -c %a -- "$p")"
             }
             let wanted = self.wanted("");
             let mut c = Change::new(ChangeKind::Create)
-                .field(Field::Content, None, Some(format!("{} keys", self.keys.len())))
+                .field(
+                    Field::Content,
+                    None,
+                    Some(format!("{} keys", self.keys.len())),
+                )
                 .note(format!(
                     "user {} does not exist yet: an earlier step must create it",
                     self.params.user
                 ));
-            c.content = Some(ContentChange { old: None, new: Some(wanted.into_bytes()) });
+            c.content = Some(ContentChange {
+                old: None,
+                new: Some(wanted.into_bytes()),
+            });
             return Ok(c);
         }
         let ssh = o.req("ssh")?;
@@ -254,7 +276,11 @@ echo file=file; printf 'file_mode=%s\n' "$(stat -c %a -- "$p")"
         }
         let old = o.text("content")?.unwrap_or_default();
         let wanted = self.wanted(&old);
-        let kind = if file == "absent" { ChangeKind::Create } else { ChangeKind::Modify };
+        let kind = if file == "absent" {
+            ChangeKind::Create
+        } else {
+            ChangeKind::Modify
+        };
         let mut c = Change::new(kind);
         if old != wanted && !(file == "absent" && self.params.state == Presence::Absent) {
             c = c.field(Field::Content, None, None);
@@ -274,7 +300,11 @@ echo file=file; printf 'file_mode=%s\n' "$(stat -c %a -- "$p")"
         if file == "file" && file_mode.as_deref() != Some("0600") {
             c = c.field(Field::Mode, file_mode, Some("0600".into()));
         }
-        Ok(if c.fields.is_empty() { Change::in_sync() } else { c })
+        Ok(if c.fields.is_empty() {
+            Change::in_sync()
+        } else {
+            c
+        })
     }
     fn apply(&self, change: &Change) -> String {
         if change.kind == ChangeKind::InSync {
@@ -326,26 +356,43 @@ mod tests {
     }
 
     fn new_content(c: &Change) -> String {
-        String::from_utf8_lossy(c.content.as_ref().and_then(|c| c.new.as_deref()).unwrap_or_default()).into_owned()
+        String::from_utf8_lossy(
+            c.content
+                .as_ref()
+                .and_then(|c| c.new.as_deref())
+                .unwrap_or_default(),
+        )
+        .into_owned()
     }
 
     #[test]
     fn additive_exclusive_and_absent() {
         let r = keys(serde_json::json!({"user": "deploy", "keys": [A], "options": "no-pty"}));
         insta::assert_snapshot!("authorized_key_probe", r.probe());
-        let c = r.diff(&seen(&format!("# team\n{B}\nssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAAAA old-comment\n"))).unwrap();
+        let c = r
+            .diff(&seen(&format!(
+                "# team\n{B}\nssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAAAA old-comment\n"
+            )))
+            .unwrap();
         assert_eq!(new_content(&c), format!("# team\n{B}\nno-pty {A}\n"));
         insta::assert_snapshot!("authorized_key_apply", r.apply(&c));
-        assert_eq!(r.diff(&seen(&format!("{B}\nno-pty {A}\n"))).unwrap(), Change::in_sync());
+        assert_eq!(
+            r.diff(&seen(&format!("{B}\nno-pty {A}\n"))).unwrap(),
+            Change::in_sync()
+        );
         let x = keys(serde_json::json!({"user": "deploy", "keys": [A], "exclusive": true}));
         let c = x.diff(&seen(&format!("# team\n{B}\n{A}\n"))).unwrap();
         assert_eq!(new_content(&c), format!("# team\n{A}\n"));
         let gone = keys(serde_json::json!({"user": "deploy", "keys": [A], "state": "absent"}));
         let c = gone.diff(&seen(&format!("{B}\n{A}\n"))).unwrap();
         assert_eq!(new_content(&c), format!("{B}\n"));
-        assert_eq!(gone.diff(&seen(&format!("{B}\n"))).unwrap(), Change::in_sync());
         assert_eq!(
-            gone.diff(&out("user=present\nssh=absent\nfile=absent\n")).unwrap(),
+            gone.diff(&seen(&format!("{B}\n"))).unwrap(),
+            Change::in_sync()
+        );
+        assert_eq!(
+            gone.diff(&out("user=present\nssh=absent\nfile=absent\n"))
+                .unwrap(),
             Change::in_sync()
         );
     }
@@ -371,11 +418,23 @@ mod tests {
         for (bad, at) in [
             (serde_json::json!({"user": "-x", "keys": [A]}), "/user"),
             (serde_json::json!({"user": "a b", "keys": [A]}), "/user"),
-            (serde_json::json!({"user": "d", "keys": ["ssh-ed25519 AAAA\nssh-rsa BBBB"]}), "/keys/0"),
-            (serde_json::json!({"user": "d", "keys": ["command=\"sh\" ssh-ed25519 AAAA"]}), "/keys/0"),
-            (serde_json::json!({"user": "d", "keys": ["ssh-ed25519 $(id)"]}), "/keys/0"),
+            (
+                serde_json::json!({"user": "d", "keys": ["ssh-ed25519 AAAA\nssh-rsa BBBB"]}),
+                "/keys/0",
+            ),
+            (
+                serde_json::json!({"user": "d", "keys": ["command=\"sh\" ssh-ed25519 AAAA"]}),
+                "/keys/0",
+            ),
+            (
+                serde_json::json!({"user": "d", "keys": ["ssh-ed25519 $(id)"]}),
+                "/keys/0",
+            ),
             (serde_json::json!({"user": "d", "keys": []}), "/keys"),
-            (serde_json::json!({"user": "d", "keys": [A], "options": "a\nb"}), "/options"),
+            (
+                serde_json::json!({"user": "d", "keys": [A], "options": "a\nb"}),
+                "/options",
+            ),
         ] {
             match (DEF.build)(bad.clone(), &mut NoRepo) {
                 Err(e) => assert_eq!(e.pointer, at, "{bad}"),

