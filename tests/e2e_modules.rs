@@ -320,11 +320,10 @@ fn serve(hosts: &Hosts, dir: &std::path::Path) -> Served {
         let (code, _, _) = sh(Command::new("docker").args([
             "exec",
             &hosts.container(1),
-            "curl",
-            "-fsS",
-            "-o",
-            "/dev/null",
-            &format!("{}/", served.url),
+            "/usr/lib/apt/apt-helper",
+            "download-file",
+            &format!("{}/apt/Packages", served.url),
+            "/tmp/plumb-served-ready",
         ]));
         if code == 0 {
             return served;

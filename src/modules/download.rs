@@ -2,9 +2,10 @@
 //!
 //! Probe output: `type=` (see [`super::sh::PROBE_TYPE`]), `parent=yes|no`, and for a
 //! regular file its `mode=`, `uid=`, `owner=`, `gid=`, `group=`, `size=` and `sha256=`;
-//! `fetcher=curl|wget|none`. In sync when the file's sha256 is the wanted one: nothing is
-//! downloaded then. The apply fetches into a private directory beside the target (with
-//! `curl`, else `wget`), checks the sha256 there and only then renames the file into place:
+//! `fetcher=curl|wget|apt-helper|none`. In sync when the file's sha256 is the wanted one:
+//! nothing is downloaded then. The apply fetches into a private directory beside the target
+//! (with `curl`, else `wget`, else, for http(s) URLs, apt's own `apt-helper download-file`,
+//! which every Debian host has), checks the sha256 there and only then renames the file into place:
 //! a wrong checksum fails the step and leaves the old file untouched. Only attributes
 //! differing: they are fixed without a download.
 //!
@@ -149,6 +150,9 @@ curl -fsSL --proto '=https,http,ftp,file' --connect-timeout 30 --max-time {t} -o
 elif command -v wget >/dev/null 2>&1; then
 case $plumb_url in file://*) {nofile} ;; esac
 wget -q -T 30 -O f -- "$plumb_url" </dev/null || {fail}
+elif [ -x /usr/lib/apt/apt-helper ]; then
+case $plumb_url in http://*|https://*) ;; *) {onlyhttp} ;; esac
+plumb_o=$(/usr/lib/apt/apt-helper -o Acquire::http::Timeout=30 -o Acquire::https::Timeout=30 download-file "$plumb_url" "$PWD/f" </dev/null 2>&1) || {{ printf '%s\n' "$plumb_o" | tail -n 5 >&2; {fail}; }}
 else {none}; fi
 h=$(sha256sum < f) || exit 1
 h=${{h%% *}}
@@ -158,7 +162,11 @@ h=${{h%% *}}
             t = self.params.timeout,
             fail = sh::fail(&format!("downloading {} failed", self.params.url)),
             nofile = sh::fail("wget cannot fetch file:// URLs: install curl"),
-            none = sh::fail("neither curl nor wget is installed on this host"),
+            onlyhttp = sh::fail(
+                "without curl or wget only http(s) URLs can be fetched (apt-helper): install curl"
+            ),
+            none =
+                sh::fail("neither curl nor wget (nor apt's apt-helper) is installed on this host"),
             sha = self.sha256,
             path = quote(&self.params.path),
         )
@@ -177,7 +185,7 @@ impl Resource for Download {
             r#"p={p}
 {ty}
 if [ -d {parent} ]; then echo parent=yes; else echo parent=no; fi
-if command -v curl >/dev/null 2>&1; then echo fetcher=curl; elif command -v wget >/dev/null 2>&1; then echo fetcher=wget; else echo fetcher=none; fi
+if command -v curl >/dev/null 2>&1; then echo fetcher=curl; elif command -v wget >/dev/null 2>&1; then echo fetcher=wget; elif [ -x /usr/lib/apt/apt-helper ]; then echo fetcher=apt-helper; else echo fetcher=none; fi
 if [ -f "$p" ] && [ ! -L "$p" ]; then
 {stat}
 {open}
@@ -235,7 +243,7 @@ fi"#,
             return Ok(Change::in_sync());
         }
         if c.changes_field(Field::Content) && o.get("fetcher") == Some("none") {
-            c = c.note("neither curl nor wget is installed yet: an earlier step must install one");
+            c = c.note("neither curl, wget nor apt-helper is installed yet: an earlier step must install one");
         }
         Ok(c.observed(facts))
     }
@@ -338,7 +346,7 @@ mod tests {
         assert!(!a.contains("curl") && a.contains("chmod -- 0755 o"), "{a}");
         let c = r.diff(&out(&file("00", "755"))).unwrap();
         assert!(c.changes_field(Field::Content));
-        assert!(c.notes[0].contains("neither curl nor wget"));
+        assert!(c.notes[0].contains("neither curl, wget nor apt-helper"));
         assert!(r.apply(&c).contains("curl -fsSL"));
         let e = diff_error(r.as_ref(), "type=directory\nparent=yes\nfetcher=curl\n");
         assert!(e.contains("not a regular file"), "{e}");
