@@ -12,6 +12,11 @@
 //! indirect and generated units cannot be enabled or disabled: the boot state is then left as
 //! it is, with a note. A unit that is not found is noted (an earlier package step may install
 //! it); the apply fails if it is still missing.
+//!
+//! On systemd, a start (and a restart or reload by `notify`) first runs `daemon-reload` when
+//! systemd reports the unit changed on disk (`NeedDaemonReload`), so an edited unit file is
+//! what runs; and a service meant to run that is not `active` once it settled fails the step
+//! with its last journal lines, instead of being reported changed.
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
