@@ -1,8 +1,12 @@
 //! The module contract on real hosts (the Docker test hosts of integration/testhosts):
-//! - the registry's host-only examples (package, service, user, group) through the same
+//! - the registry's host-only examples (package, service, user, group, systemd_unit,
+//!   authorized_key, mount, apt_repository, hostname, timezone) through the same
 //!   generic harness `tests/modules_compliance.rs` runs here for the local ones;
 //! - an unprivileged user racing plumb on a file it controls: plumb's `chmod` never reaches
-//!   the file the user's symlink points to (/etc/shadow).
+//!   the file the user's symlink points to (/etc/shadow);
+//! - issue 17's "deploy an app": a signed apt repository and a release tarball served by the
+//!   test over HTTP, unpacked, run by a systemd unit with a drop-in; and a unit that fails to
+//!   start failing its step.
 //!
 //! Run with your own cluster: `PLUMB_TEST_CLUSTER=<name> cargo test --test e2e_modules`.
 
@@ -60,7 +64,21 @@ fn host_only_examples_converge_on_a_real_host() {
         .filter(|d| matches!(d.runs, Runs::Host))
         .map(|d| d.name)
         .collect();
-    assert_eq!(host_only, ["package", "service", "user", "group"]);
+    assert_eq!(
+        host_only,
+        [
+            "package",
+            "service",
+            "user",
+            "group",
+            "systemd_unit",
+            "authorized_key",
+            "mount",
+            "apt_repository",
+            "hostname",
+            "timezone"
+        ]
+    );
     let mut host = DockerHost {
         container: hosts.container(1),
     };
@@ -257,4 +275,325 @@ fn sensitive_values_never_reach_the_hosts_process_list() {
     );
     let leaked = exec(&hosts, 1, "grep -F PLUMB-SECRET /tmp/ps.log | sort -u || :");
     assert_eq!(leaked, "", "secrets in the process list");
+}
+
+/// An HTTP server on this machine for the test hosts (`python3 -m http.server` on the
+/// hosts' network gateway), stopped when dropped.
+struct Served {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(hosts: &Hosts, dir: &std::path::Path) -> Served {
+    // The hosts' /24 network: its bridge on this machine is the `.1` address.
+    let gw = match hosts.addresses[0].rsplit_once('.') {
+        Some((net, _)) => format!("{net}.1"),
+        None => panic!("not an IPv4 address: {}", hosts.addresses[0]),
+    };
+    let port = std::net::TcpListener::bind((gw.as_str(), 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port on {gw}: {e}"));
+    let served = Served {
+        child: Command::new("python3")
+            .args(["-m", "http.server", "--bind", &gw, &port.to_string()])
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("python3 -m http.server: {e}")),
+        url: format!("http://{gw}:{port}"),
+    };
+    // Ready when host 1 can fetch from it (bounded: 100 tries).
+    for _ in 0..100 {
+        let (code, _, _) = sh(Command::new("docker").args([
+            "exec",
+            &hosts.container(1),
+            "/usr/lib/apt/apt-helper",
+            "download-file",
+            &format!("{}/apt/Packages", served.url),
+            "/tmp/plumb-served-ready",
+        ]));
+        if code == 0 {
+            return served;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    panic!("host 1 cannot reach {}", served.url);
+}
+
+/// Runs `script` with bash on this machine in `dir`; panics with its stderr on failure.
+fn local(dir: &std::path::Path, script: &str) -> String {
+    let (code, out, err) = sh(Command::new("bash")
+        .args(["-euo", "pipefail", "-c", script])
+        .current_dir(dir));
+    assert_eq!(code, 0, "{script}\n{err}");
+    out
+}
+
+/// The served tree: `apt/` a flat apt repository signed by a fresh key (the test host
+/// image's own tiny packages), `app-1.0.tar.gz` and `app-2.0.tar.gz` release tarballs (a
+/// `bin/app` that logs each start to /var/lib/app-starts). Returns the armored key.
+fn build_served_tree(hosts: &Hosts, dir: &std::path::Path) -> String {
+    let (code, _, err) = sh(Command::new("docker")
+        .args(["cp", &format!("{}:/srv/plumb-apt/.", hosts.container(1))])
+        .arg(dir.join("apt")));
+    assert_eq!(code, 0, "docker cp: {err}");
+    local(
+        dir,
+        r#"export GNUPGHOME=$PWD/gnupg; mkdir -m 0700 gnupg
+gpg --batch -q --passphrase '' --quick-gen-key 'plumb e2e repo <e2e@plumb.invalid>' ed25519 sign never
+cd apt
+{ echo 'Origin: plumb-e2e'; echo 'Label: plumb-e2e'; echo "Date: $(LC_ALL=C date -u '+%a, %d %b %Y %H:%M:%S UTC')"; echo 'SHA256:'
+  for f in Packages Packages.gz; do printf ' %s %s %s\n' "$(sha256sum < $f | cut -d' ' -f1)" "$(stat -c %s $f)" "$f"; done; } > Release
+gpg --batch -q --armor --clearsign -o InRelease Release
+cd ..
+for v in 1.0 2.0; do
+  mkdir -p "rel/app-$v/bin"
+  printf '#!/bin/sh\necho "$*" >> /var/lib/app-starts\nexec sleep 100000\n' > "rel/app-$v/bin/app"
+  chmod 0755 "rel/app-$v/bin/app"
+  tar -C rel -czf "app-$v.tar.gz" "app-$v"
+done"#,
+    );
+    local(dir, "GNUPGHOME=$PWD/gnupg gpg --batch -q --armor --export")
+}
+
+/// The steps of the app-deployment scenario: release `version` with the tarball's `sha256`,
+/// started with `arg` by the drop-in.
+fn app_unit(url: &str, key: &str, version: &str, sha256: &str, arg: &str) -> String {
+    let key: String = key.lines().map(|l| format!("        {l}\n")).collect();
+    format!(
+        r#"steps:
+  - id: repo
+    apt_repository:
+      name: plumb-e2e
+      uris: ["{url}/apt"]
+      suites: ["./"]
+      key: |
+{key}
+  - id: extra
+    package:
+      name: plumb-extra
+    after: [repo]
+  - id: opt
+    directory:
+      path: /opt/app
+  - id: tarball
+    download:
+      url: "{url}/app-{version}.tar.gz"
+      path: /opt/app/app.tar.gz
+      sha256: "{sha256}"
+    after: [opt]
+  - id: unpack
+    archive:
+      src: /opt/app/app.tar.gz
+      dest: /opt/app/current
+      sha256: "{sha256}"
+      strip_components: 1
+    after: [tarball]
+    notify: [unit]
+  - id: unit
+    systemd_unit:
+      name: plumb-app.service
+      content: |
+        [Unit]
+        Description=plumb e2e app
+        [Service]
+        ExecStart=/opt/app/current/bin/app unit
+        [Install]
+        WantedBy=multi-user.target
+      dropins:
+        - name: args.conf
+          content: |
+            [Service]
+            ExecStart=
+            ExecStart=/opt/app/current/bin/app {arg}
+      enabled: true
+      state: running
+    after: [unpack, extra]
+"#
+    )
+}
+
+/// systemd's own "Reloading" journal lines so far (one per daemon-reload).
+fn reloads(hosts: &Hosts) -> usize {
+    exec(
+        hosts,
+        1,
+        "journalctl -b _PID=1 --no-pager -o cat | grep -c '^Reloading' || :",
+    )
+    .parse()
+    .unwrap_or(0)
+}
+
+/// Issue 17's "deploy an app" on a real host: a signed apt repository served by the test
+/// suite, a release tarball served over HTTP and checked by sha256, unpacked, run by its own
+/// unit with a drop-in, verified active; a second apply changes nothing; a changed
+/// `ExecStart` in the drop-in reloads and restarts exactly once; a bad checksum fails that
+/// step and leaves the old file.
+#[test]
+fn deploy_an_app() {
+    let _g = lock();
+    let Some(hosts) = fresh_hosts("deploy_an_app") else {
+        return;
+    };
+    let tree = tempfile::tempdir().expect("tempdir");
+    let key = build_served_tree(&hosts, tree.path());
+    let served = serve(&hosts, tree.path());
+    let sha = |v: &str| {
+        sha256(&std::fs::read(tree.path().join(format!("app-{v}.tar.gz"))).expect("tarball"))
+    };
+    // The image's own file:/ source goes: plumb-extra can only come from the served one.
+    exec(
+        &hosts,
+        1,
+        "rm -f /etc/apt/sources.list.d/plumb-apt.list && apt-get update -qq",
+    );
+    let repo = one_host_repo(
+        &hosts,
+        "app",
+        &app_unit(&served.url, &key, "1.0", &sha("1.0"), "v1"),
+    );
+    let (code, report, err) = plumb(&hosts, &["apply"], repo.path());
+    assert_eq!(code, 0, "{report:#}\n{err}");
+    assert_eq!(exec(&hosts, 1, "systemctl is-active plumb-app"), "active");
+    assert_eq!(exec(&hosts, 1, "systemctl is-enabled plumb-app"), "enabled");
+    assert_eq!(exec(&hosts, 1, "cat /var/lib/app-starts"), "v1");
+    assert_eq!(
+        exec(&hosts, 1, "command -v plumb-extra"),
+        "/usr/bin/plumb-extra"
+    );
+    assert!(
+        exec(&hosts, 1, "apt-cache policy plumb-extra").contains(&served.url),
+        "plumb-extra comes from the served repository"
+    );
+    assert_eq!(
+        exec(
+            &hosts,
+            1,
+            "cat /etc/apt/sources.list.d/plumb-e2e.sources | grep Signed-By"
+        ),
+        "Signed-By: /etc/apt/keyrings/plumb-e2e.asc"
+    );
+
+    let (code, again, err) = plumb(&hosts, &["apply"], repo.path());
+    assert_eq!(
+        (code, again["total_changed"].as_u64()),
+        (0, Some(0)),
+        "{again:#}\n{err}"
+    );
+
+    // A changed ExecStart in the drop-in: one daemon-reload, one restart.
+    let before = reloads(&hosts);
+    let repo = one_host_repo(
+        &hosts,
+        "app",
+        &app_unit(&served.url, &key, "1.0", &sha("1.0"), "v2"),
+    );
+    let (code, report, err) = plumb(&hosts, &["apply"], repo.path());
+    assert_eq!(code, 0, "{report:#}\n{err}");
+    assert_eq!(report["total_changed"].as_u64(), Some(1), "{report:#}");
+    assert_eq!(reloads(&hosts) - before, 1, "exactly one daemon-reload");
+    assert_eq!(
+        exec(&hosts, 1, "cat /var/lib/app-starts"),
+        "v1\nv2",
+        "exactly one restart"
+    );
+    assert_eq!(exec(&hosts, 1, "systemctl is-active plumb-app"), "active");
+
+    // A bad checksum: the download step fails, the old file stays.
+    let old = exec(&hosts, 1, "sha256sum < /opt/app/app.tar.gz | cut -d' ' -f1");
+    assert_eq!(old, sha("1.0"));
+    let repo = one_host_repo(
+        &hosts,
+        "app",
+        &app_unit(&served.url, &key, "2.0", &"0".repeat(64), "v2"),
+    );
+    let (code, report, _) = plumb(&hosts, &["apply"], repo.path());
+    assert_ne!(code, 0, "{report:#}");
+    assert!(
+        report.to_string().contains("checksum mismatch"),
+        "{report:#}"
+    );
+    assert_eq!(
+        exec(&hosts, 1, "sha256sum < /opt/app/app.tar.gz | cut -d' ' -f1"),
+        old
+    );
+    assert_eq!(
+        exec(&hosts, 1, "ls -A /opt/app | grep -c '^.plumb' || :"),
+        "0"
+    );
+
+    // The right checksum: the new release is downloaded, unpacked and the app restarted once.
+    let repo = one_host_repo(
+        &hosts,
+        "app",
+        &app_unit(&served.url, &key, "2.0", &sha("2.0"), "v2"),
+    );
+    let (code, report, err) = plumb(&hosts, &["apply"], repo.path());
+    assert_eq!(code, 0, "{report:#}\n{err}");
+    assert_eq!(
+        exec(&hosts, 1, "sha256sum < /opt/app/app.tar.gz | cut -d' ' -f1"),
+        sha("2.0")
+    );
+    assert_eq!(
+        exec(&hosts, 1, "cat /var/lib/app-starts"),
+        "v1\nv2\nv2",
+        "restarted once, by the notify"
+    );
+    let (code, again, err) = plumb(&hosts, &["apply"], repo.path());
+    assert_eq!(
+        (code, again["total_changed"].as_u64()),
+        (0, Some(0)),
+        "{again:#}\n{err}"
+    );
+}
+
+/// A unit whose start fails is a failed step, with the unit's journal lines in the error; so
+/// is a `service` start of such a unit (issue 17: it used to be reported "changed").
+#[test]
+fn a_unit_that_fails_to_start_fails_the_step() {
+    let _g = lock();
+    let Some(hosts) = fresh_hosts("a_unit_that_fails_to_start_fails_the_step") else {
+        return;
+    };
+    let repo = one_host_repo(
+        &hosts,
+        "bad",
+        r#"steps:
+  - id: bad
+    systemd_unit:
+      name: plumb-bad.service
+      content: |
+        [Service]
+        ExecStart=/bin/sh -c 'echo plumb-bad-says-goodbye; exit 3'
+      state: running
+"#,
+    );
+    let (code, report, _) = plumb(&hosts, &["apply"], repo.path());
+    assert_ne!(code, 0, "{report:#}");
+    let shown = report.to_string();
+    assert!(shown.contains("plumb-bad.service is failed"), "{report:#}");
+    assert!(
+        shown.contains("plumb-bad-says-goodbye"),
+        "journal lines: {report:#}"
+    );
+    let repo = one_host_repo(
+        &hosts,
+        "bad",
+        "steps:\n  - id: bad\n    service:\n      name: plumb-bad\n      state: running\n",
+    );
+    let (code, report, _) = plumb(&hosts, &["apply"], repo.path());
+    assert_ne!(code, 0, "{report:#}");
+    assert!(
+        report.to_string().contains("plumb-bad-says-goodbye"),
+        "{report:#}"
+    );
 }

@@ -105,7 +105,7 @@ fn def_of(r: &dyn Resource) -> &'static plumb::modules::ModuleDef {
     REGISTRY
         .iter()
         .copied()
-        .find(|d| name.starts_with(d.name))
+        .find(|d| name.starts_with(&d.name.replace('_', "")))
         .unwrap_or_else(|| panic!("no module for {name}"))
 }
 
@@ -584,6 +584,26 @@ fn samples() -> Vec<Box<dyn Resource>> {
         build("sysctl", json!({"name": "a.b", "value": "1"})),
     ];
     v.push(build("sysctl", json!({"name": "a.b", "state": "absent"})));
+    v.extend([
+        build(
+            "systemd_unit",
+            json!({"name": "a.service", "content": "x", "dropins": [{"name": "d.conf", "content": "y"}], "enabled": true, "state": "running"}),
+        ),
+        build("git", json!({"repo": "https://h/r.git", "dest": "/d", "version": "main"})),
+        build(
+            "download",
+            json!({"url": "https://h/x", "path": "/x", "sha256": "00".repeat(32), "mode": "0644"}),
+        ),
+        build("archive", json!({"src": "/a.tgz", "dest": "/d", "sha256": "00".repeat(32)})),
+        build("authorized_key", json!({"user": "u", "keys": ["ssh-ed25519 AAAA"]})),
+        build("mount", json!({"path": "/m", "src": "tmpfs", "fstype": "tmpfs"})),
+        build(
+            "apt_repository",
+            json!({"name": "a", "uris": ["https://h/d"], "suites": ["s"], "key": "-----BEGIN PGP PUBLIC KEY BLOCK-----\nx\n-----END PGP PUBLIC KEY BLOCK-----"}),
+        ),
+        build("hostname", json!({"name": "h"})),
+        build("timezone", json!({"name": "UTC"})),
+    ]);
     v
 }
 
@@ -594,7 +614,9 @@ fn samples_cover_the_registry() {
     for def in REGISTRY {
         let ty = def.name.to_string();
         assert!(
-            built.iter().any(|d| d.to_lowercase().starts_with(&ty)),
+            built
+                .iter()
+                .any(|d| d.to_lowercase().starts_with(&ty.replace('_', ""))),
             "no sample for `{ty}`"
         );
     }
@@ -841,4 +863,68 @@ fn a_hard_link_in_a_directory_another_user_owns_is_refused() {
     run(&format!("chmod 0600 {}", quote(&p(&path))));
     converge(f.as_ref(), ChangeKind::Modify);
     assert_eq!(mode_of(&path), "644");
+}
+
+/// Issue 17: an archive with a `../` member (or an absolute one) is refused before anything
+/// is extracted: the member that would escape does not appear, nor do its innocent siblings.
+#[test]
+fn archive_members_escaping_the_destination_are_refused_before_extracting() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = p(dir.path());
+    let made = run(&format!(
+        "set -e; cd {q}; mkdir -p in/sub; echo ok > in/a; echo evil > escaped; \
+         cd in/sub && tar -P -czf ../../dotdot.tgz ../a ../../escaped && cd ../.. && \
+         tar -P -cf abs.tar {abs}",
+        q = quote(&d),
+        abs = quote(&format!("{d}/escaped")),
+    ));
+    assert_eq!(made.status, 0, "{}", String::from_utf8_lossy(&made.stderr));
+    std::fs::remove_file(dir.path().join("escaped")).unwrap();
+    for tarball in ["dotdot.tgz", "abs.tar"] {
+        let dest = dir.path().join(format!("out {tarball}"));
+        let r = build(
+            "archive",
+            json!({"src": format!("{d}/{tarball}"), "dest": p(&dest)}),
+        );
+        let c = observe(r.as_ref());
+        assert_eq!(c.kind, ChangeKind::Create);
+        let out = run(&r.apply(&c));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_ne!(out.status, 0, "{tarball}: extracted");
+        assert!(err.contains("nothing was extracted"), "{tarball}: {err}");
+        assert!(!dir.path().join("escaped").exists(), "{tarball}: escaped");
+        assert!(!dest.exists(), "{tarball}: something was extracted");
+    }
+}
+
+/// Issue 17: a download whose sha256 is not the wanted one fails the step and leaves the file
+/// that was there as it was; the right one replaces it.
+#[test]
+fn a_download_with_a_bad_checksum_leaves_the_old_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("v2"), "v2\n").unwrap();
+    let path = dir.path().join("app");
+    std::fs::write(&path, "v1\n").unwrap();
+    let url = format!("file://{}", p(&dir.path().join("v2")));
+    let bad = build(
+        "download",
+        json!({"url": url, "path": p(&path), "sha256": "00".repeat(32)}),
+    );
+    let c = observe(bad.as_ref());
+    assert_eq!(c.kind, ChangeKind::Modify);
+    let out = run(&bad.apply(&c));
+    assert_ne!(out.status, 0);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("checksum mismatch"));
+    assert_eq!(std::fs::read(&path).unwrap(), b"v1\n");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        2,
+        "nothing left behind"
+    );
+    let good = build(
+        "download",
+        json!({"url": url, "path": p(&path), "sha256": "81db67b6a5702b9b68f0016f061c409bf3fb16d062fc854d1b424bb4e9c28c56"}),
+    );
+    converge(good.as_ref(), ChangeKind::Modify);
+    assert_eq!(std::fs::read(&path).unwrap(), b"v2\n");
 }

@@ -113,6 +113,14 @@ fn webapp_is_valid() {
     assert_eq!(run.stderr, "");
 }
 
+/// The app-deployment example (issue 17's modules) is a valid repo.
+#[test]
+fn appdeploy_is_valid() {
+    let run = plumb(&["validate", "examples/appdeploy"]);
+    assert_eq!(run.code, 0, "{}", run.transcript());
+    assert_eq!(run.stdout, "valid (0 warnings)\n");
+}
+
 #[test]
 fn json_output_of_one_case() {
     let run = plumb(&[

@@ -37,6 +37,16 @@ pub mod symlink;
 pub mod sysctl;
 pub mod user;
 
+pub mod apt_repository;
+pub mod archive;
+pub mod authorized_key;
+pub mod download;
+pub mod git;
+pub mod hostname;
+pub mod mount;
+pub mod systemd_unit;
+pub mod timezone;
+
 /// The output of one step's probe, as the engine captured it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProbeResult {
@@ -89,6 +99,8 @@ pub enum Field {
     Home,
     Run,
     Value,
+    DropIn,
+    Key,
 }
 
 impl Field {
@@ -112,6 +124,8 @@ impl Field {
         Field::Home,
         Field::Run,
         Field::Value,
+        Field::DropIn,
+        Field::Key,
     ];
 
     /// The field's name as reports and the state database spell it.
@@ -135,6 +149,8 @@ impl Field {
             Field::Home => "home",
             Field::Run => "run",
             Field::Value => "value",
+            Field::DropIn => "drop_in",
+            Field::Key => "key",
         }
     }
 }
@@ -547,6 +563,15 @@ pub static REGISTRY: &[&ModuleDef] = &[
     &command::DEF,
     &cron::DEF,
     &sysctl::DEF,
+    &systemd_unit::DEF,
+    &git::DEF,
+    &download::DEF,
+    &archive::DEF,
+    &authorized_key::DEF,
+    &mount::DEF,
+    &apt_repository::DEF,
+    &hostname::DEF,
+    &timezone::DEF,
 ];
 
 pub fn lookup(name: &str) -> Option<&'static ModuleDef> {

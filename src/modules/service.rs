@@ -12,6 +12,11 @@
 //! indirect and generated units cannot be enabled or disabled: the boot state is then left as
 //! it is, with a note. A unit that is not found is noted (an earlier package step may install
 //! it); the apply fails if it is still missing.
+//!
+//! On systemd, a start (and a restart or reload by `notify`) first runs `daemon-reload` when
+//! systemd reports the unit changed on disk (`NeedDaemonReload`), so an edited unit file is
+//! what runs; and a service meant to run that is not `active` once it settled fails the step
+//! with its last journal lines, instead of being reported changed.
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -273,11 +278,15 @@ else {}; fi
                 };
             }
             if change.changes_field(Field::State) {
-                s += if want_running {
-                    "systemctl start -- \"$u\" || exit 1\n"
+                if want_running {
+                    // A unit file changed on disk is read before the start, and a start
+                    // that does not leave the unit active fails the step.
+                    s += super::systemd_unit::RELOAD_IF_NEEDED;
+                    s += "systemctl start -- \"$u\" || exit 1\n";
+                    s += super::systemd_unit::VERIFY_ACTIVE;
                 } else {
-                    "systemctl stop -- \"$u\" || exit 1\n"
-                };
+                    s += "systemctl stop -- \"$u\" || exit 1\n";
+                }
             }
         }
         s
@@ -300,9 +309,16 @@ else {}; fi
             (false, Refresh::Restart) => ("restart", "sv restart || exit 1"),
             (false, Refresh::Reload) => ("reload", "sv reload || exit 1"),
         };
+        // systemd: a changed unit file is reloaded first; a unit meant to run is verified.
+        let verify = if stopped {
+            ""
+        } else {
+            super::systemd_unit::VERIFY_ACTIVE
+        };
         Some(format!(
-            "{}if {DETECT}; then\nsystemctl {systemd} -- \"$u\" || exit 1\nelse\n{SYSV_CTL}\n{sysv}\nfi\n",
-            self.vars()
+            "{}if {DETECT}; then\n{}systemctl {systemd} -- \"$u\" || exit 1\n{verify}else\n{SYSV_CTL}\n{sysv}\nfi\n",
+            self.vars(),
+            super::systemd_unit::RELOAD_IF_NEEDED,
         ))
     }
 }

@@ -169,15 +169,20 @@ plumb_walk() {
 /// forms that do not follow a symbolic link at `$b`. `d` itself may be writable by others
 /// (a user's home directory): [`hold_file`] and [`enter_target`] are safe there.
 pub fn enter_parent(path: &str, missing: Missing<'_>) -> String {
-    let parent = parent(path);
+    enter_dir(&quote(&parent(path)), &quote(&base_name(path)), missing)
+}
+
+/// [`enter_parent`] for a directory and name given as shell words (quoted values, or
+/// expansions such as `"$HOME/.ssh"`).
+pub fn enter_dir(dir_word: &str, base_word: &str, missing: Missing<'_>) -> String {
     let (mode, message) = match missing {
         Missing::Fail(m) => ("fail", quote(m)),
         Missing::Create => ("create", "''".to_string()),
     };
     format!(
         "{WALK}\nd={d}\nb={b}\nplumb_walk \"$d\" {mode} {message}\ncd -P -- \"$d\" || exit 1\nP=$(pwd -P) || exit 1\nplumb_walk \"$P\" fail {message}\n",
-        d = quote(&parent),
-        b = quote(&base_name(path)),
+        d = dir_word,
+        b = base_word,
     )
 }
 
@@ -222,6 +227,24 @@ pub fn enter_target(changed: &str) -> String {
 /// since the type check points to (e.g. /etc/shadow, whose content would then reach a plan);
 /// commands then read `/dev/fd/3`.
 pub const OPEN_P: &str = r#"exec 3<"$p" && [ "$(stat -L -c %d:%i /dev/fd/3)" = "$(stat -c %d:%i -- "$p")" ] || { printf '%s\n' "$p changed while plumb read it" >&2; exit 1; }"#;
+
+/// A subshell that replaces the file at the absolute `path` with `bytes` (mode `mode`,
+/// owned by the acting user): written in a [`PRIVATE_DIR`] beside it, renamed into place,
+/// every directory on the way checked and created as needed ([`enter_parent`]). For the
+/// root-owned configuration files the service modules write (units, apt sources, keys).
+pub fn replace_file(path: &str, bytes: &[u8], mode: &str) -> String {
+    format!(
+        "(\n{enter}{PRIVATE_DIR}{write} || exit 1\nchmod -- {mode} f || exit 1\nmv -f -T -- f \"../$b\" || exit 1\n) || exit 1\n",
+        enter = enter_parent(path, Missing::Create),
+        write = write_bytes(bytes, "f"),
+        mode = quote(mode),
+    )
+}
+
+/// A shell function `plumb_hash FILE` printing `absent`, `other` (not a regular file, or
+/// a symbolic link) or the sha256 of a regular file: how the service modules' probes see
+/// the files they own.
+pub const HASH_FN: &str = r#"plumb_hash() { if [ -L "$1" ]; then echo other; elif [ -f "$1" ]; then plumb_h=$(sha256sum < "$1") || exit 1; echo "${plumb_h%% *}"; elif [ -e "$1" ]; then echo other; else echo absent; fi; }"#;
 
 /// A shell command that fails the fragment with `message` on stderr. `message` is quoted here.
 pub fn fail(message: &str) -> String {
