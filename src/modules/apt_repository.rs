@@ -185,7 +185,8 @@ pub static DEF: ModuleDef = ModuleDef::of::<AptRepository>(
             ),
         ],
     }],
-);
+)
+.reversibility(super::Reversibility::Reversible);
 
 impl AptRepository {
     fn sources_path(&self) -> String {

@@ -146,7 +146,8 @@ pub static DEF: ModuleDef = ModuleDef::of::<Archive>(
         },
     ],
 )
-.refreshable();
+.refreshable()
+.reversibility(super::Reversibility::Reversible);
 
 /// Fails the fragment when a member name on stdin is absolute or has a `..` component
 /// (names are one a line; a name with a newline shows as several lines, each checked).

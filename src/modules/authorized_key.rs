@@ -162,7 +162,8 @@ pub static DEF: ModuleDef = ModuleDef::of::<AuthorizedKey>(
             ),
         ],
     }],
-);
+)
+.reversibility(super::Reversibility::Reversible);
 
 /// Runs the sh fragment `script` as the user `$u` (runuser, else su), stdin from /dev/null.
 fn as_user(script: &str) -> String {

@@ -132,7 +132,8 @@ pub static DEF: ModuleDef = ModuleDef::of::<Download>(
             ),
         ],
     }],
-);
+)
+.reversibility(super::Reversibility::Reversible);
 
 impl Download {
     fn fetch(&self) -> String {

@@ -155,7 +155,8 @@ pub static DEF: ModuleDef = ModuleDef::of::<Git>(
             ),
         ],
     }],
-);
+)
+.reversibility(super::Reversibility::Reversible);
 
 /// `git` with only the allowed transports and the environment for ssh URLs.
 impl Git {

@@ -61,7 +61,8 @@ pub static DEF: ModuleDef = ModuleDef::of::<Hostname>(
         setup: &[],
         steps: &[step(r#"{"name": "plumb-renamed"}"#, ChangeKind::Modify)],
     }],
-);
+)
+.reversibility(super::Reversibility::Reversible);
 
 impl Resource for Hostname {
     fn target(&self) -> String {

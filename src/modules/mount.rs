@@ -174,7 +174,8 @@ pub static DEF: ModuleDef = ModuleDef::of::<Mount>(
             ),
         ],
     }],
-);
+)
+.reversibility(super::Reversibility::Reversible);
 
 /// awk program printing the fstab lines whose mount point (field 2) is `m`, or (with
 /// `keep=1`) every other line.

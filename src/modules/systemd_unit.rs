@@ -166,6 +166,8 @@ pub static DEF: ModuleDef = ModuleDef {
     schema: super::schema_for::<Params>,
     build,
     refreshable: true,
+    // An older unit file and state applied again undo every change.
+    reversibility: super::Reversibility::Reversible,
     runs: Runs::Host,
     reads: &[RepoRead::Template("/template")],
     probe_keys: &["init", "unit", "dropin", "load", "active", "enabled"],

@@ -63,7 +63,8 @@ pub static DEF: ModuleDef = ModuleDef::of::<Timezone>(
             step(r#"{"name": "Etc/UTC"}"#, ChangeKind::Modify),
         ],
     }],
-);
+)
+.reversibility(super::Reversibility::Reversible);
 
 impl Timezone {
     fn zone_file(&self) -> String {
