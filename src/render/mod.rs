@@ -307,7 +307,15 @@ impl Templater<'_> {
     /// quoted without escapes), else at the string.
     fn error_pos(&self, node: &Node, text: &str, e: &minijinja::Error, path: &str) -> Pos {
         let mut pos = node.pos;
-        if let Some(l) = e.line() {
+        // A quoted string's line breaks may be escapes (`"a\nb"`), not lines of the file:
+        // then the error is at the string.
+        let quoted = self
+            .repo
+            .sources
+            .line(path, node.pos.line)
+            .and_then(|l| l.chars().nth(node.pos.col.saturating_sub(1) as usize))
+            .is_some_and(|c| c == '"' || c == '\'');
+        if let (Some(l), false) = (e.line(), quoted) {
             pos.line += u32::try_from(l.saturating_sub(1)).unwrap_or(0);
         }
         let (Some(range), Some(line)) = (e.range(), self.repo.sources.line(path, node.pos.line))
