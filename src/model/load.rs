@@ -9,7 +9,8 @@ use serde::de::DeserializeOwned;
 use super::jail::{EntryKind, Jail, JailError, RepoFiles, MAX_DEPTH};
 use super::{DurationError, HumanDuration};
 use super::{
-    EnvFile, Environment, HealthCheck, Host, HostsFile, Repo, RepoFile, StepDecl, Unit, UnitHeader,
+    EnvFile, Environment, HealthCheck, Host, HostDefaults, HostsFile, Repo, RepoFile, StepDecl,
+    Unit, UnitHeader,
 };
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::modules::{self, REGISTRY};
@@ -228,28 +229,32 @@ fn load_environments(repo: &mut Repo, diags: &mut Diagnostics) {
             }
         }
         if let Some((node, file)) = read_typed::<HostsFile>(repo, diags, &hosts_path, Kind::Hosts) {
-            let defaults = repo.settings.defaults.clone();
-            for (i, h) in file.hosts.into_iter().enumerate() {
-                let pos = node.locate(&format!("/hosts/{i}"));
-                if !h.instances.is_empty() {
-                    let at = |j: usize| node.locate(&format!("/hosts/{i}/instances/{j}"));
-                    let list = h.instances.into_iter().enumerate().map(|(j, d)| (d, at(j)));
-                    env.host_instances.insert(h.name.clone(), list.collect());
-                }
-                env.hosts.push(Host {
-                    name: h.name,
-                    address: h.address,
-                    port: h.port.or(defaults.port).unwrap_or(22),
-                    user: h.user.or_else(|| defaults.user.clone()),
-                    become_: h.become_.or(defaults.become_).unwrap_or(false),
-                    labels: h.labels,
-                    vars: h.vars,
-                    path: hosts_path.clone(),
-                    pos,
-                });
-            }
+            add_hosts(&mut env, &node, file, &repo.settings.defaults);
         }
         repo.environments.insert(name, env);
+    }
+}
+
+/// The hosts of an inventory, with defaults applied, and the instances each declares.
+fn add_hosts(env: &mut Environment, node: &Node, file: HostsFile, defaults: &HostDefaults) {
+    for (i, h) in file.hosts.into_iter().enumerate() {
+        let pos = node.locate(&format!("/hosts/{i}"));
+        if !h.instances.is_empty() {
+            let at = |j: usize| node.locate(&format!("/hosts/{i}/instances/{j}"));
+            let list = h.instances.into_iter().enumerate().map(|(j, d)| (d, at(j)));
+            env.host_instances.insert(h.name.clone(), list.collect());
+        }
+        env.hosts.push(Host {
+            name: h.name,
+            address: h.address,
+            port: h.port.or(defaults.port).unwrap_or(22),
+            user: h.user.or_else(|| defaults.user.clone()),
+            become_: h.become_.or(defaults.become_).unwrap_or(false),
+            labels: h.labels,
+            vars: h.vars,
+            path: env.hosts_path.clone(),
+            pos,
+        });
     }
 }
 

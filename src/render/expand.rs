@@ -274,21 +274,17 @@ impl Templater<'_> {
         }
     }
 
-    /// The iterations of a step: one (its own id and `ctx`) without `loop:`.
-    pub(super) fn iterations(
+    /// The items of a `loop:` as `(map key, item)`; a map's item is `{key, value}`.
+    fn loop_pairs(
         &self,
         applied: &Applied<'_>,
         decl: &StepDecl,
+        node: &crate::yaml::Node,
+        pos: Pos,
         ctx: &Json,
-    ) -> Result<Vec<Iteration>, Vec<Diagnostic>> {
-        let Some((node, pos)) = &decl.loop_ else {
-            return Ok(vec![Iteration {
-                id: decl.id.clone(),
-                ctx: ctx.clone(),
-            }]);
-        };
+    ) -> Result<Vec<(Option<String>, Json)>, Vec<Diagnostic>> {
         let err = |message: String, hint: &str| {
-            let d = Diagnostic::error("loop", &applied.unit.path, *pos, message);
+            let d = Diagnostic::error("loop", &applied.unit.path, pos, message);
             vec![applied.locate(if hint.is_empty() {
                 d
             } else {
@@ -308,7 +304,6 @@ impl Templater<'_> {
                 v
             }
         };
-        // (key, item) pairs; a map's item is `{key, value}`.
         let pairs: Vec<(Option<String>, Json)> = match items {
             Json::Array(a) => a.into_iter().map(|v| (None, v)).collect(),
             Json::Object(o) => o
@@ -336,6 +331,31 @@ impl Templater<'_> {
                 "",
             ));
         }
+        Ok(pairs)
+    }
+
+    /// The iterations of a step: one (its own id and `ctx`) without `loop:`.
+    pub(super) fn iterations(
+        &self,
+        applied: &Applied<'_>,
+        decl: &StepDecl,
+        ctx: &Json,
+    ) -> Result<Vec<Iteration>, Vec<Diagnostic>> {
+        let Some((node, pos)) = &decl.loop_ else {
+            return Ok(vec![Iteration {
+                id: decl.id.clone(),
+                ctx: ctx.clone(),
+            }]);
+        };
+        let err = |message: String, hint: &str| {
+            let d = Diagnostic::error("loop", &applied.unit.path, *pos, message);
+            vec![applied.locate(if hint.is_empty() {
+                d
+            } else {
+                d.with_hint(hint)
+            })]
+        };
+        let pairs = self.loop_pairs(applied, decl, node, *pos, ctx)?;
         let length = pairs.len();
         let mut seen: BTreeMap<String, usize> = BTreeMap::new();
         let mut out = Vec::with_capacity(length);

@@ -509,21 +509,30 @@ impl StepResolver<'_> {
     }
 }
 
-/// Renders one host.
-pub fn render_host(repo: &Repo, env: &str, host: &Host) -> Result<DesiredHost, Diagnostics> {
-    let mut diags = Diagnostics::default();
-    let templater = Templater {
-        repo,
-        jinja: jinja(repo),
-    };
-    let mut errors = Vec::new();
-    let applied = expand::applied_units(repo, env, host, &mut errors);
+/// The steps of a host before ordering: every iteration of every step whose `when` holds.
+struct Expanded {
+    steps: Vec<DesiredStep>,
+    skipped: Vec<SkippedStep>,
+    /// Every rendered address by its base (`unit/id` for `unit/id[key]`).
+    groups: BTreeMap<StepAddress, Vec<StepAddress>>,
+    /// Bases with an iteration a `when` left out.
+    skipped_bases: HashSet<StepAddress>,
+}
+
+fn expand_steps(
+    templater: &Templater<'_>,
+    repo: &Repo,
+    env: &str,
+    host: &Host,
+    applied: &[expand::Applied<'_>],
+    errors: &mut Vec<Diagnostic>,
+) -> Expanded {
     let mut steps = Vec::new();
     let mut skipped = Vec::new();
     // Every rendered address by its base (`unit/id` for `unit/id[key]`).
     let mut groups: BTreeMap<StepAddress, Vec<StepAddress>> = BTreeMap::new();
     let mut skipped_bases: HashSet<StepAddress> = HashSet::new();
-    for a in &applied {
+    for a in applied {
         let mut ctx = host_context(repo, env, host, a.unit);
         if let (Some(i), Json::Object(o)) = (&a.instance, &mut ctx) {
             // An instance's params win over every other variable; `instance` names it.
@@ -556,7 +565,7 @@ pub fn render_host(repo: &Repo, env: &str, host: &Host) -> Result<DesiredHost, D
                         continue;
                     }
                 }
-                match render_step(&templater, a, decl, &it.ctx, address.clone()) {
+                match render_step(templater, a, decl, &it.ctx, address.clone()) {
                     Ok(s) => {
                         groups.entry(base.clone()).or_default().push(address);
                         steps.push(s);
@@ -566,6 +575,29 @@ pub fn render_host(repo: &Repo, env: &str, host: &Host) -> Result<DesiredHost, D
             }
         }
     }
+    Expanded {
+        steps,
+        skipped,
+        groups,
+        skipped_bases,
+    }
+}
+
+/// Renders one host.
+pub fn render_host(repo: &Repo, env: &str, host: &Host) -> Result<DesiredHost, Diagnostics> {
+    let mut diags = Diagnostics::default();
+    let templater = Templater {
+        repo,
+        jinja: jinja(repo),
+    };
+    let mut errors = Vec::new();
+    let applied = expand::applied_units(repo, env, host, &mut errors);
+    let Expanded {
+        mut steps,
+        skipped,
+        groups,
+        skipped_bases,
+    } = expand_steps(&templater, repo, env, host, &applied, &mut errors);
     diags.extend(errors);
     // References: `after` to a step not on this host is dropped (nothing to wait for);
     // `notify` to a step not on this host is an error (the refresh would never run), unless
