@@ -203,10 +203,11 @@ fn bare(expr: &str) -> &str {
     }
 }
 
-/// One iteration of a step: its id and its context.
-pub struct Iteration {
+/// One iteration of a step: its id and its context (the step's own, borrowed, without
+/// `loop:`).
+pub struct Iteration<'c> {
     pub id: String,
-    pub ctx: Json,
+    pub ctx: std::borrow::Cow<'c, Json>,
 }
 
 impl Templater<'_> {
@@ -335,16 +336,16 @@ impl Templater<'_> {
     }
 
     /// The iterations of a step: one (its own id and `ctx`) without `loop:`.
-    pub(super) fn iterations(
+    pub(super) fn iterations<'c>(
         &self,
         applied: &Applied<'_>,
         decl: &StepDecl,
-        ctx: &Json,
-    ) -> Result<Vec<Iteration>, Vec<Diagnostic>> {
+        ctx: &'c Json,
+    ) -> Result<Vec<Iteration<'c>>, Vec<Diagnostic>> {
         let Some((node, pos)) = &decl.loop_ else {
             return Ok(vec![Iteration {
                 id: decl.id.clone(),
-                ctx: ctx.clone(),
+                ctx: std::borrow::Cow::Borrowed(ctx),
             }]);
         };
         let err = |message: String, hint: &str| {
@@ -420,7 +421,7 @@ impl Templater<'_> {
             }
             out.push(Iteration {
                 id: format!("{}[{key}]", decl.id),
-                ctx: c,
+                ctx: std::borrow::Cow::Owned(c),
             });
         }
         Ok(out)
