@@ -7,7 +7,8 @@
 //! ```
 //!
 //! It writes a repo with N hosts and one unit of S steps (directories, files with inline
-//! templated content, files from a `template:`, lines) whose targets live in a temp root,
+//! templated content, files from a `template:`, lines; one in five a `loop:` of two items,
+//! one in ten with a true `when:`, one in ten with a false one) whose targets live in a temp root,
 //! applies the steps of host 1 to that root for real (`LocalTransport`), records the probe
 //! script's output there (every step in sync), and then runs what `plumb plan` runs —
 //! `validate_and_render` (load, schemas, semantic checks, one render of every host) and
@@ -83,7 +84,22 @@ fn write_repo(repo: &Path, target: &Path, hosts: usize, steps: usize) {
             y.push_str(&format!(
                 "    line:\n      path: {t}/lines.conf\n      line: \"setting_{i} = {{{{ base_port + {i} }}}}\"\n      create: true\n"
             ));
+        } else if i % 5 == 3 {
+            // A loop: one step per item, addressed s{i}[alpha], s{i}[beta].
+            y.push_str(&format!(
+                "    loop: \"{{{{ workers[:2] }}}}\"\n    file:\n      path: {t}/d{:02}/l{i:03}-{{{{ item }}}}.conf\n      content: \"{{{{ item }}}} {{{{ loop.index }}}} {{{{ region }}}}\\n\"\n      mode: \"0644\"\n",
+                i % dirs
+            ));
         } else {
+            // Conditions: true on every host, or (every other one) false on every host.
+            if i % 5 == 4 {
+                let cond = if i % 10 == 4 {
+                    "region == \"eu-west\""
+                } else {
+                    "rack == \"nowhere\""
+                };
+                y.push_str(&format!("    when: '{cond}'\n"));
+            }
             y.push_str(&format!(
                 "    file:\n      path: {t}/d{:02}/f{i:03}.conf\n      content: \"# {{{{ env }}}} {{{{ region }}}}\\nlevel = {{{{ log_level }}}}\\nport = {{{{ base_port + {i} }}}}\\n\"\n      mode: \"0644\"\n",
                 i % dirs

@@ -14,6 +14,8 @@ use crate::render::{self, find_cycle, qualify, RESERVED_VARS};
 use crate::schema::suggest;
 use crate::yaml::{Node, Pos};
 
+mod units;
+
 /// Loads and checks the repo at `root`.
 pub fn validate(root: &Path) -> (Repo, Diagnostics) {
     let (repo, mut diags) = load::load(root);
@@ -64,6 +66,7 @@ fn checked_render(
     check_hosts(repo, diags);
     check_envs(repo, diags);
     check_steps(repo, diags);
+    units::check_units(repo, diags);
     check_unit_selection(repo, diags);
     if diags.has_errors() {
         // Rendering a repo with broken references only repeats those errors.
@@ -211,7 +214,8 @@ fn check_steps(repo: &Repo, diags: &mut Diagnostics) {
             let me = qualify(&unit.name, &step.id);
             for (kind, refs) in [("after", &step.after), ("notify", &step.notify)] {
                 for (r, pos) in refs {
-                    let target = qualify(&unit.name, r);
+                    // `id[key]` names one iteration of a loop step: the step must exist.
+                    let target = qualify(&unit.name, r.split('[').next().unwrap_or(r));
                     let Some(&(tu, ts)) = all.get(&target) else {
                         // A unit that did not load has its own errors; this would repeat them.
                         if !unit_failed_to_load(repo, &target) {
@@ -386,7 +390,7 @@ fn check_unit_selection(repo: &Repo, diags: &mut Diagnostics) {
         labels.truncate(12);
         labels.push("...".to_string());
     }
-    for unit in &repo.units {
+    for unit in repo.units.iter().filter(|u| u.header.params.is_empty()) {
         let selected = repo
             .environments
             .values()

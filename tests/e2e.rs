@@ -740,3 +740,79 @@ fn ssh_masters_do_not_outlive_plumb() {
         "the stale master was not closed"
     );
 }
+
+/// The configuration language on real hosts (issue 12): webapp loops over its admins
+/// (`base/admins[<name>]`, more of them on the db host through group variables), runs two
+/// instances of the reusable `vhost` unit on each web host, and leaves out `base/log-cleanup`
+/// where its `when` is false. It converges, and a second plan is empty.
+#[test]
+fn loops_conditions_and_instances_converge() {
+    let _g = lock();
+    let Some(hosts) = fresh_hosts("loops_conditions_and_instances_converge") else {
+        return;
+    };
+    let repo = webapp_repo(&hosts);
+    // The db host keeps its logs: its cleanup job's `when` is false.
+    let inventory = repo.path().join("environments/production/hosts.yaml");
+    let text = std::fs::read_to_string(&inventory).expect("read inventory");
+    let text = text.replace(
+        "{hello_version: \"1.0\"}",
+        "{hello_version: \"1.0\", log_retention_days: 0}",
+    );
+    std::fs::write(&inventory, text).expect("write inventory");
+
+    let (code, report, err) = plumb(&hosts, &["apply"], repo.path());
+    assert_eq!(code, 0, "apply did not converge:\n{report:#}\n{err}");
+
+    for k in [1, 2] {
+        assert_eq!(
+            exec(&hosts, k, "getent passwd alice bob carol | cut -d: -f1,7"),
+            "alice:/bin/bash\nbob:/bin/sh",
+            "the environment's admins on web hosts"
+        );
+        let workers = if k == 1 { 8 } else { 4 };
+        assert_eq!(
+            exec(&hosts, k, "cat /etc/plumb-demo/sites/shop.conf"),
+            format!(
+                "# shop on {}. Managed by plumb.\nlisten = 0.0.0.0:8081\nroot = /srv/app\nworkers = {workers}",
+                hosts.name(k)
+            ),
+            "instance `shop`: its params, the group's workers (the host's on the canary)"
+        );
+        assert!(exec(&hosts, k, "cat /etc/plumb-demo/sites/blog.conf")
+            .contains("listen = 0.0.0.0:8082\nroot = /srv/blog\n"));
+        assert_eq!(
+            exec(
+                &hosts,
+                k,
+                "test -e /etc/cron.d/app-log-cleanup && echo kept"
+            ),
+            "kept"
+        );
+    }
+    assert_eq!(
+        exec(&hosts, 3, "getent passwd alice bob carol | cut -d: -f1,7"),
+        "alice:/bin/bash\nbob:/bin/sh\ncarol:/bin/bash",
+        "the db group's admins"
+    );
+    assert_eq!(
+        exec(
+            &hosts,
+            3,
+            "test -e /etc/plumb-demo/sites || echo no-sites; test -e /etc/cron.d/app-log-cleanup || echo no-cleanup"
+        ),
+        "no-sites\nno-cleanup",
+        "no site and no cleanup job on the db host"
+    );
+
+    let (code, plan, err) = plumb(&hosts, &["plan"], repo.path());
+    assert_eq!(code, 0, "a second plan is empty:\n{plan:#}\n{err}");
+    assert_eq!(plan["total_changes"], 0);
+    assert_eq!(
+        host_report(&plan, &hosts.name(3))["skipped"],
+        serde_json::json!([{
+            "address": "base/log-cleanup",
+            "reason": "when `log_retention_days > 0` is false"
+        }])
+    );
+}

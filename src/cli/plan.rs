@@ -36,7 +36,8 @@ pub fn run(args: HostArgs, kind: PlanKind, term: Term) -> anyhow::Result<u8> {
         connector.as_ref(),
         args.conn.parallel,
     )))?;
-    let report = crate::report::plan::PlanReport::new(env, kind.as_str(), &plans);
+    let report =
+        crate::report::plan::PlanReport::new(env, kind.as_str(), &plans).with_skipped(&hosts);
     match output {
         OutputFormat::Json => print_json(&report)?,
         OutputFormat::Text => print_lines(&crate::report::plan::plan_lines(&report), term.out),

@@ -321,6 +321,7 @@ fn named(name: &str, steps: Vec<DesiredStep>) -> DesiredHost {
             ..host()
         },
         steps,
+        skipped: Vec::new(),
     }
 }
 

@@ -9,7 +9,8 @@ use serde::de::DeserializeOwned;
 use super::jail::{EntryKind, Jail, JailError, RepoFiles, MAX_DEPTH};
 use super::{DurationError, HumanDuration};
 use super::{
-    EnvFile, Environment, HealthCheck, Host, HostsFile, Repo, RepoFile, StepDecl, Unit, UnitHeader,
+    EnvFile, Environment, HealthCheck, Host, HostDefaults, HostsFile, Repo, RepoFile, StepDecl,
+    Unit, UnitHeader,
 };
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::modules::{self, REGISTRY};
@@ -217,6 +218,7 @@ fn load_environments(repo: &mut Repo, diags: &mut Diagnostics) {
             hosts: Vec::new(),
             health_checks: Vec::new(),
             settings: EnvFile::default(),
+            host_instances: Default::default(),
         };
         if repo.files.kind(&env_path).is_ok_and(|k| k.is_some()) {
             env.env_path = Some(env_path.clone());
@@ -227,23 +229,32 @@ fn load_environments(repo: &mut Repo, diags: &mut Diagnostics) {
             }
         }
         if let Some((node, file)) = read_typed::<HostsFile>(repo, diags, &hosts_path, Kind::Hosts) {
-            let defaults = repo.settings.defaults.clone();
-            for (i, h) in file.hosts.into_iter().enumerate() {
-                let pos = node.locate(&format!("/hosts/{i}"));
-                env.hosts.push(Host {
-                    name: h.name,
-                    address: h.address,
-                    port: h.port.or(defaults.port).unwrap_or(22),
-                    user: h.user.or_else(|| defaults.user.clone()),
-                    become_: h.become_.or(defaults.become_).unwrap_or(false),
-                    labels: h.labels,
-                    vars: h.vars,
-                    path: hosts_path.clone(),
-                    pos,
-                });
-            }
+            add_hosts(&mut env, &node, file, &repo.settings.defaults);
         }
         repo.environments.insert(name, env);
+    }
+}
+
+/// The hosts of an inventory, with defaults applied, and the instances each declares.
+fn add_hosts(env: &mut Environment, node: &Node, file: HostsFile, defaults: &HostDefaults) {
+    for (i, h) in file.hosts.into_iter().enumerate() {
+        let pos = node.locate(&format!("/hosts/{i}"));
+        if !h.instances.is_empty() {
+            let at = |j: usize| node.locate(&format!("/hosts/{i}/instances/{j}"));
+            let list = h.instances.into_iter().enumerate().map(|(j, d)| (d, at(j)));
+            env.host_instances.insert(h.name.clone(), list.collect());
+        }
+        env.hosts.push(Host {
+            name: h.name,
+            address: h.address,
+            port: h.port.or(defaults.port).unwrap_or(22),
+            user: h.user.or_else(|| defaults.user.clone()),
+            become_: h.become_.or(defaults.become_).unwrap_or(false),
+            labels: h.labels,
+            vars: h.vars,
+            path: env.hosts_path.clone(),
+            pos,
+        });
     }
 }
 
@@ -312,6 +323,23 @@ fn load_units(repo: &mut Repo, diags: &mut Diagnostics) {
     }
 }
 
+/// The keys every step may have besides its module key.
+pub const STEP_ENVELOPE_KEYS: &[&str] = &[
+    "id",
+    "after",
+    "notify",
+    "sensitive",
+    "when",
+    "loop",
+    "loop_key",
+];
+
+/// A string-valued envelope key and where its value is written.
+fn located_str(step: &Node, key: &str) -> Option<(String, Pos)> {
+    step.get(key)
+        .and_then(|n| n.as_str().map(|v| (v.to_string(), n.pos)))
+}
+
 /// Splits each step into its envelope and its one module key.
 fn split_steps(unit: &Node, path: &str, diags: &mut Diagnostics) -> Vec<StepDecl> {
     let mut out = Vec::new();
@@ -340,7 +368,7 @@ fn split_steps(unit: &Node, path: &str, diags: &mut Diagnostics) -> Vec<StepDecl
                 // An unknown key is reported by the schema with a suggestion; say what is missing.
                 let unknown: Vec<&String> = map
                     .keys()
-                    .filter(|k| !["id", "after", "notify", "sensitive"].contains(&k.as_str()))
+                    .filter(|k| !STEP_ENVELOPE_KEYS.contains(&k.as_str()))
                     .collect();
                 if unknown.is_empty() {
                     diags.push(
@@ -377,6 +405,11 @@ fn split_steps(unit: &Node, path: &str, diags: &mut Diagnostics) -> Vec<StepDecl
                         step.get("sensitive").map(|n| &n.value),
                         Some(crate::yaml::Value::Bool(true))
                     ),
+                    when: located_str(step, "when"),
+                    loop_: step
+                        .get("loop")
+                        .map(|n| (n.clone(), step.key_pos("loop").unwrap_or(n.pos))),
+                    loop_key: located_str(step, "loop_key"),
                     pos: step.pos,
                 });
             }

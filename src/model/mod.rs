@@ -96,6 +96,9 @@ pub struct HostDecl {
     /// Host variables: the highest precedence.
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub vars: Vars,
+    /// Instances of reusable units on this host.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub instances: Vec<HostInstanceDecl>,
 }
 
 /// `environments/<env>/env.yaml`: how an environment is reconciled.
@@ -118,6 +121,13 @@ pub struct EnvFile {
     /// that took the commit back to their last good commit; `off` leaves them as they are.
     #[serde(default)]
     pub rollback: RollbackMode,
+    /// Group variables: the hosts a selector picks get its vars. Precedence: unit defaults <
+    /// environment `vars` < groups (in file order, a later group wins) < host `vars`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<GroupDecl>,
+    /// Instances of reusable units (units with `params`) on the hosts each selects.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub instances: Vec<EnvInstanceDecl>,
 }
 
 /// `rollback:` in env.yaml.
@@ -130,6 +140,108 @@ pub enum RollbackMode {
     Auto,
     /// Leave a failed wave's hosts on the failed commit (alert only).
     Off,
+}
+
+/// Variables for the hosts a label selector picks.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GroupDecl {
+    /// A name for the group in messages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Label selector (every key must match; a list matches any of its values).
+    #[schemars(length(min = 1))]
+    pub selector: Selector,
+    /// Variables of the group's hosts.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub vars: Vars,
+}
+
+/// One instance of a reusable unit, declared in `env.yaml` for the hosts `applies_to` picks.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnvInstanceDecl {
+    /// The instance's name: its steps are addressed `<name>/<id>`.
+    #[schemars(regex(pattern = r"^[a-z0-9][a-z0-9_-]*$"), length(max = 128))]
+    pub name: String,
+    /// The unit to instantiate (`units/<unit>.yaml`).
+    pub unit: String,
+    /// Values for the unit's `params`; the highest precedence in the instance's steps.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub params: Vars,
+    /// Label selector. Unset: every host of the environment.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub applies_to: Selector,
+}
+
+/// One instance of a reusable unit, declared on a host in `hosts.yaml`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HostInstanceDecl {
+    /// The instance's name: its steps are addressed `<name>/<id>`.
+    #[schemars(regex(pattern = r"^[a-z0-9][a-z0-9_-]*$"), length(max = 128))]
+    pub name: String,
+    /// The unit to instantiate (`units/<unit>.yaml`).
+    pub unit: String,
+    /// Values for the unit's `params`; the highest precedence in the instance's steps.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub params: Vars,
+}
+
+/// The type a unit parameter's value must have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ParamType {
+    String,
+    Integer,
+    Number,
+    Boolean,
+    List,
+    Map,
+    /// Any value.
+    #[default]
+    Any,
+}
+
+impl ParamType {
+    /// Whether `v` has this type.
+    pub fn admits(self, v: &serde_json::Value) -> bool {
+        use serde_json::Value as J;
+        match self {
+            ParamType::String => v.is_string(),
+            ParamType::Integer => v.is_i64() || v.is_u64(),
+            ParamType::Number => v.is_number(),
+            ParamType::Boolean => v.is_boolean(),
+            ParamType::List => matches!(v, J::Array(_)),
+            ParamType::Map => matches!(v, J::Object(_)),
+            ParamType::Any => true,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ParamType::String => "string",
+            ParamType::Integer => "integer",
+            ParamType::Number => "number",
+            ParamType::Boolean => "boolean",
+            ParamType::List => "list",
+            ParamType::Map => "map",
+            ParamType::Any => "any",
+        }
+    }
+}
+
+/// A typed parameter of a reusable unit.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ParamDecl {
+    #[serde(default, rename = "type")]
+    pub type_: ParamType,
+    /// The value when an instance gives none. Unset: every instance must give one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
@@ -466,6 +578,13 @@ pub struct UnitHeader {
     /// Unit defaults: the lowest precedence.
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub vars: Vars,
+    /// Typed parameters: a unit with `params` is reusable and applies only where an
+    /// environment or a host instantiates it (`instances:`), once per instance.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<String, ParamDecl>,
+    /// Units whose steps come first on a host (ordering only), e.g. `requires: [base]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requires: Vec<String>,
 }
 
 /// The fields every step has besides its one module key.
@@ -484,6 +603,31 @@ pub struct StepEnvelope {
     /// Never show this step's content or values in plans, diffs, logs or reports.
     #[serde(default)]
     pub sensitive: bool,
+    /// A condition, a template expression over vars and facts (`facts.os.family ==
+    /// "debian"`): when false, the step is not part of that host's desired state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<String>,
+    /// Repeat the step for each item of a list or map (or of an expression giving one):
+    /// `item` (a map's `item.key`/`item.value`) and `loop.index` in its parameters; each
+    /// iteration is addressed `<id>[<key>]`.
+    #[serde(default, rename = "loop", skip_serializing_if = "Option::is_none")]
+    pub loop_: Option<LoopDecl>,
+    /// An expression giving each iteration's key (default: the item itself when it is a
+    /// scalar, the map key for a map).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loop_key: Option<String>,
+}
+
+/// What a `loop:` runs over.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum LoopDecl {
+    /// The items, in order.
+    List(Vec<serde_json::Value>),
+    /// Keys to values: `item.key`, `item.value`.
+    Map(serde_json::Map<String, serde_json::Value>),
+    /// An expression giving a list or a map, e.g. `users` or `"{{ users }}"`.
+    Expr(String),
 }
 
 /// A host of a loaded environment, with defaults applied.
@@ -511,6 +655,8 @@ pub struct Environment {
     /// `settings.health_checks`, checked (the ones that failed are diagnostics instead).
     pub health_checks: Vec<HealthCheck>,
     pub settings: EnvFile,
+    /// Instances declared on hosts (`hosts.yaml`), by host name, with where each is declared.
+    pub host_instances: BTreeMap<String, Vec<(HostInstanceDecl, Pos)>>,
 }
 
 /// One step as declared in a unit, before templating.
@@ -525,6 +671,12 @@ pub struct StepDecl {
     pub after: Vec<(String, Pos)>,
     pub notify: Vec<(String, Pos)>,
     pub sensitive: bool,
+    /// `when:` and where it is written.
+    pub when: Option<(String, Pos)>,
+    /// `loop:` as written, and where the `loop:` key is.
+    pub loop_: Option<(Node, Pos)>,
+    /// `loop_key:` and where it is written.
+    pub loop_key: Option<(String, Pos)>,
     pub pos: Pos,
 }
 

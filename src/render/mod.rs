@@ -6,7 +6,7 @@
 //! resource, and order the steps (declaration order, moved only by `after`). Rendering reads
 //! the repo only; it never contacts a host.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use minijinja::{Environment as Jinja, UndefinedBehavior};
@@ -19,8 +19,12 @@ use crate::modules::{self, Resolve, Resource};
 use crate::yaml::{Node, Pos, Value};
 
 pub mod bounds;
+mod expand;
+mod filters;
 mod order;
+mod recheck;
 pub use bounds::{MAX_TEMPLATE_ITEMS, MAX_TEMPLATE_OUTPUT};
+pub use expand::{SkippedStep, MAX_LOOP_ITEMS};
 pub use order::{find_cycle, order_steps};
 
 /// Variable names plumb provides itself.
@@ -53,12 +57,16 @@ pub struct DesiredStep {
 pub struct DesiredHost {
     pub host: Host,
     pub steps: Vec<DesiredStep>,
+    /// Steps (or loop iterations) a `when:` left out, in declaration order.
+    pub skipped: Vec<SkippedStep>,
 }
 
-/// Units that apply to a host, in name order.
+/// Units that apply to a host by their `applies_to`, in name order. Units with `params`
+/// apply only through instances (see `expand`).
 pub fn units_for<'a>(repo: &'a Repo, host: &Host) -> Vec<&'a Unit> {
     repo.units
         .iter()
+        .filter(|u| u.header.params.is_empty())
         .filter(|u| selector_matches(&u.header.applies_to, &host.labels))
         .collect()
 }
@@ -128,7 +136,19 @@ pub fn host_context(repo: &Repo, env: &str, host: &Host, unit: &Unit) -> Json {
         .get(env)
         .map(|e| e.settings.vars.clone())
         .unwrap_or_default();
-    for layer in [&unit.header.vars, &env_vars, &host.vars] {
+    // Precedence: unit defaults < environment < groups (file order) < host.
+    let group_vars = repo
+        .environments
+        .get(env)
+        .into_iter()
+        .flat_map(|e| e.settings.groups.iter())
+        .filter(|g| selector_matches(&g.selector, &host.labels))
+        .map(|g| &g.vars);
+    let layers = std::iter::once(&unit.header.vars)
+        .chain(std::iter::once(&env_vars))
+        .chain(group_vars)
+        .chain(std::iter::once(&host.vars));
+    for layer in layers {
         for (k, v) in layer {
             vars.insert(k.clone(), v.clone());
         }
@@ -153,11 +173,15 @@ fn jinja(repo: &Repo) -> Jinja<'static> {
     j.set_fuel(Some(TEMPLATE_FUEL));
     if let Ok(syntax) = minijinja::syntax::SyntaxConfig::builder()
         .keep_trailing_newline(true)
+        // As Ansible's Jinja does: a block tag's line leaves no blank line or indentation.
+        .trim_blocks(true)
+        .lstrip_blocks(true)
         .build()
     {
         j.set_syntax(syntax);
     }
     bounds::install(&mut j);
+    filters::install(&mut j);
     let files = repo.files.clone();
     j.set_loader(move |name| {
         // Every template, `{% include %}` and `{% import %}` goes through the jail.
@@ -202,7 +226,8 @@ fn template_message(err: &minijinja::Error, source: &str, ctx: &Json) -> String 
                 .collect();
             missing.sort();
             if !missing.is_empty() {
-                return format!("undefined variable `{}`", missing.join("`, `"));
+                let each: Vec<String> = missing.iter().map(|v| undefined_message(ctx, v)).collect();
+                return each.join("; ");
             }
         }
         return "undefined variable or attribute".to_string();
@@ -231,6 +256,42 @@ fn template_hint(err: &minijinja::Error, ctx: &Json) -> Option<String> {
     ))
 }
 
+/// Names what is undefined in `dotted` (`user.shell`): the variable, or the attribute and
+/// the object that lacks it, with the attributes it has.
+fn undefined_message(ctx: &Json, dotted: &str) -> String {
+    let parts: Vec<&str> = dotted.split('.').collect();
+    let mut value = ctx;
+    for (i, part) in parts.iter().enumerate() {
+        match value.get(part) {
+            Some(v) => value = v,
+            None if i == 0 => return format!("undefined variable `{part}`"),
+            None => {
+                let object = parts[..i].join(".");
+                return match value.as_object() {
+                    Some(o) => {
+                        let mut keys: Vec<&str> = o.keys().map(String::as_str).take(12).collect();
+                        if o.len() > keys.len() {
+                            keys.push("...");
+                        }
+                        format!(
+                            "undefined attribute `{part}` of `{object}` (it has: {})",
+                            if keys.is_empty() {
+                                "nothing".to_string()
+                            } else {
+                                keys.join(", ")
+                            }
+                        )
+                    }
+                    None => {
+                        format!("undefined attribute `{part}` of `{object}`, which is not a map")
+                    }
+                };
+            }
+        }
+    }
+    format!("undefined variable `{dotted}`")
+}
+
 fn lookup_path<'a>(ctx: &'a Json, dotted: &str) -> Option<&'a Json> {
     dotted.split('.').try_fold(ctx, |v, k| v.get(k))
 }
@@ -246,7 +307,15 @@ impl Templater<'_> {
     /// quoted without escapes), else at the string.
     fn error_pos(&self, node: &Node, text: &str, e: &minijinja::Error, path: &str) -> Pos {
         let mut pos = node.pos;
-        if let Some(l) = e.line() {
+        // A quoted string's line breaks may be escapes (`"a\nb"`), not lines of the file:
+        // then the error is at the string.
+        let quoted = self
+            .repo
+            .sources
+            .line(path, node.pos.line)
+            .and_then(|l| l.chars().nth(node.pos.col.saturating_sub(1) as usize))
+            .is_some_and(|c| c == '"' || c == '\'');
+        if let (Some(l), false) = (e.line(), quoted) {
             pos.line += u32::try_from(l.saturating_sub(1)).unwrap_or(0);
         }
         let (Some(range), Some(line)) = (e.range(), self.repo.sources.line(path, node.pos.line))
@@ -440,6 +509,80 @@ impl StepResolver<'_> {
     }
 }
 
+/// The steps of a host before ordering: every iteration of every step whose `when` holds.
+struct Expanded {
+    steps: Vec<DesiredStep>,
+    skipped: Vec<SkippedStep>,
+    /// Every rendered address by its base (`unit/id` for `unit/id[key]`).
+    groups: BTreeMap<StepAddress, Vec<StepAddress>>,
+    /// Bases with an iteration a `when` left out.
+    skipped_bases: HashSet<StepAddress>,
+}
+
+fn expand_steps(
+    templater: &Templater<'_>,
+    repo: &Repo,
+    env: &str,
+    host: &Host,
+    applied: &[expand::Applied<'_>],
+    errors: &mut Vec<Diagnostic>,
+) -> Expanded {
+    let mut steps = Vec::new();
+    let mut skipped = Vec::new();
+    // Every rendered address by its base (`unit/id` for `unit/id[key]`).
+    let mut groups: BTreeMap<StepAddress, Vec<StepAddress>> = BTreeMap::new();
+    let mut skipped_bases: HashSet<StepAddress> = HashSet::new();
+    for a in applied {
+        let mut ctx = host_context(repo, env, host, a.unit);
+        if let (Some(i), Json::Object(o)) = (&a.instance, &mut ctx) {
+            // An instance's params win over every other variable; `instance` names it.
+            for (k, v) in &i.params {
+                o.insert(k.clone(), v.clone());
+            }
+            let me = serde_json::json!({ "name": a.name, "unit": a.unit.name });
+            o.insert("instance".into(), me);
+        }
+        for decl in &a.unit.steps {
+            let base = StepAddress::new(&a.name, &decl.id);
+            let iterations = match templater.iterations(a, decl, &ctx) {
+                Ok(it) => it,
+                Err(errs) => {
+                    errors.extend(errs);
+                    continue;
+                }
+            };
+            for it in iterations {
+                let address = StepAddress::new(&a.name, &it.id);
+                match templater.when(a, decl, &it.ctx) {
+                    Ok(None) => {}
+                    Ok(Some(reason)) => {
+                        skipped_bases.insert(base.clone());
+                        skipped.push(SkippedStep { address, reason });
+                        continue;
+                    }
+                    Err(d) => {
+                        errors.push(d);
+                        continue;
+                    }
+                }
+                match render_step(templater, a, decl, &it.ctx, address.clone()) {
+                    Ok(s) => {
+                        groups.entry(base.clone()).or_default().push(address);
+                        steps.push(s);
+                    }
+                    Err(errs) => errors.extend(errs.into_iter().map(|d| a.locate(d))),
+                }
+            }
+        }
+    }
+    Expanded {
+        steps,
+        skipped,
+        groups,
+        skipped_bases,
+    }
+}
+
 /// Renders one host.
 pub fn render_host(repo: &Repo, env: &str, host: &Host) -> Result<DesiredHost, Diagnostics> {
     let mut diags = Diagnostics::default();
@@ -447,34 +590,31 @@ pub fn render_host(repo: &Repo, env: &str, host: &Host) -> Result<DesiredHost, D
         repo,
         jinja: jinja(repo),
     };
-    let mut steps = Vec::new();
-    let units = units_for(repo, host);
-    for unit in &units {
-        let ctx = host_context(repo, env, host, unit);
-        for decl in &unit.steps {
-            match render_step(&templater, unit, decl, &ctx) {
-                Ok(s) => steps.push(s),
-                Err(errs) => diags.extend(errs),
-            }
-        }
-    }
+    let mut errors = Vec::new();
+    let applied = expand::applied_units(repo, env, host, &mut errors);
+    let Expanded {
+        mut steps,
+        skipped,
+        groups,
+        skipped_bases,
+    } = expand_steps(&templater, repo, env, host, &applied, &mut errors);
+    diags.extend(errors);
     // References: `after` to a step not on this host is dropped (nothing to wait for);
-    // `notify` to a step not on this host is an error (the refresh would never run).
-    let present: HashMap<StepAddress, usize> = steps
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (s.address.clone(), i))
-        .collect();
-    for unit in &units {
-        for decl in &unit.steps {
-            let addr = StepAddress::new(&unit.name, &decl.id);
+    // `notify` to a step not on this host is an error (the refresh would never run), unless
+    // its `when` left it out. A reference to a loop step reaches every iteration.
+    let present: HashSet<StepAddress> = steps.iter().map(|s| s.address.clone()).collect();
+    for a in &applied {
+        for decl in &a.unit.steps {
+            let addr = StepAddress::new(&a.name, &decl.id);
             for (target, pos) in &decl.notify {
-                let t = StepAddress::qualify(&unit.name, target);
-                if !present.contains_key(&t) && repo_has_step(repo, &t) {
+                let t = StepAddress::qualify(&a.name, target);
+                let b = expand::base_of(&t);
+                let known = present.contains(&t) || groups.contains_key(&t);
+                if !known && !skipped_bases.contains(&b) && repo_has_step(repo, &b) {
                     diags.push(
                         Diagnostic::error(
                             "notify",
-                            unit.path.clone(),
+                            a.unit.path.clone(),
                             *pos,
                             format!(
                                 "`{addr}` notifies `{t}`, which does not apply to host `{}`",
@@ -490,8 +630,8 @@ pub fn render_host(repo: &Repo, env: &str, host: &Host) -> Result<DesiredHost, D
         }
     }
     for s in &mut steps {
-        s.after.retain(|a| present.contains_key(a));
-        s.notify.retain(|a| present.contains_key(a));
+        s.after = expand::expand_refs(&s.after, &groups, &present);
+        s.notify = expand::expand_refs(&s.notify, &groups, &present);
     }
     if diags.has_errors() {
         return Err(diags);
@@ -500,6 +640,7 @@ pub fn render_host(repo: &Repo, env: &str, host: &Host) -> Result<DesiredHost, D
         Ok(steps) => Ok(DesiredHost {
             host: host.clone(),
             steps,
+            skipped,
         }),
         Err(cycle) => {
             diags.push(Diagnostic::error(
@@ -617,14 +758,36 @@ fn reference_error(
 
 fn render_step(
     t: &Templater<'_>,
-    unit: &Unit,
+    applied: &expand::Applied<'_>,
     decl: &StepDecl,
     ctx: &Json,
+    address: StepAddress,
 ) -> Result<DesiredStep, Vec<Diagnostic>> {
+    let unit = applied.unit;
     let mut errs = Vec::new();
-    let params = t.params(&decl.params, ctx, &unit.path, &mut errs);
+    let mut params = t.params(&decl.params, ctx, &unit.path, &mut errs);
     if !errs.is_empty() {
         return Err(errs);
+    }
+    let templated = recheck::templated_pointers(&decl.params);
+    let problems = recheck::recheck(&decl.module, &mut params, &templated);
+    if !problems.is_empty() {
+        return Err(problems
+            .into_iter()
+            .map(|(pointer, message)| {
+                let field = pointer.trim_start_matches('/').replace('/', ".");
+                Diagnostic::error(
+                    "template",
+                    unit.path.clone(),
+                    unit.node.locate(&format!("{}{pointer}", decl.pointer)),
+                    format!("step `{address}`: `{field}` after templating: {message}"),
+                )
+                .with_hint(format!(
+                    "the `{}` module's schema is schemas/modules/{}.schema.json",
+                    decl.module, decl.module
+                ))
+            })
+            .collect());
     }
     let Some(def) = modules::lookup(&decl.module) else {
         return Err(vec![Diagnostic::error(
@@ -655,18 +818,18 @@ fn render_step(
     }
     match (def.build)(params, &mut resolver) {
         Ok(resource) => Ok(DesiredStep {
-            address: StepAddress::new(&unit.name, &decl.id),
+            address,
             module: def.name,
             resource,
             after: decl
                 .after
                 .iter()
-                .map(|(a, _)| StepAddress::qualify(&unit.name, a))
+                .map(|(a, _)| StepAddress::qualify(&applied.name, a))
                 .collect(),
             notify: decl
                 .notify
                 .iter()
-                .map(|(a, _)| StepAddress::qualify(&unit.name, a))
+                .map(|(a, _)| StepAddress::qualify(&applied.name, a))
                 .collect(),
             sensitive: decl.sensitive,
             path: unit.path.clone(),
@@ -705,6 +868,25 @@ pub fn index(steps: &[DesiredStep]) -> BTreeMap<&StepAddress, &DesiredStep> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn block_tags_leave_no_blank_lines_or_indentation() {
+        let t = "a\n  {% if true %}\nb\n  {% endif %}\nc\n";
+        let out = render_inline(&Repo::default(), t, &serde_json::json!({})).expect("renders");
+        assert_eq!(out, "a\nb\nc\n");
+    }
+
+    #[test]
+    fn an_undefined_attribute_names_the_attribute_and_the_object() {
+        let ctx = serde_json::json!({"app": {"name": "shop", "port": 8080}});
+        let e = render_inline(&Repo::default(), "{{ app.workers }}", &ctx).expect_err("undefined");
+        assert_eq!(
+            e,
+            "undefined attribute `workers` of `app` (it has: name, port)"
+        );
+        let e = render_inline(&Repo::default(), "{{ nope }}", &ctx).expect_err("undefined");
+        assert_eq!(e, "undefined variable `nope`");
+    }
 
     /// A `source:` file is read once and its bytes shared by every host: 1,000 hosts of one
     /// 1 MiB file hold one copy (before: one `Vec` per step and host, 1,000 MiB here, and

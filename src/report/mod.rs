@@ -77,6 +77,9 @@ pub struct RenderedHost {
     #[serde(rename = "become")]
     pub become_: bool,
     pub steps: Vec<RenderedStep>,
+    /// Steps (or loop iterations) a `when:` left out of this host's desired state.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<crate::render::SkippedStep>,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
@@ -160,6 +163,7 @@ impl RenderReport {
                             },
                         })
                         .collect(),
+                    skipped: h.skipped.clone(),
                 })
                 .collect(),
         }
@@ -217,6 +221,9 @@ impl RenderReport {
                     }
                 }
             }
+            for s in &h.skipped {
+                out.push_str(&format!("    - {} skipped: {}\n", s.address, s.reason));
+            }
         }
         out
     }
@@ -253,6 +260,7 @@ mod tests {
                     content_digest: Some(digest.clone()),
                     content: None,
                 }],
+                skipped: Vec::new(),
             }],
         };
         let text = report.to_text();

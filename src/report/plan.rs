@@ -44,6 +44,9 @@ pub struct HostPlanReport {
     /// Steps that need a change or failed; in-sync steps are counted in `in_sync`.
     pub steps: Vec<StepChange>,
     pub in_sync: usize,
+    /// Steps (or loop iterations) a `when:` left out of this host's desired state.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<crate::render::SkippedStep>,
 }
 
 /// `plumb plan --output json` and `plumb drift --output json`.
@@ -147,6 +150,7 @@ impl PlanReport {
                     .iter()
                     .filter(|s| matches!(&s.change, Ok(c) if !c.is_change()))
                     .count(),
+                skipped: Vec::new(),
             })
             .collect();
         PlanReport {
@@ -156,6 +160,17 @@ impl PlanReport {
             hosts_with_errors: hosts.iter().filter(|h| !h.ok).count(),
             hosts,
         }
+    }
+
+    /// Shows the steps each host's `when:` left out (they are not planned, so the plan
+    /// does not know them).
+    pub fn with_skipped(mut self, desired: &[crate::render::DesiredHost]) -> PlanReport {
+        for h in &mut self.hosts {
+            if let Some(d) = desired.iter().find(|d| d.host.name == h.name) {
+                h.skipped = d.skipped.clone();
+            }
+        }
+        self
     }
 
     /// Exit code per the contract: 1 error, 2 changes, 0 nothing to do.
@@ -218,6 +233,12 @@ pub fn plan_lines(r: &PlanReport) -> Vec<(LineKind, String)> {
             LineKind::Header,
             format!("host {} ({}): {status}", h.name, h.address),
         ));
+        for s in &h.skipped {
+            out.push((
+                LineKind::Plain,
+                format!("  - {} skipped: {}", s.address, s.reason),
+            ));
+        }
         for s in &h.steps {
             let kind = match s.change {
                 Some(ChangeKind::Create) => LineKind::Create,
@@ -471,6 +492,7 @@ mod tests {
             duration_ms: 1,
             steps,
             in_sync,
+            skipped: Vec::new(),
         }
     }
 

@@ -80,6 +80,11 @@ pub fn validate(kind: Kind, node: &Node, path: &str) -> Vec<Diagnostic> {
         if kind == Kind::Unit && schema_path.ends_with("/oneOf") && pointer.starts_with("/steps/") {
             continue;
         }
+        // A templated step parameter stands for any value until it is rendered; the
+        // renderer checks the rendered step against its module's schema again.
+        if kind == Kind::Unit && is_templated_param(node, &pointer) {
+            continue;
+        }
         out.extend(describe(
             &c.schema,
             node,
@@ -90,6 +95,16 @@ pub fn validate(kind: Kind, node: &Node, path: &str) -> Vec<Diagnostic> {
         ));
     }
     out
+}
+
+/// Whether `pointer` names a templated string inside a step's module parameters
+/// (`/steps/<i>/<module>/...`).
+fn is_templated_param(node: &Node, pointer: &str) -> bool {
+    pointer.starts_with("/steps/")
+        && pointer.split('/').count() > 4
+        && node_at(node, pointer)
+            .and_then(Node::as_str)
+            .is_some_and(|s| s.contains("{{") || s.contains("{%") || s.contains("{#"))
 }
 
 /// How a message names the place a JSON pointer points at: `` `mode` ``, "step `motd`",

@@ -70,7 +70,7 @@ fn unit_schema() -> Value {
     }
     let step = json!({
         "type": "object",
-        "description": "A step: an `id`, exactly one module key with its parameters, and optional `after`, `notify`, `sensitive`.",
+        "description": "A step: an `id`, exactly one module key with its parameters, and optional `after`, `notify`, `sensitive`, `when`, `loop`, `loop_key`.",
         "properties": step_props,
         "required": ["id"],
         "additionalProperties": false,
