@@ -13,12 +13,18 @@ pub struct ValidateArgs {
     /// The config repo (the directory holding plumb.yaml).
     pub repo: PathBuf,
     #[command(flatten)]
+    pub facts: super::args::FactsArgs,
+    #[command(flatten)]
     pub output: OutputArg,
 }
 
 /// Diagnostics on stderr, the summary line on stdout. Exit 0 valid, 1 invalid.
 pub fn run(args: ValidateArgs, term: Term) -> anyhow::Result<u8> {
-    let (mut loaded, diags) = crate::validate::validate(&args.repo);
+    // Every host of every environment is rendered, with the facts of `--facts FILE` or
+    // the cache: a template that needs a fact no one has is an error.
+    let (mut loaded, mut diags) = crate::model::load::load(&args.repo);
+    args.facts.attach(&mut loaded)?;
+    crate::validate::check(&loaded, &mut diags);
     loaded
         .sources
         .set_display_root(&args.repo.to_string_lossy());
