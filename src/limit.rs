@@ -234,7 +234,10 @@ mod tests {
         let canary = labels(&[("role", "web"), ("tier", "canary")]);
         assert!(l("role=web,tier!=canary").matches("a", &web));
         assert!(!l("role=web,tier!=canary").matches("a", &canary));
-        assert!(l("tier!=canary").matches("a", &none), "no label is not canary");
+        assert!(
+            l("tier!=canary").matches("a", &none),
+            "no label is not canary"
+        );
         assert!(!l("role=db").matches("a", &web));
     }
 
@@ -249,7 +252,10 @@ mod tests {
                 part: "db-1".into()
             })
         );
-        assert!(matches!("=x".parse::<Limit>(), Err(LimitError::BadLabel { .. })));
+        assert!(matches!(
+            "=x".parse::<Limit>(),
+            Err(LimitError::BadLabel { .. })
+        ));
     }
 
     #[test]

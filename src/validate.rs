@@ -40,7 +40,9 @@ pub fn validate_and_render(
             }
         }
     }
-    let hosts = check_and_render(&repo, &mut diags, env, &|h| host.is_none_or(|n| h.name == n));
+    let hosts = check_and_render(&repo, &mut diags, env, &|h| {
+        host.is_none_or(|n| h.name == n)
+    });
     (repo, diags, hosts)
 }
 

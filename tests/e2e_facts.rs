@@ -10,11 +10,14 @@ use std::process::Command;
 use common::*;
 use serde_json::{json, Value};
 
-/// The unit: a config sized by the host's CPUs, a package chosen by its OS family.
+/// The unit: a config sized by the host's CPUs, a package chosen by its OS family. (The
+/// `package` module's `name` is checked against its schema before templating; until
+/// templated fields are validated after rendering, the choice is a guarded command.)
 const UNIT: &str = r#"steps:
   - id: hello
-    package:
-      name: "{{ 'plumb-hello' if facts.os.family == 'debian' else 'hello' }}"
+    command:
+      run: "{{ 'export DEBIAN_FRONTEND=noninteractive; apt-get update -q && apt-get install -y -q plumb-hello' if facts.os.family == 'debian' else 'dnf install -y hello' }}"
+      unless: "{{ 'dpkg -s plumb-hello' if facts.pkg_manager == 'apt' else 'rpm -q hello' }}"
   - id: conf
     file:
       path: /etc/plumb-facts.conf
@@ -23,7 +26,12 @@ const UNIT: &str = r#"steps:
 "#;
 
 /// plumb with its own facts cache (never the user's).
-fn run(hosts: &Hosts, args: &[&str], repo: &std::path::Path, cache: &std::path::Path) -> (i32, Value, String) {
+fn run(
+    hosts: &Hosts,
+    args: &[&str],
+    repo: &std::path::Path,
+    cache: &std::path::Path,
+) -> (i32, Value, String) {
     let (code, out, err) = sh(plumb_command(hosts, args, repo).env("PLUMB_FACTS_CACHE", cache));
     let json = serde_json::from_str(&out)
         .unwrap_or_else(|e| panic!("plumb {args:?} printed no JSON ({e}):\n{out}\n{err}"));
@@ -45,7 +53,11 @@ fn facts_drive_rendering_and_keep_one_round_trip() {
     for k in 1..=HOSTS {
         let h = host_report(&report, &hosts.name(k));
         let f = &h["facts"];
-        assert_eq!(f["os"]["id"], exec(&hosts, k, ". /etc/os-release; echo $ID"), "{h:#}");
+        assert_eq!(
+            f["os"]["id"],
+            exec(&hosts, k, ". /etc/os-release; echo $ID"),
+            "{h:#}"
+        );
         assert_eq!(f["os"]["family"], "debian");
         assert_eq!(f["hostname"], exec(&hosts, k, "uname -n"));
         assert_eq!(f["kernel"], exec(&hosts, k, "uname -r"));
@@ -57,14 +69,24 @@ fn facts_drive_rendering_and_keep_one_round_trip() {
         assert_eq!(h["round_trips"], 1);
     }
     // --limit: a glob, a label selector, and a limit that selects nothing.
-    let (code, report, _) = run(&hosts, &["facts", "--limit", "role=db"], webapp.path(), cache.path());
+    let (code, report, _) = run(
+        &hosts,
+        &["facts", "--limit", "role=db"],
+        webapp.path(),
+        cache.path(),
+    );
     assert_eq!(code, 0);
     assert_eq!(report["hosts"].as_array().map(Vec::len), Some(1));
     assert_eq!(report["hosts"][0]["name"], hosts.name(3));
-    let (code, out, err) = sh(plumb_command(&hosts, &["plan", "--limit", "web-*"], webapp.path())
-        .env("PLUMB_FACTS_CACHE", cache.path()));
+    let (code, out, err) = sh(
+        plumb_command(&hosts, &["plan", "--limit", "web-*"], webapp.path())
+            .env("PLUMB_FACTS_CACHE", cache.path()),
+    );
     assert_eq!(code, 1, "{out}\n{err}");
-    assert!(err.contains("limit `web-*` selects no host in environment `production`"), "{err}");
+    assert!(
+        err.contains("limit `web-*` selects no host in environment `production`"),
+        "{err}"
+    );
 
     // A repo that uses facts, with no cached facts: gathered first (one round trip, said).
     let repo = one_host_repo(&hosts, "sized", UNIT);
@@ -93,18 +115,26 @@ fn facts_drive_rendering_and_keep_one_round_trip() {
     assert_eq!(code, 0, "{report:#}\n{err}");
     let h = host_report(&report, &hosts.name(1));
     assert_eq!(h["changes"], 0);
-    assert_eq!(h["round_trips"], json!({"probe": 1, "apply": 0, "verify": 0}), "{h:#}");
+    assert_eq!(
+        h["round_trips"],
+        json!({"probe": 1, "apply": 0, "verify": 0}),
+        "{h:#}"
+    );
     assert!(h.get("facts_changed").is_none(), "{h:#}");
 
     // The cached facts are stale (the host "grew"): re-rendered with the facts seen in the
     // probe, probed again, reported, and the cache corrected.
     let cached = fresh_cache.path().join("production/plumb-host-1.json");
     let mut stale: Value =
-        serde_json::from_str(&std::fs::read_to_string(&cached).expect("cached facts")).expect("json");
+        serde_json::from_str(&std::fs::read_to_string(&cached).expect("cached facts"))
+            .expect("json");
     stale["cpus"] = json!(cpus + 63);
     std::fs::write(&cached, stale.to_string()).expect("write");
     let (code, report, err) = run(&hosts, &["plan"], repo.path(), fresh_cache.path());
-    assert_eq!(code, 0, "rendered with the real facts, the host is in sync:\n{report:#}\n{err}");
+    assert_eq!(
+        code, 0,
+        "rendered with the real facts, the host is in sync:\n{report:#}\n{err}"
+    );
     let h = host_report(&report, &hosts.name(1));
     assert_eq!(h["facts_changed"], true, "{h:#}");
     assert_eq!(h["round_trips"]["probe"], 2, "{h:#}");

@@ -6,9 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use anyhow::Context as _;
-use futures::stream::{self, StreamExt};
 
-use crate::engine::{Connector, HostError, HostPlan, HostRun, RoundTrips};
+use crate::engine::{HostError, HostPlan, HostRun, RoundTrips};
 use crate::facts::cache::FactsCache;
 use crate::facts::{Facts, FactsBook, FactsReport, HostFactsReport};
 use crate::model::{Host, Repo};
@@ -97,25 +96,6 @@ impl FactsArgs {
         repo.facts = book;
         Ok(())
     }
-}
-
-/// Gathers the facts of `hosts`, in parallel: one round trip each.
-async fn gather_all(
-    hosts: &[Host],
-    connector: &dyn Connector,
-    parallel: usize,
-) -> Vec<(Result<Facts, HostError>, u32)> {
-    let mut out: Vec<(usize, (Result<Facts, HostError>, u32))> =
-        stream::iter(hosts.iter().enumerate())
-            .map(|(i, h)| async move {
-                let t = connector.connect(h);
-                (i, crate::engine::gather_facts(h, t.as_ref()).await)
-            })
-            .buffer_unordered(parallel.max(1))
-            .collect()
-            .await;
-    out.sort_by_key(|(i, _)| *i);
-    out.into_iter().map(|(_, r)| r).collect()
 }
 
 /// A host whose facts could not be gathered: it is reported, never rendered.
@@ -241,7 +221,7 @@ pub fn prepare(
     let mut ungathered = Vec::new();
     if !missing.is_empty() {
         let connector = conn.connector();
-        let results = rt.block_on(crate::engine::until_signal(gather_all(
+        let results = rt.block_on(crate::engine::until_signal(crate::engine::gather_all(
             &missing,
             connector.as_ref(),
             conn.parallel,
@@ -313,7 +293,7 @@ pub fn run(args: HostArgs, term: Term) -> anyhow::Result<u8> {
         .cloned()
         .collect();
     let connector = args.conn.connector();
-    let results = runtime()?.block_on(crate::engine::until_signal(gather_all(
+    let results = runtime()?.block_on(crate::engine::until_signal(crate::engine::gather_all(
         &hosts,
         connector.as_ref(),
         args.conn.parallel,
@@ -355,7 +335,11 @@ pub fn run(args: HostArgs, term: Term) -> anyhow::Result<u8> {
 fn facts_text(r: &FactsReport) -> String {
     let mut out = String::new();
     for h in &r.hosts {
-        out.push_str(&format!("host {} ({})", escape(&h.name), escape(&h.address)));
+        out.push_str(&format!(
+            "host {} ({})",
+            escape(&h.name),
+            escape(&h.address)
+        ));
         match (&h.facts, &h.error) {
             (Some(f), _) => {
                 out.push('\n');

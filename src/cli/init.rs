@@ -141,7 +141,11 @@ pub fn write_repo(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
 pub fn run(args: InitArgs, term: Term) -> anyhow::Result<u8> {
     let written = write_repo(&args.dir)?;
     for p in &written {
-        println!("{} {}", term.out.green("created"), escape(&p.display().to_string()));
+        println!(
+            "{} {}",
+            term.out.green("created"),
+            escape(&p.display().to_string())
+        );
     }
     let dir = escape(&args.dir.display().to_string()).into_owned();
     println!(

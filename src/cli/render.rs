@@ -40,9 +40,7 @@ pub fn run(args: RenderArgs, term: Term) -> anyhow::Result<u8> {
         limits.select(&target.env, &e.hosts)?;
     }
     let rendered =
-        crate::validate::check_and_render(&loaded, &mut diags, &target.env, &|h| {
-            limits.matches(h)
-        });
+        crate::validate::check_and_render(&loaded, &mut diags, &target.env, &|h| limits.matches(h));
     match rendered.filter(|_| !diags.has_errors()) {
         Some(hosts) => {
             let report = RenderReport::new(&target.env, &hosts, show_content);

@@ -60,24 +60,86 @@ fn checkout_into(source: &Source, base: &Path, commit: git2::Oid) -> Result<Path
     Ok(dir)
 }
 
-/// Checks out `commit` and validates and renders it for `env`, on the blocking pool. Every
-/// way this can fail is a [`Refusal`] (a panic included), so the commit can be recorded.
+/// Where the daemon's facts come from: its cache (`<state>/facts`) and the hosts.
+pub(super) struct FactsSource<'a> {
+    pub connector: &'a dyn engine::Connector,
+    pub cache: crate::facts::cache::FactsCache,
+    pub parallel: usize,
+    /// Gather the facts of every host that uses them, cached or not: before an apply, so
+    /// stale cached facts never stop one (a drift check uses the cache: facts ride along).
+    pub fresh: bool,
+}
+
+impl FactsSource<'_> {
+    /// Attaches the cached facts (unless `fresh`) and gathers those of the hosts of `env`
+    /// that need facts and have none (one round trip each), caching what was gathered.
+    async fn attach(&self, repo: &mut crate::model::Repo, env: &str) {
+        let Some(e) = repo.environments.get(env) else {
+            return;
+        };
+        if !self.fresh {
+            self.cache.load_into(
+                e.hosts.iter().map(|h| (env, h.name.as_str())),
+                &mut repo.facts,
+            );
+        }
+        let missing: Vec<Host> = e
+            .hosts
+            .iter()
+            .filter(|h| crate::render::needs_facts(repo, env, h))
+            .cloned()
+            .collect();
+        if missing.is_empty() {
+            return;
+        }
+        let gathered = engine::gather_all(&missing, self.connector, self.parallel).await;
+        for (host, (result, _)) in missing.iter().zip(gathered) {
+            match result {
+                Ok(f) => {
+                    if let Err(e) = self.cache.store(env, &host.name, &f) {
+                        tracing::warn!(host = %host.name, error = %e, "could not cache facts");
+                    }
+                    repo.facts.insert(env, &host.name, f);
+                }
+                // Rendering that host then fails, naming the fact: the commit is refused.
+                Err(e) => {
+                    tracing::warn!(host = %host.name, error = %e, "could not gather facts")
+                }
+            }
+        }
+    }
+}
+
+/// Checks out `commit` and validates and renders it for `env`, on the blocking pool, with
+/// the facts of its hosts (see [`FactsSource`]). Every way this can fail is a [`Refusal`]
+/// (a panic included), so the commit can be recorded.
 pub(super) async fn load_commit(
     source: Arc<Source>,
     checkouts: PathBuf,
     commit: git2::Oid,
     env: &str,
+    facts: &FactsSource<'_>,
 ) -> Result<Loaded, Refusal> {
-    let name = env.to_string();
     let job = tokio::task::spawn_blocking(move || {
         let dir = checkout_into(&source, &checkouts, commit).map_err(|e| Refusal::Checkout {
             error: e.to_string(),
         })?;
-        Ok(crate::validate::validate_and_render(&dir, &name, None))
+        Ok(crate::model::load::load(&dir))
+    });
+    let (mut repo, mut diags) = job.await.map_err(|e| Refusal::Internal {
+        error: format!("loading: {}", panic_message(e)),
+    })??;
+    if !diags.has_errors() {
+        facts.attach(&mut repo, env).await;
+    }
+    let name = env.to_string();
+    let job = tokio::task::spawn_blocking(move || {
+        let hosts = crate::validate::check_and_render(&repo, &mut diags, &name, &|_| true);
+        (repo, diags, hosts)
     });
     let (repo, diags, rendered) = job.await.map_err(|e| Refusal::Internal {
         error: format!("validating and rendering: {}", panic_message(e)),
-    })??;
+    })?;
     let Some(hosts) = rendered.filter(|_| !diags.has_errors()) else {
         let errors = diags
             .into_sorted()
@@ -248,12 +310,14 @@ impl Daemon {
             }
         };
         // A bad commit touches nothing: validate and render before the first host.
-        let loaded = match load_commit(self.source.clone(), self.checkouts_dir(), tip, env).await {
-            Ok(l) => l,
-            Err(refusal) => {
-                return Ok(refused(refusal.clone(), refusal_message(&commit, &refusal)))
-            }
-        };
+        let facts = self.facts_source(true);
+        let loaded =
+            match load_commit(self.source.clone(), self.checkouts_dir(), tip, env, &facts).await {
+                Ok(l) => l,
+                Err(refusal) => {
+                    return Ok(refused(refusal.clone(), refusal_message(&commit, &refusal)))
+                }
+            };
         let signer = signer_of(&range.tip_signer);
         let run = lock(&self.db).begin_run(&NewRun {
             environment: env.to_string(),

@@ -324,6 +324,26 @@ pub async fn gather_facts(host: &Host, t: &dyn Transport) -> (Result<Facts, Host
     (result, counted.count())
 }
 
+/// Gathers the facts of `hosts`, at most `parallel` at once: one round trip each. Returns,
+/// in the order of `hosts`, each one's facts (or why not) and the round trips made.
+pub async fn gather_all(
+    hosts: &[Host],
+    connector: &dyn Connector,
+    parallel: usize,
+) -> Vec<(Result<Facts, HostError>, u32)> {
+    let mut out: Vec<(usize, (Result<Facts, HostError>, u32))> =
+        stream::iter(hosts.iter().enumerate())
+            .map(|(i, h)| async move {
+                let t = connector.connect(h);
+                (i, gather_facts(h, t.as_ref()).await)
+            })
+            .buffer_unordered(parallel.max(1))
+            .collect()
+            .await;
+    out.sort_by_key(|(i, _)| *i);
+    out.into_iter().map(|(_, r)| r).collect()
+}
+
 /// Observe: every step's probe in one round trip, each diffed by its module; with
 /// `with_facts`, the host's facts ride along in the same script.
 async fn observe(
@@ -528,7 +548,14 @@ pub async fn plan_host(desired: &DesiredHost, t: &dyn Transport) -> HostPlan {
     let start = Instant::now();
     let refs: Vec<StepRef> = desired.steps.iter().map(StepRef::of).collect();
     let probe = CountingTransport::new(t);
-    let observed = observe(desired, &refs, &probe, t.timeouts().observe.get(), desired.facts.is_some()).await;
+    let observed = observe(
+        desired,
+        &refs,
+        &probe,
+        t.timeouts().observe.get(),
+        desired.facts.is_some(),
+    )
+    .await;
     let mut plan = HostPlan {
         host: desired.host.clone(),
         facts: None,
@@ -591,7 +618,14 @@ async fn converge(desired: &DesiredHost, t: &dyn Transport) -> HostRun {
     };
 
     let probe = CountingTransport::new(t);
-    let observed = observe(desired, &refs, &probe, timeouts.observe.get(), desired.facts.is_some()).await;
+    let observed = observe(
+        desired,
+        &refs,
+        &probe,
+        timeouts.observe.get(),
+        desired.facts.is_some(),
+    )
+    .await;
     run.round_trips.probe = probe.count();
     let observed = match observed {
         Ok((o, facts)) => {

@@ -515,7 +515,11 @@ async fn facts_ride_along_with_the_probe() {
     assert_eq!(run.status, HostStatus::Converged, "{:?}", run.error);
     assert_eq!(run.changed(), 10);
     let again = apply_host(&desired, &t).await;
-    assert_eq!(again.round_trips, trips(1, 0, 0), "a no-op check is one round trip");
+    assert_eq!(
+        again.round_trips,
+        trips(1, 0, 0),
+        "a no-op check is one round trip"
+    );
 }
 
 /// Rendered with facts the host no longer has: the apply changes nothing and hands the
@@ -530,7 +534,11 @@ async fn an_apply_rendered_with_stale_facts_changes_nothing() {
     let t = Counting::default();
     let run = apply_host(&desired, &t).await;
     assert_eq!(run.status, HostStatus::Failed);
-    assert!(run.error.as_deref().unwrap_or("").contains("facts changed"), "{:?}", run.error);
+    assert!(
+        run.error.as_deref().unwrap_or("").contains("facts changed"),
+        "{:?}",
+        run.error
+    );
     assert_eq!(run.round_trips, trips(1, 0, 0));
     assert!(facts_changed(&desired, run.facts.as_ref()));
     assert!(!dir.path().join("m0").exists(), "nothing was applied");

@@ -41,7 +41,11 @@ impl FactsCache {
     /// The CLI's default directory (see the module docs); `None` without any of the
     /// variables.
     pub fn default_dir() -> Option<PathBuf> {
-        let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+        let var = |k: &str| {
+            std::env::var_os(k)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
         var("PLUMB_FACTS_CACHE")
             .or_else(|| var("XDG_CACHE_HOME").map(|d| d.join("plumb/facts")))
             .or_else(|| var("HOME").map(|d| d.join(".cache/plumb/facts")))

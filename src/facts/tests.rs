@@ -1,7 +1,10 @@
 use super::*;
 
 fn recorded(name: &str) -> Facts {
-    let path = format!("{}/src/facts/recorded/{name}.txt", env!("CARGO_MANIFEST_DIR"));
+    let path = format!(
+        "{}/src/facts/recorded/{name}.txt",
+        env!("CARGO_MANIFEST_DIR")
+    );
     parse(&std::fs::read(path).expect("recorded output")).expect("parses")
 }
 
@@ -42,7 +45,10 @@ fn hostile_output_stays_data() {
     assert_eq!(f.os.id, "ubuntu$(reboot)");
     assert_eq!(f.os.family, OsFamily::Debian, "from ID_LIKE");
     assert_eq!(f.virtualization, Virtualization::Unknown);
-    let long = format!("hostname={}\nkernel=k\narch=a\ncpus=1\nmem_kb=1\n", "x".repeat(10_000));
+    let long = format!(
+        "hostname={}\nkernel=k\narch=a\ncpus=1\nmem_kb=1\n",
+        "x".repeat(10_000)
+    );
     assert_eq!(parse(long.as_bytes()).unwrap().hostname.len(), MAX_FACT_LEN);
 }
 

@@ -859,7 +859,11 @@ mod tests {
             .insert("prod", "web-1", crate::facts::tests::sample());
         let hosts = render_env(&repo, "prod", None).expect("renders");
         assert_eq!(hosts[0].facts, None);
-        assert!(!needs_facts(&repo, "prod", &repo.environments["prod"].hosts[0]));
+        assert!(!needs_facts(
+            &repo,
+            "prod",
+            &repo.environments["prod"].hosts[0]
+        ));
     }
 
     /// No facts at all for the host: the error is at the template's line, names the fact
@@ -867,8 +871,14 @@ mod tests {
     #[test]
     fn a_template_that_needs_facts_nobody_has_says_which() {
         let (_dir, repo) = facts_repo("# app\nworkers = {{ facts.cpus }}\n");
-        let diags = render_env(&repo, "prod", None).expect_err("no facts").into_sorted();
-        assert!(needs_facts(&repo, "prod", &repo.environments["prod"].hosts[0]));
+        let diags = render_env(&repo, "prod", None)
+            .expect_err("no facts")
+            .into_sorted();
+        assert!(needs_facts(
+            &repo,
+            "prod",
+            &repo.environments["prod"].hosts[0]
+        ));
         let d = &diags[0];
         assert_eq!(d.code, MISSING_FACTS);
         insta::assert_snapshot!(format!(
@@ -888,12 +898,17 @@ mod tests {
         let mut f = crate::facts::tests::sample();
         f.ipv4 = None;
         repo.facts.insert("prod", "web-1", f);
-        let diags = render_env(&repo, "prod", None).expect_err("no ipv4").into_sorted();
+        let diags = render_env(&repo, "prod", None)
+            .expect_err("no ipv4")
+            .into_sorted();
         assert_eq!(diags[0].code, "template");
         assert_eq!(
             diags[0].message,
             "this template needs fact `facts.ipv4`, which host `web-1` does not have"
         );
-        assert_eq!((diags[0].path.as_str(), diags[0].line), ("templates/app.conf.j2", 1));
+        assert_eq!(
+            (diags[0].path.as_str(), diags[0].line),
+            ("templates/app.conf.j2", 1)
+        );
     }
 }
