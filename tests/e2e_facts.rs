@@ -4,10 +4,14 @@
 //! empty and costs one round trip, and a change of facts re-renders (and says so).
 
 mod common;
+#[path = "common/daemon.rs"]
+mod daemon;
 
 use std::process::Command;
+use std::time::Duration;
 
 use common::*;
+use daemon::DaemonFixture;
 use serde_json::{json, Value};
 
 /// The unit: a config sized by the host's CPUs, a package chosen by its OS family. (The
@@ -157,4 +161,33 @@ fn facts_drive_rendering_and_keep_one_round_trip() {
         .env("PLUMB_FACTS_CACHE", empty.path()));
     assert_eq!(code, 1);
     assert!(err.contains("needs fact `facts.os.family`"), "{err}");
+}
+
+/// The daemon renders with facts too: it gathers them before applying a commit and caches
+/// them under its state directory.
+#[test]
+fn the_daemon_renders_with_facts() {
+    let _g = lock();
+    let unit = "steps:\n  - id: conf\n    file:\n      path: /etc/plumb-facts.conf\n      content: \"workers = {{ facts.cpus * 2 }} on {{ facts.hostname }}\\n\"\n";
+    let Some(mut f) = DaemonFixture::new("the_daemon_renders_with_facts", "sized", unit) else {
+        return;
+    };
+    let first = f.git(&["rev-parse", "HEAD"]);
+    f.start_daemon();
+    f.wait("the first commit applied", Duration::from_secs(180), || {
+        f.applied(&first)
+    });
+    for k in 1..=HOSTS {
+        let cpus: u32 = exec(&f.hosts, k, "nproc").parse().expect("nproc");
+        let name = exec(&f.hosts, k, "uname -n");
+        assert_eq!(
+            exec(&f.hosts, k, "cat /etc/plumb-facts.conf"),
+            format!("workers = {} on {name}", cpus * 2)
+        );
+        let cached = f
+            .state_dir()
+            .join(format!("facts/production/{}.json", f.hosts.name(k)));
+        assert!(cached.is_file(), "{} cached", cached.display());
+    }
+    assert!(!f.log().contains("could not gather facts"), "{}", f.log());
 }

@@ -302,7 +302,7 @@ fn facts_of(parsed: &Parsed, host: &str) -> Option<Facts> {
 
 /// Gathers a host's facts alone: one round trip (a host with no cached facts, before
 /// rendering). Returns the facts and the round trips made.
-pub async fn gather_facts(host: &Host, t: &dyn Transport) -> (Result<Facts, HostError>, u32) {
+pub async fn gather_facts(host: &Host, t: &dyn Transport) -> Gathered {
     let counted = CountingTransport::new(t);
     let fragments = [(Tag::Facts, crate::facts::SCRIPT.to_string())];
     let script = script::build(&fragments, Mode::Observe);
@@ -324,22 +324,24 @@ pub async fn gather_facts(host: &Host, t: &dyn Transport) -> (Result<Facts, Host
     (result, counted.count())
 }
 
+/// A host's facts (or why not), and the round trips made.
+pub type Gathered = (Result<Facts, HostError>, u32);
+
 /// Gathers the facts of `hosts`, at most `parallel` at once: one round trip each. Returns,
 /// in the order of `hosts`, each one's facts (or why not) and the round trips made.
 pub async fn gather_all(
     hosts: &[Host],
     connector: &dyn Connector,
     parallel: usize,
-) -> Vec<(Result<Facts, HostError>, u32)> {
-    let mut out: Vec<(usize, (Result<Facts, HostError>, u32))> =
-        stream::iter(hosts.iter().enumerate())
-            .map(|(i, h)| async move {
-                let t = connector.connect(h);
-                (i, gather_facts(h, t.as_ref()).await)
-            })
-            .buffer_unordered(parallel.max(1))
-            .collect()
-            .await;
+) -> Vec<Gathered> {
+    let mut out: Vec<(usize, Gathered)> = stream::iter(hosts.iter().enumerate())
+        .map(|(i, h)| async move {
+            let t = connector.connect(h);
+            (i, gather_facts(h, t.as_ref()).await)
+        })
+        .buffer_unordered(parallel.max(1))
+        .collect()
+        .await;
     out.sort_by_key(|(i, _)| *i);
     out.into_iter().map(|(_, r)| r).collect()
 }
@@ -602,6 +604,39 @@ pub async fn apply_host(desired: &DesiredHost, t: &dyn Transport) -> HostRun {
     run
 }
 
+/// An apply's first observation (facts riding along); `Err` stops the host before anything
+/// is changed, also when the facts seen are not those its steps were rendered with (the
+/// steps may be wrong: the caller renders again with these facts and runs again).
+async fn observe_first(
+    desired: &DesiredHost,
+    refs: &[StepRef],
+    t: &dyn Transport,
+    run: &mut HostRun,
+) -> Result<Observed, (HostStatus, String)> {
+    let probe = CountingTransport::new(t);
+    let with_facts = desired.facts.is_some();
+    let observed = observe(
+        desired,
+        refs,
+        &probe,
+        t.timeouts().observe.get(),
+        with_facts,
+    )
+    .await;
+    run.round_trips.probe = probe.count();
+    let (observed, facts) = observed.map_err(|e| (e.status(), e.to_string()))?;
+    run.facts = facts;
+    if facts_changed(desired, run.facts.as_ref()) {
+        return Err((
+            HostStatus::Failed,
+            "the host's facts changed since its steps were rendered; nothing was applied \
+             (render again with the new facts)"
+                .into(),
+        ));
+    }
+    Ok(observed)
+}
+
 /// observe → decide → apply → verify.
 async fn converge(desired: &DesiredHost, t: &dyn Transport) -> HostRun {
     let timeouts = t.timeouts();
@@ -617,33 +652,10 @@ async fn converge(desired: &DesiredHost, t: &dyn Transport) -> HostRun {
         duration: Duration::ZERO,
     };
 
-    let probe = CountingTransport::new(t);
-    let observed = observe(
-        desired,
-        &refs,
-        &probe,
-        timeouts.observe.get(),
-        desired.facts.is_some(),
-    )
-    .await;
-    run.round_trips.probe = probe.count();
-    let observed = match observed {
-        Ok((o, facts)) => {
-            run.facts = facts;
-            o
-        }
-        Err(e) => return run.stop(e.status(), e.to_string()),
+    let observed = match observe_first(desired, &refs, t, &mut run).await {
+        Ok(o) => o,
+        Err((status, error)) => return run.stop(status, error),
     };
-    // Rendered with other facts than the host has now: its steps may be wrong. Change
-    // nothing; the caller renders again with these facts and runs again.
-    if facts_changed(desired, run.facts.as_ref()) {
-        return run.stop(
-            HostStatus::Failed,
-            "the host's facts changed since its steps were rendered; nothing was applied \
-             (render again with the new facts)"
-                .into(),
-        );
-    }
     // A step we cannot observe is a step we cannot change safely: touch nothing on this host.
     let blind = observed.iter().filter(|c| c.is_err()).count();
     if blind > 0 {

@@ -130,11 +130,11 @@ if command -v ip >/dev/null 2>&1; then
   echo "route=$(ip -4 -o route get 1.0.0.0 2>/dev/null)"
   echo "addr=$(ip -4 -o addr show scope global 2>/dev/null)"
 fi
-if command -v systemd-detect-virt >/dev/null 2>&1; then
-  echo "virt_container=$(systemd-detect-virt -c 2>/dev/null)"; echo "virt_vm=$(systemd-detect-virt -v 2>/dev/null)"
+if [ -f /.dockerenv ] || [ -f /run/.containerenv ] || [ -s /run/systemd/container ]; then echo virt_file=container
+else
+  if command -v systemd-detect-virt >/dev/null 2>&1; then echo "virt=$(systemd-detect-virt 2>/dev/null)"; fi
+  if grep -q '^flags.* hypervisor' /proc/cpuinfo 2>/dev/null; then echo virt_cpu=hypervisor; fi
 fi
-if [ -f /.dockerenv ] || [ -f /run/.containerenv ] || [ -s /run/systemd/container ]; then echo virt_file=container; fi
-if grep -q '^flags.* hypervisor' /proc/cpuinfo 2>/dev/null; then echo virt_cpu=hypervisor; fi
 echo @os-release
 cat /etc/os-release 2>/dev/null || cat /usr/lib/os-release 2>/dev/null
 exit 0
@@ -197,13 +197,28 @@ fn ipv4(route: &str, addr: &str) -> Option<Ipv4Addr> {
     after(route, "src").or_else(|| after(addr, "inet"))
 }
 
+/// What `systemd-detect-virt` names containers (anything else it names is a VM).
+const CONTAINERS: &[&str] = &[
+    "docker",
+    "podman",
+    "lxc",
+    "lxc-libvirt",
+    "systemd-nspawn",
+    "openvz",
+    "rkt",
+    "wsl",
+    "proot",
+    "pouch",
+    "container-other",
+];
+
 fn virtualization(kv: &BTreeMap<&str, String>) -> Virtualization {
-    let said = |k: &str| kv.get(k).filter(|v| !v.is_empty() && v.as_str() != "none");
-    if said("virt_container").is_some() || kv.contains_key("virt_file") {
+    let said = kv.get("virt").map_or("", String::as_str);
+    if kv.contains_key("virt_file") || CONTAINERS.contains(&said) {
         Virtualization::Container
-    } else if said("virt_vm").is_some() || kv.contains_key("virt_cpu") {
+    } else if (!said.is_empty() && said != "none") || kv.contains_key("virt_cpu") {
         Virtualization::Vm
-    } else if kv.get("virt_vm").is_some_and(|v| v == "none") {
+    } else if said == "none" {
         Virtualization::None
     } else {
         Virtualization::Unknown

@@ -98,3 +98,16 @@ fn the_book_prefers_the_environment() {
     assert_eq!(book.get("staging", "web-1").map(|f| f.cpus), Some(99));
     assert_eq!(book.get("prod", "web-2"), None);
 }
+
+#[test]
+fn virtualization_from_systemd_detect_virt() {
+    let with = |extra: &str| {
+        let out = format!("hostname=h\nkernel=k\narch=a\ncpus=1\nmem_kb=1\n{extra}");
+        parse(out.as_bytes()).expect("parses").virtualization
+    };
+    assert_eq!(with("virt=lxc\n"), Virtualization::Container);
+    assert_eq!(with("virt=kvm\n"), Virtualization::Vm);
+    assert_eq!(with("virt=none\n"), Virtualization::None);
+    assert_eq!(with("virt_cpu=hypervisor\n"), Virtualization::Vm);
+    assert_eq!(with(""), Virtualization::Unknown);
+}
