@@ -242,7 +242,7 @@ fn template_message(err: &minijinja::Error, source: &str, ctx: &Json) -> String 
 }
 
 /// What to do about an undefined variable: where variables are defined, for which host.
-fn template_hint(err: &minijinja::Error, ctx: &Json) -> Option<String> {
+fn template_hint(err: &minijinja::Error, ctx: &Json, message: &str) -> Option<String> {
     if err.kind() != minijinja::ErrorKind::UndefinedError {
         return None;
     }
@@ -252,11 +252,18 @@ fn template_hint(err: &minijinja::Error, ctx: &Json) -> Option<String> {
     let env = lookup_path(ctx, "env.name")
         .and_then(Json::as_str)
         .unwrap_or("?");
-    if ctx.get("facts").is_none() {
-        return Some(format!(
-            "no facts are known for host `{host}`: gather them with `plumb facts --env {env}` \
-             (cached for render and validate), or pass `--facts FILE`"
-        ));
+    if message.contains("needs fact `") {
+        return Some(if ctx.get("facts").is_none() {
+            format!(
+                "no facts are known for host `{host}`: gather them with `plumb facts --env {env}` \
+                 (cached for render and validate), or pass `--facts FILE`"
+            )
+        } else {
+            format!(
+                "host `{host}` has no such fact (`plumb facts --env {env}` shows what it has; \
+                 e.g. `facts.ipv4` is unset on a host without an IPv4 address)"
+            )
+        });
     }
     Some(format!(
         "rendering for host `{host}` (environment `{env}`): define it in the unit's `vars`, \
@@ -318,9 +325,10 @@ impl Templater<'_> {
                     Ok(out) => Json::String(out),
                     Err(e) => {
                         let pos = self.error_pos(node, s, &e, path);
-                        let mut d =
-                            Diagnostic::error("template", path, pos, template_message(&e, s, ctx));
-                        if let Some(h) = template_hint(&e, ctx) {
+                        let message = template_message(&e, s, ctx);
+                        let hint = template_hint(&e, ctx, &message);
+                        let mut d = Diagnostic::error("template", path, pos, message);
+                        if let Some(h) = hint {
                             d = d.with_hint(h);
                         }
                         diags.push(d);
@@ -444,13 +452,10 @@ impl StepResolver<'_> {
                     .map(|n| format!("templates/{n}"))
                     .unwrap_or(rel_path.clone());
                 let file_source = self.source_of(&file);
-                let mut d = Diagnostic::error(
-                    "template",
-                    file,
-                    Pos { line, col },
-                    template_message(&e, &file_source, self.ctx),
-                );
-                if let Some(h) = template_hint(&e, self.ctx) {
+                let message = template_message(&e, &file_source, self.ctx);
+                let hint = template_hint(&e, self.ctx, &message);
+                let mut d = Diagnostic::error("template", file, Pos { line, col }, message);
+                if let Some(h) = hint {
                     d = d.with_hint(h);
                 }
                 self.errors.push(d);
