@@ -23,6 +23,12 @@ const STEAL_UNIT: &str = concat!(
     "  - id: steal-ssh\n    file:\n      path: /tmp/plumb-stolen-ssh-key\n      source: steal-ssh\n      mode: \"0644\"\n",
 );
 
+/// Doubles a string 64 times: 2^64 bytes if nothing stopped it.
+const MEMORY_BOMB: &str = "{% set ns = namespace(s='x') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}\n";
+
+const BOMB_UNIT: &str =
+    "steps:\n  - id: ok\n    file:\n      path: /etc/plumb-jail-ok\n      template: bomb.j2\n";
+
 #[test]
 fn a_signed_symlink_to_the_daemons_keys_is_refused_and_nothing_leaves() {
     let _g = lock();
@@ -93,9 +99,33 @@ fn a_signed_symlink_to_the_daemons_keys_is_refused_and_nothing_leaves() {
     }
     assert!(f.daemon_up(), "the daemon is still up");
 
-    // The next good commit (the links removed) is applied.
+    // Issue 11: a template whose string doubles in a loop (no per-operation bound stops it
+    // in time) is validated in a child process under `validation.memory_limit`: the child
+    // dies, the daemon records the commit refused (`limit`) and stays up.
     std::fs::remove_file(f.clone_dir().join("files/steal")).expect("rm");
     std::fs::remove_file(f.clone_dir().join("files/steal-ssh")).expect("rm");
+    std::fs::create_dir_all(f.clone_dir().join("templates")).expect("mkdir");
+    std::fs::write(f.clone_dir().join("templates/bomb.j2"), MEMORY_BOMB).expect("write");
+    std::fs::write(f.clone_dir().join("units/jail.yaml"), BOMB_UNIT).expect("write");
+    let bomb = f.commit_and_push("a template that doubles a string", true);
+    f.wait("the memory bomb refused", Duration::from_secs(120), || {
+        f.run_of("refused", &bomb).is_some()
+    });
+    let run = f.run_of("refused", &bomb).expect("refused run");
+    assert_eq!(run["summary"]["reason"], "limit", "{run:#}");
+    assert!(
+        run["summary"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("validation.memory_limit")),
+        "{run:#}"
+    );
+    assert!(f.daemon_up(), "the daemon is still up");
+    for k in 1..=HOSTS {
+        assert_eq!(exec(&f.hosts, k, "cat /etc/plumb-jail-ok"), "first");
+    }
+
+    // The next good commit (the links and the bomb removed) is applied.
+    std::fs::remove_file(f.clone_dir().join("templates/bomb.j2")).expect("rm");
     std::fs::write(
         f.clone_dir().join("units/jail.yaml"),
         GOOD_UNIT.replace("first", "second"),

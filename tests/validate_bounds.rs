@@ -152,3 +152,48 @@ fn huge_ranges_are_refused() {
         "range has too many elements",
     );
 }
+
+/// Runs `plumb validate --memory-limit SIZE` (the process limits itself, as the daemon's
+/// validator child does); returns (exit code, signal).
+fn validate_self_limited(dir: &Path, limit: &str) -> (Option<i32>, Option<i32>) {
+    use std::os::unix::process::ExitStatusExt as _;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_plumb"))
+        .args(["--color", "never", "validate", "--memory-limit", limit])
+        .args(["--time-limit", "60s"])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("plumb runs");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("plumb validate hung on {}", dir.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = child.wait().expect("status");
+    (status.code(), status.signal())
+}
+
+/// Issue 11: string concatenation in a loop has no per-operation bound in the template
+/// engine. `--memory-limit` bounds the whole process instead: the doubling bomb aborts it
+/// (not exit 0 or 1, which the daemon's validator child would take as a verdict), and a
+/// normal repo validates under the same limit.
+#[test]
+fn memory_limit_stops_a_doubling_concatenation() {
+    let bomb = "{% set ns = namespace(s='x') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}\n";
+    let dir = tempfile::tempdir().unwrap();
+    repo(dir.path(), "template: t.j2", Some(bomb));
+    let (code, signal) = validate_self_limited(dir.path(), "1GiB");
+    assert!(
+        code.is_none_or(|c| c != 0 && c != 1),
+        "aborted, not a verdict: {code:?} {signal:?}"
+    );
+    assert_eq!(signal, Some(libc::SIGABRT), "an allocation failed: abort");
+
+    let fine = tempfile::tempdir().unwrap();
+    repo(fine.path(), "template: t.j2", Some("{{ 'x' ~ 'y' }}\n"));
+    assert_eq!(validate_self_limited(fine.path(), "1GiB"), (Some(0), None));
+}

@@ -52,6 +52,8 @@ pub fn run(args: DaemonArgs, term: Term) -> anyhow::Result<u8> {
     init_logging(args.log_format, term.log_color());
     let options = crate::daemon::StartOptions {
         accept_state_reset: args.accept_state_reset,
+        // This very executable validates each new commit in a child under limits.
+        validator: std::env::current_exe().ok(),
     };
     let daemon = crate::daemon::Daemon::new(&args.config, cfg, options)?;
     runtime()?.block_on(daemon.run())?;

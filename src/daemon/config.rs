@@ -52,9 +52,42 @@ pub struct DaemonConfig {
     #[serde(default = "default_parallel")]
     #[schemars(range(min = 1, max = 1000))]
     pub parallel: u32,
+    /// Limits for validating each new commit, in a child process, before it is loaded.
+    #[serde(default)]
+    pub validation: ValidationLimits,
     /// Where the audit chain's head is anchored besides `/metrics` and alerts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit: Option<AuditConfig>,
+}
+
+/// `validation:` in the daemon config. A commit's templates run before anything else sees
+/// it; these bound what a hostile or broken commit can cost the daemon's machine.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ValidationLimits {
+    /// Address space the validating process may use ("2GiB"); past it the commit is
+    /// refused with reason `limit`.
+    #[serde(default = "default_validation_memory")]
+    pub memory_limit: crate::model::ByteSize,
+    /// How long validating one commit may take ("2m", CPU and wall clock).
+    #[serde(default = "default_validation_timeout")]
+    pub timeout: HumanDuration,
+}
+
+impl Default for ValidationLimits {
+    fn default() -> Self {
+        ValidationLimits {
+            memory_limit: default_validation_memory(),
+            timeout: default_validation_timeout(),
+        }
+    }
+}
+
+fn default_validation_memory() -> crate::model::ByteSize {
+    crate::model::ByteSize::from_mib(2048)
+}
+fn default_validation_timeout() -> HumanDuration {
+    HumanDuration::from_secs(120)
 }
 
 /// `audit:` in the daemon config.
@@ -128,8 +161,9 @@ fn default_connect_timeout() -> HumanDuration {
 
 /// Durations that must not be zero (a zero poll interval would spin; a zero timeout fails
 /// every attempt). JSON pointers into the config; `*` is any index of a list.
-const NONZERO_DURATIONS: [&str; 4] = [
+const NONZERO_DURATIONS: [&str; 5] = [
     "/poll_interval",
+    "/validation/timeout",
     "/drift_interval",
     "/ssh/connect_timeout",
     "/alerts/*/timeout",

@@ -16,14 +16,12 @@ use crate::server::metrics::RunResult as MetricResult;
 use crate::source::RangeOptions;
 use crate::state::{NewRun, RunId, RunKind, RunResult, StepMeta, Trigger};
 
+use super::env_task::{after_drift_check, Drifted, EnvState};
 use super::policy::{
     self, CorrectionSummary, DriftCheck, DriftSummary, DriftedResource, RunSummary,
 };
 use super::reconcile::{load_commit, Loaded};
 use super::{lock, signer_of, Daemon, DaemonError};
-
-/// (host, step address) of each drifted resource.
-type Drifted = BTreeSet<(String, String)>;
 
 /// The last applied commit of an environment, loaded.
 struct Baseline {
@@ -34,17 +32,19 @@ struct Baseline {
 
 impl Daemon {
     /// Observes every host against the last applied commit; corrects in `correct` mode.
-    pub(super) async fn drift_check(&mut self, env: &str) {
-        let result = self.drift_check_inner(env).await;
+    pub(super) async fn drift_check(&self, env: &str, state: &mut EnvState) {
+        let result = self.drift_check_inner(env, state).await;
         if let Err(e) = &result {
             tracing::error!(environment = %env, error = %e, code = e.code(), "drift check failed");
         }
-        let known = self.drift_intervals.get(env).copied();
-        let next = policy::drift_schedule(&result, known);
-        self.schedule_drift(env, next);
+        after_drift_check(state, &result);
     }
 
-    async fn drift_check_inner(&mut self, env: &str) -> Result<DriftCheck, DaemonError> {
+    async fn drift_check_inner(
+        &self,
+        env: &str,
+        state: &mut EnvState,
+    ) -> Result<DriftCheck, DaemonError> {
         let Some(mut base) = self.baseline(env).await? else {
             return Ok(DriftCheck::NoBaseline);
         };
@@ -76,11 +76,11 @@ impl Daemon {
         }
         let (run, drifted, resources) = self.record_drift(env, &base, &plans)?;
         if drifted.is_empty() {
-            self.alerted_drift.remove(env);
+            state.alerted_drift = None;
             return Ok(checked);
         }
         tracing::warn!(environment = %env, resources = drifted.len(), "drift found");
-        if policy::drift_alert_due(self.alerted_drift.get(env), &drifted) {
+        if policy::drift_alert_due(state.alerted_drift.as_ref(), &drifted) {
             let hosts: BTreeSet<String> = drifted.iter().map(|(h, _)| h.clone()).collect();
             self.alert(
                 AlertEvent::DriftFound,
@@ -95,9 +95,11 @@ impl Daemon {
                 json!({"run": run.0, "resources": resources}),
             );
         }
-        self.alerted_drift.insert(env.to_string(), drifted.clone());
-        if base.loaded.environment.settings.drift.mode == DriftMode::Correct {
-            self.correct(env, base, &drifted).await?;
+        state.alerted_drift = Some(drifted.clone());
+        if base.loaded.environment.settings.drift.mode == DriftMode::Correct
+            && self.correct(env, base, &drifted).await?
+        {
+            state.alerted_drift = None;
         }
         Ok(checked)
     }
@@ -130,8 +132,16 @@ impl Daemon {
             environment: env.to_string(),
             commit: last.commit.clone(),
         })?;
+        // Applied before, so validated before: loaded directly (facts from the cache).
         let facts = self.facts_source(false);
-        let loaded = load_commit(self.source.clone(), self.checkouts_dir(), oid, env, &facts)
+        let loaded = load_commit(
+            self.source.clone(),
+            self.checkouts_dir(),
+            oid,
+            env,
+            None,
+            &facts,
+        )
             .await
             .map_err(|refusal| DaemonError::AppliedInvalid {
                 environment: env.to_string(),
@@ -204,13 +214,14 @@ impl Daemon {
     }
 
     /// `correct` mode: re-applies the drifted hosts, if the commit still verifies against
-    /// today's trust root.
+    /// today's trust root. A host another environment is applying is waited for
+    /// ([`super::HostLocks`]). Returns whether every drifted host converged.
     async fn correct(
-        &mut self,
+        &self,
         env: &str,
         base: Baseline,
         drifted: &Drifted,
-    ) -> Result<(), DaemonError> {
+    ) -> Result<bool, DaemonError> {
         let verdict = {
             let source = self.source.clone();
             let signers = self.signers.clone();
@@ -225,7 +236,7 @@ impl Daemon {
             Ok(r) => signer_of(&r.tip_signer),
             Err(rej) => {
                 tracing::error!(environment = %env, reason = %rej.failure, "not correcting drift: the applied commit no longer verifies");
-                return Ok(());
+                return Ok(false);
             }
         };
         let drifted_hosts: BTreeSet<&str> = drifted.iter().map(|(h, _)| h.as_str()).collect();
@@ -243,8 +254,17 @@ impl Daemon {
             trigger: Trigger::Drift,
         })?;
         let started = Instant::now();
-        let runs =
-            engine::apply_all(&targets, &self.connector, self.config.parallel as usize).await;
+        let (connector, host_locks) = (&self.connector, &self.host_locks);
+        let runs = engine::each_host(
+            targets.iter(),
+            self.config.parallel as usize,
+            |h| async move {
+                let _applying = host_locks.lock(&h.host.address, h.host.port).await;
+                let t = engine::Connector::connect(connector, &h.host);
+                engine::apply_host(h, t.as_ref()).await
+            },
+        )
+        .await;
         let mut changed = 0;
         let mut failed = Vec::new();
         for r in &runs {
@@ -270,9 +290,6 @@ impl Daemon {
         self.metrics
             .run_finished(env, metric, started.elapsed(), changed as u64, 0);
         tracing::info!(environment = %env, corrected = changed, run = %run, "drift corrected");
-        if failed.is_empty() {
-            self.alerted_drift.remove(env);
-        }
-        Ok(())
+        Ok(failed.is_empty())
     }
 }

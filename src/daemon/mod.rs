@@ -1,11 +1,13 @@
 //! `plumb daemon`: continuous reconciliation.
 //!
-//! One loop wakes on a trigger (a push noticed in a local repository, a poll of a remote, a
-//! webhook, startup, a fetch retry) or a drift timer. A reconcile fetches once, then runs
-//! every environment at once (each once, so never two runs of one environment), each
-//! recording its outcome as soon as it is done: a host hanging in one environment does not
-//! delay another's rollout. A host that several inventories share (same address and port)
-//! is applied by one environment at a time ([`HostLocks`]).
+//! The main loop wakes on a trigger (a push noticed in a local repository, a poll of a
+//! remote, a webhook, startup, a fetch retry), fetches once and hands the branch tip to one
+//! task per environment (`env_task.rs`, driven by `supervisor.rs`). Each environment's task
+//! runs its own reconciles and its own drift checks, one at a time (never two runs of one
+//! environment), and takes the newest tip when it is free: a host hanging in one environment
+//! delays neither another environment's rollout nor its drift checks. A host that several
+//! inventories share (same address and port) is applied by one environment at a time
+//! ([`HostLocks`]), by rollouts and drift corrections alike.
 //!
 //! - **reconcile** (`reconcile.rs`): fetch → resolve the branch tip → per environment: verify
 //!   every commit since the last applied one (refuse unsigned commits and rollbacks) → check
@@ -20,7 +22,7 @@
 //! The reconcile never knows why it runs: it always observes first, so a daemon killed in the
 //! middle of an apply converges on restart (the interrupted run stays in the history).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -39,10 +41,13 @@ use crate::state::{self, StateDb, Trigger};
 pub mod audit_tail;
 pub mod config;
 mod drift;
+mod env_task;
 pub mod error;
 pub mod policy;
 mod reconcile;
 pub mod status;
+mod supervisor;
+pub mod validator;
 pub mod waves;
 
 #[cfg(test)]
@@ -85,14 +90,6 @@ impl Wake {
     }
 }
 
-/// One thing the loop does at a time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Work {
-    Reconcile(Wake),
-    Drift,
-    Reload,
-}
-
 /// A fetch that failed, to be tried again (with the trigger it served, so none is lost).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct FetchRetry {
@@ -110,14 +107,19 @@ fn next_fetch_delay(previous: Option<Duration>) -> Duration {
 }
 
 /// How the daemon is started (command-line flags).
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct StartOptions {
     /// `--accept-state-reset`: start although the state database is empty or missing while
     /// the daemon key or mirror show the daemon ran before (the reset is recorded).
     pub accept_state_reset: bool,
+    /// The executable that validates each new commit in a child process under resource
+    /// limits before the daemon loads it (`plumb` itself; `None` in unit tests, which load
+    /// in process only).
+    pub validator: Option<PathBuf>,
 }
 
-/// The daemon's state between runs.
+/// What every environment's task shares: the configuration, trust root, state, and the
+/// means to reach hosts. Replaced as a whole on SIGHUP (tasks take the new one between runs).
 pub struct Daemon {
     config_path: PathBuf,
     config: DaemonConfig,
@@ -128,14 +130,14 @@ pub struct Daemon {
     alerter: Alerter,
     connector: CachedConnector<SshConnector>,
     ready: Readiness,
-    /// Drift already alerted, per environment: alert again only when it changes.
-    alerted_drift: HashMap<String, BTreeSet<(String, String)>>,
-    next_drift: HashMap<String, Instant>,
-    /// The drift interval last used per environment (for retries after a failed check).
-    drift_intervals: HashMap<String, Duration>,
-    fetch_retry: Option<FetchRetry>,
     /// One apply per host at a time, across environments.
     host_locks: HostLocks,
+    /// The commit each environment is loading or rolling out now: its checkout is kept.
+    in_use: Arc<Mutex<BTreeMap<String, String>>>,
+    /// Bounded validation of each new commit in a child process.
+    validator: Option<validator::Validator>,
+    /// The newest tip fetched (its checkout is kept).
+    latest_tip: Arc<Mutex<Option<git2::Oid>>>,
 }
 
 /// A lock per host (`address:port`), held for the host's apply, so two environments whose
@@ -159,7 +161,13 @@ impl HostLocks {
 }
 
 fn lock(db: &Mutex<StateDb>) -> std::sync::MutexGuard<'_, StateDb> {
-    db.lock().unwrap_or_else(|p| p.into_inner())
+    lock_any(db)
+}
+
+/// A mutex's guard; a poisoned mutex (a panic elsewhere) is still used: every value behind
+/// these locks stays consistent between statements.
+fn lock_any<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn read_secret(path: &Option<PathBuf>) -> Result<Vec<Vec<u8>>, DaemonError> {
@@ -207,11 +215,12 @@ impl Daemon {
             alerter,
             connector,
             ready: Readiness::new(),
-            alerted_drift: HashMap::new(),
-            next_drift: HashMap::new(),
-            drift_intervals: HashMap::new(),
-            fetch_retry: None,
             host_locks: HostLocks::default(),
+            in_use: Arc::default(),
+            validator: options
+                .validator
+                .map(|exe| validator::Validator::new(exe, &config.validation)),
+            latest_tip: Arc::default(),
             config,
         };
         daemon.anchor_audit_head();
@@ -277,8 +286,8 @@ impl Daemon {
         Ok((task, stop_tx))
     }
 
-    /// Runs until SIGTERM/SIGINT. The run in flight gets [`SHUTDOWN_GRACE`] to finish.
-    pub async fn run(mut self) -> Result<(), DaemonError> {
+    /// Runs until SIGTERM/SIGINT. The runs in flight get [`SHUTDOWN_GRACE`] to finish.
+    pub async fn run(self) -> Result<(), DaemonError> {
         let (hook_tx, mut hook_rx) = mpsc::channel::<server::Trigger>(1);
         let (server_task, stop_tx) = self.start_server(hook_tx).await?;
         let poll = match self.source.origin {
@@ -297,34 +306,27 @@ impl Daemon {
         let mut int = signal(SignalKind::interrupt(), "SIGINT")?;
         let mut hup = signal(SignalKind::hangup(), "SIGHUP")?;
 
-        let mut work = Work::Reconcile(Wake::Startup);
+        let mut sup = supervisor::Supervisor::start(self);
+        let mut wake = Some(Wake::Startup);
         loop {
-            let stop = {
-                let job = self.work(work);
-                tokio::pin!(job);
-                let interrupted = tokio::select! {
-                    _ = &mut job => false,
+            if let Some(w) = wake.take() {
+                // A fetch is bounded by FETCH_TIMEOUT; a signal does not wait for it.
+                let stop = tokio::select! {
+                    _ = sup.fetch_and_dispatch(w) => false,
                     _ = term.recv() => true,
                     _ = int.recv() => true,
                 };
-                if interrupted {
-                    tracing::info!(grace = ?SHUTDOWN_GRACE, "stopping: letting the run in flight finish");
-                    if tokio::time::timeout(SHUTDOWN_GRACE, job).await.is_err() {
-                        tracing::warn!("the run in flight did not finish in time: abandoned (it is marked interrupted at the next start)");
-                    }
+                if stop {
+                    break;
                 }
-                interrupted
-            };
-            if stop {
-                break;
             }
-            let drift_due = self.next_drift_due();
-            let retry = self.fetch_retry;
-            work = tokio::select! {
+            let retry = sup.retry_at();
+            let retry_at = retry.map_or_else(Instant::now, |r| r.0);
+            wake = tokio::select! {
                 _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
                 _ = int.recv() => { tracing::info!("SIGINT: stopping"); break; }
-                _ = hup.recv() => Work::Reload,
-                Some(ev) = watch_rx.recv() => Work::Reconcile(match ev {
+                _ = hup.recv() => { sup.reload(); None }
+                Some(ev) = watch_rx.recv() => Some(match ev {
                     crate::source::watch::WatchEvent::RefsChanged => Wake::Push,
                     crate::source::watch::WatchEvent::Poll => Wake::Poll,
                     crate::source::watch::WatchEvent::Triggered => Wake::Webhook,
@@ -332,31 +334,26 @@ impl Daemon {
                 Some(hook) = hook_rx.recv() => {
                     let server::Trigger::Webhook(event) = hook;
                     tracing::info!(event = %event.event, delivery = ?event.delivery, "webhook: fetching");
-                    Work::Reconcile(Wake::Webhook)
+                    Some(Wake::Webhook)
                 }
-                _ = tokio::time::sleep_until(retry.map_or(drift_due, |r| r.at).into()), if retry.is_some() => {
-                    Work::Reconcile(retry.map_or(Wake::Poll, |r| r.wake))
+                _ = tokio::time::sleep_until(retry_at.into()), if retry.is_some() => {
+                    retry.map(|r| r.1)
                 }
-                _ = tokio::time::sleep_until(drift_due.into()) => Work::Drift,
             };
         }
+        tracing::info!(grace = ?SHUTDOWN_GRACE, "stopping: letting the runs in flight finish");
+        sup.stop().await;
         let _ = stop_tx.send(true);
         let _ = server_task.await;
         tracing::info!("plumb daemon stopped");
         Ok(())
     }
 
-    async fn work(&mut self, work: Work) {
-        match work {
-            Work::Reconcile(wake) => self.reconcile(wake).await,
-            Work::Drift => self.drift_due().await,
-            Work::Reload => self.reload(),
-        }
-    }
-
-    /// SIGHUP: re-read the config; keep the old one when the new one is invalid. The listen
-    /// address and state directory need a restart. The drift schedule is kept.
-    fn reload(&mut self) {
+    /// SIGHUP: the config re-read, as a new [`Daemon`] sharing this one's state, metrics,
+    /// readiness and host locks; `None` (the running config is kept) when the new one is
+    /// invalid. The listen address, state directory and repository need a restart. Each
+    /// environment's drift schedule stays with its task.
+    fn reloaded(&self) -> Option<Daemon> {
         let new = match DaemonConfig::load(&self.config_path) {
             Ok(new) => new,
             Err((diags, _)) => {
@@ -364,7 +361,7 @@ impl Daemon {
                     tracing::error!(path = %d.path, line = d.line, col = d.col, "{}", d.message);
                 }
                 tracing::error!("SIGHUP: the new config is invalid; keeping the running one");
-                return;
+                return None;
             }
         };
         let loaded = AllowedSigners::load(&new.allowed_signers)
@@ -374,7 +371,7 @@ impl Daemon {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!(error = %e, code = e.code(), "SIGHUP: keeping the running config");
-                return;
+                return None;
             }
         };
         if new.listen != self.config.listen
@@ -385,62 +382,33 @@ impl Daemon {
                 "SIGHUP: listen, state_dir and repository changes take effect on restart"
             );
         }
-        self.signers = signers;
-        self.alerter = alerter;
-        self.connector = CachedConnector::new(SshConnector {
-            options: new.ssh_options(),
-        });
-        self.config = DaemonConfig {
+        let config = DaemonConfig {
             listen: self.config.listen,
             state_dir: self.config.state_dir.clone(),
             repository: self.config.repository.clone(),
             ..new
         };
-        // The schedule stays: every environment is still checked at its next due time (a
-        // reload that cleared it stopped drift checks until the next push).
         tracing::info!("SIGHUP: configuration reloaded");
-    }
-
-    fn next_drift_due(&self) -> Instant {
-        self.next_drift
-            .values()
-            .min()
-            .copied()
-            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))
-    }
-
-    /// Carries out a drift schedule decision for `env`.
-    fn schedule_drift(&mut self, env: &str, next: policy::NextDrift) {
-        use policy::NextDrift;
-        let now = Instant::now();
-        match next {
-            NextDrift::Keep => {}
-            NextDrift::KeepOr(after) => {
-                self.next_drift
-                    .entry(env.to_string())
-                    .or_insert(now + after);
-            }
-            NextDrift::After(after) => {
-                self.drift_intervals.insert(env.to_string(), after);
-                self.next_drift.insert(env.to_string(), now + after);
-            }
-            NextDrift::Stop => {
-                self.next_drift.remove(env);
-            }
-        }
-    }
-
-    async fn drift_due(&mut self) {
-        let now = Instant::now();
-        let due: Vec<String> = self
-            .next_drift
-            .iter()
-            .filter(|(_, t)| **t <= now)
-            .map(|(e, _)| e.clone())
-            .collect();
-        for env in due {
-            self.drift_check(&env).await;
-        }
+        Some(Daemon {
+            config_path: self.config_path.clone(),
+            signers,
+            source: self.source.clone(),
+            db: self.db.clone(),
+            metrics: self.metrics.clone(),
+            alerter,
+            connector: CachedConnector::new(SshConnector {
+                options: config.ssh_options(),
+            }),
+            ready: self.ready.clone(),
+            host_locks: self.host_locks.clone(),
+            in_use: self.in_use.clone(),
+            validator: self
+                .validator
+                .as_ref()
+                .map(|v| validator::Validator::new(v.exe().to_path_buf(), &config.validation)),
+            latest_tip: self.latest_tip.clone(),
+            config,
+        })
     }
 
     /// The audit chain's head, after a record: to `/metrics` and the configured head file.
@@ -492,8 +460,21 @@ impl Daemon {
         });
     }
 
-    /// Removes checkouts no environment needs any more.
-    fn prune_checkouts(&self, keep: &BTreeSet<String>) {
+    /// Removes checkouts no environment needs any more: every environment's last applied
+    /// commit, the commits environments are working on now and the newest tip stay.
+    fn prune_checkouts(&self) {
+        let mut keep: BTreeSet<String> = lock_any(&self.in_use).values().cloned().collect();
+        keep.extend(lock_any(&self.latest_tip).map(|t| t.to_string()));
+        for env in &self.config.environments {
+            match lock(&self.db).last_applied(env) {
+                Ok(Some(l)) => {
+                    keep.insert(l.commit);
+                }
+                Ok(None) => {}
+                // Unsure what is needed: remove nothing.
+                Err(_) => return,
+            }
+        }
         let Ok(rd) = std::fs::read_dir(self.checkouts_dir()) else {
             return;
         };

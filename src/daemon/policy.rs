@@ -69,6 +69,9 @@ pub enum Refusal {
     /// Validation or rendering failed (every error, `path:line:col: message`), including a
     /// resource limit such as template fuel.
     Invalid { errors: Vec<String> },
+    /// Validating the commit in a child process went past its memory or time limit (a
+    /// commit that needs more than the limit is hostile or broken: it is not loaded).
+    Limit { error: String },
     /// plumb failed internally while validating or rendering this commit.
     Internal { error: String },
 }
@@ -80,6 +83,7 @@ impl Refusal {
             Refusal::Signature { code, .. } => code,
             Refusal::Checkout { .. } => "checkout",
             Refusal::Invalid { .. } => "invalid",
+            Refusal::Limit { .. } => "limit",
             Refusal::Internal { .. } => "internal",
         }
     }
@@ -98,9 +102,9 @@ impl Refused {
         match &self.refusal {
             Refusal::Signature { bad_commit, .. } => s.bad_commit = Some(bad_commit.clone()),
             Refusal::Invalid { errors } => s.errors = Some(errors.clone()),
-            Refusal::Checkout { error } | Refusal::Internal { error } => {
-                s.error = Some(error.clone())
-            }
+            Refusal::Checkout { error }
+            | Refusal::Limit { error }
+            | Refusal::Internal { error } => s.error = Some(error.clone()),
         }
         s
     }
@@ -281,7 +285,7 @@ fn refused(r: &Refused) -> Effects {
             ),
             json!({"errors": errors}),
         ),
-        Refusal::Checkout { error } | Refusal::Internal { error } => (
+        Refusal::Checkout { error } | Refusal::Limit { error } | Refusal::Internal { error } => (
             AlertEvent::RunFailed,
             format!(
                 "commit {} refused ({}): {error}; nothing was applied",

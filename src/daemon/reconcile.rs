@@ -1,12 +1,10 @@
 //! The reconcile of one environment towards one tip ([`Daemon::reconcile_env`] returns an
 //! [`Outcome`]), and the carrying out of the [`Effects`] the policy derives from it.
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::future::join_all;
 use time::OffsetDateTime;
 
 use crate::engine::{self, HostStatus};
@@ -17,12 +15,14 @@ use crate::source::policy::{short, VerifiedRange};
 use crate::source::{RangeOptions, Source};
 use crate::state::{NewRun, RunId, RunKind, RunResult, StepMeta};
 
+use super::env_task::{EnvState, Tip};
 use super::error::panic_message;
 use super::policy::{
     self, CommitMark, CommitSummary, Effects, Outcome, Refusal, Refused, Rollout, RunSummary,
     WaveSummary,
 };
-use super::{lock, next_fetch_delay, signer_of, Daemon, DaemonError, FetchRetry, Wake};
+use super::validator::Validator;
+use super::{lock, lock_any, signer_of, Daemon, DaemonError, Wake};
 
 /// A commit checked out, validated and rendered for one environment.
 pub(super) struct Loaded {
@@ -111,24 +111,32 @@ impl FactsSource<'_> {
 }
 
 /// Checks out `commit` and validates and renders it for `env`, on the blocking pool, with
-/// the facts of its hosts (see [`FactsSource`]). Every way this can fail is a [`Refusal`]
-/// (a panic included), so the commit can be recorded.
+/// the facts of its hosts (see [`FactsSource`]). With a `validator`, the commit is first
+/// validated in a child process under resource limits (a new commit; a commit applied
+/// before is loaded directly). Every way this can fail is a [`Refusal`] (a panic
+/// included), so the commit can be recorded.
 pub(super) async fn load_commit(
     source: Arc<Source>,
     checkouts: PathBuf,
     commit: git2::Oid,
     env: &str,
+    validator: Option<&Validator>,
     facts: &FactsSource<'_>,
 ) -> Result<Loaded, Refusal> {
-    let job = tokio::task::spawn_blocking(move || {
-        let dir = checkout_into(&source, &checkouts, commit).map_err(|e| Refusal::Checkout {
+    let internal = |what: &str, e: tokio::task::JoinError| Refusal::Internal {
+        error: format!("{what}: {}", panic_message(e)),
+    };
+    let dir = tokio::task::spawn_blocking(move || checkout_into(&source, &checkouts, commit))
+        .await
+        .map_err(|e| internal("checking out", e))?
+        .map_err(|e| Refusal::Checkout {
             error: e.to_string(),
         })?;
-        Ok(crate::model::load::load(&dir))
-    });
-    let (mut repo, mut diags) = job.await.map_err(|e| Refusal::Internal {
-        error: format!("loading: {}", panic_message(e)),
-    })??;
+    if let Some(v) = validator {
+        v.check(&dir).await?;
+    }
+    let job = tokio::task::spawn_blocking(move || crate::model::load::load(&dir));
+    let (mut repo, mut diags) = job.await.map_err(|e| internal("loading", e))?;
     if !diags.has_errors() {
         facts.attach(&mut repo, env).await;
     }
@@ -137,9 +145,9 @@ pub(super) async fn load_commit(
         let hosts = crate::validate::check_and_render(&repo, &mut diags, &name, &|_| true);
         (repo, diags, hosts)
     });
-    let (repo, diags, rendered) = job.await.map_err(|e| Refusal::Internal {
-        error: format!("validating and rendering: {}", panic_message(e)),
-    })?;
+    let (repo, diags, rendered) = job
+        .await
+        .map_err(|e| internal("validating and rendering", e))?;
     let Some(hosts) = rendered.filter(|_| !diags.has_errors()) else {
         let errors = diags
             .into_sorted()
@@ -174,73 +182,48 @@ fn refusal_message(commit: &str, refusal: &Refusal) -> String {
         Refusal::Invalid { errors } => {
             format!("commit {commit} is invalid ({} errors)", errors.len())
         }
+        Refusal::Limit { error } => format!("commit {commit} refused: {error}"),
         Refusal::Internal { error } => format!("commit {commit} could not be validated: {error}"),
     }
 }
 
 impl Daemon {
-    async fn fetch(&self) -> Result<git2::Oid, DaemonError> {
+    /// Fetches and resolves the branch tip (bounded by [`super::FETCH_TIMEOUT`]).
+    pub(super) async fn fetch(&self) -> Result<git2::Oid, DaemonError> {
         let source = self.source.clone();
         let branch = self.config.branch.clone();
         let job = tokio::task::spawn_blocking(move || {
             source.fetch()?;
             source.resolve(&format!("refs/heads/{branch}"))
         });
-        match tokio::time::timeout(super::FETCH_TIMEOUT, job).await {
-            Err(_) => Err(DaemonError::FetchTimeout(super::FETCH_TIMEOUT)),
-            Ok(Err(e)) => Err(DaemonError::task("fetching")(e)),
-            Ok(Ok(r)) => Ok(r?),
-        }
+        let tip = match tokio::time::timeout(super::FETCH_TIMEOUT, job).await {
+            Err(_) => return Err(DaemonError::FetchTimeout(super::FETCH_TIMEOUT)),
+            Ok(Err(e)) => return Err(DaemonError::task("fetching")(e)),
+            Ok(Ok(r)) => r?,
+        };
+        *lock_any(&self.latest_tip) = Some(tip);
+        Ok(tip)
     }
 
-    /// Fetch, then reconcile every environment towards the branch tip. A fetch that fails is
-    /// tried again with backoff (the trigger is kept, so it is not lost).
-    pub(super) async fn reconcile(&mut self, wake: Wake) {
-        let tip = match self.fetch().await {
-            Ok(t) => t,
-            Err(e) => {
-                let delay = next_fetch_delay(self.fetch_retry.map(|r| r.delay));
-                tracing::error!(error = %e, code = e.code(), retry_in = ?delay, "fetch failed; retrying with backoff");
-                self.fetch_retry = Some(FetchRetry {
-                    at: Instant::now() + delay,
-                    delay,
-                    wake,
-                });
-                return;
-            }
-        };
-        self.fetch_retry = None;
-        // Every environment at once: one whose host hangs does not delay the others' rollouts
-        // or their records. Each environment runs once here (never two runs of one at once);
-        // a host two environments share is applied by one at a time (`HostLocks`).
-        let envs = self.config.environments.clone();
-        let this = &*self;
-        let schedules = join_all(envs.iter().map(|env| async move {
-            let result = this.reconcile_env(env, tip, wake).await;
-            let effects = policy::policy(&result);
-            match this.carry_out(env, wake, &result, &effects) {
-                Ok(()) => Some((env, effects.next_drift, effects.forget_drift_alerts && result.is_ok())),
-                Err(e) => {
-                    tracing::error!(environment = %env, error = %e, code = e.code(), "cannot record the outcome");
-                    None
+    /// Reconciles `env` towards `tip` and carries out what the policy derives from the
+    /// outcome, recording first; then the environment's drift schedule.
+    pub(super) async fn reconcile_one(&self, env: &str, state: &mut EnvState, tip: Tip) {
+        lock_any(&self.in_use).insert(env.to_string(), tip.oid.to_string());
+        let result = self.reconcile_env(env, tip.oid, tip.wake).await;
+        let effects = policy::policy(&result);
+        match self.carry_out(env, tip.wake, &result, &effects) {
+            Ok(()) => {
+                if effects.forget_drift_alerts && result.is_ok() {
+                    state.alerted_drift = None;
                 }
+                state.schedule(effects.next_drift);
             }
-        }))
-        .await;
-        for (env, next, forget_alerts) in schedules.into_iter().flatten() {
-            if forget_alerts {
-                self.alerted_drift.remove(env);
-            }
-            self.schedule_drift(env, next);
-        }
-        self.ready.set_ready(true);
-        let mut keep: BTreeSet<String> = BTreeSet::from([tip.to_string()]);
-        for env in &self.config.environments {
-            if let Ok(Some(l)) = lock(&self.db).last_applied(env) {
-                keep.insert(l.commit);
+            Err(e) => {
+                tracing::error!(environment = %env, error = %e, code = e.code(), "cannot record the outcome");
             }
         }
-        self.prune_checkouts(&keep);
+        lock_any(&self.in_use).remove(env);
+        self.prune_checkouts();
     }
 
     fn last_applied_oid(&self, env: &str) -> Result<Option<git2::Oid>, DaemonError> {
@@ -311,13 +294,21 @@ impl Daemon {
         };
         // A bad commit touches nothing: validate and render before the first host.
         let facts = self.facts_source(true);
-        let loaded =
-            match load_commit(self.source.clone(), self.checkouts_dir(), tip, env, &facts).await {
-                Ok(l) => l,
-                Err(refusal) => {
-                    return Ok(refused(refusal.clone(), refusal_message(&commit, &refusal)))
-                }
-            };
+        let loaded = match load_commit(
+            self.source.clone(),
+            self.checkouts_dir(),
+            tip,
+            env,
+            self.validator.as_ref(),
+            &facts,
+        )
+        .await
+        {
+            Ok(l) => l,
+            Err(refusal) => {
+                return Ok(refused(refusal.clone(), refusal_message(&commit, &refusal)))
+            }
+        };
         let signer = signer_of(&range.tip_signer);
         let run = lock(&self.db).begin_run(&NewRun {
             environment: env.to_string(),

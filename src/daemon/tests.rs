@@ -2,13 +2,14 @@
 //! the reconcile against a real local repository of signed commits whose hosts are never
 //! reached (refusals, fetch retries, the audit head, SIGHUP, a reset state).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::mpsc as std_mpsc;
 use std::time::Duration;
 
+use futures::future::join_all;
 use serde_json::{json, Value};
 
 use super::policy::*;
@@ -446,11 +447,15 @@ impl Fx {
         path
     }
 
-    fn daemon(&self) -> Daemon {
+    fn daemon(&self) -> Driven {
         self.daemon_for("[production]")
     }
 
-    fn daemon_for(&self, environments: &str) -> Daemon {
+    fn daemon_for(&self, environments: &str) -> Driven {
+        Driven::new(self.bare_daemon_for(environments))
+    }
+
+    fn bare_daemon_for(&self, environments: &str) -> Daemon {
         let path = self.config_for(environments);
         let config = DaemonConfig::load(&path).expect("config");
         Daemon::new(&path, config, StartOptions::default()).expect("daemon starts")
@@ -465,6 +470,55 @@ impl Fx {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         panic!("no alert within 20 s")
+    }
+}
+
+/// A daemon driven step by step, as its tasks would drive it: a fetch, then every
+/// environment's reconcile at once, each with its own state.
+struct Driven {
+    d: Daemon,
+    fetcher: supervisor::Fetcher,
+    states: BTreeMap<String, env_task::EnvState>,
+}
+
+impl std::ops::Deref for Driven {
+    type Target = Daemon;
+    fn deref(&self) -> &Daemon {
+        &self.d
+    }
+}
+
+impl Driven {
+    fn new(d: Daemon) -> Driven {
+        let states = d
+            .config
+            .environments
+            .iter()
+            .map(|e| (e.clone(), env_task::EnvState::default()))
+            .collect();
+        Driven {
+            d,
+            fetcher: supervisor::Fetcher::default(),
+            states,
+        }
+    }
+
+    /// Fetch; on success, every environment reconciles the tip (at once, as the tasks do).
+    async fn reconcile(&mut self, wake: Wake) {
+        let Some(tip) = self.fetcher.fetch(&self.d, wake).await else {
+            return;
+        };
+        let d = &self.d;
+        join_all(
+            self.states
+                .iter_mut()
+                .map(|(env, st)| d.reconcile_one(env, st, tip)),
+        )
+        .await;
+    }
+
+    fn next_drift(&self, env: &str) -> Option<Instant> {
+        self.states.get(env).and_then(|s| s.next_drift)
     }
 }
 
@@ -593,45 +647,75 @@ async fn the_audit_head_goes_to_metrics_the_head_file_and_alerts() {
     assert_eq!(alert["audit_head"]["seq"], seq2);
 }
 
+/// Waits (up to 30 s) until `done` holds.
+async fn eventually(what: &str, done: impl Fn() -> bool) {
+    for _ in 0..300 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("not within 30 s: {what}")
+}
+
 /// A fetch that fails (here: the local origin is gone) is retried with backoff and keeps
-/// the trigger it served; once the origin is back, the retry reconciles.
+/// the trigger it served; once the origin is back, the retry hands the tip to the
+/// environment's task, and the daemon is ready once every environment reconciled once.
 #[tokio::test]
 async fn a_failing_fetch_is_retried_with_backoff_and_its_trigger_is_kept() {
     let fx = Fx::new();
     let tip = fx.push(&fuel_bomb());
-    let mut d = fx.daemon();
+    let mut sup = supervisor::Supervisor::start(fx.bare_daemon_for("[production]"));
+    let d = sup.daemon();
     std::fs::rename(fx.path("origin.git"), fx.path("away.git")).expect("hide the origin");
-    d.reconcile(Wake::Webhook).await;
-    let retry = d.fetch_retry.expect("a retry is scheduled");
+    sup.fetch_and_dispatch(Wake::Webhook).await;
+    let retry = sup.fetcher.retry.expect("a retry is scheduled");
     assert_eq!(retry.wake, Wake::Webhook);
     assert_eq!(retry.delay, FETCH_RETRY_MIN);
-    d.reconcile(retry.wake).await;
-    assert_eq!(d.fetch_retry.map(|r| r.delay), Some(FETCH_RETRY_MIN * 2));
+    sup.fetch_and_dispatch(retry.wake).await;
+    assert_eq!(
+        sup.fetcher.retry.map(|r| r.delay),
+        Some(FETCH_RETRY_MIN * 2)
+    );
     assert!(runs(&d).is_empty());
     assert!(!d.ready.is_ready(), "not ready before the first fetch");
 
     std::fs::rename(fx.path("away.git"), fx.path("origin.git")).expect("restore");
-    let retry = d.fetch_retry.expect("still scheduled");
-    d.reconcile(retry.wake).await;
-    assert_eq!(d.fetch_retry, None);
-    assert!(d.ready.is_ready());
+    let retry = sup.fetcher.retry.expect("still scheduled");
+    sup.fetch_and_dispatch(retry.wake).await;
+    assert_eq!(sup.fetcher.retry, None);
+    eventually("ready", || d.ready.is_ready()).await;
     let all = runs(&d);
     assert_eq!(all.len(), 1);
     assert_eq!(all[0].commit.as_deref(), Some(tip.as_str()));
     assert_eq!(all[0].trigger, state::Trigger::Webhook);
+    sup.stop().await;
 }
 
-/// SIGHUP reloads the config and keeps every environment's next drift check.
+/// SIGHUP: the environments' tasks take a daemon that shares the state; an environment the
+/// new config adds gets its own task, which reconciles the tip fetched before at once.
 #[tokio::test]
-async fn a_reload_keeps_the_drift_schedule() {
+async fn a_reload_shares_the_state_and_starts_added_environments() {
     let fx = Fx::new();
-    fx.push(&fuel_bomb());
-    let mut d = fx.daemon();
-    let due = Instant::now() + Duration::from_secs(5);
-    d.next_drift.insert("production".into(), due);
-    d.reload();
-    assert_eq!(d.next_drift.get("production"), Some(&due));
-    assert_eq!(d.next_drift_due(), due);
+    let mut files = fuel_bomb();
+    files.push(("environments/staging/hosts.yaml", HOSTS_YAML));
+    fx.push(&files);
+    let mut sup = supervisor::Supervisor::start(fx.bare_daemon_for("[production]"));
+    let before = sup.daemon();
+    sup.fetch_and_dispatch(Wake::Startup).await;
+    eventually("production reconciled", || runs(&before).len() == 1).await;
+    fx.config_for("[production, staging]");
+    sup.reload();
+    let after = sup.daemon();
+    assert!(Arc::ptr_eq(&before.db, &after.db), "one state database");
+    assert_eq!(after.config.environments, ["production", "staging"]);
+    eventually("staging reconciled", || runs(&before).len() == 2).await;
+    let envs: BTreeSet<String> = runs(&before).into_iter().map(|r| r.environment).collect();
+    assert_eq!(
+        envs,
+        BTreeSet::from(["production".into(), "staging".into()])
+    );
+    sup.stop().await;
 }
 
 /// The daemon refuses to start on a state directory whose history was deleted (its key
@@ -653,6 +737,7 @@ fn a_state_directory_that_was_reset_is_refused_unless_accepted() {
     assert!(e.to_string().contains(crate::audit::KEY_FILE), "{e}");
     let accepted = StartOptions {
         accept_state_reset: true,
+        validator: None,
     };
     drop(Daemon::new(&path, config(), accepted).expect("accepted"));
     let db = StateDb::open_inspect(&state).expect("inspect");
@@ -775,11 +860,7 @@ async fn an_unreachable_host_fails_the_rollout_and_the_commit() {
     assert_eq!(alert["event"], "run_failed");
     assert_eq!(alert["hosts"], json!(["web-1"]));
     assert_eq!(alert["details"]["run"], all[0].id.0.as_str());
-    let due = d
-        .next_drift
-        .get("production")
-        .copied()
-        .expect("drift scheduled");
+    let due = d.next_drift("production").expect("drift scheduled");
     assert!(
         due > Instant::now() + Duration::from_secs(3000),
         "the 1h override"
@@ -899,6 +980,49 @@ async fn a_hung_environment_does_not_delay_another() {
         all.iter().all(|r| r.result == RunResult::Failed),
         "{all:#?}"
     );
+}
+
+/// Regression (issue 11): one loop used to take one trigger at a time, so while `hung`'s
+/// host hung, a new commit waited for it in every environment. Each environment has its own
+/// task now: `ok` takes the next commit and records it while `hung` still waits for its
+/// host (for up to its 20 s connect timeout).
+#[tokio::test]
+async fn a_hung_environment_does_not_delay_anothers_next_commit() {
+    let fx = Fx::new();
+    let (port, _) = hung_host().await;
+    fx.push(&[
+        ("plumb.yaml", PLUMB_YAML),
+        ("environments/hung/hosts.yaml", &hosts_at("web-1", port)),
+        ("environments/ok/hosts.yaml", HOSTS_YAML),
+        ("units/web.yaml", MOTD_UNIT),
+    ]);
+    let path = fx.config_for("[hung, ok]");
+    let text = std::fs::read_to_string(&path).expect("config");
+    std::fs::write(
+        &path,
+        text.replace("connect_timeout: 2s", "connect_timeout: 20s"),
+    )
+    .expect("write");
+    let config = DaemonConfig::load(&path).expect("config");
+    let daemon = Daemon::new(&path, config, StartOptions::default()).expect("daemon starts");
+    let mut sup = supervisor::Supervisor::start(daemon);
+    let d = sup.daemon();
+    let finished = |env: &str| {
+        runs(&d)
+            .iter()
+            .filter(|r| r.environment == env && r.finished_at.is_some())
+            .count()
+    };
+    sup.fetch_and_dispatch(Wake::Startup).await;
+    eventually("ok's first run", || finished("ok") == 1).await;
+    fx.push(&[(
+        "units/web.yaml",
+        "steps:\n  - id: motd\n    file:\n      path: /etc/motd\n      content: again\n",
+    )]);
+    sup.fetch_and_dispatch(Wake::Push).await;
+    eventually("ok's second run", || finished("ok") == 2).await;
+    assert_eq!(finished("hung"), 0, "hung still waits for its host");
+    sup.stop().await;
 }
 
 /// Two environments whose inventories share a host (same address and port, under another

@@ -750,11 +750,17 @@ where
     F: Fn(&'a DesiredHost) -> Fut,
     Fut: std::future::Future<Output = T> + 'a,
 {
-    let mut results: Vec<(usize, T)> = stream::iter(hosts.into_iter().enumerate())
+    // The futures are made up front (they do nothing until polled): a stream that held the
+    // closure would not be provably `Send` for every lifetime, which a spawned task needs.
+    let futures: Vec<_> = hosts
+        .into_iter()
+        .enumerate()
         .map(|(i, h)| {
             let fut = f(h);
             async move { (i, fut.await) }
         })
+        .collect();
+    let mut results: Vec<(usize, T)> = stream::iter(futures)
         .buffer_unordered(parallel.max(1))
         .collect()
         .await;

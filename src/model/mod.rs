@@ -17,11 +17,13 @@ pub mod address;
 pub mod duration;
 pub mod jail;
 pub mod load;
+pub mod size;
 /// Moved to [`crate::yaml`] (below `diag` and `schema`); re-exported for old paths.
 pub use crate::yaml;
 
 pub use address::StepAddress;
 pub use duration::{DurationError, HumanDuration, DURATION_PATTERN};
+pub use size::{ByteSize, SizeError};
 
 use crate::yaml::{Node, Pos};
 
