@@ -142,15 +142,15 @@ impl Daemon {
             None,
             &facts,
         )
-            .await
-            .map_err(|refusal| DaemonError::AppliedInvalid {
-                environment: env.to_string(),
-                commit: last.commit.clone(),
-                errors: match &refusal {
-                    policy::Refusal::Invalid { errors } => errors.len(),
-                    _ => 1,
-                },
-            })?;
+        .await
+        .map_err(|refusal| DaemonError::AppliedInvalid {
+            environment: env.to_string(),
+            commit: last.commit.clone(),
+            errors: match &refusal {
+                policy::Refusal::Invalid { errors } => errors.len(),
+                _ => 1,
+            },
+        })?;
         Ok(Some(Baseline {
             commit: last.commit,
             oid,

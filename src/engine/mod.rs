@@ -334,16 +334,19 @@ pub async fn gather_all(
     connector: &dyn Connector,
     parallel: usize,
 ) -> Vec<Gathered> {
-    let mut out: Vec<(usize, Gathered)> = stream::iter(hosts.iter().enumerate())
-        .map(|(i, h)| async move {
+    // The futures are made up front (no closure lives in the stream), so the daemon can
+    // spawn a task that awaits this.
+    let futures: Vec<_> = hosts
+        .iter()
+        .map(|h| {
             let t = connector.connect(h);
-            (i, gather_facts(h, t.as_ref()).await)
+            async move { gather_facts(h, t.as_ref()).await }
         })
-        .buffer_unordered(parallel.max(1))
+        .collect();
+    stream::iter(futures)
+        .buffered(parallel.max(1))
         .collect()
-        .await;
-    out.sort_by_key(|(i, _)| *i);
-    out.into_iter().map(|(_, r)| r).collect()
+        .await
 }
 
 /// Observe: every step's probe in one round trip, each diffed by its module; with
