@@ -31,25 +31,57 @@ pub fn validate_and_render(
     host: Option<&str>,
 ) -> (Repo, Diagnostics, Option<Vec<render::DesiredHost>>) {
     let (repo, mut diags) = load::load(root);
-    let rendered = checked_render(&repo, &mut diags, Some(env));
+    if let Some(name) = host {
+        if let Some(e) = repo.environments.get(env) {
+            if !e.hosts.iter().any(|h| h.name == name) {
+                // Unknown host: let the renderer say so.
+                if let Err(d) = render::render_env(&repo, env, host) {
+                    diags.extend(d.into_sorted());
+                }
+                return (repo, diags, None);
+            }
+        }
+    }
+    let hosts = check_and_render(&repo, &mut diags, env, &|h| {
+        host.is_none_or(|n| h.name == n)
+    });
+    (repo, diags, hosts)
+}
+
+/// The checks and a render of every environment on a loaded repo (with its facts
+/// attached), keeping the hosts of `env` that `selected` accepts. A host with no facts at
+/// all that is not kept (another environment, or outside `--limit`) does not fail the
+/// check for a template that needs facts: its facts are gathered when it is worked on.
+/// `plumb validate` stays strict.
+pub fn check_and_render(
+    repo: &Repo,
+    diags: &mut Diagnostics,
+    env: &str,
+    selected: &dyn Fn(&crate::model::Host) -> bool,
+) -> Option<Vec<render::DesiredHost>> {
+    let rendered = checked_render(repo, diags, Some(env));
     if diags.has_errors() {
-        return (repo, diags, None);
+        return None;
     }
-    let hosts = match (rendered, host) {
-        (Some(all), None) => Ok(all),
-        (Some(all), Some(name)) if all.iter().any(|h| h.host.name == name) => {
-            Ok(all.into_iter().filter(|h| h.host.name == name).collect())
-        }
-        // Unknown environment or host: let the renderer say so.
-        _ => render::render_env(&repo, env, host),
-    };
-    match hosts {
-        Ok(h) => (repo, diags, Some(h)),
-        Err(d) => {
+    let Some(environment) = repo.environments.get(env) else {
+        // Unknown environment: let the renderer say so.
+        if let Err(d) = render::render_env(repo, env, None) {
             diags.extend(d.into_sorted());
-            (repo, diags, None)
+        }
+        return None;
+    };
+    if let Some(all) = rendered {
+        return Some(all.into_iter().filter(|h| selected(&h.host)).collect());
+    }
+    // Some host of `env` lacked facts: render the selected ones, each with its own errors.
+    let mut out = Vec::new();
+    for host in environment.hosts.iter().filter(|h| selected(h)) {
+        match render::render_host(repo, env, host) {
+            Ok(h) => out.push(h),
+            Err(d) => diags.extend(d.into_sorted()),
         }
     }
+    (!diags.has_errors()).then_some(out)
 }
 
 /// Semantic checks and a full render, on a loaded repo.
@@ -77,6 +109,13 @@ fn checked_render(
         match render::render_env(repo, env, None) {
             Ok(hosts) if Some(env.as_str()) == keep => kept = Some(hosts),
             Ok(_) => {}
+            // Working on one environment: a host without facts is checked when its facts
+            // are known (see `check_and_render`).
+            Err(d) if keep.is_some() => diags.extend(
+                d.into_sorted()
+                    .into_iter()
+                    .filter(|d| d.code != render::MISSING_FACTS),
+            ),
             Err(d) => diags.extend(d.into_sorted()),
         }
     }

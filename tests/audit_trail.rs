@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 
 fn host_run(name: &str, changed: usize) -> HostRun {
     HostRun {
+        facts: None,
         host: Host {
             name: name.into(),
             address: "192.0.2.10".into(),
@@ -51,6 +52,7 @@ fn host_run(name: &str, changed: usize) -> HostRun {
             probe: 1,
             apply: 1,
             verify: 1,
+            facts: 0,
         },
         duration: Duration::from_millis(30),
     }

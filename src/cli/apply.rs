@@ -6,25 +6,27 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use crate::engine::HostRun;
 
 use super::args::{runtime, HostArgs, OutputFormat};
-use super::plan::desired;
+use super::facts::prepare;
 use super::term::{escape, print_json, print_lines, Paint, Term};
 
 /// Makes every host match the repo. Exit 0 converged, 1 if any host failed.
 pub fn run(args: HostArgs, term: Term) -> anyhow::Result<u8> {
     let output = args.output.output;
-    let Some((hosts, _)) = desired(&args.target, output, term)? else {
+    let rt = runtime()?;
+    let Some(mut prep) = prepare(&args.target, &args.conn, output, term, &rt)? else {
         return Ok(1);
     };
+    let env = &args.target.env;
     let connector = args.conn.connector();
     let progress =
         (std::io::stderr().is_terminal() && output == OutputFormat::Text).then_some(Progress {
-            total: hosts.len(),
+            total: prep.hosts.len(),
             done: AtomicUsize::new(0),
             paint: term.err,
         });
     // SIGINT/SIGTERM end the run by dropping every transport (no orphaned ssh masters).
-    let runs = runtime()?.block_on(crate::engine::until_signal(crate::engine::each_host(
-        &hosts,
+    let mut runs = rt.block_on(crate::engine::until_signal(crate::engine::each_host(
+        &prep.hosts,
         args.conn.parallel,
         |h| {
             let t = connector.connect(&h.host);
@@ -38,7 +40,37 @@ pub fn run(args: HostArgs, term: Term) -> anyhow::Result<u8> {
             }
         },
     )))?;
-    let report = crate::report::plan::ApplyReport::new(&args.target.env, &runs);
+    // A host whose facts changed since they were cached was not touched: render it again
+    // with the facts just seen and apply that (one more probe round trip, in the report).
+    let mut changed = vec![false; runs.len()];
+    for i in 0..runs.len() {
+        let seen = runs[i].facts.clone();
+        if crate::engine::facts_changed(&prep.hosts[i], seen.as_ref()) {
+            let Some(facts) = seen else { continue };
+            changed[i] = true;
+            let before = runs[i].round_trips;
+            match prep.rerender(env, i, &facts) {
+                Ok(()) => {
+                    let t = connector.connect(&prep.hosts[i].host);
+                    runs[i] = rt.block_on(crate::engine::until_signal(
+                        crate::engine::apply_host(&prep.hosts[i], t.as_ref()),
+                    ))?;
+                    runs[i].round_trips.probe += before.probe;
+                }
+                Err(e) => {
+                    runs[i].error = Some(format!(
+                        "its facts changed and rendering with them failed: {e}"
+                    ));
+                }
+            }
+        }
+        runs[i].round_trips.facts = prep.facts_trips(&runs[i].host.name);
+    }
+    runs.extend(prep.ungathered.iter().map(|u| u.run()));
+    let mut report = crate::report::plan::ApplyReport::new(env, &runs);
+    for (h, c) in report.hosts.iter_mut().zip(&changed) {
+        h.facts_changed = *c;
+    }
     match output {
         OutputFormat::Json => print_json(&report)?,
         OutputFormat::Text => print_lines(&crate::report::plan::apply_lines(&report), term.out),

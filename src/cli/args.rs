@@ -26,7 +26,7 @@ pub struct OutputArg {
     pub output: OutputFormat,
 }
 
-/// What a command works on: a config repo, one of its environments, optionally one host.
+/// What a command works on: a config repo, one of its environments, optionally some hosts.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Target {
     /// The config repo (the directory holding plumb.yaml).
@@ -34,9 +34,32 @@ pub struct Target {
     /// Environment name (a directory under environments/).
     #[arg(long)]
     pub env: String,
-    /// Only this host.
-    #[arg(long)]
-    pub host: Option<String>,
+    /// Only these hosts: names or globs (`web-1,db-*`), or a label selector
+    /// (`role=web,tier!=canary`). Repeatable (the union). A limit that selects no host is
+    /// an error. `--host NAME` is the same.
+    #[arg(long, alias = "host", value_name = "LIMIT")]
+    pub limit: Vec<crate::limit::Limit>,
+    #[command(flatten)]
+    pub facts: FactsArgs,
+}
+
+impl Target {
+    pub fn limits(&self) -> crate::limit::Limits {
+        crate::limit::Limits(self.limit.clone())
+    }
+}
+
+/// Where host facts come from when rendering.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FactsArgs {
+    /// Host facts to render with instead of the cache: a YAML or JSON map of host name to
+    /// facts, or the output of `plumb facts --output json`.
+    #[arg(long = "facts", value_name = "FILE")]
+    pub facts_file: Option<PathBuf>,
+    /// The facts cache directory (default: $PLUMB_FACTS_CACHE, else
+    /// $XDG_CACHE_HOME/plumb/facts, else ~/.cache/plumb/facts).
+    #[arg(long, value_name = "DIR")]
+    pub facts_cache: Option<PathBuf>,
 }
 
 /// How plumb reaches hosts.

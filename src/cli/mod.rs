@@ -17,7 +17,9 @@ mod audit;
 mod daemon;
 mod diagnostic;
 mod drift;
+mod facts;
 mod history;
+mod init;
 mod plan;
 mod render;
 mod schemas;
@@ -72,6 +74,12 @@ pub enum Command {
     },
     /// Write the JSON Schemas plumb validates with into a directory (for editors and CI).
     Schemas(schemas::SchemasArgs),
+    /// Gather and print the facts of an environment's hosts (one round trip each), and
+    /// cache them for `render` and `validate`. Exit 0, 1 if a host's facts could not be read.
+    Facts(args::HostArgs),
+    /// Write a working starting repo (plumb.yaml, an environment, a unit, a template, an
+    /// allowed-signers example) into DIR; never overwrites a file.
+    Init(init::InitArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -124,5 +132,7 @@ fn run(command: Command, term: Term) -> anyhow::Result<u8> {
         Command::History(a) => history::run(a),
         Command::Audit { command } => audit::run(command, term),
         Command::Schemas(a) => schemas::run(a),
+        Command::Facts(a) => facts::run(a, term),
+        Command::Init(a) => init::run(a, term),
     }
 }

@@ -1,10 +1,7 @@
 //! `plumb plan` (and the host side shared with `drift`).
 
-use crate::diag::SourceMap;
-use crate::render::DesiredHost;
-
-use super::args::{runtime, HostArgs, OutputFormat, Target};
-use super::diagnostic::fail_with;
+use super::args::{runtime, HostArgs, OutputFormat};
+use super::facts::prepare;
 use super::term::{print_json, print_lines, Term};
 
 /// Which question a plan answers; it names the report (`plan` / `drift`).
@@ -26,39 +23,56 @@ impl PlanKind {
 /// Probes every host and prints what differs. Exit 0 nothing, 2 changes/drift, 1 error.
 pub fn run(args: HostArgs, kind: PlanKind, term: Term) -> anyhow::Result<u8> {
     let output = args.output.output;
-    let Some((hosts, _)) = desired(&args.target, output, term)? else {
+    let rt = runtime()?;
+    let Some(mut prep) = prepare(&args.target, &args.conn, output, term, &rt)? else {
         return Ok(1);
     };
     let env = &args.target.env;
     let connector = args.conn.connector();
-    let plans = runtime()?.block_on(crate::engine::until_signal(crate::engine::plan_all(
-        &hosts,
+    let mut plans = rt.block_on(crate::engine::until_signal(crate::engine::plan_all(
+        &prep.hosts,
         connector.as_ref(),
         args.conn.parallel,
     )))?;
-    let report =
-        crate::report::plan::PlanReport::new(env, kind.as_str(), &plans).with_skipped(&hosts);
+    // Facts ride along with the probe: a host whose facts changed since they were cached
+    // is rendered again and probed again (one more round trip, said in the report).
+    let mut changed = vec![false; plans.len()];
+    for i in 0..plans.len() {
+        let seen = plans[i].facts.clone();
+        if crate::engine::facts_changed(&prep.hosts[i], seen.as_ref()) {
+            let Some(facts) = seen else { continue };
+            changed[i] = true;
+            let before = plans[i].round_trips;
+            plans[i] = match prep.rerender(env, i, &facts) {
+                Ok(()) => {
+                    let t = connector.connect(&prep.hosts[i].host);
+                    rt.block_on(crate::engine::until_signal(crate::engine::plan_host(
+                        &prep.hosts[i],
+                        t.as_ref(),
+                    )))?
+                }
+                Err(e) => {
+                    let mut p = plans[i].clone();
+                    p.steps.clear();
+                    p.error = Some(crate::engine::HostError::Script(format!(
+                        "its facts changed and rendering with them failed: {e}"
+                    )));
+                    p
+                }
+            };
+            plans[i].round_trips.probe += before.probe;
+        }
+        plans[i].round_trips.facts = prep.facts_trips(&plans[i].host.name);
+    }
+    plans.extend(prep.ungathered.iter().map(|u| u.plan()));
+    let mut report =
+        crate::report::plan::PlanReport::new(env, kind.as_str(), &plans).with_skipped(&prep.hosts);
+    for (h, c) in report.hosts.iter_mut().zip(&changed) {
+        h.facts_changed = *c;
+    }
     match output {
         OutputFormat::Json => print_json(&report)?,
         OutputFormat::Text => print_lines(&crate::report::plan::plan_lines(&report), term.out),
     }
     Ok(report.exit_code())
-}
-
-/// Validates and renders; prints diagnostics and returns `None` when the repo is invalid,
-/// so a bad commit never reaches a host.
-pub fn desired(
-    target: &Target,
-    output: OutputFormat,
-    term: Term,
-) -> anyhow::Result<Option<(Vec<DesiredHost>, SourceMap)>> {
-    let (loaded, diags, rendered) =
-        crate::validate::validate_and_render(&target.repo, &target.env, target.host.as_deref());
-    match rendered {
-        Some(h) if !diags.has_errors() => Ok(Some((h, loaded.sources))),
-        _ => {
-            fail_with(diags, &loaded.sources, output, term.err);
-            Ok(None)
-        }
-    }
 }

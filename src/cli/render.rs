@@ -26,15 +26,23 @@ pub fn run(args: RenderArgs, term: Term) -> anyhow::Result<u8> {
         output,
     } = args;
     let output = output.output;
-    let (mut loaded, mut diags) = crate::validate::validate(&target.repo);
+    let (mut loaded, mut diags) = crate::model::load::load(&target.repo);
     loaded
         .sources
         .set_display_root(&target.repo.to_string_lossy());
     if diags.has_errors() {
         return Ok(fail_with(diags, &loaded.sources, output, term.err));
     }
-    match crate::render::render_env(&loaded, &target.env, target.host.as_deref()) {
-        Ok(hosts) => {
+    // No host is contacted: facts come from `--facts FILE` or the cache.
+    target.facts.attach(&mut loaded)?;
+    let limits = target.limits();
+    if let Some(e) = loaded.environments.get(&target.env) {
+        limits.select(&target.env, &e.hosts)?;
+    }
+    let rendered =
+        crate::validate::check_and_render(&loaded, &mut diags, &target.env, &|h| limits.matches(h));
+    match rendered.filter(|_| !diags.has_errors()) {
+        Some(hosts) => {
             let report = RenderReport::new(&target.env, &hosts, show_content);
             match output {
                 OutputFormat::Json => print_json(&report)?,
@@ -46,9 +54,6 @@ pub fn run(args: RenderArgs, term: Term) -> anyhow::Result<u8> {
             }
             Ok(0)
         }
-        Err(d) => {
-            diags.extend(d.into_sorted());
-            Ok(fail_with(diags, &loaded.sources, output, term.err))
-        }
+        None => Ok(fail_with(diags, &loaded.sources, output, term.err)),
     }
 }

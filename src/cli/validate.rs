@@ -17,6 +17,8 @@ pub struct ValidateArgs {
     /// The config repo (the directory holding plumb.yaml).
     pub repo: PathBuf,
     #[command(flatten)]
+    pub facts: super::args::FactsArgs,
+    #[command(flatten)]
     pub output: OutputArg,
     /// Address space this process may use (e.g. 1GiB): a checkout whose templates need
     /// more aborts the process (non-zero, not 1). For CI runs on untrusted pull requests;
@@ -31,7 +33,11 @@ pub struct ValidateArgs {
 /// Diagnostics on stderr, the summary line on stdout. Exit 0 valid, 1 invalid.
 pub fn run(args: ValidateArgs, term: Term) -> anyhow::Result<u8> {
     limit_self(args.memory_limit, args.time_limit)?;
-    let (mut loaded, diags) = crate::validate::validate(&args.repo);
+    // Every host of every environment is rendered, with the facts of `--facts FILE` or
+    // the cache: a template that needs a fact no one has is an error.
+    let (mut loaded, mut diags) = crate::model::load::load(&args.repo);
+    args.facts.attach(&mut loaded)?;
+    crate::validate::check(&loaded, &mut diags);
     loaded
         .sources
         .set_display_root(&args.repo.to_string_lossy());

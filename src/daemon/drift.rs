@@ -45,7 +45,7 @@ impl Daemon {
         env: &str,
         state: &mut EnvState,
     ) -> Result<DriftCheck, DaemonError> {
-        let Some(base) = self.baseline(env).await? else {
+        let Some(mut base) = self.baseline(env).await? else {
             return Ok(DriftCheck::NoBaseline);
         };
         let interval = policy::drift_interval(
@@ -54,12 +54,25 @@ impl Daemon {
         );
         let checked = DriftCheck::Checked { interval };
         self.note_inventory(env, &base.loaded.hosts);
-        let plans = engine::plan_all(
+        let mut plans = engine::plan_all(
             &base.loaded.hosts,
             &self.connector,
             self.config.parallel as usize,
         )
         .await;
+        // Facts ride along with the probe: when a host's differ from the cached ones it was
+        // rendered with, cache them, render the commit again and observe again.
+        if self.cache_changed_facts(env, &base, &plans) {
+            if let Some(b) = self.baseline(env).await? {
+                base = b;
+                plans = engine::plan_all(
+                    &base.loaded.hosts,
+                    &self.connector,
+                    self.config.parallel as usize,
+                )
+                .await;
+            }
+        }
         let (run, drifted, resources) = self.record_drift(env, &base, &plans)?;
         if drifted.is_empty() {
             state.alerted_drift = None;
@@ -90,6 +103,25 @@ impl Daemon {
         Ok(checked)
     }
 
+    /// Caches the facts of hosts whose facts changed since they were rendered; true if any.
+    fn cache_changed_facts(&self, env: &str, base: &Baseline, plans: &[engine::HostPlan]) -> bool {
+        let cache = self.facts_source(false).cache;
+        let mut changed = false;
+        for (desired, plan) in base.loaded.hosts.iter().zip(plans) {
+            if let (true, Some(f)) = (
+                engine::facts_changed(desired, plan.facts.as_ref()),
+                &plan.facts,
+            ) {
+                tracing::info!(environment = %env, host = %plan.host.name, "facts changed: rendering again");
+                if let Err(e) = cache.store(env, &plan.host.name, f) {
+                    tracing::warn!(host = %plan.host.name, error = %e, "could not cache facts");
+                }
+                changed = true;
+            }
+        }
+        changed
+    }
+
     /// The last applied commit, checked out and rendered; `None` before the first apply.
     async fn baseline(&self, env: &str) -> Result<Option<Baseline>, DaemonError> {
         let Some(last) = lock(&self.db).last_applied(env)? else {
@@ -99,17 +131,25 @@ impl Daemon {
             environment: env.to_string(),
             commit: last.commit.clone(),
         })?;
-        // Applied before, so validated before: loaded directly.
-        let loaded = load_commit(self.source.clone(), self.checkouts_dir(), oid, env, None)
-            .await
-            .map_err(|refusal| DaemonError::AppliedInvalid {
-                environment: env.to_string(),
-                commit: last.commit.clone(),
-                errors: match &refusal {
-                    policy::Refusal::Invalid { errors } => errors.len(),
-                    _ => 1,
-                },
-            })?;
+        // Applied before, so validated before: loaded directly (facts from the cache).
+        let facts = self.facts_source(false);
+        let loaded = load_commit(
+            self.source.clone(),
+            self.checkouts_dir(),
+            oid,
+            env,
+            None,
+            &facts,
+        )
+        .await
+        .map_err(|refusal| DaemonError::AppliedInvalid {
+            environment: env.to_string(),
+            commit: last.commit.clone(),
+            errors: match &refusal {
+                policy::Refusal::Invalid { errors } => errors.len(),
+                _ => 1,
+            },
+        })?;
         Ok(Some(Baseline {
             commit: last.commit,
             oid,

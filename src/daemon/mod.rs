@@ -237,6 +237,16 @@ impl Daemon {
         self.config.state_dir.join("checkouts")
     }
 
+    /// The daemon's facts: cached under `<state>/facts`, gathered through its connector.
+    fn facts_source(&self, fresh: bool) -> reconcile::FactsSource<'_> {
+        reconcile::FactsSource {
+            connector: &self.connector,
+            cache: crate::facts::cache::FactsCache::new(self.config.state_dir.join("facts")),
+            parallel: self.config.parallel as usize,
+            fresh,
+        }
+    }
+
     /// Starts the HTTP server; returns its task and the sender that stops it.
     async fn start_server(
         &self,

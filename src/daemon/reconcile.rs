@@ -60,16 +60,68 @@ fn checkout_into(source: &Source, base: &Path, commit: git2::Oid) -> Result<Path
     Ok(dir)
 }
 
-/// Checks out `commit` and validates and renders it for `env`, on the blocking pool. With a
-/// `validator`, the commit is first validated in a child process under resource limits (a
-/// new commit; a commit applied before is loaded directly). Every way this can fail is a
-/// [`Refusal`] (a panic included), so the commit can be recorded.
+/// Where the daemon's facts come from: its cache (`<state>/facts`) and the hosts.
+pub(super) struct FactsSource<'a> {
+    pub connector: &'a dyn engine::Connector,
+    pub cache: crate::facts::cache::FactsCache,
+    pub parallel: usize,
+    /// Gather the facts of every host that uses them, cached or not: before an apply, so
+    /// stale cached facts never stop one (a drift check uses the cache: facts ride along).
+    pub fresh: bool,
+}
+
+impl FactsSource<'_> {
+    /// Attaches the cached facts (unless `fresh`) and gathers those of the hosts of `env`
+    /// that need facts and have none (one round trip each), caching what was gathered.
+    async fn attach(&self, repo: &mut crate::model::Repo, env: &str) {
+        let Some(e) = repo.environments.get(env) else {
+            return;
+        };
+        if !self.fresh {
+            self.cache.load_into(
+                e.hosts.iter().map(|h| (env, h.name.as_str())),
+                &mut repo.facts,
+            );
+        }
+        let missing: Vec<Host> = e
+            .hosts
+            .iter()
+            .filter(|h| crate::render::needs_facts(repo, env, h))
+            .cloned()
+            .collect();
+        if missing.is_empty() {
+            return;
+        }
+        let gathered = engine::gather_all(&missing, self.connector, self.parallel).await;
+        for (host, (result, _)) in missing.iter().zip(gathered) {
+            match result {
+                Ok(f) => {
+                    if let Err(e) = self.cache.store(env, &host.name, &f) {
+                        tracing::warn!(host = %host.name, error = %e, "could not cache facts");
+                    }
+                    repo.facts.insert(env, &host.name, f);
+                }
+                // Rendering that host then fails, naming the fact: the commit is refused.
+                Err(e) => {
+                    tracing::warn!(host = %host.name, error = %e, "could not gather facts")
+                }
+            }
+        }
+    }
+}
+
+/// Checks out `commit` and validates and renders it for `env`, on the blocking pool, with
+/// the facts of its hosts (see [`FactsSource`]). With a `validator`, the commit is first
+/// validated in a child process under resource limits (a new commit; a commit applied
+/// before is loaded directly). Every way this can fail is a [`Refusal`] (a panic
+/// included), so the commit can be recorded.
 pub(super) async fn load_commit(
     source: Arc<Source>,
     checkouts: PathBuf,
     commit: git2::Oid,
     env: &str,
     validator: Option<&Validator>,
+    facts: &FactsSource<'_>,
 ) -> Result<Loaded, Refusal> {
     let internal = |what: &str, e: tokio::task::JoinError| Refusal::Internal {
         error: format!("{what}: {}", panic_message(e)),
@@ -83,9 +135,15 @@ pub(super) async fn load_commit(
     if let Some(v) = validator {
         v.check(&dir).await?;
     }
+    let job = tokio::task::spawn_blocking(move || crate::model::load::load(&dir));
+    let (mut repo, mut diags) = job.await.map_err(|e| internal("loading", e))?;
+    if !diags.has_errors() {
+        facts.attach(&mut repo, env).await;
+    }
     let name = env.to_string();
     let job = tokio::task::spawn_blocking(move || {
-        crate::validate::validate_and_render(&dir, &name, None)
+        let hosts = crate::validate::check_and_render(&repo, &mut diags, &name, &|_| true);
+        (repo, diags, hosts)
     });
     let (repo, diags, rendered) = job
         .await
@@ -238,12 +296,14 @@ impl Daemon {
             }
         };
         // A bad commit touches nothing: validate and render before the first host.
+        let facts = self.facts_source(true);
         let loaded = match load_commit(
             self.source.clone(),
             self.checkouts_dir(),
             tip,
             env,
             self.validator.as_ref(),
+            &facts,
         )
         .await
         {

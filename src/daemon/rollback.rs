@@ -156,19 +156,29 @@ impl Daemon {
                 )))
             }
         };
-        let mut loaded =
-            match load_commit(self.source.clone(), self.checkouts_dir(), oid, env, None).await {
-                Ok(l) => l,
-                Err(refusal) => {
-                    let why = match &refusal {
-                        Refusal::Invalid { errors } => {
-                            format!("{} validation errors", errors.len())
-                        }
-                        other => other.code().to_string(),
-                    };
-                    return Ok(Err(format!("the last good commit cannot be used: {why}")));
-                }
-            };
+        // Applied again: facts gathered afresh, as for a rollout.
+        let facts = self.facts_source(true);
+        let mut loaded = match load_commit(
+            self.source.clone(),
+            self.checkouts_dir(),
+            oid,
+            env,
+            None,
+            &facts,
+        )
+        .await
+        {
+            Ok(l) => l,
+            Err(refusal) => {
+                let why = match &refusal {
+                    Refusal::Invalid { errors } => {
+                        format!("{} validation errors", errors.len())
+                    }
+                    other => other.code().to_string(),
+                };
+                return Ok(Err(format!("the last good commit cannot be used: {why}")));
+            }
+        };
         // Only the hosts rolled back are applied.
         loaded.hosts.retain(|h| hosts.contains(&h.host.name));
         if loaded.hosts.len() != hosts.len() {

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use futures::stream::{self, StreamExt};
 
+use crate::facts::Facts;
 use crate::model::Host;
 use crate::modules::Change;
 use crate::render::DesiredHost;
@@ -43,6 +44,14 @@ pub struct RoundTrips {
     pub probe: u32,
     pub apply: u32,
     pub verify: u32,
+    /// Round trips spent gathering facts before rendering: a host with no cached facts
+    /// (facts otherwise ride along with the probe). Omitted when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub facts: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Makes a transport for a host.
@@ -157,6 +166,8 @@ impl HostError {
 #[derive(Debug, Clone)]
 pub struct HostPlan {
     pub host: Host,
+    /// The facts observed in the probe round trip (`None`: not readable).
+    pub facts: Option<Facts>,
     pub steps: Vec<StepPlan>,
     pub error: Option<HostError>,
     pub round_trips: RoundTrips,
@@ -231,6 +242,8 @@ pub enum HostStatus {
 #[derive(Debug, Clone)]
 pub struct HostRun {
     pub host: Host,
+    /// The facts observed in the first probe round trip (`None`: not readable).
+    pub facts: Option<Facts>,
     pub status: HostStatus,
     pub error: Option<String>,
     pub steps: Vec<StepOutcome>,
@@ -275,19 +288,85 @@ fn frames(out: &crate::transport::Output, refs: &[StepRef]) -> Result<Parsed, Ho
     Ok(parsed)
 }
 
-/// Observe: every step's probe in one round trip, each diffed by its module.
+/// The facts in a script's output, when its facts fragment ran and printed them.
+fn facts_of(parsed: &Parsed, host: &str) -> Option<Facts> {
+    let frame = parsed.get(Tag::Facts)?;
+    match crate::facts::parse(&frame.result.stdout) {
+        Ok(f) => Some(f),
+        Err(e) => {
+            tracing::warn!(host = %host, error = %e, "could not read the host's facts");
+            None
+        }
+    }
+}
+
+/// Gathers a host's facts alone: one round trip (a host with no cached facts, before
+/// rendering). Returns the facts and the round trips made.
+pub async fn gather_facts(host: &Host, t: &dyn Transport) -> Gathered {
+    let counted = CountingTransport::new(t);
+    let fragments = [(Tag::Facts, crate::facts::SCRIPT.to_string())];
+    let script = script::build(&fragments, Mode::Observe);
+    let out = counted
+        .run_within(script.as_bytes(), t.timeouts().observe.get())
+        .await;
+    let result = out.map_err(HostError::from).and_then(|out| {
+        let parsed = frames(&out, &[])?;
+        let frame = parsed.get(Tag::Facts).ok_or_else(|| {
+            HostError::Script(format!(
+                "the facts script did not complete (exit status {:?}): {}",
+                out.status,
+                step::tail(&out.stderr, 10)
+            ))
+        })?;
+        crate::facts::parse(&frame.result.stdout)
+            .map_err(|e| HostError::Script(format!("facts of host {}: {e}", host.name)))
+    });
+    (result, counted.count())
+}
+
+/// A host's facts (or why not), and the round trips made.
+pub type Gathered = (Result<Facts, HostError>, u32);
+
+/// Gathers the facts of `hosts`, at most `parallel` at once: one round trip each. Returns,
+/// in the order of `hosts`, each one's facts (or why not) and the round trips made.
+pub async fn gather_all(
+    hosts: &[Host],
+    connector: &dyn Connector,
+    parallel: usize,
+) -> Vec<Gathered> {
+    // The futures are made up front (no closure lives in the stream), so the daemon can
+    // spawn a task that awaits this.
+    let futures: Vec<_> = hosts
+        .iter()
+        .map(|h| {
+            let t = connector.connect(h);
+            async move { gather_facts(h, t.as_ref()).await }
+        })
+        .collect();
+    stream::iter(futures)
+        .buffered(parallel.max(1))
+        .collect()
+        .await
+}
+
+/// Observe: every step's probe in one round trip, each diffed by its module; with
+/// `with_facts`, the host's facts ride along in the same script.
 async fn observe(
     desired: &DesiredHost,
     refs: &[StepRef],
     t: &dyn Transport,
     timeout: Duration,
-) -> Result<Observed, HostError> {
-    let fragments: Vec<(Tag, String)> = desired
+    with_facts: bool,
+) -> Result<(Observed, Option<Facts>), HostError> {
+    let mut fragments: Vec<(Tag, String)> = desired
         .steps
         .iter()
         .enumerate()
         .map(|(i, s)| (Tag::Probe(i), s.resource.probe()))
         .collect();
+    if with_facts {
+        fragments.push((Tag::Facts, crate::facts::SCRIPT.to_string()));
+    }
     let out = t
         .run_within(script::build(&fragments, Mode::Observe).as_bytes(), timeout)
         .await?;
@@ -299,7 +378,12 @@ async fn observe(
             step::tail(&out.stderr, 10)
         )));
     }
-    Ok(desired
+    let facts = if with_facts {
+        facts_of(&parsed, &desired.host.name)
+    } else {
+        None
+    };
+    let observed = desired
         .steps
         .iter()
         .zip(refs)
@@ -315,7 +399,17 @@ async fn observe(
                 .diff(&frame.result)
                 .map_err(|e| r.probe_error(&e))
         })
-        .collect())
+        .collect();
+    Ok((observed, facts))
+}
+
+/// Whether the facts observed differ from those the host was rendered with: its steps
+/// must be rendered again before anything is applied.
+pub fn facts_changed(desired: &DesiredHost, observed: Option<&Facts>) -> bool {
+    match (&desired.facts, observed) {
+        (Some(used), Some(seen)) => used != seen,
+        _ => false,
+    }
 }
 
 /// What to do on a host: the changes, the notified handlers, and the script fragments.
@@ -459,9 +553,17 @@ pub async fn plan_host(desired: &DesiredHost, t: &dyn Transport) -> HostPlan {
     let start = Instant::now();
     let refs: Vec<StepRef> = desired.steps.iter().map(StepRef::of).collect();
     let probe = CountingTransport::new(t);
-    let observed = observe(desired, &refs, &probe, t.timeouts().observe.get()).await;
+    let observed = observe(
+        desired,
+        &refs,
+        &probe,
+        t.timeouts().observe.get(),
+        desired.facts.is_some(),
+    )
+    .await;
     let mut plan = HostPlan {
         host: desired.host.clone(),
+        facts: None,
         steps: Vec::new(),
         error: None,
         round_trips: RoundTrips {
@@ -471,7 +573,8 @@ pub async fn plan_host(desired: &DesiredHost, t: &dyn Transport) -> HostPlan {
         duration: Duration::ZERO,
     };
     match observed {
-        Ok(changes) => {
+        Ok((changes, facts)) => {
+            plan.facts = facts;
             plan.steps = refs
                 .into_iter()
                 .zip(changes)
@@ -504,12 +607,46 @@ pub async fn apply_host(desired: &DesiredHost, t: &dyn Transport) -> HostRun {
     run
 }
 
+/// An apply's first observation (facts riding along); `Err` stops the host before anything
+/// is changed, also when the facts seen are not those its steps were rendered with (the
+/// steps may be wrong: the caller renders again with these facts and runs again).
+async fn observe_first(
+    desired: &DesiredHost,
+    refs: &[StepRef],
+    t: &dyn Transport,
+    run: &mut HostRun,
+) -> Result<Observed, (HostStatus, String)> {
+    let probe = CountingTransport::new(t);
+    let with_facts = desired.facts.is_some();
+    let observed = observe(
+        desired,
+        refs,
+        &probe,
+        t.timeouts().observe.get(),
+        with_facts,
+    )
+    .await;
+    run.round_trips.probe = probe.count();
+    let (observed, facts) = observed.map_err(|e| (e.status(), e.to_string()))?;
+    run.facts = facts;
+    if facts_changed(desired, run.facts.as_ref()) {
+        return Err((
+            HostStatus::Failed,
+            "the host's facts changed since its steps were rendered; nothing was applied \
+             (render again with the new facts)"
+                .into(),
+        ));
+    }
+    Ok(observed)
+}
+
 /// observe → decide → apply → verify.
 async fn converge(desired: &DesiredHost, t: &dyn Transport) -> HostRun {
     let timeouts = t.timeouts();
     let refs: Vec<StepRef> = desired.steps.iter().map(StepRef::of).collect();
     let mut run = HostRun {
         host: desired.host.clone(),
+        facts: None,
         status: HostStatus::Converged,
         error: None,
         steps: Vec::new(),
@@ -518,12 +655,9 @@ async fn converge(desired: &DesiredHost, t: &dyn Transport) -> HostRun {
         duration: Duration::ZERO,
     };
 
-    let probe = CountingTransport::new(t);
-    let observed = observe(desired, &refs, &probe, timeouts.observe.get()).await;
-    run.round_trips.probe = probe.count();
-    let observed = match observed {
+    let observed = match observe_first(desired, &refs, t, &mut run).await {
         Ok(o) => o,
-        Err(e) => return run.stop(e.status(), e.to_string()),
+        Err((status, error)) => return run.stop(status, error),
     };
     // A step we cannot observe is a step we cannot change safely: touch nothing on this host.
     let blind = observed.iter().filter(|c| c.is_err()).count();
@@ -576,7 +710,9 @@ async fn converge(desired: &DesiredHost, t: &dyn Transport) -> HostRun {
     }
 
     let verify_t = CountingTransport::new(t);
-    let after = observe(desired, &refs, &verify_t, timeouts.verify.get()).await;
+    let after = observe(desired, &refs, &verify_t, timeouts.verify.get(), false)
+        .await
+        .map(|(o, _)| o);
     run.round_trips.verify = verify_t.count();
     match after {
         Err(e) => run.stop(HostStatus::Failed, format!("verify failed: {e}")),

@@ -71,6 +71,8 @@ pub enum Tag {
     Apply(usize),
     /// A handler: the refresh of a step.
     Refresh(usize),
+    /// The host's facts (`facts::SCRIPT`), riding along with the probes.
+    Facts,
 }
 
 impl Tag {
@@ -79,10 +81,14 @@ impl Tag {
             Tag::Probe(i) => format!("p{i}"),
             Tag::Apply(i) => format!("a{i}"),
             Tag::Refresh(i) => format!("h{i}"),
+            Tag::Facts => "f".to_string(),
         }
     }
 
     fn parse(s: &str) -> Option<Tag> {
+        if s == "f" {
+            return Some(Tag::Facts);
+        }
         let (k, n) = s.split_at_checked(1)?;
         let n: usize = n.parse().ok()?;
         match k {

@@ -101,6 +101,7 @@ fn trips(probe: u32, apply: u32, verify: u32) -> RoundTrips {
         probe,
         apply,
         verify,
+        facts: 0,
     }
 }
 
@@ -322,6 +323,7 @@ fn named(name: &str, steps: Vec<DesiredStep>) -> DesiredHost {
         },
         steps,
         skipped: Vec::new(),
+        facts: None,
     }
 }
 
@@ -491,4 +493,63 @@ async fn sensitive_results_carry_no_target_values_or_notes() {
             .map(|c| c.fields[0].to.clone()),
         Ok(Some(REDACTED.to_string()))
     );
+}
+
+/// Facts ride along with the probe: a host rendered with facts is observed, facts
+/// included, in one round trip; when they are what it was rendered with, an apply goes on.
+#[tokio::test]
+async fn facts_ride_along_with_the_probe() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let t = Counting::default();
+    let (facts, trips_spent) = gather_facts(&host(), &t).await;
+    let facts = facts.expect("this machine's facts");
+    assert_eq!(trips_spent, 1, "gathering alone is one round trip");
+    let mut desired = on_local((0..10).map(|i| step(dir.path(), i, vec![])).collect());
+    desired.facts = Some(facts.clone());
+    let before = t.calls.load(Ordering::SeqCst);
+    let plan = plan_host(&desired, &t).await;
+    assert_eq!(t.calls.load(Ordering::SeqCst) - before, 1);
+    assert_eq!(plan.round_trips.probe, 1);
+    assert_eq!(plan.facts.as_ref(), Some(&facts));
+    assert!(!facts_changed(&desired, plan.facts.as_ref()));
+    let run = apply_host(&desired, &t).await;
+    assert_eq!(run.status, HostStatus::Converged, "{:?}", run.error);
+    assert_eq!(run.changed(), 10);
+    let again = apply_host(&desired, &t).await;
+    assert_eq!(
+        again.round_trips,
+        trips(1, 0, 0),
+        "a no-op check is one round trip"
+    );
+}
+
+/// Rendered with facts the host no longer has: the apply changes nothing and hands the
+/// facts seen back, so the caller renders again.
+#[tokio::test]
+async fn an_apply_rendered_with_stale_facts_changes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut desired = on_local(vec![step(dir.path(), 0, vec![])]);
+    let mut stale = crate::facts::tests::sample();
+    stale.cpus = 4096;
+    desired.facts = Some(stale);
+    let t = Counting::default();
+    let run = apply_host(&desired, &t).await;
+    assert_eq!(run.status, HostStatus::Failed);
+    assert!(
+        run.error.as_deref().unwrap_or("").contains("facts changed"),
+        "{:?}",
+        run.error
+    );
+    assert_eq!(run.round_trips, trips(1, 0, 0));
+    assert!(facts_changed(&desired, run.facts.as_ref()));
+    assert!(!dir.path().join("m0").exists(), "nothing was applied");
+}
+
+/// A host rendered without facts is probed without the facts script.
+#[tokio::test]
+async fn a_host_that_uses_no_facts_is_probed_without_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let desired = on_local(vec![step(dir.path(), 0, vec![])]);
+    let plan = plan_host(&desired, &Counting::default()).await;
+    assert_eq!(plan.facts, None);
 }

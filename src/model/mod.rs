@@ -701,6 +701,9 @@ pub struct Repo {
     pub sources: SourceMap,
     /// The repo's files, read only through the jail (see [`jail`]).
     pub files: jail::RepoFiles,
+    /// Host facts known before rendering (cache, `--facts FILE`, or observed): not from the
+    /// repo; empty after `load`. Rendering gives each host `facts` from here.
+    pub facts: crate::facts::FactsBook,
 }
 
 /// Parses "500ms", "30s", "5m", "2h" (the one parser, [`HumanDuration`]'s), for values not

@@ -28,7 +28,9 @@ pub use expand::{SkippedStep, MAX_LOOP_ITEMS};
 pub use order::{find_cycle, order_steps};
 
 /// Variable names plumb provides itself.
-pub const RESERVED_VARS: &[&str] = &["host", "env"];
+pub const RESERVED_VARS: &[&str] = &["host", "env", "facts"];
+/// The code of a template error on a host with no facts at all (gather them first).
+pub const MISSING_FACTS: &str = "missing-facts";
 /// Largest file `source:` or `template:` may name (bytes).
 pub const MAX_CONTENT_BYTES: u64 = 64 * 1024 * 1024;
 /// Template execution budget (minijinja fuel) per template.
@@ -59,6 +61,9 @@ pub struct DesiredHost {
     pub steps: Vec<DesiredStep>,
     /// Steps (or loop iterations) a `when:` left out, in declaration order.
     pub skipped: Vec<SkippedStep>,
+    /// The facts these steps were rendered with (`None`: no facts were known, so no step
+    /// depends on them). The engine re-checks them in the probe round trip.
+    pub facts: Option<crate::facts::Facts>,
 }
 
 /// Units that apply to a host by their `applies_to`, in name order. Units with `params`
@@ -128,8 +133,15 @@ pub fn render_env(
     }
 }
 
-/// The template context for a host: merged variables plus `host` and `env`.
-pub fn host_context(repo: &Repo, env: &str, host: &Host, unit: &Unit) -> Json {
+/// The template context for a host: merged variables plus `host`, `env` and, when known,
+/// `facts`.
+pub fn host_context(
+    repo: &Repo,
+    env: &str,
+    host: &Host,
+    unit: &Unit,
+    facts: Option<&crate::facts::Facts>,
+) -> Json {
     let mut vars = Vars::new();
     let env_vars = repo
         .environments
@@ -164,6 +176,14 @@ pub fn host_context(repo: &Repo, env: &str, host: &Host, unit: &Unit) -> Json {
         }),
     );
     vars.insert("env".into(), serde_json::json!({ "name": env }));
+    // No facts known: `facts` stays undefined, and a template that uses it fails naming
+    // the fact (see `template_message`).
+    if let Some(f) = facts {
+        vars.insert(
+            "facts".into(),
+            serde_json::to_value(f).unwrap_or(Json::Null),
+        );
+    }
     Json::Object(vars)
 }
 
@@ -225,6 +245,13 @@ fn template_message(err: &minijinja::Error, source: &str, ctx: &Json) -> String 
                 })
                 .collect();
             missing.sort();
+            if let Some(fact) = missing.iter().find(|v| v.starts_with("facts")) {
+                let host = lookup_path(ctx, "host.name").and_then(Json::as_str);
+                return format!(
+                    "this template needs fact `{fact}`, which host `{}` does not have",
+                    host.unwrap_or("?")
+                );
+            }
             if !missing.is_empty() {
                 let each: Vec<String> = missing.iter().map(|v| undefined_message(ctx, v)).collect();
                 return each.join("; ");
@@ -240,7 +267,7 @@ fn template_message(err: &minijinja::Error, source: &str, ctx: &Json) -> String 
 }
 
 /// What to do about an undefined variable: where variables are defined, for which host.
-fn template_hint(err: &minijinja::Error, ctx: &Json) -> Option<String> {
+fn template_hint(err: &minijinja::Error, ctx: &Json, message: &str) -> Option<String> {
     if err.kind() != minijinja::ErrorKind::UndefinedError {
         return None;
     }
@@ -250,6 +277,19 @@ fn template_hint(err: &minijinja::Error, ctx: &Json) -> Option<String> {
     let env = lookup_path(ctx, "env.name")
         .and_then(Json::as_str)
         .unwrap_or("?");
+    if message.contains("needs fact `") {
+        return Some(if ctx.get("facts").is_none() {
+            format!(
+                "no facts are known for host `{host}`: gather them with `plumb facts --env {env}` \
+                 (cached for render and validate), or pass `--facts FILE`"
+            )
+        } else {
+            format!(
+                "host `{host}` has no such fact (`plumb facts --env {env}` shows what it has; \
+                 e.g. `facts.ipv4` is unset on a host without an IPv4 address)"
+            )
+        });
+    }
     Some(format!(
         "rendering for host `{host}` (environment `{env}`): define it in the unit's `vars`, \
          in environments/{env}/env.yaml `vars`, or in the host's `vars`"
@@ -354,9 +394,10 @@ impl Templater<'_> {
                     Ok(out) => Json::String(out),
                     Err(e) => {
                         let pos = self.error_pos(node, s, &e, path);
-                        let mut d =
-                            Diagnostic::error("template", path, pos, template_message(&e, s, ctx));
-                        if let Some(h) = template_hint(&e, ctx) {
+                        let message = template_message(&e, s, ctx);
+                        let hint = template_hint(&e, ctx, &message);
+                        let mut d = Diagnostic::error("template", path, pos, message);
+                        if let Some(h) = hint {
                             d = d.with_hint(h);
                         }
                         diags.push(d);
@@ -480,13 +521,10 @@ impl StepResolver<'_> {
                     .map(|n| format!("templates/{n}"))
                     .unwrap_or(rel_path.clone());
                 let file_source = self.source_of(&file);
-                let mut d = Diagnostic::error(
-                    "template",
-                    file,
-                    Pos { line, col },
-                    template_message(&e, &file_source, self.ctx),
-                );
-                if let Some(h) = template_hint(&e, self.ctx) {
+                let message = template_message(&e, &file_source, self.ctx);
+                let hint = template_hint(&e, self.ctx, &message);
+                let mut d = Diagnostic::error("template", file, Pos { line, col }, message);
+                if let Some(h) = hint {
                     d = d.with_hint(h);
                 }
                 self.errors.push(d);
@@ -524,6 +562,7 @@ fn expand_steps(
     repo: &Repo,
     env: &str,
     host: &Host,
+    facts: Option<&crate::facts::Facts>,
     applied: &[expand::Applied<'_>],
     errors: &mut Vec<Diagnostic>,
 ) -> Expanded {
@@ -533,7 +572,7 @@ fn expand_steps(
     let mut groups: BTreeMap<StepAddress, Vec<StepAddress>> = BTreeMap::new();
     let mut skipped_bases: HashSet<StepAddress> = HashSet::new();
     for a in applied {
-        let mut ctx = host_context(repo, env, host, a.unit);
+        let mut ctx = host_context(repo, env, host, a.unit, facts);
         if let (Some(i), Json::Object(o)) = (&a.instance, &mut ctx) {
             // An instance's params win over every other variable; `instance` names it.
             for (k, v) in &i.params {
@@ -583,8 +622,33 @@ fn expand_steps(
     }
 }
 
-/// Renders one host.
+/// Renders one host, with its facts from `repo.facts` when its templates need them. Only a
+/// host whose templates use facts depends on them (`DesiredHost::facts` is set): it is
+/// rendered without facts first, so a host that never uses them costs no facts round trip
+/// and is never rendered again when they change.
 pub fn render_host(repo: &Repo, env: &str, host: &Host) -> Result<DesiredHost, Diagnostics> {
+    let facts = repo.facts.get(env, &host.name);
+    if facts.is_some() {
+        if let Ok(d) = render_host_with(repo, env, host, None) {
+            return Ok(d);
+        }
+    }
+    render_host_with(repo, env, host, facts)
+}
+
+/// Whether `host` cannot be rendered without facts (and has none in `repo.facts`).
+pub fn needs_facts(repo: &Repo, env: &str, host: &Host) -> bool {
+    repo.facts.get(env, &host.name).is_none()
+        && render_host_with(repo, env, host, None)
+            .is_err_and(|d| d.iter().any(|d| d.code == MISSING_FACTS))
+}
+
+fn render_host_with(
+    repo: &Repo,
+    env: &str,
+    host: &Host,
+    facts: Option<&crate::facts::Facts>,
+) -> Result<DesiredHost, Diagnostics> {
     let mut diags = Diagnostics::default();
     let templater = Templater {
         repo,
@@ -597,8 +661,14 @@ pub fn render_host(repo: &Repo, env: &str, host: &Host) -> Result<DesiredHost, D
         skipped,
         groups,
         skipped_bases,
-    } = expand_steps(&templater, repo, env, host, &applied, &mut errors);
-    diags.extend(errors);
+    } = expand_steps(&templater, repo, env, host, facts, &applied, &mut errors);
+    let no_facts = facts.is_none();
+    diags.extend(errors.into_iter().map(|mut d| {
+        if no_facts && d.code == "template" && d.message.contains("needs fact `") {
+            d.code = MISSING_FACTS;
+        }
+        d
+    }));
     // References: `after` to a step not on this host is dropped (nothing to wait for);
     // `notify` to a step not on this host is an error (the refresh would never run), unless
     // its `when` left it out. A reference to a loop step reaches every iteration.
@@ -641,6 +711,7 @@ pub fn render_host(repo: &Repo, env: &str, host: &Host) -> Result<DesiredHost, D
             host: host.clone(),
             steps,
             skipped,
+            facts: facts.cloned(),
         }),
         Err(cycle) => {
             diags.push(Diagnostic::error(
@@ -927,5 +998,105 @@ mod tests {
             })
             .collect();
         assert_eq!(ptrs.len(), 1, "one shared copy of the file for 1,000 hosts");
+    }
+
+    fn facts_repo(template: &str) -> (tempfile::TempDir, Repo) {
+        let dir = tempfile::tempdir().unwrap();
+        let w = |p: &str, s: &str| {
+            let p = dir.path().join(p);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, s).unwrap();
+        };
+        w("plumb.yaml", "name: facts\n");
+        w(
+            "environments/prod/hosts.yaml",
+            "hosts:\n  - name: web-1\n    address: 10.0.0.1\n",
+        );
+        w(
+            "units/app.yaml",
+            "steps:\n  - id: conf\n    file:\n      path: /etc/app.conf\n      template: app.conf.j2\n",
+        );
+        w("templates/app.conf.j2", template);
+        let (repo, diags) = crate::model::load::load(dir.path());
+        assert!(!diags.has_errors(), "{:?}", diags.into_sorted());
+        (dir, repo)
+    }
+
+    fn content(h: &DesiredHost) -> String {
+        String::from_utf8_lossy(h.steps[0].resource.content().expect("content")).into_owned()
+    }
+
+    /// `facts` is in every template's context, typed: numbers are numbers, enums strings.
+    #[test]
+    fn templates_see_the_hosts_facts() {
+        let (_dir, mut repo) = facts_repo(
+            "workers = {{ facts.cpus * 2 }}\n{% if facts.os.family == 'rhel' %}pkg = {{ facts.pkg_manager }}{% endif %}\n",
+        );
+        repo.facts
+            .insert("prod", "web-1", crate::facts::tests::sample());
+        let hosts = render_env(&repo, "prod", None).expect("renders");
+        assert_eq!(content(&hosts[0]), "workers = 16\npkg = dnf\n");
+        assert!(hosts[0].facts.is_some(), "this host depends on its facts");
+    }
+
+    /// A host whose templates use no facts does not depend on them, known or not.
+    #[test]
+    fn a_host_that_uses_no_facts_does_not_depend_on_them() {
+        let (_dir, mut repo) = facts_repo("name = {{ host.name }}\n");
+        repo.facts
+            .insert("prod", "web-1", crate::facts::tests::sample());
+        let hosts = render_env(&repo, "prod", None).expect("renders");
+        assert_eq!(hosts[0].facts, None);
+        assert!(!needs_facts(
+            &repo,
+            "prod",
+            &repo.environments["prod"].hosts[0]
+        ));
+    }
+
+    /// No facts at all for the host: the error is at the template's line, names the fact
+    /// and says how to get facts.
+    #[test]
+    fn a_template_that_needs_facts_nobody_has_says_which() {
+        let (_dir, repo) = facts_repo("# app\nworkers = {{ facts.cpus }}\n");
+        let diags = render_env(&repo, "prod", None)
+            .expect_err("no facts")
+            .into_sorted();
+        assert!(needs_facts(
+            &repo,
+            "prod",
+            &repo.environments["prod"].hosts[0]
+        ));
+        let d = &diags[0];
+        assert_eq!(d.code, MISSING_FACTS);
+        insta::assert_snapshot!(format!(
+            "{}:{}:{}: {}\nhelp: {}",
+            d.path,
+            d.line,
+            d.col,
+            d.message,
+            d.hint.clone().unwrap_or_default()
+        ));
+    }
+
+    /// Facts known, but not this one (a host with no IPv4 address): named too.
+    #[test]
+    fn a_fact_the_host_lacks_is_named() {
+        let (_dir, mut repo) = facts_repo("listen = {{ facts.ipv4 }}\n");
+        let mut f = crate::facts::tests::sample();
+        f.ipv4 = None;
+        repo.facts.insert("prod", "web-1", f);
+        let diags = render_env(&repo, "prod", None)
+            .expect_err("no ipv4")
+            .into_sorted();
+        assert_eq!(diags[0].code, "template");
+        assert_eq!(
+            diags[0].message,
+            "this template needs fact `facts.ipv4`, which host `web-1` does not have"
+        );
+        assert_eq!(
+            (diags[0].path.as_str(), diags[0].line),
+            ("templates/app.conf.j2", 1)
+        );
     }
 }

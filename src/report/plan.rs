@@ -40,6 +40,10 @@ pub struct HostPlanReport {
     pub error: Option<String>,
     pub changes: usize,
     pub round_trips: RoundTrips,
+    /// The host's facts differed from those its steps were rendered with: they were
+    /// rendered again and the host probed again (one more probe round trip).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub facts_changed: bool,
     pub duration_ms: u64,
     /// Steps that need a change or failed; in-sync steps are counted in `in_sync`.
     pub steps: Vec<StepChange>,
@@ -138,6 +142,7 @@ impl PlanReport {
                 error: p.error.as_ref().map(|e| e.to_string()),
                 changes: p.changes(),
                 round_trips: p.round_trips,
+                facts_changed: false,
                 duration_ms: u64::try_from(p.duration.as_millis()).unwrap_or(u64::MAX),
                 steps: p
                     .steps
@@ -215,6 +220,9 @@ pub enum LineKind {
     Summary,
 }
 
+const FACTS_CHANGED: &str =
+    "  facts changed since they were cached: steps rendered again and the host probed again";
+
 pub fn plan_lines(r: &PlanReport) -> Vec<(LineKind, String)> {
     let mut out = Vec::new();
     for h in &r.hosts {
@@ -233,6 +241,9 @@ pub fn plan_lines(r: &PlanReport) -> Vec<(LineKind, String)> {
             LineKind::Header,
             format!("host {} ({}): {status}", h.name, h.address),
         ));
+        if h.facts_changed {
+            out.push((LineKind::Summary, FACTS_CHANGED.to_string()));
+        }
         for s in &h.skipped {
             out.push((
                 LineKind::Plain,
@@ -339,6 +350,10 @@ pub struct HostApplyReport {
     pub error: Option<String>,
     pub changed: usize,
     pub round_trips: RoundTrips,
+    /// The host's facts differed from those its steps were rendered with: they were
+    /// rendered again and the host probed again (one more probe round trip).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub facts_changed: bool,
     pub duration_ms: u64,
     /// Steps that changed, failed or were skipped.
     pub steps: Vec<StepResult>,
@@ -368,6 +383,7 @@ impl ApplyReport {
                 error: r.error.clone(),
                 changed: r.changed(),
                 round_trips: r.round_trips,
+                facts_changed: false,
                 duration_ms: u64::try_from(r.duration.as_millis()).unwrap_or(u64::MAX),
                 steps: r
                     .steps
@@ -435,6 +451,9 @@ pub fn apply_lines(r: &ApplyReport) -> Vec<(LineKind, String)> {
             LineKind::Header,
             format!("host {} ({}): {status}", h.name, h.address),
         ));
+        if h.facts_changed {
+            out.push((LineKind::Summary, FACTS_CHANGED.to_string()));
+        }
         for s in &h.steps {
             let (kind, word) = match s.status {
                 StepStatus::Changed => (LineKind::Modify, "changed".to_string()),
@@ -489,6 +508,7 @@ mod tests {
                 probe: 1,
                 ..RoundTrips::default()
             },
+            facts_changed: false,
             duration_ms: 1,
             steps,
             in_sync,

@@ -30,5 +30,6 @@ pub fn generate() -> Vec<(String, Value)> {
         one::<crate::daemon::status::RunResponse>("api-run"),
         one::<crate::daemon::status::DriftResponse>("api-drift"),
         one::<crate::daemon::policy::RunSummary>("run-summary"),
+        one::<crate::facts::FactsReport>("facts"),
     ]
 }

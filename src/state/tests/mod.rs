@@ -66,6 +66,7 @@ pub(crate) fn host_run(name: &str, changed: usize, status: HostStatus) -> HostRu
     });
     HostRun {
         host: host(name),
+        facts: None,
         status,
         error: (status != HostStatus::Converged).then(|| "step base/step0 failed".to_string()),
         steps,
@@ -74,6 +75,7 @@ pub(crate) fn host_run(name: &str, changed: usize, status: HostStatus) -> HostRu
             probe: 1,
             apply: 1,
             verify: 1,
+            facts: 0,
         },
         duration: Duration::from_millis(42),
     }
@@ -110,6 +112,7 @@ pub(crate) fn plan(name: &str, drifted: &[&str]) -> HostPlan {
     });
     HostPlan {
         host: host(name),
+        facts: None,
         steps,
         error: None,
         round_trips: RoundTrips {
