@@ -37,6 +37,19 @@ pub struct Target {
     /// Only this host.
     #[arg(long)]
     pub host: Option<String>,
+    /// The age identity (or unencrypted ssh-ed25519 key) that decrypts this environment's
+    /// secrets; must be readable only by its owner.
+    #[arg(long, env = "PLUMB_SECRETS_IDENTITY")]
+    pub secrets_identity: Option<PathBuf>,
+}
+
+impl Target {
+    /// The secrets identity, loaded (and its file mode checked) once.
+    pub fn identity(
+        &self,
+    ) -> anyhow::Result<Option<std::sync::Arc<crate::secrets::SecretIdentity>>> {
+        crate::cli::secrets::load_identity(self.secrets_identity.as_deref())
+    }
 }
 
 /// How plumb reaches hosts.

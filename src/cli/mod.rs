@@ -21,6 +21,7 @@ mod history;
 mod plan;
 mod render;
 mod schemas;
+mod secrets;
 pub mod term;
 mod validate;
 mod verify;
@@ -72,6 +73,11 @@ pub enum Command {
     },
     /// Write the JSON Schemas plumb validates with into a directory (for editors and CI).
     Schemas(schemas::SchemasArgs),
+    /// The repo's age-encrypted secrets: set, edit, rekey, check.
+    Secrets {
+        #[command(subcommand)]
+        command: secrets::SecretsCommand,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -124,5 +130,6 @@ fn run(command: Command, term: Term) -> anyhow::Result<u8> {
         Command::History(a) => history::run(a),
         Command::Audit { command } => audit::run(command, term),
         Command::Schemas(a) => schemas::run(a),
+        Command::Secrets { command } => secrets::run(command, term),
     }
 }

@@ -51,8 +51,12 @@ pub fn desired(
     output: OutputFormat,
     term: Term,
 ) -> anyhow::Result<Option<(Vec<DesiredHost>, SourceMap)>> {
-    let (loaded, diags, rendered) =
-        crate::validate::validate_and_render(&target.repo, &target.env, target.host.as_deref());
+    let (loaded, diags, rendered) = crate::validate::validate_and_render_with(
+        &target.repo,
+        &target.env,
+        target.host.as_deref(),
+        target.identity()?,
+    );
     match rendered {
         Some(h) if !diags.has_errors() => Ok(Some((h, loaded.sources))),
         _ => {

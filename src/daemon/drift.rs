@@ -98,16 +98,21 @@ impl Daemon {
             environment: env.to_string(),
             commit: last.commit.clone(),
         })?;
-        let loaded = load_commit(self.source.clone(), self.checkouts_dir(), oid, env)
-            .await
-            .map_err(|refusal| DaemonError::AppliedInvalid {
-                environment: env.to_string(),
-                commit: last.commit.clone(),
-                errors: match &refusal {
-                    policy::Refusal::Invalid { errors } => errors.len(),
-                    _ => 1,
-                },
-            })?;
+        let loaded = load_commit(
+            self.source.clone(),
+            self.checkouts_dir(),
+            oid,
+            (env, self.secrets.clone()),
+        )
+        .await
+        .map_err(|refusal| DaemonError::AppliedInvalid {
+            environment: env.to_string(),
+            commit: last.commit.clone(),
+            errors: match &refusal {
+                policy::Refusal::Invalid { errors } => errors.len(),
+                _ => 1,
+            },
+        })?;
         Ok(Some(Baseline {
             commit: last.commit,
             oid,

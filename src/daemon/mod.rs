@@ -136,6 +136,8 @@ pub struct Daemon {
     fetch_retry: Option<FetchRetry>,
     /// One apply per host at a time, across environments.
     host_locks: HostLocks,
+    /// Decrypts the repo's secrets (`secrets_identity:`).
+    secrets: Option<Arc<crate::secrets::SecretIdentity>>,
 }
 
 /// A lock per host (`address:port`), held for the host's apply, so two environments whose
@@ -189,6 +191,7 @@ impl Daemon {
         // a state directory whose history was deleted is refused before it is recreated.
         crate::state::check_not_reset(&config.state_dir, options.accept_state_reset)?;
         let signers = AllowedSigners::load(&config.allowed_signers)?;
+        let secrets = config.load_secrets_identity()?;
         let db = StateDb::open(&config.state_dir)?;
         let source = Source::new(&config.repository, &config.state_dir)?;
         let alerter = Alerter::new(config.alerts.clone())?;
@@ -212,6 +215,7 @@ impl Daemon {
             drift_intervals: HashMap::new(),
             fetch_retry: None,
             host_locks: HostLocks::default(),
+            secrets,
             config,
         };
         daemon.anchor_audit_head();
@@ -359,8 +363,9 @@ impl Daemon {
         };
         let loaded = AllowedSigners::load(&new.allowed_signers)
             .map_err(DaemonError::from)
-            .and_then(|s| Ok((s, Alerter::new(new.alerts.clone())?)));
-        let (signers, alerter) = match loaded {
+            .and_then(|s| Ok((s, Alerter::new(new.alerts.clone())?)))
+            .and_then(|(s, a)| Ok((s, a, new.load_secrets_identity()?)));
+        let (signers, alerter, secrets) = match loaded {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!(error = %e, code = e.code(), "SIGHUP: keeping the running config");
@@ -377,6 +382,7 @@ impl Daemon {
         }
         self.signers = signers;
         self.alerter = alerter;
+        self.secrets = secrets;
         self.connector = CachedConnector::new(SshConnector {
             options: new.ssh_options(),
         });

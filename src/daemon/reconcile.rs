@@ -66,14 +66,16 @@ pub(super) async fn load_commit(
     source: Arc<Source>,
     checkouts: PathBuf,
     commit: git2::Oid,
-    env: &str,
+    (env, secrets): (&str, Option<Arc<crate::secrets::SecretIdentity>>),
 ) -> Result<Loaded, Refusal> {
     let name = env.to_string();
     let job = tokio::task::spawn_blocking(move || {
         let dir = checkout_into(&source, &checkouts, commit).map_err(|e| Refusal::Checkout {
             error: e.to_string(),
         })?;
-        Ok(crate::validate::validate_and_render(&dir, &name, None))
+        Ok(crate::validate::validate_and_render_with(
+            &dir, &name, None, secrets,
+        ))
     });
     let (repo, diags, rendered) = job.await.map_err(|e| Refusal::Internal {
         error: format!("validating and rendering: {}", panic_message(e)),
@@ -248,7 +250,14 @@ impl Daemon {
             }
         };
         // A bad commit touches nothing: validate and render before the first host.
-        let loaded = match load_commit(self.source.clone(), self.checkouts_dir(), tip, env).await {
+        let loaded = match load_commit(
+            self.source.clone(),
+            self.checkouts_dir(),
+            tip,
+            (env, self.secrets.clone()),
+        )
+        .await
+        {
             Ok(l) => l,
             Err(refusal) => {
                 return Ok(refused(refusal.clone(), refusal_message(&commit, &refusal)))

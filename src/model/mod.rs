@@ -446,6 +446,8 @@ pub struct Repo {
     pub sources: SourceMap,
     /// The repo's files, read only through the jail (see [`jail`]).
     pub files: jail::RepoFiles,
+    /// How `secrets.<name>` resolves (structural unless a command targets an environment).
+    pub secrets: crate::secrets::Keyring,
 }
 
 /// Parses "500ms", "30s", "5m", "2h" (the one parser, [`HumanDuration`]'s), for values not

@@ -89,6 +89,9 @@ pub enum Field {
     Home,
     Run,
     Value,
+    /// The names of the secrets a changed step reads (never their values): what the audit
+    /// record keeps of a secret's rotation.
+    Secrets,
 }
 
 impl Field {
@@ -112,6 +115,7 @@ impl Field {
         Field::Home,
         Field::Run,
         Field::Value,
+        Field::Secrets,
     ];
 
     /// The field's name as reports and the state database spell it.
@@ -135,6 +139,7 @@ impl Field {
             Field::Home => "home",
             Field::Run => "run",
             Field::Value => "value",
+            Field::Secrets => "secrets",
         }
     }
 }
@@ -187,10 +192,14 @@ pub struct FieldChange {
 pub fn redact(fields: &[FieldChange]) -> Vec<FieldChange> {
     fields
         .iter()
-        .map(|f| FieldChange {
-            field: f.field,
-            from: f.from.as_ref().map(|_| "(sensitive)".to_string()),
-            to: f.to.as_ref().map(|_| "(sensitive)".to_string()),
+        .map(|f| match f.field {
+            // Secret names are not secret: they say which secret a change carries.
+            Field::Secrets => f.clone(),
+            _ => FieldChange {
+                field: f.field,
+                from: f.from.as_ref().map(|_| "(sensitive)".to_string()),
+                to: f.to.as_ref().map(|_| "(sensitive)".to_string()),
+            },
         })
         .collect()
 }

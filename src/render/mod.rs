@@ -20,11 +20,12 @@ use crate::yaml::{Node, Pos, Value};
 
 pub mod bounds;
 mod order;
+pub mod secrets;
 pub use bounds::{MAX_TEMPLATE_ITEMS, MAX_TEMPLATE_OUTPUT};
 pub use order::{find_cycle, order_steps};
 
 /// Variable names plumb provides itself.
-pub const RESERVED_VARS: &[&str] = &["host", "env"];
+pub const RESERVED_VARS: &[&str] = &["host", "env", "secrets"];
 /// Largest file `source:` or `template:` may name (bytes).
 pub const MAX_CONTENT_BYTES: u64 = 64 * 1024 * 1024;
 /// Template execution budget (minijinja fuel) per template.
@@ -43,6 +44,9 @@ pub struct DesiredStep {
     /// Addresses of steps on this host to refresh when this one changed.
     pub notify: Vec<StepAddress>,
     pub sensitive: bool,
+    /// The secrets the step's parameters and templates read (names, sorted); a step that
+    /// reads one is sensitive.
+    pub secrets: Vec<String>,
     /// Where the step is declared.
     pub path: String,
     pub pos: Pos,
@@ -197,7 +201,7 @@ fn template_message(err: &minijinja::Error, source: &str, ctx: &Json) -> String 
                 .into_iter()
                 .filter(|v| {
                     let top = v.split('.').next().unwrap_or(v);
-                    !known.contains(top) || lookup_path(ctx, v).is_none()
+                    top != "secrets" && (!known.contains(top) || lookup_path(ctx, v).is_none())
                 })
                 .collect();
             missing.sort();
@@ -274,13 +278,19 @@ impl Templater<'_> {
     }
 
     /// Templates every string in a parameter tree, keeping positions for errors.
-    fn params(&self, node: &Node, ctx: &Json, path: &str, diags: &mut Vec<Diagnostic>) -> Json {
+    fn params(
+        &self,
+        node: &Node,
+        (ctx, vctx): (&Json, &minijinja::Value),
+        path: &str,
+        diags: &mut Vec<Diagnostic>,
+    ) -> Json {
         match &node.value {
             Value::String(s) if s.contains("{{") || s.contains("{%") || s.contains("{#") => {
                 let out = self
                     .jinja
                     .template_from_str(s)
-                    .and_then(|t| bounds::render_capped(&t, minijinja::value::Serde(ctx)));
+                    .and_then(|t| bounds::render_capped(&t, vctx));
                 match out {
                     Ok(out) => Json::String(out),
                     Err(e) => {
@@ -298,12 +308,12 @@ impl Templater<'_> {
             Value::Seq(items) => Json::Array(
                 items
                     .iter()
-                    .map(|n| self.params(n, ctx, path, diags))
+                    .map(|n| self.params(n, (ctx, vctx), path, diags))
                     .collect(),
             ),
             Value::Map(m) => Json::Object(
                 m.iter()
-                    .map(|(k, (_, v))| (k.clone(), self.params(v, ctx, path, diags)))
+                    .map(|(k, (_, v))| (k.clone(), self.params(v, (ctx, vctx), path, diags)))
                     .collect(),
             ),
             _ => node.to_json(),
@@ -328,6 +338,8 @@ struct StepResolver<'a> {
     repo: &'a Repo,
     templater: &'a Templater<'a>,
     ctx: &'a Json,
+    /// `ctx` with the step's `secrets` object.
+    vctx: &'a minijinja::Value,
     errors: Vec<Diagnostic>,
     templates: HashMap<String, Result<String, String>>,
 }
@@ -386,7 +398,7 @@ impl StepResolver<'_> {
             .templater
             .jinja
             .get_template(name)
-            .and_then(|t| bounds::render_capped(&t, minijinja::value::Serde(self.ctx)));
+            .and_then(|t| bounds::render_capped(&t, self.vctx));
         match t {
             Ok(s) => Ok(s),
             Err(e) => {
@@ -451,8 +463,10 @@ pub fn render_host(repo: &Repo, env: &str, host: &Host) -> Result<DesiredHost, D
     let units = units_for(repo, host);
     for unit in &units {
         let ctx = host_context(repo, env, host, unit);
+        // Converted once per unit; each step adds its own `secrets` object.
+        let base = minijinja::Value::from(minijinja::value::Serde(&ctx));
         for decl in &unit.steps {
-            match render_step(&templater, unit, decl, &ctx) {
+            match render_step(&templater, unit, decl, (env, &ctx, &base)) {
                 Ok(s) => steps.push(s),
                 Err(errs) => diags.extend(errs),
             }
@@ -615,14 +629,37 @@ fn reference_error(
     }
 }
 
+/// Renders one step with its own `secrets` object; a step that read a secret is sensitive,
+/// and its errors are told without anything derived from the value.
 fn render_step(
     t: &Templater<'_>,
     unit: &Unit,
     decl: &StepDecl,
-    ctx: &Json,
+    (env, ctx, base): (&str, &Json, &minijinja::Value),
+) -> Result<DesiredStep, Vec<Diagnostic>> {
+    let tracker = secrets::StepSecrets::new(&t.repo.secrets, &t.repo.files, env);
+    let vctx = tracker.context(base);
+    match render_step_with(t, unit, decl, (ctx, &vctx)) {
+        Ok(mut step) => {
+            step.secrets = tracker.reads();
+            step.sensitive |= !step.secrets.is_empty();
+            Ok(step)
+        }
+        Err(mut errs) => {
+            secrets::explain_errors(&tracker, decl, &mut errs);
+            Err(errs)
+        }
+    }
+}
+
+fn render_step_with(
+    t: &Templater<'_>,
+    unit: &Unit,
+    decl: &StepDecl,
+    (ctx, vctx): (&Json, &minijinja::Value),
 ) -> Result<DesiredStep, Vec<Diagnostic>> {
     let mut errs = Vec::new();
-    let params = t.params(&decl.params, ctx, &unit.path, &mut errs);
+    let params = t.params(&decl.params, (ctx, vctx), &unit.path, &mut errs);
     if !errs.is_empty() {
         return Err(errs);
     }
@@ -638,6 +675,7 @@ fn render_step(
         repo: t.repo,
         templater: t,
         ctx,
+        vctx,
         errors: Vec::new(),
         templates: HashMap::new(),
     };
@@ -669,6 +707,7 @@ fn render_step(
                 .map(|(a, _)| StepAddress::qualify(&unit.name, a))
                 .collect(),
             sensitive: decl.sensitive,
+            secrets: Vec::new(),
             path: unit.path.clone(),
             pos: decl.pos,
         }),
