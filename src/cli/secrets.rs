@@ -131,8 +131,7 @@ pub fn run(command: SecretsCommand, term: Term) -> anyhow::Result<u8> {
             identity,
         } => {
             let id = required(&identity)?;
-            let usage = usage(&repo);
-            for path in store::rekey(&repo, &env, &usage, &id).map_err(fail)? {
+            for path in store::rekey(&repo, &env, &id).map_err(fail)? {
                 eprintln!("re-encrypted {path}");
             }
             Ok(0)

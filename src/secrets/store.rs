@@ -139,12 +139,10 @@ pub fn current(
 }
 
 /// `plumb secrets rekey --env E`: re-encrypts every secret of `env` to its recipients, and
-/// the repo-wide ones `usage` says it reads to every environment's recipients. Returns the
-/// paths rewritten.
+/// the repo-wide ones to every environment's recipients. Returns the paths rewritten.
 pub fn rekey(
     root: &Path,
     env: &str,
-    usage: &super::check::Usage,
     identity: &SecretIdentity,
 ) -> Result<Vec<String>, SecretError> {
     let files = files(root)?;
@@ -156,9 +154,10 @@ pub fn rekey(
             jobs.push((env_path(env, name), recipients.clone()));
         }
     }
-    for name in usage.get(env).into_iter().flatten() {
-        if let Ok((path, _, false)) = locate(&files, env, name) {
-            jobs.push((path, recipients_for(root, &files, None, name)?));
+    // Repo-wide secrets are encrypted to every environment's recipients.
+    for f in files.files_under("secrets") {
+        if let Some(name) = f.strip_suffix(".age").filter(|n| !n.contains('/')) {
+            jobs.push((repo_path(name), recipients_for(root, &files, None, name)?));
         }
     }
     let mut done = Vec::new();
