@@ -220,7 +220,6 @@ fn shred(dir: &Path, file: &Path) {
 }
 
 fn edit(at: &SecretAt, identity: &SecretIdentity) -> anyhow::Result<u8> {
-    use std::os::unix::fs::OpenOptionsExt;
     let files = store::files(&at.repo).map_err(fail)?;
     let (path, old) = match at.env.as_deref() {
         Some(env) => store::current(&files, env, &at.name, identity).map_err(fail)?,
@@ -237,33 +236,7 @@ fn edit(at: &SecretAt, identity: &SecretIdentity) -> anyhow::Result<u8> {
     };
     let dir = private_dir()?;
     let file = dir.join(format!("{}.txt", at.name));
-    let result = (|| -> anyhow::Result<Option<Zeroizing<Vec<u8>>>> {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&file)?;
-        f.write_all(old.as_deref().map_or(&[][..], |v| &v[..]))?;
-        drop(f);
-        let editor = std::env::var("VISUAL")
-            .or_else(|_| std::env::var("EDITOR"))
-            .unwrap_or_else(|_| "vi".into());
-        // As git runs it: the editor setting is shell text, the file its argument.
-        let status = std::process::Command::new("sh")
-            .args(["-c", &format!("{editor} \"$1\""), "sh"])
-            .arg(&file)
-            .status()
-            .context("running the editor")?;
-        anyhow::ensure!(
-            status.success(),
-            "the editor failed ({status}); nothing changed"
-        );
-        let mut new = Zeroizing::new(Vec::new());
-        std::fs::File::open(&file)?
-            .take(secrets::MAX_SECRET_FILE)
-            .read_to_end(&mut new)?;
-        Ok((old.as_deref().map(|v| &v[..]) != Some(&new[..])).then_some(new))
-    })();
+    let result = edit_file(&file, old.as_deref().map(|v| &v[..]));
     shred(&dir, &file);
     let Some(new) = result? else {
         eprintln!("{path}: unchanged");
@@ -278,4 +251,35 @@ fn edit(at: &SecretAt, identity: &SecretIdentity) -> anyhow::Result<u8> {
     store::write(&at.repo, &path, &new, &recipients).map_err(fail)?;
     eprintln!("wrote {path}");
     Ok(0)
+}
+
+/// Writes `old` into the private `file`, runs the editor on it, and returns what was saved
+/// when it differs.
+fn edit_file(file: &Path, old: Option<&[u8]>) -> anyhow::Result<Option<Zeroizing<Vec<u8>>>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(file)?;
+    f.write_all(old.unwrap_or_default())?;
+    drop(f);
+    let editor = std::env::var("VISUAL")
+        .or_else(|_| std::env::var("EDITOR"))
+        .unwrap_or_else(|_| "vi".into());
+    // As git runs it: the editor setting is shell text, the file its argument.
+    let status = std::process::Command::new("sh")
+        .args(["-c", &format!("{editor} \"$1\""), "sh"])
+        .arg(file)
+        .status()
+        .context("running the editor")?;
+    anyhow::ensure!(
+        status.success(),
+        "the editor failed ({status}); nothing changed"
+    );
+    let mut new = Zeroizing::new(Vec::new());
+    std::fs::File::open(file)?
+        .take(secrets::MAX_SECRET_FILE)
+        .read_to_end(&mut new)?;
+    Ok((old != Some(&new[..])).then_some(new))
 }

@@ -222,7 +222,6 @@ fn an_environment_file_overrides_the_repo_wide_one() {
     let own = identity::encrypt(b"prod-only", &recipients_of(&public)).expect("encrypt");
     write(dir.path(), "environments/prod/secrets/pw.age", &own);
     let files = RepoFiles::new(Jail::open(dir.path()).expect("jail"));
-    drop(files.clone());
     let id = SecretIdentity::load(&identity_file(dir.path(), &key, 0o600)).expect("id");
     match Keyring::for_env("prod", Some(Arc::new(id))).resolve(&files, "prod", "pw") {
         Ok(SecretValue::Plain(v)) => assert_eq!(v.as_str(), "prod-only"),
