@@ -124,13 +124,16 @@ pub fn set(
     Ok(rel)
 }
 
+/// Where a secret lives, and its plaintext when it exists.
+pub type Current = (String, Option<Zeroizing<Vec<u8>>>);
+
 /// The current plaintext of `name` for `env` (if it exists) and where it lives.
 pub fn current(
     files: &RepoFiles,
     env: &str,
     name: &str,
     identity: &SecretIdentity,
-) -> Result<(String, Option<Zeroizing<Vec<u8>>>), SecretError> {
+) -> Result<Current, SecretError> {
     match locate(files, env, name) {
         Ok((path, bytes, _)) => Ok((path.clone(), Some(identity.decrypt(&path, &bytes)?))),
         Err(SecretError::Missing { .. }) => Ok((env_path(env, name), None)),
