@@ -259,7 +259,7 @@ fn reading_a_secret_taints_the_step() {
     assert_eq!(by("conf").secrets, vec!["pw".to_string()]);
     assert!(by("plain").secrets.is_empty());
     let content = by("conf").resource.content().expect("content");
-    assert_eq!(&content[..], b"password=hunter2\n");
+    assert_eq!(content, b"password=hunter2\n");
     let reference = crate::engine::step::StepRef::of(by("conf"));
     assert_eq!(reference.target, crate::engine::step::REDACTED);
 
