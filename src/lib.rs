@@ -29,6 +29,7 @@ pub mod render;
 pub mod report;
 pub mod schema;
 pub mod schemagen;
+pub mod secrets;
 pub mod server;
 pub mod source;
 pub mod state;

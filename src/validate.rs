@@ -30,7 +30,20 @@ pub fn validate_and_render(
     env: &str,
     host: Option<&str>,
 ) -> (Repo, Diagnostics, Option<Vec<render::DesiredHost>>) {
-    let (repo, mut diags) = load::load(root);
+    validate_and_render_with(root, env, host, None)
+}
+
+/// [`validate_and_render`], decrypting the secrets `env` reads with `identity` (without one,
+/// a step of `env` that reads a secret is an error; other environments are checked
+/// structurally).
+pub fn validate_and_render_with(
+    root: &Path,
+    env: &str,
+    host: Option<&str>,
+    identity: Option<std::sync::Arc<crate::secrets::SecretIdentity>>,
+) -> (Repo, Diagnostics, Option<Vec<render::DesiredHost>>) {
+    let (mut repo, mut diags) = load::load(root);
+    repo.secrets = crate::secrets::Keyring::for_env(env, identity);
     if let Some(name) = host {
         if let Some(e) = repo.environments.get(env) {
             if !e.hosts.iter().any(|h| h.name == name) {
@@ -105,10 +118,15 @@ fn checked_render(
         return None;
     }
     let mut kept = None;
+    let mut usage = crate::secrets::check::Usage::new();
     for env in repo.environments.keys() {
         match render::render_env(repo, env, None) {
-            Ok(hosts) if Some(env.as_str()) == keep => kept = Some(hosts),
-            Ok(_) => {}
+            Ok(hosts) => {
+                crate::secrets::check::record_usage(&mut usage, env, &hosts);
+                if Some(env.as_str()) == keep {
+                    kept = Some(hosts);
+                }
+            }
             // Working on one environment: a host without facts is checked when its facts
             // are known (see `check_and_render`).
             Err(d) if keep.is_some() => diags.extend(
@@ -118,6 +136,9 @@ fn checked_render(
             ),
             Err(d) => diags.extend(d.into_sorted()),
         }
+    }
+    for d in crate::secrets::check::structural(repo, &usage) {
+        diags.push(d);
     }
     kept
 }

@@ -36,6 +36,7 @@ fn host_run(name: &str, changed: usize) -> HostRun {
                     module: "file",
                     target: "/etc/motd".into(),
                     sensitive: false,
+                    secrets: Vec::new(),
                 },
                 status: StepStatus::Changed,
                 change: Some(Change::new(ChangeKind::Modify).field(

@@ -385,6 +385,7 @@ fn a_host_lost_mid_apply_converges_next_time() {
         .arg(hosts.dir.join("id_ed25519"))
         .arg("--known-hosts")
         .arg(hosts.dir.join("known_hosts"))
+        .env("PLUMB_SECRETS_IDENTITY", demo_secrets_identity(&hosts.dir))
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -143,6 +143,8 @@ struct Fixture {
     alerts: AlertCapture,
     port: u16,
     daemon: Option<Child>,
+    /// `RUST_LOG` for the daemon.
+    log_filter: &'static str,
 }
 
 impl Drop for Fixture {
@@ -218,6 +220,7 @@ impl Fixture {
             .args(["daemon", "--config"])
             .arg(self.path("daemon.yaml"))
             .args(["--log-format", "json"])
+            .env("RUST_LOG", self.log_filter)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -350,7 +353,9 @@ fn fixture(scenario: &str, drift_interval: &str, tweak: impl FnOnce(&Path)) -> O
         "repository: {repo}\nbranch: main\nallowed_signers: {signers}\nenvironments: [production]\nstate_dir: {state}\n\
          listen: 127.0.0.1:{port}\ndrift_interval: {drift_interval}\nwebhooks:\n  generic_secret_file: {secret}\n\
          alerts:\n  - kind: webhook\n    url: http://127.0.0.1:{aport}/alerts\n\
-         ssh:\n  identity_file: {id}\n  known_hosts_file: {kh}\n  connect_timeout: 5s\n",
+         ssh:\n  identity_file: {id}\n  known_hosts_file: {kh}\n  connect_timeout: 5s\n\
+         secrets_identity: {secrets}\n",
+        secrets = demo_secrets_identity(w).display(),
         repo = w.join("repo.git").display(),
         signers = w.join("signing/allowed_signers").display(),
         state = w.join("state").display(),
@@ -366,6 +371,7 @@ fn fixture(scenario: &str, drift_interval: &str, tweak: impl FnOnce(&Path)) -> O
         alerts,
         port,
         daemon: None,
+        log_filter: "info",
     };
     f.commit_and_push("webapp: production on the test hosts", true);
     Some(f)
@@ -893,4 +899,138 @@ fn a_hung_and_a_flooding_host_do_not_take_the_daemon_down() {
         started.elapsed().as_secs_f64()
     );
     assert!(f.log().contains("did not finish in time"), "{}", f.log());
+}
+
+/// examples/webapp's database password (secrets/db_password.age, encrypted by the `age` CLI
+/// to the example's throwaway key).
+const DB_SECRET: &str = "demo-db-password-do-not-use-3e8b";
+
+/// Issue 13 on real hosts: examples/webapp's templated database config, whose password comes
+/// from `secrets/`, converges through the daemon, and a command carries the password in its
+/// text; afterwards the plaintext is in no daemon log line (debug), no state file, no audit
+/// record, no `/api/*` answer, no alert (a drift of the secret-bearing file included), no
+/// output of `plumb plan --output json` at debug level, and not in the `ps` output captured on
+/// the host while it was applied.
+#[test]
+fn a_secret_converges_and_leaks_nowhere() {
+    let _g = lock();
+    let Some(mut f) = fixture("a_secret_converges_and_leaks_nowhere", "2s", |repo| {
+        report_mode(repo);
+        std::fs::write(
+            repo.join("units/db-secret.yaml"),
+            r#"applies_to:
+  role: db
+steps:
+  - id: check
+    command:
+      run: "i=0; while [ $i -lt 30 ]; do i=$((i+1)); sleep 0.1; done; while IFS= read -r l; do [ \"$l\" != 'password = {{ secrets.db_password }}' ] || touch /var/tmp/db-secret-ok; done < /etc/app/db.conf; test -e /var/tmp/db-secret-ok"
+      creates: /var/tmp/db-secret-ok
+    after: [db/db-conf]
+"#,
+        )
+        .expect("write");
+    }) else {
+        return;
+    };
+    f.log_filter = "debug";
+    // The host's process list, captured all through the apply.
+    let (code, _, err) = sh(Command::new("docker").args([
+        "exec",
+        "-d",
+        &f.hosts.container(3),
+        "sh",
+        "-c",
+        "echo $$ > /tmp/watch.pid; end=$(( $(date +%s) + 300 )); \
+         while [ \"$(date +%s)\" -lt \"$end\" ]; do ps -eo args >> /tmp/ps.log; done",
+    ]));
+    assert_eq!(code, 0, "watcher: {err}");
+    let first = f.git(&["rev-parse", "HEAD"]);
+    f.start_daemon();
+    f.wait("the commit applied", Duration::from_secs(180), || {
+        f.applied(&first)
+    });
+    exec(
+        &f.hosts,
+        3,
+        "kill \"$(cat /tmp/watch.pid)\" 2>/dev/null || :",
+    );
+    assert!(exec(&f.hosts, 3, "cat /etc/app/db.conf").contains(&format!("password = {DB_SECRET}")));
+    assert_eq!(exec(&f.hosts, 3, "stat -c %a /etc/app/db.conf"), "640");
+    exec(&f.hosts, 3, "test -e /var/tmp/db-secret-ok");
+    assert_ne!(
+        exec(&f.hosts, 3, "grep -c '^sleep 0.1' /tmp/ps.log || :"),
+        "0",
+        "the watcher saw the step's own processes"
+    );
+    let leaked = exec(
+        &f.hosts,
+        3,
+        "grep -cF db-password-do-not-use /tmp/ps.log || :",
+    );
+    assert_eq!(leaked, "0", "the secret in the host's process list");
+
+    // Drift of the secret-bearing file: compared by hash, alerted without its content.
+    exec(
+        &f.hosts,
+        3,
+        "echo 'password = changed-by-hand' > /etc/app/db.conf",
+    );
+    f.wait("a drift_found alert", Duration::from_secs(60), || {
+        f.alerts.has("drift_found")
+    });
+    let alerts = serde_json::to_string(&f.alerts.events()).expect("json");
+    assert!(alerts.contains("db/db-conf"), "names the step: {alerts}");
+    assert!(!alerts.contains("changed-by-hand"), "{alerts}");
+
+    // plumb itself, at debug level, on the same hosts and repo.
+    // (plumb_command passes the example's throwaway identity in PLUMB_SECRETS_IDENTITY.)
+    let out = plumb_command(&f.hosts, &["plan"], &f.clone_dir())
+        .env("RUST_LOG", "debug")
+        .output()
+        .expect("plan");
+    let plan_text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "the drift is a change: {plan_text}"
+    );
+    assert!(plan_text.contains("db/db-conf"), "{plan_text}");
+
+    let mut seen: Vec<(String, String)> = vec![
+        ("plumb plan --output json (debug)".into(), plan_text),
+        ("the daemon's JSON log (debug)".into(), f.log()),
+        ("alert payloads".into(), alerts),
+    ];
+    for path in ["/api/status", "/api/runs", "/api/drift"] {
+        seen.push((path.into(), http(f.port, "GET", path, &[], b"").1));
+    }
+    for run in f.history() {
+        let path = format!("/api/runs/{}", run["id"].to_string().trim_matches('"'));
+        seen.push((path.clone(), http(f.port, "GET", &path, &[], b"").1));
+    }
+    let (code, out, err) = sh(Command::new(env!("CARGO_BIN_EXE_plumb"))
+        .args(["audit", "verify", "--output", "json", "--state"])
+        .arg(f.path("state")));
+    assert_eq!(code, 0, "{out}{err}");
+    seen.push(("plumb audit verify".into(), out));
+    for entry in std::fs::read_dir(f.path("state")).expect("state").flatten() {
+        if entry.path().is_file() {
+            let bytes = std::fs::read(entry.path()).unwrap_or_default();
+            seen.push((
+                entry.path().display().to_string(),
+                String::from_utf8_lossy(&bytes).into_owned(),
+            ));
+        }
+    }
+    assert!(
+        seen.iter().any(|(_, text)| text.contains("db_password")),
+        "the records name the secret"
+    );
+    for (what, text) in &seen {
+        assert!(!text.contains(DB_SECRET), "{what} shows the secret");
+    }
 }

@@ -41,11 +41,22 @@ pub struct Target {
     pub limit: Vec<crate::limit::Limit>,
     #[command(flatten)]
     pub facts: FactsArgs,
+    /// The age identity (or unencrypted ssh-ed25519 key) that decrypts this environment's
+    /// secrets; must be readable only by its owner.
+    #[arg(long, env = "PLUMB_SECRETS_IDENTITY")]
+    pub secrets_identity: Option<PathBuf>,
 }
 
 impl Target {
     pub fn limits(&self) -> crate::limit::Limits {
         crate::limit::Limits(self.limit.clone())
+    }
+
+    /// The secrets identity, loaded (and its file mode checked) once.
+    pub fn identity(
+        &self,
+    ) -> anyhow::Result<Option<std::sync::Arc<crate::secrets::SecretIdentity>>> {
+        crate::cli::secrets::load_identity(self.secrets_identity.as_deref())
     }
 }
 

@@ -201,6 +201,8 @@ pub fn prepare(
     }
     target.facts.attach(&mut repo)?;
     let env = &target.env;
+    // Secrets `env` reads are decrypted with the identity (structural checks without one).
+    repo.secrets = crate::secrets::Keyring::for_env(env, target.identity()?);
     let selected: Vec<Host> = match repo.environments.get(env) {
         Some(e) => target
             .limits()

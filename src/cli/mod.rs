@@ -23,6 +23,7 @@ mod init;
 mod plan;
 mod render;
 mod schemas;
+mod secrets;
 pub mod term;
 mod validate;
 mod verify;
@@ -80,6 +81,11 @@ pub enum Command {
     /// Write a working starting repo (plumb.yaml, an environment, a unit, a template, an
     /// allowed-signers example) into DIR; never overwrites a file.
     Init(init::InitArgs),
+    /// The repo's age-encrypted secrets: set, edit, rekey, check.
+    Secrets {
+        #[command(subcommand)]
+        command: secrets::SecretsCommand,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -134,5 +140,6 @@ fn run(command: Command, term: Term) -> anyhow::Result<u8> {
         Command::Schemas(a) => schemas::run(a),
         Command::Facts(a) => facts::run(a, term),
         Command::Init(a) => init::run(a, term),
+        Command::Secrets { command } => secrets::run(command, term),
     }
 }

@@ -33,6 +33,11 @@ pub fn run(args: RenderArgs, term: Term) -> anyhow::Result<u8> {
     if diags.has_errors() {
         return Ok(fail_with(diags, &loaded.sources, output, term.err));
     }
+    // With an identity, secrets are decrypted (and must decrypt); without one, checked
+    // structurally: a step reading one is sensitive, so its desired state is hidden anyway.
+    if let Some(identity) = target.identity()? {
+        loaded.secrets = crate::secrets::Keyring::for_env(&target.env, Some(identity));
+    }
     // No host is contacted: facts come from `--facts FILE` or the cache.
     target.facts.attach(&mut loaded)?;
     let limits = target.limits();

@@ -67,6 +67,25 @@ pub struct DaemonConfig {
     /// Where the audit chain's head is anchored besides `/metrics` and alerts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit: Option<AuditConfig>,
+    /// The age identity (or unencrypted ssh-ed25519 key) that decrypts the repo's secrets;
+    /// outside the repo, readable only by the daemon's user (a group- or world-readable file
+    /// is refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets_identity: Option<PathBuf>,
+}
+
+impl DaemonConfig {
+    /// Loads `secrets_identity` (its mode checked), when set.
+    pub fn load_secrets_identity(
+        &self,
+    ) -> Result<Option<std::sync::Arc<crate::secrets::SecretIdentity>>, crate::secrets::SecretError>
+    {
+        self.secrets_identity
+            .as_deref()
+            .map(crate::secrets::SecretIdentity::load)
+            .transpose()
+            .map(|id| id.map(std::sync::Arc::new))
+    }
 }
 
 /// `validation:` in the daemon config. A commit's templates run before anything else sees

@@ -140,6 +140,7 @@ impl Daemon {
             env,
             None,
             &facts,
+            self.secrets.clone(),
         )
         .await
         .map_err(|refusal| DaemonError::AppliedInvalid {

@@ -23,6 +23,8 @@ pub enum DaemonError {
     Source(#[from] SourceError),
     #[error("alert sinks: {0}")]
     Alert(#[from] AlertError),
+    #[error("secrets_identity: {0}")]
+    Secrets(#[from] crate::secrets::SecretError),
     #[error(
         "cannot listen on {addr}: {source} (is another daemon running, or is the address in use?)"
     )]
@@ -59,6 +61,7 @@ impl DaemonError {
             DaemonError::State(_) => "state",
             DaemonError::Source(_) => "source",
             DaemonError::Alert(_) => "alert_config",
+            DaemonError::Secrets(_) => "secrets_identity",
             DaemonError::Listen { .. } => "listen",
             DaemonError::Tls(_) => "tls",
             DaemonError::Signal { .. } => "signal",

@@ -143,6 +143,8 @@ pub struct Daemon {
     latest_tip: Arc<Mutex<Option<git2::Oid>>>,
     /// Each environment's hosts and labels, for the console.
     inventory: console::Inventory,
+    /// Decrypts the repo's secrets (`secrets_identity:`).
+    secrets: Option<Arc<crate::secrets::SecretIdentity>>,
 }
 
 /// A lock per host (`address:port`), held for the host's apply, so two environments whose
@@ -202,6 +204,7 @@ impl Daemon {
         // a state directory whose history was deleted is refused before it is recreated.
         crate::state::check_not_reset(&config.state_dir, options.accept_state_reset)?;
         let signers = AllowedSigners::load(&config.allowed_signers)?;
+        let secrets = config.load_secrets_identity()?;
         let db = StateDb::open(&config.state_dir)?;
         let source = Source::new(&config.repository, &config.state_dir)?;
         let alerter = Alerter::new(config.alerts.clone())?;
@@ -227,6 +230,7 @@ impl Daemon {
                 .map(|exe| validator::Validator::new(exe, &config.validation)),
             latest_tip: Arc::default(),
             inventory: Arc::default(),
+            secrets,
             config,
         };
         daemon.anchor_audit_head();
@@ -390,8 +394,9 @@ impl Daemon {
         };
         let loaded = AllowedSigners::load(&new.allowed_signers)
             .map_err(DaemonError::from)
-            .and_then(|s| Ok((s, Alerter::new(new.alerts.clone())?)));
-        let (signers, alerter) = match loaded {
+            .and_then(|s| Ok((s, Alerter::new(new.alerts.clone())?)))
+            .and_then(|(s, a)| Ok((s, a, new.load_secrets_identity()?)));
+        let (signers, alerter, secrets) = match loaded {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!(error = %e, code = e.code(), "SIGHUP: keeping the running config");
@@ -432,6 +437,7 @@ impl Daemon {
                 .map(|v| validator::Validator::new(v.exe().to_path_buf(), &config.validation)),
             latest_tip: self.latest_tip.clone(),
             inventory: self.inventory.clone(),
+            secrets,
             config,
         })
     }

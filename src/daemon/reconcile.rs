@@ -122,6 +122,7 @@ pub(super) async fn load_commit(
     env: &str,
     validator: Option<&Validator>,
     facts: &FactsSource<'_>,
+    secrets: Option<Arc<crate::secrets::SecretIdentity>>,
 ) -> Result<Loaded, Refusal> {
     let internal = |what: &str, e: tokio::task::JoinError| Refusal::Internal {
         error: format!("{what}: {}", panic_message(e)),
@@ -137,6 +138,7 @@ pub(super) async fn load_commit(
     }
     let job = tokio::task::spawn_blocking(move || crate::model::load::load(&dir));
     let (mut repo, mut diags) = job.await.map_err(|e| internal("loading", e))?;
+    repo.secrets = crate::secrets::Keyring::for_env(env, secrets);
     if !diags.has_errors() {
         facts.attach(&mut repo, env).await;
     }
@@ -304,6 +306,7 @@ impl Daemon {
             env,
             self.validator.as_ref(),
             &facts,
+            self.secrets.clone(),
         )
         .await
         {

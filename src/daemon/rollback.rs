@@ -165,6 +165,7 @@ impl Daemon {
             env,
             None,
             &facts,
+            self.secrets.clone(),
         )
         .await
         {

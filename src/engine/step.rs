@@ -25,6 +25,9 @@ pub struct StepRef {
     /// What the step manages (`/etc/app.conf`, `nginx`); [`REDACTED`] for a sensitive step.
     pub target: String,
     pub sensitive: bool,
+    /// The secrets the step reads (names only; such a step is sensitive).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
 }
 
 impl StepRef {
@@ -39,6 +42,7 @@ impl StepRef {
                 step.resource.target()
             },
             sensitive: step.sensitive,
+            secrets: step.secrets.clone(),
         }
     }
 
@@ -50,6 +54,14 @@ impl StepRef {
             c.fields = crate::modules::redact(&c.fields);
             c.content = None;
             c.notes.clear();
+            if !self.secrets.is_empty() && c.kind != crate::modules::ChangeKind::InSync {
+                // A rotation is an ordinary change; the record says which secrets it carries.
+                c.fields.push(crate::modules::FieldChange {
+                    field: crate::modules::Field::Secrets,
+                    from: None,
+                    to: Some(self.secrets.join(", ")),
+                });
+            }
         }
         c
     }

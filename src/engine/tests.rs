@@ -127,6 +127,7 @@ fn step(dir: &Path, i: usize, notify: Vec<&str>) -> DesiredStep {
         after: Vec::new(),
         notify: notify.into_iter().filter_map(StepAddress::parse).collect(),
         sensitive: false,
+        secrets: Vec::new(),
         path: "units/u.yaml".into(),
         pos: Pos::START,
     }

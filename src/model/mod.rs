@@ -704,6 +704,8 @@ pub struct Repo {
     /// Host facts known before rendering (cache, `--facts FILE`, or observed): not from the
     /// repo; empty after `load`. Rendering gives each host `facts` from here.
     pub facts: crate::facts::FactsBook,
+    /// How `secrets.<name>` resolves (structural unless a command targets an environment).
+    pub secrets: crate::secrets::Keyring,
 }
 
 /// Parses "500ms", "30s", "5m", "2h" (the one parser, [`HumanDuration`]'s), for values not

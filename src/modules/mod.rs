@@ -101,6 +101,9 @@ pub enum Field {
     Value,
     DropIn,
     Key,
+    /// The names of the secrets a changed step reads (never their values): what the audit
+    /// record keeps of a secret's rotation.
+    Secrets,
 }
 
 impl Field {
@@ -126,6 +129,7 @@ impl Field {
         Field::Value,
         Field::DropIn,
         Field::Key,
+        Field::Secrets,
     ];
 
     /// The field's name as reports and the state database spell it.
@@ -151,6 +155,7 @@ impl Field {
             Field::Value => "value",
             Field::DropIn => "drop_in",
             Field::Key => "key",
+            Field::Secrets => "secrets",
         }
     }
 }
@@ -203,10 +208,14 @@ pub struct FieldChange {
 pub fn redact(fields: &[FieldChange]) -> Vec<FieldChange> {
     fields
         .iter()
-        .map(|f| FieldChange {
-            field: f.field,
-            from: f.from.as_ref().map(|_| "(sensitive)".to_string()),
-            to: f.to.as_ref().map(|_| "(sensitive)".to_string()),
+        .map(|f| match f.field {
+            // Secret names are not secret: they say which secret a change carries.
+            Field::Secrets => f.clone(),
+            _ => FieldChange {
+                field: f.field,
+                from: f.from.as_ref().map(|_| "(sensitive)".to_string()),
+                to: f.to.as_ref().map(|_| "(sensitive)".to_string()),
+            },
         })
         .collect()
 }

@@ -298,7 +298,10 @@ impl Templater<'_> {
                 .map_err(|m| err(format!("step `{}`: `loop` failed: {m}", decl.id), ""))?,
             _ => {
                 let mut errs = Vec::new();
-                let v = self.params(node, ctx, &applied.unit.path, &mut errs);
+                // A loop's items see no secrets (a loop over secret values would put them in
+                // step addresses).
+                let vctx = minijinja::Value::from(minijinja::value::Serde(ctx));
+                let v = self.params(node, (ctx, &vctx), &applied.unit.path, &mut errs);
                 if !errs.is_empty() {
                     return Err(errs.into_iter().map(|d| applied.locate(d)).collect());
                 }

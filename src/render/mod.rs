@@ -23,12 +23,13 @@ mod expand;
 mod filters;
 mod order;
 mod recheck;
+pub mod secrets;
 pub use bounds::{MAX_TEMPLATE_ITEMS, MAX_TEMPLATE_OUTPUT};
 pub use expand::{SkippedStep, MAX_LOOP_ITEMS};
 pub use order::{find_cycle, order_steps};
 
 /// Variable names plumb provides itself.
-pub const RESERVED_VARS: &[&str] = &["host", "env", "facts"];
+pub const RESERVED_VARS: &[&str] = &["host", "env", "facts", "secrets"];
 /// The code of a template error on a host with no facts at all (gather them first).
 pub const MISSING_FACTS: &str = "missing-facts";
 /// Largest file `source:` or `template:` may name (bytes).
@@ -49,6 +50,9 @@ pub struct DesiredStep {
     /// Addresses of steps on this host to refresh when this one changed.
     pub notify: Vec<StepAddress>,
     pub sensitive: bool,
+    /// The secrets the step's parameters and templates read (names, sorted); a step that
+    /// reads one is sensitive.
+    pub secrets: Vec<String>,
     /// Where the step is declared.
     pub path: String,
     pub pos: Pos,
@@ -241,7 +245,7 @@ fn template_message(err: &minijinja::Error, source: &str, ctx: &Json) -> String 
                 .into_iter()
                 .filter(|v| {
                     let top = v.split('.').next().unwrap_or(v);
-                    !known.contains(top) || lookup_path(ctx, v).is_none()
+                    top != "secrets" && (!known.contains(top) || lookup_path(ctx, v).is_none())
                 })
                 .collect();
             missing.sort();
@@ -383,13 +387,19 @@ impl Templater<'_> {
     }
 
     /// Templates every string in a parameter tree, keeping positions for errors.
-    fn params(&self, node: &Node, ctx: &Json, path: &str, diags: &mut Vec<Diagnostic>) -> Json {
+    fn params(
+        &self,
+        node: &Node,
+        (ctx, vctx): (&Json, &minijinja::Value),
+        path: &str,
+        diags: &mut Vec<Diagnostic>,
+    ) -> Json {
         match &node.value {
             Value::String(s) if s.contains("{{") || s.contains("{%") || s.contains("{#") => {
                 let out = self
                     .jinja
                     .template_from_str(s)
-                    .and_then(|t| bounds::render_capped(&t, minijinja::value::Serde(ctx)));
+                    .and_then(|t| bounds::render_capped(&t, vctx));
                 match out {
                     Ok(out) => Json::String(out),
                     Err(e) => {
@@ -408,12 +418,12 @@ impl Templater<'_> {
             Value::Seq(items) => Json::Array(
                 items
                     .iter()
-                    .map(|n| self.params(n, ctx, path, diags))
+                    .map(|n| self.params(n, (ctx, vctx), path, diags))
                     .collect(),
             ),
             Value::Map(m) => Json::Object(
                 m.iter()
-                    .map(|(k, (_, v))| (k.clone(), self.params(v, ctx, path, diags)))
+                    .map(|(k, (_, v))| (k.clone(), self.params(v, (ctx, vctx), path, diags)))
                     .collect(),
             ),
             _ => node.to_json(),
@@ -438,6 +448,8 @@ struct StepResolver<'a> {
     repo: &'a Repo,
     templater: &'a Templater<'a>,
     ctx: &'a Json,
+    /// `ctx` with the step's `secrets` object.
+    vctx: &'a minijinja::Value,
     errors: Vec<Diagnostic>,
     templates: HashMap<String, Result<String, String>>,
 }
@@ -496,7 +508,7 @@ impl StepResolver<'_> {
             .templater
             .jinja
             .get_template(name)
-            .and_then(|t| bounds::render_capped(&t, minijinja::value::Serde(self.ctx)));
+            .and_then(|t| bounds::render_capped(&t, self.vctx));
         match t {
             Ok(s) => Ok(s),
             Err(e) => {
@@ -604,7 +616,7 @@ fn expand_steps(
                         continue;
                     }
                 }
-                match render_step(templater, a, decl, &it.ctx, address.clone()) {
+                match render_step(templater, a, decl, env, &it.ctx, address.clone()) {
                     Ok(s) => {
                         groups.entry(base.clone()).or_default().push(address);
                         steps.push(s);
@@ -827,16 +839,42 @@ fn reference_error(
     }
 }
 
+/// Renders one step with its own `secrets` object; a step that read a secret is sensitive,
+/// and its errors are told without anything derived from the value.
 fn render_step(
     t: &Templater<'_>,
     applied: &expand::Applied<'_>,
     decl: &StepDecl,
+    env: &str,
     ctx: &Json,
+    address: StepAddress,
+) -> Result<DesiredStep, Vec<Diagnostic>> {
+    let base = minijinja::Value::from(minijinja::value::Serde(ctx));
+    let tracker = secrets::StepSecrets::new(&t.repo.secrets, &t.repo.files, env);
+    let vctx = tracker.context(&base);
+    match render_step_with(t, applied, decl, (ctx, &vctx), address) {
+        Ok(mut step) => {
+            step.secrets = tracker.reads();
+            step.sensitive |= !step.secrets.is_empty();
+            Ok(step)
+        }
+        Err(mut errs) => {
+            secrets::explain_errors(&tracker, decl, &mut errs);
+            Err(errs)
+        }
+    }
+}
+
+fn render_step_with(
+    t: &Templater<'_>,
+    applied: &expand::Applied<'_>,
+    decl: &StepDecl,
+    (ctx, vctx): (&Json, &minijinja::Value),
     address: StepAddress,
 ) -> Result<DesiredStep, Vec<Diagnostic>> {
     let unit = applied.unit;
     let mut errs = Vec::new();
-    let mut params = t.params(&decl.params, ctx, &unit.path, &mut errs);
+    let mut params = t.params(&decl.params, (ctx, vctx), &unit.path, &mut errs);
     if !errs.is_empty() {
         return Err(errs);
     }
@@ -872,6 +910,7 @@ fn render_step(
         repo: t.repo,
         templater: t,
         ctx,
+        vctx,
         errors: Vec::new(),
         templates: HashMap::new(),
     };
@@ -903,6 +942,7 @@ fn render_step(
                 .map(|(a, _)| StepAddress::qualify(&applied.name, a))
                 .collect(),
             sensitive: decl.sensitive,
+            secrets: Vec::new(),
             path: unit.path.clone(),
             pos: decl.pos,
         }),

@@ -201,6 +201,17 @@ fn sign(kind: Option<ChangeKind>) -> &'static str {
 }
 
 fn field_text(f: &FieldChange) -> String {
+    let hidden = Some(crate::engine::step::REDACTED.to_string());
+    match f.field {
+        crate::modules::Field::Secrets => {
+            return format!("reads secrets: {}", f.to.clone().unwrap_or_default())
+        }
+        // Compared by hash on the host: all a sensitive plan can say.
+        crate::modules::Field::Content if f.from == hidden && f.to == hidden => {
+            return "content differs (sensitive)".to_string()
+        }
+        _ => {}
+    }
     let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "(none)".into());
     format!("{}: {} -> {}", f.field, show(&f.from), show(&f.to))
 }

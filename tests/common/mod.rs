@@ -190,8 +190,24 @@ pub fn plumb_command(hosts: &Hosts, args: &[&str], repo: &Path) -> Command {
         .arg("--identity")
         .arg(hosts.dir.join("id_ed25519"))
         .arg("--known-hosts")
-        .arg(hosts.dir.join("known_hosts"));
+        .arg(hosts.dir.join("known_hosts"))
+        .env("PLUMB_SECRETS_IDENTITY", demo_secrets_identity(&hosts.dir));
     cmd
+}
+
+/// A private (0600) copy, in `dir`, of the throwaway identity examples/webapp's secrets are
+/// encrypted to (`examples/webapp-demo-identity.txt`; git keeps it world-readable, which
+/// plumb refuses).
+pub fn demo_secrets_identity(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let copy = dir.join("webapp-demo-identity.txt");
+    if !copy.exists() {
+        let key =
+            std::fs::read(root().join("examples/webapp-demo-identity.txt")).expect("demo key");
+        std::fs::write(&copy, key).expect("write demo key");
+    }
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    copy
 }
 
 /// Runs plumb with the test hosts' key and known_hosts; returns (exit code, JSON, stderr).

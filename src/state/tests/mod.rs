@@ -44,6 +44,7 @@ fn sref(address: &str, target: &str) -> StepRef {
         module: "file",
         target: target.into(),
         sensitive: false,
+        secrets: Vec::new(),
     }
 }
 
