@@ -315,6 +315,76 @@ fn history_lists_runs_newest_first() {
     assert!(text(&o).contains("no state db at"), "{}", text(&o));
 }
 
+/// `plumb history` filters through the binary: each narrows, a bad one exits 1 naming the
+/// option, and JSON lines / CSV carry one run per line.
+#[test]
+fn history_filters_and_machine_outputs() {
+    let dir = private_tmp();
+    let ids = write_runs(dir.path());
+    let state = dir.path().to_str().unwrap();
+    let listed = |extra: &[&str]| -> Vec<String> {
+        let mut args = vec!["history", "--state", state, "--output", "jsonl"];
+        args.extend_from_slice(extra);
+        let o = plumb(&args);
+        assert_eq!(o.status.code(), Some(0), "{extra:?}: {}", text(&o));
+        String::from_utf8(o.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: Value = serde_json::from_str(l).expect("one JSON object per line");
+                v["id"].as_str().unwrap().to_string()
+            })
+            .collect()
+    };
+    assert_eq!(listed(&["--commit", "4AAA"]), vec![ids[4].clone()]);
+    assert_eq!(listed(&["--kind", "correction"]), vec![ids[2].clone()]);
+    assert_eq!(listed(&["--result", "refused"]), vec![ids[3].clone()]);
+    assert_eq!(listed(&["--signer", "SHA256:alicekey"]).len(), 5);
+    assert_eq!(listed(&["--signer", "bob@example.com"]).len(), 0);
+    assert_eq!(
+        listed(&["--host", "web1"]).len(),
+        4,
+        "the refusal reached no host"
+    );
+    assert_eq!(listed(&["--since", "1h"]).len(), 5);
+    assert_eq!(listed(&["--until", "2000-01-01T00:00:00Z"]).len(), 0);
+
+    for (args, named) in [
+        (["--kind", "deploy"], "--kind"),
+        (["--since", "last tuesday"], "--since"),
+        (["--commit", "xyz"], "--commit"),
+    ] {
+        let mut all = vec!["history", "--state", state];
+        all.extend_from_slice(&args);
+        let o = plumb(&all);
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        assert!(text(&o).contains(named), "{args:?}: {}", text(&o));
+    }
+    let o = plumb(&["history", "--state", state, "--hots", "web1"]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "an unknown option is a usage error"
+    );
+
+    let o = plumb(&[
+        "history", "--state", state, "--output", "csv", "--kind", "apply",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let csv = String::from_utf8(o.stdout).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 3, "{csv}");
+    assert!(
+        lines[0].starts_with("id,started_at,finished_at,environment,kind"),
+        "{csv}"
+    );
+    assert!(lines[1].starts_with(&format!("{},", ids[4])), "{csv}");
+    assert!(
+        lines[1].contains(",alice@example.com,SHA256:alicekey,2,0,"),
+        "{csv}"
+    );
+}
+
 /// The head a verify prints: `N records verified; head SEQ:HASH (key ...)`.
 fn printed_head(out: &str) -> String {
     out.split("; head ")

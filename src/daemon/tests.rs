@@ -528,6 +528,7 @@ fn runs(d: &Daemon) -> Vec<state::RunRecord> {
             environment: None,
             kind: None,
             limit: Some(100),
+            ..RunFilter::default()
         })
         .expect("runs")
 }
@@ -782,8 +783,8 @@ async fn api_answers_match_their_schemas() {
     assert_matches_schema("api-status", &s);
     let runs = status
         .runs(&crate::server::RunsQuery {
-            environment: None,
-            limit: 10,
+            limit: Some(10),
+            ..Default::default()
         })
         .expect("runs");
     assert_eq!(runs["runs"].as_array().map(Vec::len), Some(1), "{runs:#}");
@@ -813,7 +814,7 @@ async fn api_answers_match_their_schemas() {
     assert_eq!(run["run"]["id"], id.as_str());
     assert_matches_schema("api-run", &run);
     assert_eq!(status.run("01NOSUCHRUN").expect("query"), None);
-    let drift = status.drift(None).expect("drift");
+    let drift = status.drift(&Default::default()).expect("drift");
     assert_matches_schema("api-drift", &drift);
     // A schema that could not fail would prove nothing.
     let broken = json!({"environments": [{"environment": 1}]});
@@ -945,6 +946,7 @@ async fn a_hung_environment_does_not_delay_another() {
                 environment: Some(env.to_string()),
                 kind: None,
                 limit: Some(10),
+                ..RunFilter::default()
             })
             .expect("runs")
             .iter()

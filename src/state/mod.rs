@@ -36,6 +36,7 @@ use crate::audit::DaemonKey;
 mod chain;
 mod drift;
 mod error;
+pub mod filter;
 mod open;
 mod query;
 pub mod report;
@@ -44,12 +45,12 @@ mod types;
 mod write;
 
 pub use error::StateError;
+pub use filter::{DriftFilter, DriftState, FilterError, FilterLimits, RunFilter};
 pub use open::{check_not_reset, MIRROR_DIR};
 pub use schema::SCHEMA_VERSION;
 pub use types::{
-    AuditHead, DriftFinding, HostRecord, HostResultStatus, LastApplied, NewRun, RunDetail,
-    RunFilter, RunId, RunKind, RunRecord, RunResult, Signer, StepMeta, StepRecord,
-    StepResultStatus, Trigger,
+    AuditHead, DriftFinding, HostRecord, HostResultStatus, LastApplied, NewRun, RunDetail, RunId,
+    RunKind, RunRecord, RunResult, Signer, StepMeta, StepRecord, StepResultStatus, Trigger,
 };
 
 /// The database file under the state directory.
