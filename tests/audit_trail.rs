@@ -385,6 +385,143 @@ fn history_filters_and_machine_outputs() {
     );
 }
 
+/// `plumb audit export` verifies on a clean directory holding only the export and the public
+/// key; cutting its tail, dropping its first record, editing a record or the header fails.
+#[test]
+fn an_export_verifies_offline_and_tampering_fails() {
+    let dir = private_tmp();
+    write_runs(dir.path());
+    let state = dir.path().to_str().unwrap();
+    let clean = tempfile::tempdir().unwrap();
+    let o = plumb(&["audit", "public-key", "--state", state]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let key = clean.path().join("daemon.pub");
+    std::fs::write(&key, &o.stdout).unwrap();
+    let o = plumb(&["audit", "export", "--state", state]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let export = String::from_utf8(o.stdout).unwrap();
+    let lines: Vec<&str> = export.lines().collect();
+    assert_eq!(lines.len(), 6, "a header and 5 records: {export}");
+    let header: Value = serde_json::from_str(lines[0]).unwrap();
+    assert_eq!(header["head"]["seq"], 5);
+    assert!(header["public_key"]
+        .as_str()
+        .unwrap()
+        .starts_with("ssh-ed25519 "));
+
+    let verify = |name: &str, content: &str| -> Output {
+        let f = clean.path().join(name);
+        std::fs::write(&f, content).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_plumb"))
+            .current_dir(clean.path())
+            .env_clear()
+            .args([
+                "audit",
+                "verify",
+                "--file",
+                name,
+                "--public-key",
+                "daemon.pub",
+            ])
+            .output()
+            .unwrap()
+    };
+    let o = verify("audit.jsonl", &export);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        text(&o).contains("5 records verified; head 5:"),
+        "{}",
+        text(&o)
+    );
+
+    let cut = format!("{}\n", lines[..5].join("\n"));
+    let o = verify("cut.jsonl", &cut);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "a cut tail must fail: {}",
+        text(&o)
+    );
+    assert!(text(&o).contains("truncated"), "{}", text(&o));
+
+    let edited = export.replacen("\\\"web2\\\"", "\\\"web9\\\"", 1);
+    assert_ne!(edited, export, "the export names web2 inside a record");
+    let o = verify("edited.jsonl", &edited);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "an edited record must fail: {}",
+        text(&o)
+    );
+    assert!(text(&o).contains("hash mismatch"), "{}", text(&o));
+
+    let mut h = header.clone();
+    h["head"]["seq"] = json!(4);
+    h["head"]["hash"] = serde_json::from_str::<Value>(lines[4]).unwrap()["hash"].clone();
+    let reheaded = format!("{}\n{}\n", h, lines[1..5].join("\n"));
+    let o = verify("reheaded.jsonl", &reheaded);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "a rewritten header must fail: {}",
+        text(&o)
+    );
+    assert!(text(&o).contains("header"), "{}", text(&o));
+
+    let other = tempfile::tempdir().unwrap();
+    std::fs::write(
+        other.path().join("k.pub"),
+        b"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl x\n",
+    )
+    .unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_plumb"))
+        .args(["audit", "verify", "--file"])
+        .arg(clean.path().join("audit.jsonl"))
+        .arg("--public-key")
+        .arg(other.path().join("k.pub"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "another key must fail: {}",
+        text(&o)
+    );
+
+    // A partial export (--since) verifies alone; without its first record it does not.
+    let o = plumb(&[
+        "history",
+        "--state",
+        state,
+        "--output",
+        "json",
+        "--kind",
+        "correction",
+    ]);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let since = v["runs"][0]["started_at"].as_str().unwrap().to_string();
+    let o = plumb(&["audit", "export", "--state", state, "--since", &since]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let recent = String::from_utf8(o.stdout).unwrap();
+    let rl: Vec<&str> = recent.lines().collect();
+    assert_eq!(rl.len(), 4, "records #3..#5: {recent}");
+    let o = verify("recent.jsonl", &recent);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        text(&o).contains("3 records verified; head 5:"),
+        "{}",
+        text(&o)
+    );
+    let headless = format!("{}\n{}\n", rl[0], rl[2..].join("\n"));
+    let o = verify("headless.jsonl", &headless);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "a dropped first record must fail: {}",
+        text(&o)
+    );
+}
+
 /// The head a verify prints: `N records verified; head SEQ:HASH (key ...)`.
 fn printed_head(out: &str) -> String {
     out.split("; head ")
