@@ -648,6 +648,43 @@ async fn the_audit_head_goes_to_metrics_the_head_file_and_alerts() {
     assert_eq!(alert["audit_head"]["seq"], seq2);
 }
 
+/// The daemon verifies the audit chain at start: an intact chain is `plumb_audit_chain_ok 1`;
+/// a record edited behind its back is `0` and keeps it unready whatever else is ready.
+#[tokio::test]
+async fn a_broken_audit_chain_at_start_is_a_metric_and_keeps_readyz_failing() {
+    let fx = Fx::new();
+    fx.push(&fuel_bomb());
+    {
+        let mut d = fx.daemon();
+        d.reconcile(Wake::Startup).await;
+        assert_eq!(runs(&d).len(), 1);
+        assert!(d
+            .metrics
+            .encode()
+            .expect("metrics")
+            .contains("plumb_audit_chain_ok 1\n"));
+    }
+    let d = fx.bare_daemon_for("[production]");
+    assert!(d
+        .metrics
+        .encode()
+        .expect("metrics")
+        .contains("plumb_audit_chain_ok 1\n"));
+    drop(d);
+    let db = rusqlite::Connection::open(fx.path("state").join(crate::state::DB_FILE)).expect("db");
+    db.execute("UPDATE runs SET summary = '{\"reason\":\"edited\"}'", [])
+        .expect("tamper");
+    drop(db);
+    let d = fx.bare_daemon_for("[production]");
+    let metrics = d.metrics.encode().expect("metrics");
+    assert!(metrics.contains("plumb_audit_chain_ok 0\n"), "{metrics}");
+    d.ready.set_ready(true);
+    assert!(
+        !d.ready.is_ready(),
+        "a broken chain keeps the daemon unready"
+    );
+}
+
 /// Waits (up to 30 s) until `done` holds.
 async fn eventually(what: &str, done: impl Fn() -> bool) {
     for _ in 0..300 {

@@ -3,7 +3,7 @@
 //! | route                   | answer                                                        |
 //! |-------------------------|---------------------------------------------------------------|
 //! | `GET /healthz`          | 200 while the process serves                                  |
-//! | `GET /readyz`           | 200 once the first fetch + verify completed, else 503         |
+//! | `GET /readyz`           | 200 once the first fetch + verify completed and the audit chain verified at start-up, else 503 |
 //! | `GET /metrics`          | OpenMetrics text ([`metrics::CONTENT_TYPE`])                  |
 //! | `POST /hooks/github`    | `X-Hub-Signature-256`; push → 202 + trigger, ping → 200       |
 //! | `POST /hooks/generic`   | `X-Plumb-Signature`; → 202 + trigger                          |
@@ -114,19 +114,30 @@ impl fmt::Debug for WebhookSecrets {
     }
 }
 
-/// Set once the first fetch and verify completed; `GET /readyz` reads it.
+/// Set once the first fetch and verify completed; `GET /readyz` reads it. A broken audit
+/// chain (found at start-up) keeps the daemon unready whatever else happens.
 #[derive(Debug, Clone, Default)]
-pub struct Readiness(Arc<AtomicBool>);
+pub struct Readiness {
+    ready: Arc<AtomicBool>,
+    chain_broken: Arc<AtomicBool>,
+}
 
 impl Readiness {
     pub fn new() -> Readiness {
         Readiness::default()
     }
     pub fn set_ready(&self, ready: bool) {
-        self.0.store(ready, Ordering::Release);
+        self.ready.store(ready, Ordering::Release);
+    }
+    /// Marks the audit chain broken (or repaired).
+    pub fn set_chain_broken(&self, broken: bool) {
+        self.chain_broken.store(broken, Ordering::Release);
+    }
+    pub fn chain_broken(&self) -> bool {
+        self.chain_broken.load(Ordering::Acquire)
     }
     pub fn is_ready(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+        self.ready.load(Ordering::Acquire) && !self.chain_broken()
     }
 }
 
@@ -250,6 +261,13 @@ async fn healthz() -> Response {
 }
 
 async fn readyz(State(s): State<AppState>) -> Response {
+    if s.ready.chain_broken() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "audit_chain_broken",
+            "the audit chain failed verification at start-up: run `plumb audit verify` (see the daemon log)",
+        );
+    }
     if s.ready.is_ready() {
         Json(json!({ "status": "ready" })).into_response()
     } else {

@@ -304,6 +304,12 @@ async fn probes() {
     );
     h.ready.set_ready(true);
     assert_eq!(get(&h.app, "/readyz").await.0, StatusCode::OK);
+    h.ready.set_chain_broken(true);
+    let (s, b) = get(&h.app, "/readyz").await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(b.contains("audit_chain_broken"), "{b}");
+    h.ready.set_chain_broken(false);
+    assert_eq!(get(&h.app, "/readyz").await.0, StatusCode::OK);
 }
 
 #[tokio::test]
