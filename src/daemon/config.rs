@@ -52,6 +52,15 @@ pub struct DaemonConfig {
     #[serde(default = "default_parallel")]
     #[schemars(range(min = 1, max = 1000))]
     pub parallel: u32,
+    /// HTTPS served by the daemon (needed on a non-loopback `listen` without a TLS proxy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<super::http_config::TlsConfig>,
+    /// A proxy in front terminates TLS (so a non-loopback `listen` may serve plain HTTP to it).
+    #[serde(default)]
+    pub behind_tls_proxy: bool,
+    /// Who may read the console, `/api/*` and `/metrics` (needed on a non-loopback `listen`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<super::http_config::AccessConfig>,
     /// Limits for validating each new commit, in a child process, before it is loaded.
     #[serde(default)]
     pub validation: ValidationLimits,
@@ -315,6 +324,7 @@ impl DaemonConfig {
                 }
             }
         }
+        super::http_config::check(&config, &label, &at, &mut diags);
         if diags.has_errors() {
             return Err((diags, sources));
         }

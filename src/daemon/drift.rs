@@ -53,8 +53,7 @@ impl Daemon {
             base.loaded.env_interval,
         );
         let checked = DriftCheck::Checked { interval };
-        self.metrics
-            .retain_hosts(env, base.loaded.hosts.iter().map(|h| h.host.name.as_str()));
+        self.note_inventory(env, &base.loaded.hosts);
         let plans = engine::plan_all(
             &base.loaded.hosts,
             &self.connector,

@@ -30,6 +30,8 @@ pub enum DaemonError {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error("tls: {0}")]
+    Tls(#[from] crate::server::tls::TlsError),
     #[error("cannot install the {signal} handler: {source}")]
     Signal {
         signal: &'static str,
@@ -58,6 +60,7 @@ impl DaemonError {
             DaemonError::Source(_) => "source",
             DaemonError::Alert(_) => "alert_config",
             DaemonError::Listen { .. } => "listen",
+            DaemonError::Tls(_) => "tls",
             DaemonError::Signal { .. } => "signal",
             DaemonError::FetchTimeout(_) => "fetch_timeout",
             DaemonError::Task { .. } => "task",

@@ -40,9 +40,11 @@ use crate::state::{self, StateDb, Trigger};
 
 pub mod audit_tail;
 pub mod config;
+mod console;
 mod drift;
 mod env_task;
 pub mod error;
+pub mod http_config;
 pub mod policy;
 mod reconcile;
 pub mod status;
@@ -138,6 +140,8 @@ pub struct Daemon {
     validator: Option<validator::Validator>,
     /// The newest tip fetched (its checkout is kept).
     latest_tip: Arc<Mutex<Option<git2::Oid>>>,
+    /// Each environment's hosts and labels, for the console.
+    inventory: console::Inventory,
 }
 
 /// A lock per host (`address:port`), held for the host's apply, so two environments whose
@@ -221,6 +225,7 @@ impl Daemon {
                 .validator
                 .map(|exe| validator::Validator::new(exe, &config.validation)),
             latest_tip: Arc::default(),
+            inventory: Arc::default(),
             config,
         };
         daemon.anchor_audit_head();
@@ -256,6 +261,11 @@ impl Daemon {
             db: Arc::new(Mutex::new(lock(&self.db).handle()?)),
             environments: self.config.environments.clone(),
         };
+        let console = console::ConsoleState {
+            db: Arc::new(Mutex::new(lock(&self.db).handle()?)),
+            environments: self.config.environments.clone(),
+            inventory: self.inventory.clone(),
+        };
         let app = AppState {
             metrics: self.metrics.clone(),
             triggers: hook_tx,
@@ -263,6 +273,12 @@ impl Daemon {
             ready: self.ready.clone(),
             status: Arc::new(status),
             on_refusal: Some(webhook_refusal_alerts(self.alerter.clone())),
+            access: http_config::access_rule(&self.config)?,
+            console: Some(Arc::new(console)),
+        };
+        let tls = match &self.config.tls {
+            Some(t) => Some(crate::server::tls::acceptor(&t.cert_file, &t.key_file)?),
+            None => None,
         };
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut server_stop = stop_rx;
@@ -270,7 +286,14 @@ impl Daemon {
             let shutdown = async move {
                 let _ = server_stop.wait_for(|s| *s).await;
             };
-            if let Err(e) = server::serve(listener, app, shutdown).await {
+            let limits = server::Limits::default();
+            let served = match tls {
+                Some(acceptor) => {
+                    server::serve_tls(listener, app, limits, acceptor, shutdown).await
+                }
+                None => server::serve_with(listener, app, limits, shutdown).await,
+            };
+            if let Err(e) = served {
                 tracing::error!(error = %e, "HTTP server stopped");
             }
         });
@@ -398,6 +421,7 @@ impl Daemon {
                 .as_ref()
                 .map(|v| validator::Validator::new(v.exe().to_path_buf(), &config.validation)),
             latest_tip: self.latest_tip.clone(),
+            inventory: self.inventory.clone(),
             config,
         })
     }
@@ -421,6 +445,18 @@ impl Daemon {
         };
         self.metrics.set_audit_chain_ok(ok);
         self.ready.set_chain_broken(!ok);
+    }
+
+    /// Notes `env`'s hosts and labels (for the console) and stops reporting the metric
+    /// series of hosts that left its inventory.
+    fn note_inventory(&self, env: &str, hosts: &[crate::render::DesiredHost]) {
+        self.metrics
+            .retain_hosts(env, hosts.iter().map(|h| h.host.name.as_str()));
+        let entry = hosts
+            .iter()
+            .map(|h| (h.host.name.clone(), h.host.labels.clone()))
+            .collect();
+        lock_any(&self.inventory).insert(env.to_string(), entry);
     }
 
     /// The audit chain's head, after a record: to `/metrics` and the configured head file.

@@ -287,8 +287,7 @@ impl Daemon {
     ) -> Result<Rollout, DaemonError> {
         let plain: Vec<Host> = loaded.hosts.iter().map(|h| h.host.clone()).collect();
         // Hosts that left the inventory stop being reported.
-        self.metrics
-            .retain_hosts(env, plain.iter().map(|h| h.name.as_str()));
+        self.note_inventory(env, &loaded.hosts);
         let waves = super::waves::plan_waves(
             &loaded.environment.settings,
             &plain,

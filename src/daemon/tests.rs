@@ -1107,3 +1107,132 @@ async fn a_host_two_environments_share_is_applied_by_one_at_a_time() {
         );
     }
 }
+
+/// A non-loopback `listen` needs HTTPS (served, or a TLS proxy stated) and access; a token
+/// file others can read and a password hash that is not one are refused, each located.
+#[test]
+fn exposure_needs_tls_and_access_each_refusal_located() {
+    let e = config_errors("listen: 0.0.0.0:9940\n");
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(
+        e[0].starts_with(
+            "4:9: `0.0.0.0:9940` is not a loopback address, and the daemon would serve plain HTTP"
+        ),
+        "{e:?}"
+    );
+    assert!(e[1].contains("no access is configured"), "{e:?}");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = dir.path().join("token");
+    std::fs::write(&token, "t0ken\n").expect("write");
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let body = format!(
+        "listen: 0.0.0.0:9940\nbehind_tls_proxy: true\naccess:\n  token_file: {}\n  users:\n    - name: alice\n      password_hash: hunter2\n",
+        token.display()
+    );
+    let path = write_config(dir.path(), &body);
+    let Err((diags, _)) = DaemonConfig::load(&path) else {
+        panic!("accepted a readable token and a plain password")
+    };
+    let e: Vec<String> = diags
+        .iter()
+        .map(|d| format!("{}:{}: {}", d.line, d.col, d.message))
+        .collect();
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(
+        e.iter()
+            .any(|m| m.starts_with("10:22: the password hash of user `alice` is not a PHC string")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter()
+            .any(|m| m.starts_with("7:15: ") && m.contains("chmod 600")),
+        "{e:?}"
+    );
+
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let body = format!(
+        "listen: 0.0.0.0:9940\nbehind_tls_proxy: true\naccess:\n  token_file: {}\n",
+        token.display()
+    );
+    let c = DaemonConfig::load(&write_config(dir.path(), &body)).expect("valid");
+    match http_config::access_rule(&c).expect("rule") {
+        crate::server::AccessRule::Protected(a) => {
+            assert!(a.secure_cookies, "behind a TLS proxy: Secure cookies");
+        }
+        crate::server::AccessRule::Open => panic!("open"),
+    }
+}
+
+/// The console renders its pages from a real state database (a refused commit and its run),
+/// and escapes every value: a hostile error text appears only escaped.
+#[tokio::test]
+async fn console_pages_render_from_state_and_escape_values() {
+    let fx = Fx::new();
+    let tip = fx.push(&[
+        ("plumb.yaml", PLUMB_YAML),
+        ("environments/production/hosts.yaml", HOSTS_YAML),
+        (
+            "units/web.yaml",
+            "steps:\n  - id: conf\n    file:\n      path: /etc/app.conf\n      template: app.j2\n",
+        ),
+        ("templates/app.j2", "{{ nope_<script>alert(1)</script> }}\n"),
+    ]);
+    let mut d = fx.daemon();
+    d.reconcile(Wake::Startup).await;
+    let run = runs(&d).remove(0);
+    let console = console::ConsoleState {
+        db: Arc::new(Mutex::new(lock(&d.db).handle().expect("handle"))),
+        environments: vec!["production".into()],
+        inventory: Arc::default(),
+    };
+    use crate::server::{ConsoleSource as _, Page, Principal};
+    let who = Principal::User("<b>eve</b>".into());
+    let page = |p: Page| console.page(&p, &who).expect("renders");
+    let fleet = page(Page::Fleet { label: None }).expect("fleet");
+    assert!(
+        fleet.contains("production") && fleet.contains("&lt;b&gt;eve&lt;/b&gt;"),
+        "{fleet}"
+    );
+    let run_page = page(Page::Run {
+        id: run.id.0.clone(),
+    })
+    .expect("run page");
+    assert!(run_page.contains(&tip[..12]), "{run_page}");
+    assert!(
+        run_page.contains("&lt;script&gt;") || run_page.contains("invalid"),
+        "{run_page}"
+    );
+    for html in [&fleet, &run_page] {
+        assert!(!html.contains("<script>alert"), "unescaped: {html}");
+        assert!(!html.contains("<b>eve"), "unescaped: {html}");
+    }
+    let commit = page(Page::Commit {
+        id: tip[..8].to_string(),
+    })
+    .expect("commit page");
+    assert!(commit.contains(&run.id.0), "{commit}");
+    assert!(page(Page::Run {
+        id: "01NOSUCHRUN".into()
+    })
+    .is_none());
+    assert!(page(Page::Commit { id: "zz".into() }).is_none());
+    let env = page(Page::Environment {
+        name: "production".into(),
+        page: 0,
+    })
+    .expect("env page");
+    assert!(env.contains(&run.id.0), "{env}");
+    assert!(page(Page::Environment {
+        name: "nope".into(),
+        page: 0
+    })
+    .is_none());
+    let audit = page(Page::Audit).expect("audit page");
+    assert!(
+        audit.contains("records verified") && audit.contains("status ok"),
+        "{audit}"
+    );
+    page(Page::Drift { env: None }).expect("drift page");
+}

@@ -52,9 +52,14 @@ use serde_json::{json, Value};
 use sha2::Sha256;
 use tokio::sync::mpsc;
 
+pub mod access;
+pub mod console;
 pub mod limits;
 pub mod metrics;
+pub mod tls;
 
+pub use access::{AccessRule, Principal};
+pub use console::{ConsoleSource, Page};
 pub use limits::Limits;
 pub use metrics::{Metrics, RefusalSource, RunResult};
 
@@ -197,6 +202,10 @@ pub struct AppState {
     /// Called for every refused webhook request with the hook name and the refusal code
     /// (the daemon raises an alert from it).
     pub on_refusal: Option<RefusalHook>,
+    /// Who may read the console, `/api/*` and `/metrics`.
+    pub access: AccessRule,
+    /// The console's pages; `None`: no console (its routes answer 404).
+    pub console: Option<console::Console>,
 }
 
 impl fmt::Debug for AppState {
@@ -208,18 +217,27 @@ impl fmt::Debug for AppState {
     }
 }
 
-/// The daemon's router.
+/// The daemon's router. The console, `/api/*` and `/metrics` follow the access rule;
+/// probes and webhooks (HMAC) do not. Every answer gets the security headers.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+    let protected = Router::new()
         .route("/metrics", get(metrics_text))
-        .route("/hooks/github", post(hook_github))
-        .route("/hooks/generic", post(hook_generic))
         .route("/api/status", get(api_status))
         .route("/api/runs", get(api_runs))
         .route("/api/runs/{id}", get(api_run))
         .route("/api/drift", get(api_drift))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.access.clone(),
+            access::require,
+        ));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/hooks/github", post(hook_github))
+        .route("/hooks/generic", post(hook_generic))
+        .merge(protected)
+        .merge(console::routes(&state))
+        .layer(axum::middleware::from_fn(access::security_headers))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
@@ -243,6 +261,20 @@ pub async fn serve_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let listener = limits::GuardedListener::new(listener, limits);
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Like [`serve_with`], over TLS (`tls::acceptor`).
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    limits: Limits,
+    acceptor: tokio_rustls::TlsAcceptor,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let listener = tls::TlsListener::new(limits::GuardedListener::new(listener, limits), acceptor);
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await

@@ -61,6 +61,8 @@ fn harness_with(secrets: WebhookSecrets, capacity: usize) -> Harness {
         ready: ready.clone(),
         status: status.clone(),
         on_refusal: None,
+        access: AccessRule::Open,
+        console: None,
     });
     Harness {
         app,
@@ -494,6 +496,8 @@ async fn serve_limited(limits: Limits) -> std::net::SocketAddr {
         ready: Readiness::new(),
         status: Arc::new(FakeStatus::default()),
         on_refusal: None,
+        access: AccessRule::Open,
+        console: None,
     };
     tokio::spawn(serve_with(listener, state, limits, std::future::pending()));
     addr
@@ -584,4 +588,206 @@ async fn the_connection_cap_holds() {
             .starts_with("HTTP/1.1 200"),
         "{answer:?}"
     );
+}
+
+/// A console source that renders a page naming what it was asked, and who asked.
+struct EchoConsole;
+
+impl ConsoleSource for EchoConsole {
+    fn page(&self, page: &Page, who: &Principal) -> Result<Option<String>, StatusError> {
+        Ok(match page {
+            Page::Run { id } if id == "missing" => None,
+            _ => Some(format!("<p>{page:?} for {who:?}</p>")),
+        })
+    }
+    fn login(&self, next: &str, failed: bool) -> String {
+        format!("<form>next={next} failed={failed}</form>")
+    }
+}
+
+fn protected_app() -> Router {
+    let (tx, _rx) = mpsc::channel(1);
+    let salt =
+        argon2::password_hash::SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
+    let hash = argon2::PasswordHasher::hash_password(&argon2::Argon2::default(), b"pw", &salt)
+        .expect("hash")
+        .to_string();
+    let access = access::Access::new(
+        Some("tok"),
+        vec![access::User {
+            name: "alice".into(),
+            password_hash: hash,
+        }],
+        true,
+    );
+    router(AppState {
+        metrics: Arc::new(Metrics::new()),
+        triggers: tx,
+        secrets: Arc::new(WebhookSecrets::default()),
+        ready: Readiness::new(),
+        status: Arc::new(FakeStatus::default()),
+        on_refusal: None,
+        access: AccessRule::Protected(Arc::new(access)),
+        console: Some(Arc::new(EchoConsole)),
+    })
+}
+
+/// Protected mode: the API, metrics and pages need the token or a session; probes do not;
+/// a page without credentials redirects to the login form, data answers 401.
+#[tokio::test]
+async fn the_access_rule_guards_api_metrics_and_pages() {
+    let app = protected_app();
+    for open in ["/healthz", "/readyz", "/login", "/static/console.css"] {
+        let (s, _) = get(&app, open).await;
+        assert_ne!(s, StatusCode::UNAUTHORIZED, "{open}");
+    }
+    for guarded in ["/api/status", "/api/runs", "/metrics", "/runs/01X", "/"] {
+        let (s, _) = get(&app, guarded).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{guarded}");
+        let req = Request::get(guarded)
+            .header("authorization", "Bearer nope")
+            .body(Body::empty())
+            .expect("request");
+        assert_eq!(
+            call(&app, req).await.0,
+            StatusCode::UNAUTHORIZED,
+            "{guarded}"
+        );
+        let req = Request::get(guarded)
+            .header("authorization", "Bearer tok")
+            .body(Body::empty())
+            .expect("request");
+        assert_eq!(call(&app, req).await.0, StatusCode::OK, "{guarded}");
+    }
+    let page = Request::get("/runs/01X")
+        .header("accept", "text/html")
+        .body(Body::empty())
+        .expect("request");
+    let (s, h, _) = call(&app, page).await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    assert_eq!(h["location"], "/login?next=/runs/01X");
+}
+
+/// The login form: a wrong password is 401; a right one sets a Secure, HttpOnly,
+/// SameSite=Strict session cookie that opens the pages (and never an off-site redirect).
+#[tokio::test]
+async fn login_sets_a_strict_session_cookie() {
+    let app = protected_app();
+    let form = |body: &'static str| {
+        Request::post("/login")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(Body::from(body))
+            .expect("request")
+    };
+    let (s, _, body) = call(&app, form("user=alice&password=wrong&next=%2Fdrift")).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert!(body.contains("failed=true"), "{body}");
+    let (s, h, _) = call(&app, form("user=alice&password=pw&next=%2Fdrift")).await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    assert_eq!(h["location"], "/drift");
+    let cookie = h["set-cookie"].to_str().expect("ascii").to_string();
+    for flag in ["HttpOnly", "SameSite=Strict", "Secure"] {
+        assert!(cookie.contains(flag), "{cookie}");
+    }
+    let session = cookie.split(';').next().expect("pair").to_string();
+    let req = Request::get("/drift")
+        .header("cookie", &session)
+        .body(Body::empty())
+        .expect("request");
+    let (s, _, body) = call(&app, req).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(body.contains("User(\"alice\")"), "{body}");
+    let (_, h, _) = call(&app, form("user=alice&password=pw&next=%2F%2Fevil.example")).await;
+    assert_eq!(h["location"], "/", "no off-site redirect");
+}
+
+/// Every answer carries a strict CSP, X-Frame-Options DENY and nosniff.
+#[tokio::test]
+async fn every_answer_has_the_security_headers() {
+    let app = protected_app();
+    for uri in ["/healthz", "/api/status", "/login", "/runs/missing"] {
+        let req = Request::get(uri)
+            .header("authorization", "Bearer tok")
+            .body(Body::empty())
+            .expect("request");
+        let (_, h, _) = call(&app, req).await;
+        assert_eq!(h["content-security-policy"], access::CSP, "{uri}");
+        assert_eq!(h["x-frame-options"], "DENY", "{uri}");
+        assert_eq!(h["x-content-type-options"], "nosniff", "{uri}");
+    }
+}
+
+/// The daemon serves HTTPS with a certificate made here (openssl): a client that trusts it
+/// gets the probe over TLS; plain HTTP to the same port gets no answer.
+#[tokio::test]
+async fn https_is_served_with_the_configured_certificate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let acceptor = tls::acceptor(&cert, &key).expect("acceptor");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let (tx, _rx) = mpsc::channel(1);
+    let state = AppState {
+        metrics: Arc::new(Metrics::new()),
+        triggers: tx,
+        secrets: Arc::new(WebhookSecrets::default()),
+        ready: Readiness::new(),
+        status: Arc::new(FakeStatus::default()),
+        on_refusal: None,
+        access: AccessRule::Open,
+        console: None,
+    };
+    tokio::spawn(serve_tls(
+        listener,
+        state,
+        Limits::default(),
+        acceptor,
+        std::future::pending(),
+    ));
+    let pem = std::fs::read(&cert).expect("cert");
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("pem"))
+        .build()
+        .expect("client");
+    let res = client
+        .get(format!("https://localhost:{port}/healthz"))
+        .send()
+        .await
+        .expect("https answers");
+    assert_eq!(res.status(), reqwest::StatusCode::OK);
+    let plain = reqwest::Client::new()
+        .get(format!("http://localhost:{port}/healthz"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await;
+    assert!(plain.is_err(), "plain HTTP is not served: {plain:?}");
+    assert!(matches!(
+        tls::acceptor(&key, &key),
+        Err(tls::TlsError::NoCertificate { .. })
+    ));
 }

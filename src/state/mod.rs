@@ -34,6 +34,7 @@ use rusqlite::Connection;
 use crate::audit::DaemonKey;
 
 mod chain;
+pub mod console;
 mod drift;
 mod error;
 pub mod filter;

@@ -129,18 +129,24 @@ pub(crate) fn head_in(c: &Connection, path: &Path) -> Result<Option<AuditHead>, 
     Ok(head.into_iter().next())
 }
 
-const RUN_SELECT: &str = "SELECT r.*,
-    (SELECT COUNT(*) FROM host_results h WHERE h.run_id = r.id) AS n_hosts,
+/// The counted columns every run listing carries (`r` is the run).
+macro_rules! run_counts {
+    () => {
+        "(SELECT COUNT(*) FROM host_results h WHERE h.run_id = r.id) AS n_hosts,
     (SELECT COUNT(*) FROM host_results h WHERE h.run_id = r.id
         AND h.status IN ('failed', 'unreachable')) AS n_failed,
     (SELECT COUNT(*) FROM step_results s WHERE s.run_id = r.id
         AND s.status IN ('changed', 'drifted')) AS n_changes,
     (SELECT COUNT(*) FROM step_results s WHERE s.run_id = r.id
-        AND s.status IN ('changed', 'drifted') AND s.drift = 1) AS n_drift
-    FROM runs r";
+        AND s.status IN ('changed', 'drifted') AND s.drift = 1) AS n_drift"
+    };
+}
+pub(crate) use run_counts;
+
+pub(crate) const RUN_SELECT: &str = concat!("SELECT r.*, ", run_counts!(), " FROM runs r");
 
 impl StateDb {
-    fn unfinished_result(&self) -> RunResult {
+    pub(crate) fn unfinished_result(&self) -> RunResult {
         if self.key.is_some() || daemon_running(&self.dir) {
             RunResult::Running
         } else {
@@ -148,7 +154,11 @@ impl StateDb {
         }
     }
 
-    fn record_from_row(&self, r: &Row<'_>, unfinished: RunResult) -> Result<RunRecord, StateError> {
+    pub(crate) fn record_from_row(
+        &self,
+        r: &Row<'_>,
+        unfinished: RunResult,
+    ) -> Result<RunRecord, StateError> {
         let id: String = r.get("id")?;
         let at = self.row_at("runs", &id);
         Ok(RunRecord {
