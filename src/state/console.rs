@@ -143,9 +143,7 @@ impl StateDb {
                         resolved_at: at.get(r, "resolved_at")?,
                         run_id: at.get::<Option<String>>(r, "run_id")?.map(RunId),
                         first_run_id: at.get::<Option<String>>(r, "first_run_id")?.map(RunId),
-                        resolved_run_id: at
-                            .get::<Option<String>>(r, "resolved_run_id")?
-                            .map(RunId),
+                        resolved_run_id: at.get::<Option<String>>(r, "resolved_run_id")?.map(RunId),
                     })
                 },
             )
