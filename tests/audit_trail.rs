@@ -318,6 +318,213 @@ fn history_lists_runs_newest_first() {
     assert!(text(&o).contains("no state db at"), "{}", text(&o));
 }
 
+/// `plumb history` filters through the binary: each narrows, a bad one exits 1 naming the
+/// option, and JSON lines / CSV carry one run per line.
+#[test]
+fn history_filters_and_machine_outputs() {
+    let dir = private_tmp();
+    let ids = write_runs(dir.path());
+    let state = dir.path().to_str().unwrap();
+    let listed = |extra: &[&str]| -> Vec<String> {
+        let mut args = vec!["history", "--state", state, "--output", "jsonl"];
+        args.extend_from_slice(extra);
+        let o = plumb(&args);
+        assert_eq!(o.status.code(), Some(0), "{extra:?}: {}", text(&o));
+        String::from_utf8(o.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: Value = serde_json::from_str(l).expect("one JSON object per line");
+                v["id"].as_str().unwrap().to_string()
+            })
+            .collect()
+    };
+    assert_eq!(listed(&["--commit", "4AAA"]), vec![ids[4].clone()]);
+    assert_eq!(listed(&["--kind", "correction"]), vec![ids[2].clone()]);
+    assert_eq!(listed(&["--result", "refused"]), vec![ids[3].clone()]);
+    assert_eq!(listed(&["--signer", "SHA256:alicekey"]).len(), 5);
+    assert_eq!(listed(&["--signer", "bob@example.com"]).len(), 0);
+    assert_eq!(
+        listed(&["--host", "web1"]).len(),
+        4,
+        "the refusal reached no host"
+    );
+    assert_eq!(listed(&["--since", "1h"]).len(), 5);
+    assert_eq!(listed(&["--until", "2000-01-01T00:00:00Z"]).len(), 0);
+
+    for (args, named) in [
+        (["--kind", "deploy"], "--kind"),
+        (["--since", "last tuesday"], "--since"),
+        (["--commit", "xyz"], "--commit"),
+    ] {
+        let mut all = vec!["history", "--state", state];
+        all.extend_from_slice(&args);
+        let o = plumb(&all);
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        assert!(text(&o).contains(named), "{args:?}: {}", text(&o));
+    }
+    let o = plumb(&["history", "--state", state, "--hots", "web1"]);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "an unknown option is a usage error"
+    );
+
+    let o = plumb(&[
+        "history", "--state", state, "--output", "csv", "--kind", "apply",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let csv = String::from_utf8(o.stdout).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 3, "{csv}");
+    assert!(
+        lines[0].starts_with("id,started_at,finished_at,environment,kind"),
+        "{csv}"
+    );
+    assert!(lines[1].starts_with(&format!("{},", ids[4])), "{csv}");
+    assert!(
+        lines[1].contains(",alice@example.com,SHA256:alicekey,2,0,"),
+        "{csv}"
+    );
+}
+
+/// `plumb audit export` verifies on a clean directory holding only the export and the public
+/// key; cutting its tail, dropping its first record, editing a record or the header fails.
+#[test]
+fn an_export_verifies_offline_and_tampering_fails() {
+    let dir = private_tmp();
+    write_runs(dir.path());
+    let state = dir.path().to_str().unwrap();
+    let clean = tempfile::tempdir().unwrap();
+    let o = plumb(&["audit", "public-key", "--state", state]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let key = clean.path().join("daemon.pub");
+    std::fs::write(&key, &o.stdout).unwrap();
+    let o = plumb(&["audit", "export", "--state", state]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let export = String::from_utf8(o.stdout).unwrap();
+    let lines: Vec<&str> = export.lines().collect();
+    assert_eq!(lines.len(), 6, "a header and 5 records: {export}");
+    let header: Value = serde_json::from_str(lines[0]).unwrap();
+    assert_eq!(header["head"]["seq"], 5);
+    assert!(header["public_key"]
+        .as_str()
+        .unwrap()
+        .starts_with("ssh-ed25519 "));
+
+    let verify = |name: &str, content: &str| -> Output {
+        let f = clean.path().join(name);
+        std::fs::write(&f, content).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_plumb"))
+            .current_dir(clean.path())
+            .env_clear()
+            .args([
+                "audit",
+                "verify",
+                "--file",
+                name,
+                "--public-key",
+                "daemon.pub",
+            ])
+            .output()
+            .unwrap()
+    };
+    let o = verify("audit.jsonl", &export);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        text(&o).contains("5 records verified; head 5:"),
+        "{}",
+        text(&o)
+    );
+
+    let cut = format!("{}\n", lines[..5].join("\n"));
+    let o = verify("cut.jsonl", &cut);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "a cut tail must fail: {}",
+        text(&o)
+    );
+    assert!(text(&o).contains("truncated"), "{}", text(&o));
+
+    let edited = export.replacen("\\\"web2\\\"", "\\\"web9\\\"", 1);
+    assert_ne!(edited, export, "the export names web2 inside a record");
+    let o = verify("edited.jsonl", &edited);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "an edited record must fail: {}",
+        text(&o)
+    );
+    assert!(text(&o).contains("hash mismatch"), "{}", text(&o));
+
+    let mut h = header.clone();
+    h["head"]["seq"] = json!(4);
+    h["head"]["hash"] = serde_json::from_str::<Value>(lines[4]).unwrap()["hash"].clone();
+    let reheaded = format!("{}\n{}\n", h, lines[1..5].join("\n"));
+    let o = verify("reheaded.jsonl", &reheaded);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "a rewritten header must fail: {}",
+        text(&o)
+    );
+    assert!(text(&o).contains("header"), "{}", text(&o));
+
+    let other = tempfile::tempdir().unwrap();
+    std::fs::write(
+        other.path().join("k.pub"),
+        b"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl x\n",
+    )
+    .unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_plumb"))
+        .args(["audit", "verify", "--file"])
+        .arg(clean.path().join("audit.jsonl"))
+        .arg("--public-key")
+        .arg(other.path().join("k.pub"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "another key must fail: {}",
+        text(&o)
+    );
+
+    // A partial export (--since) verifies alone; without its first record it does not.
+    let o = plumb(&[
+        "history",
+        "--state",
+        state,
+        "--output",
+        "json",
+        "--kind",
+        "correction",
+    ]);
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let since = v["runs"][0]["started_at"].as_str().unwrap().to_string();
+    let o = plumb(&["audit", "export", "--state", state, "--since", &since]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let recent = String::from_utf8(o.stdout).unwrap();
+    let rl: Vec<&str> = recent.lines().collect();
+    assert_eq!(rl.len(), 4, "records #3..#5: {recent}");
+    let o = verify("recent.jsonl", &recent);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        text(&o).contains("3 records verified; head 5:"),
+        "{}",
+        text(&o)
+    );
+    let headless = format!("{}\n{}\n", rl[0], rl[2..].join("\n"));
+    let o = verify("headless.jsonl", &headless);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "a dropped first record must fail: {}",
+        text(&o)
+    );
+}
+
 /// The head a verify prints: `N records verified; head SEQ:HASH (key ...)`.
 fn printed_head(out: &str) -> String {
     out.split("; head ")

@@ -69,6 +69,17 @@ impl<'k> ChainVerifier<'k> {
         }
     }
 
+    /// A verifier that continues a chain after `after` (an export that starts mid-chain):
+    /// the next record must be `after.seq + 1` and link to `after.hash`.
+    pub fn resume(key: &'k VerifyingKey, anchor: Anchor, after: &AuditHead) -> ChainVerifier<'k> {
+        ChainVerifier {
+            key,
+            anchor,
+            prev: Some(("(before the export)".into(), after.hash.clone())),
+            count: usize::try_from(after.seq).unwrap_or(usize::MAX),
+        }
+    }
+
     /// Records verified so far.
     pub fn records(&self) -> usize {
         self.count

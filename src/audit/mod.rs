@@ -39,6 +39,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 pub mod chain;
+pub mod export;
 
 pub use chain::{build_record, ChainEntry, ChainVerifier, VerifiedChain};
 
@@ -62,6 +63,8 @@ pub enum AuditError {
     KeyPermissions { path: PathBuf, mode: u32 },
     #[error("public key {path}: {detail}; expected one line `ssh-ed25519 AAAA... comment`")]
     PublicKey { path: PathBuf, detail: String },
+    #[error("audit export line {line}: {detail}")]
+    Export { line: usize, detail: String },
     #[error("audit chain broken at run {run_id} (record #{seq}): {reason}")]
     Broken {
         run_id: String,
@@ -87,6 +90,7 @@ impl AuditError {
             AuditError::Key { .. } => "audit.key",
             AuditError::KeyPermissions { .. } => "audit.key_permissions",
             AuditError::PublicKey { .. } => "audit.public_key",
+            AuditError::Export { .. } => "audit.export",
             AuditError::Broken { .. } => "audit.broken",
             AuditError::Truncated { .. } => "audit.truncated",
             AuditError::AnchorMismatch { .. } => "audit.anchor_mismatch",
@@ -317,7 +321,7 @@ pub fn check_signature(key: &VerifyingKey, hash_hex: &str, signature_hex: &str) 
 
 /// Position and hash of a record of the chain, written `SEQ:HASH` (what `plumb audit verify`
 /// prints as the head, and what `--expect-head` takes back).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, JsonSchema)]
 pub struct AuditHead {
     /// Position in the chain (1 = first record).
     pub seq: u64,

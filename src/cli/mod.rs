@@ -68,6 +68,8 @@ pub enum Command {
     Daemon(daemon::DaemonArgs),
     /// List recorded runs, newest first.
     History(history::HistoryArgs),
+    /// List drift findings, open and resolved, newest first.
+    DriftHistory(history::DriftHistoryArgs),
     /// The signed, hash-chained audit trail of runs.
     Audit {
         #[command(subcommand)]
@@ -136,6 +138,7 @@ fn run(command: Command, term: Term) -> anyhow::Result<u8> {
         Command::Verify(a) => verify::run(a, term),
         Command::Daemon(a) => daemon::run(a, term),
         Command::History(a) => history::run(a),
+        Command::DriftHistory(a) => history::drift_history(a),
         Command::Audit { command } => audit::run(command, term),
         Command::Schemas(a) => schemas::run(a),
         Command::Facts(a) => facts::run(a, term),

@@ -265,6 +265,7 @@ impl ConsoleState {
                 environment: Some(name.to_string()),
                 kind: Some(crate::state::RunKind::Apply),
                 limit: Some(1),
+                ..RunFilter::default()
             })
             .map_err(internal)?;
         let runs = db

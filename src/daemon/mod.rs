@@ -234,6 +234,7 @@ impl Daemon {
             config,
         };
         daemon.anchor_audit_head();
+        daemon.check_audit_chain();
         Ok(daemon)
     }
 
@@ -440,6 +441,27 @@ impl Daemon {
             secrets,
             config,
         })
+    }
+
+    /// Verifies the whole audit chain with the daemon key: `plumb_audit_chain_ok`, and a
+    /// broken chain keeps `/readyz` failing (the daemon still records, on top of the chain).
+    fn check_audit_chain(&self) {
+        let db = lock(&self.db);
+        let Some(key) = db.daemon_key().map(|k| k.verifying_key()) else {
+            return;
+        };
+        let ok = match db.verify_chain(&key, &crate::audit::Anchor::default()) {
+            Ok(v) => {
+                tracing::info!(records = v.records, "audit chain verified");
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, code = e.code(), "the audit chain is broken: not ready until it is repaired; see `plumb audit verify`");
+                false
+            }
+        };
+        self.metrics.set_audit_chain_ok(ok);
+        self.ready.set_chain_broken(!ok);
     }
 
     /// Notes `env`'s hosts and labels (for the console) and stops reporting the metric

@@ -8,7 +8,7 @@ use schemars::JsonSchema;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::server::{RunsQuery, StatusError, StatusSource};
+use crate::server::{DriftQuery, RunsQuery, StatusError, StatusSource};
 use crate::state::{DriftFinding, LastApplied, RunDetail, RunFilter, RunId, RunRecord, StateDb};
 
 use super::lock;
@@ -45,7 +45,7 @@ pub struct RunsResponse {
 #[serde(transparent)]
 pub struct RunResponse(pub RunDetail);
 
-/// `GET /api/drift`: open drift findings.
+/// `GET /api/drift`: drift findings, open and resolved (`resolved_at`), newest first.
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 #[schemars(title = "plumb daemon API: GET /api/drift")]
 pub struct DriftResponse {
@@ -76,6 +76,7 @@ impl StateStatus {
                     environment: Some(env.clone()),
                     kind: None,
                     limit: Some(1),
+                    ..RunFilter::default()
                 })
                 .map_err(internal)?;
             environments.push(EnvironmentStatus {
@@ -89,13 +90,7 @@ impl StateStatus {
     }
 
     pub fn runs_response(&self, q: &RunsQuery) -> Result<RunsResponse, StatusError> {
-        let runs = lock(&self.db)
-            .runs(&RunFilter {
-                environment: q.environment.clone(),
-                kind: None,
-                limit: Some(q.limit),
-            })
-            .map_err(internal)?;
+        let runs = lock(&self.db).runs(q).map_err(internal)?;
         Ok(RunsResponse { runs })
     }
 
@@ -106,16 +101,8 @@ impl StateStatus {
         Ok(run.map(RunResponse))
     }
 
-    pub fn drift_response(&self, environment: Option<&str>) -> Result<DriftResponse, StatusError> {
-        let db = lock(&self.db);
-        let mut drift = Vec::new();
-        for env in self
-            .environments
-            .iter()
-            .filter(|e| environment.is_none_or(|x| x == e.as_str()))
-        {
-            drift.extend(db.open_drift(env).map_err(internal)?);
-        }
+    pub fn drift_response(&self, q: &DriftQuery) -> Result<DriftResponse, StatusError> {
+        let drift = lock(&self.db).drift_history(q).map_err(internal)?;
         Ok(DriftResponse { drift })
     }
 }
@@ -133,7 +120,7 @@ impl StatusSource for StateStatus {
         self.run_response(id)?.map(|r| to_value(&r)).transpose()
     }
 
-    fn drift(&self, environment: Option<&str>) -> Result<Value, StatusError> {
-        to_value(&self.drift_response(environment)?)
+    fn drift(&self, q: &DriftQuery) -> Result<Value, StatusError> {
+        to_value(&self.drift_response(q)?)
     }
 }

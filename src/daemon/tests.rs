@@ -533,6 +533,7 @@ fn runs(d: &Daemon) -> Vec<state::RunRecord> {
             environment: None,
             kind: None,
             limit: Some(100),
+            ..RunFilter::default()
         })
         .expect("runs")
 }
@@ -650,6 +651,43 @@ async fn the_audit_head_goes_to_metrics_the_head_file_and_alerts() {
         .contains(&format!("plumb_audit_head_seq {seq2}\n")));
     let alert = fx.next_alert().await;
     assert_eq!(alert["audit_head"]["seq"], seq2);
+}
+
+/// The daemon verifies the audit chain at start: an intact chain is `plumb_audit_chain_ok 1`;
+/// a record edited behind its back is `0` and keeps it unready whatever else is ready.
+#[tokio::test]
+async fn a_broken_audit_chain_at_start_is_a_metric_and_keeps_readyz_failing() {
+    let fx = Fx::new();
+    fx.push(&fuel_bomb());
+    {
+        let mut d = fx.daemon();
+        d.reconcile(Wake::Startup).await;
+        assert_eq!(runs(&d).len(), 1);
+        assert!(d
+            .metrics
+            .encode()
+            .expect("metrics")
+            .contains("plumb_audit_chain_ok 1\n"));
+    }
+    let d = fx.bare_daemon_for("[production]");
+    assert!(d
+        .metrics
+        .encode()
+        .expect("metrics")
+        .contains("plumb_audit_chain_ok 1\n"));
+    drop(d);
+    let db = rusqlite::Connection::open(fx.path("state").join(crate::state::DB_FILE)).expect("db");
+    db.execute("UPDATE runs SET summary = '{\"reason\":\"edited\"}'", [])
+        .expect("tamper");
+    drop(db);
+    let d = fx.bare_daemon_for("[production]");
+    let metrics = d.metrics.encode().expect("metrics");
+    assert!(metrics.contains("plumb_audit_chain_ok 0\n"), "{metrics}");
+    d.ready.set_ready(true);
+    assert!(
+        !d.ready.is_ready(),
+        "a broken chain keeps the daemon unready"
+    );
 }
 
 /// Waits (up to 30 s) until `done` holds.
@@ -787,8 +825,8 @@ async fn api_answers_match_their_schemas() {
     assert_matches_schema("api-status", &s);
     let runs = status
         .runs(&crate::server::RunsQuery {
-            environment: None,
-            limit: 10,
+            limit: Some(10),
+            ..Default::default()
         })
         .expect("runs");
     assert_eq!(runs["runs"].as_array().map(Vec::len), Some(1), "{runs:#}");
@@ -818,7 +856,7 @@ async fn api_answers_match_their_schemas() {
     assert_eq!(run["run"]["id"], id.as_str());
     assert_matches_schema("api-run", &run);
     assert_eq!(status.run("01NOSUCHRUN").expect("query"), None);
-    let drift = status.drift(None).expect("drift");
+    let drift = status.drift(&Default::default()).expect("drift");
     assert_matches_schema("api-drift", &drift);
     // A schema that could not fail would prove nothing.
     let broken = json!({"environments": [{"environment": 1}]});
@@ -950,6 +988,7 @@ async fn a_hung_environment_does_not_delay_another() {
                 environment: Some(env.to_string()),
                 kind: None,
                 limit: Some(10),
+                ..RunFilter::default()
             })
             .expect("runs")
             .iter()

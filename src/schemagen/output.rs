@@ -24,6 +24,8 @@ pub fn generate() -> Vec<(String, Value)> {
         one::<ApplyReport>("apply"),
         one::<crate::source::VerifyReport>("verify"),
         one::<HistoryReport>("history"),
+        one::<crate::state::report::HistoryEntry>("history-entry"),
+        one::<crate::state::report::DriftHistoryReport>("drift-history"),
         one::<AuditVerifyReport>("audit-verify"),
         one::<crate::daemon::status::StatusResponse>("api-status"),
         one::<crate::daemon::status::RunsResponse>("api-runs"),

@@ -105,6 +105,7 @@ pub struct Metrics {
     commit_to_applied: Family<EnvLabels, Histogram>,
     runs: Family<ResultLabels, Counter>,
     audit_head_seq: Gauge,
+    audit_chain_ok: Gauge,
     audit_head_info: Family<HashLabels, Gauge>,
     /// The hash the audit head info gauge shows, to drop the previous one.
     audit_head_hash: Mutex<Option<String>>,
@@ -223,6 +224,12 @@ impl Metrics {
             "Sequence number of the newest record of the audit chain",
             audit_head_seq.clone(),
         );
+        let audit_chain_ok = Gauge::default();
+        registry.register(
+            "plumb_audit_chain_ok",
+            "1 when the audit chain verified at start-up, 0 when it is broken",
+            audit_chain_ok.clone(),
+        );
         let audit_head_info = Family::<HashLabels, Gauge>::default();
         registry.register(
             "plumb_audit_head_info",
@@ -242,6 +249,7 @@ impl Metrics {
             commit_to_applied,
             runs,
             audit_head_seq,
+            audit_chain_ok,
             audit_head_info,
             audit_head_hash: Mutex::new(None),
             applied_commits: Mutex::new(HashMap::new()),
@@ -384,6 +392,11 @@ impl Metrics {
 
     /// The audit chain's newest record: `plumb_audit_head_seq` and
     /// `plumb_audit_head_info{hash}` (only the current hash is kept).
+    /// Whether the audit chain verified (`plumb_audit_chain_ok`).
+    pub fn set_audit_chain_ok(&self, ok: bool) {
+        self.audit_chain_ok.set(i64::from(ok));
+    }
+
     pub fn set_audit_head(&self, seq: u64, hash: &str) {
         self.audit_head_seq
             .set(i64::try_from(seq).unwrap_or(i64::MAX));

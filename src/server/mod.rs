@@ -3,14 +3,17 @@
 //! | route                   | answer                                                        |
 //! |-------------------------|---------------------------------------------------------------|
 //! | `GET /healthz`          | 200 while the process serves                                  |
-//! | `GET /readyz`           | 200 once the first fetch + verify completed, else 503         |
+//! | `GET /readyz`           | 200 once the first fetch + verify completed and the audit chain verified at start-up, else 503 |
 //! | `GET /metrics`          | OpenMetrics text ([`metrics::CONTENT_TYPE`])                  |
 //! | `POST /hooks/github`    | `X-Hub-Signature-256`; push → 202 + trigger, ping → 200       |
 //! | `POST /hooks/generic`   | `X-Plumb-Signature`; → 202 + trigger                          |
 //! | `GET /api/status`       | [`StatusSource::status`]                                      |
-//! | `GET /api/runs`         | `?env=&limit=` → [`StatusSource::runs`]                       |
+//! | `GET /api/runs`         | `?env=&host=&commit=&signer=&kind=&result=&since=&until=&limit=` → [`StatusSource::runs`] |
 //! | `GET /api/runs/{id}`    | [`StatusSource::run`], 404 when unknown                       |
-//! | `GET /api/drift`        | `?env=` → [`StatusSource::drift`]                             |
+//! | `GET /api/drift`        | `?env=&host=&status=open\|resolved\|all&since=&until=&limit=` → [`StatusSource::drift`] |
+//!
+//! Query parameters are parsed by [`crate::state::filter`]: an unknown, repeated or
+//! malformed one is answered 400 `bad_query` naming it, never ignored.
 //!
 //! **Webhooks only wake the reconcile loop.** Their payload is never trusted for what to
 //! apply: the loop fetches the branch and verifies every new commit's signature itself. A
@@ -116,19 +119,30 @@ impl fmt::Debug for WebhookSecrets {
     }
 }
 
-/// Set once the first fetch and verify completed; `GET /readyz` reads it.
+/// Set once the first fetch and verify completed; `GET /readyz` reads it. A broken audit
+/// chain (found at start-up) keeps the daemon unready whatever else happens.
 #[derive(Debug, Clone, Default)]
-pub struct Readiness(Arc<AtomicBool>);
+pub struct Readiness {
+    ready: Arc<AtomicBool>,
+    chain_broken: Arc<AtomicBool>,
+}
 
 impl Readiness {
     pub fn new() -> Readiness {
         Readiness::default()
     }
     pub fn set_ready(&self, ready: bool) {
-        self.0.store(ready, Ordering::Release);
+        self.ready.store(ready, Ordering::Release);
+    }
+    /// Marks the audit chain broken (or repaired).
+    pub fn set_chain_broken(&self, broken: bool) {
+        self.chain_broken.store(broken, Ordering::Release);
+    }
+    pub fn chain_broken(&self) -> bool {
+        self.chain_broken.load(Ordering::Acquire)
     }
     pub fn is_ready(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+        self.ready.load(Ordering::Acquire) && !self.chain_broken()
     }
 }
 
@@ -156,13 +170,10 @@ impl StatusError {
     }
 }
 
-/// `GET /api/runs` parameters, checked.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RunsQuery {
-    pub environment: Option<String>,
-    /// 1..=[`MAX_RUNS_LIMIT`], newest runs first.
-    pub limit: usize,
-}
+/// `GET /api/drift` parameters, checked; `limit` is always set (1..=[`MAX_RUNS_LIMIT`]).
+pub use crate::state::DriftFilter as DriftQuery;
+/// `GET /api/runs` parameters, checked; `limit` is always set (1..=[`MAX_RUNS_LIMIT`]).
+pub use crate::state::RunFilter as RunsQuery;
 
 /// Read-only state for the API, implemented by the daemon over its state database. Methods
 /// may block (they run on tokio's blocking pool). The JSON shapes are the daemon's to define.
@@ -173,8 +184,8 @@ pub trait StatusSource: Send + Sync + 'static {
     fn runs(&self, query: &RunsQuery) -> Result<Value, StatusError>;
     /// One run with its per-host, per-step results; `None` when there is no such run.
     fn run(&self, id: &str) -> Result<Option<Value>, StatusError>;
-    /// Current drift, of one environment or all.
-    fn drift(&self, environment: Option<&str>) -> Result<Value, StatusError>;
+    /// Drift findings, open and resolved, newest first.
+    fn drift(&self, query: &DriftQuery) -> Result<Value, StatusError>;
 }
 
 /// Called with the hook name and the refusal code of a refused webhook request.
@@ -282,6 +293,13 @@ async fn healthz() -> Response {
 }
 
 async fn readyz(State(s): State<AppState>) -> Response {
+    if s.ready.chain_broken() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "audit_chain_broken",
+            "the audit chain failed verification at start-up: run `plumb audit verify` (see the daemon log)",
+        );
+    }
     if s.ready.is_ready() {
         Json(json!({ "status": "ready" })).into_response()
     } else {
@@ -545,24 +563,19 @@ where
     }
 }
 
-#[derive(Debug, Deserialize)]
-struct RunsParams {
-    env: Option<String>,
-    limit: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct EnvParams {
-    env: Option<String>,
-}
+/// Query parameters as `name=value` pairs, in order (so a repeated one is seen).
+type Pairs = Vec<(String, String)>;
 
 fn bad_query(e: QueryRejection) -> Response {
     error(StatusCode::BAD_REQUEST, "bad_query", e.body_text())
 }
 
-/// An empty `env=` means every environment.
-fn env_param(env: Option<String>) -> Option<String> {
-    env.filter(|e| !e.is_empty())
+fn filter_limits() -> crate::state::FilterLimits {
+    crate::state::FilterLimits {
+        default_limit: DEFAULT_RUNS_LIMIT,
+        max_limit: MAX_RUNS_LIMIT,
+        now_ms: crate::state::now_ms(),
+    }
 }
 
 async fn api_status(State(s): State<AppState>) -> Response {
@@ -571,30 +584,16 @@ async fn api_status(State(s): State<AppState>) -> Response {
 
 async fn api_runs(
     State(s): State<AppState>,
-    params: Result<Query<RunsParams>, QueryRejection>,
+    params: Result<Query<Pairs>, QueryRejection>,
 ) -> Response {
     let Query(p) = match params {
         Ok(p) => p,
         Err(e) => return bad_query(e),
     };
-    let limit = match p.limit.as_deref().filter(|l| !l.is_empty()) {
-        None => DEFAULT_RUNS_LIMIT,
-        Some(l) => match l.parse::<usize>() {
-            Ok(n) if (1..=MAX_RUNS_LIMIT).contains(&n) => n,
-            _ => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "bad_query",
-                    format!("limit must be an integer in 1..={MAX_RUNS_LIMIT}"),
-                )
-            }
-        },
-    };
-    let q = RunsQuery {
-        environment: env_param(p.env),
-        limit,
-    };
-    query(&s, move |src| src.runs(&q).map(Some)).await
+    match RunsQuery::from_pairs(&p, filter_limits()) {
+        Ok(q) => query(&s, move |src| src.runs(&q).map(Some)).await,
+        Err(e) => error(StatusCode::BAD_REQUEST, e.code(), e),
+    }
 }
 
 async fn api_run(State(s): State<AppState>, Path(id): Path<String>) -> Response {
@@ -603,14 +602,16 @@ async fn api_run(State(s): State<AppState>, Path(id): Path<String>) -> Response 
 
 async fn api_drift(
     State(s): State<AppState>,
-    params: Result<Query<EnvParams>, QueryRejection>,
+    params: Result<Query<Pairs>, QueryRejection>,
 ) -> Response {
     let Query(p) = match params {
         Ok(p) => p,
         Err(e) => return bad_query(e),
     };
-    let env = env_param(p.env);
-    query(&s, move |src| src.drift(env.as_deref()).map(Some)).await
+    match DriftQuery::from_pairs(&p, filter_limits()) {
+        Ok(q) => query(&s, move |src| src.drift(&q).map(Some)).await,
+        Err(e) => error(StatusCode::BAD_REQUEST, e.code(), e),
+    }
 }
 
 #[cfg(test)]

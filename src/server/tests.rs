@@ -23,7 +23,7 @@ impl StatusSource for FakeStatus {
         self.queries
             .lock()
             .map_err(|e| StatusError::Internal(e.to_string()))?
-            .push(format!("runs {:?} {}", q.environment, q.limit));
+            .push(format!("runs {:?} {:?}", q.environment, q.limit));
         if q.environment.as_deref() == Some("nope") {
             return Err(StatusError::NotFound("no environment nope".into()));
         }
@@ -36,8 +36,8 @@ impl StatusSource for FakeStatus {
             _ => Ok(None),
         }
     }
-    fn drift(&self, env: Option<&str>) -> Result<Value, StatusError> {
-        Ok(json!({ "environment": env, "hosts": [] }))
+    fn drift(&self, q: &DriftQuery) -> Result<Value, StatusError> {
+        Ok(json!({ "environment": q.environment, "hosts": [] }))
     }
 }
 
@@ -306,6 +306,12 @@ async fn probes() {
     );
     h.ready.set_ready(true);
     assert_eq!(get(&h.app, "/readyz").await.0, StatusCode::OK);
+    h.ready.set_chain_broken(true);
+    let (s, b) = get(&h.app, "/readyz").await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(b.contains("audit_chain_broken"), "{b}");
+    h.ready.set_chain_broken(false);
+    assert_eq!(get(&h.app, "/readyz").await.0, StatusCode::OK);
 }
 
 #[tokio::test]
@@ -424,10 +430,28 @@ async fn api_routes_answer_from_the_status_source() {
         StatusCode::OK
     );
     assert_eq!(get(&h.app, "/api/runs?env=&limit=").await.0, StatusCode::OK);
-    for bad in ["limit=0", "limit=abc", "limit=1001", "limit=-1"] {
+    for (bad, named) in [
+        ("limit=0", "limit"),
+        ("limit=abc", "limit"),
+        ("limit=1001", "limit"),
+        ("limit=-1", "limit"),
+        ("hots=web-1", "hots"),
+        ("host=a&host=b", "host"),
+        ("commit=xyz", "commit"),
+        ("kind=deploy", "kind"),
+        ("result=ok", "result"),
+        ("since=yesterday", "since"),
+        ("until=7y", "until"),
+    ] {
         let (s, b) = get(&h.app, &format!("/api/runs?{bad}")).await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}");
         assert!(b.contains("bad_query"), "{b}");
+        assert!(b.contains(&format!("`{named}`")), "{bad}: {b}");
+    }
+    for (bad, named) in [("signer=alice", "signer"), ("status=closed", "status")] {
+        let (s, b) = get(&h.app, &format!("/api/drift?{bad}")).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}");
+        assert!(b.contains(&format!("`{named}`")), "{bad}: {b}");
     }
     let (s, b) = get(&h.app, "/api/runs?env=nope").await;
     assert_eq!(s, StatusCode::NOT_FOUND);
@@ -435,10 +459,10 @@ async fn api_routes_answer_from_the_status_source() {
     assert_eq!(
         *h.status.queries.lock().expect("lock"),
         vec![
-            "runs None 20".to_string(),
-            "runs Some(\"prod\") 5".to_string(),
-            "runs None 20".to_string(),
-            "runs Some(\"nope\") 20".to_string(),
+            "runs None Some(20)".to_string(),
+            "runs Some(\"prod\") Some(5)".to_string(),
+            "runs None Some(20)".to_string(),
+            "runs Some(\"nope\") Some(20)".to_string(),
         ]
     );
 

@@ -8,7 +8,7 @@ use ed25519_dalek::VerifyingKey;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{json, Value};
 
-use super::query::{collect_rows, head_in, read_hosts, signer};
+use super::query::{collect_rows, collect_typed, head_in, read_hosts, signer};
 use super::types::{RunId, RunKind, RunResult, Trigger};
 use super::{StateDb, StateError};
 use crate::audit::{
@@ -53,6 +53,43 @@ fn rows_value(c: &Connection, path: &Path, run_id: &str) -> Result<Option<Value>
 }
 
 impl StateDb {
+    /// The signed records of runs started at or after `since_ms` (all without it) and every
+    /// later record, oldest first, for `plumb audit export`; the chain is contiguous from the
+    /// first one on.
+    pub fn export_records(
+        &self,
+        since_ms: Option<i64>,
+    ) -> Result<Vec<audit::export::ExportRecord>, StateError> {
+        let read = || {
+            let mut stmt = self.conn.prepare(
+                "SELECT id, chain_seq, prev_hash, hash, signature, record FROM runs
+                 WHERE chain_seq >= COALESCE((SELECT MIN(chain_seq) FROM runs
+                     WHERE chain_seq IS NOT NULL AND (?1 IS NULL OR started_at >= ?1)), 1 << 62)
+                 ORDER BY chain_seq",
+            )?;
+            collect_typed(
+                &mut stmt,
+                params![since_ms],
+                (&self.path, "runs", "id"),
+                |at, r| {
+                    let need = |col: &str| -> Result<String, StateError> {
+                        at.get::<Option<String>>(r, col)?
+                            .ok_or_else(|| at.corrupt(format!("`{col}` (missing on a signed run)")))
+                    };
+                    Ok(audit::export::ExportRecord {
+                        run_id: at.get(r, "id")?,
+                        seq: at.get(r, "chain_seq")?,
+                        prev_hash: need("prev_hash")?,
+                        hash: need("hash")?,
+                        signature: need("signature")?,
+                        record: need("record")?,
+                    })
+                },
+            )
+        };
+        read().map_err(|e| self.err(e))
+    }
+
     /// Appends a finished run to the audit chain (inside the caller's transaction).
     pub(crate) fn sign_in(
         &self,

@@ -3,8 +3,10 @@
 
 use std::collections::HashSet;
 
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, Row};
 
+use super::error::RowAt;
+use super::filter::{DriftFilter, DriftState};
 use super::query::collect_typed;
 use super::types::{enum_text, DriftFinding, HostRecord, RunId};
 use super::{json_text, now_ms, StateDb, StateError};
@@ -112,31 +114,76 @@ pub(crate) fn sync_findings(
     Ok(())
 }
 
+const FINDING_COLUMNS: &str = "id, environment, host, address, change_kind, fields, first_seen,
+    last_seen, resolved_at, run_id, first_run_id, resolved_run_id";
+
+fn finding(at: &RowAt<'_>, r: &Row<'_>) -> Result<DriftFinding, StateError> {
+    let run = |col: &str| -> Result<Option<RunId>, StateError> {
+        Ok(at.get::<Option<String>>(r, col)?.map(RunId))
+    };
+    Ok(DriftFinding {
+        id: at.get(r, "id")?,
+        environment: at.get(r, "environment")?,
+        host: at.get(r, "host")?,
+        address: at.get(r, "address")?,
+        change: at.parse(r, "change_kind", false)?,
+        fields: at.parse(r, "fields", true)?,
+        first_seen: at.get(r, "first_seen")?,
+        last_seen: at.get(r, "last_seen")?,
+        resolved_at: at.get(r, "resolved_at")?,
+        run_id: run("run_id")?,
+        first_run_id: run("first_run_id")?,
+        resolved_run_id: run("resolved_run_id")?,
+    })
+}
+
 impl StateDb {
     /// Open (unresolved) drift findings of `env`, by host and address.
     pub fn open_drift(&self, env: &str) -> Result<Vec<DriftFinding>, StateError> {
         let read = || {
-            let mut stmt = self.conn.prepare_cached(
-                "SELECT id, environment, host, address, change_kind, fields, first_seen,
-                    last_seen, resolved_at, run_id
+            let mut stmt = self.conn.prepare_cached(&format!(
+                "SELECT {FINDING_COLUMNS}
                  FROM drift_findings WHERE environment = ?1 AND resolved_at IS NULL
-                 ORDER BY host, address",
-            )?;
+                 ORDER BY host, address"
+            ))?;
             let at = (self.path.as_path(), "drift_findings", "id");
-            collect_typed(&mut stmt, params![env], at, |at, r| {
-                Ok(DriftFinding {
-                    id: at.get(r, "id")?,
-                    environment: at.get(r, "environment")?,
-                    host: at.get(r, "host")?,
-                    address: at.get(r, "address")?,
-                    change: at.parse(r, "change_kind", false)?,
-                    fields: at.parse(r, "fields", true)?,
-                    first_seen: at.get(r, "first_seen")?,
-                    last_seen: at.get(r, "last_seen")?,
-                    resolved_at: at.get(r, "resolved_at")?,
-                    run_id: at.get::<Option<String>>(r, "run_id")?.map(RunId),
-                })
-            })
+            collect_typed(&mut stmt, params![env], at, finding)
+        };
+        read().map_err(|e| self.err(e))
+    }
+
+    /// Drift findings, open and resolved as `filter` says, newest first (by first seen). A
+    /// finding is in the `since`..`until` window when it was open at some time inside it.
+    pub fn drift_history(&self, filter: &DriftFilter) -> Result<Vec<DriftFinding>, StateError> {
+        let (open, resolved) = match filter.status {
+            DriftState::Open => (true, false),
+            DriftState::Resolved => (false, true),
+            DriftState::All => (true, true),
+        };
+        let limit = filter
+            .limit
+            .map(|l| i64::try_from(l).unwrap_or(i64::MAX))
+            .unwrap_or(-1);
+        let read = || {
+            let mut stmt = self.conn.prepare_cached(&format!(
+                "SELECT {FINDING_COLUMNS} FROM drift_findings
+                 WHERE (?1 IS NULL OR environment = ?1) AND (?2 IS NULL OR host = ?2)
+                 AND ((?3 AND resolved_at IS NULL) OR (?4 AND resolved_at IS NOT NULL))
+                 AND (?5 IS NULL OR resolved_at IS NULL OR resolved_at >= ?5)
+                 AND (?6 IS NULL OR first_seen < ?6)
+                 ORDER BY first_seen DESC, id DESC LIMIT ?7"
+            ))?;
+            let at = (self.path.as_path(), "drift_findings", "id");
+            let p = params![
+                filter.environment,
+                filter.host,
+                open,
+                resolved,
+                filter.since.map(|t| t.0),
+                filter.until.map(|t| t.0),
+                limit
+            ];
+            collect_typed(&mut stmt, p, at, finding)
         };
         read().map_err(|e| self.err(e))
     }

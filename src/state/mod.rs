@@ -37,6 +37,7 @@ mod chain;
 pub mod console;
 mod drift;
 mod error;
+pub mod filter;
 mod open;
 mod query;
 pub mod report;
@@ -46,13 +47,13 @@ mod types;
 mod write;
 
 pub use error::StateError;
+pub use filter::{DriftFilter, DriftState, FilterError, FilterLimits, RunFilter};
 pub use open::{check_not_reset, MIRROR_DIR};
 pub use rollback::LastGood;
 pub use schema::SCHEMA_VERSION;
 pub use types::{
-    AuditHead, DriftFinding, HostRecord, HostResultStatus, LastApplied, NewRun, RunDetail,
-    RunFilter, RunId, RunKind, RunRecord, RunResult, Signer, StepMeta, StepRecord,
-    StepResultStatus, Trigger,
+    AuditHead, DriftFinding, HostRecord, HostResultStatus, LastApplied, NewRun, RunDetail, RunId,
+    RunKind, RunRecord, RunResult, Signer, StepMeta, StepRecord, StepResultStatus, Trigger,
 };
 
 /// The database file under the state directory.

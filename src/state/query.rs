@@ -7,10 +7,10 @@ use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OptionalExtension, Params, Row, Statement};
 
 use super::error::RowAt;
+use super::filter::RunFilter;
 use super::open::daemon_running;
 use super::types::{
-    AuditHead, HostRecord, LastApplied, RunDetail, RunFilter, RunId, RunRecord, RunResult, Signer,
-    StepRecord,
+    AuditHead, HostRecord, LastApplied, RunDetail, RunId, RunRecord, RunResult, Signer, StepRecord,
 };
 use super::{StateDb, StateError};
 
@@ -186,6 +186,13 @@ impl StateDb {
         let unfinished = self.unfinished_result();
         let sql = format!(
             "{RUN_SELECT} WHERE (?1 IS NULL OR r.environment = ?1) AND (?2 IS NULL OR r.kind = ?2)
+             AND (?4 IS NULL OR EXISTS (SELECT 1 FROM host_results h
+                  WHERE h.run_id = r.id AND h.host = ?4))
+             AND (?5 IS NULL OR substr(r.commit_id, 1, length(?5)) = ?5)
+             AND (?6 IS NULL OR r.signer_principal = ?6 OR r.signer_fingerprint = ?6)
+             AND (?7 IS NULL OR COALESCE(r.result, ?8) = ?7)
+             AND (?9 IS NULL OR r.started_at >= ?9)
+             AND (?10 IS NULL OR r.started_at < ?10)
              ORDER BY r.started_at DESC, r.id DESC LIMIT ?3"
         );
         let limit = filter
@@ -196,7 +203,18 @@ impl StateDb {
             let mut stmt = self.conn.prepare_cached(&sql)?;
             collect_rows(
                 &mut stmt,
-                params![filter.environment, filter.kind, limit],
+                params![
+                    filter.environment,
+                    filter.kind,
+                    limit,
+                    filter.host,
+                    filter.commit.as_ref().map(|c| c.as_str()),
+                    filter.signer,
+                    filter.result,
+                    unfinished,
+                    filter.since.map(|t| t.0),
+                    filter.until.map(|t| t.0),
+                ],
                 |r| self.record_from_row(r, unfinished),
             )
         };

@@ -3,7 +3,7 @@
 use schemars::JsonSchema;
 use serde::Serialize;
 
-use super::{RunKind, RunRecord, RunResult, Signer, Trigger};
+use super::{DriftFinding, RunKind, RunRecord, RunResult, Signer, Trigger};
 
 /// One run in `plumb history`.
 #[derive(Debug, Serialize, JsonSchema)]
@@ -80,7 +80,7 @@ impl HistoryReport {
 
     /// A table: id, time, env, kind, commit, signer, hosts, result, changes.
     pub fn to_text(&self) -> String {
-        let mut rows: Vec<[String; 9]> = vec![[
+        let mut rows: Vec<Vec<String>> = vec![vec![
             "ID".into(),
             "STARTED (UTC)".into(),
             "ENV".into(),
@@ -102,7 +102,7 @@ impl HistoryReport {
             } else {
                 r.changes.to_string()
             };
-            rows.push([
+            rows.push(vec![
                 r.id.clone(),
                 r.started_at
                     .get(..19)
@@ -123,25 +123,256 @@ impl HistoryReport {
                 changes,
             ]);
         }
-        let mut widths = [0usize; 9];
-        for row in &rows {
-            for (w, c) in widths.iter_mut().zip(row) {
-                *w = (*w).max(c.chars().count());
-            }
-        }
-        let mut out = String::new();
-        for row in &rows {
-            let line: Vec<String> = row
-                .iter()
-                .zip(widths)
-                .map(|(c, w)| format!("{c:<w$}"))
-                .collect();
-            out.push_str(line.join("  ").trim_end());
-            out.push('\n');
-        }
+        let mut out = table(&rows);
         if self.runs.is_empty() {
             out.push_str("(no runs recorded)\n");
         }
         out
+    }
+}
+
+/// Rows as columns padded to their widest cell, two spaces apart.
+fn table(rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = Vec::new();
+    for row in rows {
+        widths.resize(widths.len().max(row.len()), 0);
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(c, &w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// One CSV record (RFC 4180, CRLF-free: `\n` ends it). A cell holding a comma, quote or line
+/// break is quoted; a text cell a spreadsheet would run as a formula (`=`, `+`, `-`, `@`, tab,
+/// carriage return first) is prefixed with `'`, since commit authors and hosts control
+/// some of these values.
+pub fn csv_record(cells: &[String]) -> String {
+    let mut out = String::new();
+    for (i, c) in cells.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let defused;
+        let c = if c.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+            defused = format!("'{c}");
+            &defused
+        } else {
+            c
+        };
+        if c.contains([',', '"', '\n', '\r']) {
+            out.push('"');
+            out.push_str(&c.replace('"', "\"\""));
+            out.push('"');
+        } else {
+            out.push_str(c);
+        }
+    }
+    out.push('\n');
+    out
+}
+
+fn opt(v: Option<impl ToString>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_default()
+}
+
+impl HistoryReport {
+    /// The CSV header `--output csv` starts with; [`HistoryReport::to_csv`] follows it.
+    pub const CSV_COLUMNS: [&'static str; 15] = [
+        "id",
+        "started_at",
+        "finished_at",
+        "environment",
+        "kind",
+        "trigger",
+        "commit",
+        "signer_principal",
+        "signer_fingerprint",
+        "hosts",
+        "failed_hosts",
+        "changes",
+        "drift",
+        "result",
+        "chain_seq",
+    ];
+
+    /// `--output csv`: a header, then one record per run (the summary is left to JSON).
+    pub fn to_csv(&self) -> String {
+        let header: Vec<String> = Self::CSV_COLUMNS.iter().map(|c| c.to_string()).collect();
+        let mut out = csv_record(&header);
+        for r in &self.runs {
+            out.push_str(&csv_record(&[
+                r.id.clone(),
+                r.started_at.clone(),
+                opt(r.finished_at.as_ref()),
+                r.environment.clone(),
+                r.kind.to_string(),
+                r.trigger.to_string(),
+                opt(r.commit.as_ref()),
+                opt(r.signer.as_ref().map(|s| &s.principal)),
+                opt(r.signer.as_ref().map(|s| &s.fingerprint)),
+                r.hosts.to_string(),
+                r.failed_hosts.to_string(),
+                r.changes.to_string(),
+                r.drift.to_string(),
+                r.result.to_string(),
+                opt(r.chain_seq),
+            ]));
+        }
+        out
+    }
+
+    /// `--output jsonl`: one [`HistoryEntry`] per line.
+    pub fn to_jsonl(&self) -> Result<String, serde_json::Error> {
+        jsonl(&self.runs)
+    }
+}
+
+fn jsonl<T: Serialize>(items: &[T]) -> Result<String, serde_json::Error> {
+    let mut out = String::new();
+    for i in items {
+        out.push_str(&serde_json::to_string(i)?);
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+/// `plumb drift-history --output json`: drift findings, open and resolved, newest first.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct DriftHistoryReport {
+    pub drift: Vec<DriftFinding>,
+}
+
+impl DriftHistoryReport {
+    pub const CSV_COLUMNS: [&'static str; 11] = [
+        "id",
+        "environment",
+        "host",
+        "address",
+        "change",
+        "fields",
+        "first_seen",
+        "last_seen",
+        "resolved_at",
+        "first_run_id",
+        "resolved_run_id",
+    ];
+
+    fn fields(f: &DriftFinding) -> String {
+        let names: Vec<&str> = f.fields.iter().map(|c| c.field.as_str()).collect();
+        names.join(" ")
+    }
+
+    /// A table: host, resource, change, fields, first seen, resolved.
+    pub fn to_text(&self) -> String {
+        let day = |ms: i64| rfc3339(ms).get(..19).unwrap_or_default().replace('T', " ");
+        let mut rows = vec![[
+            "ENV",
+            "HOST",
+            "RESOURCE",
+            "CHANGE",
+            "FIELDS",
+            "FIRST SEEN (UTC)",
+            "RESOLVED (UTC)",
+        ]
+        .map(String::from)
+        .to_vec()];
+        for f in &self.drift {
+            rows.push(vec![
+                f.environment.clone(),
+                f.host.clone(),
+                f.address.clone(),
+                f.change.to_string(),
+                Self::fields(f),
+                day(f.first_seen),
+                f.resolved_at.map(day).unwrap_or_else(|| "open".into()),
+            ]);
+        }
+        let mut out = table(&rows);
+        if self.drift.is_empty() {
+            out.push_str("(no drift recorded)\n");
+        }
+        out
+    }
+
+    /// `--output csv`: a header, then one record per finding (times RFC 3339).
+    pub fn to_csv(&self) -> String {
+        let header: Vec<String> = Self::CSV_COLUMNS.iter().map(|c| c.to_string()).collect();
+        let mut out = csv_record(&header);
+        for f in &self.drift {
+            out.push_str(&csv_record(&[
+                f.id.to_string(),
+                f.environment.clone(),
+                f.host.clone(),
+                f.address.clone(),
+                f.change.to_string(),
+                Self::fields(f),
+                rfc3339(f.first_seen),
+                rfc3339(f.last_seen),
+                opt(f.resolved_at.map(rfc3339)),
+                opt(f.first_run_id.as_ref()),
+                opt(f.resolved_run_id.as_ref()),
+            ]));
+        }
+        out
+    }
+
+    /// `--output jsonl`: one finding per line.
+    pub fn to_jsonl(&self) -> Result<String, serde_json::Error> {
+        jsonl(&self.drift)
+    }
+}
+
+#[cfg(test)]
+mod csv_tests {
+    use super::csv_record;
+
+    fn rec(cells: &[&str]) -> String {
+        csv_record(&cells.iter().map(|c| c.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn csv_quotes_what_needs_quoting_and_defuses_formulas() {
+        assert_eq!(rec(&["a", "b c", ""]), "a,b c,\n");
+        assert_eq!(rec(&["a,b", "say \"hi\""]), "\"a,b\",\"say \"\"hi\"\"\"\n");
+        assert_eq!(rec(&["line\nbreak"]), "\"line\nbreak\"\n");
+        assert_eq!(
+            rec(&["=HYPERLINK(1)", "@x", "-1"]),
+            "'=HYPERLINK(1),'@x,'-1\n"
+        );
+    }
+
+    proptest::proptest! {
+        /// Every record is one CSV record: unquoting gives back the cells' text.
+        #[test]
+        fn csv_records_round_trip(cells in proptest::collection::vec("[a-z,\" \n]{0,8}", 1..5)) {
+            let line = csv_record(&cells);
+            let mut got = vec![String::new()];
+            let (mut quoted, mut chars) = (false, line.chars().peekable());
+            while let Some(c) = chars.next() {
+                match (quoted, c) {
+                    (false, '"') => quoted = true,
+                    (true, '"') if chars.peek() == Some(&'"') => {
+                        chars.next();
+                        got.last_mut().unwrap().push('"');
+                    }
+                    (true, '"') => quoted = false,
+                    (false, ',') => got.push(String::new()),
+                    (false, '\n') => break,
+                    (_, c) => got.last_mut().unwrap().push(c),
+                }
+            }
+            proptest::prop_assert_eq!(got, cells);
+        }
     }
 }

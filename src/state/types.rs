@@ -239,14 +239,6 @@ pub struct RunDetail {
     pub hosts: Vec<HostRecord>,
 }
 
-/// Which runs [`StateDb::runs`](super::StateDb::runs) lists (newest first).
-#[derive(Debug, Clone, Default)]
-pub struct RunFilter {
-    pub environment: Option<String>,
-    pub kind: Option<RunKind>,
-    pub limit: Option<usize>,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct LastApplied {
     pub environment: String,
@@ -269,4 +261,8 @@ pub struct DriftFinding {
     pub resolved_at: Option<i64>,
     /// The last run that saw it.
     pub run_id: Option<RunId>,
+    /// The run that first saw it.
+    pub first_run_id: Option<RunId>,
+    /// The run that found it gone (corrected, reverted by hand, or no longer declared).
+    pub resolved_run_id: Option<RunId>,
 }

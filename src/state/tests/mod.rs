@@ -662,3 +662,142 @@ fn last_good_per_host_and_one_rollback_per_commit_and_host() {
         .unwrap();
     assert_eq!(verify(&db).unwrap().records, 1);
 }
+
+/// Each `plumb history` / `/api/runs` filter narrows to exactly the runs it names.
+#[test]
+fn run_filters_select_by_host_commit_signer_kind_result_and_time() {
+    let dir = private_tmp();
+    let db = StateDb::open(dir.path()).unwrap();
+    let bob = Signer {
+        principal: "bob@example.com".into(),
+        fingerprint: "SHA256:bob".into(),
+    };
+    // a: apply by alice on web1, converged; b: apply by bob of another commit on web2,
+    // failed; c: a drift check of web1, still running.
+    let a = db.begin_run(&new_run(RunKind::Apply)).unwrap();
+    db.record_host(&a, &host_run("web1", 1, HostStatus::Converged), &meta())
+        .unwrap();
+    db.finish_run(&a, RunResult::Converged, &json!({})).unwrap();
+    std::thread::sleep(Duration::from_millis(5));
+    let between = now_ms();
+    std::thread::sleep(Duration::from_millis(5));
+    let b = db
+        .begin_run(&NewRun {
+            commit: Some("fedcba9876543210fedcba9876543210fedcba98".into()),
+            signer: Some(bob),
+            ..new_run(RunKind::Apply)
+        })
+        .unwrap();
+    db.record_host(&b, &host_run("web2", 1, HostStatus::Failed), &meta())
+        .unwrap();
+    db.finish_run(&b, RunResult::Failed, &json!({})).unwrap();
+    let c = db.begin_run(&new_run(RunKind::DriftCheck)).unwrap();
+    db.record_drift_check(&c, &plan("web1", &[])).unwrap();
+
+    let ids =
+        |f: RunFilter| -> Vec<RunId> { db.runs(&f).unwrap().into_iter().map(|r| r.id).collect() };
+    let t = |ms| Some(filter::TimeBound(ms));
+    let commit = |p: &str| Some(filter::CommitPrefix::parse(p).unwrap());
+    let f = RunFilter::default;
+    assert_eq!(ids(f()), vec![c.clone(), b.clone(), a.clone()]);
+    let host = |h: &str| RunFilter {
+        host: Some(h.into()),
+        ..f()
+    };
+    assert_eq!(ids(host("web1")), vec![c.clone(), a.clone()]);
+    assert_eq!(ids(host("web2")), vec![b.clone()]);
+    assert_eq!(ids(host("web")), Vec::<RunId>::new(), "hosts match whole");
+    let by_commit = |p: &str| RunFilter {
+        commit: commit(p),
+        ..f()
+    };
+    assert_eq!(ids(by_commit("FEDC")), vec![b.clone()]);
+    assert_eq!(ids(by_commit("01234567")), vec![c.clone(), a.clone()]);
+    let signer = |s: &str| RunFilter {
+        signer: Some(s.into()),
+        ..f()
+    };
+    assert_eq!(ids(signer("bob@example.com")), vec![b.clone()]);
+    assert_eq!(ids(signer("SHA256:bob")), vec![b.clone()]);
+    assert_eq!(ids(signer("bob")), Vec::<RunId>::new());
+    let kind = RunFilter {
+        kind: Some(RunKind::DriftCheck),
+        ..f()
+    };
+    assert_eq!(ids(kind), vec![c.clone()]);
+    let result = |r| RunFilter {
+        result: Some(r),
+        ..f()
+    };
+    assert_eq!(ids(result(RunResult::Failed)), vec![b.clone()]);
+    assert_eq!(ids(result(RunResult::Running)), vec![c.clone()]);
+    let since = RunFilter {
+        since: t(between),
+        ..f()
+    };
+    assert_eq!(ids(since), vec![c.clone(), b.clone()]);
+    let until = RunFilter {
+        until: t(between),
+        ..f()
+    };
+    assert_eq!(ids(until), vec![a.clone()]);
+    let all = RunFilter {
+        host: Some("web1".into()),
+        kind: Some(RunKind::Apply),
+        signer: Some("alice@example.com".into()),
+        ..f()
+    };
+    assert_eq!(ids(all), vec![a]);
+}
+
+/// `plumb drift-history` / `/api/drift` list resolved findings with the run that resolved them.
+#[test]
+fn drift_history_lists_open_and_resolved_findings() {
+    let dir = private_tmp();
+    let db = StateDb::open(dir.path()).unwrap();
+    let r1 = db.begin_run(&new_run(RunKind::DriftCheck)).unwrap();
+    db.record_drift_check(&r1, &plan("web1", &["base/a", "base/b"]))
+        .unwrap();
+    db.record_drift_check(&r1, &plan("web2", &["base/a"]))
+        .unwrap();
+    db.finish_run(&r1, RunResult::DriftFound, &json!({}))
+        .unwrap();
+    let r2 = db.begin_run(&new_run(RunKind::DriftCheck)).unwrap();
+    db.record_drift_check(&r2, &plan("web1", &["base/a"]))
+        .unwrap();
+    db.finish_run(&r2, RunResult::DriftFound, &json!({}))
+        .unwrap();
+
+    let list = |status, host: Option<&str>| {
+        db.drift_history(&DriftFilter {
+            status,
+            host: host.map(str::to_string),
+            ..DriftFilter::default()
+        })
+        .unwrap()
+    };
+    let all = list(DriftState::All, None);
+    assert_eq!(all.len(), 3);
+    let resolved = list(DriftState::Resolved, None);
+    assert_eq!(resolved.len(), 1);
+    assert_eq!(
+        (resolved[0].host.as_str(), resolved[0].address.as_str()),
+        ("web1", "base/b")
+    );
+    assert_eq!(resolved[0].resolved_run_id.as_ref(), Some(&r2));
+    assert_eq!(resolved[0].first_run_id.as_ref(), Some(&r1));
+    assert!(resolved[0].resolved_at.is_some());
+    assert_eq!(list(DriftState::Open, None).len(), 2);
+    assert_eq!(list(DriftState::All, Some("web2")).len(), 1);
+    let later = db
+        .drift_history(&DriftFilter {
+            since: Some(filter::TimeBound(now_ms() + 1)),
+            ..DriftFilter::default()
+        })
+        .unwrap();
+    assert_eq!(
+        later.len(),
+        2,
+        "resolved before `since`: left out; open: kept"
+    );
+}
