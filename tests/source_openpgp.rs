@@ -109,7 +109,13 @@ impl Gpg {
                 &t[11..13],
                 &t[13..15]
             ),
-            None => "now".into(),
+            None => format!(
+                "{} +0000",
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs()
+            ),
         };
         let file = msg.replace(|c: char| !c.is_ascii_alphanumeric(), "_");
         std::fs::write(repo.join(&file), msg).unwrap();

@@ -161,6 +161,14 @@ impl DaemonFixture {
         });
     }
 
+    /// Stops the daemon (SIGKILL) and waits for it; `start_daemon` may start it again.
+    pub fn stop_daemon(&mut self) {
+        if let Some(mut c) = self.daemon.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     /// True while the daemon process runs and answers `/healthz`.
     pub fn daemon_up(&mut self) -> bool {
         let running = self
