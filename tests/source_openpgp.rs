@@ -44,7 +44,13 @@ impl Gpg {
     fn gpg(&self, home: &Path, at: Option<&str>) -> Command {
         let mut c = Command::new("gpg");
         c.env("GNUPGHOME", home)
-            .args(["--batch", "--no-tty", "--quiet", "--pinentry-mode", "loopback"])
+            .args([
+                "--batch",
+                "--no-tty",
+                "--quiet",
+                "--pinentry-mode",
+                "loopback",
+            ])
             .args(["--passphrase", ""]);
         if let Some(t) = at {
             c.args(["--faked-system-time", t]);
@@ -260,7 +266,12 @@ fn unknown_key_and_tampered_commit() {
 fn key_expired_before_the_commit() {
     let g = Gpg::new();
     let repo = g.fx.init("repo", false);
-    let fpr = g.key("Eve <eve@example.com>", "ed25519", "sign", Some("20200101T000000"));
+    let fpr = g.key(
+        "Eve <eve@example.com>",
+        "ed25519",
+        "sign",
+        Some("20200101T000000"),
+    );
     // Signed on Jan 5 while the key had no expiry yet...
     let id = g.commit(&repo, "late", &fpr, Some("20200105T120000"));
     // ...then a newer self-signature (Jan 2) says the key expired on Jan 3.
@@ -270,7 +281,9 @@ fn key_expired_before_the_commit() {
         "gpg --quick-set-expire",
     );
     let ring = g.keyring("eve.asc", &[&fpr]);
-    let f = g.parity(&repo, id, &ring, Some(Reason::Expired)).unwrap_err();
+    let f = g
+        .parity(&repo, id, &ring, Some(Reason::Expired))
+        .unwrap_err();
     assert!(f.detail.contains(&fpr), "{f}");
 }
 
@@ -278,7 +291,12 @@ fn key_expired_before_the_commit() {
 fn key_created_after_the_commit_time_is_not_yet_valid() {
     let g = Gpg::new();
     let repo = g.fx.init("repo", false);
-    let fpr = g.key("Ned <ned@example.com>", "ed25519", "sign", Some("20200110T000000"));
+    let fpr = g.key(
+        "Ned <ned@example.com>",
+        "ed25519",
+        "sign",
+        Some("20200110T000000"),
+    );
     let id = g.commit(&repo, "early", &fpr, Some("20200105T120000"));
     let ring = g.keyring("ned.asc", &[&fpr]);
     let _ = g.parity(&repo, id, &ring, Some(Reason::NotYetValid));
@@ -295,10 +313,16 @@ fn revoked_key() {
     // gpg's pre-made revocation certificate (reason "no reason specified": a hard revocation).
     let cert = std::fs::read_to_string(g.home.join(format!("openpgp-revocs.d/{fpr}.rev")))
         .unwrap()
-        .replace(":-----BEGIN PGP PUBLIC KEY BLOCK-----", "-----BEGIN PGP PUBLIC KEY BLOCK-----");
+        .replace(
+            ":-----BEGIN PGP PUBLIC KEY BLOCK-----",
+            "-----BEGIN PGP PUBLIC KEY BLOCK-----",
+        );
     let rev = g.fx.path("rob.rev");
     std::fs::write(&rev, cert).unwrap();
-    run(g.gpg(&g.home, None).arg("--import").arg(&rev), "gpg --import rev");
+    run(
+        g.gpg(&g.home, None).arg("--import").arg(&rev),
+        "gpg --import rev",
+    );
     let ring = g.keyring("rob-revoked.asc", &[&fpr]);
     let _ = g.parity(&repo, id, &ring, Some(Reason::Revoked));
 }
@@ -318,7 +342,8 @@ fn wrong_key_type_ssh_signature_or_x509() {
     assert!(f.detail.contains("no allowed-signers file"), "{f}");
     // An X.509 (gpgsm) signature header.
     let unsigned = g.fx.commit(&repo, "x509", None);
-    let raw = g.fx.git(&repo, &["cat-file", "commit", &unsigned.to_string()]);
+    let raw =
+        g.fx.git(&repo, &["cat-file", "commit", &unsigned.to_string()]);
     let (head, body) = raw.split_once("\n\n").unwrap();
     let text = format!(
         "{head}\ngpgsig -----BEGIN SIGNED MESSAGE-----\n MIAGCSqGSIb3DQEHAqCAMIACAQEx\n -----END SIGNED MESSAGE-----\n\n{body}"
@@ -339,7 +364,12 @@ fn wrong_key_type_ssh_signature_or_x509() {
 fn expiry_is_judged_at_the_commit_time_unlike_gpg() {
     let g = Gpg::new();
     let repo = g.fx.init("repo", false);
-    let fpr = g.key("Old <old@example.com>", "ed25519", "sign", Some("20200101T000000"));
+    let fpr = g.key(
+        "Old <old@example.com>",
+        "ed25519",
+        "sign",
+        Some("20200101T000000"),
+    );
     run(
         g.gpg(&g.home, Some("20200102T000000"))
             .args(["--quick-set-expire", &fpr, "1y"]),
@@ -348,18 +378,20 @@ fn expiry_is_judged_at_the_commit_time_unlike_gpg() {
     let id = g.commit(&repo, "while valid", &fpr, Some("20200105T120000"));
     let ring = g.keyring("old.asc", &[&fpr]);
     assert!(g.plumb_verify(&repo, id, &ring).is_ok());
-    assert!(!g.git_verify(&repo, id, &ring), "gpg reports EXPKEYSIG today");
+    assert!(
+        !g.git_verify(&repo, id, &ring),
+        "gpg reports EXPKEYSIG today"
+    );
 }
 
 #[test]
 fn keyring_errors_name_the_file() {
     let e = Keyring::parse("ring.asc", "hello\n").unwrap_err();
-    assert!(e.to_string().starts_with("ring.asc:1:1: no -----BEGIN"), "{e}");
-    let e = Keyring::parse(
-        "ring.asc",
-        "x\n-----BEGIN PGP PRIVATE KEY BLOCK-----\n",
-    )
-    .unwrap_err();
+    assert!(
+        e.to_string().starts_with("ring.asc:1:1: no -----BEGIN"),
+        "{e}"
+    );
+    let e = Keyring::parse("ring.asc", "x\n-----BEGIN PGP PRIVATE KEY BLOCK-----\n").unwrap_err();
     assert!(e.to_string().contains("private key"), "{e}");
     let e = Keyring::parse(
         "ring.asc",
@@ -367,4 +399,52 @@ fn keyring_errors_name_the_file() {
     )
     .unwrap_err();
     assert_eq!(e.line, 2, "{e}");
+}
+
+/// `plumb verify --openpgp-keyring --explain`: signer, format, key, subkey and the keyring
+/// line; JSON carries the same; a seal is shown with its reason.
+#[test]
+fn verify_cli_explains_openpgp_signers_and_seals() {
+    let g = Gpg::new();
+    let repo = g.fx.init("repo", false);
+    let fpr = g.key("Alice <alice@example.com>", "ed25519", "sign", None);
+    let ring = g.keyring("alice.asc", &[&fpr]);
+    let c1 = g.commit(&repo, "first", &fpr, None);
+    let _unsigned = g.fx.commit(&repo, "unsigned", None);
+    let seal = g.commit(&repo, "seal\n\nPlumb-Seal: reviewed", &fpr, None);
+    let sealers = g.fx.signers("sealers", &format!("# sealers\n{fpr}\n"));
+    let out = assert_cmd::Command::cargo_bin("plumb")
+        .unwrap()
+        .arg("verify")
+        .arg(&repo)
+        .arg("--openpgp-keyring")
+        .arg(&ring)
+        .arg("--seal-signers")
+        .arg(&sealers)
+        .args(["--from", &c1.to_string(), "--explain"])
+        .assert()
+        .code(0);
+    let text = String::from_utf8_lossy(&out.get_output().stdout).into_owned();
+    for want in [
+        "signed by Alice <alice@example.com>".to_string(),
+        "format: openpgp".to_string(),
+        format!("key: openpgp-eddsalegacy {fpr}"),
+        format!("admitted by: {}:1", ring.display()),
+        format!("seal ({}): \"reviewed\"; allowed by {}:2", &seal.to_string()[..7], sealers.display()),
+    ] {
+        assert!(text.contains(&want), "{want:?} not in:\n{text}");
+    }
+    // Without the sealers file the seal is refused, naming it.
+    let out = assert_cmd::Command::cargo_bin("plumb")
+        .unwrap()
+        .arg("verify")
+        .arg(&repo)
+        .arg("--openpgp-keyring")
+        .arg(&ring)
+        .args(["--from", &c1.to_string(), "--output", "json"])
+        .assert()
+        .code(1);
+    let v: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert_eq!(v["failure"]["reason"], "seal-not-allowed", "{v:#}");
+    assert_eq!(v["failure"]["id"], seal.to_string(), "{v:#}");
 }

@@ -284,7 +284,11 @@ fn seals_vouch_for_the_history_below_them() {
     assert_eq!((bad.commit, bad.reason()), (c2, Reason::Unsigned));
 
     // A seal signed by alice, who may sign but not seal: refused, the seal named.
-    let s4 = fx.commit(repo, "recover\n\nPlumb-Seal: reviewed by alice", Some(&s.key));
+    let s4 = fx.commit(
+        repo,
+        "recover\n\nPlumb-Seal: reviewed by alice",
+        Some(&s.key),
+    );
     let bad = range(c1, s4).unwrap_err();
     assert_eq!((bad.commit, bad.reason()), (s4, Reason::SealNotAllowed));
     assert!(bad.failure.detail.contains("not in sealers"), "{bad}");

@@ -59,10 +59,10 @@ pub fn run(args: VerifyArgs, term: Term) -> anyhow::Result<u8> {
         openpgp_keyring: args.openpgp_keyring.as_deref(),
         seal_signers: args.seal_signers.as_deref(),
     };
-    let report =
-        crate::source::verify_repo(&args.repo, files, args.from.as_deref(), &args.rev)?;
-    let explain: Option<&dyn Fn(&str) -> Option<String>> =
-        args.explain.then_some(&entry_text as &dyn Fn(&str) -> Option<String>);
+    let report = crate::source::verify_repo(&args.repo, files, args.from.as_deref(), &args.rev)?;
+    let explain: Option<&dyn Fn(&str) -> Option<String>> = args
+        .explain
+        .then_some(&entry_text as &dyn Fn(&str) -> Option<String>);
     match args.output.output {
         OutputFormat::Json => print_json(&report)?,
         OutputFormat::Text if report.ok => print_text(&report.to_text_with(explain))?,

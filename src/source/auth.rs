@@ -165,7 +165,11 @@ mod tests {
             token_file: None,
             ..auth
         };
-        assert!(no_kh.check().unwrap_err().to_string().contains("known_hosts_file"));
+        assert!(no_kh
+            .check()
+            .unwrap_err()
+            .to_string()
+            .contains("known_hosts_file"));
     }
 
     #[test]
@@ -179,7 +183,11 @@ mod tests {
             ..RepositoryAuth::default()
         };
         let env = auth.env();
-        let helper = &env.iter().find(|(k, _)| k == "GIT_CONFIG_VALUE_1").unwrap().1;
+        let helper = &env
+            .iter()
+            .find(|(k, _)| k == "GIT_CONFIG_VALUE_1")
+            .unwrap()
+            .1;
         let script = helper.strip_prefix('!').unwrap();
         let out = std::process::Command::new("sh")
             .args(["-c", &format!("{script} \"$@\""), "helper", "get"])

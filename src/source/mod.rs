@@ -48,7 +48,9 @@ pub enum SourceError {
     AllowedSigners(#[from] ParseError),
     #[error(transparent)]
     Keyring(#[from] KeyringError),
-    #[error("no trust root: give an allowed-signers file (SSH signatures) and/or an OpenPGP keyring")]
+    #[error(
+        "no trust root: give an allowed-signers file (SSH signatures) and/or an OpenPGP keyring"
+    )]
     NoTrustRoot,
     #[error("{0}")]
     Auth(String),
@@ -187,7 +189,12 @@ impl Source {
 
     /// Clones the mirror if needed and fetches (blocking: run it in `spawn_blocking`).
     pub fn fetch(&self) -> Result<(), SourceError> {
-        git::mirror_fetch(&self.git, &self.origin.url(), &self.mirror_path(), &self.auth)
+        git::mirror_fetch(
+            &self.git,
+            &self.origin.url(),
+            &self.mirror_path(),
+            &self.auth,
+        )
     }
 
     /// Opens the mirror for reading.

@@ -70,7 +70,9 @@ impl Keyring {
             return Err(KeyringError {
                 path: label,
                 line: 1,
-                message: format!("the keyring is {len} bytes; at most {MAX_KEYRING_BYTES} are read"),
+                message: format!(
+                    "the keyring is {len} bytes; at most {MAX_KEYRING_BYTES} are read"
+                ),
             }
             .into());
         }
@@ -86,7 +88,10 @@ impl Keyring {
             message,
         };
         if text.contains("PRIVATE KEY BLOCK") {
-            return Err(err(1, "the keyring holds a private key; give public keys only".into()));
+            return Err(err(
+                1,
+                "the keyring holds a private key; give public keys only".into(),
+            ));
         }
         let mut starts = Vec::new();
         let mut offset = 0usize;
@@ -106,8 +111,7 @@ impl Keyring {
             let (keys, _) = SignedPublicKey::from_string_many(block)
                 .map_err(|e| err(line, format!("not an OpenPGP public key block: {e}")))?;
             for key in keys {
-                let key =
-                    key.map_err(|e| err(line, format!("not an OpenPGP public key: {e}")))?;
+                let key = key.map_err(|e| err(line, format!("not an OpenPGP public key: {e}")))?;
                 certs.push(Cert { line, key });
             }
         }
@@ -353,7 +357,11 @@ pub fn verify_payload(
     let Some((cert, sub)) = keyring.find(&sig) else {
         return Err(Failure::new(
             Reason::UnknownKey,
-            format!("OpenPGP key {} is not in {}", issuer_text(&sig), keyring.path),
+            format!(
+                "OpenPGP key {} is not in {}",
+                issuer_text(&sig),
+                keyring.path
+            ),
         ));
     };
     if !matches!(sig.typ(), Some(SignatureType::Binary | SignatureType::Text)) {

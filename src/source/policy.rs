@@ -209,7 +209,11 @@ pub fn verify_range(
             }
         }
     }
-    let Some(tip_signer) = commits.iter().find(|c| c.id == tip).map(|c| c.signer.clone()) else {
+    let Some(tip_signer) = commits
+        .iter()
+        .find(|c| c.id == tip)
+        .map(|c| c.signer.clone())
+    else {
         // The walk always contains the tip; be defensive anyway.
         let f = Failure::new(Reason::Unsigned, "the tip was not verified");
         return Ok(Err(Rejection::of(repo, tip, f)?));

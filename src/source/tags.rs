@@ -92,7 +92,10 @@ pub fn verify_tag(
     let Some(object) = tag.object else {
         return Ok(Err(Failure::new(
             Reason::Unsigned,
-            format!("tag {} is a lightweight tag; push a signed tag (git tag -s)", tag.name),
+            format!(
+                "tag {} is a lightweight tag; push a signed tag (git tag -s)",
+                tag.name
+            ),
         )));
     };
     let odb = repo.odb()?;
@@ -100,7 +103,10 @@ pub fn verify_tag(
     let Some((payload, sig)) = split_signed(raw.data()) else {
         return Ok(Err(Failure::new(
             Reason::Unsigned,
-            format!("tag {} is not signed; push a signed tag (git tag -s)", tag.name),
+            format!(
+                "tag {} is not signed; push a signed tag (git tag -s)",
+                tag.name
+            ),
         )));
     };
     if format_of(sig).is_none() {
@@ -109,10 +115,12 @@ pub fn verify_tag(
             format!("tag {} carries an X.509 signature", tag.name),
         )));
     }
-    Ok(verify_any(sig, payload, tag.time, trust).map_err(|f| Failure {
-        detail: format!("tag {}: {}", tag.name, f.detail),
-        ..f
-    }))
+    Ok(
+        verify_any(sig, payload, tag.time, trust).map_err(|f| Failure {
+            detail: format!("tag {}: {}", tag.name, f.detail),
+            ..f
+        }),
+    )
 }
 
 #[cfg(test)]

@@ -148,7 +148,9 @@ impl HistoryReport {
                         "{}: sealed by {} at {}: {} (allowed by {})\n",
                         r.id,
                         c["signer"].as_str().unwrap_or("-"),
-                        c["commit"].as_str().map_or("-", |s| s.get(..12).unwrap_or(s)),
+                        c["commit"]
+                            .as_str()
+                            .map_or("-", |s| s.get(..12).unwrap_or(s)),
                         seal["reason"].as_str().unwrap_or(""),
                         seal["sealer"].as_str().unwrap_or("-"),
                     ));
