@@ -60,7 +60,7 @@ pub fn run(args: VerifyArgs, term: Term) -> anyhow::Result<u8> {
         seal_signers: args.seal_signers.as_deref(),
     };
     let report = crate::source::verify_repo(&args.repo, files, args.from.as_deref(), &args.rev)?;
-    let explain: Option<&dyn Fn(&str) -> Option<String>> = args
+    let explain: Option<crate::source::report::EntryText<'_>> = args
         .explain
         .then_some(&entry_text as &dyn Fn(&str) -> Option<String>);
     match args.output.output {

@@ -93,13 +93,16 @@ fn walk(repo: &Repository, tip: Oid, hide: &[Oid]) -> Result<Vec<Oid>, SourceErr
     Ok(ids)
 }
 
+/// A valid seal (its id and verified commit) or the refusal of the newest seal.
+type SealLookup = Result<(Oid, VerifiedCommit), Rejection>;
+
 /// The newest commit of `ids` (oldest first) carrying a `Plumb-Seal:` trailer: a valid seal,
 /// or a refusal (a bad signature, or a signer who may not seal). `None` without seals.
 fn newest_seal(
     repo: &Repository,
     ids: &[Oid],
     trust: &Trust,
-) -> Result<Option<Result<(Oid, VerifiedCommit), Rejection>>, SourceError> {
+) -> Result<Option<SealLookup>, SourceError> {
     for &id in ids.iter().rev() {
         let commit = repo.find_commit(id)?;
         let message = String::from_utf8_lossy(commit.message_bytes()).into_owned();

@@ -8,6 +8,9 @@ use serde::Serialize;
 use super::policy::{short, Rejection, Seal, VerifiedRange};
 use super::signature::{Reason, Signer};
 
+/// Gives the text of a trust-root entry from its `FILE:LINE` (for `--explain`).
+pub type EntryText<'a> = &'a dyn Fn(&str) -> Option<String>;
+
 /// Result of `plumb verify`.
 #[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct VerifyReport {
@@ -86,7 +89,7 @@ impl VerifyReport {
     /// Plain text: one line per verified commit; the failure last. With `explain`, each
     /// commit also gets its format, key, and the trust-root entry that admitted it
     /// (`entry_text` gives that line's text from `FILE:LINE`, when readable).
-    pub fn to_text_with(&self, explain: Option<&dyn Fn(&str) -> Option<String>>) -> String {
+    pub fn to_text_with(&self, explain: Option<EntryText<'_>>) -> String {
         let mut out = String::new();
         for c in &self.commits {
             let _ = writeln!(

@@ -290,11 +290,14 @@ pub fn verify_any(
     }
 }
 
+/// (armored signature, signed payload, committer time).
+pub type SignedParts = (Vec<u8>, Vec<u8>, i64);
+
 /// A commit's raw signature and signed payload, and its committer time; `None` if unsigned.
 pub fn signed_parts(
     repo: &git2::Repository,
     id: git2::Oid,
-) -> Result<Option<(Vec<u8>, Vec<u8>, i64)>, git2::Error> {
+) -> Result<Option<SignedParts>, git2::Error> {
     let commit = repo.find_commit(id)?;
     let time = commit.committer().when().seconds();
     match repo.extract_signature(&id, None) {
