@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use git2::{Oid, Repository};
 use plumb::source::{
-    verify_range, AllowedSigners, RangeOptions, Reason, Rejection, Source, VerifiedRange,
+    verify_range, AllowedSigners, RangeOptions, Reason, Rejection, Source, Trust, VerifiedRange,
 };
 use support::Fx;
 
@@ -15,7 +15,7 @@ struct Setup {
     fx: Fx,
     repo: PathBuf,
     key: PathBuf,
-    signers: AllowedSigners,
+    signers: Trust,
     signers_path: PathBuf,
 }
 
@@ -24,7 +24,7 @@ fn setup() -> Setup {
     let key = fx.key("alice", "ed25519", None);
     let repo = fx.init("repo", false);
     let signers_path = fx.signers("as", &format!("alice@example.com {}\n", fx.pubkey(&key)));
-    let signers = AllowedSigners::load(&signers_path).unwrap();
+    let signers = Trust::ssh(AllowedSigners::load(&signers_path).unwrap());
     Setup {
         fx,
         repo,
@@ -248,4 +248,84 @@ fn fetch_errors_are_reported_with_a_code() {
             .code(),
         "invalid-source"
     );
+}
+
+/// Seals (issue 14 point 2): an unsigned commit on main is recovered without rewriting
+/// history by a `Plumb-Seal:` commit of an allowed sealer; a seal by anyone else is refused
+/// naming the seal; commits after a valid seal are still verified.
+#[test]
+fn seals_vouch_for_the_history_below_them() {
+    let s = setup();
+    let (fx, repo) = (&s.fx, &s.repo);
+    let release = fx.key("release", "ed25519", None);
+    let signers_text = format!(
+        "alice@example.com {}\nrelease@example.com {}\n",
+        fx.pubkey(&s.key),
+        fx.pubkey(&release)
+    );
+    let signers = AllowedSigners::parse("as", &signers_text).unwrap();
+    let sealers_text = format!(
+        "# who may seal\nrelease@example.com namespaces=\"git\" {}\n",
+        fx.pubkey(&release)
+    );
+    let trust = Trust {
+        ssh: Some(signers),
+        openpgp: None,
+        sealers: Some(plumb::source::Sealers::parse("sealers", &sealers_text).unwrap()),
+    };
+    let range = |from: Oid, tip: Oid| {
+        let r = Repository::open(repo).unwrap();
+        verify_range(&r, Some(from), tip, &trust, RangeOptions::default()).unwrap()
+    };
+    let c1 = fx.commit(repo, "c1", Some(&s.key));
+    let c2 = fx.commit(repo, "unsigned hotfix", None);
+    let c3 = fx.commit(repo, "c3", Some(&s.key));
+    let bad = range(c1, c3).unwrap_err();
+    assert_eq!((bad.commit, bad.reason()), (c2, Reason::Unsigned));
+
+    // A seal signed by alice, who may sign but not seal: refused, the seal named.
+    let s4 = fx.commit(
+        repo,
+        "recover\n\nPlumb-Seal: reviewed by alice",
+        Some(&s.key),
+    );
+    let bad = range(c1, s4).unwrap_err();
+    assert_eq!((bad.commit, bad.reason()), (s4, Reason::SealNotAllowed));
+    assert!(bad.failure.detail.contains("not in sealers"), "{bad}");
+
+    // An allowed sealer's seal on top: verification stops there, no history rewritten.
+    let s5 = fx.commit(
+        repo,
+        "recover\n\nPlumb-Seal: unsigned hotfix reviewed in INC-42",
+        Some(&release),
+    );
+    let ok = range(c1, s5).unwrap();
+    let ids: Vec<Oid> = ok.commits.iter().map(|c| c.id).collect();
+    assert_eq!(ids, vec![s5]);
+    let (sealed, seal) = ok.seal().unwrap();
+    assert_eq!(sealed.id, s5);
+    assert_eq!(seal.reason, "unsigned hotfix reviewed in INC-42");
+    assert_eq!(seal.sealer, "sealers:2");
+
+    // Commits after the seal are verified as usual.
+    let c6 = fx.commit(repo, "after the seal", Some(&s.key));
+    let ok = range(c1, c6).unwrap();
+    let ids: Vec<Oid> = ok.commits.iter().map(|c| c.id).collect();
+    assert_eq!(ids, vec![s5, c6]);
+    let c7 = fx.commit(repo, "unsigned again", None);
+    let bad = range(c1, c7).unwrap_err();
+    assert_eq!((bad.commit, bad.reason()), (c7, Reason::Unsigned));
+
+    // A forged seal (unsigned, with the trailer) is refused as unsigned.
+    let s8 = fx.commit(repo, "forged\n\nPlumb-Seal: trust me", None);
+    let bad = range(c1, s8).unwrap_err();
+    assert_eq!((bad.commit, bad.reason()), (s8, Reason::Unsigned));
+
+    // Without any sealers configured, every seal is refused.
+    let no_sealers = Trust::ssh(AllowedSigners::parse("as", &signers_text).unwrap());
+    let r = Repository::open(repo).unwrap();
+    let bad = verify_range(&r, Some(c1), s5, &no_sealers, RangeOptions::default())
+        .unwrap()
+        .unwrap_err();
+    assert_eq!((bad.commit, bad.reason()), (s5, Reason::SealNotAllowed));
 }

@@ -21,8 +21,23 @@ pub struct DaemonConfig {
     /// The branch to deploy.
     #[serde(default = "default_branch")]
     pub branch: String,
-    /// The trust root: git's allowed-signers file (`gpg.ssh.allowedSignersFile` format).
-    pub allowed_signers: PathBuf,
+    /// The trust root for SSH signatures: git's allowed-signers file
+    /// (`gpg.ssh.allowedSignersFile` format). At least one of this and `openpgp_keyring`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_signers: Option<PathBuf>,
+    /// The trust root for OpenPGP signatures: an armored public keyring
+    /// (`gpg --export --armor`), outside the repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub openpgp_keyring: Option<PathBuf>,
+    /// Who may sign `Plumb-Seal:` commits: allowed-signers lines and/or OpenPGP fingerprints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seal_signers: Option<PathBuf>,
+    /// Follow the newest signed tag matching a pattern instead of `branch`.
+    #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub follow: Option<FollowRef>,
+    /// Credentials for fetching `repository` (deploy key and known_hosts, or a token file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository_auth: Option<crate::source::RepositoryAuth>,
     /// Environments to manage (directories under `environments/`).
     #[schemars(length(min = 1))]
     pub environments: Vec<String>,
@@ -118,6 +133,35 @@ fn default_validation_timeout() -> HumanDuration {
     HumanDuration::from_secs(120)
 }
 
+/// `ref:` in the daemon config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FollowRef {
+    /// A glob over tag names (`*`, `?`), e.g. `v*`: the newest matching tag (by tagger time)
+    /// is deployed; its signature and every commit since the last applied one are verified.
+    #[schemars(length(min = 1))]
+    pub tags: String,
+}
+
+impl DaemonConfig {
+    /// What to deploy: `ref: {tags: ...}` or the branch.
+    pub fn follow(&self) -> crate::source::tags::Follow {
+        match &self.follow {
+            Some(f) => crate::source::tags::Follow::Tags(f.tags.clone()),
+            None => crate::source::tags::Follow::Branch(self.branch.clone()),
+        }
+    }
+
+    /// Loads the trust roots (allowed signers, OpenPGP keyring, seal signers).
+    pub fn trust(&self) -> Result<crate::source::Trust, crate::source::SourceError> {
+        crate::source::Trust::load(
+            self.allowed_signers.as_deref(),
+            self.openpgp_keyring.as_deref(),
+            self.seal_signers.as_deref(),
+        )
+    }
+}
+
 /// `audit:` in the daemon config.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -185,6 +229,35 @@ fn default_parallel() -> u32 {
 }
 fn default_connect_timeout() -> HumanDuration {
     HumanDuration::from_secs(10)
+}
+
+/// The trust-root files exist; at least one of allowed_signers and openpgp_keyring is given.
+fn check_trust_files(
+    config: &DaemonConfig,
+    label: &str,
+    at: &dyn Fn(&str) -> Pos,
+    diags: &mut Diagnostics,
+) {
+    if config.allowed_signers.is_none() && config.openpgp_keyring.is_none() {
+        diags.push(
+            Diagnostic::error("config", label, at(""), "no trust root: neither allowed_signers nor openpgp_keyring is set")
+                .with_hint("set allowed_signers: (SSH signatures) and/or openpgp_keyring: (OpenPGP signatures)"),
+        );
+    }
+    for (field, file, hint) in [
+        ("allowed_signers", &config.allowed_signers, "create it in git's allowed-signers format: `<principal> <key type> <base64 key>` per line"),
+        ("openpgp_keyring", &config.openpgp_keyring, "export the signers' keys: `gpg --export --armor FINGERPRINT... > FILE`"),
+        ("seal_signers", &config.seal_signers, "list allowed-signers lines and/or OpenPGP fingerprints, one a line"),
+    ] {
+        if let Some(f) = file {
+            if !f.is_file() {
+                diags.push(
+                    Diagnostic::error("config", label, at(&format!("/{field}")), format!("{field} file {} does not exist", f.display()))
+                        .with_hint(hint),
+                );
+            }
+        }
+    }
 }
 
 /// Durations that must not be zero (a zero poll interval would spin; a zero timeout fails
@@ -312,12 +385,7 @@ impl DaemonConfig {
             }
         };
         let at = |p: &str| node.locate(p);
-        if !config.allowed_signers.is_file() {
-            diags.push(
-                Diagnostic::error("config", &label, at("/allowed_signers"), format!("allowed-signers file {} does not exist", config.allowed_signers.display()))
-                    .with_hint("create it in git's allowed-signers format: `<principal> <key type> <base64 key>` per line"),
-            );
-        }
+        check_trust_files(&config, &label, &at, &mut diags);
         for (i, sink) in config.alerts.iter().enumerate() {
             if let Err(e) = sink.validate() {
                 diags.push(Diagnostic::error(

@@ -34,7 +34,6 @@ use tokio::sync::mpsc;
 use crate::alert::{Alert, AlertEvent, Alerter};
 use crate::engine::{CachedConnector, SshConnector};
 use crate::server::{self, AppState, Metrics, Readiness, WebhookSecrets};
-use crate::source::allowed_signers::AllowedSigners;
 use crate::source::Source;
 use crate::state::{self, StateDb, Trigger};
 
@@ -126,7 +125,7 @@ pub struct StartOptions {
 pub struct Daemon {
     config_path: PathBuf,
     config: DaemonConfig,
-    signers: AllowedSigners,
+    signers: crate::source::Trust,
     source: Arc<Source>,
     db: Arc<Mutex<StateDb>>,
     metrics: Arc<Metrics>,
@@ -203,10 +202,11 @@ impl Daemon {
         // StateDb::open creates the state directory (0700) and refuses one others may read;
         // a state directory whose history was deleted is refused before it is recreated.
         crate::state::check_not_reset(&config.state_dir, options.accept_state_reset)?;
-        let signers = AllowedSigners::load(&config.allowed_signers)?;
+        let signers = config.trust()?;
         let secrets = config.load_secrets_identity()?;
         let db = StateDb::open(&config.state_dir)?;
-        let source = Source::new(&config.repository, &config.state_dir)?;
+        let source = Source::new(&config.repository, &config.state_dir)?
+            .with_auth(config.repository_auth.clone().unwrap_or_default());
         let alerter = Alerter::new(config.alerts.clone())?;
         let ssh = config.ssh_options();
         if let Some(dir) = &ssh.control_dir {
@@ -393,7 +393,8 @@ impl Daemon {
                 return None;
             }
         };
-        let loaded = AllowedSigners::load(&new.allowed_signers)
+        let loaded = new
+            .trust()
             .map_err(DaemonError::from)
             .and_then(|s| Ok((s, Alerter::new(new.alerts.clone())?)))
             .and_then(|(s, a)| Ok((s, a, new.load_secrets_identity()?)));
@@ -407,9 +408,10 @@ impl Daemon {
         if new.listen != self.config.listen
             || new.state_dir != self.config.state_dir
             || new.repository != self.config.repository
+            || new.repository_auth != self.config.repository_auth
         {
             tracing::warn!(
-                "SIGHUP: listen, state_dir and repository changes take effect on restart"
+                "SIGHUP: listen, state_dir, repository and repository_auth changes take effect on restart"
             );
         }
         let config = DaemonConfig {

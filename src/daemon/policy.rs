@@ -249,8 +249,14 @@ pub struct WaveSummary {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct CommitSummary {
     pub commit: String,
-    /// The principal that signed it.
+    /// The principal (SSH) or primary user ID (OpenPGP) that signed it.
     pub signer: String,
+    /// The signing key's fingerprint (SSH `SHA256:...`, OpenPGP primary key hex).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub fingerprint: String,
+    /// Set when this commit is the `Plumb-Seal:` that vouched for the history below it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seal: Option<crate::source::Seal>,
 }
 
 /// When to check an environment for drift next.
@@ -484,11 +490,8 @@ fn refused(r: &Refused) -> Effects {
         ),
         Refusal::Invalid { errors } => (
             AlertEvent::RunFailed,
-            format!(
-                "commit {} is invalid ({} errors); nothing was applied",
-                short(&r.commit),
-                errors.len()
-            ),
+            // r.message names the first errors (path:line:col); all are in the details.
+            format!("{}; nothing was applied", r.message),
             json!({"errors": errors}),
         ),
         Refusal::Checkout { error } | Refusal::Limit { error } | Refusal::Internal { error } => (

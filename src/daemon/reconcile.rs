@@ -182,7 +182,19 @@ fn refusal_message(commit: &str, refusal: &Refusal) -> String {
         }
         Refusal::Checkout { error } => format!("commit {commit} cannot be checked out: {error}"),
         Refusal::Invalid { errors } => {
-            format!("commit {commit} is invalid ({} errors)", errors.len())
+            // The first errors, positioned, so the log and the alert say what to fix.
+            let first: Vec<&str> = errors.iter().take(3).map(String::as_str).collect();
+            let more = errors.len().saturating_sub(first.len());
+            let more = if more > 0 {
+                format!("; and {more} more (plumb validate)")
+            } else {
+                String::new()
+            };
+            format!(
+                "commit {commit} is invalid ({} errors): {}{more}",
+                errors.len(),
+                first.join("; ")
+            )
         }
         Refusal::Limit { error } => format!("commit {commit} refused: {error}"),
         Refusal::Internal { error } => format!("commit {commit} could not be validated: {error}"),
@@ -193,10 +205,10 @@ impl Daemon {
     /// Fetches and resolves the branch tip (bounded by [`super::FETCH_TIMEOUT`]).
     pub(super) async fn fetch(&self) -> Result<git2::Oid, DaemonError> {
         let source = self.source.clone();
-        let branch = self.config.branch.clone();
+        let follow = self.config.follow();
         let job = tokio::task::spawn_blocking(move || {
             source.fetch()?;
-            source.resolve(&format!("refs/heads/{branch}"))
+            source.resolve_follow(&follow)
         });
         let tip = match tokio::time::timeout(super::FETCH_TIMEOUT, job).await {
             Err(_) => return Err(DaemonError::FetchTimeout(super::FETCH_TIMEOUT)),
@@ -250,8 +262,9 @@ impl Daemon {
     ) -> Result<Result<VerifiedRange, crate::source::policy::Rejection>, DaemonError> {
         let source = self.source.clone();
         let signers = self.signers.clone();
+        let follow = self.config.follow();
         let job = tokio::task::spawn_blocking(move || {
-            source.verify(last, tip, &signers, RangeOptions::default())
+            source.verify_follow(&follow, last, tip, &signers, RangeOptions::default())
         });
         Ok(job
             .await
@@ -289,7 +302,19 @@ impl Daemon {
         let range = match self.verify_range(last, tip).await? {
             Ok(r) => r,
             Err(rej) => {
-                let message = format!("commit {} refused: {}", short(rej.commit), rej.failure);
+                // The offending commit first (not the tip), the reason code, how to fix it.
+                let message = format!(
+                    "commit {} ({:?}) refused: {}: {}{}",
+                    short(rej.commit),
+                    rej.summary,
+                    rej.reason().code(),
+                    rej.failure,
+                    if rej.commit == tip {
+                        String::new()
+                    } else {
+                        format!(" [tip {}]", short(tip))
+                    }
+                );
                 let refusal = Refusal::Signature {
                     code: rej.reason().code().to_string(),
                     bad_commit: rej.commit.to_string(),
@@ -332,6 +357,8 @@ impl Daemon {
             .map(|c| CommitSummary {
                 commit: c.id.to_string(),
                 signer: c.signer.principal.clone(),
+                fingerprint: c.signer.fingerprint.clone(),
+                seal: c.seal.clone(),
             })
             .collect();
         rollout.duration = started.elapsed();

@@ -37,6 +37,8 @@ pub(super) fn rollout(failed: &[&str]) -> Rollout {
         commits: vec![CommitSummary {
             commit: "0123456789abcdef0123".into(),
             signer: "alice@example.com".into(),
+            fingerprint: String::new(),
+            seal: None,
         }],
         duration: Duration::from_secs(2),
         drift_interval: Duration::from_secs(300),

@@ -16,7 +16,18 @@ use super::SourceError;
 
 /// Runs `git` with the given arguments; no terminal prompts, ever (a daemon has no terminal).
 pub fn run_git(git: &Path, cwd: Option<&Path>, args: &[&str]) -> Result<String, SourceError> {
+    run_git_with(git, cwd, args, &[])
+}
+
+/// [`run_git`] with extra environment variables (credentials from `repository_auth:`).
+pub fn run_git_with(
+    git: &Path,
+    cwd: Option<&Path>,
+    args: &[&str],
+    env: &[(String, String)],
+) -> Result<String, SourceError> {
     let mut cmd = Command::new(git);
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
     if let Some(dir) = cwd {
         cmd.current_dir(dir);
     }
@@ -42,10 +53,17 @@ pub fn run_git(git: &Path, cwd: Option<&Path>, args: &[&str]) -> Result<String, 
 ///
 /// The first clone goes to a temporary directory beside `mirror` and is renamed into place,
 /// so a crash never leaves a half-cloned mirror behind.
-pub fn mirror_fetch(git: &Path, url: &str, mirror: &Path) -> Result<(), SourceError> {
+pub fn mirror_fetch(
+    git: &Path,
+    url: &str,
+    mirror: &Path,
+    auth: &super::RepositoryAuth,
+) -> Result<(), SourceError> {
     if url.starts_with('-') {
         return Err(SourceError::InvalidSpec(url.to_string()));
     }
+    auth.check()?;
+    let env = auth.env();
     if !mirror.join("HEAD").exists() {
         let parent = mirror.parent().unwrap_or(Path::new("."));
         std::fs::create_dir_all(parent).map_err(|source| SourceError::Io {
@@ -60,17 +78,18 @@ pub fn mirror_fetch(git: &Path, url: &str, mirror: &Path) -> Result<(), SourceEr
             })?;
         }
         let tmp_s = tmp.to_string_lossy().into_owned();
-        run_git(
+        run_git_with(
             git,
             None,
             &["clone", "--mirror", "--quiet", "--", url, &tmp_s],
+            &env,
         )?;
         std::fs::rename(&tmp, mirror).map_err(|source| SourceError::Io {
             path: mirror.to_path_buf(),
             source,
         })?;
     }
-    run_git(
+    run_git_with(
         git,
         Some(mirror),
         &[
@@ -81,6 +100,7 @@ pub fn mirror_fetch(git: &Path, url: &str, mirror: &Path) -> Result<(), SourceEr
             "+refs/heads/*:refs/heads/*",
             "+refs/tags/*:refs/tags/*",
         ],
+        &env,
     )?;
     Ok(())
 }

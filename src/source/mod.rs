@@ -6,6 +6,10 @@
 //! - [`allowed_signers`]: OpenSSH's allowed-signers file, parsed with positions, matched as
 //!   ssh-keygen matches it;
 //! - [`signature`]: one commit's SSH signature, judged as `git verify-commit` judges it;
+//! - [`openpgp`]: one commit's OpenPGP signature against a keyring outside the repo;
+//! - [`trust`]: the trust roots (allowed signers, keyring, sealers) and `Plumb-Seal:`;
+//! - [`tags`]: following the newest signed tag matching a pattern;
+//! - [`auth`]: the credentials `git fetch` uses for the config repo (`repository_auth:`);
 //! - [`policy`]: a range `last_applied..tip`, every commit verified, rollbacks refused;
 //! - [`watch`]: events when the source may have changed (local refs, a poll, a trigger);
 //! - [`report`]: the `plumb verify` report.
@@ -18,16 +22,23 @@ use std::time::Duration;
 use git2::{Oid, Repository};
 
 pub mod allowed_signers;
+pub mod auth;
 pub mod git;
+pub mod openpgp;
 pub mod policy;
 pub mod report;
 pub mod signature;
+pub mod tags;
+pub mod trust;
 pub mod watch;
 
 pub use allowed_signers::{AllowedSigners, ParseError};
-pub use policy::{verify_range, RangeOptions, Rejection, VerifiedCommit, VerifiedRange};
+pub use auth::RepositoryAuth;
+pub use openpgp::{Keyring, KeyringError};
+pub use policy::{verify_range, RangeOptions, Rejection, Seal, VerifiedCommit, VerifiedRange};
 pub use report::VerifyReport;
-pub use signature::{Failure, Reason, Signer};
+pub use signature::{Failure, Reason, SignatureFormat, Signer};
+pub use trust::{Sealers, Trust};
 pub use watch::{WatchEvent, WatchHandle};
 
 /// Errors reading or fetching the source (not verdicts on commits: see [`Rejection`]).
@@ -35,6 +46,16 @@ pub use watch::{WatchEvent, WatchHandle};
 pub enum SourceError {
     #[error(transparent)]
     AllowedSigners(#[from] ParseError),
+    #[error(transparent)]
+    Keyring(#[from] KeyringError),
+    #[error(
+        "no trust root: give an allowed-signers file (SSH signatures) and/or an OpenPGP keyring"
+    )]
+    NoTrustRoot,
+    #[error("{0}")]
+    Auth(String),
+    #[error("no tag matches {0:?} (push a signed tag matching the pattern)")]
+    NoTag(String),
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -74,6 +95,10 @@ impl SourceError {
     pub fn code(&self) -> &'static str {
         match self {
             SourceError::AllowedSigners(_) => "allowed-signers-syntax",
+            SourceError::Keyring(_) => "openpgp-keyring",
+            SourceError::NoTrustRoot => "no-trust-root",
+            SourceError::Auth(_) => "repository-auth",
+            SourceError::NoTag(_) => "no-tag",
             SourceError::Io { .. } => "io",
             SourceError::GitMissing(_) => "git-missing",
             SourceError::GitCommand { .. } => "git-command",
@@ -131,6 +156,7 @@ pub struct Source {
     pub origin: Origin,
     state_dir: PathBuf,
     git: PathBuf,
+    auth: RepositoryAuth,
 }
 
 impl Source {
@@ -140,7 +166,14 @@ impl Source {
             origin: Origin::parse(spec)?,
             state_dir: state_dir.into(),
             git: PathBuf::from("git"),
+            auth: RepositoryAuth::default(),
         })
+    }
+
+    /// Fetch with these credentials (`repository_auth:`).
+    pub fn with_auth(mut self, auth: RepositoryAuth) -> Source {
+        self.auth = auth;
+        self
     }
 
     /// Use this `git` binary instead of the one on `PATH`.
@@ -156,7 +189,12 @@ impl Source {
 
     /// Clones the mirror if needed and fetches (blocking: run it in `spawn_blocking`).
     pub fn fetch(&self) -> Result<(), SourceError> {
-        git::mirror_fetch(&self.git, &self.origin.url(), &self.mirror_path())
+        git::mirror_fetch(
+            &self.git,
+            &self.origin.url(),
+            &self.mirror_path(),
+            &self.auth,
+        )
     }
 
     /// Opens the mirror for reading.
@@ -174,10 +212,46 @@ impl Source {
         &self,
         last_applied: Option<Oid>,
         tip: Oid,
-        signers: &AllowedSigners,
+        trust: &Trust,
         options: RangeOptions,
     ) -> Result<Result<VerifiedRange, Rejection>, SourceError> {
-        policy::verify_range(&self.open()?, last_applied, tip, signers, options)
+        policy::verify_range(&self.open()?, last_applied, tip, trust, options)
+    }
+
+    /// The commit to deploy: the branch's tip, or the newest tag matching the pattern.
+    pub fn resolve_follow(&self, follow: &tags::Follow) -> Result<Oid, SourceError> {
+        match follow {
+            tags::Follow::Branch(b) => self.resolve(&format!("refs/heads/{b}")),
+            tags::Follow::Tags(pattern) => tags::newest_tag(&self.open()?, pattern)?
+                .map(|t| t.commit)
+                .ok_or_else(|| SourceError::NoTag(pattern.clone())),
+        }
+    }
+
+    /// [`Source::verify`], and first, when following tags, the signature of the newest
+    /// matching tag (which must point at `tip`). A bad tag is refused naming the tag.
+    pub fn verify_follow(
+        &self,
+        follow: &tags::Follow,
+        last_applied: Option<Oid>,
+        tip: Oid,
+        trust: &Trust,
+        options: RangeOptions,
+    ) -> Result<Result<VerifiedRange, Rejection>, SourceError> {
+        let repo = self.open()?;
+        if let tags::Follow::Tags(pattern) = follow {
+            let tag = tags::newest_tag(&repo, pattern)?
+                .filter(|t| t.commit == tip)
+                .ok_or_else(|| SourceError::NoTag(pattern.clone()))?;
+            if let Err(failure) = tags::verify_tag(&repo, &tag, trust)? {
+                return Ok(Err(Rejection {
+                    commit: tip,
+                    summary: format!("tag {}", tag.name),
+                    failure,
+                }));
+            }
+        }
+        policy::verify_range(&repo, last_applied, tip, trust, options)
     }
 
     /// Exports the tree of `commit` into the new or empty directory `dest`.
@@ -200,19 +274,31 @@ impl Source {
     }
 }
 
+/// The trust roots `plumb verify` reads.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TrustFiles<'a> {
+    pub allowed_signers: Option<&'a Path>,
+    pub openpgp_keyring: Option<&'a Path>,
+    pub seal_signers: Option<&'a Path>,
+}
+
 /// `plumb verify`: verifies `from..rev` (or `rev` alone) of the repository at `repo`
-/// (working or bare) against the allowed-signers file.
+/// (working or bare) against the trust roots.
 pub fn verify_repo(
     repo: &Path,
-    allowed_signers: &Path,
+    files: TrustFiles<'_>,
     from: Option<&str>,
     rev: &str,
 ) -> Result<VerifyReport, SourceError> {
-    let signers = AllowedSigners::load(allowed_signers)?;
+    let trust = Trust::load(
+        files.allowed_signers,
+        files.openpgp_keyring,
+        files.seal_signers,
+    )?;
     let r = git::open(repo)?;
     let tip = git::resolve(&r, rev)?;
     let from = from.map(|f| git::resolve(&r, f)).transpose()?;
-    let outcome = policy::verify_range(&r, from, tip, &signers, RangeOptions::default())?;
+    let outcome = policy::verify_range(&r, from, tip, &trust, RangeOptions::default())?;
     Ok(VerifyReport::new(from, tip, outcome))
 }
 

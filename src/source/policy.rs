@@ -4,8 +4,8 @@
 
 use git2::{Oid, Repository, Sort};
 
-use super::allowed_signers::AllowedSigners;
-use super::signature::{verify_commit, Failure, Reason, Signer};
+use super::signature::{signed_parts, verify_any, verify_commit, Failure, Reason, Signer};
+use super::trust::{seal_reason, Trust};
 use super::SourceError;
 
 /// One verified commit.
@@ -15,6 +15,17 @@ pub struct VerifiedCommit {
     /// The first line of the message.
     pub summary: String,
     pub signer: Signer,
+    /// Set on the seal that ended the walk: the commits below it were not looked at.
+    pub seal: Option<Seal>,
+}
+
+/// A valid `Plumb-Seal:` commit: it vouches for the history below it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
+pub struct Seal {
+    /// The trailer's text.
+    pub reason: String,
+    /// `FILE:LINE` of the sealers entry that allowed the signer to seal.
+    pub sealer: String,
 }
 
 /// A range that passed: its commits oldest first, and the tip's signer.
@@ -23,8 +34,17 @@ pub struct VerifiedRange {
     pub tip: Oid,
     pub tip_signer: Signer,
     /// Oldest first (topological order). When the range is empty (tip == last applied) it
-    /// holds the tip alone: the tip is always verified.
+    /// holds the tip alone: the tip is always verified. With a seal, it starts at the seal.
     pub commits: Vec<VerifiedCommit>,
+}
+
+impl VerifiedRange {
+    /// The seal verification stopped at, if any.
+    pub fn seal(&self) -> Option<(&VerifiedCommit, &Seal)> {
+        self.commits
+            .iter()
+            .find_map(|c| c.seal.as_ref().map(|s| (c, s)))
+    }
 }
 
 /// A range that failed: the first bad commit (oldest first in topological order) and why.
@@ -40,6 +60,14 @@ impl Rejection {
     pub fn reason(&self) -> Reason {
         self.failure.reason
     }
+
+    fn of(repo: &Repository, commit: Oid, failure: Failure) -> Result<Rejection, SourceError> {
+        Ok(Rejection {
+            commit,
+            summary: summary_of(&repo.find_commit(commit)?),
+            failure,
+        })
+    }
 }
 
 /// Options for one call of [`verify_range`].
@@ -50,52 +78,130 @@ pub struct RangeOptions {
     pub allow_rollback: bool,
 }
 
+/// The commits of `tip` not reachable from any of `hide`, oldest first (topological).
+fn walk(repo: &Repository, tip: Oid, hide: &[Oid]) -> Result<Vec<Oid>, SourceError> {
+    let mut walk = repo.revwalk()?;
+    walk.set_sorting(Sort::TOPOLOGICAL | Sort::REVERSE)?;
+    walk.push(tip)?;
+    for h in hide {
+        walk.hide(*h)?;
+    }
+    let mut ids = Vec::new();
+    for id in walk {
+        ids.push(id?);
+    }
+    Ok(ids)
+}
+
+/// A valid seal (its id and verified commit) or the refusal of the newest seal.
+type SealLookup = Result<(Oid, VerifiedCommit), Rejection>;
+
+/// The newest commit of `ids` (oldest first) carrying a `Plumb-Seal:` trailer: a valid seal,
+/// or a refusal (a bad signature, or a signer who may not seal). `None` without seals.
+fn newest_seal(
+    repo: &Repository,
+    ids: &[Oid],
+    trust: &Trust,
+) -> Result<Option<SealLookup>, SourceError> {
+    for &id in ids.iter().rev() {
+        let commit = repo.find_commit(id)?;
+        let message = String::from_utf8_lossy(commit.message_bytes()).into_owned();
+        let Some(reason) = seal_reason(&message) else {
+            continue;
+        };
+        let Some((sig, payload, time)) = signed_parts(repo, id)? else {
+            let f = Failure::new(Reason::Unsigned, "an unsigned commit cannot seal");
+            return Ok(Some(Err(Rejection::of(repo, id, f)?)));
+        };
+        let signer = match verify_any(&sig, &payload, time, trust) {
+            Ok(s) => s,
+            Err(f) => return Ok(Some(Err(Rejection::of(repo, id, f)?))),
+        };
+        let Some(sealer) = trust.sealer_line(&signer, &sig, &payload, time) else {
+            let f = Failure::new(
+                Reason::SealNotAllowed,
+                format!(
+                    "{} ({} {}) is not in {}",
+                    signer.principal,
+                    signer.key_type,
+                    signer.fingerprint,
+                    trust
+                        .sealers
+                        .as_ref()
+                        .map_or("the seal signers (none configured)", |s| s.path.as_str())
+                ),
+            );
+            return Ok(Some(Err(Rejection::of(repo, id, f)?)));
+        };
+        return Ok(Some(Ok((
+            id,
+            VerifiedCommit {
+                id,
+                summary: summary_of(&commit),
+                signer,
+                seal: Some(Seal { reason, sealer }),
+            },
+        ))));
+    }
+    Ok(None)
+}
+
 /// Verifies `last_applied..tip`: all commits reachable from `tip` and not from `last_applied`,
 /// including those on merged branches. With no `last_applied`, the tip alone is verified.
+///
+/// Seals: the newest commit of the range with a `Plumb-Seal:` trailer must be a good
+/// signature of an allowed sealer (else the range is refused naming it); it vouches for
+/// every commit reachable from it, so only the seal and the commits after it are verified.
 ///
 /// `Ok(Err(rejection))` is a policy refusal; `Err(_)` means the repository could not be read.
 pub fn verify_range(
     repo: &Repository,
     last_applied: Option<Oid>,
     tip: Oid,
-    signers: &AllowedSigners,
+    trust: &Trust,
     options: RangeOptions,
 ) -> Result<Result<VerifiedRange, Rejection>, SourceError> {
-    let tip_commit = repo.find_commit(tip)?;
-    let mut ids = Vec::new();
+    repo.find_commit(tip)?;
+    let mut hide = Vec::new();
     if let Some(from) = last_applied {
         repo.find_commit(from)?;
         let descends = from == tip || repo.graph_descendant_of(tip, from)?;
         if !descends && !options.allow_rollback {
-            return Ok(Err(Rejection {
-                commit: tip,
-                summary: summary_of(&tip_commit),
-                failure: Failure {
-                    reason: Reason::NotDescendant,
-                    detail: format!("{} does not descend from {}", short(tip), short(from)),
-                },
-            }));
+            let f = Failure::new(
+                Reason::NotDescendant,
+                format!("{} does not descend from {}", short(tip), short(from)),
+            );
+            return Ok(Err(Rejection::of(repo, tip, f)?));
         }
-        let mut walk = repo.revwalk()?;
-        walk.set_sorting(Sort::TOPOLOGICAL | Sort::REVERSE)?;
-        walk.push(tip)?;
-        walk.hide(from)?;
-        for id in walk {
-            ids.push(id?);
-        }
+        hide.push(from);
     }
+    let mut ids = if hide.is_empty() {
+        vec![tip]
+    } else {
+        walk(repo, tip, &hide)?
+    };
     if ids.is_empty() {
         ids.push(tip);
     }
     let mut commits = Vec::with_capacity(ids.len());
+    match newest_seal(repo, &ids, trust)? {
+        Some(Err(rejection)) => return Ok(Err(rejection)),
+        Some(Ok((seal, verified))) => {
+            hide.push(seal);
+            ids = walk(repo, tip, &hide)?;
+            commits.push(verified);
+        }
+        None => {}
+    }
     for id in ids {
         let commit = repo.find_commit(id)?;
         let summary = summary_of(&commit);
-        match verify_commit(repo, id, signers)? {
+        match verify_commit(repo, id, trust)? {
             Ok(signer) => commits.push(VerifiedCommit {
                 id,
                 summary,
                 signer,
+                seal: None,
             }),
             Err(failure) => {
                 return Ok(Err(Rejection {
@@ -106,19 +212,14 @@ pub fn verify_range(
             }
         }
     }
-    let tip_signer = match commits.iter().find(|c| c.id == tip) {
-        Some(c) => c.signer.clone(),
-        // The walk always contains the tip when it is non-empty; be defensive anyway.
-        None => match verify_commit(repo, tip, signers)? {
-            Ok(s) => s,
-            Err(failure) => {
-                return Ok(Err(Rejection {
-                    commit: tip,
-                    summary: summary_of(&tip_commit),
-                    failure,
-                }))
-            }
-        },
+    let Some(tip_signer) = commits
+        .iter()
+        .find(|c| c.id == tip)
+        .map(|c| c.signer.clone())
+    else {
+        // The walk always contains the tip; be defensive anyway.
+        let f = Failure::new(Reason::Unsigned, "the tip was not verified");
+        return Ok(Err(Rejection::of(repo, tip, f)?));
     };
     Ok(Ok(VerifiedRange {
         tip,

@@ -5,8 +5,11 @@ use std::fmt::Write as _;
 use git2::Oid;
 use serde::Serialize;
 
-use super::policy::{short, Rejection, VerifiedRange};
+use super::policy::{short, Rejection, Seal, VerifiedRange};
 use super::signature::{Reason, Signer};
+
+/// Gives the text of a trust-root entry from its `FILE:LINE` (for `--explain`).
+pub type EntryText<'a> = &'a dyn Fn(&str) -> Option<String>;
 
 /// Result of `plumb verify`.
 #[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
@@ -32,6 +35,10 @@ pub struct VerifiedCommitReport {
     /// First line of the commit message.
     pub subject: String,
     pub signer: Signer,
+    /// Set on a `Plumb-Seal:` commit that ended verification: the history below it is
+    /// vouched for by the sealer and was not verified.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seal: Option<Seal>,
 }
 
 #[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
@@ -39,8 +46,8 @@ pub struct FailureReport {
     pub id: String,
     pub short: String,
     pub subject: String,
-    /// Stable code: unsigned, unknown-key, bad-signature, not-yet-valid, expired,
-    /// namespace-not-allowed, not-descendant.
+    /// Stable code: unsigned, unknown-key, not-ssh-or-openpgp, bad-signature, expired,
+    /// revoked, not-yet-valid, namespace-not-allowed, not-descendant, seal-not-allowed.
     pub reason: Reason,
     /// What is wrong and what to do.
     pub message: String,
@@ -65,6 +72,7 @@ impl VerifyReport {
                     short: short(c.id),
                     subject: c.summary,
                     signer: c.signer,
+                    seal: c.seal,
                 })
                 .collect(),
             failure: failure.map(|r| FailureReport {
@@ -78,8 +86,10 @@ impl VerifyReport {
         }
     }
 
-    /// Plain text: one line per verified commit; the failure last.
-    pub fn to_text(&self) -> String {
+    /// Plain text: one line per verified commit; the failure last. With `explain`, each
+    /// commit also gets its format, key, and the trust-root entry that admitted it
+    /// (`entry_text` gives that line's text from `FILE:LINE`, when readable).
+    pub fn to_text_with(&self, explain: Option<EntryText<'_>>) -> String {
         let mut out = String::new();
         for c in &self.commits {
             let _ = writeln!(
@@ -87,6 +97,29 @@ impl VerifyReport {
                 "{} {}  signed by {} ({} {})",
                 c.short, c.subject, c.signer.principal, c.signer.key_type, c.signer.fingerprint
             );
+            if let Some(seal) = &c.seal {
+                let _ = writeln!(
+                    out,
+                    "  seal ({}): {:?}; allowed by {}; the history below it was not verified",
+                    c.short, seal.reason, seal.sealer
+                );
+            }
+            if let Some(entry_text) = explain {
+                let s = &c.signer;
+                let fmt = match s.format {
+                    super::SignatureFormat::Ssh => "ssh",
+                    super::SignatureFormat::Openpgp => "openpgp",
+                };
+                let _ = writeln!(out, "  format: {fmt}");
+                let _ = writeln!(out, "  key: {} {}", s.key_type, s.fingerprint);
+                if let Some(sub) = &s.signing_key {
+                    let _ = writeln!(out, "  signing subkey: {sub}");
+                }
+                let _ = writeln!(out, "  admitted by: {}", s.trust_root);
+                if let Some(line) = entry_text(&s.trust_root) {
+                    let _ = writeln!(out, "    {line}");
+                }
+            }
         }
         match &self.failure {
             None => {
@@ -107,5 +140,10 @@ impl VerifyReport {
             }
         }
         out
+    }
+
+    /// Plain text without `--explain`.
+    pub fn to_text(&self) -> String {
+        self.to_text_with(None)
     }
 }

@@ -22,21 +22,41 @@ use std::fmt;
 use ssh_key::{HashAlg, PublicKey, SshSig};
 
 use super::allowed_signers::{AllowedSigners, KeyLookup, Validity};
+use super::trust::Trust;
 
 /// The namespace git signs commits in.
 pub const GIT_NAMESPACE: &str = "git";
 
+/// The signature format of a commit or tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SignatureFormat {
+    /// `-----BEGIN SSH SIGNATURE-----`, judged against the allowed-signers file.
+    Ssh,
+    /// `-----BEGIN PGP SIGNATURE-----`, judged against the OpenPGP keyring.
+    Openpgp,
+}
+
 /// Who signed a commit.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 pub struct Signer {
-    /// The allowed-signers principal (as git reports it).
+    /// The allowed-signers principal (as git reports it), or the OpenPGP certificate's
+    /// primary user ID.
     pub principal: String,
-    /// `SHA256:...`, as `ssh-keygen -l` prints it.
+    /// SSH: `SHA256:...`, as `ssh-keygen -l` prints it. OpenPGP: the primary key's
+    /// fingerprint (uppercase hex).
     pub fingerprint: String,
-    /// e.g. `ssh-ed25519`.
+    /// e.g. `ssh-ed25519`, `openpgp-ed25519`.
     pub key_type: String,
-    /// The allowed-signers line that accepted the key.
+    /// The allowed-signers line that accepted the key, or the keyring line where the
+    /// certificate's armored block starts.
     pub line: u32,
+    pub format: SignatureFormat,
+    /// OpenPGP: the subkey that made the signature (uppercase hex), when not the primary.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signing_key: Option<String>,
+    /// `FILE:LINE` of the trust-root entry that admitted the key.
+    pub trust_root: String,
 }
 
 /// Why a commit is refused. The codes ([`Reason::code`]) are stable.
@@ -45,6 +65,12 @@ pub struct Signer {
 pub enum Reason {
     /// The commit carries no signature.
     Unsigned,
+    /// The signature is neither SSH nor OpenPGP (e.g. X.509).
+    NotSshOrOpenpgp,
+    /// The OpenPGP key (or its signing subkey) was revoked at the commit time.
+    Revoked,
+    /// A `Plumb-Seal:` commit signed by a key that is not allowed to seal.
+    SealNotAllowed,
     /// The signing key is not in the allowed-signers file (or no principal of its line applies).
     UnknownKey,
     /// The signature does not verify: the commit was changed after signing, or it is malformed.
@@ -63,6 +89,9 @@ impl Reason {
     pub fn code(self) -> &'static str {
         match self {
             Reason::Unsigned => "unsigned",
+            Reason::NotSshOrOpenpgp => "not-ssh-or-openpgp",
+            Reason::Revoked => "revoked",
+            Reason::SealNotAllowed => "seal-not-allowed",
             Reason::UnknownKey => "unknown-key",
             Reason::BadSignature => "bad-signature",
             Reason::NotYetValid => "not-yet-valid",
@@ -76,8 +105,11 @@ impl Reason {
 impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Reason::Unsigned => "the commit is not signed; sign it (git config commit.gpgsign true, gpg.format ssh) and push again",
-            Reason::UnknownKey => "the signing key is not an allowed signer; add the signer's public key to the allowed-signers file, or re-sign with an allowed key",
+            Reason::Unsigned => "the commit is not signed; sign it (git config commit.gpgsign true) and push again, or have an allowed sealer push a `Plumb-Seal:` commit on top (README: recovering from an unsigned commit)",
+            Reason::NotSshOrOpenpgp => "the signature is neither SSH nor OpenPGP (X.509 is not accepted); re-sign the commit with an SSH or OpenPGP key",
+            Reason::Revoked => "the OpenPGP signing key was revoked at the commit's time; re-sign with a current key, or import the signer's updated certificate if the revocation is wrong",
+            Reason::SealNotAllowed => "the commit carries a Plumb-Seal: trailer but its signer may not seal; have a signer listed in seal_signers (--seal-signers) sign the seal",
+            Reason::UnknownKey => "the signing key is not an allowed signer; add the signer's public key to the allowed-signers file or OpenPGP keyring, or re-sign with an allowed key",
             Reason::BadSignature => "the signature does not verify: the commit was modified after it was signed, or the signature is corrupt; re-sign the commit",
             Reason::NotYetValid => "the signing key is not yet valid at the commit's committer time (valid-after); fix the key's validity window or re-sign with a valid key",
             Reason::Expired => "the signing key had expired at the commit's committer time (valid-before); re-sign with a current key or extend valid-before",
@@ -96,7 +128,7 @@ pub struct Failure {
 }
 
 impl Failure {
-    fn new(reason: Reason, detail: impl Into<String>) -> Failure {
+    pub(crate) fn new(reason: Reason, detail: impl Into<String>) -> Failure {
         Failure {
             reason,
             detail: detail.into(),
@@ -188,6 +220,9 @@ pub fn verify_payload(
                 fingerprint,
                 key_type,
                 line: ok.line,
+                format: SignatureFormat::Ssh,
+                signing_key: None,
+                trust_root: format!("{}:{}", signers.path, ok.line),
             });
         }
     }
@@ -215,21 +250,73 @@ pub fn verify_payload(
     }
 }
 
+/// The format an armored signature announces, as git's `get_format_by_sig` reads it.
+pub fn format_of(armored: &[u8]) -> Option<SignatureFormat> {
+    let text = String::from_utf8_lossy(armored);
+    let t = text.trim_start();
+    if t.starts_with("-----BEGIN SSH SIGNATURE-----") {
+        Some(SignatureFormat::Ssh)
+    } else if t.starts_with("-----BEGIN PGP SIGNATURE-----")
+        || t.starts_with("-----BEGIN PGP MESSAGE-----")
+    {
+        Some(SignatureFormat::Openpgp)
+    } else {
+        None
+    }
+}
+
+/// Verifies a signature of either format over `payload` at committer time `time`.
+pub fn verify_any(
+    armored: &[u8],
+    payload: &[u8],
+    time: i64,
+    trust: &Trust,
+) -> Result<Signer, Failure> {
+    match format_of(armored) {
+        Some(SignatureFormat::Ssh) => match &trust.ssh {
+            Some(signers) => verify_payload(armored, payload, time, signers),
+            None => Err(Failure::new(
+                Reason::UnknownKey,
+                "an SSH signature, but no allowed-signers file is configured (--allowed-signers, allowed_signers:)",
+            )),
+        },
+        Some(SignatureFormat::Openpgp) => {
+            super::openpgp::verify_payload(armored, payload, time, trust.openpgp.as_ref())
+        }
+        None => Err(Failure::new(
+            Reason::NotSshOrOpenpgp,
+            "the gpgsig header is not an SSH or OpenPGP signature",
+        )),
+    }
+}
+
+/// (armored signature, signed payload, committer time).
+pub type SignedParts = (Vec<u8>, Vec<u8>, i64);
+
+/// A commit's raw signature and signed payload, and its committer time; `None` if unsigned.
+pub fn signed_parts(
+    repo: &git2::Repository,
+    id: git2::Oid,
+) -> Result<Option<SignedParts>, git2::Error> {
+    let commit = repo.find_commit(id)?;
+    let time = commit.committer().when().seconds();
+    match repo.extract_signature(&id, None) {
+        Ok((sig, payload)) => Ok(Some((sig.to_vec(), payload.to_vec(), time))),
+        Err(e) if e.code() == git2::ErrorCode::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Verifies one commit of `repo`. `Ok(Err(_))` is a refused commit; `Err(_)` an I/O problem.
 pub fn verify_commit(
     repo: &git2::Repository,
     id: git2::Oid,
-    signers: &AllowedSigners,
+    trust: &Trust,
 ) -> Result<Result<Signer, Failure>, git2::Error> {
-    let commit = repo.find_commit(id)?;
-    let time = commit.committer().when().seconds();
-    match repo.extract_signature(&id, None) {
-        Ok((sig, payload)) => Ok(verify_payload(&sig, &payload, time, signers)),
-        Err(e) if e.code() == git2::ErrorCode::NotFound => {
-            Ok(Err(Failure::new(Reason::Unsigned, "")))
-        }
-        Err(e) => Err(e),
-    }
+    Ok(match signed_parts(repo, id)? {
+        Some((sig, payload, time)) => verify_any(&sig, &payload, time, trust),
+        None => Err(Failure::new(Reason::Unsigned, "")),
+    })
 }
 
 fn fmt_time(t: i64) -> String {

@@ -124,6 +124,24 @@ impl HistoryReport {
             ]);
         }
         let mut out = table(&rows);
+        // Seals (issue 14): the commit that vouched for the history below it, and why.
+        for r in &self.runs {
+            let commits = r.summary.get("commits").and_then(|c| c.as_array());
+            for c in commits.into_iter().flatten() {
+                if let Some(seal) = c.get("seal") {
+                    out.push_str(&format!(
+                        "{}: sealed by {} at {}: {} (allowed by {})\n",
+                        r.id,
+                        c["signer"].as_str().unwrap_or("-"),
+                        c["commit"]
+                            .as_str()
+                            .map_or("-", |s| s.get(..12).unwrap_or(s)),
+                        seal["reason"].as_str().unwrap_or(""),
+                        seal["sealer"].as_str().unwrap_or("-"),
+                    ));
+                }
+            }
+        }
         if self.runs.is_empty() {
             out.push_str("(no runs recorded)\n");
         }

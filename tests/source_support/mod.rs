@@ -188,7 +188,7 @@ impl Fx {
     pub fn plumb_verify(&self, repo: &Path, id: Oid, signers: &Path) -> Result<Signer, Failure> {
         let s = AllowedSigners::load(signers).unwrap();
         let r = git2::Repository::open(repo).unwrap();
-        plumb::source::signature::verify_commit(&r, id, &s).unwrap()
+        plumb::source::signature::verify_commit(&r, id, &plumb::source::Trust::ssh(s)).unwrap()
     }
 
     /// Asserts plumb's verdict (`expected`: None = good) and that git agrees.
