@@ -173,30 +173,7 @@ pub fn verify_payload(
     let key_type = key.algorithm().as_str().to_string();
 
     // Step 2: find-principals.
-    let entry = match signers.find_principals(key_data, commit_time) {
-        KeyLookup::Found(e) => e,
-        KeyLookup::Unknown => {
-            return Err(Failure::new(
-                Reason::UnknownKey,
-                format!("{key_type} key {fingerprint} is not in {}", signers.path),
-            ))
-        }
-        KeyLookup::OutsideValidity(e, v) => {
-            let reason = match v {
-                Validity::NotYetValid => Reason::NotYetValid,
-                Validity::Expired => Reason::Expired,
-            };
-            return Err(Failure::new(
-                reason,
-                format!(
-                    "key {fingerprint} at {}:{}, committer time {}",
-                    signers.path,
-                    e.line,
-                    fmt_time(commit_time)
-                ),
-            ));
-        }
-    };
+    let entry = found_entry(signers, key_data, commit_time, (&key_type, &fingerprint))?;
 
     // Step 4: the signature itself, for namespace git.
     if sig.namespace() != GIT_NAMESPACE {
@@ -212,7 +189,55 @@ pub fn verify_payload(
         ));
     }
 
-    // Step 4: one of the found principals must be accepted by the allowed-signers check.
+    accepted(
+        signers,
+        key_data,
+        &entry,
+        commit_time,
+        (key_type, fingerprint),
+    )
+}
+
+/// Step 2 of git's check: the allowed-signers entry of `key_data`, valid at `commit_time`.
+fn found_entry<'s>(
+    signers: &'s AllowedSigners,
+    key_data: &ssh_key::public::KeyData,
+    commit_time: i64,
+    (key_type, fingerprint): (&str, &str),
+) -> Result<&'s crate::source::allowed_signers::Entry, Failure> {
+    match signers.find_principals(key_data, commit_time) {
+        KeyLookup::Found(e) => Ok(e),
+        KeyLookup::Unknown => Err(Failure::new(
+            Reason::UnknownKey,
+            format!("{key_type} key {fingerprint} is not in {}", signers.path),
+        )),
+        KeyLookup::OutsideValidity(e, v) => {
+            let reason = match v {
+                Validity::NotYetValid => Reason::NotYetValid,
+                Validity::Expired => Reason::Expired,
+            };
+            Err(Failure::new(
+                reason,
+                format!(
+                    "key {fingerprint} at {}:{}, committer time {}",
+                    signers.path,
+                    e.line,
+                    fmt_time(commit_time)
+                ),
+            ))
+        }
+    }
+}
+
+/// Step 4 of git's check: one of the entry's principals must be accepted for namespace
+/// `git` at `commit_time`.
+fn accepted(
+    signers: &AllowedSigners,
+    key_data: &ssh_key::public::KeyData,
+    entry: &crate::source::allowed_signers::Entry,
+    commit_time: i64,
+    (key_type, fingerprint): (String, String),
+) -> Result<Signer, Failure> {
     for principal in entry.principals.split(',').filter(|p| !p.is_empty()) {
         if let Some(ok) = signers.accepts(principal, key_data, GIT_NAMESPACE, commit_time) {
             return Ok(Signer {
