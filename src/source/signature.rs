@@ -192,7 +192,7 @@ pub fn verify_payload(
     accepted(
         signers,
         key_data,
-        &entry,
+        entry,
         commit_time,
         (key_type, fingerprint),
     )
