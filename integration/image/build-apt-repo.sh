@@ -5,6 +5,9 @@
 #                            plumb-demo.service and /etc/init.d/plumb-demo; not started
 #                            nor enabled on install
 #   plumb-extra 1.0          /usr/bin/plumb-extra
+#   restic, sqlite3          the real Debian packages (and the dependencies a minimal host
+#                            lacks), fetched with `apt-get download` from this machine's own
+#                            apt sources: the backup tests install them with a `package` step
 # plus Packages and Packages.gz (flat repository: `deb [trusted=yes] file:OUTDIR ./`).
 # Needs dpkg-deb and dpkg-scanpackages (dpkg-dev).
 set -eu
@@ -114,6 +117,14 @@ mkdir -p "$root/usr/bin"
 printf '#!/bin/sh\necho "plumb-extra 1.0"\n' > "$root/usr/bin/plumb-extra"
 chmod 0755 "$root/usr/bin/plumb-extra"
 build plumb-extra_1.0_all.deb
+
+# Real Debian packages, same suite as the hosts (the host image is built from this machine's).
+REAL_DEBS="restic sqlite3 libsqlite3-0 libreadline8 readline-common"
+fetch_real() { (cd "$out" && apt-get download $REAL_DEBS >/dev/null 2>&1); }
+if ! fetch_real; then
+    if [ "$(id -u)" -eq 0 ]; then apt-get update -qq >/dev/null 2>&1 || true; fi
+    fetch_real || { echo "build-apt-repo: apt-get download $REAL_DEBS failed" >&2; exit 1; }
+fi
 
 cd "$out"
 dpkg-scanpackages --multiversion . /dev/null > Packages 2>/dev/null
