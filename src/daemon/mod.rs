@@ -39,7 +39,7 @@ use crate::state::{self, StateDb, Trigger};
 
 pub mod audit_tail;
 pub mod config;
-mod console;
+pub mod console;
 mod drift;
 mod env_task;
 pub mod error;

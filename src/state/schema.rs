@@ -204,7 +204,42 @@ CREATE TABLE rollbacks (
 );
 "#;
 
-pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
+/// v5: `runs` without CHECK constraints on `kind`, `trigger` and `result`. Those columns hold
+/// the serde names of [`super::RunKind`], [`super::Trigger`] and [`super::RunResult`], and the
+/// Rust enums are the one check: reading a row parses them and a value plumb does not know is a
+/// [`StateError`] naming it. A new run kind or result then needs no table rebuild (which every
+/// earlier kind did: v3, v4); `runs_kinds_are_checked_by_the_enums` holds this.
+const V5: &str = r#"
+CREATE TABLE runs_v5 (
+    id                 TEXT PRIMARY KEY,
+    environment        TEXT NOT NULL,
+    commit_id          TEXT,
+    signer_principal   TEXT,
+    signer_fingerprint TEXT,
+    kind               TEXT NOT NULL,
+    trigger            TEXT NOT NULL,
+    started_at         INTEGER NOT NULL,
+    finished_at        INTEGER,
+    result             TEXT,
+    summary            TEXT NOT NULL DEFAULT '{}',
+    chain_seq          INTEGER,
+    prev_hash          TEXT,
+    hash               TEXT,
+    signature          TEXT,
+    record             TEXT
+);
+INSERT INTO runs_v5 SELECT id, environment, commit_id, signer_principal, signer_fingerprint,
+    kind, trigger, started_at, finished_at, result, summary, chain_seq, prev_hash, hash,
+    signature, record FROM runs;
+DROP TABLE runs;
+ALTER TABLE runs_v5 RENAME TO runs;
+CREATE INDEX runs_by_env ON runs (environment, started_at DESC);
+CREATE INDEX runs_by_start ON runs (started_at DESC);
+CREATE INDEX runs_unfinished ON runs (id) WHERE finished_at IS NULL;
+CREATE UNIQUE INDEX runs_by_chain ON runs (chain_seq) WHERE chain_seq IS NOT NULL;
+"#;
+
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
 
 /// The schema version this plumb writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -801,3 +801,28 @@ fn drift_history_lists_open_and_resolved_findings() {
         "resolved before `since`: left out; open: kept"
     );
 }
+
+/// v5 dropped the CHECK constraints on `runs.kind`, `trigger` and `result`: the Rust enums
+/// are the one check. A value plumb does not know is an error naming the state, not a panic
+/// and not a silently wrong row.
+#[test]
+fn runs_kinds_are_checked_by_the_enums() {
+    let dir = private_tmp();
+    let db = StateDb::open(dir.path()).unwrap();
+    let id = db.begin_run(&new_run(RunKind::Rollback)).unwrap();
+    db.finish_run(&id, RunResult::Converged, &json!({}))
+        .unwrap();
+    assert_eq!(
+        db.runs(&RunFilter::default()).unwrap()[0].kind,
+        RunKind::Rollback
+    );
+    db.conn()
+        .execute(
+            "INSERT INTO runs (id, environment, kind, trigger, started_at)
+             VALUES ('ZZZ', 'prod', 'from_the_future', 'cli', 1)",
+            [],
+        )
+        .unwrap();
+    let err = db.runs(&RunFilter::default()).unwrap_err();
+    assert_eq!(err.code(), "state.corrupt", "{err}");
+}
