@@ -142,8 +142,12 @@ fn fill(db: &StateDb, hosts: usize, runs: usize, per_run: usize) -> (String, Str
                 db.record_host(&id, &applied(h, n), &StepMeta::default())
                     .expect("record");
             } else {
-                db.record_drift_check(&id, &checked(h, n % 20 == 1))
-                    .expect("record");
+                db.record_drift_check(
+                    &id,
+                    &checked(h, n % 20 == 1),
+                    &plumb::state::StepMeta::default(),
+                )
+                .expect("record");
             }
         }
         let result = if rollout {

@@ -161,7 +161,8 @@ fn sensitive_steps_leak_into_no_row_and_no_audit_record() {
     let plans = rt.block_on(engine::plan_all(&hosts, &connector, 2));
     assert_eq!(plans[0].changes(), 2);
     for p in &plans {
-        db.record_drift_check(&drift, p).expect("record drift");
+        db.record_drift_check(&drift, p, &plumb::state::StepMeta::default())
+            .expect("record drift");
         // What a drift alert names.
         for s in &p.steps {
             assert_hidden("a drift alert's target", &s.step.target);

@@ -11,7 +11,8 @@ use super::{
 };
 
 /// The full record of a run at chain position `seq`, as canonical JSON (the signed bytes).
-/// `rows` is `{"run": {...}, "hosts": [...]}`: the run and its results as stored.
+/// `rows` is `{"run": {...}, "hosts": [...], "drift": [...]}`: the run, its results and the
+/// drift findings it opened or resolved, as stored.
 pub fn build_record(rows: &Value, seq: u64, prev_hash: &str, key_fingerprint: &str) -> String {
     let mut v = rows.clone();
     if let Value::Object(o) = &mut v {
@@ -201,8 +202,15 @@ fn check_rows(e: &ChainEntry, parsed: &Value) -> Result<(), String> {
             ))
         }
     };
-    let differ: Vec<&str> = ["run", "hosts"]
-        .into_iter()
+    let v2 = parsed.get("v").and_then(Value::as_u64).unwrap_or(1) >= 2;
+    let parts: &[&str] = if v2 {
+        &["run", "hosts", "drift"]
+    } else {
+        &["run", "hosts"]
+    };
+    let differ: Vec<&str> = parts
+        .iter()
+        .copied()
         .filter(|part| {
             parsed.get(*part).map(canonical_json) != rows_now.get(*part).map(canonical_json)
         })
@@ -211,6 +219,7 @@ fn check_rows(e: &ChainEntry, parsed: &Value) -> Result<(), String> {
         [] => return Ok(()),
         ["run"] => "the runs row",
         ["hosts"] => "its host or step results",
+        ["drift"] => "the drift findings it opened or resolved",
         _ => "the runs row and its host or step results",
     };
     Err(format!(

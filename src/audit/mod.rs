@@ -49,8 +49,9 @@ pub const KEY_FILE: &str = "daemon-ed25519.key";
 pub const KEY_COMMENT: &str = "plumb-daemon";
 /// `prev_hash` of the first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
-/// Version of the record layout (inside the signed JSON).
-pub const RECORD_VERSION: u64 = 1;
+/// Version of the record layout (inside the signed JSON). v2 adds the `drift` part: the drift
+/// findings the run opened and resolved (records of v1 have none, and are checked without it).
+pub const RECORD_VERSION: u64 = 2;
 
 /// Errors of the audit trail. Each has a stable [`code`](AuditError::code).
 #[derive(Debug, thiserror::Error)]

@@ -366,6 +366,7 @@ fn host_state(latest: Option<&HostLatest>, open_drift: usize) -> String {
         None => "unknown".into(),
         Some(S::Unreachable) => "unreachable".into(),
         Some(S::Failed) => "failed".into(),
+        Some(S::NotReached) => "not_reached".into(),
         Some(_) if open_drift > 0 => "drifted".into(),
         Some(S::Drifted) => "drifted".into(),
         Some(S::Converged | S::InSync) => "in_sync".into(),

@@ -14,7 +14,7 @@ use crate::model::{DriftMode, HumanDuration};
 use crate::render::DesiredHost;
 use crate::server::metrics::RunResult as MetricResult;
 use crate::source::RangeOptions;
-use crate::state::{NewRun, RunId, RunKind, RunResult, StepMeta, Trigger};
+use crate::state::{NewRun, Origin, RunId, RunKind, RunResult, Trigger};
 
 use super::env_task::{after_drift_check, Drifted, EnvState};
 use super::policy::{
@@ -175,8 +175,25 @@ impl Daemon {
         })?;
         let mut drifted = Drifted::new();
         let mut resources = Vec::new();
+        let baseline = Origin {
+            commit: base.commit.clone(),
+            signer: None,
+            run: None,
+        };
         for p in plans {
-            lock(&self.db).record_drift_check(&run, p)?;
+            {
+                let db = lock(&self.db);
+                let stored = db.step_origins(env, &p.host.name)?;
+                let desired = base
+                    .loaded
+                    .hosts
+                    .iter()
+                    .find(|h| h.host.name == p.host.name);
+                let (meta, _) = desired
+                    .map(|d| super::attribution::drift_meta(d, &stored, &baseline))
+                    .unwrap_or_default();
+                db.record_drift_check(&run, p, &meta)?;
+            }
             self.metrics
                 .set_host_reachable(env, &p.host.name, p.error.is_none());
             self.metrics
@@ -267,8 +284,23 @@ impl Daemon {
         .await;
         let mut changed = 0;
         let mut failed = Vec::new();
+        let baseline = Origin {
+            commit: base.commit.clone(),
+            signer: None,
+            run: None,
+        };
         for r in &runs {
-            lock(&self.db).record_host(&run, r, &StepMeta::default())?;
+            {
+                let db = lock(&self.db);
+                let stored = db.step_origins(env, &r.host.name)?;
+                let desired = targets.iter().find(|h| h.host.name == r.host.name);
+                let (meta, origins) = desired
+                    .map(|d| super::attribution::drift_meta(d, &stored, &baseline))
+                    .unwrap_or_default();
+                db.record_host(&run, r, &meta)?;
+                let applied = super::attribution::applied_origins(r, origins);
+                db.set_step_origins(env, &r.host.name, &applied)?;
+            }
             changed += r.changed();
             if r.status != HostStatus::Converged {
                 failed.push(r.host.name.clone());

@@ -37,6 +37,7 @@ use crate::server::{self, AppState, Metrics, Readiness, WebhookSecrets};
 use crate::source::Source;
 use crate::state::{self, StateDb, Trigger};
 
+mod attribution;
 pub mod audit_tail;
 pub mod config;
 pub mod console;

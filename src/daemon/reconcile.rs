@@ -13,7 +13,9 @@ use crate::render::DesiredHost;
 use crate::server::metrics::RefusalSource;
 use crate::source::policy::{short, VerifiedRange};
 use crate::source::{RangeOptions, Source};
-use crate::state::{NewRun, RunId, RunKind, RunResult, StepMeta};
+use crate::state::{NewRun, NotReached, NotReachedReason, Origin, RunId, RunKind, RunResult};
+
+use super::attribution::{RangeAttribution, MAX_RANGE_RENDERS};
 
 use super::env_task::{EnvState, Tip};
 use super::error::panic_message;
@@ -341,6 +343,7 @@ impl Daemon {
             }
         };
         let signer = signer_of(&range.tip_signer);
+        let attr = self.range_attribution(env, &range, last.is_some()).await;
         let run = lock(&self.db).begin_run(&NewRun {
             environment: env.to_string(),
             commit: Some(commit.clone()),
@@ -350,7 +353,7 @@ impl Daemon {
         })?;
         tracing::info!(environment = %env, commit = %tip, signer = %signer.principal, run = %run, "applying");
         let started = Instant::now();
-        let mut rollout = self.rollout(env, &run, &commit, &loaded).await?;
+        let mut rollout = self.rollout(env, &run, &commit, &loaded, &attr).await?;
         rollout.commits = range
             .commits
             .iter()
@@ -370,13 +373,64 @@ impl Daemon {
         Ok(Outcome::Failed(rollout))
     }
 
-    /// Applies hosts wave by wave; a failed host or health check stops the rollout.
+    /// The commits of `range` for attribution: the tip, and (after a first apply, when the
+    /// range holds several commits and at most [`MAX_RANGE_RENDERS`]) each earlier commit's
+    /// rendered steps, validated like any new commit. A commit that cannot be rendered has no
+    /// digests: a step is then attributed to a later commit.
+    async fn range_attribution(
+        &self,
+        env: &str,
+        range: &VerifiedRange,
+        applied_before: bool,
+    ) -> RangeAttribution {
+        let origin = |c: &crate::source::policy::VerifiedCommit| Origin {
+            commit: c.id.to_string(),
+            signer: Some(c.signer.principal.clone()),
+            run: None,
+        };
+        let tip = Origin {
+            commit: range.tip.to_string(),
+            signer: Some(range.tip_signer.principal.clone()),
+            run: None,
+        };
+        let earlier: Vec<_> = range.commits.iter().filter(|c| c.id != range.tip).collect();
+        if !applied_before || earlier.is_empty() || earlier.len() > MAX_RANGE_RENDERS {
+            return RangeAttribution::tip_only(tip);
+        }
+        let facts = self.facts_source(false);
+        let mut out = RangeAttribution::tip_only(tip);
+        for c in earlier {
+            let loaded = load_commit(
+                self.source.clone(),
+                self.checkouts_dir(),
+                c.id,
+                env,
+                self.validator.as_ref(),
+                &facts,
+                self.secrets.clone(),
+            )
+            .await;
+            let digests = match loaded {
+                Ok(l) => super::attribution::digests(&l.hosts),
+                Err(e) => {
+                    tracing::info!(environment = %env, commit = %c.id, reason = e.code(), "an earlier commit of the range does not render: its steps are attributed to later commits");
+                    Default::default()
+                }
+            };
+            out.earlier.push((origin(c), digests));
+        }
+        out
+    }
+
+    /// Applies hosts wave by wave; a failed host or health check stops the rollout. Hosts of
+    /// the waves after a stop are recorded as not reached.
     async fn rollout(
         &self,
         env: &str,
         run: &RunId,
         commit: &str,
         loaded: &Loaded,
+        attr: &RangeAttribution,
     ) -> Result<Rollout, DaemonError> {
         let plain: Vec<Host> = loaded.hosts.iter().map(|h| h.host.clone()).collect();
         // Hosts that left the inventory stop being reported.
@@ -402,14 +456,27 @@ impl Daemon {
             paused: false,
             rollback: RollbackFacts::default(),
         };
-        for wave in &waves {
+        for (n, wave) in waves.iter().enumerate() {
+            if let Some(reason) = &out.reason {
+                let hosts: Vec<String> = waves[n..]
+                    .iter()
+                    .flat_map(|w| w.hosts.iter().filter_map(|i| loaded.hosts.get(*i)))
+                    .map(|h| h.host.name.clone())
+                    .collect();
+                let why = NotReached {
+                    reason: NotReachedReason::WaveStopped,
+                    detail: format!("the rollout stopped before wave `{}`: {reason}", wave.name),
+                };
+                lock(&self.db).record_not_reached(run, &hosts, &why)?;
+                break;
+            }
             let members: Vec<&DesiredHost> = wave
                 .hosts
                 .iter()
                 .filter_map(|i| loaded.hosts.get(*i))
                 .collect();
             let summary = self
-                .roll_wave(env, run, wave, &members, loaded, &mut out)
+                .roll_wave(env, run, wave, &members, loaded, attr, &mut out)
                 .await?;
             let stop = stop_reason(&summary);
             out.waves.push(summary);
@@ -426,7 +493,7 @@ impl Daemon {
                 tracing::error!(environment = %env, wave = %wave.name, reason = %reason, "rollout stopped");
                 out.reason = Some(reason);
                 out.stopped_at_wave = Some(wave.name.clone());
-                break;
+                continue;
             }
             // Applied and healthy: this commit is now these hosts' last good one.
             let good = out
@@ -442,6 +509,7 @@ impl Daemon {
 
     /// Applies one wave's hosts (recording each), then runs its health checks when every
     /// host converged.
+    #[allow(clippy::too_many_arguments)]
     async fn roll_wave(
         &self,
         env: &str,
@@ -449,6 +517,7 @@ impl Daemon {
         wave: &super::waves::WavePlan,
         members: &[&DesiredHost],
         loaded: &Loaded,
+        attr: &RangeAttribution,
         out: &mut Rollout,
     ) -> Result<WaveSummary, DaemonError> {
         let (environment, repo) = (&loaded.environment, &loaded.repo);
@@ -465,8 +534,15 @@ impl Daemon {
         let mut failed = Vec::new();
         out.rollback.took_commit.clear();
         out.rollback.irreversible.clear();
-        for (_, r) in &runs {
-            lock(&self.db).record_host(run, r, &StepMeta::default())?;
+        for (h, r) in &runs {
+            {
+                let db = lock(&self.db);
+                let stored = db.step_origins(env, &h.host.name)?;
+                let (meta, origins) = attr.host_meta(h, &stored);
+                db.record_host(run, r, &meta)?;
+                let applied = super::attribution::applied_origins(r, origins);
+                db.set_step_origins(env, &h.host.name, &applied)?;
+            }
             note_taken(r, &mut out.rollback);
             self.metrics
                 .set_host_reachable(env, &r.host.name, r.status != HostStatus::Unreachable);

@@ -49,7 +49,42 @@ fn rows_value(c: &Connection, path: &Path, run_id: &str) -> Result<Option<Value>
         return Ok(None);
     };
     let hosts = serde_json::to_value(read_hosts(c, path, run_id)?).unwrap_or(Value::Null);
-    Ok(Some(json!({ "run": run, "hosts": hosts })))
+    let drift = drift_events(c, path, run_id)?;
+    Ok(Some(json!({ "run": run, "hosts": hosts, "drift": drift })))
+}
+
+/// The drift findings a run opened and resolved, by id: what of a finding never changes once
+/// that run is signed (where and when it was first seen, when and by which run it was
+/// resolved). Its evidence as last seen (change, fields, diff) is the step row of the run that
+/// last saw it, checked by [`StateDb::verify_findings`].
+fn drift_events(c: &Connection, path: &Path, run_id: &str) -> Result<Value, StateError> {
+    let mut stmt = c.prepare_cached(
+        "SELECT id, host, address, first_seen, first_run_id, resolved_at, resolved_run_id
+         FROM drift_findings WHERE first_run_id = ?1 OR resolved_run_id = ?1 ORDER BY id",
+    )?;
+    let rows = collect_typed(
+        &mut stmt,
+        params![run_id],
+        (path, "drift_findings", "id"),
+        |at, r| {
+            let opened = at.get::<Option<String>>(r, "first_run_id")?.as_deref() == Some(run_id);
+            let resolved =
+                at.get::<Option<String>>(r, "resolved_run_id")?.as_deref() == Some(run_id);
+            let mut v = json!({
+                "id": at.get::<i64>(r, "id")?,
+                "host": at.get::<String>(r, "host")?,
+                "address": at.get::<String>(r, "address")?,
+            });
+            if opened {
+                v["opened_at"] = json!(at.get::<i64>(r, "first_seen")?);
+            }
+            if resolved {
+                v["resolved_at"] = json!(at.get::<Option<i64>>(r, "resolved_at")?);
+            }
+            Ok(v)
+        },
+    )?;
+    Ok(Value::Array(rows))
 }
 
 impl StateDb {
@@ -204,6 +239,37 @@ impl StateDb {
             };
             return Ok((Err(e), records));
         }
+        if let Some(e) = self.verify_findings().map_err(|e| self.err(e))? {
+            return Ok((Err(e), records));
+        }
         Ok((verifier.finish(), records))
+    }
+
+    /// Each drift finding's evidence (change, fields, diff) is what the signed step row of
+    /// the run that last saw it says; the first finding that differs is a broken chain.
+    pub(crate) fn verify_findings(&self) -> Result<Option<AuditError>, StateError> {
+        let edited: Option<(i64, String)> = self
+            .conn
+            .query_row(
+                "SELECT f.id, f.run_id FROM drift_findings f
+                 WHERE f.run_id IS NOT NULL
+                 AND EXISTS (SELECT 1 FROM host_results h
+                     WHERE h.run_id = f.run_id AND h.host = f.host)
+                 AND NOT EXISTS (SELECT 1 FROM step_results s
+                     WHERE s.run_id = f.run_id AND s.host = f.host AND s.address = f.address
+                     AND s.change_kind = f.change_kind AND s.fields = f.fields
+                     AND s.diff IS f.diff AND s.cause IS f.cause)
+                 ORDER BY f.id LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        Ok(edited.map(|(id, run_id)| AuditError::Broken {
+            run_id,
+            seq: 0,
+            reason: format!(
+                "drift finding {id} differs from the signed step result of the run that last saw it: the database was edited after signing"
+            ),
+        }))
     }
 }

@@ -114,7 +114,7 @@ impl StateDb {
         let read = || {
             let mut stmt = self.conn.prepare_cached(
                 "SELECT id, environment, host, address, change_kind, fields, first_seen,
-                    last_seen, resolved_at, run_id, first_run_id, resolved_run_id
+                    last_seen, resolved_at, run_id, first_run_id, resolved_run_id, diff, cause
                  FROM drift_findings
                  WHERE (?1 IS NULL OR environment = ?1) AND (?2 IS NULL OR host = ?2)
                    AND (?3 = 'any' OR (?3 = 'open') = (resolved_at IS NULL))
@@ -144,6 +144,8 @@ impl StateDb {
                         run_id: at.get::<Option<String>>(r, "run_id")?.map(RunId),
                         first_run_id: at.get::<Option<String>>(r, "first_run_id")?.map(RunId),
                         resolved_run_id: at.get::<Option<String>>(r, "resolved_run_id")?.map(RunId),
+                        diff: at.get(r, "diff")?,
+                        cause: at.parse_opt(r, "cause", false)?,
                     })
                 },
             )

@@ -8,7 +8,7 @@ use rusqlite::{params, Connection, Row};
 use super::error::RowAt;
 use super::filter::{DriftFilter, DriftState};
 use super::query::collect_typed;
-use super::types::{enum_text, DriftFinding, HostRecord, RunId};
+use super::types::{enum_text, Cause, DriftFinding, HostRecord, RunId};
 use super::{json_text, now_ms, StateDb, StateError};
 use crate::modules::{ChangeKind, FieldChange};
 
@@ -19,30 +19,40 @@ struct Resource<'a> {
     address: &'a str,
 }
 
+/// What a drift check saw of one resource.
+struct Seen<'a> {
+    change: ChangeKind,
+    fields: &'a [FieldChange],
+    diff: Option<&'a str>,
+    cause: Option<Cause>,
+}
+
 fn upsert(
     c: &Connection,
     run: &RunId,
     at: &Resource<'_>,
-    change: ChangeKind,
-    fields: &[FieldChange],
+    seen: &Seen<'_>,
     now: i64,
 ) -> Result<i64, StateError> {
     let id = c.query_row(
         "INSERT INTO drift_findings (environment, host, address, change_kind, fields,
-            first_seen, last_seen, run_id, first_run_id)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?7)
+            first_seen, last_seen, run_id, first_run_id, diff, cause)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?7, ?8, ?9)
          ON CONFLICT (environment, host, address) WHERE resolved_at IS NULL
          DO UPDATE SET change_kind = excluded.change_kind, fields = excluded.fields,
-            last_seen = excluded.last_seen, run_id = excluded.run_id
+            last_seen = excluded.last_seen, run_id = excluded.run_id, diff = excluded.diff,
+            cause = excluded.cause
          RETURNING id",
         params![
             at.env,
             at.host,
             at.address,
-            enum_text(&change),
-            json_text(&fields),
+            enum_text(&seen.change),
+            json_text(&seen.fields),
             now,
-            run.0
+            run.0,
+            seen.diff,
+            seen.cause
         ],
         |r| r.get(0),
     )?;
@@ -93,7 +103,13 @@ pub(crate) fn sync_findings(
                 host: &host.host,
                 address: &s.address,
             };
-            upsert(c, run, &at, kind, &s.fields, now)?;
+            let seen = Seen {
+                change: kind,
+                fields: &s.fields,
+                diff: s.diff.as_deref(),
+                cause: s.cause,
+            };
+            upsert(c, run, &at, &seen, now)?;
         }
     }
     let open: Vec<String> = c
@@ -115,7 +131,7 @@ pub(crate) fn sync_findings(
 }
 
 const FINDING_COLUMNS: &str = "id, environment, host, address, change_kind, fields, first_seen,
-    last_seen, resolved_at, run_id, first_run_id, resolved_run_id";
+    last_seen, resolved_at, run_id, first_run_id, resolved_run_id, diff, cause";
 
 fn finding(at: &RowAt<'_>, r: &Row<'_>) -> Result<DriftFinding, StateError> {
     let run = |col: &str| -> Result<Option<RunId>, StateError> {
@@ -134,6 +150,8 @@ fn finding(at: &RowAt<'_>, r: &Row<'_>) -> Result<DriftFinding, StateError> {
         run_id: run("run_id")?,
         first_run_id: run("first_run_id")?,
         resolved_run_id: run("resolved_run_id")?,
+        diff: at.get(r, "diff")?,
+        cause: at.parse_opt(r, "cause", false)?,
     })
 }
 
@@ -200,7 +218,13 @@ impl StateDb {
         fields: &[FieldChange],
     ) -> Result<i64, StateError> {
         let at = Resource { env, host, address };
-        self.write(|c, _| upsert(c, run, &at, change, fields, now_ms()))
+        let seen = Seen {
+            change,
+            fields,
+            diff: None,
+            cause: None,
+        };
+        self.write(|c, _| upsert(c, run, &at, &seen, now_ms()))
     }
 
     /// Resolves the open finding of a resource; false when there was none.

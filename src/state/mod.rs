@@ -39,21 +39,24 @@ mod drift;
 mod error;
 pub mod filter;
 mod open;
+mod origins;
 mod query;
 pub mod report;
 mod rollback;
 pub mod schema;
 mod types;
-mod write;
+pub(crate) mod write;
 
 pub use error::StateError;
 pub use filter::{DriftFilter, DriftState, FilterError, FilterLimits, RunFilter};
 pub use open::{check_not_reset, MIRROR_DIR};
+pub use origins::StepOrigin;
 pub use rollback::LastGood;
 pub use schema::SCHEMA_VERSION;
 pub use types::{
-    AuditHead, DriftFinding, HostRecord, HostResultStatus, LastApplied, NewRun, RunDetail, RunId,
-    RunKind, RunRecord, RunResult, Signer, StepMeta, StepRecord, StepResultStatus, Trigger,
+    Attribution, AuditHead, Cause, DriftFinding, HostRecord, HostResultStatus, LastApplied, NewRun,
+    NotReached, NotReachedReason, Origin, RunDetail, RunEvent, RunEventKind, RunId, RunKind,
+    RunRecord, RunResult, Signer, StepMeta, StepRecord, StepResultStatus, Trigger,
 };
 
 /// The database file under the state directory.

@@ -75,12 +75,18 @@ pub(crate) fn read_hosts(
     run_id: &str,
 ) -> Result<Vec<HostRecord>, StateError> {
     let mut hosts = c.prepare_cached(
-        "SELECT id, host, status, error, changed, in_sync, duration_ms, round_trips
+        "SELECT id, host, status, error, changed, in_sync, duration_ms, round_trips,
+            started_at, finished_at, not_reached
          FROM host_results WHERE run_id = ?1 ORDER BY id",
     )?;
     let mut steps = c.prepare_cached(
-        "SELECT id, address, module, status, change_kind, fields, error, duration_ms, drift
+        "SELECT id, address, module, status, change_kind, fields, error, duration_ms, drift,
+            cause, origin, diff
          FROM step_results WHERE run_id = ?1 AND host = ?2 ORDER BY id",
+    )?;
+    let mut events = c.prepare_cached(
+        "SELECT id, kind, address, ok, error FROM run_events
+         WHERE run_id = ?1 AND host = ?2 ORDER BY id",
     )?;
     let at = (path, "host_results", "id");
     let mut out: Vec<HostRecord> = collect_typed(&mut hosts, params![run_id], at, |at, r| {
@@ -93,9 +99,22 @@ pub(crate) fn read_hosts(
             duration_ms: at.count(r, "duration_ms")?,
             round_trips: at.parse(r, "round_trips", true)?,
             steps: Vec::new(),
+            started_at: at.get(r, "started_at")?,
+            finished_at: at.get(r, "finished_at")?,
+            not_reached: at.parse_opt(r, "not_reached", true)?,
+            events: Vec::new(),
         })
     })?;
     for h in &mut out {
+        let at = (path, "run_events", "id");
+        h.events = collect_typed(&mut events, params![run_id, h.host], at, |at, r| {
+            Ok(crate::state::types::RunEvent {
+                kind: at.parse(r, "kind", false)?,
+                address: at.get(r, "address")?,
+                ok: at.get(r, "ok")?,
+                error: at.get(r, "error")?,
+            })
+        })?;
         let at = (path, "step_results", "id");
         h.steps = collect_typed(&mut steps, params![run_id, h.host], at, |at, r| {
             Ok(StepRecord {
@@ -107,6 +126,9 @@ pub(crate) fn read_hosts(
                 error: at.get(r, "error")?,
                 duration_ms: at.count(r, "duration_ms")?,
                 drift: at.get(r, "drift")?,
+                cause: at.parse_opt(r, "cause", false)?,
+                origin: at.parse_opt(r, "origin", true)?,
+                diff: at.get(r, "diff")?,
             })
         })?;
     }

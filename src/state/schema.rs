@@ -239,7 +239,46 @@ CREATE INDEX runs_unfinished ON runs (id) WHERE finished_at IS NULL;
 CREATE UNIQUE INDEX runs_by_chain ON runs (chain_seq) WHERE chain_seq IS NOT NULL;
 "#;
 
-pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
+// audit
+/// v6 (issue 19, auditors): per step, its classification (`intended | corrective | manual`),
+/// the commit (and signer) or manual run it is attributed to, and the bounded diff of a
+/// non-sensitive file's drift; per host, start and finish times and why a rollout did not
+/// reach it; the events of a run (handler refreshes); the commit that last changed each
+/// step's desired state (`step_origins`, with the digest of that desired state, and the manual
+/// run that changed the step on the host since); the diff of a drift finding.
+const V6: &str = r#"
+ALTER TABLE step_results ADD COLUMN cause TEXT;
+ALTER TABLE step_results ADD COLUMN origin TEXT;          -- JSON Origin
+ALTER TABLE step_results ADD COLUMN diff TEXT;
+ALTER TABLE host_results ADD COLUMN started_at INTEGER;
+ALTER TABLE host_results ADD COLUMN finished_at INTEGER;
+ALTER TABLE host_results ADD COLUMN not_reached TEXT;     -- JSON NotReached
+ALTER TABLE drift_findings ADD COLUMN diff TEXT;
+ALTER TABLE drift_findings ADD COLUMN cause TEXT;
+
+CREATE TABLE run_events (
+    id       INTEGER PRIMARY KEY,
+    run_id   TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+    host     TEXT NOT NULL,
+    kind     TEXT NOT NULL,           -- RunEventKind
+    address  TEXT NOT NULL,
+    ok       INTEGER NOT NULL,
+    error    TEXT
+);
+CREATE INDEX run_events_by_run ON run_events (run_id, host);
+
+CREATE TABLE step_origins (
+    environment TEXT NOT NULL,
+    host        TEXT NOT NULL,
+    address     TEXT NOT NULL,
+    digest      TEXT NOT NULL,        -- sha256 of the step's rendered desired state
+    origin      TEXT NOT NULL,        -- JSON Origin: the commit that last changed it
+    manual      TEXT,                 -- JSON Origin of a manual run that changed it since
+    PRIMARY KEY (environment, host, address)
+);
+"#;
+
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6];
 
 /// The schema version this plumb writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -1,7 +1,7 @@
 //! What the state database stores and returns. Statuses are enums whose stored text is their
 //! serde name (snake_case): one derive, no hand mapping.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use rusqlite::types::{ToSql, ToSqlOutput};
 use schemars::JsonSchema;
@@ -54,6 +54,9 @@ pub enum RunKind {
     /// Hosts of a failed wave brought back to their last good commit (a roll-forward to the
     /// old desired state).
     Rollback,
+    /// `plumb apply` run by a person (recorded with `--state`): local user, SSH identity,
+    /// commit or uncommitted tree.
+    Manual,
 }
 
 /// What started a run.
@@ -96,6 +99,79 @@ pub enum HostResultStatus {
     InSync,
     /// Drift check: something differs.
     Drifted,
+    /// The rollout never reached the host (see [`HostRecord::not_reached`]).
+    NotReached,
+}
+
+/// Why a step changed (or differs from the repo).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Cause {
+    /// A commit changed the step's desired state.
+    Intended,
+    /// The host had drifted from a state plumb had already applied.
+    Corrective,
+    /// A manual `plumb apply` changed it (see the origin's run).
+    Manual,
+}
+
+/// What a step's desired state (or its state on the host) is attributed to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Origin {
+    /// The commit; `uncommitted:<tree hash>` for a manual apply from a dirty checkout.
+    pub commit: String,
+    /// The commit's signer (principal); for a manual run, the local user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer: Option<String>,
+    /// The manual run that made the change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<RunId>,
+}
+
+/// A step change's classification and attribution.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attribution {
+    pub cause: Cause,
+    pub origin: Option<Origin>,
+}
+
+/// Why a rollout did not reach a host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NotReachedReason {
+    /// An earlier wave failed or paused; later waves were not started.
+    WaveStopped,
+    /// The commit was quarantined before this host's turn.
+    Quarantined,
+    /// Left out by `--limit`.
+    Limited,
+}
+
+/// A host the run did not reach, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct NotReached {
+    pub reason: NotReachedReason,
+    /// One line: which wave stopped and why, the limit given.
+    pub detail: String,
+}
+
+/// What kind of event a run recorded besides step changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RunEventKind {
+    /// A handler refresh (restart, reload, run) caused by `notify`.
+    Refresh,
+}
+
+/// An event of a run on one host (a handler refresh).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct RunEvent {
+    pub kind: RunEventKind,
+    /// The refreshed step.
+    pub address: String,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// What happened to one step that got a row (in-sync steps are only counted).
@@ -114,7 +190,9 @@ stored_enum!(
     Trigger,
     RunResult,
     HostResultStatus,
-    StepResultStatus
+    StepResultStatus,
+    Cause,
+    RunEventKind
 );
 
 /// A run id: 26 characters of Crockford base32 (48 bits of milliseconds, 80 random bits),
@@ -167,12 +245,23 @@ pub struct NewRun {
 #[derive(Debug, Clone, Default)]
 pub struct StepMeta {
     pub(crate) drift: HashSet<String>,
+    /// Each step's classification and attribution, by address.
+    pub(crate) attribution: HashMap<String, Attribution>,
 }
 
 impl StepMeta {
     /// Marks a step's change as drift.
     pub fn mark_drift(&mut self, address: &str) {
         self.drift.insert(address.to_string());
+    }
+
+    /// Classifies a step's change and names what it is attributed to. A `corrective` or
+    /// `manual` change is drift.
+    pub fn attribute(&mut self, address: &str, a: Attribution) {
+        if a.cause != Cause::Intended {
+            self.mark_drift(address);
+        }
+        self.attribution.insert(address.to_string(), a);
     }
 }
 
@@ -215,6 +304,17 @@ pub struct HostRecord {
     pub round_trips: Value,
     /// Steps that changed, drifted, failed or were skipped.
     pub steps: Vec<StepRecord>,
+    /// When plumb started and finished with the host (unix milliseconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<i64>,
+    /// Set when the rollout did not reach the host (status `not_reached`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_reached: Option<NotReached>,
+    /// Handler refreshes (restarts, reloads) the run made on the host.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<RunEvent>,
 }
 
 /// One step's result. Serialised, it is a step of the signed audit record.
@@ -230,6 +330,15 @@ pub struct StepRecord {
     pub duration_ms: u64,
     /// This difference was drift, not an intended change.
     pub drift: bool,
+    /// `intended` (a commit changed it), `corrective` (the host had drifted) or `manual`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<Cause>,
+    /// The commit (and signer) that last changed the step's desired state, or the manual run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<Origin>,
+    /// Drift on a non-sensitive file: the bounded unified diff, observed → desired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diff: Option<String>,
 }
 
 /// A run with its host and step results.
@@ -265,4 +374,10 @@ pub struct DriftFinding {
     pub first_run_id: Option<RunId>,
     /// The run that found it gone (corrected, reverted by hand, or no longer declared).
     pub resolved_run_id: Option<RunId>,
+    /// The bounded unified diff (observed → desired) of a non-sensitive file, as last seen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diff: Option<String>,
+    /// `corrective` (anonymous drift) or `manual` (a recorded `plumb apply` did it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<Cause>,
 }

@@ -6,8 +6,8 @@ use serde_json::Value;
 
 use super::query::collect_rows;
 use super::types::{
-    HostRecord, HostResultStatus, NewRun, RunId, RunKind, RunResult, StepMeta, StepRecord,
-    StepResultStatus, Trigger,
+    Cause, HostRecord, HostResultStatus, NewRun, NotReached, RunEvent, RunEventKind, RunId,
+    RunKind, RunResult, StepMeta, StepRecord, StepResultStatus, Trigger,
 };
 use super::{json_text, ms, now_ms, StateDb, StateError};
 use crate::engine::{HostError, HostPlan, HostRun, HostStatus, StepStatus};
@@ -34,6 +34,44 @@ fn count(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
+/// The most of a diff a row keeps (the rest is cut, saying so).
+pub const MAX_STORED_DIFF: usize = 16 * 1024;
+
+/// The bounded unified diff (observed → desired) of a non-sensitive file step's change; the
+/// engine removed the content of sensitive steps, so they have none.
+pub(crate) fn bounded_diff(
+    step: &crate::engine::StepRef,
+    c: &crate::modules::Change,
+) -> Option<String> {
+    if step.sensitive {
+        return None;
+    }
+    let mut d = crate::report::plan::content_diff(&step.target, c)?;
+    if d.len() > MAX_STORED_DIFF {
+        let mut cut = MAX_STORED_DIFF;
+        while !d.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        d.truncate(cut);
+        d.push_str("\n(diff cut at 16 KiB)\n");
+    }
+    Some(d)
+}
+
+/// Cause and origin of a step's change as `meta` says, else the run kind's default: drift in
+/// a correction or drift check is `corrective`; an apply's change is `intended`.
+fn attribution(
+    meta: &StepMeta,
+    address: &str,
+    all_drift: bool,
+) -> (Option<Cause>, Option<super::types::Origin>) {
+    match meta.attribution.get(address) {
+        Some(a) => (Some(a.cause), a.origin.clone()),
+        None if all_drift || meta.drift.contains(address) => (Some(Cause::Corrective), None),
+        None => (None, None),
+    }
+}
+
 /// The host and step rows of an apply (kinds `apply` and `correction`): only steps that are
 /// not in sync get a row; fields of sensitive (or unknown) steps are redacted.
 fn apply_record(host: &HostRun, meta: &StepMeta, all_drift: bool) -> HostRecord {
@@ -57,8 +95,28 @@ fn apply_record(host: &HostRun, meta: &StepMeta, all_drift: bool) -> HostRecord 
                 error: s.error.clone(),
                 duration_ms: s.duration_ms,
                 drift: s.change.is_some() && (all_drift || meta.drift.contains(&address)),
+                cause: s
+                    .change
+                    .as_ref()
+                    .and_then(|_| attribution(meta, &address, all_drift).0),
+                origin: s
+                    .change
+                    .as_ref()
+                    .and_then(|_| attribution(meta, &address, all_drift).1),
+                diff: s.change.as_ref().and_then(|c| bounded_diff(&s.step, c)),
                 address,
             }
+        })
+        .collect();
+    let now = now_ms();
+    let events = host
+        .handlers
+        .iter()
+        .map(|h| RunEvent {
+            kind: RunEventKind::Refresh,
+            address: h.step.address.to_string(),
+            ok: h.ok,
+            error: h.error.clone(),
         })
         .collect();
     HostRecord {
@@ -74,30 +132,45 @@ fn apply_record(host: &HostRun, meta: &StepMeta, all_drift: bool) -> HostRecord 
         duration_ms: u64::try_from(ms(host.duration)).unwrap_or(0),
         round_trips: serde_json::to_value(host.round_trips).unwrap_or(Value::Null),
         steps,
+        started_at: Some(now.saturating_sub(ms(host.duration))),
+        finished_at: Some(now),
+        not_reached: None,
+        events,
     }
 }
 
 /// The host and step rows of a drift check: drifted steps (marked drift) and steps whose
 /// probe failed; fields of sensitive steps are redacted.
-fn drift_record(plan: &HostPlan) -> HostRecord {
+fn drift_record(plan: &HostPlan, meta: &StepMeta) -> HostRecord {
     let steps = plan
         .steps
         .iter()
         .filter_map(|s| {
-            let (status, change, fields, error) = match &s.change {
+            let (status, change, fields, error, diff) = match &s.change {
                 Ok(ch) if ch.is_change() => {
                     let fields = if s.step.sensitive {
                         redact(&ch.fields)
                     } else {
                         ch.fields.clone()
                     };
-                    (StepResultStatus::Drifted, Some(ch.kind), fields, None)
+                    let diff = bounded_diff(&s.step, ch);
+                    (StepResultStatus::Drifted, Some(ch.kind), fields, None, diff)
                 }
                 Ok(_) => return None,
-                Err(e) => (StepResultStatus::Failed, None, Vec::new(), Some(e.clone())),
+                Err(e) => (
+                    StepResultStatus::Failed,
+                    None,
+                    Vec::new(),
+                    Some(e.clone()),
+                    None,
+                ),
+            };
+            let address = s.step.address.to_string();
+            let (cause, origin) = match change {
+                Some(_) => attribution(meta, &address, true),
+                None => (None, None),
             };
             Some(StepRecord {
-                address: s.step.address.to_string(),
                 module: s.step.module.to_string(),
                 status,
                 drift: change.is_some(),
@@ -105,9 +178,14 @@ fn drift_record(plan: &HostPlan) -> HostRecord {
                 fields,
                 error,
                 duration_ms: 0,
+                cause,
+                origin,
+                diff,
+                address,
             })
         })
         .collect();
+    let now = now_ms();
     let status = match &plan.error {
         Some(HostError::Unreachable(_)) => HostResultStatus::Unreachable,
         Some(_) => HostResultStatus::Failed,
@@ -128,14 +206,18 @@ fn drift_record(plan: &HostPlan) -> HostRecord {
         duration_ms: u64::try_from(ms(plan.duration)).unwrap_or(0),
         round_trips: serde_json::to_value(plan.round_trips).unwrap_or(Value::Null),
         steps,
+        started_at: Some(now.saturating_sub(ms(plan.duration))),
+        finished_at: Some(now),
+        not_reached: None,
+        events: Vec::new(),
     }
 }
 
 fn insert_host(c: &Connection, run: &RunId, h: &HostRecord) -> Result<(), StateError> {
     c.execute(
         "INSERT INTO host_results (run_id, host, status, error, changed, in_sync,
-            duration_ms, round_trips)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            duration_ms, round_trips, started_at, finished_at, not_reached)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         params![
             run.0,
             h.host,
@@ -144,13 +226,23 @@ fn insert_host(c: &Connection, run: &RunId, h: &HostRecord) -> Result<(), StateE
             count(h.changed),
             count(h.in_sync),
             i64::try_from(h.duration_ms).unwrap_or(i64::MAX),
-            json_text(&h.round_trips)
+            json_text(&h.round_trips),
+            h.started_at,
+            h.finished_at,
+            h.not_reached.as_ref().map(json_text)
         ],
     )?;
+    let mut events = c.prepare_cached(
+        "INSERT INTO run_events (run_id, host, kind, address, ok, error)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    for e in &h.events {
+        events.execute(params![run.0, h.host, e.kind, e.address, e.ok, e.error])?;
+    }
     let mut stmt = c.prepare_cached(
         "INSERT INTO step_results (run_id, host, address, module, status, change_kind,
-            fields, error, duration_ms, drift)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            fields, error, duration_ms, drift, cause, origin, diff)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
     )?;
     for s in &h.steps {
         stmt.execute(params![
@@ -163,7 +255,10 @@ fn insert_host(c: &Connection, run: &RunId, h: &HostRecord) -> Result<(), StateE
             json_text(&s.fields),
             s.error,
             i64::try_from(s.duration_ms).unwrap_or(i64::MAX),
-            s.drift
+            s.drift,
+            s.cause,
+            s.origin.as_ref().map(json_text),
+            s.diff
         ])?;
     }
     Ok(())
@@ -237,15 +332,50 @@ impl StateDb {
     /// Records one host's drift check: drifted steps get a row (marked drift) and an open
     /// finding (created or refreshed); when the host was observed, open findings of steps now
     /// in sync (or no longer declared) are resolved. Steps whose probe failed keep theirs.
-    pub fn record_drift_check(&self, run: &RunId, plan: &HostPlan) -> Result<(), StateError> {
+    pub fn record_drift_check(
+        &self,
+        run: &RunId,
+        plan: &HostPlan,
+        meta: &StepMeta,
+    ) -> Result<(), StateError> {
         self.write(|c, _| {
             let (env, _) = self.open_run(c, run)?;
-            let record = drift_record(plan);
+            let record = drift_record(plan, meta);
             insert_host(c, run, &record)?;
             if plan.error.is_some() {
                 return Ok(());
             }
             super::drift::sync_findings(c, run, &env, &record, now_ms())
+        })
+    }
+
+    /// Records hosts the run did not reach (status `not_reached`) and why.
+    pub fn record_not_reached(
+        &self,
+        run: &RunId,
+        hosts: &[String],
+        why: &NotReached,
+    ) -> Result<(), StateError> {
+        self.write(|c, _| {
+            self.open_run(c, run)?;
+            for host in hosts {
+                let record = HostRecord {
+                    host: host.clone(),
+                    status: HostResultStatus::NotReached,
+                    error: None,
+                    changed: 0,
+                    in_sync: 0,
+                    duration_ms: 0,
+                    round_trips: Value::Null,
+                    steps: Vec::new(),
+                    started_at: None,
+                    finished_at: None,
+                    not_reached: Some(why.clone()),
+                    events: Vec::new(),
+                };
+                insert_host(c, run, &record)?;
+            }
+            Ok(())
         })
     }
 

@@ -355,10 +355,10 @@ fn raw_rows(db: &StateDb, id: &str) -> Value {
         .unwrap();
     let mut hosts = Vec::new();
     let mut hs = c
-        .prepare("SELECT host, status, error, changed, in_sync, duration_ms, round_trips FROM host_results WHERE run_id = ?1 ORDER BY id")
+        .prepare("SELECT host, status, error, changed, in_sync, duration_ms, round_trips, started_at, finished_at FROM host_results WHERE run_id = ?1 ORDER BY id")
         .unwrap();
     let mut ss = c
-        .prepare("SELECT address, module, status, change_kind, fields, error, duration_ms, drift FROM step_results WHERE run_id = ?1 AND host = ?2 ORDER BY id")
+        .prepare("SELECT address, module, status, change_kind, fields, error, duration_ms, drift, cause FROM step_results WHERE run_id = ?1 AND host = ?2 ORDER BY id")
         .unwrap();
     let rows: Vec<(String, Value)> = hs
         .query_map([id], |r| {
@@ -369,6 +369,7 @@ fn raw_rows(db: &StateDb, id: &str) -> Value {
                     "error": r.get::<_, Option<String>>(2)?, "changed": r.get::<_, i64>(3)?,
                     "in_sync": r.get::<_, i64>(4)?, "duration_ms": r.get::<_, i64>(5)?,
                     "round_trips": serde_json::from_str::<Value>(&r.get::<_, String>(6)?).unwrap(),
+                    "started_at": r.get::<_, i64>(7)?, "finished_at": r.get::<_, i64>(8)?,
                 }),
             ))
         })
@@ -383,11 +384,17 @@ fn raw_rows(db: &StateDb, id: &str) -> Value {
                     "status": r.get::<_, String>(2)?, "change": r.get::<_, Option<String>>(3)?,
                     "fields": serde_json::from_str::<Value>(&r.get::<_, String>(4)?).unwrap(),
                     "error": r.get::<_, Option<String>>(5)?, "duration_ms": r.get::<_, i64>(6)?,
-                    "drift": r.get::<_, bool>(7)?,
+                    "drift": r.get::<_, bool>(7)?, "cause": r.get::<_, Option<String>>(8)?,
                 }))
             })
             .unwrap()
             .map(Result::unwrap)
+            .map(|mut s: Value| {
+                if s["cause"].is_null() {
+                    s.as_object_mut().unwrap().remove("cause");
+                }
+                s
+            })
             .collect();
         h["steps"] = Value::Array(steps);
         hosts.push(h);
@@ -409,7 +416,7 @@ fn signed_records_are_the_stored_rows_as_before() {
     db.finish_run(&a, RunResult::Failed, &json!({"wave": 1}))
         .unwrap();
     let d = db.begin_run(&super::new_run(RunKind::DriftCheck)).unwrap();
-    db.record_drift_check(&d, &super::plan("web2", &["base/a"]))
+    db.record_drift_check(&d, &super::plan("web2", &["base/a"]), &meta())
         .unwrap();
     db.finish_run(&d, RunResult::DriftFound, &json!({}))
         .unwrap();

@@ -16,7 +16,7 @@ fn fixture(dir: &std::path::Path) -> (StateDb, RunId) {
         .unwrap();
     db.set_last_applied("prod", "abc", &id).unwrap();
     let d = db.begin_run(&new_run(RunKind::DriftCheck)).unwrap();
-    db.record_drift_check(&d, &plan("web2", &["base/a"]))
+    db.record_drift_check(&d, &plan("web2", &["base/a"]), &meta())
         .unwrap();
     (db, id)
 }

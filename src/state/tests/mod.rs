@@ -321,7 +321,7 @@ fn drift_findings_open_refresh_resolve() {
     let dir = private_tmp();
     let db = StateDb::open(dir.path()).unwrap();
     let r1 = db.begin_run(&new_run(RunKind::DriftCheck)).unwrap();
-    db.record_drift_check(&r1, &plan("web1", &["base/a", "base/b"]))
+    db.record_drift_check(&r1, &plan("web1", &["base/a", "base/b"]), &meta())
         .unwrap();
     db.finish_run(&r1, RunResult::DriftFound, &json!({}))
         .unwrap();
@@ -336,7 +336,7 @@ fn drift_findings_open_refresh_resolve() {
 
     std::thread::sleep(Duration::from_millis(3));
     let r2 = db.begin_run(&new_run(RunKind::DriftCheck)).unwrap();
-    db.record_drift_check(&r2, &plan("web1", &["base/a"]))
+    db.record_drift_check(&r2, &plan("web1", &["base/a"]), &meta())
         .unwrap();
     let open2 = db.open_drift("prod").unwrap();
     assert_eq!(open2.len(), 1, "base/b is back in sync");
@@ -350,7 +350,7 @@ fn drift_findings_open_refresh_resolve() {
     down.steps.clear();
     down.error = Some(HostError::Script("boom".into()));
     let r3 = db.begin_run(&new_run(RunKind::DriftCheck)).unwrap();
-    db.record_drift_check(&r3, &down).unwrap();
+    db.record_drift_check(&r3, &down, &meta()).unwrap();
     assert_eq!(db.open_drift("prod").unwrap().len(), 1);
 
     // A converged correction resolves the host's findings.
@@ -410,7 +410,7 @@ fn sensitive_steps_are_stored_redacted() {
     let mut plan = plan("web1", &["base/secret"]);
     plan.steps[0].step.sensitive = true;
     let r = db.begin_run(&new_run(RunKind::DriftCheck)).unwrap();
-    db.record_drift_check(&r, &plan).unwrap();
+    db.record_drift_check(&r, &plan, &meta()).unwrap();
     assert_eq!(
         db.open_drift("prod").unwrap()[0].fields[0].from.as_deref(),
         Some("(sensitive)")
@@ -556,6 +556,7 @@ fn run_ids_sort_by_time() {
     assert!(a.0.chars().all(|c| c.is_ascii_alphanumeric()));
 }
 
+mod attribution;
 mod chain;
 mod corrupt;
 mod private;
@@ -692,7 +693,8 @@ fn run_filters_select_by_host_commit_signer_kind_result_and_time() {
         .unwrap();
     db.finish_run(&b, RunResult::Failed, &json!({})).unwrap();
     let c = db.begin_run(&new_run(RunKind::DriftCheck)).unwrap();
-    db.record_drift_check(&c, &plan("web1", &[])).unwrap();
+    db.record_drift_check(&c, &plan("web1", &[]), &meta())
+        .unwrap();
 
     let ids =
         |f: RunFilter| -> Vec<RunId> { db.runs(&f).unwrap().into_iter().map(|r| r.id).collect() };
@@ -756,14 +758,14 @@ fn drift_history_lists_open_and_resolved_findings() {
     let dir = private_tmp();
     let db = StateDb::open(dir.path()).unwrap();
     let r1 = db.begin_run(&new_run(RunKind::DriftCheck)).unwrap();
-    db.record_drift_check(&r1, &plan("web1", &["base/a", "base/b"]))
+    db.record_drift_check(&r1, &plan("web1", &["base/a", "base/b"]), &meta())
         .unwrap();
-    db.record_drift_check(&r1, &plan("web2", &["base/a"]))
+    db.record_drift_check(&r1, &plan("web2", &["base/a"]), &meta())
         .unwrap();
     db.finish_run(&r1, RunResult::DriftFound, &json!({}))
         .unwrap();
     let r2 = db.begin_run(&new_run(RunKind::DriftCheck)).unwrap();
-    db.record_drift_check(&r2, &plan("web1", &["base/a"]))
+    db.record_drift_check(&r2, &plan("web1", &["base/a"]), &meta())
         .unwrap();
     db.finish_run(&r2, RunResult::DriftFound, &json!({}))
         .unwrap();
