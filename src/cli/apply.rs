@@ -7,11 +7,48 @@ use crate::engine::HostRun;
 
 use super::args::{runtime, HostArgs, OutputFormat};
 use super::facts::prepare;
+use super::manual::{self, ManualArgs};
 use super::term::{escape, print_json, print_lines, Paint, Term};
 
-/// Makes every host match the repo. Exit 0 converged, 1 if any host failed.
-pub fn run(args: HostArgs, term: Term) -> anyhow::Result<u8> {
+/// `plumb apply`: the host arguments, and the manual run's record and gate.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ApplyArgs {
+    #[command(flatten)]
+    pub host: HostArgs,
+    #[command(flatten)]
+    pub manual: ManualArgs,
+}
+
+/// Makes every host match the repo. Exit 0 converged, 1 if any host failed or the trust
+/// root refused the tree (recorded as a refused `manual` run with `--state`).
+pub fn run(a: ApplyArgs, term: Term) -> anyhow::Result<u8> {
+    let args = a.host;
     let output = args.output.output;
+    let record = a.manual.state.is_some() || manual::gated(&a.manual);
+    let provenance = record
+        .then(|| manual::provenance(&args.target.repo, &a.manual, args.conn.identity.as_deref()))
+        .transpose()?;
+    let recorder = match (&a.manual.state, &provenance) {
+        (Some(dir), Some(p)) => Some(manual::Recorder::begin(dir, &args.target.env, p)?),
+        _ => None,
+    };
+    if let Some(why) = provenance
+        .as_ref()
+        .and_then(|p| p.refusal(manual::gated(&a.manual)))
+    {
+        if let (Some(r), Some(p)) = (recorder, &provenance) {
+            r.refused(p, &why)?;
+        }
+        eprintln!("{}: apply refused: {}", term.err.red("error"), escape(&why));
+        return Ok(1);
+    }
+    if let Some(reason) = &a.manual.break_glass {
+        eprintln!(
+            "{}: break glass: {}",
+            term.err.yellow("warning"),
+            escape(reason)
+        );
+    }
     let rt = runtime()?;
     let Some(mut prep) = prepare(&args.target, &args.conn, output, term, &rt)? else {
         return Ok(1);
@@ -67,6 +104,12 @@ pub fn run(args: HostArgs, term: Term) -> anyhow::Result<u8> {
         runs[i].round_trips.facts = prep.facts_trips(&runs[i].host.name);
     }
     runs.extend(prep.ungathered.iter().map(|u| u.run()));
+    if let (Some(r), Some(p)) = (recorder, &provenance) {
+        let id = r.finish(p, &runs)?;
+        if output == OutputFormat::Text {
+            eprintln!("{} recorded as manual run {id}", term.err.dim("plumb"));
+        }
+    }
     let mut report = crate::report::plan::ApplyReport::new(env, &runs);
     for (h, c) in report.hosts.iter_mut().zip(&changed) {
         h.facts_changed = *c;

@@ -20,6 +20,7 @@ mod drift;
 mod facts;
 mod history;
 mod init;
+mod manual;
 mod plan;
 mod render;
 mod schemas;
@@ -57,8 +58,9 @@ pub enum Command {
     Render(render::RenderArgs),
     /// Show what apply would change on each host. Exit 0 nothing to do, 2 changes, 1 error.
     Plan(args::HostArgs),
-    /// Make every host match the repo. Exit 0 converged, 1 if any host failed.
-    Apply(args::HostArgs),
+    /// Make every host match the repo. Exit 0 converged, 1 if any host failed or the trust
+    /// root refused the tree. With --state, recorded as a `manual` run.
+    Apply(apply::ApplyArgs),
     /// Check the hosts for drift from the repo. Exit 0 no drift, 2 drift found, 1 error.
     Drift(args::HostArgs),
     /// Check that every commit in FROM..REV (or REV alone) is signed by an allowed signer.

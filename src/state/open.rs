@@ -177,6 +177,28 @@ impl StateDb {
         Ok(db)
     }
 
+    /// Opens the state at `state_dir` to record a manual run (`plumb apply --state`), beside a
+    /// running daemon too: no lock (every write is one IMMEDIATE transaction, so the chain
+    /// never forks), the daemon key (created with the state when there is none yet), the same
+    /// privacy checks. Runs left unfinished are the daemon's to mark.
+    pub fn open_recorder(state_dir: &Path) -> Result<StateDb, StateError> {
+        let path = state_dir.join(DB_FILE);
+        crate::audit::create_private_dir(state_dir).map_err(io(state_dir))?;
+        check_private(state_dir, 0o700)?;
+        let key = DaemonKey::load_or_create(state_dir)?;
+        private_db_file(&path)?;
+        let mut conn = connect(&path)?;
+        private_sidecars(&path)?;
+        schema::migrate_to(&mut conn, schema::SCHEMA_VERSION, &path).map_err(|e| busy(e, &path))?;
+        Ok(StateDb {
+            conn,
+            dir: state_dir.to_path_buf(),
+            path,
+            key: Some(Arc::new(key)),
+            _lock: None,
+        })
+    }
+
     /// Opens an existing state for reading (history, audit): no lock, no key, no writes.
     /// Refuses a directory or database that other users may access, like the daemon.
     pub fn open_inspect(state_dir: &Path) -> Result<StateDb, StateError> {
