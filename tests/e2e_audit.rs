@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use daemon::DaemonFixture;
 use common::{exec, lock, plumb_command, sh, HOSTS};
+use daemon::DaemonFixture;
 
 const A: &str = "/etc/audit-a.conf";
 const B: &str = "/etc/audit-b.conf";

@@ -314,3 +314,58 @@ impl Recorder {
         Ok(self.run)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(dirty: bool, unverified: Option<&str>, glass: Option<&str>) -> Provenance {
+        Provenance {
+            user: "carol".into(),
+            identity: "ssh defaults".into(),
+            head: Some("c0ffee".into()),
+            dirty,
+            tree_sha256: "t".into(),
+            diff_sha256: dirty.then(|| "d".into()),
+            signer: None,
+            unverified: unverified.map(String::from),
+            break_glass: glass.map(String::from),
+        }
+    }
+
+    #[test]
+    fn the_trust_root_refuses_a_dirty_tree_or_an_unverified_head_unless_break_glass() {
+        assert!(p(true, None, None)
+            .refusal(true)
+            .unwrap()
+            .contains("uncommitted"));
+        assert!(p(false, Some("unsigned"), None)
+            .refusal(true)
+            .unwrap()
+            .contains("unsigned"));
+        assert_eq!(
+            p(true, Some("unsigned"), Some("incident")).refusal(true),
+            None
+        );
+        assert_eq!(
+            p(true, None, None).refusal(false),
+            None,
+            "no trust root, no gate"
+        );
+        assert_eq!(p(false, None, None).refusal(true), None);
+        assert_eq!(p(true, None, None).commit(), "uncommitted:t");
+        assert_eq!(p(false, None, None).commit(), "c0ffee");
+    }
+
+    #[test]
+    fn the_tree_hash_covers_paths_and_contents_but_not_git() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("a"), "1").unwrap();
+        let h1 = tree_hash(d.path()).unwrap();
+        std::fs::create_dir(d.path().join(".git")).unwrap();
+        std::fs::write(d.path().join(".git/x"), "y").unwrap();
+        assert_eq!(tree_hash(d.path()).unwrap(), h1);
+        std::fs::write(d.path().join("a"), "2").unwrap();
+        assert_ne!(tree_hash(d.path()).unwrap(), h1);
+    }
+}
