@@ -326,7 +326,11 @@ fn auditors_questions_are_each_answered_by_one_command() {
             .find(|h| h["host"] == f.hosts.name(k).as_str())
             .unwrap_or_else(|| panic!("host {k} listed: {rec:#}"));
         assert_eq!(h["status"], "not_reached", "{h:#}");
-        assert_eq!(h["not_reached"]["reason"], "wave_stopped");
+        assert_eq!(h["not_reached"]["reason"], "quarantined", "{h:#}");
+        assert!(h["not_reached"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("canary"));
     }
     // Host 1's hotfix was put back by c4's apply: a manual change being reverted.
     let c = changes_on(&records, &f.hosts.name(1));

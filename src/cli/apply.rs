@@ -105,7 +105,8 @@ pub fn run(a: ApplyArgs, term: Term) -> anyhow::Result<u8> {
     }
     runs.extend(prep.ungathered.iter().map(|u| u.run()));
     if let (Some(r), Some(p)) = (recorder, &provenance) {
-        let id = r.finish(p, &runs)?;
+        let limited = manual::left_out(&prep.repo, env, &runs, &args.target.limit);
+        let id = r.finish(p, &runs, &limited)?;
         if output == OutputFormat::Text {
             eprintln!("{} recorded as manual run {id}", term.err.dim("plumb"));
         }

@@ -12,8 +12,8 @@ use sha2::{Digest, Sha256};
 
 use crate::engine::{HostRun, StepStatus};
 use crate::state::{
-    Attribution, Cause, NewRun, Origin, RunId, RunKind, RunResult, Signer, StateDb, StepMeta,
-    Trigger,
+    Attribution, Cause, NewRun, NotReached, NotReachedReason, Origin, RunId, RunKind, RunResult,
+    Signer, StateDb, StepMeta, Trigger,
 };
 
 /// The options of `plumb apply` that record and gate a manual run.
@@ -229,6 +229,26 @@ pub fn provenance(
     Ok(p)
 }
 
+/// The hosts of `env` a `--limit` left out of the apply (none without a limit).
+pub fn left_out(
+    repo: &crate::model::Repo,
+    env: &str,
+    runs: &[HostRun],
+    limit: &[crate::limit::Limit],
+) -> Vec<String> {
+    if limit.is_empty() {
+        return Vec::new();
+    }
+    let Some(e) = repo.environments.get(env) else {
+        return Vec::new();
+    };
+    e.hosts
+        .iter()
+        .filter(|h| !runs.iter().any(|r| r.host.name == h.name))
+        .map(|h| h.name.clone())
+        .collect()
+}
+
 /// A trust root was given.
 pub fn gated(args: &ManualArgs) -> bool {
     args.allowed_signers.is_some() || args.openpgp_keyring.is_some()
@@ -277,9 +297,21 @@ impl Recorder {
         Ok(())
     }
 
-    /// Records every host (each change `manual`, marked so the daemon says so too) and ends
-    /// the run.
-    pub fn finish(self, p: &Provenance, runs: &[HostRun]) -> anyhow::Result<RunId> {
+    /// Records every host (each change `manual`, marked so the daemon says so too), the
+    /// hosts `--limit` left out (`not_reached`, `limited`), and ends the run.
+    pub fn finish(
+        self,
+        p: &Provenance,
+        runs: &[HostRun],
+        limited: &[String],
+    ) -> anyhow::Result<RunId> {
+        if !limited.is_empty() {
+            let why = NotReached {
+                reason: NotReachedReason::Limited,
+                detail: "left out by --limit".into(),
+            };
+            self.db.record_not_reached(&self.run, limited, &why)?;
+        }
         for r in runs {
             let mut meta = StepMeta::default();
             let changed: Vec<String> = r

@@ -463,9 +463,22 @@ impl Daemon {
                     .flat_map(|w| w.hosts.iter().filter_map(|i| loaded.hosts.get(*i)))
                     .map(|h| h.host.name.clone())
                     .collect();
+                // A failed rollout quarantines the commit (not applied again until a newer
+                // one); a paused one (an inconclusive check) is tried again.
+                let (reason_kind, then) = if out.paused {
+                    (
+                        NotReachedReason::WaveStopped,
+                        "paused; the next trigger tries again",
+                    )
+                } else {
+                    (NotReachedReason::Quarantined, "the commit is quarantined")
+                };
                 let why = NotReached {
-                    reason: NotReachedReason::WaveStopped,
-                    detail: format!("the rollout stopped before wave `{}`: {reason}", wave.name),
+                    reason: reason_kind,
+                    detail: format!(
+                        "the rollout stopped before wave `{}` ({then}): {reason}",
+                        wave.name
+                    ),
                 };
                 lock(&self.db).record_not_reached(run, &hosts, &why)?;
                 break;

@@ -139,9 +139,11 @@ pub struct Attribution {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum NotReachedReason {
-    /// An earlier wave failed or paused; later waves were not started.
+    /// An earlier wave paused (an inconclusive health check): later waves were not started;
+    /// the next trigger tries again.
     WaveStopped,
-    /// The commit was quarantined before this host's turn.
+    /// An earlier wave failed: the commit is quarantined (not applied again until a newer
+    /// commit), so later waves never get it.
     Quarantined,
     /// Left out by `--limit`.
     Limited,
