@@ -40,6 +40,7 @@ impl StateDb {
                  FROM host_results h JOIN runs r ON r.id = h.run_id
                  WHERE h.id IN (SELECT MAX(h2.id) FROM host_results h2
                      JOIN runs r2 ON r2.id = h2.run_id WHERE r2.environment = ?1
+                     AND h2.status != 'not_reached'
                      GROUP BY h2.host)
                  ORDER BY h.host",
             )?;

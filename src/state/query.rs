@@ -154,7 +154,8 @@ pub(crate) fn head_in(c: &Connection, path: &Path) -> Result<Option<AuditHead>, 
 /// The counted columns every run listing carries (`r` is the run).
 macro_rules! run_counts {
     () => {
-        "(SELECT COUNT(*) FROM host_results h WHERE h.run_id = r.id) AS n_hosts,
+        "(SELECT COUNT(*) FROM host_results h WHERE h.run_id = r.id
+        AND h.status != 'not_reached') AS n_hosts,
     (SELECT COUNT(*) FROM host_results h WHERE h.run_id = r.id
         AND h.status IN ('failed', 'unreachable')) AS n_failed,
     (SELECT COUNT(*) FROM step_results s WHERE s.run_id = r.id

@@ -281,6 +281,7 @@ pub struct RunRecord {
     pub finished_at: Option<i64>,
     pub result: RunResult,
     pub summary: Value,
+    /// Hosts the run handled (those it did not reach are not counted).
     pub hosts: usize,
     pub failed_hosts: usize,
     /// Steps changed (apply, correction) or found drifted (drift check).

@@ -183,6 +183,11 @@ fn attribution_handler_events_times_and_hosts_not_reached_are_recorded_and_signe
     let web2 = &detail.hosts[1];
     assert_eq!(web2.status, HostResultStatus::NotReached);
     assert_eq!(web2.not_reached.as_ref(), Some(&why));
+    let listed = &db.runs(&RunFilter::default()).unwrap()[0];
+    assert_eq!(
+        listed.hosts, 1,
+        "a host not reached is not counted as handled"
+    );
 
     for edit in [
         "UPDATE run_events SET ok = 0",
