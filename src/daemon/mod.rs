@@ -50,7 +50,6 @@ mod rollback;
 pub mod status;
 mod supervisor;
 pub mod validator;
-pub mod waves;
 
 #[cfg(test)]
 mod tests;

@@ -10,6 +10,7 @@ use time::OffsetDateTime;
 use crate::engine::{self, HostStatus};
 use crate::model::{Environment, Host, HumanDuration};
 use crate::render::DesiredHost;
+use crate::rollout::{only_inconclusive, stop_reason};
 use crate::server::metrics::RefusalSource;
 use crate::source::policy::{short, VerifiedRange};
 use crate::source::{RangeOptions, Source};
@@ -381,7 +382,7 @@ impl Daemon {
         let plain: Vec<Host> = loaded.hosts.iter().map(|h| h.host.clone()).collect();
         // Hosts that left the inventory stop being reported.
         self.note_inventory(env, &loaded.hosts);
-        let waves = super::waves::plan_waves(
+        let waves = crate::rollout::plan_waves(
             &loaded.environment.settings,
             &plain,
             self.config.parallel as usize,
@@ -411,7 +412,7 @@ impl Daemon {
             let summary = self
                 .roll_wave(env, run, wave, &members, loaded, &mut out)
                 .await?;
-            let stop = stop_reason(&summary);
+            let stop = stop_reason(&summary, wave.max_failed);
             out.waves.push(summary);
             if let Some((reason, failed)) = stop {
                 out.paused = out
@@ -428,11 +429,19 @@ impl Daemon {
                 out.stopped_at_wave = Some(wave.name.clone());
                 break;
             }
-            // Applied and healthy: this commit is now these hosts' last good one.
-            let good = out
+            // Applied and healthy: this commit is now these hosts' last good one (not the
+            // failures the wave's `max_failed` tolerated).
+            let good: Vec<String> = out
                 .waves
                 .last()
-                .map(|w| w.hosts.clone())
+                .map(|w| {
+                    let unhealthy = crate::rollout::unhealthy_hosts(w);
+                    w.hosts
+                        .iter()
+                        .filter(|h| !unhealthy.contains(h))
+                        .cloned()
+                        .collect()
+                })
                 .unwrap_or_default();
             lock(&self.db).set_last_good(env, &good, commit, run)?;
             out.good_hosts.extend(good);
@@ -446,7 +455,7 @@ impl Daemon {
         &self,
         env: &str,
         run: &RunId,
-        wave: &super::waves::WavePlan,
+        wave: &crate::rollout::WavePlan,
         members: &[&DesiredHost],
         loaded: &Loaded,
         out: &mut Rollout,
@@ -482,8 +491,14 @@ impl Daemon {
             }
         }
         let checks = &environment.health_checks;
-        let health = if failed.is_empty() && !checks.is_empty() {
-            let hosts: Vec<Host> = members.iter().map(|h| h.host.clone()).collect();
+        let due = crate::rollout::health_due(failed.len(), members.len(), wave.max_failed);
+        let health = if due && !checks.is_empty() {
+            // The hosts that converged (the failures a `max_failed` tolerates are not checked).
+            let hosts: Vec<Host> = members
+                .iter()
+                .filter(|h| !failed.contains(&h.host.name))
+                .map(|h| h.host.clone())
+                .collect();
             let render =
                 |t: &str, ctx: &serde_json::Value| crate::render::render_inline(repo, t, ctx);
             let report = crate::health::check_wave(checks, &hosts, &self.connector, &render).await;
@@ -641,49 +656,6 @@ fn note_taken(r: &engine::HostRun, facts: &mut RollbackFacts) {
                 .push(format!("{}: {}: {why}", r.host.name, s.step.address));
         }
     }
-}
-
-/// Whether every check that did not pass was inconclusive (and one was).
-fn only_inconclusive(wave: &WaveSummary) -> bool {
-    let mut not_ok = wave.health.iter().flatten().filter(|r| !r.ok).peekable();
-    not_ok.peek().is_some() && not_ok.all(|r| r.inconclusive)
-}
-
-/// Why a wave stops the rollout, and the hosts to blame; `None` when it passed.
-fn stop_reason(wave: &WaveSummary) -> Option<(String, Vec<String>)> {
-    if !wave.failed_hosts.is_empty() {
-        let reason = format!(
-            "wave `{}`: host(s) {} failed",
-            wave.name,
-            wave.failed_hosts.join(", ")
-        );
-        return Some((reason, wave.failed_hosts.clone()));
-    }
-    let failures: Vec<_> = wave.health.iter().flatten().filter(|r| !r.ok).collect();
-    if failures.is_empty() {
-        return None;
-    }
-    let listed: Vec<serde_json::Value> = failures
-        .iter()
-        .map(|f| serde_json::json!({"check": f.check, "host": f.host, "error": f.error}))
-        .collect();
-    let verdict = if only_inconclusive(wave) {
-        "inconclusive"
-    } else {
-        "failed"
-    };
-    let reason = format!(
-        "wave `{}`: health checks {verdict}: {}",
-        wave.name,
-        serde_json::Value::Array(listed)
-    );
-    let mut hosts: Vec<String> = Vec::new();
-    for f in failures {
-        if !hosts.contains(&f.host) {
-            hosts.push(f.host.clone());
-        }
-    }
-    Some((reason, hosts))
 }
 
 fn log_outcome(env: &str, outcome: &Outcome) {
