@@ -44,6 +44,7 @@ mod drift;
 mod env_task;
 pub mod error;
 pub mod http_config;
+mod pins;
 pub mod policy;
 mod reconcile;
 mod rollback;

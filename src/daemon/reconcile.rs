@@ -33,6 +33,8 @@ pub(super) struct Loaded {
     pub environment: Environment,
     /// The environment's own `drift.interval`.
     pub env_interval: Duration,
+    /// Hosts pinned by a person (`plumb rollback`): left out of the rollout.
+    pub pinned: Vec<String>,
 }
 
 /// A checkout of `commit` under `base` (reused when present). Environments reconcile at
@@ -172,6 +174,7 @@ pub(super) async fn load_commit(
         hosts,
         environment,
         env_interval,
+        pinned: Vec::new(),
     })
 }
 
@@ -282,6 +285,8 @@ impl Daemon {
         let commit = tip.to_string();
         let drift_override = self.config.drift_interval.map(HumanDuration::get);
         let last = self.last_applied_oid(env)?;
+        // The pinned gauge follows pins made and released by `plumb rollback`/`unpin` too.
+        self.pinned_hosts(env)?;
         if last == Some(tip) {
             return Ok(Outcome::UpToDate {
                 commit,
@@ -289,6 +294,7 @@ impl Daemon {
             });
         }
         if lock(&self.db).is_failed(env, &commit)? {
+            self.metrics.set_quarantined(env, Some(&commit));
             return Ok(Outcome::Held { commit });
         }
         // Every commit since the last applied one must be signed; no rollbacks.
@@ -341,6 +347,10 @@ impl Daemon {
                 return Ok(refused(refusal.clone(), refusal_message(&commit, &refusal)))
             }
         };
+        // Hosts pinned by a person stay on their pin (a newer commit than the bad one
+        // releases them first).
+        let mut loaded = loaded;
+        loaded.pinned = self.honour_pins(env, tip, wake)?;
         let signer = signer_of(&range.tip_signer);
         let run = lock(&self.db).begin_run(&NewRun {
             environment: env.to_string(),
@@ -408,7 +418,11 @@ impl Daemon {
                 .hosts
                 .iter()
                 .filter_map(|i| loaded.hosts.get(*i))
+                .filter(|h| !loaded.pinned.contains(&h.host.name))
                 .collect();
+            if members.is_empty() {
+                continue;
+            }
             let summary = self
                 .roll_wave(env, run, wave, &members, loaded, &mut out)
                 .await?;
@@ -551,6 +565,10 @@ impl Daemon {
         }
         if effects.mark == CommitMark::Applied {
             self.applied_metrics(env, commit);
+            self.metrics.set_quarantined(env, None);
+        }
+        if effects.mark == CommitMark::Failed {
+            self.metrics.set_quarantined(env, Some(commit));
         }
         if let Some(a) = &effects.alert {
             let mut details = a.details.clone();
