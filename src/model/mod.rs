@@ -20,6 +20,7 @@ pub mod jail;
 pub mod load;
 pub mod max_failed;
 pub mod size;
+mod text_value;
 /// Moved to [`crate::yaml`] (below `diag` and `schema`); re-exported for old paths.
 pub use crate::yaml;
 
