@@ -178,6 +178,28 @@ pub(super) async fn load_commit(
     })
 }
 
+/// A signature rejection as a refusal: the offending commit first (not the tip), the reason
+/// code, how to fix it.
+fn signature_refusal(rej: &crate::source::policy::Rejection, tip: git2::Oid) -> (Refusal, String) {
+    let message = format!(
+        "commit {} ({:?}) refused: {}: {}{}",
+        short(rej.commit),
+        rej.summary,
+        rej.reason().code(),
+        rej.failure,
+        if rej.commit == tip {
+            String::new()
+        } else {
+            format!(" [tip {}]", short(tip))
+        }
+    );
+    let refusal = Refusal::Signature {
+        code: rej.reason().code().to_string(),
+        bad_commit: rej.commit.to_string(),
+    };
+    (refusal, message)
+}
+
 fn refusal_message(commit: &str, refusal: &Refusal) -> String {
     let commit = commit.get(..12).unwrap_or(commit);
     match refusal {
@@ -309,23 +331,7 @@ impl Daemon {
         let range = match self.verify_range(last, tip).await? {
             Ok(r) => r,
             Err(rej) => {
-                // The offending commit first (not the tip), the reason code, how to fix it.
-                let message = format!(
-                    "commit {} ({:?}) refused: {}: {}{}",
-                    short(rej.commit),
-                    rej.summary,
-                    rej.reason().code(),
-                    rej.failure,
-                    if rej.commit == tip {
-                        String::new()
-                    } else {
-                        format!(" [tip {}]", short(tip))
-                    }
-                );
-                let refusal = Refusal::Signature {
-                    code: rej.reason().code().to_string(),
-                    bad_commit: rej.commit.to_string(),
-                };
+                let (refusal, message) = signature_refusal(&rej, tip);
                 return Ok(refused(refusal, message));
             }
         };

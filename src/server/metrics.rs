@@ -159,6 +159,48 @@ impl Default for Metrics {
     }
 }
 
+/// The audit chain's gauges: head sequence, chain verified, head hash.
+fn register_audit(registry: &mut Registry) -> (Gauge, Gauge, Family<HashLabels, Gauge>) {
+    let audit_head_seq = Gauge::default();
+    registry.register(
+        "plumb_audit_head_seq",
+        "Sequence number of the newest record of the audit chain",
+        audit_head_seq.clone(),
+    );
+    let audit_chain_ok = Gauge::default();
+    registry.register(
+        "plumb_audit_chain_ok",
+        "1 when the audit chain verified at start-up, 0 when it is broken",
+        audit_chain_ok.clone(),
+    );
+    let audit_head_info = Family::<HashLabels, Gauge>::default();
+    registry.register(
+        "plumb_audit_head_info",
+        "Hash of the newest record of the audit chain (value 1)",
+        audit_head_info.clone(),
+    );
+    (audit_head_seq, audit_chain_ok, audit_head_info)
+}
+
+/// The safe-rollout gauges: pinned hosts per environment, the quarantined commit.
+fn register_rollout(
+    registry: &mut Registry,
+) -> (Family<EnvLabels, Gauge>, Family<CommitLabels, Gauge>) {
+    let environment_pinned = Family::<EnvLabels, Gauge>::default();
+    registry.register(
+        "plumb_environment_pinned",
+        "Hosts of the environment pinned to an older commit by plumb rollback (0 when none)",
+        environment_pinned.clone(),
+    );
+    let commit_quarantined = Family::<CommitLabels, Gauge>::default();
+    registry.register(
+        "plumb_commit_quarantined",
+        "The environment's quarantined commit (value 1): it failed and is not applied again until a newer commit arrives",
+        commit_quarantined.clone(),
+    );
+    (environment_pinned, commit_quarantined)
+}
+
 impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::default();
@@ -222,36 +264,8 @@ impl Metrics {
         );
         let runs = Family::<ResultLabels, Counter>::default();
         registry.register("plumb_runs", "Reconcile runs, by result", runs.clone());
-        let audit_head_seq = Gauge::default();
-        registry.register(
-            "plumb_audit_head_seq",
-            "Sequence number of the newest record of the audit chain",
-            audit_head_seq.clone(),
-        );
-        let audit_chain_ok = Gauge::default();
-        registry.register(
-            "plumb_audit_chain_ok",
-            "1 when the audit chain verified at start-up, 0 when it is broken",
-            audit_chain_ok.clone(),
-        );
-        let audit_head_info = Family::<HashLabels, Gauge>::default();
-        registry.register(
-            "plumb_audit_head_info",
-            "Hash of the newest record of the audit chain (value 1)",
-            audit_head_info.clone(),
-        );
-        let environment_pinned = Family::<EnvLabels, Gauge>::default();
-        registry.register(
-            "plumb_environment_pinned",
-            "Hosts of the environment pinned to an older commit by plumb rollback (0 when none)",
-            environment_pinned.clone(),
-        );
-        let commit_quarantined = Family::<CommitLabels, Gauge>::default();
-        registry.register(
-            "plumb_commit_quarantined",
-            "The environment's quarantined commit (value 1): it failed and is not applied again until a newer commit arrives",
-            commit_quarantined.clone(),
-        );
+        let (audit_head_seq, audit_chain_ok, audit_head_info) = register_audit(&mut registry);
+        let (environment_pinned, commit_quarantined) = register_rollout(&mut registry);
         Metrics {
             registry,
             environment_pinned,
