@@ -233,7 +233,7 @@ pub fn provenance(
 pub fn left_out(
     repo: &crate::model::Repo,
     env: &str,
-    runs: &[HostRun],
+    selected: &[crate::model::Host],
     limit: &[crate::limit::Limit],
 ) -> Vec<String> {
     if limit.is_empty() {
@@ -244,9 +244,50 @@ pub fn left_out(
     };
     e.hosts
         .iter()
-        .filter(|h| !runs.iter().any(|r| r.host.name == h.name))
+        .filter(|h| !selected.iter().any(|s| s.name == h.name))
         .map(|h| h.name.clone())
         .collect()
+}
+
+/// What the trust root decided.
+pub enum Gate {
+    /// Refused (said on stderr, and recorded with `--state`): exit 1.
+    Refused,
+    /// Go on; with `--state`, the run being recorded.
+    Go(Option<(Recorder, Provenance)>),
+}
+
+/// The provenance of the apply, the trust root's gate, and the manual run begun (with
+/// `--state`).
+pub fn start(
+    m: &ManualArgs,
+    args: &crate::cli::args::HostArgs,
+    term: crate::cli::term::Term,
+) -> anyhow::Result<Gate> {
+    use crate::cli::term::escape;
+    if m.state.is_none() && !gated(m) {
+        return Ok(Gate::Go(None));
+    }
+    let p = provenance(&args.target.repo, m, args.conn.identity.as_deref())?;
+    let recorder = match &m.state {
+        Some(dir) => Some(Recorder::begin(dir, &args.target.env, &p)?),
+        None => None,
+    };
+    if let Some(why) = p.refusal(gated(m)) {
+        if let Some(r) = recorder {
+            r.refused(&p, &why)?;
+        }
+        eprintln!("{}: apply refused: {}", term.err.red("error"), escape(&why));
+        return Ok(Gate::Refused);
+    }
+    if let Some(reason) = &m.break_glass {
+        eprintln!(
+            "{}: break glass: {}",
+            term.err.yellow("warning"),
+            escape(reason)
+        );
+    }
+    Ok(Gate::Go(recorder.map(|r| (r, p))))
 }
 
 /// A trust root was given.
@@ -304,13 +345,24 @@ impl Recorder {
         p: &Provenance,
         runs: &[HostRun],
         limited: &[String],
+        untouched: &[String],
     ) -> anyhow::Result<RunId> {
-        if !limited.is_empty() {
-            let why = NotReached {
-                reason: NotReachedReason::Limited,
-                detail: "left out by --limit".into(),
-            };
-            self.db.record_not_reached(&self.run, limited, &why)?;
+        let not_reached = [
+            (limited, NotReachedReason::Limited, "left out by --limit"),
+            (
+                untouched,
+                NotReachedReason::WaveStopped,
+                "an earlier wave stopped the apply",
+            ),
+        ];
+        for (hosts, reason, detail) in not_reached {
+            if !hosts.is_empty() {
+                let why = NotReached {
+                    reason,
+                    detail: detail.into(),
+                };
+                self.db.record_not_reached(&self.run, hosts, &why)?;
+            }
         }
         for r in runs {
             let mut meta = StepMeta::default();

@@ -40,6 +40,7 @@ mod error;
 pub mod filter;
 mod open;
 mod origins;
+mod pins;
 mod query;
 pub mod report;
 mod rollback;
@@ -51,6 +52,7 @@ pub use error::StateError;
 pub use filter::{DriftFilter, DriftState, FilterError, FilterLimits, RunFilter};
 pub use open::{check_not_reset, MIRROR_DIR};
 pub use origins::StepOrigin;
+pub use pins::Pin;
 pub use rollback::LastGood;
 pub use schema::SCHEMA_VERSION;
 pub use types::{

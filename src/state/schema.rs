@@ -239,14 +239,30 @@ CREATE INDEX runs_unfinished ON runs (id) WHERE finished_at IS NULL;
 CREATE UNIQUE INDEX runs_by_chain ON runs (chain_seq) WHERE chain_seq IS NOT NULL;
 "#;
 
+// rollouts
+/// v6: hosts pinned by a person (`plumb rollback`) to an older, previously applied commit,
+/// until `plumb unpin` or a commit newer than `bad_commit` (the environment's newest commit
+/// when the pin was made) reaches the daemon.
+const V6: &str = r#"
+CREATE TABLE pins (
+    environment TEXT NOT NULL,
+    host        TEXT NOT NULL,
+    commit_id   TEXT NOT NULL,           -- the commit the host is pinned to
+    bad_commit  TEXT,                    -- the environment's newest commit when pinned
+    run_id      TEXT REFERENCES runs (id) ON DELETE SET NULL,
+    at          INTEGER NOT NULL,
+    PRIMARY KEY (environment, host)
+);
+"#;
+
 // audit
-/// v6 (issue 19, auditors): per step, its classification (`intended | corrective | manual`),
+/// v7 (issue 19, auditors): per step, its classification (`intended | corrective | manual`),
 /// the commit (and signer) or manual run it is attributed to, and the bounded diff of a
 /// non-sensitive file's drift; per host, start and finish times and why a rollout did not
 /// reach it; the events of a run (handler refreshes); the commit that last changed each
 /// step's desired state (`step_origins`, with the digest of that desired state, and the manual
 /// run that changed the step on the host since); the diff of a drift finding.
-const V6: &str = r#"
+const V7: &str = r#"
 ALTER TABLE step_results ADD COLUMN cause TEXT;
 ALTER TABLE step_results ADD COLUMN origin TEXT;          -- JSON Origin
 ALTER TABLE step_results ADD COLUMN diff TEXT;
@@ -278,7 +294,7 @@ CREATE TABLE step_origins (
 );
 "#;
 
-pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7];
 
 /// The schema version this plumb writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
