@@ -108,7 +108,8 @@ pub fn run(args: ApplyArgs, term: Term) -> anyhow::Result<u8> {
         changed.extend(wave_changed);
         summaries.push(summary);
     }
-    if let Some((r, p)) = recorder {
+    if let Some(rec) = recorder {
+        let (r, p) = *rec;
         let limited = manual::left_out(&prep.repo, &env, &selected, &args.target.limit);
         let id = r.finish(&p, &runs, &limited, &untouched)?;
         if output == OutputFormat::Text {

@@ -254,7 +254,7 @@ pub enum Gate {
     /// Refused (said on stderr, and recorded with `--state`): exit 1.
     Refused,
     /// Go on; with `--state`, the run being recorded.
-    Go(Option<(Recorder, Provenance)>),
+    Go(Option<Box<(Recorder, Provenance)>>),
 }
 
 /// The provenance of the apply, the trust root's gate, and the manual run begun (with
@@ -287,7 +287,7 @@ pub fn start(
             escape(reason)
         );
     }
-    Ok(Gate::Go(recorder.map(|r| (r, p))))
+    Ok(Gate::Go(recorder.map(|r| Box::new((r, p)))))
 }
 
 /// A trust root was given.

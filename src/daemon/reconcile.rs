@@ -480,23 +480,7 @@ impl Daemon {
                     .flat_map(|w| w.hosts.iter().filter_map(|i| loaded.hosts.get(*i)))
                     .map(|h| h.host.name.clone())
                     .collect();
-                // A failed rollout quarantines the commit (not applied again until a newer
-                // one); a paused one (an inconclusive check) is tried again.
-                let (reason_kind, then) = if out.paused {
-                    (
-                        NotReachedReason::WaveStopped,
-                        "paused; the next trigger tries again",
-                    )
-                } else {
-                    (NotReachedReason::Quarantined, "the commit is quarantined")
-                };
-                let why = NotReached {
-                    reason: reason_kind,
-                    detail: format!(
-                        "the rollout stopped before wave `{}` ({then}): {reason}",
-                        wave.name
-                    ),
-                };
+                let why = not_reached(&wave.name, reason, out.paused);
                 lock(&self.db).record_not_reached(run, &hosts, &why)?;
                 break;
             }
@@ -743,6 +727,24 @@ impl Daemon {
         let repo = self.source.open().ok()?;
         let c = repo.find_commit(commit).ok()?;
         OffsetDateTime::from_unix_timestamp(c.time().seconds()).ok()
+    }
+}
+
+/// Why the hosts of wave `wave` and after were not reached: a failed rollout quarantines the
+/// commit (not applied again until a newer one); a paused one (an inconclusive check) is tried
+/// again.
+fn not_reached(wave: &str, reason: &str, paused: bool) -> NotReached {
+    let (kind, then) = if paused {
+        (
+            NotReachedReason::WaveStopped,
+            "paused; the next trigger tries again",
+        )
+    } else {
+        (NotReachedReason::Quarantined, "the commit is quarantined")
+    };
+    NotReached {
+        reason: kind,
+        detail: format!("the rollout stopped before wave `{wave}` ({then}): {reason}"),
     }
 }
 
