@@ -3,6 +3,8 @@
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use futures::StreamExt as _;
+
 use crate::engine::HostRun;
 
 use super::args::{runtime, HostArgs, OutputFormat};
@@ -24,22 +26,54 @@ pub fn run(args: HostArgs, term: Term) -> anyhow::Result<u8> {
             done: AtomicUsize::new(0),
             paint: term.err,
         });
-    // SIGINT/SIGTERM end the run by dropping every transport (no orphaned ssh masters).
-    let mut runs = rt.block_on(crate::engine::until_signal(crate::engine::each_host(
-        &prep.hosts,
-        args.conn.parallel,
-        |h| {
-            let t = connector.connect(&h.host);
-            let progress = progress.as_ref();
-            async move {
-                let r = crate::engine::apply_host(h, t.as_ref()).await;
-                if let Some(p) = progress {
-                    p.host_done(&r);
-                }
-                r
+    // Guardrails: observe every host, judge the plans, and only then apply from those
+    // observations (no extra round trip). Without policies, each host is observed and
+    // applied in one go.
+    let set = args.policy.load(&prep.repo)?;
+    let (mut runs, verdict) = if set.is_empty() {
+        let runs = rt.block_on(crate::engine::until_signal(apply_each(
+            &prep.hosts,
+            connector.as_ref(),
+            args.conn.parallel,
+            progress.as_ref(),
+        )))?;
+        (runs, None)
+    } else {
+        let observations = rt.block_on(crate::engine::until_signal(crate::engine::each_host(
+            &prep.hosts,
+            args.conn.parallel,
+            |h| {
+                let t = connector.connect(&h.host);
+                async move { crate::engine::observe_host(h, t.as_ref()).await }
+            },
+        )))?;
+        let plans: Vec<crate::engine::HostPlan> =
+            observations.iter().map(|o| o.plan.clone()).collect();
+        let verdict = super::plan::judge(&args, &prep, &plans)?;
+        if let (Some(v), OutputFormat::Text) = (&verdict, output) {
+            super::policy::print_verdict(v, term);
+        }
+        if verdict.as_ref().is_some_and(|v| v.is_denied()) {
+            let mut report = crate::report::plan::PlanReport::new(env, "plan", &plans);
+            report.policy = verdict;
+            match output {
+                OutputFormat::Json => print_json(&report)?,
+                OutputFormat::Text => eprintln!(
+                    "{}: denied by policy; no host was changed",
+                    term.err.red("error")
+                ),
             }
-        },
-    )))?;
+            return Ok(1);
+        }
+        let runs = rt.block_on(crate::engine::until_signal(apply_observed_each(
+            &prep.hosts,
+            observations,
+            connector.as_ref(),
+            args.conn.parallel,
+            progress.as_ref(),
+        )))?;
+        (runs, verdict)
+    };
     // A host whose facts changed since they were cached was not touched: render it again
     // with the facts just seen and apply that (one more probe round trip, in the report).
     let mut changed = vec![false; runs.len()];
@@ -50,6 +84,14 @@ pub fn run(args: HostArgs, term: Term) -> anyhow::Result<u8> {
             changed[i] = true;
             let before = runs[i].round_trips;
             match prep.rerender(env, i, &facts) {
+                // Rendered again: judged again before anything is applied (below).
+                Ok(()) if !set.is_empty() => {
+                    runs[i].error = Some(
+                        "its facts changed since they were cached; nothing was applied: run \
+                         apply again so the policies judge the steps rendered with them"
+                            .into(),
+                    );
+                }
                 Ok(()) => {
                     let t = connector.connect(&prep.hosts[i].host);
                     runs[i] = rt.block_on(crate::engine::until_signal(
@@ -68,6 +110,7 @@ pub fn run(args: HostArgs, term: Term) -> anyhow::Result<u8> {
     }
     runs.extend(prep.ungathered.iter().map(|u| u.run()));
     let mut report = crate::report::plan::ApplyReport::new(env, &runs);
+    report.policy = verdict;
     for (h, c) in report.hosts.iter_mut().zip(&changed) {
         h.facts_changed = *c;
     }
@@ -76,6 +119,57 @@ pub fn run(args: HostArgs, term: Term) -> anyhow::Result<u8> {
         OutputFormat::Text => print_lines(&crate::report::plan::apply_lines(&report), term.out),
     }
     Ok(report.exit_code())
+}
+
+async fn apply_each(
+    hosts: &[crate::render::DesiredHost],
+    connector: &dyn crate::engine::Connector,
+    parallel: usize,
+    progress: Option<&Progress>,
+) -> Vec<HostRun> {
+    crate::engine::each_host(hosts, parallel, |h| {
+        let t = connector.connect(&h.host);
+        async move {
+            let r = crate::engine::apply_host(h, t.as_ref()).await;
+            if let Some(p) = progress {
+                p.host_done(&r);
+            }
+            r
+        }
+    })
+    .await
+}
+
+async fn apply_observed_each(
+    hosts: &[crate::render::DesiredHost],
+    observations: Vec<crate::engine::Observation>,
+    connector: &dyn crate::engine::Connector,
+    parallel: usize,
+    progress: Option<&Progress>,
+) -> Vec<HostRun> {
+    let slots: Vec<std::sync::Mutex<Option<crate::engine::Observation>>> = observations
+        .into_iter()
+        .map(|o| std::sync::Mutex::new(Some(o)))
+        .collect();
+    let indexed: Vec<(usize, &crate::render::DesiredHost)> = hosts.iter().enumerate().collect();
+    let futures = indexed.into_iter().map(|(i, h)| {
+        let t = connector.connect(&h.host);
+        let o = slots[i].lock().ok().and_then(|mut s| s.take());
+        async move {
+            let r = match o {
+                Some(o) => crate::engine::apply_observed(h, t.as_ref(), o).await,
+                None => crate::engine::apply_host(h, t.as_ref()).await,
+            };
+            if let Some(p) = progress {
+                p.host_done(&r);
+            }
+            r
+        }
+    });
+    futures::stream::iter(futures)
+        .buffered(parallel.max(1))
+        .collect()
+        .await
 }
 
 /// One line on stderr per finished host, on a terminal only.

@@ -21,6 +21,7 @@ mod facts;
 mod history;
 mod init;
 mod plan;
+mod policy;
 mod render;
 mod schemas;
 mod secrets;
@@ -83,6 +84,11 @@ pub enum Command {
     /// Write a working starting repo (plumb.yaml, an environment, a unit, a template, an
     /// allowed-signers example) into DIR; never overwrites a file.
     Init(init::InitArgs),
+    /// Guardrails: run the policies' tests, or show what they decide on an environment.
+    Policy {
+        #[command(subcommand)]
+        command: policy::PolicyCommand,
+    },
     /// The repo's age-encrypted secrets: set, edit, rekey, check.
     Secrets {
         #[command(subcommand)]
@@ -144,5 +150,6 @@ fn run(command: Command, term: Term) -> anyhow::Result<u8> {
         Command::Facts(a) => facts::run(a, term),
         Command::Init(a) => init::run(a, term),
         Command::Secrets { command } => secrets::run(command, term),
+        Command::Policy { command } => policy::run(command, term),
     }
 }

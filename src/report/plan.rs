@@ -62,6 +62,10 @@ pub struct PlanReport {
     pub hosts: Vec<HostPlanReport>,
     pub total_changes: usize,
     pub hosts_with_errors: usize,
+    /// What the policies decided on this plan (when any policy is in force). A denial
+    /// makes `plan` exit 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<crate::policy::Verdict>,
 }
 
 /// A unified diff of old → new content, when both are text.
@@ -164,6 +168,7 @@ impl PlanReport {
             total_changes: hosts.iter().map(|h| h.changes).sum(),
             hosts_with_errors: hosts.iter().filter(|h| !h.ok).count(),
             hosts,
+            policy: None,
         }
     }
 
@@ -178,9 +183,9 @@ impl PlanReport {
         self
     }
 
-    /// Exit code per the contract: 1 error, 2 changes, 0 nothing to do.
+    /// Exit code per the contract: 1 error or a policy denial, 2 changes, 0 nothing to do.
     pub fn exit_code(&self) -> u8 {
-        if self.hosts_with_errors > 0 {
+        if self.hosts_with_errors > 0 || self.policy.as_ref().is_some_and(|v| v.is_denied()) {
             1
         } else if self.total_changes > 0 {
             2
@@ -380,6 +385,10 @@ pub struct ApplyReport {
     pub converged: bool,
     pub total_changed: usize,
     pub failed_hosts: usize,
+    /// What the policies decided before the apply (when any policy is in force); on a
+    /// denial no host was changed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<crate::policy::Verdict>,
 }
 
 impl ApplyReport {
@@ -438,11 +447,12 @@ impl ApplyReport {
                 .filter(|h| h.status != HostStatus::Converged)
                 .count(),
             hosts,
+            policy: None,
         }
     }
 
     pub fn exit_code(&self) -> u8 {
-        u8::from(!self.converged)
+        u8::from(!self.converged || self.policy.as_ref().is_some_and(|v| v.is_denied()))
     }
 }
 
