@@ -560,6 +560,7 @@ mod tests {
             hosts: vec![host(vec![failed_probe()], 0, 3)],
             total_changes: 0,
             hosts_with_errors: 1,
+            policy: None,
         };
         let lines = plan_lines(&r);
         assert_eq!(
@@ -582,6 +583,7 @@ mod tests {
             hosts: vec![host(Vec::new(), 0, 3)],
             total_changes: 0,
             hosts_with_errors: 0,
+            policy: None,
         };
         assert_eq!(
             plan_lines(&r)[0].1,
