@@ -87,6 +87,25 @@ pub struct DaemonConfig {
     /// is refused).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secrets_identity: Option<PathBuf>,
+    /// Guardrails: the operator's Rego policies (outside the repo: the repo cannot weaken
+    /// them) and who may override an overridable rule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policies: Option<PoliciesConfig>,
+}
+
+/// `policies:` in the daemon config.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PoliciesConfig {
+    /// Directories of `.rego` files (packages under `plumb`), read at every reconcile; the
+    /// repo's `policies/*.rego` apply too, in an engine of their own.
+    #[serde(default)]
+    pub dirs: Vec<PathBuf>,
+    /// Principals (allowed-signers names or OpenPGP user ids, as the commit's signer is
+    /// recorded) whose signed `Plumb-Override: <rule> <reason>` trailer lifts an overridable
+    /// denial.
+    #[serde(default)]
+    pub approvers: Vec<String>,
 }
 
 impl DaemonConfig {
@@ -243,6 +262,24 @@ fn check_trust_files(
             Diagnostic::error("config", label, at(""), "no trust root: neither allowed_signers nor openpgp_keyring is set")
                 .with_hint("set allowed_signers: (SSH signatures) and/or openpgp_keyring: (OpenPGP signatures)"),
         );
+    }
+    for (i, dir) in config
+        .policies
+        .iter()
+        .flat_map(|p| p.dirs.iter())
+        .enumerate()
+    {
+        if !dir.is_dir() {
+            diags.push(
+                Diagnostic::error(
+                    "config",
+                    label,
+                    at(&format!("/policies/dirs/{i}")),
+                    format!("policies directory {} does not exist", dir.display()),
+                )
+                .with_hint("create it with the operator's .rego files, or remove the entry"),
+            );
+        }
     }
     for (field, file, hint) in [
         ("allowed_signers", &config.allowed_signers, "create it in git's allowed-signers format: `<principal> <key type> <base64 key>` per line"),

@@ -42,6 +42,7 @@ pub mod config;
 pub mod console;
 mod drift;
 mod env_task;
+mod guard;
 pub mod error;
 pub mod http_config;
 pub mod policy;

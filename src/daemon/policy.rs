@@ -75,6 +75,13 @@ pub enum Refusal {
     Limit { error: String },
     /// plumb failed internally while validating or rendering this commit.
     Internal { error: String },
+    /// A guardrail denied the plan (every violation, each naming its rule's `file:line`
+    /// and the step's `path:line:col`); no host was changed.
+    Policy {
+        violations: Vec<crate::policy::Finding>,
+        /// The commit's `Plumb-Override:` trailers and what became of each.
+        overrides: Vec<crate::policy::OverrideDecision>,
+    },
 }
 
 impl Refusal {
@@ -86,6 +93,7 @@ impl Refusal {
             Refusal::Invalid { .. } => "invalid",
             Refusal::Limit { .. } => "limit",
             Refusal::Internal { .. } => "internal",
+            Refusal::Policy { .. } => "policy",
         }
     }
 }
@@ -99,6 +107,8 @@ impl Refused {
             bad_commit: None,
             errors: None,
             error: None,
+            violations: None,
+            overrides: None,
         };
         match &self.refusal {
             Refusal::Signature { bad_commit, .. } => s.bad_commit = Some(bad_commit.clone()),
@@ -106,6 +116,14 @@ impl Refused {
             Refusal::Checkout { error }
             | Refusal::Limit { error }
             | Refusal::Internal { error } => s.error = Some(error.clone()),
+            Refusal::Policy {
+                violations,
+                overrides,
+            } => {
+                s.errors = Some(violations.iter().map(crate::policy::Finding::line).collect());
+                s.violations = Some(violations.clone());
+                s.overrides = Some(overrides.clone());
+            }
         }
         s
     }
@@ -143,6 +161,10 @@ pub struct Rollout {
     /// the commit is neither quarantined nor rolled back, and the next trigger tries again.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub paused: bool,
+    /// What the guardrails decided before the first host was changed (when any policy is
+    /// in force): warnings, and the denials an approver overrode with who and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<crate::policy::Verdict>,
     /// What decides whether a failed rollout's hosts are rolled back ([`rollback_decision`]).
     #[serde(skip)]
     pub rollback: RollbackFacts,
@@ -494,6 +516,14 @@ fn refused(r: &Refused) -> Effects {
             format!("{}; nothing was applied", r.message),
             json!({"errors": errors}),
         ),
+        Refusal::Policy {
+            violations,
+            overrides,
+        } => (
+            AlertEvent::RunFailed,
+            format!("{}; nothing was applied", r.message),
+            json!({"reason": "policy", "violations": violations, "overrides": overrides}),
+        ),
         Refusal::Checkout { error } | Refusal::Limit { error } | Refusal::Internal { error } => (
             AlertEvent::RunFailed,
             format!(
@@ -599,7 +629,8 @@ impl RunSummary {
 /// Why a commit was refused, as stored with the `refused` run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct RefusedSummary {
-    /// `checkout`, `invalid`, `internal`, or the signature failure's code (`unsigned`...).
+    /// `checkout`, `invalid`, `limit`, `internal`, `policy`, or the signature failure's code
+    /// (`unsigned`...).
     pub reason: String,
     pub message: String,
     /// The first commit without a good signature.
@@ -611,6 +642,12 @@ pub struct RefusedSummary {
     /// What failed (checkout, internal).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// `policy`: every violation that denied the plan.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub violations: Option<Vec<crate::policy::Finding>>,
+    /// `policy`: the commit's override trailers, who signed them, and why each was refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overrides: Option<Vec<crate::policy::OverrideDecision>>,
 }
 
 /// A drift check: every drifted resource.

@@ -198,6 +198,24 @@ fn refusal_message(commit: &str, refusal: &Refusal) -> String {
         }
         Refusal::Limit { error } => format!("commit {commit} refused: {error}"),
         Refusal::Internal { error } => format!("commit {commit} could not be validated: {error}"),
+        Refusal::Policy { violations, .. } => {
+            let first: Vec<String> = violations
+                .iter()
+                .take(3)
+                .map(crate::policy::Finding::line)
+                .collect();
+            let more = violations.len().saturating_sub(first.len());
+            let more = if more > 0 {
+                format!("; and {more} more")
+            } else {
+                String::new()
+            };
+            format!(
+                "commit {commit} denied by policy ({} violations): {}{more}",
+                violations.len(),
+                first.join("; ")
+            )
+        }
     }
 }
 
@@ -341,6 +359,16 @@ impl Daemon {
             }
         };
         let signer = signer_of(&range.tip_signer);
+        // Guardrails: every host observed and judged before any host is changed.
+        let gate = match self
+            .policy_gate(env, tip, &signer.principal, &loaded)
+            .await
+        {
+            Ok(g) => g,
+            Err(refusal) => {
+                return Ok(refused(refusal.clone(), refusal_message(&commit, &refusal)))
+            }
+        };
         let run = lock(&self.db).begin_run(&NewRun {
             environment: env.to_string(),
             commit: Some(commit.clone()),
@@ -350,7 +378,10 @@ impl Daemon {
         })?;
         tracing::info!(environment = %env, commit = %tip, signer = %signer.principal, run = %run, "applying");
         let started = Instant::now();
-        let mut rollout = self.rollout(env, &run, &commit, &loaded).await?;
+        let mut rollout = self
+            .rollout(env, &run, &commit, &loaded, gate.as_ref())
+            .await?;
+        rollout.policy = gate.map(|g| g.verdict);
         rollout.commits = range
             .commits
             .iter()
@@ -377,6 +408,7 @@ impl Daemon {
         run: &RunId,
         commit: &str,
         loaded: &Loaded,
+        gate: Option<&super::guard::Gate>,
     ) -> Result<Rollout, DaemonError> {
         let plain: Vec<Host> = loaded.hosts.iter().map(|h| h.host.clone()).collect();
         // Hosts that left the inventory stop being reported.
@@ -400,6 +432,7 @@ impl Daemon {
             drift_interval: Duration::ZERO,
             good_hosts: Vec::new(),
             paused: false,
+            policy: None,
             rollback: RollbackFacts::default(),
         };
         for wave in &waves {
@@ -409,7 +442,7 @@ impl Daemon {
                 .filter_map(|i| loaded.hosts.get(*i))
                 .collect();
             let summary = self
-                .roll_wave(env, run, wave, &members, loaded, &mut out)
+                .roll_wave(env, run, wave, &members, loaded, gate, &mut out)
                 .await?;
             let stop = stop_reason(&summary);
             out.waves.push(summary);
@@ -449,6 +482,7 @@ impl Daemon {
         wave: &super::waves::WavePlan,
         members: &[&DesiredHost],
         loaded: &Loaded,
+        gate: Option<&super::guard::Gate>,
         out: &mut Rollout,
     ) -> Result<WaveSummary, DaemonError> {
         let (environment, repo) = (&loaded.environment, &loaded.repo);
@@ -459,7 +493,11 @@ impl Daemon {
             // Another environment may be applying this host (a shared inventory entry).
             let _applying = host_locks.lock(&h.host.address, h.host.port).await;
             let t = engine::Connector::connect(connector, &h.host);
-            (h, engine::apply_host(h, t.as_ref()).await)
+            // The plan the policies judged is the one applied (no second observation).
+            match gate.and_then(|g| g.take(&h.host.name)) {
+                Some(o) => (h, engine::apply_observed(h, t.as_ref(), o).await),
+                None => (h, engine::apply_host(h, t.as_ref()).await),
+            }
         })
         .await;
         let mut failed = Vec::new();

@@ -44,6 +44,7 @@ pub(super) fn rollout(failed: &[&str]) -> Rollout {
         drift_interval: Duration::from_secs(300),
         good_hosts: Vec::new(),
         paused: false,
+        policy: None,
         rollback: Default::default(),
     }
 }
