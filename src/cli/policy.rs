@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
-use crate::policy::{self, Context, Finding, Origin, PolicySet, Verdict};
+use crate::policy::{self, Context, EvalHost, EvalReport, Finding, Origin, PolicySet, Verdict};
 
 use super::args::{runtime, HostArgs, OutputArg, OutputFormat};
 use super::term::{escape, print_json, Term};
@@ -186,20 +186,6 @@ fn test(args: TestArgs, term: Term) -> anyhow::Result<u8> {
         }
     }
     Ok(u8::from(failed > 0 || results.is_empty()))
-}
-
-/// `plumb policy eval --output json`.
-#[derive(Debug, serde::Serialize, schemars::JsonSchema)]
-pub struct EvalReport {
-    pub environment: String,
-    pub hosts: Vec<EvalHost>,
-    pub verdict: Verdict,
-}
-
-#[derive(Debug, serde::Serialize, schemars::JsonSchema)]
-pub struct EvalHost {
-    pub input: policy::PolicyInput,
-    pub findings: Vec<Finding>,
 }
 
 fn eval(args: EvalArgs, term: Term) -> anyhow::Result<u8> {

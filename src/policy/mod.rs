@@ -151,6 +151,22 @@ pub struct TestResult {
     pub error: Option<String>,
 }
 
+/// `plumb policy eval --output json`.
+#[derive(Debug, Serialize, JsonSchema)]
+#[schemars(title = "plumb policy eval report")]
+pub struct EvalReport {
+    pub environment: String,
+    pub hosts: Vec<EvalHost>,
+    pub verdict: Verdict,
+}
+
+/// One host's input document and what the policies found on it.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct EvalHost {
+    pub input: PolicyInput,
+    pub findings: Vec<Finding>,
+}
+
 /// The policies in force: the operator's and the repo's, each in its own engine.
 #[derive(Clone, Default)]
 pub struct PolicySet {
