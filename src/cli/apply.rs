@@ -30,50 +30,49 @@ pub fn run(args: HostArgs, term: Term) -> anyhow::Result<u8> {
     // observations (no extra round trip). Without policies, each host is observed and
     // applied in one go.
     let set = args.policy.load(&prep.repo)?;
-    let (mut runs, verdict) = if set.is_empty() {
-        let runs = rt.block_on(crate::engine::until_signal(apply_each(
-            &prep.hosts,
-            connector.as_ref(),
-            args.conn.parallel,
-            progress.as_ref(),
-        )))?;
-        (runs, None)
-    } else {
-        let observations = rt.block_on(crate::engine::until_signal(crate::engine::each_host(
-            &prep.hosts,
-            args.conn.parallel,
-            |h| {
-                let t = connector.connect(&h.host);
-                async move { crate::engine::observe_host(h, t.as_ref()).await }
-            },
-        )))?;
-        let plans: Vec<crate::engine::HostPlan> =
-            observations.iter().map(|o| o.plan.clone()).collect();
-        let verdict = super::plan::judge(&args, &prep, &plans)?;
-        if let (Some(v), OutputFormat::Text) = (&verdict, output) {
-            super::policy::print_verdict(v, term);
-        }
-        if verdict.as_ref().is_some_and(|v| v.is_denied()) {
-            let mut report = crate::report::plan::PlanReport::new(env, "plan", &plans);
-            report.policy = verdict;
-            match output {
-                OutputFormat::Json => print_json(&report)?,
-                OutputFormat::Text => eprintln!(
-                    "{}: denied by policy; no host was changed",
-                    term.err.red("error")
-                ),
+    let (mut runs, verdict) =
+        if set.is_empty() {
+            let runs = rt.block_on(crate::engine::until_signal(apply_each(
+                &prep.hosts,
+                connector.as_ref(),
+                args.conn.parallel,
+                progress.as_ref(),
+            )))?;
+            (runs, None)
+        } else {
+            let observations = rt.block_on(crate::engine::until_signal(
+                crate::engine::each_host(&prep.hosts, args.conn.parallel, |h| {
+                    let t = connector.connect(&h.host);
+                    async move { crate::engine::observe_host(h, t.as_ref()).await }
+                }),
+            ))?;
+            let plans: Vec<crate::engine::HostPlan> =
+                observations.iter().map(|o| o.plan.clone()).collect();
+            let verdict = super::plan::judge(&args, &prep, &plans)?;
+            if let (Some(v), OutputFormat::Text) = (&verdict, output) {
+                super::policy::print_verdict(v, term);
             }
-            return Ok(1);
-        }
-        let runs = rt.block_on(crate::engine::until_signal(apply_observed_each(
-            &prep.hosts,
-            observations,
-            connector.as_ref(),
-            args.conn.parallel,
-            progress.as_ref(),
-        )))?;
-        (runs, verdict)
-    };
+            if verdict.as_ref().is_some_and(|v| v.is_denied()) {
+                let mut report = crate::report::plan::PlanReport::new(env, "plan", &plans);
+                report.policy = verdict;
+                match output {
+                    OutputFormat::Json => print_json(&report)?,
+                    OutputFormat::Text => eprintln!(
+                        "{}: denied by policy; no host was changed",
+                        term.err.red("error")
+                    ),
+                }
+                return Ok(1);
+            }
+            let runs = rt.block_on(crate::engine::until_signal(apply_observed_each(
+                &prep.hosts,
+                observations,
+                connector.as_ref(),
+                args.conn.parallel,
+                progress.as_ref(),
+            )))?;
+            (runs, verdict)
+        };
     // A host whose facts changed since they were cached was not touched: render it again
     // with the facts just seen and apply that (one more probe round trip, in the report).
     let mut changed = vec![false; runs.len()];

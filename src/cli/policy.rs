@@ -112,7 +112,11 @@ pub fn print_verdict(v: &Verdict, term: Term) {
         eprintln!("{}: {}", term.err.red("policy"), escape(&f.line()));
     }
     for f in &v.overridden {
-        eprintln!("{}: overridden: {}", term.err.yellow("policy"), escape(&f.line()));
+        eprintln!(
+            "{}: overridden: {}",
+            term.err.yellow("policy"),
+            escape(&f.line())
+        );
     }
     for f in &v.warnings {
         eprintln!("{}: {}", term.err.yellow("policy"), escape(&f.line()));
@@ -180,7 +184,11 @@ fn test(args: TestArgs, term: Term) -> anyhow::Result<u8> {
                     .as_deref()
                     .map(|e| format!(": {}", escape(e)))
                     .unwrap_or_default();
-                println!("{verdict} {} ({}){err}", escape(&r.rule), escape(&r.location));
+                println!(
+                    "{verdict} {} ({}){err}",
+                    escape(&r.rule),
+                    escape(&r.location)
+                );
             }
             println!("{} passed, {failed} failed", results.len() - failed);
         }

@@ -120,7 +120,12 @@ impl Refused {
                 violations,
                 overrides,
             } => {
-                s.errors = Some(violations.iter().map(crate::policy::Finding::line).collect());
+                s.errors = Some(
+                    violations
+                        .iter()
+                        .map(crate::policy::Finding::line)
+                        .collect(),
+                );
                 s.violations = Some(violations.clone());
                 s.overrides = Some(overrides.clone());
             }

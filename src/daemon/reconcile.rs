@@ -360,10 +360,7 @@ impl Daemon {
         };
         let signer = signer_of(&range.tip_signer);
         // Guardrails: every host observed and judged before any host is changed.
-        let gate = match self
-            .policy_gate(env, tip, &signer.principal, &loaded)
-            .await
-        {
+        let gate = match self.policy_gate(env, tip, &signer.principal, &loaded).await {
             Ok(g) => g,
             Err(refusal) => {
                 return Ok(refused(refusal.clone(), refusal_message(&commit, &refusal)))

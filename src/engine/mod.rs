@@ -686,7 +686,10 @@ pub async fn observe_host(desired: &DesiredHost, t: &dyn Transport) -> Observati
                 .iter()
                 .zip(o)
                 .map(|(step, change)| StepPlan {
-                    change: change.as_ref().map(|c| step.redact(c)).map_err(Clone::clone),
+                    change: change
+                        .as_ref()
+                        .map(|c| step.redact(c))
+                        .map_err(Clone::clone),
                     step: step.clone(),
                 })
                 .collect();

@@ -240,7 +240,9 @@ fn is_policy_file(name: &str, with_tests: bool) -> bool {
 }
 
 /// The repo's `policies/*.rego` (tests left out), read through the checkout's jail.
-pub fn read_repo(files: &crate::model::jail::RepoFiles) -> Result<Vec<(String, String)>, PolicyError> {
+pub fn read_repo(
+    files: &crate::model::jail::RepoFiles,
+) -> Result<Vec<(String, String)>, PolicyError> {
     let mut out = Vec::new();
     for name in files.files_under(REPO_DIR) {
         if !is_policy_file(&name, false) {
@@ -342,7 +344,15 @@ impl PolicySet {
                     })?;
                 let level = set.level(rule);
                 let make = |message: String, step: Option<String>| {
-                    finding(rule, set.origin, level, &input.host.name, message, step, &steps)
+                    finding(
+                        rule,
+                        set.origin,
+                        level,
+                        &input.host.name,
+                        message,
+                        step,
+                        &steps,
+                    )
                 };
                 out.extend(findings_of(&v, rule, make));
             }
@@ -477,10 +487,10 @@ fn findings_of(
         .map(|item| match item {
             serde_json::Value::String(s) => make(s, None),
             serde_json::Value::Object(o) => {
-                let msg = o
-                    .get("msg")
-                    .and_then(|m| m.as_str())
-                    .map_or_else(|| serde_json::Value::Object(o.clone()).to_string(), str::to_string);
+                let msg = o.get("msg").and_then(|m| m.as_str()).map_or_else(
+                    || serde_json::Value::Object(o.clone()).to_string(),
+                    str::to_string,
+                );
                 let step = o.get("step").and_then(|s| s.as_str()).map(str::to_string);
                 make(msg, step)
             }
@@ -489,7 +499,10 @@ fn findings_of(
         .collect();
     if total > MAX_FINDINGS_PER_RULE {
         out.push(make(
-            format!("and {} more findings of this rule", total - MAX_FINDINGS_PER_RULE),
+            format!(
+                "and {} more findings of this rule",
+                total - MAX_FINDINGS_PER_RULE
+            ),
             None,
         ));
     }

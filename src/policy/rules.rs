@@ -33,10 +33,7 @@ impl RuleDecl {
     /// The rule's id in messages and `Plumb-Override:` trailers: the package without its
     /// `plumb.` prefix, a dot, the rule name (`ssh.deny_remove`).
     pub fn id(&self) -> String {
-        let pkg = self
-            .package
-            .strip_prefix("plumb.")
-            .unwrap_or(&self.package);
+        let pkg = self.package.strip_prefix("plumb.").unwrap_or(&self.package);
         format!("{pkg}.{}", self.name)
     }
 
@@ -113,7 +110,8 @@ mod tests {
 
     #[test]
     fn rules_are_found_with_their_first_line() {
-        let text = "package plumb.ssh\n\nimport rego.v1\n\ndeny_remove contains msg if {\n  true\n}\n\
+        let text =
+            "package plumb.ssh\n\nimport rego.v1\n\ndeny_remove contains msg if {\n  true\n}\n\
                     deny_remove contains msg if {\n  false\n}\nwarn contains 1 if true\n\
                     test_it if true\nhelper := 1\n";
         let rules = scan("p/ssh.rego", text);

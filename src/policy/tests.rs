@@ -79,7 +79,8 @@ fn ctx(env: &str) -> Context {
 fn starter() -> PolicySet {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/policies");
     let mut set = PolicySet::default();
-    set.add_dirs(Origin::Operator, &[dir], false).expect("starter pack");
+    set.add_dirs(Origin::Operator, &[dir], false)
+        .expect("starter pack");
     set
 }
 
@@ -100,11 +101,16 @@ fn a_denial_names_the_rule_its_file_line_and_the_steps_position() {
     assert_eq!(findings.len(), 1, "{findings:?}");
     let f = &findings[0];
     assert_eq!(f.rule, "ssh.deny_remove");
-    assert!(f.rule_location.ends_with("examples/policies/ssh.rego:11"), "{f:?}");
+    assert!(
+        f.rule_location.ends_with("examples/policies/ssh.rego:11"),
+        "{f:?}"
+    );
     assert_eq!(f.step.as_deref(), Some("base/ssh"));
     assert_eq!(f.step_location.as_deref(), Some("units/base.yaml:7:5"));
     assert_eq!(f.level, Level::Overridable);
-    assert!(f.line().starts_with("units/base.yaml:7:5: denied (overridable) by ssh.deny_remove"));
+    assert!(f
+        .line()
+        .starts_with("units/base.yaml:7:5: denied (overridable) by ssh.deny_remove"));
 }
 
 #[test]
@@ -262,7 +268,10 @@ fn structured_violations_and_warnings() {
         .expect("evaluates");
     assert_eq!(findings.len(), 2, "{findings:?}");
     assert_eq!(findings[0].rule_location, "policies/s.rego:3");
-    assert_eq!(findings[0].step_location.as_deref(), Some("units/base.yaml:7:5"));
+    assert_eq!(
+        findings[0].step_location.as_deref(),
+        Some("units/base.yaml:7:5")
+    );
     assert_eq!(findings[1].level, Level::Advisory);
 }
 
@@ -272,7 +281,10 @@ fn a_policy_that_does_not_compile_is_an_error_naming_its_file() {
     let e = set
         .add(
             Origin::Repo,
-            vec![("policies/bad.rego".into(), "package plumb.b\ndeny contains if {\n".into())],
+            vec![(
+                "policies/bad.rego".into(),
+                "package plumb.b\ndeny contains if {\n".into(),
+            )],
         )
         .expect_err("does not compile");
     assert_eq!(e.code(), "compile");
@@ -284,14 +296,21 @@ fn a_runaway_policy_is_stopped_by_the_time_limit() {
     let mut set = PolicySet::default();
     // 10^12 iterations: only the execution timer ends it.
     let rego = "package plumb.slow\ndeny contains x if {\n  some a in numbers.range(1, 1000000)\n  some b in numbers.range(1, 1000000)\n  x := a * b\n  x < 0\n}\n";
-    set.add(Origin::Repo, vec![("policies/slow.rego".into(), rego.into())])
-        .expect("compiles");
+    set.add(
+        Origin::Repo,
+        vec![("policies/slow.rego".into(), rego.into())],
+    )
+    .expect("compiles");
     let started = std::time::Instant::now();
     let e = set
         .evaluate(&desired_input(&ctx("e"), &remove_ssh(), 1))
         .expect_err("stopped");
     assert_eq!(e.code(), "eval");
-    assert!(started.elapsed() < EVAL_TIME_LIMIT * 4, "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < EVAL_TIME_LIMIT * 4,
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[test]
