@@ -51,9 +51,17 @@ fn set_approvers(f: &DaemonFixture, approvers: &str) {
         .lines()
         .take_while(|l| !l.starts_with("policies:"))
         .collect();
+    // The operator's policies: the starter pack's SSH rule, outside the repo.
+    let dir = f.path("operator-policies");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    std::fs::copy(
+        root().join("examples/policies/ssh.rego"),
+        dir.join("ssh.rego"),
+    )
+    .expect("copy");
     let policies = format!(
         "policies:\n  dirs: [{}]\n  approvers: [{approvers}]\n",
-        root().join("examples/policies").display()
+        dir.display()
     );
     std::fs::write(&path, format!("{}\n{policies}", kept.join("\n"))).expect("write config");
 }
@@ -104,7 +112,7 @@ fn a_guardrail_refuses_then_an_approvers_override_applies() {
             v["rule_location"]
                 .as_str()
                 .unwrap_or("")
-                .ends_with("examples/policies/ssh.rego:11"),
+                .ends_with("operator-policies/ssh.rego:11"),
             "{v}"
         );
         let at = v["step_location"].as_str().unwrap_or("");

@@ -30,7 +30,7 @@ fn the_starter_pack_tests_pass_through_the_binary() {
     );
     assert_eq!(code, 0, "{out}{err}");
     assert!(
-        out.contains("PASS ssh.test_removing_openssh_server_is_denied"),
+        out.contains("PASS ssh_test.test_removing_openssh_server_is_denied"),
         "{out}"
     );
     assert!(out.contains(" 0 failed"), "{out}");

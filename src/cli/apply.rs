@@ -30,49 +30,27 @@ pub fn run(args: HostArgs, term: Term) -> anyhow::Result<u8> {
     // observations (no extra round trip). Without policies, each host is observed and
     // applied in one go.
     let set = args.policy.load(&prep.repo)?;
-    let (mut runs, verdict) =
-        if set.is_empty() {
-            let runs = rt.block_on(crate::engine::until_signal(apply_each(
-                &prep.hosts,
-                connector.as_ref(),
-                args.conn.parallel,
-                progress.as_ref(),
-            )))?;
-            (runs, None)
-        } else {
-            let observations = rt.block_on(crate::engine::until_signal(
-                crate::engine::each_host(&prep.hosts, args.conn.parallel, |h| {
-                    let t = connector.connect(&h.host);
-                    async move { crate::engine::observe_host(h, t.as_ref()).await }
-                }),
-            ))?;
-            let plans: Vec<crate::engine::HostPlan> =
-                observations.iter().map(|o| o.plan.clone()).collect();
-            let verdict = super::plan::judge(&args, &prep, &plans)?;
-            if let (Some(v), OutputFormat::Text) = (&verdict, output) {
-                super::policy::print_verdict(v, term);
-            }
-            if verdict.as_ref().is_some_and(|v| v.is_denied()) {
-                let mut report = crate::report::plan::PlanReport::new(env, "plan", &plans);
-                report.policy = verdict;
-                match output {
-                    OutputFormat::Json => print_json(&report)?,
-                    OutputFormat::Text => eprintln!(
-                        "{}: denied by policy; no host was changed",
-                        term.err.red("error")
-                    ),
-                }
-                return Ok(1);
-            }
-            let runs = rt.block_on(crate::engine::until_signal(apply_observed_each(
-                &prep.hosts,
-                observations,
-                connector.as_ref(),
-                args.conn.parallel,
-                progress.as_ref(),
-            )))?;
-            (runs, verdict)
+    let (mut runs, verdict) = if set.is_empty() {
+        let runs = rt.block_on(crate::engine::until_signal(apply_each(
+            &prep.hosts,
+            connector.as_ref(),
+            args.conn.parallel,
+            progress.as_ref(),
+        )))?;
+        (runs, None)
+    } else {
+        let gated = Gated {
+            args: &args,
+            prep: &prep,
+            connector: connector.as_ref(),
+            progress: progress.as_ref(),
+            term,
         };
+        match gated.run(&rt)? {
+            Some(r) => r,
+            None => return Ok(1),
+        }
+    };
     // A host whose facts changed since they were cached was not touched: render it again
     // with the facts just seen and apply that (one more probe round trip, in the report).
     let mut changed = vec![false; runs.len()];
@@ -118,6 +96,60 @@ pub fn run(args: HostArgs, term: Term) -> anyhow::Result<u8> {
         OutputFormat::Text => print_lines(&crate::report::plan::apply_lines(&report), term.out),
     }
     Ok(report.exit_code())
+}
+
+/// An apply under guardrails: every host observed, the plans judged, then applied from those
+/// observations.
+struct Gated<'a> {
+    args: &'a HostArgs,
+    prep: &'a super::facts::Prepared,
+    connector: &'a dyn crate::engine::Connector,
+    progress: Option<&'a Progress>,
+    term: Term,
+}
+
+impl Gated<'_> {
+    /// `None`: denied (printed); nothing was changed.
+    fn run(
+        &self,
+        rt: &tokio::runtime::Runtime,
+    ) -> anyhow::Result<Option<(Vec<HostRun>, Option<crate::policy::Verdict>)>> {
+        let (args, prep, output) = (self.args, self.prep, self.args.output.output);
+        let observations = rt.block_on(crate::engine::until_signal(crate::engine::each_host(
+            &prep.hosts,
+            args.conn.parallel,
+            |h| {
+                let t = self.connector.connect(&h.host);
+                async move { crate::engine::observe_host(h, t.as_ref()).await }
+            },
+        )))?;
+        let plans: Vec<crate::engine::HostPlan> =
+            observations.iter().map(|o| o.plan.clone()).collect();
+        let verdict = super::plan::judge(args, prep, &plans)?;
+        if let (Some(v), OutputFormat::Text) = (&verdict, output) {
+            super::policy::print_verdict(v, self.term);
+        }
+        if verdict.as_ref().is_some_and(|v| v.is_denied()) {
+            let mut report = crate::report::plan::PlanReport::new(&args.target.env, "plan", &plans);
+            report.policy = verdict;
+            match output {
+                OutputFormat::Json => print_json(&report)?,
+                OutputFormat::Text => eprintln!(
+                    "{}: denied by policy; no host was changed",
+                    self.term.err.red("error")
+                ),
+            }
+            return Ok(None);
+        }
+        let runs = rt.block_on(crate::engine::until_signal(apply_observed_each(
+            &prep.hosts,
+            observations,
+            self.connector,
+            args.conn.parallel,
+            self.progress,
+        )))?;
+        Ok(Some((runs, verdict)))
+    }
 }
 
 async fn apply_each(

@@ -379,16 +379,7 @@ impl Daemon {
             .rollout(env, &run, &commit, &loaded, gate.as_ref())
             .await?;
         rollout.policy = gate.map(|g| g.verdict);
-        rollout.commits = range
-            .commits
-            .iter()
-            .map(|c| CommitSummary {
-                commit: c.id.to_string(),
-                signer: c.signer.principal.clone(),
-                fingerprint: c.signer.fingerprint.clone(),
-                seal: c.seal.clone(),
-            })
-            .collect();
+        rollout.commits = commit_summaries(&range);
         rollout.duration = started.elapsed();
         rollout.drift_interval = policy::drift_interval(drift_override, loaded.env_interval);
         if rollout.failed_hosts.is_empty() {
@@ -629,7 +620,7 @@ impl Daemon {
             (run, commit.to_string())
         };
         if result == RunResult::Refused {
-            tracing::warn!(environment = %env, commit = %commit, run = %run, "commit refused; no host was contacted");
+            tracing::warn!(environment = %env, commit = %commit, run = %run, "commit refused; no host was changed");
         }
         self.anchor_audit_head();
         Ok(Some(run))
@@ -651,6 +642,20 @@ impl Daemon {
         let c = repo.find_commit(commit).ok()?;
         OffsetDateTime::from_unix_timestamp(c.time().seconds()).ok()
     }
+}
+
+/// The commits a run applies (oldest first), each with its signer.
+fn commit_summaries(range: &VerifiedRange) -> Vec<CommitSummary> {
+    range
+        .commits
+        .iter()
+        .map(|c| CommitSummary {
+            commit: c.id.to_string(),
+            signer: c.signer.principal.clone(),
+            fingerprint: c.signer.fingerprint.clone(),
+            seal: c.seal.clone(),
+        })
+        .collect()
 }
 
 /// Whether a host took the commit (a step changed or failed: the apply reached it), and the

@@ -115,6 +115,42 @@ fn policy_a_signature_refusal_is_recorded_marked_counted_and_alerted() {
     assert_eq!(e.next_drift, NextDrift::KeepOr(Duration::ZERO));
 }
 
+fn policy_violation() -> crate::policy::Finding {
+    crate::policy::Finding {
+        rule: "ssh.deny_remove".into(),
+        level: crate::policy::Level::Overridable,
+        origin: crate::policy::Origin::Operator,
+        rule_location: "/etc/plumb/policies/ssh.rego:11".into(),
+        host: "web-1".into(),
+        message: "base/ssh removes openssh-server".into(),
+        step: Some("base/ssh".into()),
+        step_location: Some("units/base.yaml:7:5".into()),
+    }
+}
+
+#[test]
+fn policy_a_guardrail_refusal_records_and_alerts_every_violation() {
+    let refusal = Refusal::Policy {
+        violations: vec![policy_violation(), policy_violation()],
+        overrides: Vec::new(),
+    };
+    assert_eq!(refusal.code(), "policy");
+    let Outcome::Refused(r) = refused(refusal) else {
+        unreachable!("refused() makes a refusal")
+    };
+    let summary = r.summary();
+    assert_eq!(summary.reason, "policy");
+    assert_eq!(summary.violations.as_ref().map(Vec::len), Some(2));
+    assert!(summary.errors.as_ref().is_some_and(|e| e[0].starts_with(
+        "units/base.yaml:7:5: denied (overridable) by ssh.deny_remove (/etc/plumb/policies/ssh.rego:11)"
+    )));
+    let e = policy(&Ok(Outcome::Refused(r)));
+    assert_eq!(e.record, Some(RunResult::Refused));
+    let a = e.alert.expect("alert");
+    assert_eq!(a.details["reason"], "policy");
+    assert_eq!(a.details["violations"].as_array().map(Vec::len), Some(2));
+}
+
 #[test]
 fn policy_every_other_refusal_is_recorded_marked_and_alerted_as_a_failed_run() {
     for refusal in [
@@ -126,6 +162,10 @@ fn policy_every_other_refusal_is_recorded_marked_and_alerted_as_a_failed_run() {
         },
         Refusal::Internal {
             error: "panic: boom".into(),
+        },
+        Refusal::Policy {
+            violations: vec![policy_violation()],
+            overrides: Vec::new(),
         },
     ] {
         let e = policy(&Ok(refused(refusal.clone())));
