@@ -137,7 +137,7 @@ pub enum PolicyCommand {
     /// otherwise.
     Test(TestArgs),
     /// Print the input document of each host and the policies' decisions on it.
-    Eval(EvalArgs),
+    Eval(Box<EvalArgs>),
 }
 
 #[derive(Debug, clap::Args)]
@@ -161,7 +161,7 @@ pub struct EvalArgs {
 pub fn run(command: PolicyCommand, term: Term) -> anyhow::Result<u8> {
     match command {
         PolicyCommand::Test(a) => test(a, term),
-        PolicyCommand::Eval(a) => eval(a, term),
+        PolicyCommand::Eval(a) => eval(*a, term),
     }
 }
 

@@ -169,7 +169,7 @@ pub struct Rollout {
     /// What the guardrails decided before the first host was changed (when any policy is
     /// in force): warnings, and the denials an approver overrode with who and why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub policy: Option<crate::policy::Verdict>,
+    pub policy: Option<Box<crate::policy::Verdict>>,
     /// What decides whether a failed rollout's hosts are rolled back ([`rollback_decision`]).
     #[serde(skip)]
     pub rollback: RollbackFacts,

@@ -32,6 +32,8 @@ pub(super) struct Loaded {
     pub environment: Environment,
     /// The environment's own `drift.interval`.
     pub env_interval: Duration,
+    /// The guardrails' observations and verdict (set when a policy is in force).
+    pub gate: Option<super::guard::Gate>,
 }
 
 /// A checkout of `commit` under `base` (reused when present). Environments reconcile at
@@ -171,6 +173,7 @@ pub(super) async fn load_commit(
         hosts,
         environment,
         env_interval,
+        gate: None,
     })
 }
 
@@ -342,7 +345,7 @@ impl Daemon {
         };
         // A bad commit touches nothing: validate and render before the first host.
         let facts = self.facts_source(true);
-        let loaded = match load_commit(
+        let mut loaded = match load_commit(
             self.source.clone(),
             self.checkouts_dir(),
             tip,
@@ -360,7 +363,7 @@ impl Daemon {
         };
         let signer = signer_of(&range.tip_signer);
         // Guardrails: every host observed and judged before any host is changed.
-        let gate = match self.policy_gate(env, tip, &signer.principal, &loaded).await {
+        loaded.gate = match self.policy_gate(env, tip, &signer.principal, &loaded).await {
             Ok(g) => g,
             Err(refusal) => {
                 return Ok(refused(refusal.clone(), refusal_message(&commit, &refusal)))
@@ -375,10 +378,8 @@ impl Daemon {
         })?;
         tracing::info!(environment = %env, commit = %tip, signer = %signer.principal, run = %run, "applying");
         let started = Instant::now();
-        let mut rollout = self
-            .rollout(env, &run, &commit, &loaded, gate.as_ref())
-            .await?;
-        rollout.policy = gate.map(|g| g.verdict);
+        let mut rollout = self.rollout(env, &run, &commit, &loaded).await?;
+        rollout.policy = loaded.gate.take().map(|g| Box::new(g.verdict));
         rollout.commits = commit_summaries(&range);
         rollout.duration = started.elapsed();
         rollout.drift_interval = policy::drift_interval(drift_override, loaded.env_interval);
@@ -396,7 +397,6 @@ impl Daemon {
         run: &RunId,
         commit: &str,
         loaded: &Loaded,
-        gate: Option<&super::guard::Gate>,
     ) -> Result<Rollout, DaemonError> {
         let plain: Vec<Host> = loaded.hosts.iter().map(|h| h.host.clone()).collect();
         // Hosts that left the inventory stop being reported.
@@ -430,7 +430,7 @@ impl Daemon {
                 .filter_map(|i| loaded.hosts.get(*i))
                 .collect();
             let summary = self
-                .roll_wave(env, run, wave, &members, loaded, gate, &mut out)
+                .roll_wave(env, run, wave, &members, loaded, &mut out)
                 .await?;
             let stop = stop_reason(&summary);
             out.waves.push(summary);
@@ -470,13 +470,13 @@ impl Daemon {
         wave: &super::waves::WavePlan,
         members: &[&DesiredHost],
         loaded: &Loaded,
-        gate: Option<&super::guard::Gate>,
         out: &mut Rollout,
     ) -> Result<WaveSummary, DaemonError> {
         let (environment, repo) = (&loaded.environment, &loaded.repo);
         let names: Vec<String> = members.iter().map(|h| h.host.name.clone()).collect();
         tracing::info!(environment = %env, wave = %wave.name, hosts = ?names, "wave");
         let (connector, host_locks) = (&self.connector, &self.host_locks);
+        let gate = loaded.gate.as_ref();
         let runs = engine::each_host(members.iter().copied(), wave.max_parallel, |h| async move {
             // Another environment may be applying this host (a shared inventory entry).
             let _applying = host_locks.lock(&h.host.address, h.host.port).await;
