@@ -105,17 +105,11 @@ impl Daemon {
             .map(|(h, p)| policy::plan_input(&ctx, h, p, loaded.hosts.len(), changed))
             .collect();
         // Evaluation is CPU work (bounded by the execution timer): off the async threads.
-        let judged = tokio::task::spawn_blocking(move || {
-            let mut all = Vec::new();
-            for input in &inputs {
-                all.extend(set.evaluate(input)?);
-            }
-            Ok::<_, policy::PolicyError>(all)
-        })
-        .await
-        .map_err(|e| Refusal::Internal {
-            error: format!("evaluating the policies: {e}"),
-        })?;
+        let judged = tokio::task::spawn_blocking(move || set.evaluate_all(&inputs))
+            .await
+            .map_err(|e| Refusal::Internal {
+                error: format!("evaluating the policies: {e}"),
+            })?;
         let findings = judged.map_err(|e| invalid(&e))?;
         let approvers = self
             .config

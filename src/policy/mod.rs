@@ -323,39 +323,41 @@ impl PolicySet {
 
     /// Every finding of every rule on one host's input.
     pub fn evaluate(&self, input: &PolicyInput) -> Result<Vec<Finding>, PolicyError> {
-        let json = serde_json::to_value(input).unwrap_or(serde_json::Value::Null);
-        let value = regorus::Value::from(json);
-        let steps: BTreeMap<&str, &str> = input
-            .steps
-            .iter()
-            .map(|s| (s.address.as_str(), s.location.as_str()))
-            .collect();
+        self.evaluate_all(std::slice::from_ref(input))
+    }
+
+    /// Every finding of every rule on each host's input, in input order: hosts are split
+    /// over the machine's cores, each thread with its own copy of each engine.
+    pub fn evaluate_all(&self, inputs: &[PolicyInput]) -> Result<Vec<Finding>, PolicyError> {
+        let threads = std::thread::available_parallelism()
+            .map_or(1, usize::from)
+            .min(inputs.len().div_ceil(16))
+            .max(1);
+        let chunk = inputs.len().div_ceil(threads).max(1);
+        let results: Vec<Result<Vec<Finding>, PolicyError>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = inputs
+                .chunks(chunk)
+                .map(|part| {
+                    let sets = self.sets.clone();
+                    scope.spawn(move || evaluate_chunk(&sets, part))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(PolicyError::Eval {
+                            location: "-".into(),
+                            rule: "-".into(),
+                            error: "policy evaluation panicked".into(),
+                        })
+                    })
+                })
+                .collect()
+        });
         let mut out = Vec::new();
-        for set in &self.sets {
-            let mut engine = set.engine.clone();
-            engine.set_input(value.clone());
-            for rule in set.rules.iter().filter(|r| r.kind != RuleKind::Test) {
-                let v = engine
-                    .eval_rule(rule.data_path())
-                    .map_err(|e| PolicyError::Eval {
-                        location: rule.location(),
-                        rule: rule.id(),
-                        error: e.to_string(),
-                    })?;
-                let level = set.level(rule);
-                let make = |message: String, step: Option<String>| {
-                    finding(
-                        rule,
-                        set.origin,
-                        level,
-                        &input.host.name,
-                        message,
-                        step,
-                        &steps,
-                    )
-                };
-                out.extend(findings_of(&v, rule, make));
-            }
+        for r in results {
+            out.extend(r?);
         }
         Ok(out)
     }
@@ -385,6 +387,44 @@ impl PolicySet {
 }
 
 impl Compiled {
+    fn evaluate_one(
+        &self,
+        engine: &mut regorus::Engine,
+        input: &PolicyInput,
+    ) -> Result<Vec<Finding>, PolicyError> {
+        let json = serde_json::to_value(input).unwrap_or(serde_json::Value::Null);
+        engine.set_input(regorus::Value::from(json));
+        let steps: BTreeMap<&str, &str> = input
+            .steps
+            .iter()
+            .map(|s| (s.address.as_str(), s.location.as_str()))
+            .collect();
+        let mut out = Vec::new();
+        for rule in self.rules.iter().filter(|r| r.kind != RuleKind::Test) {
+            let v = engine
+                .eval_rule(rule.data_path())
+                .map_err(|e| PolicyError::Eval {
+                    location: rule.location(),
+                    rule: rule.id(),
+                    error: e.to_string(),
+                })?;
+            let level = self.level(rule);
+            let make = |message: String, step: Option<String>| {
+                finding(
+                    rule,
+                    self.origin,
+                    level,
+                    &input.host.name,
+                    message,
+                    step,
+                    &steps,
+                )
+            };
+            out.extend(findings_of(&v, rule, make));
+        }
+        Ok(out)
+    }
+
     /// Reads each package's constant `overridable` set (rule names).
     fn read_overridable(&mut self) {
         let packages: BTreeSet<String> = self.rules.iter().map(|r| r.package.clone()).collect();
@@ -418,6 +458,18 @@ impl Compiled {
             _ => Level::Mandatory,
         }
     }
+}
+
+/// One thread's share of [`PolicySet::evaluate_all`]: per input, every origin's findings.
+fn evaluate_chunk(sets: &[Compiled], inputs: &[PolicyInput]) -> Result<Vec<Finding>, PolicyError> {
+    let mut engines: Vec<regorus::Engine> = sets.iter().map(|s| s.engine.clone()).collect();
+    let mut out = Vec::new();
+    for input in inputs {
+        for (set, engine) in sets.iter().zip(engines.iter_mut()) {
+            out.extend(set.evaluate_one(engine, input)?);
+        }
+    }
+    Ok(out)
 }
 
 fn bounded(s: &str) -> String {
@@ -515,11 +567,11 @@ pub fn judge_desired(
     ctx: &Context,
     hosts: &[crate::render::DesiredHost],
 ) -> Result<Vec<Finding>, PolicyError> {
-    let mut out = Vec::new();
-    for h in hosts {
-        out.extend(set.evaluate(&desired_input(ctx, h, hosts.len()))?);
-    }
-    Ok(out)
+    let inputs: Vec<PolicyInput> = hosts
+        .iter()
+        .map(|h| desired_input(ctx, h, hosts.len()))
+        .collect();
+    set.evaluate_all(&inputs)
 }
 
 /// Every finding on every host's observed plan (`plans[i]` is `hosts[i]`'s), judged
@@ -531,11 +583,12 @@ pub fn judge_plans(
     plans: &[&crate::engine::HostPlan],
 ) -> Result<Vec<Finding>, PolicyError> {
     let changed = plans.iter().filter(|p| p.changes() > 0).count();
-    let mut out = Vec::new();
-    for (h, p) in hosts.iter().zip(plans) {
-        out.extend(set.evaluate(&plan_input(ctx, h, p, hosts.len(), changed))?);
-    }
-    Ok(out)
+    let inputs: Vec<PolicyInput> = hosts
+        .iter()
+        .zip(plans)
+        .map(|(h, p)| plan_input(ctx, h, p, hosts.len(), changed))
+        .collect();
+    set.evaluate_all(&inputs)
 }
 
 #[cfg(test)]
