@@ -29,6 +29,7 @@ pub mod modules;
 pub mod policy;
 pub mod render;
 pub mod report;
+pub mod rollout;
 pub mod schema;
 pub mod schemagen;
 pub mod secrets;

@@ -90,19 +90,25 @@ impl Daemon {
             }),
             now: policy::NowInput::at(time::OffsetDateTime::now_utc()),
         };
+        // Pinned hosts are left out of the rollout, so out of the judgement too.
+        let hosts: Vec<&crate::render::DesiredHost> = loaded
+            .hosts
+            .iter()
+            .filter(|h| !loaded.pinned.contains(&h.host.name))
+            .collect();
         let connector = &self.connector;
-        let observations = engine::each_host(&loaded.hosts, self.config.parallel as usize, |h| {
+        let parallel = self.config.parallel as usize;
+        let observations = engine::each_host(hosts.iter().copied(), parallel, |h| {
             let t = engine::Connector::connect(connector, &h.host);
             async move { engine::observe_host(h, t.as_ref()).await }
         })
         .await;
         let plans: Vec<&HostPlan> = observations.iter().map(|o| &o.plan).collect();
         let changed = plans.iter().filter(|p| p.changes() > 0).count();
-        let inputs: Vec<policy::PolicyInput> = loaded
-            .hosts
+        let inputs: Vec<policy::PolicyInput> = hosts
             .iter()
             .zip(&plans)
-            .map(|(h, p)| policy::plan_input(&ctx, h, p, loaded.hosts.len(), changed))
+            .map(|(h, p)| policy::plan_input(&ctx, h, p, hosts.len(), changed))
             .collect();
         // Evaluation is CPU work (bounded by the execution timer): off the async threads.
         let judged = tokio::task::spawn_blocking(move || set.evaluate_all(&inputs))

@@ -35,5 +35,7 @@ pub fn generate() -> Vec<(String, Value)> {
         one::<crate::facts::FactsReport>("facts"),
         one::<crate::policy::EvalReport>("policy-eval"),
         one::<Vec<crate::policy::TestResult>>("policy-test"),
+        one::<crate::cli::pin::RollbackReport>("rollback"),
+        one::<crate::cli::pin::UnpinReport>("unpin"),
     ]
 }
