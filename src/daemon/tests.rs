@@ -199,27 +199,6 @@ fn drift_scheduling_decisions() {
 }
 
 #[test]
-fn drift_alerts_only_for_something_new() {
-    let d = |items: &[(&str, &str)]| -> BTreeSet<(String, String)> {
-        items
-            .iter()
-            .map(|(h, s)| (h.to_string(), s.to_string()))
-            .collect()
-    };
-    let now = d(&[("web-1", "web/app")]);
-    assert!(drift_alert_due(None, &now));
-    assert!(!drift_alert_due(Some(&now), &now));
-    assert!(!drift_alert_due(
-        Some(&d(&[("web-1", "web/app"), ("web-2", "web/app")])),
-        &now
-    ));
-    assert!(drift_alert_due(
-        Some(&now),
-        &d(&[("web-1", "web/app"), ("web-2", "web/app")])
-    ));
-}
-
-#[test]
 fn fetch_retries_back_off_exponentially_and_are_bounded() {
     let mut delays = Vec::new();
     let mut d = None;
