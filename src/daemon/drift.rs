@@ -166,8 +166,6 @@ impl Daemon {
                 ),
                 json!({"run": run.0, "host": host, "count": resources.len(), "resources": resources}),
             );
-            // The same drift found again is the same alert: the run id changes every check.
-            a.details = json!({"host": host, "count": resources.len(), "resources": resources});
             a.signer = signer.clone();
             self.alert(a);
         }
