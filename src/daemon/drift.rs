@@ -465,3 +465,58 @@ pub fn drift_evidence(plan: &HostPlan) -> Vec<DriftEvidence> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{RoundTrips, StepPlan, StepRef};
+    use crate::modules::{Change, ChangeKind, Field, FieldChange};
+
+    fn step(address: &str, target: &str, sensitive: bool, from: &str, to: &str) -> StepPlan {
+        let mut change = Change::in_sync();
+        change.kind = ChangeKind::Modify;
+        change.fields = vec![FieldChange {
+            field: Field::Content,
+            from: Some(from.into()),
+            to: Some(to.into()),
+        }];
+        StepPlan {
+            step: StepRef {
+                address: crate::model::StepAddress::parse(address).expect("unit/id"),
+                module: "file",
+                target: target.into(),
+                sensitive,
+                secrets: Vec::new(),
+            },
+            change: Ok(change),
+        }
+    }
+
+    /// A drift alert carries the host's resources, fields and values, bounded; a sensitive
+    /// step's values never (whatever reached this point).
+    #[test]
+    fn drift_evidence_shows_values_but_never_a_sensitive_one() {
+        let long = "x".repeat(1000);
+        let plan = HostPlan {
+            host: crate::state::tests::host("web-1"),
+            facts: None,
+            steps: vec![
+                step("app/conf", "/etc/app.conf", false, "hand edit", &long),
+                step("app/secret", "(sensitive)", true, "hunter2-old", "hunter2"),
+            ],
+            error: None,
+            round_trips: RoundTrips::default(),
+            duration: std::time::Duration::ZERO,
+        };
+        let e = drift_evidence(&plan);
+        assert_eq!(e.len(), 2);
+        assert_eq!(e[0].step, "app/conf");
+        assert_eq!(e[0].fields[0].observed.as_deref(), Some("hand edit"));
+        let desired = e[0].fields[0].desired.as_deref().unwrap_or_default();
+        assert_eq!(desired.chars().count(), MAX_ALERT_VALUE);
+        assert_eq!(e[1].fields[0].observed, None);
+        assert_eq!(e[1].fields[0].desired, None);
+        let text = serde_json::to_string(&e).expect("json");
+        assert!(!text.contains("hunter2"), "{text}");
+    }
+}

@@ -284,6 +284,13 @@ fn config_values_are_parsed_at_load_and_refused_with_their_position() {
         e[0].starts_with("4:9: `localhost-9940` is not an address:port"),
         "{e:?}"
     );
+    let e = config_errors("alert_resend_interval: 0s\n");
+    assert!(e[0].starts_with("4:24: /alert_resend_interval:"), "{e:?}");
+    let e = config_errors("external_url: ftp://plumb\n");
+    assert!(
+        e[0].starts_with("4:15: external_url `ftp://plumb` is not an http or https URL"),
+        "{e:?}"
+    );
     let e = config_errors("poll_interval: soon\n");
     assert!(
         e[0].starts_with("4:16:"),
@@ -1390,4 +1397,39 @@ async fn a_drift_check_starts_before_observing_and_an_unobservable_host_is_unkno
         host: Some("web-1".into()),
         subject: None,
     }));
+}
+
+/// Health checks with their own `interval:` are scheduled on it (never faster than
+/// `MIN_CHECK_INTERVAL`); a check no longer declared is forgotten; one scheduled keeps its
+/// time.
+#[test]
+fn health_checks_with_their_own_interval_are_scheduled() {
+    use crate::model::{HealthCheck, HealthProbe};
+    let check = |name: &str, interval: Option<Duration>| HealthCheck {
+        name: name.into(),
+        probe: HealthProbe::Tcp(80),
+        timeout: HumanDuration::from_secs(1),
+        retries: 1,
+        interval: interval.map(|d| HumanDuration::from_millis(d.as_millis() as u64)),
+    };
+    let mut st = env_task::EnvState::default();
+    let now = Instant::now();
+    health_watch::schedule_health(
+        &mut st,
+        &[
+            check("own", Some(Duration::from_secs(30))),
+            check("tiny", Some(Duration::from_millis(1))),
+            check("with-drift", None),
+        ],
+    );
+    assert_eq!(
+        st.next_health.keys().collect::<Vec<_>>(),
+        vec!["own", "tiny"]
+    );
+    let own = st.next_health["own"];
+    assert!(own >= now + Duration::from_secs(29) && own <= now + Duration::from_secs(31));
+    assert!(st.next_health["tiny"] >= now + health_watch::MIN_CHECK_INTERVAL);
+    health_watch::schedule_health(&mut st, &[check("own", Some(Duration::from_secs(5)))]);
+    assert_eq!(st.next_health.keys().collect::<Vec<_>>(), vec!["own"]);
+    assert_eq!(st.next_health["own"], own, "a scheduled check keeps its time");
 }
