@@ -8,9 +8,9 @@
 //!
 //! Run: `cargo nextest run --test e2e_oncall`.
 
-mod common;
 #[path = "common/alertmanager.rs"]
 mod alertmanager;
+mod common;
 #[path = "common/daemon.rs"]
 mod daemon;
 
@@ -99,9 +99,11 @@ fn drift_health_and_unreachable_alerts_fire_and_resolve_in_alertmanager() {
     // 1. A hand edit on host 1: a drift alert for that host, with its evidence.
     exec(&f.hosts, 1, &format!("printf 'hand edit\\n' > {CONF}"));
     let drift = [("host", h1.as_str()), ("environment", "production")];
-    f.wait("the drift alert in Alertmanager", Duration::from_secs(60), || {
-        am.find("PlumbDriftFound", &drift).is_some()
-    });
+    f.wait(
+        "the drift alert in Alertmanager",
+        Duration::from_secs(60),
+        || am.find("PlumbDriftFound", &drift).is_some(),
+    );
     let alert = am.find("PlumbDriftFound", &drift).expect("firing");
     assert_eq!(alert["labels"]["severity"], "warning", "{alert:#}");
     assert_eq!(alert["annotations"]["signer"], "test@plumb", "{alert:#}");
@@ -109,7 +111,8 @@ fn drift_health_and_unreachable_alerts_fire_and_resolve_in_alertmanager() {
     assert!(url.starts_with(&format!("{EXTERNAL}/runs/")), "{alert:#}");
     let description = alert["annotations"]["description"].as_str().unwrap_or("");
     assert!(
-        description.contains(&format!("1 resource(s) drifted on {h1}")) && description.contains(&good),
+        description.contains(&format!("1 resource(s) drifted on {h1}"))
+            && description.contains(&good),
         "{alert:#}"
     );
     let sent = captured(&capture, "drift_found", "firing", &h1);
@@ -145,9 +148,11 @@ fn drift_health_and_unreachable_alerts_fire_and_resolve_in_alertmanager() {
     exec(&f.hosts, 2, "systemctl stop plumb-demo");
     let stopped = Instant::now();
     let check = [("host", h2.as_str()), ("check", "demo-active")];
-    f.wait("health_check_failed in Alertmanager", Duration::from_secs(60), || {
-        am.find("PlumbHealthCheckFailed", &check).is_some()
-    });
+    f.wait(
+        "health_check_failed in Alertmanager",
+        Duration::from_secs(60),
+        || am.find("PlumbHealthCheckFailed", &check).is_some(),
+    );
     // One drift interval (2 s), the check itself (its 5 s timeout at most), the delivery.
     assert!(
         stopped.elapsed() < Duration::from_secs(15),
@@ -162,21 +167,28 @@ fn drift_health_and_unreachable_alerts_fire_and_resolve_in_alertmanager() {
         "{m}"
     );
     exec(&f.hosts, 2, "systemctl start plumb-demo");
-    f.wait("health_check_failed resolved", Duration::from_secs(60), || {
-        am.find("PlumbHealthCheckFailed", &check).is_none()
-            && !captured(&capture, "health_check_failed", "resolved", &h2).is_empty()
-    });
+    f.wait(
+        "health_check_failed resolved",
+        Duration::from_secs(60),
+        || {
+            am.find("PlumbHealthCheckFailed", &check).is_none()
+                && !captured(&capture, "health_check_failed", "resolved", &h2).is_empty()
+        },
+    );
     // The stopped service was drift too (report mode): resolved now that it runs.
     f.wait("host 2's drift resolved", Duration::from_secs(60), || {
-        am.find("PlumbDriftFound", &[("host", h2.as_str())]).is_none()
+        am.find("PlumbDriftFound", &[("host", h2.as_str())])
+            .is_none()
     });
 
     // 3. A host that stops answering: `host_unreachable`, not "no drift".
     testhosts(&f, "stop", 2);
     let gone = [("host", h2.as_str())];
-    f.wait("host_unreachable in Alertmanager", Duration::from_secs(90), || {
-        am.find("PlumbHostUnreachable", &gone).is_some()
-    });
+    f.wait(
+        "host_unreachable in Alertmanager",
+        Duration::from_secs(90),
+        || am.find("PlumbHostUnreachable", &gone).is_some(),
+    );
     let m = metrics(&f);
     assert!(
         m.contains(&format!(
@@ -218,7 +230,15 @@ fn the_example_alert_rules_pass_promtool() {
         return;
     }
     let rules = root().join("dist/plumb-alerts.rules.yml");
-    let (code, out, err) = sh(Command::new("promtool").arg("check").arg("rules").arg(&rules));
-    assert_eq!(code, 0, "promtool check rules {}:\n{out}{err}", rules.display());
+    let (code, out, err) = sh(Command::new("promtool")
+        .arg("check")
+        .arg("rules")
+        .arg(&rules));
+    assert_eq!(
+        code,
+        0,
+        "promtool check rules {}:\n{out}{err}",
+        rules.display()
+    );
     assert!(out.contains("SUCCESS"), "{out}");
 }

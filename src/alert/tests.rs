@@ -335,9 +335,9 @@ fn resolved_alerts_end_on_every_sink_with_the_same_identity() {
     assert_eq!(webhook_payload(&firing)["status"], "firing");
     let slack = slack_payload(&resolved);
     assert!(
-        slack["text"]
-            .as_str()
-            .is_some_and(|t| t.starts_with("[plumb] Resolved: Health check failed in prod on web-1")),
+        slack["text"].as_str().is_some_and(
+            |t| t.starts_with("[plumb] Resolved: Health check failed in prod on web-1")
+        ),
         "{slack:#}"
     );
 }

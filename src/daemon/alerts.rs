@@ -32,7 +32,13 @@ impl Daemon {
 
     /// The console page an alert is about: its run (`/runs/{id}`), else the host's page,
     /// else the fleet.
-    fn link(&self, event: AlertEvent, env: Option<&str>, hosts: &[String], details: &Value) -> String {
+    fn link(
+        &self,
+        event: AlertEvent,
+        env: Option<&str>,
+        hosts: &[String],
+        details: &Value,
+    ) -> String {
         let base = self.external_url();
         if let Some(run) = details.get("run").and_then(Value::as_str) {
             return format!("{base}/runs/{run}");

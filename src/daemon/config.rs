@@ -435,7 +435,9 @@ impl DaemonConfig {
                         at("/external_url"),
                         format!("external_url `{u}` is not an http or https URL"),
                     )
-                    .with_hint("the console's address as people reach it, e.g. https://plumb.example.com"),
+                    .with_hint(
+                        "the console's address as people reach it, e.g. https://plumb.example.com",
+                    ),
                 );
             }
         }

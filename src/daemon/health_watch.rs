@@ -119,7 +119,9 @@ impl Daemon {
             Err(e) => {
                 tracing::error!(environment = %env, error = %e, code = e.code(), "health checks not run");
                 for name in &due {
-                    state.next_health.insert(name.clone(), now + MIN_CHECK_INTERVAL * 60);
+                    state
+                        .next_health
+                        .insert(name.clone(), now + MIN_CHECK_INTERVAL * 60);
                 }
                 return;
             }
@@ -137,9 +139,11 @@ impl Daemon {
 /// checks no longer declared).
 pub(super) fn schedule_health(state: &mut EnvState, checks: &[HealthCheck]) {
     let now = Instant::now();
-    state
-        .next_health
-        .retain(|name, _| checks.iter().any(|c| c.interval.is_some() && &c.name == name));
+    state.next_health.retain(|name, _| {
+        checks
+            .iter()
+            .any(|c| c.interval.is_some() && &c.name == name)
+    });
     for c in checks {
         if let Some(i) = c.interval {
             state

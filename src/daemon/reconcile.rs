@@ -523,7 +523,11 @@ impl Daemon {
     ) -> Result<(), DaemonError> {
         let mut by_host: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
         for r in results.iter().filter(|r| !r.ok) {
-            let verdict = if r.inconclusive { "inconclusive" } else { "failed" };
+            let verdict = if r.inconclusive {
+                "inconclusive"
+            } else {
+                "failed"
+            };
             by_host
                 .entry(r.host.as_str())
                 .or_default()
@@ -575,10 +579,15 @@ impl Daemon {
                 failed_steps as u64,
             );
         }
-        match effects.mark {
-            CommitMark::Failed => self.metrics.set_rollout_blocked(env, true),
-            CommitMark::Applied => self.metrics.set_rollout_blocked(env, false),
-            CommitMark::Nothing => {}
+        // Blocked while the newest commit is quarantined (also seen again after a restart).
+        match (effects.mark, outcome) {
+            (CommitMark::Failed, _) | (_, Outcome::Held { .. }) => {
+                self.metrics.set_rollout_blocked(env, true)
+            }
+            (CommitMark::Applied, _) | (_, Outcome::UpToDate { .. }) => {
+                self.metrics.set_rollout_blocked(env, false)
+            }
+            (CommitMark::Nothing, _) => {}
         }
         if effects.signature_refused {
             self.metrics
@@ -588,8 +597,10 @@ impl Daemon {
             self.applied_metrics(env, commit);
             // The rollout recovered: a failed rollout or a refused commit is over.
             self.resolve_alerts(|k| {
-                matches!(k.event, AlertEvent::RunFailed | AlertEvent::SignatureRefused)
-                    && k.environment.as_deref() == Some(env)
+                matches!(
+                    k.event,
+                    AlertEvent::RunFailed | AlertEvent::SignatureRefused
+                ) && k.environment.as_deref() == Some(env)
             });
         }
         if let Some(a) = &effects.alert {

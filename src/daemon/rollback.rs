@@ -110,7 +110,11 @@ impl Daemon {
         let (result, alert) = policy::rollback_effects(&summary);
         let now = time::OffsetDateTime::now_utc();
         if summary.refused.is_none() {
-            for h in summary.hosts.iter().filter(|h| !summary.failed_hosts.contains(h)) {
+            for h in summary
+                .hosts
+                .iter()
+                .filter(|h| !summary.failed_hosts.contains(h))
+            {
                 self.metrics.host_applied(env, h, now);
             }
         }

@@ -1331,7 +1331,10 @@ async fn a_drift_check_starts_before_observing_and_an_unobservable_host_is_unkno
     let (port, conns) = hung_host().await;
     let tip = fx.push(&[
         ("plumb.yaml", PLUMB_YAML),
-        ("environments/production/hosts.yaml", &hosts_at("web-1", port)),
+        (
+            "environments/production/hosts.yaml",
+            &hosts_at("web-1", port),
+        ),
         ("units/web.yaml", MOTD_UNIT),
     ]);
     let d = fx.daemon();
@@ -1431,5 +1434,8 @@ fn health_checks_with_their_own_interval_are_scheduled() {
     assert!(st.next_health["tiny"] >= now + health_watch::MIN_CHECK_INTERVAL);
     health_watch::schedule_health(&mut st, &[check("own", Some(Duration::from_secs(5)))]);
     assert_eq!(st.next_health.keys().collect::<Vec<_>>(), vec!["own"]);
-    assert_eq!(st.next_health["own"], own, "a scheduled check keeps its time");
+    assert_eq!(
+        st.next_health["own"], own,
+        "a scheduled check keeps its time"
+    );
 }

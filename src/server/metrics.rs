@@ -475,7 +475,9 @@ impl Metrics {
     ) {
         self.note_host(environment, host);
         let l = host_labels(environment, host);
-        self.host_reachable.get_or_create(&l).set(i64::from(drifted.is_some()));
+        self.host_reachable
+            .get_or_create(&l)
+            .set(i64::from(drifted.is_some()));
         match drifted {
             Some(n) => {
                 self.host_last_drift_check

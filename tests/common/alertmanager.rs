@@ -59,7 +59,10 @@ impl Alertmanager {
         .expect("config");
         let child = Command::new(BINARY)
             .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.path={}", dir.path().join("data").display()))
+            .arg(format!(
+                "--storage.path={}",
+                dir.path().join("data").display()
+            ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .arg("--cluster.listen-address=")
             .stdin(Stdio::null())
@@ -75,7 +78,10 @@ impl Alertmanager {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
-        panic!("alertmanager is not ready after 30 s; its log:\n{}", am.log());
+        panic!(
+            "alertmanager is not ready after 30 s; its log:\n{}",
+            am.log()
+        );
     }
 
     pub fn url(&self) -> String {

@@ -863,7 +863,8 @@ fn unhealthy_and_unknown_hosts_count_as_failed() {
     let mut gone = plan("web1", &[]);
     gone.error = Some(HostError::Script("connection lost".into()));
     db.record_drift_check(&check, &gone).unwrap();
-    db.finish_run(&check, RunResult::NoChange, &json!({})).unwrap();
+    db.finish_run(&check, RunResult::NoChange, &json!({}))
+        .unwrap();
     let d = db.run(&check).unwrap().unwrap();
     assert_eq!(d.hosts[0].status, HostResultStatus::Unknown);
     let r = db
