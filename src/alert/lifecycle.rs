@@ -24,15 +24,6 @@ pub struct ActiveAlerts {
     active: BTreeMap<AlertKey, (Alert, OffsetDateTime)>,
 }
 
-/// What to do with an alert that [`ActiveAlerts::fire`] was given.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Fired {
-    /// New, or what it says changed: send it.
-    Send(Alert),
-    /// Already firing and saying the same: nothing to send now.
-    Unchanged,
-}
-
 fn ends_at(now: OffsetDateTime, resend: Duration) -> OffsetDateTime {
     now + resend.saturating_mul(ENDS_AFTER_RESENDS)
 }
@@ -52,21 +43,22 @@ fn same_details(a: &serde_json::Value, b: &serde_json::Value) -> bool {
 
 impl ActiveAlerts {
     /// `alert` holds now. Returns it to send (with its first `time` kept and `endsAt` set)
-    /// when it is new or its message or details changed; else nothing.
-    pub fn fire(&mut self, mut alert: Alert, resend: Duration) -> Fired {
+    /// when it is new or its message or details changed; `None` when it is already firing
+    /// and says the same.
+    pub fn fire(&mut self, mut alert: Alert, resend: Duration) -> Option<Alert> {
         let key = alert.key();
         let now = alert.time;
         alert.status = AlertStatus::Firing;
         alert.ends_at = Some(ends_at(now, resend));
         if let Some((old, _)) = self.active.get(&key) {
             if old.message == alert.message && same_details(&old.details, &alert.details) {
-                return Fired::Unchanged;
+                return None;
             }
             // The same alert, updated: it started when it first fired.
             alert.time = old.time;
         }
         self.active.insert(key, (alert.clone(), now));
-        Fired::Send(alert)
+        Some(alert)
     }
 
     /// The condition of `key` is gone: returns the resolution to send, if it was firing.
@@ -151,23 +143,20 @@ mod tests {
     fn an_alert_fires_once_updates_keep_its_start_and_it_resolves_once() {
         let t0 = time::macros::datetime!(2026-01-01 00:00:00 UTC);
         let mut a = ActiveAlerts::default();
-        let Fired::Send(first) = a.fire(drift("web-1", "1 drifted", t0), MIN) else {
-            panic!("a new alert is sent")
-        };
+        let first = a
+            .fire(drift("web-1", "1 drifted", t0), MIN)
+            .expect("a new alert is sent");
         assert_eq!(first.ends_at, Some(t0 + MIN * 4));
         // The same condition again (found by another run): nothing new to say.
         let mut again = drift("web-1", "1 drifted", t0 + MIN);
         again.details["run"] = "r2".into();
-        assert_eq!(a.fire(again, MIN), Fired::Unchanged);
+        assert_eq!(a.fire(again, MIN), None);
         // Another host is another alert.
-        assert!(matches!(
-            a.fire(drift("web-2", "1 drifted", t0), MIN),
-            Fired::Send(_)
-        ));
+        assert!(a.fire(drift("web-2", "1 drifted", t0), MIN).is_some());
         // What it says changed: sent again, same start.
-        let Fired::Send(updated) = a.fire(drift("web-1", "2 drifted", t0 + MIN * 2), MIN) else {
-            panic!("an update is sent")
-        };
+        let updated = a
+            .fire(drift("web-1", "2 drifted", t0 + MIN * 2), MIN)
+            .expect("an update is sent");
         assert_eq!(updated.time, t0);
         let resolved = a
             .resolve(&updated.key(), t0 + MIN * 3)

@@ -9,7 +9,6 @@
 use serde_json::Value;
 use time::OffsetDateTime;
 
-use crate::alert::lifecycle::Fired;
 use crate::alert::{Alert, AlertEvent, AlertKey, AlertStatus, Delivery};
 
 use super::{audit_tail, lock, lock_any, Daemon};
@@ -86,7 +85,7 @@ impl Daemon {
         }
         let resend = self.config.alert_resend_interval.get();
         let fired = lock_any(&self.alerts).fire(alert, resend);
-        if let Fired::Send(a) = fired {
+        if let Some(a) = fired {
             self.deliver(a, Delivery::All);
         }
     }
