@@ -153,15 +153,8 @@ pub struct Metrics {
     signature_refusals: Family<Vec<(String, String)>, Counter>,
     commit_to_applied: Family<EnvLabels, Histogram>,
     runs: Family<ResultLabels, Counter>,
-    host_last_applied: Family<HostLabels, FloatGauge>,
-    host_last_drift_check: Family<HostLabels, FloatGauge>,
-    health_check_up: Family<CheckLabels, Gauge>,
-    health_check_failures: Family<EnvCheckLabels, Counter>,
-    rollout_blocked: Family<EnvLabels, Gauge>,
-    alert_delivery_failures: Family<SinkLabels, Counter>,
-    audit_head_seq: Gauge,
-    audit_chain_ok: Gauge,
-    audit_head_info: Family<HashLabels, Gauge>,
+    oncall: OnCall,
+    audit: AuditFamilies,
     /// The hash the audit head info gauge shows, to drop the previous one.
     audit_head_hash: Mutex<Option<String>>,
     /// The commit each environment's info gauge shows, to drop the previous one.
@@ -203,6 +196,112 @@ fn host_labels(environment: &str, host: &str) -> HostLabels {
     HostLabels {
         environment: environment.to_string(),
         host: host.to_string(),
+    }
+}
+
+/// The audit chain's families.
+struct AuditFamilies {
+    head_seq: Gauge,
+    chain_ok: Gauge,
+    head_info: Family<HashLabels, Gauge>,
+}
+
+impl AuditFamilies {
+    fn register(registry: &mut Registry) -> AuditFamilies {
+        let audit_head_seq = Gauge::default();
+        registry.register(
+            "plumb_audit_head_seq",
+            "Sequence number of the newest record of the audit chain",
+            audit_head_seq.clone(),
+        );
+        let audit_chain_ok = Gauge::default();
+        registry.register(
+            "plumb_audit_chain_ok",
+            "1 when the audit chain verified at start-up, 0 when it is broken",
+            audit_chain_ok.clone(),
+        );
+        let audit_head_info = Family::<HashLabels, Gauge>::default();
+        registry.register(
+            "plumb_audit_head_info",
+            "Hash of the newest record of the audit chain (value 1)",
+            audit_head_info.clone(),
+        );
+        AuditFamilies {
+            head_seq: audit_head_seq,
+            chain_ok: audit_chain_ok,
+            head_info: audit_head_info,
+        }
+    }
+}
+
+/// The families on-call dashboards and alert rules need (issue 19): per-host timestamps,
+/// health checks, a blocked rollout, alert delivery, the build.
+struct OnCall {
+    host_last_applied: Family<HostLabels, FloatGauge>,
+    host_last_drift_check: Family<HostLabels, FloatGauge>,
+    health_check_up: Family<CheckLabels, Gauge>,
+    health_check_failures: Family<EnvCheckLabels, Counter>,
+    rollout_blocked: Family<EnvLabels, Gauge>,
+    alert_delivery_failures: Family<SinkLabels, Counter>,
+}
+
+impl OnCall {
+    fn register(registry: &mut Registry) -> OnCall {
+        let host_last_applied = Family::<HostLabels, FloatGauge>::default();
+        registry.register(
+            "plumb_host_last_applied_timestamp_seconds",
+            "Unix time the host last converged in an apply, correction or rollback",
+            host_last_applied.clone(),
+        );
+        let host_last_drift_check = Family::<HostLabels, FloatGauge>::default();
+        registry.register(
+            "plumb_host_last_drift_check_timestamp_seconds",
+            "Unix time the host was last observed by a drift check",
+            host_last_drift_check.clone(),
+        );
+        let health_check_up = Family::<CheckLabels, Gauge>::default();
+        registry.register(
+            "plumb_health_check_up",
+            "1 when the health check last passed on the host, else 0",
+            health_check_up.clone(),
+        );
+        let health_check_failures = Family::<EnvCheckLabels, Counter>::default();
+        registry.register(
+            "plumb_health_check_failures",
+            "Health check runs that failed, by check",
+            health_check_failures.clone(),
+        );
+        let rollout_blocked = Family::<EnvLabels, Gauge>::default();
+        registry.register(
+            "plumb_rollout_blocked",
+            "1 while the newest commit failed or was refused (quarantined until a new commit), else 0",
+            rollout_blocked.clone(),
+        );
+        let alert_delivery_failures = Family::<SinkLabels, Counter>::default();
+        registry.register(
+            "plumb_alert_delivery_failures",
+            "Alerts a sink did not accept (error, timeout, non-2xx), by sink kind",
+            alert_delivery_failures.clone(),
+        );
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        registry.register(
+            "plumb_build_info",
+            "The running plumb's version (value 1)",
+            build_info.clone(),
+        );
+        build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            })
+            .set(1);
+        OnCall {
+            host_last_applied,
+            host_last_drift_check,
+            health_check_up,
+            health_check_failures,
+            rollout_blocked,
+            alert_delivery_failures,
+        }
     }
 }
 
@@ -279,71 +378,8 @@ impl Metrics {
             "Runs, by kind (apply, drift_check, correction, rollback, refused) and result",
             runs.clone(),
         );
-        let host_last_applied = Family::<HostLabels, FloatGauge>::default();
-        registry.register(
-            "plumb_host_last_applied_timestamp_seconds",
-            "Unix time the host last converged in an apply, correction or rollback",
-            host_last_applied.clone(),
-        );
-        let host_last_drift_check = Family::<HostLabels, FloatGauge>::default();
-        registry.register(
-            "plumb_host_last_drift_check_timestamp_seconds",
-            "Unix time the host was last observed by a drift check",
-            host_last_drift_check.clone(),
-        );
-        let health_check_up = Family::<CheckLabels, Gauge>::default();
-        registry.register(
-            "plumb_health_check_up",
-            "1 when the health check last passed on the host, else 0",
-            health_check_up.clone(),
-        );
-        let health_check_failures = Family::<EnvCheckLabels, Counter>::default();
-        registry.register(
-            "plumb_health_check_failures",
-            "Health check runs that failed, by check",
-            health_check_failures.clone(),
-        );
-        let rollout_blocked = Family::<EnvLabels, Gauge>::default();
-        registry.register(
-            "plumb_rollout_blocked",
-            "1 while the newest commit failed or was refused (quarantined until a new commit), else 0",
-            rollout_blocked.clone(),
-        );
-        let alert_delivery_failures = Family::<SinkLabels, Counter>::default();
-        registry.register(
-            "plumb_alert_delivery_failures",
-            "Alerts a sink did not accept (error, timeout, non-2xx), by sink kind",
-            alert_delivery_failures.clone(),
-        );
-        let build_info = Family::<BuildLabels, Gauge>::default();
-        registry.register(
-            "plumb_build_info",
-            "The running plumb's version (value 1)",
-            build_info.clone(),
-        );
-        build_info
-            .get_or_create(&BuildLabels {
-                version: env!("CARGO_PKG_VERSION").to_string(),
-            })
-            .set(1);
-        let audit_head_seq = Gauge::default();
-        registry.register(
-            "plumb_audit_head_seq",
-            "Sequence number of the newest record of the audit chain",
-            audit_head_seq.clone(),
-        );
-        let audit_chain_ok = Gauge::default();
-        registry.register(
-            "plumb_audit_chain_ok",
-            "1 when the audit chain verified at start-up, 0 when it is broken",
-            audit_chain_ok.clone(),
-        );
-        let audit_head_info = Family::<HashLabels, Gauge>::default();
-        registry.register(
-            "plumb_audit_head_info",
-            "Hash of the newest record of the audit chain (value 1)",
-            audit_head_info.clone(),
-        );
+        let oncall = OnCall::register(&mut registry);
+        let audit = AuditFamilies::register(&mut registry);
         Metrics {
             registry,
             last_applied_timestamp,
@@ -356,15 +392,8 @@ impl Metrics {
             signature_refusals,
             commit_to_applied,
             runs,
-            host_last_applied,
-            host_last_drift_check,
-            health_check_up,
-            health_check_failures,
-            rollout_blocked,
-            alert_delivery_failures,
-            audit_head_seq,
-            audit_chain_ok,
-            audit_head_info,
+            oncall,
+            audit,
             audit_head_hash: Mutex::new(None),
             applied_commits: Mutex::new(HashMap::new()),
             hosts: Mutex::new(HashMap::new()),
@@ -459,7 +488,8 @@ impl Metrics {
     /// A host converged in an apply, correction or rollback at `at`.
     pub fn host_applied(&self, environment: &str, host: &str, at: OffsetDateTime) {
         self.note_host(environment, host);
-        self.host_last_applied
+        self.oncall
+            .host_last_applied
             .get_or_create(&host_labels(environment, host))
             .set(unix_seconds(at));
     }
@@ -480,7 +510,8 @@ impl Metrics {
             .set(i64::from(drifted.is_some()));
         match drifted {
             Some(n) => {
-                self.host_last_drift_check
+                self.oncall
+                    .host_last_drift_check
                     .get_or_create(&l)
                     .set(unix_seconds(at));
                 self.drifted_resources
@@ -500,7 +531,8 @@ impl Metrics {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert((environment.to_string(), host.to_string(), check.to_string()));
-        self.health_check_up
+        self.oncall
+            .health_check_up
             .get_or_create(&CheckLabels {
                 environment: environment.to_string(),
                 host: host.to_string(),
@@ -508,7 +540,8 @@ impl Metrics {
             })
             .set(i64::from(ok));
         if !ok {
-            self.health_check_failures
+            self.oncall
+                .health_check_failures
                 .get_or_create(&EnvCheckLabels {
                     environment: environment.to_string(),
                     check: check.to_string(),
@@ -519,14 +552,16 @@ impl Metrics {
 
     /// Whether `environment`'s newest commit is blocked (failed or refused, quarantined).
     pub fn set_rollout_blocked(&self, environment: &str, blocked: bool) {
-        self.rollout_blocked
+        self.oncall
+            .rollout_blocked
             .get_or_create(&env(environment))
             .set(i64::from(blocked));
     }
 
     /// A sink did not accept an alert.
     pub fn alert_delivery_failed(&self, sink: &str) {
-        self.alert_delivery_failures
+        self.oncall
+            .alert_delivery_failures
             .get_or_create(&SinkLabels {
                 sink: sink.to_string(),
             })
@@ -547,8 +582,8 @@ impl Metrics {
         let l = host_labels(environment, host);
         self.drifted_resources.remove(&l);
         self.host_reachable.remove(&l);
-        self.host_last_applied.remove(&l);
-        self.host_last_drift_check.remove(&l);
+        self.oncall.host_last_applied.remove(&l);
+        self.oncall.host_last_drift_check.remove(&l);
         // A host's health check series go with it.
         let checks: Vec<String> = {
             let mut known = self.checks.lock().unwrap_or_else(|p| p.into_inner());
@@ -563,7 +598,7 @@ impl Metrics {
             mine.into_iter().map(|(_, _, c)| c).collect()
         };
         for check in checks {
-            self.health_check_up.remove(&CheckLabels {
+            self.oncall.health_check_up.remove(&CheckLabels {
                 environment: environment.to_string(),
                 host: host.to_string(),
                 check,
@@ -609,11 +644,12 @@ impl Metrics {
     /// `plumb_audit_head_info{hash}` (only the current hash is kept).
     /// Whether the audit chain verified (`plumb_audit_chain_ok`).
     pub fn set_audit_chain_ok(&self, ok: bool) {
-        self.audit_chain_ok.set(i64::from(ok));
+        self.audit.chain_ok.set(i64::from(ok));
     }
 
     pub fn set_audit_head(&self, seq: u64, hash: &str) {
-        self.audit_head_seq
+        self.audit
+            .head_seq
             .set(i64::try_from(seq).unwrap_or(i64::MAX));
         let mut current = self
             .audit_head_hash
@@ -621,10 +657,11 @@ impl Metrics {
             .unwrap_or_else(|p| p.into_inner());
         if let Some(old) = current.replace(hash.to_string()) {
             if old != hash {
-                self.audit_head_info.remove(&HashLabels { hash: old });
+                self.audit.head_info.remove(&HashLabels { hash: old });
             }
         }
-        self.audit_head_info
+        self.audit
+            .head_info
             .get_or_create(&HashLabels {
                 hash: hash.to_string(),
             })
