@@ -479,11 +479,18 @@ impl Daemon {
         self.ready.set_chain_broken(!ok);
     }
 
-    /// Notes `env`'s hosts and labels (for the console) and stops reporting the metric
-    /// series of hosts that left its inventory.
+    /// Notes `env`'s hosts and labels (for the console), stops reporting the metric series
+    /// of hosts that left its inventory and resolves their alerts.
     fn note_inventory(&self, env: &str, hosts: &[crate::render::DesiredHost]) {
         self.metrics
             .retain_hosts(env, hosts.iter().map(|h| h.host.name.as_str()));
+        // A host that left the inventory has no condition left to alert about.
+        self.resolve_alerts(|k| {
+            k.environment.as_deref() == Some(env)
+                && k.host
+                    .as_deref()
+                    .is_some_and(|gone| !hosts.iter().any(|h| h.host.name == gone))
+        });
         let entry = hosts
             .iter()
             .map(|h| (h.host.name.clone(), h.host.labels.clone()))

@@ -1394,12 +1394,19 @@ async fn a_drift_check_starts_before_observing_and_an_unobservable_host_is_unkno
     if let Ok(again) = fx.alerts.try_recv() {
         panic!("paged twice: {again:#}");
     }
-    assert!(lock_any(&d.alerts).is_active(&crate::alert::AlertKey {
+    let key = crate::alert::AlertKey {
         event: AlertEvent::HostUnreachable,
         environment: Some("production".into()),
         host: Some("web-1".into()),
         subject: None,
-    }));
+    };
+    assert!(lock_any(&d.alerts).is_active(&key));
+    // The host left the inventory: its alert is resolved, not re-sent forever.
+    d.note_inventory("production", &[]);
+    assert!(!lock_any(&d.alerts).is_active(&key));
+    let resolved = fx.next_alert().await;
+    assert_eq!(resolved["id"], "host_unreachable/production/web-1");
+    assert_eq!(resolved["status"], "resolved");
 }
 
 /// Health checks with their own `interval:` are scheduled on it (never faster than
