@@ -64,17 +64,17 @@ impl DaemonFixture {
     /// Fresh hosts, keys, a repo with `units/UNIT.yaml` = `unit_yaml` on every host, committed
     /// (signed) and pushed; the daemon is not started yet. `None` without Docker.
     pub fn new(scenario: &str, unit: &str, unit_yaml: &str) -> Option<DaemonFixture> {
-        DaemonFixture::with_hosts(scenario, HOSTS, unit, unit_yaml)
+        Self::with_hosts(scenario, HOSTS, unit, unit_yaml)
     }
 
-    /// Like [`DaemonFixture::new`], with `count` hosts.
+    /// [`DaemonFixture::new`] with `n` hosts.
     pub fn with_hosts(
         scenario: &str,
-        count: usize,
+        n: usize,
         unit: &str,
         unit_yaml: &str,
     ) -> Option<DaemonFixture> {
-        let hosts = fresh_hosts_n(scenario, count)?;
+        let hosts = fresh_hosts_n(scenario, n)?;
         let work = tempfile::tempdir().expect("tempdir");
         let w = work.path();
         make_signing_key(w);
