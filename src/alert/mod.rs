@@ -50,6 +50,9 @@ pub enum AlertEvent {
     DriftFound,
     /// A failed wave's hosts were brought back to their last good commit.
     RolledBack,
+    /// A backup's latest snapshot or restore test is older than twice its interval, its
+    /// restore test failed, or its repository is gone or unreachable.
+    BackupFailed,
 }
 
 impl AlertEvent {
@@ -59,6 +62,7 @@ impl AlertEvent {
             AlertEvent::SignatureRefused => "signature_refused",
             AlertEvent::DriftFound => "drift_found",
             AlertEvent::RolledBack => "rolled_back",
+            AlertEvent::BackupFailed => "backup_failed",
         }
     }
     /// Alertmanager's `alertname`.
@@ -68,11 +72,14 @@ impl AlertEvent {
             AlertEvent::SignatureRefused => "PlumbSignatureRefused",
             AlertEvent::DriftFound => "PlumbDriftFound",
             AlertEvent::RolledBack => "PlumbRolledBack",
+            AlertEvent::BackupFailed => "PlumbBackupFailed",
         }
     }
     pub fn severity(self) -> &'static str {
         match self {
-            AlertEvent::RunFailed | AlertEvent::SignatureRefused => "critical",
+            AlertEvent::RunFailed | AlertEvent::SignatureRefused | AlertEvent::BackupFailed => {
+                "critical"
+            }
             AlertEvent::DriftFound | AlertEvent::RolledBack => "warning",
         }
     }
@@ -82,6 +89,7 @@ impl AlertEvent {
             AlertEvent::SignatureRefused => "Signature refused",
             AlertEvent::DriftFound => "Drift found",
             AlertEvent::RolledBack => "Rolled back",
+            AlertEvent::BackupFailed => "Backup failed",
         }
     }
 }

@@ -73,6 +73,7 @@ impl Daemon {
                 .await;
             }
         }
+        self.note_backups(env, &base.commit, &base.loaded.hosts, &plans, state);
         let (run, drifted, resources) = self.record_drift(env, &base, &plans)?;
         if drifted.is_empty() {
             state.alerted_drift = None;

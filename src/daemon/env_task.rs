@@ -28,6 +28,8 @@ pub(super) struct Tip {
 pub(super) struct EnvState {
     /// Drift already alerted: alert again only when it changes.
     pub alerted_drift: Option<Drifted>,
+    /// Backup problems already alerted: alert again only when they change.
+    pub alerted_backups: super::backups::Problems,
     /// When the next drift check is due (`None`: none scheduled, e.g. nothing applied yet).
     pub next_drift: Option<Instant>,
     /// The drift interval last used (for retries after a failed check).

@@ -38,6 +38,7 @@ use crate::source::Source;
 use crate::state::{self, StateDb, Trigger};
 
 pub mod audit_tail;
+pub mod backups;
 pub mod config;
 pub mod console;
 mod drift;
@@ -144,6 +145,8 @@ pub struct Daemon {
     inventory: console::Inventory,
     /// Decrypts the repo's secrets (`secrets_identity:`).
     secrets: Option<Arc<crate::secrets::SecretIdentity>>,
+    /// The backups the last drift check of each environment observed.
+    backups: backups::BackupBoard,
 }
 
 /// A lock per host (`address:port`), held for the host's apply, so two environments whose
@@ -231,6 +234,7 @@ impl Daemon {
             latest_tip: Arc::default(),
             inventory: Arc::default(),
             secrets,
+            backups: Arc::default(),
             config,
         };
         daemon.anchor_audit_head();
@@ -275,6 +279,7 @@ impl Daemon {
         let status = status::StateStatus {
             db: Arc::new(Mutex::new(lock(&self.db).handle()?)),
             environments: self.config.environments.clone(),
+            backups: self.backups.clone(),
         };
         let console = console::ConsoleState {
             db: Arc::new(Mutex::new(lock(&self.db).handle()?)),
@@ -441,6 +446,7 @@ impl Daemon {
             latest_tip: self.latest_tip.clone(),
             inventory: self.inventory.clone(),
             secrets,
+            backups: self.backups.clone(),
             config,
         })
     }

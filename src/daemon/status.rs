@@ -30,6 +30,9 @@ pub struct EnvironmentStatus {
     pub last_run: Option<RunRecord>,
     /// Drift findings not resolved yet.
     pub open_drift: usize,
+    /// Every `backup` step's backup as the last drift check observed it: snapshot age,
+    /// last restore test (result, measured restore duration, files compared), problems.
+    pub backups: Vec<super::backups::BackupStatus>,
 }
 
 /// `GET /api/runs`: runs, newest first.
@@ -56,6 +59,8 @@ pub struct DriftResponse {
 pub struct StateStatus {
     pub db: Arc<Mutex<StateDb>>,
     pub environments: Vec<String>,
+    /// The backups the drift checks observed (in memory: empty until the first check).
+    pub backups: super::backups::BackupBoard,
 }
 
 fn internal(e: impl std::fmt::Display) -> StatusError {
@@ -84,6 +89,13 @@ impl StateStatus {
                 last_applied: db.last_applied(env).map_err(internal)?,
                 last_run: last_run.into_iter().next(),
                 open_drift: db.open_drift(env).map_err(internal)?.len(),
+                backups: self
+                    .backups
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(env)
+                    .cloned()
+                    .unwrap_or_default(),
             });
         }
         Ok(StatusResponse { environments })

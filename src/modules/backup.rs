@@ -35,8 +35,8 @@ use sha2::{Digest, Sha256};
 use super::sh::{self, quote, Observed};
 use super::systemd_unit::UNIT_DIR;
 use super::{
-    step, BuildError, Change, ChangeKind, Example, Facts, Field, FromParams, ModuleDef,
-    ProbeError, ProbeResult, Resource, Runs,
+    step, BuildError, Change, ChangeKind, Example, Facts, Field, FromParams, ModuleDef, ProbeError,
+    ProbeResult, Resource, Runs,
 };
 use crate::model::HumanDuration;
 
@@ -737,12 +737,14 @@ impl BackupObserved {
             RepoState::Ok | RepoState::Unknown => {}
         }
         let late = |age: Option<u64>, interval: u64| age.is_none_or(|a| a > interval * 2);
-        if self.repository != RepoState::Unknown
-            && late(self.snapshot_age(), self.interval_seconds)
+        if self.repository != RepoState::Unknown && late(self.snapshot_age(), self.interval_seconds)
         {
             out.push(BackupProblem::SnapshotStale);
         }
-        if self.restore_test.is_some_and(|t| t.result == TestResult::Failed) {
+        if self
+            .restore_test
+            .is_some_and(|t| t.result == TestResult::Failed)
+        {
             out.push(BackupProblem::RestoreTestFailed);
         }
         if late(
@@ -767,8 +769,9 @@ fn latest_snapshot(json: &[u8]) -> Result<Option<i64>, ProbeError> {
         .map_err(|e| ProbeError::new(format!("restic's snapshot list is not JSON: {e}")))?;
     let mut latest = None;
     for s in snaps {
-        let t = time::OffsetDateTime::parse(&s.time, &time::format_description::well_known::Rfc3339)
-            .map_err(|e| ProbeError::new(format!("restic snapshot time `{}`: {e}", s.time)))?;
+        let t =
+            time::OffsetDateTime::parse(&s.time, &time::format_description::well_known::Rfc3339)
+                .map_err(|e| ProbeError::new(format!("restic snapshot time `{}`: {e}", s.time)))?;
         latest = latest.max(Some(t.unix_timestamp()));
     }
     Ok(latest)
@@ -790,7 +793,11 @@ fn restore_test(o: &Observed) -> Result<Option<RestoreTestObserved>, ProbeError>
         None | Some("") => return Ok(None),
         Some("ok") => TestResult::Ok,
         Some("failed") => TestResult::Failed,
-        Some(r) => return Err(ProbeError::new(format!("unknown restore test result {r:?}"))),
+        Some(r) => {
+            return Err(ProbeError::new(format!(
+                "unknown restore test result {r:?}"
+            )))
+        }
     };
     let failure = match o.get("test_failure").unwrap_or_default() {
         "" => None,
@@ -873,7 +880,8 @@ impl Resource for Backup {
             tag = quote(&self.tag()),
             hash = sh::HASH_FN,
         );
-        s += "if command -v restic >/dev/null 2>&1; then echo restic=yes; else echo restic=no; fi\n";
+        s +=
+            "if command -v restic >/dev/null 2>&1; then echo restic=yes; else echo restic=no; fi\n";
         s += "printf 'now=%s\\n' \"$(date +%s)\"\n";
         for f in &self.files {
             if f.role == Role::Password {
@@ -982,7 +990,9 @@ impl Resource for Backup {
             c = c.note("restic is not installed yet: an earlier step must install it (`package: {name: restic}`)");
         }
         if seen.repository == RepoState::Unknown {
-            c = c.note("the repository is initialised after the password file is written, when absent");
+            c = c.note(
+                "the repository is initialised after the password file is written, when absent",
+            );
         }
         Ok(c.observed(facts))
     }
@@ -1027,7 +1037,6 @@ impl Resource for Backup {
         s
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -1100,7 +1109,10 @@ mod tests {
         assert!(a.find("mv -f -T").unwrap() < a.find("restic init").unwrap());
         assert!(a.find("restic init").unwrap() < a.find("systemctl enable").unwrap());
         let t = b.timer_unit(true);
-        assert!(t.contains("OnCalendar=weekly\nRandomizedDelaySec=1800\nPersistent=true\n"), "{t}");
+        assert!(
+            t.contains("OnCalendar=weekly\nRandomizedDelaySec=1800\nPersistent=true\n"),
+            "{t}"
+        );
     }
 
     #[test]
@@ -1114,7 +1126,10 @@ mod tests {
         assert_eq!(seen.latest_snapshot, Some(1_796_032_800));
         assert_eq!(seen.snapshot_age(), Some(3_600));
         let t = seen.restore_test.unwrap();
-        assert_eq!((t.result, t.restore_ms, t.files_compared, t.files_mismatched), (TestResult::Ok, 1830, 12, 0));
+        assert_eq!(
+            (t.result, t.restore_ms, t.files_compared, t.files_mismatched),
+            (TestResult::Ok, 1830, 12, 0)
+        );
         assert_eq!(seen.interval_seconds, 86_400);
         assert_eq!(seen.restore_test_interval_seconds, 7 * 86_400);
         assert!(seen.problems().is_empty(), "{:?}", seen.problems());
@@ -1129,22 +1144,32 @@ mod tests {
         assert_eq!(seen.restore_test.unwrap().failure, Some(TestFailure::Check));
         assert_eq!(seen.problems(), vec![BackupProblem::RestoreTestFailed]);
         // The repository deleted: a change (initialise it again) and two problems.
-        let c = b.diff(&out(&converged(&b, "repo=absent\n", TEST_OK))).unwrap();
+        let c = b
+            .diff(&out(&converged(&b, "repo=absent\n", TEST_OK)))
+            .unwrap();
         assert_eq!(c.kind, ChangeKind::Modify);
         assert!(c.changes_field(Field::State));
-        assert_eq!(irreversible(&c).is_some(), true);
+        assert!(irreversible(&c).is_some());
         let seen = c.observed.backup.unwrap();
         assert_eq!(seen.snapshot_age(), None);
         assert_eq!(
             seen.problems(),
-            vec![BackupProblem::RepositoryAbsent, BackupProblem::SnapshotStale]
+            vec![
+                BackupProblem::RepositoryAbsent,
+                BackupProblem::SnapshotStale
+            ]
         );
         // Three days later: the daily snapshot is late; the weekly test is not.
         let later = converged(&b, &ok_repo(), TEST_OK).replace("now=1796036400", "now=1796295600");
         let seen = b.diff(&out(&later)).unwrap().observed.backup.unwrap();
         assert_eq!(seen.problems(), vec![BackupProblem::SnapshotStale]);
         // No restore test ever: stale.
-        let seen = b.diff(&out(&converged(&b, &ok_repo(), ""))).unwrap().observed.backup.unwrap();
+        let seen = b
+            .diff(&out(&converged(&b, &ok_repo(), "")))
+            .unwrap()
+            .observed
+            .backup
+            .unwrap();
         assert_eq!(seen.problems(), vec![BackupProblem::RestoreTestStale]);
     }
 
@@ -1153,7 +1178,10 @@ mod tests {
         let b = backup();
         let probe = converged(&b, &ok_repo(), TEST_OK)
             .replace("file=password set", "file=password differs")
-            .replace("plumb-backup-db.timer enabled active", "plumb-backup-db.timer disabled inactive");
+            .replace(
+                "plumb-backup-db.timer enabled active",
+                "plumb-backup-db.timer disabled inactive",
+            );
         let c = b.diff(&out(&probe)).unwrap();
         assert_eq!(c.kind, ChangeKind::Modify);
         assert_eq!(c.fields.len(), 2, "{c:?}");
@@ -1165,20 +1193,33 @@ mod tests {
             let p = converged(&b, bad, "").replace("repo=ok", "");
             assert!(b.diff(&out(&p)).is_err(), "{bad:?}");
         }
-        let e = diff_error(&b, &converged(&b, "repo=ok\nsnapshots_b64=bm90IGpzb24=\n", ""));
+        let e = diff_error(
+            &b,
+            &converged(&b, "repo=ok\nsnapshots_b64=bm90IGpzb24=\n", ""),
+        );
         assert!(e.contains("not JSON"), "{e}");
     }
 
     #[test]
     fn the_password_and_commands_never_reach_argv_or_the_scripts_as_code() {
         let b = backup();
-        for text in [b.probe(), b.apply(&Change::new(ChangeKind::Create).field(Field::Content, None, Some("password set".into())))] {
+        for text in [
+            b.probe(),
+            b.apply(&Change::new(ChangeKind::Create).field(
+                Field::Content,
+                None,
+                Some("password set".into()),
+            )),
+        ] {
             assert!(!text.contains("pa$$"), "{text}");
         }
         assert!(b.desired().to_string().contains("(sensitive)"));
         assert!(!b.desired().to_string().contains("pa$$"));
         let s = b.backup_script();
-        assert!(s.contains("plumb_before='sqlite3") && s.contains("eval \"$plumb_before\""), "{s}");
+        assert!(
+            s.contains("plumb_before='sqlite3") && s.contains("eval \"$plumb_before\""),
+            "{s}"
+        );
         assert!(s.contains("export RESTIC_PASSWORD_FILE=/etc/plumb/backup/db/password"));
         assert!(s.contains("restic forget --prune --tag plumb-db --keep-daily 7 --keep-weekly 4"));
     }
@@ -1186,16 +1227,29 @@ mod tests {
     #[test]
     fn bad_parameters_are_refused_where_they_are() {
         let cases: &[(&str, serde_json::Value, &str)] = &[
-            ("/schedule", serde_json::json!("03:00\nExecStart=/bin/x"), "calendar"),
+            (
+                "/schedule",
+                serde_json::json!("03:00\nExecStart=/bin/x"),
+                "calendar",
+            ),
             ("/paths", serde_json::json!(["relative"]), "absolute"),
-            ("/repository", serde_json::json!("a\nb"), "one non-empty line"),
+            (
+                "/repository",
+                serde_json::json!("a\nb"),
+                "one non-empty line",
+            ),
             ("/password", serde_json::json!(""), "empty"),
         ];
         for (key, value, msg) in cases {
             let mut p = params();
             p[&key[1..]] = value.clone();
-            let e = parse::<Backup>(p).err().unwrap_or_else(|| panic!("{key} accepted"));
-            assert!(e.pointer.starts_with(key) && e.message.contains(msg), "{key}: {e:?}");
+            let e = parse::<Backup>(p)
+                .err()
+                .unwrap_or_else(|| panic!("{key} accepted"));
+            assert!(
+                e.pointer.starts_with(key) && e.message.contains(msg),
+                "{key}: {e:?}"
+            );
         }
         let mut p = params();
         p["schedule"] = "Mon *-*-* 03:00".into();
