@@ -118,7 +118,11 @@ fn webapp_is_valid() {
 fn backup_is_valid() {
     let run = plumb(&["validate", "examples/backup"]);
     assert_eq!(run.code, 0, "{}", run.transcript());
-    assert!(run.stdout.contains("valid (0 warnings)"), "{}", run.transcript());
+    assert!(
+        run.stdout.contains("valid (0 warnings)"),
+        "{}",
+        run.transcript()
+    );
 }
 
 /// The app-deployment example (issue 17's modules) is a valid repo.

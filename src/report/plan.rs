@@ -88,8 +88,17 @@ fn backup_reports(p: &HostPlan) -> Vec<BackupReport> {
         .collect()
 }
 
-/// A backup observation as one line of text.
-fn backup_line(b: &BackupReport) -> String {
+/// A backup observation as one line of text (an error line when it has problems).
+fn backup_line(b: &BackupReport) -> (LineKind, String) {
+    let kind = if b.problems.is_empty() {
+        LineKind::Plain
+    } else {
+        LineKind::Error
+    };
+    (kind, backup_text(b))
+}
+
+fn backup_text(b: &BackupReport) -> String {
     let age = |s: Option<u64>| match s {
         None => "none".to_string(),
         Some(s) if s < 120 => format!("{s}s ago"),
@@ -330,14 +339,7 @@ pub fn plan_lines(r: &PlanReport) -> Vec<(LineKind, String)> {
         if h.facts_changed {
             out.push((LineKind::Summary, FACTS_CHANGED.to_string()));
         }
-        for b in &h.backups {
-            let kind = if b.problems.is_empty() {
-                LineKind::Plain
-            } else {
-                LineKind::Error
-            };
-            out.push((kind, backup_line(b)));
-        }
+        out.extend(h.backups.iter().map(backup_line));
         for s in &h.skipped {
             out.push((
                 LineKind::Plain,

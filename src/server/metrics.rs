@@ -129,12 +129,7 @@ pub struct Metrics {
     audit_head_seq: Gauge,
     audit_chain_ok: Gauge,
     audit_head_info: Family<HashLabels, Gauge>,
-    backup_snapshot_age: Family<BackupLabels, FloatGauge>,
-    backup_restore_success: Family<BackupLabels, FloatGauge>,
-    backup_restore_seconds: Family<BackupLabels, FloatGauge>,
-    backup_restore_failed: Family<BackupLabels, Gauge>,
-    backup_interval: Family<BackupLabels, FloatGauge>,
-    backup_restore_interval: Family<BackupLabels, FloatGauge>,
+    backup: BackupFamilies,
     /// The backups each environment has series for, to drop those that left.
     backups: Mutex<HashMap<String, std::collections::BTreeSet<BackupLabels>>>,
     /// The hash the audit head info gauge shows, to drop the previous one.
@@ -177,6 +172,30 @@ fn host_labels(environment: &str, host: &str) -> HostLabels {
         environment: environment.to_string(),
         host: host.to_string(),
     }
+}
+
+/// The audit chain's families: `plumb_audit_head_seq`, `plumb_audit_chain_ok`,
+/// `plumb_audit_head_info`.
+fn register_audit(registry: &mut Registry) -> (Gauge, Gauge, Family<HashLabels, Gauge>) {
+    let audit_head_seq = Gauge::default();
+    registry.register(
+        "plumb_audit_head_seq",
+        "Sequence number of the newest record of the audit chain",
+        audit_head_seq.clone(),
+    );
+    let audit_chain_ok = Gauge::default();
+    registry.register(
+        "plumb_audit_chain_ok",
+        "1 when the audit chain verified at start-up, 0 when it is broken",
+        audit_chain_ok.clone(),
+    );
+    let audit_head_info = Family::<HashLabels, Gauge>::default();
+    registry.register(
+        "plumb_audit_head_info",
+        "Hash of the newest record of the audit chain (value 1)",
+        audit_head_info.clone(),
+    );
+    (audit_head_seq, audit_chain_ok, audit_head_info)
 }
 
 /// The `plumb_backup_*` families.
@@ -302,24 +321,7 @@ impl Metrics {
         );
         let runs = Family::<ResultLabels, Counter>::default();
         registry.register("plumb_runs", "Reconcile runs, by result", runs.clone());
-        let audit_head_seq = Gauge::default();
-        registry.register(
-            "plumb_audit_head_seq",
-            "Sequence number of the newest record of the audit chain",
-            audit_head_seq.clone(),
-        );
-        let audit_chain_ok = Gauge::default();
-        registry.register(
-            "plumb_audit_chain_ok",
-            "1 when the audit chain verified at start-up, 0 when it is broken",
-            audit_chain_ok.clone(),
-        );
-        let audit_head_info = Family::<HashLabels, Gauge>::default();
-        registry.register(
-            "plumb_audit_head_info",
-            "Hash of the newest record of the audit chain (value 1)",
-            audit_head_info.clone(),
-        );
+        let (audit_head_seq, audit_chain_ok, audit_head_info) = register_audit(&mut registry);
         let backup = BackupFamilies::register(&mut registry);
         Metrics {
             registry,
@@ -336,12 +338,7 @@ impl Metrics {
             audit_head_seq,
             audit_chain_ok,
             audit_head_info,
-            backup_snapshot_age: backup.snapshot_age,
-            backup_restore_success: backup.restore_success,
-            backup_restore_seconds: backup.restore_seconds,
-            backup_restore_failed: backup.restore_failed,
-            backup_interval: backup.interval,
-            backup_restore_interval: backup.restore_interval,
+            backup,
             backups: Mutex::new(HashMap::new()),
             audit_head_hash: Mutex::new(None),
             applied_commits: Mutex::new(HashMap::new()),
@@ -533,32 +530,36 @@ impl Metrics {
                 host: host.to_string(),
                 backup: backup.to_string(),
             };
-            self.backup_snapshot_age
+            self.backup
+                .snapshot_age
                 .get_or_create(&l)
                 .set(b.snapshot_age_seconds.unwrap_or(f64::INFINITY));
             match b.restore_test_last_success {
                 Some(t) => {
-                    self.backup_restore_success.get_or_create(&l).set(t);
+                    self.backup.restore_success.get_or_create(&l).set(t);
                 }
                 None => {
-                    self.backup_restore_success.remove(&l);
+                    self.backup.restore_success.remove(&l);
                 }
             }
             match b.restore_seconds {
                 Some(t) => {
-                    self.backup_restore_seconds.get_or_create(&l).set(t);
+                    self.backup.restore_seconds.get_or_create(&l).set(t);
                 }
                 None => {
-                    self.backup_restore_seconds.remove(&l);
+                    self.backup.restore_seconds.remove(&l);
                 }
             }
-            self.backup_restore_failed
+            self.backup
+                .restore_failed
                 .get_or_create(&l)
                 .set(i64::from(b.restore_test_failed));
-            self.backup_interval
+            self.backup
+                .interval
                 .get_or_create(&l)
                 .set(b.interval_seconds);
-            self.backup_restore_interval
+            self.backup
+                .restore_interval
                 .get_or_create(&l)
                 .set(b.restore_test_interval_seconds);
             now.insert(l);
@@ -566,12 +567,12 @@ impl Metrics {
         let mut known = self.backups.lock().unwrap_or_else(|p| p.into_inner());
         let before = known.insert(environment.to_string(), now.clone());
         for gone in before.unwrap_or_default().difference(&now) {
-            self.backup_snapshot_age.remove(gone);
-            self.backup_restore_success.remove(gone);
-            self.backup_restore_seconds.remove(gone);
-            self.backup_restore_failed.remove(gone);
-            self.backup_interval.remove(gone);
-            self.backup_restore_interval.remove(gone);
+            self.backup.snapshot_age.remove(gone);
+            self.backup.restore_success.remove(gone);
+            self.backup.restore_seconds.remove(gone);
+            self.backup.restore_failed.remove(gone);
+            self.backup.interval.remove(gone);
+            self.backup.restore_interval.remove(gone);
         }
     }
 
