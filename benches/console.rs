@@ -213,7 +213,7 @@ fn main() {
         Some(true)
     );
 
-    let inventory: BTreeMap<String, Vec<(String, BTreeMap<String, String>)>> = BTreeMap::from([(
+    let inventory = BTreeMap::from([(
         "prod".to_string(),
         (0..hosts).map(|i| (host(i).name, host(i).labels)).collect(),
     )]);

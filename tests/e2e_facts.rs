@@ -69,6 +69,13 @@ fn facts_drive_rendering_and_keep_one_round_trip() {
         assert_eq!(f["init"], "systemd");
         assert_eq!(f["pkg_manager"], "apt");
         assert_eq!(f["virtualization"], "container");
+        let zone = exec(
+            &hosts,
+            k,
+            "z=$(readlink /etc/localtime 2>/dev/null); case $z in *zoneinfo/*) echo \"${z##*zoneinfo/}\";; *) head -n 1 /etc/timezone 2>/dev/null;; esac",
+        );
+        assert!(!zone.is_empty(), "the test hosts have a time zone");
+        assert_eq!(f["timezone"], zone.as_str(), "{h:#}");
         assert_eq!(f["ipv4"], hosts.addresses[k - 1].as_str(), "{h:#}");
         assert_eq!(h["round_trips"], 1);
     }

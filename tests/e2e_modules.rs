@@ -626,3 +626,178 @@ fn a_unit_that_fails_to_start_fails_the_step() {
         "{report:#}"
     );
 }
+
+/// Copies this machine's git (Debian's, the hosts' release) into host K: the test hosts have
+/// none. `git-upload-pack`/`git-receive-pack` are the same binary.
+fn install_git(hosts: &Hosts, k: usize) {
+    let (code, _, err) = sh(Command::new("docker").args([
+        "cp",
+        "/usr/bin/git",
+        &format!("{}:/usr/local/bin/git", hosts.container(k)),
+    ]));
+    assert_eq!(code, 0, "docker cp git: {err}");
+    exec(
+        hosts,
+        k,
+        "cd /usr/local/bin && ln -sf git git-upload-pack && ln -sf git git-receive-pack",
+    );
+}
+
+/// issue 17's `git` over SSH: a repository served by host 2's sshd to a `git` user that only
+/// the deploy key opens; host 1 checks it out with that key and known_hosts given from an
+/// age secret (`secrets.deploy_key`), the commit's signature verified against the repo's
+/// `files/app-signers`. A second apply changes nothing; no key file is left on host 1; an
+/// unsigned commit fails that step before any apply and leaves the checkout as it was.
+#[test]
+fn git_over_ssh_with_a_deploy_key_from_a_secret_and_a_verified_signature() {
+    let _g = lock();
+    let Some(hosts) = fresh_hosts_n("git_over_ssh_deploy_key_secret", 2) else {
+        return;
+    };
+    install_git(&hosts, 1);
+    install_git(&hosts, 2);
+    let work = tempfile::tempdir().expect("tempdir");
+    let w = work.path();
+    let local_ok = |cmd: &mut Command| {
+        let (code, out, err) = sh(cmd);
+        assert_eq!(code, 0, "{cmd:?}: {out}{err}");
+        out.trim().to_string()
+    };
+    for k in ["deploy", "alice"] {
+        local_ok(
+            Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-C", k, "-f"])
+                .arg(w.join(k)),
+        );
+    }
+    let deploy_pub = std::fs::read_to_string(w.join("deploy.pub")).expect("pub");
+    exec(
+        &hosts,
+        2,
+        &format!(
+            "set -e; useradd --create-home --shell /bin/sh git; usermod -p '*' git; \
+             printf '%s\\n' '{}' > /etc/ssh/authorized_keys/git; chmod 0644 /etc/ssh/authorized_keys/git; \
+             install -d -o git -g git /srv/app.git; runuser -u git -- git init -q --bare /srv/app.git",
+            deploy_pub.trim()
+        ),
+    );
+    let a2 = &hosts.addresses[1];
+    let known = std::fs::read_to_string(hosts.dir.join("known_hosts")).expect("known_hosts");
+    let host2_keys: String = known
+        .lines()
+        .filter_map(|l| {
+            let (names, key) = l.split_once(' ')?;
+            names
+                .split(',')
+                .any(|n| n == a2)
+                .then(|| format!("{a2} {key}\n"))
+        })
+        .collect();
+    assert!(!host2_keys.is_empty(), "{known}");
+
+    // The application's repository: a signed main, an unsigned branch; pushed to host 2.
+    let src = w.join("src");
+    let git = |args: &[&str]| {
+        local_ok(
+            Command::new("git")
+                .arg("-C")
+                .arg(&src)
+                .args(["-c", "user.name=T", "-c", "user.email=t@example.com"])
+                .args(["-c", "gpg.format=ssh", "-c"])
+                .arg(format!("user.signingkey={}", w.join("alice").display()))
+                .args(args)
+                .env("GIT_CONFIG_GLOBAL", "/dev/null")
+                .env("GIT_CONFIG_NOSYSTEM", "1")
+                .env(
+                    "GIT_SSH_COMMAND",
+                    format!(
+                        "ssh -i {} -o IdentitiesOnly=yes -o BatchMode=yes -o StrictHostKeyChecking=yes -o UserKnownHostsFile={}",
+                        w.join("deploy").display(),
+                        hosts.dir.join("known_hosts").display()
+                    ),
+                ),
+        )
+    };
+    local_ok(
+        Command::new("git")
+            .args(["init", "-q", "-b", "main"])
+            .arg(&src),
+    );
+    std::fs::write(src.join("app.txt"), "signed release\n").expect("write");
+    git(&["add", "-A"]);
+    git(&["commit", "-q", "-S", "-m", "release"]);
+    let signed = git(&["rev-parse", "HEAD"]);
+    git(&["checkout", "-q", "-b", "unsigned"]);
+    std::fs::write(src.join("app.txt"), "unsigned change\n").expect("write");
+    git(&["commit", "-q", "-a", "--no-gpg-sign", "-m", "unsigned"]);
+    let url = format!("ssh://git@{a2}/srv/app.git");
+    git(&["push", "-q", &url, "main", "unsigned"]);
+
+    // The config repo: the deploy key as an age secret (to the demo identity plumb() uses).
+    let unit = |version: &str| {
+        format!(
+            "steps:\n  - id: checkout\n    git:\n      repo: \"{url}\"\n      dest: /srv/app\n      version: {version}\n      key: \"{{{{ secrets.deploy_key }}}}\"\n      known_hosts_content: {kh}\n      verify:\n        allowed_signers: app-signers\n",
+            kh = serde_json::to_string(&host2_keys).expect("json")
+        )
+    };
+    let repo = one_host_repo(&hosts, "app", &unit("main"));
+    let r = repo.path();
+    let recipients = root().join("examples/webapp/environments/production/secrets/recipients.txt");
+    std::fs::create_dir_all(r.join("environments/production/secrets")).expect("mkdir");
+    std::fs::copy(
+        &recipients,
+        r.join("environments/production/secrets/recipients.txt"),
+    )
+    .expect("copy");
+    std::fs::create_dir_all(r.join("secrets")).expect("mkdir");
+    std::fs::create_dir_all(r.join("files")).expect("mkdir");
+    let recipient = std::fs::read_to_string(&recipients)
+        .expect("recipients")
+        .lines()
+        .find(|l| l.starts_with("age1"))
+        .expect("a recipient")
+        .to_string();
+    local_ok(
+        Command::new("age")
+            .args(["-a", "-r", &recipient, "-o"])
+            .arg(r.join("secrets/deploy_key.age"))
+            .arg(w.join("deploy")),
+    );
+    let alice = std::fs::read_to_string(w.join("alice.pub")).expect("pub");
+    std::fs::write(
+        r.join("files/app-signers"),
+        format!("alice@example.com {alice}"),
+    )
+    .expect("write");
+
+    let (code, report, err) = plumb(&hosts, &["apply"], r);
+    assert_eq!(code, 0, "{report:#}\n{err}");
+    assert_eq!(exec(&hosts, 1, "git -C /srv/app rev-parse HEAD"), signed);
+    assert_eq!(exec(&hosts, 1, "cat /srv/app/app.txt"), "signed release");
+    let leftovers = exec(
+        &hosts,
+        1,
+        "grep -rlsF 'OPENSSH PRIVATE KEY' /tmp /var/tmp /root /srv || :",
+    );
+    assert_eq!(leftovers, "", "the deploy key is removed after the step");
+    assert!(
+        !report.to_string().contains("OPENSSH PRIVATE KEY"),
+        "{report:#}"
+    );
+    let (code, again, err) = plumb(&hosts, &["apply"], r);
+    assert_eq!(code, 0, "{again:#}\n{err}");
+    assert_eq!(again["total_changed"], 0, "{again:#}");
+    assert_eq!(again["hosts"][0]["in_sync"], 1, "{again:#}");
+
+    // The unsigned branch: that step fails, naming the reason; the checkout stays.
+    std::fs::write(r.join("units/app.yaml"), unit("unsigned")).expect("write");
+    let (code, report, err) = plumb(&hosts, &["apply"], r);
+    assert_eq!(code, 1, "{report:#}\n{err}");
+    // The step is sensitive (its key is a secret), so its error is hidden in the report;
+    // the reason (`unsigned`) is checked in modules_compliance.
+    let step = &report["hosts"][0]["steps"][0];
+    assert_eq!(step["address"], "app/checkout", "{report:#}");
+    assert_eq!(step["status"], "failed", "{report:#}");
+    assert_eq!(report["hosts"][0]["round_trips"]["apply"], 0, "{report:#}");
+    assert_eq!(exec(&hosts, 1, "git -C /srv/app rev-parse HEAD"), signed);
+}

@@ -932,3 +932,110 @@ fn a_download_with_a_bad_checksum_leaves_the_old_file() {
     converge(good.as_ref(), ChangeKind::Modify);
     assert_eq!(std::fs::read(&path).unwrap(), b"v2\n");
 }
+
+/// `git` with `verify:`: a commit signed by a key of the step's allowed-signers file (read
+/// from the repo) is checked out and stays in sync (verified at every probe); an unsigned
+/// commit and one signed by another key fail the observation, naming the reason, and the
+/// checkout is left as it was. Keys and signatures are made here with ssh-keygen and git.
+#[test]
+fn git_verifies_the_wanted_commit_before_checking_it_out() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let sh_ok = |cmd: &str| {
+        let out = run(cmd);
+        assert_eq!(
+            out.status,
+            0,
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let q = |p: &Path| quote(&p.display().to_string());
+    for k in ["alice", "mallory"] {
+        sh_ok(&format!(
+            "ssh-keygen -q -t ed25519 -N '' -C {k} -f {}",
+            q(&d.join(k))
+        ));
+    }
+    let alice = std::fs::read_to_string(d.join("alice.pub")).expect("pub");
+    let signers = format!("alice@example.com {alice}");
+    let src = d.join("src");
+    let g = format!(
+        "git -C {} -c user.name=T -c user.email=t@example.com -c gpg.format=ssh -c init.defaultBranch=main",
+        q(&src)
+    );
+    sh_ok(&format!(
+        "mkdir {s} && git init -q -b main {s}",
+        s = q(&src)
+    ));
+    let signed_by = |key: &str, branch: &str, msg: &str| {
+        let sign = if key.is_empty() {
+            "--no-gpg-sign".to_string()
+        } else {
+            format!("-S -c user.signingkey={}", q(&d.join(key)))
+        };
+        let (pre, post) = sign
+            .split_once(" -c ")
+            .map_or((sign.as_str(), String::new()), |(a, b)| {
+                (a, format!("-c {b}"))
+            });
+        sh_ok(&format!(
+            "set -e; {g} checkout -q -B {branch}; echo {msg} > {f}; {g} add f; {g} {post} commit -q {pre} -m {msg}; {g} rev-parse HEAD",
+            f = q(&src.join("f"))
+        ))
+    };
+    let good = signed_by("alice", "main", "good");
+    let _ = signed_by("", "unsigned", "unsigned");
+    sh_ok(&format!("{g} checkout -q main"));
+    let _ = signed_by("mallory", "other", "other");
+
+    struct Signers(String);
+    impl Resolve for Signers {
+        fn template(&mut self, path: &str) -> Result<String, String> {
+            Err(format!("no template {path}"))
+        }
+        fn file(&mut self, _: &str) -> Result<Vec<u8>, String> {
+            Ok(self.0.clone().into_bytes())
+        }
+    }
+    let dest = d.join("checkout");
+    let git = |version: &str| {
+        let params = json!({"repo": format!("file://{}", p(&src)), "dest": p(&dest), "version": version, "verify": {"allowed_signers": "app-signers"}});
+        (lookup("git").expect("git").build)(params, &mut Signers(signers.clone())).expect("build")
+    };
+    let first = converge(git("main").as_ref(), ChangeKind::Create);
+    assert!(
+        first
+            .notes
+            .iter()
+            .any(|n| n.contains("signed by alice@example.com")),
+        "{first:?}"
+    );
+    let head = || sh_ok(&format!("git -C {} rev-parse HEAD", q(&dest)));
+    assert_eq!(head(), good);
+    for (branch, reason) in [("unsigned", "unsigned"), ("other", "unknown-key")] {
+        let r = git(branch);
+        let out = run(&r.probe());
+        let e = r.diff(&out).expect_err("refused");
+        assert!(e.message.contains(reason), "{branch}: {}", e.message);
+        assert!(e.message.contains("nothing was changed"), "{}", e.message);
+        assert_eq!(head(), good, "the checkout is untouched");
+    }
+    // A checkout the host moved to an unsigned commit: the step is not in sync, and the
+    // wanted (signed) commit is verified again before it is put back.
+    sh_ok(&format!(
+        "git -C {} fetch -q origin unsigned && git -C {} checkout -q --detach FETCH_HEAD",
+        q(&dest),
+        q(&dest)
+    ));
+    converge(git("main").as_ref(), ChangeKind::Modify);
+    assert_eq!(head(), good);
+    // A trust root that does not parse fails the build at its parameter.
+    let e = (lookup("git").expect("git").build)(
+        json!({"repo": "file:///x", "dest": "/d", "verify": {"allowed_signers": "s"}}),
+        &mut Signers("alice@example.com ssh-ed25519 notbase64\n".into()),
+    )
+    .expect_err("refused");
+    assert_eq!(e.pointer, "/verify/allowed_signers");
+}

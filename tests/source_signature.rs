@@ -243,3 +243,46 @@ fn malformed_file_names_the_position() {
         "{msg}"
     );
 }
+
+/// A raw commit object (`git cat-file commit`, as a host's probe returns it) splits into the
+/// same signature and payload libgit2 extracts, and gets the same verdict.
+#[test]
+fn a_raw_commit_object_splits_and_verifies_like_the_repository_copy() {
+    let fx = Fx::new();
+    let key = fx.key("alice", "ed25519", None);
+    let repo = fx.init("repo", false);
+    let signers = fx.signers("as", &format!("alice@example.com {}\n", fx.pubkey(&key)));
+    let signed = fx.commit(&repo, "signed", Some(&key));
+    let unsigned = fx.commit(&repo, "unsigned", None);
+    let r = git2::Repository::open(&repo).unwrap();
+    let trust = plumb::source::Trust::ssh(plumb::source::AllowedSigners::load(&signers).unwrap());
+    let raw = |id: git2::Oid| {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(&repo)
+            .args(["cat-file", "commit", &id.to_string()])
+            .output()
+            .unwrap()
+            .stdout
+    };
+    let (sig, payload, time) = plumb::source::signature::split_raw_commit(&raw(signed)).unwrap();
+    let (want_sig, want_payload) = r.extract_signature(&signed, None).unwrap();
+    // git keeps the armor's last newline, libgit2 drops it; the armor is the same.
+    assert_eq!(sig.strip_suffix(b"\n").unwrap_or(&sig), &*want_sig);
+    assert_eq!(payload, &*want_payload);
+    assert_eq!(
+        time,
+        r.find_commit(signed).unwrap().committer().when().seconds()
+    );
+    let signer = plumb::source::signature::verify_raw_commit(&raw(signed), &trust).unwrap();
+    assert_eq!(signer.principal, "alice@example.com");
+    let f = plumb::source::signature::verify_raw_commit(&raw(unsigned), &trust).unwrap_err();
+    assert_eq!(f.reason, Reason::Unsigned);
+    // One byte of the payload changed: a bad signature, never accepted.
+    let mut tampered = raw(signed);
+    let at = tampered.len() - 2;
+    tampered[at] ^= 1;
+    let f = plumb::source::signature::verify_raw_commit(&tampered, &trust).unwrap_err();
+    assert_eq!(f.reason, Reason::BadSignature, "{f:?}");
+    assert!(plumb::source::signature::split_raw_commit(b"no header break").is_none());
+}

@@ -10,8 +10,10 @@ use serde_json::Value;
 use time::OffsetDateTime;
 
 use crate::server::{ConsoleSource, Page, Principal, StatusError};
-use crate::state::console::{DriftState, HostLatest};
-use crate::state::{DriftFinding, HostRecord, RunFilter, RunId, RunRecord, StateDb};
+use crate::state::console::HostLatest;
+use crate::state::{
+    DriftFilter, DriftFinding, DriftState, HostRecord, RunFilter, RunId, RunRecord, StateDb,
+};
 
 use super::lock_any;
 
@@ -299,7 +301,12 @@ impl ConsoleState {
             return Ok(None);
         }
         let drift = db
-            .drift_findings(Some(env), Some(name), DriftState::Any, PAGE_SIZE)
+            .drift_history(&drift_filter(
+                Some(env),
+                Some(name),
+                DriftState::All,
+                PAGE_SIZE,
+            ))
             .map_err(internal)?;
         let main = html! {
             h1 { "Host " (name) }
@@ -479,12 +486,29 @@ fn drift_table(findings: &[DriftFinding], now: i64) -> Markup {
     }
 }
 
+/// The newest `limit` drift findings (by first seen) of an environment and host, when given.
+fn drift_filter(
+    env: Option<&str>,
+    host: Option<&str>,
+    status: DriftState,
+    limit: usize,
+) -> DriftFilter {
+    DriftFilter {
+        environment: env.map(str::to_string),
+        host: host.map(str::to_string),
+        status,
+        since: None,
+        until: None,
+        limit: Some(limit),
+    }
+}
+
 fn drift_page(db: &StateDb, env: Option<&str>, now: i64) -> Result<Rendered, StatusError> {
     let open = db
-        .drift_findings(env, None, DriftState::Open, PAGE_SIZE * 4)
+        .drift_history(&drift_filter(env, None, DriftState::Open, PAGE_SIZE * 4))
         .map_err(internal)?;
     let resolved = db
-        .drift_findings(env, None, DriftState::Resolved, PAGE_SIZE)
+        .drift_history(&drift_filter(env, None, DriftState::Resolved, PAGE_SIZE))
         .map_err(internal)?;
     let main = html! {
         h1 { "Drift" @if let Some(e) = env { " in " (e) } }

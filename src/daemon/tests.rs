@@ -1307,3 +1307,145 @@ async fn console_pages_render_from_state_and_escape_values() {
     );
     page(Page::Drift { env: None }).expect("drift page");
 }
+
+/// Runs git in the fixture's clone, signing with its key, at `date` (committer and tagger).
+fn git_at(fx: &Fx, date: &str, args: &[&str]) -> String {
+    let key = fx.path("key");
+    run(Command::new("git")
+        .arg("-C")
+        .arg(fx.path("clone"))
+        .args(["-c", "user.name=T", "-c", "user.email=t@plumb"])
+        .args(["-c", "gpg.format=ssh", "-c"])
+        .arg(format!("user.signingkey={}", key.display()))
+        .args(args)
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_COMMITTER_DATE", date)
+        .env("GIT_AUTHOR_DATE", date))
+}
+
+/// A file changed and committed (signed or not) at `date`, pushed to the branch; its id.
+fn commit_at(fx: &Fx, date: &str, name: &str, signed: bool) -> String {
+    std::fs::write(fx.path("clone").join(name), name).expect("write");
+    git_at(fx, date, &["add", "-A"]);
+    let sign = if signed { "-S" } else { "--no-gpg-sign" };
+    git_at(fx, date, &["commit", "-q", sign, "-m", name]);
+    let origin = fx.path("origin.git");
+    git_at(
+        fx,
+        date,
+        &["push", "-q", origin.to_str().unwrap_or_default(), "main"],
+    );
+    git_at(fx, date, &["rev-parse", "HEAD"])
+}
+
+/// Tags `commit` as `name` at `date` (`-s` signed, else lightweight) and force-pushes the tag.
+fn tag_at(fx: &Fx, date: &str, name: &str, commit: &str, signed: bool) {
+    if signed {
+        git_at(fx, date, &["tag", "-f", "-s", "-m", name, name, commit]);
+    } else {
+        git_at(fx, date, &["tag", "-f", name, commit]);
+    }
+    let origin = fx.path("origin.git");
+    let spec = format!("+refs/tags/{name}:refs/tags/{name}");
+    git_at(
+        fx,
+        date,
+        &["push", "-q", origin.to_str().unwrap_or_default(), &spec],
+    );
+}
+
+/// The newest run (of any kind).
+fn newest_run(d: &Daemon) -> state::RunRecord {
+    runs(d).into_iter().next().expect("a run")
+}
+
+/// `ref: {tags: "v*"}`: the daemon deploys the newest signed tag, never the branch tip; `v2`
+/// after `v1`; a re-pointed `v1` (older commit, newer tag) is a rollback and refused; a
+/// signed tag over an unsigned commit is refused naming that commit; a lightweight tag is
+/// refused as unsigned, naming the tag. No refusal moves the last applied commit.
+#[tokio::test]
+async fn the_daemon_follows_the_newest_signed_tag_and_refuses_rollbacks() {
+    let fx = Fx::new();
+    // No hosts: a rollout has nothing to contact, so an accepted commit is applied.
+    let files = [
+        ("plumb.yaml", PLUMB_YAML),
+        ("environments/production/hosts.yaml", "hosts: []\n"),
+    ];
+    for (rel, text) in files {
+        let p = fx.path("clone").join(rel);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(p, text).expect("write");
+    }
+    let a = commit_at(&fx, "2024-01-01T10:00:00Z", "a", true);
+    tag_at(&fx, "2024-01-01T10:00:00Z", "v1", &a, true);
+    let b = commit_at(&fx, "2024-01-02T10:00:00Z", "b", true);
+    let path = fx.config();
+    let mut text = std::fs::read_to_string(&path).expect("config");
+    text.push_str("ref: {tags: \"v*\"}\n");
+    std::fs::write(&path, text).expect("write");
+    let config = DaemonConfig::load(&path).expect("config");
+    let mut d = Driven::new(Daemon::new(&path, config, StartOptions::default()).expect("daemon"));
+    let last = |d: &Driven| {
+        lock(&d.db)
+            .last_applied("production")
+            .expect("query")
+            .map(|l| l.commit)
+    };
+
+    // v1, not the branch tip b.
+    d.reconcile(Wake::Startup).await;
+    assert_eq!(last(&d).as_deref(), Some(a.as_str()), "{:#?}", runs(&d));
+    assert!(!runs(&d)
+        .iter()
+        .any(|r| r.commit.as_deref() == Some(b.as_str())));
+
+    // v2 on a later commit: applied (the range a..c, b included, verified).
+    let c = commit_at(&fx, "2024-01-03T10:00:00Z", "c", true);
+    tag_at(&fx, "2024-01-03T10:00:00Z", "v2", &c, true);
+    d.reconcile(Wake::Push).await;
+    assert_eq!(last(&d).as_deref(), Some(c.as_str()), "{:#?}", runs(&d));
+    assert_eq!(newest_run(&d).result, RunResult::Converged);
+
+    // v1 re-pointed (a newer signed tag on an older commit): a rollback, refused.
+    tag_at(&fx, "2024-01-04T10:00:00Z", "v1", &b, true);
+    d.reconcile(Wake::Push).await;
+    let r = newest_run(&d);
+    assert_eq!(r.kind, RunKind::Refused, "{r:#?}");
+    assert_eq!(r.commit.as_deref(), Some(b.as_str()));
+    assert_eq!(r.summary["reason"], "not-descendant", "{:#}", r.summary);
+    assert_eq!(last(&d).as_deref(), Some(c.as_str()));
+    let alert = loop {
+        let al = fx.next_alert().await;
+        if al.to_string().contains(&b[..12]) {
+            break al;
+        }
+    };
+    assert!(alert.to_string().contains("not-descendant"), "{alert:#}");
+
+    // A signed tag over an unsigned commit: refused, naming the unsigned commit.
+    let e = commit_at(&fx, "2024-01-05T10:00:00Z", "e", false);
+    let f = commit_at(&fx, "2024-01-05T11:00:00Z", "f", true);
+    tag_at(&fx, "2024-01-05T11:00:00Z", "v3", &f, true);
+    d.reconcile(Wake::Push).await;
+    let r = newest_run(&d);
+    assert_eq!(r.kind, RunKind::Refused, "{r:#?}");
+    assert_eq!(r.commit.as_deref(), Some(f.as_str()));
+    assert_eq!(r.summary["reason"], "unsigned", "{:#}", r.summary);
+    assert_eq!(r.summary["bad_commit"], e.as_str(), "{:#}", r.summary);
+    assert_eq!(last(&d).as_deref(), Some(c.as_str()));
+
+    // A lightweight tag is not signed: refused as unsigned, naming the tag.
+    let g = commit_at(&fx, "2024-01-06T10:00:00Z", "g", true);
+    tag_at(&fx, "2024-01-06T10:00:00Z", "v4", &g, false);
+    let oid = git2::Oid::from_str(&g).expect("oid");
+    d.fetcher.fetch(&d.d, Wake::Push).await.expect("fetched");
+    match d.reconcile_env("production", oid, Wake::Push).await {
+        Ok(Outcome::Refused(r)) => {
+            assert!(r.message.contains("tag v4"), "{}", r.message);
+            assert!(r.message.contains("unsigned"), "{}", r.message);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(last(&d).as_deref(), Some(c.as_str()));
+}

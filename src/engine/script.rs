@@ -1,14 +1,28 @@
 //! Whole-host scripts. Each phase sends one script: every step's fragment runs in its own
 //! subshell with stdin from /dev/null (the script itself arrives on stdin), and its stdout
-//! and stderr are captured to files and emitted base64-encoded in one frame line:
+//! and stderr go to two files of one temporary directory on the host. Nothing a fragment
+//! prints reaches the script's own output while it runs. At the end (or at the first failure
+//! of an apply) the script prints, with one `wc -c` and one `cat` for the whole host:
 //!
 //! ```text
-//! @@plumb <tag> <exit status> <duration ms> <base64 stdout> <base64 stderr>
+//! @@plumb-frames <tag>:<exit status>:<duration ms> ...      (one entry per fragment run)
+//! <size> o0                                                  (wc -c: two files per fragment,
+//! <size> e0                                                   stdout then stderr, in order)
+//! ...
+//! @@plumb-data
+//! <the files' bytes, concatenated in that order>
+//! @@plumb-done <ok|failed>
 //! ```
 //!
-//! Nothing a step prints can forge a frame, because everything it prints is base64 inside
-//! one. The script ends with `@@plumb-done <ok|failed>`; a missing end line means the
-//! connection was lost mid-script.
+//! The parser reads exactly the sizes `wc` gave, so nothing a step prints can forge a frame
+//! (its bytes are data at a known offset, whatever they contain: NULs, newlines, fake
+//! markers), and the end line must stand exactly where the sizes say: a connection lost (or a
+//! file that changed size after `wc`) leaves the script not completed, never misread.
+//!
+//! The framing spawns two processes per script instead of two or three per step (a `date`, a
+//! `base64` for each stream that printed anything): process creation dominates a no-op
+//! probe's cost on the host. Durations are measured only where they are reported: an apply
+//! fragment's (`date` once per applied step); a probe's duration is 0.
 //!
 //! What one fragment prints is bounded **on the host**, so a step that floods its output
 //! (`yes`) neither fills the host's disk nor plumb's memory: each stream is cut just past
@@ -19,32 +33,22 @@
 //! output: a process an apply fragment starts in the background must not keep the
 //! fragment's stdout/stderr open (`cmd >/dev/null 2>&1 &`), or the step waits for it.
 
-use base64::Engine as _;
-
 use crate::modules::ProbeResult;
 
-// Process creation dominates a probe script's cost on the host (~1-2 ms per fork+exec in
-// a small VM or container), so the per-step framing spawns as little as it can: one `date`
-// per step (a step's end is the next step's start, so a step's duration includes the
-// framing of the previous one), `base64 -w 0` where it exists instead of `base64 | tr`, and
-// nothing at all for an empty stream (e.g. the usual empty stderr).
 const PRELUDE: &str = r#"umask 022
 PLUMB_T=$(mktemp -d "${TMPDIR:-/tmp}/plumb.XXXXXXXX") || { echo "@@plumb-fatal cannot create a temporary directory"; exit 0; }
 trap 'rm -rf "$PLUMB_T"' EXIT
 trap 'exit 129' HUP; trap 'exit 141' PIPE; trap 'exit 143' TERM
+PLUMB_S=; PLUMB_F=
 plumb_now() { n=$(date +%s%N 2>/dev/null); case $n in ''|*[!0-9]*) echo 0;; *) echo "$n";; esac; }
-if [ "$(printf x | base64 -w 0 2>/dev/null)" = eA== ]; then plumb_b64() { base64 -w 0 < "$1"; }
-else plumb_b64() { base64 < "$1" | tr -d '\n'; }; fi
-plumb_frame() {
-  e=$(plumb_now); d=0; if [ "$3" != 0 ] && [ "$e" != 0 ]; then d=$(( (e - $3) / 1000000 )); fi
-  printf '@@plumb %s %s %s ' "$1" "$2" "$d"
-  if [ -s "$PLUMB_T/o" ]; then plumb_b64 "$PLUMB_T/o"; fi
-  printf ' '
-  if [ -s "$PLUMB_T/e" ]; then plumb_b64 "$PLUMB_T/e"; fi
-  printf '\n'
-  s=$e
+plumb_end() {
+  cd "$PLUMB_T" || { echo "@@plumb-fatal cannot enter the temporary directory"; exit 0; }
+  printf '@@plumb-frames%s\n' "$PLUMB_S"
+  if [ -n "$PLUMB_F" ]; then wc -c $PLUMB_F || exit 0; fi
+  printf '@@plumb-data\n'
+  if [ -n "$PLUMB_F" ]; then cat $PLUMB_F || exit 0; fi
+  printf '\n@@plumb-done %s\n' "$1"
 }
-s=$(plumb_now)
 "#;
 
 /// Most bytes one fragment may print on stdout, and on stderr. Over it, the host fails
@@ -107,7 +111,10 @@ pub fn build(fragments: &[(Tag, String)], mode: Mode) -> String {
         PRELUDE.len() + fragments.iter().map(|(_, f)| f.len() + 300).sum::<usize>(),
     );
     s.push_str(PRELUDE);
-    for (tag, fragment) in fragments {
+    if mode == Mode::Apply {
+        s.push_str("s=$(plumb_now)\n");
+    }
+    for (k, (tag, fragment)) in fragments.iter().enumerate() {
         // `( )` is a syntax error in sh: an empty fragment is a no-op.
         let body = if fragment.trim().is_empty() {
             ":"
@@ -116,27 +123,30 @@ pub fn build(fragments: &[(Tag, String)], mode: Mode) -> String {
         };
         let nl = if body.ends_with('\n') { "" } else { "\n" };
         let t = tag.render();
+        let files = format!("PLUMB_F=\"$PLUMB_F o{k} e{k}\"\n");
         match mode {
             Mode::Observe => {
                 // Blocks of 512 bytes (1024 in bash's non-POSIX mode: still bounded).
                 let blocks = MAX_FRAME_BYTES / 512 + 1;
                 s.push_str(&format!(
-                    "(\nulimit -f {blocks} 2>/dev/null\n{body}{nl}) >\"$PLUMB_T/o\" 2>\"$PLUMB_T/e\" </dev/null\n\
-                     rc=$?; plumb_frame {t} $rc $s\n"
+                    "(\nulimit -f {blocks} 2>/dev/null\n{body}{nl}) >\"$PLUMB_T/o{k}\" 2>\"$PLUMB_T/e{k}\" </dev/null\n\
+                     PLUMB_S=\"$PLUMB_S {t}:$?:0\"; {files}"
                 ));
             }
             Mode::Apply => {
                 let cut = MAX_FRAME_BYTES + 1;
                 s.push_str(&format!(
                     ": >\"$PLUMB_T/r\"\n\
-                     {{ {{ (\n{body}{nl}); echo $? >\"$PLUMB_T/r\"; }} 2>&1 >&3 3>&- </dev/null | head -c {cut} >\"$PLUMB_T/e\"; }} 3>&1 | head -c {cut} >\"$PLUMB_T/o\"\n\
-                     rc=1; read rc <\"$PLUMB_T/r\"; plumb_frame {t} $rc $s\n\
-                     if [ \"$rc\" != 0 ]; then echo '@@plumb-done failed'; exit 0; fi\n"
+                     {{ {{ (\n{body}{nl}); echo $? >\"$PLUMB_T/r\"; }} 2>&1 >&3 3>&- </dev/null | head -c {cut} >\"$PLUMB_T/e{k}\"; }} 3>&1 | head -c {cut} >\"$PLUMB_T/o{k}\"\n\
+                     rc=1; read rc <\"$PLUMB_T/r\"\n\
+                     e=$(plumb_now); d=0; if [ \"$s\" != 0 ] && [ \"$e\" != 0 ]; then d=$(( (e - s) / 1000000 )); fi; s=$e\n\
+                     PLUMB_S=\"$PLUMB_S {t}:$rc:$d\"; {files}\
+                     if [ \"$rc\" != 0 ]; then plumb_end failed; exit 0; fi\n"
                 ));
             }
         }
     }
-    s.push_str("echo '@@plumb-done ok'\n");
+    s.push_str("plumb_end ok\n");
     s
 }
 
@@ -167,57 +177,109 @@ impl Parsed {
     }
 }
 
-/// Parses a script's stdout. Lines that are not frames are ignored.
+/// One `<tag>:<status>:<ms>` entry of the `@@plumb-frames` line.
+fn frame_entry(entry: &str) -> Option<(Tag, i32, u64)> {
+    let mut it = entry.split(':');
+    let (tag, rc, ms) = (it.next()?, it.next()?, it.next()?);
+    if it.next().is_some() {
+        return None;
+    }
+    Some((Tag::parse(tag)?, rc.parse().ok()?, ms.parse().ok()?))
+}
+
+/// The next `\n`-terminated line of `out` from `*at` (without the newline), advancing `*at`.
+fn next_line<'a>(out: &'a [u8], at: &mut usize) -> Option<&'a [u8]> {
+    let rest = out.get(*at..)?;
+    let end = rest.iter().position(|b| *b == b'\n')?;
+    *at += end + 1;
+    Some(&rest[..end])
+}
+
+/// The sizes `wc -c` printed (`<size> <name>` per file, then `<size> total` when more than
+/// one), in order, up to the `@@plumb-data` line. `None` when a line is anything else.
+fn sizes(out: &[u8], at: &mut usize) -> Option<Vec<(String, usize)>> {
+    let mut files = Vec::new();
+    loop {
+        let line = std::str::from_utf8(next_line(out, at)?).ok()?;
+        if line == "@@plumb-data" {
+            return Some(files);
+        }
+        let mut words = line.split_whitespace();
+        let (size, name) = (words.next()?, words.next()?);
+        if words.next().is_some() {
+            return None;
+        }
+        if name != "total" {
+            files.push((name.to_string(), size.parse().ok()?));
+        }
+    }
+}
+
+/// Parses a script's stdout (see the module's documentation for the format). Frames whose
+/// bytes arrived are returned even when the end line did not (`completed: None`).
 pub fn parse(stdout: &[u8]) -> Parsed {
-    let b64 = base64::engine::general_purpose::STANDARD;
     let mut out = Parsed::default();
-    for line in stdout.split(|b| *b == b'\n') {
+    let mut at = 0;
+    let entries = loop {
+        let Some(line) = next_line(stdout, &mut at) else {
+            return out;
+        };
         let Ok(line) = std::str::from_utf8(line) else {
             continue;
         };
-        if let Some(rest) = line.strip_prefix("@@plumb-done ") {
-            out.completed = Some(rest.trim() == "ok");
-            continue;
-        }
         if let Some(rest) = line.strip_prefix("@@plumb-fatal ") {
             out.fatal = Some(rest.to_string());
-            continue;
+            return out;
         }
-        let Some(rest) = line.strip_prefix("@@plumb ") else {
-            continue;
-        };
-        let parts: Vec<&str> = rest.split(' ').collect();
-        let [tag, rc, ms, o, e] = parts.as_slice() else {
-            continue;
-        };
-        let (Some(tag), Ok(status), Ok(duration_ms)) =
-            (Tag::parse(tag), rc.parse::<i32>(), ms.parse::<u64>())
-        else {
-            continue;
-        };
-        // Base64 is 4/3 of the data: anything longer is over the limit, unread.
-        let b64_limit = MAX_FRAME_BYTES.div_ceil(3) * 4 + 4;
-        if o.len() > b64_limit || e.len() > b64_limit {
-            out.oversize.get_or_insert(tag);
-            continue;
+        if let Some(rest) = line.strip_prefix("@@plumb-frames") {
+            break rest
+                .split_whitespace()
+                .map(frame_entry)
+                .collect::<Option<Vec<_>>>();
         }
-        let (Ok(stdout), Ok(stderr)) = (b64.decode(o), b64.decode(e)) else {
-            continue;
+    };
+    let (Some(entries), Some(files)) = (entries, sizes(stdout, &mut at)) else {
+        return out;
+    };
+    // Two files per frame, stdout then stderr, named after the fragment's position.
+    if files.len() != 2 * entries.len() {
+        return out;
+    }
+    for ((tag, status, duration_ms), pair) in entries.into_iter().zip(files.chunks(2)) {
+        let [(o_name, o_len), (e_name, e_len)] = pair else {
+            return out;
         };
-        if stdout.len() > MAX_FRAME_BYTES || stderr.len() > MAX_FRAME_BYTES {
+        if !(o_name.starts_with('o') && e_name.starts_with('e') && o_name[1..] == e_name[1..]) {
+            return out;
+        }
+        let (Some(o), Some(e)) = (
+            stdout.get(at..at.saturating_add(*o_len)),
+            stdout.get(at.saturating_add(*o_len)..at.saturating_add(o_len + e_len)),
+        ) else {
+            return out;
+        };
+        at += o_len + e_len;
+        if o.len() > MAX_FRAME_BYTES || e.len() > MAX_FRAME_BYTES {
             out.oversize.get_or_insert(tag);
             continue;
         }
         out.frames.push(Frame {
             tag,
             result: ProbeResult {
-                stdout,
-                stderr,
+                stdout: o.to_vec(),
+                stderr: e.to_vec(),
                 status,
             },
             duration_ms,
         });
     }
+    // The end line must stand exactly where the sizes say.
+    let end = stdout.get(at..).unwrap_or_default();
+    out.completed = match end {
+        b"\n@@plumb-done ok\n" => Some(true),
+        b"\n@@plumb-done failed\n" => Some(false),
+        _ => None,
+    };
     out
 }
 
@@ -377,9 +439,52 @@ mod tests {
 
     #[test]
     fn truncated_output_is_not_completed() {
-        let p = parse(b"@@plumb p0 0 0 aGk= \n");
+        let whole =
+            b"@@plumb-frames p0:0:0\n2 o0\n0 e0\n2 total\n@@plumb-data\nhi\n@@plumb-done ok\n";
+        assert_eq!(parse(whole).completed, Some(true));
+        let p = parse(&whole[..whole.len() - 1]);
         assert_eq!(p.completed, None);
         assert_eq!(p.frames[0].result.stdout, b"hi");
+        // The end line elsewhere than where the sizes say is not an end.
+        let early = b"@@plumb-frames p0:0:0\n9 o0\n0 e0\n@@plumb-data\nhi\n@@plumb-done ok\n";
+        assert_eq!(parse(early).completed, None);
+    }
+
+    /// Per step, the probe framing spawns no process: only the two at the end (`wc`, `cat`)
+    /// and the temporary directory's `mktemp` remain, whatever the number of steps.
+    #[test]
+    fn probe_framing_spawns_no_process_per_step() {
+        let script = build(
+            &(0..50)
+                .map(|i| (Tag::Probe(i), ":".to_string()))
+                .collect::<Vec<_>>(),
+            Mode::Observe,
+        );
+        let body = &script[PRELUDE.len()..];
+        for spawner in ["date", "base64", "$(", "wc ", "cat ", "head "] {
+            assert!(
+                !body.contains(spawner),
+                "{spawner} in a probe's framing:\n{body}"
+            );
+        }
+    }
+
+    fn b64(data: &[u8]) -> String {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(data)
+    }
+
+    /// Bytes a host could print: anything, with NULs, newlines and fake framing lines mixed in.
+    fn hostile() -> impl Strategy<Value = Vec<u8>> {
+        let piece = prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..40),
+            Just(b"\n@@plumb-done ok\n".to_vec()),
+            Just(b"\n@@plumb-data\n".to_vec()),
+            Just(b"@@plumb-frames p0:0:0 p1:0:0\n".to_vec()),
+            Just(b"99 o0\n".to_vec()),
+            Just(b"\0\0\n".to_vec()),
+        ];
+        proptest::collection::vec(piece, 0..6).prop_map(|v| v.concat())
     }
 
     proptest! {
@@ -388,13 +493,43 @@ mod tests {
             let _ = parse(&bytes);
         }
 
-        /// Whatever bytes a fragment prints, they come back exactly.
+        /// Whatever bytes fragments print on either stream (NULs, fake end lines, fake frame
+        /// and size lines), they come back exactly, in both modes, and the frames of the other
+        /// fragments are untouched: nothing a host prints can forge or shift a frame.
         #[test]
-        fn arbitrary_output_survives(data in proptest::collection::vec(any::<u8>(), 0..300)) {
-            let b64 = base64::engine::general_purpose::STANDARD.encode(&data);
-            let script = build(&[(Tag::Probe(0), format!("printf '%s' '{b64}' | base64 -d"))], Mode::Observe);
+        fn arbitrary_output_survives(out in hostile(), err in hostile(), apply in any::<bool>()) {
+            let (o, e) = (b64(&out), b64(&err));
+            let mode = if apply { Mode::Apply } else { Mode::Observe };
+            let script = build(&[
+                (Tag::Probe(0), format!("printf '%s' '{o}' | base64 -d; printf '%s' '{e}' | base64 -d >&2")),
+                (Tag::Probe(1), "printf 'second'".into()),
+            ], mode);
             let p = parse(&run_sh(&script));
-            prop_assert_eq!(&p.get(Tag::Probe(0)).expect("frame").result.stdout, &data);
+            prop_assert_eq!(p.completed, Some(true));
+            prop_assert_eq!(p.frames.len(), 2);
+            let f0 = &p.get(Tag::Probe(0)).expect("frame").result;
+            prop_assert_eq!(&f0.stdout, &out);
+            prop_assert_eq!(&f0.stderr, &err);
+            prop_assert_eq!(&p.get(Tag::Probe(1)).expect("frame").result.stdout, b"second");
+        }
+
+        /// A script's output cut anywhere (the connection lost) is never completed, and every
+        /// frame it still yields is exactly one the whole output has.
+        #[test]
+        fn truncation_is_detected(out in hostile(), cut in any::<proptest::sample::Index>()) {
+            let o = b64(&out);
+            let script = build(&[
+                (Tag::Probe(0), format!("printf '%s' '{o}' | base64 -d")),
+                (Tag::Probe(1), format!("printf '%s' '{o}' | base64 -d >&2")),
+            ], Mode::Observe);
+            let whole = run_sh(&script);
+            let full = parse(&whole);
+            prop_assert_eq!(full.completed, Some(true));
+            let short = parse(&whole[..cut.index(whole.len())]);
+            prop_assert_eq!(short.completed, None);
+            for f in &short.frames {
+                prop_assert_eq!(Some(f), full.get(f.tag));
+            }
         }
     }
 }

@@ -44,6 +44,10 @@ pub struct Facts {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipv4: Option<Ipv4Addr>,
     pub virtualization: Virtualization,
+    /// The time zone (`Europe/Berlin`, `Etc/UTC`): the zoneinfo name `/etc/localtime` links
+    /// to, else the first line of `/etc/timezone`. Unset when neither names a zone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
 }
 
 /// From `/etc/os-release`.
@@ -135,6 +139,8 @@ else
   if command -v systemd-detect-virt >/dev/null 2>&1; then echo "virt=$(systemd-detect-virt 2>/dev/null)"; fi
   if grep -q '^flags.* hypervisor' /proc/cpuinfo 2>/dev/null; then echo virt_cpu=hypervisor; fi
 fi
+if [ -L /etc/localtime ]; then echo "tz_link=$(readlink /etc/localtime 2>/dev/null)"; fi
+if [ -f /etc/timezone ]; then echo "tz_file=$(head -n 1 /etc/timezone 2>/dev/null)"; fi
 echo @os-release
 cat /etc/os-release 2>/dev/null || cat /usr/lib/os-release 2>/dev/null
 exit 0
@@ -239,6 +245,23 @@ fn number<T: std::str::FromStr>(
     })
 }
 
+/// The zone name from the `/etc/localtime` link (`.../zoneinfo/Europe/Berlin`), else from
+/// `/etc/timezone`; only a plausible zone name (letters, digits, `/_+-`, no `..`).
+fn timezone(link: &str, file: &str) -> Option<String> {
+    let valid = |z: &str| {
+        !z.is_empty()
+            && !z.starts_with('/')
+            && !z.contains("..")
+            && z.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"/_+-".contains(&b))
+    };
+    let from_link = link.rsplit_once("zoneinfo/").map(|(_, z)| z.trim());
+    from_link
+        .filter(|z| valid(z))
+        .or(Some(file.trim()).filter(|z| valid(z)))
+        .map(str::to_string)
+}
+
 /// Parses what [`SCRIPT`] printed. Unknown keys are ignored; a later repeat of a key does
 /// not replace the first.
 pub fn parse(stdout: &[u8]) -> Result<Facts, FactsError> {
@@ -307,6 +330,10 @@ pub fn parse(stdout: &[u8]) -> Result<Facts, FactsError> {
             kv.get("addr").map_or("", String::as_str),
         ),
         virtualization: virtualization(&kv),
+        timezone: timezone(
+            kv.get("tz_link").map_or("", String::as_str),
+            kv.get("tz_file").map_or("", String::as_str),
+        ),
     })
 }
 

@@ -111,3 +111,30 @@ fn virtualization_from_systemd_detect_virt() {
     assert_eq!(with("virt_cpu=hypervisor\n"), Virtualization::Vm);
     assert_eq!(with(""), Virtualization::Unknown);
 }
+
+/// `facts.timezone`: the zone /etc/localtime links to, else /etc/timezone's; anything that
+/// is not a zone name is no time zone.
+#[test]
+fn timezone_from_the_localtime_link_or_etc_timezone() {
+    let base = "hostname=h\nkernel=k\narch=a\ncpus=1\nmem_kb=1\n";
+    let tz = |extra: &str| parse(format!("{base}{extra}").as_bytes()).unwrap().timezone;
+    assert_eq!(tz(""), None);
+    assert_eq!(
+        tz("tz_link=/usr/share/zoneinfo/Europe/Berlin\ntz_file=Etc/UTC\n").as_deref(),
+        Some("Europe/Berlin")
+    );
+    assert_eq!(
+        tz("tz_link=../usr/share/zoneinfo/America/Argentina/Buenos_Aires\n").as_deref(),
+        Some("America/Argentina/Buenos_Aires")
+    );
+    assert_eq!(
+        tz("tz_link=/etc/other\ntz_file=Etc/UTC\n").as_deref(),
+        Some("Etc/UTC")
+    );
+    assert_eq!(tz("tz_file=$(reboot)\n"), None);
+    assert_eq!(tz("tz_link=/usr/share/zoneinfo/../../etc/shadow\n"), None);
+    assert_eq!(
+        recorded("debian-container").timezone.as_deref(),
+        Some("Etc/UTC")
+    );
+}

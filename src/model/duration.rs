@@ -7,9 +7,6 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
 /// The pattern the schema enforces (an editor checks it as you type).
 pub const DURATION_PATTERN: &str = r"^[0-9]+(ms|s|m|h)$";
 
@@ -100,40 +97,12 @@ impl fmt::Display for HumanDuration {
     }
 }
 
-impl fmt::Debug for HumanDuration {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
-
-impl Serialize for HumanDuration {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for HumanDuration {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<HumanDuration, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
-
-impl JsonSchema for HumanDuration {
-    fn schema_name() -> std::borrow::Cow<'static, str> {
-        "Duration".into()
-    }
-    fn json_schema(_: &mut SchemaGenerator) -> Schema {
-        json_schema!({
-            "type": "string",
-            "pattern": DURATION_PATTERN,
-            "description": "A duration: a number and a unit (ms, s, m, h), e.g. \"30s\" or \"5m\"."
-        })
-    }
-    fn inline_schema() -> bool {
-        true
-    }
-}
+super::text_value::text_value!(
+    HumanDuration,
+    name: "Duration",
+    pattern: DURATION_PATTERN,
+    description: "A duration: a number and a unit (ms, s, m, h), e.g. \"30s\" or \"5m\"."
+);
 
 #[cfg(test)]
 mod tests {

@@ -19,6 +19,7 @@ pub mod duration;
 pub mod jail;
 pub mod load;
 pub mod size;
+mod text_value;
 /// Moved to [`crate::yaml`] (below `diag` and `schema`); re-exported for old paths.
 pub use crate::yaml;
 

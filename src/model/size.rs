@@ -5,9 +5,6 @@
 use std::fmt;
 use std::str::FromStr;
 
-use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
 /// The pattern the schema enforces.
 pub const SIZE_PATTERN: &str = r"^[0-9]+(B|KiB|MiB|GiB)?$";
 
@@ -68,40 +65,12 @@ impl fmt::Display for ByteSize {
     }
 }
 
-impl fmt::Debug for ByteSize {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
-
-impl Serialize for ByteSize {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for ByteSize {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<ByteSize, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
-
-impl JsonSchema for ByteSize {
-    fn schema_name() -> std::borrow::Cow<'static, str> {
-        "ByteSize".into()
-    }
-    fn json_schema(_: &mut SchemaGenerator) -> Schema {
-        json_schema!({
-            "type": "string",
-            "pattern": SIZE_PATTERN,
-            "description": "A size in bytes with an optional unit (B, KiB, MiB, GiB), e.g. \"2GiB\"."
-        })
-    }
-    fn inline_schema() -> bool {
-        true
-    }
-}
+super::text_value::text_value!(
+    ByteSize,
+    name: "ByteSize",
+    pattern: SIZE_PATTERN,
+    description: "A size in bytes with an optional unit (B, KiB, MiB, GiB), e.g. \"2GiB\"."
+);
 
 #[cfg(test)]
 mod tests {

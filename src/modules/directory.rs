@@ -1,7 +1,7 @@
 //! `directory`: a directory with mode and ownership.
 //!
 //! Probe output: `type=absent|file|directory|symlink|other`; for a directory also `mode=`,
-//! `uid=`, `owner=`, `gid=`, `group=`, `size=` and `empty=yes|no`.
+//! `uid=`, `owner=`, `gid=`, `group=`, `size=`, and with `state: absent` `empty=yes|no`.
 //!
 //! A file, symlink (even to a directory) or special file at the path is an error: plumb
 //! does not replace it. Missing parents are created (`mkdir -p`).
@@ -137,13 +137,20 @@ impl Resource for Directory {
         v
     }
     fn probe(&self) -> String {
+        // Whether it is empty matters only to a removal: a present directory is never listed
+        // (a directory of 200,000 entries costs a probe nothing).
+        let empty = match self.params.state {
+            Presence::Present => "",
+            Presence::Absent => {
+                "\ne=$(ls -A -- \"$p\") || exit 1\n\
+                 if [ -z \"$e\" ]; then echo empty=yes; else echo empty=no; fi"
+            }
+        };
         format!(
             r#"p={}
 {}
 if [ -d "$p" ] && [ ! -L "$p" ]; then
-{}
-e=$(ls -A -- "$p") || exit 1
-if [ -z "$e" ]; then echo empty=yes; else echo empty=no; fi
+{}{empty}
 fi"#,
             quote(&self.params.path),
             sh::PROBE_TYPE,
@@ -282,6 +289,15 @@ mod tests {
             ))
             .unwrap();
         assert_eq!(c, Change::in_sync());
+    }
+
+    /// A present directory is never listed: only a removal needs to know it is empty.
+    #[test]
+    fn only_a_removal_lists_the_directory() {
+        let present = dir(serde_json::json!({"path": "/srv/app"}));
+        assert!(!present.probe().contains("ls "), "{}", present.probe());
+        let absent = dir(serde_json::json!({"path": "/srv/app", "state": "absent"}));
+        assert!(absent.probe().contains("ls -A"), "{}", absent.probe());
     }
 
     #[test]

@@ -344,6 +344,58 @@ pub fn verify_commit(
     })
 }
 
+/// A raw commit object (as `git cat-file commit` prints it) split as git's
+/// `parse_buffer_signed_by_header` does: the `gpgsig` (or `gpgsig-sha256`) header's value,
+/// continuation lines unindented, is the signature; the object without that header is the
+/// signed payload. Also the committer time. `None` for an object that is not a commit's
+/// (no header/body split, no committer time); an unsigned commit has an empty signature.
+pub fn split_raw_commit(raw: &[u8]) -> Option<SignedParts> {
+    let header_end = raw.windows(2).position(|w| w == b"\n\n")? + 1;
+    let (header, body) = raw.split_at(header_end);
+    let mut sig = Vec::new();
+    let mut payload = Vec::with_capacity(raw.len());
+    let mut time = None;
+    let mut in_sig = false;
+    for line in header.split_inclusive(|b| *b == b'\n') {
+        if in_sig && line.first() == Some(&b' ') {
+            sig.extend_from_slice(&line[1..]);
+            continue;
+        }
+        in_sig = false;
+        let value = line
+            .strip_prefix(b"gpgsig ")
+            .or_else(|| line.strip_prefix(b"gpgsig-sha256 "));
+        if let Some(v) = value.filter(|_| sig.is_empty()) {
+            sig.extend_from_slice(v);
+            in_sig = true;
+            continue;
+        }
+        if let Some(c) = line.strip_prefix(b"committer ") {
+            let text = String::from_utf8_lossy(c);
+            let mut words = text.rsplit(' ');
+            let _tz = words.next();
+            time = words.next().and_then(|t| t.trim().parse::<i64>().ok());
+        }
+        payload.extend_from_slice(line);
+    }
+    payload.extend_from_slice(body);
+    Some((sig, payload, time?))
+}
+
+/// Verifies a raw commit object received from elsewhere (a host's `git cat-file commit`):
+/// the same verdict as [`verify_commit`] on that object. The caller checks that the bytes
+/// hash to the commit id it expects.
+pub fn verify_raw_commit(raw: &[u8], trust: &Trust) -> Result<Signer, Failure> {
+    match split_raw_commit(raw) {
+        None => Err(Failure::new(
+            Reason::BadSignature,
+            "not a commit object (no header, or no committer time)",
+        )),
+        Some((sig, _, _)) if sig.is_empty() => Err(Failure::new(Reason::Unsigned, "")),
+        Some((sig, payload, time)) => verify_any(&sig, &payload, time, trust),
+    }
+}
+
 fn fmt_time(t: i64) -> String {
     let fmt = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
     time::OffsetDateTime::from_unix_timestamp(t)

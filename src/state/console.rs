@@ -1,11 +1,11 @@
-//! Reads for the web console: the newest result of every host, a host's history, drift
-//! findings open and resolved, the runs of a commit, and pages of runs. Each list is one
+//! Reads for the web console: the newest result of every host, a host's history, the runs of
+//! a commit, and pages of runs (drift findings come from `StateDb::drift_history`). Each list is one
 //! query, bounded by a limit (the console paginates).
 
 use rusqlite::params;
 
 use super::query::{collect_rows, collect_typed, run_counts, RUN_SELECT};
-use super::types::{DriftFinding, HostResultStatus, RunId, RunKind, RunRecord};
+use super::types::{HostResultStatus, RunId, RunKind, RunRecord};
 use super::{StateDb, StateError};
 
 /// The newest recorded result of one host (any kind of run).
@@ -28,14 +28,6 @@ pub struct HostRun {
     pub status: HostResultStatus,
     pub changed: usize,
     pub error: Option<String>,
-}
-
-/// Which drift findings to list.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DriftState {
-    Open,
-    Resolved,
-    Any,
 }
 
 impl StateDb {
@@ -96,54 +88,6 @@ impl StateDb {
                         changed: at.count(r, "h_changed")?,
                         error: at.get(r, "h_error")?,
                         run,
-                    })
-                },
-            )
-        };
-        read().map_err(|e| self.err(e))
-    }
-
-    /// Drift findings, newest first; of one environment and host when given.
-    pub fn drift_findings(
-        &self,
-        env: Option<&str>,
-        host: Option<&str>,
-        state: DriftState,
-        limit: usize,
-    ) -> Result<Vec<DriftFinding>, StateError> {
-        let read = || {
-            let mut stmt = self.conn.prepare_cached(
-                "SELECT id, environment, host, address, change_kind, fields, first_seen,
-                    last_seen, resolved_at, run_id, first_run_id, resolved_run_id
-                 FROM drift_findings
-                 WHERE (?1 IS NULL OR environment = ?1) AND (?2 IS NULL OR host = ?2)
-                   AND (?3 = 'any' OR (?3 = 'open') = (resolved_at IS NULL))
-                 ORDER BY COALESCE(resolved_at, last_seen) DESC, id DESC LIMIT ?4",
-            )?;
-            let which = match state {
-                DriftState::Open => "open",
-                DriftState::Resolved => "resolved",
-                DriftState::Any => "any",
-            };
-            let at = (self.path.as_path(), "drift_findings", "id");
-            collect_typed(
-                &mut stmt,
-                params![env, host, which, to_i64(limit)],
-                at,
-                |at, r| {
-                    Ok(DriftFinding {
-                        id: at.get(r, "id")?,
-                        environment: at.get(r, "environment")?,
-                        host: at.get(r, "host")?,
-                        address: at.get(r, "address")?,
-                        change: at.parse(r, "change_kind", false)?,
-                        fields: at.parse(r, "fields", true)?,
-                        first_seen: at.get(r, "first_seen")?,
-                        last_seen: at.get(r, "last_seen")?,
-                        resolved_at: at.get(r, "resolved_at")?,
-                        run_id: at.get::<Option<String>>(r, "run_id")?.map(RunId),
-                        first_run_id: at.get::<Option<String>>(r, "first_run_id")?.map(RunId),
-                        resolved_run_id: at.get::<Option<String>>(r, "resolved_run_id")?.map(RunId),
                     })
                 },
             )

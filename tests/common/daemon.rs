@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::{fresh_hosts, sh, Hosts, HOSTS};
+use crate::common::{fresh_hosts_n, sh, Hosts, HOSTS};
 
 /// A GET on the daemon's HTTP server: (status, body).
 pub fn http_get(port: u16, path: &str) -> (u16, String) {
@@ -64,7 +64,17 @@ impl DaemonFixture {
     /// Fresh hosts, keys, a repo with `units/UNIT.yaml` = `unit_yaml` on every host, committed
     /// (signed) and pushed; the daemon is not started yet. `None` without Docker.
     pub fn new(scenario: &str, unit: &str, unit_yaml: &str) -> Option<DaemonFixture> {
-        let hosts = fresh_hosts(scenario)?;
+        Self::with_hosts(scenario, HOSTS, unit, unit_yaml)
+    }
+
+    /// [`DaemonFixture::new`] with `n` hosts.
+    pub fn with_hosts(
+        scenario: &str,
+        n: usize,
+        unit: &str,
+        unit_yaml: &str,
+    ) -> Option<DaemonFixture> {
+        let hosts = fresh_hosts_n(scenario, n)?;
         let work = tempfile::tempdir().expect("tempdir");
         let w = work.path();
         make_signing_key(w);
@@ -253,7 +263,7 @@ fn write_repo(hosts: &Hosts, r: &Path, unit: &str, unit_yaml: &str) {
     )
     .expect("write");
     let mut inventory = String::from("hosts:\n");
-    for k in 1..=HOSTS {
+    for k in 1..=hosts.addresses.len() {
         inventory.push_str(&format!(
             "  - name: {}\n    address: {}\n",
             hosts.name(k),

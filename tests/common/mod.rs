@@ -91,6 +91,11 @@ pub fn docker_ok() -> bool {
 
 /// Fresh hosts, or `None` (after saying so loudly) when Docker is not available.
 pub fn fresh_hosts(scenario: &str) -> Option<Hosts> {
+    fresh_hosts_n(scenario, HOSTS)
+}
+
+/// `n` fresh hosts (plumb-host-1..n), or `None` when Docker is not available.
+pub fn fresh_hosts_n(scenario: &str, n: usize) -> Option<Hosts> {
     if !docker_ok() {
         if std::env::var_os("PLUMB_REQUIRE_E2E").is_some() {
             panic!("PLUMB_REQUIRE_E2E is set but no Docker engine answers `docker info`");
@@ -114,7 +119,7 @@ pub fn fresh_hosts(scenario: &str) -> Option<Hosts> {
     let dir = root().join(format!("target/e2e-hosts/{cluster}"));
     let (code, out, err) = sh(Command::new(root().join("integration/testhosts"))
         .env("PLUMB_TEST_CLUSTER", &cluster)
-        .args(["up", &HOSTS.to_string(), "--dir"])
+        .args(["up", &n.to_string(), "--dir"])
         .arg(&dir));
     assert_eq!(code, 0, "testhosts up failed:\n{out}\n{err}");
     let inventory = std::fs::read_to_string(dir.join("hosts.yaml")).expect("inventory written");
@@ -126,7 +131,7 @@ pub fn fresh_hosts(scenario: &str) -> Option<Hosts> {
                 .map(|a| a.trim().to_string())
         })
         .collect();
-    assert_eq!(addresses.len(), HOSTS, "inventory: {inventory}");
+    assert_eq!(addresses.len(), n, "inventory: {inventory}");
     eprintln!("scenario `{scenario}`: hosts up at {addresses:?} (cluster {cluster})");
     Some(Hosts {
         dir,
