@@ -27,6 +27,7 @@ pub mod model;
 pub mod modules;
 pub mod render;
 pub mod report;
+pub mod rollout;
 pub mod schema;
 pub mod schemagen;
 pub mod secrets;

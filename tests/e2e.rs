@@ -185,7 +185,13 @@ fn an_unreachable_host_spares_the_others() {
     let repo = webapp_repo(&hosts);
     disconnect(&hosts, 2);
 
-    let (code, report, _) = plumb(&hosts, &["apply", "--connect-timeout", "3"], repo.path());
+    // Every host at once: with the waves, host 2's wave would stop the apply before host 3's
+    // (e2e_rollback covers that).
+    let (code, report, _) = plumb(
+        &hosts,
+        &["apply", "--no-waves", "--connect-timeout", "3"],
+        repo.path(),
+    );
     assert_eq!(code, 1, "a failed host makes apply exit 1");
     assert_eq!(host_report(&report, "plumb-host-1")["status"], "converged");
     assert_eq!(host_report(&report, "plumb-host-3")["status"], "converged");
@@ -370,10 +376,13 @@ fn a_host_lost_mid_apply_converges_next_time() {
         "steps:\n  - id: slow\n    command:\n      run: \"sleep 6 && touch /var/tmp/slow-done\"\n      creates: /var/tmp/slow-done\n",
     )
     .expect("write unit");
+    // Every host at once (`--no-waves`): host 2's wave would otherwise stop the apply
+    // before host 3's.
     let child = Command::new(env!("CARGO_BIN_EXE_plumb"))
         .arg("apply")
         .arg(repo.path())
         .args([
+            "--no-waves",
             "--env",
             "production",
             "--output",

@@ -5,6 +5,9 @@
 //! good commit rolls out everywhere, a failed commit that removes a package is not rolled
 //! back (and the alert says why), a Prometheus query (a real `prometheus` the test starts)
 //! that returns failure stops the wave, and the audit chain verifies and names the rollback.
+//! First, on the same hosts, `plumb apply` by hand follows the waves: a failing health check
+//! in wave 1 stops it before wave 2. Last, `plumb rollback` pins a host to the first good
+//! commit against the daemon's state and `plumb unpin` releases it.
 //!
 //! Run: `cargo nextest run --test e2e_rollback`.
 
@@ -76,6 +79,105 @@ fn conf(f: &DaemonFixture, k: usize) -> String {
     )
 }
 
+/// `plumb apply` by hand (before the daemon starts, on the same hosts): a commit that fails
+/// the canary's health check stops it at wave 1, and wave 2's hosts are never touched;
+/// `--no-waves` says loudly that it skips the waves.
+fn plumb_apply_follows_the_waves(f: &DaemonFixture) {
+    f.write("units/app.yaml", &unit("broken", "0600", "stopped", ""));
+    let (code, report, err) = plumb(&f.hosts, &["apply"], &f.clone_dir());
+    assert_eq!(code, 1, "{report:#}\n{err}");
+    assert_eq!(report["stopped_at_wave"], "canary", "{report:#}");
+    assert_eq!(
+        report["waves"].as_array().map(Vec::len),
+        Some(1),
+        "{report:#}"
+    );
+    assert_eq!(report["waves"][0]["health"][0]["ok"], false, "{report:#}");
+    let applied: Vec<&Value> = report["hosts"].as_array().into_iter().flatten().collect();
+    assert_eq!(applied.len(), 1, "only the canary was applied: {report:#}");
+    assert_eq!(applied[0]["name"], f.hosts.name(1).as_str());
+    let later: Vec<String> = (2..=HOSTS).map(|k| f.hosts.name(k)).collect();
+    assert_eq!(
+        report["not_touched"],
+        serde_json::json!(later),
+        "{report:#}"
+    );
+    assert!(!err.contains("--no-waves"), "{err}");
+    for k in 2..=HOSTS {
+        assert_eq!(
+            exec(
+                &f.hosts,
+                k,
+                &format!("test -e {CONF} && echo present || echo absent")
+            ),
+            "absent",
+            "host {k} was never touched"
+        );
+    }
+    // `--no-waves` with a healthy unit: every host at once, no health check, said loudly.
+    f.write("units/app.yaml", &unit("healthy v1", "0644", "running", ""));
+    let (code, report, err) = plumb(&f.hosts, &["apply", "--no-waves"], &f.clone_dir());
+    assert_eq!(code, 0, "{report:#}\n{err}");
+    assert!(err.contains("WARNING: --no-waves"), "{err}");
+    assert_eq!(report["waves"][0]["name"], "all", "{report:#}");
+    assert_eq!(report["waves"][0]["health"], Value::Null, "{report:#}");
+    assert_eq!(report["hosts"].as_array().map(Vec::len), Some(HOSTS));
+}
+
+/// `plumb rollback` against the (stopped) daemon's state pins host 2 to the first good
+/// commit and applies it; `plumb history` shows the pin; `plumb unpin` releases it.
+fn pin_and_unpin(f: &DaemonFixture, good: &str) {
+    let state = f.state_dir();
+    let signers = f.path("signing/allowed_signers");
+    let host = f.hosts.name(2);
+    let mut cmd = plumb_command(&f.hosts, &["rollback"], &f.clone_dir());
+    cmd.args(["--to", good, "--limit", &host, "--state"])
+        .arg(&state)
+        .arg("--allowed-signers")
+        .arg(&signers);
+    let (code, out, err) = sh(&mut cmd);
+    assert_eq!(code, 0, "plumb rollback: {out}\n{err}");
+    let report: Value = serde_json::from_str(&out).expect("rollback JSON");
+    assert_eq!(report["target"], good, "{report:#}");
+    assert_eq!(report["target_signer"], "test@plumb", "{report:#}");
+    assert_eq!(
+        report["apply"]["hosts"][0]["name"],
+        host.as_str(),
+        "{report:#}"
+    );
+    assert_eq!(
+        conf(f, 2),
+        "healthy v1\n644\nactive",
+        "host 2 is on the pinned commit"
+    );
+    let (_, history, _) = sh(Command::new(env!("CARGO_BIN_EXE_plumb"))
+        .args(["history", "--output", "json", "--state"])
+        .arg(&state));
+    let history: Value = serde_json::from_str(&history).expect("history JSON");
+    assert_eq!(history["pins"][0]["host"], host.as_str(), "{history:#}");
+    assert_eq!(history["pins"][0]["commit"], good, "{history:#}");
+    assert_eq!(history["runs"][0]["kind"], "pin", "{history:#}");
+
+    let (code, out, err) = sh(Command::new(env!("CARGO_BIN_EXE_plumb"))
+        .args([
+            "unpin",
+            "--env",
+            "production",
+            "--output",
+            "json",
+            "--state",
+        ])
+        .arg(&state));
+    assert_eq!(code, 0, "plumb unpin: {out}\n{err}");
+    let unpinned: Value = serde_json::from_str(&out).expect("unpin JSON");
+    assert_eq!(
+        unpinned["released"][0]["host"],
+        host.as_str(),
+        "{unpinned:#}"
+    );
+    assert!(f.history().iter().any(|r| r["kind"] == "unpin"), "recorded");
+}
+
 #[test]
 fn a_broken_canary_is_rolled_back_and_the_commit_quarantined() {
     let _g = lock();
@@ -89,6 +191,8 @@ fn a_broken_canary_is_rolled_back_and_the_commit_quarantined() {
     let alerts = AlertCapture::start();
     f.alert_to(&alerts);
     waves_and_health(&f, "");
+    plumb_apply_follows_the_waves(&f);
+    f.write("units/app.yaml", &unit("healthy v1", "0644", "running", ""));
     let good = f.commit_and_push("waves and a health check", true);
     f.start_daemon();
     f.wait("the good commit applied", Duration::from_secs(300), || {
@@ -285,6 +389,7 @@ fn a_broken_canary_is_rolled_back_and_the_commit_quarantined() {
         );
     }
     f.stop_daemon();
+    pin_and_unpin(&f, &good);
 
     // The audit chain verifies after all of it, and holds the rollback with its reason.
     let (code, out, err) = sh(Command::new(env!("CARGO_BIN_EXE_plumb"))

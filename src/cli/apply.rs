@@ -1,81 +1,244 @@
-//! `plumb apply`.
+//! `plumb apply`: wave by wave, like the daemon (env.yaml's `rollout` and `health_checks`),
+//! unless `--no-waves`. A failed wave stops the apply: later waves are never touched.
 
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::engine::HostRun;
+use crate::engine::{HostRun, HostStatus};
+use crate::model::Host;
+use crate::rollout::{self, WavePlan, WaveSummary};
 
 use super::args::{runtime, HostArgs, OutputFormat};
-use super::facts::prepare;
+use super::facts::{prepare, Prepared};
 use super::term::{escape, print_json, print_lines, Paint, Term};
 
-/// Makes every host match the repo. Exit 0 converged, 1 if any host failed.
-pub fn run(args: HostArgs, term: Term) -> anyhow::Result<u8> {
+/// `plumb apply` arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ApplyArgs {
+    #[command(flatten)]
+    pub hosts: HostArgs,
+    /// Apply every selected host at once, ignoring the environment's rollout waves and
+    /// health checks (a broken commit then reaches every host).
+    #[arg(long)]
+    pub no_waves: bool,
+    /// When a wave fails, leave its hosts on this commit (no rollback to their last good
+    /// commit; see `plumb rollback`).
+    #[arg(long)]
+    pub no_rollback: bool,
+}
+
+/// What `--no-waves` prints on stderr, whatever the output format.
+pub const NO_WAVES_WARNING: &str = "--no-waves: applying every selected host at once, \
+     WITHOUT the environment's rollout waves and health checks; a broken commit reaches \
+     every host";
+
+/// Makes every host match the repo, wave by wave. Exit 0 converged, 1 if any host failed or
+/// a wave stopped the apply.
+pub fn run(args: ApplyArgs, term: Term) -> anyhow::Result<u8> {
+    let ApplyArgs {
+        hosts: args,
+        no_waves,
+        no_rollback,
+    } = args;
     let output = args.output.output;
     let rt = runtime()?;
     let Some(mut prep) = prepare(&args.target, &args.conn, output, term, &rt)? else {
         return Ok(1);
     };
-    let env = &args.target.env;
+    let env = args.target.env.clone();
     let connector = args.conn.connector();
+    // The selected hosts: rendered ones first, then those whose facts could not be gathered.
+    let selected: Vec<Host> = prep
+        .hosts
+        .iter()
+        .map(|h| h.host.clone())
+        .chain(prep.ungathered.iter().map(|u| u.host.clone()))
+        .collect();
+    let environment = prep.repo.environments.get(&env).cloned();
+    let waves = match (&environment, no_waves) {
+        (_, true) => {
+            eprintln!("{}: {NO_WAVES_WARNING}", term.err.red("WARNING"));
+            vec![rollout::one_wave(selected.len(), args.conn.parallel)]
+        }
+        (Some(e), false) => rollout::plan_waves(&e.settings, &selected, args.conn.parallel),
+        (None, false) => vec![rollout::one_wave(selected.len(), args.conn.parallel)],
+    };
+    let checks = match (&environment, no_waves) {
+        (Some(e), false) => e.health_checks.clone(),
+        _ => Vec::new(),
+    };
     let progress =
         (std::io::stderr().is_terminal() && output == OutputFormat::Text).then_some(Progress {
-            total: prep.hosts.len(),
+            total: selected.len(),
             done: AtomicUsize::new(0),
             paint: term.err,
         });
-    // SIGINT/SIGTERM end the run by dropping every transport (no orphaned ssh masters).
-    let mut runs = rt.block_on(crate::engine::until_signal(crate::engine::each_host(
-        &prep.hosts,
-        args.conn.parallel,
-        |h| {
-            let t = connector.connect(&h.host);
-            let progress = progress.as_ref();
-            async move {
-                let r = crate::engine::apply_host(h, t.as_ref()).await;
-                if let Some(p) = progress {
-                    p.host_done(&r);
-                }
-                r
-            }
-        },
-    )))?;
-    // A host whose facts changed since they were cached was not touched: render it again
-    // with the facts just seen and apply that (one more probe round trip, in the report).
-    let mut changed = vec![false; runs.len()];
-    for i in 0..runs.len() {
-        let seen = runs[i].facts.clone();
-        if crate::engine::facts_changed(&prep.hosts[i], seen.as_ref()) {
-            let Some(facts) = seen else { continue };
-            changed[i] = true;
-            let before = runs[i].round_trips;
-            match prep.rerender(env, i, &facts) {
-                Ok(()) => {
-                    let t = connector.connect(&prep.hosts[i].host);
-                    runs[i] = rt.block_on(crate::engine::until_signal(
-                        crate::engine::apply_host(&prep.hosts[i], t.as_ref()),
-                    ))?;
-                    runs[i].round_trips.probe += before.probe;
-                }
-                Err(e) => {
-                    runs[i].error = Some(format!(
-                        "its facts changed and rendering with them failed: {e}"
-                    ));
-                }
-            }
+    let mut runs: Vec<HostRun> = Vec::new();
+    let mut changed: Vec<bool> = Vec::new();
+    let mut summaries: Vec<WaveSummary> = Vec::new();
+    let mut stopped: Option<(String, String)> = None;
+    let mut untouched: Vec<String> = Vec::new();
+    for wave in &waves {
+        if stopped.is_some() {
+            untouched.extend(wave.hosts.iter().map(|i| selected[*i].name.clone()));
+            continue;
         }
-        runs[i].round_trips.facts = prep.facts_trips(&runs[i].host.name);
+        let ctx = WaveCtx {
+            env: &env,
+            connector: connector.as_ref(),
+            parallel: wave.max_parallel,
+            progress: progress.as_ref(),
+            rt: &rt,
+        };
+        let (wave_runs, wave_changed) = apply_wave(&ctx, &mut prep, wave)?;
+        let summary = wave_summary(&ctx, &prep, wave, &wave_runs, &checks)?;
+        if let Some((reason, _)) = rollout::stop_reason(&summary, wave.max_failed) {
+            stopped = Some((wave.name.clone(), reason));
+        }
+        runs.extend(wave_runs);
+        changed.extend(wave_changed);
+        summaries.push(summary);
     }
-    runs.extend(prep.ungathered.iter().map(|u| u.run()));
-    let mut report = crate::report::plan::ApplyReport::new(env, &runs);
+    let mut report = crate::report::plan::ApplyReport::new(&env, &runs);
     for (h, c) in report.hosts.iter_mut().zip(&changed) {
         h.facts_changed = *c;
+    }
+    report.set_waves(summaries, stopped, untouched);
+    if report.stopped_at_wave.is_some() {
+        report.rollback = Some(if no_rollback {
+            "not rolled back (--no-rollback)".to_string()
+        } else {
+            crate::report::plan::NO_LAST_GOOD.to_string()
+        });
     }
     match output {
         OutputFormat::Json => print_json(&report)?,
         OutputFormat::Text => print_lines(&crate::report::plan::apply_lines(&report), term.out),
     }
     Ok(report.exit_code())
+}
+
+/// What applying one wave needs.
+struct WaveCtx<'a> {
+    env: &'a str,
+    connector: &'a dyn crate::engine::Connector,
+    parallel: usize,
+    progress: Option<&'a Progress>,
+    rt: &'a tokio::runtime::Runtime,
+}
+
+/// Applies the hosts of one wave (indices into the rendered hosts, then the ungathered
+/// ones). Returns their runs, and for each whether its facts changed since they were cached.
+fn apply_wave(
+    ctx: &WaveCtx<'_>,
+    prep: &mut Prepared,
+    wave: &WavePlan,
+) -> anyhow::Result<(Vec<HostRun>, Vec<bool>)> {
+    let rendered = prep.hosts.len();
+    let members: Vec<usize> = wave
+        .hosts
+        .iter()
+        .copied()
+        .filter(|i| *i < rendered)
+        .collect();
+    // SIGINT/SIGTERM end the run by dropping every transport (no orphaned ssh masters).
+    let connector = ctx.connector;
+    let mut runs = ctx
+        .rt
+        .block_on(crate::engine::until_signal(crate::engine::each_host(
+            members.iter().map(|i| &prep.hosts[*i]),
+            ctx.parallel,
+            |h| {
+                let t = connector.connect(&h.host);
+                let progress = ctx.progress;
+                async move {
+                    let r = crate::engine::apply_host(h, t.as_ref()).await;
+                    if let Some(p) = progress {
+                        p.host_done(&r);
+                    }
+                    r
+                }
+            },
+        )))?;
+    // A host whose facts changed since they were cached was not touched: render it again
+    // with the facts just seen and apply that (one more probe round trip, in the report).
+    let mut changed = vec![false; runs.len()];
+    for (k, &i) in members.iter().enumerate() {
+        let seen = runs[k].facts.clone();
+        if crate::engine::facts_changed(&prep.hosts[i], seen.as_ref()) {
+            let Some(facts) = seen else { continue };
+            changed[k] = true;
+            let before = runs[k].round_trips;
+            match prep.rerender(ctx.env, i, &facts) {
+                Ok(()) => {
+                    let t = connector.connect(&prep.hosts[i].host);
+                    runs[k] =
+                        ctx.rt
+                            .block_on(crate::engine::until_signal(crate::engine::apply_host(
+                                &prep.hosts[i],
+                                t.as_ref(),
+                            )))?;
+                    runs[k].round_trips.probe += before.probe;
+                }
+                Err(e) => {
+                    runs[k].error = Some(format!(
+                        "its facts changed and rendering with them failed: {e}"
+                    ));
+                }
+            }
+        }
+        runs[k].round_trips.facts = prep.facts_trips(&runs[k].host.name);
+    }
+    for i in wave.hosts.iter().filter(|i| **i >= rendered) {
+        if let Some(u) = prep.ungathered.get(i - rendered) {
+            runs.push(u.run());
+            changed.push(false);
+        }
+    }
+    Ok((runs, changed))
+}
+
+/// The wave as it ran: its failed hosts, and its health checks on the hosts that converged
+/// (when no more hosts failed than its `max_failed` allows).
+fn wave_summary(
+    ctx: &WaveCtx<'_>,
+    prep: &Prepared,
+    wave: &WavePlan,
+    runs: &[HostRun],
+    checks: &[crate::model::HealthCheck],
+) -> anyhow::Result<WaveSummary> {
+    let failed: Vec<String> = runs
+        .iter()
+        .filter(|r| r.status != HostStatus::Converged)
+        .map(|r| r.host.name.clone())
+        .collect();
+    let due = rollout::health_due(failed.len(), runs.len(), wave.max_failed);
+    let health = if due && !checks.is_empty() {
+        let healthy: Vec<Host> = runs
+            .iter()
+            .filter(|r| r.status == HostStatus::Converged)
+            .map(|r| r.host.clone())
+            .collect();
+        let repo = &prep.repo;
+        let render = |t: &str, c: &serde_json::Value| crate::render::render_inline(repo, t, c);
+        let report = ctx
+            .rt
+            .block_on(crate::engine::until_signal(crate::health::check_wave(
+                checks,
+                &healthy,
+                ctx.connector,
+                &render,
+            )))?;
+        Some(report.results)
+    } else {
+        None
+    };
+    Ok(WaveSummary {
+        name: wave.name.clone(),
+        hosts: runs.iter().map(|r| r.host.name.clone()).collect(),
+        failed_hosts: failed,
+        health,
+    })
 }
 
 /// One line on stderr per finished host, on a terminal only.

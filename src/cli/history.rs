@@ -44,7 +44,8 @@ pub struct HistoryArgs {
     /// Only runs of commits signed by this principal or key fingerprint.
     #[arg(long)]
     pub signer: Option<String>,
-    /// Only this kind: apply, correction, drift_check, refused, state_reset.
+    /// Only this kind: apply, correction, drift_check, refused, state_reset, rollback, pin,
+    /// unpin.
     #[arg(long)]
     pub kind: Option<String>,
     /// Only this result: converged, failed, refused, no_change, drift_found, interrupted,
@@ -128,7 +129,8 @@ pub fn run(a: HistoryArgs) -> anyhow::Result<u8> {
     ];
     let filter = RunFilter::from_pairs(&pairs(&given, a.limit), limits()).map_err(option_error)?;
     let db = crate::state::StateDb::open_inspect(&a.state)?;
-    let report = HistoryReport::new(&db.runs(&filter)?);
+    let mut report = HistoryReport::new(&db.runs(&filter)?);
+    report.pins = db.pins(a.env.as_deref())?;
     match a.output {
         ListOutput::Json => print_json(&report)?,
         ListOutput::Jsonl => print_text(&report.to_jsonl()?)?,

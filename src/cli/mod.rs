@@ -20,6 +20,7 @@ mod drift;
 mod facts;
 mod history;
 mod init;
+pub mod pin;
 mod plan;
 mod render;
 mod schemas;
@@ -57,8 +58,9 @@ pub enum Command {
     Render(render::RenderArgs),
     /// Show what apply would change on each host. Exit 0 nothing to do, 2 changes, 1 error.
     Plan(args::HostArgs),
-    /// Make every host match the repo. Exit 0 converged, 1 if any host failed.
-    Apply(args::HostArgs),
+    /// Make every host match the repo, wave by wave with the environment's health checks
+    /// (unless --no-waves). Exit 0 converged, 1 if any host failed or a wave stopped it.
+    Apply(apply::ApplyArgs),
     /// Check the hosts for drift from the repo. Exit 0 no drift, 2 drift found, 1 error.
     Drift(args::HostArgs),
     /// Check that every commit in FROM..REV (or REV alone) is signed by an allowed signer.
@@ -83,6 +85,12 @@ pub enum Command {
     /// Write a working starting repo (plumb.yaml, an environment, a unit, a template, an
     /// allowed-signers example) into DIR; never overwrites a file.
     Init(init::InitArgs),
+    /// Pin hosts to an older, previously applied commit (re-verified against today's trust
+    /// root) and apply it; the daemon keeps them there until `plumb unpin` or a newer commit.
+    /// Exit 0 converged, 1 otherwise.
+    Rollback(pin::RollbackArgs),
+    /// Release hosts pinned by `plumb rollback`.
+    Unpin(pin::UnpinArgs),
     /// The repo's age-encrypted secrets: set, edit, rekey, check.
     Secrets {
         #[command(subcommand)]
@@ -144,5 +152,7 @@ fn run(command: Command, term: Term) -> anyhow::Result<u8> {
         Command::Facts(a) => facts::run(a, term),
         Command::Init(a) => init::run(a, term),
         Command::Secrets { command } => secrets::run(command, term),
+        Command::Rollback(a) => pin::rollback(a, term),
+        Command::Unpin(a) => pin::unpin(a),
     }
 }

@@ -134,7 +134,8 @@ impl Daemon {
         })?;
         // Applied before, so validated before: loaded directly (facts from the cache).
         let facts = self.facts_source(false);
-        let loaded = load_commit(
+        let pinned = self.pinned_hosts(env)?;
+        let mut loaded = load_commit(
             self.source.clone(),
             self.checkouts_dir(),
             oid,
@@ -152,6 +153,8 @@ impl Daemon {
                 _ => 1,
             },
         })?;
+        // A pinned host is kept on its pin: not checked (nor corrected) against this commit.
+        loaded.hosts.retain(|h| !pinned.contains(&h.host.name));
         Ok(Some(Baseline {
             commit: last.commit,
             oid,

@@ -45,13 +45,13 @@ mod drift;
 mod env_task;
 pub mod error;
 pub mod http_config;
+mod pins;
 pub mod policy;
 mod reconcile;
 mod rollback;
 pub mod status;
 mod supervisor;
 pub mod validator;
-pub mod waves;
 
 #[cfg(test)]
 mod tests;

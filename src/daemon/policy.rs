@@ -20,6 +20,8 @@ use crate::model::RollbackMode;
 use crate::server::metrics::RunResult as MetricResult;
 use crate::state::{RunId, RunResult};
 
+pub use crate::rollout::WaveSummary;
+
 use super::DaemonError;
 
 /// The result of reconciling one environment towards one tip.
@@ -234,16 +236,6 @@ pub fn rollback_decision(r: &Rollout) -> RollbackDecision {
             .unwrap_or_default(),
         targets,
     })
-}
-
-/// One wave of a rollout.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
-pub struct WaveSummary {
-    pub name: String,
-    pub hosts: Vec<String>,
-    pub failed_hosts: Vec<String>,
-    /// Health check results (absent when the wave had no checks or a host failed).
-    pub health: Option<Vec<CheckResult>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]

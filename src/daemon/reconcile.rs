@@ -10,6 +10,7 @@ use time::OffsetDateTime;
 use crate::engine::{self, HostStatus};
 use crate::model::{Environment, Host, HumanDuration};
 use crate::render::DesiredHost;
+use crate::rollout::{only_inconclusive, stop_reason};
 use crate::server::metrics::RefusalSource;
 use crate::source::policy::{short, VerifiedRange};
 use crate::source::{RangeOptions, Source};
@@ -32,6 +33,8 @@ pub(super) struct Loaded {
     pub environment: Environment,
     /// The environment's own `drift.interval`.
     pub env_interval: Duration,
+    /// Hosts pinned by a person (`plumb rollback`): left out of the rollout.
+    pub pinned: Vec<String>,
 }
 
 /// A checkout of `commit` under `base` (reused when present). Environments reconcile at
@@ -171,7 +174,30 @@ pub(super) async fn load_commit(
         hosts,
         environment,
         env_interval,
+        pinned: Vec::new(),
     })
+}
+
+/// A signature rejection as a refusal: the offending commit first (not the tip), the reason
+/// code, how to fix it.
+fn signature_refusal(rej: &crate::source::policy::Rejection, tip: git2::Oid) -> (Refusal, String) {
+    let message = format!(
+        "commit {} ({:?}) refused: {}: {}{}",
+        short(rej.commit),
+        rej.summary,
+        rej.reason().code(),
+        rej.failure,
+        if rej.commit == tip {
+            String::new()
+        } else {
+            format!(" [tip {}]", short(tip))
+        }
+    );
+    let refusal = Refusal::Signature {
+        code: rej.reason().code().to_string(),
+        bad_commit: rej.commit.to_string(),
+    };
+    (refusal, message)
 }
 
 fn refusal_message(commit: &str, refusal: &Refusal) -> String {
@@ -281,6 +307,8 @@ impl Daemon {
         let commit = tip.to_string();
         let drift_override = self.config.drift_interval.map(HumanDuration::get);
         let last = self.last_applied_oid(env)?;
+        // The pinned gauge follows pins made and released by `plumb rollback`/`unpin` too.
+        self.pinned_hosts(env)?;
         if last == Some(tip) {
             return Ok(Outcome::UpToDate {
                 commit,
@@ -288,6 +316,7 @@ impl Daemon {
             });
         }
         if lock(&self.db).is_failed(env, &commit)? {
+            self.metrics.set_quarantined(env, Some(&commit));
             return Ok(Outcome::Held { commit });
         }
         // Every commit since the last applied one must be signed; no rollbacks.
@@ -302,23 +331,7 @@ impl Daemon {
         let range = match self.verify_range(last, tip).await? {
             Ok(r) => r,
             Err(rej) => {
-                // The offending commit first (not the tip), the reason code, how to fix it.
-                let message = format!(
-                    "commit {} ({:?}) refused: {}: {}{}",
-                    short(rej.commit),
-                    rej.summary,
-                    rej.reason().code(),
-                    rej.failure,
-                    if rej.commit == tip {
-                        String::new()
-                    } else {
-                        format!(" [tip {}]", short(tip))
-                    }
-                );
-                let refusal = Refusal::Signature {
-                    code: rej.reason().code().to_string(),
-                    bad_commit: rej.commit.to_string(),
-                };
+                let (refusal, message) = signature_refusal(&rej, tip);
                 return Ok(refused(refusal, message));
             }
         };
@@ -340,6 +353,10 @@ impl Daemon {
                 return Ok(refused(refusal.clone(), refusal_message(&commit, &refusal)))
             }
         };
+        // Hosts pinned by a person stay on their pin (a newer commit than the bad one
+        // releases them first).
+        let mut loaded = loaded;
+        loaded.pinned = self.honour_pins(env, tip, wake)?;
         let signer = signer_of(&range.tip_signer);
         let run = lock(&self.db).begin_run(&NewRun {
             environment: env.to_string(),
@@ -381,7 +398,7 @@ impl Daemon {
         let plain: Vec<Host> = loaded.hosts.iter().map(|h| h.host.clone()).collect();
         // Hosts that left the inventory stop being reported.
         self.note_inventory(env, &loaded.hosts);
-        let waves = super::waves::plan_waves(
+        let waves = crate::rollout::plan_waves(
             &loaded.environment.settings,
             &plain,
             self.config.parallel as usize,
@@ -407,11 +424,15 @@ impl Daemon {
                 .hosts
                 .iter()
                 .filter_map(|i| loaded.hosts.get(*i))
+                .filter(|h| !loaded.pinned.contains(&h.host.name))
                 .collect();
+            if members.is_empty() {
+                continue;
+            }
             let summary = self
                 .roll_wave(env, run, wave, &members, loaded, &mut out)
                 .await?;
-            let stop = stop_reason(&summary);
+            let stop = stop_reason(&summary, wave.max_failed);
             out.waves.push(summary);
             if let Some((reason, failed)) = stop {
                 out.paused = out
@@ -428,11 +449,19 @@ impl Daemon {
                 out.stopped_at_wave = Some(wave.name.clone());
                 break;
             }
-            // Applied and healthy: this commit is now these hosts' last good one.
-            let good = out
+            // Applied and healthy: this commit is now these hosts' last good one (not the
+            // failures the wave's `max_failed` tolerated).
+            let good: Vec<String> = out
                 .waves
                 .last()
-                .map(|w| w.hosts.clone())
+                .map(|w| {
+                    let unhealthy = crate::rollout::unhealthy_hosts(w);
+                    w.hosts
+                        .iter()
+                        .filter(|h| !unhealthy.contains(h))
+                        .cloned()
+                        .collect()
+                })
                 .unwrap_or_default();
             lock(&self.db).set_last_good(env, &good, commit, run)?;
             out.good_hosts.extend(good);
@@ -446,7 +475,7 @@ impl Daemon {
         &self,
         env: &str,
         run: &RunId,
-        wave: &super::waves::WavePlan,
+        wave: &crate::rollout::WavePlan,
         members: &[&DesiredHost],
         loaded: &Loaded,
         out: &mut Rollout,
@@ -482,8 +511,14 @@ impl Daemon {
             }
         }
         let checks = &environment.health_checks;
-        let health = if failed.is_empty() && !checks.is_empty() {
-            let hosts: Vec<Host> = members.iter().map(|h| h.host.clone()).collect();
+        let due = crate::rollout::health_due(failed.len(), members.len(), wave.max_failed);
+        let health = if due && !checks.is_empty() {
+            // The hosts that converged (the failures a `max_failed` tolerates are not checked).
+            let hosts: Vec<Host> = members
+                .iter()
+                .filter(|h| !failed.contains(&h.host.name))
+                .map(|h| h.host.clone())
+                .collect();
             let render =
                 |t: &str, ctx: &serde_json::Value| crate::render::render_inline(repo, t, ctx);
             let report = crate::health::check_wave(checks, &hosts, &self.connector, &render).await;
@@ -536,6 +571,10 @@ impl Daemon {
         }
         if effects.mark == CommitMark::Applied {
             self.applied_metrics(env, commit);
+            self.metrics.set_quarantined(env, None);
+        }
+        if effects.mark == CommitMark::Failed {
+            self.metrics.set_quarantined(env, Some(commit));
         }
         if let Some(a) = &effects.alert {
             let mut details = a.details.clone();
@@ -641,49 +680,6 @@ fn note_taken(r: &engine::HostRun, facts: &mut RollbackFacts) {
                 .push(format!("{}: {}: {why}", r.host.name, s.step.address));
         }
     }
-}
-
-/// Whether every check that did not pass was inconclusive (and one was).
-fn only_inconclusive(wave: &WaveSummary) -> bool {
-    let mut not_ok = wave.health.iter().flatten().filter(|r| !r.ok).peekable();
-    not_ok.peek().is_some() && not_ok.all(|r| r.inconclusive)
-}
-
-/// Why a wave stops the rollout, and the hosts to blame; `None` when it passed.
-fn stop_reason(wave: &WaveSummary) -> Option<(String, Vec<String>)> {
-    if !wave.failed_hosts.is_empty() {
-        let reason = format!(
-            "wave `{}`: host(s) {} failed",
-            wave.name,
-            wave.failed_hosts.join(", ")
-        );
-        return Some((reason, wave.failed_hosts.clone()));
-    }
-    let failures: Vec<_> = wave.health.iter().flatten().filter(|r| !r.ok).collect();
-    if failures.is_empty() {
-        return None;
-    }
-    let listed: Vec<serde_json::Value> = failures
-        .iter()
-        .map(|f| serde_json::json!({"check": f.check, "host": f.host, "error": f.error}))
-        .collect();
-    let verdict = if only_inconclusive(wave) {
-        "inconclusive"
-    } else {
-        "failed"
-    };
-    let reason = format!(
-        "wave `{}`: health checks {verdict}: {}",
-        wave.name,
-        serde_json::Value::Array(listed)
-    );
-    let mut hosts: Vec<String> = Vec::new();
-    for f in failures {
-        if !hosts.contains(&f.host) {
-            hosts.push(f.host.clone());
-        }
-    }
-    Some((reason, hosts))
 }
 
 fn log_outcome(env: &str, outcome: &Outcome) {

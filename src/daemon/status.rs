@@ -9,7 +9,9 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::server::{DriftQuery, RunsQuery, StatusError, StatusSource};
-use crate::state::{DriftFinding, LastApplied, RunDetail, RunFilter, RunId, RunRecord, StateDb};
+use crate::state::{
+    DriftFinding, LastApplied, Pin, RunDetail, RunFilter, RunId, RunRecord, StateDb,
+};
 
 use super::lock;
 
@@ -30,6 +32,9 @@ pub struct EnvironmentStatus {
     pub last_run: Option<RunRecord>,
     /// Drift findings not resolved yet.
     pub open_drift: usize,
+    /// Hosts pinned to an older commit by `plumb rollback` (until `plumb unpin` or a newer
+    /// commit than `bad_commit`).
+    pub pins: Vec<Pin>,
     /// Every `backup` step's backup as the last drift check observed it: snapshot age,
     /// last restore test (result, measured restore duration, files compared), problems.
     pub backups: Vec<super::backups::BackupStatus>,
@@ -89,6 +94,7 @@ impl StateStatus {
                 last_applied: db.last_applied(env).map_err(internal)?,
                 last_run: last_run.into_iter().next(),
                 open_drift: db.open_drift(env).map_err(internal)?.len(),
+                pins: db.pins(Some(env)).map_err(internal)?,
                 backups: self
                     .backups
                     .lock()

@@ -18,6 +18,7 @@ pub mod condition;
 pub mod duration;
 pub mod jail;
 pub mod load;
+pub mod max_failed;
 pub mod size;
 mod text_value;
 /// Moved to [`crate::yaml`] (below `diag` and `schema`); re-exported for old paths.
@@ -26,6 +27,7 @@ pub use crate::yaml;
 pub use address::StepAddress;
 pub use condition::{CmpOp, Condition};
 pub use duration::{DurationError, HumanDuration, DURATION_PATTERN};
+pub use max_failed::{MaxFailed, MaxFailedError};
 pub use size::{ByteSize, SizeError};
 
 use crate::yaml::{Node, Pos};
@@ -297,6 +299,11 @@ pub struct Wave {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_parallel: Option<u32>,
+    /// Hosts of the wave that may fail (a step, or a health check on that host) while the
+    /// wave still passes and the rollout goes on: `N` hosts or `N%` of the wave's hosts
+    /// (rounded down). Default 0: the first failed host stops the rollout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_failed: Option<MaxFailed>,
 }
 
 // The on-disk shape: the loader turns it into a `HealthCheck` (or diagnostics); nothing runs

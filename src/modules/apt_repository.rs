@@ -186,7 +186,10 @@ pub static DEF: ModuleDef = ModuleDef::of::<AptRepository>(
         ],
     }],
 )
-.reversibility(super::Reversibility::Reversible);
+.reversibility(super::Reversibility::Reversible)
+.prune(super::Prune::Absent(|p| {
+    super::absent_with(p, &["name", "uris", "suites", "components", "types", "architectures"])
+}));
 
 impl AptRepository {
     fn sources_path(&self) -> String {

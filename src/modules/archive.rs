@@ -147,7 +147,8 @@ pub static DEF: ModuleDef = ModuleDef::of::<Archive>(
     ],
 )
 .refreshable()
-.reversibility(super::Reversibility::Reversible);
+.reversibility(super::Reversibility::Reversible)
+.prune(super::Prune::Never("extracted files are not removed by prune: declare a `directory` step with `state: absent`"));
 
 /// Fails the fragment when a member name on stdin is absolute or has a `..` component
 /// (names are one a line; a name with a newline shows as several lines, each checked).

@@ -163,7 +163,8 @@ pub static DEF: ModuleDef = ModuleDef::of::<AuthorizedKey>(
         ],
     }],
 )
-.reversibility(super::Reversibility::Reversible);
+.reversibility(super::Reversibility::Reversible)
+.prune(super::Prune::Absent(|p| super::absent_with(p, &["user", "keys"])));
 
 /// Runs the sh fragment `script` as the user `$u` (runuser, else su), stdin from /dev/null.
 fn as_user(script: &str) -> String {

@@ -359,7 +359,11 @@ pub static DEF: ModuleDef = ModuleDef::of::<Backup>(
 )
 // Files and timers come back with an older state; a repository once initialised (and the
 // snapshots in it) is not removed by one.
-.reversibility(super::Reversibility::Some(irreversible));
+.reversibility(super::Reversibility::Some(irreversible))
+// Pruning a backup would stop protecting the data without anyone deciding it.
+.prune(super::Prune::Never(
+    "removing a backup stops backups and restore tests: remove it on purpose",
+));
 
 fn irreversible(c: &Change) -> Option<&'static str> {
     c.changes_field(Field::State)

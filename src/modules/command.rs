@@ -101,7 +101,8 @@ pub static DEF: ModuleDef = ModuleDef::of::<Command>(
         },
     ],
 ).refreshable()
-.reversibility(super::Reversibility::Some(irreversible));
+.reversibility(super::Reversibility::Some(irreversible))
+.prune(super::Prune::Never("a command leaves no resource to remove"));
 
 /// A command that ran cannot be undone by applying an older state (commands have no `undo:`).
 fn irreversible(change: &Change) -> Option<&'static str> {

@@ -120,7 +120,8 @@ pub static DEF: ModuleDef = ModuleDef::of::<Cron>(
         ],
     }],
 )
-.reversibility(super::Reversibility::Reversible);
+.reversibility(super::Reversibility::Reversible)
+.prune(super::Prune::Absent(|p| super::absent_with(p, &["name", "user"])));
 
 /// [`Runs::Local`]: the cron file under `root`.
 fn rooted(value: serde_json::Value, root: &str) -> Result<Box<dyn Resource>, BuildError> {

@@ -95,7 +95,8 @@ pub static DEF: ModuleDef = ModuleDef::of::<Directory>(
         },
     ],
 )
-.reversibility(super::Reversibility::Some(irreversible));
+.reversibility(super::Reversibility::Some(irreversible))
+.prune(super::Prune::Absent(|p| super::absent_with(p, &["path"])));
 
 /// Removing a directory loses what was in it: an older state recreates it empty.
 fn irreversible(change: &Change) -> Option<&'static str> {

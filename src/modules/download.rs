@@ -133,7 +133,8 @@ pub static DEF: ModuleDef = ModuleDef::of::<Download>(
         ],
     }],
 )
-.reversibility(super::Reversibility::Reversible);
+.reversibility(super::Reversibility::Reversible)
+.prune(super::Prune::Never("a download is not removed by prune: declare a `file` step with `state: absent`"));
 
 impl Download {
     fn fetch(&self) -> String {

@@ -149,6 +149,7 @@ pub static DEF: ModuleDef = ModuleDef {
     probe_keys: FILE_PROBE_KEYS,
     // An older state writes the older content, mode and owner back.
     reversibility: super::Reversibility::Reversible,
+    prune: super::Prune::Absent(|p| super::absent_with(p, &["path"])),
     examples: &[
         Example {
             name: "content, mode, template, source, absent",

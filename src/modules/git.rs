@@ -286,7 +286,8 @@ pub static DEF: ModuleDef = ModuleDef {
     }],
 )
 }
-.reversibility(super::Reversibility::Reversible);
+.reversibility(super::Reversibility::Reversible)
+.prune(super::Prune::Never("a checkout is not removed by prune: declare a `directory` step with `state: absent`"));
 
 /// `git` with only the allowed transports and the environment for ssh URLs.
 impl Git {

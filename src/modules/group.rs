@@ -61,7 +61,10 @@ pub static DEF: ModuleDef = ModuleDef::of::<Group>(
         ],
     }],
 )
-.reversibility(super::Reversibility::Reversible);
+.reversibility(super::Reversibility::Reversible)
+.prune(super::Prune::Never(
+    "a group is never removed without an explicit `state: absent` (files may still belong to it)",
+));
 
 /// A probe fragment that sets `$l` to the `db` (passwd or group) entry of `$n`, or "".
 pub(crate) fn lookup_entry(db: &str) -> String {

@@ -33,6 +33,8 @@ pub enum HarnessError {
     NoExamples { module: &'static str },
     #[error("module `{module}` does not declare which of its changes an older state cannot undo: give its ModuleDef a `.reversibility(...)`")]
     UndeclaredReversibility { module: &'static str },
+    #[error("module `{module}` does not declare what removing one of its resources means: give its ModuleDef a `.prune(...)`")]
+    UndeclaredPrune { module: &'static str },
     #[error("module `{module}`, example `{example}`, step {step}: {message}")]
     Failed {
         module: &'static str,
@@ -47,6 +49,7 @@ impl HarnessError {
         match self {
             HarnessError::NoExamples { .. } => "no_examples",
             HarnessError::UndeclaredReversibility { .. } => "undeclared_reversibility",
+            HarnessError::UndeclaredPrune { .. } => "undeclared_prune",
             HarnessError::Failed { .. } => "failed",
         }
     }
@@ -81,6 +84,9 @@ pub fn run_registry(
     for def in registry {
         if matches!(def.reversibility, super::Reversibility::Undeclared) {
             errors.push(HarnessError::UndeclaredReversibility { module: def.name });
+        }
+        if matches!(def.prune, super::Prune::Undeclared) {
+            errors.push(HarnessError::UndeclaredPrune { module: def.name });
         }
         if def.examples.is_empty() {
             errors.push(HarnessError::NoExamples { module: def.name });
@@ -134,7 +140,29 @@ fn run_example(
         }
         converge(def, r.as_ref(), first, host).map_err(|m| fail(n, m))?;
     }
-    Ok(())
+    prune_example(def, ex, &root, host).map_err(|m| fail(ex.steps.len(), m))
+}
+
+/// Removes what the example's last step declared, as prune would: the module's prune
+/// parameters must build, never create anything, and converge.
+fn prune_example(
+    def: &'static ModuleDef,
+    ex: &'static Example,
+    root: &str,
+    host: &mut dyn Host,
+) -> Result<(), String> {
+    let (super::Prune::Absent(absent), Some(last)) = (def.prune, ex.steps.last()) else {
+        return Ok(());
+    };
+    let Some(params) = absent(&example_params(last.params, root)?) else {
+        return Ok(());
+    };
+    let r = build(def, &params.to_string(), root).map_err(|m| format!("prune: {m}"))?;
+    let first = observe(def, r.as_ref(), host).map_err(|m| format!("prune: {m}"))?;
+    if first.kind == ChangeKind::Create {
+        return Err(format!("prune parameters {params} create something"));
+    }
+    converge(def, r.as_ref(), first, host).map_err(|m| format!("prune: {m}"))
 }
 
 /// A repo whose templates and files are made up from their names, recording what was read.
@@ -320,6 +348,7 @@ mod tests {
         probe_keys: &[],
         examples: &[],
         reversibility: super::super::Reversibility::Reversible,
+        prune: super::super::Prune::Never("fake"),
     };
 
     static UNDECLARED: ModuleDef = ModuleDef {
@@ -333,6 +362,7 @@ mod tests {
         probe_keys: &[],
         examples: &[],
         reversibility: super::super::Reversibility::Undeclared,
+        prune: super::super::Prune::Undeclared,
     };
 
     #[test]
@@ -344,6 +374,36 @@ mod tests {
                 module: "undeclared"
             }
         );
+    }
+
+    #[test]
+    fn a_module_without_a_prune_fails_the_harness() {
+        let errors = run_registry(&[&UNDECLARED], Select::Local, &mut Nowhere);
+        assert_eq!(
+            errors[1],
+            HarnessError::UndeclaredPrune {
+                module: "undeclared"
+            }
+        );
+    }
+
+    /// Files, directories, links, lines, cron entries and sysctls are removed as the same
+    /// resource with `state: absent`; packages, users and groups never by prune.
+    #[test]
+    fn prune_removes_what_is_safe_and_says_why_not_otherwise() {
+        let def = |name: &str| crate::modules::lookup(name).expect("registered");
+        let p = serde_json::json!({"path": "/etc/x", "content": "secret", "mode": "0600"});
+        assert_eq!(
+            def("file").prune_params(&p),
+            Ok(serde_json::json!({"path": "/etc/x", "state": "absent"}))
+        );
+        for m in ["package", "user", "group", "command"] {
+            let why = def(m).prune_params(&serde_json::json!({"name": "x"}));
+            assert!(why.is_err(), "{m}");
+        }
+        assert!(def("user")
+            .prune_params(&serde_json::json!({"name": "x"}))
+            .is_err_and(|w| w.contains("explicit")));
     }
 
     #[test]

@@ -62,7 +62,8 @@ pub static DEF: ModuleDef = ModuleDef::of::<Hostname>(
         steps: &[step(r#"{"name": "plumb-renamed"}"#, ChangeKind::Modify)],
     }],
 )
-.reversibility(super::Reversibility::Reversible);
+.reversibility(super::Reversibility::Reversible)
+.prune(super::Prune::Never("a host always has a hostname"));
 
 impl Resource for Hostname {
     fn target(&self) -> String {

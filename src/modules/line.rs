@@ -132,7 +132,8 @@ pub static DEF: ModuleDef = ModuleDef::of::<Line>(
         ],
     }],
 )
-.reversibility(super::Reversibility::Reversible);
+.reversibility(super::Reversibility::Reversible)
+.prune(super::Prune::Absent(|p| super::absent_with(p, &["path", "line", "regexp"])));
 
 impl Line {
     /// Shell assignments of the line (`v`) and regexp (`re`): values reach commands only on

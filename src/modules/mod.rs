@@ -433,6 +433,36 @@ pub struct ModuleDef {
     /// Which of its changes applying an older state cannot undo (an automatic rollback never
     /// crosses one). A module that does not declare it fails the harness.
     pub reversibility: Reversibility,
+    /// What removing one of its resources means when a commit no longer declares it
+    /// (`prune: true`). A module that does not declare it fails the harness.
+    pub prune: Prune,
+}
+
+/// The parameters that make a resource absent, from the parameters it was last declared
+/// with; `None` when removing this one is not safe.
+pub type PruneFn = fn(&serde_json::Value) -> Option<serde_json::Value>;
+
+/// What a module declares about removing a resource no longer declared.
+#[derive(Clone, Copy)]
+pub enum Prune {
+    /// Not declared: the compliance harness fails (`HarnessError::UndeclaredPrune`).
+    Undeclared,
+    /// Never removed by prune, only reported as orphaned: why, for people.
+    Never(&'static str),
+    /// Removed by applying these parameters (e.g. the same path with `state: absent`).
+    Absent(PruneFn),
+}
+
+/// `params`' values at `keys` (those present), plus `state: absent`: the usual [`PruneFn`].
+pub fn absent_with(params: &serde_json::Value, keys: &[&str]) -> Option<serde_json::Value> {
+    let mut out = serde_json::Map::new();
+    for k in keys {
+        if let Some(v) = params.get(*k) {
+            out.insert((*k).to_string(), v.clone());
+        }
+    }
+    out.insert("state".into(), "absent".into());
+    Some(serde_json::Value::Object(out))
 }
 
 /// Why a change cannot be undone by applying an older state, for people (an alert says it).
@@ -472,6 +502,24 @@ impl ModuleDef {
             ..self
         }
     }
+
+    /// This definition, declaring what removing one of its resources means.
+    pub(crate) const fn prune(self, prune: Prune) -> ModuleDef {
+        ModuleDef { prune, ..self }
+    }
+
+    /// The parameters that remove a resource last declared with `params`, or why it is not
+    /// removed (it is then reported as orphaned).
+    pub fn prune_params(
+        &self,
+        params: &serde_json::Value,
+    ) -> Result<serde_json::Value, &'static str> {
+        match self.prune {
+            Prune::Undeclared => Err("its module does not declare what removing it means"),
+            Prune::Never(why) => Err(why),
+            Prune::Absent(f) => f(params).ok_or("removing it is not safe"),
+        }
+    }
 }
 
 impl ModuleDef {
@@ -496,6 +544,7 @@ impl ModuleDef {
             probe_keys,
             examples,
             reversibility: Reversibility::Undeclared,
+            prune: Prune::Undeclared,
         }
     }
 

@@ -175,7 +175,8 @@ pub static DEF: ModuleDef = ModuleDef::of::<Mount>(
         ],
     }],
 )
-.reversibility(super::Reversibility::Reversible);
+.reversibility(super::Reversibility::Reversible)
+.prune(super::Prune::Never("unmounting can cut a service off its data: declare `state: absent`"));
 
 /// awk program printing the fstab lines whose mount point (field 2) is `m`, or (with
 /// `keep=1`) every other line.

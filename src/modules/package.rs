@@ -120,7 +120,8 @@ pub static DEF: ModuleDef = ModuleDef::of::<Package>(
         },
     ],
 )
-.reversibility(super::Reversibility::Some(irreversible));
+.reversibility(super::Reversibility::Some(irreversible))
+.prune(super::Prune::Never("removing a package can take what other software needs with it: declare `state: absent` to remove it"));
 
 /// Removing a package (its configuration may be purged) or downgrading it cannot be undone by
 /// applying an older state.

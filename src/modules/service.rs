@@ -97,7 +97,10 @@ pub static DEF: ModuleDef = ModuleDef::of::<Service>(
     }],
 )
 .refreshable()
-.reversibility(super::Reversibility::Reversible);
+.reversibility(super::Reversibility::Reversible)
+.prune(super::Prune::Never(
+    "a service is only stopped or disabled as declared",
+));
 
 /// The note that tells people the apply uses service(8) (the apply reads
 /// [`super::Facts::init`], never this text).

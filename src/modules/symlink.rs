@@ -91,7 +91,8 @@ pub static DEF: ModuleDef = ModuleDef::of::<Symlink>(
         },
     ],
 )
-.reversibility(super::Reversibility::Reversible);
+.reversibility(super::Reversibility::Reversible)
+.prune(super::Prune::Absent(|p| super::absent_with(p, &["path"])));
 
 impl Symlink {
     fn want(&self) -> &str {

@@ -91,7 +91,8 @@ pub static DEF: ModuleDef = ModuleDef::of::<Sysctl>(
         ],
     }],
 )
-.reversibility(super::Reversibility::Reversible);
+.reversibility(super::Reversibility::Reversible)
+.prune(super::Prune::Absent(|p| super::absent_with(p, &["name"])));
 
 /// [`Runs::Local`]: the file and /proc/sys under `root`.
 fn rooted(value: serde_json::Value, root: &str) -> Result<Box<dyn Resource>, BuildError> {

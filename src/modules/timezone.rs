@@ -64,7 +64,8 @@ pub static DEF: ModuleDef = ModuleDef::of::<Timezone>(
         ],
     }],
 )
-.reversibility(super::Reversibility::Reversible);
+.reversibility(super::Reversibility::Reversible)
+.prune(super::Prune::Never("a host always has a timezone"));
 
 impl Timezone {
     fn zone_file(&self) -> String {

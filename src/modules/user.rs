@@ -120,7 +120,8 @@ pub static DEF: ModuleDef = ModuleDef::of::<User>(
         ],
     }],
 )
-.reversibility(super::Reversibility::Some(irreversible));
+.reversibility(super::Reversibility::Some(irreversible))
+.prune(super::Prune::Never("a user is never removed without an explicit `state: absent`"));
 
 /// A removed user's files and ids are not restored by recreating the user.
 fn irreversible(change: &Change) -> Option<&'static str> {

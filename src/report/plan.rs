@@ -7,6 +7,7 @@ use similar::TextDiff;
 use crate::engine::{HostPlan, HostRun, HostStatus, RoundTrips, StepStatus};
 use crate::modules::backup::{BackupObserved, BackupProblem, TestResult};
 use crate::modules::{Change, ChangeKind, FieldChange};
+use crate::rollout::WaveSummary;
 
 /// Largest content plumb shows a unified diff for.
 const MAX_DIFF_BYTES: usize = 256 * 1024;
@@ -461,11 +462,33 @@ pub struct HostApplyReport {
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct ApplyReport {
     pub environment: String,
+    /// The hosts applied (those of a wave after a failed one are in `not_touched`).
     pub hosts: Vec<HostApplyReport>,
+    /// True when every selected host converged and no wave stopped the apply.
     pub converged: bool,
     pub total_changed: usize,
     pub failed_hosts: usize,
+    /// The waves as they ran, in order (one wave `all` without a rollout or with
+    /// `--no-waves`), with their health checks.
+    #[serde(default)]
+    pub waves: Vec<WaveSummary>,
+    /// The wave that failed and stopped the apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_at_wave: Option<String>,
+    /// Why it stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Selected hosts of the later waves, never contacted because a wave failed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_touched: Vec<String>,
+    /// What became of the failed wave's hosts (see `plumb apply --no-rollback`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<String>,
 }
+
+/// What `plumb apply` says of a failed wave's hosts: it keeps no last good commit, so it
+/// cannot roll them back by itself.
+pub const NO_LAST_GOOD: &str = "not rolled back: plumb apply keeps no last good commit;      the failed wave's hosts are left on this commit: fix forward, or apply the last good      commit's checkout";
 
 impl ApplyReport {
     /// The engine has already redacted sensitive steps in `runs`.
@@ -516,6 +539,11 @@ impl ApplyReport {
             .collect();
         ApplyReport {
             environment: environment.to_string(),
+            waves: Vec::new(),
+            stopped_at_wave: None,
+            reason: None,
+            not_touched: Vec::new(),
+            rollback: None,
             converged: hosts.iter().all(|h| h.status == HostStatus::Converged),
             total_changed: hosts.iter().map(|h| h.changed).sum(),
             failed_hosts: hosts
@@ -524,6 +552,23 @@ impl ApplyReport {
                 .count(),
             hosts,
         }
+    }
+
+    /// The waves as they ran; `stopped`: the wave that failed and why; `not_touched`: the
+    /// hosts of the waves after it.
+    pub fn set_waves(
+        &mut self,
+        waves: Vec<WaveSummary>,
+        stopped: Option<(String, String)>,
+        not_touched: Vec<String>,
+    ) {
+        self.waves = waves;
+        if let Some((wave, reason)) = stopped {
+            self.converged = false;
+            self.stopped_at_wave = Some(wave);
+            self.reason = Some(reason);
+        }
+        self.not_touched = not_touched;
     }
 
     pub fn exit_code(&self) -> u8 {
@@ -577,6 +622,7 @@ pub fn apply_lines(r: &ApplyReport) -> Vec<(LineKind, String)> {
             out.push((k, format!("  * {} {w}", hd.address)));
         }
     }
+    wave_lines(r, &mut out);
     out.push((
         LineKind::Summary,
         format!(
@@ -587,6 +633,42 @@ pub fn apply_lines(r: &ApplyReport) -> Vec<(LineKind, String)> {
         ),
     ));
     out
+}
+
+/// The waves' health checks, and where and why the apply stopped.
+fn wave_lines(r: &ApplyReport, out: &mut Vec<(LineKind, String)>) {
+    for w in &r.waves {
+        for c in w.health.iter().flatten() {
+            let (kind, word) = if c.ok {
+                (LineKind::Plain, "ok".to_string())
+            } else {
+                (
+                    LineKind::Error,
+                    format!("FAILED: {}", c.error.clone().unwrap_or_default()),
+                )
+            };
+            out.push((
+                kind,
+                format!(
+                    "wave {}: health check {} on {}: {word}",
+                    w.name, c.check, c.host
+                ),
+            ));
+        }
+    }
+    if let Some(wave) = &r.stopped_at_wave {
+        let reason = r.reason.clone().unwrap_or_default();
+        out.push((LineKind::Error, format!("stopped at wave {wave}: {reason}")));
+        if !r.not_touched.is_empty() {
+            out.push((
+                LineKind::Summary,
+                format!("not touched: {}", r.not_touched.join(", ")),
+            ));
+        }
+        if let Some(rb) = &r.rollback {
+            out.push((LineKind::Summary, rb.clone()));
+        }
+    }
 }
 
 #[cfg(test)]

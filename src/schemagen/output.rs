@@ -33,5 +33,7 @@ pub fn generate() -> Vec<(String, Value)> {
         one::<crate::daemon::status::DriftResponse>("api-drift"),
         one::<crate::daemon::policy::RunSummary>("run-summary"),
         one::<crate::facts::FactsReport>("facts"),
+        one::<crate::cli::pin::RollbackReport>("rollback"),
+        one::<crate::cli::pin::UnpinReport>("unpin"),
     ]
 }

@@ -129,9 +129,11 @@ pub struct Metrics {
     audit_head_seq: Gauge,
     audit_chain_ok: Gauge,
     audit_head_info: Family<HashLabels, Gauge>,
+    environment_pinned: Family<EnvLabels, Gauge>,
+    commit_quarantined: Family<CommitLabels, Gauge>,
+    /// The commit each environment's quarantine gauge shows, to drop it when it ends.
+    quarantined: Mutex<HashMap<String, String>>,
     backup: BackupFamilies,
-    /// The backups each environment has series for, to drop those that left.
-    backups: Mutex<HashMap<String, std::collections::BTreeSet<BackupLabels>>>,
     /// The hash the audit head info gauge shows, to drop the previous one.
     audit_head_hash: Mutex<Option<String>>,
     /// The commit each environment's info gauge shows, to drop the previous one.
@@ -174,30 +176,6 @@ fn host_labels(environment: &str, host: &str) -> HostLabels {
     }
 }
 
-/// The audit chain's families: `plumb_audit_head_seq`, `plumb_audit_chain_ok`,
-/// `plumb_audit_head_info`.
-fn register_audit(registry: &mut Registry) -> (Gauge, Gauge, Family<HashLabels, Gauge>) {
-    let audit_head_seq = Gauge::default();
-    registry.register(
-        "plumb_audit_head_seq",
-        "Sequence number of the newest record of the audit chain",
-        audit_head_seq.clone(),
-    );
-    let audit_chain_ok = Gauge::default();
-    registry.register(
-        "plumb_audit_chain_ok",
-        "1 when the audit chain verified at start-up, 0 when it is broken",
-        audit_chain_ok.clone(),
-    );
-    let audit_head_info = Family::<HashLabels, Gauge>::default();
-    registry.register(
-        "plumb_audit_head_info",
-        "Hash of the newest record of the audit chain (value 1)",
-        audit_head_info.clone(),
-    );
-    (audit_head_seq, audit_chain_ok, audit_head_info)
-}
-
 /// The `plumb_backup_*` families.
 struct BackupFamilies {
     snapshot_age: Family<BackupLabels, FloatGauge>,
@@ -206,6 +184,8 @@ struct BackupFamilies {
     restore_failed: Family<BackupLabels, Gauge>,
     interval: Family<BackupLabels, FloatGauge>,
     restore_interval: Family<BackupLabels, FloatGauge>,
+    /// The backups each environment has series for, to drop those that left.
+    known: Mutex<HashMap<String, std::collections::BTreeSet<BackupLabels>>>,
 }
 
 impl BackupFamilies {
@@ -217,6 +197,7 @@ impl BackupFamilies {
             restore_failed: Family::default(),
             interval: Family::default(),
             restore_interval: Family::default(),
+            known: Mutex::default(),
         };
         registry.register(
             "plumb_backup_snapshot_age_seconds",
@@ -256,6 +237,48 @@ impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
     }
+}
+
+/// The audit chain's gauges: head sequence, chain verified, head hash.
+fn register_audit(registry: &mut Registry) -> (Gauge, Gauge, Family<HashLabels, Gauge>) {
+    let audit_head_seq = Gauge::default();
+    registry.register(
+        "plumb_audit_head_seq",
+        "Sequence number of the newest record of the audit chain",
+        audit_head_seq.clone(),
+    );
+    let audit_chain_ok = Gauge::default();
+    registry.register(
+        "plumb_audit_chain_ok",
+        "1 when the audit chain verified at start-up, 0 when it is broken",
+        audit_chain_ok.clone(),
+    );
+    let audit_head_info = Family::<HashLabels, Gauge>::default();
+    registry.register(
+        "plumb_audit_head_info",
+        "Hash of the newest record of the audit chain (value 1)",
+        audit_head_info.clone(),
+    );
+    (audit_head_seq, audit_chain_ok, audit_head_info)
+}
+
+/// The safe-rollout gauges: pinned hosts per environment, the quarantined commit.
+fn register_rollout(
+    registry: &mut Registry,
+) -> (Family<EnvLabels, Gauge>, Family<CommitLabels, Gauge>) {
+    let environment_pinned = Family::<EnvLabels, Gauge>::default();
+    registry.register(
+        "plumb_environment_pinned",
+        "Hosts of the environment pinned to an older commit by plumb rollback (0 when none)",
+        environment_pinned.clone(),
+    );
+    let commit_quarantined = Family::<CommitLabels, Gauge>::default();
+    registry.register(
+        "plumb_commit_quarantined",
+        "The environment's quarantined commit (value 1): it failed and is not applied again until a newer commit arrives",
+        commit_quarantined.clone(),
+    );
+    (environment_pinned, commit_quarantined)
 }
 
 impl Metrics {
@@ -322,9 +345,13 @@ impl Metrics {
         let runs = Family::<ResultLabels, Counter>::default();
         registry.register("plumb_runs", "Reconcile runs, by result", runs.clone());
         let (audit_head_seq, audit_chain_ok, audit_head_info) = register_audit(&mut registry);
-        let backup = BackupFamilies::register(&mut registry);
+        let (environment_pinned, commit_quarantined) = register_rollout(&mut registry);
         Metrics {
+            backup: BackupFamilies::register(&mut registry),
             registry,
+            environment_pinned,
+            commit_quarantined,
+            quarantined: Mutex::new(HashMap::new()),
             last_applied_timestamp,
             last_applied_commit,
             run_duration,
@@ -338,8 +365,6 @@ impl Metrics {
             audit_head_seq,
             audit_chain_ok,
             audit_head_info,
-            backup,
-            backups: Mutex::new(HashMap::new()),
             audit_head_hash: Mutex::new(None),
             applied_commits: Mutex::new(HashMap::new()),
             hosts: Mutex::new(HashMap::new()),
@@ -410,6 +435,36 @@ impl Metrics {
             self.commit_to_applied
                 .get_or_create(&env(environment))
                 .observe((applied_at - t).max(0.0));
+        }
+    }
+
+    /// How many hosts of the environment are pinned (`plumb rollback`).
+    pub fn set_pinned(&self, environment: &str, hosts: u64) {
+        self.environment_pinned
+            .get_or_create(&env(environment))
+            .set(i64::try_from(hosts).unwrap_or(i64::MAX));
+    }
+
+    /// The environment's quarantined commit, or none (a newer commit was applied).
+    pub fn set_quarantined(&self, environment: &str, commit: Option<&str>) {
+        let mut q = self.quarantined.lock().unwrap_or_else(|p| p.into_inner());
+        let old = match commit {
+            Some(c) => q.insert(environment.to_string(), c.to_string()),
+            None => q.remove(environment),
+        };
+        if let Some(old) = old.filter(|o| Some(o.as_str()) != commit) {
+            self.commit_quarantined.remove(&CommitLabels {
+                environment: environment.to_string(),
+                commit: old,
+            });
+        }
+        if let Some(c) = commit {
+            self.commit_quarantined
+                .get_or_create(&CommitLabels {
+                    environment: environment.to_string(),
+                    commit: c.to_string(),
+                })
+                .set(1);
         }
     }
 
@@ -564,7 +619,7 @@ impl Metrics {
                 .set(b.restore_test_interval_seconds);
             now.insert(l);
         }
-        let mut known = self.backups.lock().unwrap_or_else(|p| p.into_inner());
+        let mut known = self.backup.known.lock().unwrap_or_else(|p| p.into_inner());
         let before = known.insert(environment.to_string(), now.clone());
         for gone in before.unwrap_or_default().difference(&now) {
             self.backup.snapshot_age.remove(gone);

@@ -792,6 +792,34 @@ async fn https_is_served_with_the_configured_certificate() {
     ));
 }
 
+/// `plumb_environment_pinned` counts an environment's pinned hosts; `plumb_commit_quarantined`
+/// shows its one quarantined commit, replaced by the next and dropped when a commit applies.
+#[test]
+fn pinned_hosts_and_the_quarantined_commit_are_metrics() {
+    let m = Metrics::new();
+    m.set_pinned("prod", 2);
+    m.set_quarantined("prod", Some("bad1"));
+    m.set_quarantined("prod", Some("bad2"));
+    let text = m.encode().expect("encode");
+    assert!(
+        text.contains("plumb_environment_pinned{environment=\"prod\"} 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("plumb_commit_quarantined{environment=\"prod\",commit=\"bad2\"} 1"),
+        "{text}"
+    );
+    assert!(!text.contains("bad1"), "{text}");
+    m.set_quarantined("prod", None);
+    m.set_pinned("prod", 0);
+    let text = m.encode().expect("encode");
+    assert!(!text.contains("bad2"), "{text}");
+    assert!(
+        text.contains("plumb_environment_pinned{environment=\"prod\"} 0"),
+        "{text}"
+    );
+}
+
 #[test]
 fn backup_series_show_a_missing_snapshot_as_inf_and_leave_with_their_backup() {
     use crate::server::metrics::BackupSample;

@@ -39,6 +39,7 @@ mod drift;
 mod error;
 pub mod filter;
 mod open;
+mod pins;
 mod query;
 pub mod report;
 mod rollback;
@@ -49,6 +50,7 @@ mod write;
 pub use error::StateError;
 pub use filter::{DriftFilter, DriftState, FilterError, FilterLimits, RunFilter};
 pub use open::{check_not_reset, MIRROR_DIR};
+pub use pins::Pin;
 pub use rollback::LastGood;
 pub use schema::SCHEMA_VERSION;
 pub use types::{

@@ -39,6 +39,9 @@ pub struct HistoryEntry {
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct HistoryReport {
     pub runs: Vec<HistoryEntry>,
+    /// Hosts pinned now by `plumb rollback` (of the environment asked for, or every one).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pins: Vec<super::Pin>,
 }
 
 /// Unix milliseconds as RFC 3339 (UTC, milliseconds).
@@ -75,6 +78,7 @@ impl HistoryReport {
                     summary: r.summary.clone(),
                 })
                 .collect(),
+            pins: Vec::new(),
         }
     }
 
@@ -144,6 +148,23 @@ impl HistoryReport {
         }
         if self.runs.is_empty() {
             out.push_str("(no runs recorded)\n");
+        }
+        for p in &self.pins {
+            let short = |c: &str| c.get(..12).unwrap_or(c).to_string();
+            out.push_str(&format!(
+                "pinned: {} {} to {} since {} (until plumb unpin{})\n",
+                p.environment,
+                p.host,
+                short(&p.commit),
+                rfc3339(p.at)
+                    .get(..19)
+                    .unwrap_or_default()
+                    .replace('T', " "),
+                p.bad_commit
+                    .as_deref()
+                    .map(|b| format!(" or a commit newer than {}", short(b)))
+                    .unwrap_or_default(),
+            ));
         }
         out
     }

@@ -239,7 +239,23 @@ CREATE INDEX runs_unfinished ON runs (id) WHERE finished_at IS NULL;
 CREATE UNIQUE INDEX runs_by_chain ON runs (chain_seq) WHERE chain_seq IS NOT NULL;
 "#;
 
-pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
+// rollouts
+/// v6: hosts pinned by a person (`plumb rollback`) to an older, previously applied commit,
+/// until `plumb unpin` or a commit newer than `bad_commit` (the environment's newest commit
+/// when the pin was made) reaches the daemon.
+const V6: &str = r#"
+CREATE TABLE pins (
+    environment TEXT NOT NULL,
+    host        TEXT NOT NULL,
+    commit_id   TEXT NOT NULL,           -- the commit the host is pinned to
+    bad_commit  TEXT,                    -- the environment's newest commit when pinned
+    run_id      TEXT REFERENCES runs (id) ON DELETE SET NULL,
+    at          INTEGER NOT NULL,
+    PRIMARY KEY (environment, host)
+);
+"#;
+
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6];
 
 /// The schema version this plumb writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -54,6 +54,10 @@ pub enum RunKind {
     /// Hosts of a failed wave brought back to their last good commit (a roll-forward to the
     /// old desired state).
     Rollback,
+    /// Hosts pinned by a person (`plumb rollback`) to an older commit, and applied.
+    Pin,
+    /// Pins released: by `plumb unpin`, or by a commit newer than the bad one.
+    Unpin,
 }
 
 /// What started a run.

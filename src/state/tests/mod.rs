@@ -826,3 +826,71 @@ fn runs_kinds_are_checked_by_the_enums() {
     let err = db.runs(&RunFilter::default()).unwrap_err();
     assert_eq!(err.code(), "state.corrupt", "{err}");
 }
+
+/// Pins (v6): set, listed per environment, replaced, released; the commits a pin may go back
+/// to are those that converged on a host; `pin` and `unpin` runs are signed like any run.
+#[test]
+fn pins_are_kept_until_released_and_only_applied_commits_qualify() {
+    let dir = private_tmp();
+    let db = StateDb::open(dir.path()).unwrap();
+    let apply = |commit: &str, status: HostStatus, result: RunResult| {
+        let mut new = new_run(RunKind::Apply);
+        new.commit = Some(commit.into());
+        let id = db.begin_run(&new).unwrap();
+        db.record_host(&id, &host_run("web1", 1, status), &StepMeta::default())
+            .unwrap();
+        db.finish_run(&id, result, &json!({})).unwrap();
+        std::thread::sleep(Duration::from_millis(3));
+    };
+    apply("aaa", HostStatus::Converged, RunResult::Converged);
+    apply("bbb", HostStatus::Converged, RunResult::Converged);
+    apply("ccc", HostStatus::Failed, RunResult::Failed);
+    assert_eq!(
+        db.applied_commits("prod").unwrap(),
+        vec![
+            ("ccc".to_string(), false),
+            ("bbb".to_string(), true),
+            ("aaa".to_string(), true)
+        ]
+    );
+    assert!(db.was_applied("prod", "aaa").unwrap());
+    assert!(
+        !db.was_applied("prod", "ccc").unwrap(),
+        "it never converged"
+    );
+    assert!(!db.was_applied("staging", "aaa").unwrap());
+
+    let pin = db.begin_run(&new_run(RunKind::Pin)).unwrap();
+    db.set_pins(
+        "prod",
+        &["web1".into(), "web2".into()],
+        "aaa",
+        Some("ccc"),
+        &pin,
+    )
+    .unwrap();
+    db.set_pins("prod", &["web2".into()], "bbb", Some("ccc"), &pin)
+        .unwrap();
+    db.finish_run(&pin, RunResult::Converged, &json!({}))
+        .unwrap();
+    let pins = db.pins(Some("prod")).unwrap();
+    let got: Vec<(&str, &str)> = pins
+        .iter()
+        .map(|p| (p.host.as_str(), p.commit.as_str()))
+        .collect();
+    assert_eq!(got, [("web1", "aaa"), ("web2", "bbb")]);
+    assert_eq!(pins[0].bad_commit.as_deref(), Some("ccc"));
+    assert!(db.pins(Some("staging")).unwrap().is_empty());
+    assert_eq!(db.pins(None).unwrap().len(), 2);
+
+    let unpin = db.begin_run(&new_run(RunKind::Unpin)).unwrap();
+    assert_eq!(
+        db.remove_pins("prod", &["web1".into(), "web9".into()])
+            .unwrap(),
+        vec!["web1".to_string()]
+    );
+    db.finish_run(&unpin, RunResult::Converged, &json!({}))
+        .unwrap();
+    assert_eq!(db.pins(Some("prod")).unwrap().len(), 1);
+    assert_eq!(verify(&db).unwrap().records, 5);
+}
