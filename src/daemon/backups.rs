@@ -18,7 +18,6 @@ use crate::modules::backup::{BackupObserved, BackupProblem, TestResult};
 use crate::render::DesiredHost;
 use crate::server::metrics::BackupSample;
 
-use super::env_task::EnvState;
 use super::Daemon;
 
 /// One backup of one host, as the last drift check observed it.
@@ -56,9 +55,6 @@ impl BackupStatus {
 
 /// The backups of every environment, as last observed (shared with the status API).
 pub type BackupBoard = Arc<Mutex<BTreeMap<String, Vec<BackupStatus>>>>;
-
-/// (host, backup, problem) of each problem alerted.
-pub(super) type Problems = Option<BTreeSet<(String, String, BackupProblem)>>;
 
 /// The backups the plans observed. `hosts` are the desired hosts the plans were made from
 /// (the backup's name is read from its resource: a sensitive step's target is hidden).
@@ -126,7 +122,6 @@ impl Daemon {
         commit: &str,
         hosts: &[DesiredHost],
         plans: &[HostPlan],
-        state: &mut EnvState,
     ) {
         let backups = backups_of(hosts, plans);
         self.metrics.set_backups(
@@ -135,39 +130,45 @@ impl Daemon {
                 .iter()
                 .map(|b| (b.host.as_str(), b.backup.as_str(), b.sample())),
         );
-        let problems: BTreeSet<(String, String, BackupProblem)> = backups
-            .iter()
-            .flat_map(|b| {
-                b.problems
-                    .iter()
-                    .map(|p| (b.host.clone(), b.backup.clone(), *p))
-            })
-            .collect();
-        if problems.is_empty() {
-            state.alerted_backups = None;
-        } else if state.alerted_backups.as_ref() != Some(&problems) {
-            tracing::warn!(environment = %env, problems = problems.len(), "backup problems found");
-            let failing: Vec<&BackupStatus> =
-                backups.iter().filter(|b| !b.problems.is_empty()).collect();
-            let hosts: BTreeSet<String> = failing.iter().map(|b| b.host.clone()).collect();
-            let message = failing
-                .iter()
-                .map(|b| {
-                    let what: Vec<&str> = b.problems.iter().map(|p| p.as_str()).collect();
-                    format!("{} on {}: {}", b.backup, b.host, what.join(", "))
-                })
-                .collect::<Vec<_>>()
-                .join("; ");
-            self.alert(
+        // One alert per host and backup (its subject): fired when it has problems (sent
+        // again only when they change), resolved when it has none.
+        for b in &backups {
+            if b.problems.is_empty() {
+                self.resolve_alerts(|k| {
+                    k.event == AlertEvent::BackupFailed
+                        && k.environment.as_deref() == Some(env)
+                        && k.host.as_deref() == Some(b.host.as_str())
+                        && k.subject.as_deref() == Some(b.backup.as_str())
+                });
+                continue;
+            }
+            let what: Vec<&str> = b.problems.iter().map(|p| p.as_str()).collect();
+            tracing::warn!(environment = %env, host = %b.host, backup = %b.backup,
+                problems = %what.join(","), "backup problems found");
+            let mut a = self.new_alert(
                 AlertEvent::BackupFailed,
                 Some(env),
                 Some(commit),
-                hosts.into_iter().collect(),
-                format!("backup problems: {message}"),
-                json!({ "backups": failing }),
+                vec![b.host.clone()],
+                format!("backup {} on {}: {}", b.backup, b.host, what.join(", ")),
+                json!({ "backups": [b] }),
             );
-            state.alerted_backups = Some(problems);
+            a.subject = Some(b.backup.clone());
+            self.alert(a);
         }
+        // Backups no longer declared (or hosts gone) stop alerting.
+        let live: BTreeSet<(&str, &str)> = backups
+            .iter()
+            .map(|b| (b.host.as_str(), b.backup.as_str()))
+            .collect();
+        self.resolve_alerts(|k| {
+            k.event == AlertEvent::BackupFailed
+                && k.environment.as_deref() == Some(env)
+                && !live.contains(&(
+                    k.host.as_deref().unwrap_or_default(),
+                    k.subject.as_deref().unwrap_or_default(),
+                ))
+        });
         self.backups
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -60,6 +60,15 @@ pub struct DaemonConfig {
     /// Where alerts go.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub alerts: Vec<crate::alert::Sink>,
+    /// How often alerts still firing are re-sent to Alertmanager ("5m"); each is sent with
+    /// an `endsAt` four intervals ahead, so an alert plumb stops re-sending ends by itself.
+    #[serde(default = "default_alert_resend")]
+    pub alert_resend_interval: HumanDuration,
+    /// Where people reach this daemon's console (http or https, e.g.
+    /// `https://plumb.example.com`): every alert links to its run or host page there.
+    /// Unset: `http://<listen>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_url: Option<String>,
     /// How to reach hosts.
     #[serde(default)]
     pub ssh: SshConfig,
@@ -221,6 +230,9 @@ fn default_state_dir() -> PathBuf {
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9940))
 }
+fn default_alert_resend() -> HumanDuration {
+    HumanDuration::from_secs(300)
+}
 fn default_poll() -> HumanDuration {
     HumanDuration::from_secs(60)
 }
@@ -262,8 +274,9 @@ fn check_trust_files(
 
 /// Durations that must not be zero (a zero poll interval would spin; a zero timeout fails
 /// every attempt). JSON pointers into the config; `*` is any index of a list.
-const NONZERO_DURATIONS: [&str; 5] = [
+const NONZERO_DURATIONS: [&str; 6] = [
     "/poll_interval",
+    "/alert_resend_interval",
     "/validation/timeout",
     "/drift_interval",
     "/ssh/connect_timeout",
@@ -409,6 +422,23 @@ impl DaemonConfig {
                         format!("secret file {} does not exist", f.display()),
                     ));
                 }
+            }
+        }
+        if let Some(u) = &config.external_url {
+            let ok = reqwest::Url::parse(u)
+                .is_ok_and(|p| matches!(p.scheme(), "http" | "https") && p.host_str().is_some());
+            if !ok {
+                diags.push(
+                    Diagnostic::error(
+                        "config",
+                        &label,
+                        at("/external_url"),
+                        format!("external_url `{u}` is not an http or https URL"),
+                    )
+                    .with_hint(
+                        "the console's address as people reach it, e.g. https://plumb.example.com",
+                    ),
+                );
             }
         }
         super::http_config::check(&config, &label, &at, &mut diags);

@@ -7,7 +7,7 @@
 //! carries the effects out in that order (record first: a refused commit is in the database
 //! before anything can retry it).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use schemars::JsonSchema;
@@ -539,17 +539,6 @@ pub fn drift_schedule(
     }
 }
 
-/// Whether drift found now deserves an alert: only when something drifted that was not
-/// alerted already (the same drift found every interval pages once).
-pub fn drift_alert_due(
-    alerted: Option<&BTreeSet<(String, String)>>,
-    drifted: &BTreeSet<(String, String)>,
-) -> bool {
-    drifted
-        .iter()
-        .any(|d| alerted.is_none_or(|seen| !seen.contains(d)))
-}
-
 /// The shortest interval a drift check runs at (a typo such as `1ms` cannot spin the loop).
 pub const MIN_DRIFT_INTERVAL: Duration = Duration::from_millis(200);
 
@@ -609,6 +598,9 @@ pub struct RefusedSummary {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct DriftSummary {
     pub drifted: Vec<DriftedResource>,
+    /// Hosts that could not be observed: whether they drifted is unknown.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unknown_hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]

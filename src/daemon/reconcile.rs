@@ -7,11 +7,12 @@ use std::time::{Duration, Instant};
 
 use time::OffsetDateTime;
 
+use crate::alert::AlertEvent;
 use crate::engine::{self, HostStatus};
 use crate::model::{Environment, Host, HumanDuration};
 use crate::render::DesiredHost;
 use crate::rollout::{only_inconclusive, stop_reason};
-use crate::server::metrics::RefusalSource;
+use crate::server::metrics::{RefusalSource, RunKind as MetricKind};
 use crate::source::policy::{short, VerifiedRange};
 use crate::source::{RangeOptions, Source};
 use crate::state::{NewRun, RunId, RunKind, RunResult, StepMeta};
@@ -257,7 +258,10 @@ impl Daemon {
                     self.roll_back(env, tip.wake, order).await;
                 }
                 if effects.forget_drift_alerts && result.is_ok() {
-                    state.alerted_drift = None;
+                    // Every host converged to the new commit: no drift is left.
+                    self.resolve_alerts(|k| {
+                        k.event == AlertEvent::DriftFound && k.environment.as_deref() == Some(env)
+                    });
                 }
                 state.schedule(effects.next_drift);
             }
@@ -494,11 +498,19 @@ impl Daemon {
         let mut failed = Vec::new();
         out.rollback.took_commit.clear();
         out.rollback.irreversible.clear();
+        let now = OffsetDateTime::now_utc();
         for (_, r) in &runs {
             lock(&self.db).record_host(run, r, &StepMeta::default())?;
             note_taken(r, &mut out.rollback);
             self.metrics
                 .set_host_reachable(env, &r.host.name, r.status != HostStatus::Unreachable);
+            if r.status != HostStatus::Unreachable {
+                // Reached: whatever else happens, it is back.
+                self.resolve_host_alerts(AlertEvent::HostUnreachable, env, &r.host.name);
+            }
+            if r.status == HostStatus::Converged {
+                self.metrics.host_applied(env, &r.host.name, now);
+            }
             out.changed += r.changed();
             out.failed_steps += r
                 .steps
@@ -522,6 +534,8 @@ impl Daemon {
             let render =
                 |t: &str, ctx: &serde_json::Value| crate::render::render_inline(repo, t, ctx);
             let report = crate::health::check_wave(checks, &hosts, &self.connector, &render).await;
+            self.note_health(env, &report.results);
+            self.mark_unhealthy(run, &report.results)?;
             Some(report.results)
         } else {
             None
@@ -532,6 +546,32 @@ impl Daemon {
             failed_hosts: failed,
             health,
         })
+    }
+
+    /// A host that converged but whose health checks failed is not `converged` in the run:
+    /// its row becomes `unhealthy`, naming the checks, so the run's failed-host count and
+    /// the host's status agree with the summary's `failed_hosts`.
+    fn mark_unhealthy(
+        &self,
+        run: &RunId,
+        results: &[crate::health::CheckResult],
+    ) -> Result<(), DaemonError> {
+        let mut by_host: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+        for r in results.iter().filter(|r| !r.ok) {
+            let verdict = if r.inconclusive {
+                "inconclusive"
+            } else {
+                "failed"
+            };
+            by_host
+                .entry(r.host.as_str())
+                .or_default()
+                .push(format!("health check `{}` {verdict}", r.check));
+        }
+        for (host, checks) in by_host {
+            lock(&self.db).mark_unhealthy(run, host, &checks.join("; "))?;
+        }
+        Ok(())
     }
 
     /// Carries out a reconcile's effects, recording first; the caller then schedules drift
@@ -562,8 +602,27 @@ impl Daemon {
             }
         };
         if let Some(metric) = effects.metric {
-            self.metrics
-                .run_finished(env, metric, duration, changed as u64, failed_steps as u64);
+            let kind = match outcome {
+                Outcome::Refused(_) => MetricKind::Refused,
+                _ => MetricKind::Apply,
+            };
+            self.metrics.run_finished(
+                env,
+                (kind, metric),
+                duration,
+                changed as u64,
+                failed_steps as u64,
+            );
+        }
+        // Blocked while the newest commit is quarantined (also seen again after a restart).
+        match (effects.mark, outcome) {
+            (CommitMark::Failed, _) | (_, Outcome::Held { .. }) => {
+                self.metrics.set_rollout_blocked(env, true)
+            }
+            (CommitMark::Applied, _) | (_, Outcome::UpToDate { .. }) => {
+                self.metrics.set_rollout_blocked(env, false)
+            }
+            (CommitMark::Nothing, _) => {}
         }
         if effects.signature_refused {
             self.metrics
@@ -572,6 +631,13 @@ impl Daemon {
         if effects.mark == CommitMark::Applied {
             self.applied_metrics(env, commit);
             self.metrics.set_quarantined(env, None);
+            // The rollout recovered: a failed rollout or a refused commit is over.
+            self.resolve_alerts(|k| {
+                matches!(
+                    k.event,
+                    AlertEvent::RunFailed | AlertEvent::SignatureRefused
+                ) && k.environment.as_deref() == Some(env)
+            });
         }
         if effects.mark == CommitMark::Failed {
             self.metrics.set_quarantined(env, Some(commit));
@@ -581,7 +647,7 @@ impl Daemon {
             if let (Some(run), Some(obj)) = (&run, details.as_object_mut()) {
                 obj.entry("run").or_insert_with(|| run.0.clone().into());
             }
-            self.alert(
+            let mut alert = self.new_alert(
                 a.event,
                 Some(env),
                 Some(commit),
@@ -589,6 +655,13 @@ impl Daemon {
                 a.message.clone(),
                 details,
             );
+            alert.signer = match outcome {
+                Outcome::Applied(r) | Outcome::Failed(r) => {
+                    r.commits.last().map(|c| c.signer.clone())
+                }
+                _ => None,
+            };
+            self.alert(alert);
         }
         Ok(())
     }
