@@ -56,6 +56,9 @@ pub enum AlertEvent {
     HostUnreachable,
     /// One of the environment's health checks failed on a host between deploys.
     HealthCheckFailed,
+    /// A backup's latest snapshot or restore test is older than twice its interval, its
+    /// restore test failed, or its repository is gone or unreachable.
+    BackupFailed,
 }
 
 impl AlertEvent {
@@ -67,6 +70,7 @@ impl AlertEvent {
             AlertEvent::RolledBack => "rolled_back",
             AlertEvent::HostUnreachable => "host_unreachable",
             AlertEvent::HealthCheckFailed => "health_check_failed",
+            AlertEvent::BackupFailed => "backup_failed",
         }
     }
     /// Whether the alert is about one host (its identity then includes the host, and each
@@ -74,7 +78,10 @@ impl AlertEvent {
     pub fn per_host(self) -> bool {
         matches!(
             self,
-            AlertEvent::DriftFound | AlertEvent::HostUnreachable | AlertEvent::HealthCheckFailed
+            AlertEvent::DriftFound
+                | AlertEvent::HostUnreachable
+                | AlertEvent::HealthCheckFailed
+                | AlertEvent::BackupFailed
         )
     }
     /// Alertmanager's `alertname`.
@@ -86,6 +93,7 @@ impl AlertEvent {
             AlertEvent::RolledBack => "PlumbRolledBack",
             AlertEvent::HostUnreachable => "PlumbHostUnreachable",
             AlertEvent::HealthCheckFailed => "PlumbHealthCheckFailed",
+            AlertEvent::BackupFailed => "PlumbBackupFailed",
         }
     }
     pub fn severity(self) -> &'static str {
@@ -93,7 +101,8 @@ impl AlertEvent {
             AlertEvent::RunFailed
             | AlertEvent::SignatureRefused
             | AlertEvent::HostUnreachable
-            | AlertEvent::HealthCheckFailed => "critical",
+            | AlertEvent::HealthCheckFailed
+            | AlertEvent::BackupFailed => "critical",
             AlertEvent::DriftFound | AlertEvent::RolledBack => "warning",
         }
     }
@@ -105,6 +114,7 @@ impl AlertEvent {
             AlertEvent::RolledBack => "Rolled back",
             AlertEvent::HostUnreachable => "Host unreachable",
             AlertEvent::HealthCheckFailed => "Health check failed",
+            AlertEvent::BackupFailed => "Backup failed",
         }
     }
 }

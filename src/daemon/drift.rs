@@ -94,6 +94,7 @@ impl Daemon {
                 }
             }
         }
+        self.note_backups(env, &base.commit, &base.loaded.hosts, &plans);
         let drifted = self.record_drift(env, &run, &plans, started)?;
         self.alert_drift(env, &run, &base, &plans).await;
         self.check_health_between_deploys(env, &base.loaded, &plans, None)

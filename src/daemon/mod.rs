@@ -39,6 +39,7 @@ use crate::state::{self, StateDb, Trigger};
 
 mod alerts;
 pub mod audit_tail;
+pub mod backups;
 pub mod config;
 pub mod console;
 mod drift;
@@ -152,6 +153,8 @@ pub struct Daemon {
     secrets: Option<Arc<crate::secrets::SecretIdentity>>,
     /// The alerts firing now, by identity (kept across reloads).
     alerts: Arc<Mutex<crate::alert::lifecycle::ActiveAlerts>>,
+    /// The backups the last drift check of each environment observed.
+    backups: backups::BackupBoard,
 }
 
 /// A lock per host (`address:port`), held for the host's apply, so two environments whose
@@ -240,6 +243,7 @@ impl Daemon {
             inventory: Arc::default(),
             secrets,
             alerts: Arc::default(),
+            backups: Arc::default(),
             config,
         };
         daemon.anchor_audit_head();
@@ -284,6 +288,7 @@ impl Daemon {
         let status = status::StateStatus {
             db: Arc::new(Mutex::new(lock(&self.db).handle()?)),
             environments: self.config.environments.clone(),
+            backups: self.backups.clone(),
         };
         let console = console::ConsoleState {
             db: Arc::new(Mutex::new(lock(&self.db).handle()?)),
@@ -455,6 +460,7 @@ impl Daemon {
             inventory: self.inventory.clone(),
             secrets,
             alerts: self.alerts.clone(),
+            backups: self.backups.clone(),
             config,
         })
     }

@@ -847,6 +847,7 @@ async fn api_answers_match_their_schemas() {
     let status = status::StateStatus {
         db: Arc::new(Mutex::new(lock(&d.db).handle().expect("handle"))),
         environments: vec!["production".into()],
+        backups: Arc::default(),
     };
     use crate::server::StatusSource as _;
     let s = status.status().expect("status");

@@ -38,6 +38,28 @@ struct HostLabels {
     host: String,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, EncodeLabelSet)]
+struct BackupLabels {
+    environment: String,
+    host: String,
+    backup: String,
+}
+
+/// One backup as the last drift check observed it, for the `plumb_backup_*` series.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BackupSample {
+    /// Seconds since the latest snapshot; `None`: no snapshot (shown as +Inf).
+    pub snapshot_age_seconds: Option<f64>,
+    /// Unix time of the last successful restore test, if any.
+    pub restore_test_last_success: Option<f64>,
+    /// The measured duration of the last restore (seconds), if a test ran.
+    pub restore_seconds: Option<f64>,
+    /// Whether the last restore test failed.
+    pub restore_test_failed: bool,
+    pub interval_seconds: f64,
+    pub restore_test_interval_seconds: f64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct HashLabels {
     hash: String,
@@ -157,6 +179,7 @@ pub struct Metrics {
     commit_quarantined: Family<CommitLabels, Gauge>,
     /// The commit each environment's quarantine gauge shows, to drop it when it ends.
     quarantined: Mutex<HashMap<String, String>>,
+    backup: BackupFamilies,
     oncall: OnCall,
     audit: AuditFamilies,
     /// The hash the audit head info gauge shows, to drop the previous one.
@@ -200,6 +223,63 @@ fn host_labels(environment: &str, host: &str) -> HostLabels {
     HostLabels {
         environment: environment.to_string(),
         host: host.to_string(),
+    }
+}
+
+/// The `plumb_backup_*` families.
+struct BackupFamilies {
+    snapshot_age: Family<BackupLabels, FloatGauge>,
+    restore_success: Family<BackupLabels, FloatGauge>,
+    restore_seconds: Family<BackupLabels, FloatGauge>,
+    restore_failed: Family<BackupLabels, Gauge>,
+    interval: Family<BackupLabels, FloatGauge>,
+    restore_interval: Family<BackupLabels, FloatGauge>,
+    /// The backups each environment has series for, to drop those that left.
+    known: Mutex<HashMap<String, std::collections::BTreeSet<BackupLabels>>>,
+}
+
+impl BackupFamilies {
+    fn register(registry: &mut Registry) -> BackupFamilies {
+        let f = BackupFamilies {
+            snapshot_age: Family::default(),
+            restore_success: Family::default(),
+            restore_seconds: Family::default(),
+            restore_failed: Family::default(),
+            interval: Family::default(),
+            restore_interval: Family::default(),
+            known: Mutex::default(),
+        };
+        registry.register(
+            "plumb_backup_snapshot_age_seconds",
+            "Age of the latest snapshot of a backup when last observed (+Inf: none)",
+            f.snapshot_age.clone(),
+        );
+        registry.register(
+            "plumb_backup_restore_test_last_success_timestamp_seconds",
+            "Unix time of the last successful restore test of a backup",
+            f.restore_success.clone(),
+        );
+        registry.register(
+            "plumb_backup_restore_seconds",
+            "Measured duration of the last restore test's restore",
+            f.restore_seconds.clone(),
+        );
+        registry.register(
+            "plumb_backup_restore_test_failed",
+            "1 when the last restore test of a backup failed, else 0",
+            f.restore_failed.clone(),
+        );
+        registry.register(
+            "plumb_backup_interval_seconds",
+            "How often a backup runs",
+            f.interval.clone(),
+        );
+        registry.register(
+            "plumb_backup_restore_test_interval_seconds",
+            "How often a backup's restore test runs",
+            f.restore_interval.clone(),
+        );
+        f
     }
 }
 
@@ -405,6 +485,7 @@ impl Metrics {
         let audit = AuditFamilies::register(&mut registry);
         let (environment_pinned, commit_quarantined) = register_rollout(&mut registry);
         Metrics {
+            backup: BackupFamilies::register(&mut registry),
             registry,
             environment_pinned,
             commit_quarantined,
@@ -733,6 +814,67 @@ impl Metrics {
         }
         labels.push(("source".to_string(), source.as_str().to_string()));
         self.signature_refusals.get_or_create(&labels).inc();
+    }
+
+    /// The backups of `environment` as the last drift check observed them, by host and
+    /// backup name: sets their `plumb_backup_*` series and drops those of backups that are
+    /// no longer there.
+    pub fn set_backups<'a>(
+        &self,
+        environment: &str,
+        backups: impl IntoIterator<Item = (&'a str, &'a str, BackupSample)>,
+    ) {
+        let mut now = std::collections::BTreeSet::new();
+        for (host, backup, b) in backups {
+            let l = BackupLabels {
+                environment: environment.to_string(),
+                host: host.to_string(),
+                backup: backup.to_string(),
+            };
+            self.backup
+                .snapshot_age
+                .get_or_create(&l)
+                .set(b.snapshot_age_seconds.unwrap_or(f64::INFINITY));
+            match b.restore_test_last_success {
+                Some(t) => {
+                    self.backup.restore_success.get_or_create(&l).set(t);
+                }
+                None => {
+                    self.backup.restore_success.remove(&l);
+                }
+            }
+            match b.restore_seconds {
+                Some(t) => {
+                    self.backup.restore_seconds.get_or_create(&l).set(t);
+                }
+                None => {
+                    self.backup.restore_seconds.remove(&l);
+                }
+            }
+            self.backup
+                .restore_failed
+                .get_or_create(&l)
+                .set(i64::from(b.restore_test_failed));
+            self.backup
+                .interval
+                .get_or_create(&l)
+                .set(b.interval_seconds);
+            self.backup
+                .restore_interval
+                .get_or_create(&l)
+                .set(b.restore_test_interval_seconds);
+            now.insert(l);
+        }
+        let mut known = self.backup.known.lock().unwrap_or_else(|p| p.into_inner());
+        let before = known.insert(environment.to_string(), now.clone());
+        for gone in before.unwrap_or_default().difference(&now) {
+            self.backup.snapshot_age.remove(gone);
+            self.backup.restore_success.remove(gone);
+            self.backup.restore_seconds.remove(gone);
+            self.backup.restore_failed.remove(gone);
+            self.backup.interval.remove(gone);
+            self.backup.restore_interval.remove(gone);
+        }
     }
 
     /// The OpenMetrics text exposition of every metric.

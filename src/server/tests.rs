@@ -863,3 +863,30 @@ fn pinned_hosts_and_the_quarantined_commit_are_metrics() {
         "{text}"
     );
 }
+
+#[test]
+fn backup_series_show_a_missing_snapshot_as_inf_and_leave_with_their_backup() {
+    use crate::server::metrics::BackupSample;
+    let m = Metrics::new();
+    let sample = BackupSample {
+        snapshot_age_seconds: None,
+        restore_test_last_success: Some(1_800_000_000.0),
+        restore_seconds: Some(1.5),
+        restore_test_failed: true,
+        interval_seconds: 86_400.0,
+        restore_test_interval_seconds: 604_800.0,
+    };
+    m.set_backups("production", [("web-1", "db", sample)]);
+    let text = m.encode().expect("encode");
+    let labels = r#"{environment="production",host="web-1",backup="db"}"#;
+    for line in [
+        format!("plumb_backup_snapshot_age_seconds{labels} inf"),
+        format!("plumb_backup_restore_seconds{labels} 1.5"),
+        format!("plumb_backup_restore_test_failed{labels} 1"),
+        format!("plumb_backup_restore_test_last_success_timestamp_seconds{labels} 1800000000.0"),
+    ] {
+        assert!(text.contains(&line), "{line} not in\n{text}");
+    }
+    m.set_backups("production", []);
+    assert!(!m.encode().expect("encode").contains(labels));
+}
