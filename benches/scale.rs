@@ -15,6 +15,9 @@
 //! `plan_all` — with every host's transport answering with that recorded output. Every step
 //! of every host renders to the same targets and content, so the recorded output is the real
 //! in-sync answer for all of them. Prints one JSON object with the phase times.
+//!
+//! `--policies` adds what the guardrails add to `plan`/`apply`/the daemon: the starter pack
+//! (`examples/policies`) evaluated on every host's observed plan (`policy_ms`).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -192,6 +195,25 @@ fn main() {
         10,
     ));
     let plan_ms = ms(t2);
+    let t3 = Instant::now();
+    let policy_ms = if std::env::args().any(|a| a == "--policies") {
+        let mut set = plumb::policy::PolicySet::default();
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/policies");
+        set.add_dirs(plumb::policy::Origin::Operator, &[dir], false)
+            .expect("the starter pack compiles");
+        let ctx = plumb::policy::Context {
+            environment: "prod".into(),
+            commit: None,
+            now: plumb::policy::NowInput::at(time::OffsetDateTime::now_utc()),
+        };
+        let refs: Vec<&engine::HostPlan> = plans.iter().collect();
+        let findings = plumb::policy::judge_plans(&set, &ctx, &desired, &refs).expect("evaluates");
+        assert!(findings.is_empty(), "{findings:?}");
+        Some(ms(t3))
+    } else {
+        None
+    };
+    let policy_ms = policy_ms.map_or_else(|| "null".to_string(), |m| format!("{m:.1}"));
     let total_ms = ms(t0);
     let changes: usize = plans.iter().map(|p| p.changes()).sum();
     let errors: usize = plans
@@ -205,7 +227,7 @@ fn main() {
         "every synthetic host should be in sync"
     );
     println!(
-        "{{\"hosts\": {hosts}, \"steps\": {steps}, \"validate_ms\": {validate_ms:.1}, \"render_ms\": {render_ms:.1}, \"plan_ms\": {plan_ms:.1}, \"total_ms\": {total_ms:.1}, \"probe_output_bytes\": {}, \"changes\": {changes}}}",
+        "{{\"hosts\": {hosts}, \"steps\": {steps}, \"validate_ms\": {validate_ms:.1}, \"render_ms\": {render_ms:.1}, \"plan_ms\": {plan_ms:.1}, \"policy_ms\": {policy_ms}, \"total_ms\": {total_ms:.1}, \"probe_output_bytes\": {}, \"changes\": {changes}}}",
         canned.len()
     );
 }

@@ -5,6 +5,7 @@
 //! - [`validate`] and [`render`]: checks and the desired steps per host, with no host contacted;
 //! - [`modules`]: pure step modules (probe script, parse, diff, apply script);
 //! - [`transport`] and [`engine`]: the only code that talks to hosts, one script per phase;
+//! - [`policy`]: guardrails as code: Rego policies judge the desired state and the plan;
 //! - [`report`]: the machine-readable results of each command;
 //! - [`source`]: the signed config repo: mirror, signature policy, checkout, watch;
 //! - [`health`]: health checks after each rollout wave (command via the transport, http, tcp);
@@ -25,6 +26,7 @@ pub mod health;
 pub mod limit;
 pub mod model;
 pub mod modules;
+pub mod policy;
 pub mod render;
 pub mod report;
 pub mod rollout;

@@ -76,7 +76,8 @@ fn host_only_examples_converge_on_a_real_host() {
             "mount",
             "apt_repository",
             "hostname",
-            "timezone"
+            "timezone",
+            "backup"
         ]
     );
     let mut host = DockerHost {
@@ -109,6 +110,34 @@ fn host_only_examples_converge_on_a_real_host() {
     assert_eq!(
         exec(&hosts, 1, "command -v plumb-extra || echo gone"),
         "gone"
+    );
+    backup_example_restores(&hosts);
+}
+
+/// The backup example's timers, repository and scripts, run for real: a backup, then a
+/// restore test of a random sample with its `verify` command, reported in the status file.
+fn backup_example_restores(hosts: &common::Hosts) {
+    assert_eq!(
+        exec(
+            hosts,
+            1,
+            "systemctl is-enabled plumb-backup-plumb-ex.timer plumb-restore-test-plumb-ex.timer; \
+             test -f /var/backups/plumb-ex/config && echo initialised; \
+             stat -c %a /etc/plumb/backup/plumb-ex/password"
+        ),
+        "enabled\nenabled\ninitialised\n600"
+    );
+    exec(
+        hosts,
+        1,
+        "systemctl start plumb-backup-plumb-ex.service && systemctl start plumb-restore-test-plumb-ex.service",
+    );
+    let status = exec(hosts, 1, "cat /var/lib/plumb/backup/plumb-ex.status");
+    assert!(status.contains("result=ok\nfailure=\n"), "{status}");
+    assert!(status.contains("compared=1\nmismatched=0"), "{status}");
+    assert_eq!(
+        exec(hosts, 1, "ls /var/tmp | grep -c plumb-restore-test || :"),
+        "0"
     );
 }
 

@@ -225,6 +225,26 @@ fn a_broken_canary_is_rolled_back_and_the_commit_quarantined() {
     assert_eq!(failed.len(), 1, "{failed:#?}");
     assert_eq!(failed[0]["result"], "failed");
     assert_eq!(failed[0]["summary"]["stopped_at_wave"], "canary");
+    // Regression (issue 19, point 11): the canary converged but failed its health check; it
+    // used to show as `converged` with `failed_hosts: 0`.
+    assert_eq!(failed[0]["failed_hosts"], 1, "{:#}", failed[0]);
+    let run = http_get(
+        f.port,
+        &format!("/api/runs/{}", failed[0]["id"].as_str().unwrap_or("")),
+    );
+    let detail: Value = serde_json::from_str(&run.1).expect("run JSON");
+    let canary = detail["hosts"]
+        .as_array()
+        .and_then(|hs| hs.iter().find(|h| h["host"] == f.hosts.name(1).as_str()))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(canary["status"], "unhealthy", "{detail:#}");
+    assert!(
+        canary["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("app-healthy")),
+        "{canary:#}"
+    );
     let rollback = &runs(&f, "rollback", &good)[0];
     let s = &rollback["summary"];
     assert_eq!(s["rollback_of"], bad.as_str(), "{rollback:#}");

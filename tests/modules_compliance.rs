@@ -603,6 +603,10 @@ fn samples() -> Vec<Box<dyn Resource>> {
         ),
         build("hostname", json!({"name": "h"})),
         build("timezone", json!({"name": "UTC"})),
+        build(
+            "backup",
+            json!({"name": "b", "repository": "/r", "password": "p", "paths": ["/a"], "before": "x", "restore_test": {"sample": 3, "verify": "y"}}),
+        ),
     ]);
     v
 }

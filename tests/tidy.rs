@@ -70,6 +70,23 @@ const RULES: &[Rule] = &[
         pattern: r"\bcrate::model\b",
     },
     Rule {
+        name: "policy-imports-upper-layers",
+        reason: "guardrails judge a plan handed to them: the policy layer sits below the \
+                 daemon, state, audit, server and cli, which call it (a policy never records, \
+                 alerts or prints by itself)",
+        applies_to: &["src/policy/"],
+        except: &[],
+        pattern: r"\bcrate::(daemon|state|audit|server|cli)\b",
+    },
+    Rule {
+        name: "rego-outside-policy",
+        reason: "Rego is evaluated in one place, with its execution limits and its origin \
+                 separation (operator and repo policies in separate engines): src/policy",
+        applies_to: &["src/"],
+        except: &["src/policy/"],
+        pattern: r"\bregorus\b",
+    },
+    Rule {
         name: "audit-imports-state",
         reason: "audit and state depend one way only; this direction is counted when the \
                  other one exists too (see audit_and_state_are_one_way)",
@@ -447,6 +464,25 @@ fn schema_rule_fires_on_upper_layer_imports() {
         );
     }
     assert!(rules_fired("src/schema/mod.rs", "use crate::diag::Diagnostic;").is_empty());
+}
+
+#[test]
+fn policy_rules_fire_on_upper_layer_imports_and_rego_elsewhere() {
+    for layer in ["daemon", "state", "audit", "server", "cli"] {
+        let line = format!("use crate::{layer}::Thing;");
+        assert_eq!(
+            rules_fired("src/policy/mod.rs", &line),
+            ["policy-imports-upper-layers"],
+            "{line}"
+        );
+    }
+    assert!(rules_fired("src/policy/mod.rs", "use crate::engine::HostPlan;").is_empty());
+    let rego = "let e = regorus::Engine::new();";
+    assert_eq!(
+        rules_fired("src/daemon/guard.rs", rego),
+        ["rego-outside-policy"]
+    );
+    assert!(rules_fired("src/policy/mod.rs", rego).is_empty());
 }
 
 #[test]

@@ -113,6 +113,18 @@ fn webapp_is_valid() {
     assert_eq!(run.stderr, "");
 }
 
+/// The backup example (issue 18) is a valid repo, secrets included (checked structurally).
+#[test]
+fn backup_is_valid() {
+    let run = plumb(&["validate", "examples/backup"]);
+    assert_eq!(run.code, 0, "{}", run.transcript());
+    assert!(
+        run.stdout.contains("valid (0 warnings)"),
+        "{}",
+        run.transcript()
+    );
+}
+
 /// The app-deployment example (issue 17's modules) is a valid repo.
 #[test]
 fn appdeploy_is_valid() {

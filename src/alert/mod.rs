@@ -35,6 +35,8 @@ use time::OffsetDateTime;
 
 use crate::model::HumanDuration;
 
+pub mod lifecycle;
+
 /// Most hosts named in a Slack message.
 const SLACK_MAX_HOSTS: usize = 20;
 
@@ -50,6 +52,13 @@ pub enum AlertEvent {
     DriftFound,
     /// A failed wave's hosts were brought back to their last good commit.
     RolledBack,
+    /// A host could not be observed during a drift check: whether it drifted is unknown.
+    HostUnreachable,
+    /// One of the environment's health checks failed on a host between deploys.
+    HealthCheckFailed,
+    /// A backup's latest snapshot or restore test is older than twice its interval, its
+    /// restore test failed, or its repository is gone or unreachable.
+    BackupFailed,
 }
 
 impl AlertEvent {
@@ -59,7 +68,21 @@ impl AlertEvent {
             AlertEvent::SignatureRefused => "signature_refused",
             AlertEvent::DriftFound => "drift_found",
             AlertEvent::RolledBack => "rolled_back",
+            AlertEvent::HostUnreachable => "host_unreachable",
+            AlertEvent::HealthCheckFailed => "health_check_failed",
+            AlertEvent::BackupFailed => "backup_failed",
         }
+    }
+    /// Whether the alert is about one host (its identity then includes the host, and each
+    /// host's alert fires and resolves on its own).
+    pub fn per_host(self) -> bool {
+        matches!(
+            self,
+            AlertEvent::DriftFound
+                | AlertEvent::HostUnreachable
+                | AlertEvent::HealthCheckFailed
+                | AlertEvent::BackupFailed
+        )
     }
     /// Alertmanager's `alertname`.
     pub fn alertname(self) -> &'static str {
@@ -68,11 +91,18 @@ impl AlertEvent {
             AlertEvent::SignatureRefused => "PlumbSignatureRefused",
             AlertEvent::DriftFound => "PlumbDriftFound",
             AlertEvent::RolledBack => "PlumbRolledBack",
+            AlertEvent::HostUnreachable => "PlumbHostUnreachable",
+            AlertEvent::HealthCheckFailed => "PlumbHealthCheckFailed",
+            AlertEvent::BackupFailed => "PlumbBackupFailed",
         }
     }
     pub fn severity(self) -> &'static str {
         match self {
-            AlertEvent::RunFailed | AlertEvent::SignatureRefused => "critical",
+            AlertEvent::RunFailed
+            | AlertEvent::SignatureRefused
+            | AlertEvent::HostUnreachable
+            | AlertEvent::HealthCheckFailed
+            | AlertEvent::BackupFailed => "critical",
             AlertEvent::DriftFound | AlertEvent::RolledBack => "warning",
         }
     }
@@ -82,7 +112,58 @@ impl AlertEvent {
             AlertEvent::SignatureRefused => "Signature refused",
             AlertEvent::DriftFound => "Drift found",
             AlertEvent::RolledBack => "Rolled back",
+            AlertEvent::HostUnreachable => "Host unreachable",
+            AlertEvent::HealthCheckFailed => "Health check failed",
+            AlertEvent::BackupFailed => "Backup failed",
         }
+    }
+}
+
+/// Whether an alert is still true.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertStatus {
+    Firing,
+    /// What the alert said is no longer true (drift corrected or gone, the host back, the
+    /// check passing, a rollout converged).
+    Resolved,
+}
+
+/// An alert's stable identity: the same condition is the same alert from the moment it
+/// fires until it resolves, whatever its message says meanwhile.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AlertKey {
+    pub event: AlertEvent,
+    pub environment: Option<String>,
+    /// The host, for per-host events ([`AlertEvent::per_host`]).
+    pub host: Option<String>,
+    /// What on the host (a health check's name).
+    pub subject: Option<String>,
+}
+
+impl Ord for AlertEvent {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+impl PartialOrd for AlertEvent {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl fmt::Display for AlertKey {
+    /// `event/environment/host/subject` (absent parts left out): the alert's `id`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.event.as_str())?;
+        for part in [&self.environment, &self.host, &self.subject]
+            .into_iter()
+            .flatten()
+        {
+            write!(f, "/{part}")?;
+        }
+        Ok(())
     }
 }
 
@@ -105,6 +186,14 @@ pub struct Alert {
     /// The audit chain's head when the alert was raised, so every alert anchors the chain
     /// somewhere outside the plumb machine (`plumb audit verify --expect-head SEQ:HASH`).
     pub audit_head: Option<ChainHead>,
+    /// Who signed `commit`, when known.
+    pub signer: Option<String>,
+    /// What on the host the alert is about (a health check's name); part of its identity.
+    pub subject: Option<String>,
+    pub status: AlertStatus,
+    /// When Alertmanager should consider it over: in the future while firing (re-sent before
+    /// then), the resolution time once resolved. `None`: not sent (one-off alerts).
+    pub ends_at: Option<OffsetDateTime>,
 }
 
 /// The newest record of the audit chain: its sequence number and hash.
@@ -122,11 +211,32 @@ impl fmt::Display for ChainHead {
 }
 
 impl Alert {
-    /// "Run failed in prod", "Signature refused".
+    /// "Run failed in prod", "Signature refused", "Resolved: Drift found in prod on web-1".
     pub fn summary(&self) -> String {
-        match &self.environment {
+        let mut s = match &self.environment {
             Some(e) => format!("{} in {e}", self.event.title()),
             None => self.event.title().to_string(),
+        };
+        if let (Some(h), true) = (self.hosts.first(), self.event.per_host()) {
+            s.push_str(&format!(" on {h}"));
+        }
+        if self.status == AlertStatus::Resolved {
+            s = format!("Resolved: {s}");
+        }
+        s
+    }
+
+    /// The alert's identity (see [`AlertKey`]).
+    pub fn key(&self) -> AlertKey {
+        AlertKey {
+            event: self.event,
+            environment: self.environment.clone(),
+            host: self
+                .event
+                .per_host()
+                .then(|| self.hosts.first().cloned())
+                .flatten(),
+            subject: self.subject.clone(),
         }
     }
 }
@@ -139,13 +249,19 @@ fn rfc3339(t: OffsetDateTime) -> String {
 /// The `webhook` sink's document.
 pub fn webhook_payload(alert: &Alert) -> Value {
     json!({
+        "id": alert.key().to_string(),
         "event": alert.event.as_str(),
+        "status": alert.status,
         "environment": alert.environment,
         "commit": alert.commit,
+        "signer": alert.signer,
         "hosts": alert.hosts,
+        "check": alert.subject,
         "message": alert.message,
         "details": alert.details,
+        "link": alert.link,
         "time": rfc3339(alert.time),
+        "ends_at": alert.ends_at.map(rfc3339),
         "audit_head": alert.audit_head,
     })
 }
@@ -176,6 +292,12 @@ pub fn slack_payload(alert: &Alert) -> Value {
     if let Some(c) = &alert.commit {
         context.push(format!("*commit:* `{}`", slack_escape(c)));
     }
+    if let Some(s) = &alert.signer {
+        context.push(format!("*signed by:* {}", slack_escape(s)));
+    }
+    if let Some(c) = &alert.subject {
+        context.push(format!("*check:* {}", slack_escape(c)));
+    }
     if !alert.hosts.is_empty() {
         let mut hosts: Vec<_> = alert
             .hosts
@@ -195,7 +317,10 @@ pub fn slack_payload(alert: &Alert) -> Value {
             slack_escape(&head.to_string())
         ));
     }
-    let mut section = slack_escape(&alert.message);
+    let mut section = match alert.status {
+        AlertStatus::Firing => slack_escape(&alert.message),
+        AlertStatus::Resolved => format!("Resolved: {}", slack_escape(&alert.message)),
+    };
     if let Some(link) = &alert.link {
         section.push_str(&format!("\n<{}|Details>", slack_escape(link)));
     }
@@ -231,6 +356,9 @@ pub fn alertmanager_payload(alert: &Alert) -> Value {
             if let Some(h) = host {
                 labels.insert("host".into(), h.clone().into());
             }
+            if let Some(c) = &alert.subject {
+                labels.insert("check".into(), c.clone().into());
+            }
             labels.insert("severity".into(), alert.event.severity().into());
             let mut a = json!({
                 "labels": labels,
@@ -242,6 +370,12 @@ pub fn alertmanager_payload(alert: &Alert) -> Value {
             }
             if let Some(head) = &alert.audit_head {
                 a["annotations"]["audit_head"] = head.to_string().into();
+            }
+            if let Some(s) = &alert.signer {
+                a["annotations"]["signer"] = s.clone().into();
+            }
+            if let Some(end) = alert.ends_at {
+                a["endsAt"] = rfc3339(end).into();
             }
             a
         })
@@ -405,6 +539,26 @@ impl Sink {
     }
 }
 
+/// Which sinks an alert goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Every sink that accepts the event.
+    All,
+    /// Only Alertmanager sinks: a re-send of an alert still firing (Alertmanager forgets an
+    /// alert not re-sent before its `endsAt`; Slack and webhooks were told once).
+    Resend,
+}
+
+impl SinkKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SinkKind::Webhook => "webhook",
+            SinkKind::Slack => "slack",
+            SinkKind::Alertmanager => "alertmanager",
+        }
+    }
+}
+
 /// Sends alerts to the configured sinks.
 #[derive(Debug, Clone)]
 pub struct Alerter {
@@ -442,10 +596,24 @@ impl Alerter {
     /// Posts an alert to every sink that accepts its event, all at once. Failures are logged
     /// and returned (one result per accepting sink, in config order); they never propagate.
     pub async fn send(&self, alert: &Alert) -> Vec<Result<(), AlertError>> {
+        self.send_each(alert, Delivery::All)
+            .await
+            .into_iter()
+            .map(|(_, r)| r)
+            .collect()
+    }
+
+    /// Like [`Alerter::send`], to the sinks `delivery` selects, each result with its sink's kind.
+    pub async fn send_each(
+        &self,
+        alert: &Alert,
+        delivery: Delivery,
+    ) -> Vec<(SinkKind, Result<(), AlertError>)> {
         let futs = self
             .sinks
             .iter()
             .filter(|s| s.accepts(alert.event))
+            .filter(|s| delivery == Delivery::All || s.kind == SinkKind::Alertmanager)
             .map(|sink| async move {
                 let res = sink.post(&self.client, alert).await;
                 match &res {
@@ -458,7 +626,7 @@ impl Alerter {
                         code = e.code(), error = %e, "alert not delivered"
                     ),
                 }
-                res
+                (sink.kind, res)
             });
         join_all(futs).await
     }

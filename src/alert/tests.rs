@@ -66,6 +66,10 @@ fn alert(event: AlertEvent) -> Alert {
             seq: 42,
             hash: "9f86d081884c7d65".into(),
         }),
+        signer: Some("alice@example.com".into()),
+        subject: None,
+        status: AlertStatus::Firing,
+        ends_at: None,
     }
 }
 
@@ -90,13 +94,19 @@ async fn webhook_posts_the_generic_document() {
     assert_eq!(
         body,
         json!({
+            "id": "run_failed/prod",
             "event": "run_failed",
+            "status": "firing",
             "environment": "prod",
             "commit": "0123456789abcdef",
+            "signer": "alice@example.com",
             "hosts": ["web-1", "web-2"],
+            "check": null,
             "message": "step file:/etc/app.conf failed on web-1 <exit 1>",
             "details": { "run": "r42" },
+            "link": "http://plumb.internal:9180/api/runs/r42",
             "time": "2024-05-01T12:00:00Z",
+            "ends_at": null,
             "audit_head": { "seq": 42, "hash": "9f86d081884c7d65" },
         })
     );
@@ -117,13 +127,13 @@ async fn slack_posts_text_and_blocks() {
     assert_eq!(
         body,
         json!({
-            "text": "[plumb] Drift found in prod: step file:/etc/app.conf failed on web-1 <exit 1>",
+            "text": "[plumb] Drift found in prod on web-1: step file:/etc/app.conf failed on web-1 <exit 1>",
             "blocks": [
-                { "type": "header", "text": { "type": "plain_text", "text": "plumb: Drift found in prod" } },
+                { "type": "header", "text": { "type": "plain_text", "text": "plumb: Drift found in prod on web-1" } },
                 { "type": "section", "text": { "type": "mrkdwn",
                     "text": "step file:/etc/app.conf failed on web-1 &lt;exit 1&gt;\n<http://plumb.internal:9180/api/runs/r42|Details>" } },
                 { "type": "context", "elements": [ { "type": "mrkdwn",
-                    "text": "*environment:* prod  ·  *commit:* `0123456789abcdef`  ·  *hosts:* web-1, web-2  ·  *time:* 2024-05-01T12:00:00Z  ·  *audit head:* `42:9f86d081884c7d65`" } ] },
+                    "text": "*environment:* prod  ·  *commit:* `0123456789abcdef`  ·  *signed by:* alice@example.com  ·  *hosts:* web-1, web-2  ·  *time:* 2024-05-01T12:00:00Z  ·  *audit head:* `42:9f86d081884c7d65`" } ] },
             ],
         })
     );
@@ -152,6 +162,7 @@ async fn alertmanager_posts_one_alert_per_host_to_api_v2() {
                 "summary": "Signature refused in prod",
                 "description": "step file:/etc/app.conf failed on web-1 <exit 1> (commit 0123456789abcdef)",
                 "audit_head": "42:9f86d081884c7d65",
+                "signer": "alice@example.com",
             },
             "startsAt": "2024-05-01T12:00:00Z",
             "generatorURL": "http://plumb.internal:9180/api/runs/r42",
@@ -168,6 +179,7 @@ fn alertmanager_without_hosts_or_environment_sends_one_alert() {
         hosts: vec![],
         link: None,
         audit_head: None,
+        signer: None,
         message: "commit 0123 has no good signature".into(),
         ..alert(AlertEvent::SignatureRefused)
     };
@@ -286,4 +298,46 @@ fn slack_escapes_and_truncates() {
         .expect("text");
     assert!(ctx.contains("h19, and 5 more"), "{ctx}");
     assert!(!ctx.contains("h20"), "{ctx}");
+}
+
+/// A resolution says so on every sink: Alertmanager gets `endsAt` (and the same labels as
+/// the firing alert, so it ends that alert), Slack a "Resolved:" message, the webhook
+/// `status: resolved`; a health check alert's check is a label and part of its id.
+#[test]
+fn resolved_alerts_end_on_every_sink_with_the_same_identity() {
+    let firing = Alert {
+        event: AlertEvent::HealthCheckFailed,
+        hosts: vec!["web-1".into()],
+        subject: Some("http-up".into()),
+        ends_at: Some(time::macros::datetime!(2024-05-01 12:20:00 UTC)),
+        ..alert(AlertEvent::HealthCheckFailed)
+    };
+    let resolved = Alert {
+        status: AlertStatus::Resolved,
+        ends_at: Some(time::macros::datetime!(2024-05-01 12:05:00 UTC)),
+        ..firing.clone()
+    };
+    assert_eq!(firing.key(), resolved.key());
+    assert_eq!(
+        firing.key().to_string(),
+        "health_check_failed/prod/web-1/http-up"
+    );
+    let (f, r) = (
+        alertmanager_payload(&firing),
+        alertmanager_payload(&resolved),
+    );
+    assert_eq!(f[0]["labels"], r[0]["labels"]);
+    assert_eq!(f[0]["labels"]["check"], "http-up");
+    assert_eq!(f[0]["endsAt"], "2024-05-01T12:20:00Z");
+    assert_eq!(r[0]["endsAt"], "2024-05-01T12:05:00Z");
+    assert_eq!(r[0]["startsAt"], "2024-05-01T12:00:00Z");
+    assert_eq!(webhook_payload(&resolved)["status"], "resolved");
+    assert_eq!(webhook_payload(&firing)["status"], "firing");
+    let slack = slack_payload(&resolved);
+    assert!(
+        slack["text"].as_str().is_some_and(
+            |t| t.starts_with("[plumb] Resolved: Health check failed in prod on web-1")
+        ),
+        "{slack:#}"
+    );
 }

@@ -1,8 +1,10 @@
 //! `plumb apply`: wave by wave, like the daemon (env.yaml's `rollout` and `health_checks`),
 //! unless `--no-waves`. A failed wave stops the apply: later waves are never touched.
 
+use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 use crate::engine::{HostRun, HostStatus};
 use crate::model::Host;
@@ -82,6 +84,13 @@ pub fn run(args: ApplyArgs, term: Term) -> anyhow::Result<u8> {
             done: AtomicUsize::new(0),
             paint: term.err,
         });
+    // Guardrails: every selected host observed and the plans judged before any wave; the
+    // waves then apply from those observations (no extra round trip).
+    let (observed, verdict) = match gate(&args, &prep, connector.as_ref(), &rt, term)? {
+        Gate::Denied => return Ok(1),
+        Gate::Open => (None, None),
+        Gate::Judged(o, v) => (Some(o), Some(v)),
+    };
     let mut runs: Vec<HostRun> = Vec::new();
     let mut changed: Vec<bool> = Vec::new();
     let mut summaries: Vec<WaveSummary> = Vec::new();
@@ -98,6 +107,7 @@ pub fn run(args: ApplyArgs, term: Term) -> anyhow::Result<u8> {
             parallel: wave.max_parallel,
             progress: progress.as_ref(),
             rt: &rt,
+            observed: observed.as_ref(),
         };
         let (wave_runs, wave_changed) = apply_wave(&ctx, &mut prep, wave)?;
         let summary = wave_summary(&ctx, &prep, wave, &wave_runs, &checks)?;
@@ -121,6 +131,7 @@ pub fn run(args: ApplyArgs, term: Term) -> anyhow::Result<u8> {
         h.facts_changed = *c;
     }
     report.set_waves(summaries, stopped, untouched);
+    report.policy = verdict;
     if report.stopped_at_wave.is_some() {
         report.rollback = Some(if no_rollback {
             "not rolled back (--no-rollback)".to_string()
@@ -135,6 +146,65 @@ pub fn run(args: ApplyArgs, term: Term) -> anyhow::Result<u8> {
     Ok(report.exit_code())
 }
 
+/// What the guardrails decided before any wave.
+enum Gate {
+    /// No policy is in force: each host is observed by its own apply.
+    Open,
+    /// Denied (printed); no host was changed.
+    Denied,
+    /// Allowed: the observations to apply from, and the verdict for the report.
+    Judged(
+        Mutex<BTreeMap<String, crate::engine::Observation>>,
+        crate::policy::Verdict,
+    ),
+}
+
+/// Observes every rendered host and judges the plans, when a policy is in force.
+fn gate(
+    args: &HostArgs,
+    prep: &Prepared,
+    connector: &dyn crate::engine::Connector,
+    rt: &tokio::runtime::Runtime,
+    term: Term,
+) -> anyhow::Result<Gate> {
+    if args.policy.load(&prep.repo)?.is_empty() {
+        return Ok(Gate::Open);
+    }
+    let output = args.output.output;
+    let observations = rt.block_on(crate::engine::until_signal(crate::engine::each_host(
+        &prep.hosts,
+        args.conn.parallel,
+        |h| {
+            let t = connector.connect(&h.host);
+            async move { crate::engine::observe_host(h, t.as_ref()).await }
+        },
+    )))?;
+    let plans: Vec<crate::engine::HostPlan> = observations.iter().map(|o| o.plan.clone()).collect();
+    let Some(verdict) = super::plan::judge(args, prep, &plans)? else {
+        return Ok(Gate::Open);
+    };
+    if output == OutputFormat::Text {
+        super::policy::print_verdict(&verdict, term);
+    }
+    if verdict.is_denied() {
+        let mut report = crate::report::plan::PlanReport::new(&args.target.env, "plan", &plans);
+        report.policy = Some(verdict);
+        match output {
+            OutputFormat::Json => print_json(&report)?,
+            OutputFormat::Text => eprintln!(
+                "{}: denied by policy; no host was changed",
+                term.err.red("error")
+            ),
+        }
+        return Ok(Gate::Denied);
+    }
+    let by_name = observations
+        .into_iter()
+        .map(|o| (o.plan.host.name.clone(), o))
+        .collect();
+    Ok(Gate::Judged(Mutex::new(by_name), verdict))
+}
+
 /// What applying one wave needs.
 struct WaveCtx<'a> {
     env: &'a str,
@@ -142,6 +212,8 @@ struct WaveCtx<'a> {
     parallel: usize,
     progress: Option<&'a Progress>,
     rt: &'a tokio::runtime::Runtime,
+    /// The guardrails' observations by host name (each used once), when a policy is in force.
+    observed: Option<&'a Mutex<BTreeMap<String, crate::engine::Observation>>>,
 }
 
 /// Applies the hosts of one wave (indices into the rendered hosts, then the ungathered
@@ -168,8 +240,14 @@ fn apply_wave(
             |h| {
                 let t = connector.connect(&h.host);
                 let progress = ctx.progress;
+                let o = ctx
+                    .observed
+                    .and_then(|m| m.lock().ok()?.remove(&h.host.name));
                 async move {
-                    let r = crate::engine::apply_host(h, t.as_ref()).await;
+                    let r = match o {
+                        Some(o) => crate::engine::apply_observed(h, t.as_ref(), o).await,
+                        None => crate::engine::apply_host(h, t.as_ref()).await,
+                    };
                     if let Some(p) = progress {
                         p.host_done(&r);
                     }
@@ -187,6 +265,14 @@ fn apply_wave(
             changed[k] = true;
             let before = runs[k].round_trips;
             match prep.rerender(ctx.env, i, &facts) {
+                // Rendered again: the policies judged the old steps, so nothing is applied.
+                Ok(()) if ctx.observed.is_some() => {
+                    runs[k].error = Some(
+                        "its facts changed since they were cached; nothing was applied: run \
+                         apply again so the policies judge the steps rendered with them"
+                            .into(),
+                    );
+                }
                 Ok(()) => {
                     let t = connector.connect(&prep.hosts[i].host);
                     runs[k] =

@@ -152,6 +152,9 @@ pub struct HostArgs {
     pub conn: ConnArgs,
     #[command(flatten)]
     pub output: OutputArg,
+    /// Guardrails (`plan`, `apply`, `policy eval`; ignored by `drift` and `facts`).
+    #[command(flatten)]
+    pub policy: super::policy::PolicyArgs,
 }
 
 /// A tokio runtime for one command.

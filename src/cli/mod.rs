@@ -23,6 +23,7 @@ mod init;
 mod manual;
 pub mod pin;
 mod plan;
+mod policy;
 mod render;
 mod schemas;
 mod secrets;
@@ -87,6 +88,11 @@ pub enum Command {
     /// Write a working starting repo (plumb.yaml, an environment, a unit, a template, an
     /// allowed-signers example) into DIR; never overwrites a file.
     Init(init::InitArgs),
+    /// Guardrails: run the policies' tests, or show what they decide on an environment.
+    Policy {
+        #[command(subcommand)]
+        command: policy::PolicyCommand,
+    },
     /// Pin hosts to an older, previously applied commit (re-verified against today's trust
     /// root) and apply it; the daemon keeps them there until `plumb unpin` or a newer commit.
     /// Exit 0 converged, 1 otherwise.
@@ -154,6 +160,7 @@ fn run(command: Command, term: Term) -> anyhow::Result<u8> {
         Command::Facts(a) => facts::run(a, term),
         Command::Init(a) => init::run(a, term),
         Command::Secrets { command } => secrets::run(command, term),
+        Command::Policy { command } => policy::run(command, term),
         Command::Rollback(a) => pin::rollback(a, term),
         Command::Unpin(a) => pin::unpin(a),
     }

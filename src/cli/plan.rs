@@ -64,9 +64,17 @@ pub fn run(args: HostArgs, kind: PlanKind, term: Term) -> anyhow::Result<u8> {
         }
         plans[i].round_trips.facts = prep.facts_trips(&plans[i].host.name);
     }
+    let verdict = match kind {
+        PlanKind::Plan => judge(&args, &prep, &plans)?,
+        PlanKind::Drift => None,
+    };
     plans.extend(prep.ungathered.iter().map(|u| u.plan()));
     let mut report =
         crate::report::plan::PlanReport::new(env, kind.as_str(), &plans).with_skipped(&prep.hosts);
+    if let (Some(v), OutputFormat::Text) = (&verdict, output) {
+        super::policy::print_verdict(v, term);
+    }
+    report.policy = verdict;
     for (h, c) in report.hosts.iter_mut().zip(&changed) {
         h.facts_changed = *c;
     }
@@ -75,4 +83,20 @@ pub fn run(args: HostArgs, kind: PlanKind, term: Term) -> anyhow::Result<u8> {
         OutputFormat::Text => print_lines(&crate::report::plan::plan_lines(&report), term.out),
     }
     Ok(report.exit_code())
+}
+
+/// The policies' verdict on the plans of `prep.hosts` (`None` when no policy is in force).
+pub fn judge(
+    args: &HostArgs,
+    prep: &super::facts::Prepared,
+    plans: &[crate::engine::HostPlan],
+) -> anyhow::Result<Option<crate::policy::Verdict>> {
+    let set = args.policy.load(&prep.repo)?;
+    if set.is_empty() {
+        return Ok(None);
+    }
+    let (ctx, approvers) = args.policy.context(&args.target.repo, &args.target.env)?;
+    let refs: Vec<&crate::engine::HostPlan> = plans.iter().take(prep.hosts.len()).collect();
+    let findings = crate::policy::judge_plans(&set, &ctx, &prep.hosts, &refs)?;
+    Ok(Some(super::policy::verdict(&ctx, findings, &approvers)))
 }

@@ -28,6 +28,11 @@ pub struct ValidateArgs {
     /// CPU time this process may use (e.g. 2m); past it the process is killed.
     #[arg(long, value_name = "DURATION")]
     pub time_limit: Option<HumanDuration>,
+    /// Operator policies to judge the desired state with (repeatable); the repo's
+    /// `policies/*.rego` always apply. A mandatory denial is an error at the step; an
+    /// overridable one a warning (an approver's override is checked at apply time).
+    #[arg(long = "policy", value_name = "DIR")]
+    pub policy: Vec<PathBuf>,
 }
 
 /// Diagnostics on stderr, the summary line on stdout. Exit 0 valid, 1 invalid.
@@ -38,6 +43,9 @@ pub fn run(args: ValidateArgs, term: Term) -> anyhow::Result<u8> {
     let (mut loaded, mut diags) = crate::model::load::load(&args.repo);
     args.facts.attach(&mut loaded)?;
     crate::validate::check(&loaded, &mut diags);
+    if !diags.has_errors() {
+        judge_desired(&loaded, &args.policy, &mut diags);
+    }
     loaded
         .sources
         .set_display_root(&args.repo.to_string_lossy());
@@ -58,6 +66,84 @@ pub fn run(args: ValidateArgs, term: Term) -> anyhow::Result<u8> {
         }
     }
     Ok(code)
+}
+
+/// `path:line:col` back into its parts.
+fn split_location(at: &str) -> Option<(String, crate::model::yaml::Pos)> {
+    let mut it = at.rsplitn(3, ':');
+    let col = it.next()?.parse().ok()?;
+    let line = it.next()?.parse().ok()?;
+    Some((
+        it.next()?.to_string(),
+        crate::model::yaml::Pos { line, col },
+    ))
+}
+
+/// The policies on every environment's desired state, as diagnostics at the steps.
+fn judge_desired(
+    repo: &crate::model::Repo,
+    dirs: &[PathBuf],
+    diags: &mut crate::diag::Diagnostics,
+) {
+    use crate::diag::Diagnostic;
+    use crate::model::yaml::Pos;
+    use crate::policy::{Level, Origin, PolicySet};
+    let mut set = PolicySet::default();
+    let loaded = set
+        .add_dirs(Origin::Operator, dirs, false)
+        .and_then(|()| set.add(Origin::Repo, crate::policy::read_repo(&repo.files)?));
+    if let Err(e) = loaded {
+        diags.push(Diagnostic::error(
+            "policy",
+            "policies",
+            Pos::START,
+            e.to_string(),
+        ));
+        return;
+    }
+    if set.is_empty() {
+        return;
+    }
+    let now = crate::policy::NowInput::at(time::OffsetDateTime::now_utc());
+    for env in repo.environments.keys() {
+        let Ok(hosts) = crate::render::render_env(repo, env, None) else {
+            continue;
+        };
+        let ctx = crate::policy::Context {
+            environment: env.clone(),
+            commit: None,
+            now: now.clone(),
+        };
+        let findings = match crate::policy::judge_desired(&set, &ctx, &hosts) {
+            Ok(f) => f,
+            Err(e) => {
+                diags.push(Diagnostic::error(
+                    "policy",
+                    "policies",
+                    Pos::START,
+                    e.to_string(),
+                ));
+                continue;
+            }
+        };
+        for f in findings {
+            let (path, pos) = f
+                .step_location
+                .as_deref()
+                .and_then(split_location)
+                .unwrap_or_else(|| (format!("environments/{env}/hosts.yaml"), Pos::START));
+            let message = format!(
+                "{} ({}) on {}: {}",
+                f.rule, f.rule_location, f.host, f.message
+            );
+            diags.push(match f.level {
+                Level::Mandatory => Diagnostic::error("policy", path, pos, message),
+                Level::Overridable => Diagnostic::warning("policy", path, pos, message)
+                    .with_hint("denied unless an approver signs `Plumb-Override: <rule> <reason>`"),
+                Level::Advisory => Diagnostic::warning("policy", path, pos, message),
+            });
+        }
+    }
 }
 
 /// Sets this process's own resource limits, before it reads anything.

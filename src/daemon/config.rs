@@ -60,6 +60,15 @@ pub struct DaemonConfig {
     /// Where alerts go.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub alerts: Vec<crate::alert::Sink>,
+    /// How often alerts still firing are re-sent to Alertmanager ("5m"); each is sent with
+    /// an `endsAt` four intervals ahead, so an alert plumb stops re-sending ends by itself.
+    #[serde(default = "default_alert_resend")]
+    pub alert_resend_interval: HumanDuration,
+    /// Where people reach this daemon's console (http or https, e.g.
+    /// `https://plumb.example.com`): every alert links to its run or host page there.
+    /// Unset: `http://<listen>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_url: Option<String>,
     /// How to reach hosts.
     #[serde(default)]
     pub ssh: SshConfig,
@@ -87,6 +96,25 @@ pub struct DaemonConfig {
     /// is refused).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secrets_identity: Option<PathBuf>,
+    /// Guardrails: the operator's Rego policies (outside the repo: the repo cannot weaken
+    /// them) and who may override an overridable rule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policies: Option<PoliciesConfig>,
+}
+
+/// `policies:` in the daemon config.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PoliciesConfig {
+    /// Directories of `.rego` files (packages under `plumb`), read at every reconcile; the
+    /// repo's `policies/*.rego` apply too, in an engine of their own.
+    #[serde(default)]
+    pub dirs: Vec<PathBuf>,
+    /// Principals (allowed-signers names or OpenPGP user ids, as the commit's signer is
+    /// recorded) whose signed `Plumb-Override: <rule> <reason>` trailer lifts an overridable
+    /// denial.
+    #[serde(default)]
+    pub approvers: Vec<String>,
 }
 
 impl DaemonConfig {
@@ -221,6 +249,9 @@ fn default_state_dir() -> PathBuf {
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 9940))
 }
+fn default_alert_resend() -> HumanDuration {
+    HumanDuration::from_secs(300)
+}
 fn default_poll() -> HumanDuration {
     HumanDuration::from_secs(60)
 }
@@ -244,6 +275,24 @@ fn check_trust_files(
                 .with_hint("set allowed_signers: (SSH signatures) and/or openpgp_keyring: (OpenPGP signatures)"),
         );
     }
+    for (i, dir) in config
+        .policies
+        .iter()
+        .flat_map(|p| p.dirs.iter())
+        .enumerate()
+    {
+        if !dir.is_dir() {
+            diags.push(
+                Diagnostic::error(
+                    "config",
+                    label,
+                    at(&format!("/policies/dirs/{i}")),
+                    format!("policies directory {} does not exist", dir.display()),
+                )
+                .with_hint("create it with the operator's .rego files, or remove the entry"),
+            );
+        }
+    }
     for (field, file, hint) in [
         ("allowed_signers", &config.allowed_signers, "create it in git's allowed-signers format: `<principal> <key type> <base64 key>` per line"),
         ("openpgp_keyring", &config.openpgp_keyring, "export the signers' keys: `gpg --export --armor FINGERPRINT... > FILE`"),
@@ -262,8 +311,9 @@ fn check_trust_files(
 
 /// Durations that must not be zero (a zero poll interval would spin; a zero timeout fails
 /// every attempt). JSON pointers into the config; `*` is any index of a list.
-const NONZERO_DURATIONS: [&str; 5] = [
+const NONZERO_DURATIONS: [&str; 6] = [
     "/poll_interval",
+    "/alert_resend_interval",
     "/validation/timeout",
     "/drift_interval",
     "/ssh/connect_timeout",
@@ -409,6 +459,23 @@ impl DaemonConfig {
                         format!("secret file {} does not exist", f.display()),
                     ));
                 }
+            }
+        }
+        if let Some(u) = &config.external_url {
+            let ok = reqwest::Url::parse(u)
+                .is_ok_and(|p| matches!(p.scheme(), "http" | "https") && p.host_str().is_some());
+            if !ok {
+                diags.push(
+                    Diagnostic::error(
+                        "config",
+                        &label,
+                        at("/external_url"),
+                        format!("external_url `{u}` is not an http or https URL"),
+                    )
+                    .with_hint(
+                        "the console's address as people reach it, e.g. https://plumb.example.com",
+                    ),
+                );
             }
         }
         super::http_config::check(&config, &label, &at, &mut diags);

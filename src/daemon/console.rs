@@ -372,8 +372,10 @@ fn host_state(latest: Option<&HostLatest>, open_drift: usize) -> String {
     match latest.map(|l| l.status) {
         None => "unknown".into(),
         Some(S::Unreachable) => "unreachable".into(),
+        Some(S::Unknown) => "unknown".into(),
         Some(S::Failed) => "failed".into(),
         Some(S::NotReached) => "not_reached".into(),
+        Some(S::Unhealthy) => "unhealthy".into(),
         Some(_) if open_drift > 0 => "drifted".into(),
         Some(S::Drifted) => "drifted".into(),
         Some(S::Converged | S::InSync) => "in_sync".into(),

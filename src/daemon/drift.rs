@@ -6,13 +6,16 @@
 use std::collections::BTreeSet;
 use std::time::Instant;
 
+use schemars::JsonSchema;
+use serde::Serialize;
+
 use serde_json::json;
 
 use crate::alert::AlertEvent;
 use crate::engine::{self, HostPlan, HostStatus};
 use crate::model::{DriftMode, HumanDuration};
 use crate::render::DesiredHost;
-use crate::server::metrics::RunResult as MetricResult;
+use crate::server::metrics::{RunKind as MetricKind, RunResult as MetricResult};
 use crate::source::RangeOptions;
 use crate::state::{NewRun, Origin, RunId, RunKind, RunResult, Trigger};
 
@@ -24,10 +27,10 @@ use super::reconcile::{load_commit, Loaded};
 use super::{lock, signer_of, Daemon, DaemonError};
 
 /// The last applied commit of an environment, loaded.
-struct Baseline {
-    commit: String,
-    oid: git2::Oid,
-    loaded: Loaded,
+pub(super) struct Baseline {
+    pub commit: String,
+    pub oid: git2::Oid,
+    pub loaded: Loaded,
 }
 
 impl Daemon {
@@ -54,6 +57,17 @@ impl Daemon {
         );
         let checked = DriftCheck::Checked { interval };
         self.note_inventory(env, &base.loaded.hosts);
+        super::health_watch::schedule_health(state, &base.loaded.environment.health_checks);
+        // The run begins before the first host is observed: its `started_at` is when the
+        // check started, not when its results were written.
+        let run = lock(&self.db).begin_run(&NewRun {
+            environment: env.to_string(),
+            commit: Some(base.commit.clone()),
+            signer: None,
+            kind: RunKind::DriftCheck,
+            trigger: Trigger::Drift,
+        })?;
+        let started = Instant::now();
         let mut plans = engine::plan_all(
             &base.loaded.hosts,
             &self.connector,
@@ -63,44 +77,107 @@ impl Daemon {
         // Facts ride along with the probe: when a host's differ from the cached ones it was
         // rendered with, cache them, render the commit again and observe again.
         if self.cache_changed_facts(env, &base, &plans) {
-            if let Some(b) = self.baseline(env).await? {
-                base = b;
-                plans = engine::plan_all(
-                    &base.loaded.hosts,
-                    &self.connector,
-                    self.config.parallel as usize,
-                )
-                .await;
+            match self.baseline(env).await {
+                Ok(Some(b)) => {
+                    base = b;
+                    plans = engine::plan_all(
+                        &base.loaded.hosts,
+                        &self.connector,
+                        self.config.parallel as usize,
+                    )
+                    .await;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    self.abandon_drift_run(&run, &e);
+                    return Err(e);
+                }
             }
         }
-        let (run, drifted, resources) = self.record_drift(env, &base, &plans)?;
+        self.note_backups(env, &base.commit, &base.loaded.hosts, &plans);
+        let drifted = self.record_drift(env, &base, &run, &plans, started)?;
+        self.alert_drift(env, &run, &base, &plans).await;
+        self.check_health_between_deploys(env, &base.loaded, &plans, None)
+            .await;
         if drifted.is_empty() {
-            state.alerted_drift = None;
             return Ok(checked);
         }
         tracing::warn!(environment = %env, resources = drifted.len(), "drift found");
-        if policy::drift_alert_due(state.alerted_drift.as_ref(), &drifted) {
-            let hosts: BTreeSet<String> = drifted.iter().map(|(h, _)| h.clone()).collect();
-            self.alert(
+        if base.loaded.environment.settings.drift.mode == DriftMode::Correct {
+            self.correct(env, base, &drifted).await?;
+        }
+        Ok(checked)
+    }
+
+    /// Finishes a drift check run that could not complete, saying why (so it is not left
+    /// `running` until the next start).
+    fn abandon_drift_run(&self, run: &RunId, e: &DaemonError) {
+        let summary = json!({"error": e.to_string(), "code": e.code()});
+        if let Err(e) = lock(&self.db).finish_run(run, RunResult::Failed, &summary) {
+            tracing::error!(run = %run, error = %e, "cannot finish the drift check run");
+        }
+    }
+
+    /// The lifecycle of the drift and unreachable alerts after a check: a host that could
+    /// not be observed raises `host_unreachable` (its drift is unknown: its drift alert is
+    /// left as it was); an observed host resolves `host_unreachable`, raises or updates its
+    /// `drift_found` alert (one per host, with its resources, fields and non-sensitive
+    /// values) or resolves it when nothing drifted.
+    async fn alert_drift(&self, env: &str, run: &RunId, base: &Baseline, plans: &[HostPlan]) {
+        let signer = self.applied_signer(env);
+        for p in plans {
+            let host = p.host.name.as_str();
+            if let Some(e) = &p.error {
+                let mut a = self.new_alert(
+                    AlertEvent::HostUnreachable,
+                    Some(env),
+                    Some(&base.commit),
+                    vec![host.to_string()],
+                    format!("{host} could not be observed: whether it drifted is unknown ({e})"),
+                    json!({"host": host, "code": e.code(), "error": e.to_string()}),
+                );
+                // The host's page, not the run: the condition outlives this check.
+                a.link = Some(format!("{}/hosts/{env}/{host}", self.external_url()));
+                a.details["run"] = run.0.clone().into();
+                a.signer = signer.clone();
+                self.alert(a);
+                continue;
+            }
+            self.resolve_host_alerts(AlertEvent::HostUnreachable, env, host);
+            let resources = drift_evidence(p);
+            if resources.is_empty() {
+                self.resolve_host_alerts(AlertEvent::DriftFound, env, host);
+                continue;
+            }
+            let mut a = self.new_alert(
                 AlertEvent::DriftFound,
                 Some(env),
                 Some(&base.commit),
-                hosts.into_iter().collect(),
+                vec![host.to_string()],
                 format!(
-                    "{} resource(s) drifted from {}",
-                    drifted.len(),
-                    base.commit.get(..12).unwrap_or(&base.commit)
+                    "{} resource(s) drifted on {host} from {}: {}",
+                    resources.len(),
+                    base.commit.get(..12).unwrap_or(&base.commit),
+                    resources
+                        .iter()
+                        .take(5)
+                        .map(|r| r.step.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
-                json!({"run": run.0, "resources": resources}),
+                json!({"run": run.0, "host": host, "count": resources.len(), "resources": resources}),
             );
+            a.signer = signer.clone();
+            self.alert(a);
         }
-        state.alerted_drift = Some(drifted.clone());
-        if base.loaded.environment.settings.drift.mode == DriftMode::Correct
-            && self.correct(env, base, &drifted).await?
-        {
-            state.alerted_drift = None;
-        }
-        Ok(checked)
+    }
+
+    /// Who signed the environment's last applied commit (from its apply run), if known.
+    fn applied_signer(&self, env: &str) -> Option<String> {
+        let db = lock(&self.db);
+        let last = db.last_applied(env).ok().flatten()?;
+        let run = db.run(&last.run_id?).ok().flatten()?;
+        run.run.signer.map(|s| s.principal)
     }
 
     /// Caches the facts of hosts whose facts changed since they were rendered; true if any.
@@ -123,7 +200,7 @@ impl Daemon {
     }
 
     /// The last applied commit, checked out and rendered; `None` before the first apply.
-    async fn baseline(&self, env: &str) -> Result<Option<Baseline>, DaemonError> {
+    pub(super) async fn baseline(&self, env: &str) -> Result<Option<Baseline>, DaemonError> {
         let Some(last) = lock(&self.db).last_applied(env)? else {
             return Ok(None);
         };
@@ -161,21 +238,16 @@ impl Daemon {
         }))
     }
 
-    /// Records a `drift_check` run with every host's plan; returns the run, what drifted,
-    /// and the drifted resources as stored in the run's summary.
+    /// Records every host's plan into the `drift_check` run begun before observing, and
+    /// finishes it; returns what drifted. A host that could not be observed is `unknown`.
     fn record_drift(
         &self,
         env: &str,
         base: &Baseline,
+        run: &RunId,
         plans: &[HostPlan],
-    ) -> Result<(RunId, Drifted, Vec<DriftedResource>), DaemonError> {
-        let run = lock(&self.db).begin_run(&NewRun {
-            environment: env.to_string(),
-            commit: Some(base.commit.clone()),
-            signer: None,
-            kind: RunKind::DriftCheck,
-            trigger: Trigger::Drift,
-        })?;
+        started: Instant,
+    ) -> Result<Drifted, DaemonError> {
         let mut drifted = Drifted::new();
         let mut resources = Vec::new();
         let baseline = Origin {
@@ -183,6 +255,8 @@ impl Daemon {
             signer: None,
             run: None,
         };
+        let mut unknown = Vec::new();
+        let now = time::OffsetDateTime::now_utc();
         for p in plans {
             {
                 let db = lock(&self.db);
@@ -195,12 +269,18 @@ impl Daemon {
                 let (meta, _) = desired
                     .map(|d| super::attribution::drift_meta(d, &stored, &baseline))
                     .unwrap_or_default();
-                db.record_drift_check(&run, p, &meta)?;
+                db.record_drift_check(run, p, &meta)?;
             }
-            self.metrics
-                .set_host_reachable(env, &p.host.name, p.error.is_none());
-            self.metrics
-                .set_drifted(env, &p.host.name, p.changes() as u64);
+            let observed = p.error.is_none();
+            if !observed {
+                unknown.push(p.host.name.clone());
+            }
+            self.metrics.host_drift_checked(
+                env,
+                &p.host.name,
+                now,
+                observed.then_some(p.changes() as u64),
+            );
             for s in p.steps.iter().filter(|s| s.needs_change()) {
                 drifted.insert((p.host.name.clone(), s.step.address.to_string()));
                 let (kind, fields) = match &s.change {
@@ -220,17 +300,25 @@ impl Daemon {
                 });
             }
         }
-        let result = if drifted.is_empty() {
-            RunResult::NoChange
+        let (result, metric) = if drifted.is_empty() {
+            (RunResult::NoChange, MetricResult::Succeeded)
         } else {
-            RunResult::DriftFound
+            (RunResult::DriftFound, MetricResult::DriftFound)
         };
         let summary = RunSummary::DriftCheck(DriftSummary {
-            drifted: resources.clone(),
+            drifted: resources,
+            unknown_hosts: unknown,
         });
-        lock(&self.db).finish_run(&run, result, &summary.to_value())?;
+        lock(&self.db).finish_run(run, result, &summary.to_value())?;
         self.anchor_audit_head();
-        Ok((run, drifted, resources))
+        self.metrics.run_finished(
+            env,
+            (MetricKind::DriftCheck, metric),
+            started.elapsed(),
+            0,
+            0,
+        );
+        Ok(drifted)
     }
 
     /// `correct` mode: re-applies the drifted hosts, if the commit still verifies against
@@ -292,6 +380,7 @@ impl Daemon {
             signer: None,
             run: None,
         };
+        let now = time::OffsetDateTime::now_utc();
         for r in &runs {
             {
                 let db = lock(&self.db);
@@ -309,6 +398,9 @@ impl Daemon {
                 failed.push(r.host.name.clone());
             } else {
                 self.metrics.set_drifted(env, &r.host.name, 0);
+                self.metrics.host_applied(env, &r.host.name, now);
+                // Corrected: the drift is gone.
+                self.resolve_host_alerts(AlertEvent::DriftFound, env, &r.host.name);
             }
         }
         let (result, metric) = if failed.is_empty() {
@@ -322,9 +414,146 @@ impl Daemon {
         });
         lock(&self.db).finish_run(&run, result, &summary.to_value())?;
         self.anchor_audit_head();
-        self.metrics
-            .run_finished(env, metric, started.elapsed(), changed as u64, 0);
+        self.metrics.run_finished(
+            env,
+            (MetricKind::Correction, metric),
+            started.elapsed(),
+            changed as u64,
+            0,
+        );
         tracing::info!(environment = %env, corrected = changed, run = %run, "drift corrected");
         Ok(failed.is_empty())
+    }
+}
+
+/// Most characters of one value (`from`, `to`) a drift alert carries.
+const MAX_ALERT_VALUE: usize = 200;
+/// Most resources one drift alert lists (its `count` says how many drifted).
+const MAX_ALERT_RESOURCES: usize = 50;
+
+/// One drifted resource as a drift alert shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+pub struct DriftEvidence {
+    /// The step's address, `unit/id`.
+    pub step: String,
+    pub module: String,
+    /// What it manages (hidden for a sensitive step).
+    pub target: String,
+    /// `create`, `modify`, `remove`.
+    pub change: String,
+    /// Each field that differs, with the observed and desired values; a sensitive step's
+    /// values are `(sensitive)` (the engine redacted them before they got here).
+    pub fields: Vec<FieldEvidence>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
+pub struct FieldEvidence {
+    pub field: String,
+    /// What the host has.
+    pub observed: Option<String>,
+    /// What the commit declares.
+    pub desired: Option<String>,
+}
+
+fn bounded(v: &Option<String>) -> Option<String> {
+    v.as_ref().map(|s| {
+        if s.chars().count() <= MAX_ALERT_VALUE {
+            s.clone()
+        } else {
+            let mut t: String = s.chars().take(MAX_ALERT_VALUE - 1).collect();
+            t.push('…');
+            t
+        }
+    })
+}
+
+/// The drifted resources of one host's plan, for its drift alert: bounded in number and
+/// size, built from the engine's (already redacted) results only.
+pub fn drift_evidence(plan: &HostPlan) -> Vec<DriftEvidence> {
+    plan.steps
+        .iter()
+        .filter(|s| s.needs_change())
+        .take(MAX_ALERT_RESOURCES)
+        .filter_map(|s| {
+            let c = s.change.as_ref().ok()?;
+            let fields = c
+                .fields
+                .iter()
+                .map(|f| {
+                    let (observed, desired) = if s.step.sensitive {
+                        (None, None)
+                    } else {
+                        (bounded(&f.from), bounded(&f.to))
+                    };
+                    FieldEvidence {
+                        field: f.field.to_string(),
+                        observed,
+                        desired,
+                    }
+                })
+                .collect();
+            Some(DriftEvidence {
+                step: s.step.address.to_string(),
+                module: s.step.module.to_string(),
+                target: s.step.target.clone(),
+                change: c.kind.to_string(),
+                fields,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{RoundTrips, StepPlan, StepRef};
+    use crate::modules::{Change, ChangeKind, Field, FieldChange};
+
+    fn step(address: &str, target: &str, sensitive: bool, from: &str, to: &str) -> StepPlan {
+        let mut change = Change::in_sync();
+        change.kind = ChangeKind::Modify;
+        change.fields = vec![FieldChange {
+            field: Field::Content,
+            from: Some(from.into()),
+            to: Some(to.into()),
+        }];
+        StepPlan {
+            step: StepRef {
+                address: crate::model::StepAddress::parse(address).expect("unit/id"),
+                module: "file",
+                target: target.into(),
+                sensitive,
+                secrets: Vec::new(),
+            },
+            change: Ok(change),
+        }
+    }
+
+    /// A drift alert carries the host's resources, fields and values, bounded; a sensitive
+    /// step's values never (whatever reached this point).
+    #[test]
+    fn drift_evidence_shows_values_but_never_a_sensitive_one() {
+        let long = "x".repeat(1000);
+        let plan = HostPlan {
+            host: crate::state::tests::host("web-1"),
+            facts: None,
+            steps: vec![
+                step("app/conf", "/etc/app.conf", false, "hand edit", &long),
+                step("app/secret", "(sensitive)", true, "hunter2-old", "hunter2"),
+            ],
+            error: None,
+            round_trips: RoundTrips::default(),
+            duration: std::time::Duration::ZERO,
+        };
+        let e = drift_evidence(&plan);
+        assert_eq!(e.len(), 2);
+        assert_eq!(e[0].step, "app/conf");
+        assert_eq!(e[0].fields[0].observed.as_deref(), Some("hand edit"));
+        let desired = e[0].fields[0].desired.as_deref().unwrap_or_default();
+        assert_eq!(desired.chars().count(), MAX_ALERT_VALUE);
+        assert_eq!(e[1].fields[0].observed, None);
+        assert_eq!(e[1].fields[0].desired, None);
+        let text = serde_json::to_string(&e).expect("json");
+        assert!(!text.contains("hunter2"), "{text}");
     }
 }

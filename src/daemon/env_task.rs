@@ -26,8 +26,8 @@ pub(super) struct Tip {
 /// What one environment's task remembers between runs.
 #[derive(Debug, Default)]
 pub(super) struct EnvState {
-    /// Drift already alerted: alert again only when it changes.
-    pub alerted_drift: Option<Drifted>,
+    /// When each health check with its own `interval:` is due next, by name.
+    pub next_health: std::collections::BTreeMap<String, Instant>,
     /// When the next drift check is due (`None`: none scheduled, e.g. nothing applied yet).
     pub next_drift: Option<Instant>,
     /// The drift interval last used (for retries after a failed check).
@@ -84,6 +84,8 @@ impl FirstRuns {
 enum EnvWork {
     Reconcile(Tip),
     Drift,
+    /// Health checks with their own `interval:` are due.
+    Health,
 }
 
 /// Channels an environment's task listens on.
@@ -112,6 +114,7 @@ pub(super) async fn run_env(env: String, mut ch: EnvChannels) {
             return;
         }
         let due = state.next_drift;
+        let health_due = state.next_health.values().min().copied();
         let work = tokio::select! {
             _ = ch.stop.wait_for(|s| *s) => return,
             changed = ch.tips.changed() => {
@@ -125,12 +128,14 @@ pub(super) async fn run_env(env: String, mut ch: EnvChannels) {
             }
             _ = ch.daemon.changed() => continue,
             _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now).into()), if due.is_some() => EnvWork::Drift,
+            _ = tokio::time::sleep_until(health_due.unwrap_or_else(Instant::now).into()), if health_due.is_some() => EnvWork::Health,
         };
         let reconciled = matches!(work, EnvWork::Reconcile(_));
         let job = async {
             match work {
                 EnvWork::Reconcile(tip) => daemon.reconcile_one(&env, &mut state, tip).await,
                 EnvWork::Drift => daemon.drift_check(&env, &mut state).await,
+                EnvWork::Health => daemon.health_check(&env, &mut state).await,
             }
         };
         tokio::pin!(job);

@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::json;
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
 
@@ -37,13 +37,17 @@ use crate::server::{self, AppState, Metrics, Readiness, WebhookSecrets};
 use crate::source::Source;
 use crate::state::{self, StateDb, Trigger};
 
+mod alerts;
 mod attribution;
 pub mod audit_tail;
+pub mod backups;
 pub mod config;
 pub mod console;
 mod drift;
 mod env_task;
 pub mod error;
+mod guard;
+mod health_watch;
 pub mod http_config;
 mod pins;
 pub mod policy;
@@ -59,6 +63,9 @@ mod tests;
 pub use config::DaemonConfig;
 pub use error::DaemonError;
 pub use policy::{policy, Effects, Outcome};
+
+/// How often the daemon looks for active alerts due to be re-sent.
+const ALERT_RESEND_TICK: Duration = Duration::from_secs(1);
 
 /// How long a fetch may take before the attempt is abandoned (and retried).
 const FETCH_TIMEOUT: Duration = Duration::from_secs(300);
@@ -145,6 +152,10 @@ pub struct Daemon {
     inventory: console::Inventory,
     /// Decrypts the repo's secrets (`secrets_identity:`).
     secrets: Option<Arc<crate::secrets::SecretIdentity>>,
+    /// The alerts firing now, by identity (kept across reloads).
+    alerts: Arc<Mutex<crate::alert::lifecycle::ActiveAlerts>>,
+    /// The backups the last drift check of each environment observed.
+    backups: backups::BackupBoard,
 }
 
 /// A lock per host (`address:port`), held for the host's apply, so two environments whose
@@ -232,6 +243,8 @@ impl Daemon {
             latest_tip: Arc::default(),
             inventory: Arc::default(),
             secrets,
+            alerts: Arc::default(),
+            backups: Arc::default(),
             config,
         };
         daemon.anchor_audit_head();
@@ -276,6 +289,7 @@ impl Daemon {
         let status = status::StateStatus {
             db: Arc::new(Mutex::new(lock(&self.db).handle()?)),
             environments: self.config.environments.clone(),
+            backups: self.backups.clone(),
         };
         let console = console::ConsoleState {
             db: Arc::new(Mutex::new(lock(&self.db).handle()?)),
@@ -338,6 +352,9 @@ impl Daemon {
 
         let mut sup = supervisor::Supervisor::start(self);
         let mut wake = Some(Wake::Startup);
+        // Active alerts are re-sent when due (each alert's own interval decides).
+        let mut resend = tokio::time::interval(ALERT_RESEND_TICK);
+        resend.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if let Some(w) = wake.take() {
                 // A fetch is bounded by FETCH_TIMEOUT; a signal does not wait for it.
@@ -356,6 +373,7 @@ impl Daemon {
                 _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
                 _ = int.recv() => { tracing::info!("SIGINT: stopping"); break; }
                 _ = hup.recv() => { sup.reload(); None }
+                _ = resend.tick() => { sup.daemon().resend_alerts(); None }
                 Some(ev) = watch_rx.recv() => Some(match ev {
                     crate::source::watch::WatchEvent::RefsChanged => Wake::Push,
                     crate::source::watch::WatchEvent::Poll => Wake::Poll,
@@ -442,6 +460,8 @@ impl Daemon {
             latest_tip: self.latest_tip.clone(),
             inventory: self.inventory.clone(),
             secrets,
+            alerts: self.alerts.clone(),
+            backups: self.backups.clone(),
             config,
         })
     }
@@ -467,11 +487,18 @@ impl Daemon {
         self.ready.set_chain_broken(!ok);
     }
 
-    /// Notes `env`'s hosts and labels (for the console) and stops reporting the metric
-    /// series of hosts that left its inventory.
+    /// Notes `env`'s hosts and labels (for the console), stops reporting the metric series
+    /// of hosts that left its inventory and resolves their alerts.
     fn note_inventory(&self, env: &str, hosts: &[crate::render::DesiredHost]) {
         self.metrics
             .retain_hosts(env, hosts.iter().map(|h| h.host.name.as_str()));
+        // A host that left the inventory has no condition left to alert about.
+        self.resolve_alerts(|k| {
+            k.environment.as_deref() == Some(env)
+                && k.host
+                    .as_deref()
+                    .is_some_and(|gone| !hosts.iter().any(|h| h.host.name == gone))
+        });
         let entry = hosts
             .iter()
             .map(|h| (h.host.name.clone(), h.host.labels.clone()))
@@ -500,32 +527,6 @@ impl Daemon {
                 tracing::error!(error = %e, code = e.code(), "cannot append the audit head");
             }
         }
-    }
-
-    fn alert(
-        &self,
-        event: AlertEvent,
-        env: Option<&str>,
-        commit: Option<&str>,
-        hosts: Vec<String>,
-        message: String,
-        details: Value,
-    ) {
-        if self.alerter.sinks().is_empty() {
-            return;
-        }
-        let audit_head = audit_tail::audit_head(&lock(&self.db)).ok().flatten();
-        self.alerter.spawn(Alert {
-            event,
-            environment: env.map(str::to_string),
-            commit: commit.map(str::to_string),
-            hosts,
-            message,
-            details,
-            time: OffsetDateTime::now_utc(),
-            link: None,
-            audit_head,
-        });
     }
 
     /// Removes checkouts no environment needs any more: every environment's last applied
@@ -577,6 +578,10 @@ fn webhook_refusal_alerts(alerter: Alerter) -> server::RefusalHook {
             time: OffsetDateTime::now_utc(),
             link: None,
             audit_head: None,
+            signer: None,
+            subject: None,
+            status: crate::alert::AlertStatus::Firing,
+            ends_at: None,
         });
     })
 }

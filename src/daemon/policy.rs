@@ -7,7 +7,7 @@
 //! carries the effects out in that order (record first: a refused commit is in the database
 //! before anything can retry it).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use schemars::JsonSchema;
@@ -77,6 +77,13 @@ pub enum Refusal {
     Limit { error: String },
     /// plumb failed internally while validating or rendering this commit.
     Internal { error: String },
+    /// A guardrail denied the plan (every violation, each naming its rule's `file:line`
+    /// and the step's `path:line:col`); no host was changed.
+    Policy {
+        violations: Vec<crate::policy::Finding>,
+        /// The commit's `Plumb-Override:` trailers and what became of each.
+        overrides: Vec<crate::policy::OverrideDecision>,
+    },
 }
 
 impl Refusal {
@@ -88,6 +95,7 @@ impl Refusal {
             Refusal::Invalid { .. } => "invalid",
             Refusal::Limit { .. } => "limit",
             Refusal::Internal { .. } => "internal",
+            Refusal::Policy { .. } => "policy",
         }
     }
 }
@@ -101,6 +109,8 @@ impl Refused {
             bad_commit: None,
             errors: None,
             error: None,
+            violations: None,
+            overrides: None,
         };
         match &self.refusal {
             Refusal::Signature { bad_commit, .. } => s.bad_commit = Some(bad_commit.clone()),
@@ -108,6 +118,19 @@ impl Refused {
             Refusal::Checkout { error }
             | Refusal::Limit { error }
             | Refusal::Internal { error } => s.error = Some(error.clone()),
+            Refusal::Policy {
+                violations,
+                overrides,
+            } => {
+                s.errors = Some(
+                    violations
+                        .iter()
+                        .map(crate::policy::Finding::line)
+                        .collect(),
+                );
+                s.violations = Some(violations.clone());
+                s.overrides = Some(overrides.clone());
+            }
         }
         s
     }
@@ -145,6 +168,10 @@ pub struct Rollout {
     /// the commit is neither quarantined nor rolled back, and the next trigger tries again.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub paused: bool,
+    /// What the guardrails decided before the first host was changed (when any policy is
+    /// in force): warnings, and the denials an approver overrode with who and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<Box<crate::policy::Verdict>>,
     /// What decides whether a failed rollout's hosts are rolled back ([`rollback_decision`]).
     #[serde(skip)]
     pub rollback: RollbackFacts,
@@ -486,6 +513,14 @@ fn refused(r: &Refused) -> Effects {
             format!("{}; nothing was applied", r.message),
             json!({"errors": errors}),
         ),
+        Refusal::Policy {
+            violations,
+            overrides,
+        } => (
+            AlertEvent::RunFailed,
+            format!("{}; nothing was applied", r.message),
+            json!({"reason": "policy", "violations": violations, "overrides": overrides}),
+        ),
         Refusal::Checkout { error } | Refusal::Limit { error } | Refusal::Internal { error } => (
             AlertEvent::RunFailed,
             format!(
@@ -539,17 +574,6 @@ pub fn drift_schedule(
     }
 }
 
-/// Whether drift found now deserves an alert: only when something drifted that was not
-/// alerted already (the same drift found every interval pages once).
-pub fn drift_alert_due(
-    alerted: Option<&BTreeSet<(String, String)>>,
-    drifted: &BTreeSet<(String, String)>,
-) -> bool {
-    drifted
-        .iter()
-        .any(|d| alerted.is_none_or(|seen| !seen.contains(d)))
-}
-
 /// The shortest interval a drift check runs at (a typo such as `1ms` cannot spin the loop).
 pub const MIN_DRIFT_INTERVAL: Duration = Duration::from_millis(200);
 
@@ -591,7 +615,8 @@ impl RunSummary {
 /// Why a commit was refused, as stored with the `refused` run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct RefusedSummary {
-    /// `checkout`, `invalid`, `internal`, or the signature failure's code (`unsigned`...).
+    /// `checkout`, `invalid`, `limit`, `internal`, `policy`, or the signature failure's code
+    /// (`unsigned`...).
     pub reason: String,
     pub message: String,
     /// The first commit without a good signature.
@@ -603,12 +628,21 @@ pub struct RefusedSummary {
     /// What failed (checkout, internal).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// `policy`: every violation that denied the plan.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub violations: Option<Vec<crate::policy::Finding>>,
+    /// `policy`: the commit's override trailers, who signed them, and why each was refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overrides: Option<Vec<crate::policy::OverrideDecision>>,
 }
 
 /// A drift check: every drifted resource.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct DriftSummary {
     pub drifted: Vec<DriftedResource>,
+    /// Hosts that could not be observed: whether they drifted is unknown.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unknown_hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]

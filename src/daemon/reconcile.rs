@@ -7,11 +7,12 @@ use std::time::{Duration, Instant};
 
 use time::OffsetDateTime;
 
+use crate::alert::AlertEvent;
 use crate::engine::{self, HostStatus};
 use crate::model::{Environment, Host, HumanDuration};
 use crate::render::DesiredHost;
 use crate::rollout::{only_inconclusive, stop_reason};
-use crate::server::metrics::RefusalSource;
+use crate::server::metrics::{RefusalSource, RunKind as MetricKind};
 use crate::source::policy::{short, VerifiedRange};
 use crate::source::{RangeOptions, Source};
 use crate::state::{NewRun, NotReached, NotReachedReason, Origin, RunId, RunKind, RunResult};
@@ -35,6 +36,8 @@ pub(super) struct Loaded {
     pub environment: Environment,
     /// The environment's own `drift.interval`.
     pub env_interval: Duration,
+    /// The guardrails' observations and verdict (set when a policy is in force).
+    pub gate: Option<super::guard::Gate>,
     /// Hosts pinned by a person (`plumb rollback`): left out of the rollout.
     pub pinned: Vec<String>,
 }
@@ -176,6 +179,7 @@ pub(super) async fn load_commit(
         hosts,
         environment,
         env_interval,
+        gate: None,
         pinned: Vec::new(),
     })
 }
@@ -226,6 +230,24 @@ fn refusal_message(commit: &str, refusal: &Refusal) -> String {
         }
         Refusal::Limit { error } => format!("commit {commit} refused: {error}"),
         Refusal::Internal { error } => format!("commit {commit} could not be validated: {error}"),
+        Refusal::Policy { violations, .. } => {
+            let first: Vec<String> = violations
+                .iter()
+                .take(3)
+                .map(crate::policy::Finding::line)
+                .collect();
+            let more = violations.len().saturating_sub(first.len());
+            let more = if more > 0 {
+                format!("; and {more} more")
+            } else {
+                String::new()
+            };
+            format!(
+                "commit {commit} denied by policy ({} violations): {}{more}",
+                violations.len(),
+                first.join("; ")
+            )
+        }
     }
 }
 
@@ -259,7 +281,10 @@ impl Daemon {
                     self.roll_back(env, tip.wake, order).await;
                 }
                 if effects.forget_drift_alerts && result.is_ok() {
-                    state.alerted_drift = None;
+                    // Every host converged to the new commit: no drift is left.
+                    self.resolve_alerts(|k| {
+                        k.event == AlertEvent::DriftFound && k.environment.as_deref() == Some(env)
+                    });
                 }
                 state.schedule(effects.next_drift);
             }
@@ -361,6 +386,13 @@ impl Daemon {
         loaded.pinned = self.honour_pins(env, tip, wake)?;
         let signer = signer_of(&range.tip_signer);
         let attr = self.range_attribution(env, &range, last.is_some()).await;
+        // Guardrails: every host observed and judged before any host is changed.
+        loaded.gate = match self.policy_gate(env, tip, &signer.principal, &loaded).await {
+            Ok(g) => g,
+            Err(refusal) => {
+                return Ok(refused(refusal.clone(), refusal_message(&commit, &refusal)))
+            }
+        };
         let run = lock(&self.db).begin_run(&NewRun {
             environment: env.to_string(),
             commit: Some(commit.clone()),
@@ -371,16 +403,8 @@ impl Daemon {
         tracing::info!(environment = %env, commit = %tip, signer = %signer.principal, run = %run, "applying");
         let started = Instant::now();
         let mut rollout = self.rollout(env, &run, &commit, &loaded, &attr).await?;
-        rollout.commits = range
-            .commits
-            .iter()
-            .map(|c| CommitSummary {
-                commit: c.id.to_string(),
-                signer: c.signer.principal.clone(),
-                fingerprint: c.signer.fingerprint.clone(),
-                seal: c.seal.clone(),
-            })
-            .collect();
+        rollout.policy = loaded.gate.take().map(|g| Box::new(g.verdict));
+        rollout.commits = commit_summaries(&range);
         rollout.duration = started.elapsed();
         rollout.drift_interval = policy::drift_interval(drift_override, loaded.env_interval);
         if rollout.failed_hosts.is_empty() {
@@ -471,6 +495,7 @@ impl Daemon {
             drift_interval: Duration::ZERO,
             good_hosts: Vec::new(),
             paused: false,
+            policy: None,
             rollback: RollbackFacts::default(),
         };
         for (n, wave) in waves.iter().enumerate() {
@@ -550,16 +575,22 @@ impl Daemon {
         let names: Vec<String> = members.iter().map(|h| h.host.name.clone()).collect();
         tracing::info!(environment = %env, wave = %wave.name, hosts = ?names, "wave");
         let (connector, host_locks) = (&self.connector, &self.host_locks);
+        let gate = loaded.gate.as_ref();
         let runs = engine::each_host(members.iter().copied(), wave.max_parallel, |h| async move {
             // Another environment may be applying this host (a shared inventory entry).
             let _applying = host_locks.lock(&h.host.address, h.host.port).await;
             let t = engine::Connector::connect(connector, &h.host);
-            (h, engine::apply_host(h, t.as_ref()).await)
+            // The plan the policies judged is the one applied (no second observation).
+            match gate.and_then(|g| g.take(&h.host.name)) {
+                Some(o) => (h, engine::apply_observed(h, t.as_ref(), o).await),
+                None => (h, engine::apply_host(h, t.as_ref()).await),
+            }
         })
         .await;
         let mut failed = Vec::new();
         out.rollback.took_commit.clear();
         out.rollback.irreversible.clear();
+        let now = OffsetDateTime::now_utc();
         for (h, r) in &runs {
             {
                 let db = lock(&self.db);
@@ -572,6 +603,13 @@ impl Daemon {
             note_taken(r, &mut out.rollback);
             self.metrics
                 .set_host_reachable(env, &r.host.name, r.status != HostStatus::Unreachable);
+            if r.status != HostStatus::Unreachable {
+                // Reached: whatever else happens, it is back.
+                self.resolve_host_alerts(AlertEvent::HostUnreachable, env, &r.host.name);
+            }
+            if r.status == HostStatus::Converged {
+                self.metrics.host_applied(env, &r.host.name, now);
+            }
             out.changed += r.changed();
             out.failed_steps += r
                 .steps
@@ -595,6 +633,8 @@ impl Daemon {
             let render =
                 |t: &str, ctx: &serde_json::Value| crate::render::render_inline(repo, t, ctx);
             let report = crate::health::check_wave(checks, &hosts, &self.connector, &render).await;
+            self.note_health(env, &report.results);
+            self.mark_unhealthy(run, &report.results)?;
             Some(report.results)
         } else {
             None
@@ -605,6 +645,32 @@ impl Daemon {
             failed_hosts: failed,
             health,
         })
+    }
+
+    /// A host that converged but whose health checks failed is not `converged` in the run:
+    /// its row becomes `unhealthy`, naming the checks, so the run's failed-host count and
+    /// the host's status agree with the summary's `failed_hosts`.
+    fn mark_unhealthy(
+        &self,
+        run: &RunId,
+        results: &[crate::health::CheckResult],
+    ) -> Result<(), DaemonError> {
+        let mut by_host: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+        for r in results.iter().filter(|r| !r.ok) {
+            let verdict = if r.inconclusive {
+                "inconclusive"
+            } else {
+                "failed"
+            };
+            by_host
+                .entry(r.host.as_str())
+                .or_default()
+                .push(format!("health check `{}` {verdict}", r.check));
+        }
+        for (host, checks) in by_host {
+            lock(&self.db).mark_unhealthy(run, host, &checks.join("; "))?;
+        }
+        Ok(())
     }
 
     /// Carries out a reconcile's effects, recording first; the caller then schedules drift
@@ -635,8 +701,27 @@ impl Daemon {
             }
         };
         if let Some(metric) = effects.metric {
-            self.metrics
-                .run_finished(env, metric, duration, changed as u64, failed_steps as u64);
+            let kind = match outcome {
+                Outcome::Refused(_) => MetricKind::Refused,
+                _ => MetricKind::Apply,
+            };
+            self.metrics.run_finished(
+                env,
+                (kind, metric),
+                duration,
+                changed as u64,
+                failed_steps as u64,
+            );
+        }
+        // Blocked while the newest commit is quarantined (also seen again after a restart).
+        match (effects.mark, outcome) {
+            (CommitMark::Failed, _) | (_, Outcome::Held { .. }) => {
+                self.metrics.set_rollout_blocked(env, true)
+            }
+            (CommitMark::Applied, _) | (_, Outcome::UpToDate { .. }) => {
+                self.metrics.set_rollout_blocked(env, false)
+            }
+            (CommitMark::Nothing, _) => {}
         }
         if effects.signature_refused {
             self.metrics
@@ -645,6 +730,13 @@ impl Daemon {
         if effects.mark == CommitMark::Applied {
             self.applied_metrics(env, commit);
             self.metrics.set_quarantined(env, None);
+            // The rollout recovered: a failed rollout or a refused commit is over.
+            self.resolve_alerts(|k| {
+                matches!(
+                    k.event,
+                    AlertEvent::RunFailed | AlertEvent::SignatureRefused
+                ) && k.environment.as_deref() == Some(env)
+            });
         }
         if effects.mark == CommitMark::Failed {
             self.metrics.set_quarantined(env, Some(commit));
@@ -654,7 +746,7 @@ impl Daemon {
             if let (Some(run), Some(obj)) = (&run, details.as_object_mut()) {
                 obj.entry("run").or_insert_with(|| run.0.clone().into());
             }
-            self.alert(
+            let mut alert = self.new_alert(
                 a.event,
                 Some(env),
                 Some(commit),
@@ -662,6 +754,13 @@ impl Daemon {
                 a.message.clone(),
                 details,
             );
+            alert.signer = match outcome {
+                Outcome::Applied(r) | Outcome::Failed(r) => {
+                    r.commits.last().map(|c| c.signer.clone())
+                }
+                _ => None,
+            };
+            self.alert(alert);
         }
         Ok(())
     }
@@ -706,7 +805,7 @@ impl Daemon {
             (run, commit.to_string())
         };
         if result == RunResult::Refused {
-            tracing::warn!(environment = %env, commit = %commit, run = %run, "commit refused; no host was contacted");
+            tracing::warn!(environment = %env, commit = %commit, run = %run, "commit refused; no host was changed");
         }
         self.anchor_audit_head();
         Ok(Some(run))
@@ -746,6 +845,20 @@ fn not_reached(wave: &str, reason: &str, paused: bool) -> NotReached {
         reason: kind,
         detail: format!("the rollout stopped before wave `{wave}` ({then}): {reason}"),
     }
+}
+
+/// The commits a run applies (oldest first), each with its signer.
+fn commit_summaries(range: &VerifiedRange) -> Vec<CommitSummary> {
+    range
+        .commits
+        .iter()
+        .map(|c| CommitSummary {
+            commit: c.id.to_string(),
+            signer: c.signer.principal.clone(),
+            fingerprint: c.signer.fingerprint.clone(),
+            seal: c.seal.clone(),
+        })
+        .collect()
 }
 
 /// Whether a host took the commit (a step changed or failed: the apply reached it), and the

@@ -88,6 +88,7 @@ impl Daemon {
         let prepared = self.prepare_target(env, target, &hosts).await?;
         let signer = prepared.as_ref().ok().map(|(s, _)| s.clone());
         summary.target_signer = signer.as_ref().map(|s| s.principal.clone());
+        let signer_principal = summary.target_signer.clone();
         let run = lock(&self.db).begin_run(&NewRun {
             environment: env.to_string(),
             commit: Some(target.to_string()),
@@ -107,6 +108,28 @@ impl Daemon {
             }
         }
         let (result, alert) = policy::rollback_effects(&summary);
+        let now = time::OffsetDateTime::now_utc();
+        if summary.refused.is_none() {
+            for h in summary
+                .hosts
+                .iter()
+                .filter(|h| !summary.failed_hosts.contains(h))
+            {
+                self.metrics.host_applied(env, h, now);
+            }
+        }
+        let metric = if result == crate::state::RunResult::Converged {
+            crate::server::metrics::RunResult::Succeeded
+        } else {
+            crate::server::metrics::RunResult::Failed
+        };
+        self.metrics.run_finished(
+            env,
+            (crate::server::metrics::RunKind::Rollback, metric),
+            std::time::Duration::ZERO,
+            0,
+            0,
+        );
         lock(&self.db).finish_run(
             &run,
             result,
@@ -117,7 +140,7 @@ impl Daemon {
         if let Some(obj) = details.as_object_mut() {
             obj.insert("run".into(), run.0.clone().into());
         }
-        self.alert(
+        let mut a = self.new_alert(
             alert.event,
             Some(env),
             Some(target),
@@ -125,6 +148,8 @@ impl Daemon {
             alert.message,
             details,
         );
+        a.signer = signer_principal;
+        self.alert(a);
         Ok(())
     }
 

@@ -35,6 +35,9 @@ pub struct EnvironmentStatus {
     /// Hosts pinned to an older commit by `plumb rollback` (until `plumb unpin` or a newer
     /// commit than `bad_commit`).
     pub pins: Vec<Pin>,
+    /// Every `backup` step's backup as the last drift check observed it: snapshot age,
+    /// last restore test (result, measured restore duration, files compared), problems.
+    pub backups: Vec<super::backups::BackupStatus>,
 }
 
 /// `GET /api/runs`: runs, newest first.
@@ -61,6 +64,8 @@ pub struct DriftResponse {
 pub struct StateStatus {
     pub db: Arc<Mutex<StateDb>>,
     pub environments: Vec<String>,
+    /// The backups the drift checks observed (in memory: empty until the first check).
+    pub backups: super::backups::BackupBoard,
 }
 
 fn internal(e: impl std::fmt::Display) -> StatusError {
@@ -90,6 +95,13 @@ impl StateStatus {
                 last_run: last_run.into_iter().next(),
                 open_drift: db.open_drift(env).map_err(internal)?.len(),
                 pins: db.pins(Some(env)).map_err(internal)?,
+                backups: self
+                    .backups
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(env)
+                    .cloned()
+                    .unwrap_or_default(),
             });
         }
         Ok(StatusResponse { environments })

@@ -44,6 +44,7 @@ pub(super) fn rollout(failed: &[&str]) -> Rollout {
         drift_interval: Duration::from_secs(300),
         good_hosts: Vec::new(),
         paused: false,
+        policy: None,
         rollback: Default::default(),
     }
 }
@@ -114,6 +115,42 @@ fn policy_a_signature_refusal_is_recorded_marked_counted_and_alerted() {
     assert_eq!(e.next_drift, NextDrift::KeepOr(Duration::ZERO));
 }
 
+fn policy_violation() -> crate::policy::Finding {
+    crate::policy::Finding {
+        rule: "ssh.deny_remove".into(),
+        level: crate::policy::Level::Overridable,
+        origin: crate::policy::Origin::Operator,
+        rule_location: "/etc/plumb/policies/ssh.rego:11".into(),
+        host: "web-1".into(),
+        message: "base/ssh removes openssh-server".into(),
+        step: Some("base/ssh".into()),
+        step_location: Some("units/base.yaml:7:5".into()),
+    }
+}
+
+#[test]
+fn policy_a_guardrail_refusal_records_and_alerts_every_violation() {
+    let refusal = Refusal::Policy {
+        violations: vec![policy_violation(), policy_violation()],
+        overrides: Vec::new(),
+    };
+    assert_eq!(refusal.code(), "policy");
+    let Outcome::Refused(r) = refused(refusal) else {
+        unreachable!("refused() makes a refusal")
+    };
+    let summary = r.summary();
+    assert_eq!(summary.reason, "policy");
+    assert_eq!(summary.violations.as_ref().map(Vec::len), Some(2));
+    assert!(summary.errors.as_ref().is_some_and(|e| e[0].starts_with(
+        "units/base.yaml:7:5: denied (overridable) by ssh.deny_remove (/etc/plumb/policies/ssh.rego:11)"
+    )));
+    let e = policy(&Ok(Outcome::Refused(r)));
+    assert_eq!(e.record, Some(RunResult::Refused));
+    let a = e.alert.expect("alert");
+    assert_eq!(a.details["reason"], "policy");
+    assert_eq!(a.details["violations"].as_array().map(Vec::len), Some(2));
+}
+
 #[test]
 fn policy_every_other_refusal_is_recorded_marked_and_alerted_as_a_failed_run() {
     for refusal in [
@@ -125,6 +162,10 @@ fn policy_every_other_refusal_is_recorded_marked_and_alerted_as_a_failed_run() {
         },
         Refusal::Internal {
             error: "panic: boom".into(),
+        },
+        Refusal::Policy {
+            violations: vec![policy_violation()],
+            overrides: Vec::new(),
         },
     ] {
         let e = policy(&Ok(refused(refusal.clone())));
@@ -196,27 +237,6 @@ fn drift_scheduling_decisions() {
         drift_interval(Some(Duration::from_millis(1)), HOUR),
         MIN_DRIFT_INTERVAL
     );
-}
-
-#[test]
-fn drift_alerts_only_for_something_new() {
-    let d = |items: &[(&str, &str)]| -> BTreeSet<(String, String)> {
-        items
-            .iter()
-            .map(|(h, s)| (h.to_string(), s.to_string()))
-            .collect()
-    };
-    let now = d(&[("web-1", "web/app")]);
-    assert!(drift_alert_due(None, &now));
-    assert!(!drift_alert_due(Some(&now), &now));
-    assert!(!drift_alert_due(
-        Some(&d(&[("web-1", "web/app"), ("web-2", "web/app")])),
-        &now
-    ));
-    assert!(drift_alert_due(
-        Some(&now),
-        &d(&[("web-1", "web/app"), ("web-2", "web/app")])
-    ));
 }
 
 #[test]
@@ -303,6 +323,13 @@ fn config_values_are_parsed_at_load_and_refused_with_their_position() {
     let e = config_errors("listen: localhost-9940\n");
     assert!(
         e[0].starts_with("4:9: `localhost-9940` is not an address:port"),
+        "{e:?}"
+    );
+    let e = config_errors("alert_resend_interval: 0s\n");
+    assert!(e[0].starts_with("4:24: /alert_resend_interval:"), "{e:?}");
+    let e = config_errors("external_url: ftp://plumb\n");
+    assert!(
+        e[0].starts_with("4:15: external_url `ftp://plumb` is not an http or https URL"),
         "{e:?}"
     );
     let e = config_errors("poll_interval: soon\n");
@@ -820,6 +847,7 @@ async fn api_answers_match_their_schemas() {
     let status = status::StateStatus {
         db: Arc::new(Mutex::new(lock(&d.db).handle().expect("handle"))),
         environments: vec!["production".into()],
+        backups: Arc::default(),
     };
     use crate::server::StatusSource as _;
     let s = status.status().expect("status");
@@ -843,6 +871,7 @@ async fn api_answers_match_their_schemas() {
             change: "modify".into(),
             fields: vec!["mode".into()],
         }],
+        unknown_hosts: vec!["web-2".into()],
     });
     let correction = RunSummary::Correction(CorrectionSummary {
         corrected: 1,
@@ -912,7 +941,9 @@ async fn an_unreachable_host_fails_the_rollout_and_the_commit() {
     );
     let metrics = d.metrics.encode().expect("metrics");
     assert!(
-        metrics.contains("plumb_runs_total{environment=\"production\",result=\"failed\"} 1"),
+        metrics.contains(
+            "plumb_runs_total{environment=\"production\",result=\"failed\",kind=\"apply\"} 1"
+        ),
         "{metrics}"
     );
     assert!(
@@ -1305,6 +1336,157 @@ async fn console_pages_render_from_state_and_escape_values() {
         "{audit}"
     );
     page(Page::Drift { env: None }).expect("drift page");
+}
+
+/// Marks `commit` applied in `production` without reaching any host (a signed apply run),
+/// so a drift check has a baseline; the mirror is fetched first.
+async fn applied_baseline(d: &Driven, commit: &str) {
+    d.fetch().await.expect("fetch");
+    let db = lock(&d.db);
+    let run = db
+        .begin_run(&state::NewRun {
+            environment: "production".into(),
+            commit: Some(commit.to_string()),
+            signer: Some(state::Signer {
+                principal: "t@plumb".into(),
+                fingerprint: "SHA256:x".into(),
+            }),
+            kind: RunKind::Apply,
+            trigger: state::Trigger::Startup,
+        })
+        .expect("begin");
+    db.finish_run(&run, RunResult::Converged, &json!({}))
+        .expect("finish");
+    db.set_last_applied("production", commit, &run)
+        .expect("applied");
+}
+
+/// Regressions (issue 19, point 11 and 8): a drift check's run used to begin after every
+/// host had been observed, so its `started_at` came after the checks; and a host that could
+/// not be observed was recorded as if nothing drifted, with no alert. Now the run begins
+/// before the first probe, the host is `unknown` (a failed host in the run, listed in the
+/// summary), `host_unreachable` fires once (linking to the host's console page, with the
+/// commit and its signer) and the metrics drop its drift count.
+#[tokio::test]
+async fn a_drift_check_starts_before_observing_and_an_unobservable_host_is_unknown() {
+    let fx = Fx::new();
+    let (port, conns) = hung_host().await;
+    let tip = fx.push(&[
+        ("plumb.yaml", PLUMB_YAML),
+        (
+            "environments/production/hosts.yaml",
+            &hosts_at("web-1", port),
+        ),
+        ("units/web.yaml", MOTD_UNIT),
+    ]);
+    let d = fx.daemon();
+    applied_baseline(&d, &tip).await;
+    let mut st = env_task::EnvState::default();
+    let before = OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
+    d.drift_check("production", &mut st).await;
+    let first_contact = conns.lock().unwrap_or_else(|p| p.into_inner())[0].0;
+    let all = runs(&d);
+    let check = all
+        .iter()
+        .find(|r| r.kind == RunKind::DriftCheck)
+        .expect("a drift check run");
+    // It began before the host was observed (the observation took the 2 s connect timeout).
+    assert!(i128::from(check.started_at) >= before - 5, "{check:#?}");
+    let finished = check.finished_at.expect("finished");
+    assert!(
+        finished - check.started_at >= 1500,
+        "started_at is when the check began: {check:#?}"
+    );
+    assert!(first_contact.elapsed() >= Duration::from_millis(1500));
+    assert_eq!(check.failed_hosts, 1, "{check:#?}");
+    assert_eq!(check.summary["unknown_hosts"], json!(["web-1"]));
+    let detail = lock(&d.db).run(&check.id).expect("run").expect("exists");
+    assert_eq!(detail.hosts[0].status, state::HostResultStatus::Unknown);
+    let alert = fx.next_alert().await;
+    assert_eq!(alert["event"], "host_unreachable");
+    assert_eq!(alert["status"], "firing");
+    assert_eq!(alert["id"], "host_unreachable/production/web-1");
+    assert_eq!(alert["hosts"], json!(["web-1"]));
+    assert_eq!(alert["commit"], tip.as_str());
+    assert_eq!(alert["signer"], "t@plumb");
+    assert!(
+        alert["link"]
+            .as_str()
+            .is_some_and(|l| l.ends_with("/hosts/production/web-1")),
+        "{alert:#}"
+    );
+    let metrics = d.metrics.encode().expect("metrics");
+    assert!(
+        metrics.contains("plumb_host_reachable{environment=\"production\",host=\"web-1\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("plumb_drifted_resources{environment=\"production\",host=\"web-1\"}"),
+        "unknown is not 0 drift: {metrics}"
+    );
+    assert!(
+        metrics.contains(
+            "plumb_runs_total{environment=\"production\",result=\"succeeded\",kind=\"drift_check\"} 1"
+        ),
+        "{metrics}"
+    );
+    // Still unreachable at the next check: the same alert, not sent again.
+    d.drift_check("production", &mut st).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    if let Ok(again) = fx.alerts.try_recv() {
+        panic!("paged twice: {again:#}");
+    }
+    let key = crate::alert::AlertKey {
+        event: AlertEvent::HostUnreachable,
+        environment: Some("production".into()),
+        host: Some("web-1".into()),
+        subject: None,
+    };
+    assert!(lock_any(&d.alerts).is_active(&key));
+    // The host left the inventory: its alert is resolved, not re-sent forever.
+    d.note_inventory("production", &[]);
+    assert!(!lock_any(&d.alerts).is_active(&key));
+    let resolved = fx.next_alert().await;
+    assert_eq!(resolved["id"], "host_unreachable/production/web-1");
+    assert_eq!(resolved["status"], "resolved");
+}
+
+/// Health checks with their own `interval:` are scheduled on it (never faster than
+/// `MIN_CHECK_INTERVAL`); a check no longer declared is forgotten; one scheduled keeps its
+/// time.
+#[test]
+fn health_checks_with_their_own_interval_are_scheduled() {
+    use crate::model::{HealthCheck, HealthProbe};
+    let check = |name: &str, interval: Option<Duration>| HealthCheck {
+        name: name.into(),
+        probe: HealthProbe::Tcp(80),
+        timeout: HumanDuration::from_secs(1),
+        retries: 1,
+        interval: interval.map(|d| HumanDuration::from_millis(d.as_millis() as u64)),
+    };
+    let mut st = env_task::EnvState::default();
+    let now = Instant::now();
+    health_watch::schedule_health(
+        &mut st,
+        &[
+            check("own", Some(Duration::from_secs(30))),
+            check("tiny", Some(Duration::from_millis(1))),
+            check("with-drift", None),
+        ],
+    );
+    assert_eq!(
+        st.next_health.keys().collect::<Vec<_>>(),
+        vec!["own", "tiny"]
+    );
+    let own = st.next_health["own"];
+    assert!(own >= now + Duration::from_secs(29) && own <= now + Duration::from_secs(31));
+    assert!(st.next_health["tiny"] >= now + health_watch::MIN_CHECK_INTERVAL);
+    health_watch::schedule_health(&mut st, &[check("own", Some(Duration::from_secs(5)))]);
+    assert_eq!(st.next_health.keys().collect::<Vec<_>>(), vec!["own"]);
+    assert_eq!(
+        st.next_health["own"], own,
+        "a scheduled check keeps its time"
+    );
 }
 
 /// Runs git in the fixture's clone, signing with its key, at `date` (committer and tagger).

@@ -640,11 +640,21 @@ async fn observe_first(
     Ok(observed)
 }
 
-/// observe → decide → apply → verify.
-async fn converge(desired: &DesiredHost, t: &dyn Transport) -> HostRun {
-    let timeouts = t.timeouts();
-    let refs: Vec<StepRef> = desired.steps.iter().map(StepRef::of).collect();
-    let mut run = HostRun {
+/// A host observed for an apply, not yet changed: its plan (redacted, for reports and
+/// policies) and what the apply needs (unredacted, kept inside the engine). Made by
+/// [`observe_host`]; [`apply_observed`] applies from it with no second observation, so
+/// judging a plan before the apply costs no round trip.
+#[derive(Debug)]
+pub struct Observation {
+    /// The plan as reports and policies see it (sensitive steps redacted).
+    pub plan: HostPlan,
+    run: HostRun,
+    observed: Result<Observed, (HostStatus, String)>,
+    started: Instant,
+}
+
+fn empty_run(desired: &DesiredHost) -> HostRun {
+    HostRun {
         host: desired.host.clone(),
         facts: None,
         status: HostStatus::Converged,
@@ -653,16 +663,83 @@ async fn converge(desired: &DesiredHost, t: &dyn Transport) -> HostRun {
         handlers: Vec::new(),
         round_trips: RoundTrips::default(),
         duration: Duration::ZERO,
-    };
+    }
+}
 
+/// The first phase of an apply alone: one round trip (facts riding along).
+pub async fn observe_host(desired: &DesiredHost, t: &dyn Transport) -> Observation {
+    let started = Instant::now();
+    let refs: Vec<StepRef> = desired.steps.iter().map(StepRef::of).collect();
+    let mut run = empty_run(desired);
+    let observed = observe_first(desired, &refs, t, &mut run).await;
+    let mut plan = HostPlan {
+        host: desired.host.clone(),
+        facts: run.facts.clone(),
+        steps: Vec::new(),
+        error: None,
+        round_trips: run.round_trips,
+        duration: started.elapsed(),
+    };
+    match &observed {
+        Ok(o) => {
+            plan.steps = refs
+                .iter()
+                .zip(o)
+                .map(|(step, change)| StepPlan {
+                    change: change
+                        .as_ref()
+                        .map(|c| step.redact(c))
+                        .map_err(Clone::clone),
+                    step: step.clone(),
+                })
+                .collect();
+        }
+        Err((_, e)) => plan.error = Some(HostError::Script(e.clone())),
+    }
+    Observation {
+        plan,
+        run,
+        observed,
+        started,
+    }
+}
+
+/// The rest of an apply (decide → apply → verify) from an [`observe_host`] of the same
+/// `desired` host.
+pub async fn apply_observed(desired: &DesiredHost, t: &dyn Transport, o: Observation) -> HostRun {
+    let refs: Vec<StepRef> = desired.steps.iter().map(StepRef::of).collect();
+    let mut run = match o.observed {
+        Ok(observed) => decide_apply_verify(desired, t, &refs, o.run, observed).await,
+        Err((status, error)) => o.run.stop(status, error),
+    };
+    run.duration = o.started.elapsed();
+    run
+}
+
+/// observe → decide → apply → verify.
+async fn converge(desired: &DesiredHost, t: &dyn Transport) -> HostRun {
+    let refs: Vec<StepRef> = desired.steps.iter().map(StepRef::of).collect();
+    let mut run = empty_run(desired);
     let observed = match observe_first(desired, &refs, t, &mut run).await {
         Ok(o) => o,
         Err((status, error)) => return run.stop(status, error),
     };
+    decide_apply_verify(desired, t, &refs, run, observed).await
+}
+
+/// decide → apply → verify, from a first observation.
+async fn decide_apply_verify(
+    desired: &DesiredHost,
+    t: &dyn Transport,
+    refs: &[StepRef],
+    mut run: HostRun,
+    observed: Observed,
+) -> HostRun {
+    let timeouts = t.timeouts();
     // A step we cannot observe is a step we cannot change safely: touch nothing on this host.
     let blind = observed.iter().filter(|c| c.is_err()).count();
     if blind > 0 {
-        run.steps = blind_outcomes(&refs, &observed);
+        run.steps = blind_outcomes(refs, &observed);
         return run.stop(
             HostStatus::Failed,
             format!("{blind} step(s) could not be observed; nothing was applied"),
@@ -679,7 +756,7 @@ async fn converge(desired: &DesiredHost, t: &dyn Transport) -> HostRun {
     }
 
     let apply_t = CountingTransport::new(t);
-    let parsed = apply(&work, &refs, &apply_t, timeouts.apply.get()).await;
+    let parsed = apply(&work, refs, &apply_t, timeouts.apply.get()).await;
     run.round_trips.apply = apply_t.count();
     let parsed = match parsed {
         Ok(p) => p,
@@ -692,7 +769,7 @@ async fn converge(desired: &DesiredHost, t: &dyn Transport) -> HostRun {
             )
         }
     };
-    let done = applied(&refs, &work, &parsed);
+    let done = applied(refs, &work, &parsed);
     run.steps = done.steps;
     run.handlers = done.handlers;
     if parsed.completed.is_none() && !done.failed {
@@ -710,7 +787,7 @@ async fn converge(desired: &DesiredHost, t: &dyn Transport) -> HostRun {
     }
 
     let verify_t = CountingTransport::new(t);
-    let after = observe(desired, &refs, &verify_t, timeouts.verify.get(), false)
+    let after = observe(desired, refs, &verify_t, timeouts.verify.get(), false)
         .await
         .map(|(o, _)| o);
     run.round_trips.verify = verify_t.count();
@@ -805,6 +882,19 @@ pub async fn plan_all(
     each_host(hosts, parallel, |h| async move {
         let t = connector.connect(&h.host);
         plan_host(h, t.as_ref()).await
+    })
+    .await
+}
+
+/// Observes every host for an apply (one round trip each), changing nothing.
+pub async fn observe_all(
+    hosts: &[DesiredHost],
+    connector: &dyn Connector,
+    parallel: usize,
+) -> Vec<Observation> {
+    each_host(hosts, parallel, |h| async move {
+        let t = connector.connect(&h.host);
+        observe_host(h, t.as_ref()).await
     })
     .await
 }

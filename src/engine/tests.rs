@@ -554,3 +554,31 @@ async fn a_host_that_uses_no_facts_is_probed_without_them() {
     let plan = plan_host(&desired, &Counting::default()).await;
     assert_eq!(plan.facts, None);
 }
+
+/// Observing for the guardrails and then applying from that observation costs the round
+/// trips of one apply (1 / 1 / 1), and the plan handed out is the one applied.
+#[tokio::test]
+async fn apply_from_an_observation_costs_no_extra_round_trip() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let desired = named(
+        "h",
+        vec![step(dir.path(), 0, vec![]), step(dir.path(), 1, vec![])],
+    );
+    let t = LocalTransport::new();
+    let o = observe_host(&desired, &t).await;
+    assert_eq!(o.plan.changes(), 2);
+    assert_eq!(o.plan.round_trips, trips(1, 0, 0));
+    assert!(
+        !dir.path().join("m0").exists(),
+        "observing changed the host"
+    );
+    let run = apply_observed(&desired, &t, o).await;
+    assert_eq!(run.status, HostStatus::Converged, "{:?}", run.error);
+    assert_eq!(run.round_trips, trips(1, 1, 1));
+    assert_eq!(run.changed(), 2);
+    assert!(dir.path().join("m0").exists() && dir.path().join("m1").exists());
+    // In sync: one round trip, nothing else.
+    let o = observe_host(&desired, &t).await;
+    let run = apply_observed(&desired, &t, o).await;
+    assert_eq!(run.round_trips, trips(1, 0, 0));
+}

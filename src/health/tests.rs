@@ -46,6 +46,7 @@ fn decl(name: &str) -> HealthCheckDecl {
         prometheus: None,
         timeout: crate::model::HumanDuration::from_secs(5),
         retries: 1,
+        interval: None,
     }
 }
 
@@ -328,6 +329,7 @@ fn every_probe_kind_round_trips() {
             probe: probe.clone(),
             timeout: crate::model::HumanDuration::from_millis(1500),
             retries: 4,
+            interval: Some(crate::model::HumanDuration::from_secs(30)),
         };
         let d = c.to_decl();
         let kinds = [

@@ -336,6 +336,10 @@ pub struct HealthCheckDecl {
     #[serde(default = "one")]
     #[schemars(range(min = 1, max = 100))]
     pub retries: u32,
+    /// Between deploys, the daemon runs every check at each drift check; a check with an
+    /// `interval` also runs on its own schedule, e.g. "30s" (more than zero).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<HumanDuration>,
 }
 
 /// A Prometheus check as written in env.yaml.
@@ -408,6 +412,8 @@ pub struct HealthCheck {
     pub timeout: HumanDuration,
     /// Tries before the check fails (at least 1).
     pub retries: u32,
+    /// Its own schedule between deploys (never zero), besides every drift check.
+    pub interval: Option<HumanDuration>,
 }
 
 /// Why a declared health check cannot run. `code()` is stable; `pointer()` is relative to
@@ -424,15 +430,17 @@ pub enum HealthCheckError {
     Condition { name: String, message: String },
     #[error("health check `{name}`: the prometheus interval must be longer than zero")]
     ZeroInterval { name: String },
+    #[error("health check `{name}`: its interval must be longer than zero")]
+    ZeroCheckInterval { name: String },
 }
 
 impl HealthCheckError {
     pub fn code(&self) -> &'static str {
         match self {
             HealthCheckError::Kinds { .. } | HealthCheckError::Port { .. } => "health-check",
-            HealthCheckError::ZeroTimeout { .. } | HealthCheckError::ZeroInterval { .. } => {
-                "duration"
-            }
+            HealthCheckError::ZeroTimeout { .. }
+            | HealthCheckError::ZeroInterval { .. }
+            | HealthCheckError::ZeroCheckInterval { .. } => "duration",
             HealthCheckError::Condition { .. } => "health-check",
         }
     }
@@ -445,6 +453,7 @@ impl HealthCheckError {
             HealthCheckError::ZeroTimeout { .. } => "/timeout",
             HealthCheckError::Condition { .. } => "/prometheus/condition",
             HealthCheckError::ZeroInterval { .. } => "/prometheus/interval",
+            HealthCheckError::ZeroCheckInterval { .. } => "/interval",
         }
     }
 }
@@ -501,12 +510,16 @@ impl HealthCheck {
         if decl.timeout.is_zero() {
             errors.push(HealthCheckError::ZeroTimeout { name: name() });
         }
+        if decl.interval.is_some_and(|i| i.is_zero()) {
+            errors.push(HealthCheckError::ZeroCheckInterval { name: name() });
+        }
         match probes.pop() {
             Some(probe) if errors.is_empty() => Ok(HealthCheck {
                 name: name(),
                 probe,
                 timeout: decl.timeout,
                 retries: decl.retries.max(1),
+                interval: decl.interval,
             }),
             _ => Err(errors),
         }
@@ -537,6 +550,7 @@ impl HealthCheck {
             prometheus,
             timeout: self.timeout,
             retries: self.retries,
+            interval: self.interval,
         }
     }
 }

@@ -40,6 +40,7 @@ pub mod user;
 pub mod apt_repository;
 pub mod archive;
 pub mod authorized_key;
+pub mod backup;
 pub mod download;
 pub mod git;
 pub mod hostname;
@@ -261,6 +262,9 @@ pub struct Facts {
     pub package_manager: Option<package::Detected>,
     /// The init system found on the host (`service`).
     pub init: Option<service::Init>,
+    /// What a `backup` step observed: snapshot age, last restore test (for the daemon's
+    /// metrics, status and alerts, and the policy input). Set on in-sync changes too.
+    pub backup: Option<backup::BackupObserved>,
 }
 
 /// Old and new file content, for a unified diff. `old` is `None` when the file is absent
@@ -630,6 +634,7 @@ pub static REGISTRY: &[&ModuleDef] = &[
     &apt_repository::DEF,
     &hostname::DEF,
     &timezone::DEF,
+    &backup::DEF,
 ];
 
 pub fn lookup(name: &str) -> Option<&'static ModuleDef> {

@@ -5,6 +5,7 @@ use serde::Serialize;
 use similar::TextDiff;
 
 use crate::engine::{HostPlan, HostRun, HostStatus, RoundTrips, StepStatus};
+use crate::modules::backup::{BackupObserved, BackupProblem, TestResult};
 use crate::modules::{Change, ChangeKind, FieldChange};
 use crate::rollout::WaveSummary;
 
@@ -52,6 +53,88 @@ pub struct HostPlanReport {
     /// Steps (or loop iterations) a `when:` left out of this host's desired state.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub skipped: Vec<crate::render::SkippedStep>,
+    /// What each `backup` step observed (in sync or not): latest snapshot, last restore test.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub backups: Vec<BackupReport>,
+}
+
+/// One `backup` step's observation in a plan or drift report.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct BackupReport {
+    pub address: String,
+    pub observed: BackupObserved,
+    /// Seconds since the latest snapshot (host clock); absent: no snapshot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot_age_seconds: Option<u64>,
+    /// Seconds since the last successful restore test; absent: none yet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restore_test_success_age_seconds: Option<u64>,
+    /// What is wrong (empty: healthy).
+    pub problems: Vec<BackupProblem>,
+}
+
+fn backup_reports(p: &HostPlan) -> Vec<BackupReport> {
+    p.steps
+        .iter()
+        .filter_map(|s| {
+            let seen = s.change.as_ref().ok()?.observed.backup?;
+            Some(BackupReport {
+                address: s.step.address.to_string(),
+                snapshot_age_seconds: seen.snapshot_age(),
+                restore_test_success_age_seconds: seen.restore_success_age(),
+                problems: seen.problems(),
+                observed: seen,
+            })
+        })
+        .collect()
+}
+
+/// A backup observation as one line of text (an error line when it has problems).
+fn backup_line(b: &BackupReport) -> (LineKind, String) {
+    let kind = if b.problems.is_empty() {
+        LineKind::Plain
+    } else {
+        LineKind::Error
+    };
+    (kind, backup_text(b))
+}
+
+fn backup_text(b: &BackupReport) -> String {
+    let age = |s: Option<u64>| match s {
+        None => "none".to_string(),
+        Some(s) if s < 120 => format!("{s}s ago"),
+        Some(s) if s < 7_200 => format!("{}m ago", s / 60),
+        Some(s) if s < 172_800 => format!("{}h ago", s / 3_600),
+        Some(s) => format!("{}d ago", s / 86_400),
+    };
+    let mut line = format!(
+        "  backup {}: repository {}, latest snapshot {}",
+        b.address,
+        serde_json::to_value(b.observed.repository)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default(),
+        age(b.snapshot_age_seconds)
+    );
+    match b.observed.restore_test {
+        None => line += ", no restore test yet",
+        Some(t) => {
+            line += &format!(
+                ", last restore test {} ({}, restore {:.1}s, {} file(s) compared, {} mismatched), last success {}",
+                if t.result == TestResult::Ok { "ok" } else { "FAILED" },
+                age(Some(u64::try_from(b.observed.now.saturating_sub(t.finished)).unwrap_or(0))),
+                t.restore_ms as f64 / 1000.0,
+                t.files_compared,
+                t.files_mismatched,
+                age(b.restore_test_success_age_seconds),
+            )
+        }
+    }
+    if !b.problems.is_empty() {
+        let p: Vec<&str> = b.problems.iter().map(|p| p.as_str()).collect();
+        line += &format!("; PROBLEMS: {}", p.join(", "));
+    }
+    line
 }
 
 /// `plumb plan --output json` and `plumb drift --output json`.
@@ -63,6 +146,10 @@ pub struct PlanReport {
     pub hosts: Vec<HostPlanReport>,
     pub total_changes: usize,
     pub hosts_with_errors: usize,
+    /// What the policies decided on this plan (when any policy is in force). A denial
+    /// makes `plan` exit 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<crate::policy::Verdict>,
 }
 
 /// A unified diff of old → new content, when both are text.
@@ -157,6 +244,7 @@ impl PlanReport {
                     .filter(|s| matches!(&s.change, Ok(c) if !c.is_change()))
                     .count(),
                 skipped: Vec::new(),
+                backups: backup_reports(p),
             })
             .collect();
         PlanReport {
@@ -165,6 +253,7 @@ impl PlanReport {
             total_changes: hosts.iter().map(|h| h.changes).sum(),
             hosts_with_errors: hosts.iter().filter(|h| !h.ok).count(),
             hosts,
+            policy: None,
         }
     }
 
@@ -179,9 +268,9 @@ impl PlanReport {
         self
     }
 
-    /// Exit code per the contract: 1 error, 2 changes, 0 nothing to do.
+    /// Exit code per the contract: 1 error or a policy denial, 2 changes, 0 nothing to do.
     pub fn exit_code(&self) -> u8 {
-        if self.hosts_with_errors > 0 {
+        if self.hosts_with_errors > 0 || self.policy.as_ref().is_some_and(|v| v.is_denied()) {
             1
         } else if self.total_changes > 0 {
             2
@@ -256,6 +345,7 @@ pub fn plan_lines(r: &PlanReport) -> Vec<(LineKind, String)> {
         if h.facts_changed {
             out.push((LineKind::Summary, FACTS_CHANGED.to_string()));
         }
+        out.extend(h.backups.iter().map(backup_line));
         for s in &h.skipped {
             out.push((
                 LineKind::Plain,
@@ -383,6 +473,10 @@ pub struct ApplyReport {
     pub converged: bool,
     pub total_changed: usize,
     pub failed_hosts: usize,
+    /// What the policies decided before the apply (when any policy is in force); on a
+    /// denial no host was changed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<crate::policy::Verdict>,
     /// The waves as they ran, in order (one wave `all` without a rollout or with
     /// `--no-waves`), with their health checks.
     #[serde(default)]
@@ -466,6 +560,7 @@ impl ApplyReport {
                 .filter(|h| h.status != HostStatus::Converged)
                 .count(),
             hosts,
+            policy: None,
         }
     }
 
@@ -487,7 +582,7 @@ impl ApplyReport {
     }
 
     pub fn exit_code(&self) -> u8 {
-        u8::from(!self.converged)
+        u8::from(!self.converged || self.policy.as_ref().is_some_and(|v| v.is_denied()))
     }
 }
 
@@ -606,7 +701,53 @@ mod tests {
             steps,
             in_sync,
             skipped: Vec::new(),
+            backups: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_backup_observation_is_one_line_naming_its_problems() {
+        use crate::modules::backup::{RepoState, RestoreTestObserved, TestFailure};
+        let observed = BackupObserved {
+            now: 100_000,
+            repository: RepoState::Ok,
+            latest_snapshot: Some(96_400),
+            restore_test: Some(RestoreTestObserved {
+                result: TestResult::Failed,
+                failure: Some(TestFailure::Check),
+                finished: 99_940,
+                last_success: Some(90_000),
+                restore_ms: 1_500,
+                files_compared: 4,
+                files_mismatched: 0,
+            }),
+            interval_seconds: 3_600,
+            restore_test_interval_seconds: 86_400,
+        };
+        let mut h = host(Vec::new(), 0, 1);
+        h.backups.push(BackupReport {
+            address: "backup/db".into(),
+            snapshot_age_seconds: observed.snapshot_age(),
+            restore_test_success_age_seconds: observed.restore_success_age(),
+            problems: observed.problems(),
+            observed,
+        });
+        let r = PlanReport {
+            environment: "production".into(),
+            kind: "drift".into(),
+            total_changes: 0,
+            hosts_with_errors: 0,
+            hosts: vec![h],
+            policy: None,
+        };
+        let lines = plan_lines(&r);
+        assert_eq!(
+            lines[1],
+            (
+                LineKind::Error,
+                "  backup backup/db: repository ok, latest snapshot 60m ago, last restore test FAILED (60s ago, restore 1.5s, 4 file(s) compared, 0 mismatched), last success 2h ago; PROBLEMS: restore_test_failed".into()
+            )
+        );
     }
 
     fn failed_probe() -> StepChange {
@@ -632,6 +773,7 @@ mod tests {
             hosts: vec![host(vec![failed_probe()], 0, 3)],
             total_changes: 0,
             hosts_with_errors: 1,
+            policy: None,
         };
         let lines = plan_lines(&r);
         assert_eq!(
@@ -654,6 +796,7 @@ mod tests {
             hosts: vec![host(Vec::new(), 0, 3)],
             total_changes: 0,
             hosts_with_errors: 0,
+            policy: None,
         };
         assert_eq!(
             plan_lines(&r)[0].1,

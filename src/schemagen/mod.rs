@@ -116,6 +116,10 @@ pub fn generate() -> Vec<(String, Value)> {
             Kind::Daemon.file_name().to_string(),
             root_for::<crate::daemon::DaemonConfig>(Kind::Daemon.file_name()),
         ),
+        (
+            "policy-input.schema.json".to_string(),
+            root_for::<crate::policy::PolicyInput>("policy-input.schema.json"),
+        ),
     ];
     for m in REGISTRY {
         let file = format!("modules/{}.schema.json", m.name);

@@ -33,6 +33,8 @@ pub fn generate() -> Vec<(String, Value)> {
         one::<crate::daemon::status::DriftResponse>("api-drift"),
         one::<crate::daemon::policy::RunSummary>("run-summary"),
         one::<crate::facts::FactsReport>("facts"),
+        one::<crate::policy::EvalReport>("policy-eval"),
+        one::<Vec<crate::policy::TestResult>>("policy-test"),
         one::<crate::cli::pin::RollbackReport>("rollback"),
         one::<crate::cli::pin::UnpinReport>("unpin"),
     ]

@@ -38,6 +38,28 @@ struct HostLabels {
     host: String,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, EncodeLabelSet)]
+struct BackupLabels {
+    environment: String,
+    host: String,
+    backup: String,
+}
+
+/// One backup as the last drift check observed it, for the `plumb_backup_*` series.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BackupSample {
+    /// Seconds since the latest snapshot; `None`: no snapshot (shown as +Inf).
+    pub snapshot_age_seconds: Option<f64>,
+    /// Unix time of the last successful restore test, if any.
+    pub restore_test_last_success: Option<f64>,
+    /// The measured duration of the last restore (seconds), if a test ran.
+    pub restore_seconds: Option<f64>,
+    /// Whether the last restore test failed.
+    pub restore_test_failed: bool,
+    pub interval_seconds: f64,
+    pub restore_test_interval_seconds: f64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct HashLabels {
     hash: String,
@@ -47,6 +69,52 @@ struct HashLabels {
 struct ResultLabels {
     environment: String,
     result: String,
+    kind: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct CheckLabels {
+    environment: String,
+    host: String,
+    check: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct EnvCheckLabels {
+    environment: String,
+    check: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct SinkLabels {
+    sink: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct BuildLabels {
+    version: String,
+}
+
+/// What kind of run, for `plumb_runs_total{kind}` (the state's run kinds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunKind {
+    Apply,
+    DriftCheck,
+    Correction,
+    Rollback,
+    Refused,
+}
+
+impl RunKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunKind::Apply => "apply",
+            RunKind::DriftCheck => "drift_check",
+            RunKind::Correction => "correction",
+            RunKind::Rollback => "rollback",
+            RunKind::Refused => "refused",
+        }
+    }
 }
 
 /// How a run ended, for `plumb_runs_total{result}`.
@@ -58,6 +126,8 @@ pub enum RunResult {
     Failed,
     /// Refused before any host was contacted (signature, validation, rollback).
     Refused,
+    /// A drift check found drift.
+    DriftFound,
 }
 
 impl RunResult {
@@ -66,6 +136,7 @@ impl RunResult {
             RunResult::Succeeded => "succeeded",
             RunResult::Failed => "failed",
             RunResult::Refused => "refused",
+            RunResult::DriftFound => "drift_found",
         }
     }
 }
@@ -104,19 +175,21 @@ pub struct Metrics {
     signature_refusals: Family<Vec<(String, String)>, Counter>,
     commit_to_applied: Family<EnvLabels, Histogram>,
     runs: Family<ResultLabels, Counter>,
-    audit_head_seq: Gauge,
-    audit_chain_ok: Gauge,
-    audit_head_info: Family<HashLabels, Gauge>,
     environment_pinned: Family<EnvLabels, Gauge>,
     commit_quarantined: Family<CommitLabels, Gauge>,
     /// The commit each environment's quarantine gauge shows, to drop it when it ends.
     quarantined: Mutex<HashMap<String, String>>,
+    backup: BackupFamilies,
+    oncall: OnCall,
+    audit: AuditFamilies,
     /// The hash the audit head info gauge shows, to drop the previous one.
     audit_head_hash: Mutex<Option<String>>,
     /// The commit each environment's info gauge shows, to drop the previous one.
     applied_commits: Mutex<HashMap<String, String>>,
     /// The hosts each environment has per-host series for, to drop those that left.
     hosts: Mutex<HashMap<String, std::collections::BTreeSet<String>>>,
+    /// (environment, host, check) of each `plumb_health_check_up` series.
+    checks: Mutex<std::collections::BTreeSet<(String, String, String)>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -153,33 +226,173 @@ fn host_labels(environment: &str, host: &str) -> HostLabels {
     }
 }
 
+/// The `plumb_backup_*` families.
+struct BackupFamilies {
+    snapshot_age: Family<BackupLabels, FloatGauge>,
+    restore_success: Family<BackupLabels, FloatGauge>,
+    restore_seconds: Family<BackupLabels, FloatGauge>,
+    restore_failed: Family<BackupLabels, Gauge>,
+    interval: Family<BackupLabels, FloatGauge>,
+    restore_interval: Family<BackupLabels, FloatGauge>,
+    /// The backups each environment has series for, to drop those that left.
+    known: Mutex<HashMap<String, std::collections::BTreeSet<BackupLabels>>>,
+}
+
+impl BackupFamilies {
+    fn register(registry: &mut Registry) -> BackupFamilies {
+        let f = BackupFamilies {
+            snapshot_age: Family::default(),
+            restore_success: Family::default(),
+            restore_seconds: Family::default(),
+            restore_failed: Family::default(),
+            interval: Family::default(),
+            restore_interval: Family::default(),
+            known: Mutex::default(),
+        };
+        registry.register(
+            "plumb_backup_snapshot_age_seconds",
+            "Age of the latest snapshot of a backup when last observed (+Inf: none)",
+            f.snapshot_age.clone(),
+        );
+        registry.register(
+            "plumb_backup_restore_test_last_success_timestamp_seconds",
+            "Unix time of the last successful restore test of a backup",
+            f.restore_success.clone(),
+        );
+        registry.register(
+            "plumb_backup_restore_seconds",
+            "Measured duration of the last restore test's restore",
+            f.restore_seconds.clone(),
+        );
+        registry.register(
+            "plumb_backup_restore_test_failed",
+            "1 when the last restore test of a backup failed, else 0",
+            f.restore_failed.clone(),
+        );
+        registry.register(
+            "plumb_backup_interval_seconds",
+            "How often a backup runs",
+            f.interval.clone(),
+        );
+        registry.register(
+            "plumb_backup_restore_test_interval_seconds",
+            "How often a backup's restore test runs",
+            f.restore_interval.clone(),
+        );
+        f
+    }
+}
+
+/// The audit chain's families.
+struct AuditFamilies {
+    head_seq: Gauge,
+    chain_ok: Gauge,
+    head_info: Family<HashLabels, Gauge>,
+}
+
+impl AuditFamilies {
+    fn register(registry: &mut Registry) -> AuditFamilies {
+        let audit_head_seq = Gauge::default();
+        registry.register(
+            "plumb_audit_head_seq",
+            "Sequence number of the newest record of the audit chain",
+            audit_head_seq.clone(),
+        );
+        let audit_chain_ok = Gauge::default();
+        registry.register(
+            "plumb_audit_chain_ok",
+            "1 when the audit chain verified at start-up, 0 when it is broken",
+            audit_chain_ok.clone(),
+        );
+        let audit_head_info = Family::<HashLabels, Gauge>::default();
+        registry.register(
+            "plumb_audit_head_info",
+            "Hash of the newest record of the audit chain (value 1)",
+            audit_head_info.clone(),
+        );
+        AuditFamilies {
+            head_seq: audit_head_seq,
+            chain_ok: audit_chain_ok,
+            head_info: audit_head_info,
+        }
+    }
+}
+
+/// The families on-call dashboards and alert rules need (issue 19): per-host timestamps,
+/// health checks, a blocked rollout, alert delivery, the build.
+struct OnCall {
+    host_last_applied: Family<HostLabels, FloatGauge>,
+    host_last_drift_check: Family<HostLabels, FloatGauge>,
+    health_check_up: Family<CheckLabels, Gauge>,
+    health_check_failures: Family<EnvCheckLabels, Counter>,
+    rollout_blocked: Family<EnvLabels, Gauge>,
+    alert_delivery_failures: Family<SinkLabels, Counter>,
+}
+
+impl OnCall {
+    fn register(registry: &mut Registry) -> OnCall {
+        let host_last_applied = Family::<HostLabels, FloatGauge>::default();
+        registry.register(
+            "plumb_host_last_applied_timestamp_seconds",
+            "Unix time the host last converged in an apply, correction or rollback",
+            host_last_applied.clone(),
+        );
+        let host_last_drift_check = Family::<HostLabels, FloatGauge>::default();
+        registry.register(
+            "plumb_host_last_drift_check_timestamp_seconds",
+            "Unix time the host was last observed by a drift check",
+            host_last_drift_check.clone(),
+        );
+        let health_check_up = Family::<CheckLabels, Gauge>::default();
+        registry.register(
+            "plumb_health_check_up",
+            "1 when the health check last passed on the host, else 0",
+            health_check_up.clone(),
+        );
+        let health_check_failures = Family::<EnvCheckLabels, Counter>::default();
+        registry.register(
+            "plumb_health_check_failures",
+            "Health check runs that failed, by check",
+            health_check_failures.clone(),
+        );
+        let rollout_blocked = Family::<EnvLabels, Gauge>::default();
+        registry.register(
+            "plumb_rollout_blocked",
+            "1 while the newest commit failed or was refused (quarantined until a new commit), else 0",
+            rollout_blocked.clone(),
+        );
+        let alert_delivery_failures = Family::<SinkLabels, Counter>::default();
+        registry.register(
+            "plumb_alert_delivery_failures",
+            "Alerts a sink did not accept (error, timeout, non-2xx), by sink kind",
+            alert_delivery_failures.clone(),
+        );
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        registry.register(
+            "plumb_build_info",
+            "The running plumb's version (value 1)",
+            build_info.clone(),
+        );
+        build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            })
+            .set(1);
+        OnCall {
+            host_last_applied,
+            host_last_drift_check,
+            health_check_up,
+            health_check_failures,
+            rollout_blocked,
+            alert_delivery_failures,
+        }
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
     }
-}
-
-/// The audit chain's gauges: head sequence, chain verified, head hash.
-fn register_audit(registry: &mut Registry) -> (Gauge, Gauge, Family<HashLabels, Gauge>) {
-    let audit_head_seq = Gauge::default();
-    registry.register(
-        "plumb_audit_head_seq",
-        "Sequence number of the newest record of the audit chain",
-        audit_head_seq.clone(),
-    );
-    let audit_chain_ok = Gauge::default();
-    registry.register(
-        "plumb_audit_chain_ok",
-        "1 when the audit chain verified at start-up, 0 when it is broken",
-        audit_chain_ok.clone(),
-    );
-    let audit_head_info = Family::<HashLabels, Gauge>::default();
-    registry.register(
-        "plumb_audit_head_info",
-        "Hash of the newest record of the audit chain (value 1)",
-        audit_head_info.clone(),
-    );
-    (audit_head_seq, audit_chain_ok, audit_head_info)
 }
 
 /// The safe-rollout gauges: pinned hosts per environment, the quarantined commit.
@@ -263,10 +476,16 @@ impl Metrics {
             commit_to_applied.clone(),
         );
         let runs = Family::<ResultLabels, Counter>::default();
-        registry.register("plumb_runs", "Reconcile runs, by result", runs.clone());
-        let (audit_head_seq, audit_chain_ok, audit_head_info) = register_audit(&mut registry);
+        registry.register(
+            "plumb_runs",
+            "Runs, by kind (apply, drift_check, correction, rollback, pin, unpin, refused) and result",
+            runs.clone(),
+        );
+        let oncall = OnCall::register(&mut registry);
+        let audit = AuditFamilies::register(&mut registry);
         let (environment_pinned, commit_quarantined) = register_rollout(&mut registry);
         Metrics {
+            backup: BackupFamilies::register(&mut registry),
             registry,
             environment_pinned,
             commit_quarantined,
@@ -281,12 +500,12 @@ impl Metrics {
             signature_refusals,
             commit_to_applied,
             runs,
-            audit_head_seq,
-            audit_chain_ok,
-            audit_head_info,
+            oncall,
+            audit,
             audit_head_hash: Mutex::new(None),
             applied_commits: Mutex::new(HashMap::new()),
             hosts: Mutex::new(HashMap::new()),
+            checks: Mutex::new(std::collections::BTreeSet::new()),
         }
     }
 
@@ -294,7 +513,7 @@ impl Metrics {
     pub fn run_finished(
         &self,
         environment: &str,
-        result: RunResult,
+        (kind, result): (RunKind, RunResult),
         duration: Duration,
         steps_changed: u64,
         steps_failed: u64,
@@ -303,6 +522,7 @@ impl Metrics {
             .get_or_create(&ResultLabels {
                 environment: environment.to_string(),
                 result: result.as_str().to_string(),
+                kind: kind.as_str().to_string(),
             })
             .inc();
         self.run_duration
@@ -403,6 +623,89 @@ impl Metrics {
             .set(i64::from(reachable));
     }
 
+    /// A host converged in an apply, correction or rollback at `at`.
+    pub fn host_applied(&self, environment: &str, host: &str, at: OffsetDateTime) {
+        self.note_host(environment, host);
+        self.oncall
+            .host_last_applied
+            .get_or_create(&host_labels(environment, host))
+            .set(unix_seconds(at));
+    }
+
+    /// A drift check observed a host at `at`, finding `drifted` resources; `None`: the host
+    /// could not be observed, so its drift is unknown (the series is dropped, never 0).
+    pub fn host_drift_checked(
+        &self,
+        environment: &str,
+        host: &str,
+        at: OffsetDateTime,
+        drifted: Option<u64>,
+    ) {
+        self.note_host(environment, host);
+        let l = host_labels(environment, host);
+        self.host_reachable
+            .get_or_create(&l)
+            .set(i64::from(drifted.is_some()));
+        match drifted {
+            Some(n) => {
+                self.oncall
+                    .host_last_drift_check
+                    .get_or_create(&l)
+                    .set(unix_seconds(at));
+                self.drifted_resources
+                    .get_or_create(&l)
+                    .set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
+            None => {
+                self.drifted_resources.remove(&l);
+            }
+        }
+    }
+
+    /// A health check ran on a host: `plumb_health_check_up`, and a failure counted.
+    pub fn health_checked(&self, environment: &str, host: &str, check: &str, ok: bool) {
+        self.note_host(environment, host);
+        self.checks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((environment.to_string(), host.to_string(), check.to_string()));
+        self.oncall
+            .health_check_up
+            .get_or_create(&CheckLabels {
+                environment: environment.to_string(),
+                host: host.to_string(),
+                check: check.to_string(),
+            })
+            .set(i64::from(ok));
+        if !ok {
+            self.oncall
+                .health_check_failures
+                .get_or_create(&EnvCheckLabels {
+                    environment: environment.to_string(),
+                    check: check.to_string(),
+                })
+                .inc();
+        }
+    }
+
+    /// Whether `environment`'s newest commit is blocked (failed or refused, quarantined).
+    pub fn set_rollout_blocked(&self, environment: &str, blocked: bool) {
+        self.oncall
+            .rollout_blocked
+            .get_or_create(&env(environment))
+            .set(i64::from(blocked));
+    }
+
+    /// A sink did not accept an alert.
+    pub fn alert_delivery_failed(&self, sink: &str) {
+        self.oncall
+            .alert_delivery_failures
+            .get_or_create(&SinkLabels {
+                sink: sink.to_string(),
+            })
+            .inc();
+    }
+
     fn note_host(&self, environment: &str, host: &str) {
         self.hosts
             .lock()
@@ -417,6 +720,28 @@ impl Metrics {
         let l = host_labels(environment, host);
         self.drifted_resources.remove(&l);
         self.host_reachable.remove(&l);
+        self.oncall.host_last_applied.remove(&l);
+        self.oncall.host_last_drift_check.remove(&l);
+        // A host's health check series go with it.
+        let checks: Vec<String> = {
+            let mut known = self.checks.lock().unwrap_or_else(|p| p.into_inner());
+            let mine: Vec<_> = known
+                .iter()
+                .filter(|(e, h, _)| e == environment && h == host)
+                .cloned()
+                .collect();
+            for k in &mine {
+                known.remove(k);
+            }
+            mine.into_iter().map(|(_, _, c)| c).collect()
+        };
+        for check in checks {
+            self.oncall.health_check_up.remove(&CheckLabels {
+                environment: environment.to_string(),
+                host: host.to_string(),
+                check,
+            });
+        }
         if let Some(known) = self
             .hosts
             .lock()
@@ -457,11 +782,12 @@ impl Metrics {
     /// `plumb_audit_head_info{hash}` (only the current hash is kept).
     /// Whether the audit chain verified (`plumb_audit_chain_ok`).
     pub fn set_audit_chain_ok(&self, ok: bool) {
-        self.audit_chain_ok.set(i64::from(ok));
+        self.audit.chain_ok.set(i64::from(ok));
     }
 
     pub fn set_audit_head(&self, seq: u64, hash: &str) {
-        self.audit_head_seq
+        self.audit
+            .head_seq
             .set(i64::try_from(seq).unwrap_or(i64::MAX));
         let mut current = self
             .audit_head_hash
@@ -469,10 +795,11 @@ impl Metrics {
             .unwrap_or_else(|p| p.into_inner());
         if let Some(old) = current.replace(hash.to_string()) {
             if old != hash {
-                self.audit_head_info.remove(&HashLabels { hash: old });
+                self.audit.head_info.remove(&HashLabels { hash: old });
             }
         }
-        self.audit_head_info
+        self.audit
+            .head_info
             .get_or_create(&HashLabels {
                 hash: hash.to_string(),
             })
@@ -487,6 +814,67 @@ impl Metrics {
         }
         labels.push(("source".to_string(), source.as_str().to_string()));
         self.signature_refusals.get_or_create(&labels).inc();
+    }
+
+    /// The backups of `environment` as the last drift check observed them, by host and
+    /// backup name: sets their `plumb_backup_*` series and drops those of backups that are
+    /// no longer there.
+    pub fn set_backups<'a>(
+        &self,
+        environment: &str,
+        backups: impl IntoIterator<Item = (&'a str, &'a str, BackupSample)>,
+    ) {
+        let mut now = std::collections::BTreeSet::new();
+        for (host, backup, b) in backups {
+            let l = BackupLabels {
+                environment: environment.to_string(),
+                host: host.to_string(),
+                backup: backup.to_string(),
+            };
+            self.backup
+                .snapshot_age
+                .get_or_create(&l)
+                .set(b.snapshot_age_seconds.unwrap_or(f64::INFINITY));
+            match b.restore_test_last_success {
+                Some(t) => {
+                    self.backup.restore_success.get_or_create(&l).set(t);
+                }
+                None => {
+                    self.backup.restore_success.remove(&l);
+                }
+            }
+            match b.restore_seconds {
+                Some(t) => {
+                    self.backup.restore_seconds.get_or_create(&l).set(t);
+                }
+                None => {
+                    self.backup.restore_seconds.remove(&l);
+                }
+            }
+            self.backup
+                .restore_failed
+                .get_or_create(&l)
+                .set(i64::from(b.restore_test_failed));
+            self.backup
+                .interval
+                .get_or_create(&l)
+                .set(b.interval_seconds);
+            self.backup
+                .restore_interval
+                .get_or_create(&l)
+                .set(b.restore_test_interval_seconds);
+            now.insert(l);
+        }
+        let mut known = self.backup.known.lock().unwrap_or_else(|p| p.into_inner());
+        let before = known.insert(environment.to_string(), now.clone());
+        for gone in before.unwrap_or_default().difference(&now) {
+            self.backup.snapshot_age.remove(gone);
+            self.backup.restore_success.remove(gone);
+            self.backup.restore_seconds.remove(gone);
+            self.backup.restore_failed.remove(gone);
+            self.backup.interval.remove(gone);
+            self.backup.restore_interval.remove(gone);
+        }
     }
 
     /// The OpenMetrics text exposition of every metric.

@@ -318,8 +318,35 @@ async fn probes() {
 async fn metrics_has_every_family_after_one_update_each() {
     let h = harness();
     let m = &h.metrics;
-    m.run_finished("prod", RunResult::Succeeded, Duration::from_secs(3), 4, 0);
-    m.run_finished("prod", RunResult::Failed, Duration::from_secs(1), 1, 2);
+    m.run_finished(
+        "prod",
+        (metrics::RunKind::Apply, RunResult::Succeeded),
+        Duration::from_secs(3),
+        4,
+        0,
+    );
+    m.run_finished(
+        "prod",
+        (metrics::RunKind::Apply, RunResult::Failed),
+        Duration::from_secs(1),
+        1,
+        2,
+    );
+    m.run_finished(
+        "prod",
+        (metrics::RunKind::DriftCheck, RunResult::DriftFound),
+        Duration::ZERO,
+        0,
+        0,
+    );
+    let at = time::macros::datetime!(2024-05-01 12:00:00 UTC);
+    m.host_applied("prod", "web-1", at);
+    m.host_drift_checked("prod", "web-1", at, Some(3));
+    m.host_drift_checked("prod", "web-3", at, None);
+    m.health_checked("prod", "web-1", "http-up", true);
+    m.health_checked("prod", "web-2", "http-up", false);
+    m.set_rollout_blocked("prod", true);
+    m.alert_delivery_failed("slack");
     let commit_time = time::macros::datetime!(2024-05-01 12:00:00 UTC);
     m.applied(
         "prod",
@@ -354,7 +381,7 @@ async fn metrics_has_every_family_after_one_update_each() {
     for line in [
         "plumb_last_applied_timestamp_seconds{environment=\"prod\"} 1714564890.0",
         "plumb_last_applied_commit_info{environment=\"prod\",commit=\"bbbb\"} 1",
-        "plumb_run_duration_seconds_count{environment=\"prod\"} 2",
+        "plumb_run_duration_seconds_count{environment=\"prod\"} 3",
         "plumb_run_duration_seconds_sum{environment=\"prod\"} 4.0",
         "plumb_steps_changed_total{environment=\"prod\"} 5",
         "plumb_steps_failed_total{environment=\"prod\"} 2",
@@ -364,8 +391,18 @@ async fn metrics_has_every_family_after_one_update_each() {
         "plumb_signature_refusals_total{environment=\"prod\",source=\"commit\"} 1",
         "plumb_commit_to_applied_seconds_count{environment=\"prod\"} 2",
         "plumb_commit_to_applied_seconds_sum{environment=\"prod\"} 60.0",
-        "plumb_runs_total{environment=\"prod\",result=\"succeeded\"} 1",
-        "plumb_runs_total{environment=\"prod\",result=\"failed\"} 1",
+        "plumb_runs_total{environment=\"prod\",result=\"succeeded\",kind=\"apply\"} 1",
+        "plumb_runs_total{environment=\"prod\",result=\"failed\",kind=\"apply\"} 1",
+        "plumb_runs_total{environment=\"prod\",result=\"drift_found\",kind=\"drift_check\"} 1",
+        "plumb_host_last_applied_timestamp_seconds{environment=\"prod\",host=\"web-1\"} 1714564800.0",
+        "plumb_host_last_drift_check_timestamp_seconds{environment=\"prod\",host=\"web-1\"} 1714564800.0",
+        "plumb_host_reachable{environment=\"prod\",host=\"web-3\"} 0",
+        "plumb_health_check_up{environment=\"prod\",host=\"web-1\",check=\"http-up\"} 1",
+        "plumb_health_check_up{environment=\"prod\",host=\"web-2\",check=\"http-up\"} 0",
+        "plumb_health_check_failures_total{environment=\"prod\",check=\"http-up\"} 1",
+        "plumb_rollout_blocked{environment=\"prod\"} 1",
+        "plumb_alert_delivery_failures_total{sink=\"slack\"} 1",
+        concat!("plumb_build_info{version=\"", env!("CARGO_PKG_VERSION"), "\"} 1"),
         "plumb_audit_head_seq 7",
         "plumb_audit_head_info{hash=\"9f86d081884c7d65\"} 1",
         "# EOF",
@@ -375,12 +412,19 @@ async fn metrics_has_every_family_after_one_update_each() {
             "missing {line:?} in\n{text}"
         );
     }
+    // A host that could not be observed has no drift count (unknown, never 0).
+    assert!(
+        !text.contains("plumb_drifted_resources{environment=\"prod\",host=\"web-3\"}"),
+        "{text}"
+    );
     // Only the last applied commit is shown.
     assert!(!text.contains("commit=\"aaaa\""), "{text}");
     // Only the current audit head is shown.
     assert!(!text.contains("hash=\"0ld\""), "{text}");
     m.forget_host("prod", "web-2");
     assert!(!metrics_text(&h.app).await.contains("web-2"));
+    m.forget_host("prod", "web-1");
+    assert!(!metrics_text(&h.app).await.contains("web-1"));
 }
 
 /// A host that left the inventory stops being reported; the others stay.
@@ -818,4 +862,31 @@ fn pinned_hosts_and_the_quarantined_commit_are_metrics() {
         text.contains("plumb_environment_pinned{environment=\"prod\"} 0"),
         "{text}"
     );
+}
+
+#[test]
+fn backup_series_show_a_missing_snapshot_as_inf_and_leave_with_their_backup() {
+    use crate::server::metrics::BackupSample;
+    let m = Metrics::new();
+    let sample = BackupSample {
+        snapshot_age_seconds: None,
+        restore_test_last_success: Some(1_800_000_000.0),
+        restore_seconds: Some(1.5),
+        restore_test_failed: true,
+        interval_seconds: 86_400.0,
+        restore_test_interval_seconds: 604_800.0,
+    };
+    m.set_backups("production", [("web-1", "db", sample)]);
+    let text = m.encode().expect("encode");
+    let labels = r#"{environment="production",host="web-1",backup="db"}"#;
+    for line in [
+        format!("plumb_backup_snapshot_age_seconds{labels} inf"),
+        format!("plumb_backup_restore_seconds{labels} 1.5"),
+        format!("plumb_backup_restore_test_failed{labels} 1"),
+        format!("plumb_backup_restore_test_last_success_timestamp_seconds{labels} 1800000000.0"),
+    ] {
+        assert!(text.contains(&line), "{line} not in\n{text}");
+    }
+    m.set_backups("production", []);
+    assert!(!m.encode().expect("encode").contains(labels));
 }

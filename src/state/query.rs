@@ -157,7 +157,7 @@ macro_rules! run_counts {
         "(SELECT COUNT(*) FROM host_results h WHERE h.run_id = r.id
         AND h.status != 'not_reached') AS n_hosts,
     (SELECT COUNT(*) FROM host_results h WHERE h.run_id = r.id
-        AND h.status IN ('failed', 'unreachable')) AS n_failed,
+        AND h.status IN ('failed', 'unreachable', 'unhealthy', 'unknown')) AS n_failed,
     (SELECT COUNT(*) FROM step_results s WHERE s.run_id = r.id
         AND s.status IN ('changed', 'drifted')) AS n_changes,
     (SELECT COUNT(*) FROM step_results s WHERE s.run_id = r.id

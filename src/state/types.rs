@@ -103,6 +103,12 @@ pub enum HostResultStatus {
     InSync,
     /// Drift check: something differs.
     Drifted,
+    /// Apply: every step converged, but the environment's health checks failed on it (the
+    /// host counts as failed: the rollout stopped there).
+    Unhealthy,
+    /// Drift check: the host could not be observed (unreachable, timed out, its script
+    /// failed), so whether it drifted is not known. Never read as "no drift".
+    Unknown,
     /// The rollout never reached the host (see [`HostRecord::not_reached`]).
     NotReached,
 }
@@ -301,8 +307,8 @@ pub struct RunRecord {
 #[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct HostRecord {
     pub host: String,
-    /// `converged`, `failed`, `unreachable` (apply); `in_sync`, `drifted`, `failed`,
-    /// `unreachable` (drift check).
+    /// `converged`, `failed`, `unreachable`, `unhealthy` (apply); `in_sync`, `drifted`,
+    /// `failed`, `unknown` (drift check).
     pub status: HostResultStatus,
     pub error: Option<String>,
     pub changed: usize,

@@ -10,7 +10,7 @@ use super::types::{
     RunKind, RunResult, StepMeta, StepRecord, StepResultStatus, Trigger,
 };
 use super::{json_text, ms, now_ms, StateDb, StateError};
-use crate::engine::{HostError, HostPlan, HostRun, HostStatus, StepStatus};
+use crate::engine::{HostPlan, HostRun, HostStatus, StepStatus};
 use crate::modules::redact;
 
 fn step_status(s: StepStatus) -> StepResultStatus {
@@ -187,8 +187,8 @@ fn drift_record(plan: &HostPlan, meta: &StepMeta) -> HostRecord {
         .collect();
     let now = now_ms();
     let status = match &plan.error {
-        Some(HostError::Unreachable(_)) => HostResultStatus::Unreachable,
-        Some(_) => HostResultStatus::Failed,
+        // Not observed: whether it drifted is unknown (never "in sync").
+        Some(_) => HostResultStatus::Unknown,
         None if plan.step_errors() > 0 => HostResultStatus::Failed,
         None if plan.changes() > 0 => HostResultStatus::Drifted,
         None => HostResultStatus::InSync,
@@ -448,6 +448,20 @@ impl StateDb {
         });
         tracing::warn!(found = ?found, "state reset accepted: the audit chain starts again, and says so");
         self.finish_run(&run, RunResult::NoChange, &summary)
+    }
+
+    /// Marks a host of an unfinished apply run `unhealthy`: it converged, but the health
+    /// checks that followed failed there. `error` says which checks (never a sensitive
+    /// value: health checks are declared in the repo, not rendered from secrets).
+    pub fn mark_unhealthy(&self, run: &RunId, host: &str, error: &str) -> Result<(), StateError> {
+        self.write(|c, _| {
+            self.open_run(c, run)?;
+            c.execute(
+                "UPDATE host_results SET status = ?1, error = ?2 WHERE run_id = ?3 AND host = ?4",
+                params![HostResultStatus::Unhealthy, error, run.0, host],
+            )?;
+            Ok(())
+        })
     }
 
     pub fn set_last_applied(&self, env: &str, commit: &str, run: &RunId) -> Result<(), StateError> {

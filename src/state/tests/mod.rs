@@ -896,3 +896,52 @@ fn pins_are_kept_until_released_and_only_applied_commits_qualify() {
     assert_eq!(db.pins(Some("prod")).unwrap().len(), 1);
     assert_eq!(verify(&db).unwrap().records, 5);
 }
+
+/// Regression (issue 19, point 11): a rollout whose health checks failed on a host that
+/// converged listed the host as `converged` and counted `failed_hosts: 0`. The host is now
+/// `unhealthy` (naming the checks), counted as failed, in the signed record too; and a drift
+/// check's host that could not be observed is `unknown`, counted as failed, never in sync.
+#[test]
+fn unhealthy_and_unknown_hosts_count_as_failed() {
+    let dir = private_tmp();
+    let db = StateDb::open(dir.path()).unwrap();
+    let id = db.begin_run(&new_run(RunKind::Apply)).unwrap();
+    db.record_host(&id, &host_run("web1", 1, HostStatus::Converged), &meta())
+        .unwrap();
+    db.record_host(&id, &host_run("web2", 1, HostStatus::Converged), &meta())
+        .unwrap();
+    db.mark_unhealthy(&id, "web1", "health check `http-up` failed")
+        .unwrap();
+    db.finish_run(&id, RunResult::Failed, &json!({"failed_hosts": ["web1"]}))
+        .unwrap();
+    let r = &db.runs(&RunFilter::default()).unwrap()[0];
+    assert_eq!((r.hosts, r.failed_hosts), (2, 1));
+    let d = db.run(&id).unwrap().unwrap();
+    assert_eq!(d.hosts[0].status, HostResultStatus::Unhealthy);
+    assert_eq!(
+        d.hosts[0].error.as_deref(),
+        Some("health check `http-up` failed")
+    );
+    assert_eq!(d.hosts[1].status, HostResultStatus::Converged);
+    assert_eq!(
+        db.mark_unhealthy(&id, "web2", "late").unwrap_err().code(),
+        "state.already_finished"
+    );
+    assert_eq!(verify(&db).unwrap().records, 1, "the signed record holds");
+
+    let check = db.begin_run(&new_run(RunKind::DriftCheck)).unwrap();
+    let mut gone = plan("web1", &[]);
+    gone.error = Some(HostError::Script("connection lost".into()));
+    db.record_drift_check(&check, &gone, &meta()).unwrap();
+    db.finish_run(&check, RunResult::NoChange, &json!({}))
+        .unwrap();
+    let d = db.run(&check).unwrap().unwrap();
+    assert_eq!(d.hosts[0].status, HostResultStatus::Unknown);
+    let r = db
+        .runs(&RunFilter {
+            kind: Some(RunKind::DriftCheck),
+            ..RunFilter::default()
+        })
+        .unwrap();
+    assert_eq!(r[0].failed_hosts, 1);
+}

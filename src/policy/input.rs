@@ -1,0 +1,228 @@
+//! The document a policy sees as `input` (schema: `schemas/policy-input.schema.json`).
+//!
+//! Built from typed structs only, and only from values a report may show: a sensitive
+//! step's target, parameters and change values are replaced by [`REDACTED`] here, the one
+//! place policy input is made (`policy::tests::the_input_never_contains_a_sensitive_value`).
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::engine::{HostPlan, REDACTED};
+use crate::facts::Facts;
+use crate::modules::{ChangeKind, FieldChange};
+use crate::render::{DesiredHost, DesiredStep};
+
+/// `input` of every `plumb` policy: one host of one environment.
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+#[schemars(title = "plumb policy input")]
+pub struct PolicyInput {
+    /// `desired` in `plumb validate` (no host was contacted: no `change`), `plan` when the
+    /// host was observed (`plan`, `apply`, the daemon).
+    pub mode: InputMode,
+    pub environment: EnvironmentInput,
+    /// The commit being judged (the daemon; unset for a working tree).
+    pub commit: Option<CommitInput>,
+    pub host: HostInput,
+    /// Every step of the host, in apply order.
+    pub steps: Vec<StepInput>,
+    /// When the policy runs (UTC), for maintenance windows.
+    pub now: NowInput,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum InputMode {
+    Desired,
+    Plan,
+}
+
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct EnvironmentInput {
+    pub name: String,
+    /// Hosts of the environment judged together (the environment, or the `--limit`).
+    pub hosts_total: usize,
+    /// Of those, the hosts with at least one change in this plan (0 in `desired` mode).
+    pub hosts_changed: usize,
+}
+
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct CommitInput {
+    pub id: String,
+    /// The signer's principal (allowed-signers name or OpenPGP user id).
+    pub signer: Option<String>,
+    /// `Plumb-Override:` trailers the commit carries (whether they are accepted is decided
+    /// outside the policies, by the operator's approvers).
+    pub overrides: Vec<OverrideInput>,
+}
+
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct OverrideInput {
+    pub rule: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct HostInput {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// The host's facts when known.
+    pub facts: Option<Facts>,
+}
+
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct StepInput {
+    /// `<unit>/<id>`.
+    pub address: String,
+    pub unit: String,
+    pub id: String,
+    /// The module (`package`, `file`, `command`...).
+    pub module: String,
+    /// What it manages (`openssh-server`, `/etc/app.conf`); `(sensitive)` for a sensitive step.
+    pub target: String,
+    /// The step reads a secret or is marked sensitive: its values are `(sensitive)`.
+    pub sensitive: bool,
+    /// Where the step is declared: `path:line:col` in the config repo.
+    pub location: String,
+    /// The desired state, as `plumb render` shows it (file content as sha256 and size);
+    /// every value is `(sensitive)` for a sensitive step.
+    pub parameters: Value,
+    /// What the plan would do (`plan` mode; unset in `desired` mode).
+    pub change: Option<ChangeInput>,
+}
+
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct ChangeInput {
+    pub kind: ChangeKind,
+    /// Fields that differ, with from/to (values `(sensitive)` for a sensitive step).
+    pub fields: Vec<FieldChange>,
+    /// Why the probe could not tell (the step cannot be judged on its change).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct NowInput {
+    /// RFC 3339, UTC.
+    pub rfc3339: String,
+    /// 0 (Sunday) to 6.
+    pub weekday: u8,
+    pub hour: u8,
+    pub minute: u8,
+}
+
+impl NowInput {
+    pub fn at(t: time::OffsetDateTime) -> NowInput {
+        let t = t.to_offset(time::UtcOffset::UTC);
+        NowInput {
+            rfc3339: t
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+            weekday: t.weekday().number_days_from_sunday(),
+            hour: t.hour(),
+            minute: t.minute(),
+        }
+    }
+}
+
+/// What is judged together: the environment, its commit, and the time.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub environment: String,
+    pub commit: Option<CommitInput>,
+    pub now: NowInput,
+}
+
+/// Every scalar of `v` replaced by [`REDACTED`] (keys stay: they are the module's schema).
+fn redact_value(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, v)| (k.clone(), redact_value(v)))
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(redact_value).collect()),
+        Value::Null => Value::Null,
+        _ => Value::String(REDACTED.to_string()),
+    }
+}
+
+fn step_input(s: &DesiredStep) -> StepInput {
+    let (target, parameters) = if s.sensitive {
+        (REDACTED.to_string(), redact_value(&s.resource.desired()))
+    } else {
+        (s.resource.target(), s.resource.desired())
+    };
+    StepInput {
+        address: s.address.to_string(),
+        unit: s.address.unit.clone(),
+        id: s.address.id.clone(),
+        module: s.module.to_string(),
+        target,
+        sensitive: s.sensitive,
+        location: format!("{}:{}:{}", s.path, s.pos.line, s.pos.col),
+        parameters,
+        change: None,
+    }
+}
+
+/// The input for one host's desired state (no host contacted).
+pub fn desired_input(ctx: &Context, host: &DesiredHost, hosts_total: usize) -> PolicyInput {
+    PolicyInput {
+        mode: InputMode::Desired,
+        environment: EnvironmentInput {
+            name: ctx.environment.clone(),
+            hosts_total,
+            hosts_changed: 0,
+        },
+        commit: ctx.commit.clone(),
+        host: HostInput {
+            name: host.host.name.clone(),
+            labels: host.host.labels.clone(),
+            facts: host.facts.clone(),
+        },
+        steps: host.steps.iter().map(step_input).collect(),
+        now: ctx.now.clone(),
+    }
+}
+
+/// The input for one host's observed plan. `plan.steps` are already redacted by the engine
+/// ([`crate::engine::StepRef::redact`]); they are matched to `host.steps` by address.
+pub fn plan_input(
+    ctx: &Context,
+    host: &DesiredHost,
+    plan: &HostPlan,
+    hosts_total: usize,
+    hosts_changed: usize,
+) -> PolicyInput {
+    let mut input = desired_input(ctx, host, hosts_total);
+    input.mode = InputMode::Plan;
+    input.environment.hosts_changed = hosts_changed;
+    if plan.facts.is_some() {
+        input.host.facts = plan.facts.clone();
+    }
+    for (step, sp) in input.steps.iter_mut().zip(&plan.steps) {
+        if sp.step.address.to_string() != step.address {
+            continue;
+        }
+        step.change = Some(match &sp.change {
+            Ok(c) => ChangeInput {
+                kind: c.kind,
+                fields: if step.sensitive {
+                    crate::modules::redact(&c.fields)
+                } else {
+                    c.fields.clone()
+                },
+                error: None,
+            },
+            Err(e) => ChangeInput {
+                kind: ChangeKind::InSync,
+                fields: Vec::new(),
+                error: Some(e.clone()),
+            },
+        });
+    }
+    input
+}

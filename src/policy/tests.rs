@@ -1,0 +1,383 @@
+use proptest::prelude::*;
+
+use super::*;
+use crate::engine::{HostPlan, RoundTrips, StepPlan, StepRef};
+use crate::model::yaml::Pos;
+use crate::model::{Host, StepAddress};
+use crate::modules::{Change, ChangeKind, FieldChange, ProbeError, ProbeResult, Resource};
+use crate::render::{DesiredHost, DesiredStep};
+
+/// A resource whose target and desired state are given.
+#[derive(Debug)]
+struct Fake {
+    target: String,
+    desired: serde_json::Value,
+}
+
+impl Resource for Fake {
+    fn target(&self) -> String {
+        self.target.clone()
+    }
+    fn desired(&self) -> serde_json::Value {
+        self.desired.clone()
+    }
+    fn probe(&self) -> String {
+        String::new()
+    }
+    fn diff(&self, _: &ProbeResult) -> Result<Change, ProbeError> {
+        Ok(Change::in_sync())
+    }
+    fn apply(&self, _: &Change) -> String {
+        String::new()
+    }
+}
+
+fn step(id: &str, module: &'static str, target: &str, desired: serde_json::Value) -> DesiredStep {
+    DesiredStep {
+        address: StepAddress::new("base", id),
+        module,
+        resource: Box::new(Fake {
+            target: target.into(),
+            desired,
+        }),
+        after: Vec::new(),
+        notify: Vec::new(),
+        sensitive: false,
+        secrets: Vec::new(),
+        path: "units/base.yaml".into(),
+        pos: Pos { line: 7, col: 5 },
+    }
+}
+
+fn desired_host(steps: Vec<DesiredStep>) -> DesiredHost {
+    DesiredHost {
+        host: Host {
+            name: "web1".into(),
+            address: "10.0.0.1".into(),
+            port: 22,
+            user: None,
+            become_: false,
+            labels: [("role".to_string(), "web".to_string())].into(),
+            vars: Default::default(),
+            path: "environments/prod/hosts.yaml".into(),
+            pos: Pos::START,
+        },
+        steps,
+        skipped: Vec::new(),
+        facts: None,
+    }
+}
+
+fn ctx(env: &str) -> Context {
+    Context {
+        environment: env.into(),
+        commit: None,
+        now: NowInput::at(time::macros::datetime!(2026-11-24 14:00 UTC)),
+    }
+}
+
+fn starter() -> PolicySet {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/policies");
+    let mut set = PolicySet::default();
+    set.add_dirs(Origin::Operator, &[dir], false)
+        .expect("starter pack");
+    set
+}
+
+fn remove_ssh() -> DesiredHost {
+    desired_host(vec![step(
+        "ssh",
+        "package",
+        "openssh-server",
+        serde_json::json!({"name": "openssh-server", "state": "absent"}),
+    )])
+}
+
+#[test]
+fn a_denial_names_the_rule_its_file_line_and_the_steps_position() {
+    let set = starter();
+    let input = desired_input(&ctx("staging"), &remove_ssh(), 1);
+    let findings = set.evaluate(&input).expect("evaluates");
+    assert_eq!(findings.len(), 1, "{findings:?}");
+    let f = &findings[0];
+    assert_eq!(f.rule, "ssh.deny_remove");
+    assert!(
+        f.rule_location.ends_with("examples/policies/ssh.rego:11"),
+        "{f:?}"
+    );
+    assert_eq!(f.step.as_deref(), Some("base/ssh"));
+    assert_eq!(f.step_location.as_deref(), Some("units/base.yaml:7:5"));
+    assert_eq!(f.level, Level::Overridable);
+    assert!(f
+        .line()
+        .starts_with("units/base.yaml:7:5: denied (overridable) by ssh.deny_remove"));
+}
+
+#[test]
+fn allowed_desired_state_has_no_findings() {
+    let h = desired_host(vec![step(
+        "ssh",
+        "package",
+        "openssh-server",
+        serde_json::json!({"name": "openssh-server", "state": "present", "version": "1:9.2"}),
+    )]);
+    let findings = starter()
+        .evaluate(&desired_input(&ctx("production"), &h, 1))
+        .expect("evaluates");
+    assert!(findings.is_empty(), "{findings:?}");
+}
+
+#[test]
+fn the_plan_carries_changes_and_a_sysctl_change_outside_the_window_is_denied() {
+    let h = desired_host(vec![step(
+        "swappiness",
+        "sysctl",
+        "vm.swappiness",
+        serde_json::json!({"name": "vm.swappiness", "value": "10"}),
+    )]);
+    let plan = HostPlan {
+        host: h.host.clone(),
+        facts: None,
+        steps: vec![StepPlan {
+            step: StepRef::of(&h.steps[0]),
+            change: Ok(Change {
+                fields: vec![FieldChange {
+                    field: crate::modules::Field::Value,
+                    from: Some("60".into()),
+                    to: Some("10".into()),
+                }],
+                ..Change::new(ChangeKind::Modify)
+            }),
+        }],
+        error: None,
+        round_trips: RoundTrips::default(),
+        duration: std::time::Duration::ZERO,
+    };
+    let input = plan_input(&ctx("staging"), &h, &plan, 1, 1);
+    let findings = starter().evaluate(&input).expect("evaluates");
+    assert_eq!(findings.len(), 1, "{findings:?}");
+    assert_eq!(findings[0].rule, "maintenance.deny_sysctl");
+    assert_eq!(findings[0].level, Level::Mandatory);
+    // Desired state alone (validate) has no change to judge.
+    let none = starter()
+        .evaluate(&desired_input(&ctx("staging"), &h, 1))
+        .expect("evaluates");
+    assert!(none.is_empty());
+}
+
+fn findings_for_override() -> Vec<Finding> {
+    starter()
+        .evaluate(&desired_input(&ctx("staging"), &remove_ssh(), 1))
+        .expect("evaluates")
+}
+
+#[test]
+fn only_an_approvers_override_lifts_an_overridable_denial() {
+    let trailer = overrides::parse(
+        "remove ssh\n\nPlumb-Override: ssh.deny_remove host is retired\nPlumb-Override: bare\n",
+    );
+    assert_eq!(trailer.len(), 1, "a trailer needs a reason");
+    let approvers = vec!["alice@example.com".to_string()];
+
+    let v = Verdict::judge(
+        findings_for_override(),
+        &trailer,
+        Some("alice@example.com"),
+        &approvers,
+    );
+    assert!(!v.is_denied(), "{v:?}");
+    assert_eq!(v.overridden.len(), 1);
+    assert!(v.overrides[0].accepted);
+    assert_eq!(v.overrides[0].by.as_deref(), Some("alice@example.com"));
+
+    let v = Verdict::judge(
+        findings_for_override(),
+        &trailer,
+        Some("mallory@example.com"),
+        &approvers,
+    );
+    assert!(v.is_denied());
+    assert!(!v.overrides[0].accepted);
+    assert!(v.overrides[0]
+        .refused_because
+        .as_deref()
+        .is_some_and(|r| r.contains("not an approver")));
+
+    let v = Verdict::judge(findings_for_override(), &[], None, &approvers);
+    assert!(v.is_denied());
+}
+
+#[test]
+fn a_mandatory_denial_cannot_be_overridden() {
+    let mut set = PolicySet::default();
+    set.add(
+        Origin::Operator,
+        vec![(
+            "p.rego".into(),
+            "package plumb.x\ndeny contains \"no\" if true\n".into(),
+        )],
+    )
+    .expect("compiles");
+    let findings = set
+        .evaluate(&desired_input(&ctx("e"), &remove_ssh(), 1))
+        .expect("evaluates");
+    let trailer = overrides::parse("Plumb-Override: x.deny because\n");
+    let v = Verdict::judge(findings, &trailer, Some("a"), &["a".to_string()]);
+    assert!(v.is_denied());
+    assert!(v.overrides[0]
+        .refused_because
+        .as_deref()
+        .is_some_and(|r| r.contains("mandatory")));
+}
+
+#[test]
+fn a_repo_policy_cannot_make_an_operator_rule_overridable() {
+    let mut set = PolicySet::default();
+    set.add(
+        Origin::Operator,
+        vec![(
+            "op.rego".into(),
+            "package plumb.guard\ndeny_all contains \"no\" if true\n".into(),
+        )],
+    )
+    .expect("compiles");
+    set.add(
+        Origin::Repo,
+        vec![(
+            "policies/weaken.rego".into(),
+            "package plumb.guard\noverridable := {\"deny_all\"}\n".into(),
+        )],
+    )
+    .expect("compiles");
+    let findings = set
+        .evaluate(&desired_input(&ctx("e"), &remove_ssh(), 1))
+        .expect("evaluates");
+    assert_eq!(findings.len(), 1);
+    assert_eq!(findings[0].level, Level::Mandatory);
+    assert_eq!(findings[0].origin, Origin::Operator);
+}
+
+#[test]
+fn structured_violations_and_warnings() {
+    let mut set = PolicySet::default();
+    let rego = "package plumb.s\n\nviolation contains {\"msg\": \"bad\", \"step\": s.address} if {\n  some s in input.steps\n}\nwarn_x contains \"careful\" if true\n";
+    set.add(Origin::Repo, vec![("policies/s.rego".into(), rego.into())])
+        .expect("compiles");
+    let findings = set
+        .evaluate(&desired_input(&ctx("e"), &remove_ssh(), 1))
+        .expect("evaluates");
+    assert_eq!(findings.len(), 2, "{findings:?}");
+    assert_eq!(findings[0].rule_location, "policies/s.rego:3");
+    assert_eq!(
+        findings[0].step_location.as_deref(),
+        Some("units/base.yaml:7:5")
+    );
+    assert_eq!(findings[1].level, Level::Advisory);
+}
+
+#[test]
+fn a_policy_that_does_not_compile_is_an_error_naming_its_file() {
+    let mut set = PolicySet::default();
+    let e = set
+        .add(
+            Origin::Repo,
+            vec![(
+                "policies/bad.rego".into(),
+                "package plumb.b\ndeny contains if {\n".into(),
+            )],
+        )
+        .expect_err("does not compile");
+    assert_eq!(e.code(), "compile");
+    assert!(e.to_string().starts_with("policies/bad.rego"), "{e}");
+}
+
+#[test]
+fn a_runaway_policy_is_stopped_by_the_time_limit() {
+    let mut set = PolicySet::default();
+    // 10^12 iterations: only the execution timer ends it.
+    let rego = "package plumb.slow\ndeny contains x if {\n  some a in numbers.range(1, 1000000)\n  some b in numbers.range(1, 1000000)\n  x := a * b\n  x < 0\n}\n";
+    set.add(
+        Origin::Repo,
+        vec![("policies/slow.rego".into(), rego.into())],
+    )
+    .expect("compiles");
+    let started = std::time::Instant::now();
+    let e = set
+        .evaluate(&desired_input(&ctx("e"), &remove_ssh(), 1))
+        .expect_err("stopped");
+    assert_eq!(e.code(), "eval");
+    assert!(
+        started.elapsed() < EVAL_TIME_LIMIT * 4,
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn the_starter_pack_tests_pass() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/policies");
+    let mut set = PolicySet::default();
+    set.add_dirs(Origin::Operator, &[dir], true).expect("loads");
+    let results = set.run_tests();
+    assert!(results.len() >= 20, "{results:?}");
+    let failed: Vec<_> = results.iter().filter(|r| !r.passed).collect();
+    assert!(failed.is_empty(), "{failed:?}");
+}
+
+#[test]
+fn a_failing_test_rule_fails() {
+    let mut set = PolicySet::default();
+    set.add(
+        Origin::Operator,
+        vec![(
+            "t_test.rego".into(),
+            "package plumb.t\ntest_ok if true\ntest_bad if 1 == 2\n".into(),
+        )],
+    )
+    .expect("compiles");
+    let r = set.run_tests();
+    assert_eq!(r.len(), 2);
+    assert!(r[0].passed && !r[1].passed, "{r:?}");
+}
+
+fn sensitive_step(secret: &str) -> DesiredStep {
+    DesiredStep {
+        sensitive: true,
+        secrets: vec!["db_password".into()],
+        resource: Box::new(Fake {
+            target: format!("/etc/{secret}"),
+            desired: serde_json::json!({"path": format!("/etc/{secret}"), "content": secret, "n": [secret, 3]}),
+        }),
+        ..step("secret", "file", "", serde_json::Value::Null)
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Whatever a sensitive step holds, the input document (desired and plan) never
+    /// contains it.
+    #[test]
+    fn the_input_never_contains_a_sensitive_value(secret in "[A-Za-z0-9_+=/-]{12,40}") {
+        let h = desired_host(vec![sensitive_step(&secret), step("ssh", "package", "openssh-server", serde_json::json!({"name": "openssh-server"}))]);
+        let r = StepRef::of(&h.steps[0]);
+        let raw = Change {
+            fields: vec![FieldChange { field: crate::modules::Field::Content, from: Some(secret.clone()), to: Some(secret.clone()) }],
+            notes: vec![secret.clone()],
+            ..Change::new(ChangeKind::Modify)
+        };
+        let plan = HostPlan {
+            host: h.host.clone(),
+            facts: None,
+            steps: vec![StepPlan { change: Ok(r.redact(&raw)), step: r }],
+            error: None,
+            round_trips: RoundTrips::default(),
+            duration: std::time::Duration::ZERO,
+        };
+        for input in [desired_input(&ctx("e"), &h, 1), plan_input(&ctx("e"), &h, &plan, 1, 1)] {
+            let text = serde_json::to_string(&input).unwrap();
+            prop_assert!(!text.contains(&secret), "{}", text);
+            prop_assert!(text.contains("openssh-server"));
+        }
+    }
+}
