@@ -45,8 +45,10 @@ pub fn run(args: ApplyArgs, term: Term) -> anyhow::Result<u8> {
         hosts: args,
         no_waves,
         no_rollback,
-        manual: m,
+        manual: mut m,
     } = args;
+    // One `--allowed-signers` verifies HEAD for both the manual-run gate and policy overrides.
+    m.allowed_signers.clone_from(&args.policy.allowed_signers);
     let output = args.output.output;
     let recorder = match manual::start(&m, &args, term)? {
         manual::Gate::Refused => return Ok(1),
@@ -66,18 +68,13 @@ pub fn run(args: ApplyArgs, term: Term) -> anyhow::Result<u8> {
         .chain(prep.ungathered.iter().map(|u| u.host.clone()))
         .collect();
     let environment = prep.repo.environments.get(&env).cloned();
-    let waves = match (&environment, no_waves) {
-        (_, true) => {
-            eprintln!("{}: {NO_WAVES_WARNING}", term.err.red("WARNING"));
-            vec![rollout::one_wave(selected.len(), args.conn.parallel)]
-        }
-        (Some(e), false) => rollout::plan_waves(&e.settings, &selected, args.conn.parallel),
-        (None, false) => vec![rollout::one_wave(selected.len(), args.conn.parallel)],
-    };
-    let checks = match (&environment, no_waves) {
-        (Some(e), false) => e.health_checks.clone(),
-        _ => Vec::new(),
-    };
+    let (waves, checks) = waves_and_checks(
+        environment.as_ref(),
+        &selected,
+        no_waves,
+        args.conn.parallel,
+        term,
+    );
     let progress =
         (std::io::stderr().is_terminal() && output == OutputFormat::Text).then_some(Progress {
             total: selected.len(),
@@ -144,6 +141,34 @@ pub fn run(args: ApplyArgs, term: Term) -> anyhow::Result<u8> {
         OutputFormat::Text => print_lines(&crate::report::plan::apply_lines(&report), term.out),
     }
     Ok(report.exit_code())
+}
+
+/// The waves over the selected hosts and the health checks between them: env.yaml's, or one
+/// wave and no checks with `--no-waves` (warned about loudly) or without an environment.
+fn waves_and_checks(
+    environment: Option<&crate::model::Environment>,
+    selected: &[Host],
+    no_waves: bool,
+    parallel: usize,
+    term: Term,
+) -> (Vec<WavePlan>, Vec<crate::model::HealthCheck>) {
+    match (environment, no_waves) {
+        (_, true) => {
+            eprintln!("{}: {NO_WAVES_WARNING}", term.err.red("WARNING"));
+            (
+                vec![rollout::one_wave(selected.len(), parallel)],
+                Vec::new(),
+            )
+        }
+        (Some(e), false) => (
+            rollout::plan_waves(&e.settings, selected, parallel),
+            e.health_checks.clone(),
+        ),
+        (None, false) => (
+            vec![rollout::one_wave(selected.len(), parallel)],
+            Vec::new(),
+        ),
+    }
 }
 
 /// What the guardrails decided before any wave.

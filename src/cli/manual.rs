@@ -23,9 +23,10 @@ pub struct ManualArgs {
     /// beside it): local user, SSH identity, commit or uncommitted tree, every change.
     #[arg(long, value_name = "DIR")]
     pub state: Option<PathBuf>,
-    /// Trust root (OpenSSH allowed-signers file): with it, a dirty tree or a HEAD commit
-    /// that does not verify is refused unless --break-glass.
-    #[arg(long, value_name = "FILE")]
+    /// The trust root `--allowed-signers` (shared with the policy options, see
+    /// `PolicyArgs`): with it, a dirty tree or a HEAD commit that does not verify is refused
+    /// unless --break-glass. Filled in by `apply` from the one flag.
+    #[arg(skip)]
     pub allowed_signers: Option<PathBuf>,
     /// Trust root (armored OpenPGP keyring), like --allowed-signers.
     #[arg(long, value_name = "FILE")]

@@ -21,7 +21,9 @@ pub struct PolicyArgs {
     /// on HEAD), one per line; needs `--allowed-signers` to verify HEAD's signer.
     #[arg(long, value_name = "FILE", requires = "allowed_signers")]
     pub approvers: Option<PathBuf>,
-    /// The allowed-signers file that verifies HEAD's signature for overrides.
+    /// Trust root (OpenSSH allowed-signers file) that verifies HEAD: its signer for
+    /// overrides; for `apply`, a dirty tree or a HEAD that does not verify is refused unless
+    /// --break-glass.
     #[arg(long, value_name = "FILE")]
     pub allowed_signers: Option<PathBuf>,
 }

@@ -39,6 +39,8 @@ pub enum EreError {
     Collation,
     #[error("invalid range end")]
     RangeEnd,
+    #[error("character class syntax is [[:space:]], not [:space:]")]
+    ColonClass,
 }
 
 /// Checks `re` as GNU `grep -E` in the C locale would.
@@ -199,15 +201,30 @@ fn bracket(b: &[u8], mut i: usize) -> Result<usize, EreError> {
         i += 1;
     }
     let mut first = true;
+    // GNU grep refuses `[:alpha:]` for `[[:alpha:]]`: a bracket expression that starts and
+    // ends with `:`, holds some other single character, and no range or `[:x:]`-like element.
+    let colon_first = b.get(i) == Some(&b':');
+    let (mut colon_last, mut other, mut special) = (false, false, false);
     loop {
         let Some(&c) = b.get(i) else {
             return Err(EreError::UnmatchedBracket);
         };
         if c == b']' && !first {
+            if colon_first && colon_last && other && !special {
+                return Err(EreError::ColonClass);
+            }
             return Ok(i + 1);
         }
+        let symbol = c == b'[' && matches!(b.get(i + 1), Some(b'.' | b'=' | b':'));
         let start = element(b, &mut i, first)?;
         first = false;
+        colon_last = !symbol && start == Elem::Char(b':');
+        match start {
+            _ if symbol => special = true,
+            Elem::Char(b':') => {}
+            Elem::Char(_) => other = true,
+            _ => special = true,
+        }
         // A `-` right before the closing `]` is an ordinary character.
         if b.get(i) == Some(&b'-') && b.get(i + 1).is_some_and(|&n| n != b']') {
             if matches!(start, Elem::Class | Elem::Equiv) {
@@ -219,6 +236,7 @@ fn bracket(b: &[u8], mut i: usize) -> Result<usize, EreError> {
                 (Elem::Char(s), Elem::Char(e)) if s <= e => {}
                 _ => return Err(EreError::RangeEnd),
             }
+            (special, colon_last) = (true, false);
         }
     }
 }
@@ -362,6 +380,14 @@ mod tests {
         "[a-\\]",
         "a{1}{2}{3}",
         "[[:]",
+        "[:a:]",
+        "[:\\:]",
+        "[^:a:]",
+        "[::a:]",
+        "[:::]",
+        "[:a-b:]",
+        "[:a:b]",
+        "[:[.a.]:]",
         "[[:a]",
         "[[::]]",
         "{2,1}",
