@@ -129,18 +129,23 @@ pub fn run(args: ApplyArgs, term: Term) -> anyhow::Result<u8> {
     }
     report.set_waves(summaries, stopped, untouched);
     report.policy = verdict;
-    if report.stopped_at_wave.is_some() {
-        report.rollback = Some(if no_rollback {
-            "not rolled back (--no-rollback)".to_string()
-        } else {
-            crate::report::plan::NO_LAST_GOOD.to_string()
-        });
-    }
+    report.rollback = rollback_note(&report, no_rollback);
     match output {
         OutputFormat::Json => print_json(&report)?,
         OutputFormat::Text => print_lines(&crate::report::plan::apply_lines(&report), term.out),
     }
     Ok(report.exit_code())
+}
+
+/// What happened to a stopped apply's hosts: `plumb apply` keeps no state of its own, so it
+/// has no last good commit to go back to; `plumb rollback` does that.
+fn rollback_note(report: &crate::report::plan::ApplyReport, no_rollback: bool) -> Option<String> {
+    report.stopped_at_wave.as_ref()?;
+    Some(if no_rollback {
+        "not rolled back (--no-rollback)".to_string()
+    } else {
+        crate::report::plan::NO_LAST_GOOD.to_string()
+    })
 }
 
 /// The waves over the selected hosts and the health checks between them: env.yaml's, or one
