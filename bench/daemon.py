@@ -18,6 +18,7 @@ test host image (integration/testhosts image). On hosts of their own cluster
 Prints one JSON object (also written to OUT/daemon.json). Knobs (environment): HOSTS=10,
 LATENCY=20, IDLE_SECONDS=3600, DRIFT=30s.
 """
+import datetime
 import json
 import os
 import socket
@@ -79,7 +80,12 @@ def write_repo(clone, hosts_dir, rev):
 
 
 def history(state):
-    out = run([str(PLUMB), "history", "--limit", "50", "--output", "json", "--state", str(state)])
+    """The newest runs; none while the daemon has not created its state yet."""
+    try:
+        out = run([str(PLUMB), "history", "--limit", "50", "--output", "json", "--state",
+                   str(state)])
+    except subprocess.CalledProcessError:
+        return []
     return json.loads(out)["runs"]
 
 
@@ -93,6 +99,11 @@ def wait_applied(state, commit, timeout=300):
                 return r
         time.sleep(0.1)
     raise SystemExit(f"{commit} not applied within {timeout}s")
+
+
+def rfc3339(text):
+    """Seconds since the epoch of `plumb history`'s RFC 3339 timestamps."""
+    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 def rss(pid):
@@ -150,7 +161,7 @@ def main():
         for rev in range(1, LATENCY + 1):
             c, pushed = commit(rev)
             r = wait_applied(state, c)
-            lat.append(r["finished_at"] / 1000 - pushed)
+            lat.append(rfc3339(r["finished_at"]) - pushed)
         lat.sort()
         log(f"idle for {IDLE}s (drift every {DRIFT})")
         samples = []
