@@ -77,6 +77,18 @@ pub enum StateError {
         "the state db was opened for inspection; only the daemon's handle (StateDb::open) writes"
     )]
     ReadOnly,
+    #[error("host {host} ({key}) of environment {environment} is being applied by {holder} since {since} (lease until {until}); wait for it to finish, or for the lease to expire if that process was killed")]
+    LeaseHeld {
+        key: String,
+        environment: String,
+        host: String,
+        /// Who holds it, for people.
+        holder: String,
+        /// RFC 3339.
+        since: String,
+        /// RFC 3339: when it expires unless renewed.
+        until: String,
+    },
     #[error(transparent)]
     Audit(#[from] AuditError),
 }
@@ -99,6 +111,7 @@ impl StateError {
             StateError::AlreadyFinished { .. } => "state.already_finished",
             StateError::InvalidResult(_) => "state.invalid_result",
             StateError::ReadOnly => "state.read_only",
+            StateError::LeaseHeld { .. } => "state.lease_held",
             StateError::Audit(a) => a.code(),
         }
     }

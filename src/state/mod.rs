@@ -10,6 +10,9 @@
 //!   a killed daemon as `interrupted` (signed into the audit chain like any other run).
 //!   [`StateDb::handle`] opens more connections sharing the lock and key, e.g. one per thread.
 //!   Before it, the daemon calls [`check_not_reset`].
+//! - [`StateDb::open_recorder`] — `plumb apply --state`, `plumb rollback`, `plumb unpin`,
+//!   beside a running daemon: the key, no lock. Hosts are guarded by per-host apply leases
+//!   ([`LeaseGuard`], `lease.rs`) instead, taken by the daemon too.
 //! - [`StateDb::open_inspect`] — `plumb history`, `plumb audit verify`: no lock, no key, no
 //!   writes. An unfinished run shows as `running` while a daemon holds the lock, and as
 //!   `interrupted` otherwise.
@@ -38,6 +41,7 @@ pub mod console;
 mod drift;
 mod error;
 pub mod filter;
+mod lease;
 mod open;
 mod origins;
 mod pins;
@@ -50,6 +54,7 @@ pub(crate) mod write;
 
 pub use error::StateError;
 pub use filter::{DriftFilter, DriftState, FilterError, FilterLimits, RunFilter};
+pub use lease::{Lease, LeaseGuard, LeaseHost, LEASE_RENEW, LEASE_TTL};
 pub use open::{check_not_reset, MIRROR_DIR};
 pub use origins::StepOrigin;
 pub use pins::Pin;

@@ -294,7 +294,25 @@ CREATE TABLE step_origins (
 );
 "#;
 
-pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7];
+// rollouts by people
+/// v9 (numbered after `prune`'s v8 at merge): per-host apply leases. A process (the daemon's
+/// rollout, rollback or drift correction; `plumb apply --state`, `plumb rollback`) takes the
+/// lease of every host it is about to apply, renews it while it works and releases it at the
+/// end; a lease not renewed by `expires_at` (its holder was killed) is free again. `host_key`
+/// is the host's `address:port`, like the daemon's in-process host locks.
+const V9: &str = r#"
+CREATE TABLE host_leases (
+    host_key    TEXT PRIMARY KEY,     -- address:port
+    environment TEXT NOT NULL,
+    host        TEXT NOT NULL,        -- the host's name in that environment
+    holder_id   TEXT NOT NULL,        -- unique per lease guard
+    holder      TEXT NOT NULL,        -- who, for people: `plumb rollback (pid 42, user carol)`
+    taken_at    INTEGER NOT NULL,
+    expires_at  INTEGER NOT NULL
+);
+"#;
+
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V9];
 
 /// The schema version this plumb writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
