@@ -1,6 +1,9 @@
 //! Rollout waves, shared by the daemon and `plumb apply`: which hosts go together, in which
 //! order, and whether a wave that ran lets the rollout go on (its hosts' results, its health
-//! checks, its `max_failed`). Pure: the callers apply, check and record.
+//! checks, its `max_failed`). Pure: the callers apply, check and record. [`rollback`]: what
+//! becomes of a failed wave's hosts (shared by the daemon and `plumb apply` too).
+
+pub mod rollback;
 
 use schemars::JsonSchema;
 use serde::Serialize;

@@ -7,7 +7,6 @@
 //! carries the effects out in that order (record first: a refused commit is in the database
 //! before anything can retry it).
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use schemars::JsonSchema;
@@ -15,8 +14,6 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::alert::AlertEvent;
-use crate::health::CheckResult;
-use crate::model::RollbackMode;
 use crate::server::metrics::RunResult as MetricResult;
 use crate::state::{RunId, RunResult};
 
@@ -177,92 +174,14 @@ pub struct Rollout {
     pub rollback: RollbackFacts,
 }
 
-/// What a failed rollout knows that decides whether its hosts are rolled back.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RollbackFacts {
-    /// The environment's `rollback:` setting (of the failed commit).
-    pub mode: RollbackMode,
-    /// Hosts of the wave the rollout stopped at that took the commit (a step changed or
-    /// failed there).
-    pub took_commit: Vec<String>,
-    /// The last good commit of each host that has one.
-    pub last_good: BTreeMap<String, String>,
-    /// Hosts already rolled back automatically from this commit (at most once each).
-    pub already_rolled_back: Vec<String>,
-    /// Changes of that wave that applying an older state cannot undo:
-    /// `host: unit/step: why` (each module declares these, see `ModuleDef::reversibility`).
-    pub irreversible: Vec<String>,
-}
+pub use crate::rollout::rollback::{
+    RollbackDecision, RollbackFacts, RollbackOrder, RollbackSummary,
+};
 
-/// Hosts to bring back to their last good commit after a failed wave.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RollbackOrder {
-    /// The failed (now quarantined) commit.
-    pub bad_commit: String,
-    /// What failed, one line (with the failing checks' output).
-    pub reason: String,
-    /// The health checks that failed in the stopped wave, with their output.
-    pub failed_checks: Vec<CheckResult>,
-    /// (host, its last good commit), in host order.
-    pub targets: Vec<(String, String)>,
-}
-
-/// Whether a failed rollout is rolled back, and why not when it is not.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RollbackDecision {
-    /// Roll these hosts forward to their last good commit.
-    RollBack(RollbackOrder),
-    /// Not rolled back; the sentence says why and what a person must decide.
-    Not(String),
-}
-
-/// What to do about a failed rollout's hosts. Pure.
+/// What to do about a failed rollout's hosts. Pure ([`crate::rollout::rollback::decide`],
+/// shared with `plumb apply`).
 pub fn rollback_decision(r: &Rollout) -> RollbackDecision {
-    let f = &r.rollback;
-    if f.mode == RollbackMode::Off {
-        return RollbackDecision::Not(
-            "not rolled back: `rollback: off` in env.yaml; the hosts stay on this commit until a new one".into(),
-        );
-    }
-    if !f.irreversible.is_empty() {
-        return RollbackDecision::Not(format!(
-            "not rolled back automatically: the failed wave made changes an older state cannot undo ({}); \
-             a person must decide: fix forward with a new commit, or restore those hosts by hand \
-             and then push the commit to apply",
-            f.irreversible.join("; ")
-        ));
-    }
-    let mut targets = Vec::new();
-    let mut without = Vec::new();
-    for h in &f.took_commit {
-        if f.already_rolled_back.contains(h) {
-            continue;
-        }
-        match f.last_good.get(h) {
-            Some(good) if *good != r.commit => targets.push((h.clone(), good.clone())),
-            _ => without.push(h.as_str()),
-        }
-    }
-    if targets.is_empty() {
-        let why = if without.is_empty() {
-            "no host of the failed wave took the commit, or each was rolled back once already"
-                .to_string()
-        } else {
-            format!("no last good commit for {}", without.join(", "))
-        };
-        return RollbackDecision::Not(format!("not rolled back: {why}"));
-    }
-    RollbackDecision::RollBack(RollbackOrder {
-        bad_commit: r.commit.clone(),
-        reason: r.reason.clone().unwrap_or_else(|| "a host failed".into()),
-        failed_checks: r
-            .waves
-            .last()
-            .and_then(|w| w.health.as_ref())
-            .map(|h| h.iter().filter(|c| !c.ok).cloned().collect())
-            .unwrap_or_default(),
-        targets,
-    })
+    crate::rollout::rollback::decide(&r.rollback, &r.commit, r.reason.as_deref(), r.waves.last())
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
@@ -344,7 +263,7 @@ impl Effects {
     }
 }
 
-fn short(commit: &str) -> &str {
+pub(super) fn short(commit: &str) -> &str {
     commit.get(..12).unwrap_or(commit)
 }
 
@@ -459,10 +378,9 @@ fn paused(r: &Rollout) -> Effects {
 
 /// What to record and alert about a rollback run. Pure.
 pub fn rollback_effects(s: &RollbackSummary) -> (RunResult, AlertSpec) {
-    let ok = s.refused.is_none() && s.failed_hosts.is_empty() && s.health.iter().all(|c| c.ok);
     let target = short(&s.target);
-    let (result, event, message) = if ok {
-        (
+    let (result, event, message) = match s.failure() {
+        None => (
             RunResult::Converged,
             AlertEvent::RolledBack,
             format!(
@@ -472,16 +390,8 @@ pub fn rollback_effects(s: &RollbackSummary) -> (RunResult, AlertSpec) {
                 s.target_signer.as_deref().unwrap_or("?"),
                 s.reason
             ),
-        )
-    } else {
-        let why = match &s.refused {
-            Some(why) => why.clone(),
-            None if !s.failed_hosts.is_empty() => {
-                format!("host(s) {} failed", s.failed_hosts.join(", "))
-            }
-            None => "its health checks failed".into(),
-        };
-        (
+        ),
+        Some(why) => (
             RunResult::Failed,
             AlertEvent::RunFailed,
             format!(
@@ -489,7 +399,7 @@ pub fn rollback_effects(s: &RollbackSummary) -> (RunResult, AlertSpec) {
                 s.hosts.join(", "),
                 short(&s.rollback_of)
             ),
-        )
+        ),
     };
     let alert = AlertSpec {
         event,
@@ -663,28 +573,4 @@ pub struct CorrectionSummary {
     /// Steps changed back.
     pub corrected: usize,
     pub failed_hosts: Vec<String>,
-}
-
-/// A rollback: hosts of a failed wave brought back to their last good commit, as stored (and
-/// signed into the audit chain) with the `rollback` run.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
-pub struct RollbackSummary {
-    /// The failed commit the hosts were taken off (quarantined).
-    pub rollback_of: String,
-    /// What failed in its rollout.
-    pub reason: String,
-    /// The failed rollout's health checks that failed, each with its output.
-    pub failed_checks: Vec<CheckResult>,
-    /// The last good commit rolled forward to (re-verified against today's trust root).
-    pub target: String,
-    /// Its signer.
-    pub target_signer: Option<String>,
-    pub hosts: Vec<String>,
-    pub failed_hosts: Vec<String>,
-    /// The target commit's health checks on the rolled-back hosts.
-    pub health: Vec<CheckResult>,
-    /// Why the target could not be applied (it no longer verifies, is invalid, or lacks the
-    /// host), when it could not.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub refused: Option<String>,
 }
