@@ -16,6 +16,7 @@ use crate::engine::{self, HostPlan, HostStatus};
 use crate::model::{DriftMode, HumanDuration};
 use crate::render::DesiredHost;
 use crate::server::metrics::{RunKind as MetricKind, RunResult as MetricResult};
+use crate::source::policy::short;
 use crate::source::RangeOptions;
 use crate::state::{NewRun, Origin, RunId, RunKind, RunResult, Trigger};
 
@@ -348,12 +349,26 @@ impl Daemon {
             }
         };
         let drifted_hosts: BTreeSet<&str> = drifted.iter().map(|(h, _)| h.as_str()).collect();
-        let targets: Vec<DesiredHost> = base
+        let mut targets: Vec<DesiredHost> = base
             .loaded
             .hosts
             .into_iter()
             .filter(|h| drifted_hosts.contains(h.host.name.as_str()))
             .collect();
+        // No other process applies these hosts meanwhile; a host a person pinned since the
+        // drift check (`plumb rollback`, read once the leases are held) stays on its pin.
+        let _leases = self
+            .lease_hosts(
+                env,
+                targets.iter().map(|h| &h.host),
+                &format!("drift correction of {}", short(base.oid)),
+            )
+            .await?;
+        let pinned = self.pinned_hosts(env)?;
+        targets.retain(|h| !pinned.contains(&h.host.name));
+        if targets.is_empty() {
+            return Ok(true);
+        }
         let run = lock(&self.db).begin_run(&NewRun {
             environment: env.to_string(),
             commit: Some(base.commit.clone()),

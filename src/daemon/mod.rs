@@ -49,6 +49,7 @@ pub mod error;
 mod guard;
 mod health_watch;
 pub mod http_config;
+mod leases;
 mod pins;
 pub mod policy;
 mod reconcile;

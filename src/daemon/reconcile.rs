@@ -380,6 +380,16 @@ impl Daemon {
                 return Ok(refused(refusal.clone(), refusal_message(&commit, &refusal)))
             }
         };
+        // No other process (a person's `plumb rollback` or `plumb apply --state`) applies
+        // these hosts while the rollout does; pins are read once the leases are held, so a
+        // pin written just before is honoured.
+        let _leases = self
+            .lease_hosts(
+                env,
+                loaded.hosts.iter().map(|h| &h.host),
+                &format!("rollout of {}", short(tip)),
+            )
+            .await?;
         // Hosts pinned by a person stay on their pin (a newer commit than the bad one
         // releases them first).
         let mut loaded = loaded;
@@ -600,7 +610,7 @@ impl Daemon {
                 let applied = super::attribution::applied_origins(r, origins);
                 db.set_step_origins(env, &h.host.name, &applied)?;
             }
-            note_taken(r, &mut out.rollback);
+            crate::rollout::rollback::note_taken(r, &mut out.rollback);
             self.metrics
                 .set_host_reachable(env, &r.host.name, r.status != HostStatus::Unreachable);
             if r.status != HostStatus::Unreachable {
@@ -859,31 +869,6 @@ fn commit_summaries(range: &VerifiedRange) -> Vec<CommitSummary> {
             seal: c.seal.clone(),
         })
         .collect()
-}
-
-/// Whether a host took the commit (a step changed or failed: the apply reached it), and the
-/// irreversible changes among those its modules declare.
-fn note_taken(r: &engine::HostRun, facts: &mut RollbackFacts) {
-    let attempted = |s: &&engine::StepOutcome| {
-        matches!(
-            s.status,
-            engine::StepStatus::Changed | engine::StepStatus::Failed
-        )
-    };
-    if !r.steps.iter().any(|s| attempted(&s)) {
-        return;
-    }
-    facts.took_commit.push(r.host.name.clone());
-    for s in r.steps.iter().filter(attempted) {
-        let why = s.change.as_ref().and_then(|c| {
-            crate::modules::lookup(s.step.module).and_then(|def| def.irreversible(c))
-        });
-        if let Some(why) = why {
-            facts
-                .irreversible
-                .push(format!("{}: {}: {why}", r.host.name, s.step.address));
-        }
-    }
 }
 
 fn log_outcome(env: &str, outcome: &Outcome) {

@@ -10,15 +10,12 @@
 //! order names only the failed wave's hosts. What to record and alert is the pure
 //! [`policy::rollback_effects`].
 
-use std::collections::BTreeMap;
-
-use crate::engine::{self, HostStatus};
+use crate::engine;
 use crate::health::CheckResult;
-use crate::model::Host;
 use crate::source::RangeOptions;
 use crate::state::{NewRun, RunKind, StepMeta};
 
-use super::policy::{self, Refusal, RollbackOrder, RollbackSummary};
+use super::policy::{self, short, Refusal, RollbackOrder, RollbackSummary};
 use super::reconcile::{load_commit, Loaded};
 use super::{lock, signer_of, Daemon, DaemonError, Wake};
 
@@ -51,10 +48,7 @@ impl Daemon {
     /// Rolls the order's hosts back, one run per target commit; failures are logged, recorded
     /// and alerted, never returned (the failed rollout is already recorded).
     pub(super) async fn roll_back(&self, env: &str, wake: Wake, order: &RollbackOrder) {
-        let mut by_target: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-        for (host, target) in &order.targets {
-            by_target.entry(target).or_default().push(host.clone());
-        }
+        let by_target = order.by_target();
         for (target, hosts) in by_target {
             tracing::warn!(environment = %env, bad_commit = %order.bad_commit, target = %target, hosts = ?hosts, "rolling back to the last good commit");
             match self.roll_back_to(env, wake, order, target, hosts).await {
@@ -86,6 +80,22 @@ impl Daemon {
             refused: None,
         };
         let prepared = self.prepare_target(env, target, &hosts).await?;
+        // No other process applies these hosts meanwhile (see `leases`).
+        let _leases = match &prepared {
+            Ok((_, loaded)) => Some(
+                self.lease_hosts(
+                    env,
+                    loaded.hosts.iter().map(|h| &h.host),
+                    &format!(
+                        "automatic rollback of {} to {}",
+                        short(&order.bad_commit),
+                        short(target)
+                    ),
+                )
+                .await?,
+            ),
+            Err(_) => None,
+        };
         let signer = prepared.as_ref().ok().map(|(s, _)| s.clone());
         summary.target_signer = signer.as_ref().map(|s| s.principal.clone());
         let signer_principal = summary.target_signer.clone();
@@ -230,27 +240,16 @@ impl Daemon {
             engine::apply_host(h, t.as_ref()).await
         })
         .await;
-        let mut failed = Vec::new();
-        let mut healthy: Vec<Host> = Vec::new();
         for r in &runs {
             lock(&self.db).record_host(run, r, &StepMeta::default())?;
-            if r.status == HostStatus::Converged {
-                healthy.push(r.host.clone());
-            } else {
-                failed.push(r.host.name.clone());
-            }
         }
-        let checks = &loaded.environment.health_checks;
-        let health = if healthy.is_empty() || checks.is_empty() {
-            Vec::new()
-        } else {
-            let repo = &loaded.repo;
-            let render =
-                |t: &str, ctx: &serde_json::Value| crate::render::render_inline(repo, t, ctx);
-            crate::health::check_wave(checks, &healthy, connector, &render)
-                .await
-                .results
-        };
+        let (failed, health) = crate::rollout::rollback::check_rolled_back(
+            &runs,
+            &loaded.environment.health_checks,
+            connector,
+            &loaded.repo,
+        )
+        .await;
         Ok((failed, health))
     }
 }
