@@ -39,7 +39,8 @@ pub const NO_WAVES_WARNING: &str = "--no-waves: applying every selected host at 
 
 /// Makes every host match the repo, wave by wave. Exit 0 converged, 1 if any host failed, a
 /// wave stopped the apply or the trust root refused the tree (recorded as a refused `manual`
-/// run with `--state`).
+/// run with `--state`). With `--state`, a stopped wave's hosts are rolled back to their last
+/// good commit (see `apply_rollback`) unless `--no-rollback`.
 pub fn run(args: ApplyArgs, term: Term) -> anyhow::Result<u8> {
     let ApplyArgs {
         hosts: args,
@@ -59,7 +60,6 @@ pub fn run(args: ApplyArgs, term: Term) -> anyhow::Result<u8> {
         return Ok(1);
     };
     let env = args.target.env.clone();
-    let connector = args.conn.connector();
     // The selected hosts: rendered ones first, then those whose facts could not be gathered.
     let selected: Vec<Host> = prep
         .hosts
@@ -67,6 +67,18 @@ pub fn run(args: ApplyArgs, term: Term) -> anyhow::Result<u8> {
         .map(|h| h.host.clone())
         .chain(prep.ungathered.iter().map(|u| u.host.clone()))
         .collect();
+    // With `--state`: the apply leases of every selected host, held to the end (rollback
+    // included), so the daemon or another person never applies one at the same time.
+    let state = match leased(m.state.as_deref(), &env, &selected) {
+        Ok(s) => s,
+        Err(e) => {
+            if let Some(rec) = recorder {
+                let (r, p) = *rec;
+                r.refused(&p, &format!("{e:#}"))?;
+            }
+            return Err(e);
+        }
+    };
     let environment = prep.repo.environments.get(&env).cloned();
     let (waves, checks) = waves_and_checks(
         environment.as_ref(),
@@ -75,61 +87,60 @@ pub fn run(args: ApplyArgs, term: Term) -> anyhow::Result<u8> {
         args.conn.parallel,
         term,
     );
-    let progress =
-        (std::io::stderr().is_terminal() && output == OutputFormat::Text).then_some(Progress {
-            total: selected.len(),
-            done: AtomicUsize::new(0),
-            paint: term.err,
-        });
     // Guardrails: every selected host observed and the plans judged before any wave; the
     // waves then apply from those observations (no extra round trip).
+    let connector = args.conn.connector();
     let (observed, verdict) = match gate(&args, &prep, connector.as_ref(), &rt, term)? {
         Gate::Denied => return Ok(1),
         Gate::Open => (None, None),
         Gate::Judged(o, v) => (Some(o), Some(v)),
     };
-    let mut runs: Vec<HostRun> = Vec::new();
-    let mut changed: Vec<bool> = Vec::new();
-    let mut summaries: Vec<WaveSummary> = Vec::new();
-    let mut stopped: Option<(String, String)> = None;
-    let mut untouched: Vec<String> = Vec::new();
-    for wave in &waves {
-        if stopped.is_some() {
-            untouched.extend(wave.hosts.iter().map(|i| selected[*i].name.clone()));
-            continue;
-        }
-        let ctx = WaveCtx {
+    let ran = {
+        let ctx = RunCtx {
             env: &env,
             connector: connector.as_ref(),
-            parallel: wave.max_parallel,
-            progress: progress.as_ref(),
             rt: &rt,
             observed: observed.as_ref(),
+            output,
+            term,
         };
-        let (wave_runs, wave_changed) = apply_wave(&ctx, &mut prep, wave)?;
-        let summary = wave_summary(&ctx, &prep, wave, &wave_runs, &checks)?;
-        if let Some((reason, _)) = rollout::stop_reason(&summary, wave.max_failed) {
-            stopped = Some((wave.name.clone(), reason));
-        }
-        runs.extend(wave_runs);
-        changed.extend(wave_changed);
-        summaries.push(summary);
-    }
+        run_waves(&ctx, &mut prep, &selected, &waves, &checks)?
+    };
+    let mut bad_commit = "HEAD".to_string();
     if let Some(rec) = recorder {
         let (r, p) = *rec;
+        bad_commit = p.commit();
         let limited = manual::left_out(&prep.repo, &env, &selected, &args.target.limit);
-        let id = r.finish(&p, &runs, &limited, &untouched)?;
+        let id = r.finish(&p, &ran.runs, &limited, &ran.untouched)?;
         if output == OutputFormat::Text {
             eprintln!("{} recorded as manual run {id}", term.err.dim("plumb"));
         }
     }
-    let mut report = crate::report::plan::ApplyReport::new(&env, &runs);
-    for (h, c) in report.hosts.iter_mut().zip(&changed) {
+    let rollback = match &ran.stopped {
+        None => None,
+        Some((_, reason)) => {
+            let ctx = super::apply_rollback::Ctx {
+                args: &args,
+                allowed_signers: m.allowed_signers.as_deref(),
+                openpgp_keyring: m.openpgp_keyring.as_deref(),
+                state: state.as_ref().map(|(db, _)| db),
+                no_rollback,
+                rt: &rt,
+                term,
+            };
+            Some(super::apply_rollback::after_stop(
+                &ran.stopped_wave(reason, bad_commit, environment.as_ref()),
+                &ctx,
+            )?)
+        }
+    };
+    let mut report = crate::report::plan::ApplyReport::new(&env, &ran.runs);
+    for (h, c) in report.hosts.iter_mut().zip(&ran.changed) {
         h.facts_changed = *c;
     }
-    report.set_waves(summaries, stopped, untouched);
+    report.set_waves(ran.summaries, ran.stopped, ran.untouched);
     report.policy = verdict;
-    report.rollback = rollback_note(&report, no_rollback);
+    report.rollback = rollback;
     match output {
         OutputFormat::Json => print_json(&report)?,
         OutputFormat::Text => print_lines(&crate::report::plan::apply_lines(&report), term.out),
@@ -137,15 +148,117 @@ pub fn run(args: ApplyArgs, term: Term) -> anyhow::Result<u8> {
     Ok(report.exit_code())
 }
 
-/// What happened to a stopped apply's hosts: `plumb apply` keeps no state of its own, so it
-/// has no last good commit to go back to; `plumb rollback` does that.
-fn rollback_note(report: &crate::report::plan::ApplyReport, no_rollback: bool) -> Option<String> {
-    report.stopped_at_wave.as_ref()?;
-    Some(if no_rollback {
-        "not rolled back (--no-rollback)".to_string()
-    } else {
-        crate::report::plan::NO_LAST_GOOD.to_string()
-    })
+/// The state (`--state`) and the apply leases of `hosts`, when given.
+fn leased(
+    dir: Option<&std::path::Path>,
+    env: &str,
+    hosts: &[Host],
+) -> anyhow::Result<Option<(crate::state::StateDb, crate::state::LeaseGuard)>> {
+    let Some(dir) = dir else {
+        return Ok(None);
+    };
+    let db = crate::state::StateDb::open_recorder(dir)?;
+    let guard = super::last_good::lease(&db, env, hosts, "plumb apply")?;
+    Ok(Some((db, guard)))
+}
+
+/// What the waves did.
+struct Ran {
+    runs: Vec<HostRun>,
+    changed: Vec<bool>,
+    summaries: Vec<WaveSummary>,
+    /// The wave that stopped the apply, and why.
+    stopped: Option<(String, String)>,
+    untouched: Vec<String>,
+}
+
+impl Ran {
+    /// The stopped wave (the last that ran) and its hosts' runs.
+    fn stopped_wave<'a>(
+        &'a self,
+        reason: &'a str,
+        bad_commit: String,
+        environment: Option<&'a crate::model::Environment>,
+    ) -> super::apply_rollback::Stopped<'a> {
+        let wave = self.summaries.last();
+        let runs = self
+            .runs
+            .iter()
+            .filter(|r| wave.is_some_and(|w| w.hosts.contains(&r.host.name)))
+            .collect();
+        super::apply_rollback::Stopped {
+            bad_commit,
+            reason,
+            wave: wave.unwrap_or(&EMPTY_WAVE),
+            runs,
+            environment,
+        }
+    }
+}
+
+static EMPTY_WAVE: WaveSummary = WaveSummary {
+    name: String::new(),
+    hosts: Vec::new(),
+    failed_hosts: Vec::new(),
+    health: None,
+};
+
+/// What running the waves needs.
+struct RunCtx<'a> {
+    env: &'a str,
+    connector: &'a dyn crate::engine::Connector,
+    rt: &'a tokio::runtime::Runtime,
+    observed: Option<&'a Mutex<BTreeMap<String, crate::engine::Observation>>>,
+    output: OutputFormat,
+    term: Term,
+}
+
+/// Applies the waves in order; a failed wave stops it, and the hosts of later waves are
+/// never contacted (`untouched`).
+fn run_waves(
+    c: &RunCtx<'_>,
+    prep: &mut Prepared,
+    selected: &[Host],
+    waves: &[WavePlan],
+    checks: &[crate::model::HealthCheck],
+) -> anyhow::Result<Ran> {
+    let progress =
+        (std::io::stderr().is_terminal() && c.output == OutputFormat::Text).then_some(Progress {
+            total: selected.len(),
+            done: AtomicUsize::new(0),
+            paint: c.term.err,
+        });
+    let mut ran = Ran {
+        runs: Vec::new(),
+        changed: Vec::new(),
+        summaries: Vec::new(),
+        stopped: None,
+        untouched: Vec::new(),
+    };
+    for wave in waves {
+        if ran.stopped.is_some() {
+            ran.untouched
+                .extend(wave.hosts.iter().map(|i| selected[*i].name.clone()));
+            continue;
+        }
+        let ctx = WaveCtx {
+            env: c.env,
+            connector: c.connector,
+            parallel: wave.max_parallel,
+            progress: progress.as_ref(),
+            rt: c.rt,
+            observed: c.observed,
+        };
+        let (wave_runs, wave_changed) = apply_wave(&ctx, prep, wave)?;
+        let summary = wave_summary(&ctx, prep, wave, &wave_runs, checks)?;
+        if let Some((reason, _)) = rollout::stop_reason(&summary, wave.max_failed) {
+            ran.stopped = Some((wave.name.clone(), reason));
+        }
+        ran.runs.extend(wave_runs);
+        ran.changed.extend(wave_changed);
+        ran.summaries.push(summary);
+    }
+    Ok(ran)
 }
 
 /// The waves over the selected hosts and the health checks between them: env.yaml's, or one

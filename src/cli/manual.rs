@@ -20,7 +20,9 @@ use crate::state::{
 #[derive(Debug, Clone, clap::Args)]
 pub struct ManualArgs {
     /// Record this apply as a `manual` run in the state directory DIR (the daemon's, when run
-    /// beside it): local user, SSH identity, commit or uncommitted tree, every change.
+    /// beside it): local user, SSH identity, commit or uncommitted tree, every change. The
+    /// selected hosts are leased there while it runs, and a failed wave's hosts are rolled
+    /// back to their last good commit known there (unless --no-rollback).
     #[arg(long, value_name = "DIR")]
     pub state: Option<PathBuf>,
     /// The trust root `--allowed-signers` (shared with the policy options, see
@@ -181,7 +183,7 @@ fn identity_text(identity: Option<&Path>) -> String {
     }
 }
 
-fn local_user() -> String {
+pub(super) fn local_user() -> String {
     std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
         .unwrap_or_else(|_| format!("uid {}", rustix::process::getuid().as_raw()))

@@ -12,6 +12,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod apply;
+mod apply_rollback;
 pub mod args;
 mod audit;
 mod daemon;
@@ -20,6 +21,7 @@ mod drift;
 mod facts;
 mod history;
 mod init;
+mod last_good;
 mod manual;
 pub mod pin;
 mod plan;

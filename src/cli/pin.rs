@@ -33,8 +33,8 @@ pub struct RollbackArgs {
     /// Only these hosts (names, globs, label selectors, as `plumb apply --limit`).
     #[arg(long, alias = "host", value_name = "LIMIT")]
     pub limit: Vec<crate::limit::Limit>,
-    /// The state directory: the daemon's (stop the daemon first: it holds the state's lock)
-    /// or a standalone one.
+    /// The state directory: the daemon's (running or not: the hosts are leased, so the daemon
+    /// never applies one at the same time) or a standalone one.
     #[arg(long, env = "PLUMB_STATE_DIR")]
     pub state: PathBuf,
     /// Today's trust root: the allowed-signers file the commit must verify against.
@@ -126,29 +126,6 @@ fn choose_target(
     Ok((target, bad))
 }
 
-/// A private scratch directory for the target's checkout, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new() -> anyhow::Result<Scratch> {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default();
-        let dir =
-            std::env::temp_dir().join(format!("plumb-rollback-{}-{nanos}", std::process::id()));
-        crate::audit::create_private_dir(&dir)
-            .with_context(|| format!("creating {}", dir.display()))?;
-        Ok(Scratch(dir))
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Verifies `target` against today's trust root; returns its signer.
 fn verify_target(a: &RollbackArgs, target: git2::Oid) -> anyhow::Result<crate::state::Signer> {
     let files = crate::source::TrustFiles {
@@ -156,20 +133,7 @@ fn verify_target(a: &RollbackArgs, target: git2::Oid) -> anyhow::Result<crate::s
         openpgp_keyring: a.openpgp_keyring.as_deref(),
         seal_signers: a.seal_signers.as_deref(),
     };
-    let report = crate::source::verify_repo(&a.repo, files, None, &target.to_string())?;
-    let signer = report.commits.last().map(|c| crate::state::Signer {
-        principal: c.signer.principal.clone(),
-        fingerprint: c.signer.fingerprint.clone(),
-    });
-    match (report.ok, signer, report.failure) {
-        (true, Some(s), _) => Ok(s),
-        (_, _, Some(f)) => bail!(
-            "commit {target} no longer verifies against today's trust root: {}: {}",
-            f.reason.code(),
-            f.message
-        ),
-        _ => bail!("commit {target} did not verify"),
-    }
+    super::last_good::verify_commit(&a.repo, files, target)
 }
 
 /// Pins the selected hosts to the target and applies it. Exit 0 when every host converged.
@@ -179,9 +143,8 @@ pub fn rollback(a: RollbackArgs, term: Term) -> anyhow::Result<u8> {
     let git = crate::source::git::open(&a.repo)?;
     let (target, bad) = choose_target(&db, &git, &a.env, a.to.as_deref())?;
     let signer = verify_target(&a, target)?;
-    let scratch = Scratch::new()?;
-    let checkout = scratch.0.join("repo");
-    crate::source::git::checkout(&git, target, &checkout)?;
+    let scratch = super::last_good::Scratch::new()?;
+    let checkout = scratch.checkout(&git, target)?;
     let rt = runtime()?;
     let t = Target {
         repo: checkout,
@@ -196,6 +159,16 @@ pub fn rollback(a: RollbackArgs, term: Term) -> anyhow::Result<u8> {
             a.env
         );
     };
+    // Never while the daemon (or another person) applies one of these hosts.
+    let _leases = super::last_good::lease(
+        &db,
+        &a.env,
+        prep.hosts
+            .iter()
+            .map(|h| &h.host)
+            .chain(prep.ungathered.iter().map(|u| &u.host)),
+        "plumb rollback",
+    )?;
     let connector = a.conn.connector();
     let mut runs = rt.block_on(crate::engine::until_signal(crate::engine::each_host(
         &prep.hosts,
@@ -314,11 +287,8 @@ pub fn unpin(a: UnpinArgs) -> anyhow::Result<u8> {
     Ok(0)
 }
 
+/// The state beside a running daemon too: no exclusive lock (every write is one IMMEDIATE
+/// transaction; hosts are guarded by apply leases), the daemon key to sign the runs.
 fn open_state(dir: &Path) -> anyhow::Result<StateDb> {
-    StateDb::open(dir).with_context(|| {
-        format!(
-            "opening the state in {} (a running daemon holds it: stop it, pin, start it again)",
-            dir.display()
-        )
-    })
+    StateDb::open_recorder(dir).with_context(|| format!("opening the state in {}", dir.display()))
 }

@@ -492,12 +492,50 @@ pub struct ApplyReport {
     pub not_touched: Vec<String>,
     /// What became of the failed wave's hosts (see `plumb apply --no-rollback`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rollback: Option<String>,
+    pub rollback: Option<ApplyRollback>,
 }
 
-/// What `plumb apply` says of a failed wave's hosts: it keeps no last good commit, so it
-/// cannot roll them back by itself.
-pub const NO_LAST_GOOD: &str = "not rolled back: plumb apply keeps no last good commit;      the failed wave's hosts are left on this commit: fix forward, or apply the last good      commit's checkout";
+/// What `plumb apply` did about a stopped wave's hosts.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ApplyRollback {
+    pub status: ApplyRollbackStatus,
+    /// One line for people: what was done, or why not and what to do.
+    pub message: String,
+    /// The hosts concerned: those rolled back, or those left on the failed commit.
+    pub hosts: Vec<String>,
+    /// One `rollback` run per last good commit (recorded in the state and its audit chain).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub runs: Vec<ApplyRollbackRun>,
+}
+
+/// What became of a stopped wave's hosts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ApplyRollbackStatus {
+    /// Every host is back on its last good commit, and its health checks pass.
+    RolledBack,
+    /// A rollback was tried and did not succeed (the target no longer verifies, does not
+    /// render, a host failed, or its health checks failed): a person must look.
+    Failed,
+    /// Not rolled back: `rollback: off`, a change an older state cannot undo, or no last
+    /// good commit for the hosts (the message says which).
+    NotRolledBack,
+    /// `--no-rollback`: left on this commit as asked.
+    Disabled,
+    /// Without `--state` no last good commit is known: the message names the command that
+    /// rolls the hosts back.
+    NoState,
+}
+
+/// One rollback run of `plumb apply`.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ApplyRollbackRun {
+    /// The `rollback` run's id (`plumb history`).
+    pub run: String,
+    pub summary: crate::rollout::rollback::RollbackSummary,
+    /// The apply of the last good commit on these hosts.
+    pub hosts: Vec<HostApplyReport>,
+}
 
 impl ApplyReport {
     /// The engine has already redacted sensitive steps in `runs`.
@@ -676,9 +714,53 @@ fn wave_lines(r: &ApplyReport, out: &mut Vec<(LineKind, String)>) {
             ));
         }
         if let Some(rb) = &r.rollback {
-            out.push((LineKind::Summary, rb.clone()));
+            rollback_lines(rb, out);
         }
     }
+}
+
+/// A stopped apply's rollback: each run's hosts and checks, then the outcome.
+fn rollback_lines(rb: &ApplyRollback, out: &mut Vec<(LineKind, String)>) {
+    for r in &rb.runs {
+        for h in &r.hosts {
+            let kind = if h.status == HostStatus::Converged {
+                LineKind::Plain
+            } else {
+                LineKind::Error
+            };
+            let error = h
+                .error
+                .as_deref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default();
+            out.push((
+                kind,
+                format!(
+                    "rollback {}: {:?}, {} changed{error}",
+                    h.name, h.status, h.changed
+                ),
+            ));
+        }
+        for c in &r.summary.health {
+            let (kind, word) = if c.ok {
+                (LineKind::Plain, "ok".to_string())
+            } else {
+                (
+                    LineKind::Error,
+                    format!("FAILED: {}", c.error.clone().unwrap_or_default()),
+                )
+            };
+            out.push((
+                kind,
+                format!("rollback: health check {} on {}: {word}", c.check, c.host),
+            ));
+        }
+    }
+    let kind = match rb.status {
+        ApplyRollbackStatus::RolledBack => LineKind::Summary,
+        _ => LineKind::Error,
+    };
+    out.push((kind, rb.message.clone()));
 }
 
 #[cfg(test)]
