@@ -6,8 +6,11 @@
 //! back (and the alert says why), a Prometheus query (a real `prometheus` the test starts)
 //! that returns failure stops the wave, and the audit chain verifies and names the rollback.
 //! First, on the same hosts, `plumb apply` by hand follows the waves: a failing health check
-//! in wave 1 stops it before wave 2. Last, `plumb rollback` pins a host to the first good
-//! commit against the daemon's state and `plumb unpin` releases it.
+//! in wave 1 stops it before wave 2 (and, without `--state`, says how to roll back); once the
+//! daemon applied a good commit, `plumb apply --state` beside it rolls a failing canary back
+//! to that last good commit and never touches wave 2. Last, `plumb rollback` pins a host to
+//! the first good commit while the daemon runs on the same state and `plumb unpin` releases
+//! it.
 //!
 //! Run: `cargo nextest run --test e2e_rollback`.
 
@@ -103,6 +106,23 @@ fn plumb_apply_follows_the_waves(f: &DaemonFixture) {
         "{report:#}"
     );
     assert!(!err.contains("--no-waves"), "{err}");
+    // Without --state no last good commit is known: said, with the command that does it.
+    assert_eq!(report["rollback"]["status"], "no_state", "{report:#}");
+    assert_eq!(
+        report["rollback"]["hosts"],
+        serde_json::json!([f.hosts.name(1)]),
+        "{report:#}"
+    );
+    let message = report["rollback"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("knows no last good commit")
+            && message.contains(&format!(
+                "plumb rollback {} --env production --limit {} --state",
+                f.clone_dir().display(),
+                f.hosts.name(1)
+            )),
+        "{message}"
+    );
     for k in 2..=HOSTS {
         assert_eq!(
             exec(
@@ -124,8 +144,70 @@ fn plumb_apply_follows_the_waves(f: &DaemonFixture) {
     assert_eq!(report["hosts"].as_array().map(Vec::len), Some(HOSTS));
 }
 
-/// `plumb rollback` against the (stopped) daemon's state pins host 2 to the first good
-/// commit and applies it; `plumb history` shows the pin; `plumb unpin` releases it.
+/// `plumb apply --state` beside the running daemon, on a tree whose canary fails its health
+/// check: the canary goes back to its last good commit from the daemon's state (re-verified,
+/// taken from the git history, health-checked), recorded as a `rollback` run naming the
+/// failed wave; wave 2 is never touched.
+fn plumb_apply_rolls_the_failed_wave_back(f: &DaemonFixture, good: &str) {
+    f.write("units/app.yaml", &unit("broken", "0600", "stopped", ""));
+    let mut cmd = plumb_command(&f.hosts, &["apply"], &f.clone_dir());
+    cmd.arg("--state")
+        .arg(f.state_dir())
+        .arg("--allowed-signers")
+        .arg(f.path("signing/allowed_signers"))
+        .args(["--break-glass", "rollback drill"]);
+    let (code, out, err) = sh(&mut cmd);
+    assert_eq!(code, 1, "{out}\n{err}");
+    let report: Value = serde_json::from_str(&out).expect("apply JSON");
+    assert_eq!(report["stopped_at_wave"], "canary", "{report:#}");
+    let later: Vec<String> = (2..=HOSTS).map(|k| f.hosts.name(k)).collect();
+    assert_eq!(
+        report["not_touched"],
+        serde_json::json!(later),
+        "{report:#}"
+    );
+    let rb = &report["rollback"];
+    assert_eq!(rb["status"], "rolled_back", "{report:#}");
+    assert_eq!(rb["hosts"], serde_json::json!([f.hosts.name(1)]), "{rb:#}");
+    let s = &rb["runs"][0]["summary"];
+    assert_eq!(s["target"], good, "{rb:#}");
+    assert_eq!(s["target_signer"], "test@plumb", "{rb:#}");
+    assert_eq!(s["failed_checks"][0]["check"], "app-healthy", "{rb:#}");
+    assert_eq!(
+        s["health"][0]["ok"], true,
+        "the target's check passed: {rb:#}"
+    );
+    // Back on the last good commit: content, mode and service state; wave 2 untouched.
+    for k in 1..=HOSTS {
+        assert_eq!(conf(f, k), "healthy v1\n644\nactive", "host {k}");
+    }
+    // Recorded in the daemon's state with its cause (the failed wave and its check output).
+    let recorded = f
+        .history()
+        .into_iter()
+        .find(|r| r["kind"] == "rollback" && r["trigger"] == "cli")
+        .expect("the rollback run");
+    assert_eq!(recorded["commit"], good, "{recorded:#}");
+    assert_eq!(recorded["result"], "converged", "{recorded:#}");
+    let rs = &recorded["summary"];
+    assert!(
+        rs["rollback_of"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("uncommitted:")),
+        "{rs:#}"
+    );
+    assert!(
+        rs["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("wave `canary`: health checks failed")),
+        "{rs:#}"
+    );
+    f.write("units/app.yaml", &unit("healthy v1", "0644", "running", ""));
+}
+
+/// `plumb rollback` against the running daemon's state pins host 2 to the first good commit
+/// and applies it (the daemon's `/api/status` shows the pin at once: it reads pins from the
+/// database); `plumb history` shows the pin; `plumb unpin` releases it.
 fn pin_and_unpin(f: &DaemonFixture, good: &str) {
     let state = f.state_dir();
     let signers = f.path("signing/allowed_signers");
@@ -156,7 +238,20 @@ fn pin_and_unpin(f: &DaemonFixture, good: &str) {
     let history: Value = serde_json::from_str(&history).expect("history JSON");
     assert_eq!(history["pins"][0]["host"], host.as_str(), "{history:#}");
     assert_eq!(history["pins"][0]["commit"], good, "{history:#}");
-    assert_eq!(history["runs"][0]["kind"], "pin", "{history:#}");
+    assert!(
+        history["runs"]
+            .as_array()
+            .is_some_and(|rs| rs.iter().any(|r| r["kind"] == "pin" && r["commit"] == good)),
+        "{history:#}"
+    );
+    let (status, body) = http_get(f.port, "/api/status");
+    assert_eq!(status, 200, "{body}");
+    let api: Value = serde_json::from_str(&body).expect("status JSON");
+    assert_eq!(
+        api["environments"][0]["pins"][0]["host"],
+        host.as_str(),
+        "{api:#}"
+    );
 
     let (code, out, err) = sh(Command::new(env!("CARGO_BIN_EXE_plumb"))
         .args([
@@ -176,6 +271,13 @@ fn pin_and_unpin(f: &DaemonFixture, good: &str) {
         "{unpinned:#}"
     );
     assert!(f.history().iter().any(|r| r["kind"] == "unpin"), "recorded");
+    let (_, body) = http_get(f.port, "/api/status");
+    let api: Value = serde_json::from_str(&body).expect("status JSON");
+    assert_eq!(
+        api["environments"][0]["pins"],
+        serde_json::json!([]),
+        "{api:#}"
+    );
 }
 
 #[test]
@@ -202,6 +304,7 @@ fn a_broken_canary_is_rolled_back_and_the_commit_quarantined() {
     for k in 1..=HOSTS {
         assert_eq!(conf(&f, k), healthy_v1, "host {k}");
     }
+    plumb_apply_rolls_the_failed_wave_back(&f, &good);
 
     // A commit that breaks the canary: other content, another mode, the service stopped.
     f.write("units/app.yaml", &unit("broken", "0600", "stopped", ""));
@@ -212,7 +315,7 @@ fn a_broken_canary_is_rolled_back_and_the_commit_quarantined() {
         || {
             runs(&f, "rollback", &good)
                 .iter()
-                .any(|r| r["result"] == "converged")
+                .any(|r| r["result"] == "converged" && r["summary"]["rollback_of"] == bad.as_str())
         },
     );
     // The canary is back on the last good commit: content, mode and service state.
@@ -245,7 +348,10 @@ fn a_broken_canary_is_rolled_back_and_the_commit_quarantined() {
             .is_some_and(|e| e.contains("app-healthy")),
         "{canary:#}"
     );
-    let rollback = &runs(&f, "rollback", &good)[0];
+    let rollback = &runs(&f, "rollback", &good)
+        .into_iter()
+        .find(|r| r["summary"]["rollback_of"] == bad.as_str())
+        .expect("the daemon's rollback");
     let s = &rollback["summary"];
     assert_eq!(s["rollback_of"], bad.as_str(), "{rollback:#}");
     assert_eq!(s["target"], good.as_str());
@@ -408,8 +514,8 @@ fn a_broken_canary_is_rolled_back_and_the_commit_quarantined() {
             "host {k}"
         );
     }
-    f.stop_daemon();
     pin_and_unpin(&f, &good);
+    f.stop_daemon();
 
     // The audit chain verifies after all of it, and holds the rollback with its reason.
     let (code, out, err) = sh(Command::new(env!("CARGO_BIN_EXE_plumb"))

@@ -69,16 +69,7 @@ pub fn run(args: ApplyArgs, term: Term) -> anyhow::Result<u8> {
         .collect();
     // With `--state`: the apply leases of every selected host, held to the end (rollback
     // included), so the daemon or another person never applies one at the same time.
-    let state = match leased(m.state.as_deref(), &env, &selected) {
-        Ok(s) => s,
-        Err(e) => {
-            if let Some(rec) = recorder {
-                let (r, p) = *rec;
-                r.refused(&p, &format!("{e:#}"))?;
-            }
-            return Err(e);
-        }
-    };
+    let (state, recorder) = leased(m.state.as_deref(), &env, &selected, recorder)?;
     let environment = prep.repo.environments.get(&env).cloned();
     let (waves, checks) = waves_and_checks(
         environment.as_ref(),
@@ -128,17 +119,11 @@ pub fn run(args: ApplyArgs, term: Term) -> anyhow::Result<u8> {
                 rt: &rt,
                 term,
             };
-            Some(super::apply_rollback::after_stop(
-                &ran.stopped_wave(reason, bad_commit, environment.as_ref()),
-                &ctx,
-            )?)
+            let stopped = ran.stopped_wave(reason, bad_commit, environment.as_ref());
+            Some(super::apply_rollback::after_stop(&stopped, &ctx)?)
         }
     };
-    let mut report = crate::report::plan::ApplyReport::new(&env, &ran.runs);
-    for (h, c) in report.hosts.iter_mut().zip(&ran.changed) {
-        h.facts_changed = *c;
-    }
-    report.set_waves(ran.summaries, ran.stopped, ran.untouched);
+    let mut report = ran.report(&env);
     report.policy = verdict;
     report.rollback = rollback;
     match output {
@@ -148,18 +133,31 @@ pub fn run(args: ApplyArgs, term: Term) -> anyhow::Result<u8> {
     Ok(report.exit_code())
 }
 
-/// The state (`--state`) and the apply leases of `hosts`, when given.
+type Recording = Option<Box<(manual::Recorder, manual::Provenance)>>;
+type Leased = Option<(crate::state::StateDb, crate::state::LeaseGuard)>;
+
+/// The state (`--state`) and the apply leases of `hosts`, when given; a host another process
+/// is applying refuses the manual run (recorded) and ends the apply.
 fn leased(
     dir: Option<&std::path::Path>,
     env: &str,
     hosts: &[Host],
-) -> anyhow::Result<Option<(crate::state::StateDb, crate::state::LeaseGuard)>> {
+    recorder: Recording,
+) -> anyhow::Result<(Leased, Recording)> {
     let Some(dir) = dir else {
-        return Ok(None);
+        return Ok((None, recorder));
     };
     let db = crate::state::StateDb::open_recorder(dir)?;
-    let guard = super::last_good::lease(&db, env, hosts, "plumb apply")?;
-    Ok(Some((db, guard)))
+    match super::last_good::lease(&db, env, hosts, "plumb apply") {
+        Ok(guard) => Ok((Some((db, guard)), recorder)),
+        Err(e) => {
+            if let Some(rec) = recorder {
+                let (r, p) = *rec;
+                r.refused(&p, &format!("{e:#}"))?;
+            }
+            Err(e)
+        }
+    }
 }
 
 /// What the waves did.
@@ -173,6 +171,16 @@ struct Ran {
 }
 
 impl Ran {
+    /// The apply report of the waves as they ran.
+    fn report(self, env: &str) -> crate::report::plan::ApplyReport {
+        let mut report = crate::report::plan::ApplyReport::new(env, &self.runs);
+        for (h, c) in report.hosts.iter_mut().zip(&self.changed) {
+            h.facts_changed = *c;
+        }
+        report.set_waves(self.summaries, self.stopped, self.untouched);
+        report
+    }
+
     /// The stopped wave (the last that ran) and its hosts' runs.
     fn stopped_wave<'a>(
         &'a self,

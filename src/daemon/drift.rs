@@ -322,6 +322,51 @@ impl Daemon {
         Ok(drifted)
     }
 
+    /// The applied commit's signer, when it still verifies against today's trust root.
+    async fn reverified(
+        &self,
+        env: &str,
+        oid: git2::Oid,
+    ) -> Result<Option<crate::state::Signer>, DaemonError> {
+        let verdict = {
+            let source = self.source.clone();
+            let signers = self.signers.clone();
+            tokio::task::spawn_blocking(move || {
+                source.verify(None, oid, &signers, RangeOptions::default())
+            })
+            .await
+            .map_err(DaemonError::task("verifying signatures"))??
+        };
+        match verdict {
+            Ok(r) => Ok(Some(signer_of(&r.tip_signer))),
+            Err(rej) => {
+                tracing::error!(environment = %env, reason = %rej.failure, "not correcting drift: the applied commit no longer verifies");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Leases the hosts a drift correction of `commit` applies, so no other process applies
+    /// them meanwhile; a host a person pinned since the drift check (`plumb rollback`, read
+    /// once the leases are held) is left out: it stays on its pin.
+    async fn lease_unpinned(
+        &self,
+        env: &str,
+        commit: git2::Oid,
+        targets: &mut Vec<DesiredHost>,
+    ) -> Result<crate::state::LeaseGuard, DaemonError> {
+        let leases = self
+            .lease_hosts(
+                env,
+                targets.iter().map(|h| &h.host),
+                &format!("drift correction of {}", short(commit)),
+            )
+            .await?;
+        let pinned = self.pinned_hosts(env)?;
+        targets.retain(|h| !pinned.contains(&h.host.name));
+        Ok(leases)
+    }
+
     /// `correct` mode: re-applies the drifted hosts, if the commit still verifies against
     /// today's trust root. A host another environment is applying is waited for
     /// ([`super::HostLocks`]). Returns whether every drifted host converged.
@@ -331,22 +376,8 @@ impl Daemon {
         base: Baseline,
         drifted: &Drifted,
     ) -> Result<bool, DaemonError> {
-        let verdict = {
-            let source = self.source.clone();
-            let signers = self.signers.clone();
-            let oid = base.oid;
-            tokio::task::spawn_blocking(move || {
-                source.verify(None, oid, &signers, RangeOptions::default())
-            })
-            .await
-            .map_err(DaemonError::task("verifying signatures"))??
-        };
-        let signer = match verdict {
-            Ok(r) => signer_of(&r.tip_signer),
-            Err(rej) => {
-                tracing::error!(environment = %env, reason = %rej.failure, "not correcting drift: the applied commit no longer verifies");
-                return Ok(false);
-            }
+        let Some(signer) = self.reverified(env, base.oid).await? else {
+            return Ok(false);
         };
         let drifted_hosts: BTreeSet<&str> = drifted.iter().map(|(h, _)| h.as_str()).collect();
         let mut targets: Vec<DesiredHost> = base
@@ -355,17 +386,7 @@ impl Daemon {
             .into_iter()
             .filter(|h| drifted_hosts.contains(h.host.name.as_str()))
             .collect();
-        // No other process applies these hosts meanwhile; a host a person pinned since the
-        // drift check (`plumb rollback`, read once the leases are held) stays on its pin.
-        let _leases = self
-            .lease_hosts(
-                env,
-                targets.iter().map(|h| &h.host),
-                &format!("drift correction of {}", short(base.oid)),
-            )
-            .await?;
-        let pinned = self.pinned_hosts(env)?;
-        targets.retain(|h| !pinned.contains(&h.host.name));
+        let _leases = self.lease_unpinned(env, base.oid, &mut targets).await?;
         if targets.is_empty() {
             return Ok(true);
         }

@@ -82,18 +82,7 @@ impl Daemon {
         let prepared = self.prepare_target(env, target, &hosts).await?;
         // No other process applies these hosts meanwhile (see `leases`).
         let _leases = match &prepared {
-            Ok((_, loaded)) => Some(
-                self.lease_hosts(
-                    env,
-                    loaded.hosts.iter().map(|h| &h.host),
-                    &format!(
-                        "automatic rollback of {} to {}",
-                        short(&order.bad_commit),
-                        short(target)
-                    ),
-                )
-                .await?,
-            ),
+            Ok((_, loaded)) => Some(self.lease_targets(env, order, target, loaded).await?),
             Err(_) => None,
         };
         let signer = prepared.as_ref().ok().map(|(s, _)| s.clone());
@@ -161,6 +150,23 @@ impl Daemon {
         a.signer = signer_principal;
         self.alert(a);
         Ok(())
+    }
+
+    /// The apply leases of the hosts rolled back to `target`.
+    async fn lease_targets(
+        &self,
+        env: &str,
+        order: &RollbackOrder,
+        target: &str,
+        loaded: &Loaded,
+    ) -> Result<crate::state::LeaseGuard, DaemonError> {
+        let what = format!(
+            "automatic rollback of {} to {}",
+            short(&order.bad_commit),
+            short(target)
+        );
+        self.lease_hosts(env, loaded.hosts.iter().map(|h| &h.host), &what)
+            .await
     }
 
     /// Re-verifies `target` against today's trust root, then checks it out, validates and
