@@ -177,10 +177,11 @@ impl StateDb {
         Ok(db)
     }
 
-    /// Opens the state at `state_dir` to record a manual run (`plumb apply --state`), beside a
-    /// running daemon too: no lock (every write is one IMMEDIATE transaction, so the chain
-    /// never forks), the daemon key (created with the state when there is none yet), the same
-    /// privacy checks. Runs left unfinished are the daemon's to mark.
+    /// Opens the state at `state_dir` to record a person's runs (`plumb apply --state`,
+    /// `plumb rollback`, `plumb unpin`), beside a running daemon too: no lock (every write is
+    /// one IMMEDIATE transaction, so the chain never forks; hosts are guarded by the apply
+    /// leases, see [`super::LeaseGuard`]), the daemon key (created with the state when there
+    /// is none yet), the same privacy checks. Runs left unfinished are the daemon's to mark.
     pub fn open_recorder(state_dir: &Path) -> Result<StateDb, StateError> {
         let path = state_dir.join(DB_FILE);
         crate::audit::create_private_dir(state_dir).map_err(io(state_dir))?;
