@@ -38,7 +38,7 @@ impl Daemon {
         loop {
             let held = match LeaseGuard::take(&lock(&self.db), &hosts, &holder) {
                 Ok(g) => return Ok(g),
-                Err(e @ StateError::LeaseHeld { .. }) if started.elapsed() < LEASE_WAIT => {
+                Err(e @ StateError::LeaseHeld(_)) if started.elapsed() < LEASE_WAIT => {
                     e.to_string()
                 }
                 Err(e) => return Err(e.into()),

@@ -77,18 +77,8 @@ pub enum StateError {
         "the state db was opened for inspection; only the daemon's handle (StateDb::open) writes"
     )]
     ReadOnly,
-    #[error("host {host} ({key}) of environment {environment} is being applied by {holder} since {since} (lease until {until}); wait for it to finish, or for the lease to expire if that process was killed")]
-    LeaseHeld {
-        key: String,
-        environment: String,
-        host: String,
-        /// Who holds it, for people.
-        holder: String,
-        /// RFC 3339.
-        since: String,
-        /// RFC 3339: when it expires unless renewed.
-        until: String,
-    },
+    #[error("host {} ({}) of environment {} is being applied by {} since {} (lease until {}); wait for it to finish, or for the lease to expire if that process was killed", .0.host, .0.key, .0.environment, .0.holder, .0.since, .0.until)]
+    LeaseHeld(Box<LeaseHeld>),
     #[error(transparent)]
     Audit(#[from] AuditError),
 }
@@ -111,10 +101,25 @@ impl StateError {
             StateError::AlreadyFinished { .. } => "state.already_finished",
             StateError::InvalidResult(_) => "state.invalid_result",
             StateError::ReadOnly => "state.read_only",
-            StateError::LeaseHeld { .. } => "state.lease_held",
+            StateError::LeaseHeld(_) => "state.lease_held",
             StateError::Audit(a) => a.code(),
         }
     }
+}
+
+/// A host lease another process holds (see `state::lease`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseHeld {
+    /// `address:port`.
+    pub key: String,
+    pub environment: String,
+    pub host: String,
+    /// Who holds it, for people.
+    pub holder: String,
+    /// RFC 3339.
+    pub since: String,
+    /// RFC 3339: when it expires unless renewed.
+    pub until: String,
 }
 
 /// SQLITE_BUSY / SQLITE_LOCKED after the busy timeout become [`StateError::Busy`].

@@ -18,6 +18,7 @@ use rusqlite::{params, OptionalExtension};
 use schemars::JsonSchema;
 use serde::Serialize;
 
+use super::error::LeaseHeld;
 use super::query::collect_typed;
 use super::report::rfc3339;
 use super::{ms, now_ms, StateDb, StateError};
@@ -104,14 +105,14 @@ impl StateDb {
                     .optional()?;
                 if let Some((id, who, env, host, since, until)) = row {
                     if id != holder_id && until > now {
-                        return Err(StateError::LeaseHeld {
+                        return Err(StateError::LeaseHeld(Box::new(LeaseHeld {
                             key: h.key.clone(),
                             environment: env,
                             host,
                             holder: who,
                             since: rfc3339(since),
                             until: rfc3339(until),
-                        });
+                        })));
                     }
                 }
                 put.execute(params![

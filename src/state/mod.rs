@@ -52,7 +52,7 @@ pub mod schema;
 mod types;
 pub(crate) mod write;
 
-pub use error::StateError;
+pub use error::{LeaseHeld, StateError};
 pub use filter::{DriftFilter, DriftState, FilterError, FilterLimits, RunFilter};
 pub use lease::{Lease, LeaseGuard, LeaseHost, LEASE_RENEW, LEASE_TTL};
 pub use open::{check_not_reset, MIRROR_DIR};

@@ -36,21 +36,18 @@ fn a_held_lease_names_its_holder_and_takes_nothing() {
             LEASE_TTL,
         )
         .unwrap_err();
-    let StateError::LeaseHeld {
-        ref host,
-        ref holder,
-        ref key,
-        ..
-    } = err
-    else {
+    let StateError::LeaseHeld(ref held) = err else {
         panic!("{err:?}");
     };
     assert_eq!(
-        (host.as_str(), key.as_str()),
+        (held.host.as_str(), held.key.as_str()),
         ("web1", "10.0.0.1:22"),
         "{err}"
     );
-    assert_eq!(holder, "the plumb daemon (pid 7): rollout of abc to prod");
+    assert_eq!(
+        held.holder,
+        "the plumb daemon (pid 7): rollout of abc to prod"
+    );
     assert_eq!(err.code(), "state.lease_held");
     let msg = err.to_string();
     assert!(
@@ -105,10 +102,7 @@ fn a_lease_its_holder_stopped_renewing_expires() {
         now + 59_999,
         ttl,
     );
-    assert!(
-        matches!(live, Err(StateError::LeaseHeld { .. })),
-        "{live:?}"
-    );
+    assert!(matches!(live, Err(StateError::LeaseHeld(_))), "{live:?}");
     // The killed holder never renewed: the lease is free after its TTL.
     db.take_leases_at(
         &[h("web1", "10.0.0.1")],
