@@ -1630,3 +1630,48 @@ async fn the_daemon_follows_the_newest_signed_tag_and_refuses_rollbacks() {
     }
     assert_eq!(last(&d).as_deref(), Some(c.as_str()));
 }
+
+/// A host a person is applying (`plumb rollback` or `plumb apply --state` beside the daemon
+/// holds its lease in the state) is waited for: the rollout begins no run until the lease is
+/// released, then goes ahead.
+#[tokio::test]
+async fn a_rollout_waits_for_a_host_a_person_is_applying() {
+    let fx = Fx::new();
+    fx.push(&[
+        ("plumb.yaml", PLUMB_YAML),
+        ("environments/production/hosts.yaml", HOSTS_YAML),
+        ("units/web.yaml", MOTD_UNIT),
+    ]);
+    let mut d = fx.daemon();
+    let db = d.db.clone();
+    let person = {
+        // The CLI's own handle on the same state: no exclusive lock.
+        let cli = state::StateDb::open_recorder(lock(&db).state_dir()).expect("recorder");
+        let host = state::LeaseHost::new("production", "web-1", "127.0.0.1", 1);
+        state::LeaseGuard::take(&cli, &[host], "plumb rollback (pid 1, user carol)").expect("lease")
+    };
+    let applies = move || {
+        lock(&db)
+            .runs(&RunFilter::default())
+            .expect("runs")
+            .iter()
+            .filter(|r| r.kind == RunKind::Apply)
+            .count()
+    };
+    {
+        let job = d.reconcile(Wake::Startup);
+        tokio::pin!(job);
+        tokio::select! {
+            _ = &mut job => panic!("the rollout did not wait for the leased host"),
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+        assert_eq!(applies(), 0, "no run began while the host was leased");
+        drop(person);
+        job.await;
+    }
+    assert_eq!(
+        applies(),
+        1,
+        "the rollout went ahead once the lease was released"
+    );
+}
