@@ -61,6 +61,7 @@ fn step(i: usize) -> StepRef {
         target: format!("/etc/app/f{i:02}.conf"),
         sensitive: false,
         secrets: Vec::new(),
+        removing: false,
     }
 }
 

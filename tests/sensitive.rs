@@ -140,7 +140,7 @@ fn sensitive_steps_leak_into_no_row_and_no_audit_record() {
     let runs = rt.block_on(engine::apply_all(&hosts, &connector, 2));
     assert_eq!(runs[0].changed(), 2, "{:?}", runs[0].error);
     for host_run in &runs {
-        db.record_host(&run, host_run, &StepMeta::default())
+        db.record_host(&run, host_run, &StepMeta::default(), &[])
             .expect("record");
     }
     let summary = serde_json::to_value(ApplyReport::new("test", &runs)).expect("json");
