@@ -129,8 +129,15 @@ fn a_step_removed_under_prune_removes_its_file_and_is_orphaned_otherwise() {
         [("app/hello".to_string(), "module_never".to_string())],
         "{plan:#}"
     );
-    let mut text = plumb_command(&hosts, &["plan"], r);
-    text.args(["--output", "text", "--state"]).arg(&state);
+    let mut text = std::process::Command::new(env!("CARGO_BIN_EXE_plumb"));
+    text.arg("plan")
+        .arg(r)
+        .args(["--env", "production", "--color", "never", "--identity"])
+        .arg(hosts.dir.join("id_ed25519"))
+        .arg("--known-hosts")
+        .arg(hosts.dir.join("known_hosts"))
+        .arg("--state")
+        .arg(&state);
     let (code, out, err) = sh(&mut text);
     assert_eq!(code, 2, "{out}\n{err}");
     assert!(
