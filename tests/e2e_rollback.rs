@@ -402,15 +402,8 @@ fn a_broken_canary_is_rolled_back_and_the_commit_quarantined() {
             prom.url()
         ),
     );
-    f.write(
-        "units/app.yaml",
-        &unit(
-            "healthy v3",
-            "0644",
-            "running",
-            "  - id: hello\n    package:\n      name: plumb-hello\n",
-        ),
-    );
+    // (It also stops declaring `hello`: a package is never pruned, so it is orphaned.)
+    f.write("units/app.yaml", &unit("healthy v3", "0644", "running", ""));
     let watched = f.commit_and_push("watch a metric", true);
     f.wait(
         "the metric stops the rollout",
@@ -423,6 +416,12 @@ fn a_broken_canary_is_rolled_back_and_the_commit_quarantined() {
     );
     let run = &runs(&f, "apply", &watched)[0];
     assert_eq!(run["summary"]["stopped_at_wave"], "canary", "{run:#}");
+    let orphan = &run["summary"]["orphans"][f.hosts.name(1)][0];
+    assert_eq!(
+        (&orphan["address"], &orphan["reason"]),
+        (&"app/hello".into(), &"module_never".into()),
+        "{run:#}"
+    );
     let up_high = run["summary"]["waves"][0]["health"]
         .as_array()
         .and_then(|h| h.iter().find(|c| c["check"] == "up-high"))

@@ -513,6 +513,12 @@ impl Daemon {
             duration: Duration::ZERO,
             drift_interval: Duration::ZERO,
             good_hosts: Vec::new(),
+            orphans: loaded
+                .hosts
+                .iter()
+                .filter(|h| !h.orphans.is_empty() && !loaded.pinned.contains(&h.host.name))
+                .map(|h| (h.host.name.clone(), h.orphans.clone()))
+                .collect(),
             paused: false,
             policy: None,
             rollback: RollbackFacts::default(),
