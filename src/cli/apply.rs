@@ -60,6 +60,9 @@ pub fn run(args: ApplyArgs, term: Term) -> anyhow::Result<u8> {
         return Ok(1);
     };
     let env = args.target.env.clone();
+    if let Some(rec) = &recorder {
+        prep.prune_from(rec.0.db(), &env)?;
+    }
     // The selected hosts: rendered ones first, then those whose facts could not be gathered.
     let selected: Vec<Host> = prep
         .hosts
@@ -102,7 +105,7 @@ pub fn run(args: ApplyArgs, term: Term) -> anyhow::Result<u8> {
         let (r, p) = *rec;
         bad_commit = p.commit();
         let limited = manual::left_out(&prep.repo, &env, &selected, &args.target.limit);
-        let id = r.finish(&p, &ran.runs, &limited, &ran.untouched)?;
+        let id = r.finish(&p, &ran.runs, &prep.hosts, (&limited, &ran.untouched))?;
         if output == OutputFormat::Text {
             eprintln!("{} recorded as manual run {id}", term.err.dim("plumb"));
         }
@@ -124,6 +127,7 @@ pub fn run(args: ApplyArgs, term: Term) -> anyhow::Result<u8> {
         }
     };
     let mut report = ran.report(&env);
+    report.set_orphans(&prep.hosts);
     report.policy = verdict;
     report.rollback = rollback;
     match output {

@@ -205,10 +205,16 @@ fn roll_back_to(
         trigger: Trigger::Cli,
     })?;
     let mut runs: Vec<HostRun> = Vec::new();
+    let mut declared = std::collections::HashMap::new();
     match prepared {
         Err(why) => summary.refused = Some(why),
         Ok((_, prep, _scratch)) => {
             runs = apply_prepared(ctx, &prep)?;
+            declared = prep
+                .hosts
+                .iter()
+                .map(|h| (h.host.name.clone(), crate::prune::Managed::declared(h)))
+                .collect();
             let checks = prep
                 .repo
                 .environments
@@ -227,7 +233,8 @@ fn roll_back_to(
         }
     }
     for r in &runs {
-        db.record_host(&run, r, &StepMeta::default())?;
+        let d = declared.get(&r.host.name).map_or(&[][..], Vec::as_slice);
+        db.record_host(&run, r, &StepMeta::default(), d)?;
     }
     let result = if summary.succeeded() {
         RunResult::Converged
@@ -310,7 +317,7 @@ fn prepare_target(ctx: &Ctx<'_>, target: &str, hosts: &[String]) -> anyhow::Resu
         facts: args.target.facts.clone(),
         secrets_identity: args.target.secrets_identity.clone(),
     };
-    let prep = match prepare(&t, &args.conn, args.output.output, ctx.term, ctx.rt) {
+    let mut prep = match prepare(&t, &args.conn, args.output.output, ctx.term, ctx.rt) {
         Ok(Some(p)) => p,
         Ok(None) => {
             return Ok(Err(format!(
@@ -323,6 +330,10 @@ fn prepare_target(ctx: &Ctx<'_>, target: &str, hosts: &[String]) -> anyhow::Resu
         return Ok(Err(
             "a host is not in the last good commit's inventory".to_string()
         ));
+    }
+    // What the bad commit added and the last good one does not declare is removed (prune on).
+    if let Some(db) = ctx.state {
+        prep.prune_from(db, &args.target.env)?;
     }
     Ok(Ok((signer, prep, scratch)))
 }

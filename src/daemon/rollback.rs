@@ -228,6 +228,8 @@ impl Daemon {
                 "a host is not in the last good commit's inventory".to_string()
             ));
         }
+        // What the bad commit added and the target does not declare is removed (prune on).
+        super::reconcile::prune_hosts(&lock(&self.db), env, &loaded.repo, &mut loaded.hosts)?;
         Ok(Ok((signer, loaded)))
     }
 
@@ -246,8 +248,9 @@ impl Daemon {
             engine::apply_host(h, t.as_ref()).await
         })
         .await;
-        for r in &runs {
-            lock(&self.db).record_host(run, r, &StepMeta::default())?;
+        for (h, r) in loaded.hosts.iter().zip(&runs) {
+            let declared = crate::prune::Managed::declared(h);
+            lock(&self.db).record_host(run, r, &StepMeta::default(), &declared)?;
         }
         let (failed, health) = crate::rollout::rollback::check_rolled_back(
             &runs,

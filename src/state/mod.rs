@@ -42,6 +42,7 @@ mod drift;
 mod error;
 pub mod filter;
 mod lease;
+mod managed;
 mod open;
 mod origins;
 mod pins;
