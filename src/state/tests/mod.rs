@@ -559,6 +559,7 @@ fn run_ids_sort_by_time() {
 mod attribution;
 mod chain;
 mod corrupt;
+mod oncall;
 mod private;
 
 /// A temporary state directory, private (0700) as `StateDb` requires: `tempfile` creates
