@@ -13,7 +13,10 @@ use serde::Serialize;
 
 use crate::engine::HostStatus;
 use crate::report::plan::ApplyReport;
-use crate::state::{NewRun, Pin, RunKind, RunResult, StateDb, StepMeta, Trigger};
+use crate::state::{
+    Attribution, NewRun, Origin, Pin, RollbackBy, RollbackOrigin, RunKind, RunResult, StateDb,
+    StepMeta, Trigger,
+};
 
 use super::args::{runtime, ConnArgs, FactsArgs, OutputArg, OutputFormat, Target};
 use super::facts::prepare;
@@ -33,6 +36,9 @@ pub struct RollbackArgs {
     /// Only these hosts (names, globs, label selectors, as `plumb apply --limit`).
     #[arg(long, alias = "host", value_name = "LIMIT")]
     pub limit: Vec<crate::limit::Limit>,
+    /// Why (recorded with the `pin` run, with who ran it, in the audit chain).
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
     /// The state directory: the daemon's (stop the daemon first: it holds the state's lock)
     /// or a standalone one.
     #[arg(long, env = "PLUMB_STATE_DIR")]
@@ -172,6 +178,28 @@ fn verify_target(a: &RollbackArgs, target: git2::Oid) -> anyhow::Result<crate::s
     }
 }
 
+/// The `pin` run's reason when `--reason` is not given.
+const PIN_REASON: &str = "pinned by a person (plumb rollback)";
+
+/// Every change of a `pin` run is this rollback's: back to `commit`, from the environment's
+/// newest commit (`bad`), decided by a person.
+fn pin_meta(
+    commit: &str,
+    signer: &crate::state::Signer,
+    bad: Option<&str>,
+    run: &crate::state::RunId,
+) -> StepMeta {
+    StepMeta::every_change(Attribution::rollback(Origin {
+        rollback: Some(RollbackOrigin {
+            from: bad.map(str::to_string),
+            to: commit.to_string(),
+            by: RollbackBy::Person,
+            run: run.clone(),
+        }),
+        ..Origin::commit(commit, Some(signer.principal.as_str()))
+    }))
+}
+
 /// Pins the selected hosts to the target and applies it. Exit 0 when every host converged.
 pub fn rollback(a: RollbackArgs, term: Term) -> anyhow::Result<u8> {
     let output = a.output.output;
@@ -214,8 +242,9 @@ pub fn rollback(a: RollbackArgs, term: Term) -> anyhow::Result<u8> {
         kind: RunKind::Pin,
         trigger: Trigger::Cli,
     })?;
+    let meta = pin_meta(&commit, &signer, bad.as_deref(), &run);
     for r in &runs {
-        db.record_host(&run, r, &StepMeta::default())?;
+        db.record_host(&run, r, &meta)?;
     }
     let hosts: Vec<String> = runs.iter().map(|r| r.host.name.clone()).collect();
     let failed: Vec<String> = runs
@@ -235,7 +264,10 @@ pub fn rollback(a: RollbackArgs, term: Term) -> anyhow::Result<u8> {
         "bad_commit": bad,
         "hosts": hosts,
         "failed_hosts": failed,
-        "reason": "pinned by a person (plumb rollback)",
+        "by": RollbackBy::Person,
+        "requested_by": super::manual::local_user(),
+        "to": a.to,
+        "reason": a.reason.as_deref().unwrap_or(PIN_REASON),
     });
     db.finish_run(&run, result, &summary)?;
     let report = RollbackReport {

@@ -199,6 +199,9 @@ pub struct RollbackFacts {
 pub struct RollbackOrder {
     /// The failed (now quarantined) commit.
     pub bad_commit: String,
+    /// The failed `apply` run, and the wave it stopped at.
+    pub failed_run: RunId,
+    pub failed_wave: Option<String>,
     /// What failed, one line (with the failing checks' output).
     pub reason: String,
     /// The health checks that failed in the stopped wave, with their output.
@@ -254,6 +257,8 @@ pub fn rollback_decision(r: &Rollout) -> RollbackDecision {
     }
     RollbackDecision::RollBack(RollbackOrder {
         bad_commit: r.commit.clone(),
+        failed_run: r.run.clone(),
+        failed_wave: r.stopped_at_wave.clone(),
         reason: r.reason.clone().unwrap_or_else(|| "a host failed".into()),
         failed_checks: r
             .waves
@@ -669,8 +674,16 @@ pub struct CorrectionSummary {
 /// signed into the audit chain) with the `rollback` run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct RollbackSummary {
+    /// Who decided: `daemon` (a failed wave).
+    pub by: crate::state::RollbackBy,
     /// The failed commit the hosts were taken off (quarantined).
     pub rollback_of: String,
+    /// The failed `apply` run that caused it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed_run: Option<RunId>,
+    /// The wave its rollout stopped at.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed_wave: Option<String>,
     /// What failed in its rollout.
     pub reason: String,
     /// The failed rollout's health checks that failed, each with its output.

@@ -16,7 +16,7 @@ use crate::engine::{self, HostStatus};
 use crate::health::CheckResult;
 use crate::model::Host;
 use crate::source::RangeOptions;
-use crate::state::{NewRun, RunKind, StepMeta};
+use crate::state::{Attribution, NewRun, Origin, RollbackBy, RollbackOrigin, RunKind, StepMeta};
 
 use super::policy::{self, Refusal, RollbackOrder, RollbackSummary};
 use super::reconcile::{load_commit, Loaded};
@@ -75,7 +75,10 @@ impl Daemon {
         hosts: Vec<String>,
     ) -> Result<(), DaemonError> {
         let mut summary = RollbackSummary {
+            by: RollbackBy::Daemon,
             rollback_of: order.bad_commit.clone(),
+            failed_run: Some(order.failed_run.clone()),
+            failed_wave: order.failed_wave.clone(),
             reason: order.reason.clone(),
             failed_checks: order.failed_checks.clone(),
             target: target.to_string(),
@@ -102,7 +105,17 @@ impl Daemon {
         match prepared {
             Err(why) => summary.refused = Some(why),
             Ok((_, loaded)) => {
-                let (failed, health) = self.apply_targets(&run, &loaded).await?;
+                // Every change is the rollback's: back to the target, from the bad commit.
+                let meta = StepMeta::every_change(Attribution::rollback(Origin {
+                    rollback: Some(RollbackOrigin {
+                        from: Some(order.bad_commit.clone()),
+                        to: target.to_string(),
+                        by: RollbackBy::Daemon,
+                        run: run.clone(),
+                    }),
+                    ..Origin::commit(target, signer_principal.as_deref())
+                }));
+                let (failed, health) = self.apply_targets(&run, &loaded, &meta).await?;
                 summary.failed_hosts = failed;
                 summary.health = health;
             }
@@ -215,12 +228,14 @@ impl Daemon {
         Ok(Ok((signer, loaded)))
     }
 
-    /// Applies the target's desired state to its hosts (recording each), then runs the
+    /// Applies the target's desired state to its hosts (recording each, its changes
+    /// attributed as `meta` says), then runs the
     /// target's health checks on those that converged. Returns (failed hosts, checks).
     async fn apply_targets(
         &self,
         run: &crate::state::RunId,
         loaded: &Loaded,
+        meta: &StepMeta,
     ) -> Result<(Vec<String>, Vec<CheckResult>), DaemonError> {
         let (connector, host_locks) = (&self.connector, &self.host_locks);
         let parallel = self.config.parallel as usize;
@@ -233,7 +248,7 @@ impl Daemon {
         let mut failed = Vec::new();
         let mut healthy: Vec<Host> = Vec::new();
         for r in &runs {
-            lock(&self.db).record_host(run, r, &StepMeta::default())?;
+            lock(&self.db).record_host(run, r, meta)?;
             if r.status == HostStatus::Converged {
                 healthy.push(r.host.clone());
             } else {
@@ -301,6 +316,9 @@ mod tests {
         assert_eq!(e.mark, CommitMark::Failed);
         let order = e.rollback.expect("a rollback");
         assert_eq!(order.bad_commit, BAD);
+        // Its cause travels with it into the rollback run: the failed run and its wave.
+        assert_eq!(order.failed_run.0, "01RUN");
+        assert_eq!(order.failed_wave.as_deref(), Some("canary"));
         assert_eq!(order.targets, vec![("web-1".to_string(), GOOD.to_string())]);
         assert_eq!(order.failed_checks, vec![check(false)]);
         let a = e.alert.expect("alert");
@@ -361,7 +379,10 @@ mod tests {
 
     fn summary(ok: bool) -> RollbackSummary {
         RollbackSummary {
+            by: crate::state::RollbackBy::Daemon,
             rollback_of: BAD.into(),
+            failed_run: Some(crate::state::RunId("01FAILED".into())),
+            failed_wave: Some("canary".into()),
             reason: "wave `canary`: health checks failed".into(),
             failed_checks: vec![check(false)],
             target: GOOD.into(),
