@@ -314,6 +314,11 @@ impl Recorder {
         })
     }
 
+    /// The state the run is recorded in.
+    pub fn db(&self) -> &StateDb {
+        &self.db
+    }
+
     /// Records a refusal: the run ends `refused` with the provenance and the reason.
     pub fn refused(self, p: &Provenance, why: &str) -> anyhow::Result<()> {
         let summary = ManualSummary {
@@ -332,8 +337,8 @@ impl Recorder {
         self,
         p: &Provenance,
         runs: &[HostRun],
-        limited: &[String],
-        untouched: &[String],
+        desired: &[crate::render::DesiredHost],
+        (limited, untouched): (&[String], &[String]),
     ) -> anyhow::Result<RunId> {
         let not_reached = [
             (limited, NotReachedReason::Limited, "left out by --limit"),
@@ -357,7 +362,7 @@ impl Recorder {
             let changed: Vec<String> = r
                 .steps
                 .iter()
-                .filter(|s| s.status == StepStatus::Changed)
+                .filter(|s| s.status == StepStatus::Changed && !s.step.removing)
                 .map(|s| s.step.address.to_string())
                 .collect();
             for a in &changed {
@@ -369,7 +374,12 @@ impl Recorder {
                     },
                 );
             }
-            self.db.record_host(&self.run, r, &meta)?;
+            let declared = desired
+                .iter()
+                .find(|h| h.host.name == r.host.name)
+                .map(crate::prune::Managed::declared)
+                .unwrap_or_default();
+            self.db.record_host(&self.run, r, &meta, &declared)?;
             self.db
                 .mark_manual(&self.env, &r.host.name, &changed, &self.origin)?;
         }

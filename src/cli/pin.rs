@@ -200,6 +200,26 @@ fn pin_meta(
     }))
 }
 
+/// The `pin` run's summary: the target and the hosts (`pinned`: commit, bad commit, hosts,
+/// failed hosts), who ran it, `--to` as given, and why.
+fn pin_summary(
+    a: &RollbackArgs,
+    signer: &crate::state::Signer,
+    (commit, bad, hosts, failed): (&str, Option<&str>, &[String], &[String]),
+) -> serde_json::Value {
+    serde_json::json!({
+        "pinned_to": commit,
+        "target_signer": signer.principal,
+        "bad_commit": bad,
+        "hosts": hosts,
+        "failed_hosts": failed,
+        "by": RollbackBy::Person,
+        "requested_by": super::manual::local_user(),
+        "to": a.to,
+        "reason": a.reason.as_deref().unwrap_or(PIN_REASON),
+    })
+}
+
 /// Pins the selected hosts to the target and applies it. Exit 0 when every host converged.
 pub fn rollback(a: RollbackArgs, term: Term) -> anyhow::Result<u8> {
     let output = a.output.output;
@@ -218,12 +238,14 @@ pub fn rollback(a: RollbackArgs, term: Term) -> anyhow::Result<u8> {
         facts: a.facts.clone(),
         secrets_identity: a.secrets_identity.clone(),
     };
-    let Some(prep) = prepare(&t, &a.conn, output, term, &rt)? else {
+    let Some(mut prep) = prepare(&t, &a.conn, output, term, &rt)? else {
         bail!(
             "commit {target} does not validate for environment {} any more (see above)",
             a.env
         );
     };
+    // What the newer commits added and the target does not declare is removed (prune on).
+    prep.prune_from(&db, &a.env)?;
     let connector = a.conn.connector();
     let mut runs = rt.block_on(crate::engine::until_signal(crate::engine::each_host(
         &prep.hosts,
@@ -244,7 +266,13 @@ pub fn rollback(a: RollbackArgs, term: Term) -> anyhow::Result<u8> {
     })?;
     let meta = pin_meta(&commit, &signer, bad.as_deref(), &run);
     for r in &runs {
-        db.record_host(&run, r, &meta)?;
+        let declared = prep
+            .hosts
+            .iter()
+            .find(|h| h.host.name == r.host.name)
+            .map(crate::prune::Managed::declared)
+            .unwrap_or_default();
+        db.record_host(&run, r, &meta, &declared)?;
     }
     let hosts: Vec<String> = runs.iter().map(|r| r.host.name.clone()).collect();
     let failed: Vec<String> = runs
@@ -258,25 +286,22 @@ pub fn rollback(a: RollbackArgs, term: Term) -> anyhow::Result<u8> {
     } else {
         RunResult::Failed
     };
-    let summary = serde_json::json!({
-        "pinned_to": commit,
-        "target_signer": signer.principal,
-        "bad_commit": bad,
-        "hosts": hosts,
-        "failed_hosts": failed,
-        "by": RollbackBy::Person,
-        "requested_by": super::manual::local_user(),
-        "to": a.to,
-        "reason": a.reason.as_deref().unwrap_or(PIN_REASON),
-    });
-    db.finish_run(&run, result, &summary)?;
+    let pinned = (
+        commit.as_str(),
+        bad.as_deref(),
+        hosts.as_slice(),
+        failed.as_slice(),
+    );
+    db.finish_run(&run, result, &pin_summary(&a, &signer, pinned))?;
+    let mut apply = ApplyReport::new(&a.env, &runs);
+    apply.set_orphans(&prep.hosts);
     let report = RollbackReport {
         environment: a.env.clone(),
         target: commit,
         target_signer: signer.principal,
         bad_commit: bad,
         run: run.0,
-        apply: ApplyReport::new(&a.env, &runs),
+        apply,
     };
     match output {
         OutputFormat::Json => print_json(&report)?,

@@ -57,6 +57,7 @@ fn record_manual(fx: &Fx, glass: Option<&str>, refused: bool) -> RunId {
         &run,
         &crate::state::tests::host_run("web-1", 1, HostStatus::Converged),
         &StepMeta::default(),
+        &[],
     )
     .expect("host");
     let why = NotReached {

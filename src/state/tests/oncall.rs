@@ -158,8 +158,13 @@ fn a_rollbacks_changes_are_attributed_to_it_and_are_not_drift() {
         ..Origin::commit("good", Some("alice@example.com"))
     };
     let meta = StepMeta::every_change(Attribution::rollback(origin.clone()));
-    db.record_host(&run, &host_run("web1", 2, HostStatus::Converged), &meta)
-        .unwrap();
+    db.record_host(
+        &run,
+        &host_run("web1", 2, HostStatus::Converged),
+        &meta,
+        &[],
+    )
+    .unwrap();
     let summary = json!({
         "by": "daemon", "rollback_of": "bad", "failed_run": "01FAILED", "failed_wave": "canary",
         "reason": "wave `canary`: health checks failed", "target": "good", "hosts": ["web1"],
