@@ -6,6 +6,8 @@
 //!   `not_reached` with the reason);
 //! - every drift with its evidence and resolution (`plumb drift-history`);
 //! - every refusal (`plumb history --result refused`);
+//! - a `--break-glass` apply beside the running daemon is alerted (`break_glass`, once, with
+//!   who, from what, why and where); the refused apply before it is not;
 //! - an exported chain with a drift finding edited fails verification.
 
 mod common;
@@ -19,7 +21,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use common::{exec, lock, plumb_command, sh, HOSTS};
-use daemon::DaemonFixture;
+use daemon::{AlertCapture, DaemonFixture};
 
 const A: &str = "/etc/audit-a.conf";
 const B: &str = "/etc/audit-b.conf";
@@ -178,6 +180,8 @@ fn auditors_questions_are_each_answered_by_one_command() {
     add_bob(&f);
     waves(&f, "true");
     let c1 = f.commit_and_push("waves", true);
+    let capture = AlertCapture::start();
+    f.alert_to(&capture);
     f.start_daemon();
     f.wait("c1 applied", Duration::from_secs(300), || f.applied(&c1));
 
@@ -276,6 +280,48 @@ fn auditors_questions_are_each_answered_by_one_command() {
     assert_eq!(exec(&f.hosts, 2, &format!("cat {B}")), "b-hotfix");
     f.git(&["checkout", "--", "."]);
 
+    // Break glass is alerted by the daemon running beside it: once, saying who, from what,
+    // why and where, linking to the run; the refused apply before it raised nothing.
+    let glass = || -> Vec<Value> {
+        capture
+            .events()
+            .into_iter()
+            .filter(|a| a["event"] == "break_glass")
+            .collect()
+    };
+    f.wait("the break_glass alert", Duration::from_secs(30), || {
+        !glass().is_empty()
+    });
+    let alert = glass().remove(0);
+    let details = &alert["details"];
+    assert_eq!(details["reason"], "incident 42", "{alert:#}");
+    assert_eq!(details["dirty"], true, "{alert:#}");
+    assert!(
+        details["commit"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("uncommitted:")),
+        "{alert:#}"
+    );
+    assert!(details["user"].as_str().is_some_and(|u| !u.is_empty()));
+    assert!(details["identity"].as_str().is_some_and(|i| !i.is_empty()));
+    assert_eq!(alert["environment"], "production");
+    assert!(
+        alert["hosts"]
+            .as_array()
+            .is_some_and(|h| h.iter().any(|h| *h == host2.as_str())),
+        "{alert:#}"
+    );
+    let run = details["run"].as_str().expect("the run");
+    assert!(
+        alert["link"]
+            .as_str()
+            .is_some_and(|l| l.ends_with(&format!("/runs/{run}"))),
+        "{alert:#}"
+    );
+    assert!(alert["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("break glass") && m.contains("incident 42")));
+
     // The daemon attributes the hotfix to the manual run, not to anonymous drift.
     f.wait("manual drift", Duration::from_secs(60), || {
         drift_history(&state).iter().any(|d| {
@@ -361,6 +407,12 @@ fn auditors_questions_are_each_answered_by_one_command() {
     assert_eq!(refused[0]["summary"]["manual"]["dirty"], true);
 
     // The export verifies; with a drift finding's evidence edited, it does not.
+    assert_eq!(
+        glass().len(),
+        1,
+        "break glass is alerted once: {:#?}",
+        glass()
+    );
     f.stop_daemon();
     let clean = tempfile::tempdir().unwrap();
     let (code, key, err) = plumb(&["audit", "public-key", "--state", state.to_str().unwrap()]);

@@ -204,7 +204,7 @@ fn a_backup_is_proven_by_restores_and_its_failures_alert() {
     let run = f.run_of("apply", &commit).expect("run");
     assert!(!run.to_string().contains("correct horse"), "{run}");
     let client = f.hosts.name(1);
-    let labels = format!("{{environment=\"production\",host=\"{client}\",backup=\"app\"}}");
+    let labels = format!("{{env=\"production\",host=\"{client}\",backup=\"app\"}}");
     restore_succeeds(&f, &labels);
     corrupted_pack_fails(&f, &alerts, &labels);
     deleted_repository_alerts(&f, &alerts, &labels);

@@ -427,12 +427,12 @@ fn signed_push_is_applied() {
     let m = f.metrics();
     assert!(
         m.contains(&format!(
-            "plumb_last_applied_commit_info{{environment=\"production\",commit=\"{second}\"}} 1"
+            "plumb_last_applied_commit_info{{env=\"production\",commit=\"{second}\"}} 1"
         )),
         "{m}"
     );
     assert!(
-        m.contains("plumb_commit_to_applied_seconds_count{environment=\"production\"} 2"),
+        m.contains("plumb_commit_to_applied_seconds_count{env=\"production\"} 2"),
         "{m}"
     );
 
@@ -500,11 +500,8 @@ fn unsigned_commit_and_bad_webhook_change_nothing() {
     assert_eq!(before, after, "no host was touched");
     let m = f.metrics();
     assert!(
-        m.contains(
-            "plumb_signature_refusals_total{source=\"commit\",environment=\"production\"} 1"
-        ) || m.contains(
-            "plumb_signature_refusals_total{environment=\"production\",source=\"commit\"} 1"
-        ),
+        m.contains("plumb_signature_refusals_total{source=\"commit\",env=\"production\"} 1")
+            || m.contains("plumb_signature_refusals_total{env=\"production\",source=\"commit\"} 1"),
         "{m}"
     );
     f.wait("a signature_refused alert", Duration::from_secs(20), || {
@@ -658,7 +655,7 @@ fn drift_is_reported_then_corrected() {
     exec(&f.hosts, 2, "systemctl stop plumb-demo");
     f.wait("drift in /metrics", Duration::from_secs(30), || {
         f.metrics()
-            .contains("plumb_drifted_resources{environment=\"production\",host=\"plumb-host-2\"} 1")
+            .contains("plumb_drifted_resources{env=\"production\",host=\"plumb-host-2\"} 1")
     });
     f.wait("a drift_found alert", Duration::from_secs(20), || {
         f.alerts.has("drift_found")

@@ -3,7 +3,8 @@
 //! starts: a hand edit raises a drift alert that stays firing in Alertmanager while plumb
 //! re-sends it and is resolved once the edit is undone; a service stopped between deploys
 //! (drift mode `report`) raises `health_check_failed` within one interval and resolves when
-//! it runs again; a stopped host raises `host_unreachable` and resolves when it is back.
+//! it runs again; a stopped host raises `host_unreachable`, which survives a daemon restart
+//! (re-sent with its original start, not paged again) and resolves when the host is back.
 //! The example alert rules in `dist/` pass `promtool check rules`.
 //!
 //! Run: `cargo nextest run --test e2e_oncall`.
@@ -162,7 +163,7 @@ fn drift_health_and_unreachable_alerts_fire_and_resolve_in_alertmanager() {
     let m = metrics(&f);
     assert!(
         m.contains(&format!(
-            "plumb_health_check_up{{environment=\"production\",host=\"{h2}\",check=\"demo-active\"}} 0"
+            "plumb_health_check_up{{env=\"production\",host=\"{h2}\",check=\"demo-active\"}} 0"
         )),
         "{m}"
     );
@@ -192,15 +193,37 @@ fn drift_health_and_unreachable_alerts_fire_and_resolve_in_alertmanager() {
     let m = metrics(&f);
     assert!(
         m.contains(&format!(
-            "plumb_host_reachable{{environment=\"production\",host=\"{h2}\"}} 0"
+            "plumb_host_reachable{{env=\"production\",host=\"{h2}\"}} 0"
         )),
         "{m}"
     );
     assert!(
         !m.contains(&format!(
-            "plumb_drifted_resources{{environment=\"production\",host=\"{h2}\"}}"
+            "plumb_drifted_resources{{env=\"production\",host=\"{h2}\"}}"
         )),
         "an unknown host has no drift count: {m}"
+    );
+    // The daemon restarts while host 2 is still down: its alert survives (kept in the
+    // state), re-sent to Alertmanager with its original start, not paged again as new.
+    let before = am.find("PlumbHostUnreachable", &gone).expect("firing");
+    let paged = captured(&capture, "host_unreachable", "firing", &h2).len();
+    f.stop_daemon();
+    f.start_daemon();
+    f.wait(
+        "the restored alert re-sent to Alertmanager",
+        Duration::from_secs(30),
+        || {
+            am.find("PlumbHostUnreachable", &gone).is_some_and(|a| {
+                a["endsAt"].as_str() > before["endsAt"].as_str()
+                    && a["startsAt"] == before["startsAt"]
+            })
+        },
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(
+        captured(&capture, "host_unreachable", "firing", &h2).len(),
+        paged,
+        "not paged again after the restart"
     );
     let history = f.history();
     let unknown = history

@@ -11,9 +11,78 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use super::{Alert, AlertKey, AlertStatus};
+use super::{Alert, AlertError, AlertEvent, AlertKey, AlertStatus, ChainHead};
+
+/// An active alert as the state keeps it across restarts: everything it says, and when it
+/// started (RFC 3339), so that it is re-sent after a restart as the same alert (same identity,
+/// same `startsAt`), never paged again as new.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredAlert {
+    pub event: AlertEvent,
+    pub environment: Option<String>,
+    pub commit: Option<String>,
+    pub hosts: Vec<String>,
+    pub message: String,
+    pub details: serde_json::Value,
+    /// When it first fired.
+    pub time: String,
+    pub link: Option<String>,
+    pub audit_head: Option<ChainHead>,
+    pub signer: Option<String>,
+    pub subject: Option<String>,
+}
+
+impl From<&Alert> for StoredAlert {
+    fn from(a: &Alert) -> StoredAlert {
+        StoredAlert {
+            event: a.event,
+            environment: a.environment.clone(),
+            commit: a.commit.clone(),
+            hosts: a.hosts.clone(),
+            message: a.message.clone(),
+            details: a.details.clone(),
+            time: super::rfc3339(a.time),
+            link: a.link.clone(),
+            audit_head: a.audit_head.clone(),
+            signer: a.signer.clone(),
+            subject: a.subject.clone(),
+        }
+    }
+}
+
+impl TryFrom<StoredAlert> for Alert {
+    type Error = AlertError;
+
+    /// The stored alert, firing again (its `endsAt` is set when it is re-sent).
+    fn try_from(s: StoredAlert) -> Result<Alert, AlertError> {
+        let time = OffsetDateTime::parse(&s.time, &Rfc3339).map_err(|e| {
+            AlertError::Stored(format!(
+                "{} alert: time {:?}: {e}",
+                s.event.as_str(),
+                s.time
+            ))
+        })?;
+        Ok(Alert {
+            event: s.event,
+            environment: s.environment,
+            commit: s.commit,
+            hosts: s.hosts,
+            message: s.message,
+            details: s.details,
+            time,
+            link: s.link,
+            audit_head: s.audit_head,
+            signer: s.signer,
+            subject: s.subject,
+            status: AlertStatus::Firing,
+            ends_at: None,
+        })
+    }
+}
 
 /// How many re-send intervals ahead a firing alert's `endsAt` lies.
 pub const ENDS_AFTER_RESENDS: u32 = 4;
@@ -59,6 +128,18 @@ impl ActiveAlerts {
         }
         self.active.insert(key, (alert.clone(), now));
         Some(alert)
+    }
+
+    /// An alert that was firing when the daemon stopped (read back from the state): active
+    /// again with its first `time`, and due to be re-sent at once (Alertmanager learns it
+    /// still holds); not paged again as new. A later [`ActiveAlerts::fire`] saying the same is
+    /// news to no one; a check that finds its condition gone resolves it.
+    pub fn restore(&mut self, alert: Alert) {
+        let key = alert.key();
+        if key.event.one_off() {
+            return;
+        }
+        self.active.insert(key, (alert, OffsetDateTime::UNIX_EPOCH));
     }
 
     /// The condition of `key` is gone: returns the resolution to send, if it was firing.
@@ -166,6 +247,50 @@ mod tests {
         assert_eq!(resolved.time, t0);
         assert_eq!(a.resolve(&updated.key(), t0 + MIN * 4), None, "only once");
         assert_eq!(a.len(), 1);
+    }
+
+    #[test]
+    fn a_restored_alert_is_due_at_once_and_keeps_its_start() {
+        let t0 = time::macros::datetime!(2026-01-01 00:00:00.123456789 UTC);
+        let mut before = ActiveAlerts::default();
+        let sent = before
+            .fire(drift("web-1", "1 drifted", t0), MIN)
+            .expect("new");
+        // What the state keeps, read back after a restart.
+        let stored = StoredAlert::from(&sent);
+        let text = serde_json::to_string(&stored).expect("json");
+        let back: StoredAlert = serde_json::from_str(&text).expect("parses");
+        let alert = Alert::try_from(back).expect("an alert");
+        assert_eq!(alert.time, t0, "the start survives to the nanosecond");
+        assert_eq!(alert.key(), sent.key());
+        assert_eq!(
+            (alert.message.as_str(), &alert.details),
+            (sent.message.as_str(), &sent.details)
+        );
+        let mut after = ActiveAlerts::default();
+        after.restore(alert);
+        assert!(after.is_active(&sent.key()));
+        // Re-sent at the first tick (Alertmanager learns it still holds), with its start.
+        let t1 = t0 + MIN * 30;
+        let due = after.due_resends(t1, MIN);
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].time, t0);
+        assert_eq!(due[0].ends_at, Some(t1 + MIN * 4));
+        // Found again saying the same: not news. Gone: resolved, with its start.
+        assert_eq!(after.fire(drift("web-1", "1 drifted", t1), MIN), None);
+        let gone = after.resolve(&sent.key(), t1).expect("was firing");
+        assert_eq!((gone.status, gone.time), (AlertStatus::Resolved, t0));
+        // One-off alerts are never active.
+        let mut once = drift("web-1", "x", t0);
+        once.event = AlertEvent::BreakGlass;
+        after.restore(once);
+        assert!(after.is_empty());
+        // A stored time that does not parse is an error naming it.
+        let mut bad = stored.clone();
+        bad.time = "yesterday".into();
+        let err = Alert::try_from(bad).unwrap_err();
+        assert_eq!(err.code(), "stored");
+        assert!(err.to_string().contains("yesterday"), "{err}");
     }
 
     #[test]

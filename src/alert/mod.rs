@@ -59,6 +59,9 @@ pub enum AlertEvent {
     /// A backup's latest snapshot or restore test is older than twice its interval, its
     /// restore test failed, or its repository is gone or unreachable.
     BackupFailed,
+    /// A person applied with `plumb apply --break-glass "<reason>"`: the trust root's gate
+    /// (signed, committed changes only) was bypassed. Sent once per such run.
+    BreakGlass,
 }
 
 impl AlertEvent {
@@ -71,7 +74,13 @@ impl AlertEvent {
             AlertEvent::HostUnreachable => "host_unreachable",
             AlertEvent::HealthCheckFailed => "health_check_failed",
             AlertEvent::BackupFailed => "backup_failed",
+            AlertEvent::BreakGlass => "break_glass",
         }
+    }
+    /// Whether the alert tells of something that happened rather than a condition that holds:
+    /// sent once, never active, never resolved.
+    pub fn one_off(self) -> bool {
+        matches!(self, AlertEvent::RolledBack | AlertEvent::BreakGlass)
     }
     /// Whether the alert is about one host (its identity then includes the host, and each
     /// host's alert fires and resolves on its own).
@@ -94,6 +103,7 @@ impl AlertEvent {
             AlertEvent::HostUnreachable => "PlumbHostUnreachable",
             AlertEvent::HealthCheckFailed => "PlumbHealthCheckFailed",
             AlertEvent::BackupFailed => "PlumbBackupFailed",
+            AlertEvent::BreakGlass => "PlumbBreakGlass",
         }
     }
     pub fn severity(self) -> &'static str {
@@ -102,7 +112,8 @@ impl AlertEvent {
             | AlertEvent::SignatureRefused
             | AlertEvent::HostUnreachable
             | AlertEvent::HealthCheckFailed
-            | AlertEvent::BackupFailed => "critical",
+            | AlertEvent::BackupFailed
+            | AlertEvent::BreakGlass => "critical",
             AlertEvent::DriftFound | AlertEvent::RolledBack => "warning",
         }
     }
@@ -115,6 +126,7 @@ impl AlertEvent {
             AlertEvent::HostUnreachable => "Host unreachable",
             AlertEvent::HealthCheckFailed => "Health check failed",
             AlertEvent::BackupFailed => "Backup failed",
+            AlertEvent::BreakGlass => "Break glass",
         }
     }
 }
@@ -452,6 +464,9 @@ pub enum AlertError {
     Request(String),
     #[error("the sink answered HTTP {0}")]
     Status(u16),
+    /// An alert kept in the state (active across a restart) that cannot be read back.
+    #[error("a stored alert cannot be read back: {0}")]
+    Stored(String),
 }
 
 impl AlertError {
@@ -461,6 +476,7 @@ impl AlertError {
             AlertError::Timeout(_) => "timeout",
             AlertError::Request(_) => "request",
             AlertError::Status(_) => "http_status",
+            AlertError::Stored(_) => "stored",
         }
     }
 }

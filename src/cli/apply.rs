@@ -100,15 +100,15 @@ pub fn run(args: ApplyArgs, term: Term) -> anyhow::Result<u8> {
         };
         run_waves(&ctx, &mut prep, &selected, &waves, &checks)?
     };
-    let mut bad_commit = "HEAD".to_string();
+    let mut bad = ("HEAD".to_string(), None);
     if let Some(rec) = recorder {
         let (r, p) = *rec;
-        bad_commit = p.commit();
         let limited = manual::left_out(&prep.repo, &env, &selected, &args.target.limit);
         let id = r.finish(&p, &ran.runs, &prep.hosts, (&limited, &ran.untouched))?;
         if output == OutputFormat::Text {
             eprintln!("{} recorded as manual run {id}", term.err.dim("plumb"));
         }
+        bad = (p.commit(), Some(id));
     }
     let rollback = match &ran.stopped {
         None => None,
@@ -122,7 +122,7 @@ pub fn run(args: ApplyArgs, term: Term) -> anyhow::Result<u8> {
                 rt: &rt,
                 term,
             };
-            let stopped = ran.stopped_wave(reason, bad_commit, environment.as_ref());
+            let stopped = ran.stopped_wave(reason, bad, environment.as_ref());
             Some(super::apply_rollback::after_stop(&stopped, &ctx)?)
         }
     };
@@ -189,7 +189,7 @@ impl Ran {
     fn stopped_wave<'a>(
         &'a self,
         reason: &'a str,
-        bad_commit: String,
+        (bad_commit, failed_run): (String, Option<crate::state::RunId>),
         environment: Option<&'a crate::model::Environment>,
     ) -> super::apply_rollback::Stopped<'a> {
         let wave = self.summaries.last();
@@ -200,6 +200,7 @@ impl Ran {
             .collect();
         super::apply_rollback::Stopped {
             bad_commit,
+            failed_run,
             reason,
             wave: wave.unwrap_or(&EMPTY_WAVE),
             runs,

@@ -29,6 +29,8 @@ use super::term::Term;
 pub struct Stopped<'a> {
     /// The commit applied (`<id>` or `uncommitted:<tree sha256>`; `HEAD` without `--state`).
     pub bad_commit: String,
+    /// The recorded `manual` run that stopped (with `--state`).
+    pub failed_run: Option<crate::state::RunId>,
     /// Why the wave stopped (its failed hosts, or its failed checks with their output).
     pub reason: &'a str,
     pub wave: &'a WaveSummary,
@@ -91,7 +93,12 @@ pub fn after_stop(s: &Stopped<'_>, ctx: &Ctx<'_>) -> anyhow::Result<ApplyRollbac
         .collect();
     // A person's apply is not the daemon's loop: `already_rolled_back` (at most one automatic
     // rollback per commit and host) stays empty, and nothing is claimed in `rollbacks`.
-    match rollback::decide(&facts, &s.bad_commit, Some(s.reason), Some(s.wave)) {
+    match rollback::decide(
+        &facts,
+        (&s.bad_commit, s.failed_run.as_ref()),
+        Some(s.reason),
+        Some(s.wave),
+    ) {
         RollbackDecision::Not(why) => Ok(out(ApplyRollbackStatus::NotRolledBack, why, hosts)),
         RollbackDecision::RollBack(order) => {
             let mut runs = Vec::new();
@@ -184,6 +191,9 @@ fn roll_back_to(
 ) -> anyhow::Result<ApplyRollbackRun> {
     let env = &ctx.args.target.env;
     let mut summary = rollback::RollbackSummary {
+        by: crate::state::RollbackBy::Person,
+        failed_run: order.failed_run.clone(),
+        failed_wave: order.failed_wave.clone(),
         rollback_of: order.bad_commit.clone(),
         reason: order.reason.clone(),
         failed_checks: order.failed_checks.clone(),
@@ -232,9 +242,19 @@ fn roll_back_to(
             summary.health = health;
         }
     }
+    // Every change is the rollback's: from the bad commit back to the target.
+    let meta = StepMeta::every_change(crate::state::Attribution::rollback(crate::state::Origin {
+        rollback: Some(crate::state::RollbackOrigin {
+            from: Some(order.bad_commit.clone()),
+            to: target.to_string(),
+            by: crate::state::RollbackBy::Person,
+            run: run.clone(),
+        }),
+        ..crate::state::Origin::commit(target, summary.target_signer.as_deref())
+    }));
     for r in &runs {
         let d = declared.get(&r.host.name).map_or(&[][..], Vec::as_slice);
-        db.record_host(&run, r, &StepMeta::default(), d)?;
+        db.record_host(&run, r, &meta, d)?;
     }
     let result = if summary.succeeded() {
         RunResult::Converged
@@ -362,6 +382,7 @@ mod tests {
     fn stopped<'a>(wave: &'a WaveSummary, runs: &'a [HostRun]) -> Stopped<'a> {
         Stopped {
             bad_commit: "uncommitted:feed".into(),
+            failed_run: None,
             reason: "wave `canary`: health checks failed",
             wave,
             runs: runs.iter().collect(),

@@ -7,13 +7,12 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::engine::{HostRun, StepStatus};
 use crate::state::{
-    Attribution, Cause, NewRun, NotReached, NotReachedReason, Origin, RunId, RunKind, RunResult,
-    Signer, StateDb, StepMeta, Trigger,
+    Attribution, Cause, ManualSummary, NewRun, NotReached, NotReachedReason, Origin, RunId,
+    RunKind, RunResult, Signer, StateDb, StepMeta, Trigger,
 };
 
 /// The options of `plumb apply` that record and gate a manual run.
@@ -38,50 +37,25 @@ pub struct ManualArgs {
     pub break_glass: Option<String>,
 }
 
-/// Where a manual apply comes from and who ran it: the summary of the recorded run.
-#[derive(Debug, Clone, Serialize)]
-pub struct Provenance {
-    /// The local user.
-    pub user: String,
-    /// The SSH identity given (`--identity`) and its fingerprint, or `ssh defaults`.
-    pub identity: String,
-    /// HEAD's commit, when the repo is a git checkout.
-    pub head: Option<String>,
-    /// The working tree differs from HEAD (or is not a git checkout).
-    pub dirty: bool,
-    /// sha256 over every file of the repo (path and content), `.git` excluded.
-    pub tree_sha256: String,
-    /// sha256 of the diff against HEAD (a dirty tree only).
-    pub diff_sha256: Option<String>,
-    /// HEAD's signer, when a trust root verified it.
-    pub signer: Option<String>,
-    /// Why HEAD did not verify against the trust root.
-    pub unverified: Option<String>,
-    /// The reason given with --break-glass.
-    pub break_glass: Option<String>,
+/// Where a manual apply comes from and who ran it (stored in the run's summary).
+pub use crate::state::Provenance;
+
+/// Why the trust root (`gated`: one was given) refuses an apply of `p`, when it does.
+pub fn refusal(p: &Provenance, gated: bool) -> Option<String> {
+    if !gated || p.break_glass.is_some() {
+        return None;
+    }
+    if p.dirty {
+        return Some("the working tree has uncommitted changes (commit and sign them, or pass --break-glass \"<reason>\")".into());
+    }
+    p.unverified.as_ref().map(|why| {
+        format!("HEAD does not verify against the trust root: {why} (sign it, or pass --break-glass \"<reason>\")")
+    })
 }
 
-impl Provenance {
-    /// `<commit>` or `uncommitted:<tree sha256>`: what the changes are attributed to.
-    pub fn commit(&self) -> String {
-        match (&self.head, self.dirty) {
-            (Some(h), false) => h.clone(),
-            _ => format!("uncommitted:{}", self.tree_sha256),
-        }
-    }
-
-    /// Why the trust root refuses this apply, when it does.
-    pub fn refusal(&self, gated: bool) -> Option<String> {
-        if !gated || self.break_glass.is_some() {
-            return None;
-        }
-        if self.dirty {
-            return Some("the working tree has uncommitted changes (commit and sign them, or pass --break-glass \"<reason>\")".into());
-        }
-        self.unverified.as_ref().map(|why| {
-            format!("HEAD does not verify against the trust root: {why} (sign it, or pass --break-glass \"<reason>\")")
-        })
-    }
+/// A summary as stored (plain data: it always serialises).
+fn json_value(s: &ManualSummary) -> serde_json::Value {
+    serde_json::to_value(s).unwrap_or(serde_json::Value::Null)
 }
 
 fn sha256_hex(b: &[u8]) -> String {
@@ -276,7 +250,7 @@ pub fn start(
         Some(dir) => Some(Recorder::begin(dir, &args.target.env, &p)?),
         None => None,
     };
-    if let Some(why) = p.refusal(gated(m)) {
+    if let Some(why) = refusal(&p, gated(m)) {
         if let Some(r) = recorder {
             r.refused(&p, &why)?;
         }
@@ -320,10 +294,19 @@ impl Recorder {
             kind: RunKind::Manual,
             trigger: Trigger::Cli,
         })?;
+        // Who and why, from the start: a run stopped midway keeps them (and a break-glass
+        // one is still alerted by the daemon).
+        let summary = ManualSummary {
+            manual: p.clone(),
+            refused: None,
+            interrupted: None,
+        };
+        db.set_run_summary(&run, &json_value(&summary))?;
         let origin = Origin {
             commit: p.commit(),
             signer: Some(p.user.clone()),
             run: Some(run.clone()),
+            rollback: None,
         };
         Ok(Recorder {
             db,
@@ -340,9 +323,13 @@ impl Recorder {
 
     /// Records a refusal: the run ends `refused` with the provenance and the reason.
     pub fn refused(self, p: &Provenance, why: &str) -> anyhow::Result<()> {
-        let summary = serde_json::json!({"manual": p, "refused": why});
+        let summary = ManualSummary {
+            manual: p.clone(),
+            refused: Some(why.to_string()),
+            interrupted: None,
+        };
         self.db
-            .finish_run(&self.run, RunResult::Refused, &summary)?;
+            .finish_run(&self.run, RunResult::Refused, &json_value(&summary))?;
         Ok(())
     }
 
@@ -406,8 +393,13 @@ impl Recorder {
         } else {
             RunResult::Converged
         };
-        let summary = serde_json::json!({ "manual": p });
-        self.db.finish_run(&self.run, result, &summary)?;
+        let summary = ManualSummary {
+            manual: p.clone(),
+            refused: None,
+            interrupted: None,
+        };
+        self.db
+            .finish_run(&self.run, result, &json_value(&summary))?;
         Ok(self.run)
     }
 }
@@ -432,24 +424,22 @@ mod tests {
 
     #[test]
     fn the_trust_root_refuses_a_dirty_tree_or_an_unverified_head_unless_break_glass() {
-        assert!(p(true, None, None)
-            .refusal(true)
+        assert!(refusal(&p(true, None, None), true)
             .unwrap()
             .contains("uncommitted"));
-        assert!(p(false, Some("unsigned"), None)
-            .refusal(true)
+        assert!(refusal(&p(false, Some("unsigned"), None), true)
             .unwrap()
             .contains("unsigned"));
         assert_eq!(
-            p(true, Some("unsigned"), Some("incident")).refusal(true),
+            refusal(&p(true, Some("unsigned"), Some("incident")), true),
             None
         );
         assert_eq!(
-            p(true, None, None).refusal(false),
+            refusal(&p(true, None, None), false),
             None,
             "no trust root, no gate"
         );
-        assert_eq!(p(false, None, None).refusal(true), None);
+        assert_eq!(refusal(&p(false, None, None), true), None);
         assert_eq!(p(true, None, None).commit(), "uncommitted:t");
         assert_eq!(p(false, None, None).commit(), "c0ffee");
     }

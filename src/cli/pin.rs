@@ -13,7 +13,10 @@ use serde::Serialize;
 
 use crate::engine::HostStatus;
 use crate::report::plan::ApplyReport;
-use crate::state::{NewRun, Pin, RunKind, RunResult, StateDb, StepMeta, Trigger};
+use crate::state::{
+    Attribution, NewRun, Origin, Pin, RollbackBy, RollbackOrigin, RunKind, RunResult, StateDb,
+    StepMeta, Trigger,
+};
 
 use super::args::{runtime, ConnArgs, FactsArgs, OutputArg, OutputFormat, Target};
 use super::facts::prepare;
@@ -33,6 +36,9 @@ pub struct RollbackArgs {
     /// Only these hosts (names, globs, label selectors, as `plumb apply --limit`).
     #[arg(long, alias = "host", value_name = "LIMIT")]
     pub limit: Vec<crate::limit::Limit>,
+    /// Why (recorded with the `pin` run, with who ran it, in the audit chain).
+    #[arg(long, value_name = "TEXT")]
+    pub reason: Option<String>,
     /// The state directory: the daemon's (running or not: the hosts are leased, so the daemon
     /// never applies one at the same time) or a standalone one.
     #[arg(long, env = "PLUMB_STATE_DIR")]
@@ -136,6 +142,48 @@ fn verify_target(a: &RollbackArgs, target: git2::Oid) -> anyhow::Result<crate::s
     super::last_good::verify_commit(&a.repo, files, target)
 }
 
+/// The `pin` run's reason when `--reason` is not given.
+const PIN_REASON: &str = "pinned by a person (plumb rollback)";
+
+/// Every change of a `pin` run is this rollback's: back to `commit`, from the environment's
+/// newest commit (`bad`), decided by a person.
+fn pin_meta(
+    commit: &str,
+    signer: &crate::state::Signer,
+    bad: Option<&str>,
+    run: &crate::state::RunId,
+) -> StepMeta {
+    StepMeta::every_change(Attribution::rollback(Origin {
+        rollback: Some(RollbackOrigin {
+            from: bad.map(str::to_string),
+            to: commit.to_string(),
+            by: RollbackBy::Person,
+            run: run.clone(),
+        }),
+        ..Origin::commit(commit, Some(signer.principal.as_str()))
+    }))
+}
+
+/// The `pin` run's summary: the target and the hosts (`pinned`: commit, bad commit, hosts,
+/// failed hosts), who ran it, `--to` as given, and why.
+fn pin_summary(
+    a: &RollbackArgs,
+    signer: &crate::state::Signer,
+    (commit, bad, hosts, failed): (&str, Option<&str>, &[String], &[String]),
+) -> serde_json::Value {
+    serde_json::json!({
+        "pinned_to": commit,
+        "target_signer": signer.principal,
+        "bad_commit": bad,
+        "hosts": hosts,
+        "failed_hosts": failed,
+        "by": RollbackBy::Person,
+        "requested_by": super::manual::local_user(),
+        "to": a.to,
+        "reason": a.reason.as_deref().unwrap_or(PIN_REASON),
+    })
+}
+
 /// Pins the selected hosts to the target and applies it. Exit 0 when every host converged.
 pub fn rollback(a: RollbackArgs, term: Term) -> anyhow::Result<u8> {
     let output = a.output.output;
@@ -144,21 +192,8 @@ pub fn rollback(a: RollbackArgs, term: Term) -> anyhow::Result<u8> {
     let (target, bad) = choose_target(&db, &git, &a.env, a.to.as_deref())?;
     let signer = verify_target(&a, target)?;
     let scratch = super::last_good::Scratch::new()?;
-    let checkout = scratch.checkout(&git, target)?;
     let rt = runtime()?;
-    let t = Target {
-        repo: checkout,
-        env: a.env.clone(),
-        limit: a.limit.clone(),
-        facts: a.facts.clone(),
-        secrets_identity: a.secrets_identity.clone(),
-    };
-    let Some(mut prep) = prepare(&t, &a.conn, output, term, &rt)? else {
-        bail!(
-            "commit {target} does not validate for environment {} any more (see above)",
-            a.env
-        );
-    };
+    let mut prep = prepare_target(&a, (&git, target), &scratch, &rt, term)?;
     // Never while the daemon (or another person) applies one of these hosts.
     let _leases = super::last_good::lease(
         &db,
@@ -189,6 +224,7 @@ pub fn rollback(a: RollbackArgs, term: Term) -> anyhow::Result<u8> {
         kind: RunKind::Pin,
         trigger: Trigger::Cli,
     })?;
+    let meta = pin_meta(&commit, &signer, bad.as_deref(), &run);
     for r in &runs {
         let declared = prep
             .hosts
@@ -196,7 +232,7 @@ pub fn rollback(a: RollbackArgs, term: Term) -> anyhow::Result<u8> {
             .find(|h| h.host.name == r.host.name)
             .map(crate::prune::Managed::declared)
             .unwrap_or_default();
-        db.record_host(&run, r, &StepMeta::default(), &declared)?;
+        db.record_host(&run, r, &meta, &declared)?;
     }
     let hosts: Vec<String> = runs.iter().map(|r| r.host.name.clone()).collect();
     let failed: Vec<String> = runs
@@ -210,15 +246,13 @@ pub fn rollback(a: RollbackArgs, term: Term) -> anyhow::Result<u8> {
     } else {
         RunResult::Failed
     };
-    let summary = serde_json::json!({
-        "pinned_to": commit,
-        "target_signer": signer.principal,
-        "bad_commit": bad,
-        "hosts": hosts,
-        "failed_hosts": failed,
-        "reason": "pinned by a person (plumb rollback)",
-    });
-    db.finish_run(&run, result, &summary)?;
+    let pinned = (
+        commit.as_str(),
+        bad.as_deref(),
+        hosts.as_slice(),
+        failed.as_slice(),
+    );
+    db.finish_run(&run, result, &pin_summary(&a, &signer, pinned))?;
     let mut apply = ApplyReport::new(&a.env, &runs);
     apply.set_orphans(&prep.hosts);
     let report = RollbackReport {
@@ -229,8 +263,39 @@ pub fn rollback(a: RollbackArgs, term: Term) -> anyhow::Result<u8> {
         run: run.0,
         apply,
     };
+    print_report(&report, output, term)?;
+    Ok(u8::from(result != RunResult::Converged))
+}
+
+/// The target commit checked out into `scratch` and prepared (validated, rendered, facts) for
+/// the selected hosts.
+fn prepare_target(
+    a: &RollbackArgs,
+    (git, target): (&git2::Repository, git2::Oid),
+    scratch: &super::last_good::Scratch,
+    rt: &tokio::runtime::Runtime,
+    term: Term,
+) -> anyhow::Result<super::facts::Prepared> {
+    let t = Target {
+        repo: scratch.checkout(git, target)?,
+        env: a.env.clone(),
+        limit: a.limit.clone(),
+        facts: a.facts.clone(),
+        secrets_identity: a.secrets_identity.clone(),
+    };
+    let Some(prep) = prepare(&t, &a.conn, a.output.output, term, rt)? else {
+        bail!(
+            "commit {target} does not validate for environment {} any more (see above)",
+            a.env
+        );
+    };
+    Ok(prep)
+}
+
+/// Prints a rollback's report as `--output` says.
+fn print_report(report: &RollbackReport, output: OutputFormat, term: Term) -> anyhow::Result<()> {
     match output {
-        OutputFormat::Json => print_json(&report)?,
+        OutputFormat::Json => print_json(report)?,
         OutputFormat::Text => {
             super::term::print_lines(&crate::report::plan::apply_lines(&report.apply), term.out);
             print_text(&format!(
@@ -243,7 +308,7 @@ pub fn rollback(a: RollbackArgs, term: Term) -> anyhow::Result<u8> {
             ))?;
         }
     }
-    Ok(u8::from(result != RunResult::Converged))
+    Ok(())
 }
 
 /// Releases pins. Exit 0 (also when nothing was pinned).

@@ -9,6 +9,7 @@
 use serde_json::Value;
 use time::OffsetDateTime;
 
+use crate::alert::lifecycle::StoredAlert;
 use crate::alert::{Alert, AlertEvent, AlertKey, AlertStatus, Delivery};
 
 use super::{audit_tail, lock, lock_any, Daemon};
@@ -77,15 +78,17 @@ impl Daemon {
     }
 
     /// Raises an alert: a condition alert becomes active (sent when new or changed, re-sent
-    /// to Alertmanager until resolved); a one-off (`rolled_back`) is sent once.
+    /// to Alertmanager until resolved, kept in the state so a restart neither pages it again
+    /// nor forgets it); a one-off (`rolled_back`, `break_glass`) is sent once.
     pub(super) fn alert(&self, alert: Alert) {
-        if alert.event == AlertEvent::RolledBack {
+        if alert.event.one_off() {
             self.deliver(alert, Delivery::All);
             return;
         }
         let resend = self.config.alert_resend_interval.get();
         let fired = lock_any(&self.alerts).fire(alert, resend);
         if let Some(a) = fired {
+            self.keep_active(&a);
             self.deliver(a, Delivery::All);
         }
     }
@@ -94,9 +97,60 @@ impl Daemon {
     pub(super) fn resolve_alerts(&self, which: impl Fn(&AlertKey) -> bool) {
         let resolved = lock_any(&self.alerts).resolve_where(which, OffsetDateTime::now_utc());
         for a in resolved {
-            tracing::info!(alert = %a.key(), "alert resolved");
+            let id = a.key().to_string();
+            tracing::info!(alert = %id, "alert resolved");
+            if let Err(e) = lock(&self.db).delete_active_alert(&id) {
+                tracing::error!(alert = %id, error = %e, code = e.code(), "cannot forget a resolved alert in the state: it is re-sent after a restart until a check resolves it again");
+            }
             self.deliver(a, Delivery::All);
         }
+    }
+
+    /// Writes a firing alert to the state (`active_alerts`).
+    fn keep_active(&self, a: &Alert) {
+        let id = a.key().to_string();
+        let fired_at = i64::try_from(a.time.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+        if let Err(e) = lock(&self.db).save_active_alert(&id, &StoredAlert::from(a), fired_at) {
+            tracing::error!(alert = %id, error = %e, code = e.code(), "cannot keep a firing alert in the state: a restart would page it again");
+        }
+    }
+
+    /// The alerts that were firing when the daemon last stopped, read back from the state:
+    /// active again with their first time (re-sent to Alertmanager at the first tick, not
+    /// paged again as new), resolved by the first check that finds their condition gone.
+    /// Returns how many. A row that cannot be read is logged and left alone.
+    pub(super) fn restore_alerts(&self) -> usize {
+        let rows = match lock(&self.db).active_alerts::<StoredAlert>() {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::error!(error = %e, code = e.code(), "cannot read the alerts that were firing: they are not re-sent, and fire again as new if their condition holds");
+                return 0;
+            }
+        };
+        let mut active = lock_any(&self.alerts);
+        let mut n = 0;
+        for row in rows {
+            match Alert::try_from(row.alert) {
+                Ok(a) => {
+                    active.restore(a);
+                    n += 1;
+                }
+                Err(e) => {
+                    tracing::error!(alert = %row.id, error = %e, code = e.code(), "a stored alert cannot be read back: not restored")
+                }
+            }
+        }
+        if n > 0 {
+            tracing::info!(alerts = n, "alerts still firing from before the restart: re-sent, resolved when their condition is gone");
+        }
+        n
+    }
+
+    /// Resolves the active alerts of environments the daemon no longer manages (removed from
+    /// the config while it was down or by a reload): nothing checks them any more.
+    pub(super) fn resolve_unmanaged_alerts(&self) {
+        let envs = &self.config.environments;
+        self.resolve_alerts(|k| k.environment.as_ref().is_some_and(|e| !envs.contains(e)));
     }
 
     /// Resolves `event` alerts of `env` on `host` (any subject).

@@ -179,6 +179,7 @@ mod tests {
             commit: c.into(),
             signer: Some(s.into()),
             run: None,
+            rollback: None,
         }
     }
 

@@ -253,11 +253,7 @@ impl Daemon {
     ) -> Result<Drifted, DaemonError> {
         let mut drifted = Drifted::new();
         let mut resources = Vec::new();
-        let baseline = Origin {
-            commit: base.commit.clone(),
-            signer: None,
-            run: None,
-        };
+        let baseline = Origin::commit(&base.commit, None);
         let mut unknown = Vec::new();
         let now = time::OffsetDateTime::now_utc();
         for p in plans {
@@ -437,11 +433,7 @@ impl Daemon {
         .await;
         let mut changed = 0;
         let mut failed = Vec::new();
-        let baseline = Origin {
-            commit: base.commit.clone(),
-            signer: None,
-            run: None,
-        };
+        let baseline = Origin::commit(&base.commit, None);
         let now = time::OffsetDateTime::now_utc();
         for r in &runs {
             let desired = targets.iter().find(|h| h.host.name == r.host.name);

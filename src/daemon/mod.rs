@@ -50,6 +50,7 @@ mod guard;
 mod health_watch;
 pub mod http_config;
 mod leases;
+mod manual_runs;
 mod pins;
 pub mod policy;
 mod reconcile;
@@ -250,6 +251,7 @@ impl Daemon {
         };
         daemon.anchor_audit_head();
         daemon.check_audit_chain();
+        daemon.restore_alerts();
         Ok(daemon)
     }
 
@@ -351,9 +353,13 @@ impl Daemon {
         let mut int = signal(SignalKind::interrupt(), "SIGINT")?;
         let mut hup = signal(SignalKind::hangup(), "SIGHUP")?;
 
+        // Alerts restored from the state about environments no longer managed end now.
+        self.resolve_unmanaged_alerts();
         let mut sup = supervisor::Supervisor::start(self);
         let mut wake = Some(Wake::Startup);
-        // Active alerts are re-sent when due (each alert's own interval decides).
+        // Active alerts are re-sent when due (each alert's own interval decides), and manual
+        // runs recorded by `plumb apply --state` (beside the daemon or while it was down) are
+        // looked at: each break-glass run is alerted once.
         let mut resend = tokio::time::interval(ALERT_RESEND_TICK);
         resend.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -374,7 +380,12 @@ impl Daemon {
                 _ = term.recv() => { tracing::info!("SIGTERM: stopping"); break; }
                 _ = int.recv() => { tracing::info!("SIGINT: stopping"); break; }
                 _ = hup.recv() => { sup.reload(); None }
-                _ = resend.tick() => { sup.daemon().resend_alerts(); None }
+                _ = resend.tick() => {
+                    let d = sup.daemon();
+                    d.resend_alerts();
+                    d.alert_manual_runs();
+                    None
+                }
                 Some(ev) = watch_rx.recv() => Some(match ev {
                     crate::source::watch::WatchEvent::RefsChanged => Wake::Push,
                     crate::source::watch::WatchEvent::Poll => Wake::Poll,

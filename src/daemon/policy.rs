@@ -186,7 +186,12 @@ pub use crate::rollout::rollback::{
 /// What to do about a failed rollout's hosts. Pure ([`crate::rollout::rollback::decide`],
 /// shared with `plumb apply`).
 pub fn rollback_decision(r: &Rollout) -> RollbackDecision {
-    crate::rollout::rollback::decide(&r.rollback, &r.commit, r.reason.as_deref(), r.waves.last())
+    crate::rollout::rollback::decide(
+        &r.rollback,
+        (&r.commit, Some(&r.run)),
+        r.reason.as_deref(),
+        r.waves.last(),
+    )
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]

@@ -457,11 +457,13 @@ impl Daemon {
             commit: c.id.to_string(),
             signer: Some(c.signer.principal.clone()),
             run: None,
+            rollback: None,
         };
         let tip = Origin {
             commit: range.tip.to_string(),
             signer: Some(range.tip_signer.principal.clone()),
             run: None,
+            rollback: None,
         };
         let earlier: Vec<_> = range.commits.iter().filter(|c| c.id != range.tip).collect();
         if !applied_before || earlier.is_empty() || earlier.len() > MAX_RANGE_RENDERS {

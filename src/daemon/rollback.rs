@@ -13,7 +13,7 @@
 use crate::engine;
 use crate::health::CheckResult;
 use crate::source::RangeOptions;
-use crate::state::{NewRun, RunKind, StepMeta};
+use crate::state::{Attribution, NewRun, Origin, RollbackBy, RollbackOrigin, RunKind, StepMeta};
 
 use super::policy::{self, short, Refusal, RollbackOrder, RollbackSummary};
 use super::reconcile::{load_commit, Loaded};
@@ -69,7 +69,10 @@ impl Daemon {
         hosts: Vec<String>,
     ) -> Result<(), DaemonError> {
         let mut summary = RollbackSummary {
+            by: RollbackBy::Daemon,
             rollback_of: order.bad_commit.clone(),
+            failed_run: order.failed_run.clone(),
+            failed_wave: order.failed_wave.clone(),
             reason: order.reason.clone(),
             failed_checks: order.failed_checks.clone(),
             target: target.to_string(),
@@ -101,11 +104,31 @@ impl Daemon {
         match prepared {
             Err(why) => summary.refused = Some(why),
             Ok((_, loaded)) => {
-                let (failed, health) = self.apply_targets(&run, &loaded).await?;
+                // Every change is the rollback's: back to the target, from the bad commit.
+                let meta = StepMeta::every_change(Attribution::rollback(Origin {
+                    rollback: Some(RollbackOrigin {
+                        from: Some(order.bad_commit.clone()),
+                        to: target.to_string(),
+                        by: RollbackBy::Daemon,
+                        run: run.clone(),
+                    }),
+                    ..Origin::commit(target, signer_principal.as_deref())
+                }));
+                let (failed, health) = self.apply_targets(&run, &loaded, &meta).await?;
                 summary.failed_hosts = failed;
                 summary.health = health;
             }
         }
+        self.finish_rollback(env, (&run, target, signer_principal), summary)
+    }
+
+    /// Records a finished rollback (metrics, the signed run, the audit anchor) and alerts it.
+    fn finish_rollback(
+        &self,
+        env: &str,
+        (run, target, signer_principal): (&crate::state::RunId, &str, Option<String>),
+        summary: RollbackSummary,
+    ) -> Result<(), DaemonError> {
         let (result, alert) = policy::rollback_effects(&summary);
         let now = time::OffsetDateTime::now_utc();
         if summary.refused.is_none() {
@@ -130,7 +153,7 @@ impl Daemon {
             0,
         );
         lock(&self.db).finish_run(
-            &run,
+            run,
             result,
             &policy::RunSummary::Rollback(summary).to_value(),
         )?;
@@ -233,12 +256,14 @@ impl Daemon {
         Ok(Ok((signer, loaded)))
     }
 
-    /// Applies the target's desired state to its hosts (recording each), then runs the
+    /// Applies the target's desired state to its hosts (recording each, its changes
+    /// attributed as `meta` says), then runs the
     /// target's health checks on those that converged. Returns (failed hosts, checks).
     async fn apply_targets(
         &self,
         run: &crate::state::RunId,
         loaded: &Loaded,
+        meta: &StepMeta,
     ) -> Result<(Vec<String>, Vec<CheckResult>), DaemonError> {
         let (connector, host_locks) = (&self.connector, &self.host_locks);
         let parallel = self.config.parallel as usize;
@@ -250,7 +275,7 @@ impl Daemon {
         .await;
         for (h, r) in loaded.hosts.iter().zip(&runs) {
             let declared = crate::prune::Managed::declared(h);
-            lock(&self.db).record_host(run, r, &StepMeta::default(), &declared)?;
+            lock(&self.db).record_host(run, r, meta, &declared)?;
         }
         let (failed, health) = crate::rollout::rollback::check_rolled_back(
             &runs,
@@ -309,6 +334,12 @@ mod tests {
         assert_eq!(e.mark, CommitMark::Failed);
         let order = e.rollback.expect("a rollback");
         assert_eq!(order.bad_commit, BAD);
+        // Its cause travels with it into the rollback run: the failed run and its wave.
+        assert_eq!(
+            order.failed_run.as_ref().map(|r| r.0.as_str()),
+            Some("01RUN")
+        );
+        assert_eq!(order.failed_wave.as_deref(), Some("canary"));
         assert_eq!(order.targets, vec![("web-1".to_string(), GOOD.to_string())]);
         assert_eq!(order.failed_checks, vec![check(false)]);
         let a = e.alert.expect("alert");
@@ -369,7 +400,10 @@ mod tests {
 
     fn summary(ok: bool) -> RollbackSummary {
         RollbackSummary {
+            by: crate::state::RollbackBy::Daemon,
             rollback_of: BAD.into(),
+            failed_run: Some(crate::state::RunId("01FAILED".into())),
+            failed_wave: Some("canary".into()),
             reason: "wave `canary`: health checks failed".into(),
             failed_checks: vec![check(false)],
             target: GOOD.into(),

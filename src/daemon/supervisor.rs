@@ -105,6 +105,7 @@ impl Supervisor {
     /// get a task, removed ones stop after their run in flight.
     pub fn reload(&mut self) {
         if let Some(new) = self.daemon().reloaded() {
+            new.resolve_unmanaged_alerts();
             self.daemon_tx.send_replace(Arc::new(new));
             self.spawn_missing();
         }

@@ -942,13 +942,11 @@ async fn an_unreachable_host_fails_the_rollout_and_the_commit() {
     );
     let metrics = d.metrics.encode().expect("metrics");
     assert!(
-        metrics.contains(
-            "plumb_runs_total{environment=\"production\",result=\"failed\",kind=\"apply\"} 1"
-        ),
+        metrics.contains("plumb_runs_total{env=\"production\",result=\"failed\",kind=\"apply\"} 1"),
         "{metrics}"
     );
     assert!(
-        metrics.contains("plumb_host_reachable{environment=\"production\",host=\"web-1\"} 0"),
+        metrics.contains("plumb_host_reachable{env=\"production\",host=\"web-1\"} 0"),
         "{metrics}"
     );
 }
@@ -1176,6 +1174,8 @@ async fn a_rollback_target_signed_by_a_removed_key_is_refused() {
     d.reconcile(Wake::Startup).await; // fetches; the tip itself is refused
     let order = RollbackOrder {
         bad_commit: "0123456789abcdef0123456789abcdef01234567".into(),
+        failed_run: Some(state::RunId("01FAILED".into())),
+        failed_wave: Some("all".into()),
         reason: "wave `all`: health checks failed".into(),
         failed_checks: Vec::new(),
         targets: vec![("web-1".into(), good.clone())],
@@ -1196,6 +1196,9 @@ async fn a_rollback_target_signed_by_a_removed_key_is_refused() {
         rb.summary
     );
     assert_matches_schema("run-summary", &rb.summary);
+    assert_eq!(rb.summary["by"], "daemon");
+    assert_eq!(rb.summary["failed_run"], "01FAILED");
+    assert_eq!(rb.summary["failed_wave"], "all");
     let detail = lock(&d.db).run(&rb.id).expect("query").expect("run");
     assert!(detail.hosts.is_empty(), "no host contacted");
     assert!(lock(&d.db)
@@ -1418,16 +1421,16 @@ async fn a_drift_check_starts_before_observing_and_an_unobservable_host_is_unkno
     );
     let metrics = d.metrics.encode().expect("metrics");
     assert!(
-        metrics.contains("plumb_host_reachable{environment=\"production\",host=\"web-1\"} 0"),
+        metrics.contains("plumb_host_reachable{env=\"production\",host=\"web-1\"} 0"),
         "{metrics}"
     );
     assert!(
-        !metrics.contains("plumb_drifted_resources{environment=\"production\",host=\"web-1\"}"),
+        !metrics.contains("plumb_drifted_resources{env=\"production\",host=\"web-1\"}"),
         "unknown is not 0 drift: {metrics}"
     );
     assert!(
         metrics.contains(
-            "plumb_runs_total{environment=\"production\",result=\"succeeded\",kind=\"drift_check\"} 1"
+            "plumb_runs_total{env=\"production\",result=\"succeeded\",kind=\"drift_check\"} 1"
         ),
         "{metrics}"
     );
@@ -1676,3 +1679,5 @@ async fn a_rollout_waits_for_a_host_a_person_is_applying() {
         "the rollout went ahead once the lease was released"
     );
 }
+
+mod oncall;

@@ -129,11 +129,15 @@ fn token(b: &[u8], i: &mut usize) -> Tok {
     let Some(&c) = b.get(*i) else {
         return Tok::End;
     };
-    *i += if c == b'\\' && *i + 1 < b.len() { 2 } else { 1 };
+    // glibc compares an escaped character's value with `,` (so `\,` separates like `,`), but
+    // `\}` does not close and `\5` is a back reference, not a digit.
+    let escaped = c == b'\\' && *i + 1 < b.len();
+    let c = if escaped { b[*i + 1] } else { c };
+    *i += if escaped { 2 } else { 1 };
     match c {
-        b'}' => Tok::Close,
         b',' => Tok::Comma,
-        b'0'..=b'9' => Tok::Digit(u32::from(c - b'0')),
+        b'}' if !escaped => Tok::Close,
+        b'0'..=b'9' if !escaped => Tok::Digit(u32::from(c - b'0')),
         _ => Tok::Other,
     }
 }

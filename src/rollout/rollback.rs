@@ -38,6 +38,10 @@ pub struct RollbackFacts {
 pub struct RollbackOrder {
     /// The failed (now quarantined) commit.
     pub bad_commit: String,
+    /// The failed run (the daemon's `apply`, or a recorded `manual` one), when recorded.
+    pub failed_run: Option<crate::state::RunId>,
+    /// The wave the rollout stopped at.
+    pub failed_wave: Option<String>,
     /// What failed, one line (with the failing checks' output).
     pub reason: String,
     /// The health checks that failed in the stopped wave, with their output.
@@ -70,7 +74,7 @@ pub enum RollbackDecision {
 /// `reason`. Pure.
 pub fn decide(
     f: &RollbackFacts,
-    commit: &str,
+    (commit, failed_run): (&str, Option<&crate::state::RunId>),
     reason: Option<&str>,
     stopped: Option<&WaveSummary>,
 ) -> RollbackDecision {
@@ -109,6 +113,8 @@ pub fn decide(
     }
     RollbackDecision::RollBack(RollbackOrder {
         bad_commit: commit.to_string(),
+        failed_run: failed_run.cloned(),
+        failed_wave: stopped.map(|w| w.name.clone()),
         reason: reason.unwrap_or("a host failed").to_string(),
         failed_checks: stopped
             .and_then(|w| w.health.as_ref())
@@ -175,8 +181,17 @@ pub async fn check_rolled_back(
 /// signed into the audit chain) with the `rollback` run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, JsonSchema)]
 pub struct RollbackSummary {
+    /// Who decided: `daemon` (a failed wave of its rollout) or `person` (a failed wave of a
+    /// person's `plumb apply`, rolled back by that apply).
+    pub by: crate::state::RollbackBy,
     /// The failed commit the hosts were taken off (quarantined).
     pub rollback_of: String,
+    /// The failed run that caused it, when recorded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed_run: Option<crate::state::RunId>,
+    /// The wave its rollout stopped at.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed_wave: Option<String>,
     /// What failed in its rollout.
     pub reason: String,
     /// The failed rollout's health checks that failed, each with its output.

@@ -1,7 +1,7 @@
 //! The daemon's Prometheus metrics. The daemon updates them through the methods of
 //! [`Metrics`]; `GET /metrics` encodes them (OpenMetrics text, as prometheus-client encodes).
 //!
-//! Every family is labelled by `environment` where one applies. Label values are bounded by
+//! Every family is labelled by `env` (the environment) where one applies. Label values are bounded by
 //! the config repo (environments, hosts) except `commit`, of which only the last applied one per
 //! environment is kept.
 
@@ -21,26 +21,34 @@ use time::OffsetDateTime;
 /// The content type of `GET /metrics`.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+/// The `env` label (the environment's name) that every per-environment family carries: the
+/// one place that names it, flattened into the other label sets and built by [`env`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, EncodeLabelSet)]
 struct EnvLabels {
-    environment: String,
+    env: String,
 }
+
+/// The name of the environment label, for the families whose labels are built at run time.
+const ENV_LABEL: &str = "env";
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct CommitLabels {
-    environment: String,
+    #[prometheus(flatten)]
+    env: EnvLabels,
     commit: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct HostLabels {
-    environment: String,
+    #[prometheus(flatten)]
+    env: EnvLabels,
     host: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, EncodeLabelSet)]
 struct BackupLabels {
-    environment: String,
+    #[prometheus(flatten)]
+    env: EnvLabels,
     host: String,
     backup: String,
 }
@@ -67,21 +75,24 @@ struct HashLabels {
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ResultLabels {
-    environment: String,
+    #[prometheus(flatten)]
+    env: EnvLabels,
     result: String,
     kind: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct CheckLabels {
-    environment: String,
+    #[prometheus(flatten)]
+    env: EnvLabels,
     host: String,
     check: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct EnvCheckLabels {
-    environment: String,
+    #[prometheus(flatten)]
+    env: EnvLabels,
     check: String,
 }
 
@@ -171,7 +182,7 @@ pub struct Metrics {
     steps_failed: Family<EnvLabels, Counter>,
     drifted_resources: Family<HostLabels, Gauge>,
     host_reachable: Family<HostLabels, Gauge>,
-    /// Labels: `source`, and `environment` when the refusal is about one.
+    /// Labels: `source`, and `env` when the refusal is about one.
     signature_refusals: Family<Vec<(String, String)>, Counter>,
     commit_to_applied: Family<EnvLabels, Histogram>,
     runs: Family<ResultLabels, Counter>,
@@ -215,13 +226,13 @@ fn unix_seconds(t: OffsetDateTime) -> f64 {
 
 fn env(environment: &str) -> EnvLabels {
     EnvLabels {
-        environment: environment.to_string(),
+        env: environment.to_string(),
     }
 }
 
 fn host_labels(environment: &str, host: &str) -> HostLabels {
     HostLabels {
-        environment: environment.to_string(),
+        env: env(environment),
         host: host.to_string(),
     }
 }
@@ -520,7 +531,7 @@ impl Metrics {
     ) {
         self.runs
             .get_or_create(&ResultLabels {
-                environment: environment.to_string(),
+                env: env(environment),
                 result: result.as_str().to_string(),
                 kind: kind.as_str().to_string(),
             })
@@ -557,7 +568,7 @@ impl Metrics {
             if let Some(old) = commits.insert(environment.to_string(), commit.to_string()) {
                 if old != commit {
                     self.last_applied_commit.remove(&CommitLabels {
-                        environment: environment.to_string(),
+                        env: env(environment),
                         commit: old,
                     });
                 }
@@ -565,7 +576,7 @@ impl Metrics {
         }
         self.last_applied_commit
             .get_or_create(&CommitLabels {
-                environment: environment.to_string(),
+                env: env(environment),
                 commit: commit.to_string(),
             })
             .set(1);
@@ -593,14 +604,14 @@ impl Metrics {
         };
         if let Some(old) = old.filter(|o| Some(o.as_str()) != commit) {
             self.commit_quarantined.remove(&CommitLabels {
-                environment: environment.to_string(),
+                env: env(environment),
                 commit: old,
             });
         }
         if let Some(c) = commit {
             self.commit_quarantined
                 .get_or_create(&CommitLabels {
-                    environment: environment.to_string(),
+                    env: env(environment),
                     commit: c.to_string(),
                 })
                 .set(1);
@@ -672,7 +683,7 @@ impl Metrics {
         self.oncall
             .health_check_up
             .get_or_create(&CheckLabels {
-                environment: environment.to_string(),
+                env: env(environment),
                 host: host.to_string(),
                 check: check.to_string(),
             })
@@ -681,7 +692,7 @@ impl Metrics {
             self.oncall
                 .health_check_failures
                 .get_or_create(&EnvCheckLabels {
-                    environment: environment.to_string(),
+                    env: env(environment),
                     check: check.to_string(),
                 })
                 .inc();
@@ -737,7 +748,7 @@ impl Metrics {
         };
         for check in checks {
             self.oncall.health_check_up.remove(&CheckLabels {
-                environment: environment.to_string(),
+                env: env(environment),
                 host: host.to_string(),
                 check,
             });
@@ -810,7 +821,7 @@ impl Metrics {
     pub fn signature_refused(&self, environment: Option<&str>, source: RefusalSource) {
         let mut labels = Vec::with_capacity(2);
         if let Some(e) = environment {
-            labels.push(("environment".to_string(), e.to_string()));
+            labels.push((ENV_LABEL.to_string(), e.to_string()));
         }
         labels.push(("source".to_string(), source.as_str().to_string()));
         self.signature_refusals.get_or_create(&labels).inc();
@@ -827,7 +838,7 @@ impl Metrics {
         let mut now = std::collections::BTreeSet::new();
         for (host, backup, b) in backups {
             let l = BackupLabels {
-                environment: environment.to_string(),
+                env: env(environment),
                 host: host.to_string(),
                 backup: backup.to_string(),
             };

@@ -379,30 +379,34 @@ async fn metrics_has_every_family_after_one_update_each() {
         Some(metrics::CONTENT_TYPE)
     );
     for line in [
-        "plumb_last_applied_timestamp_seconds{environment=\"prod\"} 1714564890.0",
-        "plumb_last_applied_commit_info{environment=\"prod\",commit=\"bbbb\"} 1",
-        "plumb_run_duration_seconds_count{environment=\"prod\"} 3",
-        "plumb_run_duration_seconds_sum{environment=\"prod\"} 4.0",
-        "plumb_steps_changed_total{environment=\"prod\"} 5",
-        "plumb_steps_failed_total{environment=\"prod\"} 2",
-        "plumb_drifted_resources{environment=\"prod\",host=\"web-1\"} 2",
-        "plumb_host_reachable{environment=\"prod\",host=\"web-1\"} 1",
-        "plumb_host_reachable{environment=\"prod\",host=\"web-2\"} 0",
-        "plumb_signature_refusals_total{environment=\"prod\",source=\"commit\"} 1",
-        "plumb_commit_to_applied_seconds_count{environment=\"prod\"} 2",
-        "plumb_commit_to_applied_seconds_sum{environment=\"prod\"} 60.0",
-        "plumb_runs_total{environment=\"prod\",result=\"succeeded\",kind=\"apply\"} 1",
-        "plumb_runs_total{environment=\"prod\",result=\"failed\",kind=\"apply\"} 1",
-        "plumb_runs_total{environment=\"prod\",result=\"drift_found\",kind=\"drift_check\"} 1",
-        "plumb_host_last_applied_timestamp_seconds{environment=\"prod\",host=\"web-1\"} 1714564800.0",
-        "plumb_host_last_drift_check_timestamp_seconds{environment=\"prod\",host=\"web-1\"} 1714564800.0",
-        "plumb_host_reachable{environment=\"prod\",host=\"web-3\"} 0",
-        "plumb_health_check_up{environment=\"prod\",host=\"web-1\",check=\"http-up\"} 1",
-        "plumb_health_check_up{environment=\"prod\",host=\"web-2\",check=\"http-up\"} 0",
-        "plumb_health_check_failures_total{environment=\"prod\",check=\"http-up\"} 1",
-        "plumb_rollout_blocked{environment=\"prod\"} 1",
+        "plumb_last_applied_timestamp_seconds{env=\"prod\"} 1714564890.0",
+        "plumb_last_applied_commit_info{env=\"prod\",commit=\"bbbb\"} 1",
+        "plumb_run_duration_seconds_count{env=\"prod\"} 3",
+        "plumb_run_duration_seconds_sum{env=\"prod\"} 4.0",
+        "plumb_steps_changed_total{env=\"prod\"} 5",
+        "plumb_steps_failed_total{env=\"prod\"} 2",
+        "plumb_drifted_resources{env=\"prod\",host=\"web-1\"} 2",
+        "plumb_host_reachable{env=\"prod\",host=\"web-1\"} 1",
+        "plumb_host_reachable{env=\"prod\",host=\"web-2\"} 0",
+        "plumb_signature_refusals_total{env=\"prod\",source=\"commit\"} 1",
+        "plumb_commit_to_applied_seconds_count{env=\"prod\"} 2",
+        "plumb_commit_to_applied_seconds_sum{env=\"prod\"} 60.0",
+        "plumb_runs_total{env=\"prod\",result=\"succeeded\",kind=\"apply\"} 1",
+        "plumb_runs_total{env=\"prod\",result=\"failed\",kind=\"apply\"} 1",
+        "plumb_runs_total{env=\"prod\",result=\"drift_found\",kind=\"drift_check\"} 1",
+        "plumb_host_last_applied_timestamp_seconds{env=\"prod\",host=\"web-1\"} 1714564800.0",
+        "plumb_host_last_drift_check_timestamp_seconds{env=\"prod\",host=\"web-1\"} 1714564800.0",
+        "plumb_host_reachable{env=\"prod\",host=\"web-3\"} 0",
+        "plumb_health_check_up{env=\"prod\",host=\"web-1\",check=\"http-up\"} 1",
+        "plumb_health_check_up{env=\"prod\",host=\"web-2\",check=\"http-up\"} 0",
+        "plumb_health_check_failures_total{env=\"prod\",check=\"http-up\"} 1",
+        "plumb_rollout_blocked{env=\"prod\"} 1",
         "plumb_alert_delivery_failures_total{sink=\"slack\"} 1",
-        concat!("plumb_build_info{version=\"", env!("CARGO_PKG_VERSION"), "\"} 1"),
+        concat!(
+            "plumb_build_info{version=\"",
+            env!("CARGO_PKG_VERSION"),
+            "\"} 1"
+        ),
         "plumb_audit_head_seq 7",
         "plumb_audit_head_info{hash=\"9f86d081884c7d65\"} 1",
         "# EOF",
@@ -412,9 +416,11 @@ async fn metrics_has_every_family_after_one_update_each() {
             "missing {line:?} in\n{text}"
         );
     }
+    // Every family names the environment `env` (as `plumb_health_check_up{env,host,check}`).
+    assert!(!text.contains("environment="), "{text}");
     // A host that could not be observed has no drift count (unknown, never 0).
     assert!(
-        !text.contains("plumb_drifted_resources{environment=\"prod\",host=\"web-3\"}"),
+        !text.contains("plumb_drifted_resources{env=\"prod\",host=\"web-3\"}"),
         "{text}"
     );
     // Only the last applied commit is shown.
@@ -439,23 +445,11 @@ async fn hosts_that_left_the_inventory_are_forgotten() {
     m.set_host_reachable("staging", "web-2", true);
     m.retain_hosts("prod", ["web-1", "db-1"]);
     let text = metrics_text(&h.app).await;
-    assert!(
-        !text.contains("environment=\"prod\",host=\"web-2\""),
-        "{text}"
-    );
-    assert!(
-        text.contains("environment=\"prod\",host=\"web-1\""),
-        "{text}"
-    );
-    assert!(
-        text.contains("environment=\"prod\",host=\"db-1\""),
-        "{text}"
-    );
+    assert!(!text.contains("env=\"prod\",host=\"web-2\""), "{text}");
+    assert!(text.contains("env=\"prod\",host=\"web-1\""), "{text}");
+    assert!(text.contains("env=\"prod\",host=\"db-1\""), "{text}");
     // Another environment's series of the same host name are not touched.
-    assert!(
-        text.contains("environment=\"staging\",host=\"web-2\""),
-        "{text}"
-    );
+    assert!(text.contains("env=\"staging\",host=\"web-2\""), "{text}");
 }
 
 #[tokio::test]
@@ -846,11 +840,11 @@ fn pinned_hosts_and_the_quarantined_commit_are_metrics() {
     m.set_quarantined("prod", Some("bad2"));
     let text = m.encode().expect("encode");
     assert!(
-        text.contains("plumb_environment_pinned{environment=\"prod\"} 2"),
+        text.contains("plumb_environment_pinned{env=\"prod\"} 2"),
         "{text}"
     );
     assert!(
-        text.contains("plumb_commit_quarantined{environment=\"prod\",commit=\"bad2\"} 1"),
+        text.contains("plumb_commit_quarantined{env=\"prod\",commit=\"bad2\"} 1"),
         "{text}"
     );
     assert!(!text.contains("bad1"), "{text}");
@@ -859,7 +853,7 @@ fn pinned_hosts_and_the_quarantined_commit_are_metrics() {
     let text = m.encode().expect("encode");
     assert!(!text.contains("bad2"), "{text}");
     assert!(
-        text.contains("plumb_environment_pinned{environment=\"prod\"} 0"),
+        text.contains("plumb_environment_pinned{env=\"prod\"} 0"),
         "{text}"
     );
 }
@@ -878,7 +872,7 @@ fn backup_series_show_a_missing_snapshot_as_inf_and_leave_with_their_backup() {
     };
     m.set_backups("production", [("web-1", "db", sample)]);
     let text = m.encode().expect("encode");
-    let labels = r#"{environment="production",host="web-1",backup="db"}"#;
+    let labels = r#"{env="production",host="web-1",backup="db"}"#;
     for line in [
         format!("plumb_backup_snapshot_age_seconds{labels} inf"),
         format!("plumb_backup_restore_seconds{labels} 1.5"),

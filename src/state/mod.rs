@@ -23,9 +23,10 @@
 //! [`StateError::Corrupt`] naming the table and row, never a default.
 //!
 //! Files: `open` (directory, lock, connection, reset check), `write` (runs, host and step
-//! results, commits), `drift` (findings), `query` (reads), `chain` (the audit records of runs:
-//! building, signing, verifying; the crypto and chain rules are [`crate::audit`]'s),
-//! `types`, `error`, `schema` (migrations), `report` (`plumb history`).
+//! results, commits), `alerts` (active alerts, manual runs seen), `drift` (findings), `query`
+//! (reads), `chain` (the audit records of runs: building, signing, verifying; the crypto and
+//! chain rules are [`crate::audit`]'s), `types`, `error`, `schema` (migrations), `report`
+//! (`plumb history`).
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -36,6 +37,7 @@ use rusqlite::Connection;
 
 use crate::audit::DaemonKey;
 
+mod alerts;
 mod chain;
 pub mod console;
 mod drift;
@@ -53,6 +55,7 @@ pub mod schema;
 mod types;
 pub(crate) mod write;
 
+pub use alerts::ActiveAlertRow;
 pub use error::{LeaseHeld, StateError};
 pub use filter::{DriftFilter, DriftState, FilterError, FilterLimits, RunFilter};
 pub use lease::{Lease, LeaseGuard, LeaseHost, LEASE_RENEW, LEASE_TTL};
@@ -62,9 +65,10 @@ pub use pins::Pin;
 pub use rollback::LastGood;
 pub use schema::SCHEMA_VERSION;
 pub use types::{
-    Attribution, AuditHead, Cause, DriftFinding, HostRecord, HostResultStatus, LastApplied, NewRun,
-    NotReached, NotReachedReason, Origin, RunDetail, RunEvent, RunEventKind, RunId, RunKind,
-    RunRecord, RunResult, Signer, StepMeta, StepRecord, StepResultStatus, Trigger,
+    Attribution, AuditHead, Cause, DriftFinding, HostRecord, HostResultStatus, LastApplied,
+    ManualSummary, NewRun, NotReached, NotReachedReason, Origin, Provenance, RollbackBy,
+    RollbackOrigin, RunDetail, RunEvent, RunEventKind, RunId, RunKind, RunRecord, RunResult,
+    Signer, StepMeta, StepRecord, StepResultStatus, Trigger,
 };
 
 /// The database file under the state directory.

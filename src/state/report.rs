@@ -146,6 +146,13 @@ impl HistoryReport {
                 }
             }
         }
+        // Rollbacks (automatic, and a person's `plumb rollback`): from which commit to which,
+        // who decided, and why.
+        for r in &self.runs {
+            if let Some(line) = rollback_line(r) {
+                out.push_str(&line);
+            }
+        }
         if self.runs.is_empty() {
             out.push_str("(no runs recorded)\n");
         }
@@ -168,6 +175,46 @@ impl HistoryReport {
         }
         out
     }
+}
+
+/// `ID: rolled back HOSTS from BAD to GOOD by WHO: WHY` for a `rollback` or `pin` run.
+fn rollback_line(r: &HistoryEntry) -> Option<String> {
+    let s = &r.summary;
+    let text = |k: &str| s.get(k).and_then(|v| v.as_str());
+    let short = |k: &str| text(k).map_or("-", |c| c.get(..12).unwrap_or(c));
+    let (from, to, by) = match r.kind {
+        RunKind::Rollback => {
+            let wave = text("failed_wave")
+                .map(|w| format!(" after wave `{w}` failed"))
+                .unwrap_or_default();
+            (
+                short("rollback_of"),
+                short("target"),
+                format!("the daemon{wave}"),
+            )
+        }
+        RunKind::Pin => (
+            short("bad_commit"),
+            short("pinned_to"),
+            text("requested_by").unwrap_or("a person").to_string(),
+        ),
+        _ => return None,
+    };
+    let hosts: Vec<&str> = s
+        .get("hosts")
+        .and_then(|h| h.as_array())
+        .map(|h| h.iter().filter_map(|v| v.as_str()).collect())
+        .unwrap_or_default();
+    Some(format!(
+        "{}: rolled back {} from {from} to {to} by {by}: {}\n",
+        r.id,
+        if hosts.is_empty() {
+            "-".to_string()
+        } else {
+            hosts.join(", ")
+        },
+        text("reason").unwrap_or("-"),
+    ))
 }
 
 /// Rows as columns padded to their widest cell, two spaces apart.

@@ -316,13 +316,36 @@ CREATE TABLE managed_resources (
 );
 "#;
 
+// on-call
+/// v9 (issue 19, on-call): the alerts firing now, so a restart neither re-fires them as new nor
+/// forgets to resolve one whose condition ended while the daemon was down; and the manual runs
+/// the daemon has seen (each `--break-glass` one alerted once, even when recorded while the
+/// daemon was down). The manual runs already recorded are marked seen: an upgrade does not
+/// page about old history. (v8 is the managed resources of prune.)
+const V9: &str = r#"
+CREATE TABLE active_alerts (
+    id       TEXT PRIMARY KEY,        -- the alert's identity: event/environment/host/subject
+    alert    TEXT NOT NULL,           -- JSON: the alert as last sent (alert::StoredAlert)
+    fired_at INTEGER NOT NULL         -- unix milliseconds, when it first fired
+);
+
+CREATE TABLE manual_runs_seen (
+    run_id      TEXT PRIMARY KEY REFERENCES runs (id) ON DELETE CASCADE,
+    break_glass INTEGER NOT NULL CHECK (break_glass IN (0, 1)),  -- alerted as break_glass
+    seen_at     INTEGER NOT NULL
+);
+INSERT INTO manual_runs_seen (run_id, break_glass, seen_at)
+    SELECT id, 0, 0 FROM runs WHERE kind = 'manual' AND finished_at IS NOT NULL;
+CREATE INDEX runs_manual_finished ON runs (finished_at) WHERE kind = 'manual';
+"#;
+
 // rollouts by people
-/// v9: per-host apply leases. A process (the daemon's
+/// v10: per-host apply leases. A process (the daemon's
 /// rollout, rollback or drift correction; `plumb apply --state`, `plumb rollback`) takes the
 /// lease of every host it is about to apply, renews it while it works and releases it at the
 /// end; a lease not renewed by `expires_at` (its holder was killed) is free again. `host_key`
 /// is the host's `address:port`, like the daemon's in-process host locks.
-const V9: &str = r#"
+const V10: &str = r#"
 CREATE TABLE host_leases (
     host_key    TEXT PRIMARY KEY,     -- address:port
     environment TEXT NOT NULL,
@@ -334,7 +357,7 @@ CREATE TABLE host_leases (
 );
 "#;
 
-pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8, V9];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8, V9, V10];
 
 /// The schema version this plumb writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

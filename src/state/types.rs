@@ -123,6 +123,9 @@ pub enum Cause {
     Corrective,
     /// A manual `plumb apply` changed it (see the origin's run).
     Manual,
+    /// A rollback brought the step back to an older commit's desired state (the origin's
+    /// `rollback` says from which commit to which, and who decided).
+    Rollback,
 }
 
 /// What a step's desired state (or its state on the host) is attributed to.
@@ -136,6 +139,100 @@ pub struct Origin {
     /// The manual run that made the change.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run: Option<RunId>,
+    /// Set when a rollback made the change: `commit` is then the commit rolled back to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<RollbackOrigin>,
+}
+
+impl Origin {
+    /// A commit and its signer.
+    pub fn commit(commit: &str, signer: Option<&str>) -> Origin {
+        Origin {
+            commit: commit.to_string(),
+            signer: signer.map(str::to_string),
+            run: None,
+            rollback: None,
+        }
+    }
+}
+
+/// Who decided a rollback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RollbackBy {
+    /// The daemon, after a failed wave (automatic rollback).
+    Daemon,
+    /// A person, with `plumb rollback` (hosts pinned to the older commit).
+    Person,
+}
+
+/// The rollback a step change belongs to: from which (bad) commit to which (good) one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct RollbackOrigin {
+    /// The commit rolled back from (the failed one; for a person's rollback, the
+    /// environment's newest commit when it was made), if known.
+    pub from: Option<String>,
+    /// The commit rolled back to.
+    pub to: String,
+    pub by: RollbackBy,
+    /// The run that made the rollback (`rollback` or `pin`).
+    pub run: RunId,
+}
+
+impl Attribution {
+    /// Every change of a rollback run: back to `origin.commit`, cause `rollback`.
+    pub fn rollback(origin: Origin) -> Attribution {
+        Attribution {
+            cause: Cause::Rollback,
+            origin: Some(origin),
+        }
+    }
+}
+
+/// Where a manual apply (`plumb apply --state`) came from and who ran it: stored in the manual
+/// run's summary (see [`ManualSummary`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Provenance {
+    /// The local user.
+    pub user: String,
+    /// The SSH identity given (`--identity`) and its fingerprint, or `ssh defaults`.
+    pub identity: String,
+    /// HEAD's commit, when the repo is a git checkout.
+    pub head: Option<String>,
+    /// The working tree differs from HEAD (or is not a git checkout).
+    pub dirty: bool,
+    /// sha256 over every file of the repo (path and content), `.git` excluded.
+    pub tree_sha256: String,
+    /// sha256 of the diff against HEAD (a dirty tree only).
+    pub diff_sha256: Option<String>,
+    /// HEAD's signer, when a trust root verified it.
+    pub signer: Option<String>,
+    /// Why HEAD did not verify against the trust root.
+    pub unverified: Option<String>,
+    /// The reason given with --break-glass.
+    pub break_glass: Option<String>,
+}
+
+impl Provenance {
+    /// `<commit>` or `uncommitted:<tree sha256>`: what the changes are attributed to.
+    pub fn commit(&self) -> String {
+        match (&self.head, self.dirty) {
+            (Some(h), false) => h.clone(),
+            _ => format!("uncommitted:{}", self.tree_sha256),
+        }
+    }
+}
+
+/// The summary of a `manual` run: its provenance, and the trust root's refusal when it
+/// refused (then nothing was applied).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct ManualSummary {
+    pub manual: Provenance,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
+    /// Set when the run did not finish (the process was stopped); written by the daemon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interrupted: Option<String>,
 }
 
 /// A step change's classification and attribution.
@@ -259,6 +356,8 @@ pub struct StepMeta {
     pub(crate) drift: HashSet<String>,
     /// Each step's classification and attribution, by address.
     pub(crate) attribution: HashMap<String, Attribution>,
+    /// The attribution of every change not named in `attribution` (a rollback's).
+    pub(crate) every: Option<Attribution>,
 }
 
 impl StepMeta {
@@ -267,10 +366,18 @@ impl StepMeta {
         self.drift.insert(address.to_string());
     }
 
+    /// Every change of the run attributed alike: a rollback's (back to an older commit).
+    pub fn every_change(a: Attribution) -> StepMeta {
+        StepMeta {
+            every: Some(a),
+            ..StepMeta::default()
+        }
+    }
+
     /// Classifies a step's change and names what it is attributed to. A `corrective` or
     /// `manual` change is drift.
     pub fn attribute(&mut self, address: &str, a: Attribution) {
-        if a.cause != Cause::Intended {
+        if matches!(a.cause, Cause::Corrective | Cause::Manual) {
             self.mark_drift(address);
         }
         self.attribution.insert(address.to_string(), a);
@@ -343,7 +450,8 @@ pub struct StepRecord {
     pub duration_ms: u64,
     /// This difference was drift, not an intended change.
     pub drift: bool,
-    /// `intended` (a commit changed it), `corrective` (the host had drifted) or `manual`.
+    /// `intended` (a commit changed it), `corrective` (the host had drifted), `manual` or
+    /// `rollback`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cause: Option<Cause>,
     /// The commit (and signer) that last changed the step's desired state, or the manual run.

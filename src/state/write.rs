@@ -65,7 +65,7 @@ fn attribution(
     address: &str,
     all_drift: bool,
 ) -> (Option<Cause>, Option<super::types::Origin>) {
-    match meta.attribution.get(address) {
+    match meta.attribution.get(address).or(meta.every.as_ref()) {
         Some(a) => (Some(a.cause), a.origin.clone()),
         None if all_drift || meta.drift.contains(address) => (Some(Cause::Corrective), None),
         None => (None, None),
@@ -406,22 +406,49 @@ impl StateDb {
         })
     }
 
+    /// Sets the summary of an unfinished run before it ends (a manual run's provenance, so
+    /// that a run stopped midway still says who ran it and why); [`finish_run`] replaces it.
+    ///
+    /// [`finish_run`]: StateDb::finish_run
+    pub fn set_run_summary(&self, run: &RunId, summary: &Value) -> Result<(), StateError> {
+        self.write(|c, _| {
+            self.open_run(c, run)?;
+            c.execute(
+                "UPDATE runs SET summary = ?1 WHERE id = ?2",
+                params![json_text(summary), run.0],
+            )?;
+            Ok(())
+        })
+    }
+
     /// Marks every unfinished run `interrupted` and signs it. Only the daemon holding the
-    /// lock calls this, so no unfinished run can belong to a live daemon.
+    /// lock calls this, so no unfinished run can belong to a live daemon. A summary the run
+    /// set while it ran (a manual run's provenance) is kept, with `interrupted` added.
     pub(crate) fn mark_interrupted(&self) -> Result<usize, StateError> {
         self.write(|c, key| {
-            let ids: Vec<String> = c
-                .prepare("SELECT id FROM runs WHERE finished_at IS NULL ORDER BY started_at, id")?
-                .query_map([], |r| r.get(0))?
+            let rows: Vec<(String, String)> = c
+                .prepare(
+                    "SELECT id, summary FROM runs WHERE finished_at IS NULL ORDER BY started_at, id",
+                )?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<rusqlite::Result<_>>()?;
-            let summary = serde_json::json!({
-                "interrupted": "the daemon stopped before this run finished; marked when it restarted. Results recorded before it stopped are kept; the next run observes the hosts and converges."
-            });
-            for id in &ids {
+            let ids: Vec<&String> = rows.iter().map(|(id, _)| id).collect();
+            let note = "the daemon stopped before this run finished; marked when it restarted. Results recorded before it stopped are kept; the next run observes the hosts and converges.";
+            for (id, before) in &rows {
+                let mut summary = match serde_json::from_str::<Value>(before) {
+                    Ok(Value::Object(o)) => o,
+                    _ => serde_json::Map::new(),
+                };
+                summary.insert("interrupted".into(), note.into());
                 c.execute(
                     "UPDATE runs SET finished_at = MAX(?1, started_at), result = ?2,
                         summary = ?3 WHERE id = ?4",
-                    params![now_ms(), RunResult::Interrupted, summary.to_string(), id],
+                    params![
+                        now_ms(),
+                        RunResult::Interrupted,
+                        Value::Object(summary).to_string(),
+                        id
+                    ],
                 )?;
                 self.sign_in(c, key, &RunId(id.clone()))?;
             }

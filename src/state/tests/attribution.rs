@@ -22,6 +22,7 @@ fn manual() -> Origin {
         commit: "uncommitted:abc".into(),
         signer: Some("carol".into()),
         run: Some(RunId("01MANUAL".into())),
+        rollback: None,
     }
 }
 
@@ -151,6 +152,7 @@ fn attribution_handler_events_times_and_hosts_not_reached_are_recorded_and_signe
         commit: "c1".into(),
         signer: Some("alice".into()),
         run: None,
+        rollback: None,
     };
     meta.attribute(
         "base/step0",
@@ -214,6 +216,7 @@ fn step_origins_keep_the_commit_and_manual_marks() {
         commit: "c1".into(),
         signer: Some("alice".into()),
         run: None,
+        rollback: None,
     };
     db.set_step_origins(
         "prod",

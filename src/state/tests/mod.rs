@@ -583,6 +583,7 @@ mod chain;
 mod corrupt;
 mod lease;
 mod managed;
+mod oncall;
 mod private;
 
 /// A temporary state directory, private (0700) as `StateDb` requires: `tempfile` creates
