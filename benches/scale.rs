@@ -48,7 +48,9 @@ fn write_repo(repo: &Path, target: &Path, hosts: usize, steps: usize) {
     );
     write(
         &repo.join("environments/prod/env.yaml"),
-        "vars:\n  region: eu-west\n  base_port: 8000\ndrift:\n  mode: report\n  interval: 5m\n",
+        "vars:\n  region: eu-west\n  base_port: 8000\ndrift:\n  mode: report\n  interval: 5m\n\
+         instances:\n  - name: shop\n    unit: site\n    applies_to: {role: app}\n    params: {port: 8081, tls: true}\n\
+         \x20 - name: blog\n    unit: site\n    applies_to: {role: app}\n    params: {port: 8082}\n",
     );
     let mut inv = String::from("hosts:\n");
     for h in 0..hosts {
@@ -67,6 +69,19 @@ fn write_repo(repo: &Path, target: &Path, hosts: usize, steps: usize) {
         "# {{ env }} / {{ region }}\n{% for w in workers %}worker {{ loop.index }} = {{ w }}:{{ base_port + loop.index }}\n{% endfor %}\n",
     );
     let t = target.display();
+    // A reusable unit, instantiated twice on every host (`shop/conf`, `shop/tls`, `blog/conf`;
+    // `blog/tls` is left out by its `when:`): its steps count in `steps`.
+    write(
+        &repo.join("units/site.yaml"),
+        &format!(
+            "description: a site\nparams:\n  port: {{type: integer}}\n  tls: {{type: boolean, default: false}}\n\
+             steps:\n  - id: conf\n    file:\n      path: \"{t}/d00/site-{{{{ instance.name }}}}.conf\"\n\
+             \x20     content: \"listen {{{{ port }}}} in {{{{ region }}}} for {{{{ instance.name }}}}\\n\"\n      mode: \"0644\"\n    after: [app/s000]\n\
+             \x20 - id: tls\n    when: tls\n    file:\n      path: \"{t}/d00/site-{{{{ instance.name }}}}.tls\"\n\
+             \x20     content: \"tls on {{{{ port }}}}\\n\"\n      mode: \"0600\"\n    after: [app/s000]\n"
+        ),
+    );
+    let steps = steps.saturating_sub(SITE_STEPS).max(1);
     let mut y = String::from(
         "description: scale\napplies_to:\n  role: app\nvars:\n  workers: [alpha, beta, gamma, delta]\n  log_level: info\nsteps:\n",
     );
@@ -111,6 +126,9 @@ fn write_repo(repo: &Path, target: &Path, hosts: usize, steps: usize) {
     }
     write(&repo.join("units/app.yaml"), &y);
 }
+
+/// Declared steps per host that come from the two instances of `units/site.yaml`.
+const SITE_STEPS: usize = 4;
 
 /// Answers every script with the recorded output of host 1's probe (all in sync).
 #[derive(Debug)]
