@@ -6,9 +6,11 @@
 //! /usr/bin/time -v target/release/deps/scale-<hash> --hosts 1000 --steps 50   # peak RSS
 //! ```
 //!
-//! It writes a repo with N hosts and one unit of S steps (directories, files with inline
-//! templated content, files from a `template:`, lines; one in five a `loop:` of two items,
-//! one in ten with a true `when:`, one in ten with a false one) whose targets live in a temp root,
+//! It writes a repo with N hosts and S declared steps per host: one unit of S - 4 steps
+//! (directories, files with inline templated content, files from a `template:`, lines; one in
+//! five a `loop:` of two items, one in ten with a true `when:`, one in ten with a false one)
+//! and two instances (`shop`, `blog`, from env.yaml) of a reusable unit with `params` and two
+//! steps, one of them behind a `when:` on a parameter; their targets live in a temp root,
 //! applies the steps of host 1 to that root for real (`LocalTransport`), records the probe
 //! script's output there (every step in sync), and then runs what `plumb plan` runs —
 //! `validate_and_render` (load, schemas, semantic checks, one render of every host) and
