@@ -6,9 +6,11 @@
 //! /usr/bin/time -v target/release/deps/scale-<hash> --hosts 1000 --steps 50   # peak RSS
 //! ```
 //!
-//! It writes a repo with N hosts and one unit of S steps (directories, files with inline
-//! templated content, files from a `template:`, lines; one in five a `loop:` of two items,
-//! one in ten with a true `when:`, one in ten with a false one) whose targets live in a temp root,
+//! It writes a repo with N hosts and S declared steps per host: one unit of S - 4 steps
+//! (directories, files with inline templated content, files from a `template:`, lines; one in
+//! five a `loop:` of two items, one in ten with a true `when:`, one in ten with a false one)
+//! and two instances (`shop`, `blog`, from env.yaml) of a reusable unit with `params` and two
+//! steps, one of them behind a `when:` on a parameter; their targets live in a temp root,
 //! applies the steps of host 1 to that root for real (`LocalTransport`), records the probe
 //! script's output there (every step in sync), and then runs what `plumb plan` runs —
 //! `validate_and_render` (load, schemas, semantic checks, one render of every host) and
@@ -48,7 +50,9 @@ fn write_repo(repo: &Path, target: &Path, hosts: usize, steps: usize) {
     );
     write(
         &repo.join("environments/prod/env.yaml"),
-        "vars:\n  region: eu-west\n  base_port: 8000\ndrift:\n  mode: report\n  interval: 5m\n",
+        "vars:\n  region: eu-west\n  base_port: 8000\ndrift:\n  mode: report\n  interval: 5m\n\
+         instances:\n  - name: shop\n    unit: site\n    applies_to: {role: app}\n    params: {port: 8081, tls: true}\n\
+         \x20 - name: blog\n    unit: site\n    applies_to: {role: app}\n    params: {port: 8082}\n",
     );
     let mut inv = String::from("hosts:\n");
     for h in 0..hosts {
@@ -67,6 +71,19 @@ fn write_repo(repo: &Path, target: &Path, hosts: usize, steps: usize) {
         "# {{ env }} / {{ region }}\n{% for w in workers %}worker {{ loop.index }} = {{ w }}:{{ base_port + loop.index }}\n{% endfor %}\n",
     );
     let t = target.display();
+    // A reusable unit, instantiated twice on every host (`shop/conf`, `shop/tls`, `blog/conf`;
+    // `blog/tls` is left out by its `when:`): its steps count in `steps`.
+    write(
+        &repo.join("units/site.yaml"),
+        &format!(
+            "description: a site\nparams:\n  port: {{type: integer}}\n  tls: {{type: boolean, default: false}}\n\
+             steps:\n  - id: conf\n    file:\n      path: \"{t}/d00/site-{{{{ instance.name }}}}.conf\"\n\
+             \x20     content: \"listen {{{{ port }}}} in {{{{ region }}}} for {{{{ instance.name }}}}\\n\"\n      mode: \"0644\"\n    after: [app/s000]\n\
+             \x20 - id: tls\n    when: tls\n    file:\n      path: \"{t}/d00/site-{{{{ instance.name }}}}.tls\"\n\
+             \x20     content: \"tls on {{{{ port }}}}\\n\"\n      mode: \"0600\"\n    after: [app/s000]\n"
+        ),
+    );
+    let steps = steps.saturating_sub(SITE_STEPS).max(1);
     let mut y = String::from(
         "description: scale\napplies_to:\n  role: app\nvars:\n  workers: [alpha, beta, gamma, delta]\n  log_level: info\nsteps:\n",
     );
@@ -111,6 +128,9 @@ fn write_repo(repo: &Path, target: &Path, hosts: usize, steps: usize) {
     }
     write(&repo.join("units/app.yaml"), &y);
 }
+
+/// Declared steps per host that come from the two instances of `units/site.yaml`.
+const SITE_STEPS: usize = 4;
 
 /// Answers every script with the recorded output of host 1's probe (all in sync).
 #[derive(Debug)]

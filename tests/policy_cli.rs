@@ -40,6 +40,7 @@ fn the_starter_pack_tests_pass_through_the_binary() {
         "pinned",
         "blast_radius",
         "maintenance",
+        "restore",
     ] {
         assert!(out.contains(&format!("PASS {rule}_test.")), "{rule}: {out}");
     }

@@ -2,11 +2,11 @@
 //! typed [`BackupObserved`] in its change (`Change::observed.backup`, kept by redaction), read
 //! here — never from message text — into [`BackupStatus`] rows that feed the
 //! `plumb_backup_*` metrics, `GET /api/status` (`backups` of each environment), the
-//! `backup_failed` alert, and the policy layer ([`policy_facts`], [`restore_verified_within`]).
+//! `backup_failed` alert. (The policy input reads the same observations from the plan it
+//! judges: `policy::BackupInput`.)
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use schemars::JsonSchema;
 use serde::Serialize;
@@ -83,34 +83,6 @@ pub fn backups_of(hosts: &[DesiredHost], plans: &[HostPlan]) -> Vec<BackupStatus
         }
     }
     out
-}
-
-/// **Policy hook** (issue 18, point 4): the backup facts of `host` in `environment` as last
-/// observed, for the policy layer's input (e.g. `input.backups`). Typed and serializable;
-/// empty when the host has no backup or none was observed yet.
-pub fn policy_facts(board: &BackupBoard, environment: &str, host: &str) -> Vec<BackupStatus> {
-    board
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(environment)
-        .map(|all| all.iter().filter(|b| b.host == host).cloned().collect())
-        .unwrap_or_default()
-}
-
-/// The guardrail: whether every backup in `backups` (one host's, from [`policy_facts`]) has
-/// a successful restore test younger than `max_age` and its last test did not fail. A host
-/// without backups passes; a plan with destructive changes on a host that fails it can be
-/// refused by policy.
-pub fn restore_verified_within(backups: &[BackupStatus], max_age: Duration) -> bool {
-    backups.iter().all(|b| {
-        let last_ok = b
-            .observed
-            .restore_test
-            .is_some_and(|t| t.result == TestResult::Ok);
-        last_ok
-            && b.restore_test_success_age_seconds
-                .is_some_and(|a| a <= max_age.as_secs())
-    })
 }
 
 impl Daemon {
@@ -210,34 +182,17 @@ mod tests {
     }
 
     #[test]
-    fn the_guardrail_wants_a_recent_successful_restore() {
+    fn a_sample_carries_the_ages_and_the_measured_restore() {
         let recent = status(Some(9_500), TestResult::Ok);
-        assert!(restore_verified_within(
-            std::slice::from_ref(&recent),
-            Duration::from_secs(600)
-        ));
-        assert!(!restore_verified_within(
-            std::slice::from_ref(&recent),
-            Duration::from_secs(100)
-        ));
-        assert!(!restore_verified_within(
-            &[status(Some(9_500), TestResult::Failed)],
-            Duration::from_secs(3_600)
-        ));
-        assert!(!restore_verified_within(
-            &[status(None, TestResult::Ok)],
-            Duration::from_secs(3_600)
-        ));
-        assert!(restore_verified_within(&[], Duration::ZERO));
         let s = recent.sample();
         assert_eq!(s.restore_seconds, Some(1.5));
         assert_eq!(s.snapshot_age_seconds, Some(1_000.0));
-        let board: BackupBoard = Arc::default();
-        board
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert("production".into(), vec![recent.clone()]);
-        assert_eq!(policy_facts(&board, "production", "web-1"), vec![recent]);
-        assert!(policy_facts(&board, "production", "web-2").is_empty());
+        assert_eq!(s.restore_test_last_success, Some(9_500.0));
+        assert!(!s.restore_test_failed);
+        assert!(
+            status(Some(9_500), TestResult::Failed)
+                .sample()
+                .restore_test_failed
+        );
     }
 }

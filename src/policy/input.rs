@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use crate::engine::{HostPlan, REDACTED};
 use crate::facts::Facts;
+use crate::modules::backup::{BackupObserved, BackupProblem};
 use crate::modules::{ChangeKind, FieldChange};
 use crate::render::{DesiredHost, DesiredStep};
 
@@ -70,6 +71,33 @@ pub struct HostInput {
     pub labels: BTreeMap<String, String>,
     /// The host's facts when known.
     pub facts: Option<Facts>,
+    /// Every `backup` step of the host, as this plan's probe observed it (`plan` mode; empty
+    /// in `desired` mode): what a guardrail on destructive changes asks for.
+    pub backups: Vec<BackupInput>,
+}
+
+/// One backup of the host, from the probe of its step in the plan being judged (the same
+/// round trip as every other step: as fresh as the plan).
+#[derive(Debug, Clone, Serialize, JsonSchema)]
+pub struct BackupInput {
+    /// The backup's `name` (as in the `plumb_backup_*` metrics and `/api/status`).
+    pub name: String,
+    /// The step that declares it (`unit/id`).
+    pub step: String,
+    /// What the probe saw: repository state, latest snapshot (Unix seconds, host clock), the
+    /// last restore test (result, when it finished, the last success, `restore_ms`,
+    /// `files_compared`, `files_mismatched`) and the intervals. Unset when the probe failed:
+    /// nothing about the backup is known, so it counts as unverified.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub observed: Option<BackupObserved>,
+    /// Seconds since the latest snapshot (host clock); unset: no snapshot (or not observed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot_age_seconds: Option<u64>,
+    /// Seconds since the last successful restore test; unset: none yet (or not observed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restore_verified_age_seconds: Option<u64>,
+    /// What is wrong (what the `backup_failed` alert names); empty: healthy or not observed.
+    pub problems: Vec<BackupProblem>,
 }
 
 #[derive(Debug, Clone, Serialize, JsonSchema)]
@@ -101,6 +129,10 @@ pub struct ChangeInput {
     /// Why the probe could not tell (the step cannot be judged on its change).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Why the change cannot be undone by applying an older state, as its module declares
+    /// (`package removal`, `a command ran (commands have no undo)`...); unset: it can be.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub irreversible: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, JsonSchema)]
@@ -182,6 +214,7 @@ pub fn desired_input(ctx: &Context, host: &DesiredHost, hosts_total: usize) -> P
             name: host.host.name.clone(),
             labels: host.host.labels.clone(),
             facts: host.facts.clone(),
+            backups: Vec::new(),
         },
         steps: host.steps.iter().map(step_input).collect(),
         now: ctx.now.clone(),
@@ -203,9 +236,12 @@ pub fn plan_input(
     if plan.facts.is_some() {
         input.host.facts = plan.facts.clone();
     }
-    for (step, sp) in input.steps.iter_mut().zip(&plan.steps) {
+    for ((step, sp), desired) in input.steps.iter_mut().zip(&plan.steps).zip(&host.steps) {
         if sp.step.address.to_string() != step.address {
             continue;
+        }
+        if let Some(b) = backup_input(desired, sp) {
+            input.host.backups.push(b);
         }
         step.change = Some(match &sp.change {
             Ok(c) => ChangeInput {
@@ -216,13 +252,37 @@ pub fn plan_input(
                     c.fields.clone()
                 },
                 error: None,
+                // An unknown module's changes count as irreversible, as in a rollback.
+                irreversible: crate::modules::lookup(sp.step.module)
+                    .map_or(Some("its module is unknown"), |def| def.irreversible(c))
+                    .map(str::to_string),
             },
             Err(e) => ChangeInput {
                 kind: ChangeKind::InSync,
                 fields: Vec::new(),
                 error: Some(e.clone()),
+                irreversible: None,
             },
         });
     }
     input
+}
+
+/// The backup a `backup` step's probe observed (typed: `Change::observed.backup`, kept by
+/// redaction); a backup step whose probe failed is listed unobserved. The name is the
+/// resource's, as the daemon's metrics and status show it (a backup step reads its password
+/// from a secret, so its `target` in `steps` is hidden).
+fn backup_input(desired: &DesiredStep, sp: &crate::engine::StepPlan) -> Option<BackupInput> {
+    if sp.step.module != crate::modules::backup::DEF.name {
+        return None;
+    }
+    let seen = sp.change.as_ref().ok().and_then(|c| c.observed.backup);
+    Some(BackupInput {
+        name: desired.resource.target(),
+        step: sp.step.address.to_string(),
+        snapshot_age_seconds: seen.and_then(|b| b.snapshot_age()),
+        restore_verified_age_seconds: seen.and_then(|b| b.restore_success_age()),
+        problems: seen.map(|b| b.problems()).unwrap_or_default(),
+        observed: seen,
+    })
 }

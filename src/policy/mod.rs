@@ -23,8 +23,8 @@ use schemars::JsonSchema;
 use serde::Serialize;
 
 pub use input::{
-    desired_input, plan_input, ChangeInput, CommitInput, Context, EnvironmentInput, HostInput,
-    InputMode, NowInput, OverrideInput, PolicyInput, StepInput,
+    desired_input, plan_input, BackupInput, ChangeInput, CommitInput, Context, EnvironmentInput,
+    HostInput, InputMode, NowInput, OverrideInput, PolicyInput, StepInput,
 };
 pub use overrides::{Override, OverrideDecision, Verdict};
 use rules::{RuleDecl, RuleKind};

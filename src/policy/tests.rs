@@ -383,3 +383,145 @@ proptest! {
         }
     }
 }
+
+/// What a backup step's probe observes: the last restore test ended `result`, its last
+/// success `success_age` seconds before the probe (`None`: never).
+fn backup_seen(
+    result: crate::modules::backup::TestResult,
+    success_age: Option<i64>,
+) -> crate::modules::backup::BackupObserved {
+    use crate::modules::backup::{BackupObserved, RepoState, RestoreTestObserved};
+    let now = 2_000_000_000;
+    BackupObserved {
+        now,
+        repository: RepoState::Ok,
+        latest_snapshot: Some(now - 3_000),
+        restore_test: Some(RestoreTestObserved {
+            result,
+            failure: None,
+            finished: now - 600,
+            last_success: success_age.map(|a| now - a),
+            restore_ms: 4_250,
+            files_compared: 17,
+            files_mismatched: 0,
+        }),
+        interval_seconds: 86_400,
+        restore_test_interval_seconds: 7 * 86_400,
+    }
+}
+
+/// A host with a backup and a directory being removed, planned with the backup's probe
+/// answering `backup` (`Err`: the probe failed).
+fn backup_and_removal(
+    backup: Result<Option<crate::modules::backup::BackupObserved>, String>,
+) -> (DesiredHost, HostPlan) {
+    let h = desired_host(vec![
+        step(
+            "app",
+            "backup",
+            "app",
+            serde_json::json!({"name": "app", "password": "(sensitive)"}),
+        ),
+        step(
+            "old",
+            "directory",
+            "/srv/old",
+            serde_json::json!({"path": "/srv/old", "state": "absent"}),
+        ),
+    ]);
+    let backup_change = backup.map(|seen| Change {
+        observed: crate::modules::Facts {
+            backup: seen,
+            ..Default::default()
+        },
+        ..Change::in_sync()
+    });
+    let plan = HostPlan {
+        host: h.host.clone(),
+        facts: None,
+        steps: vec![
+            StepPlan {
+                step: StepRef::of(&h.steps[0]),
+                change: backup_change,
+            },
+            StepPlan {
+                step: StepRef::of(&h.steps[1]),
+                change: Ok(Change::new(ChangeKind::Remove)),
+            },
+        ],
+        error: None,
+        round_trips: RoundTrips::default(),
+        duration: std::time::Duration::ZERO,
+    };
+    (h, plan)
+}
+
+#[test]
+fn the_plan_input_carries_each_backups_facts_and_irreversible_changes() {
+    use crate::modules::backup::TestResult;
+    let (h, plan) = backup_and_removal(Ok(Some(backup_seen(TestResult::Ok, Some(7_200)))));
+    let input = plan_input(&ctx("production"), &h, &plan, 1, 1);
+    let json = serde_json::to_value(&input).expect("serializes");
+    let b = &json["host"]["backups"][0];
+    assert_eq!(b["name"], "app", "{json}");
+    assert_eq!(b["step"], "base/app");
+    assert_eq!(b["snapshot_age_seconds"], 3_000);
+    assert_eq!(b["restore_verified_age_seconds"], 7_200);
+    assert_eq!(b["observed"]["restore_test"]["result"], "ok");
+    assert_eq!(b["observed"]["restore_test"]["restore_ms"], 4_250);
+    assert_eq!(b["observed"]["restore_test"]["files_compared"], 17);
+    assert_eq!(b["observed"]["restore_test"]["files_mismatched"], 0);
+    assert_eq!(b["problems"], serde_json::json!([]));
+    assert_eq!(json["host"]["backups"].as_array().map(Vec::len), Some(1));
+    assert_eq!(json["steps"][1]["change"]["kind"], "remove");
+    assert_eq!(
+        json["steps"][1]["change"]["irreversible"],
+        "directory removal (its contents are not restored)"
+    );
+    assert!(json["steps"][0]["change"].get("irreversible").is_none());
+    // The desired state alone knows nothing of backups.
+    let desired = desired_input(&ctx("production"), &h, 1);
+    assert!(desired.host.backups.is_empty());
+}
+
+#[test]
+fn a_removal_needs_a_recent_verified_restore_of_the_hosts_backups() {
+    use crate::modules::backup::TestResult;
+    let set = starter();
+    let judge = |backup| {
+        let (h, plan) = backup_and_removal(backup);
+        set.evaluate(&plan_input(&ctx("production"), &h, &plan, 1, 1))
+            .expect("evaluates")
+    };
+    let recent = judge(Ok(Some(backup_seen(TestResult::Ok, Some(3_600)))));
+    assert!(recent.is_empty(), "{recent:?}");
+    let hours = 3_600;
+    for (backup, why) in [
+        (
+            Ok(Some(backup_seen(TestResult::Ok, Some(200 * hours)))),
+            "the last verified restore is 200 hours old",
+        ),
+        (
+            Ok(Some(backup_seen(TestResult::Failed, Some(hours)))),
+            "its last restore test failed",
+        ),
+        (
+            Ok(Some(backup_seen(TestResult::Ok, None))),
+            "no restore test has succeeded yet",
+        ),
+        (
+            Err("probe failed (details hidden: sensitive step)".to_string()),
+            "its probe failed",
+        ),
+    ] {
+        let found = judge(backup);
+        assert_eq!(found.len(), 1, "{why}: {found:?}");
+        let f = &found[0];
+        assert_eq!(f.rule, "restore.deny_unverified_restore");
+        assert_eq!(f.level, Level::Overridable);
+        assert_eq!(f.step.as_deref(), Some("base/old"));
+        assert_eq!(f.step_location.as_deref(), Some("units/base.yaml:7:5"));
+        assert!(f.message.contains(why), "{why}: {}", f.message);
+        assert!(f.message.contains("backup app of web1"), "{}", f.message);
+    }
+}

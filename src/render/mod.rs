@@ -130,8 +130,8 @@ pub fn render_env(
         return Err(diags);
     }
     let mut out = Vec::new();
-    for host in hosts {
-        match render_host(repo, env, host) {
+    for rendered in render_hosts(repo, env, &hosts) {
+        match rendered {
             Ok(h) => out.push(h),
             Err(d) => diags.extend(d.into_sorted()),
         }
@@ -349,6 +349,15 @@ fn lookup_path<'a>(ctx: &'a Json, dotted: &str) -> Option<&'a Json> {
 struct Templater<'r> {
     repo: &'r Repo,
     jinja: Jinja<'static>,
+}
+
+impl<'r> Templater<'r> {
+    fn new(repo: &'r Repo) -> Templater<'r> {
+        Templater {
+            repo,
+            jinja: jinja(repo),
+        }
+    }
 }
 
 impl Templater<'_> {
@@ -645,33 +654,71 @@ fn expand_steps(
 /// rendered without facts first, so a host that never uses them costs no facts round trip
 /// and is never rendered again when they change.
 pub fn render_host(repo: &Repo, env: &str, host: &Host) -> Result<DesiredHost, Diagnostics> {
-    let facts = repo.facts.get(env, &host.name);
+    render_host_in(&Templater::new(repo), env, host)
+}
+
+/// [`render_host`] with a template environment shared by the hosts one thread renders (a
+/// template is compiled once per environment, not once per host).
+fn render_host_in(t: &Templater<'_>, env: &str, host: &Host) -> Result<DesiredHost, Diagnostics> {
+    let facts = t.repo.facts.get(env, &host.name);
     if facts.is_some() {
-        if let Ok(d) = render_host_with(repo, env, host, None) {
+        if let Ok(d) = render_host_with(t, env, host, None) {
             return Ok(d);
         }
     }
-    render_host_with(repo, env, host, facts)
+    render_host_with(t, env, host, facts)
+}
+
+/// Hosts per thread below which [`render_hosts`] stays on the calling thread.
+const HOSTS_PER_THREAD: usize = 16;
+
+/// Renders `hosts`, results in their order: split over the machine's cores, each thread
+/// with its own template environment. Every host's render is independent of the others
+/// (the repo's file and secret caches are shared behind locks), so the results are what a
+/// one-by-one render gives.
+fn render_hosts(repo: &Repo, env: &str, hosts: &[&Host]) -> Vec<Result<DesiredHost, Diagnostics>> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(hosts.len().div_ceil(HOSTS_PER_THREAD))
+        .max(1);
+    let render_part = |part: &[&Host]| {
+        let t = Templater::new(repo);
+        part.iter()
+            .map(|h| render_host_in(&t, env, h))
+            .collect::<Vec<_>>()
+    };
+    if threads == 1 {
+        return render_part(hosts);
+    }
+    let chunk = hosts.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = hosts
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || render_part(part)))
+            .collect();
+        handles
+            .into_iter()
+            // A render that panicked panics here, as it would have on this thread.
+            .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    })
 }
 
 /// Whether `host` cannot be rendered without facts (and has none in `repo.facts`).
 pub fn needs_facts(repo: &Repo, env: &str, host: &Host) -> bool {
     repo.facts.get(env, &host.name).is_none()
-        && render_host_with(repo, env, host, None)
+        && render_host_with(&Templater::new(repo), env, host, None)
             .is_err_and(|d| d.iter().any(|d| d.code == MISSING_FACTS))
 }
 
 fn render_host_with(
-    repo: &Repo,
+    templater: &Templater<'_>,
     env: &str,
     host: &Host,
     facts: Option<&crate::facts::Facts>,
 ) -> Result<DesiredHost, Diagnostics> {
+    let repo = templater.repo;
     let mut diags = Diagnostics::default();
-    let templater = Templater {
-        repo,
-        jinja: jinja(repo),
-    };
     let mut errors = Vec::new();
     let applied = expand::applied_units(repo, env, host, &mut errors);
     let Expanded {
@@ -679,7 +726,7 @@ fn render_host_with(
         skipped,
         groups,
         skipped_bases,
-    } = expand_steps(&templater, repo, env, host, facts, &applied, &mut errors);
+    } = expand_steps(templater, repo, env, host, facts, &applied, &mut errors);
     let no_facts = facts.is_none();
     diags.extend(errors.into_iter().map(|mut d| {
         if no_facts && d.code == "template" && d.message.contains("needs fact `") {
