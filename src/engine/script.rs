@@ -492,7 +492,7 @@ mod tests {
             Mode::Apply,
         )));
         let d = p.get(Tag::Apply(0)).expect("frame").duration_ms;
-        assert!(d >= 200 && d % 10 == 0, "{d} ms");
+        assert!(d >= 200 && d.is_multiple_of(10), "{d} ms");
     }
 
     fn b64(data: &[u8]) -> String {
