@@ -123,6 +123,7 @@ mod tests {
             secrets: Vec::new(),
             path: "units/u.yaml".into(),
             pos: Pos::START,
+            prune: Default::default(),
         }
     }
 
@@ -142,6 +143,7 @@ mod tests {
             steps,
             skipped: Vec::new(),
             facts: None,
+            orphans: Vec::new(),
         }
     }
 
