@@ -273,6 +273,14 @@ fn sensitive_values_never_reach_the_hosts_process_list() {
       path: /tmp/secret-line
       line: "token=PLUMB-SECRET-LINE-7731"
       create: true
+  # Applied with secret-line in one rewrite of the file (a `line` batch): its regexp and
+  # line reach grep and awk through files, never argv.
+  - id: secret-line-2
+    sensitive: true
+    line:
+      path: /tmp/secret-line
+      regexp: "^(other|PLUMB-SECRET-RE-7731)="
+      line: "other=PLUMB-SECRET-LINE2-7731"
 "#,
     );
     let r = repo.path();
@@ -295,7 +303,7 @@ fn sensitive_values_never_reach_the_hosts_process_list() {
     );
     assert_eq!(
         exec(&hosts, 1, "cat /tmp/secret-line"),
-        "token=PLUMB-SECRET-LINE-7731"
+        "token=PLUMB-SECRET-LINE-7731\nother=PLUMB-SECRET-LINE2-7731"
     );
     // The watcher saw the step's own processes, so it was looking at the right time.
     assert_ne!(

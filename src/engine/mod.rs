@@ -30,6 +30,7 @@ use crate::transport::{
     TransportError,
 };
 
+mod batch;
 pub mod script;
 pub mod step;
 
@@ -415,6 +416,8 @@ pub fn facts_changed(desired: &DesiredHost, observed: Option<&Facts>) -> bool {
 /// What to do on a host: the changes, the notified handlers, and the script fragments.
 struct Work {
     changes: Vec<Option<Change>>,
+    /// For each changed step, the step whose apply frame carries it (see [`batch`]).
+    carrier: Vec<Option<usize>>,
     /// Steps to refresh (notified by a changing step), once each, in step order.
     handlers: Vec<usize>,
     fragments: Vec<(Tag, String)>,
@@ -434,12 +437,10 @@ fn decide(desired: &DesiredHost, observed: &Observed) -> Work {
         .flat_map(|(s, _)| s.notify.iter())
         .filter_map(|addr| desired.steps.iter().position(|t| &t.address == addr))
         .collect();
-    let mut fragments: Vec<(Tag, String)> = Vec::new();
-    for (i, (s, c)) in desired.steps.iter().zip(&changes).enumerate() {
-        if let Some(c) = c {
-            fragments.push((Tag::Apply(i), s.resource.apply(c)));
-        }
-    }
+    let batch::Fragments {
+        mut fragments,
+        carrier,
+    } = batch::apply_fragments(&desired.steps, &changes);
     let mut handlers = Vec::new();
     for i in notified {
         let target = &desired.steps[i].resource;
@@ -456,6 +457,7 @@ fn decide(desired: &DesiredHost, observed: &Observed) -> Work {
     }
     Work {
         changes,
+        carrier,
         handlers,
         fragments,
     }
@@ -496,14 +498,16 @@ fn applied(refs: &[StepRef], work: &Work, parsed: &Parsed) -> Applied {
             };
             let mut o = StepOutcome::new(r, StepStatus::Skipped);
             o.change = Some(r.redact(c));
-            if let Some(f) = parsed.get(Tag::Apply(i)) {
-                o.duration_ms = f.duration_ms;
+            let carrier = work.carrier[i].unwrap_or(i);
+            if let Some(f) = parsed.get(Tag::Apply(carrier)) {
+                // A batch's duration is its first step's; the others took no time of their own.
+                o.duration_ms = if carrier == i { f.duration_ms } else { 0 };
                 if f.result.status == 0 {
                     o.status = StepStatus::Changed;
                 } else {
                     failed = true;
                     o.status = StepStatus::Failed;
-                    o.error = Some(r.failure(&f.result));
+                    o.error = Some(batch_failure(r.failure(&f.result), refs, work, carrier));
                 }
             }
             o
@@ -528,6 +532,25 @@ fn applied(refs: &[StepRef], work: &Work, parsed: &Parsed) -> Applied {
         handlers,
         failed,
     }
+}
+
+/// A failure of the fragment that `carrier` tags, for one of its steps: as it is, or for a
+/// batch, naming every step that failed with it.
+fn batch_failure(failure: String, refs: &[StepRef], work: &Work, carrier: usize) -> String {
+    let together: Vec<String> = work
+        .carrier
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| **c == Some(carrier))
+        .filter_map(|(j, _)| refs.get(j).map(|r| r.address.to_string()))
+        .collect();
+    if together.len() < 2 {
+        return failure;
+    }
+    format!(
+        "{failure} (applied as one with {}: each of them failed, none was applied)",
+        together.join(", ")
+    )
 }
 
 /// Verify: observe again; every step must now be in sync. Marks the steps that are not.

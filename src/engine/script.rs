@@ -22,7 +22,9 @@
 //! The framing spawns two processes per script instead of two or three per step (a `date`, a
 //! `base64` for each stream that printed anything): process creation dominates a no-op
 //! probe's cost on the host. Durations are measured only where they are reported: an apply
-//! fragment's (`date` once per applied step); a probe's duration is 0.
+//! fragment's; a probe's duration is 0. The clock is `/proc/uptime` read by the shell's own
+//! `read` (no process, no subshell; centiseconds, so a duration is a multiple of 10 ms), and
+//! a host without it reports 0.
 //!
 //! What one fragment prints is bounded **on the host**, so a step that floods its output
 //! (`yes`) neither fills the host's disk nor plumb's memory: each stream is cut just past
@@ -40,7 +42,13 @@ PLUMB_T=$(mktemp -d "${TMPDIR:-/tmp}/plumb.XXXXXXXX") || { echo "@@plumb-fatal c
 trap 'rm -rf "$PLUMB_T"' EXIT
 trap 'exit 129' HUP; trap 'exit 141' PIPE; trap 'exit 143' TERM
 PLUMB_S=; PLUMB_F=
-plumb_now() { n=$(date +%s%N 2>/dev/null); case $n in ''|*[!0-9]*) echo 0;; *) echo "$n";; esac; }
+plumb_now() {
+  PLUMB_N=0; [ -r /proc/uptime ] || return 0
+  read -r PLUMB_U PLUMB_R 2>/dev/null </proc/uptime || return 0
+  case $PLUMB_U in *.*) ;; *) return 0;; esac
+  PLUMB_U=${PLUMB_U%.*}${PLUMB_U#*.}; PLUMB_U=${PLUMB_U#"${PLUMB_U%%[!0]*}"}
+  case $PLUMB_U in ''|*[!0-9]*) ;; *) PLUMB_N=$PLUMB_U;; esac
+}
 plumb_end() {
   cd "$PLUMB_T" || { echo "@@plumb-fatal cannot enter the temporary directory"; exit 0; }
   printf '@@plumb-frames%s\n' "$PLUMB_S"
@@ -112,7 +120,7 @@ pub fn build(fragments: &[(Tag, String)], mode: Mode) -> String {
     );
     s.push_str(PRELUDE);
     if mode == Mode::Apply {
-        s.push_str("s=$(plumb_now)\n");
+        s.push_str("plumb_now; s=$PLUMB_N\n");
     }
     for (k, (tag, fragment)) in fragments.iter().enumerate() {
         // `( )` is a syntax error in sh: an empty fragment is a no-op.
@@ -139,7 +147,7 @@ pub fn build(fragments: &[(Tag, String)], mode: Mode) -> String {
                     ": >\"$PLUMB_T/r\"\n\
                      {{ {{ (\n{body}{nl}); echo $? >\"$PLUMB_T/r\"; }} 2>&1 >&3 3>&- </dev/null | head -c {cut} >\"$PLUMB_T/e{k}\"; }} 3>&1 | head -c {cut} >\"$PLUMB_T/o{k}\"\n\
                      rc=1; read rc <\"$PLUMB_T/r\"\n\
-                     e=$(plumb_now); d=0; if [ \"$s\" != 0 ] && [ \"$e\" != 0 ]; then d=$(( (e - s) / 1000000 )); fi; s=$e\n\
+                     plumb_now; e=$PLUMB_N; d=0; if [ \"$s\" != 0 ] && [ \"$e\" != 0 ]; then d=$(( (e - s) * 10 )); fi; s=$e\n\
                      PLUMB_S=\"$PLUMB_S {t}:$rc:$d\"; {files}\
                      if [ \"$rc\" != 0 ]; then plumb_end failed; exit 0; fi\n"
                 ));
@@ -467,6 +475,24 @@ mod tests {
                 "{spawner} in a probe's framing:\n{body}"
             );
         }
+    }
+
+    /// An applied step's duration costs no process and no subshell: the clock is the shell
+    /// reading /proc/uptime (centiseconds). A step that sleeps 0.3 s reports at least 200 ms,
+    /// in steps of 10 ms.
+    #[test]
+    fn apply_timing_spawns_no_process() {
+        let fragments: Vec<(Tag, String)> = (0..20).map(|i| (Tag::Apply(i), ":".into())).collect();
+        let script = build(&fragments, Mode::Apply);
+        for spawner in ["date", "$(plumb_now)", "$(date"] {
+            assert!(!script.contains(spawner), "{spawner} in the apply framing");
+        }
+        let p = parse(&run_sh(&build(
+            &[(Tag::Apply(0), "sleep 0.3".into())],
+            Mode::Apply,
+        )));
+        let d = p.get(Tag::Apply(0)).expect("frame").duration_ms;
+        assert!(d >= 200 && d.is_multiple_of(10), "{d} ms");
     }
 
     fn b64(data: &[u8]) -> String {

@@ -139,12 +139,13 @@ impl Resource for Directory {
     }
     fn probe(&self) -> String {
         // Whether it is empty matters only to a removal: a present directory is never listed
-        // (a directory of 200,000 entries costs a probe nothing).
+        // (a directory of 200,000 entries costs a probe nothing), and a removal's probe
+        // stops at the first entry (`find -empty` on the directory alone, not `ls -A`).
         let empty = match self.params.state {
             Presence::Present => "",
             Presence::Absent => {
-                "\ne=$(ls -A -- \"$p\") || exit 1\n\
-                 if [ -z \"$e\" ]; then echo empty=yes; else echo empty=no; fi"
+                "\ne=$(find \"$p\" -maxdepth 0 -empty) || exit 1\n\
+                 if [ -n \"$e\" ]; then echo empty=yes; else echo empty=no; fi"
             }
         };
         format!(
@@ -292,13 +293,35 @@ mod tests {
         assert_eq!(c, Change::in_sync());
     }
 
-    /// A present directory is never listed: only a removal needs to know it is empty.
+    /// A present directory is never listed: only a removal needs to know it is empty, and
+    /// it asks `find -empty` (which stops at the first entry) instead of listing it all.
     #[test]
-    fn only_a_removal_lists_the_directory() {
+    fn only_a_removal_looks_into_the_directory() {
         let present = dir(serde_json::json!({"path": "/srv/app"}));
         assert!(!present.probe().contains("ls "), "{}", present.probe());
+        assert!(!present.probe().contains("find "), "{}", present.probe());
         let absent = dir(serde_json::json!({"path": "/srv/app", "state": "absent"}));
-        assert!(absent.probe().contains("ls -A"), "{}", absent.probe());
+        assert!(
+            absent.probe().contains("-maxdepth 0 -empty"),
+            "{}",
+            absent.probe()
+        );
+        assert!(!absent.probe().contains("ls "), "{}", absent.probe());
+    }
+
+    /// The removal's probe tells an empty directory from one with only a hidden entry, and
+    /// a path with spaces and quotes is one argument.
+    #[test]
+    fn a_removal_probe_sees_hidden_entries() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let d = root.path().join("it's a dir");
+        std::fs::create_dir(&d).expect("mkdir");
+        let r = dir(serde_json::json!({"path": d.display().to_string(), "state": "absent"}));
+        let (probe, _) = run_logging_argv(&r.probe());
+        assert!(String::from_utf8_lossy(&probe.stdout).contains("empty=yes\n"));
+        std::fs::write(d.join(".hidden"), b"").expect("write");
+        let (probe, _) = run_logging_argv(&r.probe());
+        assert!(String::from_utf8_lossy(&probe.stdout).contains("empty=no\n"));
     }
 
     #[test]

@@ -150,6 +150,7 @@ pub static DEF: ModuleDef = ModuleDef {
     // An older state writes the older content, mode and owner back.
     reversibility: super::Reversibility::Reversible,
     prune: super::Prune::Absent(|p| super::absent_with(p, &["path"])),
+    batch: None,
     examples: &[
         Example {
             name: "content, mode, template, source, absent",

@@ -451,7 +451,7 @@ impl Resource for Git {
     fn probe(&self) -> String {
         format!(
             r#"{env}if [ -d "$dest/.git" ] && [ ! -L "$dest" ]; then echo dest=repo; printf 'head=%s\n' "$(g -C "$dest" rev-parse -q --verify HEAD 2>/dev/null)"
-elif [ -e "$dest" ] || [ -L "$dest" ]; then if [ -d "$dest" ] && [ ! -L "$dest" ] && [ -z "$(ls -A -- "$dest")" ]; then echo dest=absent; else echo dest=other; fi
+elif [ -e "$dest" ] || [ -L "$dest" ]; then if [ -d "$dest" ] && [ ! -L "$dest" ] && [ -n "$(find "$dest" -maxdepth 0 -empty)" ]; then echo dest=absent; else echo dest=other; fi
 else echo dest=absent; fi
 {want}printf 'want=%s\n' "${{W:-unresolved}}"
 {commit}"#,

@@ -24,6 +24,23 @@ pub trait Host {
     /// Runs one fragment the way the engine does (its own `sh`, stdin not the script) and
     /// captures stdout, stderr and the exit status.
     fn run(&mut self, script: &str) -> ProbeResult;
+    /// Runs one fragment of `module` for `phase`: [`Host::run`], unless the host measures
+    /// what each module costs (`tests/modules_compliance.rs`, `module_costs_are_reported`).
+    fn run_as(&mut self, module: &'static str, phase: Phase, script: &str) -> ProbeResult {
+        let _ = (module, phase);
+        self.run(script)
+    }
+}
+
+/// What a fragment the harness runs is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    /// A probe.
+    Probe,
+    /// The apply of a change.
+    Apply,
+    /// The apply of an in-sync step (which must do nothing).
+    InSyncApply,
 }
 
 /// A module that does not meet the contract.
@@ -247,7 +264,7 @@ pub fn converge_resource(
 /// Probes and diffs, checking the probe's keys against [`ModuleDef::probe_keys`].
 pub fn observe(def: &ModuleDef, r: &dyn Resource, host: &mut dyn Host) -> Result<Change, String> {
     let probe = r.probe();
-    let out = host.run(&probe);
+    let out = host.run_as(def.name, Phase::Probe, &probe);
     let shown = || {
         format!(
             "probe:\n{probe}\nstdout:\n{}\nstderr:\n{}",
@@ -291,7 +308,7 @@ fn converge(
         return Err("the apply script changes when the notes are reworded".into());
     }
     if first.kind != ChangeKind::InSync {
-        run_ok(host, &script, "apply")?;
+        run_ok(host, def.name, Phase::Apply, &script)?;
     }
     for round in 2..=3 {
         let again = observe(def, r, host)?;
@@ -305,16 +322,25 @@ fn converge(
                 "probe #{round} after the apply is not in sync: {again:?}"
             ));
         }
-        run_ok(host, &r.apply(&again), "apply of an in-sync step")?;
+        run_ok(host, def.name, Phase::InSyncApply, &r.apply(&again))?;
     }
     Ok(())
 }
 
-fn run_ok(host: &mut dyn Host, script: &str, what: &str) -> Result<(), String> {
-    let out = host.run(script);
+fn run_ok(
+    host: &mut dyn Host,
+    module: &'static str,
+    phase: Phase,
+    script: &str,
+) -> Result<(), String> {
+    let out = host.run_as(module, phase, script);
     if out.status == 0 {
         return Ok(());
     }
+    let what = match phase {
+        Phase::InSyncApply => "apply of an in-sync step",
+        Phase::Apply | Phase::Probe => "apply",
+    };
     Err(format!(
         "{what} failed with status {}\n{script}\nstderr: {}",
         out.status,
@@ -349,6 +375,7 @@ mod tests {
         examples: &[],
         reversibility: super::super::Reversibility::Reversible,
         prune: super::super::Prune::Never("fake"),
+        batch: None,
     };
 
     static UNDECLARED: ModuleDef = ModuleDef {
@@ -363,6 +390,7 @@ mod tests {
         examples: &[],
         reversibility: super::super::Reversibility::Undeclared,
         prune: super::super::Prune::Undeclared,
+        batch: None,
     };
 
     #[test]

@@ -15,9 +15,11 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::sh::{self, quote, Observed};
+mod batch;
+
 use super::{
-    step, BuildError, Change, ChangeKind, Example, Facts, Field, ModuleDef, PathType, Presence,
-    ProbeError, ProbeResult, Resource, Runs,
+    step, Batch, BuildError, Change, ChangeKind, Example, Facts, Field, ModuleDef, PathType,
+    Presence, ProbeError, ProbeResult, Resource, Runs,
 };
 
 /// One line in a file, like Ansible's lineinfile. With `regexp` (POSIX extended, as grep -E),
@@ -133,7 +135,11 @@ pub static DEF: ModuleDef = ModuleDef::of::<Line>(
     }],
 )
 .reversibility(super::Reversibility::Reversible)
-.prune(super::Prune::Absent(|p| super::absent_with(p, &["path", "line", "regexp"])));
+.prune(super::Prune::Absent(|p| super::absent_with(p, &["path", "line", "regexp"])))
+.batch(Batch {
+    key: batch::key,
+    apply: batch::apply,
+});
 
 impl Line {
     /// Shell assignments of the line (`v`) and regexp (`re`): values reach commands only on
@@ -150,25 +156,9 @@ impl Line {
         self.params.line.as_deref().unwrap_or_default()
     }
 
-    /// Rewrites the existing file through [`sh::hold_file`]: `op` writes `f` from `o` (a
-    /// hard link to the file, in the private directory), and `f` is renamed into place with
-    /// the file's mode and ownership.
+    /// Rewrites the existing file (see [`rewrite`]).
     fn rewrite(&self, op: &str) -> String {
-        format!(
-            r#"if [ -L "./$b" ] || [ ! -f "./$b" ]; then {notfile}; fi
-{private}{hold}o_own=$(stat -c %u:%g o) && m=$(stat -c %a o) || exit 1
-{op}
-chown -h -- "$o_own" f || exit 1
-chmod -- "$m" f || exit 1
-mv -f -T -- f "../$b" || exit 1
-"#,
-            notfile = sh::fail(&format!("{} is not a regular file", self.params.path)),
-            private = sh::PRIVATE_DIR,
-            hold = sh::hold_file(&format!(
-                "{} changed since the probe: it is no longer a regular file",
-                self.params.path
-            )),
-        )
+        rewrite(&self.params.path, op)
     }
 
     /// The change for the file the probe saw (`ty`), from the rest of the probe's output.
@@ -264,6 +254,26 @@ printf '%s\n' "$v" >> f || exit 1"#
     }
 }
 
+/// Rewrites the existing file at `path` through [`sh::hold_file`], after [`sh::enter_parent`]:
+/// `op` writes `f` from `o` (a hard link to the file, in the private directory), and `f` is
+/// renamed into place with the file's mode and ownership.
+fn rewrite(path: &str, op: &str) -> String {
+    format!(
+        r#"if [ -L "./$b" ] || [ ! -f "./$b" ]; then {notfile}; fi
+{private}{hold}o_own=$(stat -c %u:%g o) && m=$(stat -c %a o) || exit 1
+{op}
+chown -h -- "$o_own" f || exit 1
+chmod -- "$m" f || exit 1
+mv -f -T -- f "../$b" || exit 1
+"#,
+        notfile = sh::fail(&format!("{path} is not a regular file")),
+        private = sh::PRIVATE_DIR,
+        hold = sh::hold_file(&format!(
+            "{path} changed since the probe: it is no longer a regular file"
+        )),
+    )
+}
+
 impl Resource for Line {
     fn target(&self) -> String {
         match (&self.params.regexp, &self.params.line) {
@@ -327,12 +337,7 @@ fi
     }
     fn apply(&self, change: &Change) -> String {
         let path = &self.params.path;
-        let parent = sh::parent(path);
-        let missing_parent = if self.params.create {
-            format!("parent directory {parent} does not exist; add a directory step")
-        } else {
-            format!("{path} does not exist; create it in an earlier step or set `create: true`")
-        };
+        let missing_parent = self.missing_parent();
         let mut s = format!(
             "{}{}",
             self.vars(),

@@ -340,8 +340,20 @@ impl ProbeError {
     }
 }
 
+/// A resource seen as [`std::any::Any`], so a module's [`Batch`] can take back its own
+/// resources from `&dyn Resource` (every `'static` type has it).
+pub trait AsAny {
+    fn as_any(&self) -> &dyn std::any::Any;
+}
+
+impl<T: std::any::Any> AsAny for T {
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
 /// A resource with its desired state, ready to probe, diff and apply.
-pub trait Resource: fmt::Debug + Send + Sync {
+pub trait Resource: fmt::Debug + Send + Sync + AsAny {
     /// What the step manages, for people: `/etc/app.conf`, `nginx`.
     fn target(&self) -> String;
     /// The desired state as data, for `plumb render`. File content appears as sha256 and size.
@@ -436,7 +448,26 @@ pub struct ModuleDef {
     /// What removing one of its resources means when a commit no longer declares it
     /// (`prune: true`). A module that does not declare it fails the harness.
     pub prune: Prune,
+    /// How the applies of several of its steps merge into one fragment (`line`: the edits
+    /// of one file in one rewrite); `None`: each step's apply is its own fragment.
+    pub batch: Option<Batch>,
 }
+
+/// A module's way to apply several of its changes as one fragment. The engine merges only
+/// changed steps that follow each other in a host's apply (no other step's apply between
+/// them), have the same [`Batch::key`] and the same sensitivity; the fragment must do exactly
+/// what their applies would do one after the other, or fail as a whole and change nothing.
+#[derive(Clone, Copy)]
+pub struct Batch {
+    /// What steps must share to be merged (e.g. the file's path); `None`: never merged.
+    pub key: fn(&dyn Resource) -> Option<String>,
+    /// One fragment making every change, in order; `None` when one of the resources is not
+    /// this module's (the engine then applies them one by one).
+    pub apply: BatchApplyFn,
+}
+
+/// [`Batch::apply`].
+pub type BatchApplyFn = fn(&[(&dyn Resource, &Change)]) -> Option<String>;
 
 /// The parameters that make a resource absent, from the parameters it was last declared
 /// with; `None` when removing this one is not safe.
@@ -508,6 +539,14 @@ impl ModuleDef {
         ModuleDef { prune, ..self }
     }
 
+    /// This definition, merging the applies of consecutive steps (see [`Batch`]).
+    pub(crate) const fn batch(self, batch: Batch) -> ModuleDef {
+        ModuleDef {
+            batch: Some(batch),
+            ..self
+        }
+    }
+
     /// The parameters that remove a resource last declared with `params`, or why it is not
     /// removed (it is then reported as orphaned).
     pub fn prune_params(
@@ -545,6 +584,7 @@ impl ModuleDef {
             examples,
             reversibility: Reversibility::Undeclared,
             prune: Prune::Undeclared,
+            batch: None,
         }
     }
 

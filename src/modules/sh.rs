@@ -133,27 +133,52 @@ pub enum Missing<'a> {
 /// Shell functions of [`enter_parent`]: `plumb_trusted DIR [ENTRY]` holds when only root
 /// or the acting user can change DIR's entries (with the sticky bit: when ENTRY is theirs);
 /// `plumb_walk PATH CREATE MESSAGE` checks that every entry on PATH sits in such a directory.
+/// The walk asks one `stat` for every directory on the way that exists (not one per
+/// component); a directory it creates itself (`mkdir`, inside a directory just checked) is
+/// the acting user's, so only the umask tells whether others could write it. Only a
+/// world-writable sticky directory on the way (`/tmp`) costs one more `stat`, of the entry.
 const WALK: &str = r#"plumb_me=$(id -u) || exit 1
 plumb_fail() { printf '%s\n' "$1" >&2; exit 1; }
-plumb_trusted() {
-  plumb_s=$(stat -L -c '%u %a' -- "$1") || return 1
-  plumb_u=${plumb_s% *}; plumb_m=${plumb_s#* }
+plumb_below() { plumb_fail "plumb will not act below $1: a user other than root can change it and could redirect the change (make it writable by root only)"; }
+plumb_ok() {
   [ "$plumb_u" = 0 ] || [ "$plumb_u" = "$plumb_me" ] || return 1
   [ $(( 0$plumb_m & 022 )) -eq 0 ] && return 0
   [ -n "${2:-}" ] && [ $(( 0$plumb_m & 01000 )) -ne 0 ] || return 1
   plumb_u=$(stat -c %u -- "$2") || return 1
   [ "$plumb_u" = 0 ] || [ "$plumb_u" = "$plumb_me" ]
 }
+plumb_trusted() {
+  plumb_s=$(stat -L -c '%u %a' -- "$1") || return 1
+  plumb_u=${plumb_s% *}; plumb_m=${plumb_s#* }
+  plumb_ok "$1" "${2:-}"
+}
 plumb_walk() {
-  plumb_x=; plumb_r=${1#/}
+  plumb_p=$1; plumb_o=$2; plumb_g=$3
+  set -- /; plumb_x=; plumb_r=${plumb_p#/}
+  while [ -n "$plumb_r" ]; do
+    plumb_n=${plumb_r%%/*}
+    case $plumb_r in */*) plumb_r=${plumb_r#*/} ;; *) plumb_r= ;; esac
+    [ -n "$plumb_n" ] || continue
+    plumb_x=$plumb_x/$plumb_n
+    [ -d "$plumb_x" ] || break
+    set -- "$@" "$plumb_x"
+  done
+  plumb_s=$(stat -L -c '%u %a' -- "$@") || plumb_fail "plumb could not check the directories on the way to $plumb_p"
+  set -- $plumb_s
+  plumb_x=; plumb_r=${plumb_p#/}
   while [ -n "$plumb_r" ]; do
     plumb_n=${plumb_r%%/*}
     case $plumb_r in */*) plumb_r=${plumb_r#*/} ;; *) plumb_r= ;; esac
     [ -n "$plumb_n" ] || continue
     plumb_c=$plumb_x/$plumb_n
-    plumb_trusted "${plumb_x:-/}" "$plumb_c" || plumb_fail "plumb will not act below ${plumb_x:-/}: a user other than root can change it and could redirect the change (make it writable by root only)"
+    if [ $# -ge 2 ]; then
+      plumb_u=$1; plumb_m=$2; shift 2
+      plumb_ok "${plumb_x:-/}" "$plumb_c" || plumb_below "${plumb_x:-/}"
+    else
+      [ $(( 0$(umask) & 022 )) -eq 18 ] || plumb_below "$plumb_x"
+    fi
     if [ ! -e "$plumb_c" ] && [ ! -L "$plumb_c" ]; then
-      if [ "$2" = create ]; then mkdir -- "$plumb_c" || exit 1; else plumb_fail "$3"; fi
+      if [ "$plumb_o" = create ]; then mkdir -- "$plumb_c" || exit 1; else plumb_fail "$plumb_g"; fi
     fi
     [ -d "$plumb_c" ] || plumb_fail "$plumb_c is not a directory"
     plumb_x=$plumb_c

@@ -169,6 +169,7 @@ pub static DEF: ModuleDef = ModuleDef {
     // An older unit file and state applied again undo every change.
     reversibility: super::Reversibility::Reversible,
     prune: super::Prune::Never("removing a unit stops its service: declare its removal"),
+    batch: None,
     runs: Runs::Host,
     reads: &[RepoRead::Template("/template")],
     probe_keys: &["init", "unit", "dropin", "load", "active", "enabled"],

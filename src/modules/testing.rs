@@ -38,8 +38,8 @@ pub fn out(s: &str) -> ProbeResult {
     }
 }
 
-/// Runs `script` the way the engine sends it (`sh -s`, the script on stdin), with `sh` and
-/// `grep` on `PATH` replaced by wrappers that log every argument list they are started with
+/// Runs `script` the way the engine sends it (`sh -s`, the script on stdin), with `sh`,
+/// `grep` and `awk` on `PATH` replaced by wrappers that log every argument list they are started with
 /// (what a host's process list would show). Returns the result and that log.
 pub fn run_logging_argv(script: &str) -> (ProbeResult, String) {
     use std::io::Write;
@@ -50,7 +50,7 @@ pub fn run_logging_argv(script: &str) -> (ProbeResult, String) {
     let log = dir.path().join("argv.log");
     let bin = dir.path().join("bin");
     std::fs::create_dir(&bin).unwrap_or_else(|e| panic!("{e}"));
-    for tool in ["sh", "grep"] {
+    for tool in ["sh", "grep", "awk"] {
         let real = ["/usr/bin", "/bin"]
             .iter()
             .map(|d| format!("{d}/{tool}"))
