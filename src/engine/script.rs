@@ -6,6 +6,8 @@
 //! of an apply) the script prints, with one `wc -c` and one `cat` for the whole host:
 //!
 //! ```text
+//! @@plumb-run <tag>                                          (before each apply fragment: a
+//!                                                             gone reader ends the script)
 //! @@plumb-frames <tag>:<exit status>:<duration ms> ...      (one entry per fragment run)
 //! <size> o0                                                  (wc -c: two files per fragment,
 //! <size> e0                                                   stdout then stderr, in order)
@@ -171,6 +173,10 @@ fn push_fragment(s: &mut String, k: usize, tag: Tag, fragment: &str, mode: Mode)
         }
         Mode::Apply => {
             let cut = MAX_FRAME_BYTES + 1;
+            // Before each change, one line to plumb (a builtin, no process): when plumb is
+            // gone (killed, its connection closed) the write raises SIGPIPE and the script
+            // ends there, instead of changing the host behind the next run's back.
+            s.push_str(&format!("printf '@@plumb-run {t}\\n'\n"));
             s.push_str(&format!(
                 ": >\"$PLUMB_T/r\"\n\
                  {{ {{ (\n{body}{nl}); echo $? >\"$PLUMB_T/r\"; }} 2>&1 >&3 3>&- </dev/null | head -c {cut} >\"$PLUMB_T/e{k}\"; }} 3>&1 | head -c {cut} >\"$PLUMB_T/o{k}\"\n\
@@ -521,6 +527,35 @@ mod tests {
         // The end line elsewhere than where the sizes say is not an end.
         let early = b"@@plumb-frames p0:0:0\n9 o0\n0 e0\n@@plumb-data\nhi\n@@plumb-done ok\n";
         assert_eq!(parse(early).completed, None);
+    }
+
+    /// An apply whose reader is gone (plumb killed, the connection closed) stops before
+    /// its next change, and still removes its temporary directory.
+    #[test]
+    fn an_apply_stops_when_its_reader_is_gone() {
+        use std::io::Write;
+        let tmp = tempfile::tempdir().expect("tmp");
+        let marker = tmp.path().join("changed");
+        let script = build_apply_verify(
+            &[(Tag::Apply(0), format!("touch '{}'", marker.display()))],
+            &[(Tag::Verify(0), "echo probe".into())],
+        );
+        let mut child = std::process::Command::new("sh")
+            .arg("-s")
+            .env("TMPDIR", tmp.path())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("sh runs");
+        drop(child.stdout.take());
+        let mut stdin = child.stdin.take().expect("stdin");
+        let _ = stdin.write_all(script.as_bytes());
+        drop(stdin);
+        let status = child.wait().expect("wait");
+        assert_eq!(status.code(), Some(141), "{status:?}");
+        assert!(!marker.exists(), "the change ran with nobody reading");
+        let left: Vec<_> = std::fs::read_dir(tmp.path()).expect("ls").collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 
     /// Per step, the probe framing spawns no process: only the two at the end (`wc`, `cat`)
