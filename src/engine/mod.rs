@@ -792,6 +792,12 @@ async fn decide_apply_verify(
         return run;
     }
 
+    tracing::debug!(
+        host = %desired.host.name,
+        fragments = work.fragments.len(),
+        verified = work.rechecks.len(),
+        "applying, then verifying what the changes touched"
+    );
     let apply_t = CountingTransport::new(t);
     // The script's budget is the apply's and the verify's together.
     let timeout = timeouts.apply.get().saturating_add(timeouts.verify.get());
