@@ -68,7 +68,8 @@ def main():
         print(f"| noop, plumb plan ÷ floor probe.sh | | | "
               f"{ratio(pp, med(wl, 'floor', 'noop', 'probe.sh'))} |")
         print()
-        print("plumb SSH round trips per host (probe/apply/verify), as reported in `--output json`:\n")
+        print("plumb SSH round trips per host (probe/apply, the apply ending with its verify; "
+              "total), as reported in `--output json`:\n")
         print("| phase | command | round trips per host (distinct values over all hosts and runs) |")
         print("| --- | --- | --- |")
         for phase in ("first", "noop", "changed"):
@@ -79,7 +80,9 @@ def main():
                        for rt in (r.get("round_trips") or [])}
                 if rts:
                     shown = ", ".join(
-                        "{p}/{a}/{v}".format(p=d["probe"], a=d["apply"], v=d["verify"])
+                        "{p}/{a} ({t})".format(p=d["probe"], a=d["apply"],
+                                               t=sum(d.get(k, 0) for k in
+                                                     ("probe", "apply", "verify", "facts")))
                         for d in map(json.loads, sorted(rts)))
                     print(f"| {phase} | {cmd} | {shown} |")
         print()

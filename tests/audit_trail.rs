@@ -53,7 +53,6 @@ fn host_run(name: &str, changed: usize) -> HostRun {
         round_trips: RoundTrips {
             probe: 1,
             apply: 1,
-            verify: 1,
             facts: 0,
         },
         duration: Duration::from_millis(30),

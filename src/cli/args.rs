@@ -100,10 +100,10 @@ pub struct ConnArgs {
     /// Longest a host's probe round trip may take (e.g. 30s, 5m).
     #[arg(long, default_value = "5m")]
     pub observe_timeout: crate::model::HumanDuration,
-    /// Longest a host's apply round trip may take.
+    /// Longest a host's changes and handlers may take.
     #[arg(long, default_value = "30m")]
     pub apply_timeout: crate::model::HumanDuration,
-    /// Longest a host's verifying probe after an apply may take.
+    /// Added to --apply-timeout for the verifying probes that end the apply's round trip.
     #[arg(long, default_value = "5m")]
     pub verify_timeout: crate::model::HumanDuration,
 }

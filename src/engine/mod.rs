@@ -2,18 +2,22 @@
 //!
 //! 1. **probe**: every step's probe, in one round trip; each step's output is diffed by its
 //!    (pure) module. A step whose probe fails is an error for that step only.
-//! 2. **apply**: every needed change, in order, then the handlers (refreshes of notified
-//!    steps, once each), in one round trip. A failed step stops that host.
-//! 3. **verify**: the probes again, in one round trip; every step must now be in sync.
+//! 2. **apply + verify**: every needed change, in order, then the handlers (refreshes of
+//!    notified steps, once each), then the probes of every step that acted and of every step
+//!    that shares a path, a service, a user or a group with one that did ([`verify`]), in one
+//!    round trip. A failed step stops that host before the verify part; every step verified
+//!    must now be in sync.
 //!
-//! A host in sync costs one round trip. The engine is never told why it runs (first apply,
-//! retry, drift correction): it observes first, so running it again is always safe.
+//! A host in sync costs one round trip, a change two. The engine is never told why it runs
+//! (first apply, retry, drift correction): it observes first, so running it again is always
+//! safe.
 //!
-//! `apply_host` is observe → decide → apply → verify, each a function returning a value.
-//! Every call into a module's `Resource` is in [`observe`] (probe, diff) and [`decide`]
-//! (apply, refresh), plus [`StepRef::of`] (target). Each phase's transport is wrapped in a
-//! [`CountingTransport`], so the round trips reported are the ones made. Results carry a
-//! [`StepRef`] and are redacted where they are built (see [`step`]).
+//! `apply_host` is observe → decide → apply and verify, each a function returning a value.
+//! Every call into a module's `Resource` is in [`observe`] and [`diff_frame`] (probe, diff)
+//! and [`decide`] (apply, refresh, touches, the verify's probes), plus [`StepRef::of`]
+//! (target). Each round trip's transport is wrapped in a [`CountingTransport`], so the round
+//! trips reported are the ones made. Results carry a [`StepRef`] and are redacted where they
+//! are built (see [`step`]).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -24,7 +28,7 @@ use futures::stream::{self, StreamExt};
 use crate::facts::Facts;
 use crate::model::Host;
 use crate::modules::Change;
-use crate::render::DesiredHost;
+use crate::render::{DesiredHost, DesiredStep};
 use crate::transport::{
     CountingTransport, LocalTransport, PhaseTimeouts, SshOptions, SshTransport, Transport,
     TransportError,
@@ -33,18 +37,21 @@ use crate::transport::{
 mod batch;
 pub mod script;
 pub mod step;
+pub(crate) mod verify;
 
 pub use crate::model::StepAddress;
 pub use step::{StepRef, REDACTED};
 
 use script::{Mode, Parsed, Tag};
 
-/// Round trips spent on one host, per phase.
+/// Round trips spent on one host, per phase: a host in sync costs `probe: 1`, a change
+/// `probe: 1, apply: 1`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 pub struct RoundTrips {
+    /// Observing every step (facts riding along).
     pub probe: u32,
+    /// Applying the changes and handlers, and verifying what they touched, in one script.
     pub apply: u32,
-    pub verify: u32,
     /// Round trips spent gathering facts before rendering: a host with no cached facts
     /// (facts otherwise ride along with the probe). Omitted when 0.
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -233,7 +240,9 @@ pub struct HandlerOutcome {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum HostStatus {
-    /// Every step in sync after the run.
+    /// Every step in sync: observed in sync, or verified in sync after the apply (every step
+    /// that changed or was refreshed, and every step sharing a path, service, user or group
+    /// with one).
     Converged,
     Failed,
     Unreachable,
@@ -278,7 +287,8 @@ fn frames(out: &crate::transport::Output, refs: &[StepRef]) -> Result<Parsed, Ho
     if let Some(f) = parsed.fatal {
         return Err(HostError::Script(f));
     }
-    if let Some(Tag::Probe(i) | Tag::Apply(i) | Tag::Refresh(i)) = parsed.oversize {
+    if let Some(Tag::Probe(i) | Tag::Apply(i) | Tag::Refresh(i) | Tag::Verify(i)) = parsed.oversize
+    {
         return Err(HostError::OutputLimit {
             address: refs
                 .get(i)
@@ -389,19 +399,24 @@ async fn observe(
         .iter()
         .zip(refs)
         .enumerate()
-        .map(|(i, (s, r))| {
-            let frame = parsed
-                .get(Tag::Probe(i))
-                .ok_or_else(|| "no probe output".to_string())?;
-            if s.resource.refresh_only() {
-                return Ok(Change::in_sync());
-            }
-            s.resource
-                .diff(&frame.result)
-                .map_err(|e| r.probe_error(&e))
-        })
+        .map(|(i, (s, r))| diff_frame(s, r, parsed.get(Tag::Probe(i))))
         .collect();
     Ok((observed, facts))
+}
+
+/// A step's change from its probe's frame (`None`: the probe printed no frame).
+fn diff_frame(
+    s: &DesiredStep,
+    r: &StepRef,
+    frame: Option<&script::Frame>,
+) -> Result<Change, String> {
+    let frame = frame.ok_or_else(|| "no probe output".to_string())?;
+    if s.resource.refresh_only() {
+        return Ok(Change::in_sync());
+    }
+    s.resource
+        .diff(&frame.result)
+        .map_err(|e| r.probe_error(&e))
 }
 
 /// Whether the facts observed differ from those the host was rendered with: its steps
@@ -413,14 +428,20 @@ pub fn facts_changed(desired: &DesiredHost, observed: Option<&Facts>) -> bool {
     }
 }
 
-/// What to do on a host: the changes, the notified handlers, and the script fragments.
+/// What to do on a host: the changes, the notified handlers, the steps to verify, and the
+/// script fragments.
 struct Work {
     changes: Vec<Option<Change>>,
     /// For each changed step, the step whose apply frame carries it (see [`batch`]).
     carrier: Vec<Option<usize>>,
     /// Steps to refresh (notified by a changing step), once each, in step order.
     handlers: Vec<usize>,
+    /// Applies, then handlers.
     fragments: Vec<(Tag, String)>,
+    /// The steps the same script probes again after them ([`verify::rechecks`]).
+    rechecks: Vec<verify::Recheck>,
+    /// Their probes.
+    verify: Vec<(Tag, String)>,
 }
 
 /// Decide: from what was observed, which fragments to run.
@@ -455,15 +476,34 @@ fn decide(desired: &DesiredHost, observed: &Observed) -> Work {
             handlers.push(i);
         }
     }
+    // Every step that acted (applied or refreshed), and what each step touches.
+    let acted: BTreeSet<usize> = changes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| c.as_ref().map(|_| i))
+        .chain(handlers.iter().copied())
+        .collect();
+    let touches: Vec<_> = desired.steps.iter().map(|s| s.resource.touches()).collect();
+    let rechecks: Vec<verify::Recheck> = verify::rechecks(&touches, &acted)
+        .into_iter()
+        .filter(|r| !desired.steps[r.step].resource.refresh_only())
+        .collect();
+    let verify = rechecks
+        .iter()
+        .map(|r| (Tag::Verify(r.step), desired.steps[r.step].resource.probe()))
+        .collect();
     Work {
         changes,
         carrier,
         handlers,
         fragments,
+        rechecks,
+        verify,
     }
 }
 
-/// Apply: the fragments in one round trip, stopping at the first failure.
+/// Apply and verify: the fragments, stopping at the first failure, then the verify's
+/// probes, in one round trip.
 async fn apply(
     work: &Work,
     refs: &[StepRef],
@@ -472,7 +512,7 @@ async fn apply(
 ) -> Result<Parsed, HostError> {
     let out = t
         .run_within(
-            script::build(&work.fragments, Mode::Apply).as_bytes(),
+            script::build_apply_verify(&work.fragments, &work.verify).as_bytes(),
             timeout,
         )
         .await?;
@@ -553,22 +593,19 @@ fn batch_failure(failure: String, refs: &[StepRef], work: &Work, carrier: usize)
     )
 }
 
-/// Verify: observe again; every step must now be in sync. Marks the steps that are not.
-fn verified(steps: &mut [StepOutcome], after: Observed) -> bool {
-    for (outcome, result) in steps.iter_mut().zip(after) {
-        match result {
-            Ok(c) if !c.is_change() => {}
-            Ok(c) => {
-                outcome.status = StepStatus::Failed;
-                outcome.error = Some(format!("still not in sync after apply ({})", c.kind));
-            }
-            Err(e) => {
-                outcome.status = StepStatus::Failed;
-                outcome.error = Some(format!("verify: {e}"));
-            }
-        }
-    }
-    !steps.iter().any(|s| s.status == StepStatus::Failed)
+/// What the verify part of the apply's script found, per step verified (in the order of
+/// `work.rechecks`).
+fn rechecked(desired: &DesiredHost, refs: &[StepRef], work: &Work, parsed: &Parsed) -> Observed {
+    work.rechecks
+        .iter()
+        .map(|r| {
+            diff_frame(
+                &desired.steps[r.step],
+                &refs[r.step],
+                parsed.get(Tag::Verify(r.step)),
+            )
+        })
+        .collect()
 }
 
 /// Observes a host and diffs every step: one round trip.
@@ -614,7 +651,8 @@ pub async fn plan_host(desired: &DesiredHost, t: &dyn Transport) -> HostPlan {
     plan
 }
 
-/// Plans, applies what differs, runs handlers, and verifies: at most three round trips.
+/// Plans, applies what differs, runs handlers, and verifies what they touched: at most two
+/// round trips (one when the host is in sync).
 pub async fn apply_host(desired: &DesiredHost, t: &dyn Transport) -> HostRun {
     let start = Instant::now();
     let mut run = converge(desired, t).await;
@@ -623,7 +661,6 @@ pub async fn apply_host(desired: &DesiredHost, t: &dyn Transport) -> HostRun {
         host = %desired.host.name,
         probe = run.round_trips.probe,
         apply = run.round_trips.apply,
-        verify = run.round_trips.verify,
         status = ?run.status,
         "applied host"
     );
@@ -727,7 +764,7 @@ pub async fn observe_host(desired: &DesiredHost, t: &dyn Transport) -> Observati
     }
 }
 
-/// The rest of an apply (decide → apply → verify) from an [`observe_host`] of the same
+/// The rest of an apply (decide → apply and verify) from an [`observe_host`] of the same
 /// `desired` host.
 pub async fn apply_observed(desired: &DesiredHost, t: &dyn Transport, o: Observation) -> HostRun {
     let refs: Vec<StepRef> = desired.steps.iter().map(StepRef::of).collect();
@@ -739,7 +776,7 @@ pub async fn apply_observed(desired: &DesiredHost, t: &dyn Transport, o: Observa
     run
 }
 
-/// observe → decide → apply → verify.
+/// observe → decide → apply and verify.
 async fn converge(desired: &DesiredHost, t: &dyn Transport) -> HostRun {
     let refs: Vec<StepRef> = desired.steps.iter().map(StepRef::of).collect();
     let mut run = empty_run(desired);
@@ -750,7 +787,7 @@ async fn converge(desired: &DesiredHost, t: &dyn Transport) -> HostRun {
     decide_apply_verify(desired, t, &refs, run, observed).await
 }
 
-/// decide → apply → verify, from a first observation.
+/// decide → apply and verify (one round trip), from a first observation.
 async fn decide_apply_verify(
     desired: &DesiredHost,
     t: &dyn Transport,
@@ -778,8 +815,16 @@ async fn decide_apply_verify(
         return run;
     }
 
+    tracing::debug!(
+        host = %desired.host.name,
+        fragments = work.fragments.len(),
+        verified = work.rechecks.len(),
+        "applying, then verifying what the changes touched"
+    );
     let apply_t = CountingTransport::new(t);
-    let parsed = apply(&work, refs, &apply_t, timeouts.apply.get()).await;
+    // The script's budget is the apply's and the verify's together.
+    let timeout = timeouts.apply.get().saturating_add(timeouts.verify.get());
+    let parsed = apply(&work, refs, &apply_t, timeout).await;
     run.round_trips.apply = apply_t.count();
     let parsed = match parsed {
         Ok(p) => p,
@@ -788,7 +833,7 @@ async fn decide_apply_verify(
         Err(e) => {
             return run.stop(
                 e.status(),
-                format!("{e} (during apply; the next run observes and converges)"),
+                format!("{e} (during apply and verify; the next run observes and converges)"),
             )
         }
     };
@@ -809,21 +854,22 @@ async fn decide_apply_verify(
         return run.stop(HostStatus::Failed, error);
     }
 
-    let verify_t = CountingTransport::new(t);
-    let after = observe(desired, refs, &verify_t, timeouts.verify.get(), false)
-        .await
-        .map(|(o, _)| o);
-    run.round_trips.verify = verify_t.count();
-    match after {
-        Err(e) => run.stop(HostStatus::Failed, format!("verify failed: {e}")),
-        Ok(after) => {
-            if verified(&mut run.steps, after) {
-                run
-            } else {
-                run.stop(HostStatus::Failed, "some steps did not converge".into())
-            }
-        }
+    // The verify ran in the same script, after every apply and handler succeeded.
+    let after = rechecked(desired, refs, &work, &parsed);
+    if verify::verdicts(&mut run.steps, &work.rechecks, after) {
+        return run;
     }
+    let first = run
+        .steps
+        .iter()
+        .find(|s| s.status == StepStatus::Failed)
+        .map_or_else(String::new, |s| {
+            format!(" (first: step {})", s.step.address)
+        });
+    run.stop(
+        HostStatus::Failed,
+        format!("some steps are not in sync after the apply{first}"),
+    )
 }
 
 /// Outcomes when some step could not be observed: those failed, the others skipped.

@@ -1,10 +1,13 @@
-//! Whole-host scripts. Each phase sends one script: every step's fragment runs in its own
+//! Whole-host scripts. Each round trip sends one script (the probes; or the applies, the
+//! handlers and then the verify probes, [`build_apply_verify`]): every fragment runs in its own
 //! subshell with stdin from /dev/null (the script itself arrives on stdin), and its stdout
 //! and stderr go to two files of one temporary directory on the host. Nothing a fragment
 //! prints reaches the script's own output while it runs. At the end (or at the first failure
 //! of an apply) the script prints, with one `wc -c` and one `cat` for the whole host:
 //!
 //! ```text
+//! @@plumb-run <tag>                                          (before each apply fragment: a
+//!                                                             gone reader ends the script)
 //! @@plumb-frames <tag>:<exit status>:<duration ms> ...      (one entry per fragment run)
 //! <size> o0                                                  (wc -c: two files per fragment,
 //! <size> e0                                                   stdout then stderr, in order)
@@ -83,6 +86,8 @@ pub enum Tag {
     Apply(usize),
     /// A handler: the refresh of a step.
     Refresh(usize),
+    /// A step's probe again, after the applies and handlers of the same script.
+    Verify(usize),
     /// The host's facts (`facts::SCRIPT`), riding along with the probes.
     Facts,
 }
@@ -93,6 +98,7 @@ impl Tag {
             Tag::Probe(i) => format!("p{i}"),
             Tag::Apply(i) => format!("a{i}"),
             Tag::Refresh(i) => format!("h{i}"),
+            Tag::Verify(i) => format!("v{i}"),
             Tag::Facts => "f".to_string(),
         }
     }
@@ -107,6 +113,7 @@ impl Tag {
             "p" => Some(Tag::Probe(n)),
             "a" => Some(Tag::Apply(n)),
             "h" => Some(Tag::Refresh(n)),
+            "v" => Some(Tag::Verify(n)),
             _ => None,
         }
     }
@@ -115,47 +122,79 @@ impl Tag {
 /// Builds a script from `(tag, fragment)` pairs. In [`Mode::Apply`], the first fragment
 /// that exits non-zero ends the script (`@@plumb-done failed`).
 pub fn build(fragments: &[(Tag, String)], mode: Mode) -> String {
-    let mut s = String::with_capacity(
-        PRELUDE.len() + fragments.iter().map(|(_, f)| f.len() + 300).sum::<usize>(),
-    );
+    build_parts(&[(fragments, mode)])
+}
+
+/// Builds one script that applies `apply` (changes, then handlers) as [`Mode::Apply`] does,
+/// stopping at the first failure, and then, only when every one succeeded, runs `verify`
+/// (probes, tagged [`Tag::Verify`]) as [`Mode::Observe`] does. Every fragment of both parts
+/// is framed the same way, so the combined output is parsed as exactly as either alone.
+pub fn build_apply_verify(apply: &[(Tag, String)], verify: &[(Tag, String)]) -> String {
+    build_parts(&[(apply, Mode::Apply), (verify, Mode::Observe)])
+}
+
+/// The script of consecutive parts, each run in its mode; file names count across parts.
+fn build_parts(parts: &[(&[(Tag, String)], Mode)]) -> String {
+    let size: usize = parts
+        .iter()
+        .flat_map(|(f, _)| f.iter())
+        .map(|(_, f)| f.len() + 300)
+        .sum();
+    let mut s = String::with_capacity(PRELUDE.len() + size);
     s.push_str(PRELUDE);
-    if mode == Mode::Apply {
+    if parts
+        .iter()
+        .any(|(f, m)| *m == Mode::Apply && !f.is_empty())
+    {
         s.push_str("plumb_now; s=$PLUMB_N\n");
     }
-    for (k, (tag, fragment)) in fragments.iter().enumerate() {
-        // `( )` is a syntax error in sh: an empty fragment is a no-op.
-        let body = if fragment.trim().is_empty() {
-            ":"
-        } else {
-            fragment.as_str()
-        };
-        let nl = if body.ends_with('\n') { "" } else { "\n" };
-        let t = tag.render();
-        let files = format!("PLUMB_F=\"$PLUMB_F o{k} e{k}\"\n");
-        match mode {
-            Mode::Observe => {
-                // Blocks of 512 bytes (1024 in bash's non-POSIX mode: still bounded).
-                let blocks = MAX_FRAME_BYTES / 512 + 1;
-                s.push_str(&format!(
-                    "(\nulimit -f {blocks} 2>/dev/null\n{body}{nl}) >\"$PLUMB_T/o{k}\" 2>\"$PLUMB_T/e{k}\" </dev/null\n\
-                     PLUMB_S=\"$PLUMB_S {t}:$?:0\"; {files}"
-                ));
-            }
-            Mode::Apply => {
-                let cut = MAX_FRAME_BYTES + 1;
-                s.push_str(&format!(
-                    ": >\"$PLUMB_T/r\"\n\
-                     {{ {{ (\n{body}{nl}); echo $? >\"$PLUMB_T/r\"; }} 2>&1 >&3 3>&- </dev/null | head -c {cut} >\"$PLUMB_T/e{k}\"; }} 3>&1 | head -c {cut} >\"$PLUMB_T/o{k}\"\n\
-                     rc=1; read rc <\"$PLUMB_T/r\"\n\
-                     plumb_now; e=$PLUMB_N; d=0; if [ \"$s\" != 0 ] && [ \"$e\" != 0 ]; then d=$(( (e - s) * 10 )); fi; s=$e\n\
-                     PLUMB_S=\"$PLUMB_S {t}:$rc:$d\"; {files}\
-                     if [ \"$rc\" != 0 ]; then plumb_end failed; exit 0; fi\n"
-                ));
-            }
+    let mut k = 0;
+    for (fragments, mode) in parts {
+        for (tag, fragment) in fragments.iter() {
+            push_fragment(&mut s, k, *tag, fragment, *mode);
+            k += 1;
         }
     }
     s.push_str("plumb_end ok\n");
     s
+}
+
+/// Appends fragment number `k` of a script, framed for `mode`.
+fn push_fragment(s: &mut String, k: usize, tag: Tag, fragment: &str, mode: Mode) {
+    // `( )` is a syntax error in sh: an empty fragment is a no-op.
+    let body = if fragment.trim().is_empty() {
+        ":"
+    } else {
+        fragment
+    };
+    let nl = if body.ends_with('\n') { "" } else { "\n" };
+    let t = tag.render();
+    let files = format!("PLUMB_F=\"$PLUMB_F o{k} e{k}\"\n");
+    match mode {
+        Mode::Observe => {
+            // Blocks of 512 bytes (1024 in bash's non-POSIX mode: still bounded).
+            let blocks = MAX_FRAME_BYTES / 512 + 1;
+            s.push_str(&format!(
+                "(\nulimit -f {blocks} 2>/dev/null\n{body}{nl}) >\"$PLUMB_T/o{k}\" 2>\"$PLUMB_T/e{k}\" </dev/null\n\
+                 PLUMB_S=\"$PLUMB_S {t}:$?:0\"; {files}"
+            ));
+        }
+        Mode::Apply => {
+            let cut = MAX_FRAME_BYTES + 1;
+            // Before each change, one line to plumb (a builtin, no process): when plumb is
+            // gone (killed, its connection closed) the write raises SIGPIPE and the script
+            // ends there, instead of changing the host behind the next run's back.
+            s.push_str(&format!("printf '@@plumb-run {t}\\n'\n"));
+            s.push_str(&format!(
+                ": >\"$PLUMB_T/r\"\n\
+                 {{ {{ (\n{body}{nl}); echo $? >\"$PLUMB_T/r\"; }} 2>&1 >&3 3>&- </dev/null | head -c {cut} >\"$PLUMB_T/e{k}\"; }} 3>&1 | head -c {cut} >\"$PLUMB_T/o{k}\"\n\
+                 rc=1; read rc <\"$PLUMB_T/r\"\n\
+                 plumb_now; e=$PLUMB_N; d=0; if [ \"$s\" != 0 ] && [ \"$e\" != 0 ]; then d=$(( (e - s) * 10 )); fi; s=$e\n\
+                 PLUMB_S=\"$PLUMB_S {t}:$rc:$d\"; {files}\
+                 if [ \"$rc\" != 0 ]; then plumb_end failed; exit 0; fi\n"
+            ));
+        }
+    }
 }
 
 /// One captured fragment.
@@ -365,6 +404,46 @@ mod tests {
         assert_eq!(p.frames.len(), 1);
     }
 
+    /// The verify part runs after every apply succeeded, sees what they did, and is framed
+    /// like any probe; a failed apply ends the script before it.
+    #[test]
+    fn apply_then_verify_in_one_script() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let m = tmp.path().join("m");
+        let m = m.display();
+        let apply = [
+            (Tag::Apply(0), format!("echo made; touch '{m}'")),
+            (Tag::Refresh(0), "echo refreshed >&2".to_string()),
+        ];
+        let verify = [
+            (Tag::Verify(0), format!("[ -e '{m}' ] && echo present")),
+            (Tag::Verify(3), "exit 5".to_string()),
+        ];
+        let p = parse(&run_sh(&build_apply_verify(&apply, &verify)));
+        assert_eq!(p.completed, Some(true));
+        assert_eq!(p.frames.len(), 4);
+        let tags: Vec<Tag> = p.frames.iter().map(|f| f.tag).collect();
+        assert_eq!(
+            tags,
+            [
+                Tag::Apply(0),
+                Tag::Refresh(0),
+                Tag::Verify(0),
+                Tag::Verify(3)
+            ]
+        );
+        assert_eq!(p.frames[0].result.stdout, b"made\n");
+        assert_eq!(p.frames[1].result.stderr, b"refreshed\n");
+        assert_eq!(p.frames[2].result.stdout, b"present\n");
+        assert_eq!(p.frames[3].result.status, 5, "a probe's status is data");
+
+        let failing = [(Tag::Apply(0), "exit 2".to_string())];
+        let p = parse(&run_sh(&build_apply_verify(&failing, &verify)));
+        assert_eq!(p.completed, Some(false));
+        assert_eq!(p.frames.len(), 1, "no verify after a failed apply");
+        assert_eq!(p.frames[0].result.status, 2);
+    }
+
     #[test]
     fn apply_mode_keeps_streams_and_status() {
         let script = build(
@@ -458,6 +537,35 @@ mod tests {
         assert_eq!(parse(early).completed, None);
     }
 
+    /// An apply whose reader is gone (plumb killed, the connection closed) stops before
+    /// its next change, and still removes its temporary directory.
+    #[test]
+    fn an_apply_stops_when_its_reader_is_gone() {
+        use std::io::Write;
+        let tmp = tempfile::tempdir().expect("tmp");
+        let marker = tmp.path().join("changed");
+        let script = build_apply_verify(
+            &[(Tag::Apply(0), format!("touch '{}'", marker.display()))],
+            &[(Tag::Verify(0), "echo probe".into())],
+        );
+        let mut child = std::process::Command::new("sh")
+            .arg("-s")
+            .env("TMPDIR", tmp.path())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("sh runs");
+        drop(child.stdout.take());
+        let mut stdin = child.stdin.take().expect("stdin");
+        let _ = stdin.write_all(script.as_bytes());
+        drop(stdin);
+        let status = child.wait().expect("wait");
+        assert_eq!(status.code(), Some(141), "{status:?}");
+        assert!(!marker.exists(), "the change ran with nobody reading");
+        let left: Vec<_> = std::fs::read_dir(tmp.path()).expect("ls").collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
     /// Per step, the probe framing spawns no process: only the two at the end (`wc`, `cat`)
     /// and the temporary directory's `mktemp` remain, whatever the number of steps.
     #[test]
@@ -468,12 +576,24 @@ mod tests {
                 .collect::<Vec<_>>(),
             Mode::Observe,
         );
-        let body = &script[PRELUDE.len()..];
-        for spawner in ["date", "base64", "$(", "wc ", "cat ", "head "] {
-            assert!(
-                !body.contains(spawner),
-                "{spawner} in a probe's framing:\n{body}"
-            );
+        // The verify part of an apply-then-verify script is framed the same way.
+        let combined = build_apply_verify(
+            &[(Tag::Apply(0), ":".to_string())],
+            &(0..50)
+                .map(|i| (Tag::Verify(i), ":".to_string()))
+                .collect::<Vec<_>>(),
+        );
+        let apply_end = "plumb_end failed; exit 0; fi\n";
+        let verify_part =
+            &combined[combined.find(apply_end).expect("apply part") + apply_end.len()..];
+        assert!(verify_part.contains("v49:"), "{verify_part}");
+        for body in [&script[PRELUDE.len()..], verify_part] {
+            for spawner in ["date", "base64", "$(", "wc ", "cat ", "head "] {
+                assert!(
+                    !body.contains(spawner),
+                    "{spawner} in a probe's framing:\n{body}"
+                );
+            }
         }
     }
 
@@ -537,6 +657,47 @@ mod tests {
             prop_assert_eq!(&f0.stdout, &out);
             prop_assert_eq!(&f0.stderr, &err);
             prop_assert_eq!(&p.get(Tag::Probe(1)).expect("frame").result.stdout, b"second");
+        }
+
+        /// The same in one apply-then-verify script: whatever the apply and the verify
+        /// fragments print comes back exactly, each in its own frame.
+        #[test]
+        fn arbitrary_output_survives_apply_then_verify(out in hostile(), err in hostile()) {
+            let (o, e) = (b64(&out), b64(&err));
+            let print = format!("printf '%s' '{o}' | base64 -d; printf '%s' '{e}' | base64 -d >&2");
+            let script = build_apply_verify(
+                &[(Tag::Apply(0), print.clone()), (Tag::Refresh(1), "printf 'refreshed'".into())],
+                &[(Tag::Verify(0), print), (Tag::Verify(1), "printf 'second'".into())],
+            );
+            let p = parse(&run_sh(&script));
+            prop_assert_eq!(p.completed, Some(true));
+            prop_assert_eq!(p.frames.len(), 4);
+            for tag in [Tag::Apply(0), Tag::Verify(0)] {
+                let f = &p.get(tag).expect("frame").result;
+                prop_assert_eq!(&f.stdout, &out);
+                prop_assert_eq!(&f.stderr, &err);
+            }
+            prop_assert_eq!(&p.get(Tag::Refresh(1)).expect("frame").result.stdout, b"refreshed");
+            prop_assert_eq!(&p.get(Tag::Verify(1)).expect("frame").result.stdout, b"second");
+        }
+
+        /// An apply-then-verify script's output cut anywhere is never completed, and every
+        /// frame it still yields is exactly one the whole output has.
+        #[test]
+        fn truncation_is_detected_apply_then_verify(out in hostile(), cut in any::<proptest::sample::Index>()) {
+            let o = b64(&out);
+            let script = build_apply_verify(
+                &[(Tag::Apply(0), format!("printf '%s' '{o}' | base64 -d"))],
+                &[(Tag::Verify(0), format!("printf '%s' '{o}' | base64 -d >&2"))],
+            );
+            let whole = run_sh(&script);
+            let full = parse(&whole);
+            prop_assert_eq!(full.completed, Some(true));
+            let short = parse(&whole[..cut.index(whole.len())]);
+            prop_assert_eq!(short.completed, None);
+            for f in &short.frames {
+                prop_assert_eq!(Some(f), full.get(f.tag));
+            }
         }
 
         /// A script's output cut anywhere (the connection lost) is never completed, and every

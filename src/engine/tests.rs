@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::*;
 use crate::model::yaml::Pos;
-use crate::modules::{ChangeKind, ProbeError, ProbeResult, Resource};
+use crate::modules::{ChangeKind, ProbeError, ProbeResult, Resource, Touch, Touches};
 use crate::render::DesiredStep;
 use crate::transport::{LocalTransport, PhaseTimeouts, RunFuture};
 
@@ -75,6 +75,9 @@ impl Resource for Marker {
     fn refresh(&self) -> Option<String> {
         Some(format!("echo refreshed >> '{}'", self.log.display()))
     }
+    fn touches(&self) -> Touches {
+        Touches::only([Touch::path(&self.target())])
+    }
 }
 
 fn host() -> Host {
@@ -96,11 +99,10 @@ fn on_local(steps: Vec<DesiredStep>) -> DesiredHost {
     named("local", steps)
 }
 
-fn trips(probe: u32, apply: u32, verify: u32) -> RoundTrips {
+fn trips(probe: u32, apply: u32) -> RoundTrips {
     RoundTrips {
         probe,
         apply,
-        verify,
         facts: 0,
     }
 }
@@ -170,13 +172,17 @@ async fn apply_converges_then_is_a_no_op() {
     let run = apply_host(&desired, &t).await;
     assert_eq!(run.status, HostStatus::Converged, "{:?}", run.error);
     assert_eq!(run.changed(), 20);
-    assert_eq!(run.round_trips, trips(1, 1, 1));
-    assert_eq!(t.calls.load(Ordering::SeqCst), 3);
+    assert_eq!(run.round_trips, trips(1, 1));
+    assert_eq!(
+        t.calls.load(Ordering::SeqCst),
+        2,
+        "a change: observe, apply+verify"
+    );
 
     let again = apply_host(&desired, &t).await;
     assert_eq!(again.changed(), 0);
-    assert_eq!(again.round_trips, trips(1, 0, 0));
-    assert_eq!(t.calls.load(Ordering::SeqCst), 4);
+    assert_eq!(again.round_trips, trips(1, 0));
+    assert_eq!(t.calls.load(Ordering::SeqCst), 3, "a no-op: observe");
 }
 
 #[tokio::test]
@@ -412,8 +418,8 @@ async fn a_flooding_step_fails_its_host_only() {
     );
 }
 
-/// A step that hangs is bounded by the phase timeout and fails its host; the other host
-/// converges meanwhile.
+/// A step that hangs is bounded by its round trip's timeout and fails its host; the other
+/// host converges meanwhile.
 #[tokio::test]
 async fn a_hung_step_is_bounded_by_the_apply_timeout() {
     let (hosts, _dirs) = bad_apply_bad_probe_fine("hangs", "sleep 30", "sleep 30");
@@ -424,12 +430,22 @@ async fn a_hung_step_is_bounded_by_the_apply_timeout() {
         "{:?}",
         start.elapsed()
     );
-    assert_two_failed_one_converged(&runs, "did not answer within 1s");
+    // The probe's budget is 1s; the apply round trip's is the apply's and the verify's.
+    assert_two_failed_one_converged(&runs, "did not answer within");
+    assert!(
+        runs[0]
+            .error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("within 2s"),
+        "{:?}",
+        runs[0].error
+    );
     assert_eq!(runs[0].round_trips.apply, 1);
     assert_eq!(runs[1].round_trips.apply, 0);
 }
 
-/// The counts come from the transport: a verify that cannot connect still counts the
+/// The counts come from the transport: an apply that cannot connect still counts the
 /// round trip it attempted, and nothing is counted that was not attempted.
 #[tokio::test]
 async fn round_trips_are_the_runs_made() {
@@ -437,7 +453,7 @@ async fn round_trips_are_the_runs_made() {
     struct FailAfter(AtomicU32, LocalTransport);
     impl Transport for FailAfter {
         fn run_within<'a>(&'a self, script: &'a [u8], timeout: Duration) -> RunFuture<'a> {
-            if self.0.fetch_add(1, Ordering::SeqCst) >= 2 {
+            if self.0.fetch_add(1, Ordering::SeqCst) >= 1 {
                 return Box::pin(async {
                     Err(TransportError::Exec {
                         host: "local".into(),
@@ -455,8 +471,8 @@ async fn round_trips_are_the_runs_made() {
         &FailAfter(AtomicU32::new(0), LocalTransport::new()),
     )
     .await;
-    assert_eq!(run.round_trips, trips(1, 1, 1));
-    assert_eq!(run.status, HostStatus::Failed);
+    assert_eq!(run.round_trips, trips(1, 1));
+    assert_eq!(run.status, HostStatus::Unreachable, "{:?}", run.error);
 }
 
 /// Everything the engine returns about a sensitive step is redacted where it is built.
@@ -521,7 +537,7 @@ async fn facts_ride_along_with_the_probe() {
     let again = apply_host(&desired, &t).await;
     assert_eq!(
         again.round_trips,
-        trips(1, 0, 0),
+        trips(1, 0),
         "a no-op check is one round trip"
     );
 }
@@ -543,7 +559,7 @@ async fn an_apply_rendered_with_stale_facts_changes_nothing() {
         "{:?}",
         run.error
     );
-    assert_eq!(run.round_trips, trips(1, 0, 0));
+    assert_eq!(run.round_trips, trips(1, 0));
     assert!(facts_changed(&desired, run.facts.as_ref()));
     assert!(!dir.path().join("m0").exists(), "nothing was applied");
 }
@@ -558,7 +574,7 @@ async fn a_host_that_uses_no_facts_is_probed_without_them() {
 }
 
 /// Observing for the guardrails and then applying from that observation costs the round
-/// trips of one apply (1 / 1 / 1), and the plan handed out is the one applied.
+/// trips of one apply (1 / 1), and the plan handed out is the one applied.
 #[tokio::test]
 async fn apply_from_an_observation_costs_no_extra_round_trip() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -569,18 +585,224 @@ async fn apply_from_an_observation_costs_no_extra_round_trip() {
     let t = LocalTransport::new();
     let o = observe_host(&desired, &t).await;
     assert_eq!(o.plan.changes(), 2);
-    assert_eq!(o.plan.round_trips, trips(1, 0, 0));
+    assert_eq!(o.plan.round_trips, trips(1, 0));
     assert!(
         !dir.path().join("m0").exists(),
         "observing changed the host"
     );
     let run = apply_observed(&desired, &t, o).await;
     assert_eq!(run.status, HostStatus::Converged, "{:?}", run.error);
-    assert_eq!(run.round_trips, trips(1, 1, 1));
+    assert_eq!(run.round_trips, trips(1, 1));
     assert_eq!(run.changed(), 2);
     assert!(dir.path().join("m0").exists() && dir.path().join("m1").exists());
     // In sync: one round trip, nothing else.
     let o = observe_host(&desired, &t).await;
     let run = apply_observed(&desired, &t, o).await;
-    assert_eq!(run.round_trips, trips(1, 0, 0));
+    assert_eq!(run.round_trips, trips(1, 0));
+}
+
+/// A file with exact content (a minimal `file` module): in sync when it holds `content`.
+#[derive(Debug)]
+struct Content {
+    path: PathBuf,
+    content: &'static str,
+}
+
+impl Resource for Content {
+    fn target(&self) -> String {
+        self.path.display().to_string()
+    }
+    fn desired(&self) -> serde_json::Value {
+        serde_json::json!({"path": self.target(), "content": self.content})
+    }
+    fn probe(&self) -> String {
+        format!("cat '{}' 2>/dev/null; :", self.path.display())
+    }
+    fn diff(&self, o: &ProbeResult) -> Result<Change, ProbeError> {
+        if o.stdout == self.content.as_bytes() {
+            return Ok(Change::in_sync());
+        }
+        Ok(Change::new(ChangeKind::Modify).field(
+            crate::modules::Field::Content,
+            Some(String::from_utf8_lossy(&o.stdout).into_owned()),
+            Some(self.content.to_string()),
+        ))
+    }
+    fn apply(&self, _c: &Change) -> String {
+        format!("printf '%s' '{}' > '{}'", self.content, self.path.display())
+    }
+    fn touches(&self) -> Touches {
+        Touches::only([Touch::path(&self.target())])
+    }
+}
+
+fn content_step(dir: &Path, i: usize, file: &str, content: &'static str) -> DesiredStep {
+    DesiredStep {
+        resource: Box::new(Content {
+            path: dir.join(file),
+            content,
+        }),
+        ..step(dir, i, vec![])
+    }
+}
+
+/// Runs scripts for real and keeps each one's stdout; the run numbered `cut_run` (from 0)
+/// loses its last `cut` bytes, as a connection lost before the end would.
+#[derive(Debug, Default)]
+struct Recording {
+    inner: LocalTransport,
+    outputs: std::sync::Mutex<Vec<Vec<u8>>>,
+    cut_run: Option<usize>,
+    cut: usize,
+}
+
+impl Recording {
+    /// The steps the `run`-th script verified, in order.
+    fn verified(&self, run: usize) -> Vec<usize> {
+        let outputs = self.outputs.lock().expect("lock");
+        script::parse(&outputs[run])
+            .frames
+            .iter()
+            .filter_map(|f| match f.tag {
+                Tag::Verify(i) => Some(i),
+                _ => None,
+            })
+            .collect()
+    }
+    fn runs(&self) -> usize {
+        self.outputs.lock().expect("lock").len()
+    }
+}
+
+impl Transport for Recording {
+    fn run_within<'a>(&'a self, script: &'a [u8], timeout: Duration) -> RunFuture<'a> {
+        Box::pin(async move {
+            let mut out = self.inner.run_within(script, timeout).await?;
+            let mut outputs = self.outputs.lock().expect("lock");
+            if self.cut_run == Some(outputs.len()) {
+                out.stdout
+                    .truncate(out.stdout.len().saturating_sub(self.cut));
+            }
+            outputs.push(out.stdout.clone());
+            Ok(out)
+        })
+    }
+}
+
+/// The reason a full re-probe existed: a step that breaks another. Two steps on one path
+/// that disagree: the one in sync before the run is verified again in the apply's own
+/// script (they share the path) and reported not in sync, naming the step that changed it;
+/// a step that shares nothing with the change is not probed again. Two round trips.
+#[tokio::test]
+async fn a_step_broken_through_a_shared_path_is_reverified_and_reported() {
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(dir.path().join("app.conf"), "a").expect("write");
+    std::fs::write(dir.path().join("m2"), "").expect("write");
+    let desired = named(
+        "h",
+        vec![
+            content_step(dir.path(), 0, "app.conf", "a"),
+            content_step(dir.path(), 1, "app.conf", "b"),
+            step(dir.path(), 2, vec![]),
+        ],
+    );
+    let t = Recording::default();
+    let run = apply_host(&desired, &t).await;
+    assert_eq!(run.round_trips, trips(1, 1));
+    assert_eq!(t.runs(), 2);
+    assert_eq!(t.verified(1), [0, 1], "the change and what shares its path");
+    assert_eq!(run.status, HostStatus::Failed);
+    assert_eq!(run.steps[1].status, StepStatus::Changed);
+    assert_eq!(run.steps[2].status, StepStatus::InSync);
+    let broken = &run.steps[0];
+    assert_eq!(broken.status, StepStatus::Failed);
+    let e = broken.error.as_deref().unwrap_or_default();
+    assert!(
+        e.contains("in sync before this run") && e.contains("u/s1") && e.contains("share a path"),
+        "{e}"
+    );
+    let change = broken.change.as_ref().expect("what differs now");
+    assert_eq!(change.kind, ChangeKind::Modify);
+    assert_eq!(change.fields[0].from.as_deref(), Some("b"));
+    assert!(
+        run.error.as_deref().unwrap_or_default().contains("u/s0"),
+        "{:?}",
+        run.error
+    );
+}
+
+/// A file under a directory step shares its path: changing the file verifies the directory
+/// too, and a step whose effects cannot be named (the default `Touches::Anything`) is
+/// verified after any change; steps elsewhere are not probed again.
+#[tokio::test]
+async fn only_what_shares_with_a_change_is_verified() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let sub = dir.path().join("m0");
+    std::fs::create_dir(&sub).expect("mkdir");
+    for i in 1..6 {
+        std::fs::write(dir.path().join(format!("m{i}")), "").expect("write");
+    }
+    let mut steps: Vec<DesiredStep> = (0..6).map(|i| step(dir.path(), i, vec![])).collect();
+    steps.push(content_step(dir.path(), 6, "m0/app.conf", "new"));
+    let anything = Scripted {
+        target: "a command".into(),
+        probe: "echo present".into(),
+        diff: |_| Ok(Change::in_sync()),
+        apply: Box::new(|_| "true".into()),
+    };
+    steps.push(DesiredStep {
+        resource: Box::new(anything),
+        ..step(dir.path(), 7, vec![])
+    });
+    let desired = named("h", steps);
+    let t = Recording::default();
+    let run = apply_host(&desired, &t).await;
+    assert_eq!(run.status, HostStatus::Converged, "{:?}", run.error);
+    assert_eq!(run.changed(), 1);
+    assert_eq!(t.verified(1), [0, 6, 7]);
+    assert_eq!(run.round_trips, trips(1, 1));
+    // In sync now: one round trip, nothing verified.
+    let again = apply_host(&desired, &t).await;
+    assert_eq!(again.round_trips, trips(1, 0));
+    assert_eq!(t.runs(), 3);
+}
+
+/// The connection lost in the verify part of the apply's script (its end never arrives) is
+/// detected: the host is unreachable, never converged, and the next run converges.
+#[tokio::test]
+async fn a_connection_lost_during_the_verify_is_detected() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let desired = named("h", (0..3).map(|i| step(dir.path(), i, vec![])).collect());
+    let t = Recording {
+        cut_run: Some(1),
+        cut: 4,
+        ..Recording::default()
+    };
+    let run = apply_host(&desired, &t).await;
+    assert_eq!(run.status, HostStatus::Unreachable, "{:?}", run.error);
+    assert!(
+        run.error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("did not complete"),
+        "{:?}",
+        run.error
+    );
+    assert_eq!(run.round_trips, trips(1, 1));
+    let again = apply_host(&desired, &LocalTransport::new()).await;
+    assert_eq!(again.status, HostStatus::Converged, "{:?}", again.error);
+    assert_eq!(again.round_trips, trips(1, 0));
+}
+
+/// A failed step ends the apply's script before its verify part: nothing is probed again.
+#[tokio::test]
+async fn a_failed_apply_runs_no_verify() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut steps: Vec<DesiredStep> = (0..3).map(|i| step(dir.path(), i, vec![])).collect();
+    steps[1].resource = Box::new(marker(dir.path(), 1, true));
+    let t = Recording::default();
+    let run = apply_host(&on_local(steps), &t).await;
+    assert_eq!(run.status, HostStatus::Failed);
+    assert_eq!(t.verified(1), Vec::<usize>::new());
+    assert_eq!(run.round_trips, trips(1, 1));
 }

@@ -216,6 +216,12 @@ impl Resource for AptRepository {
     fn target(&self) -> String {
         self.sources_path()
     }
+    fn touches(&self) -> super::Touches {
+        super::Touches::only([
+            super::Touch::path(&self.sources_path()),
+            super::Touch::path(&self.key_path()),
+        ])
+    }
     fn desired(&self) -> serde_json::Value {
         let mut v = serde_json::to_value(&self.params).unwrap_or_default();
         if !self.key.is_empty() {

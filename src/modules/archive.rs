@@ -229,6 +229,15 @@ impl Resource for Archive {
     fn target(&self) -> String {
         self.params.dest.clone()
     }
+    fn touches(&self) -> super::Touches {
+        let mut t = super::file::owned(
+            &self.params.dest,
+            self.params.owner.as_deref(),
+            self.params.group.as_deref(),
+        );
+        t.push(super::Touch::path(&self.params.src));
+        super::Touches::Only(t)
+    }
     fn desired(&self) -> serde_json::Value {
         serde_json::to_value(&self.params).unwrap_or_default()
     }

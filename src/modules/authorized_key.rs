@@ -220,6 +220,11 @@ impl Resource for AuthorizedKey {
     fn target(&self) -> String {
         format!("~{}/.ssh/authorized_keys", self.params.user)
     }
+    /// The file is in the user's home, which is known on the host only: it shares through
+    /// the user.
+    fn touches(&self) -> super::Touches {
+        super::Touches::only([super::Touch::User(self.params.user.clone())])
+    }
     fn desired(&self) -> serde_json::Value {
         serde_json::to_value(&self.params).unwrap_or_default()
     }

@@ -865,6 +865,25 @@ impl Resource for Backup {
     fn target(&self) -> String {
         self.params.name.clone()
     }
+    /// Every file it writes, and its units as services.
+    fn touches(&self) -> super::Touches {
+        let mut t: Vec<super::Touch> = self
+            .files
+            .iter()
+            .map(|f| super::Touch::path(&f.path))
+            .collect();
+        t.extend(
+            self.files
+                .iter()
+                .filter(|f| f.role.is_unit())
+                .filter_map(|f| {
+                    let unit = f.path.rsplit('/').next()?;
+                    Some(super::Touch::service(unit))
+                }),
+        );
+        t.push(super::Touch::path(&self.status_path()));
+        super::Touches::Only(t)
+    }
     fn desired(&self) -> serde_json::Value {
         let mut v = serde_json::to_value(&self.params).unwrap_or_default();
         v["password"] = "(sensitive)".into();

@@ -164,6 +164,10 @@ impl Resource for Command {
         }
         t
     }
+    /// A command may change anything, and its guards (`unless`, `onlyif`) may read anything.
+    fn touches(&self) -> super::Touches {
+        super::Touches::Anything
+    }
     fn desired(&self) -> serde_json::Value {
         serde_json::to_value(&self.params).unwrap_or_default()
     }

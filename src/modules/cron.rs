@@ -203,6 +203,9 @@ impl Resource for Cron {
     fn target(&self) -> String {
         self.managed.path.clone()
     }
+    fn touches(&self) -> super::Touches {
+        super::Touches::only([super::Touch::path(&self.managed.path)])
+    }
     fn desired(&self) -> serde_json::Value {
         let mut v = serde_json::to_value(&self.params).unwrap_or_default();
         v["path"] = self.managed.path.clone().into();

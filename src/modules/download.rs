@@ -179,6 +179,13 @@ impl Resource for Download {
     fn target(&self) -> String {
         self.params.path.clone()
     }
+    fn touches(&self) -> super::Touches {
+        super::Touches::only(super::file::owned(
+            &self.params.path,
+            self.params.owner.as_deref(),
+            self.params.group.as_deref(),
+        ))
+    }
     fn desired(&self) -> serde_json::Value {
         serde_json::to_value(&self.params).unwrap_or_default()
     }

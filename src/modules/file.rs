@@ -228,9 +228,25 @@ pub(crate) const fn file_probe_keys_and<const N: usize>(
     keys
 }
 
+/// What a step on `path` with this `owner` and `group` touches: the path, and the user and
+/// group it names (a change of their ids changes how the probe sees the path's owner).
+pub(crate) fn owned(path: &str, owner: Option<&str>, group: Option<&str>) -> Vec<super::Touch> {
+    let mut t = vec![super::Touch::path(path)];
+    t.extend(owner.map(|u| super::Touch::User(u.to_string())));
+    t.extend(group.map(|g| super::Touch::Group(g.to_string())));
+    t
+}
+
 impl Resource for File {
     fn target(&self) -> String {
         self.params.path.clone()
+    }
+    fn touches(&self) -> super::Touches {
+        super::Touches::only(owned(
+            &self.params.path,
+            self.params.owner.as_deref(),
+            self.params.group.as_deref(),
+        ))
     }
     fn desired(&self) -> serde_json::Value {
         let mut v = serde_json::json!({

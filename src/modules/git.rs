@@ -441,6 +441,9 @@ impl Resource for Git {
     fn target(&self) -> String {
         self.params.dest.clone()
     }
+    fn touches(&self) -> super::Touches {
+        super::Touches::only([super::Touch::path(&self.params.dest)])
+    }
     fn desired(&self) -> serde_json::Value {
         let mut v = serde_json::to_value(&self.params).unwrap_or_default();
         if self.params.key.is_some() {

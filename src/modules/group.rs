@@ -91,6 +91,9 @@ impl Resource for Group {
     fn target(&self) -> String {
         self.params.name.clone()
     }
+    fn touches(&self) -> super::Touches {
+        super::Touches::only([super::Touch::Group(self.params.name.clone())])
+    }
     fn desired(&self) -> serde_json::Value {
         serde_json::to_value(&self.params).unwrap_or_default()
     }

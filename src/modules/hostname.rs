@@ -69,6 +69,12 @@ impl Resource for Hostname {
     fn target(&self) -> String {
         "hostname".into()
     }
+    fn touches(&self) -> super::Touches {
+        super::Touches::only([
+            super::Touch::path("/etc/hostname"),
+            super::Touch::path("/proc/sys/kernel/hostname"),
+        ])
+    }
     fn desired(&self) -> serde_json::Value {
         serde_json::to_value(&self.params).unwrap_or_default()
     }

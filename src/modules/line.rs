@@ -275,6 +275,10 @@ mv -f -T -- f "../$b" || exit 1
 }
 
 impl Resource for Line {
+    /// Its file (a `line` may create it, and a `file` step on the same path shares it).
+    fn touches(&self) -> super::Touches {
+        super::Touches::only([super::Touch::path(&self.params.path)])
+    }
     fn target(&self) -> String {
         match (&self.params.regexp, &self.params.line) {
             (Some(r), _) => format!("{} /{r}/", self.params.path),

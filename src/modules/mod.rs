@@ -19,11 +19,14 @@ use std::fmt;
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Serialize};
 
+pub use touch::{Touch, Touches};
+
 pub mod ere;
 pub mod harness;
 pub mod sh;
 #[cfg(test)]
 pub(crate) mod testing;
+pub mod touch;
 
 pub mod command;
 pub mod cron;
@@ -382,6 +385,13 @@ pub trait Resource: fmt::Debug + Send + Sync + AsAny {
     /// Whether the step runs only when notified (`command` with `refresh_only`).
     fn refresh_only(&self) -> bool {
         false
+    }
+    /// What the step acts on or reads on the host ([`touch`]): after an apply, the engine
+    /// verifies every step that shares one with a step that acted. The default,
+    /// [`Touches::Anything`], verifies this step after any change and every step after its
+    /// own: always safe, never cheaper.
+    fn touches(&self) -> Touches {
+        Touches::Anything
     }
 }
 

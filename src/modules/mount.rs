@@ -197,6 +197,13 @@ impl Resource for Mount {
     fn target(&self) -> String {
         self.params.path.clone()
     }
+    /// The mount point and everything under it, and /etc/fstab.
+    fn touches(&self) -> super::Touches {
+        super::Touches::only([
+            super::Touch::path(&self.params.path),
+            super::Touch::path("/etc/fstab"),
+        ])
+    }
     fn desired(&self) -> serde_json::Value {
         serde_json::to_value(&self.params).unwrap_or_default()
     }

@@ -260,6 +260,11 @@ impl Resource for Package {
     fn target(&self) -> String {
         self.params.name.clone()
     }
+    /// Installing, upgrading or removing a package writes files and starts or stops
+    /// services other steps may manage, none of which can be named beforehand.
+    fn touches(&self) -> super::Touches {
+        super::Touches::Anything
+    }
     fn desired(&self) -> serde_json::Value {
         serde_json::to_value(&self.params).unwrap_or_default()
     }

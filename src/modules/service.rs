@@ -145,6 +145,9 @@ impl Resource for Service {
     fn target(&self) -> String {
         self.params.name.clone()
     }
+    fn touches(&self) -> super::Touches {
+        super::Touches::only([super::Touch::service(&self.params.name)])
+    }
     fn desired(&self) -> serde_json::Value {
         serde_json::to_value(&self.params).unwrap_or_default()
     }

@@ -119,6 +119,18 @@ impl Resource for Symlink {
     fn target(&self) -> String {
         self.params.path.clone()
     }
+    fn touches(&self) -> super::Touches {
+        let mut t = vec![super::Touch::path(&self.params.path)];
+        // The link's target, relative to the link's directory when it is relative.
+        if let Some(target) = &self.params.target {
+            t.push(super::Touch::path(&if target.starts_with('/') {
+                target.clone()
+            } else {
+                format!("{}/../{target}", self.params.path)
+            }));
+        }
+        super::Touches::Only(t)
+    }
     fn desired(&self) -> serde_json::Value {
         serde_json::to_value(&self.params).unwrap_or_default()
     }

@@ -179,6 +179,12 @@ impl Resource for Sysctl {
     fn target(&self) -> String {
         self.params.name.clone()
     }
+    fn touches(&self) -> super::Touches {
+        super::Touches::only([
+            super::Touch::path(&self.managed.path),
+            super::Touch::path(&self.proc_path),
+        ])
+    }
     fn desired(&self) -> serde_json::Value {
         let mut v = serde_json::to_value(&self.params).unwrap_or_default();
         v["path"] = self.managed.path.clone().into();

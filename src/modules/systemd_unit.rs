@@ -244,6 +244,13 @@ impl Resource for SystemdUnit {
     fn target(&self) -> String {
         self.params.name.clone()
     }
+    fn touches(&self) -> super::Touches {
+        super::Touches::only([
+            super::Touch::service(&self.params.name),
+            super::Touch::path(&self.unit_path()),
+            super::Touch::path(&format!("{UNIT_DIR}/{}.d", self.params.name)),
+        ])
+    }
     fn desired(&self) -> serde_json::Value {
         let mut v = serde_json::json!({
             "name": self.params.name,

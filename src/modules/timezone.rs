@@ -77,6 +77,12 @@ impl Resource for Timezone {
     fn target(&self) -> String {
         "timezone".into()
     }
+    fn touches(&self) -> super::Touches {
+        super::Touches::only([
+            super::Touch::path("/etc/localtime"),
+            super::Touch::path("/etc/timezone"),
+        ])
+    }
     fn desired(&self) -> serde_json::Value {
         serde_json::to_value(&self.params).unwrap_or_default()
     }

@@ -165,6 +165,22 @@ impl Resource for User {
     fn target(&self) -> String {
         self.params.name.clone()
     }
+    fn touches(&self) -> super::Touches {
+        use super::Touch;
+        let p = &self.params;
+        let mut t = vec![Touch::User(p.name.clone())];
+        // Unset, useradd creates a group named like the user.
+        t.push(Touch::Group(
+            p.group.clone().unwrap_or_else(|| p.name.clone()),
+        ));
+        t.extend(p.groups.iter().flatten().map(|g| Touch::Group(g.clone())));
+        match &p.home {
+            Some(h) => t.push(Touch::path(h)),
+            None if p.create_home => t.push(Touch::path(&format!("/home/{}", p.name))),
+            None => {}
+        }
+        super::Touches::Only(t)
+    }
     fn desired(&self) -> serde_json::Value {
         serde_json::to_value(&self.params).unwrap_or_default()
     }

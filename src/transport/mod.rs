@@ -68,9 +68,10 @@ pub const MAX_SCRIPT_OUTPUT: usize = 16 * 1024 * 1024;
 pub struct PhaseTimeouts {
     /// The probe round trip (plan, drift check, first step of an apply). Default `5m`.
     pub observe: HumanDuration,
-    /// The apply round trip (changes and handlers). Default `30m`.
+    /// The apply round trip's changes and handlers. Default `30m`.
     pub apply: HumanDuration,
-    /// The verifying probe after an apply. Default `5m`.
+    /// The verifying probes at the end of the apply round trip, which may take `apply` plus
+    /// this in all. Default `5m`.
     pub verify: HumanDuration,
 }
 

@@ -76,7 +76,6 @@ pub(crate) fn host_run(name: &str, changed: usize, status: HostStatus) -> HostRu
         round_trips: RoundTrips {
             probe: 1,
             apply: 1,
-            verify: 1,
             facts: 0,
         },
         duration: Duration::from_millis(42),
