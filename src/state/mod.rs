@@ -22,6 +22,8 @@
 //! Files: `open` (directory, lock, connection, reset check), `write` (runs, host and step
 //! results, commits), `drift` (findings), `query` (reads), `chain` (the audit records of runs:
 //! building, signing, verifying; the crypto and chain rules are [`crate::audit`]'s),
+//! `chain_check` (the chain's status as last verified, kept for every handle and carried
+//! forward record by record), `console` (the console's reads),
 //! `types`, `error`, `schema` (migrations), `report` (`plumb history`).
 
 use std::fs::File;
@@ -34,6 +36,7 @@ use rusqlite::Connection;
 use crate::audit::DaemonKey;
 
 mod chain;
+mod chain_check;
 pub mod console;
 mod drift;
 mod error;
@@ -48,6 +51,7 @@ pub mod schema;
 mod types;
 pub(crate) mod write;
 
+pub use chain_check::ChainStatus;
 pub use error::StateError;
 pub use filter::{DriftFilter, DriftState, FilterError, FilterLimits, RunFilter};
 pub use open::{check_not_reset, MIRROR_DIR};
@@ -78,6 +82,8 @@ pub struct StateDb {
     /// Present on daemon handles only.
     key: Option<Arc<DaemonKey>>,
     _lock: Option<Arc<File>>,
+    /// The audit chain's status as last verified, shared by every handle of the database.
+    chain: chain_check::KeptStatus,
 }
 
 impl std::fmt::Debug for StateDb {

@@ -294,7 +294,50 @@ CREATE TABLE step_origins (
 );
 "#;
 
-pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7];
+// prune
+/// v8: reserved for the managed resources of prune (branch `prune`); an empty step here so
+/// the numbering holds whichever branch merges first (the lead replaces it at merge).
+const V8: &str = "";
+
+// on-call
+/// v9: reserved for the active alerts of on-call (branch `oncall`); empty here, as v8.
+const V9: &str = "";
+
+// console
+/// v10 (issue 20, the console's 50 ms pages): what makes every page cost O(page), not
+/// O(history).
+/// - `host_latest`: the newest result (not `not_reached`) of each host of each environment,
+///   kept by [`super::write`] in the transaction that records the result (the fleet page
+///   reads it instead of scanning every result); filled here from the results recorded
+///   before. A result deleted behind plumb's back takes its row with it.
+/// - `runs_by_commit`: the commit page's prefix is a range on it.
+/// - `runs_by_env_kind`: the environment page's newest rollout.
+/// - `runs_unsigned`: a finished run outside the audit chain (inserted or unlinked behind
+///   plumb's back), found without scanning every run: normally empty.
+/// - drift findings by run (the chain's incremental check of the findings new runs saw), and
+///   by first seen, overall, per environment and per host (the drift and host pages, newest
+///   first).
+const V10: &str = r#"
+CREATE TABLE host_latest (
+    environment TEXT NOT NULL,
+    host        TEXT NOT NULL,
+    result_id   INTEGER NOT NULL UNIQUE REFERENCES host_results (id) ON DELETE CASCADE,
+    PRIMARY KEY (environment, host)
+) WITHOUT ROWID;
+INSERT INTO host_latest (environment, host, result_id)
+    SELECT r.environment, h.host, MAX(h.id) FROM host_results h JOIN runs r ON r.id = h.run_id
+    WHERE h.status != 'not_reached' GROUP BY r.environment, h.host;
+CREATE INDEX runs_by_commit ON runs (commit_id) WHERE commit_id IS NOT NULL;
+CREATE INDEX runs_by_env_kind ON runs (environment, kind, started_at DESC);
+CREATE INDEX runs_unsigned ON runs (finished_at, id)
+    WHERE finished_at IS NOT NULL AND chain_seq IS NULL;
+CREATE INDEX drift_by_run ON drift_findings (run_id);
+CREATE INDEX drift_by_seen ON drift_findings (first_seen DESC, id DESC);
+CREATE INDEX drift_by_env_seen ON drift_findings (environment, first_seen DESC, id DESC);
+CREATE INDEX drift_by_host_seen ON drift_findings (environment, host, first_seen DESC, id DESC);
+"#;
+
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8, V9, V10];
 
 /// The schema version this plumb writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
