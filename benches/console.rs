@@ -353,12 +353,15 @@ fn main() {
             },
         ),
         ("drift_all_environments", Page::Drift { env: None }),
+        // The fill's commit ids start with 21 zeros: a 12-digit prefix matches every run
+        // (the worst case of a prefix); the full id matches the commit's own ten runs.
         (
-            "commit",
+            "commit_prefix_of_every_run",
             Page::Commit {
                 id: commit[..12].to_string(),
             },
         ),
+        ("commit", Page::Commit { id: commit.clone() }),
         ("audit", Page::Audit),
     ];
     let mut figures = serde_json::Map::new();

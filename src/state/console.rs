@@ -269,9 +269,13 @@ impl StateDb {
     pub fn commit_runs(&self, prefix: &str, limit: usize) -> Result<Vec<RunRecord>, StateError> {
         let unfinished = self.unfinished_result();
         let hex = hex_prefix(prefix);
+        // The newest runs first (from the covering index), then their counts: counting
+        // every run of the range before sorting would cost O(runs of the commit).
         let sql = format!(
-            "{RUN_SELECT} WHERE r.commit_id >= ?1 AND r.commit_id < ?2
-             ORDER BY r.started_at DESC, r.id DESC LIMIT ?3"
+            "{RUN_SELECT} WHERE r.id IN (SELECT id FROM runs
+                 WHERE commit_id >= ?1 AND commit_id < ?2
+                 ORDER BY started_at DESC, id DESC LIMIT ?3)
+             ORDER BY r.started_at DESC, r.id DESC"
         );
         let read = || {
             let mut stmt = self.conn.prepare_cached(&sql)?;
@@ -291,9 +295,11 @@ impl StateDb {
         let hex = hex_prefix(prefix);
         let read = || {
             let mut stmt = self.conn.prepare_cached(
-                "WITH c AS (SELECT id, environment, started_at FROM runs
+                "WITH ids AS (SELECT id, started_at FROM runs
                      WHERE commit_id >= ?1 AND commit_id < ?2
                      ORDER BY started_at DESC, id DESC LIMIT ?3),
+                 c AS (SELECT ids.id, ids.started_at, r.environment
+                     FROM ids JOIN runs r ON r.id = ids.id),
                  reached AS (SELECT c.environment, h.host, h.status, h.id, c.id AS run_id,
                      ROW_NUMBER() OVER (PARTITION BY c.environment, h.host
                          ORDER BY c.started_at DESC, c.id DESC) AS n

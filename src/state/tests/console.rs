@@ -173,6 +173,7 @@ fn the_migration_fills_the_newest_results_of_older_databases() {
             "DROP TABLE host_latest; DROP INDEX runs_by_commit; DROP INDEX runs_by_env_kind;
              DROP INDEX runs_unsigned; DROP INDEX drift_by_run; DROP INDEX drift_by_seen;
              DROP INDEX drift_by_env_seen; DROP INDEX drift_by_host_seen;
+             DROP INDEX drift_open_by_seen; DROP INDEX drift_open_by_env_seen;
              PRAGMA user_version = 9;",
         )
         .unwrap();
