@@ -65,6 +65,7 @@ fn step(i: usize) -> StepRef {
         target: format!("/etc/app/f{i:02}.conf"),
         sensitive: false,
         secrets: Vec::new(),
+        removing: false,
     }
 }
 
@@ -143,7 +144,7 @@ fn fill(db: &StateDb, hosts: usize, runs: usize, per_run: usize) -> (String, Str
         for k in 0..per_run {
             let h = host((first + k) % hosts);
             if rollout {
-                db.record_host(&id, &applied(h, n), &StepMeta::default())
+                db.record_host(&id, &applied(h, n), &StepMeta::default(), &[])
                     .expect("record");
             } else {
                 db.record_drift_check(

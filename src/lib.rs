@@ -27,6 +27,7 @@ pub mod limit;
 pub mod model;
 pub mod modules;
 pub mod policy;
+pub mod prune;
 pub mod render;
 pub mod report;
 pub mod rollout;

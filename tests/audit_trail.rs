@@ -37,6 +37,7 @@ fn host_run(name: &str, changed: usize) -> HostRun {
                     target: "/etc/motd".into(),
                     sensitive: false,
                     secrets: Vec::new(),
+                    removing: false,
                 },
                 status: StepStatus::Changed,
                 change: Some(Change::new(ChangeKind::Modify).field(
@@ -86,7 +87,7 @@ fn write_runs(dir: &Path) -> Vec<String> {
             .expect("begin");
         if kind != RunKind::Refused {
             for h in ["web1", "web2"] {
-                db.record_host(&id, &host_run(h, changed), &meta)
+                db.record_host(&id, &host_run(h, changed), &meta, &[])
                     .expect("record host");
             }
         }

@@ -7,7 +7,9 @@
 //! that returns failure stops the wave, and the audit chain verifies and names the rollback.
 //! First, on the same hosts, `plumb apply` by hand follows the waves: a failing health check
 //! in wave 1 stops it before wave 2. Last, `plumb rollback` pins a host to the first good
-//! commit against the daemon's state and `plumb unpin` releases it.
+//! commit against the daemon's state and `plumb unpin` releases it. The unit has `prune:
+//! true`: the file the bad commit added is removed by the rollback (it is a removal, since
+//! the last good commit does not declare it).
 //!
 //! Run: `cargo nextest run --test e2e_rollback`.
 
@@ -25,11 +27,14 @@ use daemon::{http_get, AlertCapture, DaemonFixture};
 use serde_json::Value;
 
 const CONF: &str = "/etc/rollback-demo.conf";
+/// A file only the bad commit declares.
+const EXTRA: &str = "/etc/rollback-extra.conf";
 
-/// The unit: a config file (content and mode), the demo package and its service.
+/// The unit (with `prune: true`): a config file (content and mode), the demo package and its
+/// service.
 fn unit(content: &str, mode: &str, service: &str, extra: &str) -> String {
     format!(
-        "steps:\n\
+        "prune: true\nsteps:\n\
          \x20 - id: conf\n    file:\n      path: {CONF}\n      content: \"{content}\\n\"\n      mode: \"{mode}\"\n\
          \x20 - id: demo-package\n    package:\n      name: plumb-demo\n\
          \x20 - id: demo-service\n    service:\n      name: plumb-demo\n      state: {service}\n    after: [demo-package]\n\
@@ -150,6 +155,18 @@ fn pin_and_unpin(f: &DaemonFixture, good: &str) {
         "healthy v1\n644\nactive",
         "host 2 is on the pinned commit"
     );
+    // The package a later commit added is not declared by the target: under prune it is
+    // still only orphaned (its module never removes a package), and left installed.
+    let orphan = &report["apply"]["hosts"][0]["orphans"][0];
+    assert_eq!(
+        (&orphan["address"], &orphan["reason"]),
+        (&"app/hello".into(), &"module_never".into()),
+        "{report:#}"
+    );
+    assert_eq!(
+        exec(&f.hosts, 2, "dpkg-query -W -f '${Status}' plumb-hello"),
+        "install ok installed"
+    );
     let (_, history, _) = sh(Command::new(env!("CARGO_BIN_EXE_plumb"))
         .args(["history", "--output", "json", "--state"])
         .arg(&state));
@@ -203,8 +220,17 @@ fn a_broken_canary_is_rolled_back_and_the_commit_quarantined() {
         assert_eq!(conf(&f, k), healthy_v1, "host {k}");
     }
 
-    // A commit that breaks the canary: other content, another mode, the service stopped.
-    f.write("units/app.yaml", &unit("broken", "0600", "stopped", ""));
+    // A commit that breaks the canary: other content, another mode, the service stopped, and
+    // a file the last good commit does not declare.
+    f.write(
+        "units/app.yaml",
+        &unit(
+            "broken",
+            "0600",
+            "stopped",
+            &format!("  - id: extra\n    file:\n      path: {EXTRA}\n      content: \"bad\\n\"\n"),
+        ),
+    );
     let bad = f.commit_and_push("break the app", true);
     f.wait(
         "the bad commit rolled back",
@@ -215,8 +241,18 @@ fn a_broken_canary_is_rolled_back_and_the_commit_quarantined() {
                 .any(|r| r["result"] == "converged")
         },
     );
-    // The canary is back on the last good commit: content, mode and service state.
+    // The canary is back on the last good commit: content, mode and service state; the file
+    // the bad commit added is pruned (the unit has `prune: true`).
     assert_eq!(conf(&f, 1), healthy_v1, "the canary is rolled back");
+    assert_eq!(
+        exec(
+            &f.hosts,
+            1,
+            &format!("test -e {EXTRA} && echo present || echo absent")
+        ),
+        "absent",
+        "the rollback pruned what the bad commit added"
+    );
     // The later wave was never touched.
     for k in 2..=HOSTS {
         assert_eq!(conf(&f, k), healthy_v1, "host {k}");
@@ -366,15 +402,8 @@ fn a_broken_canary_is_rolled_back_and_the_commit_quarantined() {
             prom.url()
         ),
     );
-    f.write(
-        "units/app.yaml",
-        &unit(
-            "healthy v3",
-            "0644",
-            "running",
-            "  - id: hello\n    package:\n      name: plumb-hello\n",
-        ),
-    );
+    // (It also stops declaring `hello`: a package is never pruned, so it is orphaned.)
+    f.write("units/app.yaml", &unit("healthy v3", "0644", "running", ""));
     let watched = f.commit_and_push("watch a metric", true);
     f.wait(
         "the metric stops the rollout",
@@ -387,6 +416,12 @@ fn a_broken_canary_is_rolled_back_and_the_commit_quarantined() {
     );
     let run = &runs(&f, "apply", &watched)[0];
     assert_eq!(run["summary"]["stopped_at_wave"], "canary", "{run:#}");
+    let orphan = &run["summary"]["orphans"][f.hosts.name(1)][0];
+    assert_eq!(
+        (&orphan["address"], &orphan["reason"]),
+        (&"app/hello".into(), &"module_never".into()),
+        "{run:#}"
+    );
     let up_high = run["summary"]["waves"][0]["health"]
         .as_array()
         .and_then(|h| h.iter().find(|c| c["check"] == "up-high"))

@@ -139,8 +139,11 @@ fn sensitive_steps_leak_into_no_row_and_no_audit_record() {
         .expect("begin");
     let runs = rt.block_on(engine::apply_all(&hosts, &connector, 2));
     assert_eq!(runs[0].changed(), 2, "{:?}", runs[0].error);
-    for host_run in &runs {
-        db.record_host(&run, host_run, &StepMeta::default())
+    for (desired, host_run) in hosts.iter().zip(&runs) {
+        // The managed resources too (prune): a sensitive line keeps no value there.
+        let managed = plumb::prune::Managed::declared(desired);
+        assert_eq!(managed.len(), 2);
+        db.record_host(&run, host_run, &StepMeta::default(), &managed)
             .expect("record");
     }
     let summary = serde_json::to_value(ApplyReport::new("test", &runs)).expect("json");

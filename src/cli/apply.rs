@@ -59,6 +59,9 @@ pub fn run(args: ApplyArgs, term: Term) -> anyhow::Result<u8> {
         return Ok(1);
     };
     let env = args.target.env.clone();
+    if let Some(rec) = &recorder {
+        prep.prune_from(rec.0.db(), &env)?;
+    }
     let connector = args.conn.connector();
     // The selected hosts: rendered ones first, then those whose facts could not be gathered.
     let selected: Vec<Host> = prep
@@ -118,7 +121,7 @@ pub fn run(args: ApplyArgs, term: Term) -> anyhow::Result<u8> {
     if let Some(rec) = recorder {
         let (r, p) = *rec;
         let limited = manual::left_out(&prep.repo, &env, &selected, &args.target.limit);
-        let id = r.finish(&p, &runs, &limited, &untouched)?;
+        let id = r.finish(&p, &runs, &prep.hosts, (&limited, &untouched))?;
         if output == OutputFormat::Text {
             eprintln!("{} recorded as manual run {id}", term.err.dim("plumb"));
         }
@@ -127,6 +130,7 @@ pub fn run(args: ApplyArgs, term: Term) -> anyhow::Result<u8> {
     for (h, c) in report.hosts.iter_mut().zip(&changed) {
         h.facts_changed = *c;
     }
+    report.set_orphans(&prep.hosts);
     report.set_waves(summaries, stopped, untouched);
     report.policy = verdict;
     report.rollback = rollback_note(&report, no_rollback);

@@ -145,6 +145,10 @@ pub struct Prepared {
     /// Facts round trips spent per host (hosts that had no facts).
     pub gathered: BTreeMap<String, u32>,
     pub cache: Option<FactsCache>,
+    /// What a state directory says plumb manages on each host (`--state`), by host: rendered
+    /// hosts get the removals and orphans it calls for ([`Prepared::prune_from`]). Without a
+    /// state nothing is known to be managed, so nothing is pruned.
+    pub managed: BTreeMap<String, Vec<crate::prune::Managed>>,
 }
 
 impl Prepared {
@@ -162,6 +166,18 @@ impl Prepared {
         }
     }
 
+    /// Adds to each rendered host the removals and orphans of what `db` (`--state`) says plumb
+    /// manages there: what the repo no longer declares is removed (prune on) or reported
+    /// orphaned (see [`crate::prune`]); kept when a host is rendered again.
+    pub fn prune_from(&mut self, db: &crate::state::StateDb, env: &str) -> anyhow::Result<()> {
+        for h in &mut self.hosts {
+            let managed = db.managed(env, &h.host.name)?;
+            crate::prune::add_removals(&self.repo, env, h, &managed);
+            self.managed.insert(h.host.name.clone(), managed);
+        }
+        Ok(())
+    }
+
     /// Renders `host` again with the facts it was just seen with. `Err`: why it cannot be.
     pub fn rerender(&mut self, env: &str, i: usize, facts: &Facts) -> Result<(), String> {
         let host = self.hosts[i].host.clone();
@@ -169,7 +185,10 @@ impl Prepared {
         self.remember(env, &host.name, facts);
         self.repo.facts.insert(env, &host.name, facts.clone());
         match crate::render::render_host(&self.repo, env, &host) {
-            Ok(d) => {
+            Ok(mut d) => {
+                if let Some(m) = self.managed.get(&host.name) {
+                    crate::prune::add_removals(&self.repo, env, &mut d, m);
+                }
                 self.hosts[i] = d;
                 Ok(())
             }
@@ -263,6 +282,7 @@ pub fn prepare(
             ungathered,
             gathered,
             cache,
+            managed: BTreeMap::new(),
         })),
         _ => {
             fail_with(diags, &repo.sources, output, term.err);

@@ -331,6 +331,11 @@ impl Recorder {
         })
     }
 
+    /// The state the run is recorded in.
+    pub fn db(&self) -> &StateDb {
+        &self.db
+    }
+
     /// Records a refusal: the run ends `refused` with the provenance and the reason.
     pub fn refused(self, p: &Provenance, why: &str) -> anyhow::Result<()> {
         let summary = serde_json::json!({"manual": p, "refused": why});
@@ -345,8 +350,8 @@ impl Recorder {
         self,
         p: &Provenance,
         runs: &[HostRun],
-        limited: &[String],
-        untouched: &[String],
+        desired: &[crate::render::DesiredHost],
+        (limited, untouched): (&[String], &[String]),
     ) -> anyhow::Result<RunId> {
         let not_reached = [
             (limited, NotReachedReason::Limited, "left out by --limit"),
@@ -370,7 +375,7 @@ impl Recorder {
             let changed: Vec<String> = r
                 .steps
                 .iter()
-                .filter(|s| s.status == StepStatus::Changed)
+                .filter(|s| s.status == StepStatus::Changed && !s.step.removing)
                 .map(|s| s.step.address.to_string())
                 .collect();
             for a in &changed {
@@ -382,7 +387,12 @@ impl Recorder {
                     },
                 );
             }
-            self.db.record_host(&self.run, r, &meta)?;
+            let declared = desired
+                .iter()
+                .find(|h| h.host.name == r.host.name)
+                .map(crate::prune::Managed::declared)
+                .unwrap_or_default();
+            self.db.record_host(&self.run, r, &meta, &declared)?;
             self.db
                 .mark_manual(&self.env, &r.host.name, &changed, &self.origin)?;
         }

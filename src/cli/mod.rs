@@ -59,13 +59,15 @@ pub enum Command {
     /// Show the ordered, templated steps each host will be given.
     Render(render::RenderArgs),
     /// Show what apply would change on each host. Exit 0 nothing to do, 2 changes, 1 error.
-    Plan(args::HostArgs),
+    /// With --state, what plumb applied before and the repo no longer declares is shown
+    /// (`- remove` under prune, `? orphaned` otherwise).
+    Plan(plan::PlanArgs),
     /// Make every host match the repo, wave by wave with the environment's health checks
     /// (unless --no-waves). Exit 0 converged, 1 if any host failed, a wave stopped it or the
     /// trust root refused the tree. With --state, recorded as a `manual` run.
     Apply(apply::ApplyArgs),
     /// Check the hosts for drift from the repo. Exit 0 no drift, 2 drift found, 1 error.
-    Drift(args::HostArgs),
+    Drift(plan::PlanArgs),
     /// Check that every commit in FROM..REV (or REV alone) is signed by an allowed signer.
     /// Exit 0 all verified, 1 otherwise (naming the first bad commit).
     Verify(verify::VerifyArgs),

@@ -190,12 +190,14 @@ pub fn rollback(a: RollbackArgs, term: Term) -> anyhow::Result<u8> {
         facts: a.facts.clone(),
         secrets_identity: a.secrets_identity.clone(),
     };
-    let Some(prep) = prepare(&t, &a.conn, output, term, &rt)? else {
+    let Some(mut prep) = prepare(&t, &a.conn, output, term, &rt)? else {
         bail!(
             "commit {target} does not validate for environment {} any more (see above)",
             a.env
         );
     };
+    // What the newer commits added and the target does not declare is removed (prune on).
+    prep.prune_from(&db, &a.env)?;
     let connector = a.conn.connector();
     let mut runs = rt.block_on(crate::engine::until_signal(crate::engine::each_host(
         &prep.hosts,
@@ -215,7 +217,13 @@ pub fn rollback(a: RollbackArgs, term: Term) -> anyhow::Result<u8> {
         trigger: Trigger::Cli,
     })?;
     for r in &runs {
-        db.record_host(&run, r, &StepMeta::default())?;
+        let declared = prep
+            .hosts
+            .iter()
+            .find(|h| h.host.name == r.host.name)
+            .map(crate::prune::Managed::declared)
+            .unwrap_or_default();
+        db.record_host(&run, r, &StepMeta::default(), &declared)?;
     }
     let hosts: Vec<String> = runs.iter().map(|r| r.host.name.clone()).collect();
     let failed: Vec<String> = runs
@@ -238,13 +246,15 @@ pub fn rollback(a: RollbackArgs, term: Term) -> anyhow::Result<u8> {
         "reason": "pinned by a person (plumb rollback)",
     });
     db.finish_run(&run, result, &summary)?;
+    let mut apply = ApplyReport::new(&a.env, &runs);
+    apply.set_orphans(&prep.hosts);
     let report = RollbackReport {
         environment: a.env.clone(),
         target: commit,
         target_signer: signer.principal,
         bad_commit: bad,
         run: run.0,
-        apply: ApplyReport::new(&a.env, &runs),
+        apply,
     };
     match output {
         OutputFormat::Json => print_json(&report)?,

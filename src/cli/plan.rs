@@ -20,14 +20,35 @@ impl PlanKind {
     }
 }
 
+/// `plumb plan` and `plumb drift` arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub hosts: HostArgs,
+    /// The state directory (the daemon's, or one `plumb apply --state` records in): what it
+    /// says plumb applied on a host and the repo no longer declares there is shown as
+    /// `- remove` (prune on) or `? orphaned`. Without it nothing is known to be managed.
+    #[arg(long, value_name = "DIR")]
+    pub state: Option<std::path::PathBuf>,
+}
+
 /// Probes every host and prints what differs. Exit 0 nothing, 2 changes/drift, 1 error.
-pub fn run(args: HostArgs, kind: PlanKind, term: Term) -> anyhow::Result<u8> {
+pub fn run(plan_args: PlanArgs, kind: PlanKind, term: Term) -> anyhow::Result<u8> {
+    let args = plan_args.hosts;
     let output = args.output.output;
     let rt = runtime()?;
     let Some(mut prep) = prepare(&args.target, &args.conn, output, term, &rt)? else {
         return Ok(1);
     };
     let env = &args.target.env;
+    if let Some(dir) = &plan_args.state {
+        match crate::state::StateDb::open_inspect(dir) {
+            Ok(db) => prep.prune_from(&db, env)?,
+            // Nothing recorded there yet: nothing is managed.
+            Err(crate::state::StateError::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
     let connector = args.conn.connector();
     let mut plans = rt.block_on(crate::engine::until_signal(crate::engine::plan_all(
         &prep.hosts,
@@ -71,6 +92,7 @@ pub fn run(args: HostArgs, kind: PlanKind, term: Term) -> anyhow::Result<u8> {
     plans.extend(prep.ungathered.iter().map(|u| u.plan()));
     let mut report =
         crate::report::plan::PlanReport::new(env, kind.as_str(), &plans).with_skipped(&prep.hosts);
+    report.set_orphans(&prep.hosts);
     if let (Some(v), OutputFormat::Text) = (&verdict, output) {
         super::policy::print_verdict(v, term);
     }

@@ -231,6 +231,8 @@ impl Daemon {
         })?;
         // A pinned host is kept on its pin: not checked (nor corrected) against this commit.
         loaded.hosts.retain(|h| !pinned.contains(&h.host.name));
+        // A removal still due (a host that was unreachable, a removal that failed) is drift.
+        super::reconcile::prune_hosts(&lock(&self.db), env, &loaded.repo, &mut loaded.hosts)?;
         Ok(Some(Baseline {
             commit: last.commit,
             oid,
@@ -321,6 +323,30 @@ impl Daemon {
         Ok(drifted)
     }
 
+    /// Records one host of a correction: its results, its managed resources (in the same
+    /// transaction), and the origins of the steps it left as desired.
+    fn record_correction(
+        &self,
+        env: &str,
+        run: &RunId,
+        r: &engine::HostRun,
+        desired: Option<&DesiredHost>,
+        baseline: &Origin,
+    ) -> Result<(), DaemonError> {
+        let db = lock(&self.db);
+        let stored = db.step_origins(env, &r.host.name)?;
+        let (meta, origins) = desired
+            .map(|d| super::attribution::drift_meta(d, &stored, baseline))
+            .unwrap_or_default();
+        let declared = desired
+            .map(crate::prune::Managed::declared)
+            .unwrap_or_default();
+        db.record_host(run, r, &meta, &declared)?;
+        let applied = super::attribution::applied_origins(r, origins);
+        db.set_step_origins(env, &r.host.name, &applied)?;
+        Ok(())
+    }
+
     /// `correct` mode: re-applies the drifted hosts, if the commit still verifies against
     /// today's trust root. A host another environment is applying is waited for
     /// ([`super::HostLocks`]). Returns whether every drifted host converged.
@@ -382,17 +408,8 @@ impl Daemon {
         };
         let now = time::OffsetDateTime::now_utc();
         for r in &runs {
-            {
-                let db = lock(&self.db);
-                let stored = db.step_origins(env, &r.host.name)?;
-                let desired = targets.iter().find(|h| h.host.name == r.host.name);
-                let (meta, origins) = desired
-                    .map(|d| super::attribution::drift_meta(d, &stored, &baseline))
-                    .unwrap_or_default();
-                db.record_host(&run, r, &meta)?;
-                let applied = super::attribution::applied_origins(r, origins);
-                db.set_step_origins(env, &r.host.name, &applied)?;
-            }
+            let desired = targets.iter().find(|h| h.host.name == r.host.name);
+            self.record_correction(env, &run, r, desired, &baseline)?;
             changed += r.changed();
             if r.status != HostStatus::Converged {
                 failed.push(r.host.name.clone());
@@ -524,6 +541,7 @@ mod tests {
                 target: target.into(),
                 sensitive,
                 secrets: Vec::new(),
+                removing: false,
             },
             change: Ok(change),
         }

@@ -172,6 +172,10 @@ pub struct Rollout {
     /// in force): warnings, and the denials an approver overrode with who and why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<Box<crate::policy::Verdict>>,
+    /// Per host, what plumb applied there before that this commit no longer declares and
+    /// leaves in place (prune off, or a module that never removes): see [`crate::prune`].
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub orphans: BTreeMap<String, Vec<crate::prune::Orphan>>,
     /// What decides whether a failed rollout's hosts are rolled back ([`rollback_decision`]).
     #[serde(skip)]
     pub rollback: RollbackFacts,

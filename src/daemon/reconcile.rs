@@ -184,6 +184,24 @@ pub(super) async fn load_commit(
     })
 }
 
+/// Adds to each of `hosts` the removal of what the state says plumb applied there and the
+/// host no longer declares, or its orphans (see [`crate::prune`]).
+pub(super) fn prune_hosts(
+    db: &crate::state::StateDb,
+    env: &str,
+    repo: &crate::model::Repo,
+    hosts: &mut [DesiredHost],
+) -> Result<(), DaemonError> {
+    for h in hosts {
+        let managed = db.managed(env, &h.host.name)?;
+        crate::prune::add_removals(repo, env, h, &managed);
+        for o in &h.orphans {
+            tracing::info!(environment = %env, host = %h.host.name, address = %o.address, target = %o.target, reason = ?o.reason, "orphaned: no longer declared, left in place");
+        }
+    }
+    Ok(())
+}
+
 /// A signature rejection as a refusal: the offending commit first (not the tip), the reason
 /// code, how to fix it.
 fn signature_refusal(rej: &crate::source::policy::Rejection, tip: git2::Oid) -> (Refusal, String) {
@@ -384,6 +402,7 @@ impl Daemon {
         // releases them first).
         let mut loaded = loaded;
         loaded.pinned = self.honour_pins(env, tip, wake)?;
+        prune_hosts(&lock(&self.db), env, &loaded.repo, &mut loaded.hosts)?;
         let signer = signer_of(&range.tip_signer);
         let attr = self.range_attribution(env, &range, last.is_some()).await;
         // Guardrails: every host observed and judged before any host is changed.
@@ -494,6 +513,12 @@ impl Daemon {
             duration: Duration::ZERO,
             drift_interval: Duration::ZERO,
             good_hosts: Vec::new(),
+            orphans: loaded
+                .hosts
+                .iter()
+                .filter(|h| !h.orphans.is_empty() && !loaded.pinned.contains(&h.host.name))
+                .map(|h| (h.host.name.clone(), h.orphans.clone()))
+                .collect(),
             paused: false,
             policy: None,
             rollback: RollbackFacts::default(),
@@ -596,7 +621,7 @@ impl Daemon {
                 let db = lock(&self.db);
                 let stored = db.step_origins(env, &h.host.name)?;
                 let (meta, origins) = attr.host_meta(h, &stored);
-                db.record_host(run, r, &meta)?;
+                db.record_host(run, r, &meta, &crate::prune::Managed::declared(h))?;
                 let applied = super::attribution::applied_origins(r, origins);
                 db.set_step_origins(env, &h.host.name, &applied)?;
             }

@@ -212,6 +212,8 @@ impl Daemon {
                 "a host is not in the last good commit's inventory".to_string()
             ));
         }
+        // What the bad commit added and the target does not declare is removed (prune on).
+        super::reconcile::prune_hosts(&lock(&self.db), env, &loaded.repo, &mut loaded.hosts)?;
         Ok(Ok((signer, loaded)))
     }
 
@@ -232,8 +234,9 @@ impl Daemon {
         .await;
         let mut failed = Vec::new();
         let mut healthy: Vec<Host> = Vec::new();
-        for r in &runs {
-            lock(&self.db).record_host(run, r, &StepMeta::default())?;
+        for (h, r) in loaded.hosts.iter().zip(&runs) {
+            let declared = crate::prune::Managed::declared(h);
+            lock(&self.db).record_host(run, r, &StepMeta::default(), &declared)?;
             if r.status == HostStatus::Converged {
                 healthy.push(r.host.clone());
             } else {

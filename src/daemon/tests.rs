@@ -43,6 +43,7 @@ pub(super) fn rollout(failed: &[&str]) -> Rollout {
         duration: Duration::from_secs(2),
         drift_interval: Duration::from_secs(300),
         good_hosts: Vec::new(),
+        orphans: Default::default(),
         paused: false,
         policy: None,
         rollback: Default::default(),

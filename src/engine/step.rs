@@ -28,6 +28,9 @@ pub struct StepRef {
     /// The secrets the step reads (names only; such a step is sensitive).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<String>,
+    /// A removal plumb added: the resource is no longer declared and prune is on for it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub removing: bool,
 }
 
 impl StepRef {
@@ -43,6 +46,7 @@ impl StepRef {
             },
             sensitive: step.sensitive,
             secrets: step.secrets.clone(),
+            removing: step.prune.removing,
         }
     }
 

@@ -130,6 +130,7 @@ fn step(dir: &Path, i: usize, notify: Vec<&str>) -> DesiredStep {
         secrets: Vec::new(),
         path: "units/u.yaml".into(),
         pos: Pos::START,
+        prune: Default::default(),
     }
 }
 
@@ -325,6 +326,7 @@ fn named(name: &str, steps: Vec<DesiredStep>) -> DesiredHost {
         steps,
         skipped: Vec::new(),
         facts: None,
+        orphans: Vec::new(),
     }
 }
 

@@ -124,6 +124,12 @@ pub struct EnvFile {
     /// that took the commit back to their last good commit; `off` leaves them as they are.
     #[serde(default)]
     pub rollback: RollbackMode,
+    /// What happens to a resource plumb applied on a host that a later commit (or a rollback
+    /// target) no longer declares there: `true` removes it (as its module defines removal:
+    /// a file deleted, a package never), `false` (the default) reports it as orphaned and
+    /// leaves it. A unit's own `prune:` wins over this for its resources.
+    #[serde(default)]
+    pub prune: bool,
     /// Group variables: the hosts a selector picks get its vars. Precedence: unit defaults <
     /// environment `vars` < groups (in file order, a later group wins) < host `vars`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -607,6 +613,11 @@ pub struct UnitHeader {
     /// Units whose steps come first on a host (ordering only), e.g. `requires: [base]`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub requires: Vec<String>,
+    /// Whether resources of this unit that a later commit no longer declares are removed
+    /// (`true`) or reported as orphaned (`false`). Unset: the environment's `prune`. When the
+    /// unit itself is gone, the value it had when its resources were last applied decides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prune: Option<bool>,
 }
 
 /// The fields every step has besides its one module key.

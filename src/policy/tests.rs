@@ -46,6 +46,7 @@ fn step(id: &str, module: &'static str, target: &str, desired: serde_json::Value
         secrets: Vec::new(),
         path: "units/base.yaml".into(),
         pos: Pos { line: 7, col: 5 },
+        prune: Default::default(),
     }
 }
 
@@ -65,6 +66,7 @@ fn desired_host(steps: Vec<DesiredStep>) -> DesiredHost {
         steps,
         skipped: Vec::new(),
         facts: None,
+        orphans: Vec::new(),
     }
 }
 

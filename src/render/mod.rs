@@ -56,6 +56,9 @@ pub struct DesiredStep {
     /// Where the step is declared.
     pub path: String,
     pub pos: Pos,
+    /// What removing its resource takes when a later commit no longer declares it, and
+    /// whether this step is such a removal (see [`crate::prune`]).
+    pub prune: crate::prune::StepPrune,
 }
 
 /// The desired state of one host.
@@ -68,6 +71,9 @@ pub struct DesiredHost {
     /// The facts these steps were rendered with (`None`: no facts were known, so no step
     /// depends on them). The engine re-checks them in the probe round trip.
     pub facts: Option<crate::facts::Facts>,
+    /// Resources plumb applied here that these steps no longer declare and that are left in
+    /// place (prune off, or never removed by their module): see [`crate::prune::add_removals`].
+    pub orphans: Vec<crate::prune::Orphan>,
 }
 
 /// Units that apply to a host by their `applies_to`, in name order. Units with `params`
@@ -724,6 +730,7 @@ fn render_host_with(
             steps,
             skipped,
             facts: facts.cloned(),
+            orphans: Vec::new(),
         }),
         Err(cycle) => {
             diags.push(Diagnostic::error(
@@ -856,6 +863,10 @@ fn render_step(
         Ok(mut step) => {
             step.secrets = tracker.reads();
             step.sensitive |= !step.secrets.is_empty();
+            // The state keeps a step's prune parameters: never a sensitive value.
+            let removal = step.prune.removal.clone();
+            step.prune.removal =
+                crate::prune::keepable(removal, step.sensitive, |s| tracker.appears_in(s));
             Ok(step)
         }
         Err(mut errs) => {
@@ -926,6 +937,7 @@ fn render_step_with(
     if !ref_errors.is_empty() {
         return Err(ref_errors);
     }
+    let prune = crate::prune::StepPrune::declared(def, &params, unit);
     match (def.build)(params, &mut resolver) {
         Ok(resource) => Ok(DesiredStep {
             address,
@@ -945,6 +957,7 @@ fn render_step_with(
             secrets: Vec::new(),
             path: unit.path.clone(),
             pos: decl.pos,
+            prune,
         }),
         Err(e) => {
             if !resolver.errors.is_empty() {

@@ -39,6 +39,18 @@ impl StepSecrets {
         r.iter().cloned().collect()
     }
 
+    /// Whether the value of a secret read so far appears in `text` (an empty value never
+    /// does). A secret that cannot be resolved again counts as appearing.
+    pub fn appears_in(&self, text: &str) -> bool {
+        self.reads().iter().any(
+            |name| match self.keyring.resolve(&self.files, &self.env, name) {
+                Ok(SecretValue::Plain(v)) => !v.as_str().is_empty() && text.contains(v.as_str()),
+                Ok(SecretValue::Placeholder) => text.contains(&placeholder(name)),
+                Err(_) => true,
+            },
+        )
+    }
+
     /// The first secret that could not be resolved, if any.
     pub fn take_error(&self) -> Option<SecretError> {
         self.error.lock().unwrap_or_else(|p| p.into_inner()).take()

@@ -30,6 +30,10 @@ pub struct StepChange {
     pub sensitive: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// A removal: the repo no longer declares this resource on the host, which plumb applied
+    /// before, and prune is on for it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub removing: bool,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
@@ -56,6 +60,10 @@ pub struct HostPlanReport {
     /// What each `backup` step observed (in sync or not): latest snapshot, last restore test.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub backups: Vec<BackupReport>,
+    /// Resources plumb applied here that the repo no longer declares, left in place (prune
+    /// off, or never removed by their module); only known with a state (`--state`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub orphans: Vec<crate::prune::Orphan>,
 }
 
 /// One `backup` step's observation in a plan or drift report.
@@ -216,6 +224,7 @@ fn step_change(s: &crate::engine::StepPlan) -> StepChange {
         notes,
         sensitive: s.step.sensitive,
         error,
+        removing: s.step.removing,
     }
 }
 
@@ -245,6 +254,7 @@ impl PlanReport {
                     .count(),
                 skipped: Vec::new(),
                 backups: backup_reports(p),
+                orphans: Vec::new(),
             })
             .collect();
         PlanReport {
@@ -268,7 +278,17 @@ impl PlanReport {
         self
     }
 
-    /// Exit code per the contract: 1 error or a policy denial, 2 changes, 0 nothing to do.
+    /// Shows each host's orphans (resources no longer declared and left in place).
+    pub fn set_orphans(&mut self, desired: &[crate::render::DesiredHost]) {
+        for h in &mut self.hosts {
+            if let Some(d) = desired.iter().find(|d| d.host.name == h.name) {
+                h.orphans = d.orphans.clone();
+            }
+        }
+    }
+
+    /// Exit code per the contract: 1 error or a policy denial, 2 changes (a removal
+    /// included), 0 nothing to do (orphans are reported, not changed).
     pub fn exit_code(&self) -> u8 {
         if self.hosts_with_errors > 0 || self.policy.as_ref().is_some_and(|v| v.is_denied()) {
             1
@@ -367,11 +387,12 @@ pub fn plan_lines(r: &PlanReport) -> Vec<(LineKind, String)> {
             out.push((
                 kind,
                 format!(
-                    "  {} {} [{}] {}: {what}",
+                    "  {} {} [{}] {}: {what}{}",
                     sign(s.change),
                     s.address,
                     s.module,
-                    s.target
+                    s.target,
+                    removal_note(s.removing)
                 ),
             ));
             for f in &s.fields {
@@ -403,6 +424,7 @@ pub fn plan_lines(r: &PlanReport) -> Vec<(LineKind, String)> {
                 ));
             }
         }
+        out.extend(h.orphans.iter().map(orphan_line));
     }
     let what = if r.kind == "drift" {
         "drifted"
@@ -422,6 +444,33 @@ pub fn plan_lines(r: &PlanReport) -> Vec<(LineKind, String)> {
     out
 }
 
+/// What a removal's line adds: why plumb removes what no step declares.
+fn removal_note(removing: bool) -> &'static str {
+    if removing {
+        " (no longer declared; prune)"
+    } else {
+        ""
+    }
+}
+
+/// An orphan as one line: `? unit/id [module] target: orphaned (why)`.
+pub fn orphan_line(o: &crate::prune::Orphan) -> (LineKind, String) {
+    use crate::prune::OrphanReason;
+    let why = match (o.reason, &o.detail) {
+        (OrphanReason::PruneOff, _) => "prune is off for it".to_string(),
+        (OrphanReason::ModuleNever, Some(d)) => format!("never pruned: {d}"),
+        (OrphanReason::Unbuildable, Some(d)) => format!("cannot be pruned: {d}"),
+        (_, None) => "not pruned".to_string(),
+    };
+    (
+        LineKind::Plain,
+        format!(
+            "  ? {} [{}] {}: orphaned, left in place ({why})",
+            o.address, o.module, o.target
+        ),
+    )
+}
+
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct StepResult {
     pub address: String,
@@ -433,6 +482,9 @@ pub struct StepResult {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub duration_ms: u64,
+    /// A removal of a resource the repo no longer declares (prune on).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub removing: bool,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
@@ -461,6 +513,9 @@ pub struct HostApplyReport {
     pub steps: Vec<StepResult>,
     pub in_sync: usize,
     pub handlers: Vec<HandlerResult>,
+    /// Resources plumb applied here that the repo no longer declares, left in place.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub orphans: Vec<crate::prune::Orphan>,
 }
 
 /// `plumb apply --output json`.
@@ -528,6 +583,7 @@ impl ApplyReport {
                             .unwrap_or_default(),
                         error: s.error.clone(),
                         duration_ms: s.duration_ms,
+                        removing: s.step.removing,
                     })
                     .collect(),
                 in_sync: r
@@ -544,6 +600,7 @@ impl ApplyReport {
                         error: h.error.clone(),
                     })
                     .collect(),
+                orphans: Vec::new(),
             })
             .collect();
         ApplyReport {
@@ -561,6 +618,15 @@ impl ApplyReport {
                 .count(),
             hosts,
             policy: None,
+        }
+    }
+
+    /// Shows each host's orphans (resources no longer declared and left in place).
+    pub fn set_orphans(&mut self, desired: &[crate::render::DesiredHost]) {
+        for h in &mut self.hosts {
+            if let Some(d) = desired.iter().find(|d| d.host.name == h.name) {
+                h.orphans = d.orphans.clone();
+            }
         }
     }
 
@@ -615,11 +681,19 @@ pub fn apply_lines(r: &ApplyReport) -> Vec<(LineKind, String)> {
                 StepStatus::Skipped => (LineKind::Plain, "skipped".to_string()),
                 StepStatus::InSync => (LineKind::Plain, "in sync".to_string()),
             };
+            let (kind, word) = match s.status {
+                StepStatus::Changed if s.removing => (
+                    LineKind::Remove,
+                    "removed (no longer declared; prune)".into(),
+                ),
+                _ => (kind, word),
+            };
             out.push((kind, format!("  {} {} {word}", sign(s.change), s.address)));
             for f in &s.fields {
                 out.push((LineKind::Plain, format!("      {}", field_text(f))));
             }
         }
+        out.extend(h.orphans.iter().map(orphan_line));
         for hd in &h.handlers {
             let (k, w) = if hd.ok {
                 (LineKind::Modify, "refreshed".to_string())
@@ -702,6 +776,7 @@ mod tests {
             in_sync,
             skipped: Vec::new(),
             backups: Vec::new(),
+            orphans: Vec::new(),
         }
     }
 
@@ -761,7 +836,64 @@ mod tests {
             notes: Vec::new(),
             sensitive: false,
             error: Some("probe failed: cannot parse".into()),
+            removing: false,
         }
+    }
+
+    /// A removal is `- ... remove (no longer declared; prune)` and a change (exit 2); an
+    /// orphan is `? ... orphaned` with why, and changes nothing (exit 0).
+    #[test]
+    fn removals_and_orphans_in_text_and_exit_code() {
+        use crate::prune::{Orphan, OrphanReason};
+        let removal = StepChange {
+            change: Some(ChangeKind::Remove),
+            error: None,
+            removing: true,
+            ..failed_probe()
+        };
+        let orphan = |address: &str, reason, detail: Option<&str>| Orphan {
+            address: address.into(),
+            module: "package".into(),
+            target: "nginx".into(),
+            sensitive: false,
+            reason,
+            detail: detail.map(str::to_string),
+        };
+        let mut h = host(vec![removal], 1, 2);
+        h.orphans = vec![
+            orphan(
+                "base/pkg",
+                OrphanReason::ModuleNever,
+                Some("never without state: absent"),
+            ),
+            orphan("base/old", OrphanReason::PruneOff, None),
+        ];
+        let mut r = PlanReport {
+            environment: "prod".into(),
+            kind: "plan".into(),
+            hosts: vec![h],
+            total_changes: 1,
+            hosts_with_errors: 0,
+            policy: None,
+        };
+        let lines: Vec<String> = plan_lines(&r).into_iter().map(|(_, l)| l).collect();
+        assert_eq!(
+            lines[1..4],
+            [
+                "  - base/conf [file] /etc/app.conf: remove (no longer declared; prune)",
+                "  ? base/pkg [package] nginx: orphaned, left in place (never pruned: never without state: absent)",
+                "  ? base/old [package] nginx: orphaned, left in place (prune is off for it)",
+            ]
+        );
+        assert_eq!(r.exit_code(), 2);
+        let json = serde_json::to_value(&r).expect("json");
+        assert_eq!(json["hosts"][0]["steps"][0]["removing"], true);
+        assert_eq!(json["hosts"][0]["orphans"][1]["reason"], "prune_off");
+        // Orphans alone: nothing to change.
+        r.hosts[0].steps.clear();
+        r.hosts[0].changes = 0;
+        r.total_changes = 0;
+        assert_eq!(r.exit_code(), 0);
     }
 
     /// Regression: a host whose only problem was a failed probe was headed "in sync".

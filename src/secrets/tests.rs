@@ -305,3 +305,94 @@ fn errors_of_a_tainted_step_hide_the_value() {
         assert!(d.message.contains("reads secret `pw`"), "{text}");
     }
 }
+
+/// What the state keeps to prune a step never holds a secret's value nor a sensitive step's
+/// value: a file whose content reads a secret keeps its path; a path or a line that holds the
+/// secret, and a sensitive line, keep nothing (they are reported orphaned, never removed);
+/// the managed rows written for them hold no such value.
+#[test]
+fn prune_parameters_never_hold_a_secret_or_a_sensitive_value() {
+    use crate::prune::{Managed, Removal, SECRET_IDENTITY, SENSITIVE_VALUE};
+    let (key, public) = keypair();
+    let (dir, _) = repo_with_secret(&public, b"hunter2");
+    let r = dir.path();
+    write(r, "plumb.yaml", b"name: t\n");
+    write(
+        r,
+        "environments/prod/hosts.yaml",
+        b"hosts:\n  - name: h\n    address: 10.0.0.1\n",
+    );
+    write(
+        r,
+        "units/app.yaml",
+        b"prune: true\nsteps:\n  - id: conf\n    file:\n      path: /etc/app.conf\n      template: app.conf.j2\n  - id: leak\n    file:\n      path: \"/etc/{{ secrets.pw }}\"\n      content: x\n  - id: pwline\n    line:\n      path: /etc/x\n      line: \"pw={{ secrets.pw }}\"\n  - id: quiet\n    sensitive: true\n    line:\n      path: /etc/y\n      line: \"token=literal-token\"\n",
+    );
+    write(r, "templates/app.conf.j2", b"password={{ secrets.pw }}\n");
+    let (mut repo, diags) = crate::model::load::load(r);
+    assert!(!diags.has_errors(), "{:?}", diags.into_sorted());
+    let id = SecretIdentity::load(&identity_file(r, &key, 0o600)).expect("id");
+    repo.secrets = Keyring::for_env("prod", Some(Arc::new(id)));
+    let hosts = crate::render::render_env(&repo, "prod", None).expect("renders");
+    let managed = Managed::declared(&hosts[0]);
+    let by = |id: &str| {
+        managed
+            .iter()
+            .find(|m| m.address == format!("app/{id}"))
+            .expect("managed")
+    };
+    assert_eq!(
+        by("conf").removal,
+        Removal::Absent {
+            params: serde_json::json!({"path": "/etc/app.conf", "state": "absent"})
+        }
+    );
+    for (step, why) in [
+        ("leak", SECRET_IDENTITY),
+        ("pwline", SECRET_IDENTITY),
+        ("quiet", SENSITIVE_VALUE),
+    ] {
+        assert_eq!(
+            by(step).removal,
+            Removal::Never { reason: why.into() },
+            "{step}"
+        );
+    }
+    // Recorded as a run would: no secret nor sensitive value in any managed row.
+    let state = tempfile::tempdir().expect("tmp");
+    let db = crate::state::StateDb::open(&state.path().join("s")).expect("state");
+    let run = db
+        .begin_run(&crate::state::tests::new_run(crate::state::RunKind::Apply))
+        .expect("run");
+    let outcomes = hosts[0]
+        .steps
+        .iter()
+        .map(|s| crate::engine::StepOutcome {
+            step: crate::engine::StepRef::of(s),
+            status: crate::engine::StepStatus::InSync,
+            change: None,
+            error: None,
+            duration_ms: 0,
+        })
+        .collect();
+    let host = crate::engine::HostRun {
+        steps: outcomes,
+        ..crate::state::tests::host_run("h", 0, crate::engine::HostStatus::Converged)
+    };
+    db.record_host(&run, &host, &Default::default(), &managed)
+        .expect("records");
+    let rows: Vec<String> = db
+        .conn()
+        .prepare("SELECT address || target || prune FROM managed_resources")
+        .expect("sql")
+        .query_map([], |r| r.get(0))
+        .expect("rows")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    assert_eq!(rows.len(), 4);
+    for row in rows {
+        assert!(
+            !row.contains("hunter2") && !row.contains("literal-token"),
+            "{row}"
+        );
+    }
+}

@@ -41,6 +41,7 @@ pub mod console;
 mod drift;
 mod error;
 pub mod filter;
+mod managed;
 mod open;
 mod origins;
 mod pins;

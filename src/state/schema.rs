@@ -295,12 +295,30 @@ CREATE TABLE step_origins (
 "#;
 
 // prune
-/// v8: reserved for the managed resources of prune (branch `prune`); an empty step here so
-/// the numbering holds whichever branch merges first (the lead replaces it at merge).
-const V8: &str = "";
+/// v8 (prune): the resources plumb manages on each host — every step a run left in sync —
+/// with what removing one takes (`prune`: JSON `prune::Removal`, the module's prune
+/// parameters, identity only, or why it is never removed) and the `prune:` its unit had.
+const V8: &str = r#"
+CREATE TABLE managed_resources (
+    environment TEXT NOT NULL,
+    host        TEXT NOT NULL,
+    address     TEXT NOT NULL,
+    module      TEXT NOT NULL,
+    target      TEXT NOT NULL,           -- '(sensitive)' for a sensitive step
+    sensitive   INTEGER NOT NULL CHECK (sensitive IN (0, 1)),
+    unit        TEXT NOT NULL,
+    unit_prune  INTEGER CHECK (unit_prune IS NULL OR unit_prune IN (0, 1)),
+    prune       TEXT NOT NULL,           -- JSON Removal
+    ord         INTEGER NOT NULL,        -- position among the host's steps when last applied
+    run_id      TEXT REFERENCES runs (id) ON DELETE SET NULL,
+    at          INTEGER NOT NULL,
+    PRIMARY KEY (environment, host, address)
+);
+"#;
 
 // on-call
-/// v9: reserved for the active alerts of on-call (branch `oncall`); empty here, as v8.
+/// v9: reserved for the active alerts of on-call (branch `oncall`); an empty step here so
+/// the numbering holds whichever branch merges first (the lead replaces it at merge).
 const V9: &str = "";
 
 // console

@@ -326,17 +326,22 @@ impl StateDb {
 
     /// Records one host's apply (kinds `apply` and `correction`). Only steps that are not in
     /// sync get a row. Fields of sensitive steps are redacted. A converged host has no open
-    /// drift left: its open findings are resolved by this run.
+    /// drift left: its open findings are resolved by this run. In the same transaction, the
+    /// host's managed resources: each step left in sync as `declared` (the host's
+    /// [`Managed::declared`](crate::prune::Managed::declared)) describes it, and removals
+    /// that converged taken out.
     pub fn record_host(
         &self,
         run: &RunId,
         host: &HostRun,
         meta: &StepMeta,
+        declared: &[crate::prune::Managed],
     ) -> Result<(), StateError> {
         self.write(|c, _| {
             let (env, kind) = self.open_run(c, run)?;
             let all_drift = matches!(kind, RunKind::Correction | RunKind::DriftCheck);
             insert_host(c, run, &apply_record(host, meta, all_drift))?;
+            super::managed::update(c, &env, run, host, declared)?;
             if host.status == HostStatus::Converged {
                 super::drift::resolve_host(c, run, &env, &host.host.name, now_ms())?;
             }

@@ -90,8 +90,13 @@ fn drift_findings_and_their_resolution_are_in_the_chain() {
     db.finish_run(&r1, RunResult::DriftFound, &json!({}))
         .unwrap();
     let r2 = db.begin_run(&new_run(RunKind::Correction)).unwrap();
-    db.record_host(&r2, &host_run("web1", 1, HostStatus::Converged), &meta())
-        .unwrap();
+    db.record_host(
+        &r2,
+        &host_run("web1", 1, HostStatus::Converged),
+        &meta(),
+        &[],
+    )
+    .unwrap();
     db.finish_run(&r2, RunResult::Converged, &json!({}))
         .unwrap();
     verify(&db).expect("an untouched chain verifies");
@@ -161,7 +166,7 @@ fn attribution_handler_events_times_and_hosts_not_reached_are_recorded_and_signe
             origin: Some(alice.clone()),
         },
     );
-    db.record_host(&r, &run, &meta).unwrap();
+    db.record_host(&r, &run, &meta, &[]).unwrap();
     let why = NotReached {
         reason: NotReachedReason::WaveStopped,
         detail: "wave `canary` failed".into(),

@@ -28,6 +28,7 @@ fn db_with_runs(dir: &Path, n: usize) -> (StateDb, Vec<String>) {
             &id,
             &super::host_run(&format!("web{i}"), 1, crate::engine::HostStatus::Converged),
             &StepMeta::default(),
+            &[],
         )
         .unwrap();
         db.finish_run(&id, RunResult::Converged, &json!({ "i": i }))
@@ -411,6 +412,7 @@ fn signed_records_are_the_stored_rows_as_before() {
         &a,
         &host_run("web1", 2, crate::engine::HostStatus::Failed),
         &super::meta(),
+        &[],
     )
     .unwrap();
     db.finish_run(&a, RunResult::Failed, &json!({"wave": 1}))
@@ -446,6 +448,7 @@ fn one_more(db: &StateDb, i: usize) -> String {
         &id,
         &super::host_run(&format!("web{i}"), 1, crate::engine::HostStatus::Converged),
         &StepMeta::default(),
+        &[],
     )
     .unwrap();
     db.finish_run(&id, RunResult::Converged, &json!({ "i": i }))

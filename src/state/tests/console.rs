@@ -49,7 +49,7 @@ fn history(db: &StateDb) -> Vec<RunId> {
                 } else {
                     HostStatus::Converged
                 };
-                db.record_host(&id, &host_run(&name, h % 2, status), &meta())
+                db.record_host(&id, &host_run(&name, h % 2, status), &meta(), &[])
                     .unwrap();
             } else {
                 let drifted: &[&str] = if (n + h) % 3 == 0 { &["base/a"] } else { &[] };
@@ -145,7 +145,7 @@ fn newest_results_are_kept_on_write_and_match_a_scan() {
 
     // One more result moves only that host's row.
     let id = run_in(&db, "prod", RunKind::Apply, C3);
-    db.record_host(&id, &host_run("web2", 1, HostStatus::Failed), &meta())
+    db.record_host(&id, &host_run("web2", 1, HostStatus::Failed), &meta(), &[])
         .unwrap();
     let now = db.latest_host_results("prod").unwrap();
     assert_eq!(now, latest_by_scan(&db, "prod"));

@@ -10,8 +10,13 @@ use super::*;
 fn fixture(dir: &std::path::Path) -> (StateDb, RunId) {
     let db = StateDb::open(dir).unwrap();
     let id = db.begin_run(&new_run(RunKind::Apply)).unwrap();
-    db.record_host(&id, &host_run("web1", 2, HostStatus::Converged), &meta())
-        .unwrap();
+    db.record_host(
+        &id,
+        &host_run("web1", 2, HostStatus::Converged),
+        &meta(),
+        &[],
+    )
+    .unwrap();
     db.finish_run(&id, RunResult::Converged, &json!({}))
         .unwrap();
     db.set_last_applied("prod", "abc", &id).unwrap();
@@ -183,7 +188,12 @@ fn corrupt_kind_stops_writes_to_the_run() {
         &open,
     );
     let err = db
-        .record_host(&open, &host_run("web1", 1, HostStatus::Converged), &meta())
+        .record_host(
+            &open,
+            &host_run("web1", 1, HostStatus::Converged),
+            &meta(),
+            &[],
+        )
         .unwrap_err();
     assert_eq!(err.code(), "state.corrupt");
     assert!(err.to_string().contains("runs row"), "{err}");

@@ -38,13 +38,14 @@ fn change(kind: ChangeKind, field: &str, from: &str, to: &str) -> Change {
     )
 }
 
-fn sref(address: &str, target: &str) -> StepRef {
+pub(crate) fn sref(address: &str, target: &str) -> StepRef {
     StepRef {
         address: StepAddress::parse(address).expect("unit/id"),
         module: "file",
         target: target.into(),
         sensitive: false,
         secrets: Vec::new(),
+        removing: false,
     }
 }
 
@@ -135,9 +136,14 @@ fn run_round_trip() {
     let db = StateDb::open(dir.path()).unwrap();
     let id = db.begin_run(&new_run(RunKind::Apply)).unwrap();
     assert_eq!(id.0.len(), 26);
-    db.record_host(&id, &host_run("web1", 2, HostStatus::Converged), &meta())
-        .unwrap();
-    db.record_host(&id, &host_run("web2", 1, HostStatus::Failed), &meta())
+    db.record_host(
+        &id,
+        &host_run("web1", 2, HostStatus::Converged),
+        &meta(),
+        &[],
+    )
+    .unwrap();
+    db.record_host(&id, &host_run("web2", 1, HostStatus::Failed), &meta(), &[])
         .unwrap();
     let running = db.runs(&RunFilter::default()).unwrap();
     assert_eq!(running[0].result, RunResult::Running);
@@ -168,7 +174,12 @@ fn run_round_trip() {
     // Signed records are final.
     let again = db.finish_run(&id, RunResult::Converged, &json!({}));
     assert_eq!(again.unwrap_err().code(), "state.already_finished");
-    let late = db.record_host(&id, &host_run("web3", 0, HostStatus::Converged), &meta());
+    let late = db.record_host(
+        &id,
+        &host_run("web3", 0, HostStatus::Converged),
+        &meta(),
+        &[],
+    );
     assert_eq!(late.unwrap_err().code(), "state.already_finished");
     assert_eq!(verify(&db).unwrap().records, 1);
 }
@@ -223,8 +234,13 @@ fn unfinished_run_is_interrupted_after_reopening() {
         db.finish_run(&done, RunResult::Converged, &json!({}))
             .unwrap();
         let id = db.begin_run(&new_run(RunKind::Apply)).unwrap();
-        db.record_host(&id, &host_run("web1", 1, HostStatus::Converged), &meta())
-            .unwrap();
+        db.record_host(
+            &id,
+            &host_run("web1", 1, HostStatus::Converged),
+            &meta(),
+            &[],
+        )
+        .unwrap();
         // While the daemon lives, an inspector sees it running.
         let inspect = StateDb::open_inspect(dir.path()).unwrap();
         assert_eq!(
@@ -355,8 +371,13 @@ fn drift_findings_open_refresh_resolve() {
 
     // A converged correction resolves the host's findings.
     let r4 = db.begin_run(&new_run(RunKind::Correction)).unwrap();
-    db.record_host(&r4, &host_run("web1", 1, HostStatus::Converged), &meta())
-        .unwrap();
+    db.record_host(
+        &r4,
+        &host_run("web1", 1, HostStatus::Converged),
+        &meta(),
+        &[],
+    )
+    .unwrap();
     assert!(db.open_drift("prod").unwrap().is_empty());
     let d = db.run(&r4).unwrap().unwrap();
     assert!(d.hosts[0].steps[0].drift, "corrections are drift");
@@ -397,7 +418,7 @@ fn sensitive_steps_are_stored_redacted() {
         .step
         .redact(run.steps[0].change.as_ref().unwrap());
     run.steps[0].change = Some(redacted);
-    db.record_host(&id, &run, &meta()).unwrap();
+    db.record_host(&id, &run, &meta(), &[]).unwrap();
     let d = db.run(&id).unwrap().unwrap();
     for s in &d.hosts[0].steps {
         assert_eq!(
@@ -424,7 +445,7 @@ fn apply_can_mark_drift() {
     let id = db.begin_run(&new_run(RunKind::Apply)).unwrap();
     let mut m = meta();
     m.mark_drift("base/step1");
-    db.record_host(&id, &host_run("web1", 2, HostStatus::Converged), &m)
+    db.record_host(&id, &host_run("web1", 2, HostStatus::Converged), &m, &[])
         .unwrap();
     let d = db.run(&id).unwrap().unwrap();
     let drift: Vec<bool> = d.hosts[0].steps.iter().map(|s| s.drift).collect();
@@ -516,6 +537,7 @@ fn concurrent_handles_read_and_write() {
                             &id,
                             &host_run(&format!("h{t}-{i}"), 1, HostStatus::Converged),
                             &meta(),
+                            &[],
                         )
                         .unwrap();
                         h.finish_run(&id, RunResult::Converged, &json!({ "t": t }))
@@ -560,6 +582,7 @@ mod attribution;
 mod chain;
 mod console;
 mod corrupt;
+mod managed;
 mod private;
 
 /// A temporary state directory, private (0700) as `StateDb` requires: `tempfile` creates
@@ -677,8 +700,13 @@ fn run_filters_select_by_host_commit_signer_kind_result_and_time() {
     // a: apply by alice on web1, converged; b: apply by bob of another commit on web2,
     // failed; c: a drift check of web1, still running.
     let a = db.begin_run(&new_run(RunKind::Apply)).unwrap();
-    db.record_host(&a, &host_run("web1", 1, HostStatus::Converged), &meta())
-        .unwrap();
+    db.record_host(
+        &a,
+        &host_run("web1", 1, HostStatus::Converged),
+        &meta(),
+        &[],
+    )
+    .unwrap();
     db.finish_run(&a, RunResult::Converged, &json!({})).unwrap();
     std::thread::sleep(Duration::from_millis(5));
     let between = now_ms();
@@ -690,7 +718,7 @@ fn run_filters_select_by_host_commit_signer_kind_result_and_time() {
             ..new_run(RunKind::Apply)
         })
         .unwrap();
-    db.record_host(&b, &host_run("web2", 1, HostStatus::Failed), &meta())
+    db.record_host(&b, &host_run("web2", 1, HostStatus::Failed), &meta(), &[])
         .unwrap();
     db.finish_run(&b, RunResult::Failed, &json!({})).unwrap();
     let c = db.begin_run(&new_run(RunKind::DriftCheck)).unwrap();
@@ -840,7 +868,7 @@ fn pins_are_kept_until_released_and_only_applied_commits_qualify() {
         let mut new = new_run(RunKind::Apply);
         new.commit = Some(commit.into());
         let id = db.begin_run(&new).unwrap();
-        db.record_host(&id, &host_run("web1", 1, status), &StepMeta::default())
+        db.record_host(&id, &host_run("web1", 1, status), &StepMeta::default(), &[])
             .unwrap();
         db.finish_run(&id, result, &json!({})).unwrap();
         std::thread::sleep(Duration::from_millis(3));
@@ -907,10 +935,20 @@ fn unhealthy_and_unknown_hosts_count_as_failed() {
     let dir = private_tmp();
     let db = StateDb::open(dir.path()).unwrap();
     let id = db.begin_run(&new_run(RunKind::Apply)).unwrap();
-    db.record_host(&id, &host_run("web1", 1, HostStatus::Converged), &meta())
-        .unwrap();
-    db.record_host(&id, &host_run("web2", 1, HostStatus::Converged), &meta())
-        .unwrap();
+    db.record_host(
+        &id,
+        &host_run("web1", 1, HostStatus::Converged),
+        &meta(),
+        &[],
+    )
+    .unwrap();
+    db.record_host(
+        &id,
+        &host_run("web2", 1, HostStatus::Converged),
+        &meta(),
+        &[],
+    )
+    .unwrap();
     db.mark_unhealthy(&id, "web1", "health check `http-up` failed")
         .unwrap();
     db.finish_run(&id, RunResult::Failed, &json!({"failed_hosts": ["web1"]}))
