@@ -2,8 +2,11 @@
 //! A benchmark binary (`harness = false`), never part of `cargo test`:
 //!
 //! ```sh
-//! cargo bench --bench console -- --hosts 1000 --runs 10000 --hosts-per-run 100
+//! cargo bench --bench console -- --hosts 1000 --runs 10000 --hosts-per-run 100 [--state DIR]
 //! ```
+//!
+//! With `--state DIR` the database is kept there, and a database already filled there is
+//! used as it is (the fill of 10,000 runs takes minutes; `fill_s` is then null).
 //!
 //! It fills a state database through the same API the daemon writes with (signed runs, one
 //! `record_host` per host result, drift checks that open and resolve findings): `--runs` runs
@@ -20,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use plumb::daemon::console::ConsoleState;
+use plumb::daemon::console::{ConsoleState, PAGE_SIZE};
 use plumb::engine::{
     HostPlan, HostRun, HostStatus, RoundTrips, StepOutcome, StepPlan, StepRef, StepStatus,
 };
@@ -29,6 +32,7 @@ use plumb::model::{Host, StepAddress};
 use plumb::modules::{Change, ChangeKind};
 use plumb::server::access::Principal;
 use plumb::server::console::{ConsoleSource, Page};
+use plumb::state::console::PageAt;
 use plumb::state::{NewRun, RunFilter, RunKind, RunResult, Signer, StateDb, StepMeta, Trigger};
 
 fn arg(name: &str, default: usize) -> usize {
@@ -196,32 +200,115 @@ fn size(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// The cursor after the runs listed in `ids` (the run the next page continues from).
+fn deep(ids: Vec<String>) -> PageAt {
+    ids.last()
+        .map(|id| PageAt::Before(plumb::state::RunId(id.clone())))
+        .expect("enough runs for a deep page")
+}
+
+fn string_arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+}
+
+/// The state directory and its database.
+struct Filled {
+    /// Removed when dropped (without `--state`).
+    _tmp: Option<tempfile::TempDir>,
+    dir: std::path::PathBuf,
+    db: StateDb,
+    /// The last rollout and its commit.
+    last: (String, String),
+    /// How long the fill took (`None`: the database was filled before).
+    fill_s: Option<f64>,
+}
+
+/// The state directory (`--state DIR`, kept; else a temporary one) and its database,
+/// filled unless it already holds runs.
+fn state(hosts: usize, runs: usize, per_run: usize) -> Filled {
+    let (tmp, dir) = match string_arg("--state") {
+        Some(dir) => (None, std::path::PathBuf::from(dir)),
+        None => {
+            let t = tempfile::tempdir().expect("tempdir");
+            let s = t.path().join("state");
+            (Some(t), s)
+        }
+    };
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    }
+    let db = StateDb::open(&dir).expect("open state");
+    let filled = db
+        .runs(&RunFilter {
+            kind: Some(RunKind::Apply),
+            limit: Some(1),
+            ..RunFilter::default()
+        })
+        .expect("runs");
+    let (last, fill_s) = match filled.first() {
+        Some(r) => ((r.id.0.clone(), r.commit.clone().expect("a commit")), None),
+        None => {
+            let t = Instant::now();
+            let last = fill(&db, hosts, runs, per_run);
+            (last, Some(t.elapsed().as_secs_f64()))
+        }
+    };
+    Filled {
+        _tmp: tmp,
+        dir,
+        db,
+        last,
+        fill_s,
+    }
+}
+
 fn main() {
     let hosts = arg("--hosts", 1000);
     let runs = arg("--runs", 10_000);
     let per_run = arg("--hosts-per-run", 100).min(hosts);
     let iterations = arg("--iterations", 20).max(1);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let state = dir.path().join("state");
-    std::fs::create_dir_all(&state).expect("mkdir");
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).expect("chmod");
-    }
-    let db = StateDb::open(&state).expect("open state");
-    let t = Instant::now();
-    let (run, commit) = fill(&db, hosts, runs, per_run);
-    let fill_s = t.elapsed().as_secs_f64();
-    assert_eq!(
-        db.runs(&RunFilter::default()).map(|r| !r.is_empty()).ok(),
-        Some(true)
+    let Filled {
+        _tmp,
+        dir: state,
+        db,
+        last: (run, commit),
+        fill_s,
+    } = state(hosts, runs, per_run);
+    let host_name = host(hosts / 2).name;
+    // Page 21 of each list: the cursor is the last run of the first 20 pages.
+    let env_deep = deep(
+        db.runs_page("prod", &PageAt::Newest, PAGE_SIZE * 20)
+            .expect("runs")
+            .items
+            .into_iter()
+            .map(|r| r.id.0)
+            .collect(),
+    );
+    let host_deep = deep(
+        db.host_runs("prod", &host_name, &PageAt::Newest, PAGE_SIZE * 10)
+            .expect("host runs")
+            .items
+            .into_iter()
+            .map(|r| r.run.id.0)
+            .collect(),
     );
 
     let inventory = BTreeMap::from([(
         "prod".to_string(),
         (0..hosts).map(|i| (host(i).name, host(i).labels)).collect(),
     )]);
+    // The daemon verifies the whole chain at start-up and keeps the result; the audit page
+    // then verifies only the records written since (none here).
+    let t = Instant::now();
+    db.check_chain().expect("verify the chain");
+    let verify_s = t.elapsed().as_secs_f64();
     let source = ConsoleState {
         db: Arc::new(Mutex::new(db)),
         environments: vec!["prod".into()],
@@ -233,14 +320,14 @@ fn main() {
             "environment",
             Page::Environment {
                 name: "prod".into(),
-                page: 0,
+                at: PageAt::Newest,
             },
         ),
         (
-            "environment_page_20",
+            "environment_page_21",
             Page::Environment {
                 name: "prod".into(),
-                page: 20,
+                at: env_deep,
             },
         ),
         ("run", Page::Run { id: run }),
@@ -248,8 +335,16 @@ fn main() {
             "host",
             Page::Host {
                 env: "prod".into(),
-                name: host(hosts / 2).name,
-                page: 0,
+                name: host_name.clone(),
+                at: PageAt::Newest,
+            },
+        ),
+        (
+            "host_page_11",
+            Page::Host {
+                env: "prod".into(),
+                name: host_name,
+                at: host_deep,
             },
         ),
         (
@@ -258,12 +353,16 @@ fn main() {
                 env: Some("prod".into()),
             },
         ),
+        ("drift_all_environments", Page::Drift { env: None }),
+        // The fill's commit ids start with 21 zeros: a 12-digit prefix matches every run
+        // (the worst case of a prefix); the full id matches the commit's own ten runs.
         (
-            "commit",
+            "commit_prefix_of_every_run",
             Page::Commit {
                 id: commit[..12].to_string(),
             },
         ),
+        ("commit", Page::Commit { id: commit.clone() }),
         ("audit", Page::Audit),
     ];
     let mut figures = serde_json::Map::new();
@@ -275,7 +374,8 @@ fn main() {
         "runs": runs,
         "hosts_per_run": per_run,
         "iterations": iterations,
-        "fill_s": round(fill_s),
+        "fill_s": fill_s.map(round),
+        "verify_at_start_s": round(verify_s),
         "db_mb": round(size(&state) as f64 / 1e6),
         "pages": figures,
     });

@@ -367,7 +367,7 @@ pub struct Anchor {
 }
 
 /// `plumb audit verify --output json`.
-#[derive(Debug, Serialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct AuditVerifyReport {
     /// True when every record is intact and the chain reaches the anchor, if one was given.
     pub ok: bool,
@@ -480,7 +480,7 @@ impl AuditVerifyReport {
     }
 }
 
-#[derive(Debug, Serialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, JsonSchema)]
 pub struct BrokenRecord {
     pub run_id: String,
     /// Position in the chain (1 = first record).

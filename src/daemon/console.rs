@@ -10,10 +10,8 @@ use serde_json::Value;
 use time::OffsetDateTime;
 
 use crate::server::{ConsoleSource, Page, Principal, StatusError};
-use crate::state::console::HostLatest;
-use crate::state::{
-    DriftFilter, DriftFinding, DriftState, HostRecord, RunFilter, RunId, RunRecord, StateDb,
-};
+use crate::state::console::{HostLatest, PageAt, RunsPage};
+use crate::state::{DriftFilter, DriftFinding, DriftState, HostRecord, RunId, RunRecord, StateDb};
 
 use super::lock_any;
 
@@ -40,12 +38,12 @@ impl ConsoleSource for ConsoleState {
         let db = lock_any(&self.db);
         let body = match page {
             Page::Fleet { label } => Some(self.fleet(&db, label.as_ref(), now)?),
-            Page::Environment { name, page } => self.environment(&db, name, *page, now)?,
+            Page::Environment { name, at } => self.environment(&db, name, at, now)?,
             Page::Run { id } => run_page(&db, id, now)?,
-            Page::Host { env, name, page } => self.host(&db, env, name, *page, now)?,
+            Page::Host { env, name, at } => self.host(&db, env, name, at, now)?,
             Page::Drift { env } => Some(drift_page(&db, env.as_deref(), now)?),
             Page::Commit { id } => commit_page(&db, id, now)?,
-            Page::Audit => Some(audit_page(&db)?),
+            Page::Audit => Some(audit_page(&db, now)?),
         };
         Ok(body.map(|(title, refresh, main)| layout(&title, refresh, who, main).into_string()))
     }
@@ -209,14 +207,22 @@ impl ConsoleState {
         for env in &self.environments {
             let applied = db.last_applied(env).map_err(internal)?;
             let applied_run = match applied.as_ref().and_then(|a| a.run_id.clone()) {
-                Some(id) => db.run(&id).map_err(internal)?.map(|d| d.run),
+                Some(id) => db.run_record(&id).map_err(internal)?,
                 None => None,
             };
-            let latest = db.latest_host_results(env).map_err(internal)?;
-            let open = db.open_drift(env).map_err(internal)?;
+            let latest: BTreeMap<String, HostLatest> = db
+                .latest_host_results(env)
+                .map_err(internal)?
+                .into_iter()
+                .map(|h| (h.host.clone(), h))
+                .collect();
+            let mut open: BTreeMap<String, usize> = BTreeMap::new();
+            for d in db.open_drift(env).map_err(internal)? {
+                *open.entry(d.host).or_default() += 1;
+            }
             let labels = self.labels(env);
             let mut names: BTreeSet<String> = labels.keys().cloned().collect();
-            names.extend(latest.iter().map(|h| h.host.clone()));
+            names.extend(latest.keys().cloned());
             let rows: Vec<(String, Option<&HostLatest>, usize)> = names
                 .into_iter()
                 .filter(|n| {
@@ -225,8 +231,8 @@ impl ConsoleState {
                     })
                 })
                 .map(|n| {
-                    let drift = open.iter().filter(|d| d.host == n).count();
-                    let l = latest.iter().find(|h| h.host == n);
+                    let drift = open.get(&n).copied().unwrap_or(0);
+                    let l = latest.get(&n);
                     (n, l, drift)
                 })
                 .collect();
@@ -255,7 +261,7 @@ impl ConsoleState {
         &self,
         db: &StateDb,
         name: &str,
-        page: usize,
+        at: &PageAt,
         now: i64,
     ) -> Result<Option<Rendered>, StatusError> {
         if !self.environments.iter().any(|e| e == name) {
@@ -263,24 +269,17 @@ impl ConsoleState {
         }
         let applied = db.last_applied(name).map_err(internal)?;
         let last_apply = db
-            .runs(&RunFilter {
-                environment: Some(name.to_string()),
-                kind: Some(crate::state::RunKind::Apply),
-                limit: Some(1),
-                ..RunFilter::default()
-            })
+            .latest_run(name, crate::state::RunKind::Apply)
             .map_err(internal)?;
-        let runs = db
-            .runs_page(Some(name), PAGE_SIZE, page * PAGE_SIZE)
-            .map_err(internal)?;
+        let runs = db.runs_page(name, at, PAGE_SIZE).map_err(internal)?;
         let main = html! {
             h1 { "Environment " (name) }
             p { "Last applied: " (commit_link(applied.as_ref().map(|a| a.commit.as_str())))
                 @if let Some(a) = &applied { " · " (when(a.applied_at, now)) } }
-            @if let Some(r) = last_apply.first() { (rollout_view(r, now)) }
+            @if let Some(r) = &last_apply { (rollout_view(r, now)) }
             h2 { "Runs" }
-            (runs_table(&runs, now))
-            (pager(&format!("/environments/{name}"), page, runs.len()))
+            (runs_table(&runs.items, now))
+            (pager(&format!("/environments/{name}"), &runs, |r| &r.id))
         };
         Ok(Some((format!("Environment {name}"), true, main)))
     }
@@ -290,14 +289,12 @@ impl ConsoleState {
         db: &StateDb,
         env: &str,
         name: &str,
-        page: usize,
+        at: &PageAt,
         now: i64,
     ) -> Result<Option<Rendered>, StatusError> {
-        let runs = db
-            .host_runs(env, name, PAGE_SIZE, page * PAGE_SIZE)
-            .map_err(internal)?;
+        let runs = db.host_runs(env, name, at, PAGE_SIZE).map_err(internal)?;
         let labels = self.labels(env).remove(name);
-        if runs.is_empty() && labels.is_none() && page == 0 {
+        if runs.items.is_empty() && labels.is_none() && *at == PageAt::Newest {
             return Ok(None);
         }
         let drift = db
@@ -317,7 +314,7 @@ impl ConsoleState {
             h2 { "History" }
             div.scroll { table {
                 thead { tr { th { "Run" } th { "Kind" } th { "This host" } th { "Changed" } th { "Commit" } th { "Signer" } th { "Started" } th { "Error" } } }
-                tbody { @for h in &runs { tr {
+                tbody { @for h in &runs.items { tr {
                     td { (run_link(&h.run.id)) }
                     td { (h.run.kind.to_string().replace('_', " ")) }
                     td { (status(&h.status.to_string())) }
@@ -328,7 +325,7 @@ impl ConsoleState {
                     td { @if let Some(e) = &h.error { code { (e) } } }
                 } } }
             } }
-            (pager(&format!("/hosts/{env}/{name}"), page, runs.len()))
+            (pager(&format!("/hosts/{env}/{name}"), &runs, |h| &h.run.id))
         };
         Ok(Some((format!("Host {name}"), true, main)))
     }
@@ -382,11 +379,18 @@ fn host_state(latest: Option<&HostLatest>, open_drift: usize) -> String {
     }
 }
 
-fn pager(base: &str, page: usize, shown: usize) -> Markup {
+/// Links to the newer and older pages: each carries the run it continues from (keyset
+/// pagination: a page costs the same however deep it is).
+fn pager<T>(base: &str, page: &RunsPage<T>, id: impl Fn(&T) -> &RunId) -> Markup {
+    let first = page.items.first().map(&id);
+    let last = page.items.last().map(&id);
     html! {
         nav.pager aria-label="Pages" {
-            @if page > 0 { a href={ (base) "?page=" (page - 1) } rel="prev" { "← Newer" } }
-            @if shown == PAGE_SIZE { a href={ (base) "?page=" (page + 1) } rel="next" { "Older →" } }
+            @if page.newer {
+                a href=(base) { "⇤ Newest" } " "
+                @if let Some(f) = first { a href={ (base) "?after=" (f.0) } rel="prev" { "← Newer" } " " }
+            }
+            @if let (true, Some(l)) = (page.older, last) { a href={ (base) "?before=" (l.0) } rel="next" { "Older →" } }
         }
     }
 }
@@ -531,18 +535,7 @@ fn commit_page(db: &StateDb, id: &str, now: i64) -> Result<Option<Rendered>, Sta
     if runs.is_empty() {
         return Ok(None);
     }
-    let mut reached: BTreeMap<(String, String), (String, RunId)> = BTreeMap::new();
-    for r in runs.iter().rev() {
-        let Some(detail) = db.run(&r.id).map_err(internal)? else {
-            continue;
-        };
-        for h in detail.hosts {
-            reached.insert(
-                (r.environment.clone(), h.host),
-                (h.status.to_string(), r.id.clone()),
-            );
-        }
-    }
+    let reached = db.commit_hosts(id, PAGE_SIZE).map_err(internal)?;
     let main = html! {
         h1 { "Commit " span.mono { (short(id)) } }
         p.mono.muted { (runs[0].commit.as_deref().unwrap_or(id)) }
@@ -550,8 +543,8 @@ fn commit_page(db: &StateDb, id: &str, now: i64) -> Result<Option<Rendered>, Sta
         h2 { "Hosts it reached" }
         div.scroll { table {
             thead { tr { th { "Environment" } th { "Host" } th { "Latest result" } th { "Run" } } }
-            tbody { @for ((env, host), (st, run)) in &reached { tr {
-                td { (env) } td { (host_link(env, host)) } td { (status(st)) } td { (run_link(run)) }
+            tbody { @for h in &reached { tr {
+                td { (h.environment) } td { (host_link(&h.environment, &h.host)) } td { (status(&h.status.to_string())) } td { (run_link(&h.run)) }
             } } }
         } }
         h2 { "Runs" }
@@ -560,25 +553,24 @@ fn commit_page(db: &StateDb, id: &str, now: i64) -> Result<Option<Rendered>, Sta
     Ok(Some((format!("Commit {}", short(id)), false, main)))
 }
 
-fn audit_page(db: &StateDb) -> Result<Rendered, StatusError> {
-    let report = match db.daemon_key() {
-        Some(key) => Some(
-            db.verify_report(&key.verifying_key(), &crate::audit::Anchor::default())
-                .map_err(internal)?,
-        ),
-        None => None,
-    };
+/// The chain's status as the daemon keeps it: verified in full at start-up, then each new
+/// record as it was written ([`StateDb::chain_status`]): a render reads the new records only.
+fn audit_page(db: &StateDb, now: i64) -> Result<Rendered, StatusError> {
+    let chain = db.chain_status().map_err(internal)?;
     let main = html! {
         h1 { "Audit trail" }
-        @match &report {
+        @match &chain {
             None => { p.muted { "No audit key: this state has no signed records yet." } }
-            Some(r) => {
+            Some(s) => {
+                @let r = &s.report;
                 p { "Chain: " @if r.ok { (status("ok")) } @else { (status("broken")) } " · " (r.records) " records verified" }
+                p.muted { "The whole chain was verified " (when(s.full_at, now)) "; "
+                    (s.since_full) " records written since were verified as they came; last checked " (when(s.checked_at, now)) "." }
                 p { "Head: " @if let (Some(seq), Some(h)) = (r.head_seq, &r.head) { code { (seq) ":" (h) } } }
                 p { "Key: " code { (r.key_fingerprint) } }
                 @if let Some(b) = &r.broken { p.error { "First broken record: #" (b.seq) " (" (run_link(&RunId(b.run_id.clone()))) "): " (b.reason) } }
                 @if let Some(e) = &r.anchor_error { p.error { (e) } }
-                p.muted { "Check it offline: " code { "plumb audit verify --state DIR --public-key daemon.pub --expect-head SEQ:HASH" } }
+                p.muted { "Check it all again offline: " code { "plumb audit verify --state DIR --public-key daemon.pub --expect-head SEQ:HASH" } }
             }
         }
     };

@@ -249,9 +249,11 @@ impl Daemon {
             backups: Arc::default(),
             config,
         };
-        daemon.anchor_audit_head();
+        // The whole chain first (kept), then the head: carrying the kept status forward to
+        // it costs nothing.
         daemon.check_audit_chain();
         daemon.restore_alerts();
+        daemon.anchor_audit_head();
         Ok(daemon)
     }
 
@@ -480,23 +482,45 @@ impl Daemon {
 
     /// Verifies the whole audit chain with the daemon key: `plumb_audit_chain_ok`, and a
     /// broken chain keeps `/readyz` failing (the daemon still records, on top of the chain).
+    /// The result is kept (for the console and [`Daemon::anchor_audit_head`], which carry it
+    /// forward record by record).
     fn check_audit_chain(&self) {
-        let db = lock(&self.db);
-        let Some(key) = db.daemon_key().map(|k| k.verifying_key()) else {
-            return;
-        };
-        let ok = match db.verify_chain(&key, &crate::audit::Anchor::default()) {
-            Ok(v) => {
-                tracing::info!(records = v.records, "audit chain verified");
-                true
-            }
+        let status = lock(&self.db).check_chain();
+        self.note_chain_status(status, true);
+    }
+
+    /// Publishes a chain status: the metric and readiness; logs the verification at start,
+    /// and a break found later once (the status stays broken until a restart).
+    fn note_chain_status(
+        &self,
+        status: Result<Option<crate::state::ChainStatus>, crate::state::StateError>,
+        at_start: bool,
+    ) {
+        let report = match status {
+            Ok(Some(s)) => s.report,
+            Ok(None) => return,
             Err(e) => {
-                tracing::error!(error = %e, code = e.code(), "the audit chain is broken: not ready until it is repaired; see `plumb audit verify`");
-                false
+                tracing::error!(error = %e, code = e.code(), "cannot read the audit chain to verify it");
+                if at_start {
+                    self.metrics.set_audit_chain_ok(false);
+                    self.ready.set_chain_broken(true);
+                }
+                return;
             }
         };
-        self.metrics.set_audit_chain_ok(ok);
-        self.ready.set_chain_broken(!ok);
+        let was_broken = self.ready.chain_broken();
+        match report.error_text() {
+            None if at_start => {
+                tracing::info!(records = report.records, "audit chain verified");
+            }
+            None => {}
+            Some(e) if at_start || !was_broken => {
+                tracing::error!(error = %e, code = report.error_code.as_deref().unwrap_or("audit.broken"), "the audit chain is broken: not ready until it is repaired; see `plumb audit verify`");
+            }
+            Some(_) => {}
+        }
+        self.metrics.set_audit_chain_ok(report.ok);
+        self.ready.set_chain_broken(!report.ok);
     }
 
     /// Notes `env`'s hosts and labels (for the console), stops reporting the metric series
@@ -518,8 +542,14 @@ impl Daemon {
         lock_any(&self.inventory).insert(env.to_string(), entry);
     }
 
-    /// The audit chain's head, after a record: to `/metrics` and the configured head file.
+    /// After a record: the kept chain status carried forward (metric, readiness), and the
+    /// chain's head to `/metrics` and the configured head file.
     fn anchor_audit_head(&self) {
+        // The new records verified as they are written: the console's audit page and
+        // `plumb_audit_chain_ok` then cost nothing, and a break (a truncation to nothing
+        // too) shows at once.
+        let status = lock(&self.db).chain_status();
+        self.note_chain_status(status, false);
         let head = match audit_tail::audit_head(&lock(&self.db)) {
             Ok(Some(h)) => h,
             Ok(None) => return,

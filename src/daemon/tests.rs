@@ -1293,6 +1293,7 @@ async fn console_pages_render_from_state_and_escape_values() {
         inventory: Arc::default(),
     };
     use crate::server::{ConsoleSource as _, Page, Principal};
+    use crate::state::console::PageAt;
     let who = Principal::User("<b>eve</b>".into());
     let page = |p: Page| console.page(&p, &who).expect("renders");
     let fleet = page(Page::Fleet { label: None }).expect("fleet");
@@ -1325,21 +1326,42 @@ async fn console_pages_render_from_state_and_escape_values() {
     assert!(page(Page::Commit { id: "zz".into() }).is_none());
     let env = page(Page::Environment {
         name: "production".into(),
-        page: 0,
+        at: PageAt::Newest,
     })
     .expect("env page");
     assert!(env.contains(&run.id.0), "{env}");
     assert!(page(Page::Environment {
         name: "nope".into(),
-        page: 0
+        at: PageAt::Newest,
     })
     .is_none());
+    let older = page(Page::Environment {
+        name: "production".into(),
+        at: PageAt::Before(run.id.clone()),
+    })
+    .expect("an empty older page");
+    assert!(!older.contains(&format!("/runs/{}", run.id.0)), "{older}");
+    assert!(older.contains("Newest"), "a way back: {older}");
     let audit = page(Page::Audit).expect("audit page");
     assert!(
         audit.contains("records verified") && audit.contains("status ok"),
         "{audit}"
     );
     page(Page::Drift { env: None }).expect("drift page");
+
+    // The newest record removed behind the daemon's back: the page (which verifies only
+    // what changed since the check at start-up) and the daemon's readiness say so.
+    lock(&d.db)
+        .conn()
+        .execute("DELETE FROM runs WHERE id = ?1", [&run.id.0])
+        .expect("delete");
+    let audit = page(Page::Audit).expect("audit page");
+    assert!(
+        audit.contains("status bad") && audit.contains("truncated"),
+        "{audit}"
+    );
+    d.anchor_audit_head();
+    assert!(d.ready.chain_broken(), "readiness follows the kept status");
 }
 
 /// Marks `commit` applied in `production` without reaching any host (a signed apply run),

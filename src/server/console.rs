@@ -4,9 +4,9 @@
 //! | route                      | page                                                 |
 //! |----------------------------|------------------------------------------------------|
 //! | `GET /`                    | fleet: every environment and host (`?label=k=v`)     |
-//! | `GET /environments/{env}`  | an environment: its rollouts and runs (`?page=`)     |
+//! | `GET /environments/{env}`  | an environment: its rollouts and runs (`?before=RUN`, `?after=RUN`) |
 //! | `GET /runs/{id}`           | a run: per host and step, changes, timings, errors   |
-//! | `GET /hosts/{env}/{host}`  | a host: its history and drift (`?page=`)             |
+//! | `GET /hosts/{env}/{host}`  | a host: its history and drift (`?before=RUN`, `?after=RUN`) |
 //! | `GET /drift`               | drift findings, open and resolved (`?env=`)          |
 //! | `GET /commits/{id}`        | where a commit (or a prefix) went                    |
 //! | `GET /audit`               | the audit chain: verification and head               |
@@ -26,6 +26,7 @@ use serde::Deserialize;
 
 use super::access::{self, AccessRule, Principal};
 use super::{AppState, StatusError};
+pub use crate::state::console::PageAt;
 
 /// A page of the console.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,7 +36,7 @@ pub enum Page {
     },
     Environment {
         name: String,
-        page: usize,
+        at: PageAt,
     },
     Run {
         id: String,
@@ -43,7 +44,7 @@ pub enum Page {
     Host {
         env: String,
         name: String,
-        page: usize,
+        at: PageAt,
     },
     Drift {
         env: Option<String>,
@@ -91,9 +92,22 @@ pub fn routes(state: &AppState) -> Router<AppState> {
 
 #[derive(Debug, Deserialize)]
 struct PageParams {
-    page: Option<usize>,
+    /// Keyset pagination: the runs older (`before`) or newer (`after`) than this run.
+    before: Option<String>,
+    after: Option<String>,
     label: Option<String>,
     env: Option<String>,
+}
+
+impl PageParams {
+    fn at(&self) -> PageAt {
+        use crate::state::RunId;
+        match (&self.before, &self.after) {
+            (Some(id), _) => PageAt::Before(RunId(id.clone())),
+            (None, Some(id)) => PageAt::After(RunId(id.clone())),
+            (None, None) => PageAt::Newest,
+        }
+    }
 }
 
 async fn render(s: &AppState, page: Page, who: Principal) -> Response {
@@ -148,8 +162,8 @@ async fn environment(
     Path(name): Path<String>,
     Query(q): Query<PageParams>,
 ) -> Response {
-    let page = q.page.unwrap_or(0);
-    render(&s, Page::Environment { name, page }, who).await
+    let at = q.at();
+    render(&s, Page::Environment { name, at }, who).await
 }
 
 async fn run(
@@ -166,8 +180,8 @@ async fn host(
     Path((env, name)): Path<(String, String)>,
     Query(q): Query<PageParams>,
 ) -> Response {
-    let page = q.page.unwrap_or(0);
-    render(&s, Page::Host { env, name, page }, who).await
+    let at = q.at();
+    render(&s, Page::Host { env, name, at }, who).await
 }
 
 async fn drift(

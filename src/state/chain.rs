@@ -191,23 +191,34 @@ impl StateDb {
         key: &VerifyingKey,
         anchor: &Anchor,
     ) -> Result<(Result<VerifiedChain, AuditError>, usize), StateError> {
+        self.verify_from(ChainVerifier::new(key, anchor.clone()), None)
+    }
+
+    /// Pushes the signed records into `verifier`, oldest first: all of them, or those after
+    /// record `after` (then only the drift findings those runs last saw are checked); then
+    /// refuses a finished run outside the chain.
+    pub(super) fn verify_from(
+        &self,
+        mut verifier: ChainVerifier<'_>,
+        after: Option<u64>,
+    ) -> Result<(Result<VerifiedChain, AuditError>, usize), StateError> {
         let c = &self.conn;
-        // A finished run outside the chain was inserted or unlinked behind plumb's back.
-        let unsigned: Option<String> = c
-            .query_row(
-                "SELECT id FROM runs WHERE finished_at IS NOT NULL AND chain_seq IS NULL
-                 ORDER BY finished_at, id LIMIT 1",
-                [],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(|e| self.err(e.into()))?;
-        let mut verifier = ChainVerifier::new(key, anchor.clone());
-        let mut stmt = c.prepare(
-            "SELECT id, chain_seq, prev_hash, hash, signature, record
-             FROM runs WHERE chain_seq IS NOT NULL ORDER BY chain_seq",
-        )?;
-        let mut rows = stmt.query([])?;
+        let unsigned = self.unsigned_run().map_err(|e| self.err(e))?;
+        let sql = match after {
+            None => {
+                "SELECT id, chain_seq, prev_hash, hash, signature, record
+                 FROM runs WHERE chain_seq IS NOT NULL ORDER BY chain_seq"
+            }
+            Some(_) => {
+                "SELECT id, chain_seq, prev_hash, hash, signature, record
+                 FROM runs WHERE chain_seq > ?1 ORDER BY chain_seq"
+            }
+        };
+        let mut stmt = c.prepare_cached(sql)?;
+        let mut rows = match after {
+            None => stmt.query([])?,
+            Some(seq) => stmt.query(params![i64::try_from(seq).unwrap_or(i64::MAX)])?,
+        };
         while let Some(r) = rows.next()? {
             let run_id: String = r.get(0)?;
             let rows_now = match rows_value(c, &self.path, &run_id) {
@@ -239,31 +250,59 @@ impl StateDb {
             };
             return Ok((Err(e), records));
         }
-        if let Some(e) = self.verify_findings().map_err(|e| self.err(e))? {
+        if let Some(e) = self.verify_findings(after).map_err(|e| self.err(e))? {
             return Ok((Err(e), records));
         }
         Ok((verifier.finish(), records))
     }
 
-    /// Each drift finding's evidence (change, fields, diff) is what the signed step row of
-    /// the run that last saw it says; the first finding that differs is a broken chain.
-    pub(crate) fn verify_findings(&self) -> Result<Option<AuditError>, StateError> {
-        let edited: Option<(i64, String)> = self
+    /// A finished run outside the chain: inserted or unlinked behind plumb's back (every
+    /// finish signs in its own transaction). `runs_unsigned` holds only such runs.
+    fn unsigned_run(&self) -> Result<Option<String>, StateError> {
+        Ok(self
             .conn
             .query_row(
-                "SELECT f.id, f.run_id FROM drift_findings f
-                 WHERE f.run_id IS NOT NULL
-                 AND EXISTS (SELECT 1 FROM host_results h
-                     WHERE h.run_id = f.run_id AND h.host = f.host)
-                 AND NOT EXISTS (SELECT 1 FROM step_results s
-                     WHERE s.run_id = f.run_id AND s.host = f.host AND s.address = f.address
-                     AND s.change_kind = f.change_kind AND s.fields = f.fields
-                     AND s.diff IS f.diff AND s.cause IS f.cause)
-                 ORDER BY f.id LIMIT 1",
+                "SELECT id FROM runs WHERE finished_at IS NOT NULL AND chain_seq IS NULL
+                 ORDER BY finished_at, id LIMIT 1",
                 [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| r.get(0),
             )
-            .optional()?;
+            .optional()?)
+    }
+
+    /// Each drift finding's evidence (change, fields, diff) is what the signed step row of
+    /// the run that last saw it says; the first finding that differs is a broken chain.
+    /// With `after`, only the findings last seen by the runs of the records after it.
+    pub(crate) fn verify_findings(
+        &self,
+        after: Option<u64>,
+    ) -> Result<Option<AuditError>, StateError> {
+        // The findings of the runs after `after`: those runs' ids, then their findings
+        // through `drift_by_run` (an IN list, not a scan of every finding).
+        let which = match after {
+            None => "f.run_id IS NOT NULL",
+            Some(_) => "f.run_id IN (SELECT id FROM runs WHERE chain_seq > ?1)",
+        };
+        let sql = format!(
+            "SELECT f.id, f.run_id FROM drift_findings f
+             WHERE {which}
+             AND EXISTS (SELECT 1 FROM host_results h
+                 WHERE h.run_id = f.run_id AND h.host = f.host)
+             AND NOT EXISTS (SELECT 1 FROM step_results s
+                 WHERE s.run_id = f.run_id AND s.host = f.host AND s.address = f.address
+                 AND s.change_kind = f.change_kind AND s.fields = f.fields
+                 AND s.diff IS f.diff AND s.cause IS f.cause)
+             ORDER BY f.id LIMIT 1"
+        );
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let row = |r: &rusqlite::Row<'_>| -> rusqlite::Result<(i64, String)> {
+            Ok((r.get(0)?, r.get(1)?))
+        };
+        let edited = match after {
+            None => stmt.query_row([], row),
+            Some(seq) => stmt.query_row(params![i64::try_from(seq).unwrap_or(i64::MAX)], row),
+        }
+        .optional()?;
         Ok(edited.map(|(id, run_id)| AuditError::Broken {
             run_id,
             seq: 0,

@@ -172,36 +172,50 @@ impl StateDb {
 
     /// Drift findings, open and resolved as `filter` says, newest first (by first seen). A
     /// finding is in the `since`..`until` window when it was open at some time inside it.
+    /// Only the terms the filter sets are in the query, so an environment (and host) walks
+    /// `drift_by_env_seen` (`drift_by_host_seen`) newest first and stops at the limit.
     pub fn drift_history(&self, filter: &DriftFilter) -> Result<Vec<DriftFinding>, StateError> {
-        let (open, resolved) = match filter.status {
-            DriftState::Open => (true, false),
-            DriftState::Resolved => (false, true),
-            DriftState::All => (true, true),
-        };
         let limit = filter
             .limit
             .map(|l| i64::try_from(l).unwrap_or(i64::MAX))
             .unwrap_or(-1);
+        let since = filter.since.map(|t| t.0);
+        let until = filter.until.map(|t| t.0);
+        let mut terms: Vec<&str> = Vec::new();
+        let mut values: Vec<(&str, &dyn rusqlite::ToSql)> = vec![(":limit", &limit)];
+        if let Some(env) = &filter.environment {
+            terms.push("environment = :env");
+            values.push((":env", env));
+        }
+        if let Some(host) = &filter.host {
+            terms.push("host = :host");
+            values.push((":host", host));
+        }
+        match filter.status {
+            DriftState::Open => terms.push("resolved_at IS NULL"),
+            DriftState::Resolved => terms.push("resolved_at IS NOT NULL"),
+            DriftState::All => {}
+        }
+        if let Some(since) = &since {
+            terms.push("(resolved_at IS NULL OR resolved_at >= :since)");
+            values.push((":since", since));
+        }
+        if let Some(until) = &until {
+            terms.push("first_seen < :until");
+            values.push((":until", until));
+        }
+        let filter_sql = if terms.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", terms.join(" AND "))
+        };
         let read = || {
             let mut stmt = self.conn.prepare_cached(&format!(
-                "SELECT {FINDING_COLUMNS} FROM drift_findings
-                 WHERE (?1 IS NULL OR environment = ?1) AND (?2 IS NULL OR host = ?2)
-                 AND ((?3 AND resolved_at IS NULL) OR (?4 AND resolved_at IS NOT NULL))
-                 AND (?5 IS NULL OR resolved_at IS NULL OR resolved_at >= ?5)
-                 AND (?6 IS NULL OR first_seen < ?6)
-                 ORDER BY first_seen DESC, id DESC LIMIT ?7"
+                "SELECT {FINDING_COLUMNS} FROM drift_findings {filter_sql}
+                 ORDER BY first_seen DESC, id DESC LIMIT :limit"
             ))?;
             let at = (self.path.as_path(), "drift_findings", "id");
-            let p = params![
-                filter.environment,
-                filter.host,
-                open,
-                resolved,
-                filter.since.map(|t| t.0),
-                filter.until.map(|t| t.0),
-                limit
-            ];
-            collect_typed(&mut stmt, p, at, finding)
+            collect_typed(&mut stmt, values.as_slice(), at, finding)
         };
         read().map_err(|e| self.err(e))
     }

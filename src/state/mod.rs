@@ -24,7 +24,8 @@
 //!
 //! Files: `open` (directory, lock, connection, reset check), `write` (runs, host and step
 //! results, commits), `alerts` (active alerts, manual runs seen), `drift` (findings), `query`
-//! (reads), `chain` (the audit records of runs: building, signing, verifying; the crypto and
+//! (reads), `chain_check` (the chain's status as last verified, kept for every handle and
+//! carried forward record by record), `console` (the console's reads), `chain` (the audit records of runs: building, signing, verifying; the crypto and
 //! chain rules are [`crate::audit`]'s), `types`, `error`, `schema` (migrations), `report`
 //! (`plumb history`).
 
@@ -39,6 +40,7 @@ use crate::audit::DaemonKey;
 
 mod alerts;
 mod chain;
+mod chain_check;
 pub mod console;
 mod drift;
 mod error;
@@ -56,6 +58,7 @@ mod types;
 pub(crate) mod write;
 
 pub use alerts::ActiveAlertRow;
+pub use chain_check::ChainStatus;
 pub use error::{LeaseHeld, StateError};
 pub use filter::{DriftFilter, DriftState, FilterError, FilterLimits, RunFilter};
 pub use lease::{Lease, LeaseGuard, LeaseHost, LEASE_RENEW, LEASE_TTL};
@@ -88,6 +91,8 @@ pub struct StateDb {
     /// Present on daemon handles only.
     key: Option<Arc<DaemonKey>>,
     _lock: Option<Arc<File>>,
+    /// The audit chain's status as last verified, shared by every handle of the database.
+    chain: chain_check::KeptStatus,
 }
 
 impl std::fmt::Debug for StateDb {

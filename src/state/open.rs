@@ -172,6 +172,7 @@ impl StateDb {
             path,
             key: Some(Arc::new(key)),
             _lock: Some(Arc::new(lock)),
+            chain: super::chain_check::new_kept(),
         };
         db.mark_interrupted()?;
         Ok(db)
@@ -197,6 +198,7 @@ impl StateDb {
             path,
             key: Some(Arc::new(key)),
             _lock: None,
+            chain: super::chain_check::new_kept(),
         })
     }
 
@@ -217,6 +219,7 @@ impl StateDb {
             path,
             key: None,
             _lock: None,
+            chain: super::chain_check::new_kept(),
         })
     }
 
@@ -228,6 +231,7 @@ impl StateDb {
             path: self.path.clone(),
             key: self.key.clone(),
             _lock: self._lock.clone(),
+            chain: self.chain.clone(),
         })
     }
 }

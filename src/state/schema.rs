@@ -357,7 +357,51 @@ CREATE TABLE host_leases (
 );
 "#;
 
-pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8, V9, V10];
+// console
+/// v11 (issue 20, the console's 50 ms pages): what makes every page cost O(page), not
+/// O(history).
+/// - `host_latest`: the newest result (not `not_reached`) of each host of each environment,
+///   kept by [`super::write`] in the transaction that records the result (the fleet page
+///   reads it instead of scanning every result); filled here from the results recorded
+///   before. A result deleted behind plumb's back takes its row with it.
+/// - `runs_by_commit`: the commit page's prefix is a range on it, and covers the newest
+///   first sort of the runs it finds.
+/// - `runs_by_env` again, with `id`: the keyset order (start time, then id) of a page of an
+///   environment's runs, with no sort.
+/// - `runs_by_env_kind`: the environment page's newest rollout.
+/// - `runs_unsigned`: a finished run outside the audit chain (inserted or unlinked behind
+///   plumb's back), found without scanning every run: normally empty.
+/// - drift findings by run (the chain's incremental check of the findings new runs saw), and
+///   by first seen, overall, per environment and per host, and the open ones alone (the drift
+///   and host pages, newest first: open findings are found without walking resolved ones).
+const V11: &str = r#"
+CREATE TABLE host_latest (
+    environment TEXT NOT NULL,
+    host        TEXT NOT NULL,
+    result_id   INTEGER NOT NULL UNIQUE REFERENCES host_results (id) ON DELETE CASCADE,
+    PRIMARY KEY (environment, host)
+) WITHOUT ROWID;
+INSERT INTO host_latest (environment, host, result_id)
+    SELECT r.environment, h.host, MAX(h.id) FROM host_results h JOIN runs r ON r.id = h.run_id
+    WHERE h.status != 'not_reached' GROUP BY r.environment, h.host;
+CREATE INDEX runs_by_commit ON runs (commit_id, started_at DESC, id DESC)
+    WHERE commit_id IS NOT NULL;
+DROP INDEX runs_by_env;
+CREATE INDEX runs_by_env ON runs (environment, started_at DESC, id DESC);
+CREATE INDEX runs_by_env_kind ON runs (environment, kind, started_at DESC);
+CREATE INDEX runs_unsigned ON runs (finished_at, id)
+    WHERE finished_at IS NOT NULL AND chain_seq IS NULL;
+CREATE INDEX drift_by_run ON drift_findings (run_id);
+CREATE INDEX drift_by_seen ON drift_findings (first_seen DESC, id DESC);
+CREATE INDEX drift_by_env_seen ON drift_findings (environment, first_seen DESC, id DESC);
+CREATE INDEX drift_by_host_seen ON drift_findings (environment, host, first_seen DESC, id DESC);
+CREATE INDEX drift_open_by_seen ON drift_findings (first_seen DESC, id DESC)
+    WHERE resolved_at IS NULL;
+CREATE INDEX drift_open_by_env_seen ON drift_findings (environment, first_seen DESC, id DESC)
+    WHERE resolved_at IS NULL;
+"#;
+
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7, V8, V9, V10, V11];
 
 /// The schema version this plumb writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -213,6 +213,18 @@ fn drift_record(plan: &HostPlan, meta: &StepMeta) -> HostRecord {
     }
 }
 
+/// `result` is now the newest result of `host` in its run's environment (`host_latest`, which
+/// the console's fleet page reads: kept in the transaction that records the result).
+fn note_latest(c: &Connection, run: &RunId, host: &str, result: i64) -> Result<(), StateError> {
+    let mut stmt = c.prepare_cached(
+        "INSERT INTO host_latest (environment, host, result_id)
+         SELECT environment, ?2, ?3 FROM runs WHERE id = ?1
+         ON CONFLICT (environment, host) DO UPDATE SET result_id = excluded.result_id",
+    )?;
+    stmt.execute(params![run.0, host, result])?;
+    Ok(())
+}
+
 fn insert_host(c: &Connection, run: &RunId, h: &HostRecord) -> Result<(), StateError> {
     c.execute(
         "INSERT INTO host_results (run_id, host, status, error, changed, in_sync,
@@ -232,6 +244,9 @@ fn insert_host(c: &Connection, run: &RunId, h: &HostRecord) -> Result<(), StateE
             h.not_reached.as_ref().map(json_text)
         ],
     )?;
+    if h.status != HostResultStatus::NotReached {
+        note_latest(c, run, &h.host, c.last_insert_rowid())?;
+    }
     let mut events = c.prepare_cached(
         "INSERT INTO run_events (run_id, host, kind, address, ok, error)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",

@@ -440,3 +440,144 @@ fn signed_records_are_the_stored_rows_as_before() {
         }
     }
 }
+
+/// Appends one finished run to `db`'s chain; returns its id.
+fn one_more(db: &StateDb, i: usize) -> String {
+    let id = db.begin_run(&new_run()).unwrap();
+    db.record_host(
+        &id,
+        &super::host_run(&format!("web{i}"), 1, crate::engine::HostStatus::Converged),
+        &StepMeta::default(),
+        &[],
+    )
+    .unwrap();
+    db.finish_run(&id, RunResult::Converged, &json!({ "i": i }))
+        .unwrap();
+    id.0
+}
+
+/// The status the daemon keeps: the whole chain verified once, then only the records
+/// written since, each once; every handle of the database shares it; a break in a new
+/// record shows, and stays.
+#[test]
+fn chain_status_carries_the_full_check_forward_record_by_record() {
+    let dir = private_tmp();
+    let (db, _) = db_with_runs(dir.path(), 3);
+    let start = db.check_chain().unwrap().expect("a daemon handle");
+    assert!(start.report.ok, "{:?}", start.report);
+    assert_eq!((start.report.records, start.since_full), (3, 0));
+    assert_eq!(start.report.head_seq, Some(3));
+
+    one_more(&db, 3);
+    one_more(&db, 4);
+    let handle = db.handle().unwrap();
+    let now = handle.chain_status().unwrap().unwrap();
+    assert!(now.report.ok, "{:?}", now.report);
+    assert_eq!((now.report.records, now.since_full), (5, 2));
+    assert_eq!(now.full_at, start.full_at, "not verified in full again");
+    assert_eq!(
+        now.report.head,
+        db.audit_head().unwrap().map(|h| h.hash),
+        "the head it reports is the stored head"
+    );
+
+    // A record written since, altered before it was checked: broken, naming it; the
+    // status stays broken (on every handle) after more records.
+    let bad = one_more(&db, 5);
+    db.conn()
+        .execute(
+            "UPDATE runs SET record = replace(record, 'converged', 'failed') WHERE id = ?1",
+            [&bad],
+        )
+        .unwrap();
+    let s = db.chain_status().unwrap().unwrap();
+    assert!(!s.report.ok);
+    let b = s.report.broken.as_ref().expect("the broken record");
+    assert_eq!((b.run_id.as_str(), b.seq), (bad.as_str(), 6));
+    assert!(b.reason.contains("hash mismatch"), "{}", b.reason);
+    one_more(&db, 6);
+    let later = handle.chain_status().unwrap().unwrap();
+    assert!(!later.report.ok && later.report.broken.is_some());
+}
+
+/// What happened under the record the kept status ended at: removed (truncation),
+/// rewritten, or a finished run slipped in outside the chain. Each shows broken.
+#[test]
+fn chain_status_sees_truncation_rewrites_and_unsigned_runs() {
+    let dir = private_tmp();
+    let (db, ids) = db_with_runs(dir.path(), 3);
+    assert!(db.check_chain().unwrap().unwrap().report.ok);
+    db.conn()
+        .execute("DELETE FROM runs WHERE id = ?1", [&ids[2]])
+        .unwrap();
+    let s = db.chain_status().unwrap().unwrap();
+    assert!(!s.report.ok);
+    assert_eq!(s.report.error_code.as_deref(), Some("audit.truncated"));
+    assert_eq!(s.report.head_seq, Some(2), "the head found now");
+
+    let dir = private_tmp();
+    let (db, ids) = db_with_runs(dir.path(), 3);
+    assert!(db.check_chain().unwrap().unwrap().report.ok);
+    db.conn()
+        .execute(
+            "UPDATE runs SET hash = ?1 WHERE id = ?2",
+            rusqlite::params![GENESIS, ids[2]],
+        )
+        .unwrap();
+    let s = db.chain_status().unwrap().unwrap();
+    assert_eq!(
+        s.report.error_code.as_deref(),
+        Some("audit.anchor_mismatch")
+    );
+    assert!(
+        s.report
+            .anchor_error
+            .as_deref()
+            .is_some_and(|e| e.contains("#3")),
+        "{:?}",
+        s.report
+    );
+
+    let dir = private_tmp();
+    let (db, _) = db_with_runs(dir.path(), 2);
+    assert!(db.check_chain().unwrap().unwrap().report.ok);
+    db.conn()
+        .execute(
+            "INSERT INTO runs (id, environment, kind, trigger, started_at, finished_at, result)
+             VALUES ('FORGED', 'prod', 'apply', 'cli', 1, 2, 'converged')",
+            [],
+        )
+        .unwrap();
+    let s = db.chain_status().unwrap().unwrap();
+    let b = s.report.broken.as_ref().expect("broken");
+    assert_eq!(b.run_id, "FORGED");
+}
+
+/// A record altered before the daemon started is found by the check at start-up, and the
+/// status carried forward keeps saying so.
+#[test]
+fn a_break_found_at_start_is_kept() {
+    let dir = private_tmp();
+    let (db, ids) = db_with_runs(dir.path(), 3);
+    db.conn()
+        .execute("UPDATE runs SET result = 'failed' WHERE id = ?1", [&ids[0]])
+        .unwrap();
+    let s = db.check_chain().unwrap().unwrap();
+    assert_eq!(
+        s.report.broken.as_ref().map(|b| b.run_id.as_str()),
+        Some(ids[0].as_str())
+    );
+    one_more(&db, 3);
+    let later = db.chain_status().unwrap().unwrap();
+    assert_eq!(
+        later.report.broken.as_ref().map(|b| b.run_id.as_str()),
+        Some(ids[0].as_str())
+    );
+    // An inspect handle has no key and keeps nothing.
+    drop(db);
+    assert!(StateDb::open_inspect(dir.path())
+        .unwrap()
+        .chain_status()
+        .unwrap()
+        .is_none());
+}

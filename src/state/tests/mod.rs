@@ -579,6 +579,7 @@ fn run_ids_sort_by_time() {
 
 mod attribution;
 mod chain;
+mod console;
 mod corrupt;
 mod lease;
 mod managed;
