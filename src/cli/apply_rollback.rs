@@ -190,20 +190,8 @@ fn roll_back_to(
     hosts: Vec<String>,
 ) -> anyhow::Result<ApplyRollbackRun> {
     let env = &ctx.args.target.env;
-    let mut summary = rollback::RollbackSummary {
-        by: crate::state::RollbackBy::Person,
-        failed_run: order.failed_run.clone(),
-        failed_wave: order.failed_wave.clone(),
-        rollback_of: order.bad_commit.clone(),
-        reason: order.reason.clone(),
-        failed_checks: order.failed_checks.clone(),
-        target: target.to_string(),
-        target_signer: None,
-        hosts: hosts.clone(),
-        failed_hosts: Vec::new(),
-        health: Vec::new(),
-        refused: None,
-    };
+    let mut summary =
+        rollback::RollbackSummary::start(crate::state::RollbackBy::Person, order, target, &hosts);
     let prepared = prepare_target(ctx, target, &hosts)?;
     let signer = prepared.as_ref().ok().map(|(s, _, _)| s.clone());
     summary.target_signer = signer.as_ref().map(|s| s.principal.clone());
@@ -243,15 +231,15 @@ fn roll_back_to(
         }
     }
     // Every change is the rollback's: from the bad commit back to the target.
-    let meta = StepMeta::every_change(crate::state::Attribution::rollback(crate::state::Origin {
-        rollback: Some(crate::state::RollbackOrigin {
+    let meta = StepMeta::rollback(
+        crate::state::RollbackOrigin {
             from: Some(order.bad_commit.clone()),
             to: target.to_string(),
             by: crate::state::RollbackBy::Person,
             run: run.clone(),
-        }),
-        ..crate::state::Origin::commit(target, summary.target_signer.as_deref())
-    }));
+        },
+        summary.target_signer.as_deref(),
+    );
     for r in &runs {
         let d = declared.get(&r.host.name).map_or(&[][..], Vec::as_slice);
         db.record_host(&run, r, &meta, d)?;

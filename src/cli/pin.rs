@@ -14,8 +14,7 @@ use serde::Serialize;
 use crate::engine::HostStatus;
 use crate::report::plan::ApplyReport;
 use crate::state::{
-    Attribution, NewRun, Origin, Pin, RollbackBy, RollbackOrigin, RunKind, RunResult, StateDb,
-    StepMeta, Trigger,
+    NewRun, Pin, RollbackBy, RollbackOrigin, RunKind, RunResult, StateDb, StepMeta, Trigger,
 };
 
 use super::args::{runtime, ConnArgs, FactsArgs, OutputArg, OutputFormat, Target};
@@ -153,15 +152,15 @@ fn pin_meta(
     bad: Option<&str>,
     run: &crate::state::RunId,
 ) -> StepMeta {
-    StepMeta::every_change(Attribution::rollback(Origin {
-        rollback: Some(RollbackOrigin {
+    StepMeta::rollback(
+        RollbackOrigin {
             from: bad.map(str::to_string),
             to: commit.to_string(),
             by: RollbackBy::Person,
             run: run.clone(),
-        }),
-        ..Origin::commit(commit, Some(signer.principal.as_str()))
-    }))
+        },
+        Some(signer.principal.as_str()),
+    )
 }
 
 /// The `pin` run's summary: the target and the hosts (`pinned`: commit, bad commit, hosts,

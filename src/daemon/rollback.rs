@@ -13,7 +13,7 @@
 use crate::engine;
 use crate::health::CheckResult;
 use crate::source::RangeOptions;
-use crate::state::{Attribution, NewRun, Origin, RollbackBy, RollbackOrigin, RunKind, StepMeta};
+use crate::state::{NewRun, RollbackBy, RollbackOrigin, RunKind, StepMeta};
 
 use super::policy::{self, short, Refusal, RollbackOrder, RollbackSummary};
 use super::reconcile::{load_commit, Loaded};
@@ -68,20 +68,7 @@ impl Daemon {
         target: &str,
         hosts: Vec<String>,
     ) -> Result<(), DaemonError> {
-        let mut summary = RollbackSummary {
-            by: RollbackBy::Daemon,
-            rollback_of: order.bad_commit.clone(),
-            failed_run: order.failed_run.clone(),
-            failed_wave: order.failed_wave.clone(),
-            reason: order.reason.clone(),
-            failed_checks: order.failed_checks.clone(),
-            target: target.to_string(),
-            target_signer: None,
-            hosts: hosts.clone(),
-            failed_hosts: Vec::new(),
-            health: Vec::new(),
-            refused: None,
-        };
+        let mut summary = RollbackSummary::start(RollbackBy::Daemon, order, target, &hosts);
         let prepared = self.prepare_target(env, target, &hosts).await?;
         // No other process applies these hosts meanwhile (see `leases`).
         let _leases = match &prepared {
@@ -105,15 +92,15 @@ impl Daemon {
             Err(why) => summary.refused = Some(why),
             Ok((_, loaded)) => {
                 // Every change is the rollback's: back to the target, from the bad commit.
-                let meta = StepMeta::every_change(Attribution::rollback(Origin {
-                    rollback: Some(RollbackOrigin {
+                let meta = StepMeta::rollback(
+                    RollbackOrigin {
                         from: Some(order.bad_commit.clone()),
                         to: target.to_string(),
                         by: RollbackBy::Daemon,
                         run: run.clone(),
-                    }),
-                    ..Origin::commit(target, signer_principal.as_deref())
-                }));
+                    },
+                    signer_principal.as_deref(),
+                );
                 let (failed, health) = self.apply_targets(&run, &loaded, &meta).await?;
                 summary.failed_hosts = failed;
                 summary.health = health;

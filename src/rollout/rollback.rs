@@ -211,6 +211,30 @@ pub struct RollbackSummary {
 }
 
 impl RollbackSummary {
+    /// A rollback of `hosts` to `target` as `order` asks, decided `by`, before it runs: no
+    /// signer, failure or health check yet.
+    pub fn start(
+        by: crate::state::RollbackBy,
+        order: &RollbackOrder,
+        target: &str,
+        hosts: &[String],
+    ) -> RollbackSummary {
+        RollbackSummary {
+            by,
+            rollback_of: order.bad_commit.clone(),
+            failed_run: order.failed_run.clone(),
+            failed_wave: order.failed_wave.clone(),
+            reason: order.reason.clone(),
+            failed_checks: order.failed_checks.clone(),
+            target: target.to_string(),
+            target_signer: None,
+            hosts: hosts.to_vec(),
+            failed_hosts: Vec::new(),
+            health: Vec::new(),
+            refused: None,
+        }
+    }
+
     /// The target was applied, every host converged and its health checks passed.
     pub fn succeeded(&self) -> bool {
         self.refused.is_none() && self.failed_hosts.is_empty() && self.health.iter().all(|c| c.ok)

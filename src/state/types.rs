@@ -374,6 +374,16 @@ impl StepMeta {
         }
     }
 
+    /// Every change of a rollback run: cause `rollback`, back to `r.to` (signed by `signer`),
+    /// from `r.from`.
+    pub fn rollback(r: RollbackOrigin, signer: Option<&str>) -> StepMeta {
+        let to = Origin::commit(&r.to, signer);
+        StepMeta::every_change(Attribution::rollback(Origin {
+            rollback: Some(r),
+            ..to
+        }))
+    }
+
     /// Classifies a step's change and names what it is attributed to. A `corrective` or
     /// `manual` change is drift.
     pub fn attribute(&mut self, address: &str, a: Attribution) {
