@@ -35,6 +35,7 @@ use crate::transport::{
 };
 
 mod batch;
+mod probes;
 pub mod script;
 pub mod step;
 pub(crate) mod verify;
@@ -369,12 +370,9 @@ async fn observe(
     timeout: Duration,
     with_facts: bool,
 ) -> Result<(Observed, Option<Facts>), HostError> {
-    let mut fragments: Vec<(Tag, String)> = desired
-        .steps
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (Tag::Probe(i), s.resource.probe()))
-        .collect();
+    let all: Vec<usize> = (0..desired.steps.len()).collect();
+    let probes = probes::probes(&desired.steps, &all, Tag::Probe);
+    let mut fragments = probes.fragments.clone();
     if with_facts {
         fragments.push((Tag::Facts, crate::facts::SCRIPT.to_string()));
     }
@@ -394,29 +392,28 @@ async fn observe(
     } else {
         None
     };
+    let results = probes.results(&parsed);
     let observed = desired
         .steps
         .iter()
         .zip(refs)
         .enumerate()
-        .map(|(i, (s, r))| diff_frame(s, r, parsed.get(Tag::Probe(i))))
+        .map(|(i, (s, r))| diff_frame(s, r, results.get(&i)))
         .collect();
     Ok((observed, facts))
 }
 
-/// A step's change from its probe's frame (`None`: the probe printed no frame).
+/// A step's change from its probe's result (`None`: the probe printed no frame).
 fn diff_frame(
     s: &DesiredStep,
     r: &StepRef,
-    frame: Option<&script::Frame>,
+    result: Option<&crate::modules::ProbeResult>,
 ) -> Result<Change, String> {
-    let frame = frame.ok_or_else(|| "no probe output".to_string())?;
+    let result = result.ok_or_else(|| "no probe output".to_string())?;
     if s.resource.refresh_only() {
         return Ok(Change::in_sync());
     }
-    s.resource
-        .diff(&frame.result)
-        .map_err(|e| r.probe_error(&e))
+    s.resource.diff(result).map_err(|e| r.probe_error(&e))
 }
 
 /// Whether the facts observed differ from those the host was rendered with: its steps
@@ -441,7 +438,7 @@ struct Work {
     /// The steps the same script probes again after them ([`verify::rechecks`]).
     rechecks: Vec<verify::Recheck>,
     /// Their probes.
-    verify: Vec<(Tag, String)>,
+    verify: probes::Probes,
 }
 
 /// Decide: from what was observed, which fragments to run.
@@ -488,10 +485,8 @@ fn decide(desired: &DesiredHost, observed: &Observed) -> Work {
         .into_iter()
         .filter(|r| !desired.steps[r.step].resource.refresh_only())
         .collect();
-    let verify = rechecks
-        .iter()
-        .map(|r| (Tag::Verify(r.step), desired.steps[r.step].resource.probe()))
-        .collect();
+    let rechecked: Vec<usize> = rechecks.iter().map(|r| r.step).collect();
+    let verify = probes::probes(&desired.steps, &rechecked, Tag::Verify);
     Work {
         changes,
         carrier,
@@ -512,7 +507,7 @@ async fn apply(
 ) -> Result<Parsed, HostError> {
     let out = t
         .run_within(
-            script::build_apply_verify(&work.fragments, &work.verify).as_bytes(),
+            script::build_apply_verify(&work.fragments, &work.verify.fragments).as_bytes(),
             timeout,
         )
         .await?;
@@ -596,15 +591,10 @@ fn batch_failure(failure: String, refs: &[StepRef], work: &Work, carrier: usize)
 /// What the verify part of the apply's script found, per step verified (in the order of
 /// `work.rechecks`).
 fn rechecked(desired: &DesiredHost, refs: &[StepRef], work: &Work, parsed: &Parsed) -> Observed {
+    let results = work.verify.results(parsed);
     work.rechecks
         .iter()
-        .map(|r| {
-            diff_frame(
-                &desired.steps[r.step],
-                &refs[r.step],
-                parsed.get(Tag::Verify(r.step)),
-            )
-        })
+        .map(|r| diff_frame(&desired.steps[r.step], &refs[r.step], results.get(&r.step)))
         .collect()
 }
 

@@ -14,6 +14,8 @@
 //! `<path>.plumb-backup` instead of deleting it.
 use std::sync::Arc;
 
+mod probes;
+
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -151,6 +153,10 @@ pub static DEF: ModuleDef = ModuleDef {
     reversibility: super::Reversibility::Reversible,
     prune: super::Prune::Absent(|p| super::absent_with(p, &["path"])),
     batch: None,
+    probe_batch: Some(super::ProbeBatch {
+        key: probes::key,
+        probe: probes::probe,
+    }),
     examples: &[
         Example {
             name: "content, mode, template, source, absent",

@@ -41,6 +41,9 @@ pub enum Phase {
     Apply,
     /// The apply of an in-sync step (which must do nothing).
     InSyncApply,
+    /// A probe batch ([`super::ProbeBatch`]) of a step with itself, checked against the
+    /// step's own probe.
+    ProbeBatch,
 }
 
 /// A module that does not meet the contract.
@@ -286,8 +289,42 @@ pub fn observe(def: &ModuleDef, r: &dyn Resource, host: &mut dyn Host) -> Result
             ));
         }
     }
+    same_as_batch(def, r, &out, host).map_err(|e| format!("{e}\n{}", shown()))?;
     r.diff(&out)
         .map_err(|e| format!("diff failed: {e}\n{}", shown()))
+}
+
+/// When `def` probes in batches and `r` can be in one: a batch of `r` twice must give each
+/// member exactly `own` (the stdout and status of `r`'s own probe).
+fn same_as_batch(
+    def: &ModuleDef,
+    r: &dyn Resource,
+    own: &ProbeResult,
+    host: &mut dyn Host,
+) -> Result<(), String> {
+    let Some(batch) = def.probe_batch else {
+        return Ok(());
+    };
+    if (batch.key)(r).is_none() {
+        return Ok(());
+    }
+    let Some(script) = (batch.probe)(&[r, r]) else {
+        return Err("its probe batch refused a batch of one of its own steps".into());
+    };
+    let out = host.run_as(def.name, Phase::ProbeBatch, &script);
+    for (j, member) in super::split_members(&out, 2).into_iter().enumerate() {
+        if (member.status == 0) != (own.status == 0)
+            || (own.status == 0 && member.stdout != own.stdout)
+        {
+            return Err(format!(
+                "member {j} of a probe batch read other than the step's own probe:\nbatch:\n{script}\nstatus {}\nstdout:\n{}\nstderr:\n{}",
+                member.status,
+                String::from_utf8_lossy(&member.stdout),
+                String::from_utf8_lossy(&member.stderr),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Applies `first` (when it is a change), then requires two in-sync probes with a no-op
@@ -339,7 +376,7 @@ fn run_ok(
     }
     let what = match phase {
         Phase::InSyncApply => "apply of an in-sync step",
-        Phase::Apply | Phase::Probe => "apply",
+        Phase::Apply | Phase::Probe | Phase::ProbeBatch => "apply",
     };
     Err(format!(
         "{what} failed with status {}\n{script}\nstderr: {}",
@@ -376,6 +413,7 @@ mod tests {
         reversibility: super::super::Reversibility::Reversible,
         prune: super::super::Prune::Never("fake"),
         batch: None,
+        probe_batch: None,
     };
 
     static UNDECLARED: ModuleDef = ModuleDef {
@@ -391,6 +429,7 @@ mod tests {
         reversibility: super::super::Reversibility::Undeclared,
         prune: super::super::Prune::Undeclared,
         batch: None,
+        probe_batch: None,
     };
 
     #[test]

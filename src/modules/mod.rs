@@ -461,6 +461,9 @@ pub struct ModuleDef {
     /// How the applies of several of its steps merge into one fragment (`line`: the edits
     /// of one file in one rewrite); `None`: each step's apply is its own fragment.
     pub batch: Option<Batch>,
+    /// How the probes of several of its steps run as one fragment (`line`: the lines of one
+    /// file read in one pass); `None`: each step's probe is its own fragment.
+    pub probe_batch: Option<ProbeBatch>,
 }
 
 /// A module's way to apply several of its changes as one fragment. The engine merges only
@@ -474,6 +477,81 @@ pub struct Batch {
     /// One fragment making every change, in order; `None` when one of the resources is not
     /// this module's (the engine then applies them one by one).
     pub apply: BatchApplyFn,
+}
+
+/// A module's way to probe several of its steps in one fragment. Probes change nothing, so
+/// the engine groups steps of one module with the same [`ProbeBatch::key`] and sensitivity
+/// wherever they stand in the host's order. The fragment prints, for each resource in
+/// order, a header line `@@plumb-member <index> <status>` and then exactly what that
+/// resource's own probe prints on stdout (status 0), or the message its own probe would
+/// print on stderr (any other status). Everything else the fragment prints must be data
+/// that cannot hold a line break (numbers, fixed words, base64), so no file content can
+/// forge a header; [`split_members`] reads the sections back.
+#[derive(Clone, Copy)]
+pub struct ProbeBatch {
+    /// What steps must share to be probed together (e.g. the file's path); `None`: alone.
+    pub key: fn(&dyn Resource) -> Option<String>,
+    /// The fragment probing every resource; `None` when one of them is not this module's
+    /// (the engine then probes them one by one).
+    pub probe: fn(&[&dyn Resource]) -> Option<String>,
+}
+
+/// The header of member `index` of a batched probe's output, with its status.
+pub fn member_header(index: usize, status: i32) -> String {
+    format!("@@plumb-member {index} {status}")
+}
+
+/// Each member's result from the output of a [`ProbeBatch`] fragment of `n` resources. When
+/// the fragment failed, or its output is not exactly `n` sections in order, every member
+/// gets the fragment's failure (its status, at least 1, and its stderr): a member is never
+/// given another's output.
+pub fn split_members(result: &ProbeResult, n: usize) -> Vec<ProbeResult> {
+    let failed = |why: &[u8]| {
+        let mut stderr = result.stderr.clone();
+        if stderr.is_empty() {
+            stderr = why.to_vec();
+        }
+        vec![
+            ProbeResult {
+                stdout: Vec::new(),
+                stderr,
+                status: if result.status == 0 { 1 } else { result.status },
+            };
+            n
+        ]
+    };
+    if result.status != 0 {
+        return failed(b"the batched probe failed");
+    }
+    let mut out: Vec<ProbeResult> = Vec::with_capacity(n);
+    for line in result.stdout.split_inclusive(|b| *b == b'\n') {
+        if let Some(header) = line.strip_prefix(b"@@plumb-member ") {
+            let header = std::str::from_utf8(header).unwrap_or_default().trim_end();
+            let mut words = header.split(' ');
+            let index = words.next().and_then(|w| w.parse::<usize>().ok());
+            let status = words.next().and_then(|w| w.parse::<i32>().ok());
+            match (index, status, words.next()) {
+                (Some(i), Some(status), None) if i == out.len() && i < n => {
+                    out.push(ProbeResult {
+                        stdout: Vec::new(),
+                        stderr: Vec::new(),
+                        status,
+                    });
+                    continue;
+                }
+                _ => return failed(b"the batched probe printed a malformed member header"),
+            }
+        }
+        match out.last_mut() {
+            Some(m) if m.status == 0 => m.stdout.extend_from_slice(line),
+            Some(m) => m.stderr.extend_from_slice(line),
+            None => return failed(b"the batched probe printed output before its first member"),
+        }
+    }
+    if out.len() != n {
+        return failed(b"the batched probe did not report every member");
+    }
+    out
 }
 
 /// [`Batch::apply`].
@@ -557,6 +635,14 @@ impl ModuleDef {
         }
     }
 
+    /// This definition, probing steps together (see [`ProbeBatch`]).
+    pub(crate) const fn probe_batch(self, probe_batch: ProbeBatch) -> ModuleDef {
+        ModuleDef {
+            probe_batch: Some(probe_batch),
+            ..self
+        }
+    }
+
     /// The parameters that remove a resource last declared with `params`, or why it is not
     /// removed (it is then reported as orphaned).
     pub fn prune_params(
@@ -595,6 +681,7 @@ impl ModuleDef {
             reversibility: Reversibility::Undeclared,
             prune: Prune::Undeclared,
             batch: None,
+            probe_batch: None,
         }
     }
 

@@ -170,6 +170,7 @@ pub static DEF: ModuleDef = ModuleDef {
     reversibility: super::Reversibility::Reversible,
     prune: super::Prune::Never("removing a unit stops its service: declare its removal"),
     batch: None,
+    probe_batch: None,
     runs: Runs::Host,
     reads: &[RepoRead::Template("/template")],
     probe_keys: &["init", "unit", "dropin", "load", "active", "enabled"],
