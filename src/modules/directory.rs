@@ -8,6 +8,8 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+mod probes;
+
 use super::file::{attr_fields, set_attrs};
 use super::sh::{self, quote, Observed};
 use super::{
@@ -96,7 +98,11 @@ pub static DEF: ModuleDef = ModuleDef::of::<Directory>(
     ],
 )
 .reversibility(super::Reversibility::Some(irreversible))
-.prune(super::Prune::Absent(|p| super::absent_with(p, &["path"])));
+.prune(super::Prune::Absent(|p| super::absent_with(p, &["path"])))
+.probe_batch(super::ProbeBatch {
+    key: probes::key,
+    probe: probes::probe,
+});
 
 /// Removing a directory loses what was in it: an older state recreates it empty.
 fn irreversible(change: &Change) -> Option<&'static str> {

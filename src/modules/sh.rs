@@ -104,6 +104,53 @@ elif [ -e "$p" ]; then echo type=other
 else echo type=absent
 fi"#;
 
+/// Shell for probe batches ([`super::ProbeBatch`]): a function `plumb_ty PATH` setting `t`
+/// to the words [`PROBE_TYPE`] prints, and `plumb_nl`, a newline.
+pub const TYPE_FN: &str = r#"plumb_ty() { if [ -L "$1" ]; then t=symlink; elif [ -d "$1" ]; then t=directory; elif [ -f "$1" ]; then t=file; elif [ -e "$1" ]; then t=other; else t=absent; fi; }
+plumb_nl='
+'"#;
+
+/// Shell for probe batches: sets the positional parameters to `what(k)` for each of the `n`
+/// members `k` whose shell condition `cond(k)` holds, in order (one command for all of them).
+pub fn args_where(
+    n: usize,
+    cond: &dyn Fn(usize) -> String,
+    what: &dyn Fn(usize) -> String,
+) -> String {
+    let mut s = "set --\n".to_string();
+    for k in 0..n {
+        s += &format!("{} && set -- \"$@\" {}\n", cond(k), what(k));
+    }
+    s
+}
+
+/// Shell for probe batches: splits `$var` (the output of one command run with
+/// [`args_where`]'s arguments) into lines and gives each member `k` whose `cond(k)` holds
+/// its next `lines` lines as `$1`..: `take(k)` runs with them, or `short(k)` when fewer are
+/// left (the command failed or printed less).
+pub fn take_lines(
+    var: &str,
+    n: usize,
+    lines: usize,
+    cond: &dyn Fn(usize) -> String,
+    take: &dyn Fn(usize) -> String,
+    short: &dyn Fn(usize) -> String,
+) -> String {
+    let mut s = format!("IFS=$plumb_nl; set -f; set -- ${var}; unset IFS; set +f\n");
+    for k in 0..n {
+        s += &format!(
+            "if {}; then if [ $# -ge {lines} ]; then {}; shift {lines}; else {}; fi; fi\n",
+            cond(k),
+            take(k),
+            short(k)
+        );
+    }
+    s
+}
+
+/// The `stat` format of [`PROBE_STAT`]'s lines.
+pub const STAT_FORMAT: &str = "mode=%a\nuid=%u\nowner=%U\ngid=%g\ngroup=%G\nsize=%s";
+
 /// A fragment that prints `mode=`, `uid=`, `owner=`, `gid=`, `group=` and `size=` of `$p`.
 pub const PROBE_STAT: &str = r#"stat -c 'mode=%a
 uid=%u

@@ -26,11 +26,6 @@ use crate::modules::{member_header, Presence, Resource};
 /// Files opened at once: descriptors 3 to 9, the ones a POSIX shell can name.
 const GROUP: usize = 7;
 
-/// Sets `t` to the type of the path in `$1`, with the words [`sh::PROBE_TYPE`] prints.
-const TYPE_FN: &str = r#"plumb_ty() { if [ -L "$1" ]; then t=symlink; elif [ -d "$1" ]; then t=directory; elif [ -f "$1" ]; then t=file; elif [ -e "$1" ]; then t=other; else t=absent; fi; }
-plumb_nl='
-'"#;
-
 /// What steps must share to be probed together: a file that must be present.
 pub(super) fn key(r: &dyn Resource) -> Option<String> {
     let f = r.as_any().downcast_ref::<File>()?;
@@ -48,7 +43,7 @@ pub(super) fn probe(resources: &[&dyn Resource]) -> Option<String> {
                 .filter(|f| f.managed.state == Presence::Present)
         })
         .collect::<Option<Vec<&File>>>()?;
-    let mut s = format!("{TYPE_FN}\n");
+    let mut s = format!("{}\n", sh::TYPE_FN);
     for (g, group) in files.chunks(GROUP).enumerate() {
         s += &group_fragment(g * GROUP, group);
     }
@@ -71,45 +66,43 @@ fn group_fragment(first: usize, group: &[&File]) -> String {
             fd = 3 + k,
         );
     }
-    // The arguments for the files still good: `what(k)` for each.
-    let good = |what: &dyn Fn(usize) -> String| -> String {
-        let mut a = "set --\n".to_string();
-        for k in 0..group.len() {
-            a += &format!(
-                "[ \"$o{k}\" = 1 ] && [ -z \"$x{k}\" ] && set -- \"$@\" {}\n",
-                what(k)
-            );
-        }
-        a
-    };
-    // Consumes, for each file still good, `n` lines of the positional parameters (set from
-    // the output in `var`), running `take(k)` with them, or marks it failed when too few.
-    let each = |var: &str, n: usize, take: &dyn Fn(usize) -> String| -> String {
-        let mut a = format!("IFS=$plumb_nl; set -f; set -- ${var}; unset IFS; set +f\n");
-        for k in 0..group.len() {
-            a += &format!(
-                "if [ \"$o{k}\" = 1 ] && [ -z \"$x{k}\" ]; then if [ $# -ge {n} ]; then {}; shift {n}; else x{k}=1; fi; fi\n",
-                take(k)
-            );
-        }
-        a
-    };
+    let n = group.len();
+    let good = |k: usize| format!("[ \"$o{k}\" = 1 ] && [ -z \"$x{k}\" ]");
+    let fd = |k: usize| format!("/dev/fd/{}", 3 + k);
+    let failed = |k: usize| format!("x{k}=1");
     // What the paths are (not following links), then what the descriptors hold: one `stat`
     // each; a file whose two identities differ is not read.
-    s += &good(&|k| format!("\"$p{k}\""));
-    s += "ls_=; [ $# -gt 0 ] && { ls_=$(stat -c 'id=%d:%i\nmode=%a\nuid=%u\nowner=%U\ngid=%g\ngroup=%G\nsize=%s' -- \"$@\" 2>/dev/null) || ls_=; }\n";
-    s += &good(&|k| format!("/dev/fd/{}", 3 + k));
+    s += &sh::args_where(n, &good, &|k| format!("\"$p{k}\""));
+    s += &format!(
+        "ls_=; [ $# -gt 0 ] && {{ ls_=$(stat -c 'id=%d:%i\n{}' -- \"$@\" 2>/dev/null) || ls_=; }}\n",
+        sh::STAT_FORMAT
+    );
+    s += &sh::args_where(n, &good, &fd);
     s += "fs_=; [ $# -gt 0 ] && { fs_=$(stat -L -c 'id=%d:%i' -- \"$@\" 2>/dev/null) || fs_=; }\n";
-    s += &each("ls_", 7, &|k| {
-        format!(
+    s += &sh::take_lines(
+        "ls_",
+        n,
+        7,
+        &good,
+        &|k| {
+            format!(
             "i{k}=$1; m{k}=\"$2$plumb_nl$3$plumb_nl$4$plumb_nl$5$plumb_nl$6$plumb_nl$7\"; z{k}=${{7#size=}}"
         )
-    });
-    s += &each("fs_", 1, &|k| format!("[ \"$1\" = \"$i{k}\" ] || x{k}=2"));
+        },
+        &failed,
+    );
+    s += &sh::take_lines(
+        "fs_",
+        n,
+        1,
+        &good,
+        &|k| format!("[ \"$1\" = \"$i{k}\" ] || x{k}=2"),
+        &failed,
+    );
     // One `sha256sum` of the files whose identities agree.
-    s += &good(&|k| format!("/dev/fd/{}", 3 + k));
+    s += &sh::args_where(n, &good, &fd);
     s += "hs_=; [ $# -gt 0 ] && { hs_=$(sha256sum -- \"$@\" 2>/dev/null) || hs_=; }\n";
-    s += &each("hs_", 1, &|k| format!("h{k}=${{1%% *}}"));
+    s += &sh::take_lines("hs_", n, 1, &good, &|k| format!("h{k}=${{1%% *}}"), &failed);
     for (k, f) in group.iter().enumerate() {
         s += &format!(
             "if [ -z \"$o{k}\" ]; then printf '%s\\ntype=%s\\nparent=%s\\n' '{ok}' \"$t{k}\" \"$r{k}\"\n\

@@ -77,7 +77,8 @@ pub(super) fn probe(resources: &[&dyn Resource]) -> Option<String> {
         return None;
     }
     let mut s = format!(
-        "LC_ALL=C; export LC_ALL\np={}\n{TYPE}\nif [ \"$t\" = file ]; then\n{}\n",
+        "LC_ALL=C; export LC_ALL\n{}\np={}; plumb_ty \"$p\"\nif [ \"$t\" = file ]; then\n{}\n",
+        sh::TYPE_FN,
         quote(path),
         sh::OPEN_P
     );
@@ -93,14 +94,6 @@ pub(super) fn probe(resources: &[&dyn Resource]) -> Option<String> {
     s += "fi";
     Some(s)
 }
-
-/// The file's type in `$t`, with the words [`sh::PROBE_TYPE`] prints.
-const TYPE: &str = r#"if [ -L "$p" ]; then t=symlink
-elif [ -d "$p" ]; then t=directory
-elif [ -f "$p" ]; then t=file
-elif [ -e "$p" ]; then t=other
-else t=absent
-fi"#;
 
 #[cfg(test)]
 mod tests {
