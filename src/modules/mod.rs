@@ -496,6 +496,19 @@ pub struct ProbeBatch {
     pub probe: fn(&[&dyn Resource]) -> Option<String>,
 }
 
+/// `resources` as the module's own type `T`, when every one is a `T` that `fits`: what a
+/// [`ProbeBatch::probe`] or [`ProbeBatch::key`] works on.
+pub(crate) fn all_of<'a, T: 'static>(
+    resources: &[&'a dyn Resource],
+    fits: fn(&T) -> bool,
+) -> Option<Vec<&'a T>> {
+    resources
+        .iter()
+        .copied()
+        .map(|r| r.as_any().downcast_ref::<T>().filter(|t| fits(t)))
+        .collect()
+}
+
 /// The header of member `index` of a batched probe's output, with its status.
 pub fn member_header(index: usize, status: i32) -> String {
     format!("@@plumb-member {index} {status}")

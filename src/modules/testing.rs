@@ -100,3 +100,37 @@ pub fn run_logging_argv(script: &str) -> (ProbeResult, String) {
         logged,
     )
 }
+
+/// Runs `script` with `/bin/sh -c` on this machine.
+pub fn run_sh(script: &str) -> ProbeResult {
+    let out = std::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run sh: {e}"));
+    ProbeResult {
+        stdout: out.stdout,
+        stderr: out.stderr,
+        status: out.status.code().unwrap_or(-1),
+    }
+}
+
+/// Runs the probe batch `batch` of `steps` (named `names` in messages) and requires every
+/// member to read what the step's own probe reads: the same stdout and status, and so the
+/// same change.
+pub fn batch_reads_as_one_by_one(batch: &str, steps: &[&dyn Resource], names: &[&str]) {
+    let split = super::split_members(&run_sh(batch), steps.len());
+    for ((r, got), name) in steps.iter().zip(split).zip(names) {
+        let own = run_sh(&r.probe());
+        assert_eq!(
+            (String::from_utf8_lossy(&got.stdout), got.status),
+            (String::from_utf8_lossy(&own.stdout), own.status),
+            "{name}"
+        );
+        assert_eq!(
+            format!("{:?}", r.diff(&got)),
+            format!("{:?}", r.diff(&own)),
+            "{name}"
+        );
+    }
+}

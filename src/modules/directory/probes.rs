@@ -8,26 +8,22 @@
 
 use super::Directory;
 use crate::modules::sh::{self, quote};
-use crate::modules::{member_header, Presence, Resource};
+use crate::modules::{all_of, member_header, Presence, Resource};
 
 /// What steps must share to be probed together: a directory that must be present (an
 /// absent one's probe also looks into it).
 pub(super) fn key(r: &dyn Resource) -> Option<String> {
-    let d = r.as_any().downcast_ref::<Directory>()?;
-    (d.params.state == Presence::Present).then(|| "present".to_string())
+    all_of(&[r], present).map(|_| "present".to_string())
+}
+
+fn present(d: &Directory) -> bool {
+    d.params.state == Presence::Present
 }
 
 /// One fragment probing every step of `resources` (`directory` steps that must be
 /// present); `None` when one is not.
 pub(super) fn probe(resources: &[&dyn Resource]) -> Option<String> {
-    let dirs = resources
-        .iter()
-        .map(|r| {
-            r.as_any()
-                .downcast_ref::<Directory>()
-                .filter(|d| d.params.state == Presence::Present)
-        })
-        .collect::<Option<Vec<&Directory>>>()?;
+    let dirs = all_of::<Directory>(resources, present)?;
     let n = dirs.len();
     let mut s = format!("{}\n", sh::TYPE_FN);
     for (k, d) in dirs.iter().enumerate() {
@@ -64,23 +60,8 @@ pub(super) fn probe(resources: &[&dyn Resource]) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use std::process::Command;
-
-    use crate::modules::testing::built;
-    use crate::modules::{split_members, ProbeResult, Resource};
-
-    fn run(script: &str) -> ProbeResult {
-        let out = Command::new("/bin/sh")
-            .arg("-c")
-            .arg(script)
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run sh: {e}"));
-        ProbeResult {
-            stdout: out.stdout,
-            stderr: out.stderr,
-            status: out.status.code().unwrap_or(-1),
-        }
-    }
+    use crate::modules::testing::{batch_reads_as_one_by_one, built};
+    use crate::modules::Resource;
 
     /// Directories in every state a probe tells apart: every member of the batch reads
     /// exactly what its own probe prints, and so the same change.
@@ -109,20 +90,7 @@ mod tests {
             .collect();
         let refs: Vec<&dyn Resource> = steps.iter().map(|r| r.as_ref()).collect();
         let batch = super::probe(&refs).expect("present directories batch");
-        let split = split_members(&run(&batch), refs.len());
-        for ((r, got), name) in refs.iter().zip(split).zip(names) {
-            let own = run(&r.probe());
-            assert_eq!(
-                (String::from_utf8_lossy(&got.stdout), got.status),
-                (String::from_utf8_lossy(&own.stdout), own.status),
-                "{name}"
-            );
-            assert_eq!(
-                format!("{:?}", r.diff(&got)),
-                format!("{:?}", r.diff(&own)),
-                "{name}"
-            );
-        }
+        batch_reads_as_one_by_one(&batch, &refs, &names);
     }
 
     #[test]

@@ -21,28 +21,24 @@
 
 use super::{File, MAX_DIFF_BYTES};
 use crate::modules::sh::{self, quote};
-use crate::modules::{member_header, Presence, Resource};
+use crate::modules::{all_of, member_header, Presence, Resource};
 
 /// Files opened at once: descriptors 3 to 9, the ones a POSIX shell can name.
 const GROUP: usize = 7;
 
 /// What steps must share to be probed together: a file that must be present.
 pub(super) fn key(r: &dyn Resource) -> Option<String> {
-    let f = r.as_any().downcast_ref::<File>()?;
-    (f.managed.state == Presence::Present).then(|| "present".to_string())
+    all_of(&[r], present).map(|_| "present".to_string())
+}
+
+fn present(f: &File) -> bool {
+    f.managed.state == Presence::Present
 }
 
 /// One fragment probing every step of `resources` (`file` steps that must be present);
 /// `None` when one is not.
 pub(super) fn probe(resources: &[&dyn Resource]) -> Option<String> {
-    let files = resources
-        .iter()
-        .map(|r| {
-            r.as_any()
-                .downcast_ref::<File>()
-                .filter(|f| f.managed.state == Presence::Present)
-        })
-        .collect::<Option<Vec<&File>>>()?;
+    let files = all_of::<File>(resources, present)?;
     let mut s = format!("{}\n", sh::TYPE_FN);
     for (g, group) in files.chunks(GROUP).enumerate() {
         s += &group_fragment(g * GROUP, group);
@@ -128,23 +124,9 @@ fn group_fragment(first: usize, group: &[&File]) -> String {
 #[cfg(test)]
 mod tests {
     use std::path::Path;
-    use std::process::Command;
 
-    use crate::modules::testing::built;
-    use crate::modules::{split_members, ProbeResult, Resource};
-
-    fn run(script: &str) -> ProbeResult {
-        let out = Command::new("/bin/sh")
-            .arg("-c")
-            .arg(script)
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run sh: {e}"));
-        ProbeResult {
-            stdout: out.stdout,
-            stderr: out.stderr,
-            status: out.status.code().unwrap_or(-1),
-        }
-    }
+    use crate::modules::testing::{batch_reads_as_one_by_one, built, run_sh};
+    use crate::modules::Resource;
 
     fn file(path: &Path, content: &str) -> Box<dyn Resource> {
         built(
@@ -190,28 +172,14 @@ mod tests {
             names.iter().map(|n| file(&d.join(n), "hello\n")).collect();
         let refs: Vec<&dyn Resource> = steps.iter().map(|r| r.as_ref()).collect();
         let batch = super::probe(&refs).expect("present files batch");
-        let whole = run(&batch);
+        let whole = run_sh(&batch);
         assert_eq!(
             whole.status,
             0,
             "{}",
             String::from_utf8_lossy(&whole.stderr)
         );
-        let split = split_members(&whole, refs.len());
-        for ((r, got), name) in refs.iter().zip(split).zip(names) {
-            let own = run(&r.probe());
-            assert_eq!(
-                (String::from_utf8_lossy(&got.stdout), got.status),
-                (String::from_utf8_lossy(&own.stdout), own.status),
-                "{name}"
-            );
-            // And each diff reads the same change.
-            assert_eq!(
-                format!("{:?}", r.diff(&got)),
-                format!("{:?}", r.diff(&own)),
-                "{name}"
-            );
-        }
+        batch_reads_as_one_by_one(&batch, &refs, &names);
     }
 
     /// A file that must be absent, or another module's step, is probed alone.

@@ -15,7 +15,7 @@
 
 use super::Line;
 use crate::modules::sh::{self, quote};
-use crate::modules::{member_header, Resource};
+use crate::modules::{all_of, member_header, Resource};
 
 /// Counts, per step `j` (`PLUMB_V<j>` in the environment, `n` steps), the lines of its
 /// input equal to its line and the number of the last one. Strings are compared with `""`
@@ -65,15 +65,9 @@ pub(super) fn key(r: &dyn Resource) -> Option<String> {
 /// One fragment probing every step of `resources` (exact `line` steps on one path); `None`
 /// when one is not, or they do not share a path.
 pub(super) fn probe(resources: &[&dyn Resource]) -> Option<String> {
-    let lines = resources
-        .iter()
-        .map(|r| r.as_any().downcast_ref::<Line>())
-        .collect::<Option<Vec<&Line>>>()?;
+    let lines = all_of::<Line>(resources, |l| l.params.regexp.is_none())?;
     let path = &lines.first()?.params.path;
-    if lines
-        .iter()
-        .any(|l| &l.params.path != path || l.params.regexp.is_some())
-    {
+    if lines.iter().any(|l| &l.params.path != path) {
         return None;
     }
     let mut s = format!(
@@ -97,26 +91,11 @@ pub(super) fn probe(resources: &[&dyn Resource]) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use std::process::Command;
-
     use proptest::prelude::*;
 
     use super::super::DEF;
-    use crate::modules::testing::built;
-    use crate::modules::{split_members, ProbeResult, Resource};
-
-    fn run(script: &str) -> ProbeResult {
-        let out = Command::new("/bin/sh")
-            .arg("-c")
-            .arg(script)
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run sh: {e}"));
-        ProbeResult {
-            stdout: out.stdout,
-            stderr: out.stderr,
-            status: out.status.code().unwrap_or(-1),
-        }
-    }
+    use crate::modules::testing::{batch_reads_as_one_by_one, built};
+    use crate::modules::Resource;
 
     fn lines(path: &str, values: &[String]) -> Vec<Box<dyn Resource>> {
         values
@@ -130,16 +109,8 @@ mod tests {
         let steps = lines(path, values);
         let refs: Vec<&dyn Resource> = steps.iter().map(|r| r.as_ref()).collect();
         let batch = super::probe(&refs).expect("exact lines of one path batch");
-        let split = split_members(&run(&batch), refs.len());
-        for (r, got) in refs.iter().zip(split) {
-            let own = run(&r.probe());
-            assert_eq!(
-                (String::from_utf8_lossy(&got.stdout), got.status),
-                (String::from_utf8_lossy(&own.stdout), own.status),
-                "{}",
-                r.target()
-            );
-        }
+        let names: Vec<&str> = values.iter().map(String::as_str).collect();
+        batch_reads_as_one_by_one(&batch, &refs, &names);
     }
 
     fn value() -> impl Strategy<Value = String> {
