@@ -32,7 +32,8 @@ fn key_of(step: &DesiredStep) -> Option<Key> {
     })
 }
 
-/// The probe fragments of some of a host's steps, and how to read each step's result.
+/// The probe fragments of some of a host's steps, and how to read each step's result. A
+/// group larger than its module's [`crate::modules::ProbeBatch::max`] is probed in chunks.
 pub(super) struct Probes {
     pub fragments: Vec<(Tag, String)>,
     /// Per fragment: the steps it probes, in the order of its members (one for a step
@@ -78,17 +79,21 @@ impl Probes {
         let Some(&first) = members.first() else {
             return;
         };
-        if members.len() > 1 {
-            let resources: Vec<&dyn Resource> = members
-                .iter()
-                .map(|&i| steps[i].resource.as_ref())
+        let batch = crate::modules::lookup(steps[first].module).and_then(|def| def.probe_batch);
+        if let (Some(b), true) = (batch, members.len() > 1) {
+            let chunks: Option<Vec<(Vec<usize>, String)>> = members
+                .chunks(b.max.max(1))
+                .map(|chunk| {
+                    let resources: Vec<&dyn Resource> =
+                        chunk.iter().map(|&i| steps[i].resource.as_ref()).collect();
+                    Some((chunk.to_vec(), (b.probe)(&resources)?))
+                })
                 .collect();
-            let merged = crate::modules::lookup(steps[first].module)
-                .and_then(|def| def.probe_batch)
-                .and_then(|b| (b.probe)(&resources));
-            if let Some(fragment) = merged {
-                self.fragments.push(((self.tag)(first), fragment));
-                self.members.push(members);
+            if let Some(chunks) = chunks {
+                for (chunk, fragment) in chunks {
+                    self.fragments.push(((self.tag)(chunk[0]), fragment));
+                    self.members.push(chunk);
+                }
                 return;
             }
         }
@@ -123,7 +128,87 @@ impl Probes {
 
 #[cfg(test)]
 mod tests {
+    use super::super::script::{self, Mode, Tag};
+    use super::probes;
+    use crate::model::yaml::Pos;
+    use crate::model::StepAddress;
+    use crate::modules::testing::{built, run_sh};
     use crate::modules::{split_members, ProbeResult};
+    use crate::render::DesiredStep;
+
+    fn step(i: usize, module: &'static str, params: serde_json::Value) -> DesiredStep {
+        let def = crate::modules::lookup(module).expect("registered");
+        DesiredStep {
+            address: StepAddress::new("u", format!("s{i}")),
+            module,
+            resource: built(def.build, params),
+            after: Vec::new(),
+            notify: Vec::new(),
+            sensitive: i % 5 == 4,
+            secrets: Vec::new(),
+            path: "units/u.yaml".into(),
+            pos: Pos::START,
+            prune: Default::default(),
+        }
+    }
+
+    /// Sixteen files (two of them sensitive), lines of two files and a directory, mixed:
+    /// files in chunks of at most seven, sensitive ones apart, each line file in one
+    /// fragment; run as one script, every step reads what its own probe reads.
+    #[test]
+    fn groups_are_chunked_kept_apart_by_sensitivity_and_read_back_per_step() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let at = |n: &str| dir.path().join(n).display().to_string();
+        std::fs::write(at("a.conf"), "x\ny\n").expect("write");
+        std::fs::write(at("f3"), "hello\n").expect("write");
+        let mut steps = Vec::new();
+        for i in 0..22 {
+            let s = match i % 11 {
+                9 => step(
+                    i,
+                    "line",
+                    serde_json::json!({"path": at("a.conf"), "line": "y"}),
+                ),
+                10 => step(
+                    i,
+                    "line",
+                    serde_json::json!({"path": at("b.conf"), "line": "y"}),
+                ),
+                _ if i == 8 => step(i, "directory", serde_json::json!({"path": at("")})),
+                _ => step(
+                    i,
+                    "file",
+                    serde_json::json!({"path": at(&format!("f{i}")), "content": "hello\n"}),
+                ),
+            };
+            steps.push(s);
+        }
+        let all: Vec<usize> = (0..steps.len()).collect();
+        let p = probes(&steps, &all, Tag::Probe);
+        let tags: Vec<Tag> = p.fragments.iter().map(|(t, _)| *t).collect();
+        // Files 0..7 (not 4), then the sensitive files 4, 14, 19 ... ; lines per path.
+        let sizes: Vec<usize> = p.members.iter().map(Vec::len).collect();
+        assert!(sizes.iter().all(|n| *n <= 7), "{sizes:?}");
+        assert_eq!(sizes.iter().sum::<usize>(), steps.len());
+        assert!(p.members.iter().all(|m| {
+            m.iter()
+                .all(|&i| steps[i].sensitive == steps[m[0]].sensitive)
+        }));
+        assert!(tags.len() < steps.len() / 2, "{tags:?}");
+        let out = run_sh(&script::build(&p.fragments, Mode::Observe));
+        let parsed = script::parse(&out.stdout);
+        assert_eq!(parsed.completed, Some(true));
+        let results = p.results(&parsed);
+        for (i, s) in steps.iter().enumerate() {
+            let own = run_sh(&s.resource.probe());
+            let got = &results[&i];
+            assert_eq!(
+                (&got.stdout, got.status),
+                (&own.stdout, own.status),
+                "step {i}"
+            );
+        }
+    }
 
     fn out(stdout: &str, status: i32) -> ProbeResult {
         ProbeResult {

@@ -102,6 +102,8 @@ pub static DEF: ModuleDef = ModuleDef::of::<Directory>(
 .probe_batch(super::ProbeBatch {
     key: probes::key,
     probe: probes::probe,
+    // About 120 bytes printed per directory.
+    max: 2000,
 });
 
 /// Removing a directory loses what was in it: an older state recreates it empty.

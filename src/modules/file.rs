@@ -156,6 +156,8 @@ pub static DEF: ModuleDef = ModuleDef {
     probe_batch: Some(super::ProbeBatch {
         key: probes::key,
         probe: probes::probe,
+        // Seven files print at most 7 x 350 KiB (the content of a file that differs, in base64).
+        max: probes::GROUP,
     }),
     examples: &[
         Example {

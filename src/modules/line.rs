@@ -145,6 +145,8 @@ pub static DEF: ModuleDef = ModuleDef::of::<Line>(
 .probe_batch(ProbeBatch {
     key: probes::key,
     probe: probes::probe,
+    // About 60 bytes printed per line.
+    max: 2000,
 });
 
 impl Line {

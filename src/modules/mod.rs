@@ -494,6 +494,9 @@ pub struct ProbeBatch {
     /// The fragment probing every resource; `None` when one of them is not this module's
     /// (the engine then probes them one by one).
     pub probe: fn(&[&dyn Resource]) -> Option<String>,
+    /// Most steps in one fragment, so that what it prints stays within the frame limit
+    /// (`engine::script::MAX_FRAME_BYTES`) whatever its members print.
+    pub max: usize,
 }
 
 /// `resources` as the module's own type `T`, when every one is a `T` that `fits`: what a

@@ -101,13 +101,22 @@ pub fn run_logging_argv(script: &str) -> (ProbeResult, String) {
     )
 }
 
-/// Runs `script` with `/bin/sh -c` on this machine.
+/// Runs `script` with `/bin/sh` on this machine, the script on stdin as the engine sends it.
 pub fn run_sh(script: &str) -> ProbeResult {
-    let out = std::process::Command::new("/bin/sh")
-        .arg("-c")
-        .arg(script)
-        .output()
+    use std::io::Write;
+    let mut child = std::process::Command::new("/bin/sh")
+        .arg("-s")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap_or_else(|e| panic!("cannot run sh: {e}"));
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(format!("(\n{script}\n) </dev/null\n").as_bytes())
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let out = child.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
     ProbeResult {
         stdout: out.stdout,
         stderr: out.stderr,

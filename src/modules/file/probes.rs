@@ -24,7 +24,7 @@ use crate::modules::sh::{self, quote};
 use crate::modules::{all_of, member_header, Presence, Resource};
 
 /// Files opened at once: descriptors 3 to 9, the ones a POSIX shell can name.
-const GROUP: usize = 7;
+pub(super) const GROUP: usize = 7;
 
 /// What steps must share to be probed together: a file that must be present.
 pub(super) fn key(r: &dyn Resource) -> Option<String> {

@@ -6,8 +6,8 @@
 //! step the lines equal to its line and the number of the last one: for each step it
 //! prints exactly what that step's own probe prints (`type=`, and for a file `exact=` and
 //! `last_exact=`), after its member header. Lines are compared as byte strings (`LC_ALL=C`,
-//! `awk` string comparison): what `grep -x -F` does in the step's own probe. The lines reach
-//! `awk` through its environment, never through arguments: the process list shows only
+//! `awk` string comparison), as the step's own probe does with the same `awk` program. The
+//! lines reach `awk` through a pipe, never through arguments: the process list shows only
 //! their number.
 //!
 //! Processes: those of [`sh::OPEN_P`] and one `awk`, for any number of lines (the probes
@@ -17,12 +17,14 @@ use super::Line;
 use crate::modules::sh::{self, quote};
 use crate::modules::{all_of, member_header, Resource};
 
-/// Counts, per step `j` (`PLUMB_V<j>` in the environment, `n` steps), the lines of its
-/// input equal to its line and the number of the last one. Strings are compared with `""`
-/// appended, so `awk` never compares them as numbers.
+/// Counts, per step `j` (`n` steps, their lines read first from standard input, one per
+/// line), the lines of the file given as operand equal to its line and the number of the
+/// last one. Strings are compared with `""` appended, so `awk` never compares them as
+/// numbers.
 const AWK: &str = r#"BEGIN {
   for (j = 0; j < n; j++) {
-    v = ENVIRON["PLUMB_V" j] ""
+    if ((getline v < "-") <= 0) exit 2
+    v = v ""
     if (v in W) W[v] = W[v] " " j; else W[v] = j ""
     C[j] = 0; L[j] = 0
   }
@@ -42,14 +44,20 @@ END {
 /// with `members`, each value's output starts with its member header and `type=file`. The
 /// probe of one step runs the same with one value and no header, so a batch and the steps
 /// one by one match lines alike: byte strings split at newlines only (a NUL is a byte like
-/// any other, where `grep` would call the file binary).
+/// any other, where `grep` would call the file binary). The values reach `awk` through a
+/// pipe from `printf`, a shell builtin: never through arguments or the environment (no
+/// size limit of either applies).
 pub(super) fn count_exact(values: &[&str], members: bool) -> String {
     let mut s = String::new();
     for (j, v) in values.iter().enumerate() {
-        s += &format!("PLUMB_V{j}={}; export PLUMB_V{j}\n", quote(v));
+        s += &format!("PLUMB_V{j}={}\n", quote(v));
+    }
+    s += "printf '%s\\n'";
+    for j in 0..values.len() {
+        s += &format!(" \"$PLUMB_V{j}\"");
     }
     s + &format!(
-        "awk -v n={} -v members={} {} <&3 || exit 1\n",
+        " | awk -v n={} -v members={} {} /dev/fd/3 || exit 1\n",
         values.len(),
         u8::from(members),
         quote(AWK)
@@ -179,6 +187,26 @@ mod tests {
         let link = dir.path().join("link");
         std::os::unix::fs::symlink("/etc/passwd", &link).expect("symlink");
         same_as_one_by_one(&link.display().to_string(), &values);
+    }
+
+    /// Lines longer than one argument or environment string may be (128 KiB) are counted
+    /// all the same: they reach `awk` through a pipe.
+    #[test]
+    fn long_lines_are_counted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("f.conf");
+        let long = "x".repeat(300_000);
+        std::fs::write(&path, format!("a\n{long}\nb\n{long}\n")).expect("write");
+        same_as_one_by_one(
+            &path.display().to_string(),
+            &[long.clone(), long, "b".into()],
+        );
+        let one = lines(&path.display().to_string(), &["x".repeat(300_000)]);
+        let out = crate::modules::testing::run_sh(&one[0].probe());
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "type=file\nexact=2\nlast_exact=4\n"
+        );
     }
 
     #[test]
