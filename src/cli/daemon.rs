@@ -55,6 +55,8 @@ pub fn run(args: DaemonArgs, term: Term) -> anyhow::Result<u8> {
         // This very executable validates each new commit in a child under limits.
         validator: std::env::current_exe().ok(),
     };
+    // Before any thread starts (see daemon::memory).
+    crate::daemon::memory::limit_arenas();
     let daemon = crate::daemon::Daemon::new(&args.config, cfg, options)?;
     runtime()?.block_on(daemon.run())?;
     Ok(0)

@@ -51,6 +51,7 @@ mod health_watch;
 pub mod http_config;
 mod leases;
 mod manual_runs;
+pub mod memory;
 mod pins;
 pub mod policy;
 mod reconcile;
@@ -364,6 +365,8 @@ impl Daemon {
         // looked at: each break-glass run is alerted once.
         let mut resend = tokio::time::interval(ALERT_RESEND_TICK);
         resend.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut trim = tokio::time::interval(memory::TRIM_EVERY);
+        trim.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if let Some(w) = wake.take() {
                 // A fetch is bounded by FETCH_TIMEOUT; a signal does not wait for it.
@@ -388,6 +391,7 @@ impl Daemon {
                     d.alert_manual_runs();
                     None
                 }
+                _ = trim.tick() => { memory::trim(); None }
                 Some(ev) = watch_rx.recv() => Some(match ev {
                     crate::source::watch::WatchEvent::RefsChanged => Wake::Push,
                     crate::source::watch::WatchEvent::Poll => Wake::Poll,
