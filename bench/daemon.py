@@ -16,7 +16,8 @@ test host image (integration/testhosts image). On hosts of their own cluster
 3. samples the daemon's VmRSS (and VmHWM) every minute for IDLE_SECONDS of drift checks.
 
 Prints one JSON object (also written to OUT/daemon.json). Knobs (environment): HOSTS=10,
-LATENCY=20, IDLE_SECONDS=3600, DRIFT=30s.
+LATENCY=20, IDLE_SECONDS=3600, DRIFT=30s; PLUMB_BIN (default target/release/plumb),
+PLUMB_TEST_CLUSTER (default daemonbench: two runs at once need two names).
 """
 import datetime
 import json
@@ -29,13 +30,13 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PLUMB = ROOT / "target/release/plumb"
+PLUMB = Path(os.environ.get("PLUMB_BIN", ROOT / "target/release/plumb"))
 TESTHOSTS = ROOT / "integration/testhosts"
 HOSTS = int(os.environ.get("HOSTS", "10"))
 LATENCY = int(os.environ.get("LATENCY", "20"))
 IDLE = int(os.environ.get("IDLE_SECONDS", "3600"))
 DRIFT = os.environ.get("DRIFT", "30s")
-ENV = dict(os.environ, PLUMB_TEST_CLUSTER="daemonbench")
+ENV = dict(os.environ, PLUMB_TEST_CLUSTER=os.environ.get("PLUMB_TEST_CLUSTER", "daemonbench"))
 
 
 def log(*a):
@@ -170,6 +171,7 @@ def main():
             m = rss(daemon.pid)
             samples.append({"t_s": round(time.time() - start), "rss_mib": round(m["VmRSS"], 1),
                             "hwm_mib": round(m["VmHWM"], 1)})
+            log(f"rss sample: {samples[-1]}")
             if time.time() - start >= IDLE:
                 break
             time.sleep(min(60, max(1, IDLE - (time.time() - start))))
