@@ -350,7 +350,9 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// Hostile YAML is refused quickly, with a clear message (a generous bound, not a benchmark).
+/// Hostile YAML is refused quickly, with a clear message. The bound is generous, not a
+/// benchmark: a debug build refuses both in about 3 s on an idle 2-core machine and took 13 s
+/// when other builds shared it, while an unbounded expansion would take hours or all memory.
 #[test]
 fn hostile_yaml_is_refused_fast() {
     for (case, needle) in [
@@ -362,7 +364,7 @@ fn hostile_yaml_is_refused_fast() {
         let took = start.elapsed();
         assert_eq!(run.code, 1);
         assert!(run.stderr.contains(needle), "{case}: {}", run.stderr);
-        assert!(took < Duration::from_secs(10), "{case} took {took:?}");
+        assert!(took < Duration::from_secs(60), "{case} took {took:?}");
         eprintln!("{case}: refused in {took:?}");
     }
 }
