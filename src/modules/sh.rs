@@ -75,6 +75,17 @@ pub fn write_bytes(bytes: &[u8], dest: &str) -> String {
     format!("printf '%s\\n' '{wrapped}' | base64 -d > {dest}")
 }
 
+/// A command that writes `bytes` to the file named by the shell word `dest`, as
+/// [`write_bytes`] does; text (UTF-8 without NUL) is written by `printf`, a shell builtin,
+/// from one single-quoted word ([`quote`]: nothing in it is read as code), so no process is
+/// started and the content reaches no process's arguments.
+pub fn write_content(bytes: &[u8], dest: &str) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(text) if !text.contains('\0') => format!("printf '%s' {} > {dest}", quote(text)),
+        _ => write_bytes(bytes, dest),
+    }
+}
+
 /// A probe line printing `key_b64=<base64 of the output of cmd>`; `cmd` is a shell
 /// command (already quoted). Trailing newlines of the output are kept.
 pub fn print_b64(key: &str, cmd: &str) -> String {
@@ -190,7 +201,9 @@ plumb_walk() {
 /// name in it) and `P` (where `d` physically is), and `cd`s into `d`, after checking that
 /// nobody but root (or the acting user) can change any directory on the way, neither on
 /// the path as written nor on the physical path the shell reached; so no user can redirect
-/// what follows. The fragment then acts only on `./$b` (or through [`PRIVATE_DIR`]), with
+/// what follows. When the physical path is the path as written (no symbolic link on the
+/// way), the second check would stat the same directories again for the same answer (the
+/// first found that only root or the acting user can change them): it is skipped. The fragment then acts only on `./$b` (or through [`PRIVATE_DIR`]), with
 /// forms that do not follow a symbolic link at `$b`. `d` itself may be writable by others
 /// (a user's home directory): [`hold_file`] and [`enter_target`] are safe there.
 pub fn enter_parent(path: &str, missing: Missing<'_>) -> String {
@@ -205,22 +218,26 @@ pub fn enter_dir(dir_word: &str, base_word: &str, missing: Missing<'_>) -> Strin
         Missing::Create => ("create", "''".to_string()),
     };
     format!(
-        "{WALK}\nd={d}\nb={b}\nplumb_walk \"$d\" {mode} {message}\ncd -P -- \"$d\" || exit 1\nP=$(pwd -P) || exit 1\nplumb_walk \"$P\" fail {message}\n",
+        "{WALK}\nd={d}\nb={b}\nplumb_walk \"$d\" {mode} {message}\ncd -P -- \"$d\" || exit 1\nP=$(pwd -P) || exit 1\n[ \"$P\" = \"$d\" ] || plumb_walk \"$P\" fail {message}\n",
         d = dir_word,
         b = base_word,
     )
 }
 
 /// After [`enter_parent`]: makes a private directory `$w` beside the target (mode 0700,
-/// the acting user's), enters it and checks it is the one just made; it is removed when
-/// the fragment exits. Files written here cannot be swapped by anyone; `../$b` is the
-/// target, and a rename (`mv -f -T -- f "../$b"`) puts a file in place without following
-/// whatever is at `$b`.
+/// the acting user's; 2700 below a set-group-ID directory, whose group it inherits),
+/// enters it and checks it is the one just made; it is removed when the fragment exits.
+/// Files written here cannot be swapped by anyone; `../$b` is the target, and a rename
+/// (`mv -f -T -- f "../$b"`) puts a file in place without following whatever is at `$b`.
+/// The same `stat` sets `plumb_wi` (`uid:gid`) and `plumb_wn` (`user:group`): the owner a
+/// file created here has, so an apply can leave out a `chown` that would change nothing.
 pub const PRIVATE_DIR: &str = r#"w=$(mktemp -d ./.plumb.XXXXXX) || exit 1
 w=${w#./}
 trap 'cd -P -- "$P" 2>/dev/null && rm -rf -- "./$w"' EXIT
 cd -P -- "$w" || exit 1
-[ "$(pwd -P)" = "${P%/}/$w" ] && [ "$(stat -c %u:%a .)" = "$plumb_me:700" ] || plumb_fail "$d changed while plumb was working in it"
+plumb_w=$(stat -c '%u:%a %u:%g %U:%G' .) || plumb_fail "$d changed while plumb was working in it"
+plumb_wn=${plumb_w#* }; plumb_wi=${plumb_wn%% *}; plumb_wn=${plumb_wn#* }; plumb_w=${plumb_w%% *}
+[ "$(pwd -P)" = "${P%/}/$w" ] && { [ "$plumb_w" = "$plumb_me:700" ] || [ "$plumb_w" = "$plumb_me:2700" ]; } || plumb_fail "$d changed while plumb was working in it"
 "#;
 
 /// After [`PRIVATE_DIR`]: `o` becomes a hard link to what is at the target now, so it can
