@@ -143,12 +143,22 @@ pub enum Missing<'a> {
 
 /// Shell functions of [`enter_parent`]: `plumb_trusted DIR [ENTRY]` holds when only root
 /// or the acting user can change DIR's entries (with the sticky bit: when ENTRY is theirs);
-/// `plumb_walk PATH CREATE MESSAGE` checks that every entry on PATH sits in such a directory.
+/// `plumb_walk PATH CREATE MESSAGE` checks that every entry on PATH sits in such a directory,
+/// and sets `plumb_dt=1` when PATH itself is such a directory (from the same `stat`; one it
+/// created is), else empty.
 /// The walk asks one `stat` for every directory on the way that exists (not one per
 /// component); a directory it creates itself (`mkdir`, inside a directory just checked) is
 /// the acting user's, so only the umask tells whether others could write it. Only a
 /// world-writable sticky directory on the way (`/tmp`) costs one more `stat`, of the entry.
-const WALK: &str = r#"plumb_me=$(id -u) || exit 1
+/// The acting user (`plumb_me`, the effective uid) is read from `/proc/self/status` by the
+/// shell's own `read` (the shell is `self`: no process); `id -u` where there is none.
+const WALK: &str = r#"plumb_me=
+if [ -r /proc/self/status ]; then
+  while read -r plumb_k plumb_r plumb_e plumb_x; do
+    if [ "$plumb_k" = Uid: ]; then plumb_me=$plumb_e; break; fi
+  done </proc/self/status
+fi
+case $plumb_me in ''|*[!0-9]*) plumb_me=$(id -u) || exit 1 ;; esac
 plumb_fail() { printf '%s\n' "$1" >&2; exit 1; }
 plumb_below() { plumb_fail "plumb will not act below $1: a user other than root can change it and could redirect the change (make it writable by root only)"; }
 plumb_ok() {
@@ -194,6 +204,8 @@ plumb_walk() {
     [ -d "$plumb_c" ] || plumb_fail "$plumb_c is not a directory"
     plumb_x=$plumb_c
   done
+  plumb_dt=1
+  if [ $# -ge 2 ]; then plumb_u=$1; plumb_m=$2; plumb_ok "${plumb_x:-/}" || plumb_dt=; fi
 }"#;
 
 /// The one way an apply reaches a path: every path-based module's apply starts with it, in
@@ -242,13 +254,13 @@ plumb_wn=${plumb_w#* }; plumb_wi=${plumb_wn%% *}; plumb_wn=${plumb_wn#* }; plumb
 
 /// After [`PRIVATE_DIR`]: `o` becomes a hard link to what is at the target now, so it can
 /// be read and changed without a race. Fails unless it is a regular file; in a directory
-/// other users can write, also when it has other hard links (one of them could be a file
-/// that user may not change, e.g. /etc/shadow). `$1` is the message for a path that is no
-/// longer a regular file.
+/// other users can write (`plumb_dt` empty: the walk's own `stat` of it), also when it has
+/// other hard links (one of them could be a file that user may not change, e.g.
+/// /etc/shadow). `$1` is the message for a path that is no longer a regular file.
 pub fn hold_file(changed: &str) -> String {
     format!(
         r#"ln -P -- "../$b" o 2>/dev/null && [ -f o ] && [ ! -L o ] || plumb_fail {changed}
-if ! plumb_trusted "$P"; then [ "$(stat -c %h o)" = 2 ] || plumb_fail "$d/$b has other hard links and other users can write $d: plumb will not change it"; fi
+if [ "$plumb_dt" != 1 ]; then [ "$(stat -c %h o)" = 2 ] || plumb_fail "$d/$b has other hard links and other users can write $d: plumb will not change it"; fi
 "#,
         changed = quote(changed)
     )
