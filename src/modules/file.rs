@@ -486,10 +486,60 @@ fi"#,
             );
             return format!("{enter}{}{hold}{attrs}", sh::PRIVATE_DIR);
         }
-        let (umask, chmod) = creation_mode(self.mode.as_deref());
+        let notfile = sh::fail(&format!("{} exists and is not a regular file", self.path));
+        format!(
+            "{enter}if [ -L \"./$b\" ] || {{ [ -e \"./$b\" ] && [ ! -f \"./$b\" ]; }}; then {notfile}; fi\nif [ \"$plumb_dt\" = 1 ]; then\n{}else\n{}fi\n",
+            self.write_in_place(),
+            self.write_private(&hold),
+        )
+    }
+
+    /// The write below a parent only root or the acting user can change (`plumb_dt`, see
+    /// [`sh::enter_parent`]): nobody else can create, swap or link an entry there, so the
+    /// file is written beside the target under a name of its own (`./$t`, created with
+    /// `noclobber`: never through something already there) and renamed into place, with no
+    /// private directory to make, check and remove.
+    fn write_in_place(&self) -> String {
+        let (umask, chmod) = creation_mode(self.mode.as_deref(), "\"./$t\"");
         let mut s = format!(
-            r#"{enter}if [ -L "./$b" ] || {{ [ -e "./$b" ] && [ ! -f "./$b" ]; }}; then {notfile}; fi
-{private}umask {umask}
+            r#"t=.plumb.$$.w
+if [ -e "./$t" ] || [ -L "./$t" ]; then rm -f -- "./$t" || exit 1; fi
+trap 'if [ -e "./$t" ] || [ -L "./$t" ]; then rm -f -- "./$t"; fi' EXIT
+umask {umask}
+set -C
+{write} || exit 1
+set +C
+plumb_w=$(stat -c '%u:%g %U:%G' -- "./$t") || exit 1
+plumb_wi=${{plumb_w%% *}}; plumb_wn=${{plumb_w#* }}
+if [ -e "./$b" ] || [ -L "./$b" ]; then
+[ -f "./$b" ] && [ ! -L "./$b" ] || plumb_fail {changed}
+o_st=$(stat -c '%u:%g %a' -- "./$b") || exit 1
+o_own=${{o_st% *}}; m=${{o_st#* }}
+else
+o_own=$plumb_wi; m=644
+fi
+"#,
+            write = sh::write_content(&self.content, "\"./$t\""),
+            changed = quote(&format!(
+                "{} changed since the probe: it is no longer a regular file",
+                self.path
+            )),
+        );
+        s += &chown_new(&self.owner, &self.group, "\"./$t\"");
+        s += &chmod;
+        if self.backup {
+            s += "if [ -e \"./$b\" ]; then ln -f -T -P -- \"./$b\" \"./$b.plumb-backup\" 2>/dev/null || { cp -p -- \"./$b\" \"./$t.bk\" && mv -f -T -- \"./$t.bk\" \"./$b.plumb-backup\"; } || exit 1; fi\n";
+        }
+        s += "mv -f -T -- \"./$t\" \"./$b\" || exit 1\n";
+        s
+    }
+
+    /// The write through a private directory ([`sh::PRIVATE_DIR`]), where other users can
+    /// change the parent: `f` is written there, the file it replaces is held as `o`.
+    fn write_private(&self, hold: &str) -> String {
+        let (umask, chmod) = creation_mode(self.mode.as_deref(), "f");
+        let mut s = format!(
+            r#"{private}umask {umask}
 {write} || exit 1
 if [ -e "../$b" ] || [ -L "../$b" ]; then
 {hold}o_st=$(stat -c '%u:%g %a' o) || exit 1
@@ -498,11 +548,10 @@ else
 o_own=$plumb_wi; m=644
 fi
 "#,
-            notfile = sh::fail(&format!("{} exists and is not a regular file", self.path)),
             private = sh::PRIVATE_DIR,
             write = sh::write_content(&self.content, "f"),
         );
-        s += &chown_new(&self.owner, &self.group);
+        s += &chown_new(&self.owner, &self.group, "f");
         s += &chmod;
         if self.backup {
             s += "if [ -e o ]; then ln -f -T -P -- o \"../$b.plumb-backup\" 2>/dev/null || { cp -p -- o bk && mv -f -T -- bk \"../$b.plumb-backup\"; } || exit 1; fi\n";
@@ -516,15 +565,18 @@ fi
 /// that follows its `chown` (which clears set-ID bits) when the umask cannot give the mode.
 /// A wanted mode without execute or special bits is set at creation, by the umask alone;
 /// without a wanted mode, `$m` (the replaced file's, or 644) is, unless it is 644.
-fn creation_mode(mode: Option<&str>) -> (String, String) {
+fn creation_mode(mode: Option<&str>, at: &str) -> (String, String) {
     match mode.map(|m| (m, u32::from_str_radix(m, 8))) {
         Some((_, Ok(bits))) if bits & !0o666 == 0 => {
             (format!("{:04o}", 0o777 & !bits), String::new())
         }
-        Some((m, _)) => ("022".into(), format!("chmod -- {} f || exit 1\n", quote(m))),
+        Some((m, _)) => (
+            "022".into(),
+            format!("chmod -- {} {at} || exit 1\n", quote(m)),
+        ),
         None => (
             "022".into(),
-            "[ \"$m\" = 644 ] || chmod -- \"$m\" f || exit 1\n".into(),
+            format!("[ \"$m\" = 644 ] || chmod -- \"$m\" {at} || exit 1\n"),
         ),
     }
 }
@@ -534,7 +586,7 @@ fn creation_mode(mode: Option<&str>) -> (String, String) {
 /// the file it replaces (`$o_own`, or the private directory's for a new file); none when
 /// it already has them (compared as the probe compares them: by number when the wanted
 /// value is all digits, else by name).
-fn chown_new(owner: &Option<String>, group: &Option<String>) -> String {
+fn chown_new(owner: &Option<String>, group: &Option<String>, at: &str) -> String {
     let part = |want: &Option<String>, cut: &str| -> (String, String) {
         match want {
             Some(w) if !w.is_empty() && w.bytes().all(|b| b.is_ascii_digit()) => {
@@ -554,7 +606,7 @@ fn chown_new(owner: &Option<String>, group: &Option<String>) -> String {
     };
     let (same_u, u) = part(owner, "%%:*");
     let (same_g, g) = part(group, "#*:");
-    format!("if ! {{ {same_u} && {same_g}; }}; then chown -h -- {u}:{g} f || exit 1; fi\n")
+    format!("if ! {{ {same_u} && {same_g}; }}; then chown -h -- {u}:{g} {at} || exit 1; fi\n")
 }
 
 /// Commands that set owner, group and mode of the file or directory named by the shell
