@@ -6,7 +6,9 @@
 //!   the file the user's symlink points to (/etc/shadow);
 //! - issue 17's "deploy an app": a signed apt repository and a release tarball served by the
 //!   test over HTTP, unpacked, run by a systemd unit with a drop-in; and a unit that fails to
-//!   start failing its step.
+//!   start failing its step;
+//! - two missing packages installed by one `apt-get install` and removed by one
+//!   `apt-get remove` (package steps batched).
 //!
 //! Run with your own cluster: `PLUMB_TEST_CLUSTER=<name> cargo test --test e2e_modules`.
 
@@ -632,6 +634,49 @@ fn a_unit_that_fails_to_start_fails_the_step() {
     assert!(
         report.to_string().contains("plumb-bad-says-goodbye"),
         "{report:#}"
+    );
+}
+
+/// Two missing packages are installed by one `apt-get install`, and removed by one
+/// `apt-get remove` (issue 21: consecutive package steps are one command); apt's own history
+/// says which commands ran.
+#[test]
+fn missing_packages_are_one_apt_get_command() {
+    let _g = lock();
+    let Some(hosts) = fresh_hosts_n("missing_packages_are_one_apt_get_command", 1) else {
+        return;
+    };
+    let unit = |state: &str| {
+        format!(
+            "steps:\n  - id: hello\n    package:\n      name: plumb-hello\n      state: {state}\n  - id: extra\n    package:\n      name: plumb-extra\n      state: {state}\n"
+        )
+    };
+    let history = "grep -h '^Commandline:.*plumb-' /var/log/apt/history.log || :";
+    let before = exec(&hosts, 1, history);
+    let repo = one_host_repo(&hosts, "pkgs", &unit("present"));
+    let (code, report, err) = plumb(&hosts, &["apply"], repo.path());
+    assert_eq!(code, 0, "{report:#}\n{err}");
+    assert_eq!(report["total_changed"], 2, "{report:#}");
+    assert_eq!(
+        exec(&hosts, 1, "plumb-hello; plumb-extra"),
+        "plumb-hello 1.1\nplumb-extra 1.0"
+    );
+    std::fs::write(repo.path().join("units/pkgs.yaml"), unit("absent")).expect("write");
+    let (code, report, err) = plumb(&hosts, &["apply"], repo.path());
+    assert_eq!(code, 0, "{report:#}\n{err}");
+    assert_eq!(report["total_changed"], 2, "{report:#}");
+    assert_eq!(
+        exec(&hosts, 1, "command -v plumb-hello plumb-extra || echo gone"),
+        "gone"
+    );
+    let after = exec(&hosts, 1, history);
+    assert_eq!(
+        after.strip_prefix(before.as_str()).map(str::trim),
+        Some(
+            "Commandline: apt-get install -y -q --no-install-recommends plumb-hello plumb-extra\n\
+             Commandline: apt-get remove -y -q plumb-hello plumb-extra"
+        ),
+        "{after}"
     );
 }
 

@@ -736,11 +736,26 @@ fn swap_for_link(path: &Path, to: &Path) {
     std::os::unix::fs::symlink(to, path).unwrap();
 }
 
+/// Both ways a file is written: beside the target in a parent only plumb's user can change,
+/// and through a private directory in one another user owns (when run as root).
 #[test]
 fn a_file_swapped_for_a_symlink_after_the_probe_is_never_followed() {
     let dir = tempfile::tempdir().unwrap();
-    let victim = Victim::new(dir.path());
-    let path = dir.path().join("app.conf");
+    file_swapped_for_a_symlink(dir.path(), dir.path());
+    let me = run("id -u");
+    if String::from_utf8_lossy(&me.stdout).trim() == "0" {
+        let home = dir.path().join("home");
+        std::fs::create_dir(&home).unwrap();
+        run(&format!("chown 65534 {}", quote(&p(&home))));
+        file_swapped_for_a_symlink(dir.path(), &home);
+    }
+}
+
+/// The swap of [`a_file_swapped_for_a_symlink_after_the_probe_is_never_followed`], for a
+/// file in `parent` and a victim in `dir`.
+fn file_swapped_for_a_symlink(dir: &Path, parent: &Path) {
+    let victim = Victim::new(dir);
+    let path = parent.join("app.conf");
     for (params, kind) in [
         // mode only, owner only, content: each probed on the real file, applied on the link
         (
@@ -786,7 +801,7 @@ fn a_file_swapped_for_a_symlink_after_the_probe_is_never_followed() {
         std::fs::remove_file(&path).unwrap();
     }
     // Nothing of plumb's is left beside the target.
-    let left: Vec<_> = std::fs::read_dir(dir.path())
+    let left: Vec<_> = std::fs::read_dir(parent)
         .unwrap()
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())

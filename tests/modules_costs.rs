@@ -385,3 +385,66 @@ fn a_line_batch_starts_as_many_commands_for_2_lines_as_for_50() {
     assert_eq!(two, fifty, "a batch's commands grow with its exact lines");
     assert!(fifty < one_by_one, "{fifty} vs {one_by_one}");
 }
+
+/// The commands one apply of the bench workload's shapes starts (`bench/gen.py`: a file of
+/// 11 lines and a directory, each with owner, group and mode), printed by name: a new file,
+/// its content changed, its mode changed, a new directory. The owner and group are the
+/// acting user's (root on the bench's hosts).
+#[test]
+fn bench_shaped_applies_are_reported() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("commands.log");
+    let path = wrappers(dir.path(), &log);
+    let who = |flag: &str| {
+        let out = Command::new("id").arg(flag).output().expect("id");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let (user, group) = (who("-un"), who("-gn"));
+    // Not below /tmp: a world-writable sticky directory on the way costs one `stat` more.
+    let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
+    let f = scratch.path().join("f000.conf").display().to_string();
+    let d = scratch.path().join("d01").display().to_string();
+    let body: String = (0..10)
+        .map(|j| format!("key_0_{j} = value number {j} of file 0\n"))
+        .collect();
+    let file = |content: &str, mode: &str| {
+        let p = json!({"path": f, "content": content, "owner": user, "group": group, "mode": mode});
+        (lookup("file").expect("file").build)(p, &mut NoRepoReads).expect("builds")
+    };
+    let directory = {
+        let p = json!({"path": d, "owner": user, "group": group, "mode": "0755"});
+        (lookup("directory").expect("directory").build)(p, &mut NoRepoReads).expect("builds")
+    };
+    let cases: Vec<(&str, Box<dyn Resource>)> = vec![
+        ("file: new", file(&body, "0644")),
+        (
+            "file: content changed",
+            file(&format!("{body}changed = yes\n"), "0644"),
+        ),
+        (
+            "file: mode changed",
+            file(&format!("{body}changed = yes\n"), "0640"),
+        ),
+        ("directory: new", directory),
+    ];
+    let mut total = 0;
+    for (name, r) in cases {
+        let change = r.diff(&run(&r.probe())).expect("the probe parses");
+        assert!(change.is_change(), "{name}: {change:?}");
+        std::fs::write(&log, b"").expect("log");
+        let out = run_with(&r.apply(&change), Some(&path));
+        assert_eq!(
+            out.status,
+            0,
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let started = std::fs::read_to_string(&log).expect("log");
+        let names: Vec<&str> = started.lines().collect();
+        println!("{name:24} {:2} commands: {}", names.len(), names.join(" "));
+        total += names.len();
+        let again = r.diff(&run(&r.probe())).expect("the probe parses");
+        assert!(!again.is_change(), "{name}: not converged: {again:?}");
+    }
+    println!("bench-shaped applies: {total} commands");
+}

@@ -265,16 +265,46 @@ fi"#,
         };
         match change.kind {
             ChangeKind::InSync => ":".into(),
-            ChangeKind::Create => format!(
-                "{enter}{guard}[ -d \"./$b\" ] || mkdir -- \"./$b\" || exit 1\n{inside}{}",
-                attrs(None)
-            ),
+            ChangeKind::Create => self.create(&enter, &guard, &inside),
             ChangeKind::Modify => format!("{enter}{guard}{inside}{}", attrs(Some(change))),
             ChangeKind::Remove if self.params.recurse => {
                 format!("{enter}{guard}rm -rf -- \"./$b\" || exit 1\n")
             }
             ChangeKind::Remove => format!("{enter}{guard}rmdir -- \"./$b\" || exit 1\n"),
         }
+    }
+}
+
+impl Directory {
+    /// Creates the directory (unless it appeared since the probe), enters it, gives it its
+    /// owner and group in one `chown`, and its mode: a mode without special bits is the
+    /// one `mkdir` creates it with (by the umask: one `mkdir(2)`, nothing done by name
+    /// afterwards), so `chmod` runs only for a directory that was already there or a mode
+    /// the umask cannot give. `chown` leaves a directory's mode bits alone.
+    fn create(&self, enter: &str, guard: &str, inside: &str) -> String {
+        let p = &self.params;
+        let plain = self
+            .mode
+            .as_deref()
+            .and_then(|m| u32::from_str_radix(m, 8).ok())
+            .filter(|bits| bits & !0o777 == 0);
+        let mkdir = match plain {
+            Some(bits) => format!("umask {:04o}; mkdir -- \"./$b\"", 0o777 & !bits),
+            None => "mkdir -- \"./$b\"".into(),
+        };
+        let mut s = format!(
+            "{enter}{guard}plumb_new=\nif [ ! -d \"./$b\" ]; then {mkdir} || exit 1; plumb_new=1; fi\n{inside}{}",
+            set_attrs(".", None, &p.owner, &p.group, None)
+        );
+        if let Some(m) = self.mode.as_deref() {
+            let unless = if plain.is_some() {
+                "[ -n \"$plumb_new\" ] || "
+            } else {
+                ""
+            };
+            s += &format!("{unless}chmod -- {} . || exit 1\n", quote(m));
+        }
+        s
     }
 }
 
@@ -337,6 +367,33 @@ mod tests {
         std::fs::write(d.join(".hidden"), b"").expect("write");
         let (probe, _) = run_logging_argv(&r.probe());
         assert!(String::from_utf8_lossy(&probe.stdout).contains("empty=no\n"));
+    }
+
+    /// A plain mode is the one `mkdir` creates the directory with; a set-group-ID mode, and
+    /// a directory that was already there when the apply ran, get theirs from `chmod`.
+    #[test]
+    fn the_mode_is_set_at_creation_or_by_chmod() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().expect("tempdir");
+        let at = |name: &str| root.path().join(name);
+        let apply = |name: &str, mode: &str, change: ChangeKind| {
+            let p = at(name).display().to_string();
+            let r = dir(serde_json::json!({"path": p, "mode": mode}));
+            let (res, _) = run_logging_argv(&r.apply(&Change::new(change)));
+            assert_eq!(res.status, 0, "{}", String::from_utf8_lossy(&res.stderr));
+            std::fs::metadata(at(name))
+                .expect("stat")
+                .permissions()
+                .mode()
+                & 0o7777
+        };
+        assert_eq!(apply("plain", "0750", ChangeKind::Create), 0o750);
+        assert_eq!(apply("open", "0777", ChangeKind::Create), 0o777);
+        assert_eq!(apply("sgid", "2750", ChangeKind::Create), 0o2750);
+        std::fs::create_dir(at("there")).expect("mkdir");
+        std::fs::set_permissions(at("there"), std::fs::Permissions::from_mode(0o700))
+            .expect("chmod");
+        assert_eq!(apply("there", "0755", ChangeKind::Create), 0o755);
     }
 
     #[test]

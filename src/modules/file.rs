@@ -488,25 +488,73 @@ fi"#,
             );
             return format!("{enter}{}{hold}{attrs}", sh::PRIVATE_DIR);
         }
+        let notfile = sh::fail(&format!("{} exists and is not a regular file", self.path));
+        format!(
+            "{enter}if [ -L \"./$b\" ] || {{ [ -e \"./$b\" ] && [ ! -f \"./$b\" ]; }}; then {notfile}; fi\nif [ \"$plumb_dt\" = 1 ]; then\n{}else\n{}fi\n",
+            self.write_in_place(),
+            self.write_private(&hold),
+        )
+    }
+
+    /// The write below a parent only root or the acting user can change (`plumb_dt`, see
+    /// [`sh::enter_parent`]): nobody else can create, swap or link an entry there, so the
+    /// file is written beside the target under a name of its own (`./$t`, created with
+    /// `noclobber`: never through something already there) and renamed into place, with no
+    /// private directory to make, check and remove.
+    fn write_in_place(&self) -> String {
+        let (umask, chmod) = creation_mode(self.mode.as_deref(), "\"./$t\"");
         let mut s = format!(
-            r#"{enter}if [ -L "./$b" ] || {{ [ -e "./$b" ] && [ ! -f "./$b" ]; }}; then {notfile}; fi
-{private}{write} || exit 1
-if [ -e "../$b" ] || [ -L "../$b" ]; then
-{hold}o_own=$(stat -c %u:%g o) && m=$(stat -c %a o) || exit 1
-chown -h -- "$o_own" f || exit 1
+            r#"t=.plumb.$$.w
+if [ -e "./$t" ] || [ -L "./$t" ]; then rm -f -- "./$t" || exit 1; fi
+trap 'if [ -e "./$t" ] || [ -L "./$t" ]; then rm -f -- "./$t"; fi' EXIT
+umask {umask}
+set -C
+{write} || exit 1
+set +C
+plumb_w=$(stat -c '%u:%g %U:%G' -- "./$t") || exit 1
+plumb_wi=${{plumb_w%% *}}; plumb_wn=${{plumb_w#* }}
+if [ -e "./$b" ] || [ -L "./$b" ]; then
+[ -f "./$b" ] && [ ! -L "./$b" ] || plumb_fail {changed}
+o_st=$(stat -c '%u:%g %a' -- "./$b") || exit 1
+o_own=${{o_st% *}}; m=${{o_st#* }}
 else
-m=0644
+o_own=$plumb_wi; m=644
 fi
 "#,
-            notfile = sh::fail(&format!("{} exists and is not a regular file", self.path)),
-            private = sh::PRIVATE_DIR,
-            write = sh::write_bytes(&self.content, "f"),
+            write = sh::write_content(&self.content, "\"./$t\""),
+            changed = quote(&format!(
+                "{} changed since the probe: it is no longer a regular file",
+                self.path
+            )),
         );
-        s += &set_attrs("f", None, &self.owner, &self.group, None);
-        match &self.mode {
-            Some(m) => s += &format!("chmod -- {m} f || exit 1\n"),
-            None => s += "chmod -- \"$m\" f || exit 1\n",
+        s += &chown_new(&self.owner, &self.group, "\"./$t\"");
+        s += &chmod;
+        if self.backup {
+            s += "if [ -e \"./$b\" ]; then ln -f -T -P -- \"./$b\" \"./$b.plumb-backup\" 2>/dev/null || { cp -p -- \"./$b\" \"./$t.bk\" && mv -f -T -- \"./$t.bk\" \"./$b.plumb-backup\"; } || exit 1; fi\n";
         }
+        s += "mv -f -T -- \"./$t\" \"./$b\" || exit 1\n";
+        s
+    }
+
+    /// The write through a private directory ([`sh::PRIVATE_DIR`]), where other users can
+    /// change the parent: `f` is written there, the file it replaces is held as `o`.
+    fn write_private(&self, hold: &str) -> String {
+        let (umask, chmod) = creation_mode(self.mode.as_deref(), "f");
+        let mut s = format!(
+            r#"{private}umask {umask}
+{write} || exit 1
+if [ -e "../$b" ] || [ -L "../$b" ]; then
+{hold}o_st=$(stat -c '%u:%g %a' o) || exit 1
+o_own=${{o_st% *}}; m=${{o_st#* }}
+else
+o_own=$plumb_wi; m=644
+fi
+"#,
+            private = sh::PRIVATE_DIR,
+            write = sh::write_content(&self.content, "f"),
+        );
+        s += &chown_new(&self.owner, &self.group, "f");
+        s += &chmod;
         if self.backup {
             s += "if [ -e o ]; then ln -f -T -P -- o \"../$b.plumb-backup\" 2>/dev/null || { cp -p -- o bk && mv -f -T -- bk \"../$b.plumb-backup\"; } || exit 1; fi\n";
         }
@@ -515,11 +563,59 @@ fi
     }
 }
 
+/// How the new file `f` gets its mode: the `umask` it is created with, and the `chmod`
+/// that follows its `chown` (which clears set-ID bits) when the umask cannot give the mode.
+/// A wanted mode without execute or special bits is set at creation, by the umask alone;
+/// without a wanted mode, `$m` (the replaced file's, or 644) is, unless it is 644.
+fn creation_mode(mode: Option<&str>, at: &str) -> (String, String) {
+    match mode.map(|m| (m, u32::from_str_radix(m, 8))) {
+        Some((_, Ok(bits))) if bits & !0o666 == 0 => {
+            (format!("{:04o}", 0o777 & !bits), String::new())
+        }
+        Some((m, _)) => (
+            "022".into(),
+            format!("chmod -- {} {at} || exit 1\n", quote(m)),
+        ),
+        None => (
+            "022".into(),
+            format!("[ \"$m\" = 644 ] || chmod -- \"$m\" {at} || exit 1\n"),
+        ),
+    }
+}
+
+/// After `f` is written in the private directory (owned as `plumb_wi`/`plumb_wn`, see
+/// [`sh::PRIVATE_DIR`]): one `chown` giving it the wanted owner and group, else those of
+/// the file it replaces (`$o_own`, or the private directory's for a new file); none when
+/// it already has them (compared as the probe compares them: by number when the wanted
+/// value is all digits, else by name).
+fn chown_new(owner: &Option<String>, group: &Option<String>, at: &str) -> String {
+    let part = |want: &Option<String>, cut: &str| -> (String, String) {
+        match want {
+            Some(w) if !w.is_empty() && w.bytes().all(|b| b.is_ascii_digit()) => {
+                let n = w.trim_start_matches('0');
+                let n = if n.is_empty() { "0" } else { n };
+                (format!("[ \"${{plumb_wi{cut}}}\" = {n} ]"), n.to_string())
+            }
+            Some(w) => (
+                format!("[ \"${{plumb_wn{cut}}}\" = {} ]", quote(w)),
+                quote(w),
+            ),
+            None => (
+                format!("[ \"${{o_own{cut}}}\" = \"${{plumb_wi{cut}}}\" ]"),
+                format!("\"${{o_own{cut}}}\""),
+            ),
+        }
+    };
+    let (same_u, u) = part(owner, "%%:*");
+    let (same_g, g) = part(group, "#*:");
+    format!("if ! {{ {same_u} && {same_g}; }}; then chown -h -- {u}:{g} {at} || exit 1; fi\n")
+}
+
 /// Commands that set owner, group and mode of the file or directory named by the shell
 /// word `at` (a name in the private directory, or `.`): all that are wanted when `only` is
-/// `None`, else those whose field `only` changes. `chmod` comes last, since `chown` may
-/// clear set-id bits. `at` is never a symbolic link (see [`sh::hold_file`],
-/// [`sh::enter_target`]); `chown -h` says so again.
+/// `None`, else those whose field `only` changes; owner and group in one `chown`. `chmod`
+/// comes last, since `chown` may clear set-id bits. `at` is never a symbolic link (see
+/// [`sh::hold_file`], [`sh::enter_target`]); `chown -h` says so again.
 pub(crate) fn set_attrs(
     at: &str,
     mode: Option<&str>,
@@ -529,11 +625,15 @@ pub(crate) fn set_attrs(
 ) -> String {
     let wanted = |field: Field| only.is_none_or(|c| c.changes_field(field));
     let mut s = String::new();
-    if let (Some(u), true) = (owner, wanted(Field::Owner)) {
-        s += &format!("chown -h -- {} {at} || exit 1\n", quote(u));
-    }
-    if let (Some(g), true) = (group, wanted(Field::Group)) {
-        s += &format!("chgrp -h -- {} {at} || exit 1\n", quote(g));
+    let u = owner.as_deref().filter(|_| wanted(Field::Owner));
+    let g = group.as_deref().filter(|_| wanted(Field::Group));
+    match (u, g) {
+        (Some(u), Some(g)) => {
+            s += &format!("chown -h -- {}:{} {at} || exit 1\n", quote(u), quote(g));
+        }
+        (Some(u), None) => s += &format!("chown -h -- {} {at} || exit 1\n", quote(u)),
+        (None, Some(g)) => s += &format!("chgrp -h -- {} {at} || exit 1\n", quote(g)),
+        (None, None) => {}
     }
     if let (Some(m), true) = (mode, wanted(Field::Mode) || wanted(Field::Owner)) {
         s += &format!("chmod -- {} {at} || exit 1\n", quote(m));
@@ -834,5 +934,52 @@ mod tests {
             Some("0600".into()),
         );
         insta::assert_snapshot!("apply_attrs", f.apply(&attrs));
+    }
+
+    /// Applies run for real: a plain mode is set at creation, one with execute bits by
+    /// `chmod`; without a mode a new file is 0644 and a replaced one keeps its mode; binary
+    /// content still travels as base64; below a set-group-ID directory the file is written
+    /// (the private directory is 2700 there) and takes the directory's group.
+    #[test]
+    fn writes_set_or_keep_the_mode_and_work_below_a_set_group_id_directory() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let g = dir.path().join("g");
+        std::fs::create_dir(&g).expect("mkdir");
+        std::fs::set_permissions(&g, std::fs::Permissions::from_mode(0o2775)).expect("chmod");
+        let apply = |params: serde_json::Value| {
+            let r = file(params);
+            let c = r.diff(&run(&r.probe())).expect("probe parses");
+            let (res, _) = super::super::testing::run_logging_argv(&r.apply(&c));
+            assert_eq!(res.status, 0, "{}", String::from_utf8_lossy(&res.stderr));
+            assert!(!r.diff(&run(&r.probe())).expect("parses").is_change());
+        };
+        let at = |name: &str| g.join(name).display().to_string();
+        let mode = |name: &str| {
+            std::fs::metadata(g.join(name))
+                .expect("stat")
+                .permissions()
+                .mode()
+                & 0o7777
+        };
+        apply(serde_json::json!({"path": at("plain"), "content": "x\n", "mode": "0640"}));
+        assert_eq!(mode("plain"), 0o640);
+        apply(serde_json::json!({"path": at("run"), "content": "x\n", "mode": "0750"}));
+        assert_eq!(mode("run"), 0o750);
+        apply(serde_json::json!({"path": at("new"), "content": "x\n"}));
+        assert_eq!(mode("new"), 0o644);
+        std::fs::set_permissions(g.join("new"), std::fs::Permissions::from_mode(0o600))
+            .expect("chmod");
+        apply(serde_json::json!({"path": at("new"), "source": "blob"}));
+        assert_eq!(mode("new"), 0o600, "a replaced file keeps its mode");
+        assert_eq!(std::fs::read(g.join("new")).expect("read"), [0, 255, 10]);
+        let gid = std::fs::metadata(&g).expect("stat").gid();
+        for name in ["plain", "run", "new"] {
+            assert_eq!(std::fs::metadata(g.join(name)).expect("stat").gid(), gid);
+        }
+    }
+
+    fn run(script: &str) -> ProbeResult {
+        super::super::testing::run_logging_argv(script).0
     }
 }

@@ -11,13 +11,18 @@
 //! The manager found is carried to the apply in a note (`package manager: apt`), since the
 //! apply is rendered from the `Change`. Versions are compared exactly as the manager spells
 //! them (for rpm, `VERSION` or `VERSION-RELEASE`).
+//!
+//! Consecutive changed steps that install (or remove) packages with one manager are one
+//! command of it ([`batch`]): one `apt-get install` of every missing package.
+mod batch;
+
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::sh::{quote, Observed};
 use super::{
-    step, BuildError, Change, ChangeKind, Example, Facts, Field, ModuleDef, Presence, ProbeError,
-    ProbeResult, Resource, Runs,
+    step, Batch, BuildError, Change, ChangeKind, Example, Facts, Field, ModuleDef, Presence,
+    ProbeError, ProbeResult, Resource, Runs,
 };
 
 /// The package manager to use.
@@ -121,7 +126,11 @@ pub static DEF: ModuleDef = ModuleDef::of::<Package>(
     ],
 )
 .reversibility(super::Reversibility::Some(irreversible))
-.prune(super::Prune::Never("removing a package can take what other software needs with it: declare `state: absent` to remove it"));
+.prune(super::Prune::Never("removing a package can take what other software needs with it: declare `state: absent` to remove it"))
+.batch(Batch {
+    key: batch::key,
+    apply: batch::apply,
+});
 
 /// Removing a package (its configuration may be purged) or downgrading it cannot be undone by
 /// applying an older state.
@@ -337,62 +346,104 @@ esac"#,
         }))
     }
     fn apply(&self, change: &Change) -> String {
-        if change.kind == ChangeKind::InSync {
+        let Some(action) = Action::of(change.kind) else {
             return ":".into();
-        }
+        };
         let Some(m) = self.manager(change) else {
             return super::sh::fail(
                 "package: no package manager known for this change (probe first)",
             );
         };
-        let name = &self.params.name;
-        let v = self.params.version.as_deref();
-        let remove = change.kind == ChangeKind::Remove;
-        match (m, remove) {
-            (Detected::Apt, false) => {
-                let spec = quote(&match v {
-                    Some(v) => format!("{name}={v}"),
-                    None => name.clone(),
-                });
-                let down = if v.is_some() { " --allow-downgrades" } else { "" };
-                let install = format!(
-                    "apt-get install -y -q --no-install-recommends{down} {spec} </dev/null"
-                );
-                // The first try's errors are dropped: when it fails, the lists are refreshed
-                // and the second try says what is wrong (once, not twice).
-                format!(
-                    "DEBIAN_FRONTEND=noninteractive; export DEBIAN_FRONTEND\n{install} 2>/dev/null || {{ apt-get update -q </dev/null && {install}; }} || exit 1\n"
-                )
-            }
-            (Detected::Apt, true) => format!(
-                "DEBIAN_FRONTEND=noninteractive; export DEBIAN_FRONTEND\napt-get remove -y -q {} </dev/null || exit 1\n",
-                quote(name)
-            ),
-            (Detected::Dnf, r) => {
-                let pm = "pm=dnf; command -v dnf >/dev/null 2>&1 || pm=yum\n";
-                if r {
-                    format!("{pm}\"$pm\" remove -y {} </dev/null || exit 1\n", quote(name))
-                } else {
-                    let spec = quote(&match v {
-                        Some(v) => format!("{name}-{v}"),
-                        None => name.clone(),
-                    });
-                    format!(
-                        "{pm}\"$pm\" install -y {spec} </dev/null || \"$pm\" downgrade -y {spec} </dev/null || exit 1\n"
-                    )
-                }
-            }
-            (Detected::Apk, true) => format!("apk del {} </dev/null || exit 1\n", quote(name)),
-            (Detected::Apk, false) => {
-                let spec = quote(&match v {
-                    Some(v) => format!("{name}={v}"),
-                    None => name.clone(),
-                });
-                format!("apk add {spec} </dev/null || exit 1\n")
-            }
+        command(m, action, &[self])
+    }
+}
+
+/// What a changed `package` step does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    /// Install it, or bring it to its version (`Create`, `Modify`).
+    Install,
+    /// Remove it (`Remove`).
+    Remove,
+}
+
+impl Action {
+    /// The action of a change; `None` when it is in sync.
+    fn of(kind: ChangeKind) -> Option<Action> {
+        match kind {
+            ChangeKind::Create | ChangeKind::Modify => Some(Action::Install),
+            ChangeKind::Remove => Some(Action::Remove),
+            ChangeKind::InSync => None,
         }
     }
 }
+
+impl Package {
+    /// The package as the manager's install command names it: `name`, or the name at the
+    /// pinned version (`name=1.0` for apt and apk, `name-1.0` for dnf), quoted.
+    fn spec(&self, m: Detected) -> String {
+        let name = &self.params.name;
+        quote(&match (&self.params.version, m) {
+            (Some(v), Detected::Apt | Detected::Apk) => format!("{name}={v}"),
+            (Some(v), Detected::Dnf) => format!("{name}-{v}"),
+            (None, _) => name.clone(),
+        })
+    }
+}
+
+/// One fragment installing (or removing) every package of `pkgs` with manager `m`: one
+/// command for all of them (a single package is a batch of one). apt: the first try's errors
+/// are dropped; when it fails, the lists are refreshed (`apt-get update`) and the second try
+/// says what is wrong (once, not twice); `--allow-downgrades` when a version is pinned.
+/// dnf/yum: an install that fails is tried as a downgrade; with several packages, when the
+/// command for all fails, each is then installed (or downgraded) on its own, in order,
+/// stopping at the first that fails: what their steps' applies would do one after the other.
+fn command(m: Detected, action: Action, pkgs: &[&Package]) -> String {
+    let specs =
+        |f: &dyn Fn(&Package) -> String| pkgs.iter().map(|p| f(p)).collect::<Vec<_>>().join(" ");
+    let names = specs(&|p: &Package| quote(&p.params.name));
+    let all = specs(&|p: &Package| p.spec(m));
+    match (m, action) {
+        (Detected::Apt, Action::Install) => {
+            let pinned = pkgs.iter().any(|p| p.params.version.is_some());
+            let down = if pinned { " --allow-downgrades" } else { "" };
+            let install =
+                format!("apt-get install -y -q --no-install-recommends{down} {all} </dev/null");
+            format!(
+                "DEBIAN_FRONTEND=noninteractive; export DEBIAN_FRONTEND\n{install} 2>/dev/null || {{ apt-get update -q </dev/null && {install}; }} || exit 1\n"
+            )
+        }
+        (Detected::Apt, Action::Remove) => format!(
+            "DEBIAN_FRONTEND=noninteractive; export DEBIAN_FRONTEND\napt-get remove -y -q {names} </dev/null || exit 1\n"
+        ),
+        (Detected::Dnf, Action::Remove) => {
+            format!("{DNF}\"$pm\" remove -y {names} </dev/null || exit 1\n")
+        }
+        (Detected::Dnf, Action::Install) => {
+            let one = |spec: &str| {
+                format!("\"$pm\" install -y {spec} </dev/null || \"$pm\" downgrade -y {spec} </dev/null")
+            };
+            match pkgs {
+                [p] => format!("{DNF}{} || exit 1\n", one(&p.spec(m))),
+                _ => {
+                    let each: Vec<String> = pkgs
+                        .iter()
+                        .map(|p| format!("{{ {} || exit 1; }}\n", one(&p.spec(m))))
+                        .collect();
+                    format!(
+                        "{DNF}if ! \"$pm\" install -y {all} </dev/null; then\n{}fi\n",
+                        each.concat()
+                    )
+                }
+            }
+        }
+        (Detected::Apk, Action::Remove) => format!("apk del {names} </dev/null || exit 1\n"),
+        (Detected::Apk, Action::Install) => format!("apk add {all} </dev/null || exit 1\n"),
+    }
+}
+
+/// Picks dnf, or yum where there is no dnf.
+const DNF: &str = "pm=dnf; command -v dnf >/dev/null 2>&1 || pm=yum\n";
 
 #[cfg(test)]
 mod tests {

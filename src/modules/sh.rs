@@ -75,6 +75,17 @@ pub fn write_bytes(bytes: &[u8], dest: &str) -> String {
     format!("printf '%s\\n' '{wrapped}' | base64 -d > {dest}")
 }
 
+/// A command that writes `bytes` to the file named by the shell word `dest`, as
+/// [`write_bytes`] does; text (UTF-8 without NUL) is written by `printf`, a shell builtin,
+/// from one single-quoted word ([`quote`]: nothing in it is read as code), so no process is
+/// started and the content reaches no process's arguments.
+pub fn write_content(bytes: &[u8], dest: &str) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(text) if !text.contains('\0') => format!("printf '%s' {} > {dest}", quote(text)),
+        _ => write_bytes(bytes, dest),
+    }
+}
+
 /// A probe line printing `key_b64=<base64 of the output of cmd>`; `cmd` is a shell
 /// command (already quoted). Trailing newlines of the output are kept.
 pub fn print_b64(key: &str, cmd: &str) -> String {
@@ -179,12 +190,22 @@ pub enum Missing<'a> {
 
 /// Shell functions of [`enter_parent`]: `plumb_trusted DIR [ENTRY]` holds when only root
 /// or the acting user can change DIR's entries (with the sticky bit: when ENTRY is theirs);
-/// `plumb_walk PATH CREATE MESSAGE` checks that every entry on PATH sits in such a directory.
+/// `plumb_walk PATH CREATE MESSAGE` checks that every entry on PATH sits in such a directory,
+/// and sets `plumb_dt=1` when PATH itself is such a directory (from the same `stat`; one it
+/// created is), else empty.
 /// The walk asks one `stat` for every directory on the way that exists (not one per
 /// component); a directory it creates itself (`mkdir`, inside a directory just checked) is
 /// the acting user's, so only the umask tells whether others could write it. Only a
 /// world-writable sticky directory on the way (`/tmp`) costs one more `stat`, of the entry.
-const WALK: &str = r#"plumb_me=$(id -u) || exit 1
+/// The acting user (`plumb_me`, the effective uid) is read from `/proc/self/status` by the
+/// shell's own `read` (the shell is `self`: no process); `id -u` where there is none.
+const WALK: &str = r#"plumb_me=
+if [ -r /proc/self/status ]; then
+  while read -r plumb_k plumb_r plumb_e plumb_x; do
+    if [ "$plumb_k" = Uid: ]; then plumb_me=$plumb_e; break; fi
+  done </proc/self/status
+fi
+case $plumb_me in ''|*[!0-9]*) plumb_me=$(id -u) || exit 1 ;; esac
 plumb_fail() { printf '%s\n' "$1" >&2; exit 1; }
 plumb_below() { plumb_fail "plumb will not act below $1: a user other than root can change it and could redirect the change (make it writable by root only)"; }
 plumb_ok() {
@@ -230,6 +251,8 @@ plumb_walk() {
     [ -d "$plumb_c" ] || plumb_fail "$plumb_c is not a directory"
     plumb_x=$plumb_c
   done
+  plumb_dt=1
+  if [ $# -ge 2 ]; then plumb_u=$1; plumb_m=$2; plumb_ok "${plumb_x:-/}" || plumb_dt=; fi
 }"#;
 
 /// The one way an apply reaches a path: every path-based module's apply starts with it, in
@@ -237,7 +260,9 @@ plumb_walk() {
 /// name in it) and `P` (where `d` physically is), and `cd`s into `d`, after checking that
 /// nobody but root (or the acting user) can change any directory on the way, neither on
 /// the path as written nor on the physical path the shell reached; so no user can redirect
-/// what follows. The fragment then acts only on `./$b` (or through [`PRIVATE_DIR`]), with
+/// what follows. When the physical path is the path as written (no symbolic link on the
+/// way), the second check would stat the same directories again for the same answer (the
+/// first found that only root or the acting user can change them): it is skipped. The fragment then acts only on `./$b` (or through [`PRIVATE_DIR`]), with
 /// forms that do not follow a symbolic link at `$b`. `d` itself may be writable by others
 /// (a user's home directory): [`hold_file`] and [`enter_target`] are safe there.
 pub fn enter_parent(path: &str, missing: Missing<'_>) -> String {
@@ -252,33 +277,37 @@ pub fn enter_dir(dir_word: &str, base_word: &str, missing: Missing<'_>) -> Strin
         Missing::Create => ("create", "''".to_string()),
     };
     format!(
-        "{WALK}\nd={d}\nb={b}\nplumb_walk \"$d\" {mode} {message}\ncd -P -- \"$d\" || exit 1\nP=$(pwd -P) || exit 1\nplumb_walk \"$P\" fail {message}\n",
+        "{WALK}\nd={d}\nb={b}\nplumb_walk \"$d\" {mode} {message}\ncd -P -- \"$d\" || exit 1\nP=$(pwd -P) || exit 1\n[ \"$P\" = \"$d\" ] || plumb_walk \"$P\" fail {message}\n",
         d = dir_word,
         b = base_word,
     )
 }
 
 /// After [`enter_parent`]: makes a private directory `$w` beside the target (mode 0700,
-/// the acting user's), enters it and checks it is the one just made; it is removed when
-/// the fragment exits. Files written here cannot be swapped by anyone; `../$b` is the
-/// target, and a rename (`mv -f -T -- f "../$b"`) puts a file in place without following
-/// whatever is at `$b`.
+/// the acting user's; 2700 below a set-group-ID directory, whose group it inherits),
+/// enters it and checks it is the one just made; it is removed when the fragment exits.
+/// Files written here cannot be swapped by anyone; `../$b` is the target, and a rename
+/// (`mv -f -T -- f "../$b"`) puts a file in place without following whatever is at `$b`.
+/// The same `stat` sets `plumb_wi` (`uid:gid`) and `plumb_wn` (`user:group`): the owner a
+/// file created here has, so an apply can leave out a `chown` that would change nothing.
 pub const PRIVATE_DIR: &str = r#"w=$(mktemp -d ./.plumb.XXXXXX) || exit 1
 w=${w#./}
 trap 'cd -P -- "$P" 2>/dev/null && rm -rf -- "./$w"' EXIT
 cd -P -- "$w" || exit 1
-[ "$(pwd -P)" = "${P%/}/$w" ] && [ "$(stat -c %u:%a .)" = "$plumb_me:700" ] || plumb_fail "$d changed while plumb was working in it"
+plumb_w=$(stat -c '%u:%a %u:%g %U:%G' .) || plumb_fail "$d changed while plumb was working in it"
+plumb_wn=${plumb_w#* }; plumb_wi=${plumb_wn%% *}; plumb_wn=${plumb_wn#* }; plumb_w=${plumb_w%% *}
+[ "$(pwd -P)" = "${P%/}/$w" ] && { [ "$plumb_w" = "$plumb_me:700" ] || [ "$plumb_w" = "$plumb_me:2700" ]; } || plumb_fail "$d changed while plumb was working in it"
 "#;
 
 /// After [`PRIVATE_DIR`]: `o` becomes a hard link to what is at the target now, so it can
 /// be read and changed without a race. Fails unless it is a regular file; in a directory
-/// other users can write, also when it has other hard links (one of them could be a file
-/// that user may not change, e.g. /etc/shadow). `$1` is the message for a path that is no
-/// longer a regular file.
+/// other users can write (`plumb_dt` empty: the walk's own `stat` of it), also when it has
+/// other hard links (one of them could be a file that user may not change, e.g.
+/// /etc/shadow). `$1` is the message for a path that is no longer a regular file.
 pub fn hold_file(changed: &str) -> String {
     format!(
         r#"ln -P -- "../$b" o 2>/dev/null && [ -f o ] && [ ! -L o ] || plumb_fail {changed}
-if ! plumb_trusted "$P"; then [ "$(stat -c %h o)" = 2 ] || plumb_fail "$d/$b has other hard links and other users can write $d: plumb will not change it"; fi
+if [ "$plumb_dt" != 1 ]; then [ "$(stat -c %h o)" = 2 ] || plumb_fail "$d/$b has other hard links and other users can write $d: plumb will not change it"; fi
 "#,
         changed = quote(changed)
     )
