@@ -20,6 +20,10 @@
 //!
 //! `--policies` adds what the guardrails add to `plan`/`apply`/the daemon: the starter pack
 //! (`examples/policies`) evaluated on every host's observed plan (`policy_ms`).
+//!
+//! Besides the wall time of each phase it prints the CPU time each used (`cpu_ms`, user +
+//! system of every thread: on a shared machine the wall time includes waiting for a core)
+//! and the peak resident set after each (`peak_mb`).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -175,6 +179,31 @@ fn ms(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1000.0
 }
 
+/// CPU time (user + system, every thread) this process has used, in ms: on a shared
+/// machine, what a phase cost apart from waiting for a core.
+fn cpu_ms() -> f64 {
+    let mut u = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes the struct it is given; RUSAGE_SELF is always valid.
+    let u = unsafe {
+        libc::getrusage(libc::RUSAGE_SELF, u.as_mut_ptr());
+        u.assume_init()
+    };
+    let t = |v: libc::timeval| v.tv_sec as f64 * 1000.0 + v.tv_usec as f64 / 1000.0;
+    t(u.ru_utime) + t(u.ru_stime)
+}
+
+/// The peak resident set so far (`VmHWM`), in MB.
+fn peak_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
 fn main() {
     let hosts = arg("--hosts", 1000);
     let steps = arg("--steps", 50);
@@ -200,11 +229,13 @@ fn main() {
     drop((small, one));
 
     // What `plumb plan` does, timed by phase.
+    let c0 = cpu_ms();
     let t0 = Instant::now();
     // Validation renders every host; plan reuses that render (render_ms is what is left).
     let (_loaded, diags, rendered) = plumb::validate::validate_and_render(&repo, "prod", None);
     assert!(!diags.has_errors(), "{diags:?}");
     let validate_ms = ms(t0);
+    let (validate_cpu, validate_mb) = (cpu_ms() - c0, peak_mb());
     let t1 = Instant::now();
     let desired = rendered.expect("rendered");
     let render_ms = ms(t1);
@@ -215,6 +246,8 @@ fn main() {
         10,
     ));
     let plan_ms = ms(t2);
+    let c2 = cpu_ms();
+    let (plan_cpu, plan_mb) = (c2 - c0 - validate_cpu, peak_mb());
     let t3 = Instant::now();
     let policy_ms = if std::env::args().any(|a| a == "--policies") {
         let mut set = plumb::policy::PolicySet::default();
@@ -235,6 +268,7 @@ fn main() {
     };
     let policy_ms = policy_ms.map_or_else(|| "null".to_string(), |m| format!("{m:.1}"));
     let total_ms = ms(t0);
+    let (policy_cpu, total_cpu) = (cpu_ms() - c2, cpu_ms() - c0);
     let changes: usize = plans.iter().map(|p| p.changes()).sum();
     let errors: usize = plans
         .iter()
@@ -247,7 +281,8 @@ fn main() {
         "every synthetic host should be in sync"
     );
     println!(
-        "{{\"hosts\": {hosts}, \"steps\": {steps}, \"validate_ms\": {validate_ms:.1}, \"render_ms\": {render_ms:.1}, \"plan_ms\": {plan_ms:.1}, \"policy_ms\": {policy_ms}, \"total_ms\": {total_ms:.1}, \"probe_output_bytes\": {}, \"changes\": {changes}}}",
+        "{{\"hosts\": {hosts}, \"steps\": {steps}, \"validate_ms\": {validate_ms:.1}, \"render_ms\": {render_ms:.1}, \"plan_ms\": {plan_ms:.1}, \"policy_ms\": {policy_ms}, \"total_ms\": {total_ms:.1}, \"cpu_ms\": {{\"validate\": {validate_cpu:.0}, \"plan\": {plan_cpu:.0}, \"policy\": {policy_cpu:.0}, \"total\": {total_cpu:.0}}}, \"peak_mb\": {{\"validate\": {validate_mb:.0}, \"plan\": {plan_mb:.0}, \"end\": {:.0}}}, \"probe_output_bytes\": {}, \"changes\": {changes}}}",
+        peak_mb(),
         canned.len()
     );
 }
