@@ -956,13 +956,13 @@ fn render_step(
     let tracker = secrets::StepSecrets::new(&t.repo.secrets, &t.repo.files, env);
     let vctx = tracker.context(base);
     match render_step_with(t, applied, decl, (ctx, &vctx), address) {
-        Ok(mut step) => {
+        Ok((mut step, removal)) => {
             step.secrets = tracker.reads();
             step.sensitive |= !step.secrets.is_empty();
             // The state keeps a step's prune parameters: never a sensitive value.
-            let removal = step.prune.removal.clone();
-            step.prune.removal =
+            let removal =
                 crate::prune::keepable(removal, step.sensitive, |s| tracker.appears_in(s));
+            step.prune = crate::prune::StepPrune::declared(removal, applied.unit);
             Ok(step)
         }
         Err(mut errs) => {
@@ -972,13 +972,39 @@ fn render_step(
     }
 }
 
+/// The errors of a step's parameters that fail their module's schema after templating, each
+/// at the template's line and naming the field.
+fn recheck_errors(
+    unit: &Unit,
+    decl: &StepDecl,
+    address: &StepAddress,
+    problems: Vec<(String, String)>,
+) -> Vec<Diagnostic> {
+    problems
+        .into_iter()
+        .map(|(pointer, message)| {
+            let field = pointer.trim_start_matches('/').replace('/', ".");
+            Diagnostic::error(
+                "template",
+                unit.path.clone(),
+                unit.node.locate(&format!("{}{pointer}", decl.pointer)),
+                format!("step `{address}`: `{field}` after templating: {message}"),
+            )
+            .with_hint(format!(
+                "the `{}` module's schema is schemas/modules/{}.schema.json",
+                decl.module, decl.module
+            ))
+        })
+        .collect()
+}
+
 fn render_step_with(
     t: &Templater<'_>,
     applied: &expand::Applied<'_>,
     decl: &StepDecl,
     (ctx, vctx): (&Json, &minijinja::Value),
     address: StepAddress,
-) -> Result<DesiredStep, Vec<Diagnostic>> {
+) -> Result<(DesiredStep, crate::prune::Removal), Vec<Diagnostic>> {
     let unit = applied.unit;
     let mut errs = Vec::new();
     let mut params = t.params(&decl.params, (ctx, vctx), &unit.path, &mut errs);
@@ -988,22 +1014,7 @@ fn render_step_with(
     let templated = recheck::templated_pointers(&decl.params);
     let problems = recheck::recheck(&decl.module, &mut params, &templated);
     if !problems.is_empty() {
-        return Err(problems
-            .into_iter()
-            .map(|(pointer, message)| {
-                let field = pointer.trim_start_matches('/').replace('/', ".");
-                Diagnostic::error(
-                    "template",
-                    unit.path.clone(),
-                    unit.node.locate(&format!("{}{pointer}", decl.pointer)),
-                    format!("step `{address}`: `{field}` after templating: {message}"),
-                )
-                .with_hint(format!(
-                    "the `{}` module's schema is schemas/modules/{}.schema.json",
-                    decl.module, decl.module
-                ))
-            })
-            .collect());
+        return Err(recheck_errors(unit, decl, &address, problems));
     }
     let Some(def) = modules::lookup(&decl.module) else {
         return Err(vec![Diagnostic::error(
@@ -1033,28 +1044,32 @@ fn render_step_with(
     if !ref_errors.is_empty() {
         return Err(ref_errors);
     }
-    let prune = crate::prune::StepPrune::declared(def, &params, unit);
+    // Set by `render_step` once the step's secrets are known (what the state may keep of it).
+    let removal = crate::prune::removal_of(def, &params);
     match (def.build)(params, &mut resolver) {
-        Ok(resource) => Ok(DesiredStep {
-            address,
-            module: def.name,
-            resource,
-            after: decl
-                .after
-                .iter()
-                .map(|(a, _)| StepAddress::qualify(&applied.name, a))
-                .collect(),
-            notify: decl
-                .notify
-                .iter()
-                .map(|(a, _)| StepAddress::qualify(&applied.name, a))
-                .collect(),
-            sensitive: decl.sensitive,
-            secrets: Vec::new(),
-            path: unit.path.clone(),
-            pos: decl.pos,
-            prune,
-        }),
+        Ok(resource) => Ok((
+            DesiredStep {
+                address,
+                module: def.name,
+                resource,
+                after: decl
+                    .after
+                    .iter()
+                    .map(|(a, _)| StepAddress::qualify(&applied.name, a))
+                    .collect(),
+                notify: decl
+                    .notify
+                    .iter()
+                    .map(|(a, _)| StepAddress::qualify(&applied.name, a))
+                    .collect(),
+                sensitive: decl.sensitive,
+                secrets: Vec::new(),
+                path: unit.path.clone(),
+                pos: decl.pos,
+                prune: crate::prune::StepPrune::default(),
+            },
+            removal,
+        )),
         Err(e) => {
             if !resolver.errors.is_empty() {
                 return Err(resolver.errors);
