@@ -431,7 +431,7 @@ fn backup_and_removal(
     ]);
     let backup_change = backup.map(|seen| Change {
         observed: crate::modules::Facts {
-            backup: seen,
+            backup: seen.map(Box::new),
             ..Default::default()
         },
         ..Change::in_sync()
