@@ -20,14 +20,66 @@
 //!
 //! `--policies` adds what the guardrails add to `plan`/`apply`/the daemon: the starter pack
 //! (`examples/policies`) evaluated on every host's observed plan (`policy_ms`).
+//!
+//! Besides the wall time of each phase it prints the CPU time each used (`cpu_ms`, user +
+//! system of every thread: on a shared machine the wall time includes waiting for a core)
+//! and the peak resident set after each (`peak_mb`). With `--heap`, a counting allocator
+//! also gives the live heap after each (`live_mb`: what is allocated and not freed, without
+//! the allocator's overhead and fragmentation that the resident set includes).
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
 use plumb::engine::{self, Connector};
 use plumb::model::Host;
 use plumb::transport::{LocalTransport, Output, RunFuture, Transport};
+
+/// With `--heap`: the bytes allocated and not yet freed (the live heap, apart from the
+/// allocator's own overhead and fragmentation, which `peak_mb` includes). Off by default: a
+/// relaxed load per allocation.
+struct Counting;
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call is forwarded to `System` unchanged; only a counter is updated beside it.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            LIVE.fetch_add(layout.size(), Ordering::Relaxed);
+        }
+        System.alloc(layout)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if COUNTING.load(Ordering::Relaxed) {
+            LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        }
+        System.dealloc(ptr, layout)
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            LIVE.fetch_add(new_size, Ordering::Relaxed);
+            LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        }
+        System.realloc(ptr, layout, new_size)
+    }
+}
+
+#[global_allocator]
+static ALLOC: Counting = Counting;
+
+/// The live heap in MB (counted from the start of `main` with `--heap`; `null` without).
+fn live_mb() -> String {
+    if COUNTING.load(Ordering::Relaxed) {
+        format!("{:.0}", LIVE.load(Ordering::Relaxed) as f64 / 1_048_576.0)
+    } else {
+        "null".into()
+    }
+}
 
 fn arg(name: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();
@@ -175,7 +227,33 @@ fn ms(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1000.0
 }
 
+/// CPU time (user + system, every thread) this process has used, in ms: on a shared
+/// machine, what a phase cost apart from waiting for a core.
+fn cpu_ms() -> f64 {
+    let mut u = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes the struct it is given; RUSAGE_SELF is always valid.
+    let u = unsafe {
+        libc::getrusage(libc::RUSAGE_SELF, u.as_mut_ptr());
+        u.assume_init()
+    };
+    let t = |v: libc::timeval| v.tv_sec as f64 * 1000.0 + v.tv_usec as f64 / 1000.0;
+    t(u.ru_utime) + t(u.ru_stime)
+}
+
+/// The peak resident set so far (`VmHWM`), in MB.
+fn peak_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
 fn main() {
+    COUNTING.store(std::env::args().any(|a| a == "--heap"), Ordering::Relaxed);
     let hosts = arg("--hosts", 1000);
     let steps = arg("--steps", 50);
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -200,11 +278,13 @@ fn main() {
     drop((small, one));
 
     // What `plumb plan` does, timed by phase.
+    let c0 = cpu_ms();
     let t0 = Instant::now();
     // Validation renders every host; plan reuses that render (render_ms is what is left).
     let (_loaded, diags, rendered) = plumb::validate::validate_and_render(&repo, "prod", None);
     assert!(!diags.has_errors(), "{diags:?}");
     let validate_ms = ms(t0);
+    let (validate_cpu, validate_mb, validate_live) = (cpu_ms() - c0, peak_mb(), live_mb());
     let t1 = Instant::now();
     let desired = rendered.expect("rendered");
     let render_ms = ms(t1);
@@ -215,6 +295,8 @@ fn main() {
         10,
     ));
     let plan_ms = ms(t2);
+    let c2 = cpu_ms();
+    let (plan_cpu, plan_mb, plan_live) = (c2 - c0 - validate_cpu, peak_mb(), live_mb());
     let t3 = Instant::now();
     let policy_ms = if std::env::args().any(|a| a == "--policies") {
         let mut set = plumb::policy::PolicySet::default();
@@ -235,6 +317,7 @@ fn main() {
     };
     let policy_ms = policy_ms.map_or_else(|| "null".to_string(), |m| format!("{m:.1}"));
     let total_ms = ms(t0);
+    let (policy_cpu, total_cpu) = (cpu_ms() - c2, cpu_ms() - c0);
     let changes: usize = plans.iter().map(|p| p.changes()).sum();
     let errors: usize = plans
         .iter()
@@ -247,7 +330,9 @@ fn main() {
         "every synthetic host should be in sync"
     );
     println!(
-        "{{\"hosts\": {hosts}, \"steps\": {steps}, \"validate_ms\": {validate_ms:.1}, \"render_ms\": {render_ms:.1}, \"plan_ms\": {plan_ms:.1}, \"policy_ms\": {policy_ms}, \"total_ms\": {total_ms:.1}, \"probe_output_bytes\": {}, \"changes\": {changes}}}",
+        "{{\"hosts\": {hosts}, \"steps\": {steps}, \"validate_ms\": {validate_ms:.1}, \"render_ms\": {render_ms:.1}, \"plan_ms\": {plan_ms:.1}, \"policy_ms\": {policy_ms}, \"total_ms\": {total_ms:.1}, \"cpu_ms\": {{\"validate\": {validate_cpu:.0}, \"plan\": {plan_cpu:.0}, \"policy\": {policy_cpu:.0}, \"total\": {total_cpu:.0}}}, \"peak_mb\": {{\"validate\": {validate_mb:.0}, \"plan\": {plan_mb:.0}, \"end\": {:.0}}}, \"live_mb\": {{\"validate\": {validate_live}, \"plan\": {plan_live}, \"end\": {}}}, \"probe_output_bytes\": {}, \"changes\": {changes}}}",
+        peak_mb(),
+        live_mb(),
         canned.len()
     );
 }

@@ -36,7 +36,9 @@ pub enum Removal {
 /// What a rendered step says about its own removal.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepPrune {
-    pub removal: Removal,
+    /// Its [`Removal`], compact: every rendered step of every host keeps one, and as a JSON
+    /// tree the prune parameters cost several times their text (see [`StepPrune::removal`]).
+    removal: CompactRemoval,
     /// The unit that declares the step (the unit's name, not an instance's).
     pub unit: String,
     /// The unit's own `prune:` (`None`: the unit does not say).
@@ -45,28 +47,70 @@ pub struct StepPrune {
     pub removing: bool,
 }
 
+/// A [`Removal`] as a rendered step keeps it: the prune parameters as their JSON text (read
+/// back into the same value by [`StepPrune::removal`]), or the reason.
+#[derive(Debug, Clone, PartialEq)]
+enum CompactRemoval {
+    Absent(Box<str>),
+    Never(Box<str>),
+}
+
+impl From<Removal> for CompactRemoval {
+    fn from(r: Removal) -> CompactRemoval {
+        match r {
+            Removal::Absent { params } => CompactRemoval::Absent(params.to_string().into()),
+            Removal::Never { reason } => CompactRemoval::Never(reason.into()),
+        }
+    }
+}
+
 impl StepPrune {
-    /// What a step of module `def` declared in `unit` with `params` (after templating) says.
-    pub fn declared(
-        def: &modules::ModuleDef,
-        params: &serde_json::Value,
-        unit: &crate::model::Unit,
-    ) -> StepPrune {
+    /// What a step declared in `unit` says, its removal being `removal`.
+    pub fn declared(removal: Removal, unit: &crate::model::Unit) -> StepPrune {
         StepPrune {
-            removal: removal_of(def, params),
+            removal: removal.into(),
             unit: unit.name.clone(),
             unit_flag: unit.header.prune,
             removing: false,
         }
+    }
+
+    /// The step that removes a resource the state records as `m`.
+    pub fn removing(m: &Managed) -> StepPrune {
+        StepPrune {
+            removal: m.removal.clone().into(),
+            unit: m.unit.clone(),
+            unit_flag: m.unit_flag,
+            removing: true,
+        }
+    }
+
+    /// What removing the step's resource takes (the value it was given: its JSON text keeps
+    /// the keys' order, and every number as written).
+    pub fn removal(&self) -> Removal {
+        match &self.removal {
+            CompactRemoval::Absent(text) => match serde_json::from_str(text) {
+                Ok(params) => Removal::Absent { params },
+                // Unreachable: the text is `serde_json`'s own printing of a value.
+                Err(e) => Removal::Never {
+                    reason: format!("its prune parameters could not be read back: {e}"),
+                },
+            },
+            CompactRemoval::Never(reason) => Removal::Never {
+                reason: reason.to_string(),
+            },
+        }
+    }
+
+    pub fn set_removal(&mut self, removal: Removal) {
+        self.removal = removal.into();
     }
 }
 
 impl Default for StepPrune {
     fn default() -> StepPrune {
         StepPrune {
-            removal: Removal::Never {
-                reason: "not declared by a unit".into(),
-            },
+            removal: CompactRemoval::Never("not declared by a unit".into()),
             unit: String::new(),
             unit_flag: None,
             removing: false,
@@ -164,7 +208,7 @@ impl Managed {
             sensitive: step.sensitive,
             unit: step.prune.unit.clone(),
             unit_flag: step.prune.unit_flag,
-            removal: step.prune.removal.clone(),
+            removal: step.prune.removal(),
             order: i64::try_from(order).unwrap_or(i64::MAX),
         }
     }
@@ -274,12 +318,7 @@ fn removal_step(m: &Managed) -> Result<DesiredStep, Orphan> {
         secrets: Vec::new(),
         path: "(no longer declared)".into(),
         pos: crate::yaml::Pos::START,
-        prune: StepPrune {
-            removal: m.removal.clone(),
-            unit: m.unit.clone(),
-            unit_flag: m.unit_flag,
-            removing: true,
-        },
+        prune: StepPrune::removing(m),
     })
 }
 

@@ -37,12 +37,14 @@ why(b) := "its probe failed, so nothing is known about it" if {
 	not b.restore_verified_age_seconds
 } else := sprintf("the last verified restore is %d hours old", [floor(b.restore_verified_age_seconds / 3600)])
 
+# The backups come first: a host without an unverified backup (most hosts) is done before
+# any of its steps is looked at.
 deny_unverified_restore contains {"msg": msg, "step": step.address} if {
 	input.mode == "plan"
+	some b in input.host.backups
+	not verified(b)
 	some step in input.steps
 	step.module != "backup"
 	destructive(step)
-	some b in input.host.backups
-	not verified(b)
 	msg := sprintf("%s is destructive (%s) but backup %s of %s has no verified restore in the last %d hours: %s", [step.address, what(step), b.name, input.host.name, max_restore_age_hours, why(b)])
 }

@@ -64,7 +64,7 @@ pub fn backups_of(hosts: &[DesiredHost], plans: &[HostPlan]) -> Vec<BackupStatus
         let desired = hosts.iter().find(|h| h.host.name == p.host.name);
         for s in &p.steps {
             let Ok(c) = &s.change else { continue };
-            let Some(seen) = c.observed.backup else {
+            let Some(seen) = c.observed.backup.as_deref().copied() else {
                 continue;
             };
             let backup = desired

@@ -104,18 +104,13 @@ impl Daemon {
         })
         .await;
         let plans: Vec<&HostPlan> = observations.iter().map(|o| &o.plan).collect();
-        let changed = plans.iter().filter(|p| p.changes() > 0).count();
-        let inputs: Vec<policy::PolicyInput> = hosts
-            .iter()
-            .zip(&plans)
-            .map(|(h, p)| policy::plan_input(&ctx, h, p, hosts.len(), changed))
-            .collect();
-        // Evaluation is CPU work (bounded by the execution timer): off the async threads.
-        let judged = tokio::task::spawn_blocking(move || set.evaluate_all(&inputs))
-            .await
-            .map_err(|e| Refusal::Internal {
-                error: format!("evaluating the policies: {e}"),
-            })?;
+        // Evaluation is CPU work (bounded by the execution timer): on a multi-threaded
+        // runtime, this worker hands its other tasks over while it judges.
+        let judge = || policy::judge_plans(&set, &ctx, &hosts, &plans);
+        let judged = match tokio::runtime::Handle::current().runtime_flavor() {
+            tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(judge),
+            _ => judge(),
+        };
         let findings = judged.map_err(|e| invalid(&e))?;
         let approvers = self
             .config

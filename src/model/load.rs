@@ -218,6 +218,7 @@ fn load_environments(repo: &mut Repo, diags: &mut Diagnostics) {
             hosts: Vec::new(),
             health_checks: Vec::new(),
             settings: EnvFile::default(),
+            instance_pos: Vec::new(),
             host_instances: Default::default(),
         };
         if repo.files.kind(&env_path).is_ok_and(|k| k.is_some()) {
@@ -225,6 +226,9 @@ fn load_environments(repo: &mut Repo, diags: &mut Diagnostics) {
             if let Some((node, settings)) = read_typed::<EnvFile>(repo, diags, &env_path, Kind::Env)
             {
                 env.health_checks = health_checks(&settings, &node, &env_path, diags);
+                env.instance_pos = (0..settings.instances.len())
+                    .map(|i| node.locate(&format!("/instances/{i}")))
+                    .collect();
                 env.settings = settings;
             }
         }

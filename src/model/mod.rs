@@ -688,6 +688,8 @@ pub struct Environment {
     /// `settings.health_checks`, checked (the ones that failed are diagnostics instead).
     pub health_checks: Vec<HealthCheck>,
     pub settings: EnvFile,
+    /// Where each of `settings.instances` is declared in env.yaml (same order).
+    pub instance_pos: Vec<Pos>,
     /// Instances declared on hosts (`hosts.yaml`), by host name, with where each is declared.
     pub host_instances: BTreeMap<String, Vec<(HostInstanceDecl, Pos)>>,
 }

@@ -264,10 +264,10 @@ impl Resource for AptRepository {
                 seen(sources),
                 Some(format!("sha256:{want}")),
             );
-            c.content = Some(ContentChange {
+            c.content = Some(Box::new(ContentChange {
                 old: None,
                 new: Some(self.sources.clone()),
-            });
+            }));
         }
         let want = sha(&self.key);
         if key != want {

@@ -261,10 +261,10 @@ echo file=file; printf 'file_mode=%s\n' "$(stat -c %a -- "$p")"
                     "user {} does not exist yet: an earlier step must create it",
                     self.params.user
                 ));
-            c.content = Some(ContentChange {
+            c.content = Some(Box::new(ContentChange {
                 old: None,
                 new: Some(wanted.into_bytes()),
-            });
+            }));
             return Ok(c);
         }
         let ssh = o.req("ssh")?;
@@ -291,10 +291,10 @@ echo file=file; printf 'file_mode=%s\n' "$(stat -c %a -- "$p")"
         let mut c = Change::new(kind);
         if old != wanted && !(file == "absent" && self.params.state == Presence::Absent) {
             c = c.field(Field::Content, None, None);
-            c.content = Some(ContentChange {
+            c.content = Some(Box::new(ContentChange {
                 old: (file == "file").then(|| old.into_bytes()),
                 new: Some(wanted.into_bytes()),
-            });
+            }));
         }
         if file == "absent" && c.fields.is_empty() {
             return Ok(Change::in_sync());

@@ -1000,7 +1000,7 @@ impl Resource for Backup {
             );
         }
         let facts = Facts {
-            backup: Some(seen),
+            backup: Some(Box::new(seen)),
             ..Facts::default()
         };
         if c.fields.is_empty() {

@@ -422,10 +422,10 @@ fi"#,
                 if let Some(g) = &self.group {
                     c = c.field(Field::Group, None, Some(g.clone()));
                 }
-                c.content = Some(ContentChange {
+                c.content = Some(Box::new(ContentChange {
                     old: None,
                     new: Some(self.content.to_vec()),
-                });
+                }));
                 if o.get("parent") == Some("no") {
                     c = c.note(format!(
                         "parent directory {} does not exist yet: an earlier step must create it",
@@ -446,10 +446,10 @@ fi"#,
                             MAX_DIFF_BYTES / 1024
                         ));
                     }
-                    c.content = Some(ContentChange {
+                    c.content = Some(Box::new(ContentChange {
                         old,
                         new: Some(self.content.to_vec()),
-                    });
+                    }));
                 }
                 c = attr_fields(c, o, self.mode.as_deref(), &self.owner, &self.group)?;
                 Ok(if c.fields.is_empty() {
@@ -860,10 +860,10 @@ mod tests {
         assert_eq!(c.kind, ChangeKind::Modify);
         assert_eq!(
             c.content,
-            Some(ContentChange {
+            Some(Box::new(ContentChange {
                 old: Some(b"old\n".to_vec()),
                 new: Some(b"hello\n".to_vec())
-            })
+            }))
         );
         assert!(c.changes_field(Field::Mode));
         assert!(!c.changes_field(Field::Owner));

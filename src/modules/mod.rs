@@ -257,7 +257,7 @@ impl PathType {
 
 /// Facts a module learnt while probing that its apply needs. The apply reads these, never
 /// the notes: notes are for people and may be reworded freely.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Facts {
     /// What was at the step's path (path-based modules).
     pub path: Option<PathType>,
@@ -266,8 +266,9 @@ pub struct Facts {
     /// The init system found on the host (`service`).
     pub init: Option<service::Init>,
     /// What a `backup` step observed: snapshot age, last restore test (for the daemon's
-    /// metrics, status and alerts, and the policy input). Set on in-sync changes too.
-    pub backup: Option<backup::BackupObserved>,
+    /// metrics, status and alerts, and the policy input). Set on in-sync changes too. Boxed:
+    /// every step's change carries `Facts`, and only a backup step has these.
+    pub backup: Option<Box<backup::BackupObserved>>,
 }
 
 /// Old and new file content, for a unified diff. `old` is `None` when the file is absent
@@ -283,7 +284,8 @@ pub struct ContentChange {
 pub struct Change {
     pub kind: ChangeKind,
     pub fields: Vec<FieldChange>,
-    pub content: Option<ContentChange>,
+    /// Boxed: most changes (every in-sync one) have none.
+    pub content: Option<Box<ContentChange>>,
     /// Facts worth showing in a plan, e.g. "no systemd on this host: using service(8)".
     /// For people only: nothing an apply renders depends on them.
     pub notes: Vec<String>,

@@ -312,10 +312,10 @@ printf 'enabled=%s\n' "$(systemctl is-enabled -- "$u" 2>/dev/null | head -n 1)""
                     c.kind = ChangeKind::Create;
                 }
                 c = c.field(Field::Content, seen(h), Some(format!("sha256:{want}")));
-                c.content = Some(ContentChange {
+                c.content = Some(Box::new(ContentChange {
                     old: None,
                     new: Some(unit.clone()),
-                });
+                }));
             }
         }
         let seen_dropins = o.all("dropin");

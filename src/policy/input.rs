@@ -276,7 +276,11 @@ fn backup_input(desired: &DesiredStep, sp: &crate::engine::StepPlan) -> Option<B
     if sp.step.module != crate::modules::backup::DEF.name {
         return None;
     }
-    let seen = sp.change.as_ref().ok().and_then(|c| c.observed.backup);
+    let seen = sp
+        .change
+        .as_ref()
+        .ok()
+        .and_then(|c| c.observed.backup.as_deref().copied());
     Some(BackupInput {
         name: desired.resource.target(),
         step: sp.step.address.to_string(),

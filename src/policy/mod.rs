@@ -12,8 +12,10 @@
 
 mod input;
 pub mod overrides;
+mod rego;
 pub mod rules;
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::num::NonZeroU32;
 use std::path::Path;
@@ -329,17 +331,28 @@ impl PolicySet {
     /// Every finding of every rule on each host's input, in input order: hosts are split
     /// over the machine's cores, each thread with its own copy of each engine.
     pub fn evaluate_all(&self, inputs: &[PolicyInput]) -> Result<Vec<Finding>, PolicyError> {
+        self.evaluate_each(inputs.len(), |i| Cow::Borrowed(&inputs[i]))
+    }
+
+    /// [`PolicySet::evaluate_all`] of the inputs `input(0..n)`, each made on the thread that
+    /// judges it and dropped once judged: at most one input per thread is alive at a time.
+    fn evaluate_each<'a, F>(&self, n: usize, input: F) -> Result<Vec<Finding>, PolicyError>
+    where
+        F: Fn(usize) -> Cow<'a, PolicyInput> + Sync,
+    {
         let threads = std::thread::available_parallelism()
             .map_or(1, usize::from)
-            .min(inputs.len().div_ceil(16))
+            .min(n.div_ceil(16))
             .max(1);
-        let chunk = inputs.len().div_ceil(threads).max(1);
+        let chunk = n.div_ceil(threads).max(1);
+        let input = &input;
         let results: Vec<Result<Vec<Finding>, PolicyError>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = inputs
-                .chunks(chunk)
-                .map(|part| {
+            let handles: Vec<_> = (0..n)
+                .step_by(chunk)
+                .map(|start| {
                     let sets = self.sets.clone();
-                    scope.spawn(move || evaluate_chunk(&sets, part))
+                    let part = start..(start + chunk).min(n);
+                    scope.spawn(move || evaluate_chunk(&sets, part.map(input)))
                 })
                 .collect();
             handles
@@ -387,13 +400,14 @@ impl PolicySet {
 }
 
 impl Compiled {
+    /// The findings on one input, `value` being that input as Rego sees it.
     fn evaluate_one(
         &self,
         engine: &mut regorus::Engine,
         input: &PolicyInput,
+        value: &regorus::Value,
     ) -> Result<Vec<Finding>, PolicyError> {
-        let json = serde_json::to_value(input).unwrap_or(serde_json::Value::Null);
-        engine.set_input(regorus::Value::from(json));
+        engine.set_input(value.clone());
         let steps: BTreeMap<&str, &str> = input
             .steps
             .iter()
@@ -460,13 +474,25 @@ impl Compiled {
     }
 }
 
-/// One thread's share of [`PolicySet::evaluate_all`]: per input, every origin's findings.
-fn evaluate_chunk(sets: &[Compiled], inputs: &[PolicyInput]) -> Result<Vec<Finding>, PolicyError> {
+/// The `input` document of one host, as Rego sees it: built straight from the typed input;
+/// through `serde_json` (what the direct path mirrors) only for what it does not map.
+fn input_value(input: &PolicyInput) -> regorus::Value {
+    rego::to_value(input).unwrap_or_else(|_| {
+        regorus::Value::from(serde_json::to_value(input).unwrap_or(serde_json::Value::Null))
+    })
+}
+
+/// One thread's share of [`PolicySet::evaluate_each`]: per input, every origin's findings.
+fn evaluate_chunk<'a>(
+    sets: &[Compiled],
+    inputs: impl Iterator<Item = Cow<'a, PolicyInput>>,
+) -> Result<Vec<Finding>, PolicyError> {
     let mut engines: Vec<regorus::Engine> = sets.iter().map(|s| s.engine.clone()).collect();
     let mut out = Vec::new();
     for input in inputs {
+        let value = input_value(&input);
         for (set, engine) in sets.iter().zip(engines.iter_mut()) {
-            out.extend(set.evaluate_one(engine, input)?);
+            out.extend(set.evaluate_one(engine, &input, &value)?);
         }
     }
     Ok(out)
@@ -561,34 +587,42 @@ fn findings_of(
     out
 }
 
-/// Every finding on every host's desired state (no host contacted: `plumb validate`).
+/// Every finding on every host's desired state (no host contacted: `plumb validate`). Each
+/// host's input is built by the thread that judges it and dropped once judged.
 pub fn judge_desired(
     set: &PolicySet,
     ctx: &Context,
     hosts: &[crate::render::DesiredHost],
 ) -> Result<Vec<Finding>, PolicyError> {
-    let inputs: Vec<PolicyInput> = hosts
-        .iter()
-        .map(|h| desired_input(ctx, h, hosts.len()))
-        .collect();
-    set.evaluate_all(&inputs)
+    set.evaluate_each(hosts.len(), |i| {
+        Cow::Owned(desired_input(ctx, &hosts[i], hosts.len()))
+    })
 }
 
 /// Every finding on every host's observed plan (`plans[i]` is `hosts[i]`'s), judged
-/// together: `hosts_changed` counts the hosts with a change.
-pub fn judge_plans(
+/// together: `hosts_changed` counts the hosts with a change. Each host's input is built by
+/// the thread that judges it and dropped once judged (`plumb plan`, `plumb apply` and the
+/// daemon's gate all judge through here).
+pub fn judge_plans<H>(
     set: &PolicySet,
     ctx: &Context,
-    hosts: &[crate::render::DesiredHost],
+    hosts: &[H],
     plans: &[&crate::engine::HostPlan],
-) -> Result<Vec<Finding>, PolicyError> {
+) -> Result<Vec<Finding>, PolicyError>
+where
+    H: std::borrow::Borrow<crate::render::DesiredHost> + Sync,
+{
     let changed = plans.iter().filter(|p| p.changes() > 0).count();
-    let inputs: Vec<PolicyInput> = hosts
-        .iter()
-        .zip(plans)
-        .map(|(h, p)| plan_input(ctx, h, p, hosts.len(), changed))
-        .collect();
-    set.evaluate_all(&inputs)
+    let n = hosts.len().min(plans.len());
+    set.evaluate_each(n, |i| {
+        Cow::Owned(plan_input(
+            ctx,
+            hosts[i].borrow(),
+            plans[i],
+            hosts.len(),
+            changed,
+        ))
+    })
 }
 
 #[cfg(test)]

@@ -431,7 +431,7 @@ fn backup_and_removal(
     ]);
     let backup_change = backup.map(|seen| Change {
         observed: crate::modules::Facts {
-            backup: seen,
+            backup: seen.map(Box::new),
             ..Default::default()
         },
         ..Change::in_sync()
@@ -523,5 +523,89 @@ fn a_removal_needs_a_recent_verified_restore_of_the_hosts_backups() {
         assert_eq!(f.step_location.as_deref(), Some("units/base.yaml:7:5"));
         assert!(f.message.contains(why), "{why}: {}", f.message);
         assert!(f.message.contains("backup app of web1"), "{}", f.message);
+    }
+}
+
+/// What the `input` document was before it was built directly: through `serde_json`.
+fn via_json<T: serde::Serialize>(x: &T) -> regorus::Value {
+    regorus::Value::from(serde_json::to_value(x).expect("serializes"))
+}
+
+#[test]
+fn the_direct_input_is_the_json_input() {
+    use crate::modules::backup::TestResult;
+    for backup in [
+        Ok(Some(backup_seen(TestResult::Ok, Some(7_200)))),
+        Ok(Some(backup_seen(TestResult::Failed, None))),
+        Ok(None),
+        Err("probe failed".to_string()),
+    ] {
+        let (h, plan) = backup_and_removal(backup);
+        let input = plan_input(&ctx("production"), &h, &plan, 3, 1);
+        assert_eq!(rego::to_value(&input).expect("maps"), via_json(&input));
+        let desired = desired_input(&ctx("production"), &h, 3);
+        assert_eq!(rego::to_value(&desired).expect("maps"), via_json(&desired));
+        assert_eq!(input_value(&input), via_json(&input));
+    }
+    // What it does not map is left to the `serde_json` path.
+    let keyed = BTreeMap::from([(1u8, 2u8)]);
+    assert!(rego::to_value(&keyed).is_err());
+    assert!(rego::to_value(&u128::MAX).is_err());
+}
+
+#[test]
+fn hosts_judged_one_by_one_find_what_prebuilt_inputs_find() {
+    use crate::modules::backup::TestResult;
+    let set = starter();
+    let c = ctx("production");
+    let pairs: Vec<(DesiredHost, HostPlan)> = (0..40)
+        .map(|i| {
+            backup_and_removal(if i % 3 == 0 {
+                Ok(Some(backup_seen(TestResult::Ok, Some(3_600))))
+            } else {
+                Ok(Some(backup_seen(TestResult::Failed, Some(3_600))))
+            })
+        })
+        .collect();
+    let hosts: Vec<&DesiredHost> = pairs.iter().map(|(h, _)| h).collect();
+    let plans: Vec<&HostPlan> = pairs.iter().map(|(_, p)| p).collect();
+    let inputs: Vec<PolicyInput> = hosts
+        .iter()
+        .zip(&plans)
+        .map(|(h, p)| plan_input(&c, h, p, hosts.len(), hosts.len()))
+        .collect();
+    let streamed = judge_plans(&set, &c, &hosts, &plans).expect("evaluates");
+    let prebuilt = set.evaluate_all(&inputs).expect("evaluates");
+    assert_eq!(streamed, prebuilt);
+    // 26 of the 40 hosts have a failed restore test; all 40 change: the blast radius too.
+    let restore = streamed
+        .iter()
+        .filter(|f| f.rule == "restore.deny_unverified_restore")
+        .count();
+    assert_eq!(restore, 26, "{streamed:?}");
+}
+
+fn json_value() -> impl Strategy<Value = serde_json::Value> {
+    let leaf = prop_oneof![
+        Just(serde_json::Value::Null),
+        any::<bool>().prop_map(serde_json::Value::from),
+        any::<i64>().prop_map(serde_json::Value::from),
+        any::<u64>().prop_map(serde_json::Value::from),
+        any::<f64>().prop_map(serde_json::Value::from),
+        ".{0,8}".prop_map(serde_json::Value::from),
+    ];
+    leaf.prop_recursive(4, 64, 8, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::from),
+            prop::collection::btree_map(".{0,6}", inner, 0..6)
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+proptest! {
+    #[test]
+    fn any_parameters_map_as_through_json(v in json_value()) {
+        prop_assert_eq!(rego::to_value(&v).expect("maps"), via_json(&v));
     }
 }

@@ -213,3 +213,30 @@ fn a_removal_that_cannot_be_built_is_an_orphan_saying_why() {
         .as_deref()
         .is_some_and(|d| d.contains("no-such-module")));
 }
+
+/// A rendered step keeps its removal as text and gives back the very value it was given:
+/// keys in their order, numbers as written, nested values, and a reason unchanged.
+#[test]
+fn a_step_gives_back_its_removal_unchanged() {
+    let params = serde_json::json!({
+        "path": "/etc/z \"quoted\" é",
+        "state": "absent",
+        "a": [1, -2, 3.25, 18446744073709551615u64, null, true],
+        "nested": {"b": {"y": 1, "x": 2}},
+    });
+    let mut p = crate::prune::StepPrune::default();
+    p.set_removal(Removal::Absent {
+        params: params.clone(),
+    });
+    let Removal::Absent { params: back } = p.removal() else {
+        panic!("not an absent removal: {:?}", p.removal());
+    };
+    assert_eq!(back, params);
+    // Key order is kept too (what the state records as JSON text).
+    assert_eq!(back.to_string(), params.to_string());
+    let never = Removal::Never {
+        reason: "why".into(),
+    };
+    p.set_removal(never.clone());
+    assert_eq!(p.removal(), never);
+}

@@ -100,10 +100,6 @@ pub fn applied_units<'a>(
     let unit_named = |n: &str| repo.units.iter().find(|u| u.name == n);
     if let Some(e) = repo.environments.get(env) {
         let env_path = e.env_path.clone().unwrap_or_default();
-        let node = repo
-            .sources
-            .get(&env_path)
-            .and_then(|t| crate::yaml::Node::parse(t).ok());
         for (i, decl) in e.settings.instances.iter().enumerate() {
             if !selector_matches(&decl.applies_to, &host.labels) {
                 continue;
@@ -111,9 +107,7 @@ pub fn applied_units<'a>(
             let Some(unit) = unit_named(&decl.unit) else {
                 continue;
             };
-            let pos = node
-                .as_ref()
-                .map_or(Pos::START, |n| n.locate(&format!("/instances/{i}")));
+            let pos = e.instance_pos.get(i).copied().unwrap_or(Pos::START);
             out.push(Applied {
                 name: decl.name.clone(),
                 unit,
@@ -231,12 +225,13 @@ impl Templater<'_> {
         serde_json::to_value(&value).map_err(|e| format!("`{expr}`: {e}"))
     }
 
-    /// Whether the step runs in `ctx`: `Ok(None)` yes, `Ok(Some(reason))` skipped.
+    /// Whether the step runs in `ctx` (`value` is `ctx` as a template value): `Ok(None)`
+    /// yes, `Ok(Some(reason))` skipped.
     pub(super) fn when(
         &self,
         applied: &Applied<'_>,
         decl: &StepDecl,
-        ctx: &Json,
+        (ctx, value): (&Json, &minijinja::Value),
     ) -> Result<Option<String>, Diagnostic> {
         let Some((expr, pos)) = &decl.when else {
             return Ok(None);
@@ -244,15 +239,13 @@ impl Templater<'_> {
         let truth = self
             .jinja
             .compile_expression(bare(expr))
-            .and_then(|e| e.eval(minijinja::value::Serde(ctx)))
+            .and_then(|e| e.eval(value))
             .and_then(|v| {
                 if v.is_undefined() {
                     // Strict: an undefined condition is an error, never false. Printing it
                     // gives the strict-mode error that names what is undefined.
                     let t = format!("{{{{ {} }}}}", bare(expr));
-                    self.jinja
-                        .render_str(&t, minijinja::value::Serde(ctx))
-                        .map(|_| false)
+                    self.jinja.render_str(&t, value).map(|_| false)
                 } else {
                     Ok(v.is_true())
                 }

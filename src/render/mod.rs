@@ -349,6 +349,16 @@ fn lookup_path<'a>(ctx: &'a Json, dotted: &str) -> Option<&'a Json> {
 struct Templater<'r> {
     repo: &'r Repo,
     jinja: Jinja<'static>,
+    /// The inline templates of step parameters, each compiled once (per templater, i.e.
+    /// per render thread), not once per step and host.
+    inline: std::cell::RefCell<Inline>,
+}
+
+/// Compiled inline templates: an environment configured as `jinja` (the one every template
+/// uses), each source under a name of its own.
+struct Inline {
+    jinja: Jinja<'static>,
+    names: HashMap<String, String>,
 }
 
 impl<'r> Templater<'r> {
@@ -356,7 +366,37 @@ impl<'r> Templater<'r> {
         Templater {
             repo,
             jinja: jinja(repo),
+            inline: std::cell::RefCell::new(Inline {
+                jinja: jinja(repo),
+                names: HashMap::new(),
+            }),
         }
+    }
+
+    /// Renders the inline template `source` in `vctx`, compiled at its first use. An error
+    /// is only known to be one here: the caller renders the source again the plain way for
+    /// the error it reports (the same message and position as ever).
+    fn render_inline_cached(
+        &self,
+        source: &str,
+        vctx: &minijinja::Value,
+    ) -> Result<String, minijinja::Error> {
+        let known = self.inline.borrow().names.get(source).cloned();
+        let name = match known {
+            Some(name) => name,
+            None => {
+                let mut inline = self.inline.borrow_mut();
+                let name = format!("<string {}>", inline.names.len());
+                inline
+                    .jinja
+                    .add_template_owned(name.clone(), source.to_string())?;
+                inline.names.insert(source.to_string(), name.clone());
+                name
+            }
+        };
+        let inline = self.inline.borrow();
+        let t = inline.jinja.get_template(&name)?;
+        bounds::render_capped(&t, vctx)
     }
 }
 
@@ -411,10 +451,11 @@ impl Templater<'_> {
     ) -> Json {
         match &node.value {
             Value::String(s) if s.contains("{{") || s.contains("{%") || s.contains("{#") => {
-                let out = self
-                    .jinja
-                    .template_from_str(s)
-                    .and_then(|t| bounds::render_capped(&t, vctx));
+                let out = self.render_inline_cached(s, vctx).or_else(|_| {
+                    self.jinja
+                        .template_from_str(s)
+                        .and_then(|t| bounds::render_capped(&t, vctx))
+                });
                 match out {
                     Ok(out) => Json::String(out),
                     Err(e) => {
@@ -608,6 +649,9 @@ fn expand_steps(
             let me = serde_json::json!({ "name": a.name, "unit": a.unit.name });
             o.insert("instance".into(), me);
         }
+        // The context as templates see it, made once for the unit's steps (a loop
+        // iteration, which adds `item` and `loop`, has its own).
+        let unit_value = minijinja::Value::from(minijinja::value::Serde(&ctx));
         for decl in &a.unit.steps {
             let base = StepAddress::new(&a.name, &decl.id);
             let iterations = match templater.iterations(a, decl, &ctx) {
@@ -619,7 +663,13 @@ fn expand_steps(
             };
             for it in iterations {
                 let address = StepAddress::new(&a.name, &it.id);
-                match templater.when(a, decl, &it.ctx) {
+                let value = match &it.ctx {
+                    std::borrow::Cow::Borrowed(_) => unit_value.clone(),
+                    std::borrow::Cow::Owned(c) => {
+                        minijinja::Value::from(minijinja::value::Serde(c))
+                    }
+                };
+                match templater.when(a, decl, (&it.ctx, &value)) {
                     Ok(None) => {}
                     Ok(Some(reason)) => {
                         skipped_bases.insert(base.clone());
@@ -631,7 +681,7 @@ fn expand_steps(
                         continue;
                     }
                 }
-                match render_step(templater, a, decl, env, &it.ctx, address.clone()) {
+                match render_step(templater, a, decl, env, (&it.ctx, &value), address.clone()) {
                     Ok(s) => {
                         groups.entry(base.clone()).or_default().push(address);
                         steps.push(s);
@@ -900,20 +950,19 @@ fn render_step(
     applied: &expand::Applied<'_>,
     decl: &StepDecl,
     env: &str,
-    ctx: &Json,
+    (ctx, base): (&Json, &minijinja::Value),
     address: StepAddress,
 ) -> Result<DesiredStep, Vec<Diagnostic>> {
-    let base = minijinja::Value::from(minijinja::value::Serde(ctx));
     let tracker = secrets::StepSecrets::new(&t.repo.secrets, &t.repo.files, env);
-    let vctx = tracker.context(&base);
+    let vctx = tracker.context(base);
     match render_step_with(t, applied, decl, (ctx, &vctx), address) {
-        Ok(mut step) => {
+        Ok((mut step, removal)) => {
             step.secrets = tracker.reads();
             step.sensitive |= !step.secrets.is_empty();
             // The state keeps a step's prune parameters: never a sensitive value.
-            let removal = step.prune.removal.clone();
-            step.prune.removal =
+            let removal =
                 crate::prune::keepable(removal, step.sensitive, |s| tracker.appears_in(s));
+            step.prune = crate::prune::StepPrune::declared(removal, applied.unit);
             Ok(step)
         }
         Err(mut errs) => {
@@ -923,13 +972,39 @@ fn render_step(
     }
 }
 
+/// The errors of a step's parameters that fail their module's schema after templating, each
+/// at the template's line and naming the field.
+fn recheck_errors(
+    unit: &Unit,
+    decl: &StepDecl,
+    address: &StepAddress,
+    problems: Vec<(String, String)>,
+) -> Vec<Diagnostic> {
+    problems
+        .into_iter()
+        .map(|(pointer, message)| {
+            let field = pointer.trim_start_matches('/').replace('/', ".");
+            Diagnostic::error(
+                "template",
+                unit.path.clone(),
+                unit.node.locate(&format!("{}{pointer}", decl.pointer)),
+                format!("step `{address}`: `{field}` after templating: {message}"),
+            )
+            .with_hint(format!(
+                "the `{}` module's schema is schemas/modules/{}.schema.json",
+                decl.module, decl.module
+            ))
+        })
+        .collect()
+}
+
 fn render_step_with(
     t: &Templater<'_>,
     applied: &expand::Applied<'_>,
     decl: &StepDecl,
     (ctx, vctx): (&Json, &minijinja::Value),
     address: StepAddress,
-) -> Result<DesiredStep, Vec<Diagnostic>> {
+) -> Result<(DesiredStep, crate::prune::Removal), Vec<Diagnostic>> {
     let unit = applied.unit;
     let mut errs = Vec::new();
     let mut params = t.params(&decl.params, (ctx, vctx), &unit.path, &mut errs);
@@ -939,22 +1014,7 @@ fn render_step_with(
     let templated = recheck::templated_pointers(&decl.params);
     let problems = recheck::recheck(&decl.module, &mut params, &templated);
     if !problems.is_empty() {
-        return Err(problems
-            .into_iter()
-            .map(|(pointer, message)| {
-                let field = pointer.trim_start_matches('/').replace('/', ".");
-                Diagnostic::error(
-                    "template",
-                    unit.path.clone(),
-                    unit.node.locate(&format!("{}{pointer}", decl.pointer)),
-                    format!("step `{address}`: `{field}` after templating: {message}"),
-                )
-                .with_hint(format!(
-                    "the `{}` module's schema is schemas/modules/{}.schema.json",
-                    decl.module, decl.module
-                ))
-            })
-            .collect());
+        return Err(recheck_errors(unit, decl, &address, problems));
     }
     let Some(def) = modules::lookup(&decl.module) else {
         return Err(vec![Diagnostic::error(
@@ -984,28 +1044,32 @@ fn render_step_with(
     if !ref_errors.is_empty() {
         return Err(ref_errors);
     }
-    let prune = crate::prune::StepPrune::declared(def, &params, unit);
+    // Set by `render_step` once the step's secrets are known (what the state may keep of it).
+    let removal = crate::prune::removal_of(def, &params);
     match (def.build)(params, &mut resolver) {
-        Ok(resource) => Ok(DesiredStep {
-            address,
-            module: def.name,
-            resource,
-            after: decl
-                .after
-                .iter()
-                .map(|(a, _)| StepAddress::qualify(&applied.name, a))
-                .collect(),
-            notify: decl
-                .notify
-                .iter()
-                .map(|(a, _)| StepAddress::qualify(&applied.name, a))
-                .collect(),
-            sensitive: decl.sensitive,
-            secrets: Vec::new(),
-            path: unit.path.clone(),
-            pos: decl.pos,
-            prune,
-        }),
+        Ok(resource) => Ok((
+            DesiredStep {
+                address,
+                module: def.name,
+                resource,
+                after: decl
+                    .after
+                    .iter()
+                    .map(|(a, _)| StepAddress::qualify(&applied.name, a))
+                    .collect(),
+                notify: decl
+                    .notify
+                    .iter()
+                    .map(|(a, _)| StepAddress::qualify(&applied.name, a))
+                    .collect(),
+                sensitive: decl.sensitive,
+                secrets: Vec::new(),
+                path: unit.path.clone(),
+                pos: decl.pos,
+                prune: crate::prune::StepPrune::default(),
+            },
+            removal,
+        )),
         Err(e) => {
             if !resolver.errors.is_empty() {
                 return Err(resolver.errors);

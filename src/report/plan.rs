@@ -85,7 +85,7 @@ fn backup_reports(p: &HostPlan) -> Vec<BackupReport> {
     p.steps
         .iter()
         .filter_map(|s| {
-            let seen = s.change.as_ref().ok()?.observed.backup?;
+            let seen = *s.change.as_ref().ok()?.observed.backup.as_deref()?;
             Some(BackupReport {
                 address: s.step.address.to_string(),
                 snapshot_age_seconds: seen.snapshot_age(),

@@ -9,10 +9,10 @@ use crate::modules::ContentChange;
 fn drift_with_content(name: &str, old: &str, new: &str) -> HostPlan {
     let mut p = plan(name, &["base/conf"]);
     if let Ok(c) = &mut p.steps[0].change {
-        c.content = Some(ContentChange {
+        c.content = Some(Box::new(ContentChange {
             old: Some(old.as_bytes().to_vec()),
             new: Some(new.as_bytes().to_vec()),
-        });
+        }));
     }
     p
 }
