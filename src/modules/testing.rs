@@ -42,7 +42,6 @@ pub fn out(s: &str) -> ProbeResult {
 /// `grep` and `awk` on `PATH` replaced by wrappers that log every argument list they are started with
 /// (what a host's process list would show). Returns the result and that log.
 pub fn run_logging_argv(script: &str) -> (ProbeResult, String) {
-    use std::io::Write;
     let dir = match tempfile::tempdir() {
         Ok(d) => d,
         Err(e) => panic!("tempdir: {e}"),
@@ -76,36 +75,26 @@ pub fn run_logging_argv(script: &str) -> (ProbeResult, String) {
         bin.display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let mut child = std::process::Command::new("/bin/sh")
-        .arg("-s")
-        .env("PATH", path)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run sh: {e}"));
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(format!("(\n{script}\n) </dev/null\n").as_bytes())
-            .unwrap_or_else(|e| panic!("{e}"));
-    }
-    let out = child.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
+    let result = run_stdin(script, Some(&path));
     let logged = std::fs::read_to_string(&log).unwrap_or_default();
-    (
-        ProbeResult {
-            stdout: out.stdout,
-            stderr: out.stderr,
-            status: out.status.code().unwrap_or(-1),
-        },
-        logged,
-    )
+    (result, logged)
 }
 
 /// Runs `script` with `/bin/sh` on this machine, the script on stdin as the engine sends it.
 pub fn run_sh(script: &str) -> ProbeResult {
+    run_stdin(script, None)
+}
+
+/// Runs `script` as `sh -s` does for the engine (in a subshell, stdin from /dev/null), with
+/// `path` as `PATH` when given.
+fn run_stdin(script: &str, path: Option<&str>) -> ProbeResult {
     use std::io::Write;
-    let mut child = std::process::Command::new("/bin/sh")
-        .arg("-s")
+    let mut cmd = std::process::Command::new("/bin/sh");
+    cmd.arg("-s");
+    if let Some(p) = path {
+        cmd.env("PATH", p);
+    }
+    let mut child = cmd
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
