@@ -22,21 +22,33 @@ pub(super) struct Fragments {
     pub carrier: Vec<Option<usize>>,
 }
 
-/// What a step must share with the previous one to be merged with it.
-#[derive(PartialEq, Eq)]
-struct Key {
+/// What steps must share to be merged into one fragment: the module, the module's key
+/// (the apply batch's here, the probe batch's in [`super::probes`]) and the sensitivity.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct Key {
     module: &'static str,
     key: String,
     sensitive: bool,
 }
 
+impl Key {
+    /// The key of `step` under the module's key function `key`; `None` when the module has
+    /// none or it gives no key for this step.
+    pub(super) fn of(
+        step: &DesiredStep,
+        key: Option<fn(&dyn Resource) -> Option<String>>,
+    ) -> Option<Key> {
+        Some(Key {
+            module: step.module,
+            key: key?(step.resource.as_ref())?,
+            sensitive: step.sensitive,
+        })
+    }
+}
+
 fn key_of(step: &DesiredStep) -> Option<Key> {
-    let batch = crate::modules::lookup(step.module)?.batch?;
-    Some(Key {
-        module: step.module,
-        key: (batch.key)(step.resource.as_ref())?,
-        sensitive: step.sensitive,
-    })
+    let key = crate::modules::lookup(step.module).and_then(|def| def.batch);
+    Key::of(step, key.map(|b| b.key))
 }
 
 /// The apply fragments of `changes` (one per changed step, in order), merged where a module

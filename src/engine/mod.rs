@@ -371,8 +371,8 @@ async fn observe(
     with_facts: bool,
 ) -> Result<(Observed, Option<Facts>), HostError> {
     let all: Vec<usize> = (0..desired.steps.len()).collect();
-    let probes = probes::probes(&desired.steps, &all, Tag::Probe);
-    let mut fragments = probes.fragments.clone();
+    let mut probes = probes::probes(&desired.steps, &all, Tag::Probe);
+    let mut fragments = std::mem::take(&mut probes.fragments);
     if with_facts {
         fragments.push((Tag::Facts, crate::facts::SCRIPT.to_string()));
     }

@@ -13,23 +13,12 @@ use std::collections::BTreeMap;
 use crate::modules::{ProbeResult, Resource};
 use crate::render::DesiredStep;
 
+use super::batch::Key;
 use super::script::{Parsed, Tag};
 
-/// What a step must share with others to be probed with them.
-#[derive(PartialEq, Eq, PartialOrd, Ord)]
-struct Key {
-    module: &'static str,
-    key: String,
-    sensitive: bool,
-}
-
 fn key_of(step: &DesiredStep) -> Option<Key> {
-    let batch = crate::modules::lookup(step.module)?.probe_batch?;
-    Some(Key {
-        module: step.module,
-        key: (batch.key)(step.resource.as_ref())?,
-        sensitive: step.sensitive,
-    })
+    let key = crate::modules::lookup(step.module).and_then(|def| def.probe_batch);
+    Key::of(step, key.map(|b| b.key))
 }
 
 /// The probe fragments of some of a host's steps, and how to read each step's result. A
@@ -37,7 +26,7 @@ fn key_of(step: &DesiredStep) -> Option<Key> {
 pub(super) struct Probes {
     pub fragments: Vec<(Tag, String)>,
     /// Per fragment: the steps it probes, in the order of its members (one for a step
-    /// probed alone).
+    /// probed alone); the fragment carries the first one's tag.
     members: Vec<Vec<usize>>,
     tag: fn(usize) -> Tag,
 }
@@ -113,8 +102,8 @@ impl Probes {
     /// is missing.
     pub fn results(&self, parsed: &Parsed) -> BTreeMap<usize, ProbeResult> {
         let mut out = BTreeMap::new();
-        for ((tag, _), members) in self.fragments.iter().zip(&self.members) {
-            let Some(frame) = parsed.get(*tag) else {
+        for members in &self.members {
+            let Some(frame) = members.first().and_then(|&i| parsed.get((self.tag)(i))) else {
                 continue;
             };
             match members.as_slice() {

@@ -13,7 +13,7 @@
 //! file and over the batch's lines tells which lines match (a line of the file in the middle
 //! of the edits is always one of those), so a regexp means exactly what it means in the
 //! probe (GNU `grep -E` in the C locale, back-references included). Exact lines are compared
-//! as byte strings by `awk` (what `grep -x -F` does). The values and regexps reach `awk` and
+//! as byte strings by `awk`, as the probe counts them. The values and regexps reach `awk` and
 //! `grep` through files of the private directory (written by `printf`, a shell builtin),
 //! never through arguments: the process list shows only indexes.
 //!

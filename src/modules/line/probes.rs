@@ -11,7 +11,7 @@
 //! their number.
 //!
 //! Processes: those of [`sh::OPEN_P`] and one `awk`, for any number of lines (the probes
-//! one by one start six per line).
+//! one by one start three per line: their own checked open and the same `awk`).
 
 use super::Line;
 use crate::modules::sh::{self, quote};
