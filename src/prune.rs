@@ -311,7 +311,7 @@ fn removal_step(m: &Managed) -> Result<DesiredStep, Orphan> {
     Ok(DesiredStep {
         address,
         module: def.name,
-        resource,
+        resource: resource.into(),
         after: Vec::new(),
         notify: Vec::new(),
         sensitive: m.sensitive,

@@ -128,7 +128,7 @@ mod tests {
         DesiredStep {
             address: StepAddress::new("u", format!("l{i}")),
             module: "line",
-            resource,
+            resource: resource.into(),
             after: Vec::new(),
             notify: Vec::new(),
             sensitive,

@@ -135,7 +135,7 @@ mod tests {
         DesiredStep {
             address: StepAddress::new("u", format!("s{i}")),
             module,
-            resource: built(def.build, params),
+            resource: built(def.build, params).into(),
             after: Vec::new(),
             notify: Vec::new(),
             sensitive: i % 5 == 4,

@@ -125,7 +125,7 @@ fn step(dir: &Path, i: usize, notify: Vec<&str>) -> DesiredStep {
     DesiredStep {
         address: StepAddress::new("u", format!("s{i}")),
         module: "marker",
-        resource: Box::new(marker(dir, i, false)),
+        resource: std::sync::Arc::new(marker(dir, i, false)),
         after: Vec::new(),
         notify: notify.into_iter().filter_map(StepAddress::parse).collect(),
         sensitive: false,
@@ -211,7 +211,7 @@ async fn handlers_run_once_and_only_on_change() {
 async fn no_refresh_when_the_target_says_its_own_change_covers_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut target = step(dir.path(), 1, vec![]);
-    target.resource = Box::new(SelfRefreshing(marker(dir.path(), 1, false)));
+    target.resource = std::sync::Arc::new(SelfRefreshing(marker(dir.path(), 1, false)));
     let desired = on_local(vec![step(dir.path(), 0, vec!["u/s1"]), target]);
     let run = apply_host(&desired, &LocalTransport::new()).await;
     assert_eq!(run.status, HostStatus::Converged);
@@ -229,7 +229,7 @@ async fn no_refresh_when_the_target_says_its_own_change_covers_it() {
 async fn a_failed_step_stops_the_host_and_is_reported() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut steps: Vec<DesiredStep> = (0..3).map(|i| step(dir.path(), i, vec![])).collect();
-    steps[1].resource = Box::new(marker(dir.path(), 1, true));
+    steps[1].resource = std::sync::Arc::new(marker(dir.path(), 1, true));
     let desired = on_local(steps);
     let run = apply_host(&desired, &LocalTransport::new()).await;
     assert_eq!(run.status, HostStatus::Failed);
@@ -250,7 +250,7 @@ async fn a_failed_step_stops_the_host_and_is_reported() {
 async fn sensitive_failures_hide_output() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut s = step(dir.path(), 0, vec![]);
-    s.resource = Box::new(marker(dir.path(), 0, true));
+    s.resource = std::sync::Arc::new(marker(dir.path(), 0, true));
     s.sensitive = true;
     let desired = on_local(vec![s]);
     let run = apply_host(&desired, &LocalTransport::new()).await;
@@ -263,7 +263,7 @@ async fn a_probe_error_touches_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut steps = vec![step(dir.path(), 0, vec![])];
     steps.push(DesiredStep {
-        resource: Box::new(Scripted {
+        resource: std::sync::Arc::new(Scripted {
             target: "garbled".into(),
             probe: "echo what".into(),
             diff: |_| Err(ProbeError::new("cannot parse")),
@@ -341,7 +341,7 @@ fn scripted(dir: &Path, probe: Option<&str>, apply: &str) -> DesiredStep {
     let path = dir.join("scripted");
     let apply = apply.to_string();
     DesiredStep {
-        resource: Box::new(Scripted {
+        resource: std::sync::Arc::new(Scripted {
             target: path.display().to_string(),
             probe: probe.map_or_else(|| probe_exists(&path), str::to_string),
             diff: |o| match o.stdout.as_slice() {
@@ -480,7 +480,7 @@ async fn round_trips_are_the_runs_made() {
 async fn sensitive_results_carry_no_target_values_or_notes() {
     let dir = tempfile::tempdir().expect("tmp");
     let mut s = step(dir.path(), 0, vec![]);
-    s.resource = Box::new(Scripted {
+    s.resource = std::sync::Arc::new(Scripted {
         target: "token=hunter2".into(),
         probe: "echo hunter2-observed".into(),
         diff: |_| {
@@ -638,7 +638,7 @@ impl Resource for Content {
 
 fn content_step(dir: &Path, i: usize, file: &str, content: &'static str) -> DesiredStep {
     DesiredStep {
-        resource: Box::new(Content {
+        resource: std::sync::Arc::new(Content {
             path: dir.join(file),
             content,
         }),
@@ -751,7 +751,7 @@ async fn only_what_shares_with_a_change_is_verified() {
         apply: Box::new(|_| "true".into()),
     };
     steps.push(DesiredStep {
-        resource: Box::new(anything),
+        resource: std::sync::Arc::new(anything),
         ..step(dir.path(), 7, vec![])
     });
     let desired = named("h", steps);
@@ -799,7 +799,7 @@ async fn a_connection_lost_during_the_verify_is_detected() {
 async fn a_failed_apply_runs_no_verify() {
     let dir = tempfile::tempdir().expect("tmp");
     let mut steps: Vec<DesiredStep> = (0..3).map(|i| step(dir.path(), i, vec![])).collect();
-    steps[1].resource = Box::new(marker(dir.path(), 1, true));
+    steps[1].resource = std::sync::Arc::new(marker(dir.path(), 1, true));
     let t = Recording::default();
     let run = apply_host(&on_local(steps), &t).await;
     assert_eq!(run.status, HostStatus::Failed);

@@ -36,7 +36,7 @@ fn step(id: &str, module: &'static str, target: &str, desired: serde_json::Value
     DesiredStep {
         address: StepAddress::new("base", id),
         module,
-        resource: Box::new(Fake {
+        resource: std::sync::Arc::new(Fake {
             target: target.into(),
             desired,
         }),
@@ -346,7 +346,7 @@ fn sensitive_step(secret: &str) -> DesiredStep {
     DesiredStep {
         sensitive: true,
         secrets: vec!["db_password".into()],
-        resource: Box::new(Fake {
+        resource: std::sync::Arc::new(Fake {
             target: format!("/etc/{secret}"),
             desired: serde_json::json!({"path": format!("/etc/{secret}"), "content": secret, "n": [secret, 3]}),
         }),

@@ -21,6 +21,7 @@ use crate::yaml::{Node, Pos, Value};
 pub mod bounds;
 mod expand;
 mod filters;
+mod memo;
 mod order;
 mod recheck;
 pub mod secrets;
@@ -37,14 +38,15 @@ pub const MAX_CONTENT_BYTES: u64 = 64 * 1024 * 1024;
 /// Template execution budget (minijinja fuel) per template.
 const TEMPLATE_FUEL: u64 = 5_000_000;
 
-/// One step, rendered for one host: what the engine will make true.
-#[derive(Debug)]
+/// One step, rendered for one host: what the engine will make true. A clone shares the
+/// resource: hosts whose step rendered alike share one (see `memo`).
+#[derive(Debug, Clone)]
 pub struct DesiredStep {
     /// `<unit>/<id>`: unique on a host.
     pub address: StepAddress,
     /// The module's registered name.
     pub module: &'static str,
-    pub resource: Box<dyn Resource>,
+    pub resource: Arc<dyn Resource>,
     /// Addresses of steps on this host that must come first.
     pub after: Vec<StepAddress>,
     /// Addresses of steps on this host to refresh when this one changed.
@@ -352,6 +354,8 @@ struct Templater<'r> {
     /// The inline templates of step parameters, each compiled once (per templater, i.e.
     /// per render thread), not once per step and host.
     inline: std::cell::RefCell<Inline>,
+    /// The steps this thread rendered, by what their rendering read ([`memo`]).
+    memo: std::cell::RefCell<memo::Memo>,
 }
 
 /// Compiled inline templates: an environment configured as `jinja` (the one every template
@@ -370,6 +374,7 @@ impl<'r> Templater<'r> {
                 jinja: jinja(repo),
                 names: HashMap::new(),
             }),
+            memo: std::cell::RefCell::default(),
         }
     }
 
@@ -681,7 +686,7 @@ fn expand_steps(
                         continue;
                     }
                 }
-                match render_step(templater, a, decl, env, (&it.ctx, &value), address.clone()) {
+                match render_step_kept(templater, a, decl, env, (&it.ctx, &value), address.clone()) {
                     Ok(s) => {
                         groups.entry(base.clone()).or_default().push(address);
                         steps.push(s);
@@ -943,6 +948,37 @@ fn reference_error(
     }
 }
 
+/// [`render_step`], or a copy of the step this thread rendered from the same input ([`memo`]).
+fn render_step_kept(
+    t: &Templater<'_>,
+    applied: &expand::Applied<'_>,
+    decl: &StepDecl,
+    env: &str,
+    (ctx, base): (&Json, &minijinja::Value),
+    address: StepAddress,
+) -> Result<DesiredStep, Vec<Diagnostic>> {
+    let id = address.id.as_str();
+    let lookup =
+        t.memo
+            .borrow_mut()
+            .lookup((&t.jinja, t.repo), decl, (env, &applied.name, id), ctx);
+    let key = match lookup {
+        memo::Lookup::Hit(step) => return Ok(step),
+        memo::Lookup::Miss(key) => Some(key),
+        memo::Lookup::Skip => None,
+    };
+    let (step, read) = render_step(t, applied, decl, env, (ctx, base), address)?;
+    if let Some(key) = key {
+        let mut m = t.memo.borrow_mut();
+        if read.is_subset(&memo::named_templates(decl)) {
+            m.keep(key, &step);
+        } else {
+            m.never(decl);
+        }
+    }
+    Ok(step)
+}
+
 /// Renders one step with its own `secrets` object; a step that read a secret is sensitive,
 /// and its errors are told without anything derived from the value.
 fn render_step(
@@ -952,18 +988,18 @@ fn render_step(
     env: &str,
     (ctx, base): (&Json, &minijinja::Value),
     address: StepAddress,
-) -> Result<DesiredStep, Vec<Diagnostic>> {
+) -> Result<(DesiredStep, BTreeSet<String>), Vec<Diagnostic>> {
     let tracker = secrets::StepSecrets::new(&t.repo.secrets, &t.repo.files, env);
     let vctx = tracker.context(base);
     match render_step_with(t, applied, decl, (ctx, &vctx), address) {
-        Ok((mut step, removal)) => {
+        Ok((mut step, removal, read)) => {
             step.secrets = tracker.reads();
             step.sensitive |= !step.secrets.is_empty();
             // The state keeps a step's prune parameters: never a sensitive value.
             let removal =
                 crate::prune::keepable(removal, step.sensitive, |s| tracker.appears_in(s));
             step.prune = crate::prune::StepPrune::declared(removal, applied.unit);
-            Ok(step)
+            Ok((step, read))
         }
         Err(mut errs) => {
             secrets::explain_errors(&tracker, decl, &mut errs);
@@ -1004,7 +1040,7 @@ fn render_step_with(
     decl: &StepDecl,
     (ctx, vctx): (&Json, &minijinja::Value),
     address: StepAddress,
-) -> Result<(DesiredStep, crate::prune::Removal), Vec<Diagnostic>> {
+) -> Result<(DesiredStep, crate::prune::Removal, BTreeSet<String>), Vec<Diagnostic>> {
     let unit = applied.unit;
     let mut errs = Vec::new();
     let mut params = t.params(&decl.params, (ctx, vctx), &unit.path, &mut errs);
@@ -1051,7 +1087,7 @@ fn render_step_with(
             DesiredStep {
                 address,
                 module: def.name,
-                resource,
+                resource: Arc::from(resource),
                 after: decl
                     .after
                     .iter()
@@ -1069,6 +1105,7 @@ fn render_step_with(
                 prune: crate::prune::StepPrune::default(),
             },
             removal,
+            resolver.templates.into_keys().collect(),
         )),
         Err(e) => {
             if !resolver.errors.is_empty() {
