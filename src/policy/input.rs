@@ -202,6 +202,17 @@ fn step_input(s: &DesiredStep) -> StepInput {
 
 /// The input for one host's desired state (no host contacted).
 pub fn desired_input(ctx: &Context, host: &DesiredHost, hosts_total: usize) -> PolicyInput {
+    desired_input_with(ctx, host, hosts_total, |h| {
+        h.steps.iter().map(step_input).collect()
+    })
+}
+
+fn desired_input_with(
+    ctx: &Context,
+    host: &DesiredHost,
+    hosts_total: usize,
+    steps: impl FnOnce(&DesiredHost) -> Vec<StepInput>,
+) -> PolicyInput {
     PolicyInput {
         mode: InputMode::Desired,
         environment: EnvironmentInput {
@@ -216,7 +227,7 @@ pub fn desired_input(ctx: &Context, host: &DesiredHost, hosts_total: usize) -> P
             facts: host.facts.clone(),
             backups: Vec::new(),
         },
-        steps: host.steps.iter().map(step_input).collect(),
+        steps: steps(host),
         now: ctx.now.clone(),
     }
 }
@@ -230,42 +241,144 @@ pub fn plan_input(
     hosts_total: usize,
     hosts_changed: usize,
 ) -> PolicyInput {
-    let mut input = desired_input(ctx, host, hosts_total);
+    let mut input = plan_shell(ctx, host, plan, hosts_total, hosts_changed);
+    input.steps = host
+        .steps
+        .iter()
+        .zip(planned(host, plan))
+        .map(|(desired, sp)| {
+            let mut step = step_input(desired);
+            step.change = sp.map(|sp| change_input(desired.sensitive, sp));
+            step
+        })
+        .collect();
+    input
+}
+
+/// [`plan_input`] without its steps: what the host itself gives (its backups and facts).
+pub(super) fn plan_shell(
+    ctx: &Context,
+    host: &DesiredHost,
+    plan: &HostPlan,
+    hosts_total: usize,
+    hosts_changed: usize,
+) -> PolicyInput {
+    let mut input = desired_shell(ctx, host, hosts_total);
     input.mode = InputMode::Plan;
     input.environment.hosts_changed = hosts_changed;
     if plan.facts.is_some() {
         input.host.facts = plan.facts.clone();
     }
-    for ((step, sp), desired) in input.steps.iter_mut().zip(&plan.steps).zip(&host.steps) {
-        if sp.step.address.to_string() != step.address {
-            continue;
-        }
-        if let Some(b) = backup_input(desired, sp) {
+    for (desired, sp) in host.steps.iter().zip(planned(host, plan)) {
+        if let Some(b) = sp.and_then(|sp| backup_input(desired, sp)) {
             input.host.backups.push(b);
         }
-        step.change = Some(match &sp.change {
-            Ok(c) => ChangeInput {
-                kind: c.kind,
-                fields: if step.sensitive {
-                    crate::modules::redact(&c.fields)
-                } else {
-                    c.fields.clone()
-                },
-                error: None,
-                // An unknown module's changes count as irreversible, as in a rollback.
-                irreversible: crate::modules::lookup(sp.step.module)
-                    .map_or(Some("its module is unknown"), |def| def.irreversible(c))
-                    .map(str::to_string),
-            },
-            Err(e) => ChangeInput {
-                kind: ChangeKind::InSync,
-                fields: Vec::new(),
-                error: Some(e.clone()),
-                irreversible: None,
-            },
-        });
     }
     input
+}
+
+/// [`desired_input`] without its steps.
+pub(super) fn desired_shell(ctx: &Context, host: &DesiredHost, hosts_total: usize) -> PolicyInput {
+    desired_input_with(ctx, host, hosts_total, |_| Vec::new())
+}
+
+/// Each desired step's plan, when the plan at its position is for it (by address).
+fn planned<'a>(
+    host: &'a DesiredHost,
+    plan: &'a HostPlan,
+) -> impl Iterator<Item = Option<&'a crate::engine::StepPlan>> + 'a {
+    host.steps
+        .iter()
+        .enumerate()
+        .map(move |(i, d)| plan.steps.get(i).filter(|sp| sp.step.address == d.address))
+}
+
+/// What the plan would do to a step, as policies see it.
+fn change_input(sensitive: bool, sp: &crate::engine::StepPlan) -> ChangeInput {
+    match &sp.change {
+        Ok(c) => ChangeInput {
+            kind: c.kind,
+            fields: if sensitive {
+                crate::modules::redact(&c.fields)
+            } else {
+                c.fields.clone()
+            },
+            error: None,
+            // An unknown module's changes count as irreversible, as in a rollback.
+            irreversible: crate::modules::lookup(sp.step.module)
+                .map_or(Some("its module is unknown"), |def| def.irreversible(c))
+                .map(str::to_string),
+        },
+        Err(e) => ChangeInput {
+            kind: ChangeKind::InSync,
+            fields: Vec::new(),
+            error: Some(e.clone()),
+            irreversible: None,
+        },
+    }
+}
+
+/// One step's input with its change (`sp`: its plan, `None` in `desired` mode or when the
+/// plan has no entry for it).
+pub(super) fn step_with_change(
+    desired: &DesiredStep,
+    sp: Option<&crate::engine::StepPlan>,
+) -> StepInput {
+    let mut step = step_input(desired);
+    step.change = sp.map(|sp| change_input(desired.sensitive, sp));
+    step
+}
+
+/// The steps of `host` with their plans (`plan`: `None` in `desired` mode), each with a key
+/// that is equal for two steps exactly when their inputs are: the same resource (a rendered
+/// resource is shared only by steps rendered alike, see `render::memo`), address, location
+/// and sensitivity, and the same change. Valid while every host judged together is alive
+/// (the key names the resource by its address in memory).
+pub(super) fn keyed_steps<'h>(
+    host: &'h DesiredHost,
+    plan: Option<&'h HostPlan>,
+) -> Vec<(String, &'h DesiredStep, Option<&'h crate::engine::StepPlan>)> {
+    let plans: Vec<Option<&crate::engine::StepPlan>> = match plan {
+        Some(p) => planned(host, p).collect(),
+        None => vec![None; host.steps.len()],
+    };
+    host.steps
+        .iter()
+        .zip(plans)
+        .map(|(s, sp)| {
+            use std::fmt::Write as _;
+            let mut key = String::with_capacity(96);
+            let _ = write!(
+                key,
+                "{:p}\u{1}{}\u{1}{}\u{1}{}:{}:{}\u{1}",
+                std::sync::Arc::as_ptr(&s.resource).cast::<()>(),
+                u8::from(s.sensitive),
+                s.address,
+                s.path,
+                s.pos.line,
+                s.pos.col
+            );
+            if let Some(sp) = sp {
+                let change = change_input(s.sensitive, sp);
+                let _ = serde_json::to_writer(WriteKey(&mut key), &change);
+            }
+            (key, s, sp)
+        })
+        .collect()
+}
+
+/// A `String` as an `io::Write` of JSON text.
+struct WriteKey<'a>(&'a mut String);
+
+impl std::io::Write for WriteKey<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .push_str(std::str::from_utf8(buf).map_err(std::io::Error::other)?);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The backup a `backup` step's probe observed (typed: `Change::observed.backup`, kept by

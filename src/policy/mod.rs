@@ -11,6 +11,7 @@
 //! findings per host and their messages are bounded.
 
 mod input;
+mod judge;
 pub mod overrides;
 mod rego;
 pub mod rules;
@@ -141,6 +142,9 @@ struct Compiled {
     rules: Vec<RuleDecl>,
     /// Per package, the deny rules it declares overridable.
     overridable: BTreeMap<String, BTreeSet<String>>,
+    /// Packages whose every file reads only the input every host shares
+    /// ([`rules::reads_only_shared`]): judged once per distinct list of steps.
+    shared_only: BTreeSet<String>,
 }
 
 /// The result of one `test_*` rule.
@@ -276,7 +280,16 @@ impl PolicySet {
         }
         let mut engine = new_engine();
         let mut rules = Vec::new();
+        let mut shared_only = BTreeSet::new();
+        let mut reads_more = BTreeSet::new();
         for (path, text) in &files {
+            if let Some(pkg) = rules::package_of(text) {
+                if rules::reads_only_shared(text) {
+                    shared_only.insert(pkg.to_string());
+                } else {
+                    reads_more.insert(pkg.to_string());
+                }
+            }
             engine
                 .add_policy(path.clone(), text.clone())
                 .map_err(|e| PolicyError::Compile {
@@ -290,6 +303,7 @@ impl PolicySet {
             engine,
             rules,
             overridable: BTreeMap::new(),
+            shared_only: &shared_only - &reads_more,
         };
         compiled.read_overridable();
         self.sets.push(compiled);
@@ -340,19 +354,57 @@ impl PolicySet {
     where
         F: Fn(usize) -> Cow<'a, PolicyInput> + Sync,
     {
+        self.over_threads(n, |sets, part| evaluate_chunk(sets, part.map(&input)))
+    }
+
+    /// The hosts `host(0..n)` judged together ([`judge`]): `shell(i)` is host `i`'s input
+    /// without its steps.
+    fn evaluate_hosts<'h, H, S>(
+        &self,
+        n: usize,
+        host: H,
+        shell: S,
+    ) -> Result<Vec<Finding>, PolicyError>
+    where
+        H: Fn(usize) -> judge::Judged<'h> + Sync,
+        S: Fn(usize) -> PolicyInput + Sync,
+    {
+        self.over_threads(n, |sets, part| {
+            let mut engines: Vec<regorus::Engine> = sets.iter().map(|s| s.engine.clone()).collect();
+            let mut memory = judge::Memory::default();
+            let mut out = Vec::new();
+            for i in part {
+                out.extend(judge::judge(
+                    sets,
+                    &mut engines,
+                    &mut memory,
+                    host(i),
+                    || shell(i),
+                )?);
+            }
+            Ok(out)
+        })
+    }
+
+    /// `chunk(sets, part)` over `0..n` split over the machine's cores (each thread with its
+    /// own copy of the compiled sets), results in order.
+    fn over_threads<F>(&self, n: usize, chunk: F) -> Result<Vec<Finding>, PolicyError>
+    where
+        F: Fn(&[Compiled], std::ops::Range<usize>) -> Result<Vec<Finding>, PolicyError> + Sync,
+    {
         let threads = std::thread::available_parallelism()
             .map_or(1, usize::from)
             .min(n.div_ceil(16))
             .max(1);
-        let chunk = n.div_ceil(threads).max(1);
-        let input = &input;
+        let size = n.div_ceil(threads).max(1);
+        let chunk = &chunk;
         let results: Vec<Result<Vec<Finding>, PolicyError>> = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..n)
-                .step_by(chunk)
+                .step_by(size)
                 .map(|start| {
                     let sets = self.sets.clone();
-                    let part = start..(start + chunk).min(n);
-                    scope.spawn(move || evaluate_chunk(&sets, part.map(input)))
+                    let part = start..(start + size).min(n);
+                    scope.spawn(move || chunk(&sets, part))
                 })
                 .collect();
             handles
@@ -587,22 +639,26 @@ fn findings_of(
     out
 }
 
-/// Every finding on every host's desired state (no host contacted: `plumb validate`). Each
-/// host's input is built by the thread that judges it and dropped once judged.
+/// Every finding on every host's desired state (no host contacted: `plumb validate`),
+/// judged together ([`judge`]).
 pub fn judge_desired(
     set: &PolicySet,
     ctx: &Context,
     hosts: &[crate::render::DesiredHost],
 ) -> Result<Vec<Finding>, PolicyError> {
-    set.evaluate_each(hosts.len(), |i| {
-        Cow::Owned(desired_input(ctx, &hosts[i], hosts.len()))
-    })
+    set.evaluate_hosts(
+        hosts.len(),
+        |i| judge::Judged {
+            desired: &hosts[i],
+            plan: None,
+        },
+        |i| input::desired_shell(ctx, &hosts[i], hosts.len()),
+    )
 }
 
 /// Every finding on every host's observed plan (`plans[i]` is `hosts[i]`'s), judged
-/// together: `hosts_changed` counts the hosts with a change. Each host's input is built by
-/// the thread that judges it and dropped once judged (`plumb plan`, `plumb apply` and the
-/// daemon's gate all judge through here).
+/// together ([`judge`]): `hosts_changed` counts the hosts with a change (`plumb plan`,
+/// `plumb apply` and the daemon's gate all judge through here).
 pub fn judge_plans<H>(
     set: &PolicySet,
     ctx: &Context,
@@ -614,15 +670,14 @@ where
 {
     let changed = plans.iter().filter(|p| p.changes() > 0).count();
     let n = hosts.len().min(plans.len());
-    set.evaluate_each(n, |i| {
-        Cow::Owned(plan_input(
-            ctx,
-            hosts[i].borrow(),
-            plans[i],
-            hosts.len(),
-            changed,
-        ))
-    })
+    set.evaluate_hosts(
+        n,
+        |i| judge::Judged {
+            desired: hosts[i].borrow(),
+            plan: Some(plans[i]),
+        },
+        |i| input::plan_shell(ctx, hosts[i].borrow(), plans[i], hosts.len(), changed),
+    )
 }
 
 #[cfg(test)]

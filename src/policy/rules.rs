@@ -104,6 +104,44 @@ pub fn scan(path: &str, text: &str) -> Vec<RuleDecl> {
     out
 }
 
+/// The `input` fields that are the same for every host judged together (one environment,
+/// commit, mode and time): the rest (`host`) is the host's own.
+pub const SHARED_INPUT: &[&str] = &["mode", "environment", "commit", "steps", "now"];
+
+/// The package `text` declares.
+pub fn package_of(text: &str) -> Option<&str> {
+    text.lines().find_map(|line| {
+        let p = line.strip_prefix("package ")?.trim();
+        let end = p
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.'))
+            .unwrap_or(p.len());
+        Some(&p[..end])
+    })
+}
+
+/// Whether `text` reads nothing of `input` but [`SHARED_INPUT`], and no other package's
+/// rules: then its rules give the same values on two hosts with equal steps. Decided by its
+/// words, conservatively: any `input` not followed by `.` and a shared field (`input.host`,
+/// `input[k]`, `x := input`, `with input as`), and any `data.` or `data[`, counts as
+/// reading more, even in a comment or a string.
+pub fn reads_only_shared(text: &str) -> bool {
+    static WORDS: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    let words =
+        WORDS.get_or_init(|| regex::Regex::new(r"\b(input|data)\b").expect("a valid regex"));
+    let ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    words.find_iter(text).all(|m| {
+        let rest = &text[m.end()..];
+        if m.as_str() == "data" {
+            return !rest.starts_with(['.', '[']);
+        }
+        let Some(field) = rest.strip_prefix('.') else {
+            return false;
+        };
+        let end = field.find(|c: char| !ident(c)).unwrap_or(field.len());
+        SHARED_INPUT.contains(&&field[..end])
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,5 +164,22 @@ mod tests {
         );
         assert!(scan("x.rego", "package lib\ndeny if true\n").is_empty());
         assert_eq!(scan("x.rego", "package plumb\ndenyx := 1\n").len(), 0);
+    }
+
+    #[test]
+    fn only_a_package_that_reads_the_shared_input_alone_is_shared() {
+        let shared = "package plumb.a\ndeny contains m if { some s in input.steps; input.environment.name == \"x\"; m := s.address }";
+        assert!(reads_only_shared(shared));
+        for more in [
+            "package plumb.a\ndeny contains m if { m := input.host.name }",
+            "package plumb.a\ndeny contains m if { x := input; m := x.host.name }",
+            "package plumb.a\ndeny contains m if { m := input[\"host\"].name }",
+            "package plumb.a\ndeny contains m if { m := data.plumb.b.name }",
+            "package plumb.a\ndeny contains m if { m := object.get(input, \"host\", 1) }",
+            "package plumb.a\n# input\ndeny := 1",
+        ] {
+            assert!(!reads_only_shared(more), "{more}");
+        }
+        assert_eq!(package_of("# c\npackage plumb.a.b\n"), Some("plumb.a.b"));
     }
 }

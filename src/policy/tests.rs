@@ -609,3 +609,99 @@ proptest! {
         prop_assert_eq!(rego::to_value(&v).expect("maps"), via_json(&v));
     }
 }
+
+/// Hosts drawn from one pool of shared steps (as `render::memo` shares them), each with its
+/// own name and changes: judged together (shared step values, rule values reused for equal
+/// step lists) they get exactly the findings each gets judged alone, for the starter pack
+/// and for a package that reads the host's name.
+#[test]
+fn judging_together_is_judging_each_host_alone() {
+    use crate::modules::backup::TestResult;
+    let mut set = starter();
+    set.add(
+        Origin::Repo,
+        vec![(
+            "policies/names.rego".into(),
+            "package plumb.names\nimport rego.v1\n\ndeny_odd contains msg if {\n\tendswith(input.host.name, \"1\")\n\tsome step in input.steps\n\tstep.module == \"package\"\n\tmsg := sprintf(\"%s on %s\", [step.address, input.host.name])\n}\n".into(),
+        )],
+    )
+    .expect("compiles");
+    assert!(!set.sets[1].shared_only.contains("plumb.names"));
+    assert!(set.sets[0].shared_only.contains("plumb.ssh"));
+    assert!(!set.sets[0].shared_only.contains("plumb.restore"));
+    let pool = |i: usize| match i % 4 {
+        0 => step(
+            "ssh",
+            "package",
+            "openssh-server",
+            serde_json::json!({"name": "openssh-server", "state": "absent"}),
+        ),
+        1 => step(
+            "sudo",
+            "file",
+            "/etc/sudoers.d/app",
+            serde_json::json!({"path": "/etc/sudoers.d/app", "state": "present", "mode": "0644"}),
+        ),
+        2 => step("app", "backup", "app", serde_json::json!({"name": "app"})),
+        _ => step(
+            "old",
+            "directory",
+            "/srv/old",
+            serde_json::json!({"path": "/srv/old", "state": "absent"}),
+        ),
+    };
+    let shared: Vec<DesiredStep> = (0..4).map(pool).collect();
+    let c = ctx("production");
+    proptest!(ProptestConfig::with_cases(32), |(hosts in prop::collection::vec(
+        (prop::collection::vec(0usize..4, 1..5), prop::collection::vec(0u8..3, 4), 0u8..3),
+        1..40,
+    ))| {
+        let pairs: Vec<(DesiredHost, HostPlan)> = hosts
+            .iter()
+            .enumerate()
+            .map(|(n, (picks, changes, backup))| {
+                let mut h = desired_host(picks.iter().map(|&p| shared[p].clone()).collect());
+                h.host.name = format!("web{n}");
+                let steps = h
+                    .steps
+                    .iter()
+                    .zip(changes)
+                    .map(|(s, c)| StepPlan {
+                        step: StepRef::of(s),
+                        change: match (s.module, c, backup) {
+                            ("backup", _, 0) => Ok(Change {
+                                observed: crate::modules::Facts {
+                                    backup: Some(Box::new(backup_seen(TestResult::Failed, None))),
+                                    ..Default::default()
+                                },
+                                ..Change::in_sync()
+                            }),
+                            ("backup", _, _) => Ok(Change::in_sync()),
+                            (_, 0, _) => Ok(Change::in_sync()),
+                            (_, 1, _) => Ok(Change::new(ChangeKind::Remove)),
+                            _ => Err("probe failed".to_string()),
+                        },
+                    })
+                    .collect();
+                let plan = HostPlan {
+                    host: h.host.clone(),
+                    facts: None,
+                    steps,
+                    error: None,
+                    round_trips: RoundTrips::default(),
+                    duration: std::time::Duration::ZERO,
+                };
+                (h, plan)
+            })
+            .collect();
+        let hosts: Vec<&DesiredHost> = pairs.iter().map(|(h, _)| h).collect();
+        let plans: Vec<&HostPlan> = pairs.iter().map(|(_, p)| p).collect();
+        let changed = plans.iter().filter(|p| p.changes() > 0).count();
+        let together = judge_plans(&set, &c, &hosts, &plans).expect("evaluates");
+        let mut alone = Vec::new();
+        for (h, p) in hosts.iter().zip(&plans) {
+            alone.extend(set.evaluate(&plan_input(&c, h, p, hosts.len(), changed)).expect("evaluates"));
+        }
+        prop_assert_eq!(together, alone);
+    });
+}

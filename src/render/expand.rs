@@ -236,6 +236,15 @@ impl Templater<'_> {
         let Some((expr, pos)) = &decl.when else {
             return Ok(None);
         };
+        let key = self
+            .memo
+            .borrow_mut()
+            .expr_key(&self.jinja, (decl, 'w'), bare(expr), ctx);
+        if let Some(super::memo::Expr::When(r)) =
+            key.as_deref().and_then(|k| self.memo.borrow().expr(k))
+        {
+            return Ok(r);
+        }
         let truth = self
             .jinja
             .compile_expression(bare(expr))
@@ -250,12 +259,12 @@ impl Templater<'_> {
                     Ok(v.is_true())
                 }
             });
-        match truth {
-            Ok(true) => Ok(None),
-            Ok(false) => Ok(Some(format!("when `{}` is false", bare(expr)))),
+        let result = match truth {
+            Ok(true) => None,
+            Ok(false) => Some(format!("when `{}` is false", bare(expr))),
             Err(e) => {
                 let message = template_message(&e, &format!("{{{{ {} }}}}", bare(expr)), ctx);
-                Err(applied.locate(
+                return Err(applied.locate(
                     Diagnostic::error(
                         "when",
                         &applied.unit.path,
@@ -263,9 +272,15 @@ impl Templater<'_> {
                         format!("step `{}`: `when` failed: {message}", decl.id),
                     )
                     .with_hint("`when` is an expression over vars, `host`, `env` and `facts`, e.g. `when: facts.os.family == \"debian\"`"),
-                ))
+                ));
             }
+        };
+        if let Some(k) = key {
+            self.memo
+                .borrow_mut()
+                .keep_expr(k, super::memo::Expr::When(result.clone()));
         }
+        Ok(result)
     }
 
     /// The items of a `loop:` as `(map key, item)`; a map's item is `{key, value}`.
@@ -286,9 +301,27 @@ impl Templater<'_> {
             })]
         };
         let items = match &node.value {
-            Value::String(expr) => self
-                .eval(expr, ctx)
-                .map_err(|m| err(format!("step `{}`: `loop` failed: {m}", decl.id), ""))?,
+            Value::String(expr) => {
+                let key =
+                    self.memo
+                        .borrow_mut()
+                        .expr_key(&self.jinja, (decl, 'l'), bare(expr), ctx);
+                if let Some(super::memo::Expr::Loop(pairs)) =
+                    key.as_deref().and_then(|k| self.memo.borrow().expr(k))
+                {
+                    return Ok(pairs);
+                }
+                let items = self
+                    .eval(expr, ctx)
+                    .map_err(|m| err(format!("step `{}`: `loop` failed: {m}", decl.id), ""))?;
+                let pairs = loop_items(items, decl, &err)?;
+                if let Some(k) = key {
+                    self.memo
+                        .borrow_mut()
+                        .keep_expr(k, super::memo::Expr::Loop(pairs.clone()));
+                }
+                return Ok(pairs);
+            }
             _ => {
                 let mut errs = Vec::new();
                 // A loop's items see no secrets (a loop over secret values would put them in
@@ -301,36 +334,8 @@ impl Templater<'_> {
                 v
             }
         };
-        let pairs: Vec<(Option<String>, Json)> = match items {
-            Json::Array(a) => a.into_iter().map(|v| (None, v)).collect(),
-            Json::Object(o) => o
-                .into_iter()
-                .map(|(k, v)| (Some(k.clone()), serde_json::json!({"key": k, "value": v})))
-                .collect(),
-            other => {
-                return Err(err(
-                    format!(
-                        "step `{}`: `loop` must give a list or a map, not {}",
-                        decl.id,
-                        kind_of(&other)
-                    ),
-                    "",
-                ))
-            }
-        };
-        if pairs.len() > MAX_LOOP_ITEMS {
-            return Err(err(
-                format!(
-                    "step `{}`: `loop` has {} items, more than {MAX_LOOP_ITEMS}",
-                    decl.id,
-                    pairs.len()
-                ),
-                "",
-            ));
-        }
-        Ok(pairs)
+        loop_items(items, decl, &err)
     }
-
     /// The iterations of a step: one (its own id and `ctx`) without `loop:`.
     pub(super) fn iterations<'c>(
         &self,
@@ -422,6 +427,43 @@ impl Templater<'_> {
         }
         Ok(out)
     }
+}
+
+/// A `loop:`'s value as `(map key, item)` (a map's item is `{key, value}`), at most
+/// [`MAX_LOOP_ITEMS`].
+fn loop_items(
+    items: Json,
+    decl: &StepDecl,
+    err: &dyn Fn(String, &str) -> Vec<Diagnostic>,
+) -> Result<Vec<(Option<String>, Json)>, Vec<Diagnostic>> {
+    let pairs: Vec<(Option<String>, Json)> = match items {
+        Json::Array(a) => a.into_iter().map(|v| (None, v)).collect(),
+        Json::Object(o) => o
+            .into_iter()
+            .map(|(k, v)| (Some(k.clone()), serde_json::json!({"key": k, "value": v})))
+            .collect(),
+        other => {
+            return Err(err(
+                format!(
+                    "step `{}`: `loop` must give a list or a map, not {}",
+                    decl.id,
+                    kind_of(&other)
+                ),
+                "",
+            ))
+        }
+    };
+    if pairs.len() > MAX_LOOP_ITEMS {
+        return Err(err(
+            format!(
+                "step `{}`: `loop` has {} items, more than {MAX_LOOP_ITEMS}",
+                decl.id,
+                pairs.len()
+            ),
+            "",
+        ));
+    }
+    Ok(pairs)
 }
 
 fn scalar_key(v: &Json) -> Option<String> {

@@ -73,6 +73,19 @@ pub(super) struct Memo {
     reads: HashMap<usize, Reads>,
     tally: HashMap<Box<str>, Tally>,
     kept: HashMap<Box<str>, DesiredStep>,
+    /// What each `when:`/`loop:` expression reads, by its text.
+    expr_reads: HashMap<String, Option<Vec<String>>>,
+    /// Results of `when:` and `loop:` expressions, by declaration, expression and values.
+    exprs: HashMap<Box<str>, Expr>,
+}
+
+/// A kept expression result.
+#[derive(Debug, Clone)]
+pub(super) enum Expr {
+    /// A `when:`: `None` holds, `Some(reason)` leaves the step out.
+    When(Option<String>),
+    /// A `loop:`'s items, as `(map key, item)`.
+    Loop(Vec<(Option<String>, Json)>),
 }
 
 /// A tag that starts another template's text: its lookups are not in this one's analysis.
@@ -280,6 +293,63 @@ impl Memo {
     pub(super) fn keep(&mut self, key: Box<str>, step: &DesiredStep) {
         if self.kept.len() < MAX_KEPT {
             self.kept.insert(key, step.clone());
+        }
+    }
+
+    /// The key of the expression `expr` of `decl` (a `when:` or `loop:`) in `ctx`, when its
+    /// result may be kept: an expression is a pure function of the context values it reads
+    /// (as a template's, [`analyse`]); one that reads `secrets` or `debug()`, or does not
+    /// parse, is never kept.
+    pub(super) fn expr_key(
+        &mut self,
+        jinja: &Jinja<'_>,
+        (decl, kind): (&StepDecl, char),
+        expr: &str,
+        ctx: &Json,
+    ) -> Option<Box<str>> {
+        let paths = self
+            .expr_reads
+            .entry(expr.to_string())
+            .or_insert_with(|| {
+                let found = lookups(jinja, &format!("{{{{ {expr} }}}}"))?;
+                let top = |p: &String| p.split('.').next().unwrap_or(p).to_string();
+                if found
+                    .iter()
+                    .any(|p| top(p) == "secrets" || top(p) == "debug")
+                {
+                    return None;
+                }
+                Some(found.into_iter().collect())
+            })
+            .as_ref()?;
+        let at = std::ptr::from_ref(decl) as usize;
+        let mut key = String::with_capacity(64);
+        let _ = write!(key, "{at:x}\u{0}{kind}\u{0}{expr}");
+        let prefix = key.len();
+        let tally = self.tally.get(key.as_str()).copied().unwrap_or_default();
+        if tally.misses >= GIVE_UP_MISSES && tally.hits < tally.misses {
+            return None;
+        }
+        paths.iter().for_each(|p| push_value(&mut key, ctx, p));
+        let hit = self.exprs.contains_key(key.as_str());
+        let tally = self.tally.entry(key[..prefix].into()).or_default();
+        if hit {
+            tally.hits += 1;
+        } else {
+            tally.misses += 1;
+        }
+        Some(key.into())
+    }
+
+    /// The kept result under `key`.
+    pub(super) fn expr(&self, key: &str) -> Option<Expr> {
+        self.exprs.get(key).cloned()
+    }
+
+    /// Keeps an expression's result.
+    pub(super) fn keep_expr(&mut self, key: Box<str>, result: Expr) {
+        if self.exprs.len() < MAX_KEPT {
+            self.exprs.insert(key, result);
         }
     }
 

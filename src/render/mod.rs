@@ -686,7 +686,8 @@ fn expand_steps(
                         continue;
                     }
                 }
-                match render_step_kept(templater, a, decl, env, (&it.ctx, &value), address.clone()) {
+                match render_step_kept(templater, a, decl, env, (&it.ctx, &value), address.clone())
+                {
                     Ok(s) => {
                         groups.entry(base.clone()).or_default().push(address);
                         steps.push(s);

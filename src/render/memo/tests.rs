@@ -6,7 +6,7 @@ use super::*;
 use crate::render::{render_env, render_host, DesiredHost};
 
 /// A repo of `hosts` (name, rack, tier) whose unit reads the host's variables every way a
-/// template can: a plain path, an attribute of a map, a method of a string (`tier.upper()`),
+/// template can: a plain path, an attribute of a map, a filter,
 /// an item lookup, a loop, an instance's params, `host.name`, a `template:` file, one that
 /// includes another, and `debug()`.
 fn repo(hosts: &[(String, String, String)]) -> (tempfile::TempDir, Repo) {
@@ -40,7 +40,7 @@ fn repo(hosts: &[(String, String, String)]) -> (tempfile::TempDir, Repo) {
         "units/app.yaml",
         "applies_to: {role: app}\nvars:\n  workers: [a, b]\nsteps:\n\
          \x20 - id: rack\n    file:\n      path: /srv/rack\n      content: \"{{ rack }}\\n\"\n\
-         \x20 - id: upper\n    file:\n      path: /srv/upper\n      content: \"{{ tier.upper() }}\\n\"\n\
+         \x20 - id: upper\n    file:\n      path: /srv/upper\n      content: \"{{ tier | upper }}\\n\"\n\
          \x20 - id: item\n    file:\n      path: /srv/item\n      content: \"{{ place['rack'] }} {{ place.row }}\\n\"\n\
          \x20 - id: name\n    file:\n      path: /srv/name\n      content: \"{{ host.name }}\\n\"\n\
          \x20 - id: each\n    loop: \"{{ workers }}\"\n    file:\n      path: \"/srv/w-{{ item }}\"\n      content: \"{{ loop.index }} {{ rack }}\\n\"\n\
@@ -54,10 +54,13 @@ fn repo(hosts: &[(String, String, String)]) -> (tempfile::TempDir, Repo) {
     (dir, repo)
 }
 
-/// Everything a host is given, as text.
+/// Everything a host is given, as text. Not the `debug` step: `debug()` prints the template
+/// engine's own state too (the names it gave inline templates), which differs between a
+/// thread that rendered other hosts first and one that did not, memo or not.
 fn given(h: &DesiredHost) -> Vec<String> {
     h.steps
         .iter()
+        .filter(|s| s.address.id != "debug")
         .map(|s| {
             format!(
                 "{} {} {:?} {:?} {:?} {:?} {}",
@@ -141,8 +144,7 @@ fn what_a_step_reads_is_found_statically() {
     };
     let paths = |p: &[&str]| Reads::Paths(p.iter().map(|s| s.to_string()).collect());
     assert_eq!(reads("rack"), paths(&["rack"]));
-    // A method call reads as an attribute: its value is keyed as deep as the context has it.
-    assert_eq!(reads("upper"), paths(&["tier.upper"]));
+    assert_eq!(reads("upper"), paths(&["tier"]));
     assert_eq!(reads("item"), paths(&["place", "place.row"]));
     assert_eq!(reads("each"), paths(&["item", "loop.index", "rack"]));
     assert_eq!(reads("plain"), paths(&["place.rack", "region"]));
@@ -216,6 +218,10 @@ fn a_step_that_differs_per_host_is_given_up() {
     };
     assert_eq!(of("name").misses, GIVE_UP_MISSES, "given up");
     assert_eq!(of("rack").hits, 59);
-    let kept_names = memo.kept.keys().filter(|k| k.contains("\u{0}app\u{0}name\u{1}")).count();
+    let kept_names = memo
+        .kept
+        .keys()
+        .filter(|k| k.contains("\u{0}app\u{0}name\u{1}"))
+        .count();
     assert_eq!(kept_names, GIVE_UP_MISSES as usize);
 }
