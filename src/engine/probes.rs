@@ -8,9 +8,10 @@
 //! step ([`crate::modules::split_members`]), so the diff of every step reads exactly what
 //! its own probe would have printed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, Weak};
 
-use crate::modules::{ProbeResult, Resource};
+use crate::modules::{ProbeBatch, ProbeResult, Resource};
 use crate::render::DesiredStep;
 
 use super::batch::Key;
@@ -61,6 +62,53 @@ pub(super) fn probes(steps: &[DesiredStep], which: &[usize], tag: fn(usize) -> T
     out
 }
 
+/// Batched probe fragments already built, by their resources' addresses. A fragment is a
+/// pure function of its resources, and hosts whose steps rendered alike share them
+/// (`render::memo`), so a fleet of one role builds each batch once. Each entry holds its
+/// resources weakly: that keeps their addresses from being reused while it exists (an
+/// address names one resource), without keeping their contents; an entry whose resources
+/// are gone is never used. At most [`MAX_KEPT_FRAGMENTS`], then emptied.
+static KEPT: Mutex<Option<HashMap<Vec<usize>, Kept>>> = Mutex::new(None);
+
+/// Most batched fragments kept.
+pub const MAX_KEPT_FRAGMENTS: usize = 4_096;
+
+struct Kept {
+    resources: Vec<Weak<dyn Resource>>,
+    fragment: Arc<str>,
+}
+
+/// The batch probe of `resources`: built once while they live (see [`KEPT`]).
+fn batch_fragment(b: &ProbeBatch, resources: &[&Arc<dyn Resource>]) -> Option<String> {
+    let key: Vec<usize> = resources
+        .iter()
+        .map(|r| Arc::as_ptr(r).cast::<()>() as usize)
+        .collect();
+    {
+        let kept = KEPT.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(k) = kept.as_ref().and_then(|m| m.get(&key)) {
+            if k.resources.iter().all(|w| w.strong_count() > 0) {
+                return Some(k.fragment.to_string());
+            }
+        }
+    }
+    let plain: Vec<&dyn Resource> = resources.iter().map(|r| r.as_ref()).collect();
+    let fragment = (b.probe)(&plain)?;
+    let mut kept = KEPT.lock().unwrap_or_else(|p| p.into_inner());
+    let map = kept.get_or_insert_with(HashMap::new);
+    if map.len() >= MAX_KEPT_FRAGMENTS {
+        map.clear();
+    }
+    map.insert(
+        key,
+        Kept {
+            resources: resources.iter().map(|r| Arc::downgrade(r)).collect(),
+            fragment: Arc::from(fragment.as_str()),
+        },
+    );
+    Some(fragment)
+}
+
 impl Probes {
     /// Adds the fragment(s) of one group: one merged fragment when its module can, else
     /// one per step.
@@ -78,9 +126,9 @@ impl Probes {
                     if let [one] = chunk {
                         return Some((vec![*one], steps[*one].resource.probe()));
                     }
-                    let resources: Vec<&dyn Resource> =
-                        chunk.iter().map(|&i| steps[i].resource.as_ref()).collect();
-                    Some((chunk.to_vec(), (b.probe)(&resources)?))
+                    let resources: Vec<&Arc<dyn Resource>> =
+                        chunk.iter().map(|&i| &steps[i].resource).collect();
+                    Some((chunk.to_vec(), batch_fragment(&b, &resources)?))
                 })
                 .collect();
             if let Some(chunks) = chunks {
