@@ -177,6 +177,9 @@ mod tests {
     use crate::modules::testing::{built, run_sh};
     use crate::modules::{split_members, ProbeResult};
     use crate::render::DesiredStep;
+    use std::sync::Arc;
+
+    use super::KEPT;
 
     fn step(i: usize, module: &'static str, params: serde_json::Value) -> DesiredStep {
         let def = crate::modules::lookup(module).expect("registered");
@@ -251,6 +254,52 @@ mod tests {
                 "step {i}"
             );
         }
+    }
+
+    /// A batch fragment is built once for the same resources (hosts sharing their steps),
+    /// and never served for other resources, even ones with equal parameters, nor once its
+    /// resources are gone.
+    #[test]
+    fn a_kept_fragment_is_only_ever_its_own_resources() {
+        let files = |base: &str| -> Vec<DesiredStep> {
+            (0..3)
+                .map(|i| {
+                    step(
+                        i * 5,
+                        "file",
+                        serde_json::json!({"path": format!("{base}/f{i}"), "content": "x\n"}),
+                    )
+                })
+                .collect()
+        };
+        let all = [0, 1, 2];
+        let a = files("/srv/kept-a");
+        let first = probes(&a, &all, Tag::Probe).fragments;
+        // Another host with the same (shared) resources: the kept fragment, same text.
+        let shared: Vec<DesiredStep> = a.iter().map(Clone::clone).collect();
+        assert_eq!(probes(&shared, &all, Tag::Probe).fragments, first);
+        let key: Vec<usize> = a
+            .iter()
+            .map(|s| Arc::as_ptr(&s.resource).cast::<()>() as usize)
+            .collect();
+        let kept = |key: &Vec<usize>| {
+            KEPT.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .is_some_and(|m| m.contains_key(key))
+        };
+        assert!(kept(&key), "kept under its resources' addresses");
+        // Equal parameters, other resources: built for them, never the kept one's text
+        // for another path.
+        let b = files("/srv/kept-b");
+        let other = probes(&b, &all, Tag::Probe).fragments;
+        assert_ne!(other, first);
+        assert!(other[0].1.contains("/srv/kept-b/f0") && !other[0].1.contains("kept-a"));
+        // Gone: the entry is never used again (its weak references keep the addresses).
+        drop((a, shared));
+        let c = files("/srv/kept-c");
+        let third = probes(&c, &all, Tag::Probe).fragments;
+        assert!(third[0].1.contains("/srv/kept-c/f0"));
     }
 
     fn out(stdout: &str, status: i32) -> ProbeResult {
