@@ -235,7 +235,7 @@ impl std::io::Write for WriteString<'_> {
 /// Where one render stands in the memo: looked up, or not kept at all.
 pub(super) enum Lookup {
     /// Rendered before with the same input: a copy.
-    Hit(DesiredStep),
+    Hit(Box<DesiredStep>),
     /// Not yet: render, then [`Memo::keep`] under this key.
     Miss(Box<str>),
     /// Not kept (never, or given up).
@@ -280,7 +280,7 @@ impl Memo {
         match hit {
             Some(step) => {
                 tally.hits += 1;
-                Lookup::Hit(step)
+                Lookup::Hit(Box::new(step))
             }
             None => {
                 tally.misses += 1;

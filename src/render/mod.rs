@@ -964,7 +964,7 @@ fn render_step_kept(
             .borrow_mut()
             .lookup((&t.jinja, t.repo), decl, (env, &applied.name, id), ctx);
     let key = match lookup {
-        memo::Lookup::Hit(step) => return Ok(step),
+        memo::Lookup::Hit(step) => return Ok(*step),
         memo::Lookup::Miss(key) => Some(key),
         memo::Lookup::Skip => None,
     };
