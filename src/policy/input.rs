@@ -246,11 +246,7 @@ pub fn plan_input(
         .steps
         .iter()
         .zip(planned(host, plan))
-        .map(|(desired, sp)| {
-            let mut step = step_input(desired);
-            step.change = sp.map(|sp| change_input(desired.sensitive, sp));
-            step
-        })
+        .map(|(desired, sp)| step_with_change(desired, sp))
         .collect();
     input
 }

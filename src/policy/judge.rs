@@ -125,13 +125,7 @@ pub(super) fn judge(
                         engine.set_input(v.clone());
                         input_set = true;
                     }
-                    let v = engine
-                        .eval_rule(rule.data_path())
-                        .map_err(|e| PolicyError::Eval {
-                            location: rule.location(),
-                            rule: rule.id(),
-                            error: e.to_string(),
-                        })?;
+                    let v = super::eval_rule(engine, rule)?;
                     if let Some((l, _)) = shared {
                         memory.values.insert((si, ri, l), v.clone());
                     }

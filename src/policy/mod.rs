@@ -467,13 +467,7 @@ impl Compiled {
             .collect();
         let mut out = Vec::new();
         for rule in self.rules.iter().filter(|r| r.kind != RuleKind::Test) {
-            let v = engine
-                .eval_rule(rule.data_path())
-                .map_err(|e| PolicyError::Eval {
-                    location: rule.location(),
-                    rule: rule.id(),
-                    error: e.to_string(),
-                })?;
+            let v = eval_rule(engine, rule)?;
             let level = self.level(rule);
             let make = |message: String, step: Option<String>| {
                 finding(
@@ -524,6 +518,17 @@ impl Compiled {
             _ => Level::Mandatory,
         }
     }
+}
+
+/// The value of `rule` on the engine's input.
+fn eval_rule(engine: &mut regorus::Engine, rule: &RuleDecl) -> Result<regorus::Value, PolicyError> {
+    engine
+        .eval_rule(rule.data_path())
+        .map_err(|e| PolicyError::Eval {
+            location: rule.location(),
+            rule: rule.id(),
+            error: e.to_string(),
+        })
 }
 
 /// The `input` document of one host, as Rego sees it: built straight from the typed input;
