@@ -67,11 +67,15 @@ pub(super) fn probes(steps: &[DesiredStep], which: &[usize], tag: fn(usize) -> T
 /// (`render::memo`), so a fleet of one role builds each batch once. Each entry holds its
 /// resources weakly: that keeps their addresses from being reused while it exists (an
 /// address names one resource), without keeping their contents; an entry whose resources
-/// are gone is never used. At most [`MAX_KEPT_FRAGMENTS`], then emptied.
+/// are gone is never used, and dropped at the next sweep. At most [`MAX_KEPT_FRAGMENTS`],
+/// then emptied.
 static KEPT: Mutex<Option<HashMap<Vec<usize>, Kept>>> = Mutex::new(None);
 
 /// Most batched fragments kept.
 pub const MAX_KEPT_FRAGMENTS: usize = 4_096;
+/// From this many entries on (at each power of two), entries whose resources are gone are
+/// dropped: a daemon's drift checks leave at most this many behind.
+const SWEEP_AT: usize = 256;
 
 struct Kept {
     resources: Vec<Weak<dyn Resource>>,
@@ -96,6 +100,10 @@ fn batch_fragment(b: &ProbeBatch, resources: &[&Arc<dyn Resource>]) -> Option<St
     let fragment = (b.probe)(&plain)?;
     let mut kept = KEPT.lock().unwrap_or_else(|p| p.into_inner());
     let map = kept.get_or_insert_with(HashMap::new);
+    if map.len() >= SWEEP_AT && map.len().is_power_of_two() {
+        // Entries of resources that are gone (an earlier plan's) go first.
+        map.retain(|_, k| k.resources.iter().all(|w| w.strong_count() > 0));
+    }
     if map.len() >= MAX_KEPT_FRAGMENTS {
         map.clear();
     }
@@ -180,6 +188,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::KEPT;
+    use std::collections::HashMap;
 
     fn step(i: usize, module: &'static str, params: serde_json::Value) -> DesiredStep {
         let def = crate::modules::lookup(module).expect("registered");
@@ -300,6 +309,27 @@ mod tests {
         let c = files("/srv/kept-c");
         let third = probes(&c, &all, Tag::Probe).fragments;
         assert!(third[0].1.contains("/srv/kept-c/f0"));
+    }
+
+    /// Entries of resources that are gone are swept: a daemon's drift checks, each with new
+    /// resources, leave at most a few hundred behind.
+    #[test]
+    fn fragments_of_resources_that_are_gone_are_swept() {
+        for round in 0..600 {
+            let steps: Vec<DesiredStep> = (0..2)
+                .map(|i| {
+                    step(
+                        i * 5,
+                        "file",
+                        serde_json::json!({"path": format!("/srv/r{round}/f{i}"), "content": "x\n"}),
+                    )
+                })
+                .collect();
+            probes(&steps, &[0, 1], Tag::Probe);
+        }
+        let kept = KEPT.lock().unwrap_or_else(|p| p.into_inner());
+        let n = kept.as_ref().map_or(0, HashMap::len);
+        assert!(n <= 256, "{n} entries kept");
     }
 
     fn out(stdout: &str, status: i32) -> ProbeResult {
