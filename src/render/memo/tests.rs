@@ -5,17 +5,20 @@ use proptest::prelude::*;
 use super::*;
 use crate::render::{render_env, render_host, DesiredHost};
 
+/// Writes `text` to `rel` under `root`, making its directories.
+fn write(root: &std::path::Path, rel: &str, text: &str) {
+    let p = root.join(rel);
+    std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+    std::fs::write(p, text).expect("write");
+}
+
 /// A repo of `hosts` (name, rack, tier) whose unit reads the host's variables every way a
 /// template can: a plain path, an attribute of a map, a filter,
 /// an item lookup, a loop, an instance's params, `host.name`, a `template:` file, one that
 /// includes another, and `debug()`.
 fn repo(hosts: &[(String, String, String)]) -> (tempfile::TempDir, Repo) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let w = |p: &str, s: &str| {
-        let p = dir.path().join(p);
-        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
-        std::fs::write(p, s).expect("write");
-    };
+    let w = |p: &str, s: &str| write(dir.path(), p, s);
     w("plumb.yaml", "name: memo\n");
     let mut inv = String::from("hosts:\n");
     for (i, (name, rack, tier)) in hosts.iter().enumerate() {
@@ -172,11 +175,7 @@ fn a_key_holds_each_value_as_deep_as_the_context_has_it() {
 #[test]
 fn secrets_are_never_kept_and_templated_names_read_everything() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let w = |p: &str, s: &str| {
-        let p = dir.path().join(p);
-        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
-        std::fs::write(p, s).expect("write");
-    };
+    let w = |p: &str, s: &str| write(dir.path(), p, s);
     w("plumb.yaml", "name: memo\n");
     w(
         "environments/prod/hosts.yaml",
