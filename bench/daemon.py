@@ -13,7 +13,8 @@ test host image (integration/testhosts image). On hosts of their own cluster
 2. LATENCY samples: changes `rev`, commits (signed), pushes, and takes the time from just
    before the push to the `finished_at` of the run that applied it on every host (the daemon
    watches the bare repo: a push is seen at once);
-3. samples the daemon's VmRSS (and VmHWM) every minute for IDLE_SECONDS of drift checks.
+3. samples the daemon's VmRSS (with its anonymous, file-backed and shared parts, and
+   VmHWM) every minute for IDLE_SECONDS of drift checks.
 
 Prints one JSON object (also written to OUT/daemon.json). Knobs (environment): HOSTS=10,
 LATENCY=20, IDLE_SECONDS=3600, DRIFT=30s; PLUMB_BIN (default target/release/plumb),
@@ -111,7 +112,7 @@ def rss(pid):
     fields = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         k, _, v = line.partition(":")
-        if k in ("VmRSS", "VmHWM"):
+        if k in ("VmRSS", "VmHWM", "RssAnon", "RssFile", "RssShmem"):
             fields[k] = int(v.split()[0]) / 1024  # MiB
     return fields
 
@@ -170,7 +171,8 @@ def main():
         while True:
             m = rss(daemon.pid)
             samples.append({"t_s": round(time.time() - start), "rss_mib": round(m["VmRSS"], 1),
-                            "hwm_mib": round(m["VmHWM"], 1)})
+                            "anon_mib": round(m["RssAnon"], 2), "file_mib": round(m["RssFile"], 2),
+                            "shmem_mib": round(m["RssShmem"], 2), "hwm_mib": round(m["VmHWM"], 1)})
             log(f"rss sample: {samples[-1]}")
             if time.time() - start >= IDLE:
                 break
@@ -193,6 +195,10 @@ def main():
             "rss_mib_start": samples[0]["rss_mib"],
             "rss_mib_end": samples[-1]["rss_mib"],
             "rss_mib_max": max(s["rss_mib"] for s in samples),
+            "anon_mib_start": samples[0]["anon_mib"],
+            "anon_mib_end": samples[-1]["anon_mib"],
+            "file_mib_start": samples[0]["file_mib"],
+            "file_mib_end": samples[-1]["file_mib"],
             "hwm_mib": samples[-1]["hwm_mib"],
             "load_average": os.getloadavg(),
             "rss_samples": samples,

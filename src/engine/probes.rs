@@ -67,19 +67,60 @@ pub(super) fn probes(steps: &[DesiredStep], which: &[usize], tag: fn(usize) -> T
 /// (`render::memo`), so a fleet of one role builds each batch once. Each entry holds its
 /// resources weakly: that keeps their addresses from being reused while it exists (an
 /// address names one resource), without keeping their contents; an entry whose resources
-/// are gone is never used, and dropped at the next sweep. At most [`MAX_KEPT_FRAGMENTS`],
-/// then emptied.
-static KEPT: Mutex<Option<HashMap<Vec<usize>, Kept>>> = Mutex::new(None);
+/// are gone is never used, and dropped at the next sweep (see [`Fragments`]).
+static KEPT: Mutex<Option<Fragments>> = Mutex::new(None);
 
 /// Most batched fragments kept.
 pub const MAX_KEPT_FRAGMENTS: usize = 4_096;
-/// From this many entries on (at each power of two), entries whose resources are gone are
-/// dropped: a daemon's drift checks leave at most this many behind.
-const SWEEP_AT: usize = 256;
+/// The fewest entries at which entries whose resources are gone are swept.
+const SWEEP_AT_LEAST: usize = 64;
+
+/// The kept fragments, and when next to sweep out those whose resources are gone.
+///
+/// A sweep happens when the entries reach twice what the last one left (at least
+/// [`SWEEP_AT_LEAST`]), so sweeping costs amortised O(1) an insert and dead entries never
+/// outnumber live ones by more than that floor: a daemon whose drift checks each render new
+/// resources keeps no more than `max(SWEEP_AT_LEAST, 2 × live)` entries, however long it runs.
+/// Past [`MAX_KEPT_FRAGMENTS`] live ones, all are dropped.
+struct Fragments {
+    map: HashMap<Vec<usize>, Kept>,
+    sweep_at: usize,
+}
 
 struct Kept {
     resources: Vec<Weak<dyn Resource>>,
     fragment: Arc<str>,
+}
+
+impl Kept {
+    fn live(&self) -> bool {
+        self.resources.iter().all(|w| w.strong_count() > 0)
+    }
+}
+
+impl Fragments {
+    fn new() -> Self {
+        Fragments {
+            map: HashMap::new(),
+            sweep_at: SWEEP_AT_LEAST,
+        }
+    }
+
+    fn get(&self, key: &[usize]) -> Option<&Arc<str>> {
+        self.map.get(key).filter(|k| k.live()).map(|k| &k.fragment)
+    }
+
+    fn insert(&mut self, key: Vec<usize>, kept: Kept) {
+        if self.map.len() >= self.sweep_at {
+            self.map.retain(|_, k| k.live());
+            if self.map.len() >= MAX_KEPT_FRAGMENTS {
+                self.map.clear();
+            }
+            self.map.shrink_to_fit();
+            self.sweep_at = (2 * self.map.len()).max(SWEEP_AT_LEAST);
+        }
+        self.map.insert(key, kept);
+    }
 }
 
 /// The batch probe of `resources`: built once while they live (see [`KEPT`]).
@@ -90,24 +131,14 @@ fn batch_fragment(b: &ProbeBatch, resources: &[&Arc<dyn Resource>]) -> Option<St
         .collect();
     {
         let kept = KEPT.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(k) = kept.as_ref().and_then(|m| m.get(&key)) {
-            if k.resources.iter().all(|w| w.strong_count() > 0) {
-                return Some(k.fragment.to_string());
-            }
+        if let Some(fragment) = kept.as_ref().and_then(|f| f.get(&key)) {
+            return Some(fragment.to_string());
         }
     }
     let plain: Vec<&dyn Resource> = resources.iter().map(|r| r.as_ref()).collect();
     let fragment = (b.probe)(&plain)?;
     let mut kept = KEPT.lock().unwrap_or_else(|p| p.into_inner());
-    let map = kept.get_or_insert_with(HashMap::new);
-    if map.len() >= SWEEP_AT && map.len().is_power_of_two() {
-        // Entries of resources that are gone (an earlier plan's) go first.
-        map.retain(|_, k| k.resources.iter().all(|w| w.strong_count() > 0));
-    }
-    if map.len() >= MAX_KEPT_FRAGMENTS {
-        map.clear();
-    }
-    map.insert(
+    kept.get_or_insert_with(Fragments::new).insert(
         key,
         Kept {
             resources: resources.iter().map(|r| Arc::downgrade(r)).collect(),
@@ -188,7 +219,6 @@ mod tests {
     use std::sync::Arc;
 
     use super::KEPT;
-    use std::collections::HashMap;
 
     fn step(i: usize, module: &'static str, params: serde_json::Value) -> DesiredStep {
         let def = crate::modules::lookup(module).expect("registered");
@@ -295,7 +325,7 @@ mod tests {
             KEPT.lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .as_ref()
-                .is_some_and(|m| m.contains_key(key))
+                .is_some_and(|f| f.map.contains_key(key))
         };
         assert!(kept(&key), "kept under its resources' addresses");
         // Equal parameters, other resources: built for them, never the kept one's text
@@ -312,11 +342,12 @@ mod tests {
     }
 
     /// Entries of resources that are gone are swept: a daemon's drift checks, each with new
-    /// resources, leave at most a few hundred behind.
+    /// resources, leave at most [`SWEEP_AT_LEAST`] behind, however many checks it runs; and
+    /// entries that live are never swept.
     #[test]
     fn fragments_of_resources_that_are_gone_are_swept() {
-        for round in 0..600 {
-            let steps: Vec<DesiredStep> = (0..2)
+        let files = |round: usize| -> Vec<DesiredStep> {
+            (0..2)
                 .map(|i| {
                     step(
                         i * 5,
@@ -324,12 +355,30 @@ mod tests {
                         serde_json::json!({"path": format!("/srv/r{round}/f{i}"), "content": "x\n"}),
                     )
                 })
-                .collect();
-            probes(&steps, &[0, 1], Tag::Probe);
+                .collect()
+        };
+        let entries = || {
+            KEPT.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .map_or(0, |f| f.map.len())
+        };
+        // A plan whose resources stay (a fleet of distinct hosts): every entry is kept.
+        let live: Vec<Vec<DesiredStep>> = (0..300).map(files).collect();
+        for steps in &live {
+            probes(steps, &[0, 1], Tag::Probe);
         }
-        let kept = KEPT.lock().unwrap_or_else(|p| p.into_inner());
-        let n = kept.as_ref().map_or(0, HashMap::len);
-        assert!(n <= 256, "{n} entries kept");
+        assert_eq!(entries(), 300, "live entries are never swept");
+        drop(live);
+        // Then drift checks, each with resources of its own that are gone after it.
+        let mut most = 0;
+        for round in 300..2_300 {
+            probes(&files(round), &[0, 1], Tag::Probe);
+            if round > 1_000 {
+                most = most.max(entries());
+            }
+        }
+        assert!(most <= super::SWEEP_AT_LEAST, "{most} entries kept");
     }
 
     fn out(stdout: &str, status: i32) -> ProbeResult {
