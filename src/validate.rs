@@ -147,6 +147,32 @@ fn node_of(repo: &Repo, path: &str) -> Option<Node> {
     repo.sources.get(path).and_then(|t| Node::parse(t).ok())
 }
 
+/// Positions in a file of the repo, parsed again only when a diagnostic needs one: a file
+/// without errors (an inventory of 10,000 hosts) is parsed once, by the loader.
+struct Locator<'a> {
+    repo: &'a Repo,
+    path: &'a str,
+    node: std::cell::OnceCell<Option<Node>>,
+}
+
+impl<'a> Locator<'a> {
+    fn new(repo: &'a Repo, path: &'a str) -> Self {
+        Locator {
+            repo,
+            path,
+            node: std::cell::OnceCell::new(),
+        }
+    }
+
+    /// Where the node at a JSON pointer starts; the file's start if it cannot be parsed.
+    fn at(&self, pointer: &str) -> Pos {
+        self.node
+            .get_or_init(|| node_of(self.repo, self.path))
+            .as_ref()
+            .map_or(Pos::START, |n| n.locate(pointer))
+    }
+}
+
 /// A DNS name (RFC 1123 labels) or an IP address.
 pub fn valid_address(a: &str) -> bool {
     if a.parse::<IpAddr>().is_ok() {
@@ -170,8 +196,8 @@ pub fn valid_address(a: &str) -> bool {
 
 fn check_hosts(repo: &Repo, diags: &mut Diagnostics) {
     for env in repo.environments.values() {
-        let node = node_of(repo, &env.hosts_path);
-        let at = |p: &str| node.as_ref().map(|n| n.locate(p)).unwrap_or(Pos::START);
+        let file = Locator::new(repo, &env.hosts_path);
+        let at = |p: &str| file.at(p);
         let mut seen: HashMap<&str, usize> = HashMap::new();
         for (i, h) in env.hosts.iter().enumerate() {
             if let Some(first) = seen.insert(h.name.as_str(), i) {
@@ -221,8 +247,8 @@ fn reserved(path: &str, pos: Pos, name: &str) -> Diagnostic {
 fn check_envs(repo: &Repo, diags: &mut Diagnostics) {
     for env in repo.environments.values() {
         let Some(path) = &env.env_path else { continue };
-        let node = node_of(repo, path);
-        let at = |p: &str| node.as_ref().map(|n| n.locate(p)).unwrap_or(Pos::START);
+        let file = Locator::new(repo, path);
+        let at = |p: &str| file.at(p);
         for r in render::reserved_var_uses(&env.settings.vars) {
             diags.push(reserved(path, at(&format!("/vars/{r}")), r));
         }

@@ -225,13 +225,13 @@ impl Templater<'_> {
         serde_json::to_value(&value).map_err(|e| format!("`{expr}`: {e}"))
     }
 
-    /// Whether the step runs in `ctx` (`value` is `ctx` as a template value): `Ok(None)`
-    /// yes, `Ok(Some(reason))` skipped.
+    /// Whether the step runs in `ctx` (`value` makes `ctx` a template value when needed):
+    /// `Ok(None)` yes, `Ok(Some(reason))` skipped.
     pub(super) fn when(
         &self,
         applied: &Applied<'_>,
         decl: &StepDecl,
-        (ctx, value): (&Json, &minijinja::Value),
+        (ctx, value): (&Json, &super::LazyValue),
     ) -> Result<Option<String>, Diagnostic> {
         let Some((expr, pos)) = &decl.when else {
             return Ok(None);
@@ -245,6 +245,7 @@ impl Templater<'_> {
         {
             return Ok(r);
         }
+        let value = super::template_value(value, ctx);
         let truth = self
             .jinja
             .compile_expression(bare(expr))

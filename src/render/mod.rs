@@ -639,7 +639,7 @@ fn expand_steps(
     applied: &[expand::Applied<'_>],
     errors: &mut Vec<Diagnostic>,
 ) -> Expanded {
-    let mut steps = Vec::new();
+    let mut steps = Vec::with_capacity(applied.iter().map(|a| a.unit.steps.len()).sum());
     let mut skipped = Vec::new();
     // Every rendered address by its base (`unit/id` for `unit/id[key]`).
     let mut groups: BTreeMap<StepAddress, Vec<StepAddress>> = BTreeMap::new();
@@ -654,9 +654,9 @@ fn expand_steps(
             let me = serde_json::json!({ "name": a.name, "unit": a.unit.name });
             o.insert("instance".into(), me);
         }
-        // The context as templates see it, made once for the unit's steps (a loop
+        // The context as templates see it, made at most once for the unit's steps (a loop
         // iteration, which adds `item` and `loop`, has its own).
-        let unit_value = minijinja::Value::from(minijinja::value::Serde(&ctx));
+        let unit_value = LazyValue::new();
         for decl in &a.unit.steps {
             let base = StepAddress::new(&a.name, &decl.id);
             let iterations = match templater.iterations(a, decl, &ctx) {
@@ -668,13 +668,12 @@ fn expand_steps(
             };
             for it in iterations {
                 let address = StepAddress::new(&a.name, &it.id);
+                let own = LazyValue::new();
                 let value = match &it.ctx {
-                    std::borrow::Cow::Borrowed(_) => unit_value.clone(),
-                    std::borrow::Cow::Owned(c) => {
-                        minijinja::Value::from(minijinja::value::Serde(c))
-                    }
+                    std::borrow::Cow::Borrowed(_) => &unit_value,
+                    std::borrow::Cow::Owned(_) => &own,
                 };
-                match templater.when(a, decl, (&it.ctx, &value)) {
+                match templater.when(a, decl, (&it.ctx, value)) {
                     Ok(None) => {}
                     Ok(Some(reason)) => {
                         skipped_bases.insert(base.clone());
@@ -686,8 +685,7 @@ fn expand_steps(
                         continue;
                     }
                 }
-                match render_step_kept(templater, a, decl, env, (&it.ctx, &value), address.clone())
-                {
+                match render_step_kept(templater, a, decl, env, (&it.ctx, value), address.clone()) {
                     Ok(s) => {
                         groups.entry(base.clone()).or_default().push(address);
                         steps.push(s);
@@ -949,13 +947,22 @@ fn reference_error(
     }
 }
 
+/// A context as a template value, made the first time a template runs in it
+/// ([`template_value`]): a step or condition kept by the [`memo`] reads the JSON only.
+pub(super) type LazyValue = std::cell::OnceCell<minijinja::Value>;
+
+/// The template value of `ctx`, made once per cell.
+pub(super) fn template_value<'v>(cell: &'v LazyValue, ctx: &Json) -> &'v minijinja::Value {
+    cell.get_or_init(|| minijinja::Value::from(minijinja::value::Serde(ctx)))
+}
+
 /// [`render_step`], or a copy of the step this thread rendered from the same input ([`memo`]).
 fn render_step_kept(
     t: &Templater<'_>,
     applied: &expand::Applied<'_>,
     decl: &StepDecl,
     env: &str,
-    (ctx, base): (&Json, &minijinja::Value),
+    (ctx, base): (&Json, &LazyValue),
     address: StepAddress,
 ) -> Result<DesiredStep, Vec<Diagnostic>> {
     let id = address.id.as_str();
@@ -968,6 +975,7 @@ fn render_step_kept(
         memo::Lookup::Miss(key) => Some(key),
         memo::Lookup::Skip => None,
     };
+    let base = template_value(base, ctx);
     let (step, read) = render_step(t, applied, decl, env, (ctx, base), address)?;
     if let Some(key) = key {
         let mut m = t.memo.borrow_mut();
