@@ -7,6 +7,11 @@
 //! would otherwise stay resident in several arenas for the daemon's whole life. So the
 //! daemon uses at most [`ARENAS`] arenas and returns free memory to the system every
 //! [`TRIM_EVERY`]. Elsewhere (another libc) both are no-ops.
+//!
+//! What stays resident between runs is bounded elsewhere: the batched probe fragments kept
+//! by `engine::probes` (dead ones swept at twice what the last sweep left), and SQLite's page
+//! cache for the state database, which grows with the database up to SQLite's default
+//! 2,000 KiB per connection (the daemon holds one). bench/RESULTS.md has an hour's samples.
 
 use std::time::Duration;
 
