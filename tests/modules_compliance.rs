@@ -693,6 +693,17 @@ proptest! {
             }
         }
     }
+
+    /// `diff` is a function of its resource and the probe's result alone: the same result
+    /// gives the same answer every time (what lets `engine::diffs` diff a resource that
+    /// hosts share once per result).
+    #[test]
+    fn diff_is_a_function_of_the_probe_result(stdout in key_value_lines(), status in 0i32..2) {
+        for r in samples() {
+            let result = ProbeResult { stdout: stdout.clone(), stderr: b"e".to_vec(), status };
+            prop_assert_eq!(r.diff(&result), r.diff(&result));
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------

@@ -13,7 +13,8 @@
 //! safe.
 //!
 //! `apply_host` is observe → decide → apply and verify, each a function returning a value.
-//! Every call into a module's `Resource` is in [`observe`] and [`diff_frame`] (probe, diff)
+//! Every call into a module's `Resource` is in [`observe`] and [`diff_frame`] (probe, diff,
+//! through [`diffs`] for a pass over many hosts)
 //! and [`decide`] (apply, refresh, touches, the verify's probes), plus [`StepRef::of`]
 //! (target). Each round trip's transport is wrapped in a [`CountingTransport`], so the round
 //! trips reported are the ones made. Results carry a [`StepRef`] and are redacted where they
@@ -35,6 +36,7 @@ use crate::transport::{
 };
 
 mod batch;
+mod diffs;
 mod probes;
 pub mod script;
 pub mod step;
@@ -43,6 +45,7 @@ pub(crate) mod verify;
 pub use crate::model::StepAddress;
 pub use step::{StepRef, REDACTED};
 
+use diffs::Diffs;
 use script::{Mode, Parsed, Tag};
 
 /// Round trips spent on one host, per phase: a host in sync costs `probe: 1`, a change
@@ -367,8 +370,8 @@ async fn observe(
     desired: &DesiredHost,
     refs: &[StepRef],
     t: &dyn Transport,
-    timeout: Duration,
-    with_facts: bool,
+    (timeout, with_facts): (Duration, bool),
+    diffs: Option<&Diffs>,
 ) -> Result<(Observed, Option<Facts>), HostError> {
     let all: Vec<usize> = (0..desired.steps.len()).collect();
     let mut probes = probes::probes(&desired.steps, &all, Tag::Probe);
@@ -398,7 +401,7 @@ async fn observe(
         .iter()
         .zip(refs)
         .enumerate()
-        .map(|(i, (s, r))| diff_frame(s, r, results.get(&i)))
+        .map(|(i, (s, r))| diff_frame(s, r, results.get(&i), diffs))
         .collect();
     Ok((observed, facts))
 }
@@ -408,12 +411,17 @@ fn diff_frame(
     s: &DesiredStep,
     r: &StepRef,
     result: Option<&crate::modules::ProbeResult>,
+    diffs: Option<&Diffs>,
 ) -> Result<Change, String> {
     let result = result.ok_or_else(|| "no probe output".to_string())?;
     if s.resource.refresh_only() {
         return Ok(Change::in_sync());
     }
-    s.resource.diff(result).map_err(|e| r.probe_error(&e))
+    match diffs {
+        Some(d) => d.diff(s, result),
+        None => s.resource.diff(result),
+    }
+    .map_err(|e| r.probe_error(&e))
 }
 
 /// Whether the facts observed differ from those the host was rendered with: its steps
@@ -594,21 +602,30 @@ fn rechecked(desired: &DesiredHost, refs: &[StepRef], work: &Work, parsed: &Pars
     let results = work.verify.results(parsed);
     work.rechecks
         .iter()
-        .map(|r| diff_frame(&desired.steps[r.step], &refs[r.step], results.get(&r.step)))
+        .map(|r| {
+            let s = &desired.steps[r.step];
+            diff_frame(s, &refs[r.step], results.get(&r.step), None)
+        })
         .collect()
 }
 
 /// Observes a host and diffs every step: one round trip.
 pub async fn plan_host(desired: &DesiredHost, t: &dyn Transport) -> HostPlan {
+    plan_host_in(desired, t, None).await
+}
+
+/// [`plan_host`], with the diffs of a pass over many hosts.
+async fn plan_host_in(desired: &DesiredHost, t: &dyn Transport, diffs: Option<&Diffs>) -> HostPlan {
     let start = Instant::now();
     let refs: Vec<StepRef> = desired.steps.iter().map(StepRef::of).collect();
     let probe = CountingTransport::new(t);
+    let timeout = t.timeouts().observe.get();
     let observed = observe(
         desired,
         &refs,
         &probe,
-        t.timeouts().observe.get(),
-        desired.facts.is_some(),
+        (timeout, desired.facts.is_some()),
+        diffs,
     )
     .await;
     let mut plan = HostPlan {
@@ -665,17 +682,12 @@ async fn observe_first(
     refs: &[StepRef],
     t: &dyn Transport,
     run: &mut HostRun,
+    diffs: Option<&Diffs>,
 ) -> Result<Observed, (HostStatus, String)> {
     let probe = CountingTransport::new(t);
     let with_facts = desired.facts.is_some();
-    let observed = observe(
-        desired,
-        refs,
-        &probe,
-        t.timeouts().observe.get(),
-        with_facts,
-    )
-    .await;
+    let timeout = t.timeouts().observe.get();
+    let observed = observe(desired, refs, &probe, (timeout, with_facts), diffs).await;
     run.round_trips.probe = probe.count();
     let (observed, facts) = observed.map_err(|e| (e.status(), e.to_string()))?;
     run.facts = facts;
@@ -718,10 +730,19 @@ fn empty_run(desired: &DesiredHost) -> HostRun {
 
 /// The first phase of an apply alone: one round trip (facts riding along).
 pub async fn observe_host(desired: &DesiredHost, t: &dyn Transport) -> Observation {
+    observe_host_in(desired, t, None).await
+}
+
+/// [`observe_host`], with the diffs of a pass over many hosts.
+async fn observe_host_in(
+    desired: &DesiredHost,
+    t: &dyn Transport,
+    diffs: Option<&Diffs>,
+) -> Observation {
     let started = Instant::now();
     let refs: Vec<StepRef> = desired.steps.iter().map(StepRef::of).collect();
     let mut run = empty_run(desired);
-    let observed = observe_first(desired, &refs, t, &mut run).await;
+    let observed = observe_first(desired, &refs, t, &mut run, diffs).await;
     let mut plan = HostPlan {
         host: desired.host.clone(),
         facts: run.facts.clone(),
@@ -770,7 +791,7 @@ pub async fn apply_observed(desired: &DesiredHost, t: &dyn Transport, o: Observa
 async fn converge(desired: &DesiredHost, t: &dyn Transport) -> HostRun {
     let refs: Vec<StepRef> = desired.steps.iter().map(StepRef::of).collect();
     let mut run = empty_run(desired);
-    let observed = match observe_first(desired, &refs, t, &mut run).await {
+    let observed = match observe_first(desired, &refs, t, &mut run, None).await {
         Ok(o) => o,
         Err((status, error)) => return run.stop(status, error),
     };
@@ -932,15 +953,18 @@ pub async fn until_signal<F: std::future::Future>(fut: F) -> Result<F::Output, I
     }
 }
 
-/// Plans every host.
+/// Plans every host: what [`plan_host`] gives each, with steps whose resource hosts share
+/// diffed once per probe result ([`diffs`]).
 pub async fn plan_all(
     hosts: &[DesiredHost],
     connector: &dyn Connector,
     parallel: usize,
 ) -> Vec<HostPlan> {
+    let diffs = Diffs::default();
+    let diffs = &diffs;
     each_host(hosts, parallel, |h| async move {
         let t = connector.connect(&h.host);
-        plan_host(h, t.as_ref()).await
+        plan_host_in(h, t.as_ref(), Some(diffs)).await
     })
     .await
 }
@@ -951,9 +975,11 @@ pub async fn observe_all(
     connector: &dyn Connector,
     parallel: usize,
 ) -> Vec<Observation> {
+    let diffs = Diffs::default();
+    let diffs = &diffs;
     each_host(hosts, parallel, |h| async move {
         let t = connector.connect(&h.host);
-        observe_host(h, t.as_ref()).await
+        observe_host_in(h, t.as_ref(), Some(diffs)).await
     })
     .await
 }

@@ -806,3 +806,115 @@ async fn a_failed_apply_runs_no_verify() {
     assert_eq!(t.verified(1), Vec::<usize>::new());
     assert_eq!(run.round_trips, trips(1, 1));
 }
+
+/// A marker that counts its diffs.
+#[derive(Debug)]
+struct CountedDiffs(Marker, AtomicU32);
+
+impl Resource for CountedDiffs {
+    fn target(&self) -> String {
+        self.0.target()
+    }
+    fn desired(&self) -> serde_json::Value {
+        self.0.desired()
+    }
+    fn probe(&self) -> String {
+        self.0.probe()
+    }
+    fn diff(&self, o: &ProbeResult) -> Result<Change, ProbeError> {
+        self.1.fetch_add(1, Ordering::SeqCst);
+        self.0.diff(o)
+    }
+    fn apply(&self, c: &Change) -> String {
+        self.0.apply(c)
+    }
+}
+
+/// Each host is this machine with `<dir>/shared` in its scripts read as `<dir>/<host>`: hosts
+/// that share their steps' resources, each in a state of its own.
+struct Rooted(PathBuf);
+
+#[derive(Debug)]
+struct RootedTransport {
+    from: String,
+    to: String,
+    inner: LocalTransport,
+}
+
+impl Transport for RootedTransport {
+    fn run_within<'a>(&'a self, script: &'a [u8], timeout: Duration) -> RunFuture<'a> {
+        Box::pin(async move {
+            let script = String::from_utf8_lossy(script).replace(&self.from, &self.to);
+            self.inner.run_within(script.as_bytes(), timeout).await
+        })
+    }
+}
+
+impl Connector for Rooted {
+    fn connect(&self, host: &Host) -> Arc<dyn Transport> {
+        Arc::new(RootedTransport {
+            from: self.0.join("shared").display().to_string(),
+            to: self.0.join(&host.name).display().to_string(),
+            inner: LocalTransport::new(),
+        })
+    }
+}
+
+/// Hosts whose steps share a resource are diffed once per probe result, and each still gets
+/// its own change: `plan_all` gives every host what `plan_host` gives it alone, a host whose
+/// marker is absent plans a create between hosts in sync, and the shared resource is diffed
+/// once for each result seen, not once per host.
+#[tokio::test]
+async fn hosts_sharing_a_resource_each_get_the_diff_of_their_own_probe() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let names = ["a", "b", "c", "d"];
+    for n in names {
+        std::fs::create_dir(dir.path().join(n)).expect("mkdir");
+        if n != "b" {
+            std::fs::write(dir.path().join(n).join("m0"), "").expect("write");
+        }
+        std::fs::write(dir.path().join(n).join("m1"), "").expect("write");
+    }
+    let shared = dir.path().join("shared");
+    let counted = |i| Arc::new(CountedDiffs(marker(&shared, i, false), AtomicU32::new(0)));
+    let resources = [counted(0), counted(1)];
+    let steps: Vec<DesiredStep> = resources
+        .iter()
+        .enumerate()
+        .map(|(i, r)| DesiredStep {
+            resource: r.clone(),
+            ..step(&shared, i, vec![])
+        })
+        .collect();
+    let hosts: Vec<DesiredHost> = names.iter().map(|n| named(n, steps.clone())).collect();
+    let connector = Rooted(dir.path().to_path_buf());
+
+    let together = plan_all(&hosts, &connector, 2).await;
+    let diffed: Vec<u32> = resources
+        .iter()
+        .map(|r| r.1.load(Ordering::SeqCst))
+        .collect();
+    assert_eq!(
+        diffed,
+        [2, 1],
+        "once per distinct probe result, not once per host"
+    );
+
+    for (h, plan) in hosts.iter().zip(&together) {
+        let alone = plan_host(h, connector.connect(&h.host).as_ref()).await;
+        assert_eq!(plan.error.is_none(), alone.error.is_none());
+        assert_eq!(
+            format!("{:?}", plan.steps),
+            format!("{:?}", alone.steps),
+            "host {}",
+            h.host.name
+        );
+        let kind = plan.steps[0].change.as_ref().map(|c| c.kind).ok();
+        let want = if h.host.name == "b" {
+            ChangeKind::Create
+        } else {
+            ChangeKind::InSync
+        };
+        assert_eq!(kind, Some(want), "host {}", h.host.name);
+    }
+}
