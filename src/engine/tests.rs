@@ -15,6 +15,8 @@ struct Marker {
     path: PathBuf,
     log: PathBuf,
     fail_apply: bool,
+    /// How many times it was diffed.
+    diffs: AtomicU32,
 }
 
 /// A marker whose own creation makes a refresh unnecessary (like a service just started).
@@ -56,6 +58,7 @@ impl Resource for Marker {
         probe_exists(&self.path)
     }
     fn diff(&self, o: &ProbeResult) -> Result<Change, ProbeError> {
+        self.diffs.fetch_add(1, Ordering::SeqCst);
         match o.stdout.as_slice() {
             b"present\n" => Ok(Change::in_sync()),
             b"absent\n" => Ok(Change::new(ChangeKind::Create)),
@@ -113,6 +116,7 @@ fn marker(dir: &Path, i: usize, fail_apply: bool) -> Marker {
         path: dir.join(format!("m{i}")),
         log: dir.join(format!("log{i}")),
         fail_apply,
+        diffs: AtomicU32::new(0),
     }
 }
 
@@ -807,29 +811,6 @@ async fn a_failed_apply_runs_no_verify() {
     assert_eq!(run.round_trips, trips(1, 1));
 }
 
-/// A marker that counts its diffs.
-#[derive(Debug)]
-struct CountedDiffs(Marker, AtomicU32);
-
-impl Resource for CountedDiffs {
-    fn target(&self) -> String {
-        self.0.target()
-    }
-    fn desired(&self) -> serde_json::Value {
-        self.0.desired()
-    }
-    fn probe(&self) -> String {
-        self.0.probe()
-    }
-    fn diff(&self, o: &ProbeResult) -> Result<Change, ProbeError> {
-        self.1.fetch_add(1, Ordering::SeqCst);
-        self.0.diff(o)
-    }
-    fn apply(&self, c: &Change) -> String {
-        self.0.apply(c)
-    }
-}
-
 /// Each host is this machine with `<dir>/shared` in its scripts read as `<dir>/<host>`: hosts
 /// that share their steps' resources, each in a state of its own.
 struct Rooted(PathBuf);
@@ -876,8 +857,7 @@ async fn hosts_sharing_a_resource_each_get_the_diff_of_their_own_probe() {
         std::fs::write(dir.path().join(n).join("m1"), "").expect("write");
     }
     let shared = dir.path().join("shared");
-    let counted = |i| Arc::new(CountedDiffs(marker(&shared, i, false), AtomicU32::new(0)));
-    let resources = [counted(0), counted(1)];
+    let resources = [0, 1].map(|i| Arc::new(marker(&shared, i, false)));
     let steps: Vec<DesiredStep> = resources
         .iter()
         .enumerate()
@@ -892,7 +872,7 @@ async fn hosts_sharing_a_resource_each_get_the_diff_of_their_own_probe() {
     let together = plan_all(&hosts, &connector, 2).await;
     let diffed: Vec<u32> = resources
         .iter()
-        .map(|r| r.1.load(Ordering::SeqCst))
+        .map(|r| r.diffs.load(Ordering::SeqCst))
         .collect();
     assert_eq!(
         diffed,
