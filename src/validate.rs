@@ -164,12 +164,16 @@ impl<'a> Locator<'a> {
         }
     }
 
-    /// Where the node at a JSON pointer starts; the file's start if it cannot be parsed.
-    fn at(&self, pointer: &str) -> Pos {
+    /// The file's tree, parsed on first use; `None` if it cannot be.
+    fn node(&self) -> Option<&Node> {
         self.node
             .get_or_init(|| node_of(self.repo, self.path))
             .as_ref()
-            .map_or(Pos::START, |n| n.locate(pointer))
+    }
+
+    /// Where the node at a JSON pointer starts; the file's start if it cannot be parsed.
+    fn at(&self, pointer: &str) -> Pos {
+        self.node().map_or(Pos::START, |n| n.locate(pointer))
     }
 }
 

@@ -4,11 +4,12 @@
 
 use std::collections::HashMap;
 
+use super::Locator;
 use crate::diag::{Diagnostic, Diagnostics};
 use crate::model::{Repo, Unit, Vars};
 use crate::render::{find_cycle, RESERVED_VARS};
 use crate::schema::suggest;
-use crate::yaml::{Node, Pos};
+use crate::yaml::Pos;
 
 pub fn check_units(repo: &Repo, diags: &mut Diagnostics) {
     let names: Vec<String> = repo.units.iter().map(|u| u.name.clone()).collect();
@@ -112,65 +113,72 @@ struct Decl<'a> {
     unit: &'a str,
     params: &'a Vars,
     path: &'a str,
-    /// The instance's own pointer in its file, and the file's tree.
+    /// The instance's own pointer in its file, and the file.
     pointer: String,
-    node: Option<&'a Node>,
-    pos: Pos,
+    file: &'a Locator<'a>,
+    /// Where the instance is, when the loader knows; else its pointer's place in the file.
+    pos: Option<Pos>,
+}
+
+impl Decl<'_> {
+    /// Where the instance is.
+    fn pos(&self) -> Pos {
+        self.pos.unwrap_or_else(|| {
+            self.file
+                .node()
+                .map_or(Pos::START, |n| n.locate(&self.pointer))
+        })
+    }
+
+    /// Where the node at `p` under the instance is; the instance's place if the file cannot
+    /// be parsed.
+    fn at(&self, p: &str) -> Pos {
+        self.file
+            .node()
+            .map_or_else(|| self.pos(), |n| n.locate(&format!("{}{p}", self.pointer)))
+    }
 }
 
 fn check_instances(repo: &Repo, diags: &mut Diagnostics) {
-    let nodes: HashMap<String, Node> = repo
-        .environments
-        .values()
-        .flat_map(|e| e.env_path.iter().chain(std::iter::once(&e.hosts_path)))
-        .filter_map(|p| {
-            let t = repo.sources.get(p)?;
-            Some((p.clone(), Node::parse(t).ok()?))
-        })
-        .collect();
-    let mut decls = Vec::new();
+    let names: Vec<String> = repo.units.iter().map(|u| u.name.clone()).collect();
     for env in repo.environments.values() {
+        // Each file is parsed again only if an instance in it has an error to place.
         if let Some(path) = &env.env_path {
+            let file = Locator::new(repo, path);
             for (i, d) in env.settings.instances.iter().enumerate() {
-                let pointer = format!("/instances/{i}");
-                let node = nodes.get(path);
-                decls.push(Decl {
+                let decl = Decl {
                     name: &d.name,
                     unit: &d.unit,
                     params: &d.params,
                     path,
-                    pos: node.map_or(Pos::START, |n| n.locate(&pointer)),
-                    pointer,
-                    node,
-                });
+                    pointer: format!("/instances/{i}"),
+                    file: &file,
+                    pos: None,
+                };
+                check_instance(repo, &names, &decl, diags);
             }
         }
+        let file = Locator::new(repo, &env.hosts_path);
         for (h, list) in &env.host_instances {
             let hi = env.hosts.iter().position(|x| &x.name == h).unwrap_or(0);
             for (j, (d, pos)) in list.iter().enumerate() {
-                decls.push(Decl {
+                let decl = Decl {
                     name: &d.name,
                     unit: &d.unit,
                     params: &d.params,
                     path: &env.hosts_path,
                     pointer: format!("/hosts/{hi}/instances/{j}"),
-                    node: nodes.get(&env.hosts_path),
-                    pos: *pos,
-                });
+                    file: &file,
+                    pos: Some(*pos),
+                };
+                check_instance(repo, &names, &decl, diags);
             }
         }
-    }
-    let names: Vec<String> = repo.units.iter().map(|u| u.name.clone()).collect();
-    for d in decls {
-        check_instance(repo, &names, &d, diags);
     }
 }
 
 fn check_instance(repo: &Repo, names: &[String], d: &Decl<'_>, diags: &mut Diagnostics) {
-    let at = |p: &str| {
-        d.node
-            .map_or(d.pos, |n| n.locate(&format!("{}{p}", d.pointer)))
-    };
+    let at = |p: &str| d.at(p);
     let Some(unit) = repo.units.iter().find(|u| u.name == d.unit) else {
         let e = Diagnostic::error(
             "instance",
@@ -227,7 +235,7 @@ fn check_instance(repo: &Repo, names: &[String], d: &Decl<'_>, diags: &mut Diagn
                 Diagnostic::error(
                     "instance",
                     d.path,
-                    d.pos,
+                    d.pos(),
                     format!(
                         "instance `{}` of unit `{}` does not give parameter `{k}`, which has no default ({}:{})",
                         d.name,
