@@ -370,7 +370,8 @@ async fn observe(
     desired: &DesiredHost,
     refs: &[StepRef],
     t: &dyn Transport,
-    (timeout, with_facts): (Duration, bool),
+    timeout: Duration,
+    with_facts: bool,
     diffs: Option<&Diffs>,
 ) -> Result<(Observed, Option<Facts>), HostError> {
     let all: Vec<usize> = (0..desired.steps.len()).collect();
@@ -619,12 +620,12 @@ async fn plan_host_in(desired: &DesiredHost, t: &dyn Transport, diffs: Option<&D
     let start = Instant::now();
     let refs: Vec<StepRef> = desired.steps.iter().map(StepRef::of).collect();
     let probe = CountingTransport::new(t);
-    let timeout = t.timeouts().observe.get();
     let observed = observe(
         desired,
         &refs,
         &probe,
-        (timeout, desired.facts.is_some()),
+        t.timeouts().observe.get(),
+        desired.facts.is_some(),
         diffs,
     )
     .await;
@@ -686,8 +687,15 @@ async fn observe_first(
 ) -> Result<Observed, (HostStatus, String)> {
     let probe = CountingTransport::new(t);
     let with_facts = desired.facts.is_some();
-    let timeout = t.timeouts().observe.get();
-    let observed = observe(desired, refs, &probe, (timeout, with_facts), diffs).await;
+    let observed = observe(
+        desired,
+        refs,
+        &probe,
+        t.timeouts().observe.get(),
+        with_facts,
+        diffs,
+    )
+    .await;
     run.round_trips.probe = probe.count();
     let (observed, facts) = observed.map_err(|e| (e.status(), e.to_string()))?;
     run.facts = facts;
